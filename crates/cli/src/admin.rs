@@ -1,0 +1,152 @@
+//! The admin HTTP API (`--admin`, default 127.0.0.1:15000): `/ready`, `/config_dump`, `/certs`,
+//! `/metrics`. Read-only: there is no mutating endpoint (Linkerd CVE-2024-40632).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use ward_control::ControlPlane;
+use ward_proxy::certs::humantime_utc;
+use ward_proxy::SidecarHandle;
+
+/// What the admin API reads.
+pub(crate) struct AdminState {
+    pub(crate) control: Arc<ControlPlane>,
+    /// Running sidecars by `ns/name`; written by the supervisor.
+    pub(crate) sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
+    /// Metrics registry; only encoded here.
+    pub(crate) registry: Mutex<Registry>,
+}
+
+/// Ready when every WorkloadEntry has a running sidecar with its certificate, config and
+/// listeners. Returns the verdict and what is missing.
+pub(crate) fn mesh_ready(state: &AdminState) -> (bool, Vec<String>) {
+    let snap = state.control.snapshot().borrow().clone();
+    let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut missing = Vec::new();
+    for key in snap.proxies.keys() {
+        match sidecars.get(key) {
+            None => missing.push(format!("{key}: sidecar not started")),
+            Some(h) if h.cert().is_none() => missing.push(format!("{key}: no certificate yet")),
+            Some(h) if !h.is_ready() => {
+                let p = h.problems();
+                missing.push(format!("{key}: listeners not ready {p:?}"));
+            }
+            Some(_) => {}
+        }
+    }
+    (missing.is_empty(), missing)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", body)
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/ready" | "/healthz/ready" => {
+            let (ready, missing) = mesh_ready(state);
+            if ready {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready:\n{}\n", missing.join("\n")),
+                )
+            }
+        }
+        "/config_dump" => {
+            let snap = state.control.snapshot().borrow().clone();
+            let status = state.control.status();
+            json(&serde_json::json!({
+                "mesh": { "trustDomain": state.control.mesh().trust_domain, "rootNamespace": state.control.mesh().root_namespace,
+                          "trustDomainAliases": state.control.mesh().trust_domain_aliases },
+                "status": status,
+                "snapshot": &*snap,
+            }))
+        }
+        "/certs" => {
+            let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();
+            let certs: Vec<serde_json::Value> = sidecars
+                .iter()
+                .map(|(k, h)| match h.cert() {
+                    Some(c) => serde_json::json!({
+                        "workload": k, "spiffeId": c.id.to_string(), "serial": c.serial,
+                        "notBefore": humantime_utc(c.not_before), "notAfter": humantime_utc(c.not_after), "status": "ACTIVE",
+                    }),
+                    None => serde_json::json!({ "workload": k, "status": "PENDING" }),
+                })
+                .collect();
+            json(&serde_json::json!({ "certificates": certs }))
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            let encoded = state.registry.lock().map_err(|_| ()).and_then(|r| {
+                prometheus_client::encoding::text::encode(&mut out, &r).map_err(|_| ())
+            });
+            match encoded {
+                Ok(()) => respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                ),
+                Err(()) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "metrics encoding failed\n",
+                ),
+            }
+        }
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain",
+            "ward admin: /ready /config_dump /certs /metrics\n",
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Serve the admin API until the process ends.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

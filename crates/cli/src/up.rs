@@ -1,0 +1,299 @@
+//! `ward up`: the CA, the control plane and one sidecar per WorkloadEntry in one process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use ward_config::DemoApp;
+use ward_control::{CaService, ControlPlane};
+use ward_identity::{IssuedCert, SpiffeId};
+use ward_proxy::{CertificateProvider, MeshIdentity, Metrics, Sidecar, SidecarHandle, SignError};
+
+use crate::admin::{self, AdminState};
+
+/// Options of `ward up`.
+#[derive(clap::Args)]
+pub(crate) struct UpArgs {
+    /// Files or directories of Istio YAML (WorkloadEntry, ServiceEntry, Sidecar,
+    /// PeerAuthentication, AuthorizationPolicy, mesh settings).
+    #[arg(short = 'f', long = "filename", required = true)]
+    paths: Vec<PathBuf>,
+    /// Where the CA keeps its root (created on first start).
+    #[arg(long, default_value = "./.ward")]
+    state_dir: PathBuf,
+    /// Use Istio's `cacerts` layout from this directory instead of Ward's own root.
+    #[arg(long)]
+    cacerts: Option<PathBuf>,
+    /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Workload certificate lifetime, e.g. `24h`, `30m`, `90s`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// How often the config files are checked for changes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+}
+
+/// `90s`, `15m`, `24h`, `500ms`, `2d`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m, h or d"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// The in-process CA call of each sidecar.
+struct LocalCa(Arc<CaService>);
+
+impl CertificateProvider for LocalCa {
+    fn sign(
+        &self,
+        id: SpiffeId,
+        csr_der: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<IssuedCert, SignError>> + Send + '_>> {
+        Box::pin(async move {
+            self.0
+                .sign(&id, &csr_der)
+                .map_err(|e| SignError(e.to_string()))
+        })
+    }
+}
+
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let control = ControlPlane::start(args.paths.clone())
+        .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
+    let mesh = control.mesh().clone();
+    let ca_opts = ward_ca::CaOptions {
+        trust_domain: mesh.trust_domain.clone(),
+        default_ttl: args.cert_ttl,
+        max_ttl: Duration::from_secs(90 * 86_400).max(args.cert_ttl),
+    };
+    let ca = match &args.cacerts {
+        Some(dir) => ward_ca::Ca::from_cacerts(dir, ca_opts)
+            .with_context(|| format!("loading cacerts from {}", dir.display()))?,
+        None => ward_ca::Ca::load_or_create(&args.state_dir, ca_opts)
+            .with_context(|| format!("loading the CA under {}", args.state_dir.display()))?,
+    };
+    let ca = Arc::new(CaService::new(ca, args.cert_ttl));
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    tokio::spawn(
+        control
+            .clone()
+            .watch_files(args.poll_interval, shutdown_rx.clone()),
+    );
+
+    let sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>> = Arc::default();
+    let admin_state = Arc::new(AdminState {
+        control: control.clone(),
+        sidecars: sidecars.clone(),
+        registry: Mutex::new(registry),
+    });
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("admin: cannot listen on {}", args.admin))?;
+    tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+    tracing::info!(admin = %args.admin, trust_domain = %mesh.trust_domain, "ward control plane started");
+
+    let supervisor = Supervisor {
+        control: control.clone(),
+        ca: Arc::new(LocalCa(ca)),
+        mesh: MeshIdentity {
+            trust_domain: mesh.trust_domain.clone(),
+            aliases: mesh.trust_domain_aliases.clone(),
+        },
+        metrics,
+        sidecars,
+        running: BTreeMap::new(),
+        demo_apps: BTreeSet::new(),
+    };
+    let sup = tokio::spawn(supervisor.run(shutdown_rx.clone()));
+    tokio::spawn(announce_ready(args.admin, admin_state));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sup).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Print to stdout when the mesh is first ready, for people running `ward up` by hand.
+async fn announce_ready(admin_addr: SocketAddr, state: Arc<AdminState>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !admin::mesh_ready(&state).0 {
+            continue;
+        }
+        let snap = state.control.snapshot().borrow().clone();
+        println!(
+            "ward: mesh ready: {} sidecar(s); admin on http://{admin_addr}",
+            snap.proxies.len()
+        );
+        for p in snap.proxies.values() {
+            for l in &p.outbound {
+                println!(
+                    "  {}/{} reaches {}:{} at {}",
+                    p.workload.namespace, p.workload.name, l.service, l.service_port, l.bind
+                );
+            }
+        }
+        return;
+    }
+}
+
+/// Starts and stops sidecars as WorkloadEntries come and go.
+struct Supervisor {
+    control: Arc<ControlPlane>,
+    ca: Arc<dyn CertificateProvider>,
+    mesh: MeshIdentity,
+    metrics: Arc<Metrics>,
+    /// Shared with the admin API.
+    sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
+    /// Each running sidecar's stop switch.
+    running: BTreeMap<String, watch::Sender<bool>>,
+    /// Demo app addresses already served.
+    demo_apps: BTreeSet<SocketAddr>,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut snapshot = self.control.snapshot();
+        loop {
+            let snap = snapshot.borrow_and_update().clone();
+            self.reconcile(&snap).await;
+            tokio::select! {
+                r = snapshot.changed() => if r.is_err() { break },
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        for (_, tx) in std::mem::take(&mut self.running) {
+            let _ = tx.send(true);
+        }
+    }
+
+    async fn reconcile(&mut self, snap: &ward_config::MeshSnapshot) {
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !snap.proxies.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(tx) = self.running.remove(&k) {
+                let _ = tx.send(true);
+            }
+            if let Ok(mut s) = self.sidecars.lock() {
+                s.remove(&k);
+            }
+            tracing::info!(workload = %k, "sidecar stopped: WorkloadEntry removed");
+        }
+        for (key, cfg) in &snap.proxies {
+            if let Some(DemoApp::Echo) = cfg.workload.demo_app {
+                for port in &cfg.inbound {
+                    if self.demo_apps.insert(port.target) {
+                        match tokio::net::TcpListener::bind(port.target).await {
+                            Ok(l) => {
+                                tracing::info!(workload = %key, addr = %port.target, "demo echo app started");
+                                tokio::spawn(crate::echo::serve(l));
+                            }
+                            Err(e) => {
+                                tracing::error!(workload = %key, addr = %port.target, error = %e, "demo app cannot listen")
+                            }
+                        }
+                    }
+                }
+            }
+            if self.running.contains_key(key) {
+                continue;
+            }
+            let Some(rx) = self.control.subscribe(key) else {
+                continue;
+            };
+            match Sidecar::new(
+                key.clone(),
+                rx,
+                self.ca.clone(),
+                self.mesh.clone(),
+                self.metrics.clone(),
+            ) {
+                Ok((sidecar, handle)) => {
+                    let (tx, stop) = watch::channel(false);
+                    self.running.insert(key.clone(), tx);
+                    if let Ok(mut s) = self.sidecars.lock() {
+                        s.insert(key.clone(), handle);
+                    }
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = sidecar.run(stop).await {
+                            tracing::error!(workload = %key, error = %e, "sidecar failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(workload = %key, error = %e, "sidecar cannot start"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

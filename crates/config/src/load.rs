@@ -1,0 +1,1030 @@
+//! Loading: YAML files in, validated typed resources and diagnostics out.
+//!
+//! A path is a file or a directory (searched recursively for `*.yaml` / `*.yml`, in sorted
+//! order so that loading is deterministic; hidden entries are skipped). Each file may hold
+//! several documents (`---`); empty documents are skipped and `kind: List` is unpacked.
+//!
+//! Every served apiVersion of a kind maps to one schema (Istio keeps the schema identical
+//! across versions). Ward enforces WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication,
+//! AuthorizationPolicy and the mesh settings; other Istio kinds load with a WARD0102 warning,
+//! never silently. Unknown kinds, unknown apiVersions and unknown fields are errors: Ward is
+//! stricter than Istio, which only warns about unknown fields. A top-level `status` is ignored.
+//!
+//! This is the only impure part of the crate ([`load_paths`] reads files); everything after
+//! it is a pure function of the [`ConfigSet`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ward_policy::spec::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+
+use crate::decode::decode;
+use crate::diag::{code, Diagnostic, Diagnostics, Finding, Severity};
+use crate::istio::{AddressRule, ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
+use crate::mesh::{self, MeshParse, MeshSettings, SourceRef};
+use crate::meta::{self, check_labels, decode_finding, ObjectMeta};
+use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION};
+use crate::yaml::{parse_documents, push_key, FieldLines, Node, Value};
+
+/// One loaded Istio object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource<T> {
+    /// `apiVersion` as written, e.g. `networking.istio.io/v1`.
+    pub api_version: String,
+    /// The kind, e.g. `Sidecar`.
+    pub kind: &'static str,
+    /// `metadata`.
+    pub meta: ObjectMeta,
+    /// `spec`.
+    pub spec: T,
+    /// Where the object starts.
+    pub source: SourceRef,
+    /// The line of each field, to place later diagnostics on the field they concern.
+    pub field_lines: FieldLines,
+}
+
+impl<T> Resource<T> {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.meta.namespace, self.meta.name)
+    }
+
+    /// `Kind namespace/name`, as diagnostics name objects.
+    pub fn object(&self) -> String {
+        format!("{} {}", self.kind, self.key())
+    }
+
+    /// The line of `field` (e.g. `spec.egress[0].hosts[1]`), or of its closest ancestor.
+    pub fn line_of(&self, field: &str) -> usize {
+        self.field_lines.line_of(field).unwrap_or(self.source.line)
+    }
+
+    /// A diagnostic about this object's `field`.
+    pub fn diagnostic(
+        &self,
+        severity: Severity,
+        code: &'static str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::new(severity, code, message)
+            .at(self.source.file.clone(), Some(self.line_of(field)))
+            .object(self.object())
+            .field(field)
+    }
+
+    pub(crate) fn finding(&self, finding: Finding) -> Diagnostic {
+        let line = finding.line.unwrap_or_else(|| self.line_of(&finding.field));
+        Diagnostic::new(finding.severity, finding.code, finding.message)
+            .at(self.source.file.clone(), Some(line))
+            .object(self.object())
+            .field(finding.field)
+    }
+}
+
+/// Everything loaded: the objects Ward enforces and the mesh settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigSet {
+    /// Mesh-wide settings (defaults when no document sets them).
+    pub mesh: MeshSettings,
+    /// WorkloadEntries: one proxy each.
+    pub workload_entries: Vec<Resource<WorkloadEntrySpec>>,
+    /// ServiceEntries: the services proxies can call.
+    pub service_entries: Vec<Resource<ServiceEntrySpec>>,
+    /// Sidecars: each workload's listeners.
+    pub sidecars: Vec<Resource<SidecarSpec>>,
+    /// PeerAuthentications, in load order.
+    pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    /// AuthorizationPolicies, in load order.
+    pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
+    /// The warnings found while loading.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Loads files and directories. Fails with every error found (and the warnings), in file and
+/// line order.
+pub fn load_paths(paths: &[PathBuf]) -> Result<ConfigSet, Diagnostics> {
+    let mut loader = Loader::default();
+    for path in paths {
+        loader.load_path(path);
+    }
+    loader.finish()
+}
+
+/// Loads one file's text; `file` names it in diagnostics.
+pub fn load_str(file: &str, yaml: &str) -> Result<ConfigSet, Diagnostics> {
+    let mut loader = Loader::default();
+    loader.load_text(file, yaml);
+    loader.finish()
+}
+
+/// What Ward does with a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    WorkloadEntry,
+    ServiceEntry,
+    Sidecar,
+    PeerAuthentication,
+    AuthorizationPolicy,
+    /// An Istio kind Ward accepts but does not enforce.
+    NotEnforced(&'static str),
+    /// Sail operator `Istio`: mesh settings.
+    SailIstio,
+    /// `IstioOperator`: mesh settings.
+    IstioOperator,
+    /// `v1` ConfigMap: the mesh settings when named `istio`.
+    ConfigMap,
+    /// `v1` List: its items are loaded.
+    List,
+}
+
+/// (group, served versions, kinds). istio.io blog "Introducing Istio v1 APIs": "Istio
+/// maintains the same schema across API versions", so each kind has one schema.
+const SERVED: &[(&str, &[&str], &[&str])] = &[
+    (
+        "security.istio.io",
+        &["v1", "v1beta1"],
+        &[
+            "AuthorizationPolicy",
+            "PeerAuthentication",
+            "RequestAuthentication",
+        ],
+    ),
+    (
+        "networking.istio.io",
+        &["v1", "v1beta1", "v1alpha3"],
+        &[
+            "WorkloadEntry",
+            "ServiceEntry",
+            "Sidecar",
+            "DestinationRule",
+            "Gateway",
+            "VirtualService",
+            "WorkloadGroup",
+        ],
+    ),
+    ("networking.istio.io", &["v1alpha3"], &["EnvoyFilter"]),
+    ("networking.istio.io", &["v1beta1"], &["ProxyConfig"]),
+    ("telemetry.istio.io", &["v1", "v1alpha1"], &["Telemetry"]),
+    ("extensions.istio.io", &["v1alpha1"], &["WasmPlugin"]),
+    (
+        "sailoperator.io",
+        &["v1", "v1alpha1"],
+        &[
+            "Istio",
+            "IstioRevision",
+            "IstioRevisionTag",
+            "IstioCNI",
+            "ZTunnel",
+        ],
+    ),
+    ("install.istio.io", &["v1alpha1"], &["IstioOperator"]),
+    ("", &["v1"], &["ConfigMap", "List"]),
+];
+
+/// Finds what Ward does with `apiVersion` + `kind`.
+fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let mut group_known = false;
+    let mut versions_of_kind: Vec<&str> = Vec::new();
+    for (g, versions, kinds) in SERVED {
+        if *g != group {
+            continue;
+        }
+        group_known = true;
+        if let Some(name) = kinds.iter().find(|k| **k == kind) {
+            if versions.contains(&version) {
+                return Ok(classify(group, name));
+            }
+            versions_of_kind.extend(versions.iter());
+        }
+    }
+    if !versions_of_kind.is_empty() {
+        let served: Vec<String> = versions_of_kind
+            .iter()
+            .map(|v| {
+                if group.is_empty() {
+                    (*v).to_owned()
+                } else {
+                    format!("{group}/{v}")
+                }
+            })
+            .collect();
+        return Err(format!(
+            "apiVersion `{api_version}` does not serve kind {kind}; use {}",
+            served.join(" or ")
+        ));
+    }
+    if group_known {
+        return Err(format!(
+            "unknown kind `{kind}` for apiVersion `{api_version}`; Ward reads the Istio API \
+             (WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication, AuthorizationPolicy ...) \
+             and the mesh settings (Istio, IstioOperator, ConfigMap istio)"
+        ));
+    }
+    Err(format!(
+        "unknown apiVersion `{api_version}` (kind {kind}); Ward reads the Istio API groups \
+         security.istio.io and networking.istio.io and the mesh settings"
+    ))
+}
+
+fn classify(group: &str, kind: &'static str) -> Kind {
+    match (group, kind) {
+        (_, "WorkloadEntry") => Kind::WorkloadEntry,
+        (_, "ServiceEntry") => Kind::ServiceEntry,
+        (_, "Sidecar") => Kind::Sidecar,
+        (_, "PeerAuthentication") => Kind::PeerAuthentication,
+        (_, "AuthorizationPolicy") => Kind::AuthorizationPolicy,
+        ("sailoperator.io", "Istio") => Kind::SailIstio,
+        (_, "IstioOperator") => Kind::IstioOperator,
+        ("", "ConfigMap") => Kind::ConfigMap,
+        ("", "List") => Kind::List,
+        (_, other) => Kind::NotEnforced(other),
+    }
+}
+
+/// The name of the mesh ConfigMap istiod reads.
+const MESH_CONFIG_MAP: &str = "istio";
+
+/// Top-level fields of every object; `status` is written by a cluster and ignored.
+const OBJECT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const CONFIG_MAP_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "data",
+    "binaryData",
+    "immutable",
+];
+const LIST_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "items"];
+
+/// Accumulates objects and diagnostics across files.
+#[derive(Default)]
+struct Loader {
+    set: ConfigSet,
+    mesh: Option<MeshSettings>,
+    diagnostics: Vec<Diagnostic>,
+    /// (kind, namespace, name) → where first defined.
+    seen: BTreeMap<(&'static str, String, String), SourceRef>,
+    /// Files already read (a file named directly and through its directory loads once).
+    files: BTreeSet<PathBuf>,
+}
+
+/// A document being loaded: where it is and what it is.
+struct Doc<'a> {
+    file: &'a str,
+    node: &'a Node,
+    api_version: String,
+    kind: Kind,
+    kind_name: &'static str,
+}
+
+impl Loader {
+    fn load_path(&mut self, path: &Path) {
+        let display = path.display().to_string();
+        let metadata = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(err) => {
+                self.diagnostics.push(
+                    Diagnostic::error(code::PARSE, format!("cannot read: {err}")).at(display, None),
+                );
+                return;
+            }
+        };
+        if metadata.is_dir() {
+            let mut files = Vec::new();
+            let mut visited = BTreeSet::new();
+            if let Err(err) = collect_yaml_files(path, &mut files, &mut visited) {
+                self.diagnostics.push(
+                    Diagnostic::error(code::PARSE, format!("cannot read directory: {err}"))
+                        .at(display.clone(), None),
+                );
+            }
+            if files.is_empty() {
+                self.diagnostics.push(
+                    Diagnostic::error(code::PARSE, "no *.yaml or *.yml files in this directory")
+                        .at(display, None),
+                );
+            }
+            for file in files {
+                self.load_file(&file);
+            }
+        } else {
+            self.load_file(path);
+        }
+    }
+
+    fn load_file(&mut self, path: &Path) {
+        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if !self.files.insert(canonical) {
+            return;
+        }
+        let display = path.display().to_string();
+        match fs::read(path) {
+            Err(err) => self.diagnostics.push(
+                Diagnostic::error(code::PARSE, format!("cannot read: {err}")).at(display, None),
+            ),
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => self.load_text(&display, &text),
+                Err(_) => self
+                    .diagnostics
+                    .push(Diagnostic::error(code::PARSE, "not UTF-8 text").at(display, None)),
+            },
+        }
+    }
+
+    fn load_text(&mut self, file: &str, text: &str) {
+        match parse_documents(text) {
+            Err(err) => self.diagnostics.push(
+                Diagnostic::error(code::PARSE, format!("invalid YAML: {}", err.message))
+                    .at(file, err.line),
+            ),
+            Ok(docs) => {
+                for doc in &docs {
+                    self.load_document(file, doc);
+                }
+            }
+        }
+    }
+
+    fn load_document(&mut self, file: &str, node: &Node) {
+        let error_here =
+            |message: String| Diagnostic::error(code::PARSE, message).at(file, Some(node.line));
+        if !matches!(node.value, Value::Map(_)) {
+            self.diagnostics.push(error_here(format!(
+                "a document must be a Kubernetes object (a mapping), found {}",
+                node.describe()
+            )));
+            return;
+        }
+        let (api_version, kind_name) =
+            match (text_field(node, "apiVersion"), text_field(node, "kind")) {
+                (Ok(a), Ok(k)) => (a, k),
+                (Err(why), _) | (_, Err(why)) => {
+                    self.diagnostics
+                        .push(Diagnostic::error(code::INVALID, why.1).at(file, Some(why.0)));
+                    return;
+                }
+            };
+        let kind = match resolve_kind(&api_version, &kind_name) {
+            Ok(kind) => kind,
+            Err(why) => {
+                let line = node.get("kind").map_or(node.line, |k| k.line);
+                self.diagnostics
+                    .push(Diagnostic::error(code::UNKNOWN_KIND, why).at(file, Some(line)));
+                return;
+            }
+        };
+        let kind_name = kind_static_name(&kind_name);
+        let doc = Doc {
+            file,
+            node,
+            api_version,
+            kind,
+            kind_name,
+        };
+        match kind {
+            Kind::List => self.load_list(&doc),
+            _ => self.load_object(&doc),
+        }
+    }
+
+    fn load_list(&mut self, doc: &Doc<'_>) {
+        self.check_top_level(doc, LIST_FIELDS, &doc.kind_name.to_owned());
+        let Some(items) = doc.node.get("items") else {
+            return;
+        };
+        match &items.value {
+            Value::Seq(items) => {
+                for item in items {
+                    self.load_document(doc.file, item);
+                }
+            }
+            Value::Null => {}
+            _ => self.diagnostics.push(
+                Diagnostic::error(
+                    code::INVALID,
+                    format!("expected a list, found {}", items.describe()),
+                )
+                .at(doc.file, Some(items.line))
+                .field("items"),
+            ),
+        }
+    }
+
+    fn load_object(&mut self, doc: &Doc<'_>) {
+        let (parsed, meta_findings) = meta::parse(doc.node.get("metadata"));
+        let meta = parsed.meta.clone();
+        let resource = Resource {
+            api_version: doc.api_version.clone(),
+            kind: doc.kind_name,
+            meta,
+            spec: (),
+            source: SourceRef {
+                file: doc.file.to_owned(),
+                line: doc.node.line,
+            },
+            field_lines: FieldLines::index(doc.node),
+        };
+        let object = if resource.meta.name.is_empty() {
+            doc.kind_name.to_owned()
+        } else {
+            resource.object()
+        };
+        let fields = if doc.kind == Kind::ConfigMap {
+            CONFIG_MAP_FIELDS
+        } else {
+            OBJECT_FIELDS
+        };
+        self.check_top_level(doc, fields, &object);
+        let meta_ok = !meta_findings.iter().any(|f| f.severity == Severity::Error);
+        for finding in meta_findings {
+            let mut d = resource.finding(finding);
+            d.object = Some(object.clone());
+            self.diagnostics.push(d);
+        }
+        match doc.kind {
+            Kind::WorkloadEntry => {
+                let Some(r) = self.typed::<WorkloadEntrySpec>(doc, &resource, meta_ok) else { return };
+                let findings = r.spec.validate("spec", AddressRule::Ip, None);
+                let findings = findings.into_iter().chain(demo_app_finding(&r.meta));
+                self.report(&r, findings);
+                self.set.workload_entries.push(r);
+            }
+            Kind::ServiceEntry => {
+                let Some(r) = self.typed::<ServiceEntrySpec>(doc, &resource, meta_ok) else { return };
+                let findings = r.spec.validate();
+                self.report(&r, findings);
+                self.set.service_entries.push(r);
+            }
+            Kind::Sidecar => {
+                let Some(r) = self.typed::<SidecarSpec>(doc, &resource, meta_ok) else { return };
+                let findings = r.spec.validate().into_iter().chain(demo_app_finding(&r.meta));
+                self.report(&r, findings);
+                self.set.sidecars.push(r);
+            }
+            Kind::PeerAuthentication => {
+                let Some(r) = self.typed::<PeerAuthenticationSpec>(doc, &resource, meta_ok) else { return };
+                let findings = validate_peer_authentication(&r.spec);
+                self.report(&r, findings);
+                self.set.peer_authentications.push(r);
+            }
+            Kind::AuthorizationPolicy => {
+                let Some(r) = self.typed::<AuthorizationPolicySpec>(doc, &resource, meta_ok) else { return };
+                let findings = validate_dry_run(&r.meta);
+                self.report(&r, findings);
+                self.set.authorization_policies.push(r);
+            }
+            Kind::NotEnforced(kind) => {
+                self.diagnostics.push(
+                    Diagnostic::warning(
+                        code::KIND_NOT_ENFORCED,
+                        format!("kind {kind} is not enforced by this version of Ward"),
+                    )
+                    .at(doc.file, Some(doc.node.line))
+                    .object(object),
+                );
+            }
+            Kind::SailIstio => self.load_mesh(doc, &resource, mesh::from_sail_istio(doc.node)),
+            Kind::IstioOperator => self.load_mesh(doc, &resource, mesh::from_istio_operator(doc.node)),
+            Kind::ConfigMap if resource.meta.name == MESH_CONFIG_MAP => {
+                let namespace = parsed.namespace_given.then_some(resource.meta.namespace.as_str());
+                self.load_mesh(doc, &resource, mesh::from_config_map(doc.node, namespace));
+            }
+            Kind::ConfigMap => self.diagnostics.push(
+                Diagnostic::warning(
+                    code::KIND_NOT_ENFORCED,
+                    format!("ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`)"),
+                )
+                .at(doc.file, Some(doc.node.line))
+                .object(object),
+            ),
+            Kind::List => {}
+        }
+    }
+
+    /// Decodes the spec and checks for duplicates; `None` when the object cannot be used.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        doc: &Doc<'_>,
+        resource: &Resource<()>,
+        meta_ok: bool,
+    ) -> Option<Resource<T>> {
+        let empty = Node::empty_map(doc.node.line);
+        let spec_node = doc
+            .node
+            .get("spec")
+            .filter(|n| n.value != Value::Null)
+            .unwrap_or(&empty);
+        let spec = match decode::<T>(spec_node, "spec") {
+            Ok(spec) => spec,
+            Err(err) => {
+                self.diagnostics
+                    .push(resource.finding(decode_finding(&err)));
+                return None;
+            }
+        };
+        if !meta_ok {
+            return None;
+        }
+        let key = (
+            doc.kind_name,
+            resource.meta.namespace.clone(),
+            resource.meta.name.clone(),
+        );
+        if let Some(first) = self.seen.get(&key) {
+            self.diagnostics.push(resource.diagnostic(
+                Severity::Error,
+                code::DUPLICATE,
+                "metadata.name",
+                format!(
+                    "duplicate object: {} is already defined at {}:{}",
+                    resource.object(),
+                    first.file,
+                    first.line
+                ),
+            ));
+            return None;
+        }
+        self.seen.insert(key, resource.source.clone());
+        Some(Resource {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind,
+            meta: resource.meta.clone(),
+            spec,
+            source: resource.source.clone(),
+            field_lines: resource.field_lines.clone(),
+        })
+    }
+
+    fn report<T>(&mut self, resource: &Resource<T>, findings: impl IntoIterator<Item = Finding>) {
+        self.diagnostics
+            .extend(findings.into_iter().map(|f| resource.finding(f)));
+    }
+
+    fn load_mesh(&mut self, doc: &Doc<'_>, resource: &Resource<()>, parse: MeshParse) {
+        let object = resource.object();
+        for finding in parse.findings {
+            self.diagnostics.push(resource.finding(finding));
+        }
+        if let Some(previous) = self.mesh.as_ref().and_then(|m| m.source.as_ref()) {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    code::MESH_SETTINGS_CONFLICT,
+                    format!(
+                        "mesh settings are already defined at {}:{}; keep exactly one Istio, \
+                         IstioOperator or ConfigMap `{MESH_CONFIG_MAP}`",
+                        previous.file, previous.line
+                    ),
+                )
+                .at(doc.file, Some(doc.node.line))
+                .object(object),
+            );
+            return;
+        }
+        let mut settings = parse.settings;
+        settings.source = Some(resource.source.clone());
+        self.mesh = Some(settings);
+    }
+
+    /// Reports top-level fields the kind does not have.
+    fn check_top_level(&mut self, doc: &Doc<'_>, allowed: &[&str], object: &str) {
+        for (key, _) in doc.node.entries() {
+            let name = key.text().unwrap_or_default();
+            if !allowed.contains(&name.as_str()) {
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        code::UNKNOWN_FIELD,
+                        crate::decode::unknown_name_message("field", &name, allowed),
+                    )
+                    .at(doc.file, Some(key.line))
+                    .object(object),
+                );
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<ConfigSet, Diagnostics> {
+        let mut set = self.set;
+        set.mesh = self.mesh.take().unwrap_or_default();
+        let mut all = Diagnostics(self.diagnostics);
+        all.sort();
+        if all.has_errors() {
+            return Err(all);
+        }
+        set.warnings = all.0;
+        Ok(set)
+    }
+}
+
+/// A required top-level string (`apiVersion`, `kind`): the value, or (line, message).
+fn text_field(node: &Node, name: &str) -> Result<String, (usize, String)> {
+    match node.get(name) {
+        None => Err((node.line, format!("missing required field `{name}`"))),
+        Some(value) => match value.as_str() {
+            Some(s) if !s.is_empty() => Ok(s.to_owned()),
+            _ => Err((
+                value.line,
+                format!(
+                    "`{name}` must be a non-empty string, found {}",
+                    value.describe()
+                ),
+            )),
+        },
+    }
+}
+
+/// The kind names Ward serves, as `'static` strings for [`Resource::kind`].
+fn kind_static_name(kind: &str) -> &'static str {
+    SERVED
+        .iter()
+        .flat_map(|(_, _, kinds)| kinds.iter())
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("Object")
+}
+
+/// Walks a directory for YAML files, sorted; skips hidden entries and symlink loops.
+fn collect_yaml_files(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    visited: &mut BTreeSet<PathBuf>,
+) -> std::io::Result<()> {
+    let canonical = fs::canonicalize(dir)?;
+    if !visited.insert(canonical) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            collect_yaml_files(&path, files, visited)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+        {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `ward.dev/demo-app` must name a demo app Ward ships.
+fn demo_app_finding(meta: &ObjectMeta) -> Option<Finding> {
+    let value = meta.annotations.get(DEMO_APP_ANNOTATION)?;
+    DemoApp::parse(value).is_none().then(|| {
+        Finding::error(
+            code::INVALID,
+            push_key("metadata.annotations", DEMO_APP_ANNOTATION),
+            format!("unknown demo app `{value}`; the only one is `echo`"),
+        )
+    })
+}
+
+/// `istio.io/dry-run` must be a boolean as Istio parses it.
+fn validate_dry_run(meta: &ObjectMeta) -> Option<Finding> {
+    let value = meta.annotations.get(ward_policy::DRY_RUN_ANNOTATION)?;
+    ward_policy::parse_dry_run(value).is_none().then(|| {
+        Finding::error(
+            code::INVALID,
+            push_key("metadata.annotations", ward_policy::DRY_RUN_ANNOTATION),
+            format!("`{value}` is not a boolean (use \"true\" or \"false\")"),
+        )
+    })
+}
+
+/// PeerAuthentication checks the CRD itself makes (istio/api
+/// `security/v1beta1/peer_authentication.proto`, CRD validation rule "portLevelMtls requires
+/// selector").
+fn validate_peer_authentication(spec: &PeerAuthenticationSpec) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Some(selector) = &spec.selector {
+        findings.extend(check_labels(
+            &selector.match_labels,
+            "spec.selector.matchLabels",
+        ));
+    }
+    if let Some(ports) = &spec.port_level_mtls {
+        if spec.selector.is_none() && !ports.is_empty() {
+            findings.push(Finding::error(
+                code::PORT_LEVEL_WITHOUT_SELECTOR,
+                "spec.portLevelMtls",
+                "portLevelMtls requires a selector (Istio rejects it too): port-level modes \
+                 apply to the selected workloads' ports",
+            ));
+        }
+        for port in ports.keys() {
+            if crate::istio::port_number(*port).is_none() {
+                findings.push(Finding::error(
+                    code::INVALID,
+                    push_key("spec.portLevelMtls", &port.to_string()),
+                    format!("port {port} is out of range 1-65535"),
+                ));
+            }
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (line, code, object, field) of every diagnostic, errors and warnings.
+    fn diags(yaml: &str) -> Vec<(Option<usize>, &'static str, Option<String>, Option<String>)> {
+        let all = match load_str("t.yaml", yaml) {
+            Ok(set) => set.warnings,
+            Err(diags) => diags.0,
+        };
+        all.into_iter()
+            .map(|d| (d.line, d.code, d.object, d.field))
+            .collect()
+    }
+
+    fn one(
+        line: usize,
+        code: &'static str,
+        object: &str,
+        field: &str,
+    ) -> (Option<usize>, &'static str, Option<String>, Option<String>) {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        (Some(line), code, opt(object), opt(field))
+    }
+
+    const AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-x\n  namespace: foo\n";
+
+    #[test]
+    fn load_diagnostics_are_located() {
+        let cases: Vec<(String, Vec<_>)> = vec![
+            (
+                format!("{AP}spec:\n  rules:\n  - from:\n    - source:\n        principals: [a]\n      sorce: {{}}\n"),
+                vec![one(11, code::UNKNOWN_FIELD, "AuthorizationPolicy foo/deny-x", "spec.rules[0].from[0]")],
+            ),
+            (
+                format!("{AP}spec: {{}}\nextra: 1\n"),
+                vec![one(7, code::UNKNOWN_FIELD, "AuthorizationPolicy foo/deny-x", "")],
+            ),
+            (
+                format!("{AP}status: {{anything: [1]}}\n"),
+                vec![],
+            ),
+            (
+                "kind: Sidecar\nmetadata: {name: a}\n".to_owned(),
+                vec![one(1, code::INVALID, "", "")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: Sidecr\nmetadata: {name: a}\n".to_owned(),
+                vec![one(2, code::UNKNOWN_KIND, "", "")],
+            ),
+            (
+                "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n".to_owned(),
+                vec![one(2, code::UNKNOWN_KIND, "", "")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x]}\n".to_owned(),
+                vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
+            ),
+            (
+                format!("{AP}---\n# again\n{AP}"),
+                vec![one(11, code::DUPLICATE, "AuthorizationPolicy foo/deny-x", "metadata.name")],
+            ),
+            (
+                format!("{AP}  nmespace: bar\n"),
+                vec![one(6, code::UNKNOWN_FIELD, "AuthorizationPolicy foo/deny-x", "metadata")],
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n".to_owned(),
+                vec![one(1, code::KIND_NOT_ENFORCED, "ConfigMap default/other", "")],
+            ),
+            (
+                "a: [1\n".to_owned(),
+                vec![one(1, code::PARSE, "", "")],
+            ),
+            (
+                "- 1\n- 2\n".to_owned(),
+                vec![one(1, code::PARSE, "", "")],
+            ),
+            (
+                format!("{AP}  annotations: {{istio.io/dry-run: maybe}}\n"),
+                vec![one(6, code::INVALID, "AuthorizationPolicy foo/deny-x", "metadata.annotations[\"istio.io/dry-run\"]")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: w\n  annotations: {ward.dev/demo-app: nginx}\nspec: {address: 10.0.0.1}\n".to_owned(),
+                vec![one(5, code::INVALID, "WorkloadEntry default/w", "metadata.annotations[\"ward.dev/demo-app\"]")],
+            ),
+            (
+                "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n    0: {mode: STRICT}\n".to_owned(),
+                vec![
+                    one(5, code::PORT_LEVEL_WITHOUT_SELECTOR, "PeerAuthentication default/p", "spec.portLevelMtls"),
+                    one(7, code::INVALID, "PeerAuthentication default/p", "spec.portLevelMtls[0]"),
+                ],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: vm.example.com\n  ports: {http: 8080}\n".to_owned(),
+                vec![one(5, code::INVALID, "WorkloadEntry default/w", "spec.address")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec:\n  address: 10.0.0.1\n  ports:\n    http: \"8080\"\n".to_owned(),
+                vec![one(7, code::INVALID, "WorkloadEntry default/w", "spec.ports.http")],
+            ),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(diags(&yaml), want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn unknown_field_message_names_the_field_and_the_fix() {
+        let yaml = format!("{AP}spec:\n  rules:\n  - from:\n    - sorce: {{}}\n");
+        let err = load_str("examples/x.yaml", &yaml).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "examples/x.yaml:9: error[WARD0101] AuthorizationPolicy foo/deny-x: spec.rules[0].from[0]: unknown field `sorce`, expected `source`"
+        );
+    }
+
+    #[test]
+    fn objects_load_with_metadata_and_source() {
+        let yaml = "# leading comment\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata:\n    name: default\n    namespace: istio-system\n    uid: 0a\n    creationTimestamp: \"2024-01-01T00:00:00Z\"\n  spec: {mtls: {mode: STRICT}}\n- apiVersion: security.istio.io/v1beta1\n  kind: AuthorizationPolicy\n  metadata: {name: allow-nothing, namespace: foo}\n---\n---\napiVersion: networking.istio.io/v1alpha3\nkind: WorkloadEntry\nmetadata: {name: vm, labels: {app: a}}\nspec: {address: \"10.0.0.1\", ports: {http: 8080}}\n";
+        let set = load_str("list.yaml", yaml).unwrap();
+        assert_eq!(set.warnings, vec![]);
+        let pa = &set.peer_authentications[0];
+        assert_eq!(
+            (pa.kind, pa.key().as_str(), pa.source.line),
+            ("PeerAuthentication", "istio-system/default", 6)
+        );
+        assert_eq!(
+            pa.meta.creation_timestamp.as_deref(),
+            Some("2024-01-01T00:00:00Z")
+        );
+        let ap = &set.authorization_policies[0];
+        assert_eq!(
+            (ap.api_version.as_str(), ap.key().as_str(), ap.source.line),
+            ("security.istio.io/v1beta1", "foo/allow-nothing", 14)
+        );
+        assert_eq!(ap.spec, AuthorizationPolicySpec::default());
+        let we = &set.workload_entries[0];
+        assert_eq!(
+            (
+                we.key().as_str(),
+                we.source.line,
+                we.line_of("spec.ports.http")
+            ),
+            ("default/vm", 19, 22)
+        );
+        assert_eq!(we.meta.labels.get("app").map(String::as_str), Some("a"));
+        assert_eq!(set.mesh, MeshSettings::default());
+    }
+
+    #[test]
+    fn mesh_settings_come_from_exactly_one_document() {
+        let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: mesh-system}\ndata:\n  mesh: |\n    trustDomain: td.example\n";
+        let set = load_str("cm.yaml", config_map).unwrap();
+        assert_eq!(set.mesh.trust_domain, "td.example");
+        assert_eq!(set.mesh.root_namespace, "mesh-system");
+        assert_eq!(
+            set.mesh.source,
+            Some(SourceRef {
+                file: "cm.yaml".into(),
+                line: 1
+            })
+        );
+
+        let operator = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x, namespace: istio-system}\nspec:\n  profile: minimal\n  meshConfig: {rootNamespace: root}\n";
+        let set = load_str("op.yaml", operator).unwrap();
+        assert_eq!(set.mesh.root_namespace, "root");
+
+        let both = format!("{config_map}---\n{operator}");
+        assert_eq!(
+            diags(&both),
+            vec![one(
+                8,
+                code::MESH_SETTINGS_CONFLICT,
+                "IstioOperator istio-system/x",
+                ""
+            )]
+        );
+    }
+
+    #[test]
+    fn directories_load_sorted_and_skip_hidden_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("b/nested")).unwrap();
+        fs::create_dir_all(root.join(".git")).unwrap();
+        let pa = |name: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}\n")
+        };
+        fs::write(root.join("b/nested/z.yml"), pa("z")).unwrap();
+        fs::write(root.join("a.yaml"), pa("a")).unwrap();
+        fs::write(root.join("b/c.YAML"), pa("c")).unwrap();
+        fs::write(root.join("notes.txt"), "not: yaml: at: all").unwrap();
+        fs::write(root.join(".git/x.yaml"), "broken: [").unwrap();
+        // The same file named twice loads once (no duplicate error).
+        let set = load_paths(&[root.to_path_buf(), root.join("a.yaml")]).unwrap();
+        let names: Vec<&str> = set
+            .peer_authentications
+            .iter()
+            .map(|p| p.meta.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["a", "c", "z"]);
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = load_paths(&[empty.path().to_path_buf(), root.join("missing.yaml")]).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0
+                .iter()
+                .all(|d| d.code == code::PARSE && d.line.is_none()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kinds_resolve_per_served_version() {
+        let cases: &[(&str, &str, Result<Kind, &str>)] = &[
+            (
+                "networking.istio.io/v1",
+                "WorkloadEntry",
+                Ok(Kind::WorkloadEntry),
+            ),
+            (
+                "networking.istio.io/v1alpha3",
+                "ServiceEntry",
+                Ok(Kind::ServiceEntry),
+            ),
+            ("networking.istio.io/v1beta1", "Sidecar", Ok(Kind::Sidecar)),
+            (
+                "security.istio.io/v1beta1",
+                "PeerAuthentication",
+                Ok(Kind::PeerAuthentication),
+            ),
+            (
+                "security.istio.io/v1",
+                "AuthorizationPolicy",
+                Ok(Kind::AuthorizationPolicy),
+            ),
+            (
+                "security.istio.io/v1",
+                "RequestAuthentication",
+                Ok(Kind::NotEnforced("RequestAuthentication")),
+            ),
+            (
+                "networking.istio.io/v1",
+                "VirtualService",
+                Ok(Kind::NotEnforced("VirtualService")),
+            ),
+            (
+                "networking.istio.io/v1alpha3",
+                "EnvoyFilter",
+                Ok(Kind::NotEnforced("EnvoyFilter")),
+            ),
+            ("sailoperator.io/v1", "Istio", Ok(Kind::SailIstio)),
+            (
+                "sailoperator.io/v1alpha1",
+                "IstioCNI",
+                Ok(Kind::NotEnforced("IstioCNI")),
+            ),
+            (
+                "install.istio.io/v1alpha1",
+                "IstioOperator",
+                Ok(Kind::IstioOperator),
+            ),
+            ("v1", "ConfigMap", Ok(Kind::ConfigMap)),
+            ("v1", "List", Ok(Kind::List)),
+            (
+                "security.istio.io/v1alpha1",
+                "AuthorizationPolicy",
+                Err("does not serve kind"),
+            ),
+            (
+                "networking.istio.io/v1",
+                "EnvoyFilter",
+                Err("does not serve kind"),
+            ),
+            (
+                "networking.istio.io/v1",
+                "WorkloadEntri",
+                Err("unknown kind"),
+            ),
+            ("apps/v1", "Deployment", Err("unknown apiVersion")),
+            ("v1", "Service", Err("unknown kind")),
+        ];
+        for (api_version, kind, want) in cases {
+            match (resolve_kind(api_version, kind), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{api_version} {kind}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{api_version} {kind}: {got}"),
+                (got, want) => panic!("{api_version} {kind}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

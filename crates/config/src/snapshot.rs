@@ -1,0 +1,313 @@
+//! What each proxy runs: the contract between `translate` and the proxy.
+//!
+//! A [`MeshSnapshot`] is an immutable value: the control plane publishes a new one when the
+//! config changes and proxies swap it in whole. Every type here is plain data (Clone, Debug,
+//! PartialEq, serde) so it can be dumped (`/config_dump`), compared in tests and sent over the
+//! wire later. Fields may be added; none may be renamed or removed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
+
+/// Everything every proxy of the mesh needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSnapshot {
+    /// The mesh's trust domain (`cluster.local` by default).
+    pub trust_domain: String,
+    /// Other trust domains whose identities are treated as this mesh's.
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+    /// Where mesh-wide policy lives (`istio-system` by default).
+    pub root_namespace: String,
+    /// One proxy per WorkloadEntry, keyed by its `namespace/name`.
+    pub proxies: BTreeMap<String, ProxyConfig>,
+}
+
+/// The configuration of one workload's proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// The workload the proxy fronts.
+    pub workload: WorkloadInfo,
+    /// Ports the proxy serves on the workload address, one per Sidecar ingress listener.
+    pub inbound: Vec<InboundPort>,
+    /// Local listeners for the app's outbound calls, one per (Sidecar egress listener, host).
+    pub outbound: Vec<OutboundListener>,
+    /// The AuthorizationPolicies that apply to this workload.
+    pub authz: WorkloadPolicies,
+    /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational in this issue.
+    pub outbound_traffic_policy: String,
+}
+
+/// Who a proxy is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    /// The WorkloadEntry's name.
+    pub name: String,
+    /// The WorkloadEntry's namespace.
+    pub namespace: String,
+    /// `spec.serviceAccount`, `default` when absent.
+    pub service_account: String,
+    /// `spec.address`: where the proxy listens for inbound connections.
+    pub address: IpAddr,
+    /// `spec.labels` (with `metadata.labels` under them, as Istio merges them).
+    pub labels: BTreeMap<String, String>,
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub identity: String,
+    /// A built-in app `ward up` runs behind the proxy (shipped examples only).
+    pub demo_app: Option<DemoApp>,
+}
+
+/// Ward extension for shipped examples only: annotation `ward.dev/demo-app: echo` on the Sidecar or
+/// WorkloadEntry asks `ward up` to run a built-in echo app at each ingress defaultEndpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoApp {
+    /// Echoes every byte back.
+    Echo,
+}
+
+/// The annotation that asks for a [`DemoApp`].
+pub const DEMO_APP_ANNOTATION: &str = "ward.dev/demo-app";
+
+impl DemoApp {
+    /// Parses the annotation value.
+    pub fn parse(value: &str) -> Option<DemoApp> {
+        match value {
+            "echo" => Some(DemoApp::Echo),
+            _ => None,
+        }
+    }
+}
+
+/// One inbound port of a workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundPort {
+    /// The workload port the sidecar serves on `workload.address`.
+    pub port: u16,
+    /// From the Sidecar ingress port (protocol, else the port-name prefix).
+    pub protocol: Protocol,
+    /// Where the app listens: the ingress `defaultEndpoint`.
+    pub target: SocketAddr,
+    /// The port's effective PeerAuthentication mode.
+    pub mtls: MtlsMode,
+    /// The PeerAuthentication that decided `mtls`; `None` = Ward's default (STRICT).
+    pub mtls_policy: Option<PolicyRef>,
+}
+
+/// An Istio port protocol (istio/istio `pkg/config/protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// Opaque TCP.
+    Tcp,
+    /// HTTP/1.1 (also `HTTP_PROXY` and `GRPC-WEB`).
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// TLS, routed by SNI.
+    Tls,
+    /// HTTPS, routed by SNI.
+    Https,
+    /// MongoDB.
+    Mongo,
+    /// MySQL.
+    Mysql,
+    /// Redis.
+    Redis,
+    /// Not declared: Istio sniffs the protocol; Ward treats the port as TCP.
+    Unknown,
+}
+
+/// A protocol name Ward does not know, or one it cannot carry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not an Istio protocol name.
+    #[error(
+        "unknown protocol `{0}`; Istio protocols are HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TCP, \
+         TLS, MONGO, MYSQL, REDIS"
+    )]
+    Unknown(String),
+    /// UDP: Ward proxies TCP only.
+    #[error("protocol UDP is not supported: Ward proxies TCP only")]
+    Udp,
+}
+
+impl Protocol {
+    /// Parses an Istio protocol name, ignoring case as Istio does (`protocol.Parse`).
+    pub fn parse(name: &str) -> Result<Protocol, ProtocolError> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "http" | "http_proxy" | "grpc-web" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "tls" => Protocol::Tls,
+            "https" => Protocol::Https,
+            "mongo" => Protocol::Mongo,
+            "mysql" => Protocol::Mysql,
+            "redis" => Protocol::Redis,
+            "udp" => return Err(ProtocolError::Udp),
+            _ => return Err(ProtocolError::Unknown(name.to_owned())),
+        })
+    }
+
+    /// The protocol of a port: its `protocol` field, else the prefix of its name.
+    ///
+    /// Istio "Protocol Selection": "Protocols can be specified manually by naming the Service
+    /// port `name: <protocol>[-<suffix>]`" (istio.io `ops/configuration/traffic-management/
+    /// protocol-selection`). A name without a known prefix leaves the protocol undeclared.
+    pub fn of_port(protocol: Option<&str>, name: Option<&str>) -> Result<Protocol, ProtocolError> {
+        if let Some(protocol) = protocol.filter(|p| !p.is_empty()) {
+            return Protocol::parse(protocol);
+        }
+        let Some(name) = name else {
+            return Ok(Protocol::Unknown);
+        };
+        let lower = name.to_ascii_lowercase();
+        if lower == "grpc-web" || lower.starts_with("grpc-web-") {
+            return Ok(Protocol::Http);
+        }
+        let prefix = lower.split('-').next().unwrap_or_default();
+        Ok(Protocol::parse(prefix).unwrap_or(Protocol::Unknown))
+    }
+
+    /// Whether requests on this port are HTTP (so several services can share one listener,
+    /// told apart by `Host`).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Http => "HTTP",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::Tls => "TLS",
+            Protocol::Https => "HTTPS",
+            Protocol::Mongo => "MONGO",
+            Protocol::Mysql => "MYSQL",
+            Protocol::Redis => "REDIS",
+            Protocol::Unknown => "UNKNOWN",
+        })
+    }
+}
+
+/// A local listener for one service the app calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundListener {
+    /// Egress `bind` (default 127.0.0.1) and the port.
+    pub bind: SocketAddr,
+    /// The ServiceEntry host, e.g. `db.datamesh.svc.cluster.local`.
+    pub service: String,
+    /// The ServiceEntry port.
+    pub service_port: u16,
+    /// The port's protocol.
+    pub protocol: Protocol,
+    /// Where connections go.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One destination of an outbound listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Workload address and target port.
+    pub address: SocketAddr,
+    /// `namespace/name` of the WorkloadEntry when the endpoint is in the mesh.
+    pub workload: Option<String>,
+    /// The server identity to expect (secure naming), `spiffe://...`.
+    pub identity: Option<String>,
+    /// How to reach it.
+    pub transport: Transport,
+}
+
+/// How a proxy reaches an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Transport {
+    /// mTLS HTTP/2 CONNECT to the peer proxy (port 15008).
+    Hbone,
+    /// Straight TCP to the address.
+    Plaintext,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_of_port_follows_istio_naming() {
+        let cases: &[(Option<&str>, Option<&str>, Result<Protocol, ProtocolError>)] = &[
+            (Some("TCP"), Some("http-x"), Ok(Protocol::Tcp)),
+            (Some("http"), None, Ok(Protocol::Http)),
+            (Some("GRPC-Web"), None, Ok(Protocol::Http)),
+            (Some("HTTP2"), None, Ok(Protocol::Http2)),
+            (Some("Mongo"), None, Ok(Protocol::Mongo)),
+            (Some(""), Some("grpc-api"), Ok(Protocol::Grpc)),
+            (None, Some("http"), Ok(Protocol::Http)),
+            (None, Some("https-admin"), Ok(Protocol::Https)),
+            (None, Some("grpc-web-ui"), Ok(Protocol::Http)),
+            (None, Some("tcp-db"), Ok(Protocol::Tcp)),
+            (None, Some("db"), Ok(Protocol::Unknown)),
+            (None, Some("udp-dns"), Ok(Protocol::Unknown)),
+            (None, None, Ok(Protocol::Unknown)),
+            (
+                Some("HTPP"),
+                None,
+                Err(ProtocolError::Unknown("HTPP".into())),
+            ),
+            (Some("udp"), None, Err(ProtocolError::Udp)),
+        ];
+        for (protocol, name, want) in cases {
+            assert_eq!(
+                &Protocol::of_port(*protocol, *name),
+                want,
+                "{protocol:?} {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_http_family_shares_listeners() {
+        let http = [Protocol::Http, Protocol::Http2, Protocol::Grpc];
+        for p in http {
+            assert!(p.is_http(), "{p}");
+        }
+        for p in [
+            Protocol::Tcp,
+            Protocol::Tls,
+            Protocol::Https,
+            Protocol::Unknown,
+        ] {
+            assert!(!p.is_http(), "{p}");
+        }
+    }
+
+    #[test]
+    fn enums_serialize_as_istio_spells_them() {
+        assert_eq!(
+            serde_json::to_string(&Protocol::Http2).unwrap(),
+            "\"HTTP2\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Transport::Hbone).unwrap(),
+            "\"HBONE\""
+        );
+        assert_eq!(serde_json::to_string(&DemoApp::Echo).unwrap(), "\"echo\"");
+        assert_eq!(DemoApp::parse("echo"), Some(DemoApp::Echo));
+        assert_eq!(DemoApp::parse("Echo"), None);
+    }
+}

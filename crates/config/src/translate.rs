@@ -1,0 +1,1186 @@
+//! Translation: a [`ConfigSet`] in, one [`ProxyConfig`] per WorkloadEntry out. Pure.
+//!
+//! For each workload: its Sidecar gives the inbound ports (ingress listeners, each with the
+//! port's effective PeerAuthentication mode) and the outbound listeners (egress listeners ×
+//! matching ServiceEntry hosts, with endpoints and the transport to use); its
+//! AuthorizationPolicies are compiled once and selected per workload. Every error names the
+//! object, file and line; translation fails if there is any.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ward_policy::spec::PeerAuthenticationSpec;
+use ward_policy::{
+    effective_mtls, parse_dry_run, AuthzPolicy, MeshContext, MtlsMode, PeerAuthnPolicy, PolicyRef,
+    WorkloadPolicies, DRY_RUN_ANNOTATION,
+};
+
+use crate::diag::{code, Diagnostic, Diagnostics, Severity};
+use crate::istio::{
+    parse_default_endpoint, port_number, AppEndpoint, HostNamespace, IstioEgressListener, Location,
+    ServiceEntrySpec, ServicePort, SidecarHost, SidecarSpec, WorkloadEntrySpec,
+};
+use crate::load::{ConfigSet, Resource};
+use crate::meta::parse_timestamp;
+use crate::snapshot::{
+    DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
+    Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
+};
+use crate::yaml::{push_index, push_key};
+
+/// Builds every proxy's configuration. Fails with all the errors found.
+pub fn translate(set: &ConfigSet) -> Result<MeshSnapshot, Diagnostics> {
+    let (context, mut errors) = Context::build(set);
+    let mut proxies = BTreeMap::new();
+    for workload in &context.workloads {
+        let (proxy, proxy_errors) = context.proxy(workload);
+        errors.extend(proxy_errors);
+        proxies.insert(workload.resource.key(), proxy);
+    }
+    let mut errors = Diagnostics(errors);
+    errors.sort();
+    errors.0.dedup();
+    if errors.has_errors() {
+        return Err(errors);
+    }
+    Ok(MeshSnapshot {
+        trust_domain: set.mesh.trust_domain.clone(),
+        trust_domain_aliases: set.mesh.trust_domain_aliases.clone(),
+        root_namespace: set.mesh.root_namespace.clone(),
+        proxies,
+    })
+}
+
+/// A WorkloadEntry with what translation derives from it.
+pub(crate) struct Workload<'a> {
+    pub(crate) resource: &'a Resource<WorkloadEntrySpec>,
+    pub(crate) address: IpAddr,
+    /// `spec.labels` overlaid with `metadata.labels`.
+    pub(crate) labels: BTreeMap<String, String>,
+    /// `spiffe://...`.
+    pub(crate) identity: String,
+}
+
+impl Workload<'_> {
+    pub(crate) fn namespace(&self) -> &str {
+        &self.resource.meta.namespace
+    }
+}
+
+/// What every workload's translation shares: compiled policies, PeerAuthentications in
+/// creation order, and the workloads.
+pub(crate) struct Context<'a> {
+    pub(crate) set: &'a ConfigSet,
+    pub(crate) policies: Vec<AuthzPolicy>,
+    /// The compiled policy of each AuthorizationPolicy, by index (`None`: did not compile).
+    pub(crate) compiled: Vec<Option<usize>>,
+    pub(crate) peer_authn: Vec<PeerAuthnPolicy>,
+    pub(crate) workloads: Vec<Workload<'a>>,
+}
+
+impl<'a> Context<'a> {
+    /// Compiles and indexes everything; returns the errors found on the way.
+    pub(crate) fn build(set: &'a ConfigSet) -> (Context<'a>, Vec<Diagnostic>) {
+        let mut errors = Vec::new();
+        let mesh = MeshContext {
+            root_namespace: set.mesh.root_namespace.clone(),
+            trust_domain: set.mesh.trust_domain.clone(),
+            trust_domain_aliases: set.mesh.trust_domain_aliases.clone(),
+        };
+        let mut policies = Vec::new();
+        let mut compiled = Vec::new();
+        for ap in &set.authorization_policies {
+            let dry_run = ap
+                .meta
+                .annotations
+                .get(DRY_RUN_ANNOTATION)
+                .and_then(|v| parse_dry_run(v))
+                .unwrap_or(false);
+            let reference = PolicyRef::new(ap.meta.namespace.clone(), ap.meta.name.clone());
+            match AuthzPolicy::compile(reference, &ap.spec, dry_run, &mesh) {
+                Ok(policy) => {
+                    compiled.push(Some(policies.len()));
+                    policies.push(policy);
+                }
+                Err(err) => {
+                    compiled.push(None);
+                    let field = if err.field.starts_with("spec") {
+                        err.field.clone()
+                    } else {
+                        push_key("spec", &err.field)
+                    };
+                    errors.push(ap.diagnostic(
+                        Severity::Error,
+                        code::POLICY_INVALID,
+                        &field,
+                        err.message,
+                    ));
+                }
+            }
+        }
+        let workloads = index_workloads(set, &mut errors);
+        let context = Context {
+            set,
+            policies,
+            compiled,
+            peer_authn: peer_authn_policies(&set.peer_authentications),
+            workloads,
+        };
+        (context, errors)
+    }
+
+    fn root(&self) -> &str {
+        &self.set.mesh.root_namespace
+    }
+
+    /// The Sidecar that configures `workload`.
+    ///
+    /// istio/api sidecar.proto: "A Sidecar configuration with a workloadSelector takes
+    /// precedence over a Sidecar configuration without a workloadSelector" in the workload's
+    /// namespace; "Each namespace can have only one Sidecar configuration without any
+    /// workloadSelector"; the one "in the config root namespace will be applied by default to
+    /// all namespaces without a Sidecar configuration". Two selectors matching one workload
+    /// are an error in Ward (Istio's choice between them is undefined).
+    pub(crate) fn sidecar_for(
+        &self,
+        workload: &Workload<'_>,
+    ) -> Result<Option<&'a Resource<SidecarSpec>>, Diagnostic> {
+        let ns = workload.namespace();
+        let sidecars = &self.set.sidecars;
+        let selecting: Vec<_> = sidecars
+            .iter()
+            .filter(|s| s.meta.namespace == ns)
+            .filter(|s| {
+                s.spec
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| sel.matches(&workload.labels))
+            })
+            .collect();
+        if let [first, second, ..] = selecting.as_slice() {
+            return Err(second.diagnostic(
+                Severity::Error,
+                code::SIDECAR_CONFLICT,
+                "spec.workloadSelector",
+                format!(
+                    "{} and {} both select workload {}; a workload must be selected by one \
+                     Sidecar",
+                    first.object(),
+                    second.object(),
+                    workload.resource.key()
+                ),
+            ));
+        }
+        if let Some(one) = selecting.first() {
+            return Ok(Some(one));
+        }
+        for namespace in [ns, self.root()] {
+            let defaults: Vec<_> = sidecars
+                .iter()
+                .filter(|s| s.meta.namespace == namespace && s.spec.workload_selector.is_none())
+                .collect();
+            match defaults.as_slice() {
+                [] => continue,
+                [one] => return Ok(Some(one)),
+                [first, second, ..] => {
+                    return Err(second.diagnostic(
+                        Severity::Error,
+                        code::SIDECAR_CONFLICT,
+                        "metadata.name",
+                        format!(
+                            "namespace `{namespace}` has two Sidecars without workloadSelector \
+                             ({} and {}); Istio allows one",
+                            first.object(),
+                            second.object()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The ServiceEntry hosts an egress host pattern selects for a workload in `namespace`.
+    pub(crate) fn services_matching(
+        &self,
+        host: &SidecarHost,
+        namespace: &str,
+    ) -> Vec<(&'a Resource<ServiceEntrySpec>, &'a str)> {
+        let mut matched = Vec::new();
+        for se in &self.set.service_entries {
+            if !se.spec.visible_to(&se.meta.namespace, namespace) {
+                continue;
+            }
+            for name in se.spec.hosts() {
+                if host.matches(namespace, &se.meta.namespace, name) {
+                    matched.push((se, name.as_str()));
+                }
+            }
+        }
+        matched
+    }
+
+    fn mtls_of(&self, workload: &Workload<'_>, port: u16) -> (MtlsMode, Option<PolicyRef>) {
+        let effective = effective_mtls(
+            &self.peer_authn,
+            self.root(),
+            workload.namespace(),
+            &workload.labels,
+            port,
+        );
+        (effective.mode, effective.policy)
+    }
+
+    /// One workload's proxy, and the errors found building it.
+    fn proxy(&self, workload: &Workload<'_>) -> (ProxyConfig, Vec<Diagnostic>) {
+        let mut errors = Vec::new();
+        let sidecar = self.sidecar_for(workload).unwrap_or_else(|err| {
+            errors.push(err);
+            None
+        });
+        let we = workload.resource;
+        let demo_app = sidecar
+            .and_then(|s| s.meta.annotations.get(DEMO_APP_ANNOTATION))
+            .or_else(|| we.meta.annotations.get(DEMO_APP_ANNOTATION))
+            .and_then(|v| DemoApp::parse(v));
+        let inbound = sidecar
+            .map(|s| self.inbound(workload, s, &mut errors))
+            .unwrap_or_default();
+        let outbound = sidecar
+            .map(|s| self.outbound(workload, s, &mut errors))
+            .unwrap_or_default();
+        if let Some(sidecar) = sidecar {
+            errors.extend(check_binds(workload, sidecar, &inbound, &outbound));
+        }
+        let outbound_traffic_policy = sidecar
+            .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
+            .and_then(|p| p.mode)
+            .unwrap_or(self.set.mesh.outbound_traffic_policy);
+        let proxy = ProxyConfig {
+            workload: WorkloadInfo {
+                name: we.meta.name.clone(),
+                namespace: we.meta.namespace.clone(),
+                service_account: we.spec.service_account().to_owned(),
+                address: workload.address,
+                labels: workload.labels.clone(),
+                identity: workload.identity.clone(),
+                demo_app,
+            },
+            inbound,
+            outbound,
+            authz: WorkloadPolicies::select(
+                &self.policies,
+                workload.namespace(),
+                &workload.labels,
+                self.root(),
+            ),
+            outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
+        };
+        (proxy, errors)
+    }
+
+    /// One inbound port per ingress listener. `port.number` is served on the workload
+    /// address; `defaultEndpoint` is where the app listens. Ward has no traffic capture, so
+    /// listeners are explicit (captureMode NONE).
+    fn inbound(
+        &self,
+        workload: &Workload<'_>,
+        sidecar: &Resource<SidecarSpec>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Vec<InboundPort> {
+        let mut ports = Vec::new();
+        for (i, listener) in sidecar.spec.ingress().iter().enumerate() {
+            let path = push_index("spec.ingress", i);
+            let Some(sidecar_port) = &listener.port else {
+                continue;
+            };
+            let Some(port) = sidecar_port.number.and_then(port_number) else {
+                continue;
+            };
+            let Some(Ok(endpoint)) = listener
+                .default_endpoint
+                .as_deref()
+                .map(parse_default_endpoint)
+            else {
+                continue;
+            };
+            let target = match endpoint {
+                AppEndpoint::Local(addr) => addr,
+                AppEndpoint::WorkloadAddress(app_port) => {
+                    SocketAddr::new(workload.address, app_port)
+                }
+            };
+            if target == SocketAddr::new(workload.address, port) {
+                errors.push(sidecar.diagnostic(
+                    Severity::Error,
+                    code::LISTENER_CONFLICT,
+                    &push_key(&path, "defaultEndpoint"),
+                    format!(
+                        "for workload {} the app endpoint {target} is the listener itself; \
+                         give the app another port",
+                        workload.resource.key()
+                    ),
+                ));
+                continue;
+            }
+            let (mtls, mtls_policy) = self.mtls_of(workload, port);
+            ports.push(InboundPort {
+                port,
+                protocol: sidecar_port.protocol(),
+                target,
+                mtls,
+                mtls_policy,
+            });
+        }
+        ports
+    }
+
+    /// One listener per (egress listener, matched ServiceEntry host, port).
+    fn outbound(
+        &self,
+        workload: &Workload<'_>,
+        sidecar: &Resource<SidecarSpec>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Vec<OutboundListener> {
+        let mut listeners: Vec<OutboundListener> = Vec::new();
+        for (i, egress) in sidecar.spec.egress().iter().enumerate() {
+            let path = push_index("spec.egress", i);
+            let bind_ip = egress
+                .bind
+                .as_deref()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let mut produced = false;
+            let mut matched_any = false;
+            for (j, host) in egress.hosts().iter().enumerate() {
+                let Ok(pattern) = SidecarHost::parse(host) else {
+                    continue;
+                };
+                if pattern.namespace == HostNamespace::Nothing {
+                    continue;
+                }
+                let services = self.services_matching(&pattern, workload.namespace());
+                if services.is_empty() {
+                    errors.push(sidecar.diagnostic(
+                        Severity::Error,
+                        code::EGRESS_HOST_UNMATCHED,
+                        &push_index(&push_key(&path, "hosts"), j),
+                        unmatched_host_message(host, workload.namespace()),
+                    ));
+                    continue;
+                }
+                matched_any = true;
+                for (se, name) in services {
+                    for se_port in ports_for(egress, &se.spec) {
+                        let listener = self.listener(bind_ip, egress, se, name, se_port, errors);
+                        if let Some(listener) = listener {
+                            produced = true;
+                            if !listeners.contains(&listener) {
+                                listeners.push(listener);
+                            }
+                        }
+                    }
+                }
+            }
+            if matched_any && !produced {
+                if let Some(number) = egress.port.as_ref().and_then(|p| p.number) {
+                    errors.push(sidecar.diagnostic(
+                        Severity::Error,
+                        code::EGRESS_HOST_UNMATCHED,
+                        &push_key(&push_key(&path, "port"), "number"),
+                        format!(
+                            "no ServiceEntry matched by this listener's hosts has port {number}"
+                        ),
+                    ));
+                }
+            }
+        }
+        errors.extend(check_shared_listeners(sidecar, workload, &listeners));
+        listeners
+    }
+
+    fn listener(
+        &self,
+        bind_ip: IpAddr,
+        egress: &IstioEgressListener,
+        se: &Resource<ServiceEntrySpec>,
+        host: &str,
+        se_port: &ServicePort,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<OutboundListener> {
+        let service_port = port_number(se_port.number)?;
+        let listen_port = egress
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(port_number)
+            .unwrap_or(service_port);
+        let protocol = match egress.port.as_ref().map(|p| p.protocol()) {
+            Some(p) if p != Protocol::Unknown => p,
+            _ => se_port.protocol(),
+        };
+        Some(OutboundListener {
+            bind: SocketAddr::new(bind_ip, listen_port),
+            service: host.to_owned(),
+            service_port,
+            protocol,
+            endpoints: self.endpoints(se, se_port, errors),
+        })
+    }
+
+    /// The endpoints of one ServiceEntry port.
+    ///
+    /// Selected WorkloadEntries (MESH_INTERNAL with workloadSelector) and inline endpoints
+    /// both use the port named like the service port, else `targetPort`, else the service
+    /// port. Transport follows Istio auto-mTLS (istio/istio
+    /// `pilot/pkg/networking/core/cluster_tls.go`): mTLS (HBONE) to a workload with a sidecar
+    /// unless the service is MESH_EXTERNAL, auto-mTLS is off, or the destination port's
+    /// PeerAuthentication mode is DISABLE; otherwise plaintext.
+    fn endpoints(
+        &self,
+        se: &Resource<ServiceEntrySpec>,
+        se_port: &ServicePort,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Vec<Endpoint> {
+        let mut endpoints = Vec::new();
+        let internal = se.spec.location.unwrap_or_default() == Location::MeshInternal;
+        let target_port = |ports: Option<&BTreeMap<String, u32>>| -> Option<u16> {
+            se_port
+                .name
+                .as_ref()
+                .and_then(|name| ports.and_then(|p| p.get(name)))
+                .copied()
+                .or(se_port.target_port)
+                .or(Some(se_port.number))
+                .and_then(port_number)
+        };
+        if let Some(selector) = &se.spec.workload_selector {
+            for workload in &self.workloads {
+                if workload.namespace() != se.meta.namespace || !selector.matches(&workload.labels)
+                {
+                    continue;
+                }
+                let Some(port) = target_port(workload.resource.spec.ports.as_ref()) else {
+                    continue;
+                };
+                endpoints.push(self.endpoint_to(workload, port, internal));
+            }
+        }
+        for (i, inline) in se.spec.endpoints.iter().flatten().enumerate() {
+            let Some(port) = target_port(inline.ports.as_ref()) else {
+                continue;
+            };
+            let Some(ip) = inline.ip() else {
+                errors.push(se.diagnostic(
+                    Severity::Error,
+                    code::ENDPOINT_INVALID,
+                    &push_key(&push_index("spec.endpoints", i), "address"),
+                    format!(
+                        "`{}` is not an IP address: Ward needs an IP address here (it does not \
+                         resolve DNS names)",
+                        inline.address.as_deref().unwrap_or_default()
+                    ),
+                ));
+                continue;
+            };
+            match self.workloads.iter().find(|w| w.address == ip) {
+                // An inline endpoint at a WorkloadEntry's address is that workload.
+                Some(workload) => endpoints.push(self.endpoint_to(workload, port, internal)),
+                None => endpoints.push(Endpoint {
+                    address: SocketAddr::new(ip, port),
+                    workload: None,
+                    identity: None,
+                    transport: Transport::Plaintext,
+                }),
+            }
+        }
+        endpoints
+    }
+
+    fn endpoint_to(&self, workload: &Workload<'_>, port: u16, internal: bool) -> Endpoint {
+        let address = SocketAddr::new(workload.address, port);
+        if !internal {
+            return Endpoint {
+                address,
+                workload: None,
+                identity: None,
+                transport: Transport::Plaintext,
+            };
+        }
+        let (mode, _) = self.mtls_of(workload, port);
+        let hbone = self.set.mesh.enable_auto_mtls && mode != MtlsMode::Disable;
+        Endpoint {
+            address,
+            workload: Some(workload.resource.key()),
+            identity: Some(workload.identity.clone()),
+            transport: if hbone {
+                Transport::Hbone
+            } else {
+                Transport::Plaintext
+            },
+        }
+    }
+}
+
+pub(crate) fn unmatched_host_message(host: &str, namespace: &str) -> String {
+    format!(
+        "egress host `{host}` matches no ServiceEntry visible to namespace `{namespace}`; \
+         declare the service with a ServiceEntry (check its hosts and exportTo)"
+    )
+}
+
+/// The ServiceEntry ports an egress listener serves: the one with the listener's port
+/// number, or every port when the listener has none.
+fn ports_for<'s>(egress: &IstioEgressListener, se: &'s ServiceEntrySpec) -> Vec<&'s ServicePort> {
+    match egress.port.as_ref().and_then(|p| p.number) {
+        Some(number) => se.ports().iter().filter(|p| p.number == number).collect(),
+        None => se.ports().iter().collect(),
+    }
+}
+
+/// Several services may share a listener only when it speaks HTTP (they are told apart by
+/// `Host`); a TCP listener forwards to exactly one service.
+fn check_shared_listeners(
+    sidecar: &Resource<SidecarSpec>,
+    workload: &Workload<'_>,
+    listeners: &[OutboundListener],
+) -> Vec<Diagnostic> {
+    let mut by_bind: BTreeMap<SocketAddr, Vec<&OutboundListener>> = BTreeMap::new();
+    for listener in listeners {
+        by_bind.entry(listener.bind).or_default().push(listener);
+    }
+    let mut errors = Vec::new();
+    for (bind, group) in by_bind {
+        let services: BTreeSet<(&str, u16)> = group
+            .iter()
+            .map(|l| (l.service.as_str(), l.service_port))
+            .collect();
+        if services.len() > 1 && group.iter().any(|l| !l.protocol.is_http()) {
+            let names: Vec<String> = services.iter().map(|(s, p)| format!("{s}:{p}")).collect();
+            errors.push(sidecar.diagnostic(
+                Severity::Error,
+                code::LISTENER_CONFLICT,
+                "spec.egress",
+                format!(
+                    "for workload {}, the TCP listener {bind} would serve several services ({}); \
+                     give each its own egress port or bind address",
+                    workload.resource.key(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// An outbound listener must not take an inbound listener's or the app's address.
+fn check_binds(
+    workload: &Workload<'_>,
+    sidecar: &Resource<SidecarSpec>,
+    inbound: &[InboundPort],
+    outbound: &[OutboundListener],
+) -> Vec<Diagnostic> {
+    let mut taken: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for port in inbound {
+        taken.insert(
+            SocketAddr::new(workload.address, port.port),
+            format!("inbound port {}", port.port),
+        );
+        taken.insert(
+            port.target,
+            format!("the app endpoint of inbound port {}", port.port),
+        );
+    }
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for listener in outbound {
+        if !seen.insert(listener.bind) {
+            continue;
+        }
+        if let Some(owner) = taken.get(&listener.bind) {
+            errors.push(sidecar.diagnostic(
+                Severity::Error,
+                code::LISTENER_CONFLICT,
+                "spec.egress",
+                format!(
+                    "for workload {}, the egress listener {} for {} collides with {owner}",
+                    workload.resource.key(),
+                    listener.bind,
+                    listener.service
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// WorkloadEntries with a parsed address, merged labels and identity; reports addresses that
+/// are not IPs or are claimed twice.
+fn index_workloads<'a>(set: &'a ConfigSet, errors: &mut Vec<Diagnostic>) -> Vec<Workload<'a>> {
+    let mut workloads: Vec<Workload<'a>> = Vec::new();
+    for we in &set.workload_entries {
+        let Some(address) = we.spec.ip() else {
+            errors.push(we.diagnostic(
+                Severity::Error,
+                code::INVALID,
+                "spec.address",
+                "Ward needs an IP address here (it does not resolve DNS names)",
+            ));
+            continue;
+        };
+        if let Some(first) = workloads.iter().find(|w| w.address == address) {
+            errors.push(we.diagnostic(
+                Severity::Error,
+                code::ADDRESS_CONFLICT,
+                "spec.address",
+                format!(
+                    "address {address} is already used by {}; each workload needs its own \
+                     address",
+                    first.resource.object()
+                ),
+            ));
+            continue;
+        }
+        let identity = match ward_identity::SpiffeId::new(
+            &set.mesh.trust_domain,
+            &we.meta.namespace,
+            we.spec.service_account(),
+        ) {
+            Ok(id) => id.to_string(),
+            Err(err) => {
+                errors.push(we.diagnostic(
+                    Severity::Error,
+                    code::INVALID,
+                    "spec.serviceAccount",
+                    format!("cannot form the workload's SPIFFE id: {err}"),
+                ));
+                continue;
+            }
+        };
+        workloads.push(Workload {
+            resource: we,
+            address,
+            labels: workload_labels(we),
+            identity,
+        });
+    }
+    workloads
+}
+
+/// istio/istio `pilot/pkg/serviceregistry/serviceentry` `ConvertWorkloadEntry`: "we will
+/// merge labels from metadata with spec, with precedence to the metadata".
+pub(crate) fn workload_labels(we: &Resource<WorkloadEntrySpec>) -> BTreeMap<String, String> {
+    let mut labels = we.spec.labels.clone().unwrap_or_default();
+    labels.extend(we.meta.labels.clone());
+    labels
+}
+
+/// PeerAuthentications with their creation order: by `creationTimestamp` when present (older
+/// first; istio-semantics: "the oldest `creationTimestamp` wins"), then those without one in
+/// load order, as if created when loaded.
+pub(crate) fn peer_authn_policies(
+    resources: &[Resource<PeerAuthenticationSpec>],
+) -> Vec<PeerAuthnPolicy> {
+    let mut ranked: Vec<(usize, &Resource<PeerAuthenticationSpec>)> =
+        resources.iter().enumerate().collect();
+    ranked.sort_by_key(|(index, r)| {
+        let created = r
+            .meta
+            .creation_timestamp
+            .as_deref()
+            .and_then(parse_timestamp);
+        (created.is_none(), created, *index)
+    });
+    let mut policies: Vec<(usize, PeerAuthnPolicy)> = ranked
+        .into_iter()
+        .enumerate()
+        .map(|(order, (index, r))| {
+            (
+                index,
+                PeerAuthnPolicy {
+                    policy: PolicyRef::new(r.meta.namespace.clone(), r.meta.name.clone()),
+                    spec: r.spec.clone(),
+                    order: u64::try_from(order).unwrap_or(u64::MAX),
+                },
+            )
+        })
+        .collect();
+    policies.sort_by_key(|(index, _)| *index);
+    policies.into_iter().map(|(_, p)| p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::load_str;
+
+    fn we(ns: &str, name: &str, address: &str, spec_extra: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{address: \"{address}\", labels: {{app: {name}}}{spec_extra}}}\n"
+        )
+    }
+
+    fn doc(kind: &str, ns: &str, name: &str, spec: &str) -> String {
+        let group = match kind {
+            "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io",
+            _ => "networking.istio.io",
+        };
+        format!("---\napiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    fn snapshot(yaml: &str) -> MeshSnapshot {
+        let set = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        translate(&set).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// (line, code, field) of each translation error.
+    fn errors(yaml: &str) -> Vec<(Option<usize>, &'static str, Option<String>)> {
+        let set = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        match translate(&set) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags
+                .0
+                .into_iter()
+                .map(|d| (d.line, d.code, d.field))
+                .collect(),
+        }
+    }
+
+    fn sidecar_ingress(port: u16, endpoint: &str) -> String {
+        format!("{{ingress: [{{port: {{number: {port}, name: tcp}}, defaultEndpoint: \"{endpoint}\"}}]}}")
+    }
+
+    #[test]
+    fn the_most_specific_sidecar_wins() {
+        let base = [
+            we("a", "x", "10.0.0.1", ""),
+            we("a", "y", "10.0.0.2", ""),
+            we("b", "z", "10.0.0.3", ""),
+            we("c", "w", "10.0.0.4", ""),
+            doc("Sidecar", "a", "for-x", &format!("{{workloadSelector: {{labels: {{app: x}}}}, ingress: [{{port: {{number: 1}}, defaultEndpoint: \"127.0.0.1:11\"}}]}}")),
+            doc("Sidecar", "a", "ns-default", &sidecar_ingress(2, "127.0.0.1:12")),
+            doc("Sidecar", "istio-system", "mesh-default", &sidecar_ingress(3, "127.0.0.1:13")),
+            doc("Sidecar", "c", "for-nobody", "{workloadSelector: {labels: {app: nobody}}}"),
+        ]
+        .concat();
+        let snap = snapshot(&base);
+        let port_of = |key: &str| {
+            snap.proxies[key]
+                .inbound
+                .iter()
+                .map(|p| p.port)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(port_of("a/x"), vec![1]);
+        assert_eq!(port_of("a/y"), vec![2]);
+        assert_eq!(port_of("b/z"), vec![3]);
+        assert_eq!(port_of("c/w"), vec![3]);
+
+        let two_selectors = format!(
+            "{base}{}",
+            doc(
+                "Sidecar",
+                "a",
+                "also-x",
+                "{workloadSelector: {labels: {app: x}}}"
+            )
+        );
+        assert_eq!(
+            errors(&two_selectors),
+            vec![(
+                Some(44),
+                code::SIDECAR_CONFLICT,
+                Some("spec.workloadSelector".into())
+            )]
+        );
+        let two_defaults = format!("{base}{}", doc("Sidecar", "a", "another", "{}"));
+        assert_eq!(
+            errors(&two_defaults),
+            vec![(
+                Some(43),
+                code::SIDECAR_CONFLICT,
+                Some("metadata.name".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn inbound_ports_carry_protocol_target_and_mtls() {
+        let yaml = [
+            we("a", "x", "10.0.0.1", ""),
+            doc("Sidecar", "a", "s", "{ingress: [{port: {number: 9080, name: http-web}, defaultEndpoint: \"127.0.0.1:8080\"}, {port: {number: 9443, protocol: TCP}, defaultEndpoint: \"0.0.0.0:8443\"}]}"),
+            doc("PeerAuthentication", "a", "ns", "{mtls: {mode: PERMISSIVE}}"),
+            doc("PeerAuthentication", "a", "x-ports", "{selector: {matchLabels: {app: x}}, portLevelMtls: {9443: {mode: DISABLE}}}"),
+        ]
+        .concat();
+        let snap = snapshot(&yaml);
+        let inbound = &snap.proxies["a/x"].inbound;
+        assert_eq!(
+            inbound,
+            &vec![
+                InboundPort {
+                    port: 9080,
+                    protocol: Protocol::Http,
+                    target: "127.0.0.1:8080".parse().unwrap(),
+                    mtls: MtlsMode::Permissive,
+                    mtls_policy: Some(PolicyRef::new("a", "ns")),
+                },
+                InboundPort {
+                    port: 9443,
+                    protocol: Protocol::Tcp,
+                    target: "10.0.0.1:8443".parse().unwrap(),
+                    mtls: MtlsMode::Disable,
+                    mtls_policy: Some(PolicyRef::new("a", "x-ports")),
+                },
+            ]
+        );
+
+        let no_pa = [
+            we("a", "x", "10.0.0.1", ""),
+            doc("Sidecar", "a", "s", &sidecar_ingress(1, "127.0.0.1:2")),
+        ]
+        .concat();
+        let port = &snapshot(&no_pa).proxies["a/x"].inbound[0];
+        assert_eq!(
+            (port.mtls, port.mtls_policy.as_ref()),
+            (MtlsMode::Strict, None)
+        );
+
+        let looped = [
+            we("a", "x", "10.0.0.1", ""),
+            doc("Sidecar", "a", "s", &sidecar_ingress(80, "0.0.0.0:80")),
+        ]
+        .concat();
+        assert_eq!(
+            errors(&looped),
+            vec![(
+                Some(10),
+                code::LISTENER_CONFLICT,
+                Some("spec.ingress[0].defaultEndpoint".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn workload_info_merges_labels_and_forms_the_identity() {
+        let yaml = format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\n  namespace: shop\n  labels: {{version: v2, tier: web}}\n  annotations: {{ward.dev/demo-app: echo}}\nspec: {{address: \"fd00::1\", labels: {{app: vm, version: v1}}, serviceAccount: cart}}\n{}",
+            doc("Sidecar", "shop", "s", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}")
+        );
+        let snap = snapshot(&yaml);
+        let proxy = &snap.proxies["shop/vm"];
+        let info = &proxy.workload;
+        assert_eq!(info.identity, "spiffe://cluster.local/ns/shop/sa/cart");
+        assert_eq!(info.address, "fd00::1".parse::<IpAddr>().unwrap());
+        let labels: Vec<(&str, &str)> = info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![("app", "vm"), ("tier", "web"), ("version", "v2")]
+        );
+        assert_eq!(info.demo_app, Some(DemoApp::Echo));
+        assert_eq!(proxy.outbound_traffic_policy, "REGISTRY_ONLY");
+        assert_eq!(
+            snapshot(&we("a", "x", "10.0.0.1", "")).proxies["a/x"].outbound_traffic_policy,
+            "ALLOW_ANY"
+        );
+        assert_eq!(
+            snapshot(&we("a", "x", "10.0.0.1", "")).proxies["a/x"]
+                .workload
+                .service_account,
+            "default"
+        );
+    }
+
+    #[test]
+    fn outbound_listeners_follow_egress_hosts_ports_and_visibility() {
+        let services = [
+            we("db", "pg", "10.0.0.9", ", ports: {tcp-pg: 15432}"),
+            doc("ServiceEntry", "db", "pg", "{hosts: [pg.db.svc], location: MESH_INTERNAL, ports: [{number: 5432, name: tcp-pg}, {number: 9187, name: http-metrics, targetPort: 19187}], workloadSelector: {labels: {app: pg}}}"),
+            doc("ServiceEntry", "db", "hidden", "{hosts: [hidden.db.svc], exportTo: [\".\"], ports: [{number: 1, name: tcp}], resolution: STATIC, endpoints: [{address: 10.9.9.9}]}"),
+            doc("ServiceEntry", "ext", "api", "{hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: STATIC, endpoints: [{address: 203.0.113.7}]}"),
+        ]
+        .concat();
+        let client = |egress: &str| {
+            format!(
+                "{services}{}{}",
+                we("app", "c", "10.0.0.1", ""),
+                doc("Sidecar", "app", "s", &format!("{{egress: {egress}}}"))
+            )
+        };
+        let listeners = |egress: &str| snapshot(&client(egress)).proxies["app/c"].outbound.clone();
+
+        // No port: one listener per service port, each at its own number.
+        let all = listeners("[{hosts: [\"db/pg.db.svc\"]}]");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].bind, "127.0.0.1:5432".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            all[0].endpoints[0].address,
+            "10.0.0.9:15432".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(all[0].protocol, Protocol::Tcp);
+        assert_eq!(all[1].service_port, 9187);
+        assert_eq!(all[1].protocol, Protocol::Http);
+        assert_eq!(
+            all[1].endpoints[0].address,
+            "10.0.0.9:19187".parse::<SocketAddr>().unwrap()
+        );
+
+        // A port picks that service port; bind moves the listener.
+        let one = listeners("[{port: {number: 5432}, bind: 127.0.0.5, hosts: [\"*/*.svc\"]}]");
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].bind, "127.0.0.5:5432".parse::<SocketAddr>().unwrap());
+        assert_eq!(one[0].service, "pg.db.svc");
+        assert_eq!(
+            one[0].endpoints,
+            vec![Endpoint {
+                address: "10.0.0.9:15432".parse().unwrap(),
+                workload: Some("db/pg".into()),
+                identity: Some("spiffe://cluster.local/ns/db/sa/default".into()),
+                transport: Transport::Hbone,
+            }]
+        );
+
+        // External: plaintext, no identity. `~/*` imports nothing.
+        let ext = listeners("[{hosts: [\"ext/api.example.com\", \"~/*\"]}]");
+        assert_eq!(ext.len(), 1);
+        assert_eq!(
+            (
+                ext[0].protocol,
+                ext[0].endpoints[0].transport,
+                ext[0].endpoints[0].identity.clone()
+            ),
+            (Protocol::Tls, Transport::Plaintext, None)
+        );
+
+        // exportTo "." hides a service from other namespaces: the host matches nothing.
+        assert_eq!(
+            errors(&client("[{hosts: [\"db/hidden.db.svc\"]}]")),
+            vec![(
+                Some(34),
+                code::EGRESS_HOST_UNMATCHED,
+                Some("spec.egress[0].hosts[0]".into())
+            )]
+        );
+        assert_eq!(
+            errors(&client(
+                "[{port: {number: 7777}, hosts: [\"db/pg.db.svc\"]}]"
+            )),
+            vec![(
+                Some(34),
+                code::EGRESS_HOST_UNMATCHED,
+                Some("spec.egress[0].port.number".into())
+            )]
+        );
+        // Two services on one TCP listener cannot be told apart.
+        assert_eq!(
+            errors(&client("[{port: {number: 443}, hosts: [\"*/*\"]}, {port: {number: 5432}, bind: 127.0.0.1, hosts: [\"*/*\"]}]")).len(),
+            0
+        );
+        let shared = format!("{}{}", client("[{port: {number: 5432}, hosts: [\"*/*\"]}]"), doc("ServiceEntry", "db", "pg2", "{hosts: [pg2.db.svc], ports: [{number: 5432, name: tcp}], resolution: STATIC, endpoints: [{address: 10.0.0.8}]}"));
+        assert_eq!(
+            errors(&shared),
+            vec![(
+                Some(34),
+                code::LISTENER_CONFLICT,
+                Some("spec.egress".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn http_services_may_share_a_listener() {
+        let yaml = [
+            doc("ServiceEntry", "a", "one", "{hosts: [one.a], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.1.0.1}]}"),
+            doc("ServiceEntry", "a", "two", "{hosts: [two.a], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.1.0.2}]}"),
+            we("a", "c", "10.0.0.1", ""),
+            doc("Sidecar", "a", "s", "{egress: [{hosts: [\"./*\"]}]}"),
+        ]
+        .concat();
+        let outbound = &snapshot(&yaml).proxies["a/c"].outbound;
+        assert_eq!(
+            outbound
+                .iter()
+                .map(|l| l.service.as_str())
+                .collect::<Vec<_>>(),
+            vec!["one.a", "two.a"]
+        );
+        assert!(outbound.iter().all(|l| l.bind.port() == 80));
+    }
+
+    #[test]
+    fn transport_follows_auto_mtls() {
+        let dest = [
+            we("db", "pg", "10.0.0.9", ", ports: {tcp: 5432}"),
+            doc("ServiceEntry", "db", "pg", "{hosts: [pg.db], location: MESH_INTERNAL, ports: [{number: 5432, name: tcp}], workloadSelector: {labels: {app: pg}}}"),
+            we("app", "c", "10.0.0.1", ""),
+            doc("Sidecar", "app", "s", "{egress: [{hosts: [\"*/*\"]}]}"),
+        ]
+        .concat();
+        let transport = |extra: &str| {
+            snapshot(&format!("{dest}{extra}")).proxies["app/c"].outbound[0].endpoints[0].transport
+        };
+        assert_eq!(transport(""), Transport::Hbone);
+        assert_eq!(
+            transport(&doc(
+                "PeerAuthentication",
+                "db",
+                "off",
+                "{mtls: {mode: DISABLE}}"
+            )),
+            Transport::Plaintext
+        );
+        assert_eq!(
+            transport(&doc(
+                "PeerAuthentication",
+                "db",
+                "p",
+                "{mtls: {mode: PERMISSIVE}}"
+            )),
+            Transport::Hbone
+        );
+        let auto_off = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x}\nspec: {meshConfig: {enableAutoMtls: false}}\n";
+        assert_eq!(transport(auto_off), Transport::Plaintext);
+    }
+
+    #[test]
+    fn inline_endpoints_resolve_ports_and_workloads() {
+        let yaml = [
+            we("a", "srv", "10.0.0.9", ", serviceAccount: srv"),
+            doc("ServiceEntry", "a", "s", "{hosts: [s.a], location: MESH_INTERNAL, resolution: STATIC, ports: [{number: 80, name: http, targetPort: 8000}], endpoints: [{address: 10.0.0.9}, {address: 10.0.0.10, ports: {http: 8080}}]}"),
+            we("a", "c", "10.0.0.1", ""),
+            doc("Sidecar", "a", "c", "{workloadSelector: {labels: {app: c}}, egress: [{hosts: [\"./s.a\"]}]}"),
+        ]
+        .concat();
+        let endpoints = &snapshot(&yaml).proxies["a/c"].outbound[0].endpoints;
+        assert_eq!(
+            endpoints,
+            &vec![
+                Endpoint {
+                    address: "10.0.0.9:8000".parse().unwrap(),
+                    workload: Some("a/srv".into()),
+                    identity: Some("spiffe://cluster.local/ns/a/sa/srv".into()),
+                    transport: Transport::Hbone,
+                },
+                Endpoint {
+                    address: "10.0.0.10:8080".parse().unwrap(),
+                    workload: None,
+                    identity: None,
+                    transport: Transport::Plaintext,
+                },
+            ]
+        );
+
+        let dns = [
+            doc("ServiceEntry", "a", "s", "{hosts: [s.a], resolution: DNS, ports: [{number: 80, name: http}], endpoints: [{address: s.example.com}]}"),
+            we("a", "c", "10.0.0.1", ""),
+            doc("Sidecar", "a", "c", "{egress: [{hosts: [\"./s.a\"]}]}"),
+        ]
+        .concat();
+        assert_eq!(
+            errors(&dns),
+            vec![(
+                Some(5),
+                code::ENDPOINT_INVALID,
+                Some("spec.endpoints[0].address".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn workload_and_policy_errors_are_located() {
+        let yaml = [
+            we("a", "x", "10.0.0.1", ""),
+            we("b", "y", "10.0.0.1", ""),
+            doc(
+                "AuthorizationPolicy",
+                "a",
+                "bad",
+                "{rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/33\"]}}]}]}",
+            ),
+        ]
+        .concat();
+        let got = errors(&yaml);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(10),
+                    code::ADDRESS_CONFLICT,
+                    Some("spec.address".into())
+                ),
+                (
+                    Some(15),
+                    code::POLICY_INVALID,
+                    Some("spec.rules[0].from[0].source.ipBlocks[0]".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn authz_is_selected_per_workload_with_dry_run() {
+        let yaml = format!(
+            "{}{}{}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: audit\n  namespace: a\n  annotations: {{istio.io/dry-run: \"true\"}}\nspec: {{action: DENY, rules: [{{}}]}}\n{}",
+            we("a", "x", "10.0.0.1", ""),
+            we("a", "y", "10.0.0.2", ""),
+            doc("AuthorizationPolicy", "istio-system", "mesh", "{}"),
+            doc("AuthorizationPolicy", "a", "only-y", "{selector: {matchLabels: {app: y}}}")
+        );
+        let snap = snapshot(&yaml);
+        let names = |key: &str| {
+            snap.proxies[key]
+                .authz
+                .policies
+                .iter()
+                .map(|p| (p.policy.name.clone(), p.dry_run))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("a/x"),
+            vec![("mesh".into(), false), ("audit".into(), true)]
+        );
+        assert_eq!(
+            names("a/y"),
+            vec![
+                ("mesh".into(), false),
+                ("audit".into(), true),
+                ("only-y".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn peer_authentication_order_is_creation_then_load_order() {
+        let pa = |name: &str, ts: Option<&str>| {
+            let ts = ts
+                .map(|t| format!(", creationTimestamp: \"{t}\""))
+                .unwrap_or_default();
+            format!("---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: a{ts}}}\n")
+        };
+        let yaml = [
+            pa("late", None),
+            pa("newer", Some("2024-06-01T00:00:00Z")),
+            pa("older", Some("2024-06-01T01:00:00+02:00")),
+            pa("later", None),
+        ]
+        .concat();
+        let set = load_str("t.yaml", &yaml).unwrap();
+        let orders: Vec<(String, u64)> = peer_authn_policies(&set.peer_authentications)
+            .into_iter()
+            .map(|p| (p.policy.name, p.order))
+            .collect();
+        assert_eq!(
+            orders,
+            vec![
+                ("late".into(), 2),
+                ("newer".into(), 1),
+                ("older".into(), 0),
+                ("later".into(), 3)
+            ]
+        );
+    }
+}

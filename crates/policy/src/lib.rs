@@ -1,0 +1,51 @@
+//! Ward's policy decisions: Istio `AuthorizationPolicy` and `PeerAuthentication`, compiled and
+//! evaluated as pure functions.
+//!
+//! Role: turn Istio security specs into checked values ([`AuthzPolicy`], [`PeerAuthnPolicy`]),
+//! then answer "is this connection allowed?" ([`WorkloadPolicies::evaluate_l4`] →
+//! [`Decision`]) and "what mTLS mode does this port use?" ([`effective_mtls`]). The proxy
+//! carries the answers out; `ward analyze` and the simulator read the same functions.
+//!
+//! Must not: do I/O (except [`corpus::run_file`], which reads a test corpus), spawn tasks, read
+//! clocks, or depend on tokio. Untrusted input (policy YAML, peer identities) never panics.
+//!
+//! Where Ward is deliberately stricter than Istio (all fail closed):
+//! - A plaintext connection (no peer identity) never satisfies an identity field in an ALLOW
+//!   policy, `not` forms included; in DENY/AUDIT/CUSTOM it always does, so
+//!   `DENY namespaces: [foo]` denies identity-less traffic too (ISTIO-SECURITY-2021-004).
+//! - No `PeerAuthentication` anywhere (or `UNSET` all the way up) means STRICT, not PERMISSIVE.
+//! - Invalid rules (unknown `when` key, bad CIDR or port, `spiffe://` principals, empty values,
+//!   CUSTOM without provider ...) reject the policy instead of being skipped.
+//! - A matching CUSTOM policy denies: Ward has no external authorizer yet.
+//! - Values are matched literally (exact, `abc*`, `*abc`, `*`), never as regexes
+//!   (CVE-2026-39350).
+//!
+//! Layout:
+//! - [`spec`]: the Istio API types, field for field.
+//! - [`matcher`]: Istio string, IP, port, service account and path patterns (shared by L4 and
+//!   the later HTTP evaluator).
+//! - `authz`: compiling a policy ([`AuthzPolicy::compile`]), scope ([`AuthzPolicy::applies_to`]).
+//! - `l4`: evaluating a TCP connection ([`WorkloadPolicies::evaluate_l4`]).
+//! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
+//! - `peer_authn`: [`effective_mtls`] and [`lint`].
+//! - [`corpus`]: the YAML conformance corpus runner (`tests/corpus/*.yaml`).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod authz;
+pub mod corpus;
+mod decision;
+mod l4;
+pub mod matcher;
+mod peer_authn;
+pub mod spec;
+
+pub use authz::{
+    parse_dry_run, AuthzPolicy, AuthzRule, CompileError, ConditionMatch, MeshContext,
+    OperationMatch, SourceMatch, WorkloadPolicies, DRY_RUN_ANNOTATION,
+};
+pub use decision::{AllowedBy, Decision, DeniedBy, DryRunNote, DryRunOutcome, PolicyRef, RuleRef};
+pub use l4::{L4Attributes, Peer};
+pub use peer_authn::{
+    effective_mtls, lint, EffectiveMtls, MtlsMode, PeerAuthnLevel, PeerAuthnLint, PeerAuthnPolicy,
+};

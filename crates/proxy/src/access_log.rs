@@ -1,0 +1,170 @@
+//! One access record per connection, with ztunnel's key names (`src.addr`, `dst.identity`, ...)
+//! extended with the TLS facts and the authorization decision that Ward promises to prove.
+//! Records go to the tracing target `access`; nothing from the payload is ever logged.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which way the connection flows, seen from the sidecar that reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Arriving at this workload.
+    Inbound,
+    /// Leaving this workload for a service.
+    Outbound,
+}
+
+impl Direction {
+    /// The ztunnel spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Who was at fault when a connection failed (pingora's error sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The client side: bad handshake, protocol error, went away.
+    Downstream,
+    /// The server side: refused, reset, unreachable.
+    Upstream,
+    /// A policy decision closed or refused it.
+    Policy,
+    /// Ward itself (no certificate yet, bad state).
+    Internal,
+}
+
+/// Everything recorded about one connection.
+#[derive(Clone, Debug)]
+pub struct ConnRecord {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// The peer that opened the connection.
+    pub src_addr: SocketAddr,
+    /// `ns/name` of the source workload, when known.
+    pub src_workload: Option<String>,
+    /// Source namespace (from the identity when mTLS).
+    pub src_namespace: Option<String>,
+    /// Source SPIFFE id; only with mTLS.
+    pub src_identity: Option<String>,
+    /// Where the bytes go (workload ip:port, or the app's endpoint).
+    pub dst_addr: SocketAddr,
+    /// The HBONE address used, when tunnelled.
+    pub dst_hbone_addr: Option<SocketAddr>,
+    /// The service host, when known.
+    pub dst_service: Option<String>,
+    /// `ns/name` of the destination workload.
+    pub dst_workload: Option<String>,
+    /// Destination namespace.
+    pub dst_namespace: Option<String>,
+    /// Destination SPIFFE id (verified on outbound, ours on inbound).
+    pub dst_identity: Option<String>,
+    /// "TLSv1.3", when the hop was mTLS.
+    pub tls_version: Option<String>,
+    /// The negotiated key-exchange group, e.g. "X25519MLKEM768".
+    pub tls_kx_group: Option<String>,
+    /// "allow" or "deny", when a decision was made.
+    pub authz_decision: Option<&'static str>,
+    /// The deciding policy as `ns/name`, when one decided.
+    pub authz_policy: Option<String>,
+    /// Index of the deciding rule.
+    pub authz_rule: Option<usize>,
+    /// Envoy-style detail, e.g. `rbac_access_denied_matched_policy[none]`.
+    pub authz_detail: Option<String>,
+    /// Bytes sent toward the source.
+    pub bytes_sent: u64,
+    /// Bytes received from the source.
+    pub bytes_recv: u64,
+    /// Connection lifetime.
+    pub duration: Duration,
+    /// ztunnel-style flag: `-`, `DENY`, `CONNECT`, `TLS_FAILURE`, ...
+    pub response_flags: &'static str,
+    /// Why it failed, when it failed.
+    pub error: Option<String>,
+    /// Who was at fault, when it failed.
+    pub fault: Option<Fault>,
+}
+
+impl ConnRecord {
+    /// A record with nothing known yet but the two ends.
+    pub fn new(direction: Direction, src_addr: SocketAddr, dst_addr: SocketAddr) -> Self {
+        ConnRecord {
+            direction,
+            src_addr,
+            src_workload: None,
+            src_namespace: None,
+            src_identity: None,
+            dst_addr,
+            dst_hbone_addr: None,
+            dst_service: None,
+            dst_workload: None,
+            dst_namespace: None,
+            dst_identity: None,
+            tls_version: None,
+            tls_kx_group: None,
+            authz_decision: None,
+            authz_policy: None,
+            authz_rule: None,
+            authz_detail: None,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            duration: Duration::ZERO,
+            response_flags: "-",
+            error: None,
+            fault: None,
+        }
+    }
+
+    /// Mark the record failed.
+    pub fn fail(&mut self, fault: Fault, flags: &'static str, error: impl std::fmt::Display) {
+        self.fault = Some(fault);
+        self.response_flags = flags;
+        self.error = Some(error.to_string());
+    }
+
+    /// Emit the record: "connection complete" or, when it failed before carrying data,
+    /// "connection failed" (ztunnel's two messages).
+    pub fn emit(&self) {
+        let fault = self.fault.map(|f| format!("{f:?}").to_lowercase());
+        macro_rules! ev {
+            ($lvl:expr, $msg:literal) => {
+                tracing::event!(
+                    target: "access",
+                    $lvl,
+                    direction = self.direction.as_str(),
+                    src.addr = %self.src_addr,
+                    src.workload = self.src_workload.as_deref(),
+                    src.namespace = self.src_namespace.as_deref(),
+                    src.identity = self.src_identity.as_deref(),
+                    dst.addr = %self.dst_addr,
+                    dst.hbone_addr = self.dst_hbone_addr.map(|a| a.to_string()).as_deref(),
+                    dst.service = self.dst_service.as_deref(),
+                    dst.workload = self.dst_workload.as_deref(),
+                    dst.namespace = self.dst_namespace.as_deref(),
+                    dst.identity = self.dst_identity.as_deref(),
+                    tls.version = self.tls_version.as_deref(),
+                    tls.kx_group = self.tls_kx_group.as_deref(),
+                    authz.decision = self.authz_decision,
+                    authz.policy = self.authz_policy.as_deref(),
+                    authz.rule = self.authz_rule.map(|r| r as u64),
+                    authz.detail = self.authz_detail.as_deref(),
+                    bytes_sent = self.bytes_sent,
+                    bytes_recv = self.bytes_recv,
+                    duration_ms = self.duration.as_secs_f64() * 1000.0,
+                    response_flags = self.response_flags,
+                    error = self.error.as_deref(),
+                    fault = fault.as_deref(),
+                    $msg
+                )
+            };
+        }
+        if self.error.is_some() {
+            ev!(tracing::Level::WARN, "connection failed");
+        } else {
+            ev!(tracing::Level::INFO, "connection complete");
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Inbound: connections arriving at the workload.
+//!
+//! - HBONE on `<workload-ip>:15008`: mTLS (client certificate required), then one HTTP/2
+//!   `CONNECT` per application connection, `:authority` = `<workload-ip>:<port>`.
+//! - Plaintext on `<workload-ip>:<port>` for each Sidecar ingress port: served only where the
+//!   port's effective PeerAuthentication is PERMISSIVE or DISABLE; under STRICT the connection is
+//!   reset at once (Istio: "plaintext → connection reset").
+//!
+//! Both paths decide with [`authorize`] (pure) and then act. The same function re-checks open
+//! connections when the config changes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use ward_config::{InboundPort, ProxyConfig};
+use ward_hbone::{parse_authority, ConnectRequest, H2Settings};
+use ward_policy::{Decision, L4Attributes, MtlsMode, Peer};
+use ward_tls::PeerInfo;
+
+use crate::access_log::{ConnRecord, Direction, Fault};
+use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
+use crate::metrics::Metrics;
+use crate::splice::{splice, SpliceEnd};
+
+/// Time allowed for the TLS handshake of an inbound connection.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to connect to the app.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outcome of authorizing one inbound connection.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Serve it; the decision says which policy allowed it.
+    Allow(Decision),
+    /// The port is not one this workload serves.
+    UnknownPort,
+    /// Plaintext on a STRICT port.
+    PlaintextRefused {
+        /// The PeerAuthentication that made the port STRICT, if any (else Ward's default).
+        policy: Option<String>,
+    },
+    /// mTLS on a DISABLE port ("DISABLE means plaintext only").
+    MtlsRefused {
+        /// The PeerAuthentication that made the port DISABLE.
+        policy: Option<String>,
+    },
+    /// An AuthorizationPolicy denied it.
+    Denied(Decision),
+}
+
+impl Verdict {
+    /// The close order to give an open connection that this verdict now refuses.
+    pub fn close_order(&self) -> Option<CloseOrder> {
+        let (policy, rule, detail) = match self {
+            Verdict::Allow(_) => return None,
+            Verdict::UnknownPort => (None, None, "port no longer served".to_owned()),
+            Verdict::PlaintextRefused { policy } => (
+                policy.clone(),
+                None,
+                "peer_authentication_strict".to_owned(),
+            ),
+            Verdict::MtlsRefused { policy } => (
+                policy.clone(),
+                None,
+                "peer_authentication_disable".to_owned(),
+            ),
+            Verdict::Denied(d) => {
+                let (policy, rule) = deciding_rule(d);
+                (policy, rule, d.response_detail())
+            }
+        };
+        Some(CloseOrder {
+            policy,
+            rule,
+            detail,
+        })
+    }
+}
+
+/// The policy and rule that decided, for logs.
+pub fn deciding_rule(d: &Decision) -> (Option<String>, Option<usize>) {
+    match d.deciding_rule() {
+        Some(r) => (Some(r.policy.to_string()), Some(r.rule)),
+        None => (d.deciding_policy().map(|p| p.to_string()), None),
+    }
+}
+
+fn find_port(cfg: &ProxyConfig, port: u16) -> Option<&InboundPort> {
+    cfg.inbound.iter().find(|p| p.port == port)
+}
+
+/// Decide an inbound connection against a config. Pure: no sockets, no clock.
+pub fn authorize(cfg: &ProxyConfig, facts: &ConnFacts) -> Verdict {
+    let Some(port) = find_port(cfg, facts.destination_port) else {
+        return Verdict::UnknownPort;
+    };
+    if facts.destination_ip != cfg.workload.address {
+        return Verdict::UnknownPort;
+    }
+    let pa = port.mtls_policy.as_ref().map(|p| p.to_string());
+    match (port.mtls, facts.peer.is_some()) {
+        (MtlsMode::Strict, false) => return Verdict::PlaintextRefused { policy: pa },
+        (MtlsMode::Disable, true) => return Verdict::MtlsRefused { policy: pa },
+        _ => {}
+    }
+    let decision = cfg.authz.evaluate_l4(&L4Attributes {
+        peer: facts.peer.as_ref(),
+        source_ip: facts.source_ip,
+        remote_ip: facts.source_ip,
+        destination_ip: facts.destination_ip,
+        destination_port: facts.destination_port,
+        sni: None,
+    });
+    if decision.is_allowed() {
+        Verdict::Allow(decision)
+    } else {
+        Verdict::Denied(decision)
+    }
+}
+
+/// Turn a verified TLS peer into the policy engine's `Peer`.
+pub fn policy_peer(info: &PeerInfo) -> Option<Peer> {
+    info.identity.as_ref().map(|id| Peer {
+        principal: id.principal(),
+        trust_domain: id.trust_domain().to_owned(),
+        namespace: id.namespace().to_owned(),
+        service_account: id.service_account().to_owned(),
+    })
+}
+
+/// What every inbound task of one sidecar shares.
+pub struct InboundCtx {
+    /// The sidecar's current config (sender: the sidecar's config task).
+    pub config: watch::Receiver<Arc<ProxyConfig>>,
+    /// Open connections, for re-checks.
+    pub tracker: Arc<ConnTracker>,
+    /// Process-wide metrics.
+    pub metrics: Arc<Metrics>,
+    /// Our own SPIFFE id, for logs.
+    pub identity: String,
+}
+
+impl InboundCtx {
+    fn workload_key(cfg: &ProxyConfig) -> String {
+        format!("{}/{}", cfg.workload.namespace, cfg.workload.name)
+    }
+
+    fn base_record(&self, cfg: &ProxyConfig, src: SocketAddr, dst: SocketAddr) -> ConnRecord {
+        let mut rec = ConnRecord::new(Direction::Inbound, src, dst);
+        rec.dst_workload = Some(Self::workload_key(cfg));
+        rec.dst_namespace = Some(cfg.workload.namespace.clone());
+        rec.dst_identity = Some(self.identity.clone());
+        rec
+    }
+
+    fn note_decision(&self, cfg: &ProxyConfig, rec: &mut ConnRecord, verdict: &Verdict) {
+        let (allowed, policy, rule, detail) = match verdict {
+            Verdict::Allow(d) => {
+                let (p, r) = deciding_rule(d);
+                (true, p, r, None)
+            }
+            other => {
+                let order = other.close_order();
+                let (p, r, det) = order
+                    .map(|o| (o.policy, o.rule, Some(o.detail)))
+                    .unwrap_or((None, None, None));
+                (false, p, r, det)
+            }
+        };
+        rec.authz_decision = Some(if allowed { "allow" } else { "deny" });
+        rec.authz_policy = policy.clone();
+        rec.authz_rule = rule;
+        rec.authz_detail = detail;
+        if let Verdict::Allow(d) | Verdict::Denied(d) = verdict {
+            log_dry_run_and_audit(d, rec);
+        }
+        self.metrics
+            .decision(allowed, policy.as_deref(), &Self::workload_key(cfg));
+    }
+
+    /// Connect to the app, then splice and record. `downstream` is the plaintext socket.
+    async fn serve_allowed<S>(
+        &self,
+        cfg: &ProxyConfig,
+        facts: ConnFacts,
+        downstream: S,
+        mut rec: ConnRecord,
+        started: Instant,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Some(port) = find_port(cfg, facts.destination_port) else {
+            return;
+        };
+        match connect_app(port.target).await {
+            Ok(upstream) => {
+                self.serve_connected(facts, downstream, upstream, rec, started)
+                    .await
+            }
+            Err(e) => {
+                rec.fail(Fault::Upstream, "CONNECT", e);
+                rec.duration = started.elapsed();
+                rec.emit();
+                self.metrics.record(&rec, false);
+            }
+        }
+    }
+}
+
+/// Connect to the app behind the sidecar.
+async fn connect_app(target: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connect to app at {target} failed: {e}")),
+        Err(_) => Err(format!("connect to app at {target} timed out")),
+    }
+}
+
+fn log_dry_run_and_audit(d: &Decision, rec: &ConnRecord) {
+    for a in d.audit() {
+        tracing::info!(target: "audit", policy = %a.policy, rule = a.rule, src.addr = %rec.src_addr, src.identity = rec.src_identity.as_deref(), dst.addr = %rec.dst_addr, "AUDIT policy matched");
+    }
+    for n in d.dry_run() {
+        tracing::info!(target: "audit", policy = %n.policy, rule = n.rule.map(|r| r as u64), would = ?n.would, src.addr = %rec.src_addr, dst.addr = %rec.dst_addr, "dry-run policy evaluated, not enforced");
+    }
+}
+
+/// Serve HBONE connections accepted on `listener` until `shutdown` flips to true.
+pub async fn run_hbone(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<InboundCtx>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let mut sd = shutdown.clone();
+        let (tcp, src) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "hbone accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::stopped(&mut sd) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { handle_hbone_conn(acceptor, tcp, src, ctx, shutdown).await });
+    }
+}
+
+async fn handle_hbone_conn(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    src: SocketAddr,
+    ctx: Arc<InboundCtx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = tcp.local_addr().unwrap_or(src);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tls_failure(&ctx, src, local, e.to_string()),
+        Err(_) => return tls_failure(&ctx, src, local, "TLS handshake timed out".to_owned()),
+    };
+    let info = ward_tls::peer_info(tls.get_ref().1);
+    let handler = {
+        let ctx = ctx.clone();
+        move |req: ConnectRequest| {
+            let ctx = ctx.clone();
+            let info = info.clone();
+            async move { handle_connect(ctx, req, src, info).await }
+        }
+    };
+    let shutdown = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = ward_hbone::serve(tls, H2Settings::default(), handler, shutdown).await {
+        tracing::debug!(src.addr = %src, error = %e, "hbone connection ended with an error");
+    }
+}
+
+fn tls_failure(ctx: &InboundCtx, src: SocketAddr, local: SocketAddr, error: String) {
+    let cfg = ctx.config.borrow().clone();
+    let mut rec = ctx.base_record(&cfg, src, local);
+    rec.fail(Fault::Downstream, "TLS_FAILURE", error);
+    rec.emit();
+    ctx.metrics.record(&rec, false);
+}
+
+async fn handle_connect(
+    ctx: Arc<InboundCtx>,
+    req: ConnectRequest,
+    src: SocketAddr,
+    info: PeerInfo,
+) {
+    let started = Instant::now();
+    let cfg = ctx.config.borrow().clone();
+    let dst = match parse_authority(req.authority()) {
+        Ok(a) => a,
+        Err(e) => {
+            let mut rec = ctx.base_record(&cfg, src, SocketAddr::new(cfg.workload.address, 0));
+            rec.fail(
+                Fault::Downstream,
+                "CONNECT",
+                format_args!("bad CONNECT authority: {e}"),
+            );
+            rec.emit();
+            req.reject(StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    let mut rec = ctx.base_record(&cfg, src, dst);
+    rec.src_identity = info.identity.as_ref().map(|i| i.to_string());
+    rec.src_namespace = info.identity.as_ref().map(|i| i.namespace().to_owned());
+    rec.tls_version = Some(info.tls_version.to_owned());
+    rec.tls_kx_group = Some(info.kx_group.clone());
+    let facts = ConnFacts {
+        peer: policy_peer(&info),
+        source_ip: src.ip(),
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+    };
+    if facts.peer.is_none() {
+        // The server config requires a client certificate; no identity here is a bug upstream.
+        rec.fail(
+            Fault::Internal,
+            "IDENTITY_ERROR",
+            "mTLS peer without a SPIFFE identity",
+        );
+        rec.emit();
+        req.reject(StatusCode::UNAUTHORIZED);
+        return;
+    }
+    let verdict = authorize(&cfg, &facts);
+    ctx.note_decision(&cfg, &mut rec, &verdict);
+    match verdict {
+        Verdict::Allow(_) => {}
+        Verdict::UnknownPort => {
+            // ztunnel: a bad authority or an address that is not the local workload → 400.
+            rec.fail(
+                Fault::Downstream,
+                "CONNECT",
+                format_args!("{dst} is not served by this workload"),
+            );
+            rec.emit();
+            ctx.metrics.record(&rec, false);
+            req.reject(StatusCode::BAD_REQUEST);
+            return;
+        }
+        refused => {
+            // ztunnel: authorization deny → 401.
+            let why = refused.close_order().map(|o| o.detail).unwrap_or_default();
+            rec.fail(Fault::Policy, "DENY", format_args!("denied: {why}"));
+            rec.duration = started.elapsed();
+            rec.emit();
+            ctx.metrics.record(&rec, false);
+            req.reject(StatusCode::UNAUTHORIZED);
+            return;
+        }
+    }
+    // Connect to the app before answering 200, so a dead app is a 503, not an empty tunnel.
+    let Some(port) = find_port(&cfg, dst.port()) else {
+        return;
+    };
+    let upstream = match connect_app(port.target).await {
+        Ok(s) => s,
+        Err(e) => {
+            rec.fail(Fault::Upstream, "CONNECT", e);
+            rec.emit();
+            ctx.metrics.record(&rec, false);
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+    };
+    let tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => {
+            rec.fail(Fault::Downstream, "-", e);
+            rec.emit();
+            ctx.metrics.record(&rec, false);
+            return;
+        }
+    };
+    ctx.serve_connected(facts, tunnel, upstream, rec, started)
+        .await;
+}
+
+impl InboundCtx {
+    async fn serve_connected<S>(
+        &self,
+        facts: ConnFacts,
+        downstream: S,
+        upstream: TcpStream,
+        mut rec: ConnRecord,
+        started: Instant,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let _ = upstream.set_nodelay(true);
+        let (guard, close) = self.tracker.register(facts);
+        self.metrics.conn_open(&rec);
+        match splice(downstream, upstream, Some(close)).await {
+            SpliceEnd::Done(recv, sent) => {
+                rec.bytes_recv = recv;
+                rec.bytes_sent = sent;
+            }
+            SpliceEnd::Failed(e) => rec.fail(Fault::Downstream, "-", e),
+            SpliceEnd::Closed(order) => {
+                rec.authz_decision = Some("deny");
+                rec.authz_policy = order.policy;
+                rec.authz_rule = order.rule;
+                rec.authz_detail = Some(order.detail.clone());
+                rec.fail(
+                    Fault::Policy,
+                    "DENY",
+                    format_args!("closed by policy change: {}", order.detail),
+                );
+            }
+        }
+        drop(guard);
+        rec.duration = started.elapsed();
+        rec.emit();
+        self.metrics.record(&rec, true);
+    }
+}
+
+/// Serve the plaintext side of one workload port until `shutdown` flips to true.
+pub async fn run_plaintext(
+    listener: TcpListener,
+    ctx: Arc<InboundCtx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, src) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "plaintext accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::stopped(&mut shutdown) => return,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { handle_plaintext(ctx, tcp, src).await });
+    }
+}
+
+async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr) {
+    let started = Instant::now();
+    let cfg = ctx.config.borrow().clone();
+    let Ok(dst) = tcp.local_addr() else { return };
+    let mut rec = ctx.base_record(&cfg, src, dst);
+    let facts = ConnFacts {
+        peer: None,
+        source_ip: src.ip(),
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+    };
+    let verdict = authorize(&cfg, &facts);
+    ctx.note_decision(&cfg, &mut rec, &verdict);
+    if let Verdict::Allow(_) = verdict {
+        let _ = tcp.set_nodelay(true);
+        return ctx.serve_allowed(&cfg, facts, tcp, rec, started).await;
+    }
+    let why = verdict.close_order().map(|o| o.detail).unwrap_or_default();
+    rec.fail(
+        Fault::Policy,
+        "DENY",
+        format_args!("plaintext refused: {why}"),
+    );
+    rec.duration = started.elapsed();
+    rec.emit();
+    ctx.metrics.record(&rec, false);
+    // Reset rather than close: the client sees the connection refused at once (curl: exit 56).
+    crate::reset_on_close(&tcp);
+    drop(tcp);
+}

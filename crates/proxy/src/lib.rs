@@ -1,0 +1,42 @@
+//! The data plane: one [`Sidecar`] per workload, serving that workload's address.
+//!
+//! A sidecar holds the workload's certificate (renewed on a timer, see [`certs`]), and carries out
+//! the per-proxy [`ProxyConfig`] the control plane pushes to it:
+//! - [`inbound`]: HBONE (mTLS + HTTP/2 `CONNECT`) on `<workload-ip>:15008`, and the plaintext
+//!   service ports, where PeerAuthentication allows plaintext. Authorization is decided by the pure
+//!   `ward-policy` engine; this crate only carries the [`ward_policy::Decision`] out.
+//! - [`outbound`]: the Sidecar egress listeners the app dials; each connection is tunnelled over
+//!   a pooled HBONE connection ([`pool`]) to a chosen endpoint, or sent plaintext where the
+//!   destination's PeerAuthentication is DISABLE (auto-mTLS).
+//! - [`conntrack`]: open inbound connections, re-checked when policy changes.
+//! - [`access_log`] and [`metrics`]: one record per connection, Istio/ztunnel names.
+//!
+//! It must not: parse YAML, sign certificates, or decide policy itself.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod access_log;
+pub mod certs;
+pub mod conntrack;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+mod sidecar;
+mod splice;
+
+pub use certs::{CertificateProvider, SignError};
+pub use metrics::Metrics;
+pub use sidecar::{MeshIdentity, Sidecar, SidecarHandle};
+pub use ward_config::ProxyConfig;
+
+/// Resolves once the stop switch is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Make the coming close a reset (RST) rather than a clean FIN, so a refused client sees the
+/// refusal at once (curl: exit 56), as Istio's sidecar does for plaintext on a STRICT port.
+/// SO_LINGER of zero never blocks on close.
+pub(crate) fn reset_on_close(tcp: &tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+}

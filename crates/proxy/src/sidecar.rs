@@ -1,0 +1,293 @@
+//! One sidecar: owns the workload's certificate task, its listeners, and the reaction to config
+//! pushes (listener reconciliation, re-check of open connections).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use ward_config::ProxyConfig;
+use ward_hbone::HBONE_PORT;
+use ward_identity::SpiffeId;
+use ward_tls::{CertStore, CertSummary};
+
+use crate::certs::{run_rotation, CertificateProvider};
+use crate::conntrack::ConnTracker;
+use crate::inbound::{self, InboundCtx};
+use crate::metrics::Metrics;
+use crate::outbound::{self, OutboundCtx};
+use crate::pool::HbonePool;
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The workload identity in the config is not a valid SPIFFE id.
+    #[error("workload {workload}: invalid identity {identity:?}: {reason}")]
+    Identity {
+        /// `ns/name`.
+        workload: String,
+        /// The identity as configured.
+        identity: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The mTLS server configuration could not be built.
+    #[error("workload {workload}: TLS setup failed: {reason}")]
+    Tls {
+        /// `ns/name`.
+        workload: String,
+        /// Why.
+        reason: String,
+    },
+    /// The HBONE port could not be bound.
+    #[error("workload {workload}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// `ns/name`.
+        workload: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The mesh-wide facts a sidecar's TLS server needs.
+#[derive(Clone, Debug)]
+pub struct MeshIdentity {
+    /// The local trust domain.
+    pub trust_domain: String,
+    /// Trust domains treated as equal to it.
+    pub aliases: Vec<String>,
+}
+
+/// A sidecar waiting to run.
+pub struct Sidecar {
+    key: String,
+    id: SpiffeId,
+    config: watch::Receiver<Arc<ProxyConfig>>,
+    ca: Arc<dyn CertificateProvider>,
+    mesh: MeshIdentity,
+    metrics: Arc<Metrics>,
+    handle: SidecarHandle,
+}
+
+/// What the admin API and the supervisor can see of a running sidecar. Cheap to clone.
+#[derive(Clone)]
+pub struct SidecarHandle {
+    key: String,
+    certs: Arc<CertStore>,
+    /// Set by the sidecar task when every configured listener is bound.
+    listeners_ready: Arc<AtomicBool>,
+    /// Listener bind failures, by address; written by the sidecar task.
+    problems: Arc<Mutex<Vec<String>>>,
+    config: watch::Receiver<Arc<ProxyConfig>>,
+    tracker: Arc<ConnTracker>,
+}
+
+impl SidecarHandle {
+    /// `ns/name` of the workload.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Certificate installed, config present, every listener bound.
+    pub fn is_ready(&self) -> bool {
+        self.certs.is_ready() && self.listeners_ready.load(Ordering::Acquire)
+    }
+    /// The current certificate, for `/certs`.
+    pub fn cert(&self) -> Option<CertSummary> {
+        self.certs.current()
+    }
+    /// The config the sidecar is serving.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.config.borrow().clone()
+    }
+    /// Listener problems, for `/ready` and logs.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+    /// Open inbound connections.
+    pub fn open_connections(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ListenerKind {
+    InboundPlaintext,
+    Outbound,
+}
+
+impl Sidecar {
+    /// Prepare a sidecar for the workload `key` (`ns/name`), fed by `config`.
+    pub fn new(
+        key: String,
+        config: watch::Receiver<Arc<ProxyConfig>>,
+        ca: Arc<dyn CertificateProvider>,
+        mesh: MeshIdentity,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Sidecar, SidecarHandle), SidecarError> {
+        let identity = config.borrow().workload.identity.clone();
+        let id = SpiffeId::parse(&identity).map_err(|e| SidecarError::Identity {
+            workload: key.clone(),
+            identity: identity.clone(),
+            reason: e.to_string(),
+        })?;
+        let handle = SidecarHandle {
+            key: key.clone(),
+            certs: CertStore::new(id.clone()),
+            listeners_ready: Arc::new(AtomicBool::new(false)),
+            problems: Arc::new(Mutex::new(Vec::new())),
+            config: config.clone(),
+            tracker: Arc::new(ConnTracker::default()),
+        };
+        Ok((
+            Sidecar {
+                key,
+                id,
+                config,
+                ca,
+                mesh,
+                metrics,
+                handle: handle.clone(),
+            },
+            handle,
+        ))
+    }
+
+    /// Run until `shutdown` flips to true (or the config sender is dropped).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SidecarError> {
+        let h = self.handle.clone();
+        let rotation = tokio::spawn(run_rotation(h.certs.clone(), self.ca.clone()));
+        let _rotation = AbortOnDrop(rotation);
+        let tls =
+            ward_tls::server_config(h.certs.clone(), &self.mesh.trust_domain, &self.mesh.aliases)
+                .map_err(|e| SidecarError::Tls {
+                workload: self.key.clone(),
+                reason: e.to_string(),
+            })?;
+        let address = self.config.borrow().workload.address;
+        let hbone_addr = SocketAddr::new(address, HBONE_PORT);
+        let hbone = TcpListener::bind(hbone_addr)
+            .await
+            .map_err(|source| SidecarError::Bind {
+                workload: self.key.clone(),
+                addr: hbone_addr,
+                source,
+            })?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inbound_ctx = Arc::new(InboundCtx {
+            config: self.config.clone(),
+            tracker: h.tracker.clone(),
+            metrics: self.metrics.clone(),
+            identity: self.id.to_string(),
+        });
+        let outbound_ctx = Arc::new(OutboundCtx {
+            config: self.config.clone(),
+            pool: Arc::new(HbonePool::new(address, h.certs.clone())),
+            metrics: self.metrics.clone(),
+            identity: self.id.to_string(),
+        });
+        tokio::spawn(inbound::run_hbone(
+            hbone,
+            tls,
+            inbound_ctx.clone(),
+            stop_rx.clone(),
+        ));
+        // Each listener has its own stop switch, so reconciliation can close just one.
+        let mut listeners: HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>> =
+            HashMap::new();
+        loop {
+            let cfg = self.config.borrow_and_update().clone();
+            self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
+                .await;
+            let closed = h
+                .tracker
+                .recheck(|facts| inbound::authorize(&cfg, facts).close_order());
+            if closed > 0 {
+                tracing::info!(workload = %self.key, closed, "policy change closed open connections");
+            }
+            tokio::select! {
+                changed = self.config.changed() => if changed.is_err() { break },
+                () = crate::stopped(&mut shutdown) => break,
+            }
+        }
+        let _ = stop_tx.send(true);
+        for (_, tx) in listeners {
+            let _ = tx.send(true);
+        }
+        Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        cfg: &ProxyConfig,
+        listeners: &mut HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>>,
+        inbound_ctx: &Arc<InboundCtx>,
+        outbound_ctx: &Arc<OutboundCtx>,
+    ) {
+        let mut want: Vec<(ListenerKind, SocketAddr)> = cfg
+            .inbound
+            .iter()
+            .map(|p| {
+                (
+                    ListenerKind::InboundPlaintext,
+                    SocketAddr::new(cfg.workload.address, p.port),
+                )
+            })
+            .collect();
+        want.extend(
+            cfg.outbound
+                .iter()
+                .map(|l| (ListenerKind::Outbound, l.bind)),
+        );
+        listeners.retain(|k, tx| {
+            let keep = want.contains(k);
+            if !keep {
+                let _ = tx.send(true);
+            }
+            keep
+        });
+        let mut problems = Vec::new();
+        for key in want {
+            if listeners.contains_key(&key) {
+                continue;
+            }
+            let listener = match TcpListener::bind(key.1).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let p = format!("cannot listen on {} ({:?}): {e}", key.1, key.0);
+                    tracing::error!(workload = %self.key, "{p}");
+                    problems.push(p);
+                    continue;
+                }
+            };
+            let (tx, rx) = watch::channel(false);
+            match key.0 {
+                ListenerKind::InboundPlaintext => {
+                    tokio::spawn(inbound::run_plaintext(listener, inbound_ctx.clone(), rx));
+                }
+                ListenerKind::Outbound => {
+                    tokio::spawn(outbound::run_listener(listener, outbound_ctx.clone(), rx));
+                }
+            }
+            listeners.insert(key, tx);
+        }
+        let ready = problems.is_empty();
+        if let Ok(mut p) = self.handle.problems.lock() {
+            *p = problems;
+        }
+        self.handle.listeners_ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Abort a task when the owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

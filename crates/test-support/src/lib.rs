@@ -1,0 +1,259 @@
+//! Helpers for Ward's end-to-end tests: run the real `ward` binary on a directory of YAML, wait
+//! for readiness, talk to it over real sockets, and read its logs.
+//!
+//! Tests pass the binary path (`env!("CARGO_BIN_EXE_ward")`), so this crate builds nothing itself.
+//! Each test uses its own 127.x.y.z block and admin port, so tests can run in parallel.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A running `ward up` process; killed on drop.
+pub struct Ward {
+    child: Child,
+    /// The admin address.
+    pub admin: SocketAddr,
+    /// The config directory (edit files here to hot-reload).
+    pub config_dir: PathBuf,
+    /// Where stderr (logs) goes.
+    pub log_path: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Options for [`Ward::up`].
+pub struct UpOptions<'a> {
+    /// Path of the `ward` binary.
+    pub bin: &'a str,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// YAML files to write into the config dir: (file name, contents).
+    pub files: Vec<(&'a str, String)>,
+    /// Extra arguments to `ward up`.
+    pub extra_args: Vec<String>,
+}
+
+impl Ward {
+    /// Write the files, start `ward up --log-format json`, and wait until `/ready` is 200.
+    pub fn up(opts: UpOptions<'_>) -> anyhow::Result<Ward> {
+        let tmp = tempfile::tempdir()?;
+        let config_dir = tmp.path().join("config");
+        std::fs::create_dir_all(&config_dir)?;
+        for (name, body) in &opts.files {
+            std::fs::write(config_dir.join(name), body)?;
+        }
+        let log_path = tmp.path().join("ward.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(opts.bin)
+            .arg("--log-format")
+            .arg("json")
+            .arg("up")
+            .arg("-f")
+            .arg(&config_dir)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--admin")
+            .arg(opts.admin.to_string())
+            .arg("--poll-interval")
+            .arg("100ms")
+            .args(&opts.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning ward")?;
+        let mut ward = Ward {
+            child,
+            admin: opts.admin,
+            config_dir,
+            log_path,
+            _tmp: tmp,
+        };
+        ward.wait_ready(Duration::from_secs(30))?;
+        Ok(ward)
+    }
+
+    /// Wait until `/ready` answers 200.
+    pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("ward exited with {status}; log:\n{}", self.logs());
+            }
+            match http_get(self.admin, "/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, body)) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "ward not ready after {limit:?}: {last}\nlog:\n{}",
+            self.logs()
+        )
+    }
+
+    /// Everything ward logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Log lines (JSON objects) whose fields match all of `pairs` (key, value-substring).
+    pub fn log_lines_matching(&self, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                pairs.iter().all(|(k, want)| {
+                    v.get(*k)
+                        .map(|got| match got {
+                            serde_json::Value::String(s) => s.contains(want),
+                            other => other.to_string().contains(want),
+                        })
+                        .unwrap_or(false)
+                })
+            })
+            .collect()
+    }
+
+    /// Wait until a log line matches, or fail with the log.
+    pub fn wait_for_log(
+        &self,
+        pairs: &[(&str, &str)],
+        limit: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(v) = self.log_lines_matching(pairs).into_iter().next() {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "no log line matching {pairs:?} after {limit:?}; log:\n{}",
+            self.logs()
+        )
+    }
+
+    /// Replace a config file (hot reload).
+    pub fn write_config(&self, name: &str, body: &str) -> anyhow::Result<()> {
+        let tmp = self.config_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, self.config_dir.join(name))?;
+        Ok(())
+    }
+
+    /// The config directory.
+    pub fn dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// GET a JSON admin endpoint.
+    pub fn admin_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = http_get(self.admin, path)?;
+        if status != 200 {
+            bail!("{path}: status {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+impl Drop for Ward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status: u16 = resp
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Send `msg` on a new connection to `addr`, half-close, and read everything back.
+/// An error means the connection was refused, reset, or timed out.
+pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(msg)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// True when `msg` comes back intact through `addr`.
+pub fn echo_ok(addr: SocketAddr, msg: &str) -> bool {
+    matches!(echo_roundtrip(addr, msg.as_bytes()), Ok(v) if v == msg.as_bytes())
+}
+
+/// A free TCP port on 127.0.0.1 (racy by nature; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a program is on PATH (or at an absolute path).
+pub fn have(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Print a visible skip notice (tests that need root, postgres or tshark).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    println!("SKIPPED {test}: {why}");
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether CI asked for every test to run (skips then become failures).
+pub fn strict_ci() -> bool {
+    std::env::var("WARD_E2E_REQUIRE_ALL")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+}
+
+/// Skip, or fail under CI when everything is required.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if strict_ci() {
+        panic!("{test} cannot run in CI: {why}");
+    }
+    skip(test, why);
+}

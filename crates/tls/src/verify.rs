@@ -1,0 +1,228 @@
+//! SPIFFE peer verification: chain first (webpki, against the store's current roots), then the
+//! identity in the one URI SAN.
+//!
+//! Both verifiers load the trust bundle from the [`CertStore`] on every handshake, so a root
+//! rotation applies to the next handshake without rebuilding any configuration.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use ward_identity::{identity_from_cert, IdentityError, SpiffeId};
+
+use crate::store::{CertStore, TrustBundle};
+
+/// Most certificates a peer may present (leaf included). Ward chains are 1–3 long; a longer one
+/// is refused before any path building (threats.md §E, RUSTSEC-2023-0052/0053).
+pub(crate) const MAX_CHAIN_LEN: usize = 8;
+
+/// Why a peer's certificate was refused after (or instead of) webpki's checks. Carried inside
+/// `rustls::Error::InvalidCertificate(CertificateError::Other(..))`, so logs show the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerVerifyError {
+    /// No certificate is installed yet, so there is no trust bundle to verify against.
+    #[error("no trust bundle installed yet")]
+    NoTrustBundle,
+    /// The peer sent more than 8 certificates.
+    #[error("peer sent {len} certificates, at most {MAX_CHAIN_LEN} are accepted")]
+    ChainTooLong {
+        /// Certificates sent, leaf included.
+        len: usize,
+    },
+    /// The peer's leaf carries no valid SPIFFE identity (none, two, or malformed URI SANs).
+    #[error("peer certificate has no valid identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The client's identity is in a trust domain this server does not accept.
+    #[error("peer {found} is outside the accepted trust domains")]
+    TrustDomain {
+        /// The client's identity.
+        found: SpiffeId,
+    },
+    /// The server's identity is not one the client expected (secure naming).
+    #[error("server {found} is not one of the expected identities")]
+    UnexpectedIdentity {
+        /// The server's identity.
+        found: SpiffeId,
+    },
+}
+
+impl From<PeerVerifyError> for rustls::Error {
+    fn from(e: PeerVerifyError) -> Self {
+        match e {
+            // Our own state, not the peer's fault: an internal_error alert.
+            PeerVerifyError::NoTrustBundle => rustls::Error::General(e.to_string()),
+            _ => {
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+            }
+        }
+    }
+}
+
+/// Shared first steps: bound the chain length and load the current bundle.
+fn start(
+    store: &CertStore,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<Arc<TrustBundle>, PeerVerifyError> {
+    let len = intermediates.len() + 1;
+    if len > MAX_CHAIN_LEN {
+        return Err(PeerVerifyError::ChainTooLong { len });
+    }
+    store.bundle().ok_or(PeerVerifyError::NoTrustBundle)
+}
+
+/// Server side of HBONE: requires a client certificate that chains to the current roots, has
+/// EKU clientAuth (CVE-2022-21657), and names a SPIFFE identity in an accepted trust domain.
+#[derive(Debug)]
+pub(crate) struct TrustDomainVerifier {
+    store: Arc<CertStore>,
+    /// The local trust domain followed by its aliases.
+    trust_domains: Vec<String>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl TrustDomainVerifier {
+    pub(crate) fn new(store: Arc<CertStore>, trust_domains: Vec<String>) -> Self {
+        let algorithms = store.crypto().signature_verification_algorithms;
+        Self {
+            store,
+            trust_domains,
+            algorithms,
+        }
+    }
+}
+
+impl ClientCertVerifier for TrustDomainVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: the roots change at run time and a Ward client has one certificate anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let bundle = start(&self.store, intermediates)?;
+        bundle
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let found = identity_from_cert(end_entity).map_err(PeerVerifyError::from)?;
+        // istio/ztunnel src/tls/workload.rs `TrustDomainVerifier`: after the chain, a client
+        // whose SPIFFE trust domain is not the local one is rejected. Ward also accepts the
+        // aliases of istio/api mesh/v1alpha1/config.proto `trustDomainAliases`.
+        if !self
+            .trust_domains
+            .iter()
+            .any(|td| td == found.trust_domain())
+        {
+            return Err(PeerVerifyError::TrustDomain { found }.into());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Client side of HBONE: the server's chain must verify against the current roots (EKU
+/// serverAuth) and its SPIFFE identity must be one of `expected`. The DNS name passed to
+/// `connect` is ignored: identity, not DNS, is what secure naming checks.
+#[derive(Debug)]
+pub(crate) struct IdentityVerifier {
+    store: Arc<CertStore>,
+    expected: Vec<SpiffeId>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl IdentityVerifier {
+    pub(crate) fn new(store: Arc<CertStore>, expected: Vec<SpiffeId>) -> Self {
+        let algorithms = store.crypto().signature_verification_algorithms;
+        Self {
+            store,
+            expected,
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let bundle = start(&self.store, intermediates)?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &bundle.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let found = identity_from_cert(end_entity).map_err(PeerVerifyError::from)?;
+        // Secure naming. istio/api networking/v1alpha3/destination_rule.proto,
+        // ClientTLSSettings.subject_alt_names: "If specified, the proxy will verify that the
+        // server certificate's subject alt name matches one of the specified values."
+        if !self.expected.contains(&found) {
+            return Err(PeerVerifyError::UnexpectedIdentity { found }.into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
