@@ -27,30 +27,40 @@ fn quickstart_is_clean() {
     assert!(out.contains("0 error(s)"), "{out}");
 }
 
+const PA_HEADER: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n";
+
 #[test]
-fn bad_directories_fail_with_codes_and_locations() {
-    let cases: Vec<(&str, &str, &[&str])> = vec![
+fn findings_carry_codes_locations_and_exit_status() {
+    let two_mesh_pa = format!(
+        "{PA_HEADER}  name: a\n  namespace: istio-system\nspec:\n  mtls:\n    mode: STRICT\n---\n{PA_HEADER}  name: b\n  namespace: istio-system\nspec:\n  mtls:\n    mode: PERMISSIVE\n"
+    );
+    // (file, contents, expected exit code, strings the output must contain)
+    let cases: Vec<(&str, String, i32, Vec<&str>)> = vec![
         (
             "unknown-field.yaml",
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  rules:\n  - from:\n    - sorce:\n        principals: [\"a\"]\n",
-            &["WARD0101", "unknown-field.yaml:9", "AuthorizationPolicy ns/p", "sorce"],
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  rules:\n  - from:\n    - sorce:\n        principals: [\"a\"]\n".into(),
+            1,
+            vec!["WARD0101", "unknown-field.yaml:9", "AuthorizationPolicy ns/p", "sorce"],
+        ),
+        ("two-mesh-pa.yaml", two_mesh_pa, 1, vec!["WARD0204", "WARD0203", "two-mesh-pa.yaml:"]),
+        (
+            "selector-matches-nothing.yaml",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  selector:\n    matchLabels:\n      app: nothing\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/ghost/sa/nobody\"]\n".into(),
+            0,
+            vec!["WARD0201", "WARD0202", "AuthorizationPolicy ns/p"],
         ),
         (
-            "two-mesh-pa.yaml",
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: a\n  namespace: istio-system\nspec:\n  mtls:\n    mode: STRICT\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: b\n  namespace: istio-system\nspec:\n  mtls:\n    mode: PERMISSIVE\n",
-            &["WARD0204", "WARD0203"],
-        ),
-        (
-            "selector-nothing.yaml",
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  selector:\n    matchLabels:\n      app: nothing\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/ghost/sa/nobody\"]\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
-            &["WARD0201", "Widget"],
+            "unknown-kind.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n".into(),
+            1,
+            vec!["unknown-kind.yaml:", "Widget"],
         ),
     ];
-    for (name, body, expect) in cases {
+    for (name, body, want_code, expect) in cases {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(name), body).unwrap();
         let (code, out) = analyze(dir.path());
-        assert_ne!(code, 0, "{name} must fail: {out}");
+        assert_eq!(code, want_code, "{name}: exit code; output:\n{out}");
         for e in expect {
             assert!(out.contains(e), "{name}: expected {e:?} in:\n{out}");
         }

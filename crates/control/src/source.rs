@@ -33,6 +33,8 @@ pub struct ConfigStatus {
     pub last_rejection: Option<String>,
     /// Rejected updates since start.
     pub rejections: u64,
+    /// File changes that loaded cleanly since start, whether or not they changed the snapshot.
+    pub reloads: u64,
     /// Warnings of the serving config.
     pub warnings: Vec<String>,
 }
@@ -76,6 +78,7 @@ impl ControlPlane {
             applied_at: now_secs(),
             last_rejection: None,
             rejections: 0,
+            reloads: 0,
             warnings: set.warnings.iter().map(|w| w.to_string()).collect(),
         };
         let proxies = snap
@@ -147,6 +150,7 @@ impl ControlPlane {
         let changed = self.apply(snap);
         if let Ok(mut st) = self.status.lock() {
             st.last_rejection = None;
+            st.reloads += 1;
             st.warnings = set.warnings.iter().map(|w| w.to_string()).collect();
             if changed {
                 st.generation += 1;
