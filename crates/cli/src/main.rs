@@ -3,6 +3,7 @@
 //! - `ward up -f DIR`: CA + control plane + one sidecar per WorkloadEntry, in this process.
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
 mod analyze;

@@ -388,3 +388,197 @@ fn wire_capture_shows_only_tls13_between_sidecars() {
     );
     drop(ward);
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Istio's `cacerts` layout made with the openssl CLI: a root and an intermediate that signs.
+fn make_cacerts(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+            "root-key.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root-key.pem",
+            "-subj",
+            "/O=cluster.local/CN=Plug-in Root",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "root-cert.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+            "ca-key.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/O=cluster.local/CN=Plug-in Intermediate",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "root-cert.pem",
+            "-CAkey",
+            "root-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "ca-cert.pem",
+        ],
+    );
+    let chain = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap()
+        + &std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    std::fs::write(dir.join("cert-chain.pem"), chain).unwrap();
+}
+
+#[test]
+fn plugged_in_cacerts_verified_by_openssl_s_client() {
+    if !have("openssl") {
+        return skip_or_fail("cacerts_openssl", "openssl not installed");
+    }
+    let cacerts = tempfile::tempdir().unwrap();
+    make_cacerts(cacerts.path());
+    let mesh = Mesh::new(7);
+    let cacerts_arg = cacerts.path().to_str().unwrap().to_owned();
+    let ward = mesh.up(&mesh_pa("STRICT"), &["--cacerts", &cacerts_arg]);
+    assert!(ward_test_support::echo_ok(mesh.via_cli(), "via plug-in CA"));
+
+    // A real TLS client checks the sidecar's HBONE port against the plugged-in root.
+    let hbone = format!("{}:15008", mesh.ip(10));
+    let root = cacerts.path().join("root-cert.pem");
+    let s_client = |extra: &[&str]| {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &hbone,
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-alpn",
+            "h2",
+            "-showcerts",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new("openssl")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let out = s_client(&[]);
+    assert!(
+        out.contains("Verify return code: 0 (ok)"),
+        "chain must verify to the plug-in root:\n{out}"
+    );
+    assert!(out.contains("TLSv1.3"), "{out}");
+    assert!(
+        out.contains("Plug-in Intermediate"),
+        "the intermediate is served in the chain:\n{out}"
+    );
+    // The leaf names the workload by URI SAN only.
+    let leaf_pem: String = {
+        let start = out.find("-----BEGIN CERTIFICATE-----").unwrap();
+        let end = out[start..].find("-----END CERTIFICATE-----").unwrap()
+            + start
+            + "-----END CERTIFICATE-----".len();
+        out[start..end].to_owned() + "\n"
+    };
+    let leaf = cacerts.path().join("leaf.pem");
+    std::fs::write(&leaf, leaf_pem).unwrap();
+    let text = Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            leaf.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/app/sa/srv"),
+        "{text}"
+    );
+    assert!(!text.contains("DNS:"), "{text}");
+
+    // TLS 1.2 is refused between proxies.
+    let out12 = s_client(&["-tls1_2"]);
+    assert!(
+        out12.contains("alert protocol version"),
+        "TLS 1.2 must be refused:\n{out12}"
+    );
+    assert!(
+        out12.contains("Cipher    : 0000"),
+        "no cipher may be negotiated over TLS 1.2:\n{out12}"
+    );
+    // Without a client certificate the sidecar does not open a tunnel; the handshake is refused.
+    assert!(
+        !ward
+            .log_lines_matching(&[("response_flags", "TLS_FAILURE")])
+            .is_empty(),
+        "log:\n{}",
+        ward.logs()
+    );
+}

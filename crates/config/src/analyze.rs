@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use ward_policy::spec::{Action, MtlsModeSpec};
+use ward_policy::spec::{Action, MtlsModeSpec, Rule};
 use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
 };
@@ -65,7 +65,7 @@ fn selectors(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
         }
     }
     for (ap, compiled) in set.authorization_policies.iter().zip(&context.compiled) {
-        let Some(policy) = compiled.map(|i| &context.policies[i]) else {
+        let Some(policy) = compiled.and_then(|i| context.policies.get(i)) else {
             continue;
         };
         if !policy.target_refs.is_empty() {
@@ -130,98 +130,139 @@ fn applies_to_nothing(context: &Context<'_>, policy: &AuthzPolicy) -> bool {
 
 /// WARD0202: an exact principal, namespace or service account that names no workload.
 fn policy_sources(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
-    let set = context.set;
-    let mut trust_domains: BTreeSet<&str> = set
-        .mesh
-        .trust_domain_aliases
-        .iter()
-        .map(String::as_str)
-        .collect();
-    trust_domains.insert(&set.mesh.trust_domain);
-    trust_domains.insert(crate::mesh::DEFAULT_TRUST_DOMAIN);
-    let workloads: Vec<(&str, &str)> = context
-        .workloads
-        .iter()
-        .map(|w| (w.namespace(), w.resource.spec.service_account()))
-        .collect();
-    let has_namespace = |ns: &str| workloads.iter().any(|(n, _)| *n == ns);
-    let has_account = |ns: &str, sa: &str| workloads.iter().any(|w| *w == (ns, sa));
-    let principal_known = |p: &str| {
-        let parts: Vec<&str> = p.split('/').collect();
-        match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] => trust_domains.contains(td) && has_account(ns, sa),
-            _ => false,
+    let known = KnownSources::new(context);
+    for ap in &context.set.authorization_policies {
+        for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
+            for (path, value, kind) in rule_sources(rule, &push_index("spec.rules", i)) {
+                // Patterns (prefix, suffix, `*`) are skipped: only exact values can be checked.
+                if value.contains('*') || known.names_a_workload(kind, value, &ap.meta.namespace) {
+                    continue;
+                }
+                out.push(ap.diagnostic(
+                    Severity::Warning,
+                    code::SOURCE_MATCHES_NOTHING,
+                    &path,
+                    format!(
+                        "{} `{value}` names no WorkloadEntry; check for a typo",
+                        kind.noun()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// What an identity value in a rule names.
+#[derive(Clone, Copy)]
+enum SourceKind {
+    Principal,
+    Namespace,
+    ServiceAccount,
+}
+
+impl SourceKind {
+    fn noun(self) -> &'static str {
+        match self {
+            SourceKind::Principal => "principal",
+            SourceKind::Namespace => "namespace",
+            SourceKind::ServiceAccount => "service account",
+        }
+    }
+}
+
+/// Every identity value of a rule, with its field path.
+fn rule_sources<'r>(rule: &'r Rule, rule_path: &str) -> Vec<(String, &'r str, SourceKind)> {
+    let mut found = Vec::new();
+    let mut add = |base: &str, field: &str, values: &'r Option<Vec<String>>, kind: SourceKind| {
+        for (k, value) in values.iter().flatten().enumerate() {
+            found.push((push_index(&push_key(base, field), k), value.as_str(), kind));
         }
     };
-    for ap in &set.authorization_policies {
-        for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
-            let rule_path = push_index("spec.rules", i);
-            let mut check = |path: String, value: &str, known: bool, what: &str| {
-                // Patterns (prefix, suffix, `*`) are skipped: only exact values can be checked.
-                if !value.contains('*') && !known {
-                    out.push(ap.diagnostic(
-                        Severity::Warning,
-                        code::SOURCE_MATCHES_NOTHING,
-                        &path,
-                        format!("{what} `{value}` names no WorkloadEntry; check for a typo"),
-                    ));
-                }
-            };
-            for (j, from) in rule.from.iter().flatten().enumerate() {
-                let source = &from.source;
-                let base = push_key(&push_index(&push_key(&rule_path, "from"), j), "source");
-                let lists = [
-                    ("principals", &source.principals, "principal"),
-                    ("notPrincipals", &source.not_principals, "principal"),
-                    ("namespaces", &source.namespaces, "namespace"),
-                    ("notNamespaces", &source.not_namespaces, "namespace"),
-                    (
-                        "serviceAccounts",
-                        &source.service_accounts,
-                        "service account",
-                    ),
-                    (
-                        "notServiceAccounts",
-                        &source.not_service_accounts,
-                        "service account",
-                    ),
-                ];
-                for (field, values, what) in lists {
-                    for (k, value) in values.iter().flatten().enumerate() {
-                        let known = match what {
-                            "principal" => principal_known(value),
-                            "namespace" => has_namespace(value),
-                            _ => {
-                                let (ns, sa) =
-                                    value.split_once('/').unwrap_or((&ap.meta.namespace, value));
-                                has_account(ns, sa)
-                            }
-                        };
-                        check(push_index(&push_key(&base, field), k), value, known, what);
-                    }
-                }
+    for (j, from) in rule.from.iter().flatten().enumerate() {
+        let s = &from.source;
+        let base = push_key(&push_index(&push_key(rule_path, "from"), j), "source");
+        add(&base, "principals", &s.principals, SourceKind::Principal);
+        add(
+            &base,
+            "notPrincipals",
+            &s.not_principals,
+            SourceKind::Principal,
+        );
+        add(&base, "namespaces", &s.namespaces, SourceKind::Namespace);
+        add(
+            &base,
+            "notNamespaces",
+            &s.not_namespaces,
+            SourceKind::Namespace,
+        );
+        add(
+            &base,
+            "serviceAccounts",
+            &s.service_accounts,
+            SourceKind::ServiceAccount,
+        );
+        add(
+            &base,
+            "notServiceAccounts",
+            &s.not_service_accounts,
+            SourceKind::ServiceAccount,
+        );
+    }
+    for (j, condition) in rule.when.iter().flatten().enumerate() {
+        let kind = match condition.key.as_str() {
+            "source.principal" => SourceKind::Principal,
+            "source.namespace" => SourceKind::Namespace,
+            _ => continue,
+        };
+        let base = push_index(&push_key(rule_path, "when"), j);
+        add(&base, "values", &condition.values, kind);
+        add(&base, "notValues", &condition.not_values, kind);
+    }
+    found
+}
+
+/// The identities the mesh's workloads have.
+struct KnownSources<'a> {
+    trust_domains: BTreeSet<&'a str>,
+    /// (namespace, service account) of each workload.
+    accounts: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> KnownSources<'a> {
+    fn new(context: &'a Context<'_>) -> Self {
+        let mesh = &context.set.mesh;
+        let mut trust_domains: BTreeSet<&str> = mesh
+            .trust_domain_aliases
+            .iter()
+            .map(String::as_str)
+            .collect();
+        trust_domains.insert(&mesh.trust_domain);
+        // Istio treats the literal `cluster.local` in a policy as the local trust domain.
+        trust_domains.insert(crate::mesh::DEFAULT_TRUST_DOMAIN);
+        let accounts = context
+            .workloads
+            .iter()
+            .map(|w| (w.namespace(), w.resource.spec.service_account()))
+            .collect();
+        KnownSources {
+            trust_domains,
+            accounts,
+        }
+    }
+
+    /// `policy_namespace` completes a bare service account (`sa` = `<policy ns>/sa`).
+    fn names_a_workload(&self, kind: SourceKind, value: &str, policy_namespace: &str) -> bool {
+        let has_account = |ns: &str, sa: &str| self.accounts.contains(&(ns, sa));
+        match kind {
+            SourceKind::Namespace => self.accounts.iter().any(|(ns, _)| *ns == value),
+            SourceKind::ServiceAccount => {
+                let (ns, sa) = value.split_once('/').unwrap_or((policy_namespace, value));
+                has_account(ns, sa)
             }
-            for (j, condition) in rule.when.iter().flatten().enumerate() {
-                let what = match condition.key.as_str() {
-                    "source.principal" => "principal",
-                    "source.namespace" => "namespace",
-                    _ => continue,
-                };
-                let base = push_index(&push_key(&rule_path, "when"), j);
-                for (field, values) in [
-                    ("values", &condition.values),
-                    ("notValues", &condition.not_values),
-                ] {
-                    for (k, value) in values.iter().flatten().enumerate() {
-                        let known = if what == "principal" {
-                            principal_known(value)
-                        } else {
-                            has_namespace(value)
-                        };
-                        check(push_index(&push_key(&base, field), k), value, known, what);
-                    }
-                }
-            }
+            SourceKind::Principal => match value.split('/').collect::<Vec<_>>().as_slice() {
+                [td, "ns", ns, "sa", sa] => self.trust_domains.contains(td) && has_account(ns, sa),
+                _ => false,
+            },
         }
     }
 }
@@ -342,7 +383,7 @@ fn peer_authentications(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
 fn http_fields_on_tcp(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let set = context.set;
     for (ap, compiled) in set.authorization_policies.iter().zip(&context.compiled) {
-        let Some(policy) = compiled.map(|i| &context.policies[i]) else {
+        let Some(policy) = compiled.and_then(|i| context.policies.get(i)) else {
             continue;
         };
         if policy.action == Action::Custom {
@@ -558,12 +599,24 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
             }
         }
     }
+    shared_binds(&we_by_key, binds, out);
+}
+
+/// WARD0214: local addresses that two proxies would both bind.
+fn shared_binds(
+    we_by_key: &BTreeMap<String, &Resource<WorkloadEntrySpec>>,
+    binds: BTreeMap<SocketAddr, Vec<(String, String)>>,
+    out: &mut Vec<Diagnostic>,
+) {
     for (bind, users) in binds {
         let proxies: BTreeSet<&str> = users.iter().map(|(k, _)| k.as_str()).collect();
+        let [(first_key, first_what), others @ ..] = users.as_slice() else {
+            continue;
+        };
         if proxies.len() < 2 {
             continue;
         }
-        for (key, what) in &users[1..] {
+        for (key, what) in others.iter().filter(|(key, _)| key != first_key) {
             let Some(we) = we_by_key.get(key) else {
                 continue;
             };
@@ -574,9 +627,185 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
                 format!(
                     "{what} uses {bind}, as does {} of {}: the two proxies cannot run on one \
                      host (use different ports or loopback addresses)",
-                    users[0].1, users[0].0
+                    first_what, first_key
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::load_str;
+
+    fn we(ns: &str, name: &str, address: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{address: \"{address}\", serviceAccount: {name}, labels: {{app: {name}}}{extra}}}\n"
+        )
+    }
+
+    fn doc(kind: &str, ns: &str, name: &str, spec: &str) -> String {
+        let group = match kind {
+            "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io",
+            _ => "networking.istio.io",
+        };
+        format!("---\napiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    /// A clean two-workload mesh: `a/x` serves 9000 and calls `a/y` on 5432.
+    fn base() -> String {
+        [
+            doc("PeerAuthentication", "istio-system", "default", "{mtls: {mode: STRICT}}"),
+            we("a", "x", "10.0.0.1", ""),
+            we("a", "y", "10.0.0.2", ", ports: {tcp: 5432}"),
+            doc("ServiceEntry", "a", "y", "{hosts: [y.a], location: MESH_INTERNAL, ports: [{number: 5432, name: tcp}], workloadSelector: {labels: {app: y}}}"),
+            doc("Sidecar", "a", "x", "{workloadSelector: {labels: {app: x}}, ingress: [{port: {number: 9000, name: tcp}, defaultEndpoint: \"127.0.0.1:9001\"}], egress: [{hosts: [\"./y.a\"]}]}"),
+            doc("Sidecar", "a", "y", "{workloadSelector: {labels: {app: y}}, ingress: [{port: {number: 5432, name: tcp}, defaultEndpoint: \"127.0.0.1:15432\"}]}"),
+        ]
+        .concat()
+    }
+
+    /// (code, severity, object, field) of each finding.
+    fn findings(yaml: &str) -> Vec<(&'static str, Severity, String, String)> {
+        let set = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+        analyze(&set)
+            .into_iter()
+            .map(|d| {
+                (
+                    d.code,
+                    d.severity,
+                    d.object.unwrap_or_default(),
+                    d.field.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn f(
+        code: &'static str,
+        severity: Severity,
+        object: &str,
+        field: &str,
+    ) -> (&'static str, Severity, String, String) {
+        (code, severity, object.to_owned(), field.to_owned())
+    }
+
+    #[test]
+    fn a_clean_mesh_has_no_findings() {
+        assert_eq!(findings(&base()), vec![]);
+    }
+
+    #[test]
+    fn each_check_reports_its_code() {
+        use Severity::{Error, Warning};
+        let ap = "AuthorizationPolicy a/p";
+        let cases: Vec<(String, Vec<_>)> = vec![
+            (
+                doc("PeerAuthentication", "a", "p", "{selector: {matchLabels: {app: nobody}}}"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, "PeerAuthentication a/p", "spec.selector")],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{selector: {matchLabels: {app: nobody}}}"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, ap, "spec.selector")],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{targetRefs: [{kind: Service, group: \"\", name: y}]}"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, ap, "spec")],
+            ),
+            (
+                doc("ServiceEntry", "a", "z", "{hosts: [z.a], ports: [{number: 1, name: tcp}], workloadSelector: {labels: {app: z}}}"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, "ServiceEntry a/z", "spec.workloadSelector")],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/x, cluster.local/ns/a/sa/typo, \"cluster.local/ns/a/*\", other.td/ns/a/sa/x], namespaces: [a, nope], notServiceAccounts: [ghost, a/x, b/x]}}], when: [{key: source.namespace, values: [zzz]}]}]}"),
+                vec![
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].from[0].source.principals[1]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].from[0].source.principals[3]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].from[0].source.namespaces[1]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].from[0].source.notServiceAccounts[0]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].from[0].source.notServiceAccounts[2]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, ap, "spec.rules[0].when[0].values[0]"),
+                ],
+            ),
+            (
+                doc("PeerAuthentication", "a", "p", "{mtls: {mode: PERMISSIVE}}")
+                    + &doc("PeerAuthentication", "a", "q", "{selector: {matchLabels: {app: y}}, portLevelMtls: {5432: {mode: DISABLE}}}"),
+                vec![
+                    f(code::PERMISSIVE, Warning, "PeerAuthentication a/p", "spec.mtls.mode"),
+                    f(code::MTLS_DISABLED, Warning, "PeerAuthentication a/q", "spec.portLevelMtls[5432].mode"),
+                ],
+            ),
+            (
+                doc("PeerAuthentication", "istio-system", "second", "{}")
+                    + &doc("PeerAuthentication", "istio-system", "by-label", "{selector: {matchLabels: {app: x}}}")
+                    + &doc("PeerAuthentication", "a", "n1", "{}")
+                    + &doc("PeerAuthentication", "a", "n2", "{}"),
+                vec![
+                    f(code::MESH_PEER_AUTHN_CONFLICT, Error, "PeerAuthentication istio-system/second", "metadata.name"),
+                    f(code::ROOT_SELECTOR_PEER_AUTHN, Warning, "PeerAuthentication istio-system/by-label", "spec.selector"),
+                    f(code::PEER_AUTHN_SHADOWED, Warning, "PeerAuthentication a/n2", "metadata.name"),
+                ],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{rules: [{to: [{operation: {methods: [GET], ports: [\"5432\"]}}]}, {to: [{operation: {paths: [/x], ports: [\"80\"]}}]}]}")
+                    + &doc("AuthorizationPolicy", "a", "d", "{action: DENY, rules: [{when: [{key: \"request.headers[x-a]\", values: [b]}]}]}"),
+                vec![
+                    f(code::HTTP_FIELDS_ON_TCP, Warning, "AuthorizationPolicy a/d", "spec.rules[0]"),
+                    f(code::HTTP_FIELDS_ON_TCP, Warning, ap, "spec.rules[0]"),
+                ],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{action: CUSTOM, provider: {name: ext}, rules: [{}]}"),
+                vec![f(code::CUSTOM_ACTION, Error, ap, "spec.action")],
+            ),
+            (
+                doc("Sidecar", "istio-system", "mesh", "{egress: [{hosts: [\"*/nothing.example.com\"]}]}"),
+                vec![f(code::EGRESS_HOST_UNMATCHED, Error, "Sidecar istio-system/mesh", "spec.egress[0].hosts[0]")],
+            ),
+            (
+                we("b", "lonely", "10.0.0.3", ""),
+                vec![f(code::NO_SIDECAR, Warning, "WorkloadEntry b/lonely", "metadata.name")],
+            ),
+            (
+                we("b", "twin", "10.0.0.3", "")
+                    + &doc("Sidecar", "b", "twin", "{egress: [{hosts: [\"a/y.a\"]}]}"),
+                vec![f(code::SHARED_BIND, Warning, "WorkloadEntry b/twin", "metadata.name")],
+            ),
+            (
+                we("b", "c", "10.0.0.3", "")
+                    + &doc("ServiceEntry", "b", "empty", "{hosts: [e.b], ports: [{number: 7, name: tcp}]}")
+                    + &doc("ServiceEntry", "b", "y-wrong-port", "{hosts: [w.b], location: MESH_INTERNAL, ports: [{number: 6, name: tcp}], resolution: STATIC, endpoints: [{address: 10.0.0.2}]}")
+                    + &doc("Sidecar", "b", "c", "{egress: [{hosts: [\"./*\"], bind: 127.0.0.9}]}"),
+                vec![
+                    f(code::NO_ENDPOINTS, Warning, "WorkloadEntry b/c", "metadata.name"),
+                    f(code::ENDPOINT_PORT_NOT_SERVED, Warning, "WorkloadEntry b/c", "metadata.name"),
+                ],
+            ),
+        ];
+        for (extra, mut want) in cases {
+            let mut got = findings(&format!("{}{extra}", base()));
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn no_peer_authentication_is_an_info() {
+        let yaml = base().replacen(
+            &doc(
+                "PeerAuthentication",
+                "istio-system",
+                "default",
+                "{mtls: {mode: STRICT}}",
+            ),
+            "",
+            1,
+        );
+        assert_eq!(
+            findings(&yaml),
+            vec![f(code::NO_PEER_AUTHN, Severity::Info, "", "")]
+        );
     }
 }

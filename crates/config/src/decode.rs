@@ -129,7 +129,7 @@ pub(crate) fn unknown_name_message(what: &str, name: &str, expected: &[&str]) ->
 }
 
 /// The candidate within a small edit distance of `name`, ignoring case.
-fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let name = name.to_ascii_lowercase();
     let limit = (name.chars().count() / 3).clamp(1, 3);
     candidates
@@ -140,7 +140,8 @@ fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-/// Levenshtein distance over chars.
+/// Levenshtein distance over chars. `row` has `b.len() + 1` cells, so every index below is in
+/// bounds.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
@@ -181,6 +182,16 @@ fn humanize_unexpected(unexp: &Unexpected<'_>) -> String {
         Unexpected::Seq => "a list".to_owned(),
         Unexpected::Map => "a mapping".to_owned(),
         other => other.to_string(),
+    }
+}
+
+fn not_an_enum(node: &Node) -> DecodeError {
+    DecodeError::Invalid {
+        message: format!(
+            "expected one of the allowed values, found {}",
+            node.describe()
+        ),
+        at: None,
     }
 }
 
@@ -345,30 +356,22 @@ impl<'de> Deserializer<'de> for NodeDe<'_> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        let result = match &self.node.value {
+        // A string (`STRICT`), or a mapping with a single key (`{variant: value}`).
+        let (variant, value) = match &self.node.value {
             Value::Str(_) | Value::Bool(_) | Value::Int(_) | Value::UInt(_) | Value::Float(_) => {
-                visitor.visit_enum(EnumDe {
-                    variant: self.node,
-                    value: None,
-                    path: &self.path,
-                })
+                (self.node, None)
             }
-            Value::Map(entries) if entries.len() == 1 => {
-                let (variant, value) = &entries[0];
-                visitor.visit_enum(EnumDe {
-                    variant,
-                    value: Some(value),
-                    path: &self.path,
-                })
-            }
-            _ => Err(DecodeError::Invalid {
-                message: format!(
-                    "expected one of the allowed values, found {}",
-                    self.node.describe()
-                ),
-                at: None,
-            }),
+            Value::Map(entries) => match entries.as_slice() {
+                [(variant, value)] => (variant, Some(value)),
+                _ => return Err(self.fail(not_an_enum(self.node))),
+            },
+            Value::Null | Value::Seq(_) => return Err(self.fail(not_an_enum(self.node))),
         };
+        let result = visitor.visit_enum(EnumDe {
+            variant,
+            value,
+            path: &self.path,
+        });
         result.map_err(|e| self.fail(e))
     }
 

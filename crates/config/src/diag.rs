@@ -219,7 +219,7 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// A problem found in one object, located by field path only; the loader adds the file, line
-/// and object name (see `load::Resource::diagnostic`).
+/// and object name (see `Resource::finding`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Finding {
     pub(crate) severity: Severity,

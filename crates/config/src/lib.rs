@@ -1,21 +1,61 @@
+//! Ward's configuration: the Istio YAML users already have, turned into what Ward runs.
+//!
+//! Role. Three steps, each usable on its own:
+//! 1. [`load_paths`] / [`load_str`]: files → validated typed resources ([`ConfigSet`]), or
+//!    [`Diagnostics`] naming file, line, object and field path of every problem
+//!    (`examples/x.yaml:12: error[WARD0101] AuthorizationPolicy foo/deny-x:
+//!    spec.rules[0].from[0]: unknown field ...`).
+//! 2. [`translate()`]: a `ConfigSet` → one [`ProxyConfig`] per WorkloadEntry ([`MeshSnapshot`]),
+//!    the contract with the proxy.
+//! 3. [`analyze()`]: a `ConfigSet` → `ward analyze` findings (stable codes, `docs/analyze.md`).
+//!
+//! Where Ward is deliberately stricter than Istio:
+//! - An unknown field anywhere is an error (Istio warns); so is an unknown kind or apiVersion.
+//!   Istio kinds Ward does not enforce load with a warning (WARD0102), and fields it does not
+//!   act on yet with another (WARD0103): nothing is silently dropped.
+//! - WorkloadEntry addresses must be IP addresses: Ward resolves no DNS names.
+//! - Ward has no traffic capture: Sidecar listeners must use `captureMode` NONE (or leave it
+//!   unset), ingress listeners need a `defaultEndpoint`, and apps call egress listeners on
+//!   their bind address.
+//! - An AuthorizationPolicy that does not compile rejects the config (Istio skips the rule).
+//!
+//! Must not: do I/O outside [`load_paths`] (which only reads files), hold global state, or
+//! panic on any input (the YAML is untrusted; property tests cover the whole pipeline).
+//!
+//! Layout:
+//! - [`load`]: files and documents → [`ConfigSet`]; kinds, duplicates, metadata checks.
+//! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation
+//!   (PeerAuthentication and AuthorizationPolicy specs are `ward_policy::spec`).
+//! - [`mesh`]: mesh settings from the Sail `Istio` resource, an `IstioOperator` or the
+//!   ConfigMap `istio`.
+//! - [`meta`]: Kubernetes object metadata.
+//! - [`snapshot`]: the per-proxy types; [`translate`](mod@translate): building them.
+//! - [`analyze`](mod@analyze): findings beyond errors.
+//! - [`diag`]: diagnostics and their codes.
+//! - `yaml` / `decode` (private): YAML as a tree of located nodes, and a serde deserializer
+//!   over it that tracks field paths, which is what gives every error its line and path.
+
 #![cfg_attr(test, allow(clippy::unwrap_used))]
-//! placeholder
-mod analyze;
+
+pub mod analyze;
 mod decode;
-mod diag;
-mod istio;
-mod load;
-mod mesh;
-mod meta;
-mod snapshot;
-mod translate;
+pub mod diag;
+pub mod istio;
+pub mod load;
+pub mod mesh;
+pub mod meta;
+pub mod snapshot;
+pub mod translate;
 mod yaml;
+
 pub use analyze::analyze;
 pub use diag::{code, Diagnostic, Diagnostics, Severity};
-pub use istio::*;
-pub use load::*;
-pub use mesh::*;
-pub use meta::*;
-pub use snapshot::*;
+pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
+pub use load::{load_paths, load_str, ConfigSet, FieldLines, Resource};
+pub use mesh::{MeshSettings, SourceRef};
+pub use meta::ObjectMeta;
+pub use snapshot::{
+    DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
+    Transport, WorkloadInfo,
+};
 pub use translate::translate;
-pub use yaml::FieldLines;

@@ -19,13 +19,15 @@ use std::path::{Path, PathBuf};
 
 use ward_policy::spec::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 
-use crate::decode::decode;
+use crate::decode::{closest, decode};
 use crate::diag::{code, Diagnostic, Diagnostics, Finding, Severity};
 use crate::istio::{AddressRule, ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 use crate::mesh::{self, MeshParse, MeshSettings, SourceRef};
 use crate::meta::{self, check_labels, decode_finding, ObjectMeta};
 use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION};
-use crate::yaml::{parse_documents, push_key, FieldLines, Node, Value};
+use crate::yaml::{parse_documents, push_key, Node, Value};
+
+pub use crate::yaml::FieldLines;
 
 /// One loaded Istio object.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,9 +47,14 @@ pub struct Resource<T> {
 }
 
 impl<T> Resource<T> {
-    /// `namespace/name`.
+    /// `namespace/name` (just `name` for a cluster-scoped object).
     pub fn key(&self) -> String {
-        format!("{}/{}", self.meta.namespace, self.meta.name)
+        if self.meta.namespace.is_empty() {
+            // A cluster-scoped object (the Sail operator's `Istio`).
+            self.meta.name.clone()
+        } else {
+            format!("{}/{}", self.meta.namespace, self.meta.name)
+        }
     }
 
     /// `Kind namespace/name`, as diagnostics name objects.
@@ -180,6 +187,16 @@ const SERVED: &[(&str, &[&str], &[&str])] = &[
         ],
     ),
     ("install.istio.io", &["v1alpha1"], &["IstioOperator"]),
+    // OpenShift Service Mesh 2.x: read by nothing in Ward, but users bring it (warned).
+    (
+        "maistra.io",
+        &["v1", "v2"],
+        &[
+            "ServiceMeshControlPlane",
+            "ServiceMeshMemberRoll",
+            "ServiceMeshMember",
+        ],
+    ),
     ("", &["v1"], &["ConfigMap", "List"]),
 ];
 
@@ -217,10 +234,18 @@ fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, String> {
         ));
     }
     if group_known {
+        let kinds: Vec<&str> = SERVED
+            .iter()
+            .filter(|(g, _, _)| *g == group)
+            .flat_map(|(_, _, kinds)| kinds.iter().copied())
+            .collect();
+        let hint = closest(kind, &kinds)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
         return Err(format!(
-            "unknown kind `{kind}` for apiVersion `{api_version}`; Ward reads the Istio API \
-             (WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication, AuthorizationPolicy ...) \
-             and the mesh settings (Istio, IstioOperator, ConfigMap istio)"
+            "unknown kind `{kind}` for apiVersion `{api_version}`{hint}; Ward reads the Istio \
+             API (WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication, AuthorizationPolicy \
+             ...) and the mesh settings (Istio, IstioOperator, ConfigMap istio)"
         ));
     }
     Err(format!(
@@ -269,6 +294,18 @@ struct Loader {
     seen: BTreeMap<(&'static str, String, String), SourceRef>,
     /// Files already read (a file named directly and through its directory loads once).
     files: BTreeSet<PathBuf>,
+}
+
+/// An object whose metadata has been read.
+struct Prepared {
+    /// The object without its spec.
+    resource: Resource<()>,
+    /// How messages name it (`Kind namespace/name`, or just the kind when unnamed).
+    object: String,
+    /// Whether the metadata is valid (an object with bad metadata is not kept).
+    meta_ok: bool,
+    /// Whether `metadata.namespace` was written.
+    namespace_given: bool,
 }
 
 /// A document being loaded: where it is and what it is.
@@ -371,8 +408,15 @@ impl Loader {
             Ok(kind) => kind,
             Err(why) => {
                 let line = node.get("kind").map_or(node.line, |k| k.line);
-                self.diagnostics
-                    .push(Diagnostic::error(code::UNKNOWN_KIND, why).at(file, Some(line)));
+                let mut diagnostic =
+                    Diagnostic::error(code::UNKNOWN_KIND, why).at(file, Some(line));
+                let metadata = node.get("metadata");
+                let text = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Node::as_str);
+                if let Some(name) = text("name") {
+                    let namespace = text("namespace").unwrap_or(meta::DEFAULT_NAMESPACE);
+                    diagnostic = diagnostic.object(format!("{kind_name} {namespace}/{name}"));
+                }
+                self.diagnostics.push(diagnostic);
                 return;
             }
         };
@@ -391,7 +435,7 @@ impl Loader {
     }
 
     fn load_list(&mut self, doc: &Doc<'_>) {
-        self.check_top_level(doc, LIST_FIELDS, &doc.kind_name.to_owned());
+        self.check_top_level(doc, LIST_FIELDS, doc.kind_name);
         let Some(items) = doc.node.get("items") else {
             return;
         };
@@ -414,8 +458,81 @@ impl Loader {
     }
 
     fn load_object(&mut self, doc: &Doc<'_>) {
+        let Prepared {
+            resource,
+            object,
+            meta_ok,
+            namespace_given,
+        } = self.prepare(doc);
+        match doc.kind {
+            Kind::WorkloadEntry => {
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_workload_entry) {
+                    self.set.workload_entries.push(r);
+                }
+            }
+            Kind::ServiceEntry => {
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_service_entry) {
+                    self.set.service_entries.push(r);
+                }
+            }
+            Kind::Sidecar => {
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_sidecar) {
+                    self.set.sidecars.push(r);
+                }
+            }
+            Kind::PeerAuthentication => {
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_peer_authn) {
+                    self.set.peer_authentications.push(r);
+                }
+            }
+            Kind::AuthorizationPolicy => {
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_authz) {
+                    self.set.authorization_policies.push(r);
+                }
+            }
+            Kind::NotEnforced(kind) => {
+                let mut message = format!("kind {kind} is not enforced by this version of Ward");
+                if kind == "ServiceMeshControlPlane" {
+                    // istio-semantics §2.3: `spec.security.dataPlane.mtls: false` does not
+                    // disable mTLS in OSSM either; it creates a PERMISSIVE PeerAuthentication.
+                    message.push_str(
+                        "; its settings (including spec.security.dataPlane.mtls) are not read: \
+                         set mTLS with PeerAuthentication and mesh settings with an Istio, \
+                         IstioOperator or ConfigMap `istio`",
+                    );
+                }
+                self.diagnostics.push(
+                    Diagnostic::warning(code::KIND_NOT_ENFORCED, message)
+                    .at(doc.file, Some(doc.node.line))
+                    .object(object),
+                );
+            }
+            Kind::SailIstio => self.load_mesh(doc, &resource, mesh::from_sail_istio(doc.node)),
+            Kind::IstioOperator => self.load_mesh(doc, &resource, mesh::from_istio_operator(doc.node)),
+            Kind::ConfigMap if resource.meta.name == MESH_CONFIG_MAP => {
+                let namespace = namespace_given.then_some(resource.meta.namespace.as_str());
+                self.load_mesh(doc, &resource, mesh::from_config_map(doc.node, namespace));
+            }
+            Kind::ConfigMap => self.diagnostics.push(
+                Diagnostic::warning(
+                    code::KIND_NOT_ENFORCED,
+                    format!("ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`)"),
+                )
+                .at(doc.file, Some(doc.node.line))
+                .object(object),
+            ),
+            Kind::List => {}
+        }
+    }
+
+    /// Reads the metadata and checks the top-level fields of an object.
+    fn prepare(&mut self, doc: &Doc<'_>) -> Prepared {
         let (parsed, meta_findings) = meta::parse(doc.node.get("metadata"));
-        let meta = parsed.meta.clone();
+        let mut meta = parsed.meta;
+        if doc.kind == Kind::SailIstio {
+            // Cluster-scoped: Kubernetes ignores a namespace there.
+            meta.namespace.clear();
+        }
         let resource = Resource {
             api_version: doc.api_version.clone(),
             kind: doc.kind_name,
@@ -444,64 +561,26 @@ impl Loader {
             d.object = Some(object.clone());
             self.diagnostics.push(d);
         }
-        match doc.kind {
-            Kind::WorkloadEntry => {
-                let Some(r) = self.typed::<WorkloadEntrySpec>(doc, &resource, meta_ok) else { return };
-                let findings = r.spec.validate("spec", AddressRule::Ip, None);
-                let findings = findings.into_iter().chain(demo_app_finding(&r.meta));
-                self.report(&r, findings);
-                self.set.workload_entries.push(r);
-            }
-            Kind::ServiceEntry => {
-                let Some(r) = self.typed::<ServiceEntrySpec>(doc, &resource, meta_ok) else { return };
-                let findings = r.spec.validate();
-                self.report(&r, findings);
-                self.set.service_entries.push(r);
-            }
-            Kind::Sidecar => {
-                let Some(r) = self.typed::<SidecarSpec>(doc, &resource, meta_ok) else { return };
-                let findings = r.spec.validate().into_iter().chain(demo_app_finding(&r.meta));
-                self.report(&r, findings);
-                self.set.sidecars.push(r);
-            }
-            Kind::PeerAuthentication => {
-                let Some(r) = self.typed::<PeerAuthenticationSpec>(doc, &resource, meta_ok) else { return };
-                let findings = validate_peer_authentication(&r.spec);
-                self.report(&r, findings);
-                self.set.peer_authentications.push(r);
-            }
-            Kind::AuthorizationPolicy => {
-                let Some(r) = self.typed::<AuthorizationPolicySpec>(doc, &resource, meta_ok) else { return };
-                let findings = validate_dry_run(&r.meta);
-                self.report(&r, findings);
-                self.set.authorization_policies.push(r);
-            }
-            Kind::NotEnforced(kind) => {
-                self.diagnostics.push(
-                    Diagnostic::warning(
-                        code::KIND_NOT_ENFORCED,
-                        format!("kind {kind} is not enforced by this version of Ward"),
-                    )
-                    .at(doc.file, Some(doc.node.line))
-                    .object(object),
-                );
-            }
-            Kind::SailIstio => self.load_mesh(doc, &resource, mesh::from_sail_istio(doc.node)),
-            Kind::IstioOperator => self.load_mesh(doc, &resource, mesh::from_istio_operator(doc.node)),
-            Kind::ConfigMap if resource.meta.name == MESH_CONFIG_MAP => {
-                let namespace = parsed.namespace_given.then_some(resource.meta.namespace.as_str());
-                self.load_mesh(doc, &resource, mesh::from_config_map(doc.node, namespace));
-            }
-            Kind::ConfigMap => self.diagnostics.push(
-                Diagnostic::warning(
-                    code::KIND_NOT_ENFORCED,
-                    format!("ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`)"),
-                )
-                .at(doc.file, Some(doc.node.line))
-                .object(object),
-            ),
-            Kind::List => {}
+        Prepared {
+            resource,
+            object,
+            meta_ok,
+            namespace_given: parsed.namespace_given,
         }
+    }
+
+    /// Decodes and validates the spec of an enforced kind; `None` when the object is unusable.
+    fn load_spec<T: serde::de::DeserializeOwned>(
+        &mut self,
+        doc: &Doc<'_>,
+        resource: &Resource<()>,
+        meta_ok: bool,
+        validate: impl FnOnce(&Resource<T>) -> Vec<Finding>,
+    ) -> Option<Resource<T>> {
+        let typed = self.typed::<T>(doc, resource, meta_ok)?;
+        let findings = validate(&typed);
+        self.report(&typed, findings);
+        Some(typed)
     }
 
     /// Decodes the spec and checks for duplicates; `None` when the object cannot be used.
@@ -678,6 +757,22 @@ fn collect_yaml_files(
     Ok(())
 }
 
+fn validate_workload_entry(r: &Resource<WorkloadEntrySpec>) -> Vec<Finding> {
+    let mut findings = r.spec.validate("spec", AddressRule::Ip, None);
+    findings.extend(demo_app_finding(&r.meta));
+    findings
+}
+
+fn validate_service_entry(r: &Resource<ServiceEntrySpec>) -> Vec<Finding> {
+    r.spec.validate()
+}
+
+fn validate_sidecar(r: &Resource<SidecarSpec>) -> Vec<Finding> {
+    let mut findings = r.spec.validate();
+    findings.extend(demo_app_finding(&r.meta));
+    findings
+}
+
 /// `ward.dev/demo-app` must name a demo app Ward ships.
 fn demo_app_finding(meta: &ObjectMeta) -> Option<Finding> {
     let value = meta.annotations.get(DEMO_APP_ANNOTATION)?;
@@ -691,21 +786,25 @@ fn demo_app_finding(meta: &ObjectMeta) -> Option<Finding> {
 }
 
 /// `istio.io/dry-run` must be a boolean as Istio parses it.
-fn validate_dry_run(meta: &ObjectMeta) -> Option<Finding> {
-    let value = meta.annotations.get(ward_policy::DRY_RUN_ANNOTATION)?;
-    ward_policy::parse_dry_run(value).is_none().then(|| {
-        Finding::error(
-            code::INVALID,
-            push_key("metadata.annotations", ward_policy::DRY_RUN_ANNOTATION),
-            format!("`{value}` is not a boolean (use \"true\" or \"false\")"),
-        )
-    })
+fn validate_authz(r: &Resource<AuthorizationPolicySpec>) -> Vec<Finding> {
+    let Some(value) = r.meta.annotations.get(ward_policy::DRY_RUN_ANNOTATION) else {
+        return Vec::new();
+    };
+    if ward_policy::parse_dry_run(value).is_some() {
+        return Vec::new();
+    }
+    vec![Finding::error(
+        code::INVALID,
+        push_key("metadata.annotations", ward_policy::DRY_RUN_ANNOTATION),
+        format!("`{value}` is not a boolean (use \"true\" or \"false\")"),
+    )]
 }
 
 /// PeerAuthentication checks the CRD itself makes (istio/api
 /// `security/v1beta1/peer_authentication.proto`, CRD validation rule "portLevelMtls requires
 /// selector").
-fn validate_peer_authentication(spec: &PeerAuthenticationSpec) -> Vec<Finding> {
+fn validate_peer_authn(r: &Resource<PeerAuthenticationSpec>) -> Vec<Finding> {
+    let spec = &r.spec;
     let mut findings = Vec::new();
     if let Some(selector) = &spec.selector {
         findings.extend(check_labels(
@@ -739,8 +838,11 @@ fn validate_peer_authentication(spec: &PeerAuthenticationSpec) -> Vec<Finding> {
 mod tests {
     use super::*;
 
-    /// (line, code, object, field) of every diagnostic, errors and warnings.
-    fn diags(yaml: &str) -> Vec<(Option<usize>, &'static str, Option<String>, Option<String>)> {
+    /// (line, code, object, field) of a diagnostic.
+    type Located = (Option<usize>, &'static str, Option<String>, Option<String>);
+
+    /// Every diagnostic, errors and warnings.
+    fn diags(yaml: &str) -> Vec<Located> {
         let all = match load_str("t.yaml", yaml) {
             Ok(set) => set.warnings,
             Err(diags) => diags.0,
@@ -750,12 +852,7 @@ mod tests {
             .collect()
     }
 
-    fn one(
-        line: usize,
-        code: &'static str,
-        object: &str,
-        field: &str,
-    ) -> (Option<usize>, &'static str, Option<String>, Option<String>) {
+    fn one(line: usize, code: &'static str, object: &str, field: &str) -> Located {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         (Some(line), code, opt(object), opt(field))
     }
@@ -783,11 +880,11 @@ mod tests {
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecr\nmetadata: {name: a}\n".to_owned(),
-                vec![one(2, code::UNKNOWN_KIND, "", "")],
+                vec![one(2, code::UNKNOWN_KIND, "Sidecr default/a", "")],
             ),
             (
                 "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n".to_owned(),
-                vec![one(2, code::UNKNOWN_KIND, "", "")],
+                vec![one(2, code::UNKNOWN_KIND, "PeerAuthentication default/a", "")],
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x]}\n".to_owned(),
@@ -883,6 +980,15 @@ mod tests {
         );
         assert_eq!(we.meta.labels.get("app").map(String::as_str), Some("a"));
         assert_eq!(set.mesh, MeshSettings::default());
+    }
+
+    #[test]
+    fn windows_text_loads_with_the_same_lines() {
+        let unix = format!("{AP}spec:\n  rules:\n  - from:\n    - sorce: {{}}\n");
+        let windows = format!("\u{feff}{}", unix.replace('\n', "\r\n"));
+        let line = |text: &str| load_str("w.yaml", text).unwrap_err().0[0].line;
+        assert_eq!(line(&windows), line(&unix));
+        assert_eq!(line(&unix), Some(9));
     }
 
     #[test]

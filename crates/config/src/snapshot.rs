@@ -250,7 +250,12 @@ mod tests {
 
     #[test]
     fn protocol_of_port_follows_istio_naming() {
-        let cases: &[(Option<&str>, Option<&str>, Result<Protocol, ProtocolError>)] = &[
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<Protocol, ProtocolError>,
+        );
+        let cases: &[Case<'_>] = &[
             (Some("TCP"), Some("http-x"), Ok(Protocol::Tcp)),
             (Some("http"), None, Ok(Protocol::Http)),
             (Some("GRPC-Web"), None, Ok(Protocol::Http)),

@@ -144,7 +144,7 @@ impl<'a> Context<'a> {
     pub(crate) fn sidecar_for(
         &self,
         workload: &Workload<'_>,
-    ) -> Result<Option<&'a Resource<SidecarSpec>>, Diagnostic> {
+    ) -> Result<Option<&'a Resource<SidecarSpec>>, Box<Diagnostic>> {
         let ns = workload.namespace();
         let sidecars = &self.set.sidecars;
         let selecting: Vec<_> = sidecars
@@ -158,7 +158,7 @@ impl<'a> Context<'a> {
             })
             .collect();
         if let [first, second, ..] = selecting.as_slice() {
-            return Err(second.diagnostic(
+            return Err(Box::new(second.diagnostic(
                 Severity::Error,
                 code::SIDECAR_CONFLICT,
                 "spec.workloadSelector",
@@ -169,7 +169,7 @@ impl<'a> Context<'a> {
                     second.object(),
                     workload.resource.key()
                 ),
-            ));
+            )));
         }
         if let Some(one) = selecting.first() {
             return Ok(Some(one));
@@ -183,7 +183,7 @@ impl<'a> Context<'a> {
                 [] => continue,
                 [one] => return Ok(Some(one)),
                 [first, second, ..] => {
-                    return Err(second.diagnostic(
+                    return Err(Box::new(second.diagnostic(
                         Severity::Error,
                         code::SIDECAR_CONFLICT,
                         "metadata.name",
@@ -193,7 +193,7 @@ impl<'a> Context<'a> {
                             first.object(),
                             second.object()
                         ),
-                    ))
+                    )))
                 }
             }
         }
@@ -235,7 +235,7 @@ impl<'a> Context<'a> {
     fn proxy(&self, workload: &Workload<'_>) -> (ProxyConfig, Vec<Diagnostic>) {
         let mut errors = Vec::new();
         let sidecar = self.sidecar_for(workload).unwrap_or_else(|err| {
-            errors.push(err);
+            errors.push(*err);
             None
         });
         let we = workload.resource;
@@ -757,7 +757,7 @@ mod tests {
             we("a", "y", "10.0.0.2", ""),
             we("b", "z", "10.0.0.3", ""),
             we("c", "w", "10.0.0.4", ""),
-            doc("Sidecar", "a", "for-x", &format!("{{workloadSelector: {{labels: {{app: x}}}}, ingress: [{{port: {{number: 1}}, defaultEndpoint: \"127.0.0.1:11\"}}]}}")),
+            doc("Sidecar", "a", "for-x", "{workloadSelector: {labels: {app: x}}, ingress: [{port: {number: 1}, defaultEndpoint: \"127.0.0.1:11\"}]}"),
             doc("Sidecar", "a", "ns-default", &sidecar_ingress(2, "127.0.0.1:12")),
             doc("Sidecar", "istio-system", "mesh-default", &sidecar_ingress(3, "127.0.0.1:13")),
             doc("Sidecar", "c", "for-nobody", "{workloadSelector: {labels: {app: nobody}}}"),
@@ -788,7 +788,7 @@ mod tests {
         assert_eq!(
             errors(&two_selectors),
             vec![(
-                Some(44),
+                Some(45),
                 code::SIDECAR_CONFLICT,
                 Some("spec.workloadSelector".into())
             )]
@@ -797,7 +797,7 @@ mod tests {
         assert_eq!(
             errors(&two_defaults),
             vec![(
-                Some(43),
+                Some(44),
                 code::SIDECAR_CONFLICT,
                 Some("metadata.name".into())
             )]
@@ -960,7 +960,7 @@ mod tests {
         assert_eq!(
             errors(&client("[{hosts: [\"db/hidden.db.svc\"]}]")),
             vec![(
-                Some(34),
+                Some(30),
                 code::EGRESS_HOST_UNMATCHED,
                 Some("spec.egress[0].hosts[0]".into())
             )]
@@ -970,7 +970,7 @@ mod tests {
                 "[{port: {number: 7777}, hosts: [\"db/pg.db.svc\"]}]"
             )),
             vec![(
-                Some(34),
+                Some(30),
                 code::EGRESS_HOST_UNMATCHED,
                 Some("spec.egress[0].port.number".into())
             )]
@@ -984,7 +984,7 @@ mod tests {
         assert_eq!(
             errors(&shared),
             vec![(
-                Some(34),
+                Some(30),
                 code::LISTENER_CONFLICT,
                 Some("spec.egress".into())
             )]

@@ -122,16 +122,6 @@ impl Node {
             span: None,
         }
     }
-
-    #[cfg(test)]
-    pub(crate) fn scalar(line: usize, value: Value) -> Node {
-        Node {
-            line,
-            value,
-            raw: None,
-            span: None,
-        }
-    }
 }
 
 /// Reads any YAML node, with its location, through serde-saphyr.
@@ -235,7 +225,31 @@ pub(crate) struct SyntaxError {
 }
 
 /// Parses every document of a YAML stream. Empty and null documents are skipped.
+///
+/// Nesting deeper than serde-saphyr's default budget (64 levels) is an error. serde-saphyr
+/// descends once per level with large frames (tens of KiB each in debug builds): more than a
+/// 2 MiB thread, such as a tokio worker or a test thread, holds at that depth. So parsing runs
+/// on a thread of its own with [`PARSE_STACK`] bytes of stack, whatever the caller's stack is.
 pub(crate) fn parse_documents(source: &str) -> Result<Vec<Node>, SyntaxError> {
+    let failed = |message: String| SyntaxError {
+        line: None,
+        message,
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("ward-yaml".to_owned())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(scope, || parse_here(source))
+            .map_err(|e| failed(format!("cannot start the YAML parser thread: {e}")))?
+            .join()
+            .map_err(|_| failed("the YAML parser stopped unexpectedly".to_owned()))?
+    })
+}
+
+/// Stack for the parser thread; see [`parse_documents`].
+const PARSE_STACK: usize = 32 << 20;
+
+fn parse_here(source: &str) -> Result<Vec<Node>, SyntaxError> {
     let options = serde_saphyr::options! {
         with_snippet: false,
         strict_booleans: true,

@@ -88,7 +88,7 @@ impl ControlPlane {
             .collect();
         Ok(Arc::new(ControlPlane {
             paths,
-            mesh: set.mesh.clone(),
+            mesh: set.mesh,
             snapshot: watch::channel(Arc::new(snap)).0,
             proxies: Mutex::new(proxies),
             status: Mutex::new(status),
