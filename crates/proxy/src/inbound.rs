@@ -486,3 +486,147 @@ async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr)
     crate::reset_on_close(&tcp);
     drop(tcp);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// srv at 127.9.0.10 serving 9000 (STRICT by a mesh policy unless `extra` says otherwise)
+    /// and 9001 (PERMISSIVE by port), with `extra` documents appended.
+    fn config(extra: &str) -> ProxyConfig {
+        config_with_pa(PORT_B_PERMISSIVE, extra)
+    }
+
+    const PORT_B_PERMISSIVE: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: port-b, namespace: app}\nspec:\n  selector: {matchLabels: {app: srv}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {9001: {mode: PERMISSIVE}}\n";
+
+    fn config_with_pa(pa: &str, extra: &str) -> ProxyConfig {
+        let yaml = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: app}}
+spec: {{address: 127.9.0.10, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: srv, namespace: app}}
+spec:
+  workloadSelector: {{labels: {{app: srv}}}}
+  ingress:
+  - port: {{number: 9000, name: tcp-a, protocol: TCP}}
+    defaultEndpoint: 127.0.0.1:19000
+  - port: {{number: 9001, name: tcp-b, protocol: TCP}}
+    defaultEndpoint: 127.0.0.1:19001
+---
+{pa}{extra}"#
+        );
+        let set = ward_config::load_str("test.yaml", &yaml).unwrap();
+        let snap = ward_config::translate(&set).unwrap();
+        snap.proxies["app/srv"].clone()
+    }
+
+    fn facts(peer: Option<(&str, &str)>, dst: &str, port: u16) -> ConnFacts {
+        ConnFacts {
+            peer: peer.map(|(ns, sa)| Peer {
+                principal: format!("cluster.local/ns/{ns}/sa/{sa}"),
+                trust_domain: "cluster.local".into(),
+                namespace: ns.into(),
+                service_account: sa.into(),
+            }),
+            source_ip: "127.9.0.1".parse().unwrap(),
+            destination_ip: dst.parse().unwrap(),
+            destination_port: port,
+        }
+    }
+
+    #[test]
+    fn authorize_table() {
+        let deny_other = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-other, namespace: app}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [other]}}]}]\n";
+        let open = config("");
+        let denying = config(deny_other);
+        let cases: Vec<(&str, &ProxyConfig, ConnFacts, &str)> = vec![
+            (
+                "mTLS to a served port",
+                &open,
+                facts(Some(("app", "cli")), "127.9.0.10", 9000),
+                "allow",
+            ),
+            (
+                "unknown port",
+                &open,
+                facts(Some(("app", "cli")), "127.9.0.10", 9999),
+                "unknown-port",
+            ),
+            // ztunnel hbone_ip_mismatch: the authority must be this workload's address.
+            (
+                "authority is another IP",
+                &open,
+                facts(Some(("app", "cli")), "127.9.0.1", 9000),
+                "unknown-port",
+            ),
+            (
+                "plaintext on STRICT",
+                &open,
+                facts(None, "127.9.0.10", 9000),
+                "plaintext-refused",
+            ),
+            (
+                "plaintext on port-level PERMISSIVE",
+                &open,
+                facts(None, "127.9.0.10", 9001),
+                "allow",
+            ),
+            (
+                "DENY namespace matches",
+                &denying,
+                facts(Some(("other", "x")), "127.9.0.10", 9000),
+                "denied",
+            ),
+            (
+                "DENY namespace, other caller",
+                &denying,
+                facts(Some(("app", "cli")), "127.9.0.10", 9000),
+                "allow",
+            ),
+            // Stricter than Istio: identity-less plaintext cannot dodge a DENY on namespaces.
+            (
+                "DENY namespace vs plaintext",
+                &denying,
+                facts(None, "127.9.0.10", 9001),
+                "denied",
+            ),
+        ];
+        for (name, cfg, f, want) in cases {
+            let got = match authorize(cfg, &f) {
+                Verdict::Allow(_) => "allow",
+                Verdict::UnknownPort => "unknown-port",
+                Verdict::PlaintextRefused { .. } => "plaintext-refused",
+                Verdict::MtlsRefused { .. } => "mtls-refused",
+                Verdict::Denied(_) => "denied",
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn disable_refuses_mtls_and_close_orders_name_the_policy() {
+        let off = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: off, namespace: app}\nspec:\n  selector: {matchLabels: {app: srv}}\n  mtls: {mode: DISABLE}\n";
+        let cfg = config_with_pa(off, "");
+        match authorize(&cfg, &facts(Some(("app", "cli")), "127.9.0.10", 9000)) {
+            Verdict::MtlsRefused { policy } => assert_eq!(policy.as_deref(), Some("app/off")),
+            other => panic!("DISABLE must refuse mTLS, got {other:?}"),
+        }
+        assert!(matches!(
+            authorize(&cfg, &facts(None, "127.9.0.10", 9000)),
+            Verdict::Allow(_)
+        ));
+        let strict = authorize(&config(""), &facts(None, "127.9.0.10", 9000));
+        let order = strict.close_order().unwrap();
+        assert_eq!(order.policy.as_deref(), Some("app/port-b"));
+        assert_eq!(order.detail, "peer_authentication_strict");
+        assert!(
+            authorize(&config(""), &facts(Some(("a", "b")), "127.9.0.10", 9000))
+                .close_order()
+                .is_none()
+        );
+    }
+}

@@ -241,3 +241,62 @@ async fn connect(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(ip: &str) -> Endpoint {
+        Endpoint {
+            address: format!("{ip}:9000").parse().unwrap(),
+            workload: None,
+            identity: None,
+            transport: Transport::Hbone,
+        }
+    }
+
+    #[test]
+    fn route_rotates_endpoints_and_misses_unknown_binds() {
+        let bind: SocketAddr = "127.9.0.1:9000".parse().unwrap();
+        let cfg = ProxyConfig {
+            workload: ward_config::WorkloadInfo {
+                name: "cli".into(),
+                namespace: "app".into(),
+                service_account: "cli".into(),
+                address: "127.9.0.1".parse().unwrap(),
+                labels: Default::default(),
+                identity: "spiffe://cluster.local/ns/app/sa/cli".into(),
+                demo_app: None,
+            },
+            inbound: vec![],
+            outbound: vec![OutboundListener {
+                bind,
+                service: "srv.app.svc.cluster.local".into(),
+                service_port: 9000,
+                protocol: ward_config::Protocol::Tcp,
+                endpoints: vec![
+                    endpoint("127.9.0.10"),
+                    endpoint("127.9.0.11"),
+                    endpoint("127.9.0.12"),
+                ],
+            }],
+            authz: Default::default(),
+            outbound_traffic_policy: "ALLOW_ANY".into(),
+        };
+        let firsts: Vec<String> = (0..4)
+            .map(|i| {
+                route(&cfg, bind, i).unwrap().endpoints[0]
+                    .address
+                    .ip()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            ["127.9.0.10", "127.9.0.11", "127.9.0.12", "127.9.0.10"]
+        );
+        // Every endpoint stays in the list, so a failed one can be skipped.
+        assert_eq!(route(&cfg, bind, 1).unwrap().endpoints.len(), 3);
+        assert!(route(&cfg, "127.9.0.1:9001".parse().unwrap(), 0).is_none());
+    }
+}

@@ -526,7 +526,9 @@ mod tests {
     use crate::decode::decode;
     use crate::yaml::parse_documents;
 
-    fn findings_of<T: serde::de::DeserializeOwned>(
+    /// Decode `yaml` as a spec and run `validate`; (field, code) of each finding. Shared with
+    /// the sibling module's tests.
+    pub(super) fn findings_of<T: serde::de::DeserializeOwned>(
         yaml: &str,
         validate: impl Fn(&T) -> Vec<Finding>,
     ) -> Vec<(String, &'static str)> {

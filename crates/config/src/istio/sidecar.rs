@@ -577,21 +577,8 @@ fn check_capture_mode(mode: Option<CaptureMode>, path: &str) -> Option<Finding> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::findings_of;
     use super::*;
-    use crate::decode::decode;
-    use crate::yaml::parse_documents;
-
-    fn findings_of<T: serde::de::DeserializeOwned>(
-        yaml: &str,
-        validate: impl Fn(&T) -> Vec<Finding>,
-    ) -> Vec<(String, &'static str)> {
-        let docs = parse_documents(yaml).unwrap();
-        let spec: T = decode(&docs[0], "spec").unwrap();
-        validate(&spec)
-            .into_iter()
-            .map(|f| (f.field, f.code))
-            .collect()
-    }
 
     #[test]
     fn sidecar_validation() {
