@@ -13,6 +13,8 @@ use ward_test_support::{free_port, UpOptions, Ward};
 pub struct Mesh {
     pub block: u8,
     pub app_port: u16,
+    /// Whether ward runs its demo echo app as srv's app (else the test serves app_port).
+    pub demo_app: bool,
 }
 
 impl Mesh {
@@ -20,6 +22,14 @@ impl Mesh {
         Mesh {
             block,
             app_port: free_port(),
+            demo_app: true,
+        }
+    }
+    /// A mesh whose srv app the test provides on `app_port`.
+    pub fn with_own_app(block: u8) -> Mesh {
+        Mesh {
+            demo_app: false,
+            ..Mesh::new(block)
         }
     }
     pub fn ip(&self, host: u8) -> String {
@@ -41,6 +51,11 @@ impl Mesh {
     pub fn workloads(&self) -> String {
         let b = self.block;
         let app = self.app_port;
+        let demo = if self.demo_app {
+            "ward.dev/demo-app: echo"
+        } else {
+            "example.com/note: own app"
+        };
         format!(
             r#"apiVersion: sailoperator.io/v1
 kind: Istio
@@ -58,7 +73,7 @@ metadata:
   name: srv
   namespace: app
   annotations:
-    ward.dev/demo-app: echo
+    {demo}
 spec:
   address: 127.1.{b}.10
   serviceAccount: srv

@@ -393,3 +393,39 @@ fn peer_authentication_scopes_and_port_level_mtls() {
     assert!(echo_ok(mesh.srv_plain(), "disable"));
     assert!(echo_ok(mesh.via_cli(), "auto-mtls plaintext"));
 }
+
+#[test]
+fn an_app_dying_mid_stream_is_a_reset_never_a_clean_end() {
+    let mesh = Mesh::with_own_app(9);
+    let app = std::net::TcpListener::bind(("127.0.0.1", mesh.app_port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in app.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 16];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"partial");
+            std::thread::sleep(Duration::from_millis(100));
+            // Die abruptly: RST instead of FIN.
+            let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            drop(conn);
+        }
+    });
+    let _ward = mesh.up(&mesh_pa("STRICT"), &[]);
+    let mut client = TcpStream::connect(mesh.via_cli()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"request").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let end = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let err = end.expect_err("the client must see a reset, not a clean end of stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(got.is_empty() || got == b"partial", "{got:?}");
+}

@@ -24,7 +24,7 @@ use ward_tls::PeerInfo;
 use crate::access_log::{ConnRecord, Direction, Fault};
 use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
 use crate::metrics::Metrics;
-use crate::splice::{splice, SpliceEnd};
+use crate::splice::{splice, Abort, SpliceEnd};
 
 /// Time allowed for the TLS handshake of an inbound connection.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,7 +191,7 @@ impl InboundCtx {
         mut rec: ConnRecord,
         started: Instant,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
     {
         let Some(port) = find_port(cfg, facts.destination_port) else {
             return;
@@ -398,17 +398,17 @@ impl InboundCtx {
     async fn serve_connected<S>(
         &self,
         facts: ConnFacts,
-        downstream: S,
-        upstream: TcpStream,
+        mut downstream: S,
+        mut upstream: TcpStream,
         mut rec: ConnRecord,
         started: Instant,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
     {
         let _ = upstream.set_nodelay(true);
         let (guard, close) = self.tracker.register(facts);
         self.metrics.conn_open(&rec);
-        match splice(downstream, upstream, Some(close)).await {
+        match splice(&mut downstream, &mut upstream, Some(close)).await {
             SpliceEnd::Done(recv, sent) => {
                 rec.bytes_recv = recv;
                 rec.bytes_sent = sent;

@@ -86,7 +86,7 @@ enum Upstream {
     Plain(TcpStream),
 }
 
-async fn handle(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr, bind: SocketAddr) {
+async fn handle(ctx: Arc<OutboundCtx>, mut app: TcpStream, src: SocketAddr, bind: SocketAddr) {
     let started = Instant::now();
     let _ = app.set_nodelay(true);
     let cfg = ctx.config.borrow().clone();
@@ -128,8 +128,8 @@ async fn handle(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr, bind: So
             Ok(up) => {
                 ctx.metrics.conn_open(&rec);
                 let end = match up {
-                    Upstream::Tunnel(t) => splice(app, t, None).await,
-                    Upstream::Plain(s) => splice(app, s, None).await,
+                    Upstream::Tunnel(mut t) => splice(&mut app, &mut t, None).await,
+                    Upstream::Plain(mut s) => splice(&mut app, &mut s, None).await,
                 };
                 match end {
                     SpliceEnd::Done(sent_up, recv_down) => {

@@ -1,4 +1,5 @@
-//! Copy bytes both ways until both sides finish, or until a policy orders the connection closed.
+//! Copy bytes both ways until both sides finish, or until a side fails or a policy orders the
+//! connection closed; then abort both sides, so neither sees a clean end of data.
 
 use std::io;
 
@@ -17,43 +18,74 @@ pub(crate) enum SpliceEnd {
     Closed(CloseOrder),
 }
 
-/// Splice `downstream` and `upstream`. Dropping both streams on a close order resets them.
+/// A stream that can be ended abruptly, so that the far side sees a reset and never a clean
+/// end of data (threats.md §3: an upstream dying mid-stream must never look like a complete
+/// response).
+pub(crate) trait Abort {
+    /// Make the coming close a reset.
+    fn abort(&mut self);
+}
+
+impl Abort for tokio::net::TcpStream {
+    fn abort(&mut self) {
+        crate::reset_on_close(self);
+    }
+}
+
+impl Abort for ward_hbone::H2Stream {
+    fn abort(&mut self) {
+        self.reset();
+    }
+}
+
+/// Splice `downstream` and `upstream`. When a side fails or a policy closes the connection, both
+/// are aborted before the caller drops them.
 pub(crate) async fn splice<A, B>(
-    mut downstream: A,
-    mut upstream: B,
+    downstream: &mut A,
+    upstream: &mut B,
+    close: Option<oneshot::Receiver<CloseOrder>>,
+) -> SpliceEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin + Abort,
+    B: AsyncRead + AsyncWrite + Unpin + Abort,
+{
+    let end = copy(downstream, upstream, close).await;
+    if !matches!(end, SpliceEnd::Done(..)) {
+        downstream.abort();
+        upstream.abort();
+    }
+    end
+}
+
+async fn copy<A, B>(
+    downstream: &mut A,
+    upstream: &mut B,
     close: Option<oneshot::Receiver<CloseOrder>>,
 ) -> SpliceEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        64 * 1024,
-        64 * 1024,
-    );
-    match close {
-        None => match copy.await {
+    let copy = tokio::io::copy_bidirectional_with_sizes(downstream, upstream, 64 * 1024, 64 * 1024);
+    tokio::pin!(copy);
+    let Some(mut close) = close else {
+        return match copy.await {
+            Ok((a, b)) => SpliceEnd::Done(a, b),
+            Err(e) => SpliceEnd::Failed(e),
+        };
+    };
+    tokio::select! {
+        r = &mut copy => match r {
             Ok((a, b)) => SpliceEnd::Done(a, b),
             Err(e) => SpliceEnd::Failed(e),
         },
-        Some(mut close) => {
-            tokio::pin!(copy);
-            tokio::select! {
-                r = &mut copy => match r {
-                    Ok((a, b)) => SpliceEnd::Done(a, b),
-                    Err(e) => SpliceEnd::Failed(e),
-                },
-                order = &mut close => match order {
-                    Ok(order) => SpliceEnd::Closed(order),
-                    // No order can come any more: keep copying to the end.
-                    Err(_) => match copy.await {
-                        Ok((a, b)) => SpliceEnd::Done(a, b),
-                        Err(e) => SpliceEnd::Failed(e),
-                    },
-                },
-            }
-        }
+        order = &mut close => match order {
+            Ok(order) => SpliceEnd::Closed(order),
+            // No order can come any more: keep copying to the end.
+            Err(_) => match copy.await {
+                Ok((a, b)) => SpliceEnd::Done(a, b),
+                Err(e) => SpliceEnd::Failed(e),
+            },
+        },
     }
 }
