@@ -3,10 +3,13 @@
 //! - `ward up -f DIR`: CA + control plane + one sidecar per WorkloadEntry, in this process.
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
+//! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
 mod analyze;
+mod demo_apps;
+mod devidp;
 mod echo;
 mod logging;
 mod up;
@@ -43,6 +46,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
+    DevIdp(devidp::DevIdpArgs),
     /// Run a TCP echo server (a demo app).
     Echo {
         /// Address to listen on.
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Up(args) => rt.block_on(up::run(args)),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
+        Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

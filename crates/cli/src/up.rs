@@ -236,17 +236,21 @@ impl Supervisor {
             tracing::info!(workload = %k, "sidecar stopped: WorkloadEntry removed");
         }
         for (key, cfg) in &snap.proxies {
-            if let Some(DemoApp::Echo) = cfg.workload.demo_app {
+            if let Some(app) = cfg.workload.demo_app {
                 for port in &cfg.inbound {
-                    if self.demo_apps.insert(port.target) {
-                        match tokio::net::TcpListener::bind(port.target).await {
-                            Ok(l) => {
-                                tracing::info!(workload = %key, addr = %port.target, "demo echo app started");
-                                tokio::spawn(crate::echo::serve(l));
-                            }
-                            Err(e) => {
-                                tracing::error!(workload = %key, addr = %port.target, error = %e, "demo app cannot listen")
-                            }
+                    if !self.demo_apps.insert(port.target) {
+                        continue;
+                    }
+                    match tokio::net::TcpListener::bind(port.target).await {
+                        Ok(l) => {
+                            tracing::info!(workload = %key, addr = %port.target, app = ?app, "demo app started");
+                            match app {
+                                DemoApp::Echo => tokio::spawn(crate::echo::serve(l)),
+                                DemoApp::Fhir => tokio::spawn(crate::demo_apps::serve_fhir(l)),
+                            };
+                        }
+                        Err(e) => {
+                            tracing::error!(workload = %key, addr = %port.target, error = %e, "demo app cannot listen")
                         }
                     }
                 }

@@ -15,6 +15,8 @@ pub struct Mesh {
     pub app_port: u16,
     /// Whether ward runs its demo echo app as srv's app (else the test serves app_port).
     pub demo_app: bool,
+    /// srv's port protocol (`TCP` or `HTTP`).
+    pub protocol: &'static str,
 }
 
 impl Mesh {
@@ -23,6 +25,14 @@ impl Mesh {
             block,
             app_port: free_port(),
             demo_app: true,
+            protocol: "TCP",
+        }
+    }
+    /// The same mesh with srv's port declared HTTP (L7 policy, per request).
+    pub fn http(self) -> Mesh {
+        Mesh {
+            protocol: "HTTP",
+            ..self
         }
     }
     /// A mesh whose srv app the test provides on `app_port`.
@@ -50,6 +60,12 @@ impl Mesh {
 
     pub fn workloads(&self) -> String {
         let b = self.block;
+        let proto = self.protocol;
+        let pname = if proto == "HTTP" {
+            "http-echo"
+        } else {
+            "tcp-echo"
+        };
         let app = self.app_port;
         let demo = if self.demo_app {
             "ward.dev/demo-app: echo"
@@ -113,8 +129,8 @@ spec:
   resolution: STATIC
   ports:
   - number: 9000
-    name: tcp-echo
-    protocol: TCP
+    name: {pname}
+    protocol: {proto}
   workloadSelector:
     labels:
       app: srv
@@ -131,8 +147,8 @@ spec:
   ingress:
   - port:
       number: 9000
-      protocol: TCP
-      name: tcp-echo
+      protocol: {proto}
+      name: {pname}
     defaultEndpoint: 127.0.0.1:{app}
 ---
 apiVersion: networking.istio.io/v1
@@ -147,8 +163,8 @@ spec:
   egress:
   - port:
       number: 9000
-      protocol: TCP
-      name: tcp-echo
+      protocol: {proto}
+      name: {pname}
     bind: 127.1.{b}.1
     hosts: ["app/srv.app.svc.cluster.local"]
 ---
@@ -164,8 +180,8 @@ spec:
   egress:
   - port:
       number: 9000
-      protocol: TCP
-      name: tcp-echo
+      protocol: {proto}
+      name: {pname}
     bind: 127.1.{b}.2
     hosts: ["app/srv.app.svc.cluster.local"]
 "#

@@ -780,7 +780,7 @@ fn demo_app_finding(meta: &ObjectMeta) -> Option<Finding> {
         Finding::error(
             code::INVALID,
             push_key("metadata.annotations", DEMO_APP_ANNOTATION),
-            format!("unknown demo app `{value}`; the only one is `echo`"),
+            format!("unknown demo app `{value}`; Ward ships `echo` and `fhir`"),
         )
     })
 }

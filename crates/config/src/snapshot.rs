@@ -71,6 +71,9 @@ pub struct WorkloadInfo {
 pub enum DemoApp {
     /// Echoes every byte back.
     Echo,
+    /// A tiny FHIR-like HTTP API (`GET /fhir/<Resource>` → 200, `POST` → 201), for the
+    /// FHIR example.
+    Fhir,
 }
 
 /// The annotation that asks for a [`DemoApp`].
@@ -81,6 +84,7 @@ impl DemoApp {
     pub fn parse(value: &str) -> Option<DemoApp> {
         match value {
             "echo" => Some(DemoApp::Echo),
+            "fhir" => Some(DemoApp::Fhir),
             _ => None,
         }
     }
@@ -184,6 +188,11 @@ impl Protocol {
     /// told apart by `Host`).
     pub fn is_http(self) -> bool {
         matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// True when the app speaks HTTP/2 with prior knowledge on this port (HTTP2, GRPC).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
 }
 

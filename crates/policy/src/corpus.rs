@@ -15,6 +15,18 @@
 //!   expect: {decision: deny, policy: app/deny-foo, rule: 0}
 //!   # optional: reason, detail, audit: [ns/name], dryRun: [{policy, rule, would}]
 //!   # or, for a policy Ward must reject: expect: {compileError: spec.rules[0].when[0].key}
+//! - name: an HTTP request (evaluated by evaluate_http instead of evaluate_l4)
+//!   policies: [...]
+//!   workload: {namespace: app}
+//!   connection: {peer: cluster.local/ns/client/sa/curl, destinationPort: 8080}
+//!   request:
+//!     method: GET                      # default GET
+//!     host: web.app:8080               # default web.app
+//!     path: /a/../admin?x=1            # raw target, normalized by the runner; default /
+//!     headers: [[x-role, user], [x-role, admin]]
+//!     auth: {principal: iss/sub, audiences: [a], presenter: p, claims: {groups: [g]}}
+//!   expect: {decision: deny, path: /admin}   # path: the normalized path (optional)
+//!   # a target that `path::normalize` refuses: expect: {decision: reject}
 //! mtlsCases:
 //! - name: namespace beats mesh
 //!   policies: [{name: default, namespace: app, order: 1, spec: {mtls: {mode: PERMISSIVE}}}]
@@ -33,7 +45,9 @@ use serde::Deserialize;
 
 use crate::authz::{parse_dry_run, AuthzPolicy, MeshContext, WorkloadPolicies, DRY_RUN_ANNOTATION};
 use crate::decision::{AllowedBy, Decision, DeniedBy, DryRunOutcome, PolicyRef};
+use crate::http::{HttpAttributes, RequestAuth};
 use crate::l4::{L4Attributes, Peer};
+use crate::path::normalize;
 use crate::peer_authn::{effective_mtls, MtlsMode, PeerAuthnPolicy};
 use crate::spec::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 
@@ -74,7 +88,37 @@ struct AuthzCase {
     policies: Vec<PolicyObject>,
     workload: Workload,
     connection: Connection,
+    #[serde(default)]
+    request: Option<HttpRequest>,
     expect: AuthzExpect,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRequest {
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default = "default_host")]
+    host: String,
+    /// The raw request-target, normalized by the runner.
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    auth: Option<RequestAuth>,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+fn default_host() -> String {
+    "web.app".to_string()
+}
+
+fn default_path() -> String {
+    "/".to_string()
 }
 
 #[derive(Deserialize)]
@@ -117,6 +161,8 @@ struct Connection {
 enum Verdict {
     Allow,
     Deny,
+    /// The request-target is refused before authorization (`path::normalize` fails: 400).
+    Reject,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -148,6 +194,9 @@ struct AuthzExpect {
     dry_run: Option<Vec<DryRunExpect>>,
     #[serde(default)]
     compile_error: Option<String>,
+    /// The normalized path of an HTTP case.
+    #[serde(default)]
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -301,7 +350,43 @@ fn run_authz_case(case: &AuthzCase) -> Result<(), String> {
         &case.workload.labels,
         &case.mesh.root_namespace,
     );
-    let decision = selected.evaluate_l4(&conn);
+    let decision = match &case.request {
+        None => selected.evaluate_l4(&conn),
+        Some(request) => {
+            let normalized = match normalize(&request.path) {
+                Ok(normalized) => normalized,
+                Err(e) if expect.decision == Some(Verdict::Reject) => {
+                    return match &expect.path {
+                        None => Ok(()),
+                        Some(_) => Err(format!("rejected ({e}), so expect.path cannot hold")),
+                    };
+                }
+                Err(e) => return Err(format!("path {:?} rejected: {e}", request.path)),
+            };
+            if let Some(want) = expect.path.as_ref().filter(|w| **w != normalized.path) {
+                return Err(format!(
+                    "expected normalized path {want:?}, got {:?}",
+                    normalized.path
+                ));
+            }
+            let headers: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                .collect();
+            selected.evaluate_http(&HttpAttributes {
+                l4: conn,
+                method: &request.method,
+                host: &request.host,
+                path: &normalized.path,
+                headers: &headers,
+                auth: request.auth.as_ref(),
+            })
+        }
+    };
+    if case.request.is_none() && expect.path.is_some() {
+        return Err("expect.path needs a request".to_string());
+    }
     check_decision(expect, &decision).map_err(|message| format!("{message}; got {decision:?}"))
 }
 
@@ -472,6 +557,58 @@ mtlsCases:
             assert!(run_str("t.yaml", yaml).is_err(), "{yaml}");
         }
         assert_eq!(run_str("t.yaml", "{}"), Ok(0));
+    }
+
+    #[test]
+    fn runner_checks_http_cases() {
+        let case = |request: &str, expect: &str| {
+            format!(
+                "cases:\n- name: c\n  policies: [{{name: p, namespace: a, spec: {{action: DENY, rules: [{{to: [{{operation: {{paths: [\"/admin*\"]}}}}]}}]}}}}]\n  workload: {{namespace: a}}\n  connection: {{destinationPort: 80}}\n  request: {request}\n  expect: {expect}\n"
+            )
+        };
+        // (request, expect, passes)
+        let table = [
+            (
+                "{path: /a/../admin}",
+                "{decision: deny, path: /admin}",
+                true,
+            ),
+            (
+                "{path: /a/../admin}",
+                "{decision: deny, path: /a/../admin}",
+                false,
+            ),
+            ("{path: /public}", "{decision: allow}", true),
+            ("{path: /public}", "{decision: deny}", false),
+            ("{path: \"/%2Fadmin\"}", "{decision: reject}", true),
+            ("{path: \"/%2Fadmin\"}", "{decision: deny}", false),
+            (
+                "{path: \"/%2Fadmin\"}",
+                "{decision: reject, path: /admin}",
+                false,
+            ),
+            ("{path: /admin}", "{decision: reject}", false),
+            (
+                "{path: /admin, headers: [[X-A, b]], auth: {principal: i/s, claims: {g: [1]}}}",
+                "{decision: deny}",
+                true,
+            ),
+            (
+                "{path: /admin, auth: {principal: i/s, bogus: 1}}",
+                "{decision: deny}",
+                false,
+            ),
+        ];
+        for (request, expect, passes) in table {
+            let yaml = case(request, expect);
+            assert_eq!(
+                run_str("t.yaml", &yaml).is_ok(),
+                passes,
+                "{request} {expect}"
+            );
+        }
+        let l4_with_path = "cases:\n- name: c\n  workload: {namespace: a}\n  connection: {destinationPort: 80}\n  expect: {decision: allow, path: /}\n";
+        assert!(run_str("t.yaml", l4_with_path).is_err());
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub struct L4Attributes<'a> {
 
 /// How an attribute the connection does not carry counts, chosen per action to fail closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Unknown {
+pub(crate) enum Unknown {
     /// ALLOW: a missing attribute never grants access.
     NoMatch,
     /// DENY, AUDIT, CUSTOM: a missing attribute never escapes a denial.
@@ -89,7 +89,7 @@ enum Unknown {
 }
 
 impl Unknown {
-    fn for_action(action: Action) -> Unknown {
+    pub(crate) fn for_action(action: Action) -> Unknown {
         match action {
             Action::Allow => Unknown::NoMatch,
             Action::Deny | Action::Audit | Action::Custom => Unknown::Match,
@@ -97,7 +97,7 @@ impl Unknown {
     }
 
     /// A field whose attribute is missing: unset fields match, others count as chosen.
-    fn field<T>(self, field: &ValueMatch<T>) -> bool {
+    pub(crate) fn field<T>(self, field: &ValueMatch<T>) -> bool {
         field.is_empty() || self == Unknown::Match
     }
 }
@@ -118,6 +118,12 @@ fn known<T, A: ?Sized>(
 
 impl SourceMatch {
     fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
+        self.matches_connection(conn, unknown) && unknown.field(&self.request_principals)
+    }
+
+    /// Every field but `requestPrincipals`: what the connection alone decides (shared with the
+    /// HTTP evaluator).
+    pub(crate) fn matches_connection(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
         let peer = conn.peer;
         known(
             &self.principals,
@@ -137,7 +143,6 @@ impl SourceMatch {
             && self
                 .remote_ip_blocks
                 .matches_with(|net| net.contains(&conn.remote_ip))
-            && unknown.field(&self.request_principals)
     }
 }
 
@@ -152,7 +157,9 @@ impl OperationMatch {
 }
 
 impl ConditionMatch {
-    fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
+    /// Connection attributes are matched as such; HTTP-only ones count as `unknown` (the HTTP
+    /// evaluator matches those itself and delegates the others here).
+    pub(crate) fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
         let peer = conn.peer;
         match self {
             ConditionMatch::SourceIp(f) => f.matches_with(|net| net.contains(&conn.source_ip)),

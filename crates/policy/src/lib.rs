@@ -3,8 +3,10 @@
 //!
 //! Role: turn Istio security specs into checked values ([`AuthzPolicy`], [`PeerAuthnPolicy`]),
 //! then answer "is this connection allowed?" ([`WorkloadPolicies::evaluate_l4`] →
-//! [`Decision`]) and "what mTLS mode does this port use?" ([`effective_mtls`]). The proxy
-//! carries the answers out; `ward analyze` and the simulator read the same functions.
+//! [`Decision`]), "is this HTTP request allowed?" ([`WorkloadPolicies::evaluate_http`]), "what
+//! is the canonical path of this request?" ([`path::normalize`]) and "what mTLS mode does this
+//! port use?" ([`effective_mtls`]). The proxy carries the answers out; `ward analyze` and the
+//! simulator read the same functions.
 //!
 //! Must not: do I/O (except [`corpus::run_file`], which reads a test corpus), spawn tasks, read
 //! clocks, or depend on tokio. Untrusted input (policy YAML, peer identities) never panics.
@@ -19,13 +21,19 @@
 //! - A matching CUSTOM policy denies: Ward has no external authorizer yet.
 //! - Values are matched literally (exact, `abc*`, `*abc`, `*`), never as regexes
 //!   (CVE-2026-39350).
+//! - Paths with `%2F`, `%5C` or `\` are rejected, not rewritten ([`path`]).
+//! - Without a valid JWT, `notRequestPrincipals` and `request.auth.*` `notValues` never match
+//!   an ALLOW rule; DENY `hosts` also match the host without its port (`http`).
 //!
 //! Layout:
 //! - [`spec`]: the Istio API types, field for field.
 //! - [`matcher`]: Istio string, IP, port, service account and path patterns (shared by L4 and
-//!   the later HTTP evaluator).
+//!   HTTP).
+//! - [`path`]: request-target normalization ([`path::normalize`]), security-critical.
 //! - `authz`: compiling a policy ([`AuthzPolicy::compile`]), scope ([`AuthzPolicy::applies_to`]).
 //! - `l4`: evaluating a TCP connection ([`WorkloadPolicies::evaluate_l4`]).
+//! - `http`: evaluating an HTTP request ([`WorkloadPolicies::evaluate_http`],
+//!   [`HttpAttributes`], [`RequestAuth`]).
 //! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
 //! - `peer_authn`: [`effective_mtls`] and [`lint`].
 //! - [`corpus`]: the YAML conformance corpus runner (`tests/corpus/*.yaml`).
@@ -35,8 +43,10 @@
 mod authz;
 pub mod corpus;
 mod decision;
+mod http;
 mod l4;
 pub mod matcher;
+pub mod path;
 mod peer_authn;
 pub mod spec;
 
@@ -45,7 +55,9 @@ pub use authz::{
     OperationMatch, SourceMatch, WorkloadPolicies, DRY_RUN_ANNOTATION,
 };
 pub use decision::{AllowedBy, Decision, DeniedBy, DryRunNote, DryRunOutcome, PolicyRef, RuleRef};
+pub use http::{HttpAttributes, RequestAuth};
 pub use l4::{L4Attributes, Peer};
+pub use path::{normalize, NormalizedPath, PathError};
 pub use peer_authn::{
     effective_mtls, lint, EffectiveMtls, MtlsMode, PeerAuthnLevel, PeerAuthnLint, PeerAuthnPolicy,
 };

@@ -326,6 +326,58 @@ impl PathMatch {
     }
 }
 
+impl PathMatch {
+    /// Whether a NORMALIZED path ([`crate::path::normalize`], query excluded) matches.
+    ///
+    /// Istio string forms compare bytes (case-sensitive). Templates follow istio/api
+    /// authorization_policy.proto, `Operation.paths`: "`{*}` matches a single path segment" (at
+    /// least one character) and "`{**}` matches zero or more path segments"; like Envoy's
+    /// `uri_template`, `{**}` stands for any run of characters, `/` included, so `/a/{**}`
+    /// matches `/a/` and `/a/b/c` but not `/a`, and `/a/{**}/z` needs a `/z` after `/a/`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::String(m) => m.matches(path),
+            PathMatch::Template(template) => template_matches(template, path),
+        }
+    }
+}
+
+/// `{*}`/`{**}` template matching; see [`PathMatch::matches`].
+fn template_matches(template: &str, path: &str) -> bool {
+    let Some((head, tail)) = template.split_once(MATCH_ANY_SEGMENTS) else {
+        return segments_match(template, path);
+    };
+    // `head` ends with the '/' before `{**}` (compile-time check: operators are whole
+    // segments). The path must have as many '/' up to where `{**}` starts.
+    let slashes = head.matches('/').count();
+    let start = if slashes == 0 {
+        Some(0)
+    } else {
+        path.match_indices('/').nth(slashes - 1).map(|(i, _)| i + 1)
+    };
+    let Some(start) = start else {
+        return false;
+    };
+    let (path_head, rest) = path.split_at(start);
+    // Only literal segments follow the last operator, so `tail` is compared as text.
+    segments_match(head, path_head) && rest.len() >= tail.len() && rest.ends_with(tail)
+}
+
+/// Segment by segment: equal literals, or `{*}` against a non-empty segment.
+fn segments_match(template: &str, path: &str) -> bool {
+    let mut template_segments = template.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (template_segments.next(), path_segments.next()) {
+            (None, None) => return true,
+            (Some(MATCH_ONE_SEGMENT), Some(segment)) if !segment.is_empty() => {}
+            (Some(literal), Some(segment))
+                if literal != MATCH_ONE_SEGMENT && literal == segment => {}
+            _ => return false,
+        }
+    }
+}
+
 /// `^[a-zA-Z0-9-._~%!$&'()+,;:@=]+$` (istio `security.go`, `validLiteral`).
 fn is_pchar_literal(segment: &str) -> bool {
     !segment.is_empty()
@@ -572,12 +624,76 @@ mod tests {
         }
     }
 
+    #[test]
+    fn path_match_table() {
+        // (pattern, normalized path, matches)
+        let table: &[(&str, &str, bool)] = &[
+            ("/admin", "/admin", true),
+            ("/admin", "/admin/", false),
+            ("/admin", "/ADMIN", false),
+            ("/admin", "/admin;jsessionid=1", false),
+            ("/admin*", "/admin;jsessionid=1", true),
+            ("/admin*", "/admin/x", true),
+            ("/admin*", "/administrator", true),
+            ("/admin*", "/Admin", false),
+            ("*.txt", "/a/b.txt", true),
+            ("*.txt", "/a/b.txt/", false),
+            ("*", "/", true),
+            ("/a/{*}", "/a/b", true),
+            ("/a/{*}", "/a/", false),
+            ("/a/{*}", "/a/b/c", false),
+            ("/a/{*}", "/a", false),
+            ("/a/{*}/c", "/a/b/c", true),
+            ("/a/{*}/c", "/a/b/d", false),
+            ("/{*}/{*}", "/x/y", true),
+            ("/{*}/{*}", "/x", false),
+            ("/a/{**}", "/a/", true),
+            ("/a/{**}", "/a/b", true),
+            ("/a/{**}", "/a/b/c/d", true),
+            ("/a/{**}", "/a", false),
+            ("/a/{**}", "/ab/c", false),
+            ("/a/{**}", "/b/a/c", false),
+            ("/a/{**}/z", "/a/b/c/z", true),
+            ("/a/{**}/z", "/a/z", false),
+            ("/a/{**}/z", "/a/b/z/y", false),
+            ("/a/{**}/y/z", "/a/b/y/z", true),
+            ("/{*}/b/{**}", "/x/b/c/d", true),
+            ("/{*}/b/{**}", "/x/c/c/d", false),
+            ("/{*}/b/{**}", "/x/b", false),
+            ("/{**}", "/", true),
+            ("/{**}", "/anything/at/all", true),
+            ("/a/{*}/{**}", "/a/b/", true),
+            ("/a/{*}/{**}", "/a//", false),
+        ];
+        for (pattern, path, want) in table {
+            let m = PathMatch::parse(pattern).unwrap();
+            assert_eq!(m.matches(path), *want, "{pattern:?} vs {path:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn exact_patterns_match_only_themselves(value in "[^*]{1,20}", other in ".{0,20}") {
             let m = StringMatch::parse(&value).unwrap();
             prop_assert!(m.matches(&value));
             prop_assert_eq!(m.matches(&other), other == value);
+        }
+
+        #[test]
+        fn path_templates_never_panic(
+            template in "(/(\\{\\*\\}|\\{\\*\\*\\}|[a-c]{1,2})){1,5}",
+            path in "[/a-c]{0,12}",
+        ) {
+            if let Ok(m) = PathMatch::parse(&template) {
+                let _ = m.matches(&path);
+                // `{**}` as the last operator matches at least what `{*}` does.
+                let wider = template.replacen("{*}", "{**}", 1);
+                if let (Ok(w), false) = (PathMatch::parse(&wider), template.contains("{**}")) {
+                    if wider.ends_with("{**}") && m.matches(&path) {
+                        prop_assert!(w.matches(&path), "{} vs {}", wider, path);
+                    }
+                }
+            }
         }
 
         #[test]

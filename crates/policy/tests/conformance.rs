@@ -54,3 +54,51 @@ fn corpus_runner_catches_a_wrong_expectation() {
         .expect_err("a flipped expectation must fail");
     assert!(report.contains("no policies allows"), "{report}");
 }
+
+#[test]
+fn l7_corpus_has_the_http_cases() {
+    let files: Vec<PathBuf> = corpus_files()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("l7_"))
+        })
+        .collect();
+    let mut total = 0;
+    for file in &files {
+        let yaml = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{e}"));
+        let cases = ward_policy::corpus::run_file(file).unwrap_or_else(|e| panic!("{e}"));
+        // Every case of an l7_ file is an HTTP case.
+        assert_eq!(
+            yaml.matches("\n  request:").count(),
+            cases,
+            "{}: a case without request",
+            file.display()
+        );
+        total += cases;
+    }
+    assert!(total >= 60, "only {total} HTTP corpus cases");
+}
+
+#[test]
+fn corpus_runner_catches_a_wrong_http_expectation() {
+    // A case that reuses policies through a YAML alias: flipping it must fail, so aliased
+    // policies are really evaluated.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/l7_paths.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let table = [
+        (
+            "expect: {decision: deny, path: \"/admin\", policy: app/deny-admin}",
+            "expect: {decision: allow, path: \"/admin\", policy: app/deny-admin}",
+        ),
+        ("expect: {decision: reject}", "expect: {decision: deny}"),
+    ];
+    for (from, to) in table {
+        let flipped = yaml.replacen(from, to, 2);
+        assert_ne!(flipped, yaml, "l7_paths.yaml changed; update this test");
+        let report = ward_policy::corpus::run_str("l7_paths.yaml", &flipped)
+            .expect_err("a flipped expectation must fail");
+        assert_eq!(report.lines().count(), 2, "{report}");
+    }
+}

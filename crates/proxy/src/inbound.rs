@@ -23,6 +23,7 @@ use ward_tls::PeerInfo;
 
 use crate::access_log::{ConnRecord, Direction, Fault};
 use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
+use crate::http::{HttpConn, Upstreams};
 use crate::metrics::Metrics;
 use crate::splice::{splice, Abort, SpliceEnd};
 
@@ -36,6 +37,8 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Verdict {
     /// Serve it; the decision says which policy allowed it.
     Allow(Decision),
+    /// An HTTP port: the connection is accepted and each request is decided on its own.
+    PerRequest,
     /// The port is not one this workload serves.
     UnknownPort,
     /// Plaintext on a STRICT port.
@@ -56,7 +59,7 @@ impl Verdict {
     /// The close order to give an open connection that this verdict now refuses.
     pub fn close_order(&self) -> Option<CloseOrder> {
         let (policy, rule, detail) = match self {
-            Verdict::Allow(_) => return None,
+            Verdict::Allow(_) | Verdict::PerRequest => return None,
             Verdict::UnknownPort => (None, None, "port no longer served".to_owned()),
             Verdict::PlaintextRefused { policy } => (
                 policy.clone(),
@@ -107,6 +110,9 @@ pub fn authorize(cfg: &ProxyConfig, facts: &ConnFacts) -> Verdict {
         (MtlsMode::Disable, true) => return Verdict::MtlsRefused { policy: pa },
         _ => {}
     }
+    if port.protocol.is_http() {
+        return Verdict::PerRequest;
+    }
     let decision = cfg.authz.evaluate_l4(&L4Attributes {
         peer: facts.peer.as_ref(),
         source_ip: facts.source_ip,
@@ -140,8 +146,10 @@ pub struct InboundCtx {
     pub tracker: Arc<ConnTracker>,
     /// Process-wide metrics.
     pub metrics: Arc<Metrics>,
-    /// Our own SPIFFE id, for logs.
+    /// Our own SPIFFE id, for logs and XFCC `By=`.
     pub identity: String,
+    /// HTTP clients toward the apps, for HTTP ports.
+    pub upstreams: Upstreams,
 }
 
 impl InboundCtx {
@@ -158,6 +166,10 @@ impl InboundCtx {
     }
 
     fn note_decision(&self, cfg: &ProxyConfig, rec: &mut ConnRecord, verdict: &Verdict) {
+        if let Verdict::PerRequest = verdict {
+            // Decided per request (see `http`); the connection record carries no decision.
+            return;
+        }
         let (allowed, policy, rule, detail) = match verdict {
             Verdict::Allow(d) => {
                 let (p, r) = deciding_rule(d);
@@ -208,6 +220,34 @@ impl InboundCtx {
                 self.metrics.record(&rec, false);
             }
         }
+    }
+}
+
+impl InboundCtx {
+    /// Serve an HTTP connection (tunnel or plaintext socket), tracked so that a PeerAuthentication
+    /// change can still close it; its requests are decided one by one in [`crate::http`].
+    async fn serve_http<S>(
+        self: &Arc<Self>,
+        facts: ConnFacts,
+        io: S,
+        conn: HttpConn,
+        mut rec: ConnRecord,
+        started: Instant,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (guard, close) = self.tracker.register(facts);
+        self.metrics.conn_open(&rec);
+        tokio::select! {
+            () = crate::http::serve(io, self.clone(), Arc::new(conn)) => {}
+            order = close => if let Ok(order) = order {
+                rec.fail(Fault::Policy, "DENY", format_args!("closed by policy change: {}", order.detail));
+            },
+        }
+        drop(guard);
+        rec.duration = started.elapsed();
+        rec.emit();
+        self.metrics.record(&rec, true);
     }
 }
 
@@ -342,8 +382,9 @@ async fn handle_connect(
     }
     let verdict = authorize(&cfg, &facts);
     ctx.note_decision(&cfg, &mut rec, &verdict);
+    let per_request = matches!(verdict, Verdict::PerRequest);
     match verdict {
-        Verdict::Allow(_) => {}
+        Verdict::Allow(_) | Verdict::PerRequest => {}
         Verdict::UnknownPort => {
             // ztunnel: a bad authority or an address that is not the local workload → 400.
             rec.fail(
@@ -366,6 +407,16 @@ async fn handle_connect(
             req.reject(StatusCode::UNAUTHORIZED);
             return;
         }
+    }
+    if per_request {
+        let Ok(tunnel) = req.accept() else { return };
+        let conn = HttpConn {
+            peer: facts.peer.clone(),
+            peer_id: rec.src_identity.clone(),
+            src,
+            dst,
+        };
+        return ctx.serve_http(facts, tunnel, conn, rec, started).await;
     }
     // Connect to the app before answering 200, so a dead app is a 503, not an empty tunnel.
     let Some(port) = find_port(&cfg, dst.port()) else {
@@ -469,6 +520,15 @@ async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr)
     };
     let verdict = authorize(&cfg, &facts);
     ctx.note_decision(&cfg, &mut rec, &verdict);
+    if let Verdict::PerRequest = verdict {
+        let conn = HttpConn {
+            peer: None,
+            peer_id: None,
+            src,
+            dst,
+        };
+        return ctx.serve_http(facts, tcp, conn, rec, started).await;
+    }
     if let Verdict::Allow(_) = verdict {
         let _ = tcp.set_nodelay(true);
         return ctx.serve_allowed(&cfg, facts, tcp, rec, started).await;
@@ -516,6 +576,8 @@ spec:
     defaultEndpoint: 127.0.0.1:19000
   - port: {{number: 9001, name: tcp-b, protocol: TCP}}
     defaultEndpoint: 127.0.0.1:19001
+  - port: {{number: 9002, name: http-c, protocol: HTTP}}
+    defaultEndpoint: 127.0.0.1:19002
 ---
 {pa}{extra}"#
         );
@@ -549,6 +611,18 @@ spec:
                 &open,
                 facts(Some(("app", "cli")), "127.9.0.10", 9000),
                 "allow",
+            ),
+            (
+                "HTTP port: decided per request",
+                &open,
+                facts(Some(("app", "cli")), "127.9.0.10", 9002),
+                "per-request",
+            ),
+            (
+                "HTTP port still enforces STRICT",
+                &open,
+                facts(None, "127.9.0.10", 9002),
+                "plaintext-refused",
             ),
             (
                 "unknown port",
@@ -598,6 +672,7 @@ spec:
         for (name, cfg, f, want) in cases {
             let got = match authorize(cfg, &f) {
                 Verdict::Allow(_) => "allow",
+                Verdict::PerRequest => "per-request",
                 Verdict::UnknownPort => "unknown-port",
                 Verdict::PlaintextRefused { .. } => "plaintext-refused",
                 Verdict::MtlsRefused { .. } => "mtls-refused",

@@ -8,6 +8,7 @@
 //! - [`outbound`]: the Sidecar egress listeners the app dials; each connection is tunnelled over
 //!   a pooled HBONE connection ([`pool`]) to a chosen endpoint, or sent plaintext where the
 //!   destination's PeerAuthentication is DISABLE (auto-mTLS).
+//! - [`http`]: on HTTP ports, each request is parsed, decided and forwarded on its own.
 //! - [`conntrack`]: open inbound connections, re-checked when policy changes.
 //! - [`access_log`] and [`metrics`]: one record per connection, Istio/ztunnel names.
 //!
@@ -17,6 +18,7 @@
 pub mod access_log;
 pub mod certs;
 pub mod conntrack;
+pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

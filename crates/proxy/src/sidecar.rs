@@ -183,6 +183,7 @@ impl Sidecar {
             tracker: h.tracker.clone(),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
+            upstreams: crate::http::Upstreams::default(),
         });
         let outbound_ctx = Arc::new(OutboundCtx {
             config: self.config.clone(),

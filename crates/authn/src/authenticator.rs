@@ -1,0 +1,1305 @@
+//! One workload's compiled `jwtRules` and the per-request decision.
+//!
+//! [`Authenticator::authenticate`] finds every token in the request, verifies each one, and
+//! returns an [`AuthnOutcome`] the proxy carries out (401/403, or strip and add headers). It
+//! never logs: tokens must never appear in logs, so the caller logs `iss`/`sub` and the outcome.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::jwks::{Jwks, JwksError};
+use crate::jwks_uri::{self, JwksUri, JwksUriError};
+use crate::spec::{ClaimToHeader, JwtRule};
+use crate::token::{self, JwtError};
+
+/// Default JWKS fetch timeout (Envoy remote JWKS default, istio-semantics §2.5).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a set of `jwtRules` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnConfigError {
+    /// A rule has an empty `issuer` (istio/api: `issuer` is REQUIRED).
+    #[error("jwtRules[{rule}]: issuer is required")]
+    MissingIssuer {
+        /// Index of the rule.
+        rule: usize,
+    },
+    /// `jwksUri` failed the SSRF checks.
+    #[error("jwtRules[{rule}] ({issuer}): jwksUri {uri:?} refused: {source}")]
+    JwksUri {
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's issuer.
+        issuer: String,
+        /// The refused URI.
+        uri: String,
+        /// Which check failed.
+        source: JwksUriError,
+    },
+    /// The inline `jwks` is not a JWKS document.
+    #[error("jwtRules[{rule}] ({issuer}): inline jwks refused: {source}")]
+    InlineJwks {
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's issuer.
+        issuer: String,
+        /// What was wrong with it.
+        source: JwksError,
+    },
+    /// A header name (`fromHeaders`, `outputPayloadToHeader`, `outputClaimToHeaders`) is empty
+    /// or not an HTTP token.
+    #[error("jwtRules[{rule}] ({issuer}): invalid header name {name:?}")]
+    HeaderName {
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's issuer.
+        issuer: String,
+        /// The refused name.
+        name: String,
+    },
+    /// A `fromParams` / `fromCookies` entry or an `outputClaimToHeaders` claim is empty.
+    #[error("jwtRules[{rule}] ({issuer}): empty parameter, cookie or claim name")]
+    EmptyName {
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's issuer.
+        issuer: String,
+    },
+    /// `timeout` is not a duration such as `5s`, `500ms` or `1m30s`.
+    #[error("jwtRules[{rule}] ({issuer}): invalid timeout {value:?}")]
+    Timeout {
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's issuer.
+        issuer: String,
+        /// The refused value.
+        value: String,
+    },
+}
+
+/// Where the verified identity of a request comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedToken {
+    /// `iss + "/" + sub` (AuthorizationPolicy `requestPrincipals`, `request.auth.principal`).
+    pub principal: String,
+    /// The token's `aud`, as a list (`request.auth.audiences`).
+    pub audiences: Vec<String>,
+    /// The token's `azp` (`request.auth.presenter`).
+    pub presenter: Option<String>,
+    /// The whole payload (`request.auth.claims[...]`).
+    pub claims: Value,
+}
+
+/// A place a token was read from, to remove before the request goes upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TokenLocation {
+    /// A request header (lower-case name); remove the header.
+    Header(String),
+    /// A query parameter; remove it from the query string.
+    QueryParam(String),
+    /// A cookie in the `cookie` header; remove that cookie.
+    Cookie(String),
+}
+
+/// The parts of a request tokens can be in. Cookies are read from the `cookie` headers.
+#[derive(Clone, Copy)]
+pub struct TokenSources<'a> {
+    /// Request headers, names lower-case, repeated headers as repeated entries.
+    pub headers: &'a [(String, String)],
+    /// The raw query string (after `?`), if any.
+    pub query: Option<&'a str>,
+}
+
+impl fmt::Debug for TokenSources<'_> {
+    // Values may be tokens: print names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("TokenSources")
+            .field("headers", &names)
+            .field("query", &self.query.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What the proxy must do with a request after authentication.
+#[derive(Clone, PartialEq)]
+pub enum AuthnOutcome {
+    /// No token anywhere: the request passes with no principal.
+    ///
+    /// istio-semantics §2.5: "no token → passes authentication with no principal". Only an
+    /// AuthorizationPolicy requiring `requestPrincipals` turns that into 403.
+    NoToken,
+    /// Every token found verified.
+    Authenticated {
+        /// The identity, from the first token found (Istio: with several tokens "the output
+        /// principal is nondeterministic"; Ward picks the first in extraction order).
+        auth: VerifiedToken,
+        /// Where to remove tokens from (rules without `forwardOriginalToken`).
+        strip: Vec<TokenLocation>,
+        /// Headers to set, overwriting (`outputPayloadToHeader`, `outputClaimToHeaders`).
+        add_headers: Vec<(String, String)>,
+    },
+    /// A token was present and invalid: answer `status` with body `message`.
+    Rejected {
+        /// 401, or 403 for a wrong audience.
+        status: u16,
+        /// The jwt_verify_lib status string, e.g. `Jwt is expired`.
+        message: &'static str,
+        /// The typed reason (for metrics and logs).
+        reason: JwtError,
+        /// `(issuer, kid)` when a remote key set has no key for the token's `kid`: the caller
+        /// should call `JwksCache::note_unknown_kid` so a rotation is picked up.
+        unknown_kid: Option<(String, String)>,
+    },
+}
+
+impl fmt::Debug for AuthnOutcome {
+    // `add_headers` may hold the payload; print header names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthnOutcome::NoToken => f.write_str("NoToken"),
+            AuthnOutcome::Authenticated {
+                auth,
+                strip,
+                add_headers,
+            } => {
+                let names: Vec<&str> = add_headers.iter().map(|(n, _)| n.as_str()).collect();
+                f.debug_struct("Authenticated")
+                    .field("principal", &auth.principal)
+                    .field("strip", strip)
+                    .field("add_headers", &names)
+                    .finish()
+            }
+            AuthnOutcome::Rejected {
+                status,
+                message,
+                unknown_kid,
+                ..
+            } => f
+                .debug_struct("Rejected")
+                .field("status", status)
+                .field("message", message)
+                .field("unknown_kid", unknown_kid)
+                .finish(),
+        }
+    }
+}
+
+/// Why one token failed, before it becomes an [`AuthnOutcome::Rejected`].
+struct Rejection {
+    reason: JwtError,
+    unknown_kid: Option<(String, String)>,
+}
+
+/// Where a rule's keys come from.
+enum KeySource {
+    /// Inline `jwks`, parsed once.
+    Inline(Arc<Jwks>),
+    /// Fetched by the proxy from `jwksUri`, or discovered from the issuer when `None`.
+    Remote(Option<JwksUri>),
+}
+
+struct CompiledRule {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: KeySource,
+    forward_original_token: bool,
+    output_payload_to_header: Option<String>,
+    output_claim_to_headers: Vec<ClaimToHeader>,
+    timeout: Duration,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Place {
+    Header { name: String, prefix: String },
+    Param(String),
+    Cookie(String),
+}
+
+/// A token location and the rules (by index) that read it.
+struct LocationRules {
+    place: Place,
+    rules: Vec<usize>,
+}
+
+/// A key set the proxy must fetch and keep fresh for one issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// The issuer (the `JwksCache` key).
+    pub issuer: String,
+    /// The checked `jwksUri`; `None` means discover it from the issuer (OpenID Connect
+    /// Discovery, `<issuer>/.well-known/openid-configuration`), then check it with
+    /// `jwks_uri::parse` before fetching.
+    pub jwks_uri: Option<JwksUri>,
+    /// Fetch timeout.
+    pub timeout: Duration,
+}
+
+/// One compiled RequestAuthentication rule set for a workload.
+pub struct Authenticator {
+    rules: Vec<CompiledRule>,
+    locations: Vec<LocationRules>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let issuers: Vec<&str> = self.rules.iter().map(|r| r.issuer.as_str()).collect();
+        f.debug_struct("Authenticator")
+            .field("issuers", &issuers)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Checks and compiles `rules` (the `jwtRules` of every RequestAuthentication that selects
+    /// the workload, in order).
+    pub fn new(rules: Vec<JwtRule>) -> Result<Authenticator, AuthnConfigError> {
+        let mut compiled = Vec::with_capacity(rules.len());
+        let mut locations: Vec<LocationRules> = Vec::new();
+        for (index, rule) in rules.into_iter().enumerate() {
+            let (rule, places) = compile_rule(index, rule)?;
+            for place in places {
+                match locations.iter_mut().find(|l| l.place == place) {
+                    Some(existing) => existing.rules.push(index),
+                    None => locations.push(LocationRules {
+                        place,
+                        rules: vec![index],
+                    }),
+                }
+            }
+            compiled.push(rule);
+        }
+        Ok(Authenticator {
+            rules: compiled,
+            locations,
+        })
+    }
+
+    /// The key sets the proxy must fetch (rules without inline `jwks`), one per issuer.
+    pub fn remote_jwks(&self) -> Vec<RemoteJwks> {
+        let mut out: Vec<RemoteJwks> = Vec::new();
+        for rule in &self.rules {
+            if let KeySource::Remote(uri) = &rule.keys {
+                if !out.iter().any(|r| r.issuer == rule.issuer) {
+                    out.push(RemoteJwks {
+                        issuer: rule.issuer.clone(),
+                        jwks_uri: uri.clone(),
+                        timeout: rule.timeout,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Output header names. The proxy removes incoming copies of these before authenticating,
+    /// so a client can never forge them (istio-semantics §2.5).
+    pub fn output_headers(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for rule in &self.rules {
+            let names = rule
+                .output_payload_to_header
+                .iter()
+                .map(String::as_str)
+                .chain(
+                    rule.output_claim_to_headers
+                        .iter()
+                        .map(|c| c.header.as_str()),
+                );
+            for name in names {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// Authenticate one request. `keys(issuer)` gives the current key set of that rule's issuer
+    /// (`None` = never fetched → fail closed: any token of that issuer → 401).
+    pub fn authenticate(
+        &self,
+        req: &TokenSources<'_>,
+        now_unix: u64,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> AuthnOutcome {
+        let mut first: Option<VerifiedToken> = None;
+        let mut strip: Vec<TokenLocation> = Vec::new();
+        let mut add_headers: Vec<(String, String)> = Vec::new();
+        for location in &self.locations {
+            for raw in extract(&location.place, req) {
+                let verified = match self.verify_one(raw, &location.rules, now_unix, keys) {
+                    Ok(verified) => verified,
+                    Err(Rejection {
+                        reason,
+                        unknown_kid,
+                    }) => {
+                        return AuthnOutcome::Rejected {
+                            status: reason.status(),
+                            message: reason.message(),
+                            reason,
+                            unknown_kid,
+                        }
+                    }
+                };
+                let (rule, decoded_payload_b64, token) = verified;
+                if !rule.forward_original_token {
+                    let at = location.place.token_location();
+                    if !strip.contains(&at) {
+                        strip.push(at);
+                    }
+                }
+                if let Some(header) = &rule.output_payload_to_header {
+                    set_header(&mut add_headers, header, decoded_payload_b64.to_owned());
+                }
+                for copy in &rule.output_claim_to_headers {
+                    if let Some(value) = claim_header_value(&token.claims, &copy.claim) {
+                        set_header(&mut add_headers, &copy.header, value);
+                    }
+                }
+                first.get_or_insert(token);
+            }
+        }
+        match first {
+            None => AuthnOutcome::NoToken,
+            Some(auth) => AuthnOutcome::Authenticated {
+                auth,
+                strip,
+                add_headers,
+            },
+        }
+    }
+
+    /// Verifies one token read from a place served by `rule_indices`.
+    fn verify_one<'t>(
+        &self,
+        raw: &'t str,
+        rule_indices: &[usize],
+        now_unix: u64,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> Result<(&CompiledRule, &'t str, VerifiedToken), Rejection> {
+        let reject = |reason: JwtError, unknown_kid: Option<(String, String)>| Rejection {
+            reason,
+            unknown_kid,
+        };
+        let decoded = token::decode(raw).map_err(|e| reject(e, None))?;
+        // "A JWT with different `iss` claim will be rejected" (istio/api JWTRule.issuer), and a
+        // token at a location only counts for the rules that read that location (Envoy
+        // jwt_authn extractor: issuer must be allowed for the header it came from).
+        // CVE-2021-21378: an unknown issuer is never let through.
+        let rule = decoded
+            .claims
+            .iss
+            .as_deref()
+            .and_then(|iss| {
+                rule_indices
+                    .iter()
+                    .filter_map(|i| self.rules.get(*i))
+                    .find(|r| r.issuer == iss)
+            })
+            .ok_or_else(|| reject(JwtError::UnknownIssuer, None))?;
+        let jwks = match &rule.keys {
+            KeySource::Inline(jwks) => Arc::clone(jwks),
+            // Fail closed: never fall back to any default key (CVE-2026-31837).
+            KeySource::Remote(_) => {
+                keys(&rule.issuer).ok_or_else(|| reject(JwtError::JwksFetchFailed, None))?
+            }
+        };
+        decoded
+            .verify(&jwks, now_unix, &rule.audiences)
+            .map_err(|e| {
+                let unknown_kid = match (e, &rule.keys, &decoded.kid) {
+                    (JwtError::NoMatchingKey, KeySource::Remote(_), Some(kid)) => {
+                        Some((rule.issuer.clone(), kid.clone()))
+                    }
+                    _ => None,
+                };
+                reject(e, unknown_kid)
+            })?;
+        let claims = decoded.claims;
+        let iss = claims.iss.unwrap_or_default();
+        let token = VerifiedToken {
+            // istio-semantics §2.5: "The request principal is `iss/sub`". A token without
+            // `sub` yields `iss/`.
+            principal: format!("{iss}/{}", claims.sub.unwrap_or_default()),
+            audiences: claims.aud,
+            presenter: claims.azp,
+            claims: claims.payload,
+        };
+        Ok((rule, decoded.payload_b64, token))
+    }
+}
+
+impl Place {
+    fn token_location(&self) -> TokenLocation {
+        match self {
+            Place::Header { name, .. } => TokenLocation::Header(name.clone()),
+            Place::Param(name) => TokenLocation::QueryParam(name.clone()),
+            Place::Cookie(name) => TokenLocation::Cookie(name.clone()),
+        }
+    }
+}
+
+fn compile_rule(
+    index: usize,
+    rule: JwtRule,
+) -> Result<(CompiledRule, Vec<Place>), AuthnConfigError> {
+    if rule.issuer.is_empty() {
+        return Err(AuthnConfigError::MissingIssuer { rule: index });
+    }
+    let issuer = rule.issuer;
+    let header_name = |name: &str| -> Result<String, AuthnConfigError> {
+        if is_header_token(name) {
+            Ok(name.to_ascii_lowercase())
+        } else {
+            Err(AuthnConfigError::HeaderName {
+                rule: index,
+                issuer: issuer.clone(),
+                name: name.to_owned(),
+            })
+        }
+    };
+    let empty_name = || AuthnConfigError::EmptyName {
+        rule: index,
+        issuer: issuer.clone(),
+    };
+
+    // istio/api JWTRule.jwks: "Only one of jwks_uri and jwks should be used. jwks_uri will be
+    // ignored if it does."
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(inline), _) => {
+            let jwks =
+                Jwks::parse(inline.as_bytes()).map_err(|source| AuthnConfigError::InlineJwks {
+                    rule: index,
+                    issuer: issuer.clone(),
+                    source,
+                })?;
+            KeySource::Inline(Arc::new(jwks))
+        }
+        (None, Some(uri)) => {
+            let checked = jwks_uri::parse(uri).map_err(|source| AuthnConfigError::JwksUri {
+                rule: index,
+                issuer: issuer.clone(),
+                uri: uri.clone(),
+                source,
+            })?;
+            KeySource::Remote(Some(checked))
+        }
+        (None, None) => KeySource::Remote(None),
+    };
+
+    let mut places = Vec::new();
+    for header in &rule.from_headers {
+        places.push(Place::Header {
+            name: header_name(&header.name)?,
+            prefix: header.prefix.clone(),
+        });
+    }
+    for param in &rule.from_params {
+        if param.is_empty() {
+            return Err(empty_name());
+        }
+        places.push(Place::Param(param.clone()));
+    }
+    for cookie in &rule.from_cookies {
+        if cookie.is_empty() {
+            return Err(empty_name());
+        }
+        places.push(Place::Cookie(cookie.clone()));
+    }
+    if places.is_empty() {
+        // istio/api JWTRule: "If no explicit location is specified the following default
+        // locations are tried in order: 1) The Authorization header using the Bearer schema
+        // ... 2) The `access_token` query parameter".
+        places.push(Place::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        });
+        places.push(Place::Param("access_token".into()));
+    }
+
+    let output_payload_to_header = match &rule.output_payload_to_header {
+        Some(name) if !name.is_empty() => Some(header_name(name)?),
+        _ => None,
+    };
+    let mut output_claim_to_headers = Vec::new();
+    for copy in &rule.output_claim_to_headers {
+        if copy.claim.is_empty() {
+            return Err(empty_name());
+        }
+        output_claim_to_headers.push(ClaimToHeader {
+            header: header_name(&copy.header)?,
+            claim: copy.claim.clone(),
+        });
+    }
+    let timeout = match &rule.timeout {
+        None => DEFAULT_FETCH_TIMEOUT,
+        Some(value) => parse_duration(value).ok_or_else(|| AuthnConfigError::Timeout {
+            rule: index,
+            issuer: issuer.clone(),
+            value: value.clone(),
+        })?,
+    };
+    Ok((
+        CompiledRule {
+            issuer,
+            audiences: rule.audiences,
+            keys,
+            forward_original_token: rule.forward_original_token,
+            output_payload_to_header,
+            output_claim_to_headers,
+            timeout,
+        },
+        places,
+    ))
+}
+
+/// RFC 9110 §5.1 field name: a `token`.
+fn is_header_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A Go-style duration (`5s`, `500ms`, `1m30s`, `1.5s`), as the Kubernetes CRD accepts.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let value: f64 = number.parse().ok()?;
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            _ => return None,
+        };
+        total = total.checked_add(Duration::try_from_secs_f64(value * seconds).ok()?)?;
+        rest = next;
+    }
+    Some(total)
+}
+
+/// The token(s) at `place`. Several values of one header each count.
+fn extract<'a>(place: &'a Place, req: &TokenSources<'a>) -> Vec<&'a str> {
+    match place {
+        Place::Header { name, prefix } => req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, value)| header_token(value, prefix))
+            .collect(),
+        Place::Param(name) => req
+            .query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v)
+            .collect(),
+        Place::Cookie(name) => req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, value)| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.trim_matches('"'))
+            .collect(),
+    }
+}
+
+/// The token in one header value.
+///
+/// istio-semantics §2.5: the prefix is matched "case-sensitively, anywhere in the value"
+/// (Envoy jwt_authn extractor); the token is the run of base64url and `.` characters after it.
+/// A value without the prefix holds no token for this place.
+fn header_token<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
+    let token = if prefix.is_empty() {
+        value.trim()
+    } else {
+        let start = value.find(prefix)? + prefix.len();
+        let rest = &value[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=')))
+            .unwrap_or(rest.len());
+        &rest[..end]
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// Overwrites or appends `name: value`.
+fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: String) {
+    match headers.iter_mut().find(|(n, _)| n == name) {
+        Some(existing) => existing.1 = value,
+        None => headers.push((name.to_owned(), value)),
+    }
+}
+
+/// The header value for `claim`: strings, integers and booleans only (istio/api
+/// ClaimToHeader: "Only claim of type string/int/bool is supported"). `a.b` walks nested
+/// objects when no top-level claim has that exact name. A string with control characters
+/// (CR/LF header injection) is not copied.
+fn claim_header_value(claims: &Value, claim: &str) -> Option<String> {
+    let value = claims.get(claim).or_else(|| {
+        claim
+            .split('.')
+            .try_fold(claims, |current, key| current.get(key))
+    })?;
+    match value {
+        Value::String(s) if !s.chars().any(char::is_control) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks_cache::JwksCache;
+    use crate::spec::JwtHeader;
+    use crate::test_signer::{KeyKind, Signer};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+    const ISS: &str = "https://idp.example.com";
+
+    fn rule(issuer: &str) -> JwtRule {
+        JwtRule {
+            issuer: issuer.into(),
+            jwks_uri: Some(format!("{issuer}/jwks")),
+            ..JwtRule::default()
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn run(
+        auth: &Authenticator,
+        hdrs: &[(&str, &str)],
+        query: Option<&str>,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> AuthnOutcome {
+        let hdrs = headers(hdrs);
+        let sources = TokenSources {
+            headers: &hdrs,
+            query,
+        };
+        auth.authenticate(&sources, NOW, keys)
+    }
+
+    fn message(outcome: &AuthnOutcome) -> Option<(u16, &'static str)> {
+        match outcome {
+            AuthnOutcome::Rejected {
+                status, message, ..
+            } => Some((*status, *message)),
+            _ => None,
+        }
+    }
+
+    fn principal(outcome: &AuthnOutcome) -> Option<&str> {
+        match outcome {
+            AuthnOutcome::Authenticated { auth, .. } => Some(&auth.principal),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn locations_issuers_and_claims() {
+        let signer = Signer::new(KeyKind::Rsa2048, "k1");
+        let other = Signer::new(KeyKind::P256, "k9");
+        let jwks = Arc::new(Jwks::parse(signer.jwks().as_bytes()).unwrap());
+        let keys = |iss: &str| (iss == ISS).then(|| Arc::clone(&jwks));
+        let good = signer.token(&json!({"iss": ISS, "sub": "alice", "exp": NOW + 60}));
+        let expired = signer.token(&json!({"iss": ISS, "sub": "alice", "exp": NOW - 120}));
+        let evil = other.token(&json!({"iss": "https://evil", "sub": "admin"}));
+        let aud = signer.token(&json!({"iss": ISS, "sub": "alice", "aud": "other"}));
+        let bearer = format!("Bearer {good}");
+        let bearer_expired = format!("Bearer {expired}");
+        let lower_bearer = bearer.replace("Bearer", "bearer");
+        let bearer_aud = format!("Bearer {aud}");
+        let bearer_evil = format!("Bearer {evil}");
+        let query = format!("a=1&access_token={good}");
+        let query_expired = format!("access_token={expired}");
+
+        let default = Authenticator::new(vec![rule(ISS)]).unwrap();
+        let with_aud = Authenticator::new(vec![JwtRule {
+            audiences: vec!["svc".into()],
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let header_only = Authenticator::new(vec![JwtRule {
+            from_headers: vec![JwtHeader {
+                name: "X-Jwt".into(),
+                prefix: String::new(),
+            }],
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let unauthorized = Some((401, "Jwt issuer is not configured"));
+        type Case<'a> = (
+            &'a str,
+            &'a Authenticator,
+            Vec<(&'a str, &'a str)>,
+            Option<&'a str>,
+            Result<&'a str, Option<(u16, &'static str)>>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("no token", &default, vec![], None, Err(None)),
+            (
+                "bearer",
+                &default,
+                vec![("authorization", &bearer)],
+                None,
+                Ok("https://idp.example.com/alice"),
+            ),
+            (
+                "query access_token",
+                &default,
+                vec![],
+                Some(&query),
+                Ok("https://idp.example.com/alice"),
+            ),
+            (
+                "prefix is case-sensitive",
+                &default,
+                vec![("authorization", &lower_bearer)],
+                None,
+                Err(None),
+            ),
+            (
+                "wrong issuer",
+                &default,
+                vec![("authorization", &bearer_evil)],
+                None,
+                Err(unauthorized),
+            ),
+            (
+                "two tokens, second expired",
+                &default,
+                vec![("authorization", &bearer)],
+                Some(&query_expired),
+                Err(Some((401, "Jwt is expired"))),
+            ),
+            (
+                "two authorization headers, one expired",
+                &default,
+                vec![
+                    ("authorization", &bearer),
+                    ("authorization", &bearer_expired),
+                ],
+                None,
+                Err(Some((401, "Jwt is expired"))),
+            ),
+            (
+                "garbage after prefix",
+                &default,
+                vec![("authorization", "Bearer a.b")],
+                None,
+                Err(Some((
+                    401,
+                    "Jwt is not in the form of Header.Payload.Signature",
+                ))),
+            ),
+            (
+                "audience",
+                &with_aud,
+                vec![("authorization", &bearer)],
+                None,
+                Err(Some((403, "Audiences in Jwt are not allowed"))),
+            ),
+            (
+                "wrong audience",
+                &with_aud,
+                vec![("authorization", &bearer_aud)],
+                None,
+                Err(Some((403, "Audiences in Jwt are not allowed"))),
+            ),
+            (
+                "configured header",
+                &header_only,
+                vec![("x-jwt", &good)],
+                None,
+                Ok("https://idp.example.com/alice"),
+            ),
+            (
+                "query when only headers configured",
+                &header_only,
+                vec![],
+                Some(&query),
+                Err(None),
+            ),
+            (
+                "unconfigured header",
+                &header_only,
+                vec![("auth-header-param", &good)],
+                None,
+                Err(None),
+            ),
+            (
+                "authorization when only x-jwt configured",
+                &header_only,
+                vec![("authorization", &bearer)],
+                None,
+                Err(None),
+            ),
+        ];
+        for (name, auth, hdrs, query, want) in cases {
+            let outcome = run(auth, &hdrs, query, &keys);
+            match want {
+                Ok(p) => assert_eq!(principal(&outcome), Some(p), "{name}: {outcome:?}"),
+                Err(None) => assert_eq!(outcome, AuthnOutcome::NoToken, "{name}"),
+                Err(Some(m)) => assert_eq!(message(&outcome), Some(m), "{name}: {outcome:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn issuer_must_be_configured_for_the_location() {
+        let a = Signer::new(KeyKind::Ed25519, "a");
+        let b = Signer::new(KeyKind::Ed25519, "b");
+        let inline = |s: &Signer, iss: &str, header: &str| JwtRule {
+            issuer: iss.into(),
+            jwks: Some(s.jwks()),
+            from_headers: vec![JwtHeader {
+                name: header.into(),
+                prefix: String::new(),
+            }],
+            ..JwtRule::default()
+        };
+        let auth = Authenticator::new(vec![inline(&a, "iss-a", "x-a"), inline(&b, "iss-b", "x-b")])
+            .unwrap();
+        let token_a = a.token(&json!({"iss": "iss-a", "sub": "u"}));
+        let none = |_: &str| None;
+        assert_eq!(
+            principal(&run(&auth, &[("x-a", &token_a)], None, &none)),
+            Some("iss-a/u")
+        );
+        assert_eq!(
+            message(&run(&auth, &[("x-b", &token_a)], None, &none)),
+            Some((401, "Jwt issuer is not configured"))
+        );
+    }
+
+    #[test]
+    fn strip_and_output_headers() {
+        let signer = Signer::new(KeyKind::P384, "k");
+        let claims = json!({
+            "iss": ISS, "sub": "bob", "azp": "web", "aud": ["a", "b"], "n": 7, "admin": true,
+            "f": 1.5, "list": ["x"], "nested": {"k": "v"}, "crlf": "a\r\nx-evil: 1"
+        });
+        let token = signer.token(&claims);
+        let payload_b64 = token.split('.').nth(1).unwrap().to_owned();
+        let copies = [
+            "sub", "n", "admin", "f", "list", "nested.k", "crlf", "missing",
+        ];
+        let auth = Authenticator::new(vec![JwtRule {
+            issuer: ISS.into(),
+            jwks: Some(signer.jwks()),
+            from_headers: vec![JwtHeader {
+                name: "authorization".into(),
+                prefix: "Bearer ".into(),
+            }],
+            from_params: vec!["token".into()],
+            output_payload_to_header: Some("X-Payload".into()),
+            output_claim_to_headers: copies
+                .iter()
+                .map(|c| ClaimToHeader {
+                    header: format!("x-{}", c.replace('.', "-")),
+                    claim: (*c).into(),
+                })
+                .collect(),
+            ..JwtRule::default()
+        }])
+        .unwrap();
+        let query = format!("token={token}");
+        let outcome = run(&auth, &[], Some(&query), &|_| None);
+        let AuthnOutcome::Authenticated {
+            auth: verified,
+            strip,
+            add_headers,
+        } = outcome
+        else {
+            panic!("not authenticated: {outcome:?}");
+        };
+        assert_eq!(verified.principal, "https://idp.example.com/bob");
+        assert_eq!(verified.audiences, ["a", "b"]);
+        assert_eq!(verified.presenter.as_deref(), Some("web"));
+        assert_eq!(verified.claims, claims);
+        assert_eq!(strip, [TokenLocation::QueryParam("token".into())]);
+        let want: Vec<(String, String)> = [
+            ("x-payload", payload_b64.as_str()),
+            ("x-sub", "bob"),
+            ("x-n", "7"),
+            ("x-admin", "true"),
+            ("x-nested-k", "v"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(add_headers, want);
+        assert_eq!(
+            auth.output_headers(),
+            [
+                "x-payload",
+                "x-sub",
+                "x-n",
+                "x-admin",
+                "x-f",
+                "x-list",
+                "x-nested-k",
+                "x-crlf",
+                "x-missing"
+            ]
+        );
+    }
+
+    #[test]
+    fn forward_original_token_and_cookies() {
+        let signer = Signer::new(KeyKind::Ed25519, "k");
+        let token = signer.token(&json!({"iss": ISS, "sub": "c"}));
+        let auth = Authenticator::new(vec![JwtRule {
+            jwks: Some(signer.jwks()),
+            from_cookies: vec!["session".into()],
+            forward_original_token: true,
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let cookie = format!("a=b; session={token}; c=d");
+        let outcome = run(&auth, &[("cookie", &cookie)], None, &|_| None);
+        let AuthnOutcome::Authenticated { strip, .. } = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(strip.is_empty());
+        let bearer = format!("Bearer {token}");
+        assert_eq!(
+            run(&auth, &[("authorization", &bearer)], None, &|_| None),
+            AuthnOutcome::NoToken
+        );
+    }
+
+    #[test]
+    fn remote_keys_fail_closed_and_rotate_through_the_cache() {
+        let old = Signer::new(KeyKind::Rsa2048, "old");
+        let new = Signer::new(KeyKind::Rsa2048, "new");
+        let auth = Authenticator::new(vec![rule(ISS)]).unwrap();
+        let token = new.token(&json!({"iss": ISS, "sub": "s"}));
+        let bearer = format!("Bearer {token}");
+        let hdrs = [("authorization", bearer.as_str())];
+        let mut cache = JwksCache::new();
+        let mut now_ms = 0;
+
+        // Never fetched: 401, no default keys.
+        let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+        assert_eq!(
+            message(&outcome),
+            Some((401, "Jwks remote fetch is failed"))
+        );
+
+        // The IdP served junk (1 MB, not JSON): the fetch fails, still no keys.
+        for junk in [vec![b'x'; 1 << 20], b"<html>".to_vec()] {
+            let result = Jwks::parse(&junk).map_err(|e| e.to_string());
+            cache.on_fetched(ISS, now_ms, result);
+            let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+            assert_eq!(
+                message(&outcome),
+                Some((401, "Jwks remote fetch is failed"))
+            );
+        }
+
+        // `{"keys":[{}]}`: a set with no usable key.
+        cache.on_fetched(
+            ISS,
+            now_ms,
+            Jwks::parse(br#"{"keys":[{}]}"#).map_err(|e| e.to_string()),
+        );
+        let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+        assert_eq!(
+            message(&outcome),
+            Some((401, "Jwks doesn't have key to match kid or alg from Jwt"))
+        );
+
+        // The old key only: unknown kid, asks for a refetch.
+        now_ms += 1000;
+        cache.on_fetched(ISS, now_ms, Ok(Jwks::parse(old.jwks().as_bytes()).unwrap()));
+        assert!(!cache.due(ISS, now_ms));
+        let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+        let AuthnOutcome::Rejected {
+            unknown_kid: Some((issuer, kid)),
+            ..
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!((issuer.as_str(), kid.as_str()), (ISS, "new"));
+        cache.note_unknown_kid(&issuer, now_ms);
+        assert!(cache.due(ISS, now_ms));
+
+        // The IdP rotated: refetch brings the new key, the token verifies.
+        cache.on_fetch_started(ISS, now_ms);
+        let rotated = format!(r#"{{"keys":[{},{}]}}"#, old.jwk(), new.jwk());
+        cache.on_fetched(
+            ISS,
+            now_ms + 5,
+            Ok(Jwks::parse(rotated.as_bytes()).unwrap()),
+        );
+        let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+        assert_eq!(principal(&outcome), Some("https://idp.example.com/s"));
+
+        // IdP down afterwards: stale keys keep working.
+        cache.on_fetched(ISS, now_ms + 10, Err("HTTP 503".into()));
+        let outcome = run(&auth, &hdrs, None, &|iss| cache.keys(iss));
+        assert_eq!(principal(&outcome), Some("https://idp.example.com/s"));
+    }
+
+    #[test]
+    fn config_validation() {
+        let ok = |r: JwtRule| {
+            Authenticator::new(vec![r])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let cases: Vec<(&str, JwtRule, bool)> = vec![
+            ("plain", rule(ISS), true),
+            ("no issuer", JwtRule::default(), false),
+            (
+                "discovery (no jwksUri)",
+                JwtRule {
+                    jwks_uri: None,
+                    ..rule(ISS)
+                },
+                true,
+            ),
+            (
+                "metadata uri",
+                JwtRule {
+                    jwks_uri: Some("http://169.254.169.254/".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "admin port",
+                JwtRule {
+                    jwks_uri: Some("http://127.0.0.1:15000/".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "loopback http",
+                JwtRule {
+                    jwks_uri: Some("http://127.0.0.1:8080/jwks".into()),
+                    ..rule(ISS)
+                },
+                true,
+            ),
+            (
+                "remote http",
+                JwtRule {
+                    jwks_uri: Some("http://idp/jwks".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "inline wins over uri",
+                JwtRule {
+                    jwks: Some(r#"{"keys":[]}"#.into()),
+                    jwks_uri: Some("ftp://x".into()),
+                    ..rule(ISS)
+                },
+                true,
+            ),
+            (
+                "inline not json",
+                JwtRule {
+                    jwks: Some("nope".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "bad header",
+                JwtRule {
+                    from_headers: vec![JwtHeader {
+                        name: "a b".into(),
+                        prefix: String::new(),
+                    }],
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "empty param",
+                JwtRule {
+                    from_params: vec![String::new()],
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "bad output header",
+                JwtRule {
+                    output_payload_to_header: Some("x:y".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "empty claim",
+                JwtRule {
+                    output_claim_to_headers: vec![ClaimToHeader {
+                        header: "x".into(),
+                        claim: String::new(),
+                    }],
+                    ..rule(ISS)
+                },
+                false,
+            ),
+            (
+                "timeout",
+                JwtRule {
+                    timeout: Some("1m30s".into()),
+                    ..rule(ISS)
+                },
+                true,
+            ),
+            (
+                "bad timeout",
+                JwtRule {
+                    timeout: Some("5 seconds".into()),
+                    ..rule(ISS)
+                },
+                false,
+            ),
+        ];
+        for (name, r, want) in cases {
+            assert_eq!(ok(r).is_ok(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn remote_jwks_listing() {
+        let auth = Authenticator::new(vec![
+            JwtRule {
+                timeout: Some("250ms".into()),
+                ..rule(ISS)
+            },
+            rule(ISS),
+            JwtRule {
+                jwks: Some(r#"{"keys":[]}"#.into()),
+                ..rule("inline")
+            },
+            JwtRule {
+                jwks_uri: None,
+                ..rule("https://disc")
+            },
+        ])
+        .unwrap();
+        let listed: Vec<(String, Option<u16>, Duration)> = auth
+            .remote_jwks()
+            .into_iter()
+            .map(|r| (r.issuer, r.jwks_uri.map(|u| u.port), r.timeout))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (ISS.to_owned(), Some(443), Duration::from_millis(250)),
+                ("https://disc".to_owned(), None, DEFAULT_FETCH_TIMEOUT),
+            ]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("5s", Some(Duration::from_secs(5))),
+            ("10ms", Some(Duration::from_millis(10))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("1m30s", Some(Duration::from_secs(90))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("", None),
+            ("5", None),
+            ("s", None),
+            ("-1s", None),
+            ("1d", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_tokens() {
+        let signer = Signer::new(KeyKind::Ed25519, "k");
+        let token = signer.token(&json!({"iss": ISS, "sub": "s"}));
+        let auth = Authenticator::new(vec![JwtRule {
+            jwks: Some(signer.jwks()),
+            output_payload_to_header: Some("x-payload".into()),
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let bearer = format!("Bearer {token}");
+        let hdrs = headers(&[("authorization", &bearer)]);
+        let query = format!("access_token={token}");
+        let sources = TokenSources {
+            headers: &hdrs,
+            query: Some(&query),
+        };
+        let outcome = auth.authenticate(&sources, NOW, &|_| None);
+        let payload = token.split('.').nth(1).unwrap();
+        for printed in [
+            format!("{sources:?}"),
+            format!("{outcome:?}"),
+            format!("{auth:?}"),
+        ] {
+            assert!(!printed.contains(payload), "{printed}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn authenticate_never_panics(
+            name in prop::sample::select(vec!["authorization", "x-jwt", "cookie", "other"]),
+            value in ".{0,300}",
+            query in proptest::option::of(".{0,100}"),
+        ) {
+            let auth = Authenticator::new(vec![
+                rule(ISS),
+                JwtRule {
+                    from_headers: vec![JwtHeader { name: "x-jwt".into(), prefix: "Bearer ".into() }],
+                    from_cookies: vec!["s".into()],
+                    ..rule("https://other")
+                },
+            ]).unwrap();
+            let hdrs = vec![(name.to_owned(), value)];
+            let sources = TokenSources { headers: &hdrs, query: query.as_deref() };
+            let empty = Arc::new(Jwks::empty());
+            let _ = auth.authenticate(&sources, NOW, &|_| Some(Arc::clone(&empty)));
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Bulk single-stream throughput with iperf3: one `iperf3 -s` behind every path, and a bounded
+//! `iperf3 -c -J` per measurement.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{free_port, pinned, Proc, SpawnError};
+
+/// Why iperf3 gave no figure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IperfError {
+    /// iperf3 is not installed.
+    #[error("iperf3 is not installed (apt-get install iperf3)")]
+    NotInstalled,
+    /// The server could not start.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The server did not listen in time.
+    #[error("iperf3 server did not listen")]
+    NotListening,
+    /// The client failed or printed no result.
+    #[error("iperf3 client: {0}")]
+    Client(String),
+}
+
+/// Whether `iperf3` runs here.
+pub(crate) fn installed() -> bool {
+    Command::new("iperf3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `iperf3 -s` on a free loopback port.
+pub(crate) fn start_server(cpu: Option<usize>) -> Result<(Proc, SocketAddr), IperfError> {
+    if !installed() {
+        return Err(IperfError::NotInstalled);
+    }
+    let port = free_port().map_err(|e| IperfError::Client(e.to_string()))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut proc = Proc::spawn(
+        "iperf3 -s",
+        pinned(cpu, "iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    // Poll the file system rather than connect: a bare connection is an aborted test to iperf3.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !proc.has_exited() {
+        if listening(port) {
+            return Ok((proc, addr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(IperfError::NotListening)
+}
+
+/// Whether a TCP socket listens on `port` (from /proc/net/tcp: state 0A is LISTEN).
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1).is_some_and(|local| local.ends_with(&want)) && f.get(3) == Some(&"0A")
+        })
+    })
+}
+
+/// Runs one client for `seconds` against `addr`; Gbit/s received.
+pub(crate) fn run_client(
+    addr: SocketAddr,
+    seconds: u32,
+    cpu: Option<usize>,
+) -> Result<f64, IperfError> {
+    // `timeout` bounds the run even if the path stalls.
+    let limit = (seconds + 15).to_string();
+    let out = pinned(cpu, "timeout")
+        .args([&limit, "iperf3", "-J", "--connect-timeout", "3000", "-c"])
+        .arg(addr.ip().to_string())
+        .args(["-p", &addr.port().to_string(), "-t", &seconds.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| IperfError::Client(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_result(&text).ok_or_else(|| {
+        let error = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+        IperfError::Client(error.unwrap_or_else(|| format!("exit {}", out.status)))
+    })
+}
+
+/// Gbit/s from iperf3's `-J` output (`end.sum_received.bits_per_second`).
+pub(crate) fn parse_result(json: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let bps = v
+        .get("end")?
+        .get("sum_received")?
+        .get("bits_per_second")?
+        .as_f64()?;
+    (bps > 0.0).then_some(bps / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results() {
+        let cases = [
+            (
+                r#"{"end":{"sum_received":{"bits_per_second":2.5e10}}}"#,
+                Some(25.0),
+            ),
+            (r#"{"end":{"sum_received":{"bits_per_second":0}}}"#, None),
+            (r#"{"error":"unable to connect to server"}"#, None),
+            ("not json", None),
+        ];
+        for (json, want) in cases {
+            assert_eq!(parse_result(json), want, "{json}");
+        }
+    }
+}

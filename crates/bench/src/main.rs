@@ -1,0 +1,401 @@
+//! `ward-bench`: the benchmark harness of issue 4. One run sets up every path (no proxy, a ward
+//! sidecar pair, an nginx mTLS pair; ward L7 once issue 3 lands), alternates the workloads over
+//! them round by round, and writes `results.json`, `results.md` and `latency.svg`.
+//!
+//! It must not: send traffic anywhere but loopback; run a load without a time and count bound;
+//! treat a missed target as a failure (only a path that carries no traffic fails the run).
+//!
+//! Layout, following a run:
+//! - `server`: the HTTP/1.1 1 KB + echo server, run as `ward-bench serve` in its own process;
+//! - `paths`: the paths compared; `ward_pair`, `nginx_pair` set up the proxies;
+//! - `load`, `http1`: the open-loop / closed-loop generators and their HTTP/1.1 client;
+//! - `iperf`: bulk throughput with iperf3; `procstat`: CPU and memory from /proc;
+//! - `measure`: one round of every workload on one path → named figures;
+//! - `stats`, `report`, `svg`: medians and spread, targets, JSON, markdown, the plot;
+//! - `process`: child processes, CPU pinning with taskset, cleanup on drop.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod http1;
+mod iperf;
+mod load;
+mod measure;
+mod nginx_pair;
+mod paths;
+mod process;
+mod procstat;
+mod report;
+mod server;
+mod stats;
+mod svg;
+mod ward_pair;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use crate::measure::{Context, Plan, Round};
+use crate::paths::{Endpoints, PathError, PathKind, RunningPath};
+use crate::process::{pinned, Pinning, Proc};
+use crate::report::{PathResult, Results};
+use crate::stats::Summary;
+
+/// Measure Ward's data path against no proxy and an nginx mTLS pair, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "ward-bench")]
+struct Cli {
+    /// A few seconds per workload and one round (CI): exits non-zero only if a path carried
+    /// no traffic.
+    #[arg(long)]
+    smoke: bool,
+    /// Results folder (default: bench/results/<YYYY-MM-DD>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The ward binary (default: `ward` next to this binary).
+    #[arg(long)]
+    ward: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Internal: run the bench server (HTTP 1 KB + echo) and print its ports.
+    #[command(hide = true)]
+    Serve,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Serve) = cli.command {
+        return match runtime().map(|rt| rt.block_on(server::serve())) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => fail(&anyhow::Error::from(e)),
+            Err(e) => fail(&e),
+        };
+    }
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("ward-bench: a path failed to carry traffic (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("ward-bench: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+}
+
+/// The whole run; Ok(false) when a path did not carry traffic.
+fn run(cli: &Cli) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let plan = if cli.smoke {
+        Plan::smoke()
+    } else {
+        Plan::full()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("bench/results").join(&day));
+    let exe = std::env::current_exe().context("locating ward-bench")?;
+    let ward = match &cli.ward {
+        Some(w) => w.clone(),
+        None => exe.with_file_name("ward"),
+    };
+    if !ward.is_file() {
+        bail!(
+            "no ward binary at {} (build it with `cargo build --release -p ward`, or pass --ward)",
+            ward.display()
+        );
+    }
+    let pinning = Pinning::detect();
+    // Before the runtime exists, so every thread of the generator inherits the mask.
+    pinning.pin_self();
+    let rt = runtime()?;
+
+    let (_server, server) = start_server(&exe, pinning)?;
+    let (_iperf, iperf_addr, iperf_note) = match iperf::start_server(pinning.load) {
+        Ok((p, addr)) => (Some(p), Some(addr), None),
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    let server = Endpoints {
+        // Unused when iperf3 is missing (no throughput workload runs); any address will do.
+        iperf: iperf_addr.unwrap_or(server.echo),
+        ..server
+    };
+    let ctx = Context {
+        rt: &rt,
+        pinning,
+        clock_ticks: procstat::clock_ticks_per_second(),
+        iperf: iperf_addr.is_some(),
+    };
+
+    let (running, mut results) = start_paths(&rt, &server, &ward, pinning);
+    let rounds = run_rounds(&running, &plan, &ctx);
+    let pools = latency_pools(&rounds);
+    for (kind, rs) in rounds {
+        let mut result = summarise(kind, &rs);
+        if let Some(note) = &iperf_note {
+            result.notes.push(note.clone());
+        }
+        results.insert(kind.name(), result);
+    }
+    drop(running);
+
+    let all_ok = results.values().all(|p| p.status != "failed");
+    let results = Results {
+        schema: report::SCHEMA,
+        mode: if cli.smoke { "smoke" } else { "full" },
+        date: format!(
+            "{day}T{:02}:{:02}:{:02}Z",
+            now.hour(),
+            now.minute(),
+            now.second()
+        ),
+        ward_rev: git_rev(),
+        ward_binary: ward.display().to_string(),
+        machine: machine(),
+        network: "loopback",
+        pinning: match (pinning.load, pinning.proxies) {
+            (Some(l), Some(p)) => format!(
+                "load generator, bench server and iperf3 pinned to CPU {l}; proxies to CPU {p}"
+            ),
+            _ => "not pinned (one CPU or no taskset)".into(),
+        },
+        targets: report::targets(&results),
+        paths: results,
+        plan,
+    };
+    write_outputs(&out, &results, &pools, plan.rate)?;
+    println!("{}", report::markdown(&results));
+    eprintln!(
+        "ward-bench: wrote {} in {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(all_ok)
+}
+
+/// Sets up every path and checks it carries a few requests; the ones that do are returned
+/// running, the others as results already (failed, or not available yet).
+fn start_paths(
+    rt: &tokio::runtime::Runtime,
+    server: &Endpoints,
+    ward: &Path,
+    pinning: Pinning,
+) -> (Vec<RunningPath>, BTreeMap<&'static str, PathResult>) {
+    let mut running = Vec::new();
+    let mut results = BTreeMap::new();
+    for kind in PathKind::ALL {
+        eprintln!("ward-bench: setting up {}", kind.name());
+        match paths::start(kind, server, ward, pinning.proxies) {
+            Ok(path) => match rt.block_on(load::probe(path.entry.http, 50)) {
+                Ok(()) => running.push(path),
+                Err(e) => {
+                    results.insert(kind.name(), failed(kind, format!("probe: {e}")));
+                }
+            },
+            Err(PathError::Unavailable(why)) => {
+                results.insert(kind.name(), unavailable(kind, why));
+            }
+            Err(e) => {
+                results.insert(kind.name(), failed(kind, format!("setup: {e}")));
+            }
+        }
+    }
+    (running, results)
+}
+
+/// Every round visits every path in turn (A/B/A/B), so drift on the machine hits all alike.
+fn run_rounds(
+    running: &[RunningPath],
+    plan: &Plan,
+    ctx: &Context<'_>,
+) -> BTreeMap<PathKind, Vec<Round>> {
+    let mut rounds: BTreeMap<PathKind, Vec<Round>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        for path in running {
+            eprintln!(
+                "ward-bench: round {}/{}: {}",
+                round + 1,
+                plan.rounds,
+                path.kind.name()
+            );
+            let r = measure::round(path, plan, ctx);
+            for f in &r.failures {
+                eprintln!("ward-bench:   {} FAILED: {f}", path.kind.name());
+            }
+            rounds.entry(path.kind).or_default().push(r);
+        }
+    }
+    rounds
+}
+
+/// Fixed-rate latencies pooled over rounds, sorted, per connection count and path.
+fn latency_pools(rounds: &BTreeMap<PathKind, Vec<Round>>) -> svg::Pools {
+    let mut pools = svg::Pools::new();
+    for (kind, rs) in rounds {
+        for r in rs {
+            for (conns, lat) in &r.latencies {
+                let pool = pools.entry(*conns).or_default();
+                match pool.iter_mut().find(|(n, _)| *n == kind.name()) {
+                    Some((_, v)) => v.extend_from_slice(lat),
+                    None => pool.push((kind.name(), lat.clone())),
+                }
+            }
+        }
+    }
+    for pool in pools.values_mut() {
+        for (_, v) in pool.iter_mut() {
+            v.sort_unstable();
+        }
+    }
+    pools
+}
+
+/// Starts `ward-bench serve` on the load CPU and reads the ports it announces.
+fn start_server(exe: &Path, pinning: Pinning) -> anyhow::Result<(Proc, Endpoints)> {
+    let mut proc = Proc::spawn(
+        "bench server",
+        pinned(pinning.load, exe)
+            .arg("serve")
+            .stdout(Stdio::piped()),
+    )?;
+    let stdout = proc.take_stdout().context("bench server stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the bench server's ports")?;
+    let (http, echo) =
+        server::parse_ready(&line).with_context(|| format!("bench server said {line:?}"))?;
+    Ok((
+        proc,
+        Endpoints {
+            http,
+            echo,
+            iperf: echo,
+        },
+    ))
+}
+
+fn summarise(kind: PathKind, rounds: &[Round]) -> PathResult {
+    let mut figures = BTreeMap::new();
+    for f in report::FIGURES {
+        let values: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.figures.get(f.key).copied())
+            .collect();
+        if let Some(s) = Summary::of(&values) {
+            figures.insert(f.key, s);
+        }
+    }
+    let failures: Vec<String> = rounds.iter().flat_map(|r| r.failures.clone()).collect();
+    let mut notes: Vec<String> = rounds.iter().flat_map(|r| r.notes.clone()).collect();
+    notes.dedup();
+    PathResult {
+        description: kind.description(),
+        status: if failures.is_empty() { "ok" } else { "failed" }.into(),
+        failures,
+        notes,
+        figures,
+    }
+}
+
+fn failed(kind: PathKind, why: String) -> PathResult {
+    eprintln!("ward-bench: {} FAILED: {why}", kind.name());
+    PathResult {
+        description: kind.description(),
+        status: "failed".into(),
+        failures: vec![why],
+        notes: Vec::new(),
+        figures: BTreeMap::new(),
+    }
+}
+
+fn unavailable(kind: PathKind, why: &'static str) -> PathResult {
+    PathResult {
+        description: kind.description(),
+        status: why.into(),
+        failures: Vec::new(),
+        notes: Vec::new(),
+        figures: BTreeMap::new(),
+    }
+}
+
+fn write_outputs(
+    out: &Path,
+    results: &Results,
+    pools: &svg::Pools,
+    rate: u32,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = serde_json::to_string_pretty(results).context("serialising results")?;
+    std::fs::write(out.join("results.json"), json + "\n")?;
+    std::fs::write(out.join("results.md"), report::markdown(results))?;
+    std::fs::write(out.join("latency.svg"), svg::latency_plot(pools, rate))?;
+    Ok(())
+}
+
+fn machine() -> report::Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("unknown".into(), |(_, m)| m.trim().to_owned());
+    report::Machine {
+        // Counted from cpuinfo: this process is pinned, so available_parallelism() says 1.
+        nproc: cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count(),
+        cpu_model,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".into(), |k| k.trim().to_owned()),
+    }
+}
+
+/// The commit of the tree this harness was built from, marked when it had local changes.
+fn git_rev() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
+            format!("{rev} (with uncommitted changes)")
+        }
+        Some(rev) => rev,
+        None => "unknown".into(),
+    }
+}

@@ -1,0 +1,363 @@
+//! One round of every workload on one path, in the brief's priority order, turned into named
+//! figures. Decide-then-do: [`Plan`] says how long and how much; this module only carries it out.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+
+use crate::load::{self, FixedRate, Outcome};
+use crate::paths::RunningPath;
+use crate::process::Pinning;
+use crate::procstat::{self, Memory};
+use crate::stats::percentile;
+
+/// How much of each workload a run does.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Plan {
+    /// Rounds; paths alternate inside each round (A/B/A/B).
+    pub(crate) rounds: usize,
+    /// Fixed-rate requests per second.
+    pub(crate) rate: u32,
+    /// Connection counts of the fixed-rate phases.
+    pub(crate) fixed_conns: [usize; 2],
+    /// Length of each fixed-rate phase.
+    pub(crate) fixed_secs: u64,
+    /// Closed-loop connections.
+    pub(crate) saturation_conns: usize,
+    /// Length of the saturation phase.
+    pub(crate) saturation_secs: u64,
+    /// Concurrent connect-request-close workers.
+    pub(crate) setup_workers: usize,
+    /// Length of the connection-setup phase.
+    pub(crate) setup_secs: u64,
+    /// At most this many fresh connections (TIME_WAIT bounds the ephemeral ports).
+    pub(crate) setup_max_conns: usize,
+    /// 1-byte echo round trips.
+    pub(crate) echo_count: usize,
+    /// iperf3 `-t`.
+    pub(crate) iperf_secs: u32,
+}
+
+impl Plan {
+    /// The full run, for humans: ~17 minutes with three paths.
+    pub(crate) fn full() -> Plan {
+        Plan {
+            rounds: 5,
+            rate: 1000,
+            fixed_conns: [4, 16],
+            fixed_secs: 20,
+            saturation_conns: 16,
+            saturation_secs: 10,
+            setup_workers: 4,
+            setup_secs: 5,
+            // Loopback TIME_WAIT entries block a 4-tuple for 60 s, and the proxied paths reach the
+            // server from the same host: stay well under the ~28k ephemeral ports.
+            setup_max_conns: 15_000,
+            echo_count: 10_000,
+            iperf_secs: 10,
+        }
+    }
+
+    /// The CI smoke run: every workload once, a few seconds each.
+    pub(crate) fn smoke() -> Plan {
+        Plan {
+            rounds: 1,
+            fixed_secs: 2,
+            saturation_secs: 1,
+            setup_secs: 1,
+            setup_max_conns: 2_000,
+            echo_count: 500,
+            iperf_secs: 1,
+            ..Plan::full()
+        }
+    }
+}
+
+/// What one round on one path produced.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    /// Figures by key (see `report::FIGURES`).
+    pub(crate) figures: BTreeMap<&'static str, f64>,
+    /// Fixed-rate latencies (ns) by connection count, for the plot.
+    pub(crate) latencies: BTreeMap<usize, Vec<u64>>,
+    /// Workloads that did not carry traffic, with why.
+    pub(crate) failures: Vec<String>,
+    /// Workloads skipped for a reason that is not the path's fault (iperf3 missing).
+    pub(crate) notes: Vec<String>,
+}
+
+/// Whether an outcome counts as carrying traffic: something succeeded and under 1% failed.
+fn carried(o: &Outcome) -> bool {
+    let ok = o.latencies_ns.len() as u64;
+    ok > 0 && o.errors * 100 <= ok + o.errors
+}
+
+/// What the harness needs besides the path.
+pub(crate) struct Context<'a> {
+    /// Runs the async workloads (current-thread, on the load CPU).
+    pub(crate) rt: &'a Runtime,
+    /// CPU placement.
+    pub(crate) pinning: Pinning,
+    /// `getconf CLK_TCK`.
+    pub(crate) clock_ticks: u64,
+    /// Whether iperf3 serves behind the paths.
+    pub(crate) iperf: bool,
+}
+
+/// Runs every workload once on `path`.
+pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round {
+    let mut r = Round::default();
+    fixed_rate_phases(path, plan, ctx, &mut r);
+
+    let work = ctx.rt.block_on(load::saturate(
+        path.entry.http,
+        plan.saturation_conns,
+        Duration::from_secs(plan.saturation_secs),
+    ));
+    if let Some(o) = r.check("saturation", work) {
+        r.figures.insert("saturation_rps", o.rate());
+    }
+
+    let work = ctx.rt.block_on(load::connection_setup(
+        path.entry.http,
+        plan.setup_workers,
+        Duration::from_secs(plan.setup_secs),
+        plan.setup_max_conns,
+    ));
+    if let Some(mut o) = r.check("connection setup", work) {
+        o.latencies_ns.sort_unstable();
+        r.figures.insert("conn_per_s", o.rate());
+        r.insert_ms("ttfb_p50_ms", percentile(&o.latencies_ns, 50.0));
+        r.insert_ms("ttfb_p99_ms", percentile(&o.latencies_ns, 99.0));
+    }
+
+    let work = ctx.rt.block_on(load::echo_rtt(
+        path.entry.echo,
+        plan.echo_count,
+        Duration::from_secs(10),
+    ));
+    if let Some(mut o) = r.check("echo round trip", work) {
+        o.latencies_ns.sort_unstable();
+        let us = |v: Option<u64>| v.map(|n| n as f64 / 1e3);
+        if let Some(v) = us(percentile(&o.latencies_ns, 50.0)) {
+            r.figures.insert("echo_p50_us", v);
+        }
+        if let Some(v) = us(percentile(&o.latencies_ns, 99.0)) {
+            r.figures.insert("echo_p99_us", v);
+        }
+    }
+
+    if ctx.iperf {
+        match crate::iperf::run_client(path.entry.iperf, plan.iperf_secs, ctx.pinning.load) {
+            Ok(gbps) => {
+                r.figures.insert("iperf_gbps", gbps);
+            }
+            Err(e) => r.failures.push(format!("iperf3: {e}")),
+        }
+    } else {
+        r.notes
+            .push("iperf3 not installed: no throughput figure".into());
+    }
+    r
+}
+
+/// The 1000 rps phases, with the proxies' CPU and memory read around them.
+fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
+    let pids = path.proxy_pids();
+    let idle = memory(&pids);
+    let ticks_before = cpu_ticks(&pids);
+    let started = Instant::now();
+    let mut served = 0usize;
+    // Index 0 writes the fixed4_* figures, index 1 the fixed16_* ones.
+    for (which, conns) in plan.fixed_conns.into_iter().enumerate() {
+        let plan = FixedRate {
+            rate: plan.rate,
+            conns,
+            duration: Duration::from_secs(plan.fixed_secs),
+        };
+        let work = ctx.rt.block_on(load::fixed_rate(path.entry.http, plan));
+        let Some(mut o) = r.check(&format!("fixed rate, {conns} connections"), work) else {
+            continue;
+        };
+        served += o.latencies_ns.len();
+        o.latencies_ns.sort_unstable();
+        let p = |q| percentile(&o.latencies_ns, q);
+        let figures = [
+            (50.0, ["fixed4_p50_ms", "fixed16_p50_ms"]),
+            (90.0, ["fixed4_p90_ms", "fixed16_p90_ms"]),
+            (99.0, ["fixed4_p99_ms", "fixed16_p99_ms"]),
+            (100.0, ["fixed4_max_ms", "fixed16_max_ms"]),
+        ];
+        for (q, keys) in figures {
+            r.insert_ms(keys[which.min(1)], p(q));
+        }
+        r.figures
+            .insert(["fixed4_rps", "fixed16_rps"][which.min(1)], o.rate());
+        r.latencies.insert(conns, o.latencies_ns);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if pids.is_empty() {
+        return;
+    }
+    if let (Some(before), Some(after)) = (ticks_before, cpu_ticks(&path.proxy_pids())) {
+        let vcpu = after.saturating_sub(before) as f64 / ctx.clock_ticks as f64 / wall;
+        let krps = served as f64 / wall / 1000.0;
+        if krps > 0.0 {
+            r.figures.insert("proxy_vcpu_per_krps", vcpu / krps);
+        }
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    if let Some(m) = idle {
+        r.figures.insert("proxy_rss_idle_mib", mib(m.rss_kib));
+        r.figures.insert("proxy_hwm_idle_mib", mib(m.hwm_kib));
+    }
+    if let Some(m) = memory(&path.proxy_pids()) {
+        r.figures.insert("proxy_rss_load_mib", mib(m.rss_kib));
+        r.figures.insert("proxy_hwm_load_mib", mib(m.hwm_kib));
+    }
+}
+
+impl Round {
+    /// Records a failed or empty workload; returns the outcome when it carried traffic.
+    fn check<E: std::fmt::Display>(
+        &mut self,
+        what: &str,
+        work: Result<Outcome, E>,
+    ) -> Option<Outcome> {
+        match work {
+            Ok(o) if carried(&o) => {
+                if o.errors > 0 {
+                    self.notes.push(format!("{what}: {} errors", o.errors));
+                }
+                Some(o)
+            }
+            Ok(o) => {
+                self.failures.push(format!(
+                    "{what}: {} ok, {} errors",
+                    o.latencies_ns.len(),
+                    o.errors
+                ));
+                None
+            }
+            Err(e) => {
+                self.failures.push(format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn insert_ms(&mut self, key: &'static str, ns: Option<u64>) {
+        if let Some(ns) = ns {
+            self.figures.insert(key, ns as f64 / 1e6);
+        }
+    }
+}
+
+/// Summed utime+stime of `pids`; None if any could not be read.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|p| procstat::stat(*p).ok().map(|s| s.cpu_ticks))
+        .sum()
+}
+
+/// Summed memory of `pids`; None if any could not be read or there are none.
+fn memory(pids: &[u32]) -> Option<Memory> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| procstat::memory(*p).ok())
+        .try_fold(Memory::default(), |acc, m| Some(acc + m?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carrying_traffic() {
+        let o = |ok: usize, errors| Outcome {
+            latencies_ns: vec![1; ok],
+            errors,
+            elapsed: Duration::from_secs(1),
+        };
+        let cases = [
+            (o(1000, 0), true),
+            (o(1000, 10), true),
+            (o(1000, 11), false),
+            (o(0, 0), false),
+            (o(0, 5), false),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(
+                carried(&outcome),
+                want,
+                "{} ok {} errors",
+                outcome.latencies_ns.len(),
+                outcome.errors
+            );
+        }
+    }
+
+    /// A real round on the baseline path: every figure it produces is one the report knows.
+    #[test]
+    fn a_baseline_round_yields_known_figures() {
+        let (server, _thread) = crate::load::tests::server_in_thread();
+        let path = crate::paths::start(
+            crate::paths::PathKind::Baseline,
+            &server,
+            std::path::Path::new("/nonexistent"),
+            None,
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ctx = Context {
+            rt: &rt,
+            pinning: Pinning {
+                load: None,
+                proxies: None,
+            },
+            clock_ticks: 100,
+            iperf: false,
+        };
+        let plan = Plan {
+            rate: 100,
+            fixed_secs: 1,
+            saturation_conns: 2,
+            setup_workers: 1,
+            setup_max_conns: 20,
+            echo_count: 20,
+            ..Plan::smoke()
+        };
+        let r = round(&path, &plan, &ctx);
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+        assert_eq!(r.latencies.keys().copied().collect::<Vec<_>>(), [4, 16]);
+        for key in r.figures.keys() {
+            assert!(
+                crate::report::FIGURES.iter().any(|f| f.key == *key),
+                "{key} is not in the report's catalog"
+            );
+        }
+        for key in [
+            "fixed4_p99_ms",
+            "fixed16_p99_ms",
+            "saturation_rps",
+            "conn_per_s",
+            "echo_p99_us",
+        ] {
+            assert!(r.figures.contains_key(key), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn smoke_is_short_and_full_is_the_brief() {
+        let s = Plan::smoke();
+        assert_eq!((s.rounds, s.fixed_secs, s.rate), (1, 2, 1000));
+        let f = Plan::full();
+        assert_eq!((f.rounds, f.fixed_secs, f.fixed_conns), (5, 20, [4, 16]));
+    }
+}

@@ -1,0 +1,184 @@
+//! The paths a run compares, each client → [proxy pair] → server. Adding one (ward-l7 when
+//! issue 3 lands) is one more `PathKind` variant and one more arm in [`start`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::nginx_pair::{NginxPair, NginxPairError};
+use crate::ward_pair::{WardPair, WardPairError};
+
+/// The service ports every proxied path exposes: HTTP, echo, iperf3.
+pub(crate) const SERVICE_PORTS: [u16; 3] = [8080, 9000, 5201];
+
+/// Where a client dials for each kind of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Endpoints {
+    /// The HTTP/1.1 1 KB server.
+    pub(crate) http: SocketAddr,
+    /// The TCP echo.
+    pub(crate) echo: SocketAddr,
+    /// `iperf3 -s`.
+    pub(crate) iperf: SocketAddr,
+}
+
+/// One measured path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PathKind {
+    /// Client → server, no proxy.
+    Baseline,
+    /// Client → ward sidecar → HBONE/mTLS → ward sidecar → server, on a TCP port.
+    WardL4,
+    /// The same on an HTTP port with L7 policy: waits for issue 3.
+    WardL7,
+    /// Client → nginx → TLS 1.3 with client cert → nginx → server.
+    Reference,
+}
+
+impl PathKind {
+    /// Every path, in the order a round visits them.
+    pub(crate) const ALL: [PathKind; 4] = [
+        PathKind::Baseline,
+        PathKind::WardL4,
+        PathKind::WardL7,
+        PathKind::Reference,
+    ];
+
+    /// The name in results and tables.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PathKind::Baseline => "baseline",
+            PathKind::WardL4 => "ward-l4",
+            PathKind::WardL7 => "ward-l7",
+            PathKind::Reference => "reference",
+        }
+    }
+
+    /// One line saying what the path is.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            PathKind::Baseline => "client -> server, no proxy",
+            PathKind::WardL4 => {
+                "client -> ward egress -> HBONE/mTLS (TLS 1.3) -> ward inbound -> server; TCP port, \
+                 STRICT PeerAuthentication, ALLOW AuthorizationPolicy; both sidecars in one `ward up`"
+            }
+            PathKind::WardL7 => "ward on an HTTP port with AuthorizationPolicy + cached JWT",
+            PathKind::Reference => {
+                "client -> nginx A -> TLS 1.3 + client cert -> nginx B (ssl_verify_client on) -> \
+                 server; Debian nginx stream module, 1 worker each"
+            }
+        }
+    }
+
+    /// Why the path cannot be measured yet, if it cannot.
+    pub(crate) fn unavailable(self) -> Option<&'static str> {
+        match self {
+            PathKind::WardL7 => Some("n/a (needs issue 3)"),
+            _ => None,
+        }
+    }
+}
+
+/// Why a path could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PathError {
+    /// The ward pair did not start.
+    #[error(transparent)]
+    Ward(#[from] WardPairError),
+    /// The nginx pair did not start.
+    #[error(transparent)]
+    Nginx(#[from] NginxPairError),
+    /// The path is not available in this build.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+/// The proxies a path runs, kept alive while the path is measured.
+pub(crate) enum Proxies {
+    /// Baseline: nothing between client and server.
+    None,
+    /// One `ward up` process.
+    Ward(WardPair),
+    /// Two nginx masters and their workers.
+    Nginx(NginxPair),
+}
+
+/// A path set up and ready for traffic.
+pub(crate) struct RunningPath {
+    /// Which path.
+    pub(crate) kind: PathKind,
+    /// Where the client dials.
+    pub(crate) entry: Endpoints,
+    /// What runs in between.
+    pub(crate) proxies: Proxies,
+}
+
+impl RunningPath {
+    /// The processes whose CPU and memory are the pair's cost.
+    pub(crate) fn proxy_pids(&self) -> Vec<u32> {
+        match &self.proxies {
+            Proxies::None => Vec::new(),
+            Proxies::Ward(w) => vec![w.proc.pid()],
+            Proxies::Nginx(n) => n.pids(),
+        }
+    }
+}
+
+/// Sets up `kind` in front of `server`, proxies pinned to `cpu`.
+pub(crate) fn start(
+    kind: PathKind,
+    server: &Endpoints,
+    ward: &Path,
+    cpu: Option<usize>,
+) -> Result<RunningPath, PathError> {
+    if let Some(why) = kind.unavailable() {
+        return Err(PathError::Unavailable(why));
+    }
+    let (entry, proxies) = match kind {
+        PathKind::Baseline => (*server, Proxies::None),
+        PathKind::WardL4 => {
+            let pair = WardPair::start(ward, server, cpu)?;
+            (pair.entry, Proxies::Ward(pair))
+        }
+        PathKind::Reference => {
+            let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK)?;
+            (pair.entry, Proxies::Nginx(pair))
+        }
+        PathKind::WardL7 => return Err(PathError::Unavailable("n/a (needs issue 3)")),
+    };
+    Ok(RunningPath {
+        kind,
+        entry,
+        proxies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_only_l7_waits() {
+        let mut names: Vec<_> = PathKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), PathKind::ALL.len());
+        let waiting: Vec<_> = PathKind::ALL
+            .iter()
+            .filter(|k| k.unavailable().is_some())
+            .collect();
+        assert_eq!(waiting, [&PathKind::WardL7]);
+    }
+
+    #[test]
+    fn baseline_is_the_server_itself() {
+        let server = Endpoints {
+            http: "127.0.0.1:1".parse().unwrap(),
+            echo: "127.0.0.1:2".parse().unwrap(),
+            iperf: "127.0.0.1:3".parse().unwrap(),
+        };
+        let p = start(PathKind::Baseline, &server, Path::new("/nonexistent"), None).unwrap();
+        assert_eq!(p.entry, server);
+        assert!(p.proxy_pids().is_empty());
+        assert!(start(PathKind::WardL7, &server, Path::new("/x"), None).is_err());
+    }
+}

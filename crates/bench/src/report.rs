@@ -1,0 +1,645 @@
+//! Turning rounds into results: the figure catalog, the issue's targets (met / not met, never a
+//! failure), `results.json` (schema `ward-bench/1`) and `results.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::measure::Plan;
+use crate::paths::PathKind;
+use crate::stats::Summary;
+
+/// The JSON schema name; bump when a field changes meaning.
+pub(crate) const SCHEMA: &str = "ward-bench/1";
+
+/// Which direction is better for a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Better {
+    /// Latency, CPU, memory.
+    Lower,
+    /// Rates and throughput.
+    Higher,
+    /// Informational (the achieved fixed rate): never compared.
+    Neither,
+}
+
+impl Figure {
+    /// Whether `a` is better than `b` for this figure; None when the figure is not compared.
+    pub(crate) fn is_better(&self, a: f64, b: f64) -> Option<bool> {
+        match self.better {
+            Better::Lower => Some(a < b),
+            Better::Higher => Some(a > b),
+            Better::Neither => None,
+        }
+    }
+}
+
+/// One reported figure.
+#[derive(Debug)]
+pub(crate) struct Figure {
+    /// JSON key.
+    pub(crate) key: &'static str,
+    /// Table label.
+    pub(crate) label: &'static str,
+    /// Unit.
+    pub(crate) unit: &'static str,
+    /// Which way is better.
+    pub(crate) better: Better,
+}
+
+const fn fig(key: &'static str, label: &'static str, unit: &'static str, better: Better) -> Figure {
+    Figure {
+        key,
+        label,
+        unit,
+        better,
+    }
+}
+
+/// Every figure, in table order.
+pub(crate) const FIGURES: &[Figure] = &[
+    fig(
+        "fixed4_p50_ms",
+        "1000 rps / 4 conns: p50",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed4_p90_ms",
+        "1000 rps / 4 conns: p90",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed4_p99_ms",
+        "1000 rps / 4 conns: p99",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed4_max_ms",
+        "1000 rps / 4 conns: max",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed4_rps",
+        "1000 rps / 4 conns: achieved",
+        "rps",
+        Better::Neither,
+    ),
+    fig(
+        "fixed16_p50_ms",
+        "1000 rps / 16 conns: p50",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed16_p90_ms",
+        "1000 rps / 16 conns: p90",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed16_p99_ms",
+        "1000 rps / 16 conns: p99",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed16_max_ms",
+        "1000 rps / 16 conns: max",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "fixed16_rps",
+        "1000 rps / 16 conns: achieved",
+        "rps",
+        Better::Neither,
+    ),
+    fig(
+        "proxy_vcpu_per_krps",
+        "proxy pair CPU per 1000 rps",
+        "vCPU",
+        Better::Lower,
+    ),
+    fig(
+        "proxy_rss_idle_mib",
+        "proxy pair VmRSS, idle",
+        "MiB",
+        Better::Lower,
+    ),
+    fig(
+        "proxy_hwm_idle_mib",
+        "proxy pair VmHWM, idle",
+        "MiB",
+        Better::Lower,
+    ),
+    fig(
+        "proxy_rss_load_mib",
+        "proxy pair VmRSS, after load",
+        "MiB",
+        Better::Lower,
+    ),
+    fig(
+        "proxy_hwm_load_mib",
+        "proxy pair VmHWM, after load",
+        "MiB",
+        Better::Lower,
+    ),
+    fig(
+        "saturation_rps",
+        "saturation, 16 conns closed loop",
+        "rps",
+        Better::Higher,
+    ),
+    fig(
+        "conn_per_s",
+        "new connection per request",
+        "conn/s",
+        Better::Higher,
+    ),
+    fig(
+        "ttfb_p50_ms",
+        "fresh connection TTFB p50",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "ttfb_p99_ms",
+        "fresh connection TTFB p99",
+        "ms",
+        Better::Lower,
+    ),
+    fig(
+        "echo_p50_us",
+        "1-byte echo round trip p50",
+        "us",
+        Better::Lower,
+    ),
+    fig(
+        "echo_p99_us",
+        "1-byte echo round trip p99",
+        "us",
+        Better::Lower,
+    ),
+    fig(
+        "iperf_gbps",
+        "single-stream throughput (iperf3)",
+        "Gbit/s",
+        Better::Higher,
+    ),
+];
+
+/// The machine the run was on.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    /// Online CPUs.
+    pub(crate) nproc: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub(crate) cpu_model: String,
+    /// `uname -r`-like kernel release.
+    pub(crate) kernel: String,
+}
+
+/// One path's results.
+#[derive(Debug, Serialize)]
+pub(crate) struct PathResult {
+    /// What the path is.
+    pub(crate) description: &'static str,
+    /// `ok`, `failed`, or why it is not available.
+    pub(crate) status: String,
+    /// What did not carry traffic.
+    pub(crate) failures: Vec<String>,
+    /// Non-fatal remarks.
+    pub(crate) notes: Vec<String>,
+    /// Figures by key, over rounds.
+    pub(crate) figures: BTreeMap<&'static str, Summary>,
+}
+
+impl PathResult {
+    fn median(&self, key: &str) -> Option<f64> {
+        (self.status == "ok")
+            .then(|| self.figures.get(key).map(|s| s.median))
+            .flatten()
+    }
+}
+
+/// A target from issue 4, checked against this run.
+#[derive(Debug, Serialize)]
+pub(crate) struct TargetCheck {
+    /// The figure it judges, when it is one figure of ward-l4.
+    pub(crate) figure: Option<&'static str>,
+    /// The target, as the issue states it.
+    pub(crate) target: String,
+    /// What this run measured.
+    pub(crate) measured: String,
+    /// Met, not met, or not measurable in this run (None).
+    pub(crate) met: Option<bool>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    /// [`SCHEMA`].
+    pub(crate) schema: &'static str,
+    /// `smoke` or `full`.
+    pub(crate) mode: &'static str,
+    /// UTC date and time of the run.
+    pub(crate) date: String,
+    /// `git rev-parse` of the ward tree the binary came from (best effort).
+    pub(crate) ward_rev: String,
+    /// The ward binary measured.
+    pub(crate) ward_binary: String,
+    /// The machine.
+    pub(crate) machine: Machine,
+    /// `loopback` (network namespaces: not yet).
+    pub(crate) network: &'static str,
+    /// CPU placement, e.g. "load generator, server, iperf3 on CPU 0; proxies on CPU 1".
+    pub(crate) pinning: String,
+    /// How much of each workload ran.
+    pub(crate) plan: Plan,
+    /// Paths by name.
+    pub(crate) paths: BTreeMap<&'static str, PathResult>,
+    /// Issue 4's targets.
+    pub(crate) targets: Vec<TargetCheck>,
+}
+
+/// Checks issue 4's targets. The issue states them per proxy; a ward pair is one process
+/// holding both sidecars (and the control plane), so per-proxy limits are doubled for the pair.
+pub(crate) fn targets(paths: &BTreeMap<&'static str, PathResult>) -> Vec<TargetCheck> {
+    let get = |path: &str, key: &str| paths.get(path).and_then(|p| p.median(key));
+    let mut out = Vec::new();
+    let mut check = |figure: &'static str,
+                     target: &str,
+                     measured: Option<(f64, String)>,
+                     ok: &dyn Fn(f64) -> bool| {
+        out.push(TargetCheck {
+            figure: Some(figure),
+            target: target.into(),
+            met: measured.as_ref().map(|(v, _)| ok(*v)),
+            measured: measured.map_or("not measured".into(), |(_, text)| text),
+        });
+    };
+    for (key, conns) in [("fixed4_p99_ms", 4), ("fixed16_p99_ms", 16)] {
+        let added = get("ward-l4", key)
+            .zip(get("baseline", key))
+            .map(|(w, b)| (w - b, format!("{:+.3} ms", w - b)));
+        check(
+            key,
+            &format!("L4 pair: added p99 <= 0.15 ms at 1000 rps ({conns} conns)"),
+            added,
+            &|v| v <= 0.15,
+        );
+    }
+    let cpu = get("ward-l4", "proxy_vcpu_per_krps").map(|v| (v, format!("{v:.4} vCPU (pair)")));
+    check(
+        "proxy_vcpu_per_krps",
+        "L4 proxy CPU <= 0.045 vCPU per 1000 rps (pair <= 0.09)",
+        cpu,
+        &|v| v <= 0.09,
+    );
+    // The issue's MB are 10^6 bytes; /proc reports KiB, stored as MiB.
+    let rss = get("ward-l4", "proxy_hwm_load_mib").map(|mib| {
+        let mb = mib * 1.048_576;
+        (mb, format!("{mb:.1} MB VmHWM (pair)"))
+    });
+    check(
+        "proxy_hwm_load_mib",
+        "L4 RSS <= 10 MB per proxy (pair <= 20 MB)",
+        rss,
+        &|v| v <= 20.0,
+    );
+    let ratio = |key: &str| {
+        get("ward-l4", key)
+            .zip(get("baseline", key))
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(w, b)| (w / b, format!("{:.3}x baseline", w / b)))
+    };
+    check(
+        "saturation_rps",
+        "Saturation >= 0.97x baseline rps at L4",
+        ratio("saturation_rps"),
+        &|v| v >= 0.97,
+    );
+    check(
+        "iperf_gbps",
+        "Single-stream throughput through the L4 pair >= 0.6x baseline",
+        ratio("iperf_gbps"),
+        &|v| v >= 0.6,
+    );
+    for t in [
+        "L7 pair with authz + cached JWT: added p99 <= 0.24 ms",
+        "L7 CPU <= 0.12 vCPU per 1000 rps; RSS <= 16 MB",
+        "Saturation >= 0.93x baseline at L7",
+    ] {
+        out.push(TargetCheck {
+            figure: None,
+            target: t.into(),
+            measured: "n/a (needs issue 3)".into(),
+            met: None,
+        });
+    }
+    let (mut better, mut total) = (0, 0);
+    for f in FIGURES {
+        let (Some(w), Some(r)) = (get("ward-l4", f.key), get("reference", f.key)) else {
+            continue;
+        };
+        if let Some(b) = f.is_better(w, r) {
+            total += 1;
+            better += usize::from(b);
+        }
+    }
+    out.push(TargetCheck {
+        figure: None,
+        target: "Every Ward figure better than the nginx reference's".into(),
+        measured: format!("{better} of {total} figures better"),
+        met: (total > 0).then_some(better == total),
+    });
+    out
+}
+
+/// "met", "NOT met" or "n/a".
+pub(crate) fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "n/a",
+    }
+}
+
+fn cell(p: &PathResult, key: &str) -> String {
+    if p.status != "ok" {
+        return p.status.clone();
+    }
+    match p.figures.get(key) {
+        Some(s) if s.rounds.len() > 1 => {
+            format!("{} ({}–{})", num(s.median), num(s.min), num(s.max))
+        }
+        Some(s) => num(s.median),
+        None => "—".into(),
+    }
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// `results.md`: the run's description, a table of every figure per path, comparisons with
+/// the baseline and the reference, and the targets.
+pub(crate) fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+    let _ = writeln!(md, "# ward-bench results ({} run, {})\n", r.mode, r.date);
+    let _ = writeln!(
+        md,
+        "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {} \
+         (paths alternate within each round); cells are median (min–max over rounds)\n",
+        r.machine.nproc,
+        r.machine.cpu_model,
+        r.machine.kernel,
+        r.ward_rev,
+        r.ward_binary,
+        r.network,
+        r.pinning,
+        r.plan.rounds
+    );
+    for name in &names {
+        if let Some(p) = r.paths.get(name) {
+            let _ = writeln!(md, "- **{name}**: {}", p.description);
+            for f in &p.failures {
+                let _ = writeln!(md, "  - FAILED: {f}");
+            }
+            for n in &p.notes {
+                let _ = writeln!(md, "  - note: {n}");
+            }
+        }
+    }
+    let _ = writeln!(md, "\n## Figures\n");
+    let _ = writeln!(
+        md,
+        "| figure | unit | {} | ward-l4 target |",
+        names.join(" | ")
+    );
+    let _ = writeln!(md, "|---|---|{}---|", "---:|".repeat(names.len()));
+    for f in FIGURES {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| r.paths.get(n).map_or("—".into(), |p| cell(p, f.key)))
+            .collect();
+        let target = r
+            .targets
+            .iter()
+            .find(|t| t.figure == Some(f.key))
+            .map_or(String::new(), |t| {
+                format!("{}: {}", t.target, verdict(t.met))
+            });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            f.label,
+            f.unit,
+            cells.join(" | "),
+            target
+        );
+    }
+    let _ = writeln!(md, "\n## Compared (medians)\n");
+    let _ = writeln!(
+        md,
+        "| figure | ward-l4 − baseline | ward-l4 ÷ baseline | ward-l4 ÷ reference | \
+         reference − baseline | ward-l4 better than reference |\n|---|---:|---:|---:|---:|:-:|"
+    );
+    let get = |p: &str, k: &str| r.paths.get(p).and_then(|p| p.median(k));
+    for f in FIGURES {
+        let (w, b, n) = (
+            get("ward-l4", f.key),
+            get("baseline", f.key),
+            get("reference", f.key),
+        );
+        let diff = |x: Option<f64>, y: Option<f64>| {
+            x.zip(y).map_or("—".into(), |(x, y)| {
+                format!("{}{} {}", if x >= y { "+" } else { "" }, num(x - y), f.unit)
+            })
+        };
+        let ratio = |x: Option<f64>, y: Option<f64>| {
+            x.zip(y)
+                .filter(|(_, y)| *y != 0.0)
+                .map_or("—".into(), |(x, y)| format!("{:.2}x", x / y))
+        };
+        let better = match w.zip(n).and_then(|(w, n)| f.is_better(w, n)) {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "—",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            f.label,
+            diff(w, b),
+            ratio(w, b),
+            ratio(w, n),
+            diff(n, b),
+            better
+        );
+    }
+    let _ = writeln!(md, "\n## Targets (issue 4; reported, never a failure)\n");
+    let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, verdict(t.met));
+    }
+    let _ = writeln!(md, "\n![latency](latency.svg)");
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(status: &str, figs: &[(&'static str, f64)]) -> PathResult {
+        PathResult {
+            description: "",
+            status: status.into(),
+            failures: vec![],
+            notes: vec![],
+            figures: figs
+                .iter()
+                .map(|(k, v)| (*k, Summary::of(&[*v]).unwrap()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn figure_keys_are_unique() {
+        let mut keys: Vec<_> = FIGURES.iter().map(|f| f.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), FIGURES.len());
+    }
+
+    #[test]
+    fn targets_are_judged_from_medians() {
+        let paths: BTreeMap<_, _> = [
+            (
+                "baseline",
+                path(
+                    "ok",
+                    &[("fixed16_p99_ms", 0.30), ("saturation_rps", 10_000.0)],
+                ),
+            ),
+            (
+                "ward-l4",
+                path(
+                    "ok",
+                    &[("fixed16_p99_ms", 0.40), ("saturation_rps", 9_000.0)],
+                ),
+            ),
+            (
+                "reference",
+                path(
+                    "ok",
+                    &[("fixed16_p99_ms", 0.50), ("saturation_rps", 8_000.0)],
+                ),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let checks = targets(&paths);
+        let by = |prefix: &str| {
+            checks
+                .iter()
+                .find(|t| t.target.starts_with(prefix))
+                .map(|t| t.met)
+                .unwrap()
+        };
+        let cases = [
+            ("L4 pair: added p99 <= 0.15 ms at 1000 rps (16", Some(true)),
+            ("L4 pair: added p99 <= 0.15 ms at 1000 rps (4 ", None),
+            ("Saturation >= 0.97x", Some(false)),
+            ("Every Ward figure", Some(true)),
+            ("L7 pair", None),
+        ];
+        for (prefix, want) in cases {
+            assert_eq!(by(prefix), want, "{prefix}");
+        }
+    }
+
+    #[test]
+    fn markdown_shows_every_figure_and_judges_targets_beside_them() {
+        let paths: BTreeMap<_, _> = [
+            ("baseline", path("ok", &[("fixed4_p99_ms", 0.10)])),
+            ("ward-l4", path("ok", &[("fixed4_p99_ms", 0.30)])),
+            ("ward-l7", path("n/a (needs issue 3)", &[])),
+            ("reference", path("failed", &[])),
+        ]
+        .into_iter()
+        .collect();
+        let results = Results {
+            schema: SCHEMA,
+            mode: "smoke",
+            date: "2026-01-01T00:00:00Z".into(),
+            ward_rev: "abc".into(),
+            ward_binary: "ward".into(),
+            machine: Machine {
+                nproc: 2,
+                cpu_model: "cpu".into(),
+                kernel: "6".into(),
+            },
+            network: "loopback",
+            pinning: "none".into(),
+            plan: Plan::smoke(),
+            targets: targets(&paths),
+            paths,
+        };
+        let md = markdown(&results);
+        for f in FIGURES {
+            assert!(
+                md.contains(&format!("| {} | {} |", f.label, f.unit)),
+                "{}",
+                f.key
+            );
+        }
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| 1000 rps / 4 conns: p99 | ms |"))
+            .unwrap();
+        for want in [
+            "| 0.100 |",
+            "| 0.300 |",
+            "n/a (needs issue 3)",
+            "failed",
+            "NOT met",
+        ] {
+            assert!(row.contains(want), "{want} in {row}");
+        }
+        let json = serde_json::to_value(&results).unwrap();
+        assert_eq!(json["schema"], "ward-bench/1");
+        assert_eq!(
+            json["paths"]["ward-l4"]["figures"]["fixed4_p99_ms"]["median"],
+            0.3
+        );
+    }
+
+    #[test]
+    fn failed_paths_are_not_judged() {
+        let paths: BTreeMap<_, _> = [
+            ("baseline", path("ok", &[("saturation_rps", 10_000.0)])),
+            ("ward-l4", path("failed", &[("saturation_rps", 10_000.0)])),
+        ]
+        .into_iter()
+        .collect();
+        let sat = targets(&paths)
+            .into_iter()
+            .find(|t| t.target.starts_with("Saturation >= 0.97x"))
+            .unwrap();
+        assert_eq!(sat.met, None);
+    }
+}

@@ -1,0 +1,294 @@
+//! End to end at L7: curl through the mesh to a real nginx, with HTTP AuthorizationPolicies.
+//! Skips visibly without nginx/curl; CI installs them and requires every test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{docs, mesh_pa, srv_policy, Mesh};
+use ward_test_support::{have, skip_or_fail};
+
+/// nginx as srv's app: every response body says what nginx received.
+struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+fn start_nginx(port: u16) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      default_type text/plain;
+      return 200 "method=$request_method uri=$request_uri xfcc=$http_x_forwarded_client_cert rid=$http_x_request_id tp=$http_traceparent\n";
+    }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx { child, dir }
+}
+
+/// Run curl; returns (status code, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The mesh with srv's port 9000 declared HTTP, nginx behind it.
+fn http_mesh(block: u8) -> (Mesh, Nginx) {
+    if !have("nginx") || !have("curl") {
+        skip_or_fail(
+            "http",
+            "nginx and curl are needed (apt-get install nginx curl)",
+        );
+    }
+    let mesh = Mesh::with_own_app(block).http();
+    let nginx = start_nginx(mesh.app_port);
+    (mesh, nginx)
+}
+
+fn tools_missing() -> bool {
+    !have("nginx") || !have("curl")
+}
+
+fn url(mesh: &Mesh, path: &str) -> String {
+    format!("http://{}{path}", mesh.via_cli())
+}
+
+#[test]
+fn l7_methods_paths_and_identity_headers() {
+    if tools_missing() {
+        return skip_or_fail("l7_methods_paths", "nginx and curl are needed");
+    }
+    let (mesh, nginx) = http_mesh(20);
+    let policy = docs(&[
+        mesh_pa("STRICT"),
+        srv_policy(
+            "get-only",
+            "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/app/sa/cli\"]\n    to:\n    - operation:\n        methods: [\"GET\", \"HEAD\"]\n",
+        ),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: no-admin\n  namespace: app\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [\"/admin*\", \"/secret\"]\n".to_owned(),
+    ]);
+    let ward = mesh.up(&policy, &[]);
+
+    let (code, body) = curl(&[
+        &url(&mesh, "/fhir/Patient?name=x"),
+        "-H",
+        "x-forwarded-client-cert: By=spoof;URI=spiffe://cluster.local/ns/admin/sa/root",
+    ]);
+    assert_eq!(code, 200, "{body}\n{}", ward.logs());
+    assert!(
+        body.contains("method=GET uri=/fhir/Patient?name=x"),
+        "{body}"
+    );
+    assert!(
+        body.contains("URI=spiffe://cluster.local/ns/app/sa/cli"),
+        "the app sees the caller's SPIFFE id: {body}"
+    );
+    assert!(
+        body.contains("By=spiffe://cluster.local/ns/app/sa/srv"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("ns/admin/sa/root"),
+        "a spoofed XFCC must be replaced: {body}"
+    );
+    assert!(
+        body.contains("rid=") && !body.contains("rid= "),
+        "x-request-id is set: {body}"
+    );
+    assert!(body.contains("tp=00-"), "traceparent is set: {body}");
+
+    // Method not allowed → 403 with Envoy's body, naming no policy to the client.
+    let (code, body) = curl(&["-X", "POST", &url(&mesh, "/fhir/Patient")]);
+    assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
+    let denied = ward
+        .wait_for_log(
+            &[("method", "POST"), ("response_code", "403")],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        denied["response_code_details"]
+            .as_str()
+            .unwrap()
+            .contains("rbac_access_denied_matched_policy[none]"),
+        "{denied}"
+    );
+
+    // Path bypass attempts against the DENY: each is denied (403) or refused (400), and nginx
+    // never serves /admin or /secret.
+    for (path, want) in [
+        ("/admin", 403),
+        ("/admin/users", 403),
+        ("//admin", 403),
+        ("/public/../admin", 403),
+        ("/./admin", 403),
+        ("/%61dmin", 403),
+        ("/secret", 403),
+        ("/secret#x", 403),
+        ("/secret?x=1", 403),
+        ("/admin%2F", 400),
+        ("/%2Fadmin", 400),
+        ("/public%2F..%2Fadmin", 400),
+        ("/public%5C..%5Cadmin", 400),
+        ("/%252e%252e/admin", 200),
+    ] {
+        let (code, body) = curl(&["--path-as-is", &url(&mesh, path)]);
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    let log = nginx.access_log();
+    for line in log.lines() {
+        assert!(
+            !line.contains("\"GET /admin") && !line.contains("\"GET /secret"),
+            "nginx served a protected path: {line}"
+        );
+    }
+
+    // Repeated headers: every value is matched (CVE-2021-32777, CVE-2026-26308).
+    let deny_role = docs(&[
+        policy,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: no-admin-role\n  namespace: app\nspec:\n  action: DENY\n  rules:\n  - when:\n    - key: request.headers[x-role]\n      values: [\"admin\"]\n".to_owned(),
+    ]);
+    ward.write_config("security.yaml", &deny_role).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&["-H", "x-role: admin", &url(&mesh, "/x")]).0 != 403 {
+        assert!(Instant::now() < deadline, "policy not applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        curl(&[
+            "-H",
+            "x-role: user",
+            "-H",
+            "x-role: admin",
+            &url(&mesh, "/x")
+        ])
+        .0,
+        403
+    );
+    assert_eq!(curl(&["-H", "x-role: user", &url(&mesh, "/x")]).0, 200);
+    assert_eq!(
+        curl(&["-H", "x_role: admin", &url(&mesh, "/x")]).0,
+        400,
+        "underscore header names are refused"
+    );
+
+    // HTTP/2 with prior knowledge from the app (curl 7.88 cannot reuse an h2c connection for a
+    // second URL, even against nginx, so curl makes one request and the h2 crate makes several
+    // on one connection).
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg(url(&mesh, "/a"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+    let statuses = h2_requests(mesh.via_cli(), &["/a", "/admin", "/b", "/%2F"]);
+    assert_eq!(
+        statuses,
+        [200, 403, 200, 400],
+        "one HTTP/2 connection, each request decided on its own"
+    );
+    // HTTP/1.1 keep-alive: one connection, three decisions.
+    let mut args = vec![
+        "-sS".to_owned(),
+        "--max-time".into(),
+        "10".into(),
+        "-w".into(),
+        "%{http_code} %{num_connects}\n".into(),
+    ];
+    for p in ["/a", "/admin", "/b"] {
+        args.extend(["-o".to_owned(), "/dev/null".to_owned(), url(&mesh, p)]);
+    }
+    let out = Command::new("curl").args(&args).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["200 1", "403 0", "200 0"],
+        "one connection, three decisions: {out}"
+    );
+}
+
+/// Several requests on one HTTP/2 (prior knowledge) connection; their status codes.
+fn h2_requests(addr: std::net::SocketAddr, paths: &[&str]) -> Vec<u16> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for p in paths {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = http::Request::get(format!("http://{addr}{p}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            out.push(resp.await.unwrap().status().as_u16());
+        }
+        out
+    })
+}
