@@ -292,3 +292,146 @@ fn h2_requests(addr: std::net::SocketAddr, paths: &[&str]) -> Vec<u16> {
         out
     })
 }
+
+/// A server that answers an HTTP/1.1 `Upgrade` with 101, then echoes raw bytes (a WebSocket
+/// stand-in: after 101 the proxy must carry opaque bytes both ways).
+fn start_upgrade_echo(port: u16) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: demo-proto") {
+                    let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: demo-proto\r\n\r\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn upgrade_carries_raw_bytes_after_101() {
+    use std::io::{Read, Write};
+    let mesh = Mesh::with_own_app(21).http();
+    start_upgrade_echo(mesh.app_port);
+    let _ward = mesh.up(&mesh_pa("STRICT"), &[]);
+    let mut s = std::net::TcpStream::connect(mesh.via_cli()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: srv\r\nconnection: upgrade\r\nupgrade: demo-proto\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "connection closed before the 101: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for msg in [
+        &b"hello"[..],
+        b"\x00\x01binary\xff",
+        b"GET /admin HTTP/1.1\r\n\r\n",
+    ] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(
+            got, msg,
+            "bytes after the upgrade are carried, never parsed as requests"
+        );
+    }
+}
+
+#[test]
+fn grpc_trailers_reach_the_client() {
+    // A gRPC-style h2c app: answers every POST with a body and `grpc-status` trailers.
+    let mut mesh = Mesh::with_own_app(22);
+    mesh.protocol = "GRPC";
+    let app_port = mesh.app_port;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+            .await
+            .unwrap();
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let path = req.uri().path().to_owned();
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(resp, false).unwrap();
+                    send.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x02hi"), false)
+                        .unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", path.parse().unwrap());
+                    send.send_trailers(trailers).unwrap();
+                }
+            });
+        }
+    });
+    let _ward = mesh.up(&mesh_pa("STRICT"), &[]);
+    let addr = mesh.via_cli();
+    let trailers = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post(format!("http://{addr}/demo.Echo/Say"))
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x02yo"), true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        assert_eq!(data, b"\x00\x00\x00\x00\x02hi");
+        body.trailers().await.unwrap().unwrap()
+    });
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "/demo.Echo/Say");
+}

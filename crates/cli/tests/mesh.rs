@@ -172,10 +172,23 @@ fn strict_rejects_plaintext_permissive_accepts_disable_uses_plaintext() {
             Duration::from_secs(5),
         )
         .unwrap();
-    let plain = ward
-        .log_lines_matching(&[("direction", "outbound"), ("src.identity", "sa/cli")])
-        .into_iter()
-        .any(|v| v.get("tls.version").is_none() && v.get("dst.hbone_addr").is_none());
+    // The record is written when the sidecar finishes the connection, just after the client
+    // saw the end of it: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let plain = loop {
+        let found = ward
+            .log_lines_matching(&[("direction", "outbound"), ("src.identity", "sa/cli")])
+            .into_iter()
+            .any(|v| v.get("tls.version").is_none() && v.get("dst.hbone_addr").is_none());
+        if found || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        plain,
+        "expected a plaintext outbound record, first was {out}"
+    );
     assert!(
         plain,
         "expected a plaintext outbound record, first was {out}"

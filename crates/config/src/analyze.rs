@@ -17,6 +17,7 @@ use crate::diag::{code, Diagnostic, Severity};
 use crate::istio::WorkloadEntrySpec;
 use crate::istio::{HostNamespace, SidecarHost};
 use crate::load::{ConfigSet, Resource};
+use crate::request_authn;
 use crate::snapshot::{MeshSnapshot, Transport};
 use crate::translate::{translate, unmatched_host_message, Context, Workload};
 use crate::yaml::{push_index, push_key};
@@ -32,6 +33,9 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     http_fields_on_tcp(&context, &mut out);
     custom_actions(set, &mut out);
     egress_hosts(&context, &mut out);
+    request_authn::selectors_matching_nothing(&context, &mut out);
+    request_authn::token_not_required(&context, &mut out);
+    request_authn::plain_http_jwks(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
         snapshot_checks(set, &snapshot, &mut out);
     }

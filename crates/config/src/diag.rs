@@ -49,6 +49,9 @@ pub mod code {
     pub const MESH_SETTINGS_CONFLICT: &str = "WARD0107";
     /// An AuthorizationPolicy that does not compile.
     pub const POLICY_INVALID: &str = "WARD0108";
+    /// A RequestAuthentication `jwtRules` entry Ward cannot use (refused issuer, jwksUri,
+    /// inline jwks, header name or timeout; an issuer given twice).
+    pub const JWT_RULE_INVALID: &str = "WARD0109";
     /// Two WorkloadEntries claim one address.
     pub const ADDRESS_CONFLICT: &str = "WARD0110";
     /// Several Sidecars select one workload at the same level.
@@ -57,6 +60,8 @@ pub mod code {
     pub const LISTENER_CONFLICT: &str = "WARD0112";
     /// A ServiceEntry endpoint Ward cannot connect to (not an IP address).
     pub const ENDPOINT_INVALID: &str = "WARD0113";
+    /// Two RequestAuthentication rules with one issuer apply to one workload.
+    pub const JWT_ISSUER_CONFLICT: &str = "WARD0114";
     /// A selector that matches no WorkloadEntry.
     pub const SELECTOR_MATCHES_NOTHING: &str = "WARD0201";
     /// An AuthorizationPolicy source that names no known workload.
@@ -89,6 +94,11 @@ pub mod code {
     pub const NO_ENDPOINTS: &str = "WARD0215";
     /// An in-mesh endpoint at a port its workload's Sidecar does not serve.
     pub const ENDPOINT_PORT_NOT_SERVED: &str = "WARD0216";
+    /// JWT rules on a workload that no AuthorizationPolicy makes require a token, so requests
+    /// without one pass.
+    pub const JWT_NOT_REQUIRED: &str = "WARD0217";
+    /// JWT keys fetched over plain http from a host that is not loopback.
+    pub const JWKS_PLAIN_HTTP: &str = "WARD0218";
 }
 
 /// One finding, located as precisely as Ward can.

@@ -17,7 +17,9 @@
 //! - Ward has no traffic capture: Sidecar listeners must use `captureMode` NONE (or leave it
 //!   unset), ingress listeners need a `defaultEndpoint`, and apps call egress listeners on
 //!   their bind address.
-//! - An AuthorizationPolicy that does not compile rejects the config (Istio skips the rule).
+//! - An AuthorizationPolicy that does not compile rejects the config (Istio skips the rule);
+//!   so does a RequestAuthentication `jwtRules` entry Ward cannot use (e.g. a plain-http
+//!   `jwksUri` to a host that is not loopback), or one issuer in two rules of one workload.
 //!
 //! Must not: do I/O outside [`load_paths`] (which only reads files), hold global state, or
 //! panic on any input (the YAML is untrusted; property tests cover the whole pipeline).
@@ -25,12 +27,16 @@
 //! Layout:
 //! - [`load`]: files and documents → [`ConfigSet`]; kinds, duplicates, metadata checks.
 //! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation
-//!   (PeerAuthentication and AuthorizationPolicy specs are `ward_policy::spec`).
+//!   (PeerAuthentication and AuthorizationPolicy specs are `ward_policy::spec`,
+//!   RequestAuthentication's is `ward_authn::spec`).
 //! - [`mesh`]: mesh settings from the Sail `Istio` resource, an `IstioOperator` or the
 //!   ConfigMap `istio`.
 //! - [`meta`]: Kubernetes object metadata.
 //! - [`snapshot`]: the per-proxy types; [`translate`](mod@translate): building them.
 //! - [`analyze`](mod@analyze): findings beyond errors.
+//! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
+//!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
+//!   analysis of requests without a token.
 //! - [`diag`]: diagnostics and their codes.
 //! - `yaml` / `decode` (private): YAML as a tree of located nodes, and a serde deserializer
 //!   over it that tracks field paths, which is what gives every error its line and path.
@@ -44,6 +50,7 @@ pub mod istio;
 pub mod load;
 pub mod mesh;
 pub mod meta;
+mod request_authn;
 pub mod snapshot;
 pub mod translate;
 mod yaml;

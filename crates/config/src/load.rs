@@ -6,8 +6,8 @@
 //!
 //! Every served apiVersion of a kind maps to one schema (Istio keeps the schema identical
 //! across versions). Ward enforces WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication,
-//! AuthorizationPolicy and the mesh settings; other Istio kinds load with a WARD0102 warning,
-//! never silently. Unknown kinds, unknown apiVersions and unknown fields are errors: Ward is
+//! AuthorizationPolicy, RequestAuthentication and the mesh settings; other Istio kinds load
+//! with a WARD0102 warning, never silently. Unknown kinds, unknown apiVersions and unknown fields are errors: Ward is
 //! stricter than Istio, which only warns about unknown fields. A top-level `status` is ignored.
 //!
 //! This is the only impure part of the crate ([`load_paths`] reads files); everything after
@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use ward_authn::spec::RequestAuthenticationSpec;
 use ward_policy::spec::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 
 use crate::decode::{closest, decode};
@@ -105,6 +106,8 @@ pub struct ConfigSet {
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
     /// AuthorizationPolicies, in load order.
     pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
+    /// RequestAuthentications (JWT rules), in load order.
+    pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
     /// The warnings found while loading.
     pub warnings: Vec<Diagnostic>,
 }
@@ -134,6 +137,7 @@ enum Kind {
     Sidecar,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
     /// An Istio kind Ward accepts but does not enforce.
     NotEnforced(&'static str),
     /// Sail operator `Istio`: mesh settings.
@@ -261,6 +265,7 @@ fn classify(group: &str, kind: &'static str) -> Kind {
         (_, "Sidecar") => Kind::Sidecar,
         (_, "PeerAuthentication") => Kind::PeerAuthentication,
         (_, "AuthorizationPolicy") => Kind::AuthorizationPolicy,
+        (_, "RequestAuthentication") => Kind::RequestAuthentication,
         ("sailoperator.io", "Istio") => Kind::SailIstio,
         (_, "IstioOperator") => Kind::IstioOperator,
         ("", "ConfigMap") => Kind::ConfigMap,
@@ -488,6 +493,12 @@ impl Loader {
             Kind::AuthorizationPolicy => {
                 if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate_authz) {
                     self.set.authorization_policies.push(r);
+                }
+            }
+            Kind::RequestAuthentication => {
+                let validate = crate::request_authn::validate;
+                if let Some(r) = self.load_spec(doc, &resource, meta_ok, validate) {
+                    self.set.request_authentications.push(r);
                 }
             }
             Kind::NotEnforced(kind) => {
@@ -1082,7 +1093,7 @@ mod tests {
             (
                 "security.istio.io/v1",
                 "RequestAuthentication",
-                Ok(Kind::NotEnforced("RequestAuthentication")),
+                Ok(Kind::RequestAuthentication),
             ),
             (
                 "networking.istio.io/v1",

@@ -40,6 +40,11 @@ pub struct ProxyConfig {
     pub outbound: Vec<OutboundListener>,
     /// The AuthorizationPolicies that apply to this workload.
     pub authz: WorkloadPolicies,
+    /// The `jwtRules` of every RequestAuthentication that applies to this workload: the root
+    /// namespace's objects first, then the workload namespace's, each by name. Issuers are
+    /// distinct (translation fails otherwise). Empty: no JWT authentication.
+    #[serde(default)]
+    pub jwt_rules: Vec<ward_authn::spec::JwtRule>,
     /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational in this issue.
     pub outbound_traffic_policy: String,
 }

@@ -3,7 +3,8 @@
 //! For each workload: its Sidecar gives the inbound ports (ingress listeners, each with the
 //! port's effective PeerAuthentication mode) and the outbound listeners (egress listeners ×
 //! matching ServiceEntry hosts, with endpoints and the transport to use); its
-//! AuthorizationPolicies are compiled once and selected per workload. Every error names the
+//! AuthorizationPolicies are compiled once and selected per workload, and so are the `jwtRules`
+//! of its RequestAuthentications (`request_authn`). Every error names the
 //! object, file and line; translation fails if there is any.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use crate::istio::{
 };
 use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
+use crate::request_authn;
 use crate::snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
     Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
@@ -37,6 +39,7 @@ pub fn translate(set: &ConfigSet) -> Result<MeshSnapshot, Diagnostics> {
         errors.extend(proxy_errors);
         proxies.insert(workload.resource.key(), proxy);
     }
+    errors.extend(request_authn::issuer_conflicts(&context));
     let mut errors = Diagnostics(errors);
     errors.sort();
     errors.0.dedup();
@@ -274,6 +277,7 @@ impl<'a> Context<'a> {
                 &workload.labels,
                 self.root(),
             ),
+            jwt_rules: request_authn::jwt_rules(self, workload),
             outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
         };
         (proxy, errors)

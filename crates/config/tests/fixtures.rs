@@ -165,6 +165,16 @@ fn each_bad_directory_reports_where_and_what() {
             &["bad/egress-unmatched/mesh.yaml:19: error[WARD0211] Sidecar shop/default: spec.egress[0].hosts[0]: egress host `./payments.shop.svc.cluster.local` matches no ServiceEntry visible to namespace `shop`"],
         ),
         (
+            "jwt-without-authz",
+            Analyze,
+            &["bad/jwt-without-authz/api.yaml:31: warning[WARD0217] RequestAuthentication shop/api-jwt: spec.jwtRules: requests WITHOUT a token are let through to shop/api"],
+        ),
+        (
+            "jwks-plain-http",
+            Load,
+            &["bad/jwks-plain-http/jwt.yaml:9: error[WARD0109] RequestAuthentication istio-system/jwt: spec.jwtRules[0].jwksUri: jwksUri `http://idp.example.com/keys` is refused: plain http is only allowed to a loopback host"],
+        ),
+        (
             "tcp-listener-conflict",
             Translate,
             &["bad/tcp-listener-conflict/mesh.yaml:37: error[WARD0112] Sidecar data/default: spec.egress: for workload data/api, the TCP listener 127.0.0.1:5432 would serve several services"],
@@ -229,5 +239,38 @@ fn all_bad_directories_load_together_with_every_load_error() {
             "bad/unknown-field/policy.yaml",
             "bad/yaml-syntax/broken.yaml"
         ]
+    );
+}
+
+#[test]
+fn the_fhir_example_loads_translates_and_analyzes_without_errors() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/fhir");
+    let set = load_paths(&[example]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        set.warnings.iter().all(|d| !d.is_error()),
+        "{:?}",
+        set.warnings
+    );
+    assert_eq!(set.request_authentications.len(), 1);
+    let snapshot = translate(&set).unwrap_or_else(|e| panic!("{e}"));
+    let issuers = |key: &str| -> Vec<String> {
+        snapshot.proxies[key]
+            .jwt_rules
+            .iter()
+            .map(|r| r.issuer.clone())
+            .collect()
+    };
+    assert_eq!(
+        issuers("datamesh/fhir-server"),
+        vec!["http://127.0.0.1:8180/realms/ward-dev".to_owned()]
+    );
+    assert!(issuers("datamesh/postgres-db").is_empty());
+    assert!(issuers("default/client").is_empty());
+    let findings = analyze(&set);
+    assert!(
+        findings.iter().all(|d| !d.is_error()
+            && d.code != code::JWT_NOT_REQUIRED
+            && d.code != code::JWKS_PLAIN_HTTP),
+        "{findings:#?}"
     );
 }

@@ -80,6 +80,16 @@ fn key() -> impl Strategy<Value = &'static str> {
         "trustDomain",
         "targetPort",
         "outboundTrafficPolicy",
+        "jwtRules",
+        "issuer",
+        "jwksUri",
+        "jwks",
+        "fromHeaders",
+        "outputClaimToHeaders",
+        "header",
+        "claim",
+        "timeout",
+        "targetRefs",
     ])
 }
 
@@ -103,6 +113,7 @@ fn document() -> impl Strategy<Value = String> {
         ("networking.istio.io/v1alpha3", "Sidecar"),
         ("security.istio.io/v1", "PeerAuthentication"),
         ("security.istio.io/v1beta1", "AuthorizationPolicy"),
+        ("security.istio.io/v1", "RequestAuthentication"),
         ("install.istio.io/v1alpha1", "IstioOperator"),
         ("v1", "ConfigMap"),
         ("networking.istio.io/v1", "Gateway"),

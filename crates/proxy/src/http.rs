@@ -20,8 +20,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ward_authn::{AuthnOutcome, TokenLocation, TokenSources};
 use ward_config::{InboundPort, ProxyConfig};
-use ward_policy::{Decision, HttpAttributes, L4Attributes, Peer};
+use ward_policy::{Decision, HttpAttributes, L4Attributes, Peer, RequestAuth};
 
 use crate::inbound::{deciding_rule, InboundCtx};
 
@@ -129,6 +130,8 @@ struct RequestLog<'a> {
     authority: String,
     protocol: &'static str,
     request_id: String,
+    /// `iss/sub` of a verified token (never the token itself).
+    request_principal: Option<String>,
     started: Instant,
 }
 
@@ -148,6 +151,7 @@ impl RequestLog<'_> {
             request_id = %self.request_id,
             src.addr = %self.conn.src,
             src.identity = self.conn.peer_id.as_deref(),
+            request.auth.principal = self.request_principal.as_deref(),
             dst.addr = %self.conn.dst,
             dst.workload = %self.workload,
             authz.decision = decision.map(|d| if d.is_allowed() { "allow" } else { "deny" }),
@@ -219,6 +223,57 @@ fn traceparent(headers: &HeaderMap) -> String {
     )
 }
 
+/// Every header line as (lower-case name, value); repeated names stay repeated.
+fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Remove a verified token from where it was found, so the app never sees it unless
+/// `forwardOriginalToken` asks for it (Istio's default is to strip).
+fn remove_token(headers: &mut HeaderMap, query: &mut Option<String>, loc: &TokenLocation) {
+    match loc {
+        TokenLocation::Header(name) => {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
+            }
+        }
+        TokenLocation::QueryParam(param) => {
+            if let Some(q) = query.take() {
+                let kept: Vec<&str> = q
+                    .split('&')
+                    .filter(|kv| kv.split('=').next() != Some(param.as_str()))
+                    .collect();
+                *query = (!kept.is_empty()).then(|| kept.join("&"));
+            }
+        }
+        TokenLocation::Cookie(cookie) => {
+            let kept: Vec<String> = headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && c.split('=').next() != Some(cookie.as_str()))
+                .map(str::to_owned)
+                .collect();
+            headers.remove(http::header::COOKIE);
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                if !kept.is_empty() {
+                    headers.insert(http::header::COOKIE, v);
+                }
+            }
+        }
+    }
+}
+
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE)
 }
@@ -239,6 +294,7 @@ async fn handle(
         authority: String::new(),
         protocol: protocol_name(req.version()),
         request_id: request_id.clone(),
+        request_principal: None,
         started,
     };
     let Some(port) = cfg
@@ -297,16 +353,85 @@ async fn handle(
     for h in SPOOFABLE {
         req.headers_mut().remove(*h);
     }
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let mut query = target.query.clone();
+    let auth = match ctx.authn.authenticator(&cfg.jwt_rules) {
+        None => None,
+        Some(authenticator) => {
+            // Incoming copies of output headers are the client's forgeries (istio-semantics §2.5).
+            for h in authenticator.output_headers() {
+                req.headers_mut().remove(h);
+            }
+            let headers = header_list(req.headers());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let sources = TokenSources {
+                headers: &headers,
+                query: query.as_deref(),
+            };
+            match authenticator.authenticate(&sources, now, &|issuer: &str| ctx.authn.keys(issuer))
+            {
+                AuthnOutcome::NoToken => None,
+                AuthnOutcome::Authenticated {
+                    auth,
+                    strip,
+                    add_headers,
+                } => {
+                    for loc in &strip {
+                        remove_token(req.headers_mut(), &mut query, loc);
+                    }
+                    for (name, value) in add_headers {
+                        if let (Ok(n), Ok(v)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(&value),
+                        ) {
+                            req.headers_mut().insert(n, v);
+                        }
+                    }
+                    Some(RequestAuth {
+                        principal: auth.principal,
+                        audiences: auth.audiences,
+                        presenter: auth.presenter,
+                        claims: auth.claims,
+                    })
+                }
+                AuthnOutcome::Rejected {
+                    status,
+                    message,
+                    unknown_kid,
+                    ..
+                } => {
+                    if let Some((issuer, _kid)) = unknown_kid {
+                        ctx.authn.note_unknown_kid(&issuer);
+                    }
+                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+                    let detail =
+                        format!("jwt_authn_access_denied{{{}}}", message.replace(' ', "_"));
+                    log.emit(code.as_u16(), "-", &detail, None);
+                    let mut resp = local(code, message);
+                    // Envoy: `Bearer realm="<uri>"`, plus `error="invalid_token"` for a bad token.
+                    let realm = format!(
+                        "Bearer realm=\"http://{}{}\", error=\"invalid_token\"",
+                        authority.replace('"', ""),
+                        target.path
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&realm) {
+                        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                    }
+                    return resp;
+                }
+            }
+        }
+    };
+    if let Some(a) = &auth {
+        log.request_principal = Some(a.principal.clone());
+    }
+    let target = ward_policy::NormalizedPath {
+        path: target.path.clone(),
+        query,
+    };
+    let headers = header_list(req.headers());
     let attrs = HttpAttributes {
         l4: L4Attributes {
             peer: conn.peer.as_ref(),
@@ -320,7 +445,7 @@ async fn handle(
         host: &authority,
         path: &target.path,
         headers: &headers,
-        auth: None,
+        auth: auth.as_ref(),
     };
     let decision = cfg.authz.evaluate_http(&attrs);
     let (policy, _) = deciding_rule(&decision);

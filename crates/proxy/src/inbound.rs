@@ -150,6 +150,8 @@ pub struct InboundCtx {
     pub identity: String,
     /// HTTP clients toward the apps, for HTTP ports.
     pub upstreams: Upstreams,
+    /// End-user authentication (RequestAuthentication) state.
+    pub authn: Arc<crate::authn::AuthnState>,
 }
 
 impl InboundCtx {

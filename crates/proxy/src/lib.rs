@@ -8,7 +8,8 @@
 //! - [`outbound`]: the Sidecar egress listeners the app dials; each connection is tunnelled over
 //!   a pooled HBONE connection ([`pool`]) to a chosen endpoint, or sent plaintext where the
 //!   destination's PeerAuthentication is DISABLE (auto-mTLS).
-//! - [`http`]: on HTTP ports, each request is parsed, decided and forwarded on its own.
+//! - [`http`]: on HTTP ports, each request is parsed, authenticated ([`authn`]: JWT per
+//!   RequestAuthentication), decided and forwarded on its own.
 //! - [`conntrack`]: open inbound connections, re-checked when policy changes.
 //! - [`access_log`] and [`metrics`]: one record per connection, Istio/ztunnel names.
 //!
@@ -16,6 +17,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod access_log;
+pub mod authn;
 pub mod certs;
 pub mod conntrack;
 pub mod http;

@@ -73,6 +73,15 @@ pub struct AuthzLabels {
     pub destination_workload: String,
 }
 
+/// Labels of the JWKS cache age gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    /// The token issuer.
+    pub issuer: String,
+    /// The workload `ns/name` whose sidecar holds the cache.
+    pub workload: String,
+}
+
 /// All of one process's proxy metrics; shared by every sidecar in it.
 #[derive(Default)]
 pub struct Metrics {
@@ -83,6 +92,7 @@ pub struct Metrics {
     received: Family<TcpLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     open_now: Gauge,
+    jwks_age: Family<JwksLabels, Gauge>,
 }
 
 fn or_unknown(v: Option<&str>) -> String {
@@ -208,6 +218,17 @@ impl Metrics {
         self.closed.get_or_create(&labels).inc();
         self.sent.get_or_create(&labels).inc_by(rec.bytes_sent);
         self.received.get_or_create(&labels).inc_by(rec.bytes_recv);
+    }
+
+    /// Record how old an issuer's cached keys are (`None`: never fetched, reported as -1).
+    pub fn jwks_age(&self, workload: &str, issuer: &str, age_seconds: Option<u64>) {
+        let labels = JwksLabels {
+            issuer: issuer.to_owned(),
+            workload: workload.to_owned(),
+        };
+        self.jwks_age
+            .get_or_create(&labels)
+            .set(age_seconds.map(|a| a as i64).unwrap_or(-1));
     }
 
     /// Count an authorization decision.

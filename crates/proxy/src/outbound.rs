@@ -282,6 +282,7 @@ mod tests {
             }],
             authz: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
+            jwt_rules: vec![],
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {

@@ -184,7 +184,14 @@ impl Sidecar {
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
             upstreams: crate::http::Upstreams::default(),
+            authn: Arc::new(crate::authn::AuthnState::default()),
         });
+        tokio::spawn(crate::authn::run_fetcher(
+            inbound_ctx.authn.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+            stop_rx.clone(),
+        ));
         let outbound_ctx = Arc::new(OutboundCtx {
             config: self.config.clone(),
             pool: Arc::new(HbonePool::new(address, h.certs.clone())),

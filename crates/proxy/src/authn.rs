@@ -1,0 +1,255 @@
+//! End-user authentication (RequestAuthentication) for one sidecar: the compiled
+//! [`Authenticator`] for the current `jwtRules`, and each issuer's key set, fetched in the
+//! background and cached by the pure [`JwksCache`] (refresh every 20 min, backoff on failure,
+//! rate-limited refetch on an unknown `kid`, stale keys kept while the IdP is down, and no token
+//! accepted before the first successful fetch).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use ward_authn::jwks_uri::{forbidden_ip, JwksUri};
+use ward_authn::spec::JwtRule;
+use ward_authn::{Authenticator, Jwks, JwksCache};
+use ward_config::ProxyConfig;
+
+/// Largest JWKS body accepted (threats.md §D: bounded memory on junk).
+const MAX_JWKS_BODY: usize = 256 * 1024;
+
+/// The authentication state of one sidecar.
+pub struct AuthnState {
+    /// The authenticator for the rules it was built from; rebuilt when the rules change.
+    /// Written by whichever request first sees new rules; read by every request.
+    current: Mutex<Option<(Vec<JwtRule>, Arc<Authenticator>)>>,
+    /// Key sets by issuer; written by the fetch task, read by requests.
+    cache: Mutex<JwksCache>,
+    /// Wakes the fetch task early (an unknown `kid` was seen).
+    wake: Notify,
+    /// The zero of the cache's millisecond clock.
+    epoch: Instant,
+}
+
+impl Default for AuthnState {
+    fn default() -> Self {
+        AuthnState {
+            current: Mutex::new(None),
+            cache: Mutex::new(JwksCache::new()),
+            wake: Notify::new(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl AuthnState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The authenticator for `rules`; `None` when there are none (no RequestAuthentication).
+    /// Rules that fail to compile were refused by the control plane already; should one slip
+    /// through, every request with a token is refused (see [`AuthnState::keys`]).
+    pub fn authenticator(&self, rules: &[JwtRule]) -> Option<Arc<Authenticator>> {
+        if rules.is_empty() {
+            return None;
+        }
+        let mut cur = self.current.lock().ok()?;
+        if let Some((r, a)) = cur.as_ref() {
+            if r.as_slice() == rules {
+                return Some(a.clone());
+            }
+        }
+        match Authenticator::new(rules.to_vec()) {
+            Ok(a) => {
+                let a = Arc::new(a);
+                *cur = Some((rules.to_vec(), a.clone()));
+                Some(a)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "jwtRules do not compile; tokens will be refused");
+                let empty = Arc::new(Authenticator::new(Vec::new()).ok()?);
+                Some(empty)
+            }
+        }
+    }
+
+    /// The current key set of `issuer`, if one was ever fetched.
+    pub fn keys(&self, issuer: &str) -> Option<Arc<Jwks>> {
+        self.cache.lock().ok()?.keys(issuer)
+    }
+
+    /// A token named a `kid` the cached keys lack: let the fetch task look again (rate-limited).
+    pub fn note_unknown_kid(&self, issuer: &str) {
+        let now = self.now_ms();
+        if let Ok(mut c) = self.cache.lock() {
+            c.note_unknown_kid(issuer, now);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Seconds since each issuer's keys were fetched, for the metric.
+    pub fn ages(&self, issuers: &[String]) -> Vec<(String, Option<u64>)> {
+        let now = self.now_ms();
+        let Ok(c) = self.cache.lock() else {
+            return Vec::new();
+        };
+        issuers
+            .iter()
+            .map(|i| (i.clone(), c.age_seconds(i, now)))
+            .collect()
+    }
+}
+
+/// Keep every issuer's keys fresh for as long as the sidecar runs.
+pub async fn run_fetcher(
+    state: Arc<AuthnState>,
+    mut config: watch::Receiver<Arc<ProxyConfig>>,
+    metrics: Arc<crate::Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let cfg = config.borrow_and_update().clone();
+        let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
+        if let Some(auth) = state.authenticator(&cfg.jwt_rules) {
+            let issuers: Vec<String> = auth.remote_jwks().into_iter().map(|r| r.issuer).collect();
+            for (issuer, age) in state.ages(&issuers) {
+                metrics.jwks_age(&workload, &issuer, age);
+            }
+            for remote in auth.remote_jwks() {
+                let due = state
+                    .cache
+                    .lock()
+                    .map(|c| c.due(&remote.issuer, state.now_ms()))
+                    .unwrap_or(false);
+                if !due {
+                    continue;
+                }
+                if let Ok(mut c) = state.cache.lock() {
+                    c.on_fetch_started(&remote.issuer, state.now_ms());
+                }
+                let result = match &remote.jwks_uri {
+                    Some(uri) => fetch(uri, remote.timeout).await,
+                    None => Err(
+                        "no jwksUri: OpenID discovery is not supported yet; set jwksUri".to_owned(),
+                    ),
+                };
+                match &result {
+                    Ok(k) => {
+                        tracing::info!(issuer = %remote.issuer, keys = k.len(), "JWKS fetched")
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %remote.issuer, error = %e, "JWKS fetch failed; cached keys (if any) stay in use")
+                    }
+                }
+                if let Ok(mut c) = state.cache.lock() {
+                    c.on_fetched(&remote.issuer, state.now_ms(), result);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = state.wake.notified() => {}
+            r = config.changed() => if r.is_err() { return },
+            () = crate::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// GET the key set over HTTP/1.1, plain or TLS, with a timeout and a body cap.
+async fn fetch(uri: &JwksUri, timeout: Duration) -> Result<Jwks, String> {
+    let body = tokio::time::timeout(timeout, get(uri))
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))??;
+    Jwks::parse(&body).map_err(|e| format!("not a usable JWKS: {e}"))
+}
+
+async fn resolve(uri: &JwksUri) -> Result<SocketAddr, String> {
+    let addrs = tokio::net::lookup_host((uri.host.as_str(), uri.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", uri.host))?;
+    // GHSA-fgw5-hp8f-xfhc: never let a jwksUri reach metadata or link-local services, whatever
+    // the name resolves to.
+    addrs
+        .into_iter()
+        .find(|a| !forbidden_ip(a.ip()))
+        .ok_or_else(|| format!("{} resolves only to forbidden addresses", uri.host))
+}
+
+async fn get(uri: &JwksUri) -> Result<Vec<u8>, String> {
+    let addr = resolve(uri).await?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let req = http::Request::get(uri.path_and_query.as_str())
+        .header(
+            http::header::HOST,
+            if uri.port == 80 || uri.port == 443 {
+                uri.host.clone()
+            } else {
+                format!("{}:{}", uri.host, uri.port)
+            },
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    if uri.tls {
+        let name =
+            rustls::pki_types::ServerName::try_from(uri.host.clone()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(https_config()?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS to {}: {e}", uri.host))?;
+        send(tls, req).await
+    } else {
+        send(tcp, req).await
+    }
+}
+
+async fn send<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_JWKS_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(body.to_bytes().to_vec())
+}
+
+/// TLS toward an identity provider: the operating system's trust store, server name verified.
+/// Ward's rustls is built for TLS 1.3 only, so the IdP must offer TLS 1.3.
+fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for path in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(iter) = rustls::pki_types::CertificateDer::pem_file_iter(path) {
+            for cert in iter.flatten() {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no system trust store found for an https jwksUri".to_owned());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(ward_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
