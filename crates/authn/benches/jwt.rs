@@ -75,8 +75,8 @@ fn bench(c: &mut Criterion) {
         ..JwtRule::default()
     }])
     .unwrap();
-    for (name, (jwks, token)) in [("rs256", rs256()), ("es256", es256())] {
-        let jwks = Arc::new(Jwks::parse(jwks.as_bytes()).unwrap());
+    for (name, (jwks_json, token)) in [("rs256", rs256()), ("es256", es256())] {
+        let jwks = Arc::new(Jwks::parse(jwks_json.as_bytes()).unwrap());
         let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
         let sources = TokenSources {
             headers: &headers,
@@ -89,6 +89,16 @@ fn bench(c: &mut Criterion) {
         ));
         c.bench_function(&format!("authenticate_{name}_cached_keys"), |b| {
             b.iter(|| auth.authenticate(std::hint::black_box(&sources), NOW, &keys))
+        });
+        // Uncached: the key set is parsed (and its public keys decoded) for every request, the
+        // cost a proxy would pay without a key cache.
+        c.bench_function(&format!("authenticate_{name}_uncached_keys"), |b| {
+            b.iter(|| {
+                let parsed =
+                    Arc::new(Jwks::parse(std::hint::black_box(jwks_json.as_bytes())).unwrap());
+                let keys = |_: &str| Some(Arc::clone(&parsed));
+                auth.authenticate(std::hint::black_box(&sources), NOW, &keys)
+            })
         });
     }
 }

@@ -199,6 +199,26 @@ spec:
                 ("security.yaml", security.to_owned()),
             ],
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+        })
+        .unwrap()
+    }
+
+    /// Like [`Mesh::up`], with extra environment variables for the ward process.
+    pub fn up_env(&self, security: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Ward {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Ward::up(UpOptions {
+            bin: env!("CARGO_BIN_EXE_ward"),
+            admin,
+            files: vec![
+                ("workloads.yaml", self.workloads()),
+                ("security.yaml", security.to_owned()),
+            ],
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
         .unwrap()
     }

@@ -51,6 +51,7 @@ fn alice_gets_bob_posts_nobody_else() {
         admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         files: files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect(),
         extra_args: vec![],
+        env: vec![],
     })
     .unwrap();
     // The sidecar fetches the issuer's keys in the background; wait for them.
@@ -104,5 +105,16 @@ fn alice_gets_bob_posts_nobody_else() {
         !ward.logs().contains("eyJ"),
         "a token (base64 JSON) appeared in the logs"
     );
+    // The JWKS cache age is exported per issuer.
+    let (_, metrics) = ward_test_support::http_get(ward.admin, "/metrics").unwrap();
+    let age = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ward_jwks_age_seconds{")
+                && l.contains("issuer=\"http://127.0.0.1:8180/realms/ward-dev\"")
+        })
+        .unwrap_or_else(|| panic!("no JWKS age metric:\n{metrics}"));
+    let value: i64 = age.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= 0, "the cache was filled: {age}");
     drop(idp);
 }

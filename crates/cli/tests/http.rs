@@ -435,3 +435,96 @@ fn grpc_trailers_reach_the_client() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "/demo.Echo/Say");
 }
+
+#[test]
+fn large_and_chunked_bodies_stream_through() {
+    use std::io::{Read, Write};
+    // An app that counts the request body bytes (reading until the end of the chunked body)
+    // and answers with a large body of its own.
+    let mesh = Mesh::with_own_app(24).http();
+    let l = std::net::TcpListener::bind(("127.0.0.1", mesh.app_port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut w = c;
+                let mut line = String::new();
+                let mut chunked = false;
+                loop {
+                    line.clear();
+                    if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line
+                        .to_ascii_lowercase()
+                        .starts_with("transfer-encoding: chunked")
+                    {
+                        chunked = true;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                assert!(
+                    chunked,
+                    "the sidecar must stream the upload, not buffer it into a Content-Length"
+                );
+                let mut total = 0usize;
+                loop {
+                    line.clear();
+                    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+                    let size = usize::from_str_radix(line.trim(), 16).unwrap();
+                    let mut chunk = vec![0u8; size + 2];
+                    r.read_exact(&mut chunk).unwrap();
+                    total += size;
+                    if size == 0 {
+                        break;
+                    }
+                }
+                let body = vec![b'z'; 8 * 1024 * 1024];
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-received: {total}\r\n\r\n",
+                    body.len()
+                )
+                .unwrap();
+                w.write_all(&body).unwrap();
+            });
+        }
+    });
+    let _ward = mesh.up(&mesh_pa("STRICT"), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![b'u'; 32 * 1024 * 1024 + 7]).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", upload.display()))
+        .args([
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}\n",
+        ])
+        .arg(format!("http://{}/upload", mesh.via_cli()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.to_ascii_lowercase().contains("x-received: 33554439"),
+        "the app got every uploaded byte: {out}"
+    );
+    assert!(
+        out.trim_end().ends_with("200 8388608"),
+        "the 8 MiB response arrived whole: {out}"
+    );
+}

@@ -53,6 +53,7 @@ fn quickstart_example_allows_web_and_denies_batch() {
         admin,
         files: files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect(),
         extra_args: vec![],
+        env: vec![],
     })
     .unwrap();
     assert!(

@@ -185,6 +185,7 @@ fn postgres_through_the_mesh_with_psql_and_pgbench() {
             ("pa.yaml", mesh_pa("STRICT")),
         ],
         extra_args: vec![],
+        env: vec![],
     })
     .unwrap();
     let psql = if bin.join("psql").exists() {

@@ -115,11 +115,8 @@ pub async fn run_fetcher(
         let cfg = config.borrow_and_update().clone();
         let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
         if let Some(auth) = state.authenticator(&cfg.jwt_rules) {
-            let issuers: Vec<String> = auth.remote_jwks().into_iter().map(|r| r.issuer).collect();
-            for (issuer, age) in state.ages(&issuers) {
-                metrics.jwks_age(&workload, &issuer, age);
-            }
-            for remote in auth.remote_jwks() {
+            let remotes = auth.remote_jwks();
+            for remote in &remotes {
                 let due = state
                     .cache
                     .lock()
@@ -148,6 +145,10 @@ pub async fn run_fetcher(
                 if let Ok(mut c) = state.cache.lock() {
                     c.on_fetched(&remote.issuer, state.now_ms(), result);
                 }
+            }
+            let issuers: Vec<String> = remotes.into_iter().map(|r| r.issuer).collect();
+            for (issuer, age) in state.ages(&issuers) {
+                metrics.jwks_age(&workload, &issuer, age);
             }
         }
         tokio::select! {
@@ -228,15 +229,20 @@ where
     Ok(body.to_bytes().to_vec())
 }
 
-/// TLS toward an identity provider: the operating system's trust store, server name verified.
-/// Ward's rustls is built for TLS 1.3 only, so the IdP must offer TLS 1.3.
+/// TLS toward an identity provider: the operating system's trust store (or the PEM bundle named
+/// by `SSL_CERT_FILE`, the OpenSSL convention, for private CAs), server name verified. Ward's
+/// rustls is built for TLS 1.3 only, so the IdP must offer TLS 1.3.
 fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for path in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
+    let paths = match std::env::var("SSL_CERT_FILE") {
+        Ok(p) if !p.is_empty() => vec![p],
+        _ => vec![
+            "/etc/ssl/certs/ca-certificates.crt".to_owned(),
+            "/etc/pki/tls/certs/ca-bundle.crt".to_owned(),
+        ],
+    };
+    for path in paths {
         if let Ok(iter) = rustls::pki_types::CertificateDer::pem_file_iter(path) {
             for cert in iter.flatten() {
                 let _ = roots.add(cert);

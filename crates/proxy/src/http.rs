@@ -448,6 +448,7 @@ async fn handle(
         auth: auth.as_ref(),
     };
     let decision = cfg.authz.evaluate_http(&attrs);
+    crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, _) = deciding_rule(&decision);
     ctx.metrics
         .decision(decision.is_allowed(), policy.as_deref(), &log.workload);

@@ -190,7 +190,7 @@ impl InboundCtx {
         rec.authz_rule = rule;
         rec.authz_detail = detail;
         if let Verdict::Allow(d) | Verdict::Denied(d) = verdict {
-            log_dry_run_and_audit(d, rec);
+            log_dry_run_and_audit(d, rec.src_addr, rec.src_identity.as_deref(), rec.dst_addr);
         }
         self.metrics
             .decision(allowed, policy.as_deref(), &Self::workload_key(cfg));
@@ -262,12 +262,19 @@ async fn connect_app(target: SocketAddr) -> Result<TcpStream, String> {
     }
 }
 
-fn log_dry_run_and_audit(d: &Decision, rec: &ConnRecord) {
+/// Log what AUDIT and dry-run policies said about a connection or request (target `audit`);
+/// they never change the decision.
+pub(crate) fn log_dry_run_and_audit(
+    d: &Decision,
+    src: SocketAddr,
+    src_identity: Option<&str>,
+    dst: SocketAddr,
+) {
     for a in d.audit() {
-        tracing::info!(target: "audit", policy = %a.policy, rule = a.rule, src.addr = %rec.src_addr, src.identity = rec.src_identity.as_deref(), dst.addr = %rec.dst_addr, "AUDIT policy matched");
+        tracing::info!(target: "audit", policy = %a.policy, rule = a.rule, src.addr = %src, src.identity = src_identity, dst.addr = %dst, "AUDIT policy matched");
     }
     for n in d.dry_run() {
-        tracing::info!(target: "audit", policy = %n.policy, rule = n.rule.map(|r| r as u64), would = ?n.would, src.addr = %rec.src_addr, dst.addr = %rec.dst_addr, "dry-run policy evaluated, not enforced");
+        tracing::info!(target: "audit", policy = %n.policy, rule = n.rule.map(|r| r as u64), would = ?n.would, src.addr = %src, src.identity = src_identity, dst.addr = %dst, "dry-run policy evaluated, not enforced");
     }
 }
 

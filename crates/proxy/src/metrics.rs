@@ -140,13 +140,18 @@ impl Metrics {
         );
         registry.register(
             "ward_authz_decisions",
-            "Authorization decisions at L4",
+            "Authorization decisions (connections at L4, requests at L7)",
             m.authz.clone(),
         );
         registry.register(
             "istio_tcp_sockets_open",
             "Connections open now (unstable)",
             m.open_now.clone(),
+        );
+        registry.register(
+            "ward_jwks_age_seconds",
+            "Seconds since the issuer's JWKS was last fetched successfully (-1: never)",
+            m.jwks_age.clone(),
         );
         std::sync::Arc::new(m)
     }

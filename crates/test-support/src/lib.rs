@@ -35,6 +35,8 @@ pub struct UpOptions<'a> {
     pub files: Vec<(&'a str, String)>,
     /// Extra arguments to `ward up`.
     pub extra_args: Vec<String>,
+    /// Extra environment variables for the ward process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Ward {
@@ -61,6 +63,7 @@ impl Ward {
             .arg("--poll-interval")
             .arg("100ms")
             .args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,454 @@
+//! End to end: RequestAuthentication against a JWKS the test serves over real HTTP, with tokens
+//! the test mints with real keys — the attack set of issue 3 — through the mesh to nginx.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use common::{docs, mesh_pa, srv_policy, Mesh};
+use ward_test_support::{free_port, have, skip_or_fail, Ward};
+
+const ISS: &str = "https://idp.example.test/realms/ward";
+
+struct Key {
+    pair: EcdsaKeyPair,
+    kid: String,
+}
+
+impl Key {
+    fn new(kid: &str) -> Key {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        Key {
+            pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .unwrap(),
+            kid: kid.into(),
+        }
+    }
+    fn jwk(&self) -> serde_json::Value {
+        let p = self.pair.public_key().as_ref();
+        serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
+    }
+    fn sign(&self, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+    fn token(&self, claims: serde_json::Value) -> String {
+        self.sign(
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+}
+
+/// The token with one character in the middle of its signature changed: still well-formed
+/// base64url (the last character carries padding bits, so it is left alone), but a wrong
+/// signature.
+fn forge_signature(t: &str) -> String {
+    let sig_start = t.rfind('.').unwrap() + 1;
+    let at = sig_start + (t.len() - sig_start) / 2;
+    let mut bytes = t.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    serde_json::json!({"iss": ISS, "sub": sub, "aud": "fhir", "iat": now(), "exp": now() + 300})
+}
+
+/// A JWKS endpoint whose document the test can change (key rotation).
+fn serve_jwks(port: u16, doc: Arc<Mutex<String>>) {
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let body = doc.lock().unwrap().clone();
+            let _ = write!(c, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+}
+
+/// nginx and its config directory (kept alive, removed on drop).
+struct Nginx(Child, #[allow(dead_code)] tempfile::TempDir);
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx echoing what reached the app: the Authorization header and the claim header.
+fn start_nginx(port: u16) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        format!(
+            "daemon off; master_process off; error_log {d}/error.log; pid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain; return 200 \"auth=[$http_authorization] sub=[$http_x_jwt_sub] uri=$request_uri\\n\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx(child, dir)
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn request_authn(jwks_port: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: app\nspec:\n  selector:\n    matchLabels:\n      app: srv\n  jwtRules:\n  - issuer: {ISS}\n    jwksUri: http://127.0.0.1:{jwks_port}/jwks\n    audiences: [fhir]\n    outputClaimToHeaders:\n    - header: x-jwt-sub\n      claim: sub\n{extra}"
+    )
+}
+
+fn require_principal() -> String {
+    srv_policy(
+        "need-jwt",
+        &format!("  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"{ISS}/*\"]\n"),
+    )
+}
+
+fn apply(ward: &Ward, security: &str) {
+    let before = ward.admin_json("/config_dump").unwrap()["status"]["reloads"]
+        .as_u64()
+        .unwrap();
+    ward.write_config("security.yaml", security).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ward.admin_json("/config_dump").unwrap()["status"]["reloads"]
+        .as_u64()
+        .unwrap()
+        <= before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "config not applied:\n{}",
+            ward.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn jwt_attack_set_through_the_mesh() {
+    if !have("nginx") || !have("curl") {
+        return skip_or_fail("jwt_attack_set", "nginx and curl are needed");
+    }
+    let key1 = Key::new("k1");
+    let key2 = Key::new("k2");
+    let jwks_port = free_port();
+    let doc = Arc::new(Mutex::new(
+        serde_json::json!({"keys": [key1.jwk()]}).to_string(),
+    ));
+    serve_jwks(jwks_port, doc.clone());
+    let mesh = Mesh::with_own_app(23).http();
+    let _nginx = start_nginx(mesh.app_port);
+    let ward = mesh.up(
+        &docs(&[
+            mesh_pa("STRICT"),
+            request_authn(jwks_port, ""),
+            require_principal(),
+        ]),
+        &[],
+    );
+    ward.wait_for_log(&[("message", "JWKS fetched")], Duration::from_secs(10))
+        .unwrap();
+    let url = format!("http://{}/fhir/Patient", mesh.via_cli());
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+
+    // A valid token: 200; the app sees the claim header and NOT the token.
+    let good = key1.token(claims("alice"));
+    let (code, body) = curl(&["-H", &bearer(&good), &url]);
+    assert_eq!(code, 200, "{body}\n{}", ward.logs());
+    assert!(
+        body.contains("auth=[]"),
+        "the token must be stripped before the app: {body}"
+    );
+    assert!(body.contains("sub=[alice]"), "outputClaimToHeaders: {body}");
+    // A client cannot forge the claim header.
+    let (_, body) = curl(&["-H", &bearer(&good), "-H", "x-jwt-sub: admin", &url]);
+    assert!(body.contains("sub=[alice]"), "{body}");
+
+    let hs256_with_public_key = {
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "k1"});
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims("mallory").to_string())
+        );
+        let k = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            key1.pair.public_key().as_ref(),
+        );
+        format!(
+            "{input}.{}",
+            B64.encode(aws_lc_rs::hmac::sign(&k, input.as_bytes()).as_ref())
+        )
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        B64.encode(serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"}).to_string()),
+        B64.encode(claims("mallory").to_string())
+    );
+    let mut expired = claims("alice");
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut early = claims("alice");
+    early["nbf"] = serde_json::json!(now() + 3600);
+    let mut wrong_iss = claims("alice");
+    wrong_iss["iss"] = serde_json::json!("https://evil.example.test");
+    let mut wrong_aud = claims("alice");
+    wrong_aud["aud"] = serde_json::json!("billing");
+    let cases: Vec<(&str, Vec<String>, u16, &str)> = vec![
+        ("no token", vec![], 403, "RBAC: access denied"),
+        ("alg none", vec![bearer(&alg_none)], 401, ""),
+        (
+            "HS256 signed with the public key",
+            vec![bearer(&hs256_with_public_key)],
+            401,
+            "",
+        ),
+        (
+            "expired",
+            vec![bearer(&key1.token(expired))],
+            401,
+            "Jwt is expired",
+        ),
+        (
+            "nbf in the future",
+            vec![bearer(&key1.token(early))],
+            401,
+            "Jwt not yet valid",
+        ),
+        (
+            "wrong issuer",
+            vec![bearer(&key1.token(wrong_iss))],
+            401,
+            "Jwt issuer is not configured",
+        ),
+        (
+            "wrong audience",
+            vec![bearer(&key1.token(wrong_aud))],
+            403,
+            "Audiences in Jwt are not allowed",
+        ),
+        (
+            "forged signature",
+            vec![bearer(&forge_signature(&good))],
+            401,
+            "Jwt verification fails",
+        ),
+    ];
+    for (name, headers, want, body_has) in cases {
+        let mut args: Vec<&str> = Vec::new();
+        for h in &headers {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        let (code, body) = curl(&args);
+        assert_eq!(code, want, "{name}: {body}");
+        assert!(body.contains(body_has), "{name}: {body}");
+    }
+    // Two tokens (header + access_token query parameter, the default places): both must verify.
+    let expired_token = {
+        let mut c = claims("alice");
+        c["exp"] = serde_json::json!(now() - 3600);
+        key1.token(c)
+    };
+    let (code, _) = curl(&[
+        "-H",
+        &bearer(&good),
+        &format!("{url}?access_token={expired_token}"),
+    ]);
+    assert_eq!(code, 401, "two tokens, one bad");
+
+    // Key rotation at the IdP: a token signed with a new key is refused only until the sidecar's
+    // rate-limited refetch (triggered by the unknown kid) picks the new key up.
+    *doc.lock().unwrap() = serde_json::json!({"keys": [key1.jwk(), key2.jwk()]}).to_string();
+    let rotated = key2.token(claims("bob"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = curl(&["-H", &bearer(&rotated), &url]);
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 401);
+        assert!(
+            Instant::now() < deadline,
+            "rotation not picked up:\n{}",
+            ward.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Only headers configured: a token in a query parameter is ignored (→ no principal → 403).
+    apply(
+        &ward,
+        &docs(&[
+            mesh_pa("STRICT"),
+            request_authn(
+                jwks_port,
+                "    fromHeaders:\n    - name: authorization\n      prefix: \"Bearer \"\n",
+            ),
+            require_principal(),
+        ]),
+    );
+    assert_eq!(curl(&["-H", &bearer(&good), &url]).0, 200);
+    let (code, body) = curl(&[&format!("{url}?access_token={good}")]);
+    assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
+
+    // Tokens never reach the logs.
+    assert!(
+        !ward.logs().contains(&good[..40]),
+        "a token appeared in the logs"
+    );
+}
+
+/// A JWKS served over HTTPS by a server whose certificate a private CA issued.
+fn serve_jwks_tls(port: u16, body: String) -> std::path::PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test IdP CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut buf = [0u8; 2048];
+                    let _ = tls.read(&mut buf).await;
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    let dir = tempfile::Builder::new()
+        .prefix("ward-idp-ca")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let pem = dir.join("ca.pem");
+    std::fs::write(&pem, ca.pem()).unwrap();
+    pem
+}
+
+#[test]
+fn jwks_over_https_with_a_private_ca() {
+    if !have("nginx") || !have("curl") {
+        return skip_or_fail("jwks_over_https", "nginx and curl are needed");
+    }
+    let key = Key::new("tls-key");
+    let port = free_port();
+    let ca_pem = serve_jwks_tls(port, serde_json::json!({"keys": [key.jwk()]}).to_string());
+    let security = |block_port: u16| {
+        let ra = request_authn(block_port, "").replace("http://127.0.0.1", "https://127.0.0.1");
+        docs(&[mesh_pa("STRICT"), ra, require_principal()])
+    };
+    // Trusting the private CA: the keys are fetched over TLS and tokens verify.
+    let mesh = Mesh::with_own_app(25).http();
+    let _nginx = start_nginx(mesh.app_port);
+    let ward = mesh.up_env(
+        &security(port),
+        &[],
+        &[("SSL_CERT_FILE", ca_pem.to_str().unwrap())],
+    );
+    ward.wait_for_log(&[("message", "JWKS fetched")], Duration::from_secs(10))
+        .unwrap();
+    let url = format!("http://{}/x", mesh.via_cli());
+    let token = key.token(claims("alice"));
+    assert_eq!(
+        curl(&["-H", &format!("Authorization: Bearer {token}"), &url]).0,
+        200
+    );
+    drop(ward);
+    // Without trusting it: the fetch fails on the certificate, and tokens are refused (fail closed).
+    let ward = mesh.up(&security(port), &[]);
+    ward.wait_for_log(&[("message", "JWKS fetch failed")], Duration::from_secs(10))
+        .unwrap();
+    let (code, body) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url]);
+    assert_eq!(code, 401, "{body}");
+}
