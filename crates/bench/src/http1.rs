@@ -1,6 +1,7 @@
 //! The few bytes of HTTP/1.1 the harness speaks: one GET shape and one 200 response with a
 //! fixed-length body. Shared by the server (`serve`) and the load generator, so both agree.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -13,6 +14,39 @@ pub(crate) const GET_KEEPALIVE: &[u8] = b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\
 
 /// A GET that asks the server to close after answering (one connection per request).
 pub(crate) const GET_CLOSE: &[u8] = b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// The two requests a path is sent: [`GET_KEEPALIVE`] and [`GET_CLOSE`], plus any headers the
+/// path needs (the ward-l7 path's bearer token). Cheap to clone into every load task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Requests {
+    /// The keep-alive GET.
+    pub(crate) keepalive: Arc<[u8]>,
+    /// The GET asking the server to close.
+    pub(crate) close: Arc<[u8]>,
+}
+
+impl Requests {
+    /// The requests with no extra header.
+    pub(crate) fn plain() -> Requests {
+        Requests {
+            keepalive: GET_KEEPALIVE.into(),
+            close: GET_CLOSE.into(),
+        }
+    }
+
+    /// The requests with `extra` (whole header lines, each ending in CRLF) added to the head.
+    pub(crate) fn with_headers(extra: &str) -> Requests {
+        let add = |req: &[u8]| -> Arc<[u8]> {
+            // Both constants end with the blank line: insert before it.
+            let head = req.strip_suffix(b"\r\n").unwrap_or(req);
+            [head, extra.as_bytes(), b"\r\n"].concat().into()
+        };
+        Requests {
+            keepalive: add(GET_KEEPALIVE),
+            close: add(GET_CLOSE),
+        }
+    }
+}
 
 /// Heads larger than this are refused, so a broken peer cannot make a buffer grow unbounded.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
@@ -157,6 +191,26 @@ mod tests {
             read_response(&mut stream, &mut buf).await,
             Err(ResponseError::Closed)
         ));
+    }
+
+    #[test]
+    fn extra_headers_stay_inside_the_head() {
+        let cases: &[(&str, &[u8], &[u8])] = &[
+            ("", GET_KEEPALIVE, GET_CLOSE),
+            (
+                "x-a: 1\r\n",
+                b"GET /1k HTTP/1.1\r\nHost: bench\r\nx-a: 1\r\n\r\n",
+                b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nx-a: 1\r\n\r\n",
+            ),
+        ];
+        for (extra, keepalive, close) in cases {
+            let r = Requests::with_headers(extra);
+            assert_eq!(&*r.keepalive, *keepalive);
+            assert_eq!(&*r.close, *close);
+            assert!(wants_close(&r.close));
+            assert!(!wants_close(&r.keepalive));
+        }
+        assert_eq!(Requests::plain(), Requests::with_headers(""));
     }
 
     proptest! {

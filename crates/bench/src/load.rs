@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::http1::{read_response, ResponseError, GET_CLOSE, GET_KEEPALIVE};
+use crate::http1::{read_response, Requests, ResponseError};
 
 /// Longest wait for one request, connect or echo before it counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,7 +84,11 @@ impl FixedRate {
 /// a closed-loop tool would omit). When the connection was idle and only our timer woke late
 /// (tokio timers tick at 1 ms), latency is counted from the actual send: that delay is the
 /// generator's, not the path's.
-pub(crate) async fn fixed_rate(addr: SocketAddr, plan: FixedRate) -> Result<Outcome, LoadError> {
+pub(crate) async fn fixed_rate(
+    addr: SocketAddr,
+    plan: FixedRate,
+    reqs: &Requests,
+) -> Result<Outcome, LoadError> {
     let mut streams = Vec::with_capacity(plan.conns);
     for _ in 0..plan.conns {
         streams.push(connect(addr).await?);
@@ -93,7 +97,7 @@ pub(crate) async fn fixed_rate(addr: SocketAddr, plan: FixedRate) -> Result<Outc
     let mut tasks = tokio::task::JoinSet::new();
     for (conn, stream) in streams.into_iter().enumerate() {
         let schedule = plan.schedule(conn);
-        tasks.spawn(fixed_rate_conn(addr, stream, start, schedule));
+        tasks.spawn(fixed_rate_conn(addr, stream, start, schedule, reqs.clone()));
     }
     let mut out = Outcome::default();
     while let Some(part) = tasks.join_next().await {
@@ -108,6 +112,7 @@ async fn fixed_rate_conn(
     stream: TcpStream,
     start: tokio::time::Instant,
     schedule: Vec<Duration>,
+    reqs: Requests,
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut stream = Some(stream);
@@ -129,7 +134,7 @@ async fn fixed_rate_conn(
                 }
             },
         };
-        match tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, GET_KEEPALIVE)).await {
+        match tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, &reqs.keepalive)).await {
             Ok(Ok((s, _))) => {
                 let done = tokio::time::Instant::now();
                 out.latencies_ns.push(nanos(done - from));
@@ -153,6 +158,7 @@ pub(crate) async fn saturate(
     addr: SocketAddr,
     conns: usize,
     duration: Duration,
+    reqs: &Requests,
 ) -> Result<Outcome, LoadError> {
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -162,6 +168,7 @@ pub(crate) async fn saturate(
     let deadline = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for stream in streams {
+        let reqs = reqs.clone();
         tasks.spawn(async move {
             let mut out = Outcome::default();
             let mut stream = Some(stream);
@@ -169,7 +176,8 @@ pub(crate) async fn saturate(
             while Instant::now() < deadline {
                 let Some(s) = stream.take() else { break };
                 let t = Instant::now();
-                match tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, GET_KEEPALIVE)).await {
+                match tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, &reqs.keepalive)).await
+                {
                     Ok(Ok((s, _))) => {
                         out.latencies_ns.push(nanos(t.elapsed()));
                         stream = Some(s);
@@ -196,6 +204,7 @@ pub(crate) async fn connection_setup(
     workers: usize,
     duration: Duration,
     max_conns: usize,
+    reqs: &Requests,
 ) -> Result<Outcome, LoadError> {
     // Fail early and clearly when the path does not accept connections at all.
     drop(connect(addr).await?);
@@ -204,6 +213,7 @@ pub(crate) async fn connection_setup(
     let deadline = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
+        let reqs = reqs.clone();
         tasks.spawn(async move {
             let mut out = Outcome::default();
             let mut buf = Vec::with_capacity(8192);
@@ -215,7 +225,7 @@ pub(crate) async fn connection_setup(
                 let one = async {
                     let s = connect(addr).await?;
                     buf.clear();
-                    request(s, &mut buf, GET_CLOSE).await
+                    request(s, &mut buf, &reqs.close).await
                 };
                 match tokio::time::timeout(OP_TIMEOUT, one).await {
                     Ok(Ok((_, first_byte))) => out.latencies_ns.push(nanos(first_byte - t)),
@@ -266,13 +276,17 @@ pub(crate) async fn echo_rtt(
 }
 
 /// Sends a few requests, to check the path carries traffic and to warm pools before measuring.
-pub(crate) async fn probe(addr: SocketAddr, requests: usize) -> Result<(), ProbeError> {
+pub(crate) async fn probe(
+    addr: SocketAddr,
+    requests: usize,
+    reqs: &Requests,
+) -> Result<(), ProbeError> {
     let mut buf = Vec::new();
     let mut s = tokio::time::timeout(OP_TIMEOUT, connect(addr))
         .await
         .map_err(|_| ProbeError::Timeout)??;
     for _ in 0..requests {
-        let (back, _) = tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, GET_KEEPALIVE))
+        let (back, _) = tokio::time::timeout(OP_TIMEOUT, request(s, &mut buf, &reqs.keepalive))
             .await
             .map_err(|_| ProbeError::Timeout)??;
         s = back;
@@ -363,17 +377,19 @@ pub(crate) mod tests {
             conns: 4,
             duration: Duration::from_millis(200),
         };
-        let out = fixed_rate(http, plan).await.unwrap();
+        let out = fixed_rate(http, plan, &Requests::plain()).await.unwrap();
         assert_eq!((out.latencies_ns.len(), out.errors), (40, 0));
-        let out = saturate(http, 2, Duration::from_millis(50)).await.unwrap();
+        let out = saturate(http, 2, Duration::from_millis(50), &Requests::plain())
+            .await
+            .unwrap();
         assert!(!out.latencies_ns.is_empty() && out.errors == 0);
-        let out = connection_setup(http, 2, Duration::from_secs(5), 10)
+        let out = connection_setup(http, 2, Duration::from_secs(5), 10, &Requests::plain())
             .await
             .unwrap();
         assert_eq!((out.latencies_ns.len(), out.errors), (10, 0));
         let out = echo_rtt(echo, 25, Duration::from_secs(5)).await.unwrap();
         assert_eq!((out.latencies_ns.len(), out.errors), (25, 0));
-        probe(http, 3).await.unwrap();
+        probe(http, 3, &Requests::plain()).await.unwrap();
     }
 
     #[tokio::test]
@@ -381,13 +397,13 @@ pub(crate) mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        assert!(probe(addr, 1).await.is_err());
+        assert!(probe(addr, 1, &Requests::plain()).await.is_err());
         let plan = FixedRate {
             rate: 10,
             conns: 1,
             duration: Duration::from_millis(100),
         };
-        assert!(fixed_rate(addr, plan).await.is_err());
+        assert!(fixed_rate(addr, plan, &Requests::plain()).await.is_err());
     }
 
     /// The bench server on its own thread and runtime, for tests that block. The thread lives

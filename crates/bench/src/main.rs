@@ -1,13 +1,15 @@
 //! `ward-bench`: the benchmark harness of issue 4. One run sets up every path (no proxy, a ward
-//! sidecar pair, an nginx mTLS pair; ward L7 once issue 3 lands), alternates the workloads over
-//! them round by round, and writes `results.json`, `results.md` and `latency.svg`.
+//! sidecar pair on a TCP port, the same on an HTTP port with L7 policy and JWT, an nginx mTLS
+//! pair), alternates the workloads over them round by round, and writes `results.json`,
+//! `results.md` and `latency.svg`.
 //!
 //! It must not: send traffic anywhere but loopback; run a load without a time and count bound;
 //! treat a missed target as a failure (only a path that carries no traffic fails the run).
 //!
 //! Layout, following a run:
 //! - `server`: the HTTP/1.1 1 KB + echo server, run as `ward-bench serve` in its own process;
-//! - `paths`: the paths compared; `ward_pair`, `nginx_pair` set up the proxies;
+//! - `paths`: the paths compared; `ward_pair`, `nginx_pair` set up the proxies; `jwt`: the
+//!   ward-l7 path's JWKS endpoint and token;
 //! - `load`, `http1`: the open-loop / closed-loop generators and their HTTP/1.1 client;
 //! - `iperf`: bulk throughput with iperf3; `procstat`: CPU and memory from /proc;
 //! - `measure`: one round of every workload on one path → named figures;
@@ -17,6 +19,7 @@
 
 mod http1;
 mod iperf;
+mod jwt;
 mod load;
 mod measure;
 mod nginx_pair;
@@ -39,7 +42,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 use crate::measure::{Context, Plan, Round};
-use crate::paths::{Endpoints, PathError, PathKind, RunningPath};
+use crate::paths::{Endpoints, PathKind, RunningPath};
 use crate::process::{pinned, Pinning, Proc};
 use crate::report::{PathResult, Results};
 use crate::stats::Summary;
@@ -199,7 +202,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 /// Sets up every path and checks it carries a few requests; the ones that do are returned
-/// running, the others as results already (failed, or not available yet).
+/// running, the others as failed results.
 fn start_paths(
     rt: &tokio::runtime::Runtime,
     server: &Endpoints,
@@ -211,15 +214,12 @@ fn start_paths(
     for kind in PathKind::ALL {
         eprintln!("ward-bench: setting up {}", kind.name());
         match paths::start(kind, server, ward, pinning.proxies) {
-            Ok(path) => match rt.block_on(load::probe(path.entry.http, 50)) {
+            Ok(path) => match rt.block_on(load::probe(path.entry.http, 50, &path.requests)) {
                 Ok(()) => running.push(path),
                 Err(e) => {
                     results.insert(kind.name(), failed(kind, format!("probe: {e}")));
                 }
             },
-            Err(PathError::Unavailable(why)) => {
-                results.insert(kind.name(), unavailable(kind, why));
-            }
             Err(e) => {
                 results.insert(kind.name(), failed(kind, format!("setup: {e}")));
             }
@@ -329,16 +329,6 @@ fn failed(kind: PathKind, why: String) -> PathResult {
         description: kind.description(),
         status: "failed".into(),
         failures: vec![why],
-        notes: Vec::new(),
-        figures: BTreeMap::new(),
-    }
-}
-
-fn unavailable(kind: PathKind, why: &'static str) -> PathResult {
-    PathResult {
-        description: kind.description(),
-        status: why.into(),
-        failures: Vec::new(),
         notes: Vec::new(),
         figures: BTreeMap::new(),
     }

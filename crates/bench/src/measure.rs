@@ -114,6 +114,7 @@ pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round
         path.entry.http,
         plan.saturation_conns,
         Duration::from_secs(plan.saturation_secs),
+        &path.requests,
     ));
     if let Some(o) = r.check("saturation", work) {
         r.figures.insert("saturation_rps", o.rate());
@@ -124,6 +125,7 @@ pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round
         plan.setup_workers,
         Duration::from_secs(plan.setup_secs),
         plan.setup_max_conns,
+        &path.requests,
     ));
     if let Some(mut o) = r.check("connection setup", work) {
         o.latencies_ns.sort_unstable();
@@ -176,7 +178,9 @@ fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut
             conns,
             duration: Duration::from_secs(plan.fixed_secs),
         };
-        let work = ctx.rt.block_on(load::fixed_rate(path.entry.http, plan));
+        let work = ctx
+            .rt
+            .block_on(load::fixed_rate(path.entry.http, plan, &path.requests));
         let Some(mut o) = r.check(&format!("fixed rate, {conns} connections"), work) else {
             continue;
         };

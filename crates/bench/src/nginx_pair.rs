@@ -240,10 +240,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(crate::load::probe(pair.entry.http, 5)).unwrap();
+        rt.block_on(crate::load::probe(
+            pair.entry.http,
+            5,
+            &crate::http1::Requests::plain(),
+        ))
+        .unwrap();
         let b = SocketAddr::from((b_ip(201), SERVICE_PORTS[0]));
         assert!(
-            rt.block_on(crate::load::probe(b, 1)).is_err(),
+            rt.block_on(crate::load::probe(b, 1, &crate::http1::Requests::plain()))
+                .is_err(),
             "plaintext to B"
         );
         // openssl s_client as a client of B, with extra arguments; None if openssl is missing.

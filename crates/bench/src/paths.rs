@@ -1,11 +1,12 @@
-//! The paths a run compares, each client → [proxy pair] → server. Adding one (ward-l7 when
-//! issue 3 lands) is one more `PathKind` variant and one more arm in [`start`].
+//! The paths a run compares, each client → [proxy pair] → server. Adding one is one more
+//! `PathKind` variant and one more arm in [`start`].
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::http1::Requests;
 use crate::nginx_pair::{NginxPair, NginxPairError};
-use crate::ward_pair::{WardPair, WardPairError};
+use crate::ward_pair::{Layer, WardPair, WardPairError};
 
 /// The service ports every proxied path exposes: HTTP, echo, iperf3.
 pub(crate) const SERVICE_PORTS: [u16; 3] = [8080, 9000, 5201];
@@ -28,7 +29,7 @@ pub(crate) enum PathKind {
     Baseline,
     /// Client → ward sidecar → HBONE/mTLS → ward sidecar → server, on a TCP port.
     WardL4,
-    /// The same on an HTTP port with L7 policy: waits for issue 3.
+    /// The same on an HTTP port, with a 10-rule AuthorizationPolicy and a cached-key JWT.
     WardL7,
     /// Client → nginx → TLS 1.3 with client cert → nginx → server.
     Reference,
@@ -61,19 +62,16 @@ impl PathKind {
                 "client -> ward egress -> HBONE/mTLS (TLS 1.3) -> ward inbound -> server; TCP port, \
                  STRICT PeerAuthentication, ALLOW AuthorizationPolicy; both sidecars in one `ward up`"
             }
-            PathKind::WardL7 => "ward on an HTTP port with AuthorizationPolicy + cached JWT",
+            PathKind::WardL7 => {
+                "as ward-l4, but the server port is protocol HTTP: a 10-rule ALLOW \
+                 AuthorizationPolicy (the bench request matches rule 9 only) and a \
+                 RequestAuthentication (ES256, JWKS served by the bench, fetched once) checked on \
+                 every request, each carrying `Authorization: Bearer`; echo and iperf3 ports stay TCP"
+            }
             PathKind::Reference => {
                 "client -> nginx A -> TLS 1.3 + client cert -> nginx B (ssl_verify_client on) -> \
                  server; Debian nginx stream module, 1 worker each"
             }
-        }
-    }
-
-    /// Why the path cannot be measured yet, if it cannot.
-    pub(crate) fn unavailable(self) -> Option<&'static str> {
-        match self {
-            PathKind::WardL7 => Some("n/a (needs issue 3)"),
-            _ => None,
         }
     }
 }
@@ -87,9 +85,6 @@ pub(crate) enum PathError {
     /// The nginx pair did not start.
     #[error(transparent)]
     Nginx(#[from] NginxPairError),
-    /// The path is not available in this build.
-    #[error("{0}")]
-    Unavailable(&'static str),
 }
 
 /// The proxies a path runs, kept alive while the path is measured.
@@ -108,6 +103,8 @@ pub(crate) struct RunningPath {
     pub(crate) kind: PathKind,
     /// Where the client dials.
     pub(crate) entry: Endpoints,
+    /// The HTTP requests the load generator sends on this path.
+    pub(crate) requests: Requests,
     /// What runs in between.
     pub(crate) proxies: Proxies,
 }
@@ -130,24 +127,27 @@ pub(crate) fn start(
     ward: &Path,
     cpu: Option<usize>,
 ) -> Result<RunningPath, PathError> {
-    if let Some(why) = kind.unavailable() {
-        return Err(PathError::Unavailable(why));
-    }
-    let (entry, proxies) = match kind {
-        PathKind::Baseline => (*server, Proxies::None),
-        PathKind::WardL4 => {
-            let pair = WardPair::start(ward, server, cpu)?;
-            (pair.entry, Proxies::Ward(pair))
+    let plain = Requests::plain();
+    let (entry, requests, proxies) = match kind {
+        PathKind::Baseline => (*server, plain, Proxies::None),
+        PathKind::WardL4 | PathKind::WardL7 => {
+            let layer = if kind == PathKind::WardL4 {
+                Layer::L4
+            } else {
+                Layer::L7
+            };
+            let pair = WardPair::start(ward, server, cpu, layer)?;
+            (pair.entry, pair.requests.clone(), Proxies::Ward(pair))
         }
         PathKind::Reference => {
             let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK)?;
-            (pair.entry, Proxies::Nginx(pair))
+            (pair.entry, plain, Proxies::Nginx(pair))
         }
-        PathKind::WardL7 => return Err(PathError::Unavailable("n/a (needs issue 3)")),
     };
     Ok(RunningPath {
         kind,
         entry,
+        requests,
         proxies,
     })
 }
@@ -157,16 +157,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_unique_and_only_l7_waits() {
+    fn names_are_unique() {
         let mut names: Vec<_> = PathKind::ALL.iter().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), PathKind::ALL.len());
-        let waiting: Vec<_> = PathKind::ALL
-            .iter()
-            .filter(|k| k.unavailable().is_some())
-            .collect();
-        assert_eq!(waiting, [&PathKind::WardL7]);
     }
 
     #[test]
@@ -178,6 +173,7 @@ mod tests {
         };
         let p = start(PathKind::Baseline, &server, Path::new("/nonexistent"), None).unwrap();
         assert_eq!(p.entry, server);
+        assert_eq!(p.requests, Requests::plain());
         assert!(p.proxy_pids().is_empty());
         assert!(start(PathKind::WardL7, &server, Path::new("/x"), None).is_err());
     }

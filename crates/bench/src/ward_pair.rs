@@ -1,6 +1,8 @@
-//! The ward-l4 path: one `ward up` process running a client sidecar (egress listeners) and a
-//! server sidecar (ingress to the bench server), HBONE/mTLS between them, STRICT
-//! PeerAuthentication and an ALLOW AuthorizationPolicy naming the client's identity.
+//! The ward-l4 and ward-l7 paths: one `ward up` process running a client sidecar (egress
+//! listeners) and a server sidecar (ingress to the bench server), HBONE/mTLS between them,
+//! STRICT PeerAuthentication and an ALLOW AuthorizationPolicy naming the client's identity.
+//! At L7 the HTTP port is `protocol: HTTP`, the policy has 10 rules and a RequestAuthentication
+//! checks the bearer token the load generator sends (keys from [`crate::jwt::Idp`]).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -8,13 +10,43 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::http1::Requests;
+use crate::jwt::{Idp, IdpError};
 use crate::paths::{Endpoints, SERVICE_PORTS};
 use crate::process::{free_port, pinned, Proc, SpawnError};
 
-/// The client workload's address: its egress listeners are the path's entry points.
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
-/// The server workload's address (HBONE on :15008).
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 10);
+/// Which ward path: both run at once (each in its own `ward up`), so each has its own addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// Every port TCP.
+    L4,
+    /// The HTTP port is `protocol: HTTP`, with L7 authorization and JWT authentication.
+    L7,
+}
+
+impl Layer {
+    /// The client workload's address: its egress listeners are the path's entry points.
+    fn client_ip(self) -> Ipv4Addr {
+        match self {
+            Layer::L4 => Ipv4Addr::new(127, 77, 0, 1),
+            Layer::L7 => Ipv4Addr::new(127, 77, 7, 1),
+        }
+    }
+
+    /// The server workload's address (HBONE on :15008).
+    fn server_ip(self) -> Ipv4Addr {
+        match self {
+            Layer::L4 => Ipv4Addr::new(127, 77, 0, 10),
+            Layer::L7 => Ipv4Addr::new(127, 77, 7, 10),
+        }
+    }
+}
+
+/// The header the L7 policy's `when` condition requires, and its value.
+const BENCH_HEADER: (&str, &str) = ("x-bench", "l7");
+
+/// How long the L7 path may take to fetch the JWKS and answer 200.
+const JWKS_WAIT: Duration = Duration::from_secs(20);
 
 /// Why the ward pair did not come up.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +57,9 @@ pub(crate) enum WardPairError {
     /// The binary could not start.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The JWKS endpoint or the token could not be set up (L7).
+    #[error("identity provider: {0}")]
+    Idp(#[from] IdpError),
     /// `/ready` did not answer 200 in time, or ward exited.
     #[error("ward did not become ready: {reason}\n--- ward log (tail) ---\n{log}")]
     NotReady {
@@ -41,20 +76,42 @@ pub(crate) struct WardPair {
     pub(crate) proc: Proc,
     /// Where the client dials.
     pub(crate) entry: Endpoints,
+    /// What the load generator sends (L7: with the bearer token and the policy's header).
+    pub(crate) requests: Requests,
+    /// L7: the JWKS endpoint, served as long as the pair runs.
+    _idp: Option<Idp>,
     _dir: tempfile::TempDir,
 }
 
 impl WardPair {
-    /// Writes the mesh, starts `ward up` pinned to `cpu`, and waits for `/ready`.
+    /// Writes the mesh, starts `ward up` pinned to `cpu`, and waits for `/ready`; at L7 also
+    /// until a request with the token is allowed (the sidecar fetched the JWKS: before that,
+    /// every token is refused with 401).
     pub(crate) fn start(
         ward: &Path,
         server: &Endpoints,
         cpu: Option<usize>,
+        layer: Layer,
     ) -> Result<WardPair, WardPairError> {
+        let idp = match layer {
+            Layer::L4 => None,
+            Layer::L7 => Some(Idp::start()?),
+        };
+        let requests = match &idp {
+            None => Requests::plain(),
+            Some(idp) => Requests::with_headers(&format!(
+                "Authorization: Bearer {}\r\n{}: {}\r\n",
+                idp.token, BENCH_HEADER.0, BENCH_HEADER.1
+            )),
+        };
         let dir = tempfile::Builder::new().prefix("ward-bench-").tempdir()?;
         let config = dir.path().join("config");
         std::fs::create_dir_all(&config)?;
-        std::fs::write(config.join("mesh.yaml"), mesh_yaml(server))?;
+        let mut mesh = mesh_yaml(server, layer);
+        if let Some(idp) = &idp {
+            mesh.push_str(&l7_security_yaml(idp.addr));
+        }
+        std::fs::write(config.join("mesh.yaml"), mesh)?;
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log_path = dir.path().join("ward.log");
         let log = std::fs::File::create(&log_path)?;
@@ -100,54 +157,116 @@ impl WardPair {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let [http, echo, iperf] = SERVICE_PORTS.map(|p| SocketAddr::from((CLIENT_IP, p)));
+        let [http, echo, iperf] = SERVICE_PORTS.map(|p| SocketAddr::from((layer.client_ip(), p)));
+        if let Some(idp) = &idp {
+            let deadline = Instant::now() + JWKS_WAIT;
+            loop {
+                let last = match request_status(http, &requests.keepalive) {
+                    Ok(200) => break,
+                    Ok(code) => format!("a request with the token answered {code}"),
+                    Err(e) => format!("a request with the token: {e}"),
+                };
+                if proc.has_exited() || Instant::now() > deadline {
+                    return Err(WardPairError::NotReady {
+                        reason: format!("{last} (JWKS not fetched?)"),
+                        log: tail(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // The same request without the policy's header must be denied, or the path would
+            // not measure enforcement.
+            let unmatched = Requests::with_headers(&format!(
+                "Authorization: Bearer {}\r\n{}: other\r\n",
+                idp.token, BENCH_HEADER.0
+            ));
+            match request_status(http, &unmatched.keepalive) {
+                Ok(403) => {}
+                other => {
+                    return Err(WardPairError::NotReady {
+                        reason: format!(
+                            "a request matching no rule was not denied with 403: {other:?}"
+                        ),
+                        log: tail(),
+                    })
+                }
+            }
+        }
         Ok(WardPair {
             proc,
             entry: Endpoints { http, echo, iperf },
+            requests,
+            _idp: idp,
             _dir: dir,
         })
     }
 }
 
 /// The mesh: two workloads, a service with the three bench ports, Sidecars wiring the client's
-/// egress and the server's ingress, STRICT mTLS and one ALLOW policy.
-fn mesh_yaml(server: &Endpoints) -> String {
+/// egress and the server's ingress, STRICT mTLS and one ALLOW policy (at L4; at L7 the policy
+/// is [`l7_security_yaml`]'s).
+fn mesh_yaml(server: &Endpoints, layer: Layer) -> String {
     let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
+    let (client_ip, server_ip) = (layer.client_ip(), layer.server_ip());
+    // Istio protocol selection: the `protocol` field decides; the names follow it.
+    let (web, web_protocol) = match layer {
+        Layer::L4 => ("tcp-http", "TCP"),
+        Layer::L7 => ("http-web", "HTTP"),
+    };
     let ports = format!(
-        "  - {{number: {http_port}, name: tcp-http, protocol: TCP}}\n  \
+        "  - {{number: {http_port}, name: {web}, protocol: {web_protocol}}}\n  \
          - {{number: {echo_port}, name: tcp-echo, protocol: TCP}}\n  \
          - {{number: {iperf_port}, name: tcp-iperf, protocol: TCP}}\n"
     );
-    let ingress: String = [
-        ("tcp-http", http_port, server.http),
-        ("tcp-echo", echo_port, server.echo),
-        ("tcp-iperf", iperf_port, server.iperf),
-    ]
-    .iter()
-    .map(|(name, port, to)| {
-        format!(
-            "  - port: {{number: {port}, name: {name}, protocol: TCP}}\n    defaultEndpoint: {to}\n"
-        )
-    })
-    .collect();
-    let egress: String = [("tcp-http", http_port), ("tcp-echo", echo_port), ("tcp-iperf", iperf_port)]
+    let wired = [
+        (web, web_protocol, http_port, server.http),
+        ("tcp-echo", "TCP", echo_port, server.echo),
+        ("tcp-iperf", "TCP", iperf_port, server.iperf),
+    ];
+    let ingress: String = wired
         .iter()
-        .map(|(name, port)| {
+        .map(|(name, protocol, port, to)| {
             format!(
-                "  - port: {{number: {port}, name: {name}, protocol: TCP}}\n    bind: {CLIENT_IP}\n    hosts: [\"bench/srv.bench.svc.cluster.local\"]\n"
+                "  - port: {{number: {port}, name: {name}, protocol: {protocol}}}\n    \
+                 defaultEndpoint: {to}\n"
             )
         })
         .collect();
+    let egress: String = wired
+        .iter()
+        .map(|(name, protocol, port, _)| {
+            format!(
+                "  - port: {{number: {port}, name: {name}, protocol: {protocol}}}\n    \
+                 bind: {client_ip}\n    hosts: [\"bench/srv.bench.svc.cluster.local\"]\n"
+            )
+        })
+        .collect();
+    let policy = match layer {
+        Layer::L4 => format!(
+            r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: srv-allow-client, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: srv}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/bench/sa/client"]}}}}]
+    to: [{{operation: {{ports: ["{http_port}", "{echo_port}", "{iperf_port}"]}}}}]
+"#
+        ),
+        Layer::L7 => String::new(),
+    };
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: srv, namespace: bench}}
-spec: {{address: {SERVER_IP}, serviceAccount: srv, labels: {{app: srv}}}}
+spec: {{address: {server_ip}, serviceAccount: srv, labels: {{app: srv}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, namespace: bench}}
-spec: {{address: {CLIENT_IP}, serviceAccount: client, labels: {{app: client}}}}
+spec: {{address: {client_ip}, serviceAccount: client, labels: {{app: client}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -177,18 +296,87 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default, namespace: istio-system}}
 spec: {{mtls: {{mode: STRICT}}}}
+{policy}"#
+    )
+}
+
+/// The L7 path's security: a RequestAuthentication trusting the bench's JWKS at `jwks`, and one
+/// ALLOW policy of 10 rules in which the bench request (GET /1k from the client workload, with
+/// the token and [`BENCH_HEADER`]) matches rule 9 only; rule 8 lets the TCP echo and iperf3
+/// ports through.
+///
+/// istio/api security/v1beta1/authorization_policy.proto: "If there are any ALLOW policies
+/// applied to the workload, allow the request if it matches any of the ALLOW policies" — and a
+/// policy matches when any of its rules does, so the sidecar evaluates rules 1-8 before the hit.
+fn l7_security_yaml(jwks: SocketAddr) -> String {
+    let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
+    let iss = crate::jwt::ISSUER;
+    let sub = crate::jwt::SUBJECT;
+    let aud = crate::jwt::AUDIENCE;
+    let (header, value) = BENCH_HEADER;
+    let client = "cluster.local/ns/bench/sa/client";
+    format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: srv-jwt, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: srv}}}}
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: http://{jwks}/jwks
+    audiences: [{aud}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: srv-allow-client, namespace: bench}}
+metadata: {{name: srv-l7, namespace: bench}}
 spec:
   selector: {{matchLabels: {{app: srv}}}}
   action: ALLOW
   rules:
-  - from: [{{source: {{principals: ["cluster.local/ns/bench/sa/client"]}}}}]
-    to: [{{operation: {{ports: ["{http_port}", "{echo_port}", "{iperf_port}"]}}}}]
+  # 1. Admin writes, from the client workload only.
+  - from: [{{source: {{principals: ["{client}"]}}}}]
+    to: [{{operation: {{methods: [POST, PUT], paths: ["/admin/*"]}}}}]
+  # 2. Deletes by the operator.
+  - from: [{{source: {{requestPrincipals: ["{iss}/operator"]}}}}]
+    to: [{{operation: {{methods: [DELETE], paths: ["/1k", "/data/*"]}}}}]
+  # 3. Metrics scraping from the monitoring namespace.
+  - from: [{{source: {{namespaces: [monitoring]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/metrics", "/stats/*"]}}}}]
+  # 4. Health checks carrying a probe header.
+  - to: [{{operation: {{methods: [GET, HEAD], paths: ["/healthz", "/ready"]}}}}]
+    when: [{{key: "request.headers[x-probe]", values: ["kubelet"]}}]
+  # 5. Writes to the data API by any authenticated user.
+  - from: [{{source: {{requestPrincipals: ["{iss}/*"]}}}}]
+    to: [{{operation: {{methods: [POST, PATCH], paths: ["/data/*"]}}}}]
+  # 6. Another service account reading.
+  - from: [{{source: {{principals: ["cluster.local/ns/bench/sa/reporter"]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/1k", "/data/*"]}}}}]
+  # 7. Another user reading, from the client workload.
+  - from: [{{source: {{principals: ["{client}"], requestPrincipals: ["{iss}/auditor"]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/1k"]}}}}]
+  # 8. The TCP ports (echo, iperf3) from the client workload.
+  - from: [{{source: {{principals: ["{client}"]}}}}]
+    to: [{{operation: {{ports: ["{echo_port}", "{iperf_port}"]}}}}]
+  # 9. The bench request: this user, from the client workload, GET /1k, with the header.
+  - from: [{{source: {{principals: ["{client}"], requestPrincipals: ["{iss}/{sub}"]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/1k"], ports: ["{http_port}"]}}}}]
+    when: [{{key: "request.headers[{header}]", values: ["{value}"]}}]
+  # 10. Status pages for any authenticated user.
+  - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/status/*"]}}}}]
 "#
     )
+}
+
+/// The status code the HTTP entry point gives `request` (a whole request head).
+fn request_status(addr: SocketAddr, request: &[u8]) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(request)?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    status_code(&head)
 }
 
 /// The status code of a plain HTTP/1.1 GET (ward's admin API).
@@ -201,8 +389,13 @@ fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     )?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
-    std::str::from_utf8(&head[9..12])
-        .ok()
+    status_code(&head)
+}
+
+/// The code in the first 12 bytes of a status line (`HTTP/1.1 200`).
+fn status_code(head: &[u8; 12]) -> std::io::Result<u16> {
+    head.strip_prefix(b"HTTP/1.1 ")
+        .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP/1.1 status line"))
 }

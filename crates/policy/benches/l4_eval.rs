@@ -1,0 +1,69 @@
+//! L4 decision time with 1, 100 and 10,000 AuthorizationPolicies applying to one workload
+//! (issue 4, "Micro-benchmarks": "Policy decision time at 1, 100 and 10,000 policies").
+//!
+//! Each policy is an ALLOW policy of one rule naming a source principal and a port; the
+//! connection matches only the LAST policy, so every policy is evaluated (the worst case). A
+//! DENY policy on an IP block is evaluated first. `WorkloadPolicies::evaluate_l4` walks every
+//! policy in turn, so time grows linearly with the count; an index by principal would flatten it.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ward_policy::spec::AuthorizationPolicySpec;
+use ward_policy::{AuthzPolicy, L4Attributes, MeshContext, Peer, PolicyRef, WorkloadPolicies};
+
+fn compile(mesh: &MeshContext, name: String, yaml: &str) -> AuthzPolicy {
+    let spec: AuthorizationPolicySpec =
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{e}"));
+    AuthzPolicy::compile(PolicyRef::new("app", name), &spec, false, mesh)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One DENY policy, then `count` ALLOW policies, the i-th for `ns{i}/sa{i}` on port 8080.
+fn policies(count: usize) -> WorkloadPolicies {
+    let mesh = MeshContext::default();
+    let mut compiled = vec![compile(
+        &mesh,
+        "deny-blocked".into(),
+        "action: DENY\nrules: [{from: [{source: {ipBlocks: [\"192.0.2.0/24\"]}}]}]",
+    )];
+    for i in 0..count {
+        let yaml = format!(
+            "rules:\n- from: [{{source: {{principals: [\"cluster.local/ns/ns{i}/sa/sa{i}\"]}}}}]\n  \
+             to: [{{operation: {{ports: [\"8080\", \"9090\"]}}}}]\n"
+        );
+        compiled.push(compile(&mesh, format!("allow-{i}"), &yaml));
+    }
+    WorkloadPolicies {
+        policies: compiled,
+    }
+}
+
+fn l4_eval(c: &mut Criterion) {
+    let mut group = c.benchmark_group("l4_eval");
+    for count in [1usize, 100, 10_000] {
+        let workload = policies(count);
+        let last = count - 1;
+        let peer = Peer::new("cluster.local", &format!("ns{last}"), &format!("sa{last}"));
+        let conn = L4Attributes {
+            peer: Some(&peer),
+            source_ip: "10.0.0.5".parse().unwrap_or_else(|e| panic!("{e}")),
+            remote_ip: "10.0.0.5".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination_ip: "10.0.0.9".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination_port: 8080,
+            sni: None,
+        };
+        assert!(
+            workload.evaluate_l4(&conn).is_allowed(),
+            "the last policy must match"
+        );
+        group.throughput(Throughput::Elements(count as u64));
+        group.bench_with_input(BenchmarkId::new("policies", count), &conn, |b, conn| {
+            b.iter(|| black_box(workload.evaluate_l4(black_box(conn))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, l4_eval);
+criterion_main!(benches);
