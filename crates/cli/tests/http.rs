@@ -141,6 +141,27 @@ fn l7_methods_paths_and_identity_headers() {
         body.contains("By=spiffe://cluster.local/ns/app/sa/srv"),
         "{body}"
     );
+    // Envoy's XFCC shape: By, then the SHA-256 of the caller's certificate, Subject, URI.
+    let xfcc = body
+        .split("xfcc=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let hash = xfcc
+        .split("Hash=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    assert_eq!(hash.len(), 64, "{xfcc}");
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{xfcc}");
+    assert!(
+        xfcc.contains(";Subject=\"\";URI=spiffe://cluster.local/ns/app/sa/cli"),
+        "{xfcc}"
+    );
     assert!(
         !body.contains("ns/admin/sa/root"),
         "a spoofed XFCC must be replaced: {body}"

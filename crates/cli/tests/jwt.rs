@@ -452,3 +452,98 @@ fn jwks_over_https_with_a_private_ca() {
     let (code, body) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url]);
     assert_eq!(code, 401, "{body}");
 }
+
+/// A request with this token (`None`: no token) must get this status.
+type Row = (Option<String>, u16);
+
+#[test]
+fn request_auth_keys_allow_and_deny() {
+    if !have("nginx") || !have("curl") {
+        return skip_or_fail("request_auth_keys", "nginx and curl are needed");
+    }
+    let key = Key::new("k1");
+    let jwks_port = free_port();
+    serve_jwks(
+        jwks_port,
+        Arc::new(Mutex::new(
+            serde_json::json!({"keys": [key.jwk()]}).to_string(),
+        )),
+    );
+    let mesh = Mesh::with_own_app(26).http();
+    let _nginx = start_nginx(mesh.app_port);
+    let ra = request_authn(jwks_port, "");
+    let ward = mesh.up(&docs(&[mesh_pa("STRICT"), ra.clone()]), &[]);
+    ward.wait_for_log(&[("message", "JWKS fetched")], Duration::from_secs(10))
+        .unwrap();
+    let url = format!("http://{}/x", mesh.via_cli());
+    let token = |sub: &str, extra: serde_json::Value| {
+        let mut c = claims(sub);
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        key.token(c)
+    };
+    let when = |action: &str, key_name: &str, field: &str, value: &str| {
+        srv_policy("p", &format!("  action: {action}\n  rules:\n  - when:\n    - key: {key_name}\n      {field}: [\"{value}\"]\n"))
+    };
+    // (policy, token (None = no token), expected status)
+    let groups: Vec<(String, Vec<Row>)> = vec![
+        (
+            when("ALLOW", "request.auth.principal", "values", &format!("{ISS}/alice")),
+            vec![(Some(token("alice", serde_json::json!({}))), 200), (Some(token("bob", serde_json::json!({}))), 403), (None, 403)],
+        ),
+        (
+            when("DENY", "request.auth.audiences", "values", "billing"),
+            vec![(Some(token("a", serde_json::json!({"aud": ["fhir", "billing"]}))), 403), (Some(token("a", serde_json::json!({}))), 200)],
+        ),
+        (
+            when("ALLOW", "request.auth.presenter", "values", "good-client"),
+            vec![(Some(token("a", serde_json::json!({"azp": "good-client"}))), 200), (Some(token("a", serde_json::json!({"azp": "other"}))), 403)],
+        ),
+        (
+            when("ALLOW", "request.auth.claims[realm_access][roles]", "values", "Medic"),
+            vec![
+                (Some(token("a", serde_json::json!({"realm_access": {"roles": ["Patient", "Medic"]}}))), 200),
+                (Some(token("a", serde_json::json!({"realm_access": {"roles": ["Patient"]}}))), 403),
+            ],
+        ),
+        (
+            when("ALLOW", "request.auth.claims[scope]", "values", "write"),
+            vec![(Some(token("a", serde_json::json!({"scope": "read write"}))), 200), (Some(token("a", serde_json::json!({"scope": "read"}))), 403)],
+        ),
+        (
+            when("DENY", "request.auth.claims[group]", "notValues", "staff"),
+            vec![(Some(token("a", serde_json::json!({"group": "staff"}))), 200), (Some(token("a", serde_json::json!({"group": "guest"}))), 403)],
+        ),
+        (
+            srv_policy("p", "  action: DENY\n  rules:\n  - from:\n    - source:\n        notRequestPrincipals: [\"*\"]\n"),
+            vec![(None, 403), (Some(token("a", serde_json::json!({}))), 200)],
+        ),
+        (
+            srv_policy("p", &format!("  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"{ISS}/bob\"]\n")),
+            vec![(Some(token("bob", serde_json::json!({}))), 200), (Some(token("alice", serde_json::json!({}))), 403)],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (policy, rows) in &groups {
+        apply(
+            &ward,
+            &docs(&[mesh_pa("STRICT"), ra.clone(), policy.clone()]),
+        );
+        for (i, (tok, want)) in rows.iter().enumerate() {
+            let auth = tok.as_ref().map(|t| format!("Authorization: Bearer {t}"));
+            let mut args: Vec<&str> = Vec::new();
+            if let Some(a) = &auth {
+                args.extend(["-H", a.as_str()]);
+            }
+            args.push(&url);
+            let (code, body) = curl(&args);
+            if code != *want {
+                failures.push(format!(
+                    "policy:\n{policy}\nrow {i}: got {code} ({body}), want {want}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -56,6 +56,8 @@ pub(crate) struct HttpConn {
     pub(crate) peer: Option<Peer>,
     /// The peer's SPIFFE URI, for XFCC and logs.
     pub(crate) peer_id: Option<String>,
+    /// SHA-256 of the peer's certificate, hex (XFCC `Hash=`).
+    pub(crate) peer_cert_hash: Option<String>,
     /// Socket peer.
     pub(crate) src: SocketAddr,
     /// Workload address and port the connection was for.
@@ -496,9 +498,12 @@ async fn forward(
     *req.uri_mut() = uri;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let headers = req.headers_mut();
-    // Istio/Envoy XFCC: the server sees who called it, only when that was proven by mTLS.
+    // Istio/Envoy XFCC (Envoy `SANITIZE_SET`, the sidecar default for inbound): the server sees
+    // who called it, only when that was proven by mTLS, in Envoy's format
+    // `By=<server URI>;Hash=<sha256 of the client cert>;Subject="";URI=<client URI>`.
     if let Some(peer) = &conn.peer_id {
-        let xfcc = format!("By={};URI={peer}", ctx.identity);
+        let hash = conn.peer_cert_hash.as_deref().unwrap_or("");
+        let xfcc = format!("By={};Hash={hash};Subject=\"\";URI={peer}", ctx.identity);
         if let Ok(v) = HeaderValue::from_str(&xfcc) {
             headers.insert("x-forwarded-client-cert", v);
         }

@@ -422,6 +422,7 @@ async fn handle_connect(
         let conn = HttpConn {
             peer: facts.peer.clone(),
             peer_id: rec.src_identity.clone(),
+            peer_cert_hash: info.cert_sha256.clone(),
             src,
             dst,
         };
@@ -533,6 +534,7 @@ async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr)
         let conn = HttpConn {
             peer: None,
             peer_id: None,
+            peer_cert_hash: None,
             src,
             dst,
         };

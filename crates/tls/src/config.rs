@@ -494,6 +494,7 @@ mod tests {
                 tls_version: "none",
                 kx_group: String::new(),
                 cipher_suite: String::new(),
+                cert_sha256: None,
             }
         );
     }

@@ -16,6 +16,8 @@ pub struct PeerInfo {
     pub kx_group: String,
     /// Negotiated cipher suite, e.g. `"TLS13_AES_256_GCM_SHA384"`; empty if none yet.
     pub cipher_suite: String,
+    /// SHA-256 of the peer's leaf certificate (DER), lower-case hex: Envoy's XFCC `Hash=`.
+    pub cert_sha256: Option<String>,
 }
 
 /// Reads [`PeerInfo`] from a connection (client or server side) after its handshake.
@@ -47,10 +49,18 @@ pub fn peer_info(conn: &CommonState) -> PeerInfo {
                 .map_or_else(|| format!("{suite:?}"), str::to_owned)
         })
         .unwrap_or_default();
+    let cert_sha256 = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        });
     PeerInfo {
         identity,
         tls_version,
         kx_group,
         cipher_suite,
+        cert_sha256,
     }
 }
