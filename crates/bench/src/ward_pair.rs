@@ -399,3 +399,136 @@ fn status_code(head: &[u8; 12]) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP/1.1 status line"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_policy::spec::AuthorizationPolicySpec;
+    use ward_policy::{
+        AuthzPolicy, HttpAttributes, L4Attributes, MeshContext, Peer, PolicyRef, RequestAuth,
+    };
+
+    fn server() -> Endpoints {
+        Endpoints {
+            http: "127.0.0.1:1".parse().unwrap(),
+            echo: "127.0.0.1:2".parse().unwrap(),
+            iperf: "127.0.0.1:3".parse().unwrap(),
+        }
+    }
+
+    fn mesh(layer: Layer) -> String {
+        let mut mesh = mesh_yaml(&server(), layer);
+        if layer == Layer::L7 {
+            mesh.push_str(&l7_security_yaml("127.0.0.1:4".parse().unwrap()));
+        }
+        mesh
+    }
+
+    #[test]
+    fn both_meshes_load_and_translate() {
+        for layer in [Layer::L4, Layer::L7] {
+            let set = ward_config::load_str("mesh.yaml", &mesh(layer))
+                .unwrap_or_else(|d| panic!("{layer:?}: {d}"));
+            let snapshot =
+                ward_config::translate(&set).unwrap_or_else(|d| panic!("{layer:?}: {d}"));
+            assert_eq!(snapshot.proxies.len(), 2, "{layer:?}");
+        }
+    }
+
+    /// Each of the 10 rules as its own ALLOW policy, against the bench request and a request
+    /// differing in one attribute: the bench request must match rule 9 alone.
+    #[test]
+    fn the_bench_request_matches_rule_nine_only() {
+        let text = l7_security_yaml("127.0.0.1:4".parse().unwrap());
+        let doc = text
+            .split("\n---\n")
+            .find(|d| d.contains("kind: AuthorizationPolicy"))
+            .unwrap();
+        let doc: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        let rules = doc["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 10);
+
+        let mesh = MeshContext::default();
+        let client = Peer::new("cluster.local", "bench", "client");
+        let auth = RequestAuth {
+            principal: format!("{}/{}", crate::jwt::ISSUER, crate::jwt::SUBJECT),
+            audiences: vec![crate::jwt::AUDIENCE.into()],
+            presenter: None,
+            claims: serde_json::json!({}),
+        };
+        let l4 = L4Attributes {
+            peer: Some(&client),
+            source_ip: Ipv4Addr::new(127, 77, 7, 1).into(),
+            remote_ip: Ipv4Addr::new(127, 77, 7, 1).into(),
+            destination_ip: Ipv4Addr::new(127, 77, 7, 10).into(),
+            destination_port: SERVICE_PORTS[0],
+            sni: None,
+        };
+        let bench_headers = vec![(BENCH_HEADER.0.to_owned(), BENCH_HEADER.1.to_owned())];
+        let other_headers = vec![(BENCH_HEADER.0.to_owned(), "other".to_owned())];
+        let bench = HttpAttributes {
+            l4,
+            method: "GET",
+            host: "bench",
+            path: "/1k",
+            headers: &bench_headers,
+            auth: Some(&auth),
+        };
+        let cases: [(&str, HttpAttributes<'_>, &[usize]); 4] = [
+            ("bench request", bench, &[9]),
+            (
+                "without the header",
+                HttpAttributes {
+                    headers: &other_headers,
+                    ..bench
+                },
+                &[],
+            ),
+            (
+                "without a token",
+                HttpAttributes {
+                    auth: None,
+                    ..bench
+                },
+                &[],
+            ),
+            (
+                "a POST",
+                HttpAttributes {
+                    method: "POST",
+                    ..bench
+                },
+                &[],
+            ),
+        ];
+        for (what, req, want) in cases {
+            let matched: Vec<usize> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| {
+                    let spec = serde_json::json!({"action": "ALLOW", "rules": [rule]});
+                    let spec: AuthorizationPolicySpec = serde_json::from_value(spec).unwrap();
+                    AuthzPolicy::compile(PolicyRef::new("bench", "one"), &spec, false, &mesh)
+                        .unwrap()
+                        .matching_rule_http(&req)
+                        .is_some()
+                })
+                .map(|(i, _)| i + 1)
+                .collect();
+            assert_eq!(matched, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        let cases: [(&[u8; 12], Option<u16>); 4] = [
+            (b"HTTP/1.1 200", Some(200)),
+            (b"HTTP/1.1 403", Some(403)),
+            (b"HTTP/1.0 200", None),
+            (b"HTTP/1.1 2x0", None),
+        ];
+        for (head, want) in cases {
+            assert_eq!(status_code(head).ok(), want, "{head:?}");
+        }
+    }
+}

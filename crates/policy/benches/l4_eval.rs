@@ -34,9 +34,7 @@ fn policies(count: usize) -> WorkloadPolicies {
         );
         compiled.push(compile(&mesh, format!("allow-{i}"), &yaml));
     }
-    WorkloadPolicies {
-        policies: compiled,
-    }
+    WorkloadPolicies { policies: compiled }
 }
 
 fn l4_eval(c: &mut Criterion) {
@@ -44,7 +42,7 @@ fn l4_eval(c: &mut Criterion) {
     for count in [1usize, 100, 10_000] {
         let workload = policies(count);
         let last = count - 1;
-        let peer = Peer::new("cluster.local", &format!("ns{last}"), &format!("sa{last}"));
+        let peer = Peer::new("cluster.local", format!("ns{last}"), format!("sa{last}"));
         let conn = L4Attributes {
             peer: Some(&peer),
             source_ip: "10.0.0.5".parse().unwrap_or_else(|e| panic!("{e}")),
