@@ -190,18 +190,7 @@ spec:
 
     /// Start ward with the workloads plus `security` (PeerAuthentication / AuthorizationPolicy).
     pub fn up(&self, security: &str, extra_args: &[&str]) -> Ward {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Ward::up(UpOptions {
-            bin: env!("CARGO_BIN_EXE_ward"),
-            admin,
-            files: vec![
-                ("workloads.yaml", self.workloads()),
-                ("security.yaml", security.to_owned()),
-            ],
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-        })
-        .unwrap()
+        self.up_env(security, extra_args, &[])
     }
 
     /// Like [`Mesh::up`], with extra environment variables for the ward process.

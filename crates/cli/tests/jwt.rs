@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +13,7 @@ use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNIN
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use common::{docs, mesh_pa, srv_policy, Mesh};
-use ward_test_support::{free_port, have, skip_or_fail, Ward};
+use ward_test_support::{curl, free_port, have, skip_or_fail, Nginx, Ward};
 
 const ISS: &str = "https://idp.example.test/realms/ward";
 
@@ -95,52 +94,13 @@ fn serve_jwks(port: u16, doc: Arc<Mutex<String>>) {
     });
 }
 
-/// nginx and its config directory (kept alive, removed on drop).
-struct Nginx(Child, #[allow(dead_code)] tempfile::TempDir);
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// nginx echoing what reached the app: the Authorization header and the claim header.
 fn start_nginx(port: u16) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("nginx.conf"),
-        format!(
-            "daemon off; master_process off; error_log {d}/error.log; pid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain; return 200 \"auth=[$http_authorization] sub=[$http_x_jwt_sub] uri=$request_uri\\n\"; }} }} }}\n"
-        ),
+    Nginx::start(
+        port,
+        "auth=[$http_authorization] sub=[$http_x_jwt_sub] uri=$request_uri",
     )
-    .unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Nginx(child, dir)
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    .unwrap()
 }
 
 fn request_authn(jwks_port: u16, extra: &str) -> String {

@@ -260,3 +260,76 @@ pub fn skip_or_fail(test: &str, why: &str) {
     }
     skip(test, why);
 }
+
+/// Debian's nginx as a test app on 127.0.0.1:`port`, answering every request with `200` and
+/// `body` (nginx variables such as `$request_uri` or `$http_x_forwarded_client_cert` are
+/// expanded, so the body shows what reached the app). Stopped on drop.
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Start nginx and wait until it accepts connections.
+    pub fn start(port: u16, body: &str) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type text/plain;\n      \
+             return 200 \"{body}\\n\";\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning nginx")?;
+        let nginx = Nginx { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nginx)
+    }
+
+    /// nginx's access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run curl with `args`; returns (HTTP status, body). Status 0 means curl failed.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = match Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => return (0, String::new()),
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
