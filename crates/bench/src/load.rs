@@ -52,6 +52,19 @@ impl Outcome {
     }
 }
 
+/// Wait for every worker and merge their outcomes; `elapsed` runs from `start`.
+async fn gather(
+    mut tasks: tokio::task::JoinSet<Outcome>,
+    start: Instant,
+) -> Result<Outcome, LoadError> {
+    let mut out = Outcome::default();
+    while let Some(part) = tasks.join_next().await {
+        out.merge(part?);
+    }
+    out.elapsed = start.elapsed();
+    Ok(out)
+}
+
 /// An open-loop fixed-rate plan: `rate` requests per second spread over `conns` keep-alive
 /// connections for `duration`.
 #[derive(Debug, Clone, Copy)]
@@ -99,12 +112,7 @@ pub(crate) async fn fixed_rate(
         let schedule = plan.schedule(conn);
         tasks.spawn(fixed_rate_conn(addr, stream, start, schedule, reqs.clone()));
     }
-    let mut out = Outcome::default();
-    while let Some(part) = tasks.join_next().await {
-        out.merge(part?);
-    }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    gather(tasks, start.into_std()).await
 }
 
 async fn fixed_rate_conn(
@@ -188,12 +196,7 @@ pub(crate) async fn saturate(
             out
         });
     }
-    let mut out = Outcome::default();
-    while let Some(part) = tasks.join_next().await {
-        out.merge(part?);
-    }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    gather(tasks, start).await
 }
 
 /// A fresh connection per request (`Connection: close`), `workers` at a time, for `duration`
@@ -235,12 +238,7 @@ pub(crate) async fn connection_setup(
             out
         });
     }
-    let mut out = Outcome::default();
-    while let Some(part) = tasks.join_next().await {
-        out.merge(part?);
-    }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    gather(tasks, start).await
 }
 
 /// Round trips of one byte on one kept connection: at most `count`, for at most `duration`.
