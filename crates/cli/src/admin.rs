@@ -24,15 +24,17 @@ pub(crate) struct AdminState {
     pub(crate) sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
     /// Metrics registry; only encoded here.
     pub(crate) registry: Mutex<Registry>,
+    /// `--workloads`: readiness covers only these.
+    pub(crate) hosted: crate::up::Hosted,
 }
 
-/// Ready when every WorkloadEntry has a running sidecar with its certificate, config and
+/// Ready when every WorkloadEntry this process hosts (`--workloads`) has a running sidecar with its certificate, config and
 /// listeners. Returns the verdict and what is missing.
 pub(crate) fn mesh_ready(state: &AdminState) -> (bool, Vec<String>) {
     let snap = state.control.snapshot().borrow().clone();
     let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();
     let mut missing = Vec::new();
-    for key in snap.proxies.keys() {
+    for key in snap.proxies.keys().filter(|k| state.hosted.contains(k)) {
         match sidecars.get(key) {
             None => missing.push(format!("{key}: sidecar not started")),
             Some(h) if h.cert().is_none() => missing.push(format!("{key}: no certificate yet")),

@@ -40,6 +40,48 @@ pub(crate) struct UpArgs {
     /// How often the config files are checked for changes.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// Run sidecars only for these WorkloadEntries (`namespace/name`, comma-separated or
+    /// repeated); the others are reached over the network. For a mesh across several hosts or
+    /// network namespaces: every host runs `ward up` on the same YAML and the same CA
+    /// (`--cacerts`, or a copy of `--state-dir`), each naming its own workloads. Default: all.
+    #[arg(long, value_delimiter = ',', value_name = "NAMESPACE/NAME")]
+    workloads: Vec<String>,
+}
+
+/// Which WorkloadEntries this process runs sidecars for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hosted(Option<BTreeSet<String>>);
+
+impl Hosted {
+    /// Checks each `namespace/name` is well formed and names a WorkloadEntry of `snap`.
+    fn parse(names: &[String], snap: &ward_config::MeshSnapshot) -> anyhow::Result<Hosted> {
+        if names.is_empty() {
+            return Ok(Hosted(None));
+        }
+        let mut set = BTreeSet::new();
+        for name in names {
+            let well_formed = name
+                .split_once('/')
+                .is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'));
+            if !well_formed {
+                anyhow::bail!("--workloads: {name:?} is not namespace/name");
+            }
+            if !snap.proxies.contains_key(name) {
+                let known: Vec<&str> = snap.proxies.keys().map(String::as_str).collect();
+                anyhow::bail!(
+                    "--workloads: no WorkloadEntry {name} in the config (it has: {})",
+                    known.join(", ")
+                );
+            }
+            set.insert(name.clone());
+        }
+        Ok(Hosted(Some(set)))
+    }
+
+    /// Whether this process runs `key`'s sidecar.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.0.as_ref().is_none_or(|set| set.contains(key))
+    }
 }
 
 /// `90s`, `15m`, `24h`, `500ms`, `2d`.
@@ -88,6 +130,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let control = ControlPlane::start(args.paths.clone())
         .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
     let mesh = control.mesh().clone();
+    let hosted = Hosted::parse(&args.workloads, &control.snapshot().borrow())?;
     let ca_opts = ward_ca::CaOptions {
         trust_domain: mesh.trust_domain.clone(),
         default_ttl: args.cert_ttl,
@@ -115,6 +158,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         control: control.clone(),
         sidecars: sidecars.clone(),
         registry: Mutex::new(registry),
+        hosted: hosted.clone(),
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -131,6 +175,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
         metrics,
         sidecars,
+        hosted,
         running: BTreeMap::new(),
         demo_apps: BTreeSet::new(),
     };
@@ -173,11 +218,17 @@ async fn announce_ready(admin_addr: SocketAddr, state: Arc<AdminState>) {
             continue;
         }
         let snap = state.control.snapshot().borrow().clone();
+        let hosted: Vec<_> = snap
+            .proxies
+            .iter()
+            .filter(|(key, _)| state.hosted.contains(key))
+            .map(|(_, p)| p)
+            .collect();
         println!(
             "ward: mesh ready: {} sidecar(s); admin on http://{admin_addr}",
-            snap.proxies.len()
+            hosted.len()
         );
-        for p in snap.proxies.values() {
+        for p in hosted {
             for l in &p.outbound {
                 println!(
                     "  {}/{} reaches {}:{} at {}",
@@ -197,6 +248,8 @@ struct Supervisor {
     metrics: Arc<Metrics>,
     /// Shared with the admin API.
     sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
+    /// `--workloads`: the sidecars this process runs.
+    hosted: Hosted,
     /// Each running sidecar's stop switch.
     running: BTreeMap<String, watch::Sender<bool>>,
     /// Demo app addresses already served.
@@ -223,7 +276,7 @@ impl Supervisor {
         let gone: Vec<String> = self
             .running
             .keys()
-            .filter(|k| !snap.proxies.contains_key(*k))
+            .filter(|k| !snap.proxies.contains_key(*k) || !self.hosted.contains(k))
             .cloned()
             .collect();
         for k in gone {
@@ -235,7 +288,7 @@ impl Supervisor {
             }
             tracing::info!(workload = %k, "sidecar stopped: WorkloadEntry removed");
         }
-        for (key, cfg) in &snap.proxies {
+        for (key, cfg) in snap.proxies.iter().filter(|(k, _)| self.hosted.contains(k)) {
             if let Some(app) = cfg.workload.demo_app {
                 for port in &cfg.inbound {
                     if !self.demo_apps.insert(port.target) {

@@ -443,3 +443,87 @@ fn an_app_dying_mid_stream_is_a_reset_never_a_clean_end() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(got.is_empty() || got == b"partial", "{got:?}");
 }
+
+/// Two `ward up` processes on the same YAML, as on two hosts: each runs only its own
+/// workloads' sidecars (`--workloads`) and they share one CA (the second reads the first's
+/// `--state-dir`). The control: a process with a CA of its own cannot reach the server.
+#[test]
+fn two_processes_split_the_workloads_and_share_one_ca() {
+    let mesh = Mesh::new(10);
+    let security = docs(&[
+        mesh_pa("STRICT"),
+        srv_policy(
+            "allow-cli",
+            "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/app/sa/cli\"]\n",
+        ),
+    ]);
+    let server = mesh.up(&security, &["--workloads", "app/srv"]);
+    let state = server.dir().join("../state").to_string_lossy().into_owned();
+    assert!(
+        !echo_ok(mesh.via_cli(), "nobody runs cli yet"),
+        "the server process must not run cli's egress listener"
+    );
+    let client = mesh.up(&security, &["--workloads", "app/cli", "--state-dir", &state]);
+    assert!(
+        echo_ok(mesh.via_cli(), "across processes"),
+        "server log:\n{}\nclient log:\n{}",
+        server.logs(),
+        client.logs()
+    );
+    assert!(
+        !echo_ok(mesh.via_oth(), "oth is hosted nowhere"),
+        "no process runs oth's sidecar"
+    );
+    // Each side logged its half of the connection, with the other's verified identity.
+    server
+        .wait_for_log(
+            &[
+                ("direction", "inbound"),
+                ("src.identity", "spiffe://cluster.local/ns/app/sa/cli"),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    client
+        .wait_for_log(
+            &[
+                ("direction", "outbound"),
+                ("dst.identity", "spiffe://cluster.local/ns/app/sa/srv"),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    drop(client);
+
+    // The same client with a root of its own: the server refuses its certificate.
+    let stranger = mesh.up(&security, &["--workloads", "app/cli"]);
+    assert!(
+        !echo_ok(mesh.via_cli(), "other CA"),
+        "a sidecar whose certificate chains to another root must not get through"
+    );
+    stranger
+        .wait_for_log(
+            &[
+                ("direction", "outbound"),
+                ("error", "invalid peer certificate"),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    drop(stranger);
+
+    // A name that is no WorkloadEntry is an error at start, naming it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["up", "-f"])
+        .arg(server.dir())
+        .args(["--state-dir", &state, "--admin", "127.0.0.1:0"])
+        .args(["--workloads", "app/nope"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no WorkloadEntry app/nope"),
+        "stderr: {stderr}"
+    );
+}

@@ -50,14 +50,17 @@ impl Ward {
         }
         let log_path = tmp.path().join("ward.log");
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(opts.bin)
-            .arg("--log-format")
+        let mut cmd = Command::new(opts.bin);
+        cmd.arg("--log-format")
             .arg("json")
             .arg("up")
             .arg("-f")
-            .arg(&config_dir)
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
+            .arg(&config_dir);
+        // A test sharing another process's CA passes its own `--state-dir`.
+        if !opts.extra_args.iter().any(|a| a == "--state-dir") {
+            cmd.arg("--state-dir").arg(tmp.path().join("state"));
+        }
+        let child = cmd
             .arg("--admin")
             .arg(opts.admin.to_string())
             .arg("--poll-interval")
