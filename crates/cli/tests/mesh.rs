@@ -463,7 +463,10 @@ fn two_processes_split_the_workloads_and_share_one_ca() {
         !echo_ok(mesh.via_cli(), "nobody runs cli yet"),
         "the server process must not run cli's egress listener"
     );
-    let client = mesh.up(&security, &["--workloads", "app/cli", "--state-dir", &state]);
+    let client = mesh.up(
+        &security,
+        &["--workloads", "app/cli", "--state-dir", &state],
+    );
     assert!(
         echo_ok(mesh.via_cli(), "across processes"),
         "server log:\n{}\nclient log:\n{}",
