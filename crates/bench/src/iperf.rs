@@ -2,9 +2,11 @@
 //! `iperf3 -c -J` per measurement.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::net::{Net, Side};
 use crate::process::{free_port, pinned, Proc, SpawnError};
 
 /// Why iperf3 gave no figure.
@@ -34,8 +36,9 @@ pub(crate) fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Starts `iperf3 -s` on a free loopback port.
-pub(crate) fn start_server(cpu: Option<usize>) -> Result<(Proc, SocketAddr), IperfError> {
+/// Starts `iperf3 -s` on a free port of the server side ([`Net::app_bind`]); returns its
+/// address as the server side sees it (127.0.0.1).
+pub(crate) fn start_server(cpu: Option<usize>, net: Net) -> Result<(Proc, SocketAddr), IperfError> {
     if !installed() {
         return Err(IperfError::NotInstalled);
     }
@@ -43,15 +46,21 @@ pub(crate) fn start_server(cpu: Option<usize>) -> Result<(Proc, SocketAddr), Ipe
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut proc = Proc::spawn(
         "iperf3 -s",
-        pinned(cpu, "iperf3")
-            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+        net.command(Side::Server, cpu, Path::new("iperf3"))
+            .args([
+                "-s",
+                "-B",
+                &net.app_bind().to_string(),
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
     // Poll the file system rather than connect: a bare connection is an aborted test to iperf3.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !proc.has_exited() {
-        if listening(port) {
+        if listening(proc.pid(), port) {
             return Ok((proc, addr));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -59,10 +68,11 @@ pub(crate) fn start_server(cpu: Option<usize>) -> Result<(Proc, SocketAddr), Ipe
     Err(IperfError::NotListening)
 }
 
-/// Whether a TCP socket listens on `port` (from /proc/net/tcp: state 0A is LISTEN).
-fn listening(port: u16) -> bool {
+/// Whether a TCP socket listens on `port` in `pid`'s network namespace (from
+/// /proc/<pid>/net/tcp: state 0A is LISTEN).
+fn listening(pid: u32, port: u16) -> bool {
     let want = format!(":{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+    std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).is_ok_and(|t| {
         t.lines().skip(1).any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.get(1).is_some_and(|local| local.ends_with(&want)) && f.get(3) == Some(&"0A")

@@ -1,17 +1,22 @@
 //! The ward-l7 path's identity provider: an ES256 key generated at start, a token minted with
 //! it for the whole run, and a small HTTP endpoint serving the key as a JWKS for the sidecar's
-//! `jwksUri`. Loopback only; the endpoint answers every request with the same document.
+//! `jwksUri`. Loopback only (of the server side); the endpoint answers every request with the
+//! same document.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+
+use crate::net::{Net, Side};
+use crate::process::{Proc, SpawnError};
 
 /// The `iss` of the bench's tokens and the RequestAuthentication's issuer.
 pub(crate) const ISSUER: &str = "https://idp.bench.ward.test";
@@ -33,75 +38,112 @@ pub(crate) enum IdpError {
     /// The system clock is before 1970.
     #[error("system clock before the UNIX epoch")]
     Clock,
-    /// The JWKS listener could not be bound.
+    /// The JWKS file or listener failed.
     #[error("JWKS endpoint: {0}")]
     Listen(#[from] std::io::Error),
+    /// The JWKS process could not start.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
 }
 
 /// A running JWKS endpoint and the token signed by its key. Stops serving on drop.
+///
+/// The endpoint is its own process (`ward-bench serve-jwks`) on 127.0.0.1 of the server side,
+/// like an IdP the sidecar reaches over loopback: Ward refuses a plain-http `jwksUri` to any
+/// other host.
 pub(crate) struct Idp {
-    /// Where the JWKS is served (`http://{addr}/jwks`).
+    /// Where the JWKS is served (`http://{addr}/jwks`), on the server side's loopback.
     pub(crate) addr: SocketAddr,
     /// A compact ES256 JWT for [`ISSUER`] / [`SUBJECT`] / [`AUDIENCE`], valid for the run.
     pub(crate) token: String,
-    /// Set on drop; the serving thread checks it after each connection.
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
 }
 
 impl Idp {
-    /// Generates the key, mints the token and starts serving the JWKS on 127.0.0.1.
-    pub(crate) fn start() -> Result<Idp, IdpError> {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|e| IdpError::Key(e.to_string()))?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .map_err(|e| IdpError::Key(e.to_string()))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| IdpError::Clock)?
-            .as_secs();
-        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": KID});
-        let claims = serde_json::json!({
-            "iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE,
-            "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
-        });
-        let input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = key
-            .sign(&rng, input.as_bytes())
-            .map_err(|e| IdpError::Key(e.to_string()))?;
-        let token = format!("{input}.{}", B64.encode(sig.as_ref()));
-        let jwks = jwks(key.public_key().as_ref())?;
-
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || serve(&listener, &jwks, &stop)
-        });
+    /// Generates the key, mints the token, and starts `exe serve-jwks` on the server side of
+    /// `net`, pinned to `cpu`.
+    pub(crate) fn start(exe: &Path, net: Net, cpu: Option<usize>) -> Result<Idp, IdpError> {
+        let minted = mint()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ward-bench-idp-")
+            .tempdir()?;
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, &minted.jwks)?;
+        let mut proc = Proc::spawn(
+            "ward-bench serve-jwks",
+            net.command(Side::Server, cpu, exe)
+                .arg("serve-jwks")
+                .arg("--file")
+                .arg(&file)
+                .stdout(Stdio::piped()),
+        )?;
+        let stdout = proc
+            .take_stdout()
+            .ok_or_else(|| IdpError::Listen(std::io::Error::other("no stdout")))?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("ready jwks=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                IdpError::Listen(std::io::Error::other(format!("serve-jwks said {line:?}")))
+            })?;
         Ok(Idp {
             addr,
-            token,
-            stop,
-            thread: Some(thread),
+            token: minted.token,
+            _proc: proc,
+            _dir: dir,
         })
     }
 }
 
-impl Drop for Idp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept so the thread sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A token and the JWKS holding the key that signed it.
+struct Minted {
+    token: String,
+    jwks: String,
+}
+
+/// Generates an ES256 key and signs the run's token with it.
+fn mint() -> Result<Minted, IdpError> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|e| IdpError::Key(e.to_string()))?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+        .map_err(|e| IdpError::Key(e.to_string()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| IdpError::Clock)?
+        .as_secs();
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": KID});
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": SUBJECT, "aud": AUDIENCE,
+        "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
+    });
+    let input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let sig = key
+        .sign(&rng, input.as_bytes())
+        .map_err(|e| IdpError::Key(e.to_string()))?;
+    Ok(Minted {
+        token: format!("{input}.{}", B64.encode(sig.as_ref())),
+        jwks: jwks(key.public_key().as_ref())?,
+    })
+}
+
+/// `ward-bench serve-jwks`: serves `file` on a free 127.0.0.1 port, announced on stdout as
+/// `ready jwks=<addr>`, until killed.
+pub(crate) fn serve_jwks(file: &Path) -> std::io::Result<()> {
+    let jwks = std::fs::read_to_string(file)?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    println!("ready jwks={}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    serve(&listener, &jwks, &AtomicBool::new(false));
+    Ok(())
 }
 
 /// The JWKS document for an uncompressed P-256 public key (`04 || x || y`).
@@ -147,8 +189,12 @@ mod tests {
 
     #[test]
     fn serves_the_key_that_signed_the_token() {
-        let idp = Idp::start().unwrap();
-        let mut s = TcpStream::connect(idp.addr).unwrap();
+        let idp = mint().unwrap();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let jwks = idp.jwks.clone();
+        std::thread::spawn(move || serve(&listener, &jwks, &AtomicBool::new(false)));
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /jwks HTTP/1.1\r\nHost: idp\r\n\r\n")
             .unwrap();
         let mut text = String::new();

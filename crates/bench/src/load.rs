@@ -413,9 +413,12 @@ pub(crate) mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            let _ = rt.block_on(crate::server::serve_with(move |http, echo| {
-                let _ = tx.send((http, echo));
-            }));
+            let _ = rt.block_on(crate::server::serve_with(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                move |http, echo| {
+                    let _ = tx.send((http, echo));
+                },
+            ));
         });
         let (http, echo) = rx.recv().unwrap();
         let endpoints = crate::paths::Endpoints {
@@ -429,9 +432,12 @@ pub(crate) mod tests {
     /// The same serving code as `ward-bench serve`, in-process.
     async fn spawn_server() -> (SocketAddr, SocketAddr) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(crate::server::serve_with(move |http, echo| {
-            let _ = tx.send((http, echo));
-        }));
+        tokio::spawn(crate::server::serve_with(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            move |http, echo| {
+                let _ = tx.send((http, echo));
+            },
+        ));
         rx.await.unwrap()
     }
 }

@@ -14,7 +14,9 @@
 //! - `iperf`: bulk throughput with iperf3; `procstat`: CPU and memory from /proc;
 //! - `measure`: one round of every workload on one path → named figures;
 //! - `stats`, `report`, `svg`: medians and spread, targets, JSON, markdown, the plot;
-//! - `process`: child processes, CPU pinning with taskset, cleanup on drop.
+//! - `process`: child processes, CPU pinning with taskset, cleanup on drop;
+//! - `net`: the topology: two network namespaces joined by a veth pair where root allows,
+//!   else loopback.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod http1;
@@ -22,6 +24,7 @@ mod iperf;
 mod jwt;
 mod load;
 mod measure;
+mod net;
 mod nginx_pair;
 mod paths;
 mod process;
@@ -42,8 +45,9 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 use crate::measure::{Context, Plan, Round};
+use crate::net::{Namespaces, Net, Side};
 use crate::paths::{Endpoints, PathKind, RunningPath};
-use crate::process::{pinned, Pinning, Proc};
+use crate::process::{Pinning, Proc};
 use crate::report::{PathResult, Results};
 use crate::stats::Summary;
 
@@ -61,33 +65,103 @@ struct Cli {
     /// The ward binary (default: `ward` next to this binary).
     #[arg(long)]
     ward: Option<PathBuf>,
+    /// Where client and server sides live: `netns` (two network namespaces joined by a veth
+    /// pair; needs root and `ip`), `loopback`, or `auto` (netns where possible).
+    #[arg(long, value_enum, default_value_t = Network::Auto)]
+    network: Network,
+    /// Internal: this process already runs inside the client namespace.
+    #[arg(long, hide = true)]
+    inside_netns: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Network {
+    Auto,
+    Netns,
+    Loopback,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Internal: run the bench server (HTTP 1 KB + echo) and print its ports.
     #[command(hide = true)]
-    Serve,
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+    },
+    /// Internal: serve a JWKS file on 127.0.0.1 and print the address.
+    #[command(hide = true)]
+    ServeJwks {
+        /// The JWKS document.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Serve) = cli.command {
-        return match runtime().map(|rt| rt.block_on(server::serve())) {
-            Ok(Ok(())) => ExitCode::SUCCESS,
-            Ok(Err(e)) => fail(&anyhow::Error::from(e)),
-            Err(e) => fail(&e),
-        };
+    match &cli.command {
+        Some(Command::Serve { bind }) => {
+            return match runtime().map(|rt| rt.block_on(server::serve(*bind))) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(&anyhow::Error::from(e)),
+                Err(e) => fail(&e),
+            };
+        }
+        Some(Command::ServeJwks { file }) => {
+            return match jwt::serve_jwks(file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&anyhow::Error::from(e)),
+            };
+        }
+        None => {}
     }
-    match run(&cli) {
+    let net = if cli.inside_netns {
+        Net::Namespaces
+    } else if cli.network == Network::Loopback {
+        Net::Loopback
+    } else {
+        match Namespaces::create(net::RUN) {
+            Ok(namespaces) => return rerun_in_client_namespace(namespaces),
+            Err(e) if cli.network == Network::Netns => return fail(&e.into()),
+            Err(e) => {
+                eprintln!("ward-bench: NOTE: no network namespaces ({e}); measuring on loopback");
+                Net::Loopback
+            }
+        }
+    };
+    match run(&cli, net) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("ward-bench: a path failed to carry traffic (see above)");
             ExitCode::FAILURE
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Runs this same command inside the client namespace, then deletes the namespaces.
+fn rerun_in_client_namespace(namespaces: Namespaces) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(&anyhow::Error::from(e).context("locating ward-bench")),
+    };
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--inside-netns".into());
+    eprintln!(
+        "ward-bench: client side in network namespace {}, server side in {}, joined by a veth pair",
+        net::CLIENT_NS,
+        net::SERVER_NS
+    );
+    let status = net::run_in_client_namespace(&exe, &args);
+    drop(namespaces);
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => fail(&anyhow::Error::from(e).context("ip netns exec")),
     }
 }
 
@@ -104,7 +178,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The whole run; Ok(false) when a path did not carry traffic.
-fn run(cli: &Cli) -> anyhow::Result<bool> {
+fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     let started = Instant::now();
     let plan = if cli.smoke {
         Plan::smoke()
@@ -138,8 +212,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     pinning.pin_self();
     let rt = runtime()?;
 
-    let (_server, server) = start_server(&exe, pinning)?;
-    let (_iperf, iperf_addr, iperf_note) = match iperf::start_server(pinning.load) {
+    let (_server, server) = start_server(&exe, pinning, net)?;
+    let (_iperf, iperf_addr, iperf_note) = match iperf::start_server(pinning.load, net) {
         Ok((p, addr)) => (Some(p), Some(addr), None),
         Err(e) => (None, None, Some(e.to_string())),
     };
@@ -155,7 +229,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         iperf: iperf_addr.is_some(),
     };
 
-    let (running, mut results) = start_paths(&rt, &server, &ward, pinning);
+    let (running, mut results) = start_paths(&rt, &server, &ward, pinning, net);
     let rounds = run_rounds(&running, &plan, &ctx);
     let pools = latency_pools(&rounds);
     for (kind, rs) in rounds {
@@ -180,7 +254,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         ward_rev: git_rev(),
         ward_binary: ward.display().to_string(),
         machine: machine(),
-        network: "loopback",
+        network: net.name(),
+        network_detail: net.description(),
         pinning: match (pinning.load, pinning.proxies) {
             (Some(l), Some(p)) => format!(
                 "load generator, bench server and iperf3 pinned to CPU {l}; proxies to CPU {p}"
@@ -208,12 +283,13 @@ fn start_paths(
     server: &Endpoints,
     ward: &Path,
     pinning: Pinning,
+    net: Net,
 ) -> (Vec<RunningPath>, BTreeMap<&'static str, PathResult>) {
     let mut running = Vec::new();
     let mut results = BTreeMap::new();
     for kind in PathKind::ALL {
         eprintln!("ward-bench: setting up {}", kind.name());
-        match paths::start(kind, server, ward, pinning.proxies) {
+        match paths::start(kind, server, ward, pinning.proxies, net) {
             Ok(path) => match rt.block_on(load::probe(path.entry.http, 50, &path.requests)) {
                 Ok(()) => running.push(path),
                 Err(e) => {
@@ -276,11 +352,13 @@ fn latency_pools(rounds: &BTreeMap<PathKind, Vec<Round>>) -> svg::Pools {
 }
 
 /// Starts `ward-bench serve` on the load CPU and reads the ports it announces.
-fn start_server(exe: &Path, pinning: Pinning) -> anyhow::Result<(Proc, Endpoints)> {
+fn start_server(exe: &Path, pinning: Pinning, net: Net) -> anyhow::Result<(Proc, Endpoints)> {
     let mut proc = Proc::spawn(
         "bench server",
-        pinned(pinning.load, exe)
+        net.command(Side::Server, pinning.load, exe)
             .arg("serve")
+            .arg("--bind")
+            .arg(net.app_bind().to_string())
             .stdout(Stdio::piped()),
     )?;
     let stdout = proc.take_stdout().context("bench server stdout")?;
@@ -290,6 +368,9 @@ fn start_server(exe: &Path, pinning: Pinning) -> anyhow::Result<(Proc, Endpoints
         .context("reading the bench server's ports")?;
     let (http, echo) =
         server::parse_ready(&line).with_context(|| format!("bench server said {line:?}"))?;
+    // As the server side's proxies reach it.
+    let local = |a: std::net::SocketAddr| std::net::SocketAddr::from(([127, 0, 0, 1], a.port()));
+    let (http, echo) = (local(http), local(echo));
     Ok((
         proc,
         Endpoints {

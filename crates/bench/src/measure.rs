@@ -313,6 +313,7 @@ mod tests {
             &server,
             std::path::Path::new("/nonexistent"),
             None,
+            crate::net::Net::Loopback,
         )
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()

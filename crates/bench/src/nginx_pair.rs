@@ -10,21 +10,14 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
+use crate::net::{Net, Side};
 use crate::paths::{Endpoints, SERVICE_PORTS};
-use crate::process::{pinned, Proc, SpawnError};
+use crate::process::{Proc, SpawnError};
 use crate::procstat::children;
 
-/// The run's addresses: A (the client side, the path's entry points) on 127.77.1.1, B (the
-/// TLS listeners) on 127.77.1.10. Tests use another block so they can run beside a bench.
+/// The run's address block ([`crate::net`]): A (the client side, the path's entry points) on
+/// `.1`, B (the TLS listeners) on `.10`. Tests use another block so they can run beside a bench.
 pub(crate) const BLOCK: u8 = 1;
-
-fn a_ip(block: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 77, block, 1)
-}
-
-fn b_ip(block: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 77, block, 10)
-}
 /// The name in B's certificate, which A verifies.
 const B_NAME: &str = "nginx-b.bench";
 /// Where Debian's libnginx-mod-stream installs the module.
@@ -75,8 +68,9 @@ impl NginxPair {
         server: &Endpoints,
         cpu: Option<usize>,
         block: u8,
+        net: Net,
     ) -> Result<NginxPair, NginxPairError> {
-        let (a_ip, b_ip) = (a_ip(block), b_ip(block));
+        let (a_ip, b_ip) = (net.ip(Side::Client, block), net.ip(Side::Server, block));
         if !Path::new(STREAM_MODULE).exists() {
             return Err(NginxPairError::NotInstalled);
         }
@@ -84,6 +78,7 @@ impl NginxPair {
             .prefix("ward-bench-nginx-")
             .tempdir()?;
         write_certificates(dir.path())?;
+        let nginx = Path::new("nginx");
         let d = dir.path().display();
         let upstreams = [server.http, server.echo, server.iperf];
         let b_servers: String = SERVICE_PORTS
@@ -120,8 +115,8 @@ impl NginxPair {
         );
         std::fs::write(dir.path().join("b.conf"), b_conf)?;
         std::fs::write(dir.path().join("a.conf"), a_conf)?;
-        let b = start_one("b", dir.path(), cpu, b_ip)?;
-        let a = start_one("a", dir.path(), cpu, a_ip)?;
+        let b = start_one("b", dir.path(), net.command(Side::Server, cpu, nginx), b_ip)?;
+        let a = start_one("a", dir.path(), net.command(Side::Client, cpu, nginx), a_ip)?;
         let [http, echo, iperf] = SERVICE_PORTS.map(|p| SocketAddr::from((a_ip, p)));
         Ok(NginxPair {
             a,
@@ -153,12 +148,12 @@ fn config(name: &str, stream_body: &str, dir: &Path) -> String {
 fn start_one(
     name: &'static str,
     dir: &Path,
-    cpu: Option<usize>,
+    mut nginx: std::process::Command,
     ip: Ipv4Addr,
 ) -> Result<Proc, NginxPairError> {
     let mut proc = Proc::spawn(
         &format!("nginx {name}"),
-        pinned(cpu, "nginx")
+        nginx
             .arg("-p")
             .arg(dir)
             .arg("-c")
@@ -235,7 +230,7 @@ mod tests {
             return;
         }
         let (server, _thread) = crate::load::tests::server_in_thread();
-        let pair = NginxPair::start(&server, None, 201).unwrap();
+        let pair = NginxPair::start(&server, None, 201, Net::Loopback).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -246,7 +241,7 @@ mod tests {
             &crate::http1::Requests::plain(),
         ))
         .unwrap();
-        let b = SocketAddr::from((b_ip(201), SERVICE_PORTS[0]));
+        let b = SocketAddr::from((Net::Loopback.ip(Side::Server, 201), SERVICE_PORTS[0]));
         assert!(
             rt.block_on(crate::load::probe(b, 1, &crate::http1::Requests::plain()))
                 .is_err(),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::http1::Requests;
+use crate::net::Net;
 use crate::nginx_pair::{NginxPair, NginxPairError};
 use crate::ward_pair::{Layer, WardPair, WardPairError};
 
@@ -60,7 +61,8 @@ impl PathKind {
             PathKind::Baseline => "client -> server, no proxy",
             PathKind::WardL4 => {
                 "client -> ward egress -> HBONE/mTLS (TLS 1.3) -> ward inbound -> server; TCP port, \
-                 STRICT PeerAuthentication, ALLOW AuthorizationPolicy; both sidecars in one `ward up`"
+                 STRICT PeerAuthentication, ALLOW AuthorizationPolicy; one `ward up --workloads` \
+                 per side, sharing one CA"
             }
             PathKind::WardL7 => {
                 "as ward-l4, but the server port is protocol HTTP: a 10-rule ALLOW \
@@ -91,7 +93,7 @@ pub(crate) enum PathError {
 pub(crate) enum Proxies {
     /// Baseline: nothing between client and server.
     None,
-    /// One `ward up` process.
+    /// Two `ward up` processes, one per side.
     Ward(WardPair),
     /// Two nginx masters and their workers.
     Nginx(NginxPair),
@@ -114,33 +116,42 @@ impl RunningPath {
     pub(crate) fn proxy_pids(&self) -> Vec<u32> {
         match &self.proxies {
             Proxies::None => Vec::new(),
-            Proxies::Ward(w) => vec![w.proc.pid()],
+            Proxies::Ward(w) => w.pids(),
             Proxies::Nginx(n) => n.pids(),
         }
     }
 }
 
-/// Sets up `kind` in front of `server`, proxies pinned to `cpu`.
+/// Sets up `kind` in front of `server` (its addresses as the server side sees them), proxies
+/// pinned to `cpu`, each on its side of `net`.
 pub(crate) fn start(
     kind: PathKind,
     server: &Endpoints,
     ward: &Path,
     cpu: Option<usize>,
+    net: Net,
 ) -> Result<RunningPath, PathError> {
     let plain = Requests::plain();
     let (entry, requests, proxies) = match kind {
-        PathKind::Baseline => (*server, plain, Proxies::None),
+        PathKind::Baseline => {
+            let direct = Endpoints {
+                http: net.client_view(server.http),
+                echo: net.client_view(server.echo),
+                iperf: net.client_view(server.iperf),
+            };
+            (direct, plain, Proxies::None)
+        }
         PathKind::WardL4 | PathKind::WardL7 => {
             let layer = if kind == PathKind::WardL4 {
                 Layer::L4
             } else {
                 Layer::L7
             };
-            let pair = WardPair::start(ward, server, cpu, layer)?;
+            let pair = WardPair::start(ward, server, cpu, layer, net)?;
             (pair.entry, pair.requests.clone(), Proxies::Ward(pair))
         }
         PathKind::Reference => {
-            let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK)?;
+            let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK, net)?;
             (pair.entry, plain, Proxies::Nginx(pair))
         }
     };
@@ -171,10 +182,24 @@ mod tests {
             echo: "127.0.0.1:2".parse().unwrap(),
             iperf: "127.0.0.1:3".parse().unwrap(),
         };
-        let p = start(PathKind::Baseline, &server, Path::new("/nonexistent"), None).unwrap();
+        let p = start(
+            PathKind::Baseline,
+            &server,
+            Path::new("/nonexistent"),
+            None,
+            Net::Loopback,
+        )
+        .unwrap();
         assert_eq!(p.entry, server);
         assert_eq!(p.requests, Requests::plain());
         assert!(p.proxy_pids().is_empty());
-        assert!(start(PathKind::WardL7, &server, Path::new("/x"), None).is_err());
+        assert!(start(
+            PathKind::WardL7,
+            &server,
+            Path::new("/x"),
+            None,
+            Net::Loopback
+        )
+        .is_err());
     }
 }

@@ -257,8 +257,10 @@ pub(crate) struct Results {
     pub(crate) ward_binary: String,
     /// The machine.
     pub(crate) machine: Machine,
-    /// `loopback` (network namespaces: not yet).
+    /// `netns+veth` or `loopback`.
     pub(crate) network: &'static str,
+    /// What the network is, in a sentence.
+    pub(crate) network_detail: String,
     /// CPU placement, e.g. "load generator, server, iperf3 on CPU 0; proxies on CPU 1".
     pub(crate) pinning: String,
     /// How much of each workload ran.
@@ -424,7 +426,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         r.machine.kernel,
         r.ward_rev,
         r.ward_binary,
-        r.network,
+        r.network_detail,
         r.pinning,
         r.plan.rounds
     );
@@ -612,6 +614,7 @@ mod tests {
                 kernel: "6".into(),
             },
             network: "loopback",
+            network_detail: "loopback".into(),
             pinning: "none".into(),
             plan: Plan::smoke(),
             targets: targets(&paths),

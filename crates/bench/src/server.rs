@@ -1,8 +1,8 @@
 //! The server behind every path, run as its own process (`ward-bench serve`): an HTTP/1.1
 //! server answering every GET with a 1 KB body, and a TCP echo. It binds ephemeral ports on
-//! 127.0.0.1 and prints them on one stdout line so the parent knows where to point the proxies.
+//! `--bind` (127.0.0.1, or its address in the server namespace) and prints them on one stdout line so the parent knows where to point the proxies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,16 +13,20 @@ use crate::http1::{head_end, wants_close, BODY_LEN, MAX_HEAD};
 pub(crate) const READY_PREFIX: &str = "ready";
 
 /// Runs both servers until the process is killed, announcing the ports on stdout.
-pub(crate) async fn serve() -> std::io::Result<()> {
-    serve_with(|http, echo| println!("{READY_PREFIX} http={http} echo={echo}")).await
+pub(crate) async fn serve(bind: IpAddr) -> std::io::Result<()> {
+    serve_with(bind, |http, echo| {
+        println!("{READY_PREFIX} http={http} echo={echo}")
+    })
+    .await
 }
 
 /// Runs both servers, calling `announce` once both listen.
 pub(crate) async fn serve_with(
+    bind: IpAddr,
     announce: impl FnOnce(SocketAddr, SocketAddr),
 ) -> std::io::Result<()> {
-    let http = TcpListener::bind("127.0.0.1:0").await?;
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind((bind, 0)).await?;
+    let echo = TcpListener::bind((bind, 0)).await?;
     announce(http.local_addr()?, echo.local_addr()?);
     let response = response_bytes();
     tokio::spawn(accept_loop(echo, |s| async move {

@@ -1,19 +1,22 @@
-//! The ward-l4 and ward-l7 paths: one `ward up` process running a client sidecar (egress
-//! listeners) and a server sidecar (ingress to the bench server), HBONE/mTLS between them,
-//! STRICT PeerAuthentication and an ALLOW AuthorizationPolicy naming the client's identity.
+//! The ward-l4 and ward-l7 paths: two `ward up` processes on the same YAML, as on two nodes:
+//! one runs the client sidecar (egress listeners; `--workloads bench/client`) on the client
+//! side, the other the server sidecar (ingress to the bench server; `--workloads bench/srv`) on
+//! the server side. They share one CA (one `--state-dir`) and talk HBONE/mTLS, with STRICT
+//! PeerAuthentication and an ALLOW AuthorizationPolicy naming the client's identity.
 //! At L7 the HTTP port is `protocol: HTTP`, the policy has 10 rules and a RequestAuthentication
 //! checks the bearer token the load generator sends (keys from [`crate::jwt::Idp`]).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::http1::Requests;
 use crate::jwt::{Idp, IdpError};
+use crate::net::{Net, Side};
 use crate::paths::{Endpoints, SERVICE_PORTS};
-use crate::process::{free_port, pinned, Proc, SpawnError};
+use crate::process::{free_port, Proc, SpawnError};
 
 /// Which ward path: both run at once (each in its own `ward up`), so each has its own addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,22 +28,18 @@ pub(crate) enum Layer {
 }
 
 impl Layer {
-    /// The client workload's address: its egress listeners are the path's entry points.
-    fn client_ip(self) -> Ipv4Addr {
+    /// The path's address block in [`crate::net`]: the client workload (whose egress listeners
+    /// are the path's entry points) at `.1`, the server workload (HBONE on :15008) at `.10`.
+    fn block(self) -> u8 {
         match self {
-            Layer::L4 => Ipv4Addr::new(127, 77, 0, 1),
-            Layer::L7 => Ipv4Addr::new(127, 77, 7, 1),
-        }
-    }
-
-    /// The server workload's address (HBONE on :15008).
-    fn server_ip(self) -> Ipv4Addr {
-        match self {
-            Layer::L4 => Ipv4Addr::new(127, 77, 0, 10),
-            Layer::L7 => Ipv4Addr::new(127, 77, 7, 10),
+            Layer::L4 => 0,
+            Layer::L7 => 7,
         }
     }
 }
+
+/// The server side's admin port in the server namespace (nothing else listens there on it).
+const SERVER_ADMIN_PORT: u16 = 15000;
 
 /// The header the L7 policy's `when` condition requires, and its value.
 const BENCH_HEADER: (&str, &str) = ("x-bench", "l7");
@@ -72,8 +71,10 @@ pub(crate) enum WardPairError {
 
 /// A running ward pair.
 pub(crate) struct WardPair {
-    /// The `ward up` process: both sidecars and the control plane.
-    pub(crate) proc: Proc,
+    /// The client side's `ward up` (its control plane and the client sidecar).
+    client: Proc,
+    /// The server side's `ward up` (its control plane and the server sidecar).
+    server: Proc,
     /// Where the client dials.
     pub(crate) entry: Endpoints,
     /// What the load generator sends (L7: with the bearer token and the policy's header).
@@ -84,18 +85,19 @@ pub(crate) struct WardPair {
 }
 
 impl WardPair {
-    /// Writes the mesh, starts `ward up` pinned to `cpu`, and waits for `/ready`; at L7 also
-    /// until a request with the token is allowed (the sidecar fetched the JWKS: before that,
-    /// every token is refused with 401).
+    /// Writes the mesh, starts the client side's then the server side's `ward up` pinned to
+    /// `cpu`, and waits for each one's `/ready`; at L7 also until a request with the token is
+    /// allowed (the sidecar fetched the JWKS: before that, every token is refused with 401).
     pub(crate) fn start(
         ward: &Path,
         server: &Endpoints,
         cpu: Option<usize>,
         layer: Layer,
+        net: Net,
     ) -> Result<WardPair, WardPairError> {
         let idp = match layer {
             Layer::L4 => None,
-            Layer::L7 => Some(Idp::start()?),
+            Layer::L7 => Some(Idp::start(&bench_exe()?, net, cpu)?),
         };
         let requests = match &idp {
             None => Requests::plain(),
@@ -107,57 +109,56 @@ impl WardPair {
         let dir = tempfile::Builder::new().prefix("ward-bench-").tempdir()?;
         let config = dir.path().join("config");
         std::fs::create_dir_all(&config)?;
-        let mut mesh = mesh_yaml(server, layer);
+        let mut mesh = mesh_yaml(server, layer, net);
         if let Some(idp) = &idp {
             mesh.push_str(&l7_security_yaml(idp.addr));
         }
         std::fs::write(config.join("mesh.yaml"), mesh)?;
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let log_path = dir.path().join("ward.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut proc = Proc::spawn(
-            "ward",
-            pinned(cpu, ward)
-                .arg("up")
-                .arg("-f")
-                .arg(&config)
-                .arg("--state-dir")
-                .arg(dir.path().join("state"))
-                .arg("--admin")
-                .arg(admin.to_string())
-                // Istio's default mesh has access logging off; per-connection INFO lines would
-                // measure the log writer, not the data path.
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log),
-        )?;
-        let tail = || {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let start = text.len().saturating_sub(2000);
-            text.get(start..).unwrap_or_default().to_owned()
+        let state = dir.path().join("state");
+        // The client side first: it creates the CA root under `state`, which the server side
+        // then loads (shared, as a copied `--state-dir` or `--cacerts` would be across nodes).
+        let client_admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let server_admin = match net {
+            Net::Loopback => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            Net::Namespaces => {
+                SocketAddr::from((net.ip(Side::Server, layer.block()), SERVER_ADMIN_PORT))
+            }
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if proc.has_exited() {
-                return Err(WardPairError::NotReady {
-                    reason: "ward exited".into(),
-                    log: tail(),
-                });
-            }
-            let last = match http_status(admin, "/ready") {
-                Ok(200) => break,
-                Ok(code) => format!("/ready answered {code}"),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                return Err(WardPairError::NotReady {
-                    reason: last,
-                    log: tail(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let [http, echo, iperf] = SERVICE_PORTS.map(|p| SocketAddr::from((layer.client_ip(), p)));
+        let start_side = |side: Side, workload: &str, admin: SocketAddr| {
+            let log_path = dir.path().join(format!("ward-{workload}.log"));
+            let log = std::fs::File::create(&log_path)?;
+            let mut proc = Proc::spawn(
+                "ward",
+                net.command(side, cpu, ward)
+                    .arg("up")
+                    .arg("-f")
+                    .arg(&config)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .arg("--admin")
+                    .arg(admin.to_string())
+                    .arg("--workloads")
+                    .arg(format!("bench/{workload}"))
+                    // Istio's default mesh has access logging off; per-connection INFO lines
+                    // would measure the log writer, not the data path.
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            )?;
+            wait_ready(&mut proc, admin, &log_path)?;
+            Ok::<_, WardPairError>((proc, log_path))
+        };
+        let (client, client_log) = start_side(Side::Client, "client", client_admin)?;
+        let (mut server_proc, server_log) = start_side(Side::Server, "srv", server_admin)?;
+        let logs = || {
+            format!(
+                "{}\n--- server side ---\n{}",
+                tail(&client_log),
+                tail(&server_log)
+            )
+        };
+        let [http, echo, iperf] =
+            SERVICE_PORTS.map(|p| SocketAddr::from((net.ip(Side::Client, layer.block()), p)));
         if let Some(idp) = &idp {
             let deadline = Instant::now() + JWKS_WAIT;
             loop {
@@ -166,10 +167,10 @@ impl WardPair {
                     Ok(code) => format!("a request with the token answered {code}"),
                     Err(e) => format!("a request with the token: {e}"),
                 };
-                if proc.has_exited() || Instant::now() > deadline {
+                if server_proc.has_exited() || Instant::now() > deadline {
                     return Err(WardPairError::NotReady {
                         reason: format!("{last} (JWKS not fetched?)"),
-                        log: tail(),
+                        log: logs(),
                     });
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -187,13 +188,14 @@ impl WardPair {
                         reason: format!(
                             "a request matching no rule was not denied with 403: {other:?}"
                         ),
-                        log: tail(),
+                        log: logs(),
                     })
                 }
             }
         }
         Ok(WardPair {
-            proc,
+            client,
+            server: server_proc,
             entry: Endpoints { http, echo, iperf },
             requests,
             _idp: idp,
@@ -205,9 +207,10 @@ impl WardPair {
 /// The mesh: two workloads, a service with the three bench ports, Sidecars wiring the client's
 /// egress and the server's ingress, STRICT mTLS and one ALLOW policy (at L4; at L7 the policy
 /// is [`l7_security_yaml`]'s).
-fn mesh_yaml(server: &Endpoints, layer: Layer) -> String {
+fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
-    let (client_ip, server_ip) = (layer.client_ip(), layer.server_ip());
+    let client_ip = net.ip(Side::Client, layer.block());
+    let server_ip = net.ip(Side::Server, layer.block());
     // Istio protocol selection: the `protocol` field decides; the names follow it.
     let (web, web_protocol) = match layer {
         Layer::L4 => ("tcp-http", "TCP"),
@@ -369,6 +372,50 @@ spec:
     )
 }
 
+impl WardPair {
+    /// Both `ward up` processes.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        vec![self.client.pid(), self.server.pid()]
+    }
+}
+
+/// This binary, which also serves the JWKS (`serve-jwks`).
+fn bench_exe() -> Result<std::path::PathBuf, WardPairError> {
+    Ok(std::env::current_exe()?)
+}
+
+/// The last 2000 bytes of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(2000);
+    text.get(start..).unwrap_or_default().to_owned()
+}
+
+/// Waits up to 30 s for `/ready` on `admin`; the error carries the log's tail.
+fn wait_ready(proc: &mut Proc, admin: SocketAddr, log: &Path) -> Result<(), WardPairError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if proc.has_exited() {
+            return Err(WardPairError::NotReady {
+                reason: format!("ward ({admin}) exited"),
+                log: tail(log),
+            });
+        }
+        let last = match http_status(admin, "/ready") {
+            Ok(200) => return Ok(()),
+            Ok(code) => format!("/ready on {admin} answered {code}"),
+            Err(e) => format!("/ready on {admin}: {e}"),
+        };
+        if Instant::now() > deadline {
+            return Err(WardPairError::NotReady {
+                reason: last,
+                log: tail(log),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The status code the HTTP entry point gives `request` (a whole request head).
 fn request_status(addr: SocketAddr, request: &[u8]) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -403,6 +450,7 @@ fn status_code(head: &[u8; 12]) -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use ward_policy::spec::AuthorizationPolicySpec;
     use ward_policy::{
         AuthzPolicy, HttpAttributes, L4Attributes, MeshContext, Peer, PolicyRef, RequestAuth,
@@ -417,7 +465,7 @@ mod tests {
     }
 
     fn mesh(layer: Layer) -> String {
-        let mut mesh = mesh_yaml(&server(), layer);
+        let mut mesh = mesh_yaml(&server(), layer, Net::Loopback);
         if layer == Layer::L7 {
             mesh.push_str(&l7_security_yaml("127.0.0.1:4".parse().unwrap()));
         }
