@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::jwks::{Jwks, JwksError};
 use crate::jwks_uri::{self, JwksUri, JwksUriError};
 use crate::spec::{ClaimToHeader, JwtRule};
-use crate::token::{self, JwtError};
+use crate::token::{self, JwtError, Validity};
+use crate::verified_cache::{self, VerifiedCache, VERIFIED_TOKEN_CACHE_CAPACITY};
 
 /// Default JWKS fetch timeout (Envoy remote JWKS default, istio-semantics §2.5).
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -194,6 +195,24 @@ struct Rejection {
     unknown_kid: Option<(String, String)>,
 }
 
+/// What one token's check yields: the rule that verified it, its payload segment (base64url)
+/// and the identity; or why it was refused.
+type TokenResult<'a, 't> = Result<(&'a CompiledRule, &'t str, VerifiedToken), Rejection>;
+
+/// One token that verified.
+struct Verified<'a, 't> {
+    /// Index of the rule that verified it, and the rule.
+    rule_index: usize,
+    rule: &'a CompiledRule,
+    /// The payload segment of the token, still base64url.
+    payload_b64: &'t str,
+    token: VerifiedToken,
+    /// Its `exp` / `nbf`.
+    validity: Validity,
+    /// The key set it verified with.
+    jwks: Arc<Jwks>,
+}
+
 /// Where a rule's keys come from.
 enum KeySource {
     /// Inline `jwks`, parsed once.
@@ -239,9 +258,14 @@ pub struct RemoteJwks {
 }
 
 /// One compiled RequestAuthentication rule set for a workload.
+///
+/// It remembers the tokens it verified (see [`crate::VERIFIED_TOKEN_CACHE_CAPACITY`]): a token
+/// seen again, at the same location and with the same key set, skips the signature check; its
+/// `exp` and `nbf` are checked again on every request.
 pub struct Authenticator {
     rules: Vec<CompiledRule>,
     locations: Vec<LocationRules>,
+    verified: VerifiedCache,
 }
 
 impl fmt::Debug for Authenticator {
@@ -249,6 +273,7 @@ impl fmt::Debug for Authenticator {
         let issuers: Vec<&str> = self.rules.iter().map(|r| r.issuer.as_str()).collect();
         f.debug_struct("Authenticator")
             .field("issuers", &issuers)
+            .field("verified", &self.verified)
             .finish()
     }
 }
@@ -275,7 +300,18 @@ impl Authenticator {
         Ok(Authenticator {
             rules: compiled,
             locations,
+            verified: VerifiedCache::new(VERIFIED_TOKEN_CACHE_CAPACITY),
         })
+    }
+
+    /// The same authenticator remembering at most `capacity` verified tokens instead of
+    /// [`crate::VERIFIED_TOKEN_CACHE_CAPACITY`]; 0 verifies every token every time.
+    #[must_use]
+    pub fn with_verified_token_cache(self, capacity: usize) -> Authenticator {
+        Authenticator {
+            verified: VerifiedCache::new(capacity),
+            ..self
+        }
     }
 
     /// The key sets the proxy must fetch (rules without inline `jwks`), one per issuer.
@@ -329,9 +365,9 @@ impl Authenticator {
         let mut first: Option<VerifiedToken> = None;
         let mut strip: Vec<TokenLocation> = Vec::new();
         let mut add_headers: Vec<(String, String)> = Vec::new();
-        for location in &self.locations {
+        for (location_index, location) in self.locations.iter().enumerate() {
             for raw in extract(&location.place, req) {
-                let verified = match self.verify_one(raw, &location.rules, now_unix, keys) {
+                let verified = match self.verify_cached(location_index, raw, now_unix, keys) {
                     Ok(verified) => verified,
                     Err(Rejection {
                         reason,
@@ -373,6 +409,76 @@ impl Authenticator {
         }
     }
 
+    /// Verifies one token read from `self.locations[location]`, from the cache when this exact
+    /// token verified there before with the issuer's current key set. The result is the one
+    /// [`Authenticator::verify_one`] would give.
+    fn verify_cached<'t>(
+        &self,
+        location: usize,
+        raw: &'t str,
+        now_unix: u64,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> TokenResult<'_, 't> {
+        let key = self
+            .verified
+            .accepts(raw)
+            .then(|| verified_cache::key(location, raw));
+        if let Some(key) = &key {
+            if let Some(hit) = self.cached(key, raw, now_unix, keys) {
+                return hit;
+            }
+        }
+        let rules = self
+            .locations
+            .get(location)
+            .map_or(&[][..], |l| l.rules.as_slice());
+        let verified = self.verify_one(raw, rules, now_unix, keys)?;
+        if let Some(key) = key {
+            self.verified.insert(
+                key,
+                verified_cache::Entry::new(
+                    raw,
+                    &verified.jwks,
+                    verified.rule_index,
+                    verified.validity,
+                    verified.token.clone(),
+                ),
+            );
+        }
+        Ok((verified.rule, verified.payload_b64, verified.token))
+    }
+
+    /// The answer for a cached token, or `None` to verify it afresh: not cached, or its key
+    /// set is no longer the issuer's current one (rotated, removed, refetched, or none).
+    ///
+    /// Everything [`Authenticator::verify_one`] checks is a function of the token bytes, the
+    /// location's rules and the key set, except `exp` / `nbf`: those are checked here, in the
+    /// same order and with the same skew (the signature, checked first, would pass again).
+    fn cached<'t>(
+        &self,
+        key: &verified_cache::Key,
+        raw: &'t str,
+        now_unix: u64,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> Option<TokenResult<'_, 't>> {
+        let entry = self.verified.get(key, raw)?;
+        let rule = self.rules.get(entry.rule)?;
+        let current = current_keys(rule, keys)?;
+        if !entry.verified_with(&current) {
+            return None;
+        }
+        // A cached token has exactly three segments (it was decoded).
+        let payload_b64 = raw.split('.').nth(1)?;
+        self.verified.note_hit();
+        Some(match entry.validity.check(now_unix) {
+            Ok(()) => Ok((rule, payload_b64, entry.verified.clone())),
+            Err(reason) => Err(Rejection {
+                reason,
+                unknown_kid: None,
+            }),
+        })
+    }
+
     /// Verifies one token read from a place served by `rule_indices`.
     fn verify_one<'t>(
         &self,
@@ -380,7 +486,7 @@ impl Authenticator {
         rule_indices: &[usize],
         now_unix: u64,
         keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
-    ) -> Result<(&CompiledRule, &'t str, VerifiedToken), Rejection> {
+    ) -> Result<Verified<'_, 't>, Rejection> {
         let reject = |reason: JwtError, unknown_kid: Option<(String, String)>| Rejection {
             reason,
             unknown_kid,
@@ -390,24 +496,19 @@ impl Authenticator {
         // token at a location only counts for the rules that read that location (Envoy
         // jwt_authn extractor: issuer must be allowed for the header it came from).
         // CVE-2021-21378: an unknown issuer is never let through.
-        let rule = decoded
+        let (rule_index, rule) = decoded
             .claims
             .iss
             .as_deref()
             .and_then(|iss| {
                 rule_indices
                     .iter()
-                    .filter_map(|i| self.rules.get(*i))
-                    .find(|r| r.issuer == iss)
+                    .filter_map(|i| Some((*i, self.rules.get(*i)?)))
+                    .find(|(_, r)| r.issuer == iss)
             })
             .ok_or_else(|| reject(JwtError::UnknownIssuer, None))?;
-        let jwks = match &rule.keys {
-            KeySource::Inline(jwks) => Arc::clone(jwks),
-            // Fail closed: never fall back to any default key (CVE-2026-31837).
-            KeySource::Remote(_) => {
-                keys(&rule.issuer).ok_or_else(|| reject(JwtError::JwksFetchFailed, None))?
-            }
-        };
+        let jwks =
+            current_keys(rule, keys).ok_or_else(|| reject(JwtError::JwksFetchFailed, None))?;
         decoded
             .verify(&jwks, now_unix, &rule.audiences)
             .map_err(|e| {
@@ -420,6 +521,7 @@ impl Authenticator {
                 reject(e, unknown_kid)
             })?;
         let claims = decoded.claims;
+        let validity = claims.validity;
         let iss = claims.iss.unwrap_or_default();
         let token = VerifiedToken {
             // istio-semantics §2.5: "The request principal is `iss/sub`". A token without
@@ -429,7 +531,26 @@ impl Authenticator {
             presenter: claims.azp,
             claims: claims.payload,
         };
-        Ok((rule, decoded.payload_b64, token))
+        Ok(Verified {
+            rule_index,
+            rule,
+            payload_b64: decoded.payload_b64,
+            token,
+            validity,
+            jwks,
+        })
+    }
+}
+
+/// The key set `rule` verifies with now; `None` when its remote keys were never fetched.
+fn current_keys(
+    rule: &CompiledRule,
+    keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+) -> Option<Arc<Jwks>> {
+    match &rule.keys {
+        KeySource::Inline(jwks) => Some(Arc::clone(jwks)),
+        // Fail closed: never fall back to any default key (CVE-2026-31837).
+        KeySource::Remote(_) => keys(&rule.issuer),
     }
 }
 
@@ -676,6 +797,8 @@ mod tests {
     use crate::jwks_cache::JwksCache;
     use crate::spec::JwtHeader;
     use crate::test_signer::{KeyKind, Signer};
+    use crate::token::CLOCK_SKEW_SECONDS;
+    use crate::verified_cache::MAX_CACHED_TOKEN_BYTES;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -1279,6 +1402,384 @@ mod tests {
         ] {
             assert!(!printed.contains(payload), "{printed}");
         }
+    }
+
+    // --- Verified-token cache -------------------------------------------------------------
+
+    fn run_at(
+        auth: &Authenticator,
+        hdrs: &[(&str, &str)],
+        query: Option<&str>,
+        now: u64,
+        keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    ) -> AuthnOutcome {
+        let hdrs = headers(hdrs);
+        let sources = TokenSources {
+            headers: &hdrs,
+            query,
+        };
+        auth.authenticate(&sources, now, keys)
+    }
+
+    /// `rules` compiled twice: with the default cache, and with none (the reference).
+    fn cached_and_uncached(rules: Vec<JwtRule>) -> (Authenticator, Authenticator) {
+        let cached = Authenticator::new(rules.clone()).unwrap();
+        let uncached = Authenticator::new(rules)
+            .unwrap()
+            .with_verified_token_cache(0);
+        (cached, uncached)
+    }
+
+    fn parsed(signer: &Signer) -> Arc<Jwks> {
+        Arc::new(Jwks::parse(signer.jwks().as_bytes()).unwrap())
+    }
+
+    /// `token` with one character of its signature segment replaced (still base64url).
+    fn tamper_signature(token: &str) -> String {
+        let signature_start = token.rfind('.').unwrap() + 1;
+        let at = signature_start + (token.len() - signature_start) / 2;
+        let mut bytes = token.as_bytes().to_vec();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn cache_hit_equals_first_outcome() {
+        let signer = Signer::new(KeyKind::P256, "k1");
+        let jwks = parsed(&signer);
+        let keys = |iss: &str| (iss == ISS).then(|| Arc::clone(&jwks));
+        let rules = vec![JwtRule {
+            audiences: vec!["svc".into()],
+            from_headers: vec![JwtHeader {
+                name: "authorization".into(),
+                prefix: "Bearer ".into(),
+            }],
+            from_params: vec!["token".into()],
+            output_payload_to_header: Some("x-payload".into()),
+            output_claim_to_headers: vec![
+                ClaimToHeader {
+                    header: "x-sub".into(),
+                    claim: "sub".into(),
+                },
+                ClaimToHeader {
+                    header: "x-n".into(),
+                    claim: "n".into(),
+                },
+            ],
+            ..rule(ISS)
+        }];
+        let (auth, reference) = cached_and_uncached(rules);
+        let in_header = signer.token(&json!({
+            "iss": ISS, "sub": "alice", "aud": "svc", "azp": "web", "n": 1, "exp": NOW + 600
+        }));
+        let in_query = signer.token(&json!({"iss": ISS, "sub": "bob", "aud": ["svc"], "n": 2}));
+        let bearer = format!("Bearer {in_header}");
+        let query = format!("a=1&token={in_query}");
+        let hdrs = [("authorization", bearer.as_str())];
+
+        let first = run(&auth, &hdrs, Some(&query), &keys);
+        assert!(
+            matches!(first, AuthnOutcome::Authenticated { .. }),
+            "{first:?}"
+        );
+        assert_eq!(auth.verified.len(), 2);
+        assert_eq!(auth.verified.hits(), 0);
+        for round in 1..=3 {
+            let again = run(&auth, &hdrs, Some(&query), &keys);
+            assert_eq!(
+                auth.verified.hits(),
+                2 * round,
+                "both tokens from the cache"
+            );
+            assert_eq!(again, first);
+        }
+        assert_eq!(run(&reference, &hdrs, Some(&query), &keys), first);
+        assert_eq!(reference.verified.len(), 0);
+    }
+
+    #[test]
+    fn cached_token_still_expires_and_honours_nbf() {
+        let signer = Signer::new(KeyKind::Ed25519, "k1");
+        let jwks = parsed(&signer);
+        let keys = |_: &str| Some(Arc::clone(&jwks));
+        let (auth, reference) = cached_and_uncached(vec![rule(ISS)]);
+        let same = |hdrs: &[(&str, &str)], now: u64| {
+            let got = run_at(&auth, hdrs, None, now, &keys);
+            assert_eq!(got, run_at(&reference, hdrs, None, now, &keys), "at {now}");
+            got
+        };
+
+        let exp = NOW + 100;
+        let token = signer.token(&json!({"iss": ISS, "sub": "s", "exp": exp}));
+        let bearer = format!("Bearer {token}");
+        let hdrs = [("authorization", bearer.as_str())];
+        assert!(principal(&same(&hdrs, NOW)).is_some());
+        assert_eq!(auth.verified.len(), 1);
+        // Within the skew: still good, from the cache.
+        assert!(principal(&same(&hdrs, exp + CLOCK_SKEW_SECONDS)).is_some());
+        assert_eq!(auth.verified.hits(), 1);
+        // Past it: rejected exactly as without the cache.
+        let expired = same(&hdrs, exp + CLOCK_SKEW_SECONDS + 1);
+        assert_eq!(message(&expired), Some((401, "Jwt is expired")));
+        assert_eq!(
+            auth.verified.hits(),
+            2,
+            "the expiry came from the cached entry"
+        );
+
+        // Not yet valid at first use: rejected, not cached; valid later.
+        let nbf = NOW + 1000;
+        let early = signer.token(&json!({"iss": ISS, "sub": "e", "nbf": nbf}));
+        let bearer = format!("Bearer {early}");
+        let hdrs = [("authorization", bearer.as_str())];
+        let too_early = same(&hdrs, NOW);
+        assert_eq!(message(&too_early), Some((401, "Jwt not yet valid")));
+        assert_eq!(auth.verified.len(), 1);
+        assert_eq!(
+            principal(&same(&hdrs, nbf - CLOCK_SKEW_SECONDS)),
+            Some("https://idp.example.com/e")
+        );
+        assert_eq!(auth.verified.len(), 2);
+        assert!(principal(&same(&hdrs, nbf)).is_some());
+        assert_eq!(auth.verified.hits(), 3);
+        // A cached token is checked against the clock it is given, not the one it was cached
+        // under: an earlier `now` (another caller's clock) is rejected again.
+        let hits = auth.verified.hits();
+        assert_eq!(message(&same(&hdrs, NOW)), Some((401, "Jwt not yet valid")));
+        assert_eq!(auth.verified.hits(), hits + 1);
+    }
+
+    #[test]
+    fn key_set_change_invalidates_cached_tokens() {
+        let signer = Signer::new(KeyKind::Rsa2048, "k1");
+        let other = Signer::new(KeyKind::Rsa2048, "k2");
+        let same_kid = Signer::new(KeyKind::Rsa2048, "k1");
+        let (auth, reference) = cached_and_uncached(vec![rule(ISS)]);
+        let token = signer.token(&json!({"iss": ISS, "sub": "s"}));
+        let bearer = format!("Bearer {token}");
+        let hdrs = [("authorization", bearer.as_str())];
+        let current: std::cell::RefCell<Option<Arc<Jwks>>> = std::cell::RefCell::new(None);
+        let keys = |_: &str| current.borrow().clone();
+        let same = || {
+            let got = run(&auth, &hdrs, None, &keys);
+            assert_eq!(got, run(&reference, &hdrs, None, &keys));
+            got
+        };
+
+        let original = parsed(&signer);
+        *current.borrow_mut() = Some(Arc::clone(&original));
+        assert!(principal(&same()).is_some());
+        assert!(principal(&same()).is_some());
+        assert_eq!(auth.verified.hits(), 1);
+
+        // The signing key was removed from the set: rejected at once, with the refetch hint.
+        *current.borrow_mut() = Some(parsed(&other));
+        let AuthnOutcome::Rejected {
+            message: text,
+            unknown_kid,
+            ..
+        } = same()
+        else {
+            panic!("a removed key still verified");
+        };
+        assert_eq!(text, "Jwks doesn't have key to match kid or alg from Jwt");
+        assert_eq!(unknown_kid, Some((ISS.to_owned(), "k1".to_owned())));
+
+        // The `kid` now names another key.
+        *current.borrow_mut() = Some(parsed(&same_kid));
+        assert_eq!(message(&same()), Some((401, "Jwt verification fails")));
+
+        // Keys gone entirely.
+        *current.borrow_mut() = None;
+        assert_eq!(message(&same()), Some((401, "Jwks remote fetch is failed")));
+
+        // A refresh with the same content is a new `Arc`: one miss, then hits again.
+        *current.borrow_mut() = Some(parsed(&signer));
+        assert!(principal(&same()).is_some());
+        let hits = auth.verified.hits();
+        assert!(principal(&same()).is_some());
+        assert_eq!(auth.verified.hits(), hits + 1);
+        assert_eq!(auth.verified.len(), 1);
+        drop(original);
+    }
+
+    #[test]
+    fn rejections_are_not_cached() {
+        let signer = Signer::new(KeyKind::P256, "k1");
+        let jwks = parsed(&signer);
+        let calls = std::cell::Cell::new(0);
+        let keys = |_: &str| {
+            calls.set(calls.get() + 1);
+            Some(Arc::clone(&jwks))
+        };
+        let auth = Authenticator::new(vec![JwtRule {
+            audiences: vec!["svc".into()],
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let good = signer.token(&json!({"iss": ISS, "sub": "s", "aud": "svc"}));
+        let rejected = [
+            (tamper_signature(&good), (401, "Jwt verification fails")),
+            (
+                signer.token(&json!({"iss": ISS, "aud": "svc", "exp": NOW - 61})),
+                (401, "Jwt is expired"),
+            ),
+            (
+                signer.token(&json!({"iss": ISS, "aud": "other"})),
+                (403, "Audiences in Jwt are not allowed"),
+            ),
+            (
+                Signer::new(KeyKind::P256, "k9").token(&json!({"iss": ISS, "aud": "svc"})),
+                (401, "Jwks doesn't have key to match kid or alg from Jwt"),
+            ),
+            (
+                signer.token(&json!({"iss": "https://evil", "aud": "svc"})),
+                (401, "Jwt issuer is not configured"),
+            ),
+        ];
+        for (token, want) in &rejected {
+            let bearer = format!("Bearer {token}");
+            for _ in 0..2 {
+                let outcome = run(&auth, &[("authorization", &bearer)], None, &keys);
+                assert_eq!(message(&outcome), Some(*want));
+            }
+        }
+        assert_eq!(auth.verified.len(), 0);
+        assert_eq!(auth.verified.hits(), 0);
+        // Every attempt went to the key set (the unknown issuer never gets that far).
+        assert_eq!(calls.get(), 2 * (rejected.len() - 1));
+    }
+
+    #[test]
+    fn cache_capacity_is_bounded() {
+        let signer = Signer::new(KeyKind::Ed25519, "k1");
+        let auth = Authenticator::new(vec![JwtRule {
+            jwks: Some(signer.jwks()),
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let none = |_: &str| None;
+        let tokens: Vec<String> = (0..VERIFIED_TOKEN_CACHE_CAPACITY + 10)
+            .map(|i| signer.token(&json!({"iss": ISS, "sub": format!("u{i}")})))
+            .collect();
+        for token in &tokens {
+            let bearer = format!("Bearer {token}");
+            assert!(principal(&run(&auth, &[("authorization", &bearer)], None, &none)).is_some());
+            assert!(auth.verified.len() <= VERIFIED_TOKEN_CACHE_CAPACITY);
+        }
+        assert_eq!(auth.verified.len(), VERIFIED_TOKEN_CACHE_CAPACITY);
+        assert_eq!(auth.verified.hits(), 0);
+        // The newest is still there, the oldest was evicted (and still verifies).
+        let newest = format!("Bearer {}", tokens[tokens.len() - 1]);
+        assert!(principal(&run(&auth, &[("authorization", &newest)], None, &none)).is_some());
+        assert_eq!(auth.verified.hits(), 1);
+        let oldest = format!("Bearer {}", tokens[0]);
+        assert!(principal(&run(&auth, &[("authorization", &oldest)], None, &none)).is_some());
+        assert_eq!(auth.verified.hits(), 1);
+        assert_eq!(auth.verified.len(), VERIFIED_TOKEN_CACHE_CAPACITY);
+
+        // Oversized tokens are verified every time, never stored.
+        let big = signer.token(&json!({"iss": ISS, "sub": "big", "pad": "x".repeat(9000)}));
+        assert!(big.len() > MAX_CACHED_TOKEN_BYTES);
+        let small = Authenticator::new(vec![JwtRule {
+            jwks: Some(signer.jwks()),
+            ..rule(ISS)
+        }])
+        .unwrap();
+        let bearer = format!("Bearer {big}");
+        for _ in 0..2 {
+            assert!(principal(&run(&small, &[("authorization", &bearer)], None, &none)).is_some());
+        }
+        assert_eq!(small.verified.len(), 0);
+    }
+
+    #[test]
+    fn altered_copies_of_a_cached_token_are_rejected() {
+        let signer = Signer::new(KeyKind::P256, "k1");
+        let jwks = parsed(&signer);
+        let keys = |_: &str| Some(Arc::clone(&jwks));
+        let auth = Authenticator::new(vec![rule(ISS)]).unwrap();
+        let token = signer.token(&json!({"iss": ISS, "sub": "user"}));
+        let bearer = format!("Bearer {token}");
+        assert!(principal(&run(&auth, &[("authorization", &bearer)], None, &keys)).is_some());
+        assert_eq!(auth.verified.len(), 1);
+
+        let forged_payload = {
+            let (header, rest) = token.split_once('.').unwrap();
+            let (_, signature) = rest.split_once('.').unwrap();
+            let payload =
+                crate::test_signer::b64(br#"{"iss":"https://idp.example.com","sub":"admin"}"#);
+            format!("{header}.{payload}.{signature}")
+        };
+        let cases = [
+            (tamper_signature(&token), (401, "Jwt verification fails")),
+            (forged_payload, (401, "Jwt verification fails")),
+            (
+                format!("{token}.x"),
+                (401, "Jwt is not in the form of Header.Payload.Signature"),
+            ),
+        ];
+        for (forged, want) in cases {
+            assert_ne!(forged, token);
+            let bearer = format!("Bearer {forged}");
+            let outcome = run(&auth, &[("authorization", &bearer)], None, &keys);
+            assert_eq!(message(&outcome), Some(want), "{outcome:?}");
+        }
+        assert_eq!(auth.verified.hits(), 0);
+        assert_eq!(auth.verified.len(), 1);
+    }
+
+    #[test]
+    fn cached_token_only_counts_where_it_was_verified() {
+        let a = Signer::new(KeyKind::Ed25519, "a");
+        let b = Signer::new(KeyKind::Ed25519, "b");
+        let inline = |s: &Signer, iss: &str, header: &str| JwtRule {
+            issuer: iss.into(),
+            jwks: Some(s.jwks()),
+            from_headers: vec![JwtHeader {
+                name: header.into(),
+                prefix: String::new(),
+            }],
+            ..JwtRule::default()
+        };
+        let auth = Authenticator::new(vec![inline(&a, "iss-a", "x-a"), inline(&b, "iss-b", "x-b")])
+            .unwrap();
+        let token_a = a.token(&json!({"iss": "iss-a", "sub": "u"}));
+        let none = |_: &str| None;
+        assert!(principal(&run(&auth, &[("x-a", &token_a)], None, &none)).is_some());
+        assert_eq!(auth.verified.len(), 1);
+        assert_eq!(
+            message(&run(&auth, &[("x-b", &token_a)], None, &none)),
+            Some((401, "Jwt issuer is not configured"))
+        );
+        assert_eq!(auth.verified.hits(), 0);
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Authenticator>();
+        let signer = Signer::new(KeyKind::P256, "k1");
+        let jwks = parsed(&signer);
+        let auth = Arc::new(Authenticator::new(vec![rule(ISS)]).unwrap());
+        let token = signer.token(&json!({"iss": ISS, "sub": "t"}));
+        let bearer = format!("Bearer {token}");
+        let want = run(&auth, &[("authorization", &bearer)], None, &|_| {
+            Some(Arc::clone(&jwks))
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        let got = run(&auth, &[("authorization", &bearer)], None, &|_| {
+                            Some(Arc::clone(&jwks))
+                        });
+                        assert_eq!(got, want);
+                    }
+                });
+            }
+        });
+        assert_eq!(auth.verified.hits(), 200);
     }
 
     proptest! {

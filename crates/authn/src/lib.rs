@@ -24,6 +24,9 @@
 //! - [`spec`]: the Istio API types, field for field.
 //! - `authenticator`: [`Authenticator`], token extraction, the outcome.
 //! - `token`: decoding and checking one JWT ([`JwtError`] carries Istio's messages).
+//! - `verified_cache`: tokens already verified, so a repeated token skips the signature check
+//!   (bounded; keyed by the whole token; invalidated when the key set changes; `exp`/`nbf`
+//!   checked on every use).
 //! - `jwks`: [`Jwks`] key sets and the supported [`Alg`]s.
 //! - [`jwks_uri`]: SSRF checks on `jwksUri`.
 //! - [`jwks_cache`]: fetch timing and stale-while-error keys.
@@ -40,6 +43,7 @@ pub mod spec;
 #[cfg(test)]
 mod test_signer;
 mod token;
+mod verified_cache;
 
 pub use authenticator::{
     Authenticator, AuthnConfigError, AuthnOutcome, RemoteJwks, TokenLocation, TokenSources,
@@ -48,3 +52,4 @@ pub use authenticator::{
 pub use jwks::{Alg, Jwks, JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 pub use jwks_cache::{JwksCache, JwksCachePolicy};
 pub use token::{JwtError, CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES};
+pub use verified_cache::{MAX_CACHED_TOKEN_BYTES, VERIFIED_TOKEN_CACHE_CAPACITY};

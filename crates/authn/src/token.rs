@@ -126,9 +126,41 @@ pub(crate) struct Claims {
     pub(crate) sub: Option<String>,
     pub(crate) aud: Vec<String>,
     pub(crate) azp: Option<String>,
+    /// `exp` and `nbf`, checked against the clock on every use.
+    pub(crate) validity: Validity,
+    pub(crate) payload: Value,
+}
+
+/// The time claims of a token: the only part of a verification that changes while the token
+/// and the key set stay the same, so a cached verification re-checks them on every use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Validity {
     exp: Option<u64>,
     nbf: Option<u64>,
-    pub(crate) payload: Value,
+}
+
+impl Validity {
+    #[cfg(test)]
+    pub(crate) fn new(exp: Option<u64>, nbf: Option<u64>) -> Validity {
+        Validity { exp, nbf }
+    }
+
+    /// `exp` and `nbf` against `now_unix`, each with [`CLOCK_SKEW_SECONDS`] of leeway.
+    pub(crate) fn check(self, now_unix: u64) -> Result<(), JwtError> {
+        // Istio allows a token without `exp` (Envoy `require_expiration` is not set) and
+        // without `nbf`.
+        if let Some(exp) = self.exp {
+            if now_unix > exp.saturating_add(CLOCK_SKEW_SECONDS) {
+                return Err(JwtError::Expired);
+            }
+        }
+        if let Some(nbf) = self.nbf {
+            if nbf > now_unix.saturating_add(CLOCK_SKEW_SECONDS) {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Splits and decodes `token`; checks nothing that needs a key or a clock.
@@ -214,8 +246,7 @@ impl Claims {
             sub,
             aud,
             azp,
-            exp,
-            nbf,
+            validity: Validity { exp, nbf },
             payload,
         })
     }
@@ -257,18 +288,7 @@ impl Decoded<'_> {
             KeyCheck::BadSignature => return Err(JwtError::BadSignature),
             KeyCheck::NoMatchingKey => return Err(JwtError::NoMatchingKey),
         }
-        // Istio allows a token without `exp` (Envoy `require_expiration` is not set) and
-        // without `nbf`.
-        if let Some(exp) = self.claims.exp {
-            if now_unix > exp.saturating_add(CLOCK_SKEW_SECONDS) {
-                return Err(JwtError::Expired);
-            }
-        }
-        if let Some(nbf) = self.claims.nbf {
-            if nbf > now_unix.saturating_add(CLOCK_SKEW_SECONDS) {
-                return Err(JwtError::NotYetValid);
-            }
-        }
+        self.claims.validity.check(now_unix)?;
         // istio/api security/v1beta1/request_authentication.proto, JWTRule.audiences: "A JWT
         // containing any of these audiences will be accepted." Empty list: no check.
         if !audiences.is_empty() && !self.claims.aud.iter().any(|a| audiences.contains(a)) {
