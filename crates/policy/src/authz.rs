@@ -10,11 +10,13 @@
 //! narrows access.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::decision::PolicyRef;
+use crate::index::PolicyIndex;
 use crate::matcher::{
     parse_ip_block, parse_port, PathMatch, PatternError, ServiceAccountMatch, StringMatch,
     ValueMatch,
@@ -760,14 +762,61 @@ fn claim_path(brackets: &str) -> Option<Vec<String>> {
     Some(path)
 }
 
-/// The policies that apply to one workload, in the order given.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The policies that apply to one workload, in the order given, with the index that picks the
+/// rules a connection or request can match (module `index`), so evaluation does not walk every
+/// policy.
+///
+/// Build it with [`WorkloadPolicies::new`] (or [`WorkloadPolicies::select`], or deserialize it:
+/// the index is rebuilt). It serializes as `{"policies": [...]}`; equality compares the policies
+/// only. `policies` stays public for reading; changing it afterwards leaves the index stale
+/// (evaluation falls back to the linear walk if the number of policies changed, but not for an
+/// edit in place), so build a new value instead.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(from = "PolicyList")]
 pub struct WorkloadPolicies {
     /// The applicable policies.
     pub policies: Vec<AuthzPolicy>,
+    /// Built from `policies` by [`WorkloadPolicies::new`].
+    #[serde(skip)]
+    pub(crate) index: PolicyIndex,
+}
+
+/// The serialized form of [`WorkloadPolicies`].
+#[derive(Deserialize)]
+struct PolicyList {
+    policies: Vec<AuthzPolicy>,
+}
+
+impl From<PolicyList> for WorkloadPolicies {
+    fn from(list: PolicyList) -> WorkloadPolicies {
+        WorkloadPolicies::new(list.policies)
+    }
+}
+
+impl PartialEq for WorkloadPolicies {
+    fn eq(&self, other: &WorkloadPolicies) -> bool {
+        self.policies == other.policies
+    }
+}
+
+impl Eq for WorkloadPolicies {}
+
+impl fmt::Debug for WorkloadPolicies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadPolicies")
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkloadPolicies {
+    /// The policies of one workload, in evaluation order, indexed. Costs about as much as
+    /// compiling them; do it once per configuration, not per connection.
+    pub fn new(policies: Vec<AuthzPolicy>) -> WorkloadPolicies {
+        let index = PolicyIndex::build(&policies);
+        WorkloadPolicies { policies, index }
+    }
+
     /// Keeps the policies of `all` that [`AuthzPolicy::applies_to`] the workload.
     pub fn select(
         all: &[AuthzPolicy],
@@ -775,13 +824,12 @@ impl WorkloadPolicies {
         labels: &BTreeMap<String, String>,
         root_namespace: &str,
     ) -> WorkloadPolicies {
-        WorkloadPolicies {
-            policies: all
-                .iter()
+        WorkloadPolicies::new(
+            all.iter()
                 .filter(|p| p.applies_to(workload_namespace, labels, root_namespace))
                 .cloned()
                 .collect(),
-        }
+        )
     }
 }
 

@@ -278,6 +278,24 @@ impl Tally {
         }
     }
 
+    /// Records, in one step, every policy that had NO matching rule, when only the matching ones
+    /// were passed to [`Tally::record`] (the indexed evaluation). Of an unmatched policy,
+    /// `record(policy, None)` only keeps two things, which do not depend on the request and are
+    /// precomputed per workload: that an enforced ALLOW policy exists (`has_allow_policies`),
+    /// and the dry-run ALLOW policies (`dry_run_allow`, in policy order), which all went
+    /// unmatched when none matched. Call it after the last `record`.
+    pub(crate) fn record_unmatched(
+        &mut self,
+        has_allow_policies: bool,
+        dry_run_allow: &[PolicyRef],
+    ) {
+        self.has_allow_policies |= has_allow_policies;
+        if !self.dry_run_allow_matched {
+            self.dry_run_allow_unmatched
+                .extend(dry_run_allow.iter().cloned());
+        }
+    }
+
     /// The decision, in Istio's order.
     pub(crate) fn decide(mut self) -> Decision {
         if !self.dry_run_allow_matched {

@@ -40,6 +40,7 @@ use crate::authz::{
     AuthzPolicy, AuthzRule, ConditionMatch, OperationMatch, SourceMatch, WorkloadPolicies,
 };
 use crate::decision::{Decision, Tally};
+use crate::index::Keys;
 use crate::l4::{L4Attributes, Unknown};
 use crate::matcher::{StringMatch, ValueMatch};
 
@@ -268,9 +269,27 @@ impl AuthzPolicy {
 }
 
 impl WorkloadPolicies {
-    /// Decide one HTTP request (a port whose protocol is HTTP, HTTP2 or gRPC). Linear in the
-    /// number of rules and values; one pass, no allocation per rule except for claim lookups.
+    /// Decide one HTTP request (a port whose protocol is HTTP, HTTP2 or gRPC). Only the rules
+    /// the index files under the peer's principal, the destination port and the request's
+    /// header lines, plus the unindexed ones, are tried (module `index`); the decision is the
+    /// one the linear walk of every rule gives.
     pub fn evaluate_http(&self, req: &HttpAttributes<'_>) -> Decision {
+        if !self.index.is_built_for(&self.policies) {
+            return self.evaluate_http_linear(req);
+        }
+        let keys = Keys {
+            principal: req.l4.peer.map(|p| p.principal.as_str()),
+            port: req.l4.destination_port,
+            headers: req.headers,
+        };
+        self.decide_indexed(&self.index.http, &keys, |policy, rule| {
+            rule.matches_http(req, Unknown::for_action(policy.action))
+        })
+    }
+
+    /// [`WorkloadPolicies::evaluate_http`] without the index: every rule of every policy, in
+    /// order. The reference the indexed evaluation must agree with.
+    pub(crate) fn evaluate_http_linear(&self, req: &HttpAttributes<'_>) -> Decision {
         let mut tally = Tally::default();
         for policy in &self.policies {
             tally.record(policy, policy.matching_rule_http(req));
@@ -1108,19 +1127,17 @@ mod tests {
             )
             .unwrap()
         };
-        let policies = WorkloadPolicies {
-            policies: vec![
-                named(
-                    "allow-get",
-                    "rules: [{to: [{operation: {methods: [GET]}}]}]",
-                ),
-                named(
-                    "deny-admin",
-                    "action: DENY\nrules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]",
-                ),
-                named("audit-all", "action: AUDIT\nrules: [{}]"),
-            ],
-        };
+        let policies = WorkloadPolicies::new(vec![
+            named(
+                "allow-get",
+                "rules: [{to: [{operation: {methods: [GET]}}]}]",
+            ),
+            named(
+                "deny-admin",
+                "action: DENY\nrules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]",
+            ),
+            named("audit-all", "action: AUDIT\nrules: [{}]"),
+        ]);
         let decide = |method: &'static str, path: &'static str| {
             let req = Req {
                 method,

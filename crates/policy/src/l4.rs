@@ -24,6 +24,7 @@ use crate::authz::{
     AuthzPolicy, AuthzRule, ConditionMatch, OperationMatch, SourceMatch, WorkloadPolicies,
 };
 use crate::decision::{Decision, Tally};
+use crate::index::Keys;
 use crate::matcher::ValueMatch;
 use crate::spec::Action;
 
@@ -211,19 +212,45 @@ impl AuthzPolicy {
     /// The index of the first rule that matches the connection, if any, under the L4 rules
     /// described in this module (HTTP-only ALLOW rules dropped, missing identities fail closed).
     pub fn matching_rule_l4(&self, conn: &L4Attributes<'_>) -> Option<usize> {
-        let unknown = Unknown::for_action(self.action);
-        self.rules.iter().position(|rule| {
-            // istio/istio model.go `checkError`: for ALLOW, "This will make all rules in the
-            // current permission ignored, effectively result in a smaller allow policy".
-            let dropped = self.action == Action::Allow && rule.uses_http_attributes();
-            !dropped && rule.matches_l4(conn, unknown)
-        })
+        self.rules
+            .iter()
+            .position(|rule| self.rule_matches_l4(rule, conn))
+    }
+
+    /// Whether `rule`, one of this policy's, matches the connection at L4.
+    pub(crate) fn rule_matches_l4(&self, rule: &AuthzRule, conn: &L4Attributes<'_>) -> bool {
+        !self.drops_at_l4(rule) && rule.matches_l4(conn, Unknown::for_action(self.action))
+    }
+
+    /// Whether `rule` is ignored at L4: istio/istio model.go `checkError`, for ALLOW, "This will
+    /// make all rules in the current permission ignored, effectively result in a smaller allow
+    /// policy".
+    pub(crate) fn drops_at_l4(&self, rule: &AuthzRule) -> bool {
+        self.action == Action::Allow && rule.uses_http_attributes()
     }
 }
 
 impl WorkloadPolicies {
-    /// Decide a connection at L4 (a TCP port).
+    /// Decide a connection at L4 (a TCP port). Only the rules the index files under the peer's
+    /// principal and the destination port, plus the unindexed ones, are tried (module `index`);
+    /// the decision is the one the linear walk of every rule gives.
     pub fn evaluate_l4(&self, conn: &L4Attributes<'_>) -> Decision {
+        if !self.index.is_built_for(&self.policies) {
+            return self.evaluate_l4_linear(conn);
+        }
+        let keys = Keys {
+            principal: conn.peer.map(|p| p.principal.as_str()),
+            port: conn.destination_port,
+            headers: &[],
+        };
+        self.decide_indexed(&self.index.l4, &keys, |policy, rule| {
+            policy.rule_matches_l4(rule, conn)
+        })
+    }
+
+    /// [`WorkloadPolicies::evaluate_l4`] without the index: every rule of every policy, in
+    /// order. The reference the indexed evaluation must agree with.
+    pub(crate) fn evaluate_l4_linear(&self, conn: &L4Attributes<'_>) -> Decision {
         let mut tally = Tally::default();
         for policy in &self.policies {
             tally.record(policy, policy.matching_rule_l4(conn));
@@ -337,7 +364,7 @@ mod tests {
     }
 
     fn decide(policies: Vec<AuthzPolicy>, peer: Option<&Peer>, port: u16) -> Decision {
-        WorkloadPolicies { policies }.evaluate_l4(&conn(peer, port))
+        WorkloadPolicies::new(policies).evaluate_l4(&conn(peer, port))
     }
 
     #[test]

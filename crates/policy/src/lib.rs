@@ -34,6 +34,8 @@
 //! - `l4`: evaluating a TCP connection ([`WorkloadPolicies::evaluate_l4`]).
 //! - `http`: evaluating an HTTP request ([`WorkloadPolicies::evaluate_http`],
 //!   [`HttpAttributes`], [`RequestAuth`]).
+//! - `index`: which rules a connection or request can match, so decision time stays about flat
+//!   as policies grow (built by [`WorkloadPolicies::new`]; decisions equal the linear walk's).
 //! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
 //! - `peer_authn`: [`effective_mtls`] and [`lint`].
 //! - [`corpus`]: the YAML conformance corpus runner (`tests/corpus/*.yaml`).
@@ -44,6 +46,7 @@ mod authz;
 pub mod corpus;
 mod decision;
 mod http;
+mod index;
 mod l4;
 pub mod matcher;
 pub mod path;

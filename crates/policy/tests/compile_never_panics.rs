@@ -197,7 +197,7 @@ proptest! {
                     destination_port: port,
                     sni: Some(namespace.as_str()),
                 };
-                let policies = WorkloadPolicies { policies: vec![policy] };
+                let policies = WorkloadPolicies::new(vec![policy]);
                 let decision = policies.evaluate_l4(&conn);
                 let _ = decision.response_detail();
             }
