@@ -219,6 +219,7 @@ fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut
     if let Some(m) = memory(&path.proxy_pids()) {
         r.figures.insert("proxy_rss_load_mib", mib(m.rss_kib));
         r.figures.insert("proxy_hwm_load_mib", mib(m.hwm_kib));
+        r.figures.insert("proxy_anon_load_mib", mib(m.anon_kib));
     }
 }
 

@@ -40,6 +40,9 @@ pub(crate) struct Memory {
     pub(crate) hwm_kib: u64,
     /// Current resident set (VmRSS).
     pub(crate) rss_kib: u64,
+    /// Resident anonymous memory (RssAnon): heap, stacks, buffers; the rest of VmRSS is mostly
+    /// the binary's code, file-backed and shared with every process running the same binary.
+    pub(crate) anon_kib: u64,
 }
 
 impl std::ops::Add for Memory {
@@ -48,6 +51,7 @@ impl std::ops::Add for Memory {
         Memory {
             hwm_kib: self.hwm_kib + o.hwm_kib,
             rss_kib: self.rss_kib + o.rss_kib,
+            anon_kib: self.anon_kib + o.anon_kib,
         }
     }
 }
@@ -67,7 +71,7 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
     })
 }
 
-/// Parses the VmHWM and VmRSS lines of a `status` file ("VmHWM:    1234 kB").
+/// Parses the VmHWM, VmRSS and RssAnon lines of a `status` file ("VmHWM:    1234 kB").
 pub(crate) fn parse_status(text: &str) -> Option<Memory> {
     let field = |name: &str| {
         text.lines()
@@ -78,6 +82,7 @@ pub(crate) fn parse_status(text: &str) -> Option<Memory> {
     Some(Memory {
         hwm_kib: field("VmHWM:")?,
         rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
     })
 }
 
@@ -151,15 +156,17 @@ mod tests {
 
     #[test]
     fn status_files() {
-        let full = "Name:\tward\nVmPeak:\t 9 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        let full = "Name:\tward\nVmPeak:\t 9 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n\
+                    RssAnon:\t    1536 kB\nRssFile:\t    8704 kB\n";
         let cases = [
-            (full, Some((20480, 10240))),
+            (full, Some((20480, 10240, 1536))),
             ("Name:\tkthreadd\n", None),
-            ("VmHWM: x kB\nVmRSS: 1 kB\n", None),
+            ("VmHWM: x kB\nVmRSS: 1 kB\nRssAnon: 1 kB\n", None),
+            ("VmHWM: 2 kB\nVmRSS: 1 kB\n", None),
         ];
         for (text, want) in cases {
             assert_eq!(
-                parse_status(text).map(|m| (m.hwm_kib, m.rss_kib)),
+                parse_status(text).map(|m| (m.hwm_kib, m.rss_kib, m.anon_kib)),
                 want,
                 "{text}"
             );

@@ -150,6 +150,12 @@ pub(crate) const FIGURES: &[Figure] = &[
         Better::Lower,
     ),
     fig(
+        "proxy_anon_load_mib",
+        "proxy pair RssAnon (private), after load",
+        "MiB",
+        Better::Lower,
+    ),
+    fig(
         "saturation_rps",
         "saturation, 16 conns closed loop",
         "rps",

@@ -95,6 +95,12 @@ impl WardPair {
         layer: Layer,
         net: Net,
     ) -> Result<WardPair, WardPairError> {
+        if !ward.is_file() {
+            return Err(WardPairError::Config(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no ward binary at {}", ward.display()),
+            )));
+        }
         let idp = match layer {
             Layer::L4 => None,
             Layer::L7 => Some(Idp::start(&bench_exe()?, net, cpu)?),

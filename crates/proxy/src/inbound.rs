@@ -315,6 +315,7 @@ async fn handle_hbone_conn(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let local = tcp.local_addr().unwrap_or(src);
+    let tcp = crate::hbone_io(tcp);
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tls_failure(&ctx, src, local, e.to_string()),

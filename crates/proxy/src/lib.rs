@@ -34,6 +34,15 @@ pub use sidecar::{MeshIdentity, Sidecar, SidecarHandle};
 pub use ward_config::ProxyConfig;
 
 /// Resolves once the stop switch is set (or its sender is gone).
+/// The TCP stream under an HBONE connection's TLS, buffered both ways. Reads: rustls asks for
+/// one record (≤16 KiB) at a time, so without a buffer each record costs a syscall. Writes: h2
+/// writes a DATA frame's 9-byte header apart from its payload; buffered, the header's record
+/// and the payload's records leave in one write. The write buffer holds a 64 KiB frame's
+/// records (65,624 bytes) plus the header's.
+pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufStream<tokio::net::TcpStream> {
+    tokio::io::BufStream::with_capacity(64 * 1024, 96 * 1024, tcp)
+}
+
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }

@@ -128,7 +128,7 @@ impl HbonePool {
         // The verifier checks the SPIFFE id, not this name; an IP sends no SNI.
         let name = ServerName::IpAddress(addr.ip().into());
         let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(name, crate::hbone_io(tcp))
             .await
             .map_err(|source| PoolError::Tls { addr, source })?;
         let peer = ward_tls::peer_info(tls.get_ref().1);
