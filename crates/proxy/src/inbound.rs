@@ -316,9 +316,13 @@ async fn handle_hbone_conn(
 ) {
     let local = tcp.local_addr().unwrap_or(src);
     let tcp = crate::hbone_io(tcp);
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let accept = acceptor.accept(tcp).into_fallible();
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tls_failure(&ctx, src, local, e.to_string()),
+        Ok(Err((e, mut io))) => {
+            crate::send_buffered_alert(&mut io).await;
+            return tls_failure(&ctx, src, local, e.to_string());
+        }
         Err(_) => return tls_failure(&ctx, src, local, "TLS handshake timed out".to_owned()),
     };
     let info = ward_tls::peer_info(tls.get_ref().1);

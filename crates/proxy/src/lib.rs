@@ -43,6 +43,14 @@ pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufStream<tokio
     tokio::io::BufStream::with_capacity(64 * 1024, 96 * 1024, tcp)
 }
 
+/// After a failed handshake, sends what rustls left in the write buffer (its alert, e.g.
+/// `protocol_version` to a TLS 1.2 client), so the peer learns why instead of seeing a bare
+/// close. Bounded: a peer that does not read gets one second.
+pub(crate) async fn send_buffered_alert(io: &mut tokio::io::BufStream<tokio::net::TcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.flush()).await;
+}
+
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }

@@ -127,10 +127,17 @@ impl HbonePool {
             .map_err(|e| PoolError::Config(e.to_string()))?;
         // The verifier checks the SPIFFE id, not this name; an IP sends no SNI.
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(config)
+        let tls = match tokio_rustls::TlsConnector::from(config)
             .connect(name, crate::hbone_io(tcp))
+            .into_fallible()
             .await
-            .map_err(|source| PoolError::Tls { addr, source })?;
+        {
+            Ok(tls) => tls,
+            Err((source, mut io)) => {
+                crate::send_buffered_alert(&mut io).await;
+                return Err(PoolError::Tls { addr, source });
+            }
+        };
         let peer = ward_tls::peer_info(tls.get_ref().1);
         let client = HboneClient::handshake(tls, self.settings).await?;
         Ok(Pooled { client, peer })
