@@ -29,8 +29,11 @@ pub use stream::H2Stream;
 /// The port HBONE servers listen on (istio.io "HBONE": "port 15008").
 pub const HBONE_PORT: u16 = 15008;
 
-/// HTTP/2 settings shared by both ends. Large windows keep one bulk stream from stalling on flow
-/// control (the defaults of 64 KiB cap a stream at one window per round trip).
+/// HTTP/2 settings shared by both ends. Windows larger than the 64 KiB default keep one bulk
+/// stream from stalling on flow control (one window per round trip); they are also what a peer
+/// may make us buffer when the app reads slowly, so they stay modest: 1 MiB per stream, 4 MiB
+/// per connection. Measured on loopback, 4/16 MiB gave no more single-stream throughput and
+/// ~4 MiB more peak memory per sidecar.
 #[derive(Clone, Copy, Debug)]
 pub struct H2Settings {
     /// Per-stream receive window.
@@ -48,8 +51,8 @@ pub struct H2Settings {
 impl Default for H2Settings {
     fn default() -> Self {
         H2Settings {
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
+            stream_window: 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
             max_frame_size: 256 * 1024,
             max_concurrent_streams: 1000,
             max_header_list_size: 16 * 1024,
