@@ -68,7 +68,8 @@ impl PathKind {
                 "as ward-l4, but the server port is protocol HTTP: a 10-rule ALLOW \
                  AuthorizationPolicy (the bench request matches rule 9 only) and a \
                  RequestAuthentication (ES256, JWKS served by the bench, fetched once) checked on \
-                 every request, each carrying `Authorization: Bearer`; echo and iperf3 ports stay TCP"
+                 every request, each carrying `Authorization: Bearer` (the same token: its \
+                 signature is verified once, then hits Ward's verified-token cache); echo and iperf3 ports stay TCP"
             }
             PathKind::Reference => {
                 "client -> nginx A -> TLS 1.3 + client cert -> nginx B (ssl_verify_client on) -> \
