@@ -1000,8 +1000,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn issuer_must_be_configured_for_the_location() {
+    /// Issuer `iss-a` read from header `x-a` and `iss-b` from `x-b` (inline keys), and a token
+    /// of `iss-a`.
+    fn two_issuers() -> (Authenticator, String) {
         let a = Signer::new(KeyKind::Ed25519, "a");
         let b = Signer::new(KeyKind::Ed25519, "b");
         let inline = |s: &Signer, iss: &str, header: &str| JwtRule {
@@ -1015,7 +1016,12 @@ mod tests {
         };
         let auth = Authenticator::new(vec![inline(&a, "iss-a", "x-a"), inline(&b, "iss-b", "x-b")])
             .unwrap();
-        let token_a = a.token(&json!({"iss": "iss-a", "sub": "u"}));
+        (auth, a.token(&json!({"iss": "iss-a", "sub": "u"})))
+    }
+
+    #[test]
+    fn issuer_must_be_configured_for_the_location() {
+        let (auth, token_a) = two_issuers();
         let none = |_: &str| None;
         assert_eq!(
             principal(&run(&auth, &[("x-a", &token_a)], None, &none)),
@@ -1731,20 +1737,7 @@ mod tests {
 
     #[test]
     fn cached_token_only_counts_where_it_was_verified() {
-        let a = Signer::new(KeyKind::Ed25519, "a");
-        let b = Signer::new(KeyKind::Ed25519, "b");
-        let inline = |s: &Signer, iss: &str, header: &str| JwtRule {
-            issuer: iss.into(),
-            jwks: Some(s.jwks()),
-            from_headers: vec![JwtHeader {
-                name: header.into(),
-                prefix: String::new(),
-            }],
-            ..JwtRule::default()
-        };
-        let auth = Authenticator::new(vec![inline(&a, "iss-a", "x-a"), inline(&b, "iss-b", "x-b")])
-            .unwrap();
-        let token_a = a.token(&json!({"iss": "iss-a", "sub": "u"}));
+        let (auth, token_a) = two_issuers();
         let none = |_: &str| None;
         assert!(principal(&run(&auth, &[("x-a", &token_a)], None, &none)).is_some());
         assert_eq!(auth.verified.len(), 1);

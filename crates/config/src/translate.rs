@@ -1138,7 +1138,7 @@ mod tests {
         let names = |key: &str| {
             snap.proxies[key]
                 .authz
-                .policies
+                .policies()
                 .iter()
                 .map(|p| (p.policy.name.clone(), p.dry_run))
                 .collect::<Vec<_>>()

@@ -67,7 +67,7 @@ fn the_quickstart_loads_translates_and_analyzes_clean() {
             transport: Transport::Hbone,
         }]
     );
-    assert!(frontend.authz.policies.is_empty());
+    assert!(frontend.authz.policies().is_empty());
 
     let backend = &snapshot.proxies["demo/backend"];
     assert_eq!(backend.workload.demo_app, Some(ward_config::DemoApp::Echo));
@@ -83,7 +83,7 @@ fn the_quickstart_loads_translates_and_analyzes_clean() {
     );
     let policies: Vec<String> = backend
         .authz
-        .policies
+        .policies()
         .iter()
         .map(|p| p.policy.to_string())
         .collect();

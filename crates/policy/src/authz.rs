@@ -768,14 +768,14 @@ fn claim_path(brackets: &str) -> Option<Vec<String>> {
 ///
 /// Build it with [`WorkloadPolicies::new`] (or [`WorkloadPolicies::select`], or deserialize it:
 /// the index is rebuilt). It serializes as `{"policies": [...]}`; equality compares the policies
-/// only. `policies` stays public for reading; changing it afterwards leaves the index stale
-/// (evaluation falls back to the linear walk if the number of policies changed, but not for an
-/// edit in place), so build a new value instead.
+/// only. The policies can be read ([`WorkloadPolicies::policies`]) but not changed from
+/// outside this crate: to change them, build a new value.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(from = "PolicyList")]
 pub struct WorkloadPolicies {
-    /// The applicable policies.
-    pub policies: Vec<AuthzPolicy>,
+    /// The applicable policies (outside this crate read-only, through
+    /// [`WorkloadPolicies::policies`], so the index built beside them can never go stale).
+    pub(crate) policies: Vec<AuthzPolicy>,
     /// Built from `policies` by [`WorkloadPolicies::new`].
     #[serde(skip)]
     pub(crate) index: PolicyIndex,
@@ -815,6 +815,11 @@ impl WorkloadPolicies {
     pub fn new(policies: Vec<AuthzPolicy>) -> WorkloadPolicies {
         let index = PolicyIndex::build(&policies);
         WorkloadPolicies { policies, index }
+    }
+
+    /// The policies, in evaluation order.
+    pub fn policies(&self) -> &[AuthzPolicy] {
+        &self.policies
     }
 
     /// Keeps the policies of `all` that [`AuthzPolicy::applies_to`] the workload.

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::authz::{
     AuthzPolicy, AuthzRule, ConditionMatch, OperationMatch, SourceMatch, WorkloadPolicies,
 };
-use crate::decision::{Decision, Tally};
+use crate::decision::Decision;
 use crate::index::Keys;
 use crate::l4::{L4Attributes, Unknown};
 use crate::matcher::{StringMatch, ValueMatch};
@@ -274,9 +274,6 @@ impl WorkloadPolicies {
     /// header lines, plus the unindexed ones, are tried (module `index`); the decision is the
     /// one the linear walk of every rule gives.
     pub fn evaluate_http(&self, req: &HttpAttributes<'_>) -> Decision {
-        if !self.index.is_built_for(&self.policies) {
-            return self.evaluate_http_linear(req);
-        }
         let keys = Keys {
             principal: req.l4.peer.map(|p| p.principal.as_str()),
             port: req.l4.destination_port,
@@ -289,8 +286,9 @@ impl WorkloadPolicies {
 
     /// [`WorkloadPolicies::evaluate_http`] without the index: every rule of every policy, in
     /// order. The reference the indexed evaluation must agree with.
+    #[cfg(test)]
     pub(crate) fn evaluate_http_linear(&self, req: &HttpAttributes<'_>) -> Decision {
-        let mut tally = Tally::default();
+        let mut tally = crate::decision::Tally::default();
         for policy in &self.policies {
             tally.record(policy, policy.matching_rule_http(req));
         }

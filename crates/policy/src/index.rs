@@ -47,8 +47,6 @@ pub(crate) struct PolicyIndex {
     has_allow_policies: bool,
     /// The dry-run ALLOW policies, in order (reported when none of them matches).
     dry_run_allow: Vec<PolicyRef>,
-    /// How many policies the index was built from.
-    policies: usize,
 }
 
 impl PolicyIndex {
@@ -65,14 +63,7 @@ impl PolicyIndex {
                 .filter(|p| p.action == Action::Allow && p.dry_run)
                 .map(|p| p.policy.clone())
                 .collect(),
-            policies: policies.len(),
         }
-    }
-
-    /// Whether this index can stand for `policies` (a cheap check against a `policies` vector
-    /// grown or shrunk after [`crate::WorkloadPolicies::new`]).
-    pub(crate) fn is_built_for(&self, policies: &[AuthzPolicy]) -> bool {
-        self.policies == policies.len()
     }
 }
 
@@ -450,27 +441,9 @@ mod tests {
         assert_eq!(json["policies"][0]["policy"]["name"], "a");
         let back: WorkloadPolicies = serde_json::from_value(json).unwrap();
         assert_eq!(back, workload);
-        assert!(back.index.is_built_for(&back.policies));
         let peer = Peer::new("cluster.local", "a", "b");
         let keys = keys(Some(&peer.principal), 80, &[]);
         assert_eq!(candidates(&back.index.l4, &keys), [(0, 0)]);
-    }
-
-    #[test]
-    fn a_grown_policy_list_is_evaluated_linearly() {
-        let mut workload = WorkloadPolicies::new(vec![compile("allow-all", "rules: [{}]")]);
-        workload
-            .policies
-            .push(compile("deny-all", "action: DENY\nrules: [{}]"));
-        let conn = L4Attributes {
-            peer: None,
-            source_ip: "10.0.0.1".parse().unwrap(),
-            remote_ip: "10.0.0.1".parse().unwrap(),
-            destination_ip: "10.0.0.2".parse().unwrap(),
-            destination_port: 80,
-            sni: None,
-        };
-        assert!(!workload.evaluate_l4(&conn).is_allowed());
     }
 
     // Random policy sets and requests over small pools of values, so that rules are indexed,

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use crate::authz::{
     AuthzPolicy, AuthzRule, ConditionMatch, OperationMatch, SourceMatch, WorkloadPolicies,
 };
-use crate::decision::{Decision, Tally};
+use crate::decision::Decision;
 use crate::index::Keys;
 use crate::matcher::ValueMatch;
 use crate::spec::Action;
@@ -235,9 +235,6 @@ impl WorkloadPolicies {
     /// principal and the destination port, plus the unindexed ones, are tried (module `index`);
     /// the decision is the one the linear walk of every rule gives.
     pub fn evaluate_l4(&self, conn: &L4Attributes<'_>) -> Decision {
-        if !self.index.is_built_for(&self.policies) {
-            return self.evaluate_l4_linear(conn);
-        }
         let keys = Keys {
             principal: conn.peer.map(|p| p.principal.as_str()),
             port: conn.destination_port,
@@ -250,8 +247,9 @@ impl WorkloadPolicies {
 
     /// [`WorkloadPolicies::evaluate_l4`] without the index: every rule of every policy, in
     /// order. The reference the indexed evaluation must agree with.
+    #[cfg(test)]
     pub(crate) fn evaluate_l4_linear(&self, conn: &L4Attributes<'_>) -> Decision {
-        let mut tally = Tally::default();
+        let mut tally = crate::decision::Tally::default();
         for policy in &self.policies {
             tally.record(policy, policy.matching_rule_l4(conn));
         }
