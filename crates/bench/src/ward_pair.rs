@@ -103,7 +103,7 @@ impl WardPair {
         }
         let idp = match layer {
             Layer::L4 => None,
-            Layer::L7 => Some(Idp::start(&bench_exe()?, net, cpu)?),
+            Layer::L7 => Some(Idp::start(&std::env::current_exe()?, net, cpu)?), // serve-jwks
         };
         let requests = match &idp {
             None => Requests::plain(),
@@ -383,11 +383,6 @@ impl WardPair {
     pub(crate) fn pids(&self) -> Vec<u32> {
         vec![self.client.pid(), self.server.pid()]
     }
-}
-
-/// This binary, which also serves the JWKS (`serve-jwks`).
-fn bench_exe() -> Result<std::path::PathBuf, WardPairError> {
-    Ok(std::env::current_exe()?)
 }
 
 /// The last 2000 bytes of a log file.
