@@ -17,6 +17,8 @@ pub struct Mesh {
     pub demo_app: bool,
     /// srv's port protocol (`TCP` or `HTTP`).
     pub protocol: &'static str,
+    /// More annotations on srv's WorkloadEntry, as `key: value`.
+    pub srv_annotations: Vec<String>,
 }
 
 impl Mesh {
@@ -26,6 +28,7 @@ impl Mesh {
             app_port: free_port(),
             demo_app: true,
             protocol: "TCP",
+            srv_annotations: Vec::new(),
         }
     }
     /// The same mesh with srv's port declared HTTP (L7 policy, per request).
@@ -67,11 +70,16 @@ impl Mesh {
             "tcp-echo"
         };
         let app = self.app_port;
-        let demo = if self.demo_app {
+        let mut demo = if self.demo_app {
             "ward.dev/demo-app: echo"
         } else {
             "example.com/note: own app"
-        };
+        }
+        .to_owned();
+        for a in &self.srv_annotations {
+            demo.push_str("\n    ");
+            demo.push_str(a);
+        }
         format!(
             r#"apiVersion: sailoperator.io/v1
 kind: Istio

@@ -291,7 +291,12 @@ fn operation_groups() -> Vec<Group> {
                 row("GET", "/m", 200),
                 row("PATCH", "/m", 200).method("PATCH"),
                 row("POST", "/m", 403).method("POST"),
-                row("methods are case-sensitive", "/m", 403).method("get"),
+                // Matching is case-sensitive, and a method with a lower-case letter never
+                // reaches matching: servers that upper-case it would serve GET (docs/http.md).
+                row("lower-case methods are refused", "/m", 400).method("get"),
+                row("lower-case methods are refused over h2", "/m2", 400)
+                    .method("get")
+                    .h2(),
                 row("h2 GET", "/m2", 200).h2(),
                 row("h2 POST", "/m2", 403).method("POST").h2(),
             ],

@@ -63,6 +63,6 @@ pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
 pub use snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
-    Transport, WorkloadInfo,
+    Transport, WorkloadInfo, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 pub use translate::translate;

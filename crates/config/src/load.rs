@@ -25,7 +25,7 @@ use crate::diag::{code, Diagnostic, Diagnostics, Finding, Severity};
 use crate::istio::{AddressRule, ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 use crate::mesh::{self, MeshParse, MeshSettings, SourceRef};
 use crate::meta::{self, check_labels, decode_finding, ObjectMeta};
-use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION};
+use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION};
 use crate::yaml::{parse_documents, push_key, Node, Value};
 
 pub use crate::yaml::FieldLines;
@@ -771,6 +771,7 @@ fn collect_yaml_files(
 fn validate_workload_entry(r: &Resource<WorkloadEntrySpec>) -> Vec<Finding> {
     let mut findings = r.spec.validate("spec", AddressRule::Ip, None);
     findings.extend(demo_app_finding(&r.meta));
+    findings.extend(keep_override_headers_finding(&r.meta));
     findings
 }
 
@@ -781,7 +782,20 @@ fn validate_service_entry(r: &Resource<ServiceEntrySpec>) -> Vec<Finding> {
 fn validate_sidecar(r: &Resource<SidecarSpec>) -> Vec<Finding> {
     let mut findings = r.spec.validate();
     findings.extend(demo_app_finding(&r.meta));
+    findings.extend(keep_override_headers_finding(&r.meta));
     findings
+}
+
+/// `ward.dev/keep-override-headers` must be `"true"` or `"false"`.
+fn keep_override_headers_finding(meta: &ObjectMeta) -> Option<Finding> {
+    let value = meta.annotations.get(KEEP_OVERRIDE_HEADERS_ANNOTATION)?;
+    (value != "true" && value != "false").then(|| {
+        Finding::error(
+            code::INVALID,
+            push_key("metadata.annotations", KEEP_OVERRIDE_HEADERS_ANNOTATION),
+            format!("`{value}` is not \"true\" or \"false\""),
+        )
+    })
 }
 
 /// `ward.dev/demo-app` must name a demo app Ward ships.
@@ -928,6 +942,10 @@ mod tests {
             (
                 "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: w\n  annotations: {ward.dev/demo-app: nginx}\nspec: {address: 10.0.0.1}\n".to_owned(),
                 vec![one(5, code::INVALID, "WorkloadEntry default/w", "metadata.annotations[\"ward.dev/demo-app\"]")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\n  annotations: {ward.dev/keep-override-headers: \"yes\"}\nspec: {}\n".to_owned(),
+                vec![one(5, code::INVALID, "Sidecar default/s", "metadata.annotations[\"ward.dev/keep-override-headers\"]")],
             ),
             (
                 "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n    0: {mode: STRICT}\n".to_owned(),

@@ -67,6 +67,11 @@ pub struct WorkloadInfo {
     pub identity: String,
     /// A built-in app `ward up` runs behind the proxy (shipped examples only).
     pub demo_app: Option<DemoApp>,
+    /// Keep path- and method-override headers (`X-Original-URL`, `X-HTTP-Method-Override`, …)
+    /// on inbound HTTP requests: annotation [`KEEP_OVERRIDE_HEADERS_ANNOTATION`] set to `"true"`.
+    /// Off by default: they let some frameworks serve another request than the one authorized.
+    #[serde(default)]
+    pub keep_override_headers: bool,
 }
 
 /// Ward extension for shipped examples only: annotation `ward.dev/demo-app: echo` on the Sidecar or
@@ -83,6 +88,10 @@ pub enum DemoApp {
 
 /// The annotation that asks for a [`DemoApp`].
 pub const DEMO_APP_ANNOTATION: &str = "ward.dev/demo-app";
+
+/// Ward annotation on a Sidecar or WorkloadEntry: `"true"` keeps the request headers with which
+/// some frameworks override the path or method (docs/http.md, "Admission").
+pub const KEEP_OVERRIDE_HEADERS_ANNOTATION: &str = "ward.dev/keep-override-headers";
 
 impl DemoApp {
     /// Parses the annotation value.

@@ -26,7 +26,7 @@ use crate::meta::parse_timestamp;
 use crate::request_authn;
 use crate::snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
-    Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
+    Transport, WorkloadInfo, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::yaml::{push_index, push_key};
 
@@ -246,6 +246,10 @@ impl<'a> Context<'a> {
             .and_then(|s| s.meta.annotations.get(DEMO_APP_ANNOTATION))
             .or_else(|| we.meta.annotations.get(DEMO_APP_ANNOTATION))
             .and_then(|v| DemoApp::parse(v));
+        let keep_override_headers = sidecar
+            .and_then(|s| s.meta.annotations.get(KEEP_OVERRIDE_HEADERS_ANNOTATION))
+            .or_else(|| we.meta.annotations.get(KEEP_OVERRIDE_HEADERS_ANNOTATION))
+            .is_some_and(|v| v == "true");
         let inbound = sidecar
             .map(|s| self.inbound(workload, s, &mut errors))
             .unwrap_or_default();
@@ -268,6 +272,7 @@ impl<'a> Context<'a> {
                 labels: workload.labels.clone(),
                 identity: workload.identity.clone(),
                 demo_app,
+                keep_override_headers,
             },
             inbound,
             outbound,

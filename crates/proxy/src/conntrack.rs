@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
-use ward_policy::Peer;
+use ward_policy::{HttpAttributes, L4Attributes, Peer, RequestAuth};
 
 /// What a connection was authorized on; enough to authorize it again.
 #[derive(Clone, Debug)]
@@ -21,6 +21,53 @@ pub struct ConnFacts {
     pub destination_ip: IpAddr,
     /// The workload port the connection was for.
     pub destination_port: u16,
+    /// For an upgraded HTTP connection (WebSocket…): the request that was authorized, which a
+    /// re-check authorizes again. `None` for connections decided at L4.
+    pub request: Option<Arc<UpgradeRequest>>,
+}
+
+/// The request that upgraded a connection, as it was authorized (normalized path, the one
+/// authority, the headers after sanitizing, the verified token's claims).
+#[derive(Clone, Debug)]
+pub struct UpgradeRequest {
+    /// The method.
+    pub method: String,
+    /// The authority.
+    pub host: String,
+    /// The normalized path, without query.
+    pub path: String,
+    /// Every header line, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The verified end-user identity, if a token was verified.
+    pub auth: Option<RequestAuth>,
+}
+
+impl UpgradeRequest {
+    /// The policy engine's view of this request on the connection `facts` describe.
+    pub fn attributes<'a>(&'a self, facts: &'a ConnFacts) -> HttpAttributes<'a> {
+        HttpAttributes {
+            l4: facts.l4(),
+            method: &self.method,
+            host: &self.host,
+            path: &self.path,
+            headers: &self.headers,
+            auth: self.auth.as_ref(),
+        }
+    }
+}
+
+impl ConnFacts {
+    /// The policy engine's view of the connection (no SNI inside the mesh).
+    pub fn l4(&self) -> L4Attributes<'_> {
+        L4Attributes {
+            peer: self.peer.as_ref(),
+            source_ip: self.source_ip,
+            remote_ip: self.source_ip,
+            destination_ip: self.destination_ip,
+            destination_port: self.destination_port,
+            sni: None,
+        }
+    }
 }
 
 /// Why an open connection must close.
@@ -131,6 +178,7 @@ mod tests {
             source_ip: "127.0.0.1".parse().unwrap(),
             destination_ip: "127.0.0.2".parse().unwrap(),
             destination_port: port,
+            request: None,
         }
     }
 

@@ -8,47 +8,32 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use ward_authn::{AuthnOutcome, TokenLocation, TokenSources};
 use ward_config::{InboundPort, ProxyConfig};
-use ward_policy::{Decision, HttpAttributes, L4Attributes, Peer, RequestAuth};
+use ward_policy::{Decision, Peer, RequestAuth};
 
+use crate::admission::{self, admit, upstream_parts, Admitted, HeaderRules, RequestHead};
+use crate::conntrack::{ConnFacts, UpgradeRequest};
 use crate::inbound::{deciding_rule, InboundCtx};
+use crate::splice::{splice, Abort, SpliceEnd};
 
 /// Response bodies: the app's streamed body, or a small local one.
 pub(crate) type RespBody = BoxBody<Bytes, hyper::Error>;
-
-/// Headers a client must never be able to set: identity and internal headers are the
-/// sidecar's alone (threats.md §C, Envoy header sanitizing).
-const SPOOFABLE: &[&str] = &[
-    "x-forwarded-client-cert",
-    "x-ward-peer",
-    "x-envoy-internal",
-    "x-envoy-original-path",
-    "l5d-client-id",
-];
-
-/// HTTP/1.1 hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as such.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
-];
 
 /// The connection a request arrived on.
 pub(crate) struct HttpConn {
@@ -64,22 +49,15 @@ pub(crate) struct HttpConn {
     pub(crate) dst: SocketAddr,
 }
 
-/// HTTP clients toward the apps of one sidecar; cheap to clone.
-#[derive(Clone)]
-pub struct Upstreams {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Upstreams {
-            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
+impl HttpConn {
+    /// The connection's facts, for policy and re-checks.
+    fn facts(&self) -> ConnFacts {
+        ConnFacts {
+            peer: self.peer.clone(),
+            source_ip: self.src.ip(),
+            destination_ip: self.dst.ip(),
+            destination_port: self.dst.port(),
+            request: None,
         }
     }
 }
@@ -98,16 +76,34 @@ fn local(status: StatusCode, body: &'static str) -> Response<RespBody> {
     r
 }
 
-/// Serve HTTP on an accepted connection until it closes.
-pub(crate) async fn serve<S>(io: S, ctx: Arc<InboundCtx>, conn: Arc<HttpConn>)
+/// Where an HTTP/1.1 connection's one upgrade (if any) is handed over: the splice task, and the
+/// switch that makes the connection's streams reset when they are dropped.
+#[derive(Clone, Default)]
+struct UpgradeSlot {
+    /// Set by the request that was upgraded; taken by [`serve`] once hyper lets go of the
+    /// connection.
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<Option<SpliceEnd>>>>>,
+    /// Set when the splice ends by a failure or a policy close.
+    abort: Arc<AtomicBool>,
+}
+
+/// Serve HTTP on an accepted connection until it closes, an upgraded connection included.
+/// Returns how the upgraded connection ended, if the connection was upgraded.
+pub(crate) async fn serve<S>(io: S, ctx: Arc<InboundCtx>, conn: Arc<HttpConn>) -> Option<SpliceEnd>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, &conn, req).await) }
-    });
+    let slot = UpgradeSlot::default();
+    let io = Abortable::new(io, slot.abort.clone());
+    let svc = {
+        let slot = slot.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            let conn = conn.clone();
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(handle(&ctx, &conn, &slot, req).await) }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Bounded header sizes (CVE-2019-15226, HPACK bombs): hyper's limits, set explicitly.
     builder.http1().max_buf_size(64 * 1024);
@@ -120,6 +116,23 @@ where
         .await
     {
         tracing::debug!(error = %e, "http connection ended with an error");
+    }
+    let task = slot.task.lock().ok().and_then(|mut t| t.take())?;
+    // If this future is dropped (the connection was closed by policy), the splice goes too,
+    // with a reset.
+    let mut running = SpliceTask(task, slot.abort.clone());
+    (&mut running.0).await.ok().flatten()
+}
+
+/// The splice task of an upgraded connection, ended (with a reset) when dropped.
+struct SpliceTask(tokio::task::JoinHandle<Option<SpliceEnd>>, Arc<AtomicBool>);
+
+impl Drop for SpliceTask {
+    fn drop(&mut self) {
+        if !self.0.is_finished() {
+            self.1.store(true, Ordering::Relaxed);
+            self.0.abort();
+        }
     }
 }
 
@@ -276,13 +289,12 @@ fn remove_token(headers: &mut HeaderMap, query: &mut Option<String>, loc: &Token
     }
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE)
-}
-
+/// One request through its phases: admit (pure), authenticate, authorize (pure), forward.
+/// Every refusal is answered and logged here, once.
 async fn handle(
     ctx: &InboundCtx,
     conn: &HttpConn,
+    upgrade_slot: &UpgradeSlot,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let started = Instant::now();
@@ -308,58 +320,32 @@ async fn handle(
         log.emit(503, "NR", "port_no_longer_served", None);
         return local(StatusCode::SERVICE_UNAVAILABLE, "no such port\n");
     };
-    // One authority, used for both the decision and the app (threats.md §B: absolute-form URI
-    // vs Host): the URI's when the request carries one (absolute-form, h2 :authority), else Host.
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => match req.headers().get(http::header::HOST).map(|h| h.to_str()) {
-            Some(Ok(h)) => h.to_owned(),
-            Some(Err(_)) => {
-                log.emit(400, "-", "invalid_host", None);
-                return local(StatusCode::BAD_REQUEST, "invalid Host header\n");
-            }
-            None => String::new(),
-        },
+    let head = RequestHead {
+        method: req.method(),
+        uri: req.uri(),
+        version: req.version(),
+        headers: req.headers(),
     };
-    log.authority = authority.clone();
-    if authority.len() > 255
-        || authority
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        log.emit(400, "-", "invalid_authority", None);
-        return local(StatusCode::BAD_REQUEST, "invalid authority\n");
-    }
-    let raw_target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let target = match ward_policy::normalize(raw_target) {
-        Ok(t) => t,
-        Err(e) => {
-            log.emit(400, "-", "invalid_path", None);
-            tracing::debug!(error = %e, "request path refused");
-            return local(StatusCode::BAD_REQUEST, "invalid request path\n");
+    let admitted = match admit(&head) {
+        Ok(a) => a,
+        Err(refused) => {
+            log.emit(refused.status.as_u16(), "-", refused.detail, None);
+            return local(refused.status, refused.body);
         }
     };
-    log.path = target.path.clone();
-    // Header names with `_` are refused (Envoy edge guidance: `x_user` vs `x-user` smuggling).
-    if req.headers().keys().any(|k| k.as_str().contains('_')) {
-        log.emit(400, "-", "underscore_in_header_name", None);
-        return local(
-            StatusCode::BAD_REQUEST,
-            "header names must not contain underscores\n",
-        );
-    }
-    for h in SPOOFABLE {
-        req.headers_mut().remove(*h);
-    }
+    log.authority = admitted.authority.clone();
+    log.path = admitted.target.path.clone();
+    let rules = HeaderRules {
+        keep_overrides: cfg.workload.keep_override_headers,
+    };
+    admission::sanitize(req.headers_mut(), &admitted, rules);
+    let authority = admitted.authority.clone();
+    let target = &admitted.target;
     let mut query = target.query.clone();
     let auth = match ctx.authn.authenticator(&cfg.jwt_rules) {
         None => None,
         Some(authenticator) => {
-            // Incoming copies of output headers are the client's forgeries (istio-semantics §2.5).
+            // Incoming copies of output headers are the client's forgeries (docs/http.md).
             for h in authenticator.output_headers() {
                 req.headers_mut().remove(h);
             }
@@ -429,27 +415,21 @@ async fn handle(
     if let Some(a) = &auth {
         log.request_principal = Some(a.principal.clone());
     }
-    let target = ward_policy::NormalizedPath {
-        path: target.path.clone(),
-        query,
-    };
-    let headers = header_list(req.headers());
-    let attrs = HttpAttributes {
-        l4: L4Attributes {
-            peer: conn.peer.as_ref(),
-            source_ip: conn.src.ip(),
-            remote_ip: conn.src.ip(),
-            destination_ip: conn.dst.ip(),
-            destination_port: conn.dst.port(),
-            sni: None,
+    let admitted = Admitted {
+        target: ward_policy::NormalizedPath {
+            path: admitted.target.path.clone(),
+            query,
         },
-        method: req.method().as_str(),
-        host: &authority,
-        path: &target.path,
-        headers: &headers,
-        auth: auth.as_ref(),
+        ..admitted
     };
-    let decision = cfg.authz.evaluate_http(&attrs);
+    let request = UpgradeRequest {
+        method: admitted.method.as_str().to_owned(),
+        host: admitted.authority.clone(),
+        path: admitted.target.path.clone(),
+        headers: header_list(req.headers()),
+        auth,
+    };
+    let decision = cfg.authz.evaluate_http(&request.attributes(&conn.facts()));
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, _) = deciding_rule(&decision);
     ctx.metrics
@@ -459,12 +439,24 @@ async fn handle(
         log.emit(403, "-", &decision.response_detail(), Some(&decision));
         return local(StatusCode::FORBIDDEN, "RBAC: access denied");
     }
-    match forward(ctx, conn, &port, req, &target, &request_id).await {
+    let upgrade = (!admitted.upgrade.is_empty()).then(|| UpgradeCtx {
+        downstream: hyper::upgrade::on(&mut req),
+        request,
+        slot: upgrade_slot.clone(),
+    });
+    match forward(ctx, conn, &port, req, &admitted, &request_id, upgrade).await {
         Ok(resp) => {
             log.emit(resp.status().as_u16(), "-", "via_upstream", Some(&decision));
             resp
         }
-        Err(e) => {
+        Err(Forwarded::BadUpgrade) => {
+            log.emit(502, "UPE", "upgrade_protocol_mismatch", Some(&decision));
+            local(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched to an unexpected protocol\n",
+            )
+        }
+        Err(Forwarded::Failed(e)) => {
             log.emit(
                 503,
                 "UF",
@@ -477,27 +469,36 @@ async fn handle(
     }
 }
 
-/// Rewrite the request for the app and send it; stream the response back.
+/// What an upgrade request brings to [`forward`]: the client's side of the connection once the
+/// 101 is sent, the request as authorized (to re-check it when policy changes), and where the
+/// connection's splice is handed over.
+struct UpgradeCtx {
+    downstream: hyper::upgrade::OnUpgrade,
+    request: UpgradeRequest,
+    slot: UpgradeSlot,
+}
+
+/// Why forwarding produced no response from the app.
+enum Forwarded {
+    /// The app could not be reached or failed before answering.
+    Failed(crate::upstream::UpstreamError),
+    /// The app answered 101 with a protocol that was not asked for, or an HTTP version.
+    BadUpgrade,
+}
+
+/// Send the admitted request to the app and stream the response back. The method, authority
+/// and path the app receives are [`upstream_parts`] of the authorized [`Admitted`].
 async fn forward(
     ctx: &InboundCtx,
     conn: &HttpConn,
     port: &InboundPort,
-    mut req: Request<Incoming>,
-    target: &ward_policy::NormalizedPath,
+    req: Request<Incoming>,
+    admitted: &Admitted,
     request_id: &str,
-) -> Result<Response<RespBody>, hyper_util::client::legacy::Error> {
-    let upgrade = is_upgrade(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let pq = match &target.query {
-        Some(q) => format!("{}?{q}", target.path),
-        None => target.path.clone(),
-    };
-    let uri: Uri = format!("http://{}{pq}", port.target)
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    *req.uri_mut() = uri;
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    let headers = req.headers_mut();
+    upgrade: Option<UpgradeCtx>,
+) -> Result<Response<RespBody>, Forwarded> {
+    let (mut parts, body) = req.into_parts();
+    let headers = &mut parts.headers;
     // Istio/Envoy XFCC (Envoy `SANITIZE_SET`, the sidecar default for inbound): the server sees
     // who called it, only when that was proven by mTLS, in Envoy's format
     // `By=<server URI>;Hash=<sha256 of the client cert>;Subject="";URI=<client URI>`.
@@ -515,50 +516,148 @@ async fn forward(
         headers.insert("traceparent", v);
     }
     // The app's protocol is the port's, whatever the client spoke to us (h2c in, HTTP/1.1 out
-    // is normal when the client side multiplexes).
-    let (client, version) = if port.protocol.is_http2() {
-        (&ctx.upstreams.h2, http::Version::HTTP_2)
+    // is normal when the client side multiplexes). An upgrade needs HTTP/1.1 on both sides.
+    let version = if port.protocol.is_http2() {
+        http::Version::HTTP_2
     } else {
-        (&ctx.upstreams.h1, http::Version::HTTP_11)
+        http::Version::HTTP_11
     };
-    *req.version_mut() = version;
-    let mut resp = client.request(req).await?;
-    if let (Some(down), true) = (
-        downstream_upgrade,
-        resp.status() == StatusCode::SWITCHING_PROTOCOLS,
-    ) {
-        let up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            if let (Ok(down), Ok(up)) = (down.await, up.await) {
-                let (mut d, mut u) = (TokioIo::new(down), TokioIo::new(up));
-                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+    if version == http::Version::HTTP_2 {
+        headers.remove(http::header::UPGRADE);
+        headers.remove(http::header::CONNECTION);
+    }
+    parts.uri = upstream_parts(admitted, version, headers);
+    parts.version = version;
+    let req = Request::from_parts(parts, body.boxed());
+    let sent = if version == http::Version::HTTP_2 {
+        ctx.upstreams.send_h2(port.target, req).await
+    } else {
+        ctx.upstreams.send_h1(port.target, req).await
+    };
+    let mut resp = sent.map_err(Forwarded::Failed)?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(up) = upgrade.filter(|_| admission::upgrade_accepted(admitted, resp.headers()))
+        else {
+            // Never splice a connection the request did not ask to switch, or to a protocol
+            // Ward parses (RFC 9110 §7.8); the app's side is dropped.
+            return Err(Forwarded::BadUpgrade);
+        };
+        let upstream = hyper::upgrade::on(&mut resp);
+        let facts = ConnFacts {
+            request: Some(Arc::new(up.request)),
+            ..conn.facts()
+        };
+        let tracker = ctx.tracker.clone();
+        let task = tokio::spawn(async move {
+            let (Ok(down), Ok(upstream)) = (up.downstream.await, upstream.await) else {
+                return None;
+            };
+            let mut d = UpgradedIo(TokioIo::new(down), up.slot.abort.clone());
+            // The app's side is the pool's own TCP stream (`upstream::Upstreams::send_h1`), so
+            // it can be reset too; bytes the app sent right after its 101 go first.
+            let Ok(app) = upstream.downcast::<TokioIo<TcpStream>>() else {
+                d.abort();
+                return None;
+            };
+            if !app.read_buf.is_empty() && d.write_all(&app.read_buf).await.is_err() {
+                d.abort();
+                return None;
             }
+            let mut u = app.io.into_inner();
+            let (guard, close) = tracker.register(facts);
+            let end = splice(&mut d, &mut u, Some(close)).await;
+            drop(guard);
+            Some(end)
         });
+        if let Ok(mut t) = up.slot.task.lock() {
+            *t = Some(task);
+        }
+        return Ok(resp.map(|b| b.boxed()));
     }
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        strip_hop_by_hop(resp.headers_mut(), false);
-    }
+    admission::strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(|b| b.boxed()))
 }
 
-/// Remove hop-by-hop headers and the headers `Connection` lists (RFC 9110 §7.6.1); they are
-/// also illegal in HTTP/2 (RFC 9113 §8.2.2). An upgrade keeps `Connection` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
-        if upgrade && (h == "connection" || h == "upgrade") {
-            continue;
+/// One side of an upgraded connection. Aborting sets the connection's abort switch, so the
+/// underlying streams are reset, not cleanly closed, when they are dropped.
+struct UpgradedIo(TokioIo<hyper::upgrade::Upgraded>, Arc<AtomicBool>);
+
+impl Abort for UpgradedIo {
+    fn abort(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for UpgradedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for UpgradedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose drop is a reset once its abort switch is set (by a policy close or a failed
+/// side of an upgraded connection that runs over it).
+pub(crate) struct Abortable<S: Abort> {
+    inner: S,
+    abort: Arc<AtomicBool>,
+}
+
+impl<S: Abort> Abortable<S> {
+    pub(crate) fn new(inner: S, abort: Arc<AtomicBool>) -> Self {
+        Abortable { inner, abort }
+    }
+}
+
+impl<S: Abort> Drop for Abortable<S> {
+    fn drop(&mut self) {
+        if self.abort.load(Ordering::Relaxed) {
+            self.inner.abort();
         }
-        if let Ok(name) = HeaderName::from_bytes(h.as_bytes()) {
-            headers.remove(name);
-        }
+    }
+}
+
+impl<S: Abort + tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Abortable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: Abort + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Abortable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -18,14 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use ward_config::{InboundPort, ProxyConfig};
 use ward_hbone::{parse_authority, ConnectRequest, H2Settings};
-use ward_policy::{Decision, L4Attributes, MtlsMode, Peer};
+use ward_policy::{Decision, MtlsMode, Peer};
 use ward_tls::PeerInfo;
 
 use crate::access_log::{ConnRecord, Direction, Fault};
 use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
-use crate::http::{HttpConn, Upstreams};
+use crate::http::HttpConn;
 use crate::metrics::Metrics;
 use crate::splice::{splice, Abort, SpliceEnd};
+use crate::upstream::Upstreams;
 
 /// Time allowed for the TLS handshake of an inbound connection.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,18 +114,32 @@ pub fn authorize(cfg: &ProxyConfig, facts: &ConnFacts) -> Verdict {
     if port.protocol.is_http() {
         return Verdict::PerRequest;
     }
-    let decision = cfg.authz.evaluate_l4(&L4Attributes {
-        peer: facts.peer.as_ref(),
-        source_ip: facts.source_ip,
-        remote_ip: facts.source_ip,
-        destination_ip: facts.destination_ip,
-        destination_port: facts.destination_port,
-        sni: None,
-    });
+    let decision = cfg.authz.evaluate_l4(&facts.l4());
     if decision.is_allowed() {
         Verdict::Allow(decision)
     } else {
         Verdict::Denied(decision)
+    }
+}
+
+/// Re-decide an open connection after a config change: `Some` says why it must close now.
+/// An upgraded HTTP connection (WebSocket…) is decided again as the request that upgraded it;
+/// other connections on HTTP ports are decided per request and stay open.
+pub fn recheck(cfg: &ProxyConfig, facts: &ConnFacts) -> Option<CloseOrder> {
+    match (authorize(cfg, facts), &facts.request) {
+        (Verdict::PerRequest, Some(request)) => {
+            let decision = cfg.authz.evaluate_http(&request.attributes(facts));
+            if decision.is_allowed() {
+                return None;
+            }
+            let (policy, rule) = deciding_rule(&decision);
+            Some(CloseOrder {
+                policy,
+                rule,
+                detail: decision.response_detail(),
+            })
+        }
+        (verdict, _) => verdict.close_order(),
     }
 }
 
@@ -236,12 +251,20 @@ impl InboundCtx {
         mut rec: ConnRecord,
         started: Instant,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
     {
         let (guard, close) = self.tracker.register(facts);
         self.metrics.conn_open(&rec);
         tokio::select! {
-            () = crate::http::serve(io, self.clone(), Arc::new(conn)) => {}
+            upgraded = crate::http::serve(io, self.clone(), Arc::new(conn)) => match upgraded {
+                Some(SpliceEnd::Done(recv, sent)) => {
+                    rec.bytes_recv = recv;
+                    rec.bytes_sent = sent;
+                }
+                Some(SpliceEnd::Failed(e)) => rec.fail(Fault::Downstream, "-", e),
+                Some(SpliceEnd::Closed(order)) => self.closed_by_policy(&mut rec, order),
+                None => {}
+            },
             order = close => if let Ok(order) = order {
                 rec.fail(Fault::Policy, "DENY", format_args!("closed by policy change: {}", order.detail));
             },
@@ -382,6 +405,7 @@ async fn handle_connect(
         source_ip: src.ip(),
         destination_ip: dst.ip(),
         destination_port: dst.port(),
+        request: None,
     };
     if facts.peer.is_none() {
         // The server config requires a client certificate; no identity here is a bug upstream.
@@ -480,22 +504,24 @@ impl InboundCtx {
                 rec.bytes_sent = sent;
             }
             SpliceEnd::Failed(e) => rec.fail(Fault::Downstream, "-", e),
-            SpliceEnd::Closed(order) => {
-                rec.authz_decision = Some("deny");
-                rec.authz_policy = order.policy;
-                rec.authz_rule = order.rule;
-                rec.authz_detail = Some(order.detail.clone());
-                rec.fail(
-                    Fault::Policy,
-                    "DENY",
-                    format_args!("closed by policy change: {}", order.detail),
-                );
-            }
+            SpliceEnd::Closed(order) => self.closed_by_policy(&mut rec, order),
         }
         drop(guard);
         rec.duration = started.elapsed();
         rec.emit();
         self.metrics.record(&rec, true);
+    }
+
+    fn closed_by_policy(&self, rec: &mut ConnRecord, order: CloseOrder) {
+        rec.authz_decision = Some("deny");
+        rec.authz_policy = order.policy;
+        rec.authz_rule = order.rule;
+        rec.authz_detail = Some(order.detail.clone());
+        rec.fail(
+            Fault::Policy,
+            "DENY",
+            format_args!("closed by policy change: {}", order.detail),
+        );
     }
 }
 
@@ -532,6 +558,7 @@ async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr)
         source_ip: src.ip(),
         destination_ip: dst.ip(),
         destination_port: dst.port(),
+        request: None,
     };
     let verdict = authorize(&cfg, &facts);
     ctx.note_decision(&cfg, &mut rec, &verdict);
@@ -613,6 +640,7 @@ spec:
             source_ip: "127.9.0.1".parse().unwrap(),
             destination_ip: dst.parse().unwrap(),
             destination_port: port,
+            request: None,
         }
     }
 

@@ -17,6 +17,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod access_log;
+mod admission;
 pub mod authn;
 pub mod certs;
 pub mod conntrack;
@@ -27,6 +28,7 @@ pub mod outbound;
 pub mod pool;
 mod sidecar;
 mod splice;
+pub mod upstream;
 
 pub use certs::{CertificateProvider, SignError};
 pub use metrics::Metrics;

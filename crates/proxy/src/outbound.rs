@@ -267,6 +267,7 @@ mod tests {
                 labels: Default::default(),
                 identity: "spiffe://cluster.local/ns/app/sa/cli".into(),
                 demo_app: None,
+                keep_override_headers: false,
             },
             inbound: vec![],
             outbound: vec![OutboundListener {

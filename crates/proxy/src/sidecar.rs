@@ -183,7 +183,7 @@ impl Sidecar {
             tracker: h.tracker.clone(),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
-            upstreams: crate::http::Upstreams::default(),
+            upstreams: crate::upstream::Upstreams::default(),
             authn: Arc::new(crate::authn::AuthnState::default()),
         });
         tokio::spawn(crate::authn::run_fetcher(
@@ -211,9 +211,7 @@ impl Sidecar {
             let cfg = self.config.borrow_and_update().clone();
             self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
                 .await;
-            let closed = h
-                .tracker
-                .recheck(|facts| inbound::authorize(&cfg, facts).close_order());
+            let closed = h.tracker.recheck(|facts| inbound::recheck(&cfg, facts));
             if closed > 0 {
                 tracing::info!(workload = %self.key, closed, "policy change closed open connections");
             }

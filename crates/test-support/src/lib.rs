@@ -322,6 +322,73 @@ impl Drop for Nginx {
     }
 }
 
+/// Whether Python can import `hypercorn` (`pip install hypercorn`; CI installs it).
+pub fn have_hypercorn() -> bool {
+    Command::new("python3")
+        .args(["-c", "import hypercorn, h2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// hypercorn, a production ASGI server, serving an ASGI app on 127.0.0.1:`port` (HTTP/1.1,
+/// h2c by upgrade or prior knowledge, WebSocket). `app_dir` holds the module; `app` is
+/// `module:attribute`. The app may log what it received to [`Hypercorn::app_log`] (env
+/// `ASGI_ECHO_LOG`). Stopped on drop.
+pub struct Hypercorn {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Hypercorn {
+    /// Start hypercorn and wait until it accepts connections.
+    pub fn start(port: u16, app_dir: &Path, app: &str) -> anyhow::Result<Hypercorn> {
+        let dir = tempfile::tempdir()?;
+        let stderr = std::fs::File::create(dir.path().join("hypercorn.log"))?;
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "hypercorn",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                app,
+            ])
+            .current_dir(app_dir)
+            .env("ASGI_ECHO_LOG", dir.path().join("app.log"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning hypercorn")?;
+        let hypercorn = Hypercorn { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "hypercorn did not start: {}",
+                    std::fs::read_to_string(hypercorn.dir.path().join("hypercorn.log"))
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(hypercorn)
+    }
+
+    /// One line per request the app received: `METHOD /path host=<Host>` (`WS` for WebSocket).
+    pub fn app_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("app.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Hypercorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Run curl with `args`; returns (HTTP status, body). Status 0 means curl failed.
 pub fn curl(args: &[&str]) -> (u16, String) {
     let out = match Command::new("curl")
