@@ -324,7 +324,7 @@ impl ControlPlane {
     /// Poll the files every `timing.poll` and reload once a change has settled, until
     /// `shutdown` flips to true. Polling (rather than inotify) works the same on every
     /// filesystem, including the bind mounts and network shares config directories often live
-    /// on. A file replaced by rename (editors, `kubectl`'s ConfigMap volumes) settles like any
+    /// on. A file replaced by rename (editors, Kubernetes ConfigMap volumes) settles like any
     /// other change, after `timing.settle`.
     pub async fn watch_files(
         self: Arc<Self>,
