@@ -12,7 +12,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use ward_config::DemoApp;
-use ward_control::{CaService, ControlPlane};
+use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{IssuedCert, SpiffeId};
 use ward_proxy::{CertificateProvider, MeshIdentity, Metrics, Sidecar, SidecarHandle, SignError};
 
@@ -38,8 +38,13 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
     /// How often the config files are checked for changes.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// How long changed config files must keep the same bytes before the change applies, so
+    /// that a file caught while it is being rewritten in place never applies half-written.
+    /// `0s` applies the first read of every change.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    reload_settle: Duration,
     /// Run sidecars only for these WorkloadEntries (`namespace/name`, comma-separated or
     /// repeated); the others are reached over the network. For a mesh across several hosts or
     /// network namespaces: every host runs `ward up` on the same YAML and the same CA
@@ -147,11 +152,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    tokio::spawn(
-        control
-            .clone()
-            .watch_files(args.poll_interval, shutdown_rx.clone()),
-    );
+    let timing = ReloadTiming {
+        poll: args.poll_interval,
+        settle: args.reload_settle,
+    };
+    tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
 
     let sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>> = Arc::default();
     let admin_state = Arc::new(AdminState {

@@ -21,8 +21,9 @@
 //!   so does a RequestAuthentication `jwtRules` entry Ward cannot use (e.g. a plain-http
 //!   `jwksUri` to a host that is not loopback), or one issuer in two rules of one workload.
 //!
-//! Must not: do I/O outside [`load_paths`] (which only reads files), hold global state, or
-//! panic on any input (the YAML is untrusted; property tests cover the whole pipeline).
+//! Must not: do I/O outside [`read_paths`] (which only reads files; [`load_paths`] is it plus
+//! [`load_files`]), hold global state, or panic on any input (the YAML is untrusted; property
+//! tests cover the whole pipeline).
 //!
 //! Layout:
 //! - [`load`]: files and documents → [`ConfigSet`]; kinds, duplicates, metadata checks.
@@ -58,7 +59,9 @@ mod yaml;
 pub use analyze::analyze;
 pub use diag::{code, Diagnostic, Diagnostics, Severity};
 pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
-pub use load::{load_paths, load_str, ConfigSet, FieldLines, Resource};
+pub use load::{
+    load_files, load_paths, load_str, read_paths, ConfigFiles, ConfigSet, FieldLines, Resource,
+};
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
 pub use snapshot::{

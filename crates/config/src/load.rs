@@ -10,8 +10,8 @@
 //! with a WARD0102 warning, never silently. Unknown kinds, unknown apiVersions and unknown fields are errors: Ward is
 //! stricter than Istio, which only warns about unknown fields. A top-level `status` is ignored.
 //!
-//! This is the only impure part of the crate ([`load_paths`] reads files); everything after
-//! it is a pure function of the [`ConfigSet`].
+//! This is the only impure part of the crate ([`read_paths`], and [`load_paths`] through it,
+//! read files); [`load_files`] and everything after it are pure functions of what was read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -115,9 +115,105 @@ pub struct ConfigSet {
 /// Loads files and directories. Fails with every error found (and the warnings), in file and
 /// line order.
 pub fn load_paths(paths: &[PathBuf]) -> Result<ConfigSet, Diagnostics> {
-    let mut loader = Loader::default();
+    load_files(&read_paths(paths))
+}
+
+/// The config files under some paths, read once: what [`load_files`] loads. Two reads are equal
+/// exactly when they found the same files with the same bytes (and the same problems), so a
+/// caller can compare reads to tell whether the config changed, then load the very bytes it
+/// compared.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigFiles(Vec<ConfigFile>);
+
+/// One file as read, or a path that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ConfigFile {
+    /// How diagnostics name it: the path as given, or as found under a directory.
+    name: String,
+    /// The bytes, or the message of the error that stands in for them.
+    content: Result<Vec<u8>, String>,
+}
+
+impl ConfigFiles {
+    /// The files that are empty (zero bytes), by name.
+    pub fn empty_files(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(|f| f.content.as_ref().is_ok_and(|c| c.is_empty()))
+            .map(|f| f.name.as_str())
+    }
+}
+
+/// Reads the YAML files of `paths` (a file, or a directory searched as the module doc says).
+/// Never fails: a path that cannot be read is kept as an error for [`load_files`] to report.
+pub fn read_paths(paths: &[PathBuf]) -> ConfigFiles {
+    let mut files = Vec::new();
+    let mut seen = BTreeSet::new();
     for path in paths {
-        loader.load_path(path);
+        read_path(path, &mut files, &mut seen);
+    }
+    ConfigFiles(files)
+}
+
+fn read_path(path: &Path, files: &mut Vec<ConfigFile>, seen: &mut BTreeSet<PathBuf>) {
+    let name = path.display().to_string();
+    let problem = |message: String| ConfigFile {
+        name: name.clone(),
+        content: Err(message),
+    };
+    let metadata = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(err) => {
+            files.push(problem(format!("cannot read: {err}")));
+            return;
+        }
+    };
+    if !metadata.is_dir() {
+        read_file(path, files, seen);
+        return;
+    }
+    let mut found = Vec::new();
+    let mut visited = BTreeSet::new();
+    if let Err(err) = collect_yaml_files(path, &mut found, &mut visited) {
+        files.push(problem(format!("cannot read directory: {err}")));
+    }
+    if found.is_empty() {
+        files.push(problem("no *.yaml or *.yml files in this directory".into()));
+    }
+    for file in found {
+        read_file(&file, files, seen);
+    }
+}
+
+fn read_file(path: &Path, files: &mut Vec<ConfigFile>, seen: &mut BTreeSet<PathBuf>) {
+    // A file named directly and through its directory loads once.
+    let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if !seen.insert(canonical) {
+        return;
+    }
+    files.push(ConfigFile {
+        name: path.display().to_string(),
+        content: fs::read(path).map_err(|err| format!("cannot read: {err}")),
+    });
+}
+
+/// Loads files read by [`read_paths`]. Fails with every error found (and the warnings), in file
+/// and line order.
+pub fn load_files(files: &ConfigFiles) -> Result<ConfigSet, Diagnostics> {
+    let mut loader = Loader::default();
+    for file in &files.0 {
+        let name = file.name.as_str();
+        match &file.content {
+            Err(message) => loader
+                .diagnostics
+                .push(Diagnostic::error(code::PARSE, message.clone()).at(name, None)),
+            Ok(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => loader.load_text(name, text),
+                Err(_) => loader
+                    .diagnostics
+                    .push(Diagnostic::error(code::PARSE, "not UTF-8 text").at(name, None)),
+            },
+        }
     }
     loader.finish()
 }
@@ -297,8 +393,6 @@ struct Loader {
     diagnostics: Vec<Diagnostic>,
     /// (kind, namespace, name) → where first defined.
     seen: BTreeMap<(&'static str, String, String), SourceRef>,
-    /// Files already read (a file named directly and through its directory loads once).
-    files: BTreeSet<PathBuf>,
 }
 
 /// An object whose metadata has been read.
@@ -323,59 +417,6 @@ struct Doc<'a> {
 }
 
 impl Loader {
-    fn load_path(&mut self, path: &Path) {
-        let display = path.display().to_string();
-        let metadata = match fs::metadata(path) {
-            Ok(m) => m,
-            Err(err) => {
-                self.diagnostics.push(
-                    Diagnostic::error(code::PARSE, format!("cannot read: {err}")).at(display, None),
-                );
-                return;
-            }
-        };
-        if metadata.is_dir() {
-            let mut files = Vec::new();
-            let mut visited = BTreeSet::new();
-            if let Err(err) = collect_yaml_files(path, &mut files, &mut visited) {
-                self.diagnostics.push(
-                    Diagnostic::error(code::PARSE, format!("cannot read directory: {err}"))
-                        .at(display.clone(), None),
-                );
-            }
-            if files.is_empty() {
-                self.diagnostics.push(
-                    Diagnostic::error(code::PARSE, "no *.yaml or *.yml files in this directory")
-                        .at(display, None),
-                );
-            }
-            for file in files {
-                self.load_file(&file);
-            }
-        } else {
-            self.load_file(path);
-        }
-    }
-
-    fn load_file(&mut self, path: &Path) {
-        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if !self.files.insert(canonical) {
-            return;
-        }
-        let display = path.display().to_string();
-        match fs::read(path) {
-            Err(err) => self.diagnostics.push(
-                Diagnostic::error(code::PARSE, format!("cannot read: {err}")).at(display, None),
-            ),
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => self.load_text(&display, &text),
-                Err(_) => self
-                    .diagnostics
-                    .push(Diagnostic::error(code::PARSE, "not UTF-8 text").at(display, None)),
-            },
-        }
-    }
-
     fn load_text(&mut self, file: &str, text: &str) {
         match parse_documents(text) {
             Err(err) => self.diagnostics.push(

@@ -14,4 +14,4 @@ pub mod ca_service;
 pub mod source;
 
 pub use ca_service::CaService;
-pub use source::{ConfigStatus, ControlPlane, ReloadError};
+pub use source::{ConfigStatus, ControlPlane, ReloadError, ReloadTiming};

@@ -1,14 +1,21 @@
 //! Config from files: load, validate, translate, publish; poll the files and reload on change.
 //! An update with any error is rejected whole and the last good config keeps serving (Envoy SotW
 //! semantics; threats.md §3 "Config with errors").
+//!
+//! A change applies only once the files have kept the same bytes for a settle interval
+//! ([`Settling`]). A file rewritten in place (`generate > policy.yaml`) is first empty, then
+//! half-written; either can be a valid config with fewer policies, which would allow what both
+//! the old and the new file deny. The bytes that settled are the bytes loaded: the watcher
+//! never reads the files a second time to build the config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use ward_config::{ConfigSet, Diagnostics, MeshSettings};
+use tokio::time::Instant;
+use ward_config::{ConfigFiles, ConfigSet, Diagnostics, MeshSettings};
 use ward_config::{MeshSnapshot, ProxyConfig};
 
 /// Why a reload was refused.
@@ -39,18 +46,104 @@ pub struct ConfigStatus {
     pub warnings: Vec<String>,
 }
 
-/// Fingerprint of the watched files: path, length, modification time.
+/// Fingerprint of the watched files: path, length, modification time. Only a cheap test of
+/// whether to read the files; what applies is decided on their bytes.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// How the watcher polls the files.
+#[derive(Clone, Copy, Debug)]
+pub struct ReloadTiming {
+    /// How often the files are checked for changes.
+    pub poll: Duration,
+    /// How long changed files must keep the same bytes before they apply. Zero applies the
+    /// first read of a change, even one caught half-written.
+    pub settle: Duration,
+}
+
+/// What the watcher does with one read of the files.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The files hold what was last applied (or rejected): nothing to do.
+    Idle,
+    /// The files changed but have not kept these bytes for the settle interval yet: read
+    /// again, at the latest after this long.
+    Wait(Duration),
+    /// The files have kept these bytes for the settle interval: load them.
+    Apply,
+}
+
+/// The watcher's memory between reads: what was last applied, and a change since then with
+/// the time its bytes were first seen. Pure: time comes in as an argument.
+#[derive(Debug)]
+struct Settling<T> {
+    /// The contents last loaded, whether they applied or were rejected (a rejected change is
+    /// not retried until the files change again).
+    current: T,
+    /// Contents different from `current`, seen at every read since the instant given.
+    pending: Option<(T, Instant)>,
+}
+
+impl<T: PartialEq> Settling<T> {
+    fn new(current: T) -> Settling<T> {
+        Settling {
+            current,
+            pending: None,
+        }
+    }
+
+    /// Whether a change is waiting to settle (the files must then be read at every poll).
+    fn is_settling(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Decide on a read taken at `now`. On [`Step::Apply`], `current` holds the read. Any
+    /// difference between two reads restarts the wait, so a writer that pauses for less than
+    /// `settle` between writes is never applied half-way.
+    fn observe(&mut self, read: T, now: Instant, settle: Duration) -> Step {
+        if read == self.current {
+            // Unchanged, or a change undone before it settled.
+            self.pending = None;
+            return Step::Idle;
+        }
+        let since = match &self.pending {
+            Some((pending, since)) if *pending == read => *since,
+            _ => now,
+        };
+        let held = now.saturating_duration_since(since);
+        if held >= settle {
+            self.pending = None;
+            self.current = read;
+            Step::Apply
+        } else {
+            self.pending = Some((read, since));
+            Step::Wait(settle - held)
+        }
+    }
+}
+
+/// `Kind namespace/name` of every object that grants or restricts access: an update that
+/// drops one of them is logged.
+fn security_objects(set: &ConfigSet) -> BTreeSet<String> {
+    let pa = set.peer_authentications.iter().map(|r| r.object());
+    let ra = set.request_authentications.iter().map(|r| r.object());
+    let ap = set.authorization_policies.iter().map(|r| r.object());
+    pa.chain(ra).chain(ap).collect()
+}
 
 /// The file-backed control plane.
 pub struct ControlPlane {
     paths: Vec<PathBuf>,
+    /// The file contents the first config was built from: where the watcher starts.
+    started_from: ConfigFiles,
     mesh: MeshSettings,
     /// The whole mesh; the supervisor watches it to add and remove sidecars.
     snapshot: watch::Sender<Arc<MeshSnapshot>>,
     /// One channel per proxy; written only by `apply`, read by each proxy.
     proxies: Mutex<BTreeMap<String, watch::Sender<Arc<ProxyConfig>>>>,
     status: Mutex<ConfigStatus>,
+    /// [`security_objects`] of the serving config; written by `reload`, to log what an update
+    /// removes.
+    security: Mutex<BTreeSet<String>>,
 }
 
 fn now_secs() -> u64 {
@@ -60,8 +153,8 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn build(paths: &[PathBuf]) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> {
-    let set = ward_config::load_paths(paths)?;
+fn build(files: &ConfigFiles) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> {
+    let set = ward_config::load_files(files)?;
     let snap = ward_config::translate(&set)?;
     Ok((set, snap))
 }
@@ -69,7 +162,8 @@ fn build(paths: &[PathBuf]) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> {
 impl ControlPlane {
     /// Load `paths`; fails with every diagnostic if the initial config has errors.
     pub fn start(paths: Vec<PathBuf>) -> Result<Arc<ControlPlane>, Diagnostics> {
-        let (set, snap) = build(&paths)?;
+        let files = ward_config::read_paths(&paths);
+        let (set, snap) = build(&files)?;
         for w in &set.warnings {
             tracing::warn!(target: "config", "{w}");
         }
@@ -88,6 +182,8 @@ impl ControlPlane {
             .collect();
         Ok(Arc::new(ControlPlane {
             paths,
+            started_from: files,
+            security: Mutex::new(security_objects(&set)),
             mesh: set.mesh,
             snapshot: watch::channel(Arc::new(snap)).0,
             proxies: Mutex::new(proxies),
@@ -122,9 +218,9 @@ impl ControlPlane {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Reload the files now. On error nothing changes.
-    pub fn reload(&self) -> Result<bool, ReloadError> {
-        let result = build(&self.paths)
+    /// Load `files` (read from this plane's paths) and apply them. On error nothing changes.
+    fn reload(&self, files: &ConfigFiles) -> Result<bool, ReloadError> {
+        let result = build(files)
             .map_err(ReloadError::Invalid)
             .and_then(|(set, snap)| {
                 if set.mesh.trust_domain != self.mesh.trust_domain
@@ -148,6 +244,21 @@ impl ControlPlane {
             }
         };
         let changed = self.apply(snap);
+        let objects = security_objects(&set);
+        if let Ok(mut serving) = self.security.lock() {
+            let removed: Vec<&str> = serving.difference(&objects).map(String::as_str).collect();
+            if !removed.is_empty() {
+                // Names only, never contents: the files may hold anything.
+                let empty: Vec<&str> = files.empty_files().collect();
+                tracing::warn!(
+                    target: "config",
+                    removed = %removed.join(", "),
+                    empty_files = %empty.join(", "),
+                    "config change applied: it removes security objects"
+                );
+            }
+            *serving = objects;
+        }
         if let Ok(mut st) = self.status.lock() {
             st.last_rejection = None;
             st.reloads += 1;
@@ -210,32 +321,147 @@ impl ControlPlane {
         out
     }
 
-    /// Poll the files every `interval` and reload on change, until `shutdown` flips to true.
-    /// Polling (rather than inotify) works the same on every filesystem, including the bind
-    /// mounts and network shares config directories often live on.
+    /// Poll the files every `timing.poll` and reload once a change has settled, until
+    /// `shutdown` flips to true. Polling (rather than inotify) works the same on every
+    /// filesystem, including the bind mounts and network shares config directories often live
+    /// on. A file replaced by rename (editors, Kubernetes ConfigMap volumes) settles like any
+    /// other change, after `timing.settle`.
     pub async fn watch_files(
         self: Arc<Self>,
-        interval: Duration,
+        timing: ReloadTiming,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut last = self.fingerprint();
+        let mut settling = Settling::new(self.started_from.clone());
+        // None: read the files on the first poll, whatever changed since `start` read them.
+        let mut last: Option<Fingerprint> = None;
+        let mut wait = timing.poll;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            wait = timing.poll;
             let now = self.fingerprint();
-            if now == last {
+            // While a change settles, its bytes are compared at every poll: a rewrite that
+            // leaves length and modification time alone must still restart the wait.
+            if !settling.is_settling() && last.as_ref() == Some(&now) {
                 continue;
             }
-            last = now;
-            match self.reload() {
-                Ok(true) => {
-                    tracing::info!(target: "config", generation = self.status().generation, "config change applied")
+            last = Some(now);
+            let read = ward_config::read_paths(&self.paths);
+            match settling.observe(read, Instant::now(), timing.settle) {
+                Step::Idle => {}
+                Step::Wait(left) => {
+                    tracing::debug!(target: "config", "files changed; waiting for them to settle");
+                    wait = left.min(timing.poll);
                 }
-                Ok(false) => tracing::debug!(target: "config", "files changed, config unchanged"),
-                Err(e) => tracing::error!(target: "config", "{e}"),
+                Step::Apply => match self.reload(&settling.current) {
+                    Ok(true) => {
+                        tracing::info!(target: "config", generation = self.status().generation, "config change applied")
+                    }
+                    Ok(false) => {
+                        tracing::debug!(target: "config", "files changed, config unchanged")
+                    }
+                    Err(e) => tracing::error!(target: "config", "{e}"),
+                },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_millis(300);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A file that held "old", read at the given milliseconds, and what each read decides.
+    struct Case {
+        name: &'static str,
+        reads: Vec<(u64, &'static str)>,
+        want: Vec<Step>,
+    }
+
+    #[test]
+    fn a_change_applies_once_its_bytes_held_across_the_settle_interval() {
+        use Step::*;
+        let cases = [
+            Case {
+                name: "unchanged",
+                reads: vec![(0, "old"), (500, "old")],
+                want: vec![Idle, Idle],
+            },
+            Case {
+                name: "replaced by rename: applies once settled",
+                reads: vec![(0, "new"), (200, "new"), (300, "new")],
+                want: vec![Wait(ms(300)), Wait(ms(100)), Apply],
+            },
+            Case {
+                name: "truncated, then written: the empty file never applies",
+                reads: vec![(0, ""), (200, ""), (250, "new"), (450, "new"), (550, "new")],
+                want: vec![
+                    Wait(ms(300)),
+                    Wait(ms(100)),
+                    Wait(ms(300)),
+                    Wait(ms(100)),
+                    Apply,
+                ],
+            },
+            Case {
+                name: "written in chunks: no prefix applies",
+                reads: vec![(0, "n"), (200, "ne"), (400, "new"), (700, "new")],
+                want: vec![Wait(ms(300)), Wait(ms(300)), Wait(ms(300)), Apply],
+            },
+            Case {
+                name: "rewritten to the same bytes before it settled: nothing to do",
+                reads: vec![(0, ""), (100, "old"), (500, "old")],
+                want: vec![Wait(ms(300)), Idle, Idle],
+            },
+            Case {
+                name: "emptied and left empty: applies once settled",
+                reads: vec![(0, ""), (200, ""), (400, "")],
+                want: vec![Wait(ms(300)), Wait(ms(100)), Apply],
+            },
+            Case {
+                name: "back to an earlier pending content: the wait restarts",
+                reads: vec![(0, "a"), (200, "b"), (400, "a"), (600, "a"), (700, "a")],
+                want: vec![
+                    Wait(ms(300)),
+                    Wait(ms(300)),
+                    Wait(ms(300)),
+                    Wait(ms(100)),
+                    Apply,
+                ],
+            },
+        ];
+        for case in cases {
+            let t0 = Instant::now();
+            let mut s = Settling::new("old");
+            let got: Vec<Step> = case
+                .reads
+                .iter()
+                .map(|(at, read)| s.observe(*read, t0 + ms(*at), SETTLE))
+                .collect();
+            assert_eq!(got, case.want, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn after_apply_the_applied_bytes_are_current_and_a_zero_settle_applies_at_once() {
+        let t0 = Instant::now();
+        let mut s = Settling::new("old");
+        assert_eq!(s.observe("new", t0, SETTLE), Step::Wait(SETTLE));
+        assert_eq!(s.observe("new", t0 + SETTLE, SETTLE), Step::Apply);
+        assert_eq!(s.current, "new");
+        assert!(!s.is_settling());
+        assert_eq!(s.observe("new", t0 + ms(400), SETTLE), Step::Idle);
+
+        let mut s = Settling::new("old");
+        assert_eq!(s.observe("", t0, Duration::ZERO), Step::Apply);
+        assert_eq!(s.current, "");
     }
 }
