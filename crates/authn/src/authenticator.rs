@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::jwks::{Jwks, JwksError};
 use crate::jwks_uri::{self, JwksUri, JwksUriError};
+use crate::location::{Place, TokenLocation, TokenSources};
 use crate::spec::{ClaimToHeader, JwtRule};
 use crate::token::{self, JwtError, Validity};
 use crate::verified_cache::{self, VerifiedCache, VERIFIED_TOKEN_CACHE_CAPACITY};
@@ -92,37 +93,6 @@ pub struct VerifiedToken {
     pub presenter: Option<String>,
     /// The whole payload (`request.auth.claims[...]`).
     pub claims: Value,
-}
-
-/// A place a token was read from, to remove before the request goes upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum TokenLocation {
-    /// A request header (lower-case name); remove the header.
-    Header(String),
-    /// A query parameter; remove it from the query string.
-    QueryParam(String),
-    /// A cookie in the `cookie` header; remove that cookie.
-    Cookie(String),
-}
-
-/// The parts of a request tokens can be in. Cookies are read from the `cookie` headers.
-#[derive(Clone, Copy)]
-pub struct TokenSources<'a> {
-    /// Request headers, names lower-case, repeated headers as repeated entries.
-    pub headers: &'a [(String, String)],
-    /// The raw query string (after `?`), if any.
-    pub query: Option<&'a str>,
-}
-
-impl fmt::Debug for TokenSources<'_> {
-    // Values may be tokens: print names only.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("TokenSources")
-            .field("headers", &names)
-            .field("query", &self.query.map(|_| "<redacted>"))
-            .finish()
-    }
 }
 
 /// What the proxy must do with a request after authentication.
@@ -229,13 +199,6 @@ struct CompiledRule {
     output_payload_to_header: Option<String>,
     output_claim_to_headers: Vec<ClaimToHeader>,
     timeout: Duration,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-enum Place {
-    Header { name: String, prefix: String },
-    Param(String),
-    Cookie(String),
 }
 
 /// A token location and the rules (by index) that read it.
@@ -366,8 +329,8 @@ impl Authenticator {
         let mut strip: Vec<TokenLocation> = Vec::new();
         let mut add_headers: Vec<(String, String)> = Vec::new();
         for (location_index, location) in self.locations.iter().enumerate() {
-            for raw in extract(&location.place, req) {
-                let verified = match self.verify_cached(location_index, raw, now_unix, keys) {
+            for raw in location.place.extract(req) {
+                let verified = match self.verify_cached(location_index, &raw, now_unix, keys) {
                     Ok(verified) => verified,
                     Err(Rejection {
                         reason,
@@ -554,16 +517,6 @@ fn current_keys(
     }
 }
 
-impl Place {
-    fn token_location(&self) -> TokenLocation {
-        match self {
-            Place::Header { name, .. } => TokenLocation::Header(name.clone()),
-            Place::Param(name) => TokenLocation::QueryParam(name.clone()),
-            Place::Cookie(name) => TokenLocation::Cookie(name.clone()),
-        }
-    }
-}
-
 fn compile_rule(
     index: usize,
     rule: JwtRule,
@@ -614,10 +567,7 @@ fn compile_rule(
 
     let mut places = Vec::new();
     for header in &rule.from_headers {
-        places.push(Place::Header {
-            name: header_name(&header.name)?,
-            prefix: header.prefix.clone(),
-        });
+        places.push(Place::header(header_name(&header.name)?, &header.prefix));
     }
     for param in &rule.from_params {
         if param.is_empty() {
@@ -635,10 +585,7 @@ fn compile_rule(
         // istio/api JWTRule: "If no explicit location is specified the following default
         // locations are tried in order: 1) The Authorization header using the Bearer schema
         // ... 2) The `access_token` query parameter".
-        places.push(Place::Header {
-            name: "authorization".into(),
-            prefix: "Bearer ".into(),
-        });
+        places.push(Place::header("authorization".into(), "Bearer "));
         places.push(Place::Param("access_token".into()));
     }
 
@@ -715,54 +662,6 @@ fn parse_duration(text: &str) -> Option<Duration> {
         rest = next;
     }
     Some(total)
-}
-
-/// The token(s) at `place`. Several values of one header each count.
-fn extract<'a>(place: &'a Place, req: &TokenSources<'a>) -> Vec<&'a str> {
-    match place {
-        Place::Header { name, prefix } => req
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .filter_map(|(_, value)| header_token(value, prefix))
-            .collect(),
-        Place::Param(name) => req
-            .query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v)
-            .collect(),
-        Place::Cookie(name) => req
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
-            .flat_map(|(_, value)| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.trim_matches('"'))
-            .collect(),
-    }
-}
-
-/// The token in one header value.
-///
-/// istio-semantics §2.5: the prefix is matched "case-sensitively, anywhere in the value"
-/// (Envoy jwt_authn extractor); the token is the run of base64url and `.` characters after it.
-/// A value without the prefix holds no token for this place.
-fn header_token<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
-    let token = if prefix.is_empty() {
-        value.trim()
-    } else {
-        let start = value.find(prefix)? + prefix.len();
-        let rest = &value[start..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=')))
-            .unwrap_or(rest.len());
-        &rest[..end]
-    };
-    (!token.is_empty()).then_some(token)
 }
 
 /// Overwrites or appends `name: value`.
@@ -863,6 +762,10 @@ mod tests {
         let bearer = format!("Bearer {good}");
         let bearer_expired = format!("Bearer {expired}");
         let lower_bearer = bearer.replace("Bearer", "bearer");
+        let upper_bearer_evil = format!("BEARER {evil}");
+        let bearer_junk = format!("Bearer {good} x");
+        let encoded_query = format!("access%5Ftoken={good}");
+        let encoded_second = format!("access_token={good}&access%5ftoken={expired}");
         let bearer_aud = format!("Bearer {aud}");
         let bearer_evil = format!("Bearer {evil}");
         let query = format!("a=1&access_token={good}");
@@ -907,11 +810,39 @@ mod tests {
                 Ok("https://idp.example.com/alice"),
             ),
             (
-                "prefix is case-sensitive",
+                "scheme is case-insensitive",
                 &default,
                 vec![("authorization", &lower_bearer)],
                 None,
-                Err(None),
+                Ok("https://idp.example.com/alice"),
+            ),
+            (
+                "forged token after BEARER",
+                &default,
+                vec![("authorization", &upper_bearer_evil)],
+                None,
+                Err(unauthorized),
+            ),
+            (
+                "junk after the token",
+                &default,
+                vec![("authorization", &bearer_junk)],
+                None,
+                Err(Some((401, "Jwt signature is not base64url encoded"))),
+            ),
+            (
+                "percent-encoded parameter name",
+                &default,
+                vec![],
+                Some(&encoded_query),
+                Ok("https://idp.example.com/alice"),
+            ),
+            (
+                "second, encoded copy of the parameter",
+                &default,
+                vec![],
+                Some(&encoded_second),
+                Err(Some((401, "Jwt is expired"))),
             ),
             (
                 "wrong issuer",
@@ -1031,6 +962,34 @@ mod tests {
             message(&run(&auth, &[("x-b", &token_a)], None, &none)),
             Some((401, "Jwt issuer is not configured"))
         );
+    }
+
+    /// The prefix is matched case-insensitively, so prefixes differing only in case are one
+    /// location: a token of either rule's issuer verifies there.
+    #[test]
+    fn prefixes_differing_in_case_are_one_location() {
+        let a = Signer::new(KeyKind::Ed25519, "a");
+        let b = Signer::new(KeyKind::Ed25519, "b");
+        let inline = |s: &Signer, iss: &str, prefix: &str| JwtRule {
+            issuer: iss.into(),
+            jwks: Some(s.jwks()),
+            from_headers: vec![JwtHeader {
+                name: "authorization".into(),
+                prefix: prefix.into(),
+            }],
+            ..JwtRule::default()
+        };
+        let auth = Authenticator::new(vec![
+            inline(&a, "iss-a", "Bearer "),
+            inline(&b, "iss-b", "bearer "),
+        ])
+        .unwrap();
+        let none = |_: &str| None;
+        for (signer, iss) in [(&a, "iss-a"), (&b, "iss-b")] {
+            let value = format!("Bearer {}", signer.token(&json!({"iss": iss, "sub": "u"})));
+            let outcome = run(&auth, &[("authorization", &value)], None, &none);
+            assert_eq!(principal(&outcome), Some(format!("{iss}/u").as_str()));
+        }
     }
 
     #[test]

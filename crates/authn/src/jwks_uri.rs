@@ -4,8 +4,14 @@
 //! - `https://` is required. Plain `http://` is allowed only to a loopback host (`localhost`,
 //!   127.0.0.0/8, `::1`): local IdPs in development and Ward's own tests. This is looser than
 //!   threats §D (which rejects loopback outright) and is why the next rule exists.
-//! - The proxies' admin port on loopback (15000, ztunnel/Envoy admin) is refused, whatever the
-//!   scheme: an IdP never lives there, an attacker pointing the fetcher at it does.
+//! - The default admin port on loopback (15000: Ward's `--admin` default, and ztunnel/Envoy
+//!   admin) is refused, whatever the scheme: an IdP never lives there, an attacker pointing the
+//!   fetcher at it does.
+//! - Ward's own listeners are refused: [`own_listener`] tells whether an address reaches one
+//!   of them. Its callers supply the set: translation checks every workload's HBONE, inbound
+//!   and egress listeners against [`literal_addrs`] (a config error naming the field), and the
+//!   fetcher checks the addresses a host resolves to against its sidecar's listeners and the
+//!   actual `--admin` address, which only the running process knows.
 //! - Link-local hosts (169.254.0.0/16, which holds cloud metadata at 169.254.169.254, and
 //!   fe80::/10, IPv4-mapped forms included) and unspecified addresses (0.0.0.0, `::`, which
 //!   reach loopback) are refused.
@@ -15,12 +21,22 @@
 //! - No user-info (`user@host`), no fragment.
 //!
 //! A DNS name can still resolve to a forbidden address; the fetcher must check the resolved
-//! address with [`forbidden_ip`] before connecting.
+//! address with [`forbidden_ip`] and [`own_listener`] before connecting.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// The admin port refused on loopback hosts.
+/// The admin port refused on loopback hosts (Ward's `--admin` default, and ztunnel's and
+/// Envoy's admin port), whatever Ward's actual admin address is.
 const ADMIN_PORT: u16 = 15000;
+
+/// One of Ward's own listening sockets, which a `jwksUri` must never reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnListener {
+    /// The bound address; an unspecified IP (`0.0.0.0`, `::`) listens on every local address.
+    pub addr: SocketAddr,
+    /// What it is, for messages: `the admin API`, `the HBONE listener of app/srv` ...
+    pub what: String,
+}
 
 /// Why a `jwksUri` was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +136,54 @@ pub fn forbidden_ip(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified(),
     }
+}
+
+/// The addresses a checked `jwksUri` names before any DNS lookup: its IP literal, or the
+/// loopback addresses for `localhost` and `*.localhost` (RFC 6761 §6.3: they resolve to
+/// loopback). Empty for other names: check what they resolve to.
+pub fn literal_addrs(uri: &JwksUri) -> Vec<SocketAddr> {
+    if let Ok(ip) = uri.host.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, uri.port)];
+    }
+    let name = uri.host.strip_suffix('.').unwrap_or(&uri.host);
+    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
+        return vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), uri.port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), uri.port),
+        ];
+    }
+    Vec::new()
+}
+
+/// The listener in `own` that a connection to `target` would reach, if any.
+///
+/// A listener on a specific address is reached at that address and port. One on an
+/// unspecified address (`0.0.0.0`; `::`, which also takes IPv4 unless `IPV6_V6ONLY`) is reached
+/// at that port on any address of this host: loopback, the address of any other own listener,
+/// or `target` when the caller knows it is local (`target_is_local`: the fetcher's connected
+/// socket has `target`'s IP as its own).
+pub fn own_listener(
+    target: SocketAddr,
+    own: &[OwnListener],
+    target_is_local: bool,
+) -> Option<&OwnListener> {
+    let ip = target.ip().to_canonical();
+    let local = target_is_local
+        || ip.is_loopback()
+        || ip.is_unspecified()
+        || own
+            .iter()
+            .any(|l| !l.addr.ip().is_unspecified() && l.addr.ip().to_canonical() == ip);
+    own.iter().find(|l| {
+        if l.addr.port() != target.port() {
+            return false;
+        }
+        match l.addr.ip().to_canonical() {
+            IpAddr::V4(any) if any.is_unspecified() => local && ip.is_ipv4(),
+            IpAddr::V6(any) if any.is_unspecified() => local,
+            bound => bound == ip,
+        }
+    })
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -271,6 +335,63 @@ mod tests {
         ];
         for (ip, want) in cases {
             assert_eq!(forbidden_ip(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn literal_addresses() {
+        let addrs = |uri: &str| {
+            literal_addrs(&parse(uri).unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs("http://127.0.0.1:9/k"), ["127.0.0.1:9"]);
+        assert_eq!(addrs("https://[::1]/k"), ["[::1]:443"]);
+        assert_eq!(addrs("http://LOCALHOST:9/k"), ["127.0.0.1:9", "[::1]:9"]);
+        assert_eq!(
+            addrs("https://idp.localhost:9/k"),
+            ["127.0.0.1:9", "[::1]:9"]
+        );
+        assert!(addrs("https://idp.example.com/k").is_empty());
+    }
+
+    #[test]
+    fn own_listeners() {
+        let l = |addr: &str, what: &str| OwnListener {
+            addr: addr.parse().unwrap(),
+            what: what.into(),
+        };
+        let own = [
+            l("127.0.0.1:15001", "admin"),
+            l("10.0.0.5:15008", "hbone"),
+            l("0.0.0.0:9000", "egress any v4"),
+            l("[::]:9100", "egress any"),
+        ];
+        let hit = |target: &str, local: bool| {
+            own_listener(target.parse().unwrap(), &own, local).map(|l| l.what.as_str())
+        };
+        let cases = [
+            ("127.0.0.1:15001", false, Some("admin")),
+            ("[::ffff:127.0.0.1]:15001", false, Some("admin")),
+            ("127.0.0.2:15001", false, None),
+            ("127.0.0.1:15002", false, None),
+            ("10.0.0.5:15008", false, Some("hbone")),
+            ("10.0.0.6:15008", false, None),
+            // Unspecified binds: reached on loopback, on the host's other listener addresses,
+            // and on an address the caller found to be local.
+            ("127.0.0.9:9000", false, Some("egress any v4")),
+            ("10.0.0.5:9000", false, Some("egress any v4")),
+            ("192.0.2.1:9000", false, None),
+            ("192.0.2.1:9000", true, Some("egress any v4")),
+            ("[::1]:9000", false, None),
+            ("[::1]:9100", false, Some("egress any")),
+            ("127.0.0.1:9100", false, Some("egress any")),
+            ("[2001:db8::1]:9100", true, Some("egress any")),
+            ("[2001:db8::1]:9100", false, None),
+        ];
+        for (target, local, want) in cases {
+            assert_eq!(hit(target, local), want, "{target} local={local}");
         }
     }
 

@@ -18,11 +18,16 @@
 //!   (token 64 KiB, JWKS 256 KiB and 64 keys);
 //! - an issuer with no fetched keys rejects all its tokens; there are no default keys;
 //! - `jwksUri` must be https (plain http to loopback only, for development) and never
-//!   link-local or the proxy admin port.
+//!   link-local, the proxy admin port or another of Ward's own listeners;
+//! - a header with `crit` is refused (Ward implements no JWS extension);
+//! - every spelling of a configured token location is read (prefix in any case, parameter
+//!   name percent-decoded, every copy), so no unverified token reaches the app there.
 //!
 //! Layout:
 //! - [`spec`]: the Istio API types, field for field.
-//! - `authenticator`: [`Authenticator`], token extraction, the outcome.
+//! - `authenticator`: [`Authenticator`], the per-request decision, the outcome.
+//! - `location`: where tokens are in a request ([`TokenSources`]), finding every one at a
+//!   configured location and removing them ([`TokenLocation::removal`]).
 //! - `token`: decoding and checking one JWT ([`JwtError`] carries Istio's messages).
 //! - `verified_cache`: tokens already verified, so a repeated token skips the signature check
 //!   (bounded; keyed by the whole token; invalidated when the key set changes; `exp`/`nbf`
@@ -39,6 +44,7 @@ mod json;
 mod jwks;
 pub mod jwks_cache;
 pub mod jwks_uri;
+mod location;
 pub mod spec;
 #[cfg(test)]
 mod test_signer;
@@ -46,10 +52,10 @@ mod token;
 mod verified_cache;
 
 pub use authenticator::{
-    Authenticator, AuthnConfigError, AuthnOutcome, RemoteJwks, TokenLocation, TokenSources,
-    VerifiedToken, DEFAULT_FETCH_TIMEOUT,
+    Authenticator, AuthnConfigError, AuthnOutcome, RemoteJwks, VerifiedToken, DEFAULT_FETCH_TIMEOUT,
 };
 pub use jwks::{Alg, Jwks, JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 pub use jwks_cache::{JwksCache, JwksCachePolicy};
+pub use location::{TokenLocation, TokenRemoval, TokenSources};
 pub use token::{JwtError, CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES};
 pub use verified_cache::{MAX_CACHED_TOKEN_BYTES, VERIFIED_TOKEN_CACHE_CAPACITY};

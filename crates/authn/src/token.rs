@@ -1,7 +1,8 @@
 //! One compact JWS: split, decode and check (RFC 7515 §7.1, RFC 7519 §7.2).
 //!
-//! Only `alg` and `kid` are read from the header. `jku`, `x5u`, `jwk` and `x5c` are ignored:
-//! keys come from the configured JWKS only, never from the token (threats §D).
+//! Only `alg`, `kid` and `crit` are read from the header. `jku`, `x5u`, `jwk` and `x5c` are
+//! ignored: keys come from the configured JWKS only, never from the token (threats §D). Ward
+//! implements no JWS extension, so a header with `crit` is refused whatever it holds.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -36,6 +37,8 @@ pub enum JwtError {
     AlgNotSupported,
     /// Header `kid` is not a string.
     KidNotString,
+    /// Header `crit` is present: it names extensions Ward does not implement (or is malformed).
+    CritNotSupported,
     /// Payload segment is not base64url.
     PayloadNotBase64,
     /// Payload is not a strict JSON object.
@@ -79,6 +82,8 @@ impl JwtError {
             JwtError::AlgMissing => "Jwt header [alg] field is required and must be a string",
             JwtError::AlgNotSupported => "Jwt header [alg] is not supported",
             JwtError::KidNotString => "Jwt header [kid] field is not a string",
+            // jwt_verify_lib has no status for `crit`; the wording follows its style.
+            JwtError::CritNotSupported => "Jwt header [crit] field is not supported",
             JwtError::PayloadNotBase64 => "Jwt payload is not base64url encoded",
             JwtError::PayloadBadJson => "Jwt payload is an invalid JSON",
             JwtError::IssNotString => "Jwt payload [iss] field is not a string",
@@ -193,6 +198,13 @@ pub(crate) fn decode(token: &str) -> Result<Decoded<'_>, JwtError> {
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(JwtError::KidNotString),
     };
+    // RFC 7515 §4.1.11: "If any of the listed extension Header Parameters are not understood
+    // and supported by the recipient, then the JWS is invalid", and "Producers MUST NOT use the
+    // empty list "[]" as the "crit" value." Ward understands no extension, so any `crit` (a
+    // list of names, an empty list, or a malformed value) makes the token invalid.
+    if header.get("crit").is_some() {
+        return Err(JwtError::CritNotSupported);
+    }
 
     let payload_bytes = URL_SAFE_NO_PAD
         .decode(payload_b64)
@@ -590,6 +602,39 @@ mod tests {
             check(&zero_sig, &p256_jwks, &[]),
             Err(JwtError::BadSignature)
         );
+    }
+
+    /// RFC 7515 §4.1.11: any `crit` makes a correctly signed token invalid, since Ward
+    /// implements no extension; a malformed `crit` too. Without `crit`, the same token verifies.
+    #[test]
+    fn crit_is_refused() {
+        let signer = Signer::new(KeyKind::P256, "k");
+        let jwks = Jwks::parse(signer.jwks().as_bytes()).unwrap();
+        let claims = json!({"iss": "i", "sub": "s", "exp": NOW + 60});
+        let alg = signer.default_alg();
+        assert_eq!(
+            check(&signer.token_with(alg, json!({}), &claims), &jwks, &[]),
+            Ok(())
+        );
+        let crits = [
+            json!({"crit": ["exp"], "exp": NOW + 60}),
+            json!({"crit": ["b64"], "b64": false}),
+            json!({"crit": ["http://example.com/ext"]}),
+            json!({"crit": []}),
+            json!({"crit": "b64"}),
+            json!({"crit": [1]}),
+            json!({"crit": null}),
+            json!({"crit": {"b64": true}}),
+        ];
+        for header in crits {
+            let token = signer.token_with(alg, header.clone(), &claims);
+            assert_eq!(
+                check(&token, &jwks, &[]),
+                Err(JwtError::CritNotSupported),
+                "{header}"
+            );
+        }
+        assert_eq!(JwtError::CritNotSupported.status(), 401);
     }
 
     #[test]

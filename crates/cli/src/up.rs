@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use ward_config::DemoApp;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{IssuedCert, SpiffeId};
-use ward_proxy::{CertificateProvider, MeshIdentity, Metrics, Sidecar, SidecarHandle, SignError};
+use ward_proxy::{
+    CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle, SignError,
+};
 
 use crate::admin::{self, AdminState};
 
@@ -181,6 +183,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         metrics,
         sidecars,
         hosted,
+        admin: args.admin,
         running: BTreeMap::new(),
         demo_apps: BTreeSet::new(),
     };
@@ -255,6 +258,8 @@ struct Supervisor {
     sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
     /// `--workloads`: the sidecars this process runs.
     hosted: Hosted,
+    /// `--admin`: no sidecar's JWKS fetch may reach it.
+    admin: SocketAddr,
     /// Each running sidecar's stop switch.
     running: BTreeMap<String, watch::Sender<bool>>,
     /// Demo app addresses already served.
@@ -327,6 +332,10 @@ impl Supervisor {
                 self.metrics.clone(),
             ) {
                 Ok((sidecar, handle)) => {
+                    let sidecar = sidecar.with_process_listeners(vec![OwnListener {
+                        addr: self.admin,
+                        what: "the admin API".to_owned(),
+                    }]);
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);
                     if let Ok(mut s) = self.sidecars.lock() {

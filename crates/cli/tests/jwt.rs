@@ -507,3 +507,243 @@ fn request_auth_keys_allow_and_deny() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Every spelling of a configured token location is read, so no token Ward did not verify
+/// reaches the app there: the auth scheme in any case (RFC 9110 §11.1), a percent-encoded
+/// parameter name, a second copy of the parameter. And a token with `crit` is refused
+/// (RFC 7515 §4.1.11). No AuthorizationPolicy: a request without a token would pass, so an
+/// unread forged token would reach the app.
+#[test]
+fn tokens_are_read_in_every_spelling() {
+    if !have("nginx") || !have("curl") {
+        return skip_or_fail("tokens_in_every_spelling", "nginx and curl are needed");
+    }
+    let key = Key::new("k1");
+    let jwks_port = free_port();
+    serve_jwks(
+        jwks_port,
+        Arc::new(Mutex::new(
+            serde_json::json!({"keys": [key.jwk()]}).to_string(),
+        )),
+    );
+    let mesh = Mesh::with_own_app(61).http();
+    let nginx = start_nginx(mesh.app_port);
+    let ward = mesh.up(
+        &docs(&[mesh_pa("STRICT"), request_authn(jwks_port, "")]),
+        &[],
+    );
+    ward.wait_for_log(&[("message", "JWKS fetched")], Duration::from_secs(10))
+        .unwrap();
+    let url = format!("http://{}/x", mesh.via_cli());
+    let good = key.token(claims("alice"));
+    let forged = forge_signature(&key.token(claims("admin")));
+    let forged_sig = &forged[forged.rfind('.').unwrap() + 1..];
+
+    // (name, curl arguments, status, what the body must contain)
+    let cases: Vec<(&str, Vec<String>, u16, &str)> = vec![
+        (
+            "lower-case scheme",
+            vec![
+                "-H".into(),
+                format!("Authorization: bearer {good}"),
+                url.clone(),
+            ],
+            200,
+            "auth=[] sub=[alice]",
+        ),
+        (
+            "upper-case scheme",
+            vec![
+                "-H".into(),
+                format!("Authorization: BEARER {good}"),
+                url.clone(),
+            ],
+            200,
+            "auth=[] sub=[alice]",
+        ),
+        (
+            "forged, lower-case scheme",
+            vec![
+                "-H".into(),
+                format!("Authorization: bearer {forged}"),
+                url.clone(),
+            ],
+            401,
+            "Jwt verification fails",
+        ),
+        (
+            "forged, two spaces",
+            vec![
+                "-H".into(),
+                format!("Authorization: Bearer  {forged}"),
+                url.clone(),
+            ],
+            401,
+            "Jwt verification fails",
+        ),
+        (
+            "encoded parameter name",
+            vec![format!("{url}?a=1&access%5Ftoken={good}")],
+            200,
+            "sub=[alice] uri=/x?a=1\n",
+        ),
+        (
+            "forged, encoded parameter name",
+            vec![format!("{url}?access%5Ftoken={forged}")],
+            401,
+            "Jwt verification fails",
+        ),
+        (
+            "forged second copy",
+            vec![format!("{url}?access_token={good}&access%5ftoken={forged}")],
+            401,
+            "Jwt verification fails",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, args, want, body_has) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, body) = curl(&args);
+        if code != *want || !body.contains(body_has) {
+            failures.push(format!(
+                "{name}: got {code} {body:?}, want {want} with {body_has:?}"
+            ));
+        }
+    }
+    // A token with `crit`, correctly signed with the IdP's key: refused whatever it names.
+    for crit in [
+        serde_json::json!({"alg": "ES256", "kid": "k1", "crit": ["exp"], "exp": now() + 300}),
+        serde_json::json!({"alg": "ES256", "kid": "k1", "crit": ["b64"], "b64": false}),
+    ] {
+        let token = key.sign(crit.clone(), claims("alice"));
+        let (code, body) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url]);
+        if code != 401 || !body.contains("Jwt header [crit] field is not supported") {
+            failures.push(format!("crit {crit}: got {code} {body:?}, want 401"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        !nginx.access_log().contains(forged_sig),
+        "a forged token reached the app:\n{}",
+        nginx.access_log()
+    );
+}
+
+/// A `jwksUri` at Ward's actual admin address (a non-default `--admin` port, which only the
+/// running process knows) is refused by the fetcher, by address and as `localhost`, and logged;
+/// tokens of that issuer are then refused (no keys, fail closed).
+#[test]
+fn jwks_uri_at_the_admin_address_is_refused() {
+    if !have("curl") {
+        return skip_or_fail("jwks_uri_at_admin", "curl is needed");
+    }
+    let mesh = Mesh::new(62).http();
+    let ward = mesh.up(&mesh_pa("STRICT"), &[]);
+    assert_ne!(
+        ward.admin.port(),
+        15000,
+        "the test needs a non-default admin port"
+    );
+    let rule = |issuer: &str, host: &str| {
+        format!(
+            "  - issuer: {issuer}\n    jwksUri: http://{host}:{}/config_dump\n",
+            ward.admin.port()
+        )
+    };
+    let ra = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: app\nspec:\n  selector:\n    matchLabels:\n      app: srv\n  jwtRules:\n{}{}",
+        rule("https://by-address", "127.0.0.1"),
+        rule("https://by-name", "localhost"),
+    );
+    apply(&ward, &docs(&[mesh_pa("STRICT"), ra]));
+    for issuer in ["https://by-address", "https://by-name"] {
+        let line = ward
+            .wait_for_log(
+                &[("message", "JWKS fetch failed"), ("issuer", issuer)],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let line = line.to_string();
+        assert!(
+            line.contains("jwksUri refused") && line.contains("the admin API"),
+            "{issuer}: {line}"
+        );
+    }
+    let key = Key::new("k1");
+    let mut c = claims("alice");
+    c["iss"] = serde_json::json!("https://by-address");
+    let token = key.token(c);
+    let url = format!("http://{}/x", mesh.via_cli());
+    let (code, body) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url]);
+    assert_eq!(
+        (code, body.as_str()),
+        (401, "Jwks remote fetch is failed"),
+        "{}",
+        ward.logs()
+    );
+}
+
+/// A `jwksUri` at a workload's HBONE port or egress listener is a config error naming file,
+/// object and field, in `ward analyze` and when `ward up` loads the config.
+#[test]
+fn jwks_uri_at_a_ward_listener_is_a_config_error() {
+    let mesh = Mesh::new(63).http();
+    let ra = |uri: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: app\nspec:\n  jwtRules:\n  - issuer: https://idp.example.test\n    jwksUri: {uri}\n"
+        )
+    };
+    let cases = [
+        (
+            format!("http://{}:15008/jwks", mesh.ip(10)),
+            "the HBONE listener of workload app/srv",
+        ),
+        (
+            format!("http://{}/jwks", mesh.via_cli()),
+            "the egress listener of workload app/cli",
+        ),
+    ];
+    for (uri, what) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("workloads.yaml"), mesh.workloads()).unwrap();
+        std::fs::write(dir.path().join("jwt.yaml"), ra(uri)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args(["analyze", "-f"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{uri}: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("WARD0109"))
+            .unwrap_or_else(|| panic!("{uri}: no WARD0109 in {text}"));
+        for part in [
+            "jwt.yaml:9",
+            "RequestAuthentication app/jwt",
+            "spec.jwtRules[0].jwksUri",
+            what,
+        ] {
+            assert!(line.contains(part), "{uri}: {part:?} not in {line}");
+        }
+    }
+    // `ward up` refuses to start on it.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let err = Ward::up(ward_test_support::UpOptions {
+        bin: env!("CARGO_BIN_EXE_ward"),
+        admin,
+        files: vec![
+            ("workloads.yaml", mesh.workloads()),
+            ("jwt.yaml", ra(&cases[0].0)),
+        ],
+        extra_args: vec![],
+        env: vec![],
+    })
+    .err()
+    .expect("ward up must refuse a jwksUri at its own HBONE listener");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("WARD0109") && err.contains("spec.jwtRules[0].jwksUri"),
+        "{err}"
+    );
+}

@@ -19,7 +19,8 @@
 //!   their bind address.
 //! - An AuthorizationPolicy that does not compile rejects the config (Istio skips the rule);
 //!   so does a RequestAuthentication `jwtRules` entry Ward cannot use (e.g. a plain-http
-//!   `jwksUri` to a host that is not loopback), or one issuer in two rules of one workload.
+//!   `jwksUri` to a host that is not loopback, or one at a Ward listener), or one issuer in two
+//!   rules of one workload.
 //!
 //! Must not: do I/O outside [`read_paths`] (which only reads files; [`load_paths`] is it plus
 //! [`load_files`]), hold global state, or panic on any input (the YAML is untrusted; property
@@ -66,6 +67,6 @@ pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
 pub use snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
-    Transport, WorkloadInfo, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    Transport, WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 pub use translate::translate;

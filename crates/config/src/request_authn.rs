@@ -16,6 +16,7 @@ use ward_policy::{AuthzPolicy, AuthzRule, ConditionMatch, SourceMatch};
 use crate::diag::{code, Diagnostic, Finding, Severity};
 use crate::load::Resource;
 use crate::meta::check_labels;
+use crate::snapshot::ProxyConfig;
 use crate::translate::{Context, Workload};
 use crate::yaml::{push_index, push_key};
 
@@ -298,6 +299,47 @@ pub(crate) fn issuer_conflicts(context: &Context<'_>) -> Vec<Diagnostic> {
             ))
         })
         .collect()
+}
+
+/// WARD0109 (at translation): a `jwksUri` at one of Ward's own listeners, in any workload of
+/// the config: its HBONE port, an inbound port, an egress listener. Known statically when the
+/// host is an IP address or a `localhost` name ([`jwks_uri::literal_addrs`]); a DNS name is
+/// checked by the fetcher once resolved, and so is the `--admin` address, which only the
+/// running process knows. An IdP never lives on these sockets; a `jwksUri` there would make a
+/// sidecar send requests to Ward itself, with a workload's identity on the egress path.
+pub(crate) fn jwks_at_own_listeners(
+    context: &Context<'_>,
+    proxies: &BTreeMap<String, ProxyConfig>,
+) -> Vec<Diagnostic> {
+    let own: Vec<_> = proxies.values().flat_map(ProxyConfig::listeners).collect();
+    let mut out = Vec::new();
+    for r in &context.set.request_authentications {
+        for (i, rule) in r.spec.jwt_rules.iter().enumerate() {
+            // An inline `jwks` wins: the `jwksUri` is not fetched (and not checked at load).
+            let (Some(uri), None) = (&rule.jwks_uri, &rule.jwks) else {
+                continue;
+            };
+            let Ok(checked) = jwks_uri::parse(uri) else {
+                continue;
+            };
+            let hit = jwks_uri::literal_addrs(&checked)
+                .into_iter()
+                .find_map(|addr| Some((addr, jwks_uri::own_listener(addr, &own, false)?)));
+            if let Some((addr, listener)) = hit {
+                out.push(r.diagnostic(
+                    Severity::Error,
+                    code::JWT_RULE_INVALID,
+                    &rule_field(i, "jwksUri"),
+                    format!(
+                        "jwksUri `{uri}` is refused: {addr} is {}, a socket of Ward's own; \
+                         point it at the identity provider",
+                        listener.what
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// WARD0201: a RequestAuthentication selector that matches no WorkloadEntry in scope.
@@ -670,6 +712,94 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("a/y"), "{message}");
+    }
+
+    #[test]
+    fn a_jwks_uri_at_a_ward_listener_is_an_error_on_the_field() {
+        let mesh = [
+            we("a", "x", "127.0.0.5"),
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc, namespace: a}\nspec: {hosts: [svc.example.com], location: MESH_EXTERNAL, resolution: STATIC, ports: [{number: 7000, name: tcp, protocol: TCP}, {number: 7001, name: tcp2, protocol: TCP}], endpoints: [{address: 192.0.2.1}]}\n".to_owned(),
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x, namespace: a}\nspec:\n  workloadSelector: {labels: {app: x}}\n  ingress: [{port: {number: 9000, protocol: HTTP, name: http}, defaultEndpoint: \"127.0.0.1:8080\"}]\n  egress:\n  - {port: {number: 7000, protocol: TCP, name: tcp}, bind: 127.0.0.5, hosts: [a/svc.example.com]}\n  - {port: {number: 7001, protocol: TCP, name: tcp2}, hosts: [a/svc.example.com]}\n".to_owned(),
+        ]
+        .concat();
+        let rule = |uri: &str, extra: &str| {
+            ra(
+                "a",
+                "jwt",
+                &format!("{{jwtRules: [{{issuer: i, jwksUri: \"{uri}\"{extra}}}]}}"),
+            )
+        };
+        let jwks = r#"{"keys": []}"#;
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (
+                rule("http://127.0.0.5:15008/k", ""),
+                Some("the HBONE listener of workload a/x"),
+            ),
+            (
+                rule("https://127.0.0.5:9000/k", ""),
+                Some("inbound port 9000 of workload a/x"),
+            ),
+            (
+                rule("http://127.0.0.5:7000/k", ""),
+                Some("the egress listener of workload a/x"),
+            ),
+            (
+                rule("http://127.0.0.1:7001/k", ""),
+                Some("the egress listener of workload a/x"),
+            ),
+            // `localhost` names the same sockets as 127.0.0.1 and ::1.
+            (
+                rule("http://localhost:7001/k", ""),
+                Some("the egress listener of workload a/x"),
+            ),
+            (
+                rule("https://LocalHost.:7001/k", ""),
+                Some("the egress listener of workload a/x"),
+            ),
+            // The app's own endpoint, another loopback address or port: not Ward's.
+            (rule("http://127.0.0.1:8080/k", ""), None),
+            (rule("http://127.0.0.6:15008/k", ""), None),
+            (rule("http://127.0.0.5:15009/k", ""), None),
+            (rule("https://idp.example.com:15008/k", ""), None),
+            // An inline jwks wins: the jwksUri is never fetched.
+            (
+                rule("http://127.0.0.5:15008/k", &format!(", jwks: '{jwks}'")),
+                None,
+            ),
+        ];
+        for (ra_doc, want) in cases {
+            let set =
+                load_str("t.yaml", &format!("{mesh}{ra_doc}")).unwrap_or_else(|e| panic!("{e}"));
+            let got = translate(&set).err().map(|e| e.0).unwrap_or_default();
+            match want {
+                None => assert!(got.is_empty(), "{ra_doc}: {got:?}"),
+                Some(what) => {
+                    let [d] = got.as_slice() else {
+                        panic!("{ra_doc}: {got:?}");
+                    };
+                    assert_eq!(
+                        (
+                            d.code,
+                            d.object.as_deref(),
+                            d.field.as_deref(),
+                            d.file.as_str()
+                        ),
+                        (
+                            code::JWT_RULE_INVALID,
+                            Some("RequestAuthentication a/jwt"),
+                            Some("spec.jwtRules[0].jwksUri"),
+                            "t.yaml"
+                        ),
+                        "{ra_doc}"
+                    );
+                    assert!(
+                        d.line.is_some() && d.message.contains(what),
+                        "{ra_doc}: {}",
+                        d.message
+                    );
+                }
+            }
+        }
     }
 
     /// (code, field) of an analyze finding.

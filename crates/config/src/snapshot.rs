@@ -11,7 +11,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use ward_authn::jwks_uri::OwnListener;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
+
+/// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
+/// 15008). The same value as `ward_hbone::HBONE_PORT`, which this crate cannot depend on (it
+/// is pure); the proxy crate asserts at compile time that the two agree.
+pub const HBONE_PORT: u16 = 15008;
 
 /// Everything every proxy of the mesh needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +53,37 @@ pub struct ProxyConfig {
     pub jwt_rules: Vec<ward_authn::spec::JwtRule>,
     /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational in this issue.
     pub outbound_traffic_policy: String,
+}
+
+impl ProxyConfig {
+    /// Every socket this proxy listens on: HBONE and each inbound port on the workload
+    /// address, and each egress listener's bind. A `jwksUri` must reach none of them.
+    pub fn listeners(&self) -> Vec<OwnListener> {
+        let workload = format!("{}/{}", self.workload.namespace, self.workload.name);
+        let address = self.workload.address;
+        let mut out = vec![OwnListener {
+            addr: SocketAddr::new(address, HBONE_PORT),
+            what: format!("the HBONE listener of workload {workload}"),
+        }];
+        for port in &self.inbound {
+            out.push(OwnListener {
+                addr: SocketAddr::new(address, port.port),
+                what: format!("inbound port {} of workload {workload}", port.port),
+            });
+        }
+        for listener in &self.outbound {
+            if !out.iter().any(|l| l.addr == listener.bind) {
+                out.push(OwnListener {
+                    addr: listener.bind,
+                    what: format!(
+                        "the egress listener of workload {workload} for {}",
+                        listener.service
+                    ),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Who a proxy is.

@@ -40,6 +40,7 @@ pub fn translate(set: &ConfigSet) -> Result<MeshSnapshot, Diagnostics> {
         proxies.insert(workload.resource.key(), proxy);
     }
     errors.extend(request_authn::issuer_conflicts(&context));
+    errors.extend(request_authn::jwks_at_own_listeners(&context, &proxies));
     let mut errors = Diagnostics(errors);
     errors.sort();
     errors.0.dedup();

@@ -2,7 +2,9 @@
 //! [`Authenticator`] for the current `jwtRules`, and each issuer's key set, fetched in the
 //! background and cached by the pure [`JwksCache`] (refresh every 20 min, backoff on failure,
 //! rate-limited refetch on an unknown `kid`, stale keys kept while the IdP is down, and no token
-//! accepted before the first successful fetch).
+//! accepted before the first successful fetch). A fetch never reaches Ward itself: the
+//! addresses a `jwksUri` host resolves to are checked against the sidecar's own listeners and
+//! the process's other ones (the admin API), before and after connecting.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,13 +15,16 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
-use ward_authn::jwks_uri::{forbidden_ip, JwksUri};
+use ward_authn::jwks_uri::{forbidden_ip, own_listener, JwksUri, OwnListener};
 use ward_authn::spec::JwtRule;
 use ward_authn::{Authenticator, Jwks, JwksCache};
 use ward_config::ProxyConfig;
 
 /// Largest JWKS body accepted (threats.md §D: bounded memory on junk).
 const MAX_JWKS_BODY: usize = 256 * 1024;
+
+// `ProxyConfig::listeners` names the HBONE port without depending on the HBONE crate.
+const _: () = assert!(ward_config::HBONE_PORT == ward_hbone::HBONE_PORT);
 
 /// The authentication state of one sidecar.
 pub struct AuthnState {
@@ -104,10 +109,13 @@ impl AuthnState {
     }
 }
 
-/// Keep every issuer's keys fresh for as long as the sidecar runs.
+/// Keep every issuer's keys fresh for as long as the sidecar runs. `process_listeners` are
+/// Ward's listeners outside this sidecar (the admin API): with the sidecar's own, no fetch may
+/// reach them.
 pub async fn run_fetcher(
     state: Arc<AuthnState>,
     mut config: watch::Receiver<Arc<ProxyConfig>>,
+    process_listeners: Vec<OwnListener>,
     metrics: Arc<crate::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -115,6 +123,8 @@ pub async fn run_fetcher(
         let cfg = config.borrow_and_update().clone();
         let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
         if let Some(auth) = state.authenticator(&cfg.jwt_rules) {
+            let mut own = cfg.listeners();
+            own.extend(process_listeners.iter().cloned());
             let remotes = auth.remote_jwks();
             for remote in &remotes {
                 let due = state
@@ -129,7 +139,7 @@ pub async fn run_fetcher(
                     c.on_fetch_started(&remote.issuer, state.now_ms());
                 }
                 let result = match &remote.jwks_uri {
-                    Some(uri) => fetch(uri, remote.timeout).await,
+                    Some(uri) => fetch(uri, remote.timeout, &own).await,
                     None => Err(
                         "no jwksUri: OpenID discovery is not supported yet; set jwksUri".to_owned(),
                     ),
@@ -160,18 +170,35 @@ pub async fn run_fetcher(
     }
 }
 
-/// GET the key set over HTTP/1.1, plain or TLS, with a timeout and a body cap.
-async fn fetch(uri: &JwksUri, timeout: Duration) -> Result<Jwks, String> {
-    let body = tokio::time::timeout(timeout, get(uri))
+/// GET the key set over HTTP/1.1, plain or TLS, with a timeout and a body cap; never from one
+/// of `own`.
+async fn fetch(uri: &JwksUri, timeout: Duration, own: &[OwnListener]) -> Result<Jwks, String> {
+    let body = tokio::time::timeout(timeout, get(uri, own))
         .await
         .map_err(|_| format!("timed out after {timeout:?}"))??;
     Jwks::parse(&body).map_err(|e| format!("not a usable JWKS: {e}"))
 }
 
-async fn resolve(uri: &JwksUri) -> Result<SocketAddr, String> {
-    let addrs = tokio::net::lookup_host((uri.host.as_str(), uri.port))
+/// The message for a `jwksUri` that reaches one of Ward's listeners.
+fn refused_own(uri: &JwksUri, addr: SocketAddr, listener: &OwnListener) -> String {
+    format!(
+        "jwksUri refused: {}:{} is {addr}, {}, a socket of Ward's own",
+        uri.host, uri.port, listener.what
+    )
+}
+
+async fn resolve(uri: &JwksUri, own: &[OwnListener]) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((uri.host.as_str(), uri.port))
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", uri.host))?;
+        .map_err(|e| format!("cannot resolve {}: {e}", uri.host))?
+        .collect();
+    // A name that resolves to Ward itself (`localhost` to the admin API) is refused outright,
+    // whatever else it resolves to: a JWKS endpoint never lives there.
+    for addr in &addrs {
+        if let Some(listener) = own_listener(*addr, own, false) {
+            return Err(refused_own(uri, *addr, listener));
+        }
+    }
     // GHSA-fgw5-hp8f-xfhc: never let a jwksUri reach metadata or link-local services, whatever
     // the name resolves to.
     addrs
@@ -180,11 +207,17 @@ async fn resolve(uri: &JwksUri) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{} resolves only to forbidden addresses", uri.host))
 }
 
-async fn get(uri: &JwksUri) -> Result<Vec<u8>, String> {
-    let addr = resolve(uri).await?;
+async fn get(uri: &JwksUri, own: &[OwnListener]) -> Result<Vec<u8>, String> {
+    let addr = resolve(uri, own).await?;
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    // An address of this host (the kernel gave the socket that same address as its own) reaches
+    // listeners bound to `0.0.0.0`/`::` there: checked before a byte is sent.
+    let local = tcp.local_addr().is_ok_and(|l| l.ip() == addr.ip());
+    if let Some(listener) = own_listener(addr, own, local) {
+        return Err(refused_own(uri, addr, listener));
+    }
     let req = http::Request::get(uri.path_and_query.as_str())
         .header(
             http::header::HOST,

@@ -252,38 +252,30 @@ fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Remove a verified token from where it was found, so the app never sees it unless
-/// `forwardOriginalToken` asks for it (Istio's default is to strip).
+/// `forwardOriginalToken` asks for it (Istio's default is to strip). What to remove, in every
+/// spelling Ward reads a token in, is decided by `ward_authn` ([`TokenLocation::removal`]).
 fn remove_token(headers: &mut HeaderMap, query: &mut Option<String>, loc: &TokenLocation) {
-    match loc {
-        TokenLocation::Header(name) => {
+    use ward_authn::TokenRemoval;
+    let removal = {
+        // A cookie header that is not visible ASCII is dropped with the token's cookie.
+        let cookies: Vec<&str> = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        loc.removal(query.as_deref(), &cookies)
+    };
+    match removal {
+        TokenRemoval::Header(name) => {
             if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                 headers.remove(n);
             }
         }
-        TokenLocation::QueryParam(param) => {
-            if let Some(q) = query.take() {
-                let kept: Vec<&str> = q
-                    .split('&')
-                    .filter(|kv| kv.split('=').next() != Some(param.as_str()))
-                    .collect();
-                *query = (!kept.is_empty()).then(|| kept.join("&"));
-            }
-        }
-        TokenLocation::Cookie(cookie) => {
-            let kept: Vec<String> = headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|c| !c.is_empty() && c.split('=').next() != Some(cookie.as_str()))
-                .map(str::to_owned)
-                .collect();
+        TokenRemoval::Query(rest) => *query = rest,
+        TokenRemoval::Cookie(rest) => {
             headers.remove(http::header::COOKIE);
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                if !kept.is_empty() {
-                    headers.insert(http::header::COOKIE, v);
-                }
+            if let Some(v) = rest.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                headers.insert(http::header::COOKIE, v);
             }
         }
     }

@@ -33,6 +33,7 @@ pub mod upstream;
 pub use certs::{CertificateProvider, SignError};
 pub use metrics::Metrics;
 pub use sidecar::{MeshIdentity, Sidecar, SidecarHandle};
+pub use ward_authn::jwks_uri::OwnListener;
 pub use ward_config::ProxyConfig;
 
 /// Resolves once the stop switch is set (or its sender is gone).

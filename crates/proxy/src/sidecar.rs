@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use ward_authn::jwks_uri::OwnListener;
 use ward_config::ProxyConfig;
 use ward_hbone::HBONE_PORT;
 use ward_identity::SpiffeId;
@@ -71,6 +72,8 @@ pub struct Sidecar {
     ca: Arc<dyn CertificateProvider>,
     mesh: MeshIdentity,
     metrics: Arc<Metrics>,
+    /// Ward's listeners outside this sidecar (the admin API), for the JWKS fetcher.
+    process_listeners: Vec<OwnListener>,
     handle: SidecarHandle,
 }
 
@@ -151,10 +154,21 @@ impl Sidecar {
                 ca,
                 mesh,
                 metrics,
+                process_listeners: Vec::new(),
                 handle: handle.clone(),
             },
             handle,
         ))
+    }
+
+    /// The same sidecar, told of Ward's listeners outside it (the admin API's actual address),
+    /// which its JWKS fetcher must never reach, as it never reaches the sidecar's own.
+    #[must_use]
+    pub fn with_process_listeners(self, listeners: Vec<OwnListener>) -> Sidecar {
+        Sidecar {
+            process_listeners: listeners,
+            ..self
+        }
     }
 
     /// Run until `shutdown` flips to true (or the config sender is dropped).
@@ -189,6 +203,7 @@ impl Sidecar {
         tokio::spawn(crate::authn::run_fetcher(
             inbound_ctx.authn.clone(),
             self.config.clone(),
+            self.process_listeners.clone(),
             self.metrics.clone(),
             stop_rx.clone(),
         ));
