@@ -66,3 +66,118 @@ fn findings_carry_codes_locations_and_exit_status() {
         }
     }
 }
+
+/// One workload, `app/srv`, whose Sidecar serves port 9000 and forwards it to the app's
+/// `defaultEndpoint` 127.0.0.1:9001; mesh-wide STRICT. Clean on its own.
+const SRV: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: srv, namespace: app}
+spec: {address: 127.0.0.10, serviceAccount: srv, labels: {app: srv}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: srv, namespace: app}
+spec:
+  workloadSelector: {labels: {app: srv}}
+  ingress:
+  - port: {number: 9000, name: http, protocol: HTTP}
+    defaultEndpoint: 127.0.0.1:9001
+";
+
+/// `ward analyze` on SRV plus `policy.yaml`: (exit code, output).
+fn analyze_with_srv(policy: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), SRV).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    analyze(dir.path())
+}
+
+#[test]
+fn the_srv_mesh_is_clean() {
+    let (code, out) = analyze_with_srv("");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("WARD"), "{out}");
+}
+
+/// DENY policies that silently apply to nothing: each is a warning (exit 0) naming the file,
+/// line, object and field.
+#[test]
+fn deny_policies_that_do_nothing_are_warned_about() {
+    // (what, policy.yaml, lines the output must contain)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "a namespace-wide policy in a namespace without workloads (typo)",
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-admin
+  namespace: ap
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: [\"/admin*\"]}
+",
+            &["policy.yaml:5: warning[WARD0219] AuthorizationPolicy ap/deny-admin: metadata.namespace: namespace `ap` has no WorkloadEntry"],
+        ),
+        (
+            "a port the workload does not serve: the app's defaultEndpoint port",
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-delete, namespace: app}
+spec:
+  selector: {matchLabels: {app: srv}}
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        methods: [DELETE]
+        ports: [\"9000\", \"9001\"]
+  - when:
+    - key: destination.port
+      values: [\"9001\"]
+",
+            &[
+                "policy.yaml:11: warning[WARD0220] AuthorizationPolicy app/deny-delete: spec.rules[0].to[0].operation.ports[1]: port 9001 is not served by app/srv",
+                "9001 is the app's defaultEndpoint port (127.0.0.1:9001) for port 9000",
+                "policy.yaml:14: warning[WARD0220] AuthorizationPolicy app/deny-delete: spec.rules[1].when[0].values[0]: port 9001",
+            ],
+        ),
+        (
+            "an exact DENY path",
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: app}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: [/admin, \"/api/*\", \"/v1/{*}/secret\"]
+",
+            &[
+                "policy.yaml:9: warning[WARD0221] AuthorizationPolicy app/deny-admin: spec.rules[0].to[0].operation.paths[0]: the exact path `/admin` does not deny `/admin/`, `/admin/x` or `/admin;x`: write `/admin*`",
+                "policy.yaml:9: warning[WARD0221] AuthorizationPolicy app/deny-admin: spec.rules[0].to[0].operation.paths[2]: the template `/v1/{*}/secret` does not deny `/v1/a/secret/`, `/v1/a/secret/x` or `/v1/a/secret;x`: also list `/v1/{*}/secret/{**}`",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, policy, expect) in cases {
+        let (code, out) = analyze_with_srv(policy);
+        let findings = out.lines().filter(|l| l.contains("[WARD")).count();
+        let want_findings = expect.iter().filter(|e| e.contains("[WARD")).count();
+        let missing: Vec<_> = expect.iter().filter(|e| !out.contains(**e)).collect();
+        if code != 0 || findings != want_findings || !missing.is_empty() {
+            failures.push(format!(
+                "{what}: exit {code}, {findings} finding(s) (want {want_findings}), missing \
+                 {missing:#?}\noutput:\n{out}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

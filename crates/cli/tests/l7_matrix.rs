@@ -686,6 +686,87 @@ fn l7_matrix_when() {
     }
 }
 
+/// Comma-joined header values (RFC 9110 §5.3: `x-role: user,admin` on one line is the same list
+/// as two lines). A DENY `values` entry also matches each element of a line, and so does an
+/// ALLOW `notValues` entry; an ALLOW `values` entry and a DENY `notValues` entry still compare
+/// the whole line, so splitting never lets more through (docs/http.md, the rule table).
+fn comma_groups() -> Vec<Group> {
+    vec![
+        Group {
+            name: "DENY request.headers values, comma-joined",
+            policies: vec![ap(
+                "no-admin-role",
+                "DENY",
+                r#"[{when: [{key: "request.headers[x-role]", values: [admin]}]}]"#,
+            )],
+            rows: vec![
+                row("one value", "/c", 403).header("x-role: admin"),
+                row("joined, no space", "/c", 403).header("x-role: user,admin"),
+                row("joined, space", "/c", 403).header("x-role: user, admin"),
+                row("joined, forbidden first, tab", "/c", 403).header("x-role: admin\t,user"),
+                row("joined with a repeated line", "/c", 403)
+                    .header("x-role: viewer")
+                    .header("x-role: user , admin"),
+                row("h2 joined", "/c", 403)
+                    .header("x-role: user, admin")
+                    .h2(),
+                row("an element must match whole", "/c", 200).header("x-role: user, administrator"),
+                row("other values", "/c", 200).header("x-role: user, viewer"),
+            ],
+        },
+        Group {
+            name: "ALLOW request.headers notValues, comma-joined",
+            policies: vec![ap(
+                "not-banned",
+                "ALLOW",
+                r#"[{when: [{key: "request.headers[x-user]", notValues: [banned, "evil*"]}]}]"#,
+            )],
+            rows: vec![
+                row("joined, one excluded", "/c", 403).header("x-user: alice, banned"),
+                row("joined, prefix excluded", "/c", 403).header("x-user: alice,evil-bob"),
+                row("h2 joined, one excluded", "/c", 403)
+                    .header("x-user: alice, banned")
+                    .h2(),
+                row("joined, none excluded", "/c", 200).header("x-user: alice, carol"),
+            ],
+        },
+        Group {
+            // Not split: `guest,admin` must not satisfy ALLOW `admin`.
+            name: "ALLOW request.headers values, never split",
+            policies: vec![ap(
+                "admins",
+                "ALLOW",
+                r#"[{when: [{key: "request.headers[x-role]", values: [admin]}]}]"#,
+            )],
+            rows: vec![
+                row("one value", "/c", 200).header("x-role: admin"),
+                row("joined is not admin", "/c", 403).header("x-role: guest,admin"),
+                row("joined with a space is not admin", "/c", 403).header("x-role: guest, admin"),
+            ],
+        },
+        Group {
+            // Not split: `user,admin` is not the value `admin`, so DENY notValues still denies.
+            name: "DENY request.headers notValues, never split",
+            policies: vec![ap(
+                "admins-only",
+                "DENY",
+                r#"[{when: [{key: "request.headers[x-role]", notValues: [admin]}]}]"#,
+            )],
+            rows: vec![
+                row("admin", "/c", 200).header("x-role: admin"),
+                row("joined is not admin", "/c", 403).header("x-role: user,admin"),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn l7_comma_joined_header_values() {
+    if tools_present("l7_comma_joined_header_values") {
+        run_matrix("comma", 37, &comma_groups());
+    }
+}
+
 /// A DENY policy annotated `istio.io/dry-run: "true"` is evaluated and logged, never enforced.
 #[test]
 fn l7_dry_run_deny_is_logged_not_enforced() {

@@ -8,6 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use ward_policy::matcher::{
+    parse_port, PathMatch, StringMatch, MATCH_ANY_SEGMENTS, MATCH_ONE_SEGMENT,
+};
 use ward_policy::spec::{Action, MtlsModeSpec, Rule};
 use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
@@ -15,7 +18,7 @@ use ward_policy::{
 
 use crate::diag::{code, Diagnostic, Severity};
 use crate::istio::WorkloadEntrySpec;
-use crate::istio::{HostNamespace, SidecarHost};
+use crate::istio::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 use crate::load::{ConfigSet, Resource};
 use crate::request_authn;
 use crate::snapshot::{MeshSnapshot, Transport};
@@ -36,6 +39,9 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     request_authn::selectors_matching_nothing(&context, &mut out);
     request_authn::token_not_required(&context, &mut out);
     request_authn::plain_http_jwks(&context, &mut out);
+    namespaces_without_workloads(&context, &mut out);
+    ports_not_served(&context, &mut out);
+    exact_deny_paths(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
         snapshot_checks(set, &snapshot, &mut out);
     }
@@ -485,6 +491,326 @@ fn custom_actions(set: &ConfigSet, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// WARD0219: a namespace-wide object (no selector) in a namespace that has no WorkloadEntry,
+/// e.g. a DENY policy whose `metadata.namespace` has a typo: it applies to nothing. The root
+/// namespace is mesh-wide and never reported; objects with a selector get WARD0201 instead.
+fn namespaces_without_workloads(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    let root = set.mesh.root_namespace.as_str();
+    let populated: BTreeSet<&str> = context.workloads.iter().map(Workload::namespace).collect();
+    let empty = |namespace: &str| namespace != root && !populated.contains(namespace);
+    let message = |namespace: &str, what: &str, effect: &str| {
+        format!(
+            "namespace `{namespace}` has no WorkloadEntry, so this namespace-wide {what} applies \
+             to no workload{effect}; check `metadata.namespace` for a typo"
+        )
+    };
+    for (ap, compiled) in set.authorization_policies.iter().zip(&context.compiled) {
+        let Some(policy) = compiled.and_then(|i| context.policies.get(i)) else {
+            continue;
+        };
+        if policy.selector.is_some() || !policy.target_refs.is_empty() || !empty(&ap.meta.namespace)
+        {
+            continue;
+        }
+        let (what, effect) = match policy.action {
+            Action::Allow => ("ALLOW policy", ""),
+            Action::Deny => ("DENY policy", " (it denies nothing)"),
+            Action::Audit => ("AUDIT policy", ""),
+            Action::Custom => ("CUSTOM policy", ""),
+        };
+        out.push(ap.diagnostic(
+            Severity::Warning,
+            code::NAMESPACE_WITHOUT_WORKLOADS,
+            "metadata.namespace",
+            message(&ap.meta.namespace, what, effect),
+        ));
+    }
+    for pa in &set.peer_authentications {
+        if pa.spec.selector.is_none() && empty(&pa.meta.namespace) {
+            out.push(pa.diagnostic(
+                Severity::Warning,
+                code::NAMESPACE_WITHOUT_WORKLOADS,
+                "metadata.namespace",
+                message(&pa.meta.namespace, "PeerAuthentication", ""),
+            ));
+        }
+    }
+    for r in &set.request_authentications {
+        let spec = &r.spec;
+        if spec.selector.is_none()
+            && spec.target_ref.is_none()
+            && spec.target_refs.is_empty()
+            && empty(&r.meta.namespace)
+        {
+            out.push(r.diagnostic(
+                Severity::Warning,
+                code::NAMESPACE_WITHOUT_WORKLOADS,
+                "metadata.namespace",
+                message(&r.meta.namespace, "RequestAuthentication", ""),
+            ));
+        }
+    }
+    for sidecar in &set.sidecars {
+        if sidecar.spec.workload_selector.is_none() && empty(&sidecar.meta.namespace) {
+            out.push(sidecar.diagnostic(
+                Severity::Warning,
+                code::NAMESPACE_WITHOUT_WORKLOADS,
+                "metadata.namespace",
+                message(&sidecar.meta.namespace, "Sidecar", ""),
+            ));
+        }
+    }
+}
+
+/// A port a workload's Sidecar serves, and where the app behind it listens.
+struct ServedPort {
+    port: u16,
+    app: Option<SocketAddr>,
+}
+
+/// The ingress ports of a workload (what `to.ports` and `destination.port` are matched on).
+fn served_ports(context: &Context<'_>, workload: &Workload<'_>) -> Vec<ServedPort> {
+    let Ok(Some(sidecar)) = context.sidecar_for(workload) else {
+        return Vec::new();
+    };
+    sidecar
+        .spec
+        .ingress()
+        .iter()
+        .filter_map(|listener| {
+            let port = listener
+                .port
+                .as_ref()
+                .and_then(|p| p.number)
+                .and_then(crate::istio::port_number)?;
+            let app = match listener
+                .default_endpoint
+                .as_deref()
+                .map(parse_default_endpoint)
+            {
+                Some(Ok(AppEndpoint::Local(addr))) => Some(addr),
+                Some(Ok(AppEndpoint::WorkloadAddress(app_port))) => {
+                    Some(SocketAddr::new(workload.address, app_port))
+                }
+                _ => None,
+            };
+            Some(ServedPort { port, app })
+        })
+        .collect()
+}
+
+/// WARD0220: a port in a rule (`to.operation.ports`, `destination.port` `values`) that no
+/// workload the policy applies to serves: the value never matches. The classic case is the app's
+/// `defaultEndpoint` port written instead of the Sidecar's ingress port, which is the port
+/// policies see. Policies that apply to nothing, or only to workloads that serve no port at
+/// all, are left to WARD0201/0219/0212.
+fn ports_not_served(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    let root = set.mesh.root_namespace.as_str();
+    for (ap, compiled) in set.authorization_policies.iter().zip(&context.compiled) {
+        let Some(policy) = compiled.and_then(|i| context.policies.get(i)) else {
+            continue;
+        };
+        if policy.action == Action::Custom {
+            continue;
+        }
+        let scope: Vec<(String, Vec<ServedPort>)> = context
+            .workloads
+            .iter()
+            .filter(|w| policy.applies_to(w.namespace(), &w.labels, root))
+            .map(|w| (w.resource.key(), served_ports(context, w)))
+            .collect();
+        let served: BTreeSet<u16> = scope
+            .iter()
+            .flat_map(|(_, ports)| ports.iter().map(|p| p.port))
+            .collect();
+        if served.is_empty() {
+            continue;
+        }
+        let who = match scope.as_slice() {
+            [(key, _)] => key.clone(),
+            _ => format!("any of the {} workloads the policy applies to", scope.len()),
+        };
+        let list = |ports: &BTreeSet<u16>| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let message = |port: u16| {
+            let served_by = if scope.len() == 1 {
+                format!("its Sidecar serves {}", list(&served))
+            } else {
+                format!("their Sidecars serve {}", list(&served))
+            };
+            let app_port = scope
+                .iter()
+                .flat_map(|(_, ports)| ports)
+                .find(|p| p.app.is_some_and(|app| app.port() == port));
+            let hint = match app_port {
+                Some(ServedPort {
+                    port: ingress,
+                    app: Some(app),
+                }) => format!(
+                    ": {port} is the app's defaultEndpoint port ({app}) for port {ingress}, and \
+                     policies see the port the Sidecar serves ({ingress})"
+                ),
+                _ => "; use the port of an ingress listener".to_owned(),
+            };
+            format!(
+                "port {port} is not served by {who} ({served_by}), so this value never \
+                 matches{hint}"
+            )
+        };
+        for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
+            let rule_path = push_index("spec.rules", i);
+            let mut values: Vec<(String, &str)> = Vec::new();
+            for (j, to) in rule.to.iter().flatten().enumerate() {
+                let base = push_key(
+                    &push_key(&push_index(&push_key(&rule_path, "to"), j), "operation"),
+                    "ports",
+                );
+                for (k, value) in to.operation.ports.iter().flatten().enumerate() {
+                    values.push((push_index(&base, k), value));
+                }
+            }
+            for (j, condition) in rule.when.iter().flatten().enumerate() {
+                if condition.key != "destination.port" {
+                    continue;
+                }
+                let base = push_key(&push_index(&push_key(&rule_path, "when"), j), "values");
+                for (k, value) in condition.values.iter().flatten().enumerate() {
+                    values.push((push_index(&base, k), value));
+                }
+            }
+            for (path, value) in values {
+                let Ok(port) = parse_port(value) else {
+                    continue;
+                };
+                if !served.contains(&port) {
+                    out.push(ap.diagnostic(
+                        Severity::Warning,
+                        code::PORT_NOT_SERVED,
+                        &path,
+                        message(port),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// WARD0221: a path in a DENY rule's `paths` (or an ALLOW rule's `notPaths`) that stops at an
+/// exact end: an exact path, or a `{*}`/`{**}` template whose last segment is not `{**}`. The
+/// normalized path keeps a trailing `/` and `;` parameters (docs/http.md), so DENY `/admin`
+/// does not deny `/admin/`, `/admin/x` or `/admin;x`, which an app may serve as `/admin`.
+/// Suffix patterns (`*.php`, or a template with `{**}` before a literal tail) have the same gap
+/// but no prefix form: they are not reported.
+fn exact_deny_paths(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    for (ap, compiled) in set.authorization_policies.iter().zip(&context.compiled) {
+        let Some(policy) = compiled.and_then(|i| context.policies.get(i)) else {
+            continue;
+        };
+        let (field, verb) = match policy.action {
+            Action::Deny => ("paths", "deny"),
+            Action::Allow => ("notPaths", "exclude"),
+            Action::Audit | Action::Custom => continue,
+        };
+        for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
+            for (j, to) in rule.to.iter().flatten().enumerate() {
+                let op = &to.operation;
+                let paths = if field == "paths" {
+                    &op.paths
+                } else {
+                    &op.not_paths
+                };
+                let base = push_key(
+                    &push_key(
+                        &push_index(&push_key(&push_index("spec.rules", i), "to"), j),
+                        "operation",
+                    ),
+                    field,
+                );
+                for (k, value) in paths.iter().flatten().enumerate() {
+                    if let Some(message) = exact_path_message(value, verb) {
+                        out.push(ap.diagnostic(
+                            Severity::Warning,
+                            code::EXACT_DENY_PATH,
+                            &push_index(&base, k),
+                            message,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an exact path or closed template misses, and the fix; `None` for a prefix, suffix,
+/// presence or `{**}`-terminated path. `verb`: what the field does (`deny`, `exclude`).
+fn exact_path_message(value: &str, verb: &str) -> Option<String> {
+    match PathMatch::parse(value).ok()? {
+        // `/*` would be every path: an exact `/` is taken as meant.
+        PathMatch::String(StringMatch::Exact(path)) if path != "/" => {
+            let misses = misses(&path, true);
+            Some(format!(
+                "the exact path `{path}` does not {verb} {misses}: write `{path}*` (a prefix; \
+                 `;` parameters and a trailing `/` stay part of the path)"
+            ))
+        }
+        // A `{**}` before a literal tail is a suffix match: no template or prefix form
+        // closes it, as for `*.php`.
+        PathMatch::Template(template)
+            if !template.ends_with(MATCH_ANY_SEGMENTS)
+                && !template.contains(MATCH_ANY_SEGMENTS) =>
+        {
+            // `{*}` matches a whole segment, `;x` included; a literal last segment does not.
+            let literal_end = !template.ends_with(MATCH_ONE_SEGMENT);
+            let misses = misses(&template.replace(MATCH_ONE_SEGMENT, "a"), literal_end);
+            let open = format!("{}/{MATCH_ANY_SEGMENTS}", template.trim_end_matches('/'));
+            let head = template
+                .split_once('{')
+                .map_or(template.as_str(), |(head, _)| head);
+            let params = if literal_end && head != "/" {
+                format!(
+                    "; a template cannot match `;` parameters, so if the app strips them \
+                     {verb} a prefix such as `{head}*`"
+                )
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "the template `{template}` does not {verb} {misses}: also list `{open}`{params}"
+            ))
+        }
+        PathMatch::String(_) | PathMatch::Template(_) => None,
+    }
+}
+
+/// Paths that `path` (matched exactly) does not match although an app may serve them as `path`;
+/// `params`: whether `path;x` is one of them.
+fn misses(path: &str, params: bool) -> String {
+    let mut found = Vec::new();
+    if !path.ends_with('/') {
+        found.push(format!("`{path}/`"));
+    }
+    found.push(format!(
+        "`{}x`",
+        path.trim_end_matches('/').to_owned() + "/"
+    ));
+    if params {
+        found.push(format!("`{path};x`"));
+    }
+    match found.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// WARD0211: an egress host that matches no ServiceEntry, for each namespace the Sidecar
 /// applies to.
 fn egress_hosts(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
@@ -651,7 +977,9 @@ mod tests {
 
     fn doc(kind: &str, ns: &str, name: &str, spec: &str) -> String {
         let group = match kind {
-            "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io",
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         };
         format!("---\napiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
@@ -757,6 +1085,8 @@ mod tests {
                 vec![
                     f(code::HTTP_FIELDS_ON_TCP, Warning, "AuthorizationPolicy a/d", "spec.rules[0]"),
                     f(code::HTTP_FIELDS_ON_TCP, Warning, ap, "spec.rules[0]"),
+                    // No workload of namespace `a` serves port 80.
+                    f(code::PORT_NOT_SERVED, Warning, ap, "spec.rules[1].to[0].operation.ports[0]"),
                 ],
             ),
             (
@@ -792,6 +1122,122 @@ mod tests {
             got.sort();
             want.sort();
             assert_eq!(got, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn policies_that_apply_to_nothing_or_never_match() {
+        use Severity::Warning;
+        let deny = |ns: &str, name: &str, rest: &str| {
+            doc(
+                "AuthorizationPolicy",
+                ns,
+                name,
+                &format!("{{action: DENY, {rest}}}"),
+            )
+        };
+        let cases: Vec<(String, Vec<_>)> = vec![
+            (
+                // WARD0219: namespace-wide objects in a namespace without workloads.
+                deny("typo", "p", "rules: [{}]")
+                    + &doc("AuthorizationPolicy", "typo", "allow", "{rules: [{}]}")
+                    + &doc("PeerAuthentication", "typo", "pa", "{mtls: {mode: STRICT}}")
+                    + &doc("Sidecar", "typo", "default", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}")
+                    + &doc("RequestAuthentication", "typo", "ra", "{jwtRules: [{issuer: \"https://idp.example\", jwksUri: \"https://idp.example/keys\"}]}"),
+                vec![
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "AuthorizationPolicy typo/p", "metadata.namespace"),
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "AuthorizationPolicy typo/allow", "metadata.namespace"),
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "PeerAuthentication typo/pa", "metadata.namespace"),
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "Sidecar typo/default", "metadata.namespace"),
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "RequestAuthentication typo/ra", "metadata.namespace"),
+                ],
+            ),
+            (
+                // A selector in an empty namespace is WARD0201's alone; the root namespace is
+                // mesh-wide.
+                deny("typo", "p", "selector: {matchLabels: {app: x}}, rules: [{}]")
+                    + &deny("istio-system", "mesh", "rules: [{from: [{source: {notNamespaces: [a]}}]}]"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, "AuthorizationPolicy typo/p", "spec.selector")],
+            ),
+            (
+                // WARD0220: x serves 9000 (app at 127.0.0.1:9001); the namespace serves 9000
+                // and 5432. `notPorts` are not checked.
+                deny("a", "x-ports", "selector: {matchLabels: {app: x}}, rules: [{to: [{operation: {ports: [\"9000\", \"9001\"]}}, {operation: {notPorts: [\"7\"]}}]}, {when: [{key: destination.port, values: [\"9000\", \"9002\"]}, {key: destination.port, notValues: [\"8\"]}]}]")
+                    + &doc("AuthorizationPolicy", "a", "ns-ports", "{rules: [{to: [{operation: {ports: [\"5432\", \"1234\"]}}]}]}"),
+                vec![
+                    f(code::PORT_NOT_SERVED, Warning, "AuthorizationPolicy a/x-ports", "spec.rules[0].to[0].operation.ports[1]"),
+                    f(code::PORT_NOT_SERVED, Warning, "AuthorizationPolicy a/x-ports", "spec.rules[1].when[0].values[1]"),
+                    f(code::PORT_NOT_SERVED, Warning, "AuthorizationPolicy a/ns-ports", "spec.rules[0].to[0].operation.ports[1]"),
+                ],
+            ),
+            (
+                // WARD0221: exact DENY paths and ALLOW notPaths; never prefixes, suffixes,
+                // `{**}` templates, ALLOW paths or DENY notPaths. `to.ports` keeps the rules off
+                // the TCP ports (WARD0209).
+                deny("a", "paths", "rules: [{to: [{operation: {ports: [\"9000\"], paths: [/admin, \"/admin*\", \"*.php\", \"/v1/{*}/x\", \"/v1/{**}\", /, \"/api/{*}\"], notPaths: [/public]}}]}]")
+                    + &doc("AuthorizationPolicy", "a", "allow", "{rules: [{to: [{operation: {ports: [\"9000\"], paths: [/ok], notPaths: [/ok/secret, \"/ok/x*\"]}}]}]}"),
+                vec![
+                    f(code::EXACT_DENY_PATH, Warning, "AuthorizationPolicy a/paths", "spec.rules[0].to[0].operation.paths[0]"),
+                    f(code::EXACT_DENY_PATH, Warning, "AuthorizationPolicy a/paths", "spec.rules[0].to[0].operation.paths[3]"),
+                    f(code::EXACT_DENY_PATH, Warning, "AuthorizationPolicy a/paths", "spec.rules[0].to[0].operation.paths[6]"),
+                    f(code::EXACT_DENY_PATH, Warning, "AuthorizationPolicy a/allow", "spec.rules[0].to[0].operation.notPaths[0]"),
+                    f(code::HTTP_FIELDS_ON_TCP, Warning, "AuthorizationPolicy a/paths", "spec.rules[0]"),
+                    f(code::HTTP_FIELDS_ON_TCP, Warning, "AuthorizationPolicy a/allow", "spec.rules[0]"),
+                ],
+            ),
+        ];
+        for (extra, mut want) in cases {
+            let mut got = findings(&format!("{}{extra}", base()));
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn port_messages_point_at_the_default_endpoint() {
+        let yaml = base()
+            + &doc("AuthorizationPolicy", "a", "p", "{selector: {matchLabels: {app: x}}, action: DENY, rules: [{to: [{operation: {ports: [\"9001\", \"9002\"]}}]}]}");
+        let set = load_str("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+        let messages: Vec<String> = analyze(&set)
+            .into_iter()
+            .filter(|d| d.code == code::PORT_NOT_SERVED)
+            .map(|d| d.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "port 9001 is not served by a/x (its Sidecar serves 9000), so this value never \
+                 matches: 9001 is the app's defaultEndpoint port (127.0.0.1:9001) for port 9000, \
+                 and policies see the port the Sidecar serves (9000)",
+                "port 9002 is not served by a/x (its Sidecar serves 9000), so this value never \
+                 matches; use the port of an ingress listener",
+            ]
+        );
+    }
+
+    #[test]
+    fn exact_path_messages() {
+        let table: &[(&str, &str, Option<&str>)] = &[
+            ("/admin", "deny", Some("the exact path `/admin` does not deny `/admin/`, `/admin/x` or `/admin;x`: write `/admin*` (a prefix; `;` parameters and a trailing `/` stay part of the path)")),
+            ("/admin/", "exclude", Some("the exact path `/admin/` does not exclude `/admin/x` or `/admin/;x`: write `/admin/*` (a prefix; `;` parameters and a trailing `/` stay part of the path)")),
+            ("/v1/{*}/secret", "deny", Some("the template `/v1/{*}/secret` does not deny `/v1/a/secret/`, `/v1/a/secret/x` or `/v1/a/secret;x`: also list `/v1/{*}/secret/{**}`; a template cannot match `;` parameters, so if the app strips them deny a prefix such as `/v1/*`")),
+            ("/api/{*}", "deny", Some("the template `/api/{*}` does not deny `/api/a/` or `/api/a/x`: also list `/api/{*}/{**}`")),
+            ("/{*}/admin", "deny", Some("the template `/{*}/admin` does not deny `/a/admin/`, `/a/admin/x` or `/a/admin;x`: also list `/{*}/admin/{**}`")),
+            ("/", "deny", None),
+            ("/admin*", "deny", None),
+            ("*.php", "deny", None),
+            ("*", "deny", None),
+            ("/v1/{**}", "deny", None),
+            ("/v1/{**}/x", "deny", None),
+        ];
+        for (value, verb, want) in table {
+            let got = exact_path_message(value, verb);
+            match (want, &got) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.starts_with(want) => {}
+                _ => panic!("{value}: got {got:?}, want {want:?}"),
+            }
         }
     }
 

@@ -99,6 +99,12 @@ pub mod code {
     pub const JWT_NOT_REQUIRED: &str = "WARD0217";
     /// JWT keys fetched over plain http from a host that is not loopback.
     pub const JWKS_PLAIN_HTTP: &str = "WARD0218";
+    /// A namespace-wide object (no selector) in a namespace that has no WorkloadEntry.
+    pub const NAMESPACE_WITHOUT_WORKLOADS: &str = "WARD0219";
+    /// A port in an AuthorizationPolicy rule that no workload the policy applies to serves.
+    pub const PORT_NOT_SERVED: &str = "WARD0220";
+    /// An exact path (or closed template) in DENY `paths` or ALLOW `notPaths`.
+    pub const EXACT_DENY_PATH: &str = "WARD0221";
 }
 
 /// One finding, located as precisely as Ward can.

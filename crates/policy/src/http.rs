@@ -19,7 +19,13 @@
 //! - `request.headers[name]`: EVERY value of a repeated header is matched on its own: `values`
 //!   needs one value matching, `notValues` needs no value matching. Never the last value only
 //!   (CVE-2021-32777), never the values joined (CVE-2026-26308). An absent header has no value:
-//!   `values` fails, `notValues` holds.
+//!   `values` fails, `notValues` holds. A line is also a list (RFC 9110 §5.3: `x: a, b` is the
+//!   same list as the lines `x: a` and `x: b`), so its comma-separated elements, trimmed of
+//!   spaces and tabs, are candidates too WHERE THAT IS STRICTER: for `values` in DENY, AUDIT and
+//!   CUSTOM rules (`DENY x-role: admin` denies `x-role: user, admin`) and for `notValues` in
+//!   ALLOW rules. ALLOW `values` and DENY-like `notValues` compare whole lines only, so that
+//!   `x-role: guest,admin` never passes as `admin` and never excuses a DENY. Istio compares the
+//!   joined line as a whole; Ward is DELIBERATELY STRICTER ([`header_candidates`]).
 //! - `request.auth.*` and `requestPrincipals` with NO valid token: the positive form never
 //!   matches; the `not` form matches only in DENY/AUDIT/CUSTOM (so `DENY notRequestPrincipals:
 //!   ["*"]` denies token-less requests), never in ALLOW (Istio would let `notRequestPrincipals`
@@ -149,6 +155,37 @@ fn hosts_match(field: &ValueMatch<StringMatch>, host: &str, unknown: Unknown) ->
     (field.values.is_empty() || any(&field.values, positive)) && !any(&field.not_values, exclusion)
 }
 
+/// `request.headers[name]`: `lines` are the header's lines; see the module doc for which side
+/// also sees the elements of a comma-separated line.
+fn header_matches<'v>(
+    field: &ValueMatch<StringMatch>,
+    lines: impl Iterator<Item = &'v str> + Clone,
+    unknown: Unknown,
+) -> bool {
+    // (split for `values`, split for `notValues`): split only where it makes the rule deny more.
+    let (split_values, split_not_values) = match unknown {
+        Unknown::Match => (true, false),
+        Unknown::NoMatch => (false, true),
+    };
+    let any = |patterns: &[StringMatch], split: bool| {
+        lines.clone().any(|line| {
+            header_candidates(line, split).any(|c| patterns.iter().any(|m| m.matches(c)))
+        })
+    };
+    (field.values.is_empty() || any(&field.values, split_values))
+        && !any(&field.not_values, split_not_values)
+}
+
+/// The strings a header line is matched as: the line itself, then, when `split` and the line
+/// holds a comma, each comma-separated element trimmed of optional whitespace (RFC 9110 §5.6.1
+/// `#element`, OWS = SP / HTAB). Quoted strings are not parsed: a comma inside quotes splits too,
+/// which only ever adds candidates on the side that denies.
+pub(crate) fn header_candidates(line: &str, split: bool) -> impl Iterator<Item = &str> + Clone {
+    let elements =
+        (split && line.contains(',')).then(|| line.split(',').map(|e| e.trim_matches([' ', '\t'])));
+    std::iter::once(line).chain(elements.into_iter().flatten())
+}
+
 /// Every value of header `name` (already lower-case on both sides).
 fn header_values<'a>(
     headers: &'a [(String, String)],
@@ -213,7 +250,7 @@ impl ConditionMatch {
         let auth = req.auth;
         match self {
             ConditionMatch::RequestHeader { name, values } => {
-                multi_valued(values, header_values(req.headers, name))
+                header_matches(values, header_values(req.headers, name), unknown)
             }
             ConditionMatch::RequestAuthPrincipal(f) => auth_field(
                 f,
@@ -821,6 +858,98 @@ mod tests {
                 with_headers(&[("x-role", "user"), ("x-role", "admin")]),
                 true,
             ),
+            // Comma-separated lines: see the module doc and docs/http.md's table.
+            (
+                "DENY comma-joined",
+                deny_when("request.headers[x-role]", "values: [admin]"),
+                with_headers(&[("x-role", "user,admin")]),
+                true,
+            ),
+            (
+                "DENY comma-joined, whitespace trimmed",
+                deny_when("request.headers[x-role]", "values: [admin]"),
+                with_headers(&[("x-role", "user , \tadmin\t")]),
+                true,
+            ),
+            (
+                "DENY comma-joined, forbidden first",
+                deny_when("request.headers[x-role]", "values: [admin]"),
+                with_headers(&[("x-role", "admin, user")]),
+                true,
+            ),
+            (
+                "DENY comma-joined, prefix per element",
+                deny_when("request.headers[x-role]", "values: [\"adm*\"]"),
+                with_headers(&[("x-role", "user, admin")]),
+                true,
+            ),
+            (
+                "DENY comma-joined, suffix per element",
+                deny_when("request.headers[x-role]", "values: [\"*min\"]"),
+                with_headers(&[("x-role", "admin, user")]),
+                true,
+            ),
+            (
+                "DENY comma-joined, an element must match whole",
+                deny_when("request.headers[x-role]", "values: [admin]"),
+                with_headers(&[("x-role", "user, administrator")]),
+                false,
+            ),
+            (
+                "DENY comma-joined, the whole line still matches",
+                deny_when("request.headers[x-role]", "values: [\"user, admin\"]"),
+                with_headers(&[("x-role", "user, admin")]),
+                true,
+            ),
+            (
+                "AUDIT comma-joined",
+                "action: AUDIT\nrules: [{when: [{key: \"request.headers[x-role]\", values: [admin]}]}]"
+                    .to_string(),
+                with_headers(&[("x-role", "user,admin")]),
+                true,
+            ),
+            (
+                "DENY notValues, comma-joined line is not the value",
+                deny_when("request.headers[x-role]", "notValues: [admin]"),
+                with_headers(&[("x-role", "user,admin")]),
+                true,
+            ),
+            (
+                "DENY notValues, the whole line",
+                deny_when("request.headers[x-role]", "notValues: [admin]"),
+                with_headers(&[("x-role", "admin")]),
+                false,
+            ),
+            (
+                "ALLOW comma-joined is not split",
+                when("request.headers[x-role]", "values: [admin]"),
+                with_headers(&[("x-role", "guest,admin")]),
+                false,
+            ),
+            (
+                "ALLOW comma-joined, whole line",
+                when("request.headers[x-role]", "values: [\"guest,admin\"]"),
+                with_headers(&[("x-role", "guest,admin")]),
+                true,
+            ),
+            (
+                "ALLOW notValues, comma-joined element",
+                when("request.headers[x-user]", "notValues: [banned]"),
+                with_headers(&[("x-user", "alice, banned")]),
+                false,
+            ),
+            (
+                "ALLOW notValues, comma-joined prefix element",
+                when("request.headers[x-user]", "notValues: [\"evil*\"]"),
+                with_headers(&[("x-user", "alice,evil-bob")]),
+                false,
+            ),
+            (
+                "ALLOW notValues, comma-joined, none excluded",
+                when("request.headers[x-user]", "notValues: [banned]"),
+                with_headers(&[("x-user", "alice, carol")]),
+                true,
+            ),
             (
                 "auth.principal",
                 when("request.auth.principal", "values: [\"*/alice\"]"),
@@ -1088,6 +1217,27 @@ mod tests {
         ];
         for (name, yaml, req, want) in table {
             assert_eq!(req.matches(&policy(&yaml)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn header_candidates_table() {
+        let table: &[(&str, bool, &[&str])] = &[
+            ("admin", true, &["admin"]),
+            ("user,admin", false, &["user,admin"]),
+            ("user,admin", true, &["user,admin", "user", "admin"]),
+            (
+                "user , \tadmin\t",
+                true,
+                &["user , \tadmin\t", "user", "admin"],
+            ),
+            ("a,,b,", true, &["a,,b,", "a", "", "b", ""]),
+            ("\"x,y\"", true, &["\"x,y\"", "\"x", "y\""]),
+            ("", true, &[""]),
+        ];
+        for (line, split, want) in table {
+            let got: Vec<&str> = header_candidates(line, *split).collect();
+            assert_eq!(got, *want, "{line:?} split={split}");
         }
     }
 

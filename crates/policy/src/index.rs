@@ -10,7 +10,11 @@
 //!   strictness of `l4`), so those rules are ALSO filed in a "no peer" list;
 //! - destination ports, when `to` is non-empty and every operation lists `ports`;
 //! - (HTTP only) header lines `name: value`, when a `when` condition `request.headers[name]`
-//!   lists only exact `values` (conditions are AND-ed, so one such condition is enough).
+//!   lists only exact `values` (conditions are AND-ed, so one such condition is enough). A
+//!   request's line is looked up whole and, when it holds a comma, element by element too: a
+//!   DENY-like rule's `values` also match the elements of a comma-separated line (`http`), so
+//!   `x: user, admin` must find the rule filed under `x: admin`. For an ALLOW rule this only
+//!   adds a candidate that the full matcher then refuses.
 //!
 //! `not` forms (`notPrincipals`, `notPorts`, `notValues`) and patterns (`*`, `abc*`, `*abc`) never
 //! make a rule indexable. A rule that qualifies in several ways is filed one way only: under the
@@ -29,6 +33,7 @@ use std::collections::HashMap;
 
 use crate::authz::{AuthzPolicy, AuthzRule, ConditionMatch, WorkloadPolicies};
 use crate::decision::{Decision, PolicyRef, Tally};
+use crate::http::header_candidates;
 use crate::l4::Unknown;
 use crate::matcher::StringMatch;
 use crate::spec::Action;
@@ -220,23 +225,29 @@ impl RuleIndex {
     }
 
     /// Calls `visit` with every candidate rule for `keys`, in (policy, rule) order, once each.
-    fn for_each_candidate(&self, keys: &Keys<'_>, mut visit: impl FnMut(RuleId)) {
+    fn for_each_candidate<'s>(&'s self, keys: &Keys<'_>, mut visit: impl FnMut(RuleId)) {
         let mut gathered = Gather::default();
         match keys.principal {
             Some(principal) => gathered.add(self.by_principal.get(principal)),
             None => gathered.add(Some(&self.no_peer)),
         }
         gathered.add(self.by_port.get(&keys.port));
+        let mut add_line = |values: &'s HashMap<String, Vec<RuleId>>, line: &str| {
+            for candidate in header_candidates(line, true) {
+                gathered.add(values.get(candidate));
+            }
+        };
         if self.scan_header_names {
             for (name, values) in &self.by_header {
-                for (_, value) in keys.headers.iter().filter(|(n, _)| n == name) {
-                    gathered.add(values.get(value.as_str()));
+                for (_, line) in keys.headers.iter().filter(|(n, _)| n == name) {
+                    add_line(values, line);
                 }
             }
         } else {
-            for (name, value) in keys.headers {
-                let values = self.by_header.get(name.as_str());
-                gathered.add(values.and_then(|values| values.get(value.as_str())));
+            for (name, line) in keys.headers {
+                if let Some(values) = self.by_header.get(name.as_str()) {
+                    add_line(values, line);
+                }
             }
         }
         // Merge the keyed candidates with `always` (disjoint, both sorted).
@@ -426,6 +437,12 @@ mod tests {
             candidates(&index.http, &keys(Some("x"), 80, &headers)),
             [(0, 0), (1002, 0)]
         );
+        // A comma-joined line is also looked up element by element.
+        let joined = [("x-tenant".to_string(), "t1, t8".to_string())];
+        assert_eq!(
+            candidates(&index.http, &keys(Some("x"), 80, &joined)),
+            [(0, 0), (1002, 0)]
+        );
         assert!(index.has_allow_policies);
         assert!(index.dry_run_allow.is_empty());
     }
@@ -466,7 +483,8 @@ mod tests {
     const PATHS: &[&str] = &["/a", "/a*", "/a/{*}", "*.txt"];
     const HOSTS: &[&str] = &["a.com", "*.com", "b.org"];
     const REQUEST_PRINCIPALS: &[&str] = &["iss/alice", "*"];
-    const HEADER_VALUES: &[&str] = &["t1", "t2", "t1", "t2", "t*", "*"];
+    /// With joined forms, which only ever match a whole line.
+    const HEADER_VALUES: &[&str] = &["t1", "t2", "t1", "t2", "t*", "*", "t1,t2", "t2, t1"];
     const CLAIMS: &[&str] = &["admin", "user"];
 
     /// A field set with probability `p`, to one to three values of `pool`.
@@ -642,15 +660,25 @@ mod tests {
             ])
             .prop_map(|(td, ns, sa)| Peer::new(td, ns, sa)),
         );
+        // Comma-joined lines too (with and without optional whitespace, empty elements), so
+        // that rules filed under an exact value are found by an element of a line.
         let header = prop::sample::select(vec![
             ("x-t", "t1"),
             ("x-t", "t2"),
             ("x-t", "t3"),
+            ("x-t", "t3,t1"),
+            ("x-t", "t1,t2"),
+            ("x-t", "t2, t1"),
+            ("x-t", "t3 ,\tt2,"),
             ("y", "t1"),
+            ("y", "t3, t2"),
             ("h1", "t1"),
+            ("h1", ",t1"),
             ("h3", "t2"),
+            ("h3", "t3,t2"),
             ("h4", "t1"),
             ("accept", "*/*"),
+            ("accept", "t1, t2"),
         ])
         .prop_map(|(n, v)| (n.to_string(), v.to_string()));
         let auth = prop::option::of(prop::sample::select(vec!["admin", "user"]).prop_map(|g| {

@@ -24,6 +24,9 @@
 //! - Paths with `%2F`, `%5C` or `\` are rejected, not rewritten ([`path`]).
 //! - Without a valid JWT, `notRequestPrincipals` and `request.auth.*` `notValues` never match
 //!   an ALLOW rule; DENY `hosts` also match the host without its port (`http`).
+//! - A comma-separated header line is also matched element by element in DENY/AUDIT/CUSTOM
+//!   `values` and ALLOW `notValues` (`DENY x-role: admin` denies `x-role: user, admin`); never
+//!   in ALLOW `values` or DENY `notValues` (`http`).
 //!
 //! Layout:
 //! - [`spec`]: the Istio API types, field for field.
