@@ -133,20 +133,36 @@ fn ward_with_nofile(
     Some((ward, dir))
 }
 
-/// `n` idle TCP connections from `src` to `dst`: they never send a byte, like a client that
-/// never starts its TLS handshake.
-fn open_from(src: &str, dst: SocketAddr, n: usize) -> Vec<Socket> {
+/// Idle TCP connections from one source: they never send a byte, like a client that never
+/// starts its TLS handshake.
+struct Flood {
+    socks: Vec<Socket>,
+    /// Reset so early that `connect` itself reported it.
+    reset_at_connect: usize,
+}
+
+/// `n` connections from `src` to `dst`.
+fn open_from(src: &str, dst: SocketAddr, n: usize) -> Flood {
     let bind: SocketAddr = format!("{src}:0").parse().unwrap();
-    (0..n)
-        .map(|_| {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            s.bind(&bind.into()).unwrap();
-            s.connect_timeout(&dst.into(), Duration::from_secs(3))
-                .unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect()
+    let mut flood = Flood {
+        socks: Vec::new(),
+        reset_at_connect: 0,
+    };
+    for _ in 0..n {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&bind.into()).unwrap();
+        match s.connect_timeout(&dst.into(), Duration::from_secs(3)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                flood.reset_at_connect += 1;
+                continue;
+            }
+            Err(e) => panic!("connect {src} → {dst}: {e}"),
+        }
+        s.set_nonblocking(true).unwrap();
+        flood.socks.push(s);
+    }
+    flood
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -159,9 +175,12 @@ struct States {
     closed: usize,
 }
 
-fn states(socks: &[Socket]) -> States {
-    let mut st = States::default();
-    for s in socks {
+fn states(flood: &Flood) -> States {
+    let mut st = States {
+        reset: flood.reset_at_connect,
+        ..States::default()
+    };
+    for s in &flood.socks {
         let mut buf = [0u8; 1];
         let mut r: &Socket = s;
         match r.read(&mut buf) {
