@@ -4,18 +4,21 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use ward_control::ControlPlane;
 use ward_proxy::certs::humantime_utc;
-use ward_proxy::SidecarHandle;
+use ward_proxy::listener::{accept_loop, Caps, Gate, Kind};
+use ward_proxy::{Metrics, SidecarHandle};
 
 /// What the admin API reads.
 pub(crate) struct AdminState {
@@ -134,21 +137,42 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serve the admin API until the process ends.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+/// Connections the admin port may hold at once. It does not draw from the connection budget: it
+/// lives on the descriptors the budget keeps in reserve, so a flood on a sidecar listener cannot
+/// take `/ready` and `/metrics` away, and this cap keeps a flood on the admin port from taking
+/// the reserve.
+const ADMIN_CONNECTIONS: usize = 64;
+/// Time a client has to send its request headers; an idle connection is closed after it.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve the admin API until `shutdown` flips to true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let caps = Caps {
+        connections: ADMIN_CONNECTIONS,
+        connections_per_source: None,
+        handshakes: None,
+        handshakes_per_source: None,
+    };
+    let gate = Gate::new(Kind::Admin, "none", caps, None, metrics);
+    accept_loop(listener, gate, shutdown, move |tcp, _, permit| {
         let state = state.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
-        });
-    }
+            drop(permit);
+        }
+    })
+    .await
 }

@@ -11,6 +11,7 @@ mod analyze;
 mod demo_apps;
 mod devidp;
 mod echo;
+mod fdlimit;
 mod logging;
 mod up;
 
@@ -70,7 +71,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Up(args) => rt.block_on(up::run(args)),
+        Command::Up(args) => {
+            let nofile = fdlimit::raise();
+            rt.block_on(up::run(args, nofile))
+        }
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),

@@ -14,11 +14,13 @@ use tokio::sync::watch;
 use ward_config::DemoApp;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{IssuedCert, SpiffeId};
+use ward_proxy::listener::{Admission, FdBudget, Limits};
 use ward_proxy::{
     CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle, SignError,
 };
 
 use crate::admin::{self, AdminState};
+use crate::fdlimit::NofileLimit;
 
 /// Options of `ward up`.
 #[derive(clap::Args)]
@@ -53,6 +55,44 @@ pub(crate) struct UpArgs {
     /// (`--cacerts`, or a copy of `--state-dir`), each naming its own workloads. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "NAMESPACE/NAME")]
     workloads: Vec<String>,
+    /// Open connections one sidecar listener may hold (HBONE, a service port, an egress
+    /// listener); never more than half the process's connection budget, which the open-file
+    /// limit sets (docs/security.md, "Connection limits").
+    #[arg(long, value_name = "N", value_parser = parse_cap,
+          default_value_t = Limits::default().connections_per_listener)]
+    max_connections_per_listener: usize,
+    /// Open connections one source address may hold on one inbound listener (HBONE or a
+    /// service port).
+    #[arg(long, value_name = "N", value_parser = parse_cap,
+          default_value_t = Limits::default().connections_per_source)]
+    max_connections_per_source: usize,
+    /// Connections still in their TLS handshake on one HBONE listener.
+    #[arg(long, value_name = "N", value_parser = parse_cap,
+          default_value_t = Limits::default().handshakes_per_listener)]
+    max_handshakes_per_listener: usize,
+    /// Connections still in their TLS handshake from one source address on one HBONE listener.
+    #[arg(long, value_name = "N", value_parser = parse_cap,
+          default_value_t = Limits::default().handshakes_per_source)]
+    max_handshakes_per_source: usize,
+}
+
+impl UpArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            connections_per_listener: self.max_connections_per_listener,
+            connections_per_source: self.max_connections_per_source,
+            handshakes_per_listener: self.max_handshakes_per_listener,
+            handshakes_per_source: self.max_handshakes_per_source,
+        }
+    }
+}
+
+/// A connection cap: a whole number of at least 1.
+fn parse_cap(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?}: expected a whole number of at least 1")),
+    }
 }
 
 /// Which WorkloadEntries this process runs sidecars for.
@@ -133,7 +173,7 @@ impl CertificateProvider for LocalCa {
     }
 }
 
-pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()> {
     let control = ControlPlane::start(args.paths.clone())
         .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
     let mesh = control.mesh().clone();
@@ -152,6 +192,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let ca = Arc::new(CaService::new(ca, args.cert_ttl));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let admission = Admission {
+        limits: args.limits(),
+        budget: Arc::new(FdBudget::from_limit(nofile.effective())),
+    };
+    log_admission(&admission);
+    metrics.connection_budget(admission.budget.capacity());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let timing = ReloadTiming {
@@ -170,7 +216,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("admin: cannot listen on {}", args.admin))?;
-    tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
     tracing::info!(admin = %args.admin, trust_domain = %mesh.trust_domain, "ward control plane started");
 
     let supervisor = Supervisor {
@@ -181,6 +232,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             aliases: mesh.trust_domain_aliases.clone(),
         },
         metrics,
+        admission,
         sidecars,
         hosted,
         admin: args.admin,
@@ -195,6 +247,34 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), sup).await;
     Ok(())
+}
+
+/// Say how the open-file limit was split, once at start.
+fn log_admission(a: &Admission) {
+    let b = &a.budget;
+    tracing::info!(
+        open_file_limit = b.limit(),
+        reserve = b.reserve(),
+        connection_budget = b.capacity(),
+        per_listener = a.limits.connections_per_listener.min(b.listener_share()),
+        per_source = a.limits.connections_per_source,
+        handshakes_per_listener = a.limits.handshakes_per_listener,
+        handshakes_per_source = a.limits.handshakes_per_source,
+        "connection limits"
+    );
+    if a.limits.connections_per_listener > b.listener_share() {
+        tracing::debug!(
+            asked = a.limits.connections_per_listener,
+            share = b.listener_share(),
+            "--max-connections-per-listener is more than half the connection budget; each listener gets half"
+        );
+    }
+    if b.capacity() < 64 {
+        tracing::warn!(
+            open_file_limit = b.limit(),
+            "the open-file limit leaves fewer than 64 connections for the listeners; raise the hard limit (LimitNOFILE=, ulimit -Hn)"
+        );
+    }
 }
 
 async fn wait_for_signal() {
@@ -254,6 +334,8 @@ struct Supervisor {
     ca: Arc<dyn CertificateProvider>,
     mesh: MeshIdentity,
     metrics: Arc<Metrics>,
+    /// Listener caps and the process-wide connection budget, for every sidecar.
+    admission: Admission,
     /// Shared with the admin API.
     sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>>,
     /// `--workloads`: the sidecars this process runs.
@@ -330,6 +412,7 @@ impl Supervisor {
                 self.ca.clone(),
                 self.mesh.clone(),
                 self.metrics.clone(),
+                self.admission.clone(),
             ) {
                 Ok((sidecar, handle)) => {
                     let sidecar = sidecar.with_process_listeners(vec![OwnListener {

@@ -24,6 +24,7 @@ use ward_tls::PeerInfo;
 use crate::access_log::{ConnRecord, Direction, Fault};
 use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
 use crate::http::HttpConn;
+use crate::listener::{Gate, Permit};
 use crate::metrics::Metrics;
 use crate::splice::{splice, Abort, SpliceEnd};
 use crate::upstream::Upstreams;
@@ -301,39 +302,38 @@ pub(crate) fn log_dry_run_and_audit(
     }
 }
 
-/// Serve HBONE connections accepted on `listener` until `shutdown` flips to true.
+/// Serve HBONE connections accepted on `listener`, as `gate` admits them, until `shutdown` flips
+/// to true.
 pub async fn run_hbone(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<InboundCtx>,
+    gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let mut sd = shutdown.clone();
-        let (tcp, src) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "hbone accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut sd) => return,
-        };
+    let stop = shutdown.clone();
+    crate::listener::accept_loop(listener, gate, stop, move |tcp, src, permit| {
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { handle_hbone_conn(acceptor, tcp, src, ctx, shutdown).await });
-    }
+        handle_hbone_conn(
+            acceptor.clone(),
+            tcp,
+            src,
+            permit,
+            ctx.clone(),
+            shutdown.clone(),
+        )
+    })
+    .await
 }
 
+/// `permit` holds the connection's place at the listener until it ends; it counts as a handshake
+/// until the TLS handshake completes.
 async fn handle_hbone_conn(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     src: SocketAddr,
+    mut permit: Permit,
     ctx: Arc<InboundCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -341,7 +341,10 @@ async fn handle_hbone_conn(
     let tcp = crate::hbone_io(tcp);
     let accept = acceptor.accept(tcp).into_fallible();
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            permit.handshake_done();
+            tls
+        }
         Ok(Err((e, mut io))) => {
             crate::send_buffered_alert(&mut io).await;
             return tls_failure(&ctx, src, local, e.to_string());
@@ -525,27 +528,22 @@ impl InboundCtx {
     }
 }
 
-/// Serve the plaintext side of one workload port until `shutdown` flips to true.
+/// Serve the plaintext side of one workload port, as `gate` admits connections, until `shutdown`
+/// flips to true.
 pub async fn run_plaintext(
     listener: TcpListener,
     ctx: Arc<InboundCtx>,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, src) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "plaintext accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut shutdown) => return,
-        };
+    crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
         let ctx = ctx.clone();
-        tokio::spawn(async move { handle_plaintext(ctx, tcp, src).await });
-    }
+        async move {
+            handle_plaintext(ctx, tcp, src).await;
+            drop(permit);
+        }
+    })
+    .await
 }
 
 async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr) {

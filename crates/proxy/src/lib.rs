@@ -11,6 +11,8 @@
 //! - [`http`]: on HTTP ports, each request is parsed, authenticated ([`authn`]: JWT per
 //!   RequestAuthentication), decided and forwarded on its own.
 //! - [`conntrack`]: open inbound connections, re-checked when policy changes.
+//! - [`listener`]: the one accept loop of every listener, with its admission caps and the
+//!   process-wide connection budget, so a flood on one listener cannot exhaust the descriptors.
 //! - [`access_log`] and [`metrics`]: one record per connection, Istio/ztunnel names.
 //!
 //! It must not: parse YAML, sign certificates, or decide policy itself.
@@ -23,6 +25,7 @@ pub mod certs;
 pub mod conntrack;
 pub mod http;
 pub mod inbound;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

@@ -82,6 +82,17 @@ pub struct JwksLabels {
     pub workload: String,
 }
 
+/// Labels of the refused-connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `hbone`, `plaintext`, `outbound` or `admin`.
+    pub listener: String,
+    /// The workload `ns/name` the listener serves, `none` for the admin port.
+    pub workload: String,
+    /// Which cap refused it (`source_handshakes`, `listener_connections`, `budget`...).
+    pub reason: String,
+}
+
 /// All of one process's proxy metrics; shared by every sidecar in it.
 #[derive(Default)]
 pub struct Metrics {
@@ -93,6 +104,9 @@ pub struct Metrics {
     authz: Family<AuthzLabels, Counter>,
     open_now: Gauge,
     jwks_age: Family<JwksLabels, Gauge>,
+    refused: Family<RefusedLabels, Counter>,
+    budget: Gauge,
+    budget_in_use: Gauge,
 }
 
 fn or_unknown(v: Option<&str>) -> String {
@@ -153,7 +167,43 @@ impl Metrics {
             "Seconds since the issuer's JWKS was last fetched successfully (-1: never)",
             m.jwks_age.clone(),
         );
+        registry.register(
+            "ward_connections_refused",
+            "Connections refused at a listener before being served, by the cap that refused them",
+            m.refused.clone(),
+        );
+        registry.register(
+            "ward_connection_budget",
+            "Connections the listeners of this process may hold together (from the open-file limit)",
+            m.budget.clone(),
+        );
+        registry.register(
+            "ward_connection_budget_in_use",
+            "Connections held now against the connection budget",
+            m.budget_in_use.clone(),
+        );
         std::sync::Arc::new(m)
+    }
+
+    /// Count a connection refused at a listener.
+    pub fn connection_refused(&self, listener: &str, workload: &str, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                workload: workload.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publish the size of the process-wide connection budget.
+    pub fn connection_budget(&self, capacity: usize) {
+        self.budget.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    /// A connection took (`1`) or gave back (`-1`) its place in the budget.
+    pub(crate) fn connection_budget_in_use(&self, delta: i64) {
+        self.budget_in_use.inc_by(delta);
     }
 
     fn labels(rec: &ConnRecord) -> TcpLabels {

@@ -15,6 +15,7 @@ use ward_hbone::{OpenError, HBONE_PORT};
 use ward_identity::SpiffeId;
 
 use crate::access_log::{ConnRecord, Direction, Fault};
+use crate::listener::Gate;
 use crate::metrics::Metrics;
 use crate::pool::{HbonePool, PoolError};
 use crate::splice::{splice, SpliceEnd};
@@ -55,30 +56,24 @@ pub fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option<Route>
     })
 }
 
-/// Serve one egress listener until `shutdown` flips to true.
+/// Serve one egress listener, as `gate` admits connections, until `shutdown` flips to true.
 pub async fn run_listener(
     listener: TcpListener,
     ctx: Arc<OutboundCtx>,
-    mut shutdown: watch::Receiver<bool>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let Ok(bind) = listener.local_addr() else {
         return;
     };
-    loop {
-        let (tcp, src) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut shutdown) => return,
-        };
+    crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
         let ctx = ctx.clone();
-        tokio::spawn(async move { handle(ctx, tcp, src, bind).await });
-    }
+        async move {
+            handle(ctx, tcp, src, bind).await;
+            drop(permit);
+        }
+    })
+    .await
 }
 
 enum Upstream {

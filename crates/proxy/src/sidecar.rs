@@ -17,6 +17,7 @@ use ward_tls::{CertStore, CertSummary};
 use crate::certs::{run_rotation, CertificateProvider};
 use crate::conntrack::ConnTracker;
 use crate::inbound::{self, InboundCtx};
+use crate::listener::{self, Admission, Gate};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundCtx};
 use crate::pool::HbonePool;
@@ -74,6 +75,8 @@ pub struct Sidecar {
     metrics: Arc<Metrics>,
     /// Ward's listeners outside this sidecar (the admin API), for the JWKS fetcher.
     process_listeners: Vec<OwnListener>,
+    /// The caps of this sidecar's listeners and the process-wide budget they draw from.
+    admission: Admission,
     handle: SidecarHandle,
 }
 
@@ -124,13 +127,15 @@ enum ListenerKind {
 }
 
 impl Sidecar {
-    /// Prepare a sidecar for the workload `key` (`ns/name`), fed by `config`.
+    /// Prepare a sidecar for the workload `key` (`ns/name`), fed by `config`, whose listeners
+    /// admit connections as `admission` says.
     pub fn new(
         key: String,
         config: watch::Receiver<Arc<ProxyConfig>>,
         ca: Arc<dyn CertificateProvider>,
         mesh: MeshIdentity,
         metrics: Arc<Metrics>,
+        admission: Admission,
     ) -> Result<(Sidecar, SidecarHandle), SidecarError> {
         let identity = config.borrow().workload.identity.clone();
         let id = SpiffeId::parse(&identity).map_err(|e| SidecarError::Identity {
@@ -155,6 +160,7 @@ impl Sidecar {
                 mesh,
                 metrics,
                 process_listeners: Vec::new(),
+                admission,
                 handle: handle.clone(),
             },
             handle,
@@ -217,6 +223,7 @@ impl Sidecar {
             hbone,
             tls,
             inbound_ctx.clone(),
+            self.gate(listener::Kind::Hbone),
             stop_rx.clone(),
         ));
         // Each listener has its own stop switch, so reconciliation can close just one.
@@ -240,6 +247,11 @@ impl Sidecar {
             let _ = tx.send(true);
         }
         Ok(())
+    }
+
+    /// A new listener's admission gate.
+    fn gate(&self, kind: listener::Kind) -> Arc<Gate> {
+        Gate::sidecar(kind, &self.key, &self.admission, self.metrics.clone())
     }
 
     async fn reconcile(
@@ -288,10 +300,22 @@ impl Sidecar {
             let (tx, rx) = watch::channel(false);
             match key.0 {
                 ListenerKind::InboundPlaintext => {
-                    tokio::spawn(inbound::run_plaintext(listener, inbound_ctx.clone(), rx));
+                    let gate = self.gate(listener::Kind::Plaintext);
+                    tokio::spawn(inbound::run_plaintext(
+                        listener,
+                        inbound_ctx.clone(),
+                        gate,
+                        rx,
+                    ));
                 }
                 ListenerKind::Outbound => {
-                    tokio::spawn(outbound::run_listener(listener, outbound_ctx.clone(), rx));
+                    let gate = self.gate(listener::Kind::Outbound);
+                    tokio::spawn(outbound::run_listener(
+                        listener,
+                        outbound_ctx.clone(),
+                        gate,
+                        rx,
+                    ));
                 }
             }
             listeners.insert(key, tx);

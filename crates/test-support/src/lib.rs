@@ -104,6 +104,11 @@ impl Ward {
         )
     }
 
+    /// The process id of `ward` (a wrapper that `exec`s it keeps the id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything ward logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
