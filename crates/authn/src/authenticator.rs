@@ -17,7 +17,8 @@ use crate::spec::{ClaimToHeader, JwtRule};
 use crate::token::{self, JwtError, Validity};
 use crate::verified_cache::{self, VerifiedCache, VERIFIED_TOKEN_CACHE_CAPACITY};
 
-/// Default JWKS fetch timeout (Envoy remote JWKS default, istio-semantics §2.5).
+/// Default JWKS fetch timeout (Envoy remote JWKS default; docs/istio-semantics.md, "JWKS fetch
+/// timeout").
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a set of `jwtRules` was refused.
@@ -100,8 +101,8 @@ pub struct VerifiedToken {
 pub enum AuthnOutcome {
     /// No token anywhere: the request passes with no principal.
     ///
-    /// istio-semantics §2.5: "no token → passes authentication with no principal". Only an
-    /// AuthorizationPolicy requiring `requestPrincipals` turns that into 403.
+    /// Istio: no token passes authentication with no principal (docs/istio-semantics.md, "No
+    /// token"). Only an AuthorizationPolicy requiring `requestPrincipals` turns that into 403.
     NoToken,
     /// Every token found verified.
     Authenticated {
@@ -295,7 +296,7 @@ impl Authenticator {
     }
 
     /// Output header names. The proxy removes incoming copies of these before authenticating,
-    /// so a client can never forge them (istio-semantics §2.5).
+    /// so a client can never forge them (docs/istio-semantics.md, "Output headers").
     pub fn output_headers(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for rule in &self.rules {
@@ -487,8 +488,8 @@ impl Authenticator {
         let validity = claims.validity;
         let iss = claims.iss.unwrap_or_default();
         let token = VerifiedToken {
-            // istio-semantics §2.5: "The request principal is `iss/sub`". A token without
-            // `sub` yields `iss/`.
+            // The request principal is `iss/sub` (docs/istio-semantics.md, "Request
+            // principal"). A token without `sub` yields `iss/`.
             principal: format!("{iss}/{}", claims.sub.unwrap_or_default()),
             audiences: claims.aud,
             presenter: claims.azp,

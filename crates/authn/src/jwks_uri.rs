@@ -3,7 +3,8 @@
 //! Rules:
 //! - `https://` is required. Plain `http://` is allowed only to a loopback host (`localhost`,
 //!   127.0.0.0/8, `::1`): local IdPs in development and Ward's own tests. This is looser than
-//!   threats §D (which rejects loopback outright) and is why the next rule exists.
+//!   refusing loopback outright (docs/threats.md, "JWT and JWKS") and is why the next rule
+//!   exists.
 //! - The default admin port on loopback (15000: Ward's `--admin` default, and ztunnel/Envoy
 //!   admin) is refused, whatever the scheme: an IdP never lives there, an attacker pointing the
 //!   fetcher at it does.

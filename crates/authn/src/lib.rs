@@ -11,7 +11,7 @@
 //! log. A token is never logged or `Debug`-printed (manual `Debug` impls redact it). Untrusted
 //! input (tokens, JWKS documents, headers) never panics.
 //!
-//! Security rules (threats §D), all fail closed:
+//! Security rules (docs/threats.md, "JWT and JWKS"), all fail closed:
 //! - the algorithm comes from the key, never from the token: `none` and HS* never verify, an
 //!   ES256 token never meets an RSA key; header `jku`/`x5u`/`jwk`/`x5c` are ignored;
 //! - duplicate JSON keys in header, payload or JWKS are refused; nesting and sizes are capped

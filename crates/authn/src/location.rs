@@ -4,7 +4,8 @@
 //! The rule both halves keep: every occurrence of a configured location counts. A token Ward
 //! finds is verified or the request is refused; a token Ward strips is removed in every spelling
 //! Ward would have read it in. So the app never gets, at a configured location, a token Ward did
-//! not verify (threats §D: an app that trusts "the proxy checked it" must be right).
+//! not verify (docs/threats.md, "JWT and JWKS": an app that trusts "the proxy checked it"
+//! must be right).
 //!
 //! - Header, with a prefix (`Authorization` / `Bearer `): the prefix is matched ASCII
 //!   case-insensitively (the auth scheme is case-insensitive, RFC 9110 §11.1), anywhere in the

@@ -1,8 +1,9 @@
 //! One compact JWS: split, decode and check (RFC 7515 §7.1, RFC 7519 §7.2).
 //!
 //! Only `alg`, `kid` and `crit` are read from the header. `jku`, `x5u`, `jwk` and `x5c` are
-//! ignored: keys come from the configured JWKS only, never from the token (threats §D). Ward
-//! implements no JWS extension, so a header with `crit` is refused whatever it holds.
+//! ignored: keys come from the configured JWKS only, never from the token (docs/threats.md,
+//! "JWT and JWKS"). Ward implements no JWS extension, so a header with `crit` is refused
+//! whatever it holds.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -103,8 +104,8 @@ impl JwtError {
 
     /// HTTP status: 403 for a wrong audience, 401 for everything else.
     ///
-    /// istio-semantics §2.5: "Audiences ... else 403 `Audiences in Jwt are not allowed`. It is
-    /// the only verification status that maps to 403; all others are 401."
+    /// Istio: a wrong audience is 403 `Audiences in Jwt are not allowed`, the only verification
+    /// failure answered with 403; all others are 401 (docs/istio-semantics.md, "Audiences").
     pub fn status(self) -> u16 {
         match self {
             JwtError::AudienceNotAllowed => 403,

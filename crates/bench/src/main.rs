@@ -1,7 +1,7 @@
-//! `ward-bench`: the benchmark harness of issue 4. One run sets up every path (no proxy, a ward
-//! sidecar pair on a TCP port, the same on an HTTP port with L7 policy and JWT, an nginx mTLS
-//! pair), alternates the workloads over them round by round, and writes `results.json`,
-//! `results.md` and `latency.svg`.
+//! `ward-bench`: Ward's benchmark harness (README.md, "Benchmarks"). One run sets up every path
+//! (no proxy, a ward sidecar pair on a TCP port, the same on an HTTP port with L7 policy and JWT,
+//! an nginx mTLS pair), alternates the workloads over them round by round, and writes
+//! `results.json`, `results.md` and `latency.svg`.
 //!
 //! It must not: send traffic anywhere but loopback; run a load without a time and count bound;
 //! treat a missed target as a failure (only a path that carries no traffic fails the run).

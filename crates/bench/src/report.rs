@@ -233,14 +233,14 @@ impl PathResult {
     }
 }
 
-/// A target from issue 4, checked against this run.
+/// One of Ward's performance targets ([`targets`]), checked against this run.
 #[derive(Debug, Serialize)]
 pub(crate) struct TargetCheck {
     /// The figure it judges, when it is one figure of one path.
     pub(crate) figure: Option<&'static str>,
     /// The path whose figure it judges (`ward-l4`, `ward-l7`), when it is one path's.
     pub(crate) path: Option<&'static str>,
-    /// The target, as the issue states it.
+    /// The target, in words.
     pub(crate) target: String,
     /// What this run measured.
     pub(crate) measured: String,
@@ -273,11 +273,11 @@ pub(crate) struct Results {
     pub(crate) plan: Plan,
     /// Paths by name.
     pub(crate) paths: BTreeMap<&'static str, PathResult>,
-    /// Issue 4's targets.
+    /// Ward's performance targets.
     pub(crate) targets: Vec<TargetCheck>,
 }
 
-/// Checks issue 4's targets. The issue states them per proxy; a ward pair is one process
+/// Checks Ward's performance targets. They are stated per proxy; a ward pair is one process
 /// holding both sidecars (and the control plane), so per-proxy limits are doubled for the pair.
 pub(crate) fn targets(paths: &BTreeMap<&'static str, PathResult>) -> Vec<TargetCheck> {
     let get = |path: &str, key: &str| paths.get(path).and_then(|p| p.median(key));
@@ -475,7 +475,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     for ward in ["ward-l4", "ward-l7"] {
         compared(&mut md, ward, &get);
     }
-    let _ = writeln!(md, "\n## Targets (issue 4; reported, never a failure)\n");
+    let _ = writeln!(md, "\n## Targets (reported, never a failure)\n");
     let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
     for t in &r.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, verdict(t.met));

@@ -1,5 +1,5 @@
-//! Certificates issued per second (issue 4, "Micro-benchmarks": "Certificate issuance per
-//! second"): `Ca::sign` on a ready CSR (the CA's own cost: CSR check + leaf signing), and the
+//! Certificates issued per second (one of the micro-benchmarks in README.md, "Benchmarks"):
+//! `Ca::sign` on a ready CSR (the CA's own cost: CSR check + leaf signing), and the
 //! whole round a workload makes (generate a P-256 key and its CSR, then sign).
 
 use std::hint::black_box;

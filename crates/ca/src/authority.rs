@@ -214,8 +214,9 @@ impl Ca {
         if self.not_after <= now {
             return Err(CaError::SignerExpired);
         }
-        // Istio 1.28.7 fixed leaves outliving their signer (threats.md §E): clamp NotAfter to
-        // the earliest NotAfter of the signing chain.
+        // A leaf never outlives its signer (Istio fixed this in 1.28.7; docs/threats.md,
+        // "Identities and certificate chains"): clamp NotAfter to the earliest NotAfter of the
+        // signing chain.
         let not_after = now
             .checked_add(ttl)
             .unwrap_or(self.not_after)

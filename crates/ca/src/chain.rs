@@ -10,8 +10,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 
-/// More links than this between the signer and a root is refused (threats.md §E,
-/// RUSTSEC-2023-0052: path building must stay bounded).
+/// More links than this between the signer and a root is refused (RUSTSEC-2023-0052: path
+/// building must stay bounded; docs/threats.md, "Identities and certificate chains").
 pub(crate) const MAX_PATH_LEN: usize = 8;
 
 /// Why a signer certificate, its chain or its roots are not usable.

@@ -1,5 +1,6 @@
 //! End to end: RequestAuthentication against a JWKS the test serves over real HTTP, with tokens
-//! the test mints with real keys — the attack set of issue 3 — through the mesh to nginx.
+//! the test mints with real keys — the attacks of docs/threats.md, "JWT and JWKS" — through the
+//! mesh to nginx.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,4 +1,4 @@
-//! The L7 matrix (issue 3): every AuthorizationPolicy matcher kind and every `when` key that
+//! The L7 matrix: every AuthorizationPolicy matcher kind and every `when` key that
 //! does not need a JWT, through the real mesh (curl → cli/oth sidecar → HBONE → srv sidecar →
 //! nginx), each with a request that is allowed (200 from nginx) and one that is refused (403
 //! `RBAC: access denied` from srv's sidecar). Groups of rows share one ward: the policy is
@@ -6,7 +6,7 @@
 //! crates/policy/tests/corpus/l7_{operations,paths,when}.yaml.
 //!
 //! Not here: `requestPrincipals`/`notRequestPrincipals` and the `request.auth.*` keys need a
-//! JWT and an IdP; the lead covers them in the JWT test file.
+//! JWT and an IdP; crates/cli/tests/jwt.rs covers them.
 //!
 //! Skips visibly without nginx/curl; CI installs them and requires every test.
 #![allow(clippy::unwrap_used)]

@@ -1,5 +1,5 @@
-//! Config load and translate time for 10,000 objects (issue 4, "Micro-benchmarks": "Config load
-//! and translate time for 10,000 objects").
+//! Config load and translate time for 10,000 objects (one of the micro-benchmarks in README.md,
+//! "Benchmarks").
 //!
 //! 2,000 workloads in 200 namespaces, each with its WorkloadEntry, ServiceEntry (two ports),
 //! Sidecar (ingress on one port, egress to the next workload's service on the other), PeerAuthentication and AuthorizationPolicy: 10,000 YAML

@@ -545,8 +545,9 @@ impl Loader {
             Kind::NotEnforced(kind) => {
                 let mut message = format!("kind {kind} is not enforced by this version of Ward");
                 if kind == "ServiceMeshControlPlane" {
-                    // istio-semantics §2.3: `spec.security.dataPlane.mtls: false` does not
-                    // disable mTLS in OSSM either; it creates a PERMISSIVE PeerAuthentication.
+                    // `spec.security.dataPlane.mtls: false` does not disable mTLS in OSSM
+                    // either; it creates a PERMISSIVE PeerAuthentication (docs/istio-semantics.md,
+                    // "OpenShift `dataPlane.mtls`").
                     message.push_str(
                         "; its settings (including spec.security.dataPlane.mtls) are not read: \
                          set mTLS with PeerAuthentication and mesh settings with an Istio, \

@@ -51,7 +51,8 @@ pub struct ProxyConfig {
     /// distinct (translation fails otherwise). Empty: no JWT authentication.
     #[serde(default)]
     pub jwt_rules: Vec<ward_authn::spec::JwtRule>,
-    /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational in this issue.
+    /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational: Ward
+    /// does not enforce it yet.
     pub outbound_traffic_policy: String,
 }
 

@@ -686,8 +686,9 @@ pub(crate) fn workload_labels(we: &Resource<WorkloadEntrySpec>) -> BTreeMap<Stri
 }
 
 /// PeerAuthentications with their creation order: by `creationTimestamp` when present (older
-/// first; istio-semantics: "the oldest `creationTimestamp` wins"), then those without one in
-/// load order, as if created when loaded.
+/// first; in Istio the oldest `creationTimestamp` wins: docs/istio-semantics.md,
+/// "PeerAuthentication resolution"), then those without one in load order, as if created when
+/// loaded.
 pub(crate) fn peer_authn_policies(
     resources: &[Resource<PeerAuthenticationSpec>],
 ) -> Vec<PeerAuthnPolicy> {

@@ -1,6 +1,6 @@
 //! Config from files: load, validate, translate, publish; poll the files and reload on change.
 //! An update with any error is rejected whole and the last good config keeps serving (Envoy SotW
-//! semantics; threats.md §3 "Config with errors").
+//! semantics; docs/threats.md, "Config with errors").
 //!
 //! A change applies only once the files have kept the same bytes for a settle interval
 //! ([`Settling`]). A file rewritten in place (`generate > policy.yaml`) is first empty, then

@@ -1,4 +1,4 @@
-//! HBONE tunnel setup (issue 4, "Micro-benchmarks": "HBONE tunnel setup"): on one established
+//! HBONE tunnel setup (one of the micro-benchmarks in README.md, "Benchmarks"): on one established
 //! HTTP/2 connection over an in-memory duplex (no TLS, no sockets), open one `CONNECT` tunnel;
 //! and open one, round-trip one byte through it, and close it.
 

@@ -2,7 +2,8 @@
 //!
 //! Parsing is strict and never normalizes: an input either is exactly the canonical spelling of
 //! one identity or is rejected. Two spellings of one identity (case, `%2F`, `..`) would let a
-//! policy written for one be bypassed by the other (threats.md §E).
+//! policy written for one be bypassed by the other (docs/threats.md, "Identities and
+//! certificate chains").
 
 use std::fmt;
 use std::str::FromStr;

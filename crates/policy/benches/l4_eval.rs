@@ -1,5 +1,5 @@
 //! L4 decision time with 1, 100 and 10,000 AuthorizationPolicies applying to one workload
-//! (issue 4, "Micro-benchmarks": "Policy decision time at 1, 100 and 10,000 policies").
+//! (criterion; README.md, "Benchmarks").
 //!
 //! Each policy is an ALLOW policy of one rule naming a source principal and two ports; the
 //! connection matches only the LAST policy (the worst case for a linear walk). A DENY policy on

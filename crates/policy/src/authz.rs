@@ -78,7 +78,8 @@ impl MeshContext {
         domains
     }
 
-    /// istio-semantics §2.1 / istio/istio `trustdomain/bundle.go` `ReplaceTrustDomainAliases`:
+    /// docs/istio-semantics.md, "Trust-domain aliases"; istio/istio `trustdomain/bundle.go`
+    /// `ReplaceTrustDomainAliases`:
     /// "Only generate configuration if the extracted trust domain from the policy is part of the
     /// trust domain list, or if the extracted/existing trust domain is "cluster.local"", in which
     /// case the principal is repeated for every trust domain of the mesh. Principals that are not
@@ -751,8 +752,8 @@ fn header_name(brackets: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
-/// `[a][b]` → `["a", "b"]`: istio-semantics §2.4 "request.auth.claims[<claim>] (nested:
-/// [a][b])".
+/// `[a][b]` → `["a", "b"]`: a nested claim is written one bracket per level,
+/// `request.auth.claims[a][b]` (docs/istio-semantics.md, "AuthorizationPolicy `when` keys").
 fn claim_path(brackets: &str) -> Option<Vec<String>> {
     let inner = brackets.strip_prefix('[')?.strip_suffix(']')?;
     let path: Vec<String> = inner.split("][").map(str::to_string).collect();

@@ -31,8 +31,8 @@
 //!   ["*"]` denies token-less requests), never in ALLOW (Istio would let `notRequestPrincipals`
 //!   allow a token-less request; Ward fails closed, as for `notPrincipals` without mTLS). The
 //!   positive form does not match in DENY either: no token is a known state (authentication
-//!   passed with no principal, istio-semantics §2.5), not an unknown one, and denying every
-//!   anonymous request because a DENY names one bad issuer would be wrong.
+//!   passed with no principal: docs/istio-semantics.md, "No token"), not an unknown one, and
+//!   denying every anonymous request because a DENY names one bad issuer would be wrong.
 //! - Claims: `request.auth.claims[a][b]` walks nested objects. A list claim matches if any
 //!   element matches (`notValues`: if none does); strings, numbers and booleans are compared in
 //!   their JSON text form (`42`, `true`); objects and `null` have no value. The top-level
@@ -71,7 +71,7 @@ pub struct HttpAttributes<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuth {
-    /// `iss/sub` (istio-semantics §2.5: "The request principal is `iss/sub`").
+    /// `iss/sub` (docs/istio-semantics.md, "Request principal").
     pub principal: String,
     /// The token's `aud` values.
     #[serde(default)]

@@ -6,7 +6,7 @@
 //! [`Decision`]), "is this HTTP request allowed?" ([`WorkloadPolicies::evaluate_http`]), "what
 //! is the canonical path of this request?" ([`path::normalize`]) and "what mTLS mode does this
 //! port use?" ([`effective_mtls`]). The proxy carries the answers out; `ward analyze` and the
-//! simulator read the same functions.
+//! conformance corpus ([`corpus`]) use the same functions.
 //!
 //! Must not: do I/O (except [`corpus::run_file`], which reads a test corpus), spawn tasks, read
 //! clocks, or depend on tokio. Untrusted input (policy YAML, peer identities) never panics.

@@ -263,7 +263,8 @@ mod tests {
     #[test]
     fn normalize_table() {
         use PathError as E;
-        // (input, expected) — every input of threats.md §A, then the rules one by one.
+        // (input, expected) — every input of docs/threats.md, "Path bypasses", then the rules
+        // one by one.
         let table: &[(&str, Want)] = &[
             // CVE-2019-9901: no normalization.
             ("/info/../private", Ok(("/private", None))),

@@ -20,7 +20,8 @@ use ward_authn::spec::JwtRule;
 use ward_authn::{Authenticator, Jwks, JwksCache};
 use ward_config::ProxyConfig;
 
-/// Largest JWKS body accepted (threats.md §D: bounded memory on junk).
+/// Largest JWKS body accepted (bounded memory on junk: docs/threats.md, "Bounded resources on
+/// junk input").
 const MAX_JWKS_BODY: usize = 256 * 1024;
 
 // `ProxyConfig::listeners` names the HBONE port without depending on the HBONE crate.

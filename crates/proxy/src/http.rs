@@ -136,7 +136,7 @@ impl Drop for SpliceTask {
     }
 }
 
-/// One request's record, with Envoy's access-log key names (conventions.md §2.3).
+/// One request's record, with Envoy's access-log key names (docs/http.md, "Access log").
 struct RequestLog<'a> {
     conn: &'a HttpConn,
     workload: String,

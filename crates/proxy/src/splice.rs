@@ -19,8 +19,8 @@ pub(crate) enum SpliceEnd {
 }
 
 /// A stream that can be ended abruptly, so that the far side sees a reset and never a clean
-/// end of data (threats.md §3: an upstream dying mid-stream must never look like a complete
-/// response).
+/// end of data (an upstream dying mid-stream must never look like a complete response:
+/// docs/threats.md, "A side dying mid-stream").
 pub(crate) trait Abort {
     /// Make the coming close a reset.
     fn abort(&mut self);

@@ -20,7 +20,8 @@ use ward_identity::{identity_from_cert, IdentityError, SpiffeId};
 use crate::store::{CertStore, TrustBundle};
 
 /// Most certificates a peer may present (leaf included). Ward chains are 1–3 long; a longer one
-/// is refused before any path building (threats.md §E, RUSTSEC-2023-0052/0053).
+/// is refused before any path building (RUSTSEC-2023-0052/0053; docs/threats.md, "Identities
+/// and certificate chains").
 pub(crate) const MAX_CHAIN_LEN: usize = 8;
 
 /// Why a peer's certificate was refused after (or instead of) webpki's checks. Carried inside
