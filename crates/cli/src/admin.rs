@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use ward_control::ControlPlane;
-use ward_proxy::certs::humantime_utc;
+use ward_proxy::humantime_utc;
 use ward_proxy::listener::{accept_loop, Caps, Gate, Kind};
 use ward_proxy::{Metrics, SidecarHandle};
 

@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::refusal::{Fault, ResponseFlag};
+
 /// Which way the connection flows, seen from the sidecar that reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Arriving at this workload.
     Inbound,
     /// Leaving this workload for a service.
@@ -16,7 +18,7 @@ pub enum Direction {
 
 impl Direction {
     /// The ztunnel spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
@@ -24,22 +26,9 @@ impl Direction {
     }
 }
 
-/// Who was at fault when a connection failed (pingora's error sources).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// The client side: bad handshake, protocol error, went away.
-    Downstream,
-    /// The server side: refused, reset, unreachable.
-    Upstream,
-    /// A policy decision closed or refused it.
-    Policy,
-    /// Ward itself (no certificate yet, bad state).
-    Internal,
-}
-
 /// Everything recorded about one connection.
 #[derive(Clone, Debug)]
-pub struct ConnRecord {
+pub(crate) struct ConnRecord {
     /// inbound or outbound.
     pub direction: Direction,
     /// The peer that opened the connection.
@@ -81,7 +70,7 @@ pub struct ConnRecord {
     /// Connection lifetime.
     pub duration: Duration,
     /// ztunnel-style flag: `-`, `DENY`, `CONNECT`, `TLS_FAILURE`, ...
-    pub response_flags: &'static str,
+    pub response_flags: ResponseFlag,
     /// Why it failed, when it failed.
     pub error: Option<String>,
     /// Who was at fault, when it failed.
@@ -90,7 +79,7 @@ pub struct ConnRecord {
 
 impl ConnRecord {
     /// A record with nothing known yet but the two ends.
-    pub fn new(direction: Direction, src_addr: SocketAddr, dst_addr: SocketAddr) -> Self {
+    pub(crate) fn new(direction: Direction, src_addr: SocketAddr, dst_addr: SocketAddr) -> Self {
         ConnRecord {
             direction,
             src_addr,
@@ -112,23 +101,15 @@ impl ConnRecord {
             bytes_sent: 0,
             bytes_recv: 0,
             duration: Duration::ZERO,
-            response_flags: "-",
+            response_flags: ResponseFlag::None,
             error: None,
             fault: None,
         }
     }
 
-    /// Mark the record failed.
-    pub fn fail(&mut self, fault: Fault, flags: &'static str, error: impl std::fmt::Display) {
-        self.fault = Some(fault);
-        self.response_flags = flags;
-        self.error = Some(error.to_string());
-    }
-
     /// Emit the record: "connection complete" or, when it failed before carrying data,
     /// "connection failed" (ztunnel's two messages).
-    pub fn emit(&self) {
-        let fault = self.fault.map(|f| format!("{f:?}").to_lowercase());
+    pub(crate) fn emit(&self) {
         macro_rules! ev {
             ($lvl:expr, $msg:literal) => {
                 tracing::event!(
@@ -154,9 +135,9 @@ impl ConnRecord {
                     bytes_sent = self.bytes_sent,
                     bytes_recv = self.bytes_recv,
                     duration_ms = self.duration.as_secs_f64() * 1000.0,
-                    response_flags = self.response_flags,
+                    response_flags = self.response_flags.as_str(),
                     error = self.error.as_deref(),
-                    fault = fault.as_deref(),
+                    fault = self.fault.map(Fault::as_str),
                     $msg
                 )
             };

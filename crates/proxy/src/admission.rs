@@ -10,6 +10,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use ward_policy::NormalizedPath;
 
+use crate::refusal::{Refusal, ResponseFlag};
+
 /// Headers a client must never be able to set: identity and internal headers are the sidecar's
 /// alone (Envoy sanitizes the same set at the edge of the mesh).
 const SPOOFABLE: &[&str] = &[
@@ -49,22 +51,8 @@ const MAX_AUTHORITY_LEN: usize = 261;
 
 /// A request Ward answers itself, before policy: a status, a short body for the client and the
 /// access log's `response_code_details`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Refused {
-    /// The status sent to the client.
-    pub(crate) status: StatusCode,
-    /// The body sent to the client.
-    pub(crate) body: &'static str,
-    /// `response_code_details` in the access log.
-    pub(crate) detail: &'static str,
-}
-
-const fn refused(status: StatusCode, body: &'static str, detail: &'static str) -> Refused {
-    Refused {
-        status,
-        body,
-        detail,
-    }
+fn refused(status: StatusCode, body: &'static str, detail: &'static str) -> Refusal {
+    Refusal::downstream(ResponseFlag::None, detail).with_reply(status, body)
 }
 
 /// What a request is, as authorized and as forwarded.
@@ -111,7 +99,7 @@ pub(crate) struct HeaderRules {
 ///   control characters: 400.
 /// - **Path**: [`ward_policy::normalize`]; refused forms are 400.
 /// - **Header names** with `_`: 400 (`x_user` vs `x-user` ambiguity in CGI-style servers).
-pub(crate) fn admit(head: &RequestHead<'_>) -> Result<Admitted, Refused> {
+pub(crate) fn admit(head: &RequestHead<'_>) -> Result<Admitted, Refusal> {
     let method = head.method;
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(refused(
@@ -152,7 +140,7 @@ pub(crate) fn admit(head: &RequestHead<'_>) -> Result<Admitted, Refused> {
     })
 }
 
-fn authority(head: &RequestHead<'_>) -> Result<String, Refused> {
+fn authority(head: &RequestHead<'_>) -> Result<String, Refusal> {
     let bad_host = refused(
         StatusCode::BAD_REQUEST,
         "invalid Host header\n",
@@ -344,7 +332,7 @@ mod tests {
 
     type Parts = http::request::Parts;
 
-    fn run(p: &Parts) -> Result<Admitted, Refused> {
+    fn run(p: &Parts) -> Result<Admitted, Refusal> {
         admit(&RequestHead {
             method: &p.method,
             uri: &p.uri,
@@ -353,9 +341,9 @@ mod tests {
         })
     }
 
-    fn detail(p: &Parts) -> &'static str {
+    fn detail(p: &Parts) -> String {
         match run(p) {
-            Ok(_) => "ok",
+            Ok(_) => "ok".to_owned(),
             Err(r) => r.detail,
         }
     }

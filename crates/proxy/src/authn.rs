@@ -28,7 +28,7 @@ const MAX_JWKS_BODY: usize = 256 * 1024;
 const _: () = assert!(ward_config::HBONE_PORT == ward_hbone::HBONE_PORT);
 
 /// The authentication state of one sidecar.
-pub struct AuthnState {
+pub(crate) struct AuthnState {
     /// The authenticator for the rules it was built from; rebuilt when the rules change.
     /// Written by whichever request first sees new rules; read by every request.
     current: Mutex<Option<(Vec<JwtRule>, Arc<Authenticator>)>>,
@@ -59,7 +59,7 @@ impl AuthnState {
     /// The authenticator for `rules`; `None` when there are none (no RequestAuthentication).
     /// Rules that fail to compile were refused by the control plane already; should one slip
     /// through, every request with a token is refused (see [`AuthnState::keys`]).
-    pub fn authenticator(&self, rules: &[JwtRule]) -> Option<Arc<Authenticator>> {
+    pub(crate) fn authenticator(&self, rules: &[JwtRule]) -> Option<Arc<Authenticator>> {
         if rules.is_empty() {
             return None;
         }
@@ -84,12 +84,12 @@ impl AuthnState {
     }
 
     /// The current key set of `issuer`, if one was ever fetched.
-    pub fn keys(&self, issuer: &str) -> Option<Arc<Jwks>> {
+    pub(crate) fn keys(&self, issuer: &str) -> Option<Arc<Jwks>> {
         self.cache.lock().ok()?.keys(issuer)
     }
 
     /// A token named a `kid` the cached keys lack: let the fetch task look again (rate-limited).
-    pub fn note_unknown_kid(&self, issuer: &str) {
+    pub(crate) fn note_unknown_kid(&self, issuer: &str) {
         let now = self.now_ms();
         if let Ok(mut c) = self.cache.lock() {
             c.note_unknown_kid(issuer, now);
@@ -98,7 +98,7 @@ impl AuthnState {
     }
 
     /// Seconds since each issuer's keys were fetched, for the metric.
-    pub fn ages(&self, issuers: &[String]) -> Vec<(String, Option<u64>)> {
+    pub(crate) fn ages(&self, issuers: &[String]) -> Vec<(String, Option<u64>)> {
         let now = self.now_ms();
         let Ok(c) = self.cache.lock() else {
             return Vec::new();
@@ -113,7 +113,7 @@ impl AuthnState {
 /// Keep every issuer's keys fresh for as long as the sidecar runs. `process_listeners` are
 /// Ward's listeners outside this sidecar (the admin API): with the sidecar's own, no fetch may
 /// reach them.
-pub async fn run_fetcher(
+pub(crate) async fn run_fetcher(
     state: Arc<AuthnState>,
     mut config: watch::Receiver<Arc<ProxyConfig>>,
     process_listeners: Vec<OwnListener>,

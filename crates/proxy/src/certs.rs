@@ -50,7 +50,7 @@ async fn refresh(store: &CertStore, ca: &dyn CertificateProvider) -> Result<Work
 }
 
 /// Keep `store` supplied with a valid certificate until the task is dropped.
-pub async fn run_rotation(store: Arc<CertStore>, ca: Arc<dyn CertificateProvider>) {
+pub(crate) async fn run_rotation(store: Arc<CertStore>, ca: Arc<dyn CertificateProvider>) {
     let mut delay = RETRY_MIN;
     loop {
         match refresh(&store, ca.as_ref()).await {

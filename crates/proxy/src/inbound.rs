@@ -6,8 +6,10 @@
 //!   port's effective PeerAuthentication is PERMISSIVE or DISABLE; under STRICT the connection is
 //!   reset at once (Istio: "plaintext → connection reset").
 //!
-//! Both paths decide with [`authorize`] (pure) and then act. The same function re-checks open
-//! connections when the config changes.
+//! Every connection goes the same way: accept, describe it ([`InboundConn`]), decide it with
+//! [`authorize`] (pure), then carry the decision out (refuse, splice to the app, or serve HTTP
+//! per request in [`crate::inbound_http`]) and finish its [`ConnResult`]. The same pure
+//! functions re-check open connections when the config changes ([`recheck`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +20,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use ward_config::{InboundPort, ProxyConfig};
 use ward_hbone::{parse_authority, ConnectRequest, H2Settings};
-use ward_policy::{Decision, MtlsMode, Peer};
+use ward_policy::{Decision, MtlsMode};
 use ward_tls::PeerInfo;
 
-use crate::access_log::{ConnRecord, Direction, Fault};
-use crate::conntrack::{CloseOrder, ConnFacts, ConnTracker};
-use crate::http::HttpConn;
+use crate::access_log::{ConnRecord, Direction};
+use crate::connection::{ConnResult, End, InboundConn};
+use crate::conntrack::{Authorized, ConnTracker};
 use crate::listener::{Gate, Permit};
 use crate::metrics::Metrics;
+use crate::refusal::{deciding_rule, Refusal, ResponseFlag};
 use crate::splice::{splice, Abort, SpliceEnd};
 use crate::upstream::Upstreams;
 
@@ -36,62 +39,19 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outcome of authorizing one inbound connection.
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Serve it; the decision says which policy allowed it.
     Allow(Decision),
     /// An HTTP port: the connection is accepted and each request is decided on its own.
     PerRequest,
-    /// The port is not one this workload serves.
-    UnknownPort,
-    /// Plaintext on a STRICT port.
-    PlaintextRefused {
-        /// The PeerAuthentication that made the port STRICT, if any (else Ward's default).
-        policy: Option<String>,
+    /// Refuse it. `decision` is the AuthorizationPolicy decision when one was made (its AUDIT
+    /// and dry-run results are logged either way).
+    Refuse {
+        /// Why, and the status an HBONE `CONNECT` is answered with.
+        refusal: Refusal,
+        /// The authorization decision, when it was one.
+        decision: Option<Decision>,
     },
-    /// mTLS on a DISABLE port ("DISABLE means plaintext only").
-    MtlsRefused {
-        /// The PeerAuthentication that made the port DISABLE.
-        policy: Option<String>,
-    },
-    /// An AuthorizationPolicy denied it.
-    Denied(Decision),
-}
-
-impl Verdict {
-    /// The close order to give an open connection that this verdict now refuses.
-    pub fn close_order(&self) -> Option<CloseOrder> {
-        let (policy, rule, detail) = match self {
-            Verdict::Allow(_) | Verdict::PerRequest => return None,
-            Verdict::UnknownPort => (None, None, "port no longer served".to_owned()),
-            Verdict::PlaintextRefused { policy } => (
-                policy.clone(),
-                None,
-                "peer_authentication_strict".to_owned(),
-            ),
-            Verdict::MtlsRefused { policy } => (
-                policy.clone(),
-                None,
-                "peer_authentication_disable".to_owned(),
-            ),
-            Verdict::Denied(d) => {
-                let (policy, rule) = deciding_rule(d);
-                (policy, rule, d.response_detail())
-            }
-        };
-        Some(CloseOrder {
-            policy,
-            rule,
-            detail,
-        })
-    }
-}
-
-/// The policy and rule that decided, for logs.
-pub fn deciding_rule(d: &Decision) -> (Option<String>, Option<usize>) {
-    match d.deciding_rule() {
-        Some(r) => (Some(r.policy.to_string()), Some(r.rule)),
-        None => (d.deciding_policy().map(|p| p.to_string()), None),
-    }
 }
 
 fn find_port(cfg: &ProxyConfig, port: u16) -> Option<&InboundPort> {
@@ -99,75 +59,77 @@ fn find_port(cfg: &ProxyConfig, port: u16) -> Option<&InboundPort> {
 }
 
 /// Decide an inbound connection against a config. Pure: no sockets, no clock.
-pub fn authorize(cfg: &ProxyConfig, facts: &ConnFacts) -> Verdict {
-    let Some(port) = find_port(cfg, facts.destination_port) else {
-        return Verdict::UnknownPort;
+///
+/// The answers to an HBONE `CONNECT` are ztunnel's: 400 for an authority that is not this
+/// workload's port, 401 for a refusal by policy.
+pub(crate) fn authorize(cfg: &ProxyConfig, conn: &InboundConn) -> Verdict {
+    let refuse = |refusal: Refusal| Verdict::Refuse {
+        refusal,
+        decision: None,
     };
-    if facts.destination_ip != cfg.workload.address {
-        return Verdict::UnknownPort;
-    }
+    let port = match find_port(cfg, conn.dst.port()) {
+        Some(port) if conn.dst.ip() == cfg.workload.address => port,
+        _ => {
+            return refuse(
+                Refusal::downstream(
+                    ResponseFlag::Connect,
+                    format!("{} is not served by this workload", conn.dst),
+                )
+                .with_status(StatusCode::BAD_REQUEST),
+            )
+        }
+    };
     let pa = port.mtls_policy.as_ref().map(|p| p.to_string());
-    match (port.mtls, facts.peer.is_some()) {
-        (MtlsMode::Strict, false) => return Verdict::PlaintextRefused { policy: pa },
-        (MtlsMode::Disable, true) => return Verdict::MtlsRefused { policy: pa },
-        _ => {}
+    let mtls_refusal = match (port.mtls, conn.peer.is_some()) {
+        (MtlsMode::Strict, false) => Some("peer_authentication_strict"),
+        (MtlsMode::Disable, true) => Some("peer_authentication_disable"),
+        _ => None,
+    };
+    if let Some(detail) = mtls_refusal {
+        return refuse(Refusal::policy(pa, None, detail).with_status(StatusCode::UNAUTHORIZED));
     }
     if port.protocol.is_http() {
         return Verdict::PerRequest;
     }
-    let decision = cfg.authz.evaluate_l4(&facts.l4());
+    let decision = cfg.authz.evaluate_l4(&conn.l4());
     if decision.is_allowed() {
         Verdict::Allow(decision)
     } else {
-        Verdict::Denied(decision)
+        Verdict::Refuse {
+            refusal: Refusal::denied_by(&decision).with_status(StatusCode::UNAUTHORIZED),
+            decision: Some(decision),
+        }
     }
 }
 
 /// Re-decide an open connection after a config change: `Some` says why it must close now.
 /// An upgraded HTTP connection (WebSocket…) is decided again as the request that upgraded it;
 /// other connections on HTTP ports are decided per request and stay open.
-pub fn recheck(cfg: &ProxyConfig, facts: &ConnFacts) -> Option<CloseOrder> {
-    match (authorize(cfg, facts), &facts.request) {
+pub(crate) fn recheck(cfg: &ProxyConfig, open: &Authorized) -> Option<Refusal> {
+    match (authorize(cfg, &open.conn), &open.request) {
         (Verdict::PerRequest, Some(request)) => {
-            let decision = cfg.authz.evaluate_http(&request.attributes(facts));
-            if decision.is_allowed() {
-                return None;
-            }
-            let (policy, rule) = deciding_rule(&decision);
-            Some(CloseOrder {
-                policy,
-                rule,
-                detail: decision.response_detail(),
-            })
+            let decision = cfg.authz.evaluate_http(&request.attributes(&open.conn));
+            (!decision.is_allowed()).then(|| Refusal::denied_by(&decision))
         }
-        (verdict, _) => verdict.close_order(),
+        (Verdict::Allow(_) | Verdict::PerRequest, _) => None,
+        (Verdict::Refuse { refusal, .. }, _) => Some(refusal),
     }
 }
 
-/// Turn a verified TLS peer into the policy engine's `Peer`.
-pub fn policy_peer(info: &PeerInfo) -> Option<Peer> {
-    info.identity.as_ref().map(|id| Peer {
-        principal: id.principal(),
-        trust_domain: id.trust_domain().to_owned(),
-        namespace: id.namespace().to_owned(),
-        service_account: id.service_account().to_owned(),
-    })
-}
-
 /// What every inbound task of one sidecar shares.
-pub struct InboundCtx {
+pub(crate) struct InboundCtx {
     /// The sidecar's current config (sender: the sidecar's config task).
-    pub config: watch::Receiver<Arc<ProxyConfig>>,
+    pub(crate) config: watch::Receiver<Arc<ProxyConfig>>,
     /// Open connections, for re-checks.
-    pub tracker: Arc<ConnTracker>,
+    pub(crate) tracker: Arc<ConnTracker>,
     /// Process-wide metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Our own SPIFFE id, for logs and XFCC `By=`.
-    pub identity: String,
+    pub(crate) identity: String,
     /// HTTP clients toward the apps, for HTTP ports.
-    pub upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     /// End-user authentication (RequestAuthentication) state.
-    pub authn: Arc<crate::authn::AuthnState>,
+    pub(crate) authn: Arc<crate::authn::AuthnState>,
 }
 
 impl InboundCtx {
@@ -175,114 +137,122 @@ impl InboundCtx {
         format!("{}/{}", cfg.workload.namespace, cfg.workload.name)
     }
 
-    fn base_record(&self, cfg: &ProxyConfig, src: SocketAddr, dst: SocketAddr) -> ConnRecord {
+    /// The result of a connection accepted at `started`, from `src` to `dst`, with this
+    /// workload as the destination.
+    fn result(
+        &self,
+        cfg: &ProxyConfig,
+        src: SocketAddr,
+        dst: SocketAddr,
+        started: Instant,
+    ) -> ConnResult {
         let mut rec = ConnRecord::new(Direction::Inbound, src, dst);
         rec.dst_workload = Some(Self::workload_key(cfg));
         rec.dst_namespace = Some(cfg.workload.namespace.clone());
         rec.dst_identity = Some(self.identity.clone());
-        rec
+        ConnResult::new_at(rec, self.metrics.clone(), started)
     }
 
-    fn note_decision(&self, cfg: &ProxyConfig, rec: &mut ConnRecord, verdict: &Verdict) {
-        if let Verdict::PerRequest = verdict {
-            // Decided per request (see `http`); the connection record carries no decision.
-            return;
-        }
-        let (allowed, policy, rule, detail) = match verdict {
+    /// Record and count the verdict's authorization decision, with what AUDIT and dry-run
+    /// policies said.
+    fn note_decision(&self, cfg: &ProxyConfig, result: &mut ConnResult, verdict: &Verdict) {
+        let (allowed, policy) = match verdict {
+            Verdict::PerRequest => return, // decided per request (see `inbound_http`)
             Verdict::Allow(d) => {
-                let (p, r) = deciding_rule(d);
-                (true, p, r, None)
+                let (policy, rule) = deciding_rule(d);
+                let rec = result.record();
+                rec.authz_decision = Some("allow");
+                rec.authz_policy = policy.clone();
+                rec.authz_rule = rule;
+                (true, policy)
             }
-            other => {
-                let order = other.close_order();
-                let (p, r, det) = order
-                    .map(|o| (o.policy, o.rule, Some(o.detail)))
-                    .unwrap_or((None, None, None));
-                (false, p, r, det)
+            Verdict::Refuse { refusal, .. } if refusal.by_policy() => {
+                (false, refusal.policy.clone())
             }
+            Verdict::Refuse { .. } => return,
         };
-        rec.authz_decision = Some(if allowed { "allow" } else { "deny" });
-        rec.authz_policy = policy.clone();
-        rec.authz_rule = rule;
-        rec.authz_detail = detail;
-        if let Verdict::Allow(d) | Verdict::Denied(d) = verdict {
+        if let Verdict::Allow(d)
+        | Verdict::Refuse {
+            decision: Some(d), ..
+        } = verdict
+        {
+            let rec = result.record();
             log_dry_run_and_audit(d, rec.src_addr, rec.src_identity.as_deref(), rec.dst_addr);
         }
         self.metrics
             .decision(allowed, policy.as_deref(), &Self::workload_key(cfg));
     }
 
-    /// Connect to the app, then splice and record. `downstream` is the plaintext socket.
-    async fn serve_allowed<S>(
+    /// Serve an HTTP connection (tunnel or plaintext socket), tracked so that a PeerAuthentication
+    /// change can still close it; its requests are decided one by one in
+    /// [`crate::inbound_http`].
+    async fn serve_http<S>(self: &Arc<Self>, conn: Arc<InboundConn>, io: S, mut result: ConnResult)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
+    {
+        let (guard, close) = self.tracker.register(Authorized {
+            conn: conn.clone(),
+            request: None,
+        });
+        result.opened();
+        let end = tokio::select! {
+            upgraded = crate::inbound_http::serve(io, self.clone(), conn) => match upgraded {
+                Some(end) => splice_end(end),
+                None => End::Served { sent: 0, recv: 0 },
+            },
+            order = close => match order {
+                Ok(refusal) => End::Refused(refusal),
+                Err(_) => End::Served { sent: 0, recv: 0 },
+            },
+        };
+        drop(guard);
+        result.finish(end);
+    }
+
+    /// Splice an authorized connection to the app, tracked so that a policy change can close
+    /// it.
+    async fn serve_spliced<S>(
         &self,
-        cfg: &ProxyConfig,
-        facts: ConnFacts,
-        downstream: S,
-        mut rec: ConnRecord,
-        started: Instant,
+        conn: Arc<InboundConn>,
+        mut downstream: S,
+        mut upstream: TcpStream,
+        mut result: ConnResult,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
     {
-        let Some(port) = find_port(cfg, facts.destination_port) else {
-            return;
-        };
-        match connect_app(port.target).await {
-            Ok(upstream) => {
-                self.serve_connected(facts, downstream, upstream, rec, started)
-                    .await
-            }
-            Err(e) => {
-                rec.fail(Fault::Upstream, "CONNECT", e);
-                rec.duration = started.elapsed();
-                rec.emit();
-                self.metrics.record(&rec, false);
-            }
-        }
+        let _ = upstream.set_nodelay(true);
+        let (guard, close) = self.tracker.register(Authorized {
+            conn,
+            request: None,
+        });
+        result.opened();
+        let end = splice(&mut downstream, &mut upstream, Some(close)).await;
+        drop(guard);
+        result.finish(splice_end(end));
     }
 }
 
-impl InboundCtx {
-    /// Serve an HTTP connection (tunnel or plaintext socket), tracked so that a PeerAuthentication
-    /// change can still close it; its requests are decided one by one in [`crate::http`].
-    async fn serve_http<S>(
-        self: &Arc<Self>,
-        facts: ConnFacts,
-        io: S,
-        conn: HttpConn,
-        mut rec: ConnRecord,
-        started: Instant,
-    ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
-    {
-        let (guard, close) = self.tracker.register(facts);
-        self.metrics.conn_open(&rec);
-        tokio::select! {
-            upgraded = crate::http::serve(io, self.clone(), Arc::new(conn)) => match upgraded {
-                Some(SpliceEnd::Done(recv, sent)) => {
-                    rec.bytes_recv = recv;
-                    rec.bytes_sent = sent;
-                }
-                Some(SpliceEnd::Failed(e)) => rec.fail(Fault::Downstream, "-", e),
-                Some(SpliceEnd::Closed(order)) => self.closed_by_policy(&mut rec, order),
-                None => {}
-            },
-            order = close => if let Ok(order) = order {
-                rec.fail(Fault::Policy, "DENY", format_args!("closed by policy change: {}", order.detail));
-            },
+/// A splice's end as a connection's end. A failed side is blamed on the downstream, as no side
+/// can be told apart once both are aborted.
+pub(crate) fn splice_end(end: SpliceEnd) -> End {
+    match end {
+        SpliceEnd::Done(recv, sent) => End::Served { sent, recv },
+        SpliceEnd::Failed(e) => {
+            End::Refused(Refusal::downstream(ResponseFlag::None, e.to_string()))
         }
-        drop(guard);
-        rec.duration = started.elapsed();
-        rec.emit();
-        self.metrics.record(&rec, true);
+        SpliceEnd::Closed(refusal) => End::Refused(refusal),
     }
 }
 
 /// Connect to the app behind the sidecar.
-async fn connect_app(target: SocketAddr) -> Result<TcpStream, String> {
+async fn connect_app(target: SocketAddr) -> Result<TcpStream, Refusal> {
+    let failed = |why: String| {
+        Refusal::upstream(ResponseFlag::Connect, why).with_status(StatusCode::SERVICE_UNAVAILABLE)
+    };
     match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(format!("connect to app at {target} failed: {e}")),
-        Err(_) => Err(format!("connect to app at {target} timed out")),
+        Ok(Err(e)) => Err(failed(format!("connect to app at {target} failed: {e}"))),
+        Err(_) => Err(failed(format!("connect to app at {target} timed out"))),
     }
 }
 
@@ -304,7 +274,7 @@ pub(crate) fn log_dry_run_and_audit(
 
 /// Serve HBONE connections accepted on `listener`, as `gate` admits them, until `shutdown` flips
 /// to true.
-pub async fn run_hbone(
+pub(crate) async fn run_hbone(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<InboundCtx>,
@@ -315,7 +285,7 @@ pub async fn run_hbone(
     let stop = shutdown.clone();
     crate::listener::accept_loop(listener, gate, stop, move |tcp, src, permit| {
         let _ = tcp.set_nodelay(true);
-        handle_hbone_conn(
+        serve_hbone_connection(
             acceptor.clone(),
             tcp,
             src,
@@ -327,9 +297,10 @@ pub async fn run_hbone(
     .await
 }
 
+/// One HBONE connection: the TLS handshake, then its `CONNECT` streams until it closes.
 /// `permit` holds the connection's place at the listener until it ends; it counts as a handshake
 /// until the TLS handshake completes.
-async fn handle_hbone_conn(
+async fn serve_hbone_connection(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     src: SocketAddr,
@@ -337,9 +308,18 @@ async fn handle_hbone_conn(
     ctx: Arc<InboundCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let accepted = Instant::now();
     let local = tcp.local_addr().unwrap_or(src);
     let tcp = crate::hbone_io(tcp);
     let accept = acceptor.accept(tcp).into_fallible();
+    let handshake_failed = |error: String| {
+        let cfg = ctx.config.borrow().clone();
+        ctx.result(&cfg, src, local, accepted)
+            .finish(End::Refused(Refusal::downstream(
+                ResponseFlag::TlsFailure,
+                error,
+            )));
+    };
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => {
             permit.handshake_done();
@@ -347,190 +327,106 @@ async fn handle_hbone_conn(
         }
         Ok(Err((e, mut io))) => {
             crate::send_buffered_alert(&mut io).await;
-            return tls_failure(&ctx, src, local, e.to_string());
+            return handshake_failed(e.to_string());
         }
-        Err(_) => return tls_failure(&ctx, src, local, "TLS handshake timed out".to_owned()),
+        Err(_) => return handshake_failed("TLS handshake timed out".to_owned()),
     };
     let info = ward_tls::peer_info(tls.get_ref().1);
-    let handler = {
+    let streams = {
         let ctx = ctx.clone();
         move |req: ConnectRequest| {
             let ctx = ctx.clone();
             let info = info.clone();
-            async move { handle_connect(ctx, req, src, info).await }
+            async move { serve_connect(ctx, req, src, info).await }
         }
     };
     let shutdown = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = ward_hbone::serve(tls, H2Settings::default(), handler, shutdown).await {
+    if let Err(e) = ward_hbone::serve(tls, H2Settings::default(), streams, shutdown).await {
         tracing::debug!(src.addr = %src, error = %e, "hbone connection ended with an error");
     }
 }
 
-fn tls_failure(ctx: &InboundCtx, src: SocketAddr, local: SocketAddr, error: String) {
+/// One HBONE `CONNECT` stream: decide it, answer it (a refusal's status, or 200 once the app is
+/// reached), and serve it.
+async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAddr, info: PeerInfo) {
     let cfg = ctx.config.borrow().clone();
-    let mut rec = ctx.base_record(&cfg, src, local);
-    rec.fail(Fault::Downstream, "TLS_FAILURE", error);
-    rec.emit();
-    ctx.metrics.record(&rec, false);
-}
-
-async fn handle_connect(
-    ctx: Arc<InboundCtx>,
-    req: ConnectRequest,
-    src: SocketAddr,
-    info: PeerInfo,
-) {
-    let started = Instant::now();
-    let cfg = ctx.config.borrow().clone();
+    let unparsed = SocketAddr::new(cfg.workload.address, 0);
+    let mut result = ctx.result(&cfg, src, unparsed, Instant::now());
+    let refuse = |req: ConnectRequest, result: ConnResult, refusal: Refusal| {
+        req.reject(refusal.status.unwrap_or(StatusCode::UNAUTHORIZED));
+        result.finish(End::Refused(refusal));
+    };
     let dst = match parse_authority(req.authority()) {
         Ok(a) => a,
         Err(e) => {
-            let mut rec = ctx.base_record(&cfg, src, SocketAddr::new(cfg.workload.address, 0));
-            rec.fail(
-                Fault::Downstream,
-                "CONNECT",
-                format_args!("bad CONNECT authority: {e}"),
+            // ztunnel: a bad authority → 400.
+            let why = format!("bad CONNECT authority: {e}");
+            return refuse(
+                req,
+                result,
+                Refusal::downstream(ResponseFlag::Connect, why)
+                    .with_status(StatusCode::BAD_REQUEST),
             );
-            rec.emit();
-            req.reject(StatusCode::BAD_REQUEST);
-            return;
         }
     };
-    let mut rec = ctx.base_record(&cfg, src, dst);
-    rec.src_identity = info.identity.as_ref().map(|i| i.to_string());
-    rec.src_namespace = info.identity.as_ref().map(|i| i.namespace().to_owned());
-    rec.tls_version = Some(info.tls_version.to_owned());
-    rec.tls_kx_group = Some(info.kx_group.clone());
-    let facts = ConnFacts {
-        peer: policy_peer(&info),
-        source_ip: src.ip(),
-        destination_ip: dst.ip(),
-        destination_port: dst.port(),
-        request: None,
-    };
-    if facts.peer.is_none() {
+    let conn = Arc::new(InboundConn::mtls(&info, src, dst));
+    conn.describe(result.record());
+    if conn.peer.is_none() {
         // The server config requires a client certificate; no identity here is a bug upstream.
-        rec.fail(
-            Fault::Internal,
-            "IDENTITY_ERROR",
+        let refusal = Refusal::internal(
+            ResponseFlag::IdentityError,
             "mTLS peer without a SPIFFE identity",
         );
-        rec.emit();
-        req.reject(StatusCode::UNAUTHORIZED);
-        return;
+        return refuse(req, result, refusal);
     }
-    let verdict = authorize(&cfg, &facts);
-    ctx.note_decision(&cfg, &mut rec, &verdict);
-    let per_request = matches!(verdict, Verdict::PerRequest);
+    let verdict = authorize(&cfg, &conn);
+    ctx.note_decision(&cfg, &mut result, &verdict);
     match verdict {
-        Verdict::Allow(_) | Verdict::PerRequest => {}
-        Verdict::UnknownPort => {
-            // ztunnel: a bad authority or an address that is not the local workload → 400.
-            rec.fail(
-                Fault::Downstream,
-                "CONNECT",
-                format_args!("{dst} is not served by this workload"),
-            );
-            rec.emit();
-            ctx.metrics.record(&rec, false);
-            req.reject(StatusCode::BAD_REQUEST);
-            return;
-        }
-        refused => {
-            // ztunnel: authorization deny → 401.
-            let why = refused.close_order().map(|o| o.detail).unwrap_or_default();
-            rec.fail(Fault::Policy, "DENY", format_args!("denied: {why}"));
-            rec.duration = started.elapsed();
-            rec.emit();
-            ctx.metrics.record(&rec, false);
-            req.reject(StatusCode::UNAUTHORIZED);
-            return;
+        Verdict::Refuse { refusal, .. } => refuse(req, result, refusal),
+        Verdict::PerRequest => match req.accept() {
+            Ok(tunnel) => ctx.serve_http(conn, tunnel, result).await,
+            Err(e) => result.finish(End::Refused(Refusal::downstream(
+                ResponseFlag::None,
+                e.to_string(),
+            ))),
+        },
+        Verdict::Allow(_) => {
+            // Connect to the app before answering 200, so a dead app is a 503, not an empty
+            // tunnel.
+            let upstream = match app_target(&cfg, &conn) {
+                Ok(target) => connect_app(target).await,
+                Err(refusal) => Err(refusal),
+            };
+            let upstream = match upstream {
+                Ok(s) => s,
+                Err(refusal) => return refuse(req, result, refusal),
+            };
+            match req.accept() {
+                Ok(tunnel) => ctx.serve_spliced(conn, tunnel, upstream, result).await,
+                Err(e) => result.finish(End::Refused(Refusal::downstream(
+                    ResponseFlag::None,
+                    e.to_string(),
+                ))),
+            }
         }
     }
-    if per_request {
-        let Ok(tunnel) = req.accept() else { return };
-        let conn = HttpConn {
-            peer: facts.peer.clone(),
-            peer_id: rec.src_identity.clone(),
-            peer_cert_hash: info.cert_sha256.clone(),
-            src,
-            dst,
-        };
-        return ctx.serve_http(facts, tunnel, conn, rec, started).await;
-    }
-    // Connect to the app before answering 200, so a dead app is a 503, not an empty tunnel.
-    let Some(port) = find_port(&cfg, dst.port()) else {
-        return;
-    };
-    let upstream = match connect_app(port.target).await {
-        Ok(s) => s,
-        Err(e) => {
-            rec.fail(Fault::Upstream, "CONNECT", e);
-            rec.emit();
-            ctx.metrics.record(&rec, false);
-            req.reject(StatusCode::SERVICE_UNAVAILABLE);
-            return;
-        }
-    };
-    let tunnel = match req.accept() {
-        Ok(t) => t,
-        Err(e) => {
-            rec.fail(Fault::Downstream, "-", e);
-            rec.emit();
-            ctx.metrics.record(&rec, false);
-            return;
-        }
-    };
-    ctx.serve_connected(facts, tunnel, upstream, rec, started)
-        .await;
 }
 
-impl InboundCtx {
-    async fn serve_connected<S>(
-        &self,
-        facts: ConnFacts,
-        mut downstream: S,
-        mut upstream: TcpStream,
-        mut rec: ConnRecord,
-        started: Instant,
-    ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
-    {
-        let _ = upstream.set_nodelay(true);
-        let (guard, close) = self.tracker.register(facts);
-        self.metrics.conn_open(&rec);
-        match splice(&mut downstream, &mut upstream, Some(close)).await {
-            SpliceEnd::Done(recv, sent) => {
-                rec.bytes_recv = recv;
-                rec.bytes_sent = sent;
-            }
-            SpliceEnd::Failed(e) => rec.fail(Fault::Downstream, "-", e),
-            SpliceEnd::Closed(order) => self.closed_by_policy(&mut rec, order),
-        }
-        drop(guard);
-        rec.duration = started.elapsed();
-        rec.emit();
-        self.metrics.record(&rec, true);
-    }
-
-    fn closed_by_policy(&self, rec: &mut ConnRecord, order: CloseOrder) {
-        rec.authz_decision = Some("deny");
-        rec.authz_policy = order.policy;
-        rec.authz_rule = order.rule;
-        rec.authz_detail = Some(order.detail.clone());
-        rec.fail(
-            Fault::Policy,
-            "DENY",
-            format_args!("closed by policy change: {}", order.detail),
-        );
-    }
+/// The app address behind the port `conn` is for.
+fn app_target(cfg: &ProxyConfig, conn: &InboundConn) -> Result<SocketAddr, Refusal> {
+    find_port(cfg, conn.dst.port())
+        .map(|p| p.target)
+        .ok_or_else(|| {
+            Refusal::internal(ResponseFlag::NoRoute, "port no longer served")
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        })
 }
 
 /// Serve the plaintext side of one workload port, as `gate` admits connections, until `shutdown`
 /// flips to true.
-pub async fn run_plaintext(
+pub(crate) async fn run_plaintext(
     listener: TcpListener,
     ctx: Arc<InboundCtx>,
     gate: Arc<Gate>,
@@ -539,62 +435,49 @@ pub async fn run_plaintext(
     crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
         let ctx = ctx.clone();
         async move {
-            handle_plaintext(ctx, tcp, src).await;
+            serve_plaintext(ctx, tcp, src).await;
             drop(permit);
         }
     })
     .await
 }
 
-async fn handle_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr) {
-    let started = Instant::now();
+/// One plaintext connection: decide it, then reset it, splice it to the app, or serve HTTP.
+async fn serve_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr) {
     let cfg = ctx.config.borrow().clone();
-    let Ok(dst) = tcp.local_addr() else { return };
-    let mut rec = ctx.base_record(&cfg, src, dst);
-    let facts = ConnFacts {
-        peer: None,
-        source_ip: src.ip(),
-        destination_ip: dst.ip(),
-        destination_port: dst.port(),
-        request: None,
+    let dst = tcp.local_addr().unwrap_or(src);
+    let mut result = ctx.result(&cfg, src, dst, Instant::now());
+    let conn = Arc::new(InboundConn::plaintext(src, dst));
+    let verdict = authorize(&cfg, &conn);
+    ctx.note_decision(&cfg, &mut result, &verdict);
+    let refusal = match verdict {
+        Verdict::PerRequest => return ctx.serve_http(conn, tcp, result).await,
+        Verdict::Allow(_) => {
+            let _ = tcp.set_nodelay(true);
+            let upstream = match app_target(&cfg, &conn) {
+                Ok(target) => connect_app(target).await,
+                Err(refusal) => Err(refusal),
+            };
+            match upstream {
+                Ok(upstream) => return ctx.serve_spliced(conn, tcp, upstream, result).await,
+                Err(refusal) => refusal,
+            }
+        }
+        Verdict::Refuse { refusal, .. } => refusal,
     };
-    let verdict = authorize(&cfg, &facts);
-    ctx.note_decision(&cfg, &mut rec, &verdict);
-    if let Verdict::PerRequest = verdict {
-        let conn = HttpConn {
-            peer: None,
-            peer_id: None,
-            peer_cert_hash: None,
-            src,
-            dst,
-        };
-        return ctx.serve_http(facts, tcp, conn, rec, started).await;
-    }
-    if let Verdict::Allow(_) = verdict {
-        let _ = tcp.set_nodelay(true);
-        return ctx.serve_allowed(&cfg, facts, tcp, rec, started).await;
-    }
-    let why = verdict.close_order().map(|o| o.detail).unwrap_or_default();
-    rec.fail(
-        Fault::Policy,
-        "DENY",
-        format_args!("plaintext refused: {why}"),
-    );
-    rec.duration = started.elapsed();
-    rec.emit();
-    ctx.metrics.record(&rec, false);
     // Reset rather than close: the client sees the connection refused at once (curl: exit 56).
     crate::reset_on_close(&tcp);
     drop(tcp);
+    result.finish(End::Refused(refusal));
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// srv at 127.9.0.10 serving 9000 (STRICT by a mesh policy unless `extra` says otherwise)
     /// and 9001 (PERMISSIVE by port), with `extra` documents appended.
-    fn config(extra: &str) -> ProxyConfig {
+    pub(crate) fn config(extra: &str) -> ProxyConfig {
         config_with_pa(PORT_B_PERMISSIVE, extra)
     }
 
@@ -627,18 +510,33 @@ spec:
         snap.proxies["app/srv"].clone()
     }
 
-    fn facts(peer: Option<(&str, &str)>, dst: &str, port: u16) -> ConnFacts {
-        ConnFacts {
-            peer: peer.map(|(ns, sa)| Peer {
-                principal: format!("cluster.local/ns/{ns}/sa/{sa}"),
-                trust_domain: "cluster.local".into(),
-                namespace: ns.into(),
-                service_account: sa.into(),
-            }),
-            source_ip: "127.9.0.1".parse().unwrap(),
-            destination_ip: dst.parse().unwrap(),
-            destination_port: port,
-            request: None,
+    pub(crate) fn conn(peer: Option<(&str, &str)>, dst: &str, port: u16) -> InboundConn {
+        let src: SocketAddr = "127.9.0.1:40000".parse().unwrap();
+        let dst = SocketAddr::new(dst.parse().unwrap(), port);
+        let mut conn = InboundConn::plaintext(src, dst);
+        conn.peer = peer.map(|(ns, sa)| ward_policy::Peer {
+            principal: format!("cluster.local/ns/{ns}/sa/{sa}"),
+            trust_domain: "cluster.local".into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+        });
+        conn
+    }
+
+    /// The verdict's kind, as the table names it.
+    fn kind(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Allow(_) => "allow",
+            Verdict::PerRequest => "per-request",
+            Verdict::Refuse { refusal, decision } => {
+                match (refusal.flag, refusal.detail.as_str()) {
+                    (ResponseFlag::Connect, _) => "unknown-port",
+                    (_, "peer_authentication_strict") => "plaintext-refused",
+                    (_, "peer_authentication_disable") => "mtls-refused",
+                    _ if decision.is_some() => "denied",
+                    _ => "other",
+                }
+            }
         }
     }
 
@@ -647,103 +545,109 @@ spec:
         let deny_other = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-other, namespace: app}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [other]}}]}]\n";
         let open = config("");
         let denying = config(deny_other);
-        let cases: Vec<(&str, &ProxyConfig, ConnFacts, &str)> = vec![
+        let cases: Vec<(&str, &ProxyConfig, InboundConn, &str)> = vec![
             (
                 "mTLS to a served port",
                 &open,
-                facts(Some(("app", "cli")), "127.9.0.10", 9000),
+                conn(Some(("app", "cli")), "127.9.0.10", 9000),
                 "allow",
             ),
             (
                 "HTTP port: decided per request",
                 &open,
-                facts(Some(("app", "cli")), "127.9.0.10", 9002),
+                conn(Some(("app", "cli")), "127.9.0.10", 9002),
                 "per-request",
             ),
             (
                 "HTTP port still enforces STRICT",
                 &open,
-                facts(None, "127.9.0.10", 9002),
+                conn(None, "127.9.0.10", 9002),
                 "plaintext-refused",
             ),
             (
                 "unknown port",
                 &open,
-                facts(Some(("app", "cli")), "127.9.0.10", 9999),
+                conn(Some(("app", "cli")), "127.9.0.10", 9999),
                 "unknown-port",
             ),
             // ztunnel hbone_ip_mismatch: the authority must be this workload's address.
             (
                 "authority is another IP",
                 &open,
-                facts(Some(("app", "cli")), "127.9.0.1", 9000),
+                conn(Some(("app", "cli")), "127.9.0.1", 9000),
                 "unknown-port",
             ),
             (
                 "plaintext on STRICT",
                 &open,
-                facts(None, "127.9.0.10", 9000),
+                conn(None, "127.9.0.10", 9000),
                 "plaintext-refused",
             ),
             (
                 "plaintext on port-level PERMISSIVE",
                 &open,
-                facts(None, "127.9.0.10", 9001),
+                conn(None, "127.9.0.10", 9001),
                 "allow",
             ),
             (
                 "DENY namespace matches",
                 &denying,
-                facts(Some(("other", "x")), "127.9.0.10", 9000),
+                conn(Some(("other", "x")), "127.9.0.10", 9000),
                 "denied",
             ),
             (
                 "DENY namespace, other caller",
                 &denying,
-                facts(Some(("app", "cli")), "127.9.0.10", 9000),
+                conn(Some(("app", "cli")), "127.9.0.10", 9000),
                 "allow",
             ),
             // Stricter than Istio: identity-less plaintext cannot dodge a DENY on namespaces.
             (
                 "DENY namespace vs plaintext",
                 &denying,
-                facts(None, "127.9.0.10", 9001),
+                conn(None, "127.9.0.10", 9001),
                 "denied",
             ),
         ];
-        for (name, cfg, f, want) in cases {
-            let got = match authorize(cfg, &f) {
-                Verdict::Allow(_) => "allow",
-                Verdict::PerRequest => "per-request",
-                Verdict::UnknownPort => "unknown-port",
-                Verdict::PlaintextRefused { .. } => "plaintext-refused",
-                Verdict::MtlsRefused { .. } => "mtls-refused",
-                Verdict::Denied(_) => "denied",
-            };
-            assert_eq!(got, want, "{name}");
+        for (name, cfg, c, want) in cases {
+            let verdict = authorize(cfg, &c);
+            assert_eq!(kind(&verdict), want, "{name}");
+            // Refusals answer a CONNECT as ztunnel does: 400 for the address, 401 for policy.
+            if let Verdict::Refuse { refusal, .. } = verdict {
+                let status = if want == "unknown-port" { 400 } else { 401 };
+                assert_eq!(refusal.status.map(|s| s.as_u16()), Some(status), "{name}");
+                assert_eq!(refusal.by_policy(), want != "unknown-port", "{name}");
+            }
         }
     }
 
     #[test]
-    fn disable_refuses_mtls_and_close_orders_name_the_policy() {
+    fn disable_refuses_mtls_and_refusals_name_the_policy() {
         let off = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: off, namespace: app}\nspec:\n  selector: {matchLabels: {app: srv}}\n  mtls: {mode: DISABLE}\n";
         let cfg = config_with_pa(off, "");
-        match authorize(&cfg, &facts(Some(("app", "cli")), "127.9.0.10", 9000)) {
-            Verdict::MtlsRefused { policy } => assert_eq!(policy.as_deref(), Some("app/off")),
+        match authorize(&cfg, &conn(Some(("app", "cli")), "127.9.0.10", 9000)) {
+            Verdict::Refuse { refusal, .. } => {
+                assert_eq!(refusal.detail, "peer_authentication_disable");
+                assert_eq!(refusal.policy.as_deref(), Some("app/off"));
+            }
             other => panic!("DISABLE must refuse mTLS, got {other:?}"),
         }
         assert!(matches!(
-            authorize(&cfg, &facts(None, "127.9.0.10", 9000)),
+            authorize(&cfg, &conn(None, "127.9.0.10", 9000)),
             Verdict::Allow(_)
         ));
-        let strict = authorize(&config(""), &facts(None, "127.9.0.10", 9000));
-        let order = strict.close_order().unwrap();
-        assert_eq!(order.policy.as_deref(), Some("app/port-b"));
-        assert_eq!(order.detail, "peer_authentication_strict");
-        assert!(
-            authorize(&config(""), &facts(Some(("a", "b")), "127.9.0.10", 9000))
-                .close_order()
-                .is_none()
-        );
+        let open = |c: InboundConn| Authorized {
+            conn: Arc::new(c),
+            request: None,
+        };
+        let closed = recheck(&config(""), &open(conn(None, "127.9.0.10", 9000))).unwrap();
+        assert_eq!(closed.policy.as_deref(), Some("app/port-b"));
+        assert_eq!(closed.detail, "peer_authentication_strict");
+        assert_eq!(closed.flag, ResponseFlag::Deny);
+        assert!(recheck(
+            &config(""),
+            &open(conn(Some(("a", "b")), "127.9.0.10", 9000))
+        )
+        .is_none());
     }
 }

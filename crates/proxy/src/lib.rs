@@ -1,41 +1,46 @@
 //! The data plane: one [`Sidecar`] per workload, serving that workload's address.
 //!
-//! A sidecar holds the workload's certificate (renewed on a timer, see [`certs`]), and carries out
+//! A sidecar holds the workload's certificate (renewed on a timer, see `certs`), and carries out
 //! the per-proxy [`ProxyConfig`] the control plane pushes to it:
-//! - [`inbound`]: HBONE (mTLS + HTTP/2 `CONNECT`) on `<workload-ip>:15008`, and the plaintext
+//! - `inbound`: HBONE (mTLS + HTTP/2 `CONNECT`) on `<workload-ip>:15008`, and the plaintext
 //!   service ports, where PeerAuthentication allows plaintext. Authorization is decided by the pure
 //!   `ward-policy` engine; this crate only carries the [`ward_policy::Decision`] out.
-//! - [`outbound`]: the Sidecar egress listeners the app dials; each connection is tunnelled over
-//!   a pooled HBONE connection ([`pool`]) to a chosen endpoint, or sent plaintext where the
+//! - `outbound`: the Sidecar egress listeners the app dials; each connection is tunnelled over
+//!   a pooled HBONE connection (`pool`) to a chosen endpoint, or sent plaintext where the
 //!   destination's PeerAuthentication is DISABLE (auto-mTLS).
-//! - [`http`]: on HTTP ports, each request is parsed, authenticated ([`authn`]: JWT per
-//!   RequestAuthentication), decided and forwarded on its own.
-//! - [`conntrack`]: open inbound connections, re-checked when policy changes.
+//! - `inbound_http`: on HTTP ports, each request goes through its phases (route, `admission`,
+//!   authenticate with the keys `jwks_fetch` keeps, authorize, forward over `upstream`).
+//! - `connection`: one inbound connection's facts, and the result every connection finishes
+//!   with (one access record, counted once); `refusal`: the one value for "no".
+//! - `conntrack`: open inbound connections, re-checked when policy changes.
 //! - [`listener`]: the one accept loop of every listener, with its admission caps and the
 //!   process-wide connection budget, so a flood on one listener cannot exhaust the descriptors.
-//! - [`access_log`] and [`metrics`]: one record per connection, Istio/ztunnel names.
+//! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
 //!
 //! It must not: parse YAML, sign certificates, or decide policy itself.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod access_log;
+mod access_log;
 mod admission;
-pub mod authn;
-pub mod certs;
-pub mod conntrack;
-pub mod http;
-pub mod inbound;
+mod authn;
+mod certs;
+mod connection;
+mod conntrack;
+mod inbound;
+mod inbound_http;
 pub mod listener;
 pub mod metrics;
-pub mod outbound;
-pub mod pool;
+mod outbound;
+mod pool;
+mod refusal;
 mod sidecar;
 mod splice;
-pub mod upstream;
+mod upstream;
 
-pub use certs::{CertificateProvider, SignError};
+pub use certs::{humantime_utc, CertificateProvider, SignError};
 pub use metrics::Metrics;
-pub use sidecar::{MeshIdentity, Sidecar, SidecarHandle};
+pub use refusal::{Fault, ResponseFlag};
+pub use sidecar::{MeshIdentity, Sidecar, SidecarError, SidecarHandle};
 pub use ward_authn::jwks_uri::OwnListener;
 pub use ward_config::ProxyConfig;
 

@@ -250,29 +250,47 @@ impl Metrics {
             destination_service_namespace: svc_ns,
             destination_cluster: "unknown".to_owned(),
             request_protocol: "tcp".to_owned(),
-            response_flags: rec.response_flags.to_owned(),
+            response_flags: rec.response_flags.as_str().to_owned(),
             connection_security_policy: security.to_owned(),
         }
     }
 
-    /// A connection was authorized and connected: it is now open.
-    pub fn conn_open(&self, rec: &ConnRecord) {
+    /// A connection is served from now on ([`crate::connection::ConnResult::opened`]).
+    pub(crate) fn conn_open(&self, rec: &ConnRecord) {
         self.open_now.inc();
         self.opened.get_or_create(&Self::labels(rec)).inc();
     }
 
-    /// Count a connection that ended. `was_open` says whether [`Metrics::conn_open`] counted it;
-    /// a connection that never opened counts as failed.
-    pub fn record(&self, rec: &ConnRecord, was_open: bool) {
+    /// A connection counted open has ended.
+    pub(crate) fn conn_closed(&self, rec: &ConnRecord) {
         let labels = Self::labels(rec);
-        if !was_open {
-            self.failed.get_or_create(&labels).inc();
-            return;
-        }
         self.open_now.dec();
         self.closed.get_or_create(&labels).inc();
         self.sent.get_or_create(&labels).inc_by(rec.bytes_sent);
         self.received.get_or_create(&labels).inc_by(rec.bytes_recv);
+    }
+
+    /// A connection ended without ever being served.
+    pub(crate) fn conn_failed(&self, rec: &ConnRecord) {
+        self.failed.get_or_create(&Self::labels(rec)).inc();
+    }
+
+    /// Connections opened, closed and failed, over every label set.
+    #[cfg(test)]
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
+        let mut registry = Registry::default();
+        registry.register("o", "", self.opened.clone());
+        registry.register("c", "", self.closed.clone());
+        registry.register("f", "", self.failed.clone());
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        let sum = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}_total{{")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        (sum("o"), sum("c"), sum("f"))
     }
 
     /// Record how old an issuer's cached keys are (`None`: never fetched, reported as -1).

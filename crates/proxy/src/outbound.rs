@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -14,14 +14,16 @@ use ward_config::{Endpoint, OutboundListener, ProxyConfig, Transport};
 use ward_hbone::{OpenError, HBONE_PORT};
 use ward_identity::SpiffeId;
 
-use crate::access_log::{ConnRecord, Direction, Fault};
+use crate::access_log::{ConnRecord, Direction};
+use crate::connection::{ConnResult, End};
 use crate::listener::Gate;
 use crate::metrics::Metrics;
 use crate::pool::{HbonePool, PoolError};
+use crate::refusal::{Refusal, ResponseFlag};
 use crate::splice::{splice, SpliceEnd};
 
 /// What every outbound task of one sidecar shares.
-pub struct OutboundCtx {
+pub(crate) struct OutboundCtx {
     /// The sidecar's current config (sender: the sidecar's config task).
     pub config: watch::Receiver<Arc<ProxyConfig>>,
     /// Pooled HBONE connections.
@@ -34,7 +36,7 @@ pub struct OutboundCtx {
 
 /// The plan for one outbound connection: where to go and how. Pure.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Route {
+pub(crate) struct Route {
     /// The service host, for logs.
     pub service: String,
     /// Endpoints to try, in order.
@@ -43,7 +45,7 @@ pub struct Route {
 
 /// Choose the endpoints for a connection that arrived at `bind`, starting at `start` (rotated so
 /// load spreads); `None` when no listener is configured there any more.
-pub fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option<Route> {
+pub(crate) fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option<Route> {
     let l: &OutboundListener = cfg.outbound.iter().find(|l| l.bind == bind)?;
     let mut endpoints = l.endpoints.clone();
     if !endpoints.is_empty() {
@@ -57,7 +59,7 @@ pub fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option<Route>
 }
 
 /// Serve one egress listener, as `gate` admits connections, until `shutdown` flips to true.
-pub async fn run_listener(
+pub(crate) async fn run_listener(
     listener: TcpListener,
     ctx: Arc<OutboundCtx>,
     gate: Arc<Gate>,
@@ -69,7 +71,7 @@ pub async fn run_listener(
     crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
         let ctx = ctx.clone();
         async move {
-            handle(ctx, tcp, src, bind).await;
+            serve_connection(ctx, tcp, src, bind).await;
             drop(permit);
         }
     })
@@ -81,37 +83,75 @@ enum Upstream {
     Plain(TcpStream),
 }
 
-async fn handle(ctx: Arc<OutboundCtx>, mut app: TcpStream, src: SocketAddr, bind: SocketAddr) {
-    let started = Instant::now();
+/// One app connection: route it, connect it to an endpoint (the next one while an endpoint
+/// fails for a reason another may not share), splice, and finish its result. A refused
+/// connection is reset, so the app never mistakes it for a clean empty reply.
+async fn serve_connection(
+    ctx: Arc<OutboundCtx>,
+    mut app: TcpStream,
+    src: SocketAddr,
+    bind: SocketAddr,
+) {
     let _ = app.set_nodelay(true);
     let cfg = ctx.config.borrow().clone();
     let mut rec = ConnRecord::new(Direction::Outbound, src, bind);
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.identity.clone());
-    let Some(route) = route(&cfg, bind, fastrand::usize(..)) else {
-        rec.fail(
-            Fault::Internal,
-            "NR",
+    let mut result = ConnResult::new(rec, ctx.metrics.clone());
+    let upstream = match route(&cfg, bind, fastrand::usize(..)) {
+        Some(route) => connect_any(&ctx, &cfg, &route, &mut result).await,
+        None => Err(Refusal::internal(
+            ResponseFlag::NoRoute,
             "no egress listener configured here any more",
-        );
-        rec.emit();
-        return;
+        )),
     };
-    rec.dst_service = Some(route.service.clone());
-    if route.endpoints.is_empty() {
-        rec.fail(
-            Fault::Upstream,
-            "UH",
-            format_args!("service {} has no endpoints", route.service),
-        );
-        rec.emit();
-        ctx.metrics.record(&rec, false);
-        return;
+    let end = match upstream {
+        Ok(Upstream::Tunnel(mut t)) => {
+            result.opened();
+            splice_end(splice(&mut app, &mut t, None).await)
+        }
+        Ok(Upstream::Plain(mut s)) => {
+            result.opened();
+            splice_end(splice(&mut app, &mut s, None).await)
+        }
+        Err(refusal) => {
+            crate::reset_on_close(&app);
+            End::Refused(refusal)
+        }
+    };
+    drop(app);
+    result.finish(end);
+}
+
+/// A splice's end as an outbound connection's end: a failed side is the upstream's.
+fn splice_end(end: SpliceEnd) -> End {
+    match end {
+        SpliceEnd::Done(sent_up, recv_down) => End::Served {
+            sent: recv_down,
+            recv: sent_up,
+        },
+        SpliceEnd::Failed(e) => End::Refused(Refusal::upstream(ResponseFlag::None, e.to_string())),
+        SpliceEnd::Closed(refusal) => End::Refused(refusal),
     }
-    let mut last_err = String::new();
-    let mut flags = "CONNECT";
+}
+
+/// Connect to the first endpoint of `route` that can be reached. A policy refusal stops the
+/// search (another endpoint of the same service applies the same policy); any other failure
+/// tries the next endpoint. The result's record names the endpoint tried last.
+async fn connect_any(
+    ctx: &OutboundCtx,
+    cfg: &ProxyConfig,
+    route: &Route,
+    result: &mut ConnResult,
+) -> Result<Upstream, Refusal> {
+    result.record().dst_service = Some(route.service.clone());
+    let mut last = Refusal::upstream(
+        ResponseFlag::NoHealthyUpstream,
+        format!("service {} has no endpoints", route.service),
+    );
     for ep in &route.endpoints {
+        let rec = result.record();
         rec.dst_addr = ep.address;
         rec.dst_workload = ep.workload.clone();
         rec.dst_namespace = ep
@@ -119,64 +159,30 @@ async fn handle(ctx: Arc<OutboundCtx>, mut app: TcpStream, src: SocketAddr, bind
             .as_deref()
             .and_then(|w| w.split_once('/'))
             .map(|(ns, _)| ns.to_owned());
-        match connect(&ctx, &cfg, ep, &mut rec).await {
-            Ok(up) => {
-                ctx.metrics.conn_open(&rec);
-                let end = match up {
-                    Upstream::Tunnel(mut t) => splice(&mut app, &mut t, None).await,
-                    Upstream::Plain(mut s) => splice(&mut app, &mut s, None).await,
-                };
-                match end {
-                    SpliceEnd::Done(sent_up, recv_down) => {
-                        rec.bytes_recv = sent_up;
-                        rec.bytes_sent = recv_down;
-                    }
-                    SpliceEnd::Failed(e) => rec.fail(Fault::Upstream, "-", e),
-                    SpliceEnd::Closed(o) => rec.fail(Fault::Policy, "DENY", o.detail),
-                }
-                rec.duration = started.elapsed();
-                rec.emit();
-                ctx.metrics.record(&rec, true);
-                return;
-            }
-            Err((e, f, retry)) => {
-                last_err = e;
-                flags = f;
-                if !retry {
-                    break;
-                }
-            }
+        match connect(ctx, cfg, ep, rec).await {
+            Ok(up) => return Ok(up),
+            Err(refusal) if refusal.by_policy() => return Err(refusal),
+            Err(refusal) => last = refusal,
         }
     }
-    let fault = if flags == "DENY" {
-        Fault::Policy
-    } else {
-        Fault::Upstream
-    };
-    rec.fail(fault, flags, last_err);
-    rec.duration = started.elapsed();
-    rec.emit();
-    ctx.metrics.record(&rec, false);
-    // Reset the app's connection: a refused upstream must never look like a clean empty reply.
-    crate::reset_on_close(&app);
+    Err(last)
 }
 
-/// Open the upstream for one endpoint. Errors carry the message, the response flag, and whether
-/// trying another endpoint makes sense.
+/// Open the upstream for one endpoint.
 async fn connect(
     ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     ep: &Endpoint,
     rec: &mut ConnRecord,
-) -> Result<Upstream, (String, &'static str, bool)> {
+) -> Result<Upstream, Refusal> {
+    let unreachable = |why: String| Refusal::upstream(ResponseFlag::Connect, why);
     match ep.transport {
         Transport::Hbone => {
             let Some(expected) = ep.identity.as_deref().and_then(|i| SpiffeId::parse(i).ok())
             else {
-                return Err((
+                return Err(Refusal::upstream(
+                    ResponseFlag::IdentityError,
                     format!("endpoint {} has no valid identity", ep.address),
-                    "IDENTITY_ERROR",
-                    true,
                 ));
             };
             let hbone = SocketAddr::new(ep.address.ip(), HBONE_PORT);
@@ -195,14 +201,16 @@ async fn connect(
                 Err(PoolError::Open(OpenError::Status(s)))
                     if s == http::StatusCode::UNAUTHORIZED =>
                 {
-                    Err((
-                        format!("{} denied the connection (HBONE 401)", expected),
-                        "DENY",
-                        false,
+                    Err(Refusal::policy(
+                        None,
+                        None,
+                        format!("{expected} denied the connection (HBONE 401)"),
                     ))
                 }
-                Err(e @ PoolError::Tls { .. }) => Err((e.to_string(), "TLS_FAILURE", true)),
-                Err(e) => Err((e.to_string(), "CONNECT", true)),
+                Err(e @ PoolError::Tls { .. }) => {
+                    Err(Refusal::upstream(ResponseFlag::TlsFailure, e.to_string()))
+                }
+                Err(e) => Err(unreachable(e.to_string())),
             }
         }
         Transport::Plaintext => {
@@ -211,27 +219,22 @@ async fn connect(
                 SocketAddr::V4(_) => TcpSocket::new_v4(),
                 SocketAddr::V6(_) => TcpSocket::new_v6(),
             }
-            .map_err(|e| (e.to_string(), "CONNECT", true))?;
+            .map_err(|e| unreachable(e.to_string()))?;
             if cfg.workload.address.is_ipv4() == ep.address.is_ipv4() {
                 socket
                     .bind(SocketAddr::new(cfg.workload.address, 0))
-                    .map_err(|e| (e.to_string(), "CONNECT", true))?;
+                    .map_err(|e| unreachable(e.to_string()))?;
             }
             match tokio::time::timeout(Duration::from_secs(10), socket.connect(ep.address)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     Ok(Upstream::Plain(s))
                 }
-                Ok(Err(e)) => Err((
-                    format!("connect to {} failed: {e}", ep.address),
-                    "CONNECT",
-                    true,
-                )),
-                Err(_) => Err((
-                    format!("connect to {} timed out", ep.address),
-                    "CONNECT",
-                    true,
-                )),
+                Ok(Err(e)) => Err(unreachable(format!(
+                    "connect to {} failed: {e}",
+                    ep.address
+                ))),
+                Err(_) => Err(unreachable(format!("connect to {} timed out", ep.address))),
             }
         }
     }

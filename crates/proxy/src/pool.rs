@@ -18,7 +18,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// TCP connect failed or timed out.
     #[error("connect to {addr} failed: {source}")]
     Connect {
@@ -55,7 +55,7 @@ struct Pooled {
 }
 
 /// The HBONE connections of one sidecar.
-pub struct HbonePool {
+pub(crate) struct HbonePool {
     /// Outbound sockets bind to the workload's own address so the far side sees it as source.
     local_ip: IpAddr,
     certs: Arc<CertStore>,
@@ -66,7 +66,7 @@ pub struct HbonePool {
 
 impl HbonePool {
     /// An empty pool for a workload at `local_ip` holding the certificates in `certs`.
-    pub fn new(local_ip: IpAddr, certs: Arc<CertStore>) -> Self {
+    pub(crate) fn new(local_ip: IpAddr, certs: Arc<CertStore>) -> Self {
         HbonePool {
             local_ip,
             certs,
@@ -77,7 +77,7 @@ impl HbonePool {
 
     /// Open a tunnel to `authority` through the HBONE server at `hbone_addr`, which must prove
     /// `expected` as its identity. Returns the tunnel and what the handshake proved.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         hbone_addr: SocketAddr,
         expected: &SpiffeId,

@@ -233,7 +233,7 @@ impl Sidecar {
             let cfg = self.config.borrow_and_update().clone();
             self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
                 .await;
-            let closed = h.tracker.recheck(|facts| inbound::recheck(&cfg, facts));
+            let closed = h.tracker.recheck(|open| inbound::recheck(&cfg, open));
             if closed > 0 {
                 tracing::info!(workload = %self.key, closed, "policy change closed open connections");
             }

@@ -6,7 +6,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use crate::conntrack::CloseOrder;
+use crate::refusal::Refusal;
 
 /// How a splice ended.
 pub(crate) enum SpliceEnd {
@@ -15,7 +15,7 @@ pub(crate) enum SpliceEnd {
     /// One side failed.
     Failed(io::Error),
     /// Policy closed it.
-    Closed(CloseOrder),
+    Closed(Refusal),
 }
 
 /// A stream that can be ended abruptly, so that the far side sees a reset and never a clean
@@ -43,7 +43,7 @@ impl Abort for ward_hbone::H2Stream {
 pub(crate) async fn splice<A, B>(
     downstream: &mut A,
     upstream: &mut B,
-    close: Option<oneshot::Receiver<CloseOrder>>,
+    close: Option<oneshot::Receiver<Refusal>>,
 ) -> SpliceEnd
 where
     A: AsyncRead + AsyncWrite + Unpin + Abort,
@@ -60,7 +60,7 @@ where
 async fn copy<A, B>(
     downstream: &mut A,
     upstream: &mut B,
-    close: Option<oneshot::Receiver<CloseOrder>>,
+    close: Option<oneshot::Receiver<Refusal>>,
 ) -> SpliceEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,

@@ -32,7 +32,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a request could not be sent to the app.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The TCP connection to the app failed or timed out.
     #[error("connect to app at {addr} failed: {reason}")]
     Connect {
@@ -59,7 +59,7 @@ struct Idle {
 
 /// The app connections of one sidecar; cheap to clone.
 #[derive(Clone, Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     /// Idle HTTP/1.1 connections per app address. Pushed by the task that sees a response
     /// finish, popped by requests; the lock is held for the map operation only.
     h1: Arc<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,

@@ -3,11 +3,16 @@
 //! it with the pure policy engine, and forwards it to the app. Many requests on one kept-alive
 //! connection are each decided on their own, against the config current at that request.
 //!
+//! A request goes through its phases, each a function that returns a value or a [`Refusal`]:
+//! [`route`] (the port is still served) → [`admit`] (pure: one method, one authority, the
+//! normalized path) → [`authenticate`] (JWT, RequestAuthentication) → [`authorize`] (pure:
+//! AuthorizationPolicy) → [`forward`] (to the app). A refusal is answered by one local reply
+//! ([`local_reply`]) and logged by one line ([`RequestLog`]), whatever phase refused.
+//!
 //! What the app receives is exactly what was decided on: the normalized path
 //! ([`ward_policy::normalize`]) with the original query, never the raw path.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,56 +28,36 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use ward_authn::{AuthnOutcome, TokenLocation, TokenSources};
+use ward_authn::{Authenticator, AuthnOutcome, Jwks, TokenLocation, TokenSources};
 use ward_config::{InboundPort, ProxyConfig};
-use ward_policy::{Decision, Peer, RequestAuth};
+use ward_policy::{Decision, RequestAuth};
 
 use crate::admission::{self, admit, upstream_parts, Admitted, HeaderRules, RequestHead};
-use crate::conntrack::{ConnFacts, UpgradeRequest};
-use crate::inbound::{deciding_rule, InboundCtx};
+use crate::connection::InboundConn;
+use crate::conntrack::{Authorized, UpgradeRequest};
+use crate::inbound::InboundCtx;
+use crate::refusal::{deciding_rule, Refusal, ResponseFlag};
 use crate::splice::{splice, Abort, SpliceEnd};
 
 /// Response bodies: the app's streamed body, or a small local one.
 pub(crate) type RespBody = BoxBody<Bytes, hyper::Error>;
 
-/// The connection a request arrived on.
-pub(crate) struct HttpConn {
-    /// The verified peer, `None` for plaintext.
-    pub(crate) peer: Option<Peer>,
-    /// The peer's SPIFFE URI, for XFCC and logs.
-    pub(crate) peer_id: Option<String>,
-    /// SHA-256 of the peer's certificate, hex (XFCC `Hash=`).
-    pub(crate) peer_cert_hash: Option<String>,
-    /// Socket peer.
-    pub(crate) src: SocketAddr,
-    /// Workload address and port the connection was for.
-    pub(crate) dst: SocketAddr,
-}
-
-impl HttpConn {
-    /// The connection's facts, for policy and re-checks.
-    fn facts(&self) -> ConnFacts {
-        ConnFacts {
-            peer: self.peer.clone(),
-            source_ip: self.src.ip(),
-            destination_ip: self.dst.ip(),
-            destination_port: self.dst.port(),
-            request: None,
-        }
-    }
-}
-
-fn local(status: StatusCode, body: &'static str) -> Response<RespBody> {
+/// The one local reply: the refusal's status and body (plain text), and Envoy's
+/// `WWW-Authenticate` challenge for a rejected token.
+pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Response<RespBody> {
     let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(Bytes::from_static(refusal.body.as_bytes()))
             .map_err(|never| match never {})
             .boxed(),
     );
-    *r.status_mut() = status;
+    *r.status_mut() = refusal.status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
+    if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
     r
 }
 
@@ -89,7 +74,11 @@ struct UpgradeSlot {
 
 /// Serve HTTP on an accepted connection until it closes, an upgraded connection included.
 /// Returns how the upgraded connection ended, if the connection was upgraded.
-pub(crate) async fn serve<S>(io: S, ctx: Arc<InboundCtx>, conn: Arc<HttpConn>) -> Option<SpliceEnd>
+pub(crate) async fn serve<S>(
+    io: S,
+    ctx: Arc<InboundCtx>,
+    conn: Arc<InboundConn>,
+) -> Option<SpliceEnd>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
 {
@@ -101,7 +90,7 @@ where
             let ctx = ctx.clone();
             let conn = conn.clone();
             let slot = slot.clone();
-            async move { Ok::<_, Infallible>(handle(&ctx, &conn, &slot, req).await) }
+            async move { Ok::<_, Infallible>(serve_request(&ctx, &conn, &slot, req).await) }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -138,7 +127,7 @@ impl Drop for SpliceTask {
 
 /// One request's record, with Envoy's access-log key names (docs/http.md, "Access log").
 struct RequestLog<'a> {
-    conn: &'a HttpConn,
+    conn: &'a InboundConn,
     workload: String,
     method: String,
     path: String,
@@ -147,12 +136,35 @@ struct RequestLog<'a> {
     request_id: String,
     /// `iss/sub` of a verified token (never the token itself).
     request_principal: Option<String>,
+    /// The authorization decision, once one was made.
+    decision: Option<(bool, Option<String>, Option<usize>)>,
     started: Instant,
 }
 
 impl RequestLog<'_> {
-    fn emit(&self, code: u16, flags: &str, details: &str, decision: Option<&Decision>) {
-        let (policy, rule) = decision.map(deciding_rule).unwrap_or((None, None));
+    /// The request was answered by the app with `code`.
+    fn served(&self, code: StatusCode) {
+        self.emit(code.as_u16(), ResponseFlag::None, "via_upstream");
+    }
+
+    /// The request was refused: by a phase before the app, or by the app's failure.
+    fn refused(&mut self, refusal: &Refusal) {
+        if refusal.by_policy() {
+            self.decision = Some((false, refusal.policy.clone(), refusal.rule));
+        }
+        let code = refusal.status.map_or(500, |s| s.as_u16());
+        self.emit(code, refusal.flag, &refusal.detail);
+    }
+
+    fn emit(&self, code: u16, flag: ResponseFlag, details: &str) {
+        let (decision, policy, rule) = match &self.decision {
+            Some((allowed, policy, rule)) => (
+                Some(if *allowed { "allow" } else { "deny" }),
+                policy.as_deref(),
+                *rule,
+            ),
+            None => (None, None, None),
+        };
         tracing::info!(
             target: "access",
             direction = "inbound",
@@ -161,7 +173,7 @@ impl RequestLog<'_> {
             protocol = self.protocol,
             authority = %self.authority,
             response_code = code,
-            response_flags = flags,
+            response_flags = flag.as_str(),
             response_code_details = details,
             request_id = %self.request_id,
             src.addr = %self.conn.src,
@@ -169,8 +181,8 @@ impl RequestLog<'_> {
             request.auth.principal = self.request_principal.as_deref(),
             dst.addr = %self.conn.dst,
             dst.workload = %self.workload,
-            authz.decision = decision.map(|d| if d.is_allowed() { "allow" } else { "deny" }),
-            authz.policy = policy.as_deref(),
+            authz.decision = decision,
+            authz.policy = policy,
             authz.rule = rule.map(|r| r as u64),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "request complete"
@@ -281,17 +293,15 @@ fn remove_token(headers: &mut HeaderMap, query: &mut Option<String>, loc: &Token
     }
 }
 
-/// One request through its phases: admit (pure), authenticate, authorize (pure), forward.
-/// Every refusal is answered and logged here, once.
-async fn handle(
+/// One request through its phases (see the module docs). Every refusal is answered and
+/// logged here, once.
+async fn serve_request(
     ctx: &InboundCtx,
-    conn: &HttpConn,
+    conn: &Arc<InboundConn>,
     upgrade_slot: &UpgradeSlot,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<RespBody> {
-    let started = Instant::now();
     let cfg: Arc<ProxyConfig> = ctx.config.borrow().clone();
-    let request_id = request_id(req.headers());
     let mut log = RequestLog {
         conn,
         workload: format!("{}/{}", cfg.workload.namespace, cfg.workload.name),
@@ -299,114 +309,69 @@ async fn handle(
         path: "-".to_owned(),
         authority: String::new(),
         protocol: protocol_name(req.version()),
-        request_id: request_id.clone(),
+        request_id: request_id(req.headers()),
         request_principal: None,
-        started,
+        decision: None,
+        started: Instant::now(),
     };
-    let Some(port) = cfg
-        .inbound
-        .iter()
-        .find(|p| p.port == conn.dst.port())
-        .cloned()
-    else {
-        log.emit(503, "NR", "port_no_longer_served", None);
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no such port\n");
-    };
-    let head = RequestHead {
+    let mut challenge = None;
+    match phases(ctx, &cfg, conn, upgrade_slot, req, &mut log, &mut challenge).await {
+        Ok(resp) => {
+            log.served(resp.status());
+            resp
+        }
+        Err(refusal) => {
+            log.refused(&refusal);
+            local_reply(&refusal, challenge)
+        }
+    }
+}
+
+/// The phases in order; the first refusal ends the request. `log` learns what each phase
+/// found; `challenge` is set when a token is rejected.
+async fn phases(
+    ctx: &InboundCtx,
+    cfg: &ProxyConfig,
+    conn: &Arc<InboundConn>,
+    upgrade_slot: &UpgradeSlot,
+    mut req: Request<Incoming>,
+    log: &mut RequestLog<'_>,
+    challenge: &mut Option<String>,
+) -> Result<Response<RespBody>, Refusal> {
+    let port = route(cfg, conn)?.clone();
+    let admitted = admit(&RequestHead {
         method: req.method(),
         uri: req.uri(),
         version: req.version(),
         headers: req.headers(),
-    };
-    let admitted = match admit(&head) {
-        Ok(a) => a,
-        Err(refused) => {
-            log.emit(refused.status.as_u16(), "-", refused.detail, None);
-            return local(refused.status, refused.body);
-        }
-    };
-    log.authority = admitted.authority.clone();
-    log.path = admitted.target.path.clone();
+    })?;
+    log.authority.clone_from(&admitted.authority);
+    log.path.clone_from(&admitted.target.path);
     let rules = HeaderRules {
         keep_overrides: cfg.workload.keep_override_headers,
     };
     admission::sanitize(req.headers_mut(), &admitted, rules);
-    let authority = admitted.authority.clone();
-    let target = &admitted.target;
-    let mut query = target.query.clone();
-    let auth = match ctx.authn.authenticator(&cfg.jwt_rules) {
-        None => None,
-        Some(authenticator) => {
-            // Incoming copies of output headers are the client's forgeries (docs/http.md).
-            for h in authenticator.output_headers() {
-                req.headers_mut().remove(h);
-            }
-            let headers = header_list(req.headers());
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let sources = TokenSources {
-                headers: &headers,
-                query: query.as_deref(),
-            };
-            match authenticator.authenticate(&sources, now, &|issuer: &str| ctx.authn.keys(issuer))
-            {
-                AuthnOutcome::NoToken => None,
-                AuthnOutcome::Authenticated {
-                    auth,
-                    strip,
-                    add_headers,
-                } => {
-                    for loc in &strip {
-                        remove_token(req.headers_mut(), &mut query, loc);
-                    }
-                    for (name, value) in add_headers {
-                        if let (Ok(n), Ok(v)) = (
-                            HeaderName::from_bytes(name.as_bytes()),
-                            HeaderValue::from_str(&value),
-                        ) {
-                            req.headers_mut().insert(n, v);
-                        }
-                    }
-                    Some(RequestAuth {
-                        principal: auth.principal,
-                        audiences: auth.audiences,
-                        presenter: auth.presenter,
-                        claims: auth.claims,
-                    })
-                }
-                AuthnOutcome::Rejected {
-                    status,
-                    message,
-                    unknown_kid,
-                    ..
-                } => {
-                    if let Some((issuer, _kid)) = unknown_kid {
-                        ctx.authn.note_unknown_kid(&issuer);
-                    }
-                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
-                    let detail =
-                        format!("jwt_authn_access_denied{{{}}}", message.replace(' ', "_"));
-                    log.emit(code.as_u16(), "-", &detail, None);
-                    let mut resp = local(code, message);
-                    // Envoy: `Bearer realm="<uri>"`, plus `error="invalid_token"` for a bad token.
-                    let realm = format!(
-                        "Bearer realm=\"http://{}{}\", error=\"invalid_token\"",
-                        authority.replace('"', ""),
-                        target.path
-                    );
-                    if let Ok(v) = HeaderValue::from_str(&realm) {
-                        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-                    }
-                    return resp;
-                }
-            }
-        }
-    };
-    if let Some(a) = &auth {
-        log.request_principal = Some(a.principal.clone());
-    }
+    let mut query = admitted.target.query.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let auth = authenticate(
+        ctx.authn.authenticator(&cfg.jwt_rules).as_deref(),
+        req.headers_mut(),
+        &mut query,
+        now,
+        &|issuer| ctx.authn.keys(issuer),
+        &|issuer| ctx.authn.note_unknown_kid(issuer),
+    )
+    .inspect_err(|_| {
+        // Envoy: `Bearer realm="<uri>"`, plus `error="invalid_token"` for a bad token.
+        *challenge = Some(format!(
+            "Bearer realm=\"http://{}{}\", error=\"invalid_token\"",
+            admitted.authority.replace('"', ""),
+            admitted.target.path
+        ));
+    })?;
+    log.request_principal = auth.as_ref().map(|a| a.principal.clone());
     let admitted = Admitted {
         target: ward_policy::NormalizedPath {
             path: admitted.target.path.clone(),
@@ -421,44 +386,104 @@ async fn handle(
         headers: header_list(req.headers()),
         auth,
     };
-    let decision = cfg.authz.evaluate_http(&request.attributes(&conn.facts()));
+    let decision = authorize(cfg, conn, &request);
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
-    let (policy, _) = deciding_rule(&decision);
+    let (policy, rule) = deciding_rule(&decision);
     ctx.metrics
         .decision(decision.is_allowed(), policy.as_deref(), &log.workload);
     if !decision.is_allowed() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`.
-        log.emit(403, "-", &decision.response_detail(), Some(&decision));
-        return local(StatusCode::FORBIDDEN, "RBAC: access denied");
+        return Err(
+            Refusal::denied_by(&decision).with_reply(StatusCode::FORBIDDEN, "RBAC: access denied")
+        );
     }
+    log.decision = Some((true, policy, rule));
     let upgrade = (!admitted.upgrade.is_empty()).then(|| UpgradeCtx {
         downstream: hyper::upgrade::on(&mut req),
         request,
         slot: upgrade_slot.clone(),
     });
-    match forward(ctx, conn, &port, req, &admitted, &request_id, upgrade).await {
-        Ok(resp) => {
-            log.emit(resp.status().as_u16(), "-", "via_upstream", Some(&decision));
-            resp
+    forward(ctx, conn, &port, req, &admitted, &log.request_id, upgrade).await
+}
+
+/// The port the connection is for, if the config still serves it.
+fn route<'c>(cfg: &'c ProxyConfig, conn: &InboundConn) -> Result<&'c InboundPort, Refusal> {
+    cfg.inbound
+        .iter()
+        .find(|p| p.port == conn.dst.port())
+        .ok_or_else(|| {
+            Refusal::internal(ResponseFlag::NoRoute, "port_no_longer_served")
+                .with_reply(StatusCode::SERVICE_UNAVAILABLE, "no such port\n")
+        })
+}
+
+/// Verify the request's JWT, if the workload has jwtRules: `Ok(None)` without a token, the
+/// verified identity with one; the token is removed from where it was found (unless
+/// `forwardOriginalToken`) and claims are copied to headers as the rules say. Incoming copies of
+/// those output headers are removed first: they are the client's forgeries (docs/http.md).
+fn authenticate(
+    authenticator: Option<&Authenticator>,
+    headers: &mut HeaderMap,
+    query: &mut Option<String>,
+    now: u64,
+    keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
+    unknown_kid: &dyn Fn(&str),
+) -> Result<Option<RequestAuth>, Refusal> {
+    let Some(authenticator) = authenticator else {
+        return Ok(None);
+    };
+    for h in authenticator.output_headers() {
+        headers.remove(h);
+    }
+    let list = header_list(headers);
+    let sources = TokenSources {
+        headers: &list,
+        query: query.as_deref(),
+    };
+    match authenticator.authenticate(&sources, now, keys) {
+        AuthnOutcome::NoToken => Ok(None),
+        AuthnOutcome::Authenticated {
+            auth,
+            strip,
+            add_headers,
+        } => {
+            for loc in &strip {
+                remove_token(headers, query, loc);
+            }
+            for (name, value) in add_headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            Ok(Some(RequestAuth {
+                principal: auth.principal,
+                audiences: auth.audiences,
+                presenter: auth.presenter,
+                claims: auth.claims,
+            }))
         }
-        Err(Forwarded::BadUpgrade) => {
-            log.emit(502, "UPE", "upgrade_protocol_mismatch", Some(&decision));
-            local(
-                StatusCode::BAD_GATEWAY,
-                "upstream switched to an unexpected protocol\n",
-            )
-        }
-        Err(Forwarded::Failed(e)) => {
-            log.emit(
-                503,
-                "UF",
-                "upstream_reset_before_response_started",
-                Some(&decision),
-            );
-            tracing::debug!(error = %e, "upstream request failed");
-            local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+        AuthnOutcome::Rejected {
+            status,
+            message,
+            unknown_kid: missing,
+            ..
+        } => {
+            if let Some((issuer, _kid)) = missing {
+                unknown_kid(&issuer);
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let detail = format!("jwt_authn_access_denied{{{}}}", message.replace(' ', "_"));
+            Err(Refusal::downstream(ResponseFlag::None, detail).with_reply(status, message))
         }
     }
+}
+
+/// Decide the request with the AuthorizationPolicies of `cfg`. Pure.
+fn authorize(cfg: &ProxyConfig, conn: &InboundConn, request: &UpgradeRequest) -> Decision {
+    cfg.authz.evaluate_http(&request.attributes(conn))
 }
 
 /// What an upgrade request brings to [`forward`]: the client's side of the connection once the
@@ -470,25 +495,17 @@ struct UpgradeCtx {
     slot: UpgradeSlot,
 }
 
-/// Why forwarding produced no response from the app.
-enum Forwarded {
-    /// The app could not be reached or failed before answering.
-    Failed(crate::upstream::UpstreamError),
-    /// The app answered 101 with a protocol that was not asked for, or an HTTP version.
-    BadUpgrade,
-}
-
 /// Send the admitted request to the app and stream the response back. The method, authority
 /// and path the app receives are [`upstream_parts`] of the authorized [`Admitted`].
 async fn forward(
     ctx: &InboundCtx,
-    conn: &HttpConn,
+    conn: &Arc<InboundConn>,
     port: &InboundPort,
     req: Request<Incoming>,
     admitted: &Admitted,
     request_id: &str,
     upgrade: Option<UpgradeCtx>,
-) -> Result<Response<RespBody>, Forwarded> {
+) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     // Istio/Envoy XFCC (Envoy `SANITIZE_SET`, the sidecar default for inbound): the server sees
@@ -526,18 +543,32 @@ async fn forward(
     } else {
         ctx.upstreams.send_h1(port.target, req).await
     };
-    let mut resp = sent.map_err(Forwarded::Failed)?;
+    let mut resp = sent.map_err(|e| {
+        tracing::debug!(error = %e, "upstream request failed");
+        Refusal::upstream(
+            ResponseFlag::UpstreamFailure,
+            "upstream_reset_before_response_started",
+        )
+        .with_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+    })?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(up) = upgrade.filter(|_| admission::upgrade_accepted(admitted, resp.headers()))
         else {
             // Never splice a connection the request did not ask to switch, or to a protocol
             // Ward parses (RFC 9110 §7.8); the app's side is dropped.
-            return Err(Forwarded::BadUpgrade);
+            return Err(Refusal::upstream(
+                ResponseFlag::UpstreamProtocolError,
+                "upgrade_protocol_mismatch",
+            )
+            .with_reply(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched to an unexpected protocol\n",
+            ));
         };
         let upstream = hyper::upgrade::on(&mut resp);
-        let facts = ConnFacts {
+        let authorized = Authorized {
+            conn: conn.clone(),
             request: Some(Arc::new(up.request)),
-            ..conn.facts()
         };
         let tracker = ctx.tracker.clone();
         let task = tokio::spawn(async move {
@@ -556,7 +587,7 @@ async fn forward(
                 return None;
             }
             let mut u = app.io.into_inner();
-            let (guard, close) = tracker.register(facts);
+            let (guard, close) = tracker.register(authorized);
             let end = splice(&mut d, &mut u, Some(close)).await;
             drop(guard);
             Some(end)
@@ -656,6 +687,189 @@ impl<S: Abort + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Abortab
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::tests::{config, conn};
+
+    /// The request `request` names, on the HTTP port 9002 of the test workload.
+    fn request(method: &str, path: &str) -> UpgradeRequest {
+        UpgradeRequest {
+            method: method.into(),
+            host: "srv.app".into(),
+            path: path.into(),
+            headers: vec![],
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn route_refuses_a_port_no_longer_served() {
+        let cfg = config("");
+        assert_eq!(
+            route(&cfg, &conn(None, "127.9.0.10", 9002)).unwrap().port,
+            9002
+        );
+        let r = route(&cfg, &conn(None, "127.9.0.10", 9003)).unwrap_err();
+        assert_eq!(
+            (r.status, r.flag, r.detail.as_str(), r.body),
+            (
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                ResponseFlag::NoRoute,
+                "port_no_longer_served",
+                "no such port\n"
+            )
+        );
+    }
+
+    #[test]
+    fn authorize_table() {
+        let public_only = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: public, namespace: app}\nspec:\n  selector: {matchLabels: {app: srv}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/app/sa/cli]}}], to: [{operation: {methods: [GET], paths: [/public/*]}}]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: app}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*]}}]}]\n";
+        let cfg = config(public_only);
+        let cli = conn(Some(("app", "cli")), "127.9.0.10", 9002);
+        let other = conn(Some(("other", "x")), "127.9.0.10", 9002);
+        // (name, connection, method, path, allowed, deciding policy)
+        let cases = [
+            (
+                "allowed read",
+                &cli,
+                "GET",
+                "/public/a",
+                true,
+                Some("app/public"),
+            ),
+            (
+                "method not allowed",
+                &cli,
+                "DELETE",
+                "/public/a",
+                false,
+                None,
+            ),
+            ("path not allowed", &cli, "GET", "/private", false, None),
+            ("other caller", &other, "GET", "/public/a", false, None),
+            (
+                "deny wins",
+                &cli,
+                "GET",
+                "/admin/x",
+                false,
+                Some("app/no-admin"),
+            ),
+        ];
+        for (name, c, method, path, allowed, policy) in cases {
+            let decision = authorize(&cfg, c, &request(method, path));
+            assert_eq!(decision.is_allowed(), allowed, "{name}");
+            if allowed {
+                assert_eq!(deciding_rule(&decision).0.as_deref(), policy, "{name}");
+            } else {
+                let r = Refusal::denied_by(&decision);
+                assert_eq!(r.flag, ResponseFlag::Deny, "{name}");
+                assert_eq!(r.policy.as_deref(), policy, "{name}");
+                assert!(
+                    r.detail.starts_with("rbac_access_denied"),
+                    "{name}: {}",
+                    r.detail
+                );
+            }
+        }
+    }
+
+    /// A RequestAuthentication for the test workload with an inline Ed25519 key set (the public
+    /// key of RFC 8037 appendix A).
+    const REQUEST_AUTHN: &str = "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: app}\nspec:\n  selector: {matchLabels: {app: srv}}\n  jwtRules:\n  - issuer: https://idp.example\n    jwks: '{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"k\",\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}]}'\n    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]\n";
+
+    #[test]
+    fn authenticate_table() {
+        let cfg = config(REQUEST_AUTHN);
+        let authenticator = Authenticator::new(cfg.jwt_rules).unwrap();
+        let no_keys = |_: &str| None;
+        let noted = std::cell::RefCell::new(Vec::<String>::new());
+        let note = |issuer: &str| noted.borrow_mut().push(issuer.to_owned());
+        // (name, jwtRules?, headers, outcome: "none" | status of the refusal)
+        type Case<'a> = (&'a str, bool, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case<'_>; 5] = [
+            ("no rules, no token", false, &[], "none"),
+            (
+                "no rules, a token is not read",
+                false,
+                &[("authorization", "Bearer x.y.z")],
+                "none",
+            ),
+            ("rules, no token", true, &[], "none"),
+            (
+                "rules, malformed token",
+                true,
+                &[("authorization", "Bearer not-a-jwt")],
+                "401",
+            ),
+            (
+                "rules, forged output header, no token",
+                true,
+                &[("x-jwt-sub", "admin")],
+                "none",
+            ),
+        ];
+        for (name, with_rules, headers, want) in cases {
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let mut query = None;
+            let got = authenticate(
+                with_rules.then_some(&authenticator),
+                &mut map,
+                &mut query,
+                1_700_000_000,
+                &no_keys,
+                &note,
+            );
+            match (got, want) {
+                (Ok(None), "none") => {}
+                (Err(r), status)
+                    if r.status.map(|s| s.as_u16().to_string()).as_deref() == Some(status) =>
+                {
+                    assert!(
+                        r.detail.starts_with("jwt_authn_access_denied{"),
+                        "{name}: {}",
+                        r.detail
+                    );
+                    assert!(!r.body.is_empty(), "{name}: a refusal says why");
+                    assert!(!r.by_policy(), "{name}");
+                }
+                (got, want) => panic!("{name}: want {want}, got {got:?}"),
+            }
+            if with_rules {
+                assert!(
+                    map.get("x-jwt-sub").is_none(),
+                    "{name}: output headers are Ward's alone"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn local_reply_is_the_refusals() {
+        let r = Refusal::downstream(
+            ResponseFlag::None,
+            "jwt_authn_access_denied{Jwt_is_expired}",
+        )
+        .with_reply(StatusCode::UNAUTHORIZED, "Jwt is expired");
+        let resp = local_reply(&r, Some("Bearer realm=\"http://a/b\"".into()));
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer realm=\"http://a/b\""
+        );
+        let denied = local_reply(
+            &Refusal::policy(None, None, "x")
+                .with_reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
+            None,
+        );
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert!(denied.headers().get("www-authenticate").is_none());
+    }
 
     #[test]
     fn traceparent_keeps_the_trace_and_replaces_the_parent() {
