@@ -42,12 +42,14 @@
 //! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
 //! - `peer_authn`: [`effective_mtls`] and [`lint`].
 //! - [`corpus`]: the YAML conformance corpus runner (`tests/corpus/*.yaml`).
+//! - [`duration`]: the duration grammar of Istio's fields (and of `ward`'s flags).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod authz;
 pub mod corpus;
 mod decision;
+pub mod duration;
 mod http;
 mod index;
 mod l4;
