@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use ward_policy::duration::{self, Grammar};
 
 use crate::jwks::{Jwks, JwksError};
 use crate::jwks_uri::{self, JwksUri, JwksUriError};
@@ -606,11 +607,13 @@ fn compile_rule(
     }
     let timeout = match &rule.timeout {
         None => DEFAULT_FETCH_TIMEOUT,
-        Some(value) => parse_duration(value).ok_or_else(|| AuthnConfigError::Timeout {
-            rule: index,
-            issuer: issuer.clone(),
-            value: value.clone(),
-        })?,
+        Some(value) => {
+            duration::parse(value, Grammar::ISTIO).map_err(|_| AuthnConfigError::Timeout {
+                rule: index,
+                issuer: issuer.clone(),
+                value: value.clone(),
+            })?
+        }
     };
     Ok((
         CompiledRule {
@@ -632,37 +635,6 @@ fn is_header_token(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A Go-style duration (`5s`, `500ms`, `1m30s`, `1.5s`), as the Kubernetes CRD accepts.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let value: f64 = number.parse().ok()?;
-        let seconds = match unit {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::try_from_secs_f64(value * seconds).ok()?)?;
-        rest = next;
-    }
-    Some(total)
 }
 
 /// Overwrites or appends `name: value`.
@@ -1321,25 +1293,6 @@ mod tests {
                 ("https://disc".to_owned(), None, DEFAULT_FETCH_TIMEOUT),
             ]
         );
-    }
-
-    #[test]
-    fn durations() {
-        let cases = [
-            ("5s", Some(Duration::from_secs(5))),
-            ("10ms", Some(Duration::from_millis(10))),
-            ("1.5s", Some(Duration::from_millis(1500))),
-            ("1m30s", Some(Duration::from_secs(90))),
-            ("1h", Some(Duration::from_secs(3600))),
-            ("", None),
-            ("5", None),
-            ("s", None),
-            ("-1s", None),
-            ("1d", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_duration(text), want, "{text:?}");
-        }
     }
 
     #[test]

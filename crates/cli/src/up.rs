@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use ward_config::DemoApp;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{IssuedCert, SpiffeId};
+use ward_policy::duration::{self, Grammar};
 use ward_proxy::listener::{Admission, FdBudget, Limits};
 use ward_proxy::{
     CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle, SignError,
@@ -131,25 +132,10 @@ impl Hosted {
     }
 }
 
-/// `90s`, `15m`, `24h`, `500ms`, `2d`.
+/// A positive duration flag: `90s`, `15m`, `24h`, `500ms`, `2d`, `1m30s`, `90` (seconds); the
+/// grammar is [`ward_policy::duration`]'s.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m, h or d"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
+    let d = duration::parse(s, Grammar::FLAGS).map_err(|e| e.to_string())?;
     if d.is_zero() {
         return Err(format!("{s:?}: must be more than zero"));
     }
@@ -449,5 +435,13 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("h").is_err());
+        // The flag-only forms of the shared grammar (crates/policy/src/duration.rs).
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("0").is_err());
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use time::{Date, Month};
 
 use crate::decode::{decode, DecodeError};
 use crate::diag::{code, Finding};
@@ -291,35 +292,17 @@ pub(crate) fn parse_timestamp(ts: &str) -> Option<(i64, u32)> {
         }
         _ => return None,
     };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    let max_day = *month_days.get(usize::try_from(month - 1).ok()?)?;
-    if !(1..=max_day).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    // `time` checks the calendar (month 1-12, the month's days, leap years) and counts the days;
+    // the clock is added by hand so that a leap second (`:60`) is the next minute's `:00`.
+    let month = Month::try_from(u8::try_from(month).ok()?).ok()?;
+    let date =
+        Date::from_calendar_date(i32::try_from(year).ok()?, month, u8::try_from(day).ok()?).ok()?;
+    let midnight = date.midnight().assume_utc().unix_timestamp();
     Some((
-        days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds,
+        midnight + hour * 3600 + minute * 60 + second - offset_seconds,
         nanos,
     ))
 }
@@ -329,6 +312,7 @@ mod tests {
     use super::*;
     use crate::yaml::parse_documents;
     use proptest::prelude::*;
+    use time::OffsetDateTime;
 
     fn meta_of(yaml: &str) -> (ParsedMeta, Vec<Finding>) {
         let docs = parse_documents(yaml).unwrap();
@@ -419,7 +403,17 @@ mod tests {
             ("2024-05-01T14:00:00+02:00", Some((1_714_564_800, 0))),
             ("2024-05-01T12:00:00.5Z", Some((1_714_564_800, 500_000_000))),
             ("2024-02-29T00:00:00Z", Some((1_709_164_800, 0))),
+            ("2000-02-29T00:00:00Z", Some((951_782_400, 0))),
+            ("2100-02-28T23:59:59Z", Some((4_107_542_399, 0))),
+            ("2100-03-01T00:00:00Z", Some((4_107_542_400, 0))),
+            ("1969-12-31T23:59:59Z", Some((-1, 0))),
+            ("2016-12-31T23:59:60Z", Some((1_483_228_800, 0))),
             ("2023-02-29T00:00:00Z", None),
+            ("2100-02-29T00:00:00Z", None),
+            ("1900-02-29T00:00:00Z", None),
+            ("2024-04-31T00:00:00Z", None),
+            ("2024-05-00T00:00:00Z", None),
+            ("2024-00-01T00:00:00Z", None),
             ("2024-05-01", None),
             ("2024-05-01T12:00:00", None),
             ("2024-05-01T12:00:00.Z", None),
@@ -440,19 +434,16 @@ mod tests {
         #[test]
         fn timestamp_order_matches_time_order(a in 0i64..4_000_000_000, b in 0i64..4_000_000_000) {
             let fmt = |t: i64| {
-                let days = t.div_euclid(86_400);
-                let secs = t.rem_euclid(86_400);
-                // civil from days (Hinnant), to build the string under test.
-                let z = days + 719_468;
-                let era = z.div_euclid(146_097);
-                let doe = z - era * 146_097;
-                let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-                let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-                let mp = (5 * doy + 2) / 153;
-                let d = doy - (153 * mp + 2) / 5 + 1;
-                let m = if mp < 10 { mp + 3 } else { mp - 9 };
-                let y = yoe + era * 400 + i64::from(m <= 2);
-                format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+                let at = OffsetDateTime::from_unix_timestamp(t).unwrap();
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    at.year(),
+                    u8::from(at.month()),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second()
+                )
             };
             prop_assert_eq!(parse_timestamp(&fmt(a)), Some((a, 0)));
             prop_assert_eq!(parse_timestamp(&fmt(a)) < parse_timestamp(&fmt(b)), a < b);

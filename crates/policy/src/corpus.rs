@@ -1,5 +1,6 @@
 //! The conformance corpus runner: YAML tables of {policies, workload, connection, expected
-//! decision}, run by this crate's tests and by the `ward` CLI, so the two never disagree.
+//! decision}, run by this crate's tests (tests/conformance.rs). Compiled only with the `testing`
+//! feature, so builds of the `ward` binary contain no file I/O in this crate.
 //!
 //! A corpus file holds `cases` (authorization) and/or `mtlsCases` (PeerAuthentication):
 //!

@@ -6,10 +6,12 @@
 //! [`Decision`]), "is this HTTP request allowed?" ([`WorkloadPolicies::evaluate_http`]), "what
 //! is the canonical path of this request?" ([`path::normalize`]) and "what mTLS mode does this
 //! port use?" ([`effective_mtls`]). The proxy carries the answers out; `ward analyze` and the
-//! conformance corpus ([`corpus`]) use the same functions.
+//! conformance corpus (`corpus`) use the same functions.
 //!
-//! Must not: do I/O (except [`corpus::run_file`], which reads a test corpus), spawn tasks, read
-//! clocks, or depend on tokio. Untrusted input (policy YAML, peer identities) never panics.
+//! Must not: do I/O, spawn tasks, read clocks, or depend on tokio. The one exception is the test
+//! runner `corpus::run_file`, which reads a corpus file and exists only with the `testing`
+//! feature (enabled by this crate's tests, never by the `ward` binary). Untrusted input (policy
+//! YAML, peer identities) never panics.
 //!
 //! Where Ward is deliberately stricter than Istio (all fail closed):
 //! - A plaintext connection (no peer identity) never satisfies an identity field in an ALLOW
@@ -41,13 +43,16 @@
 //!   as policies grow (built by [`WorkloadPolicies::new`]; decisions equal the linear walk's).
 //! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
 //! - `peer_authn`: [`effective_mtls`] and [`lint`].
-//! - [`corpus`]: the YAML conformance corpus runner (`tests/corpus/*.yaml`).
+//! - `corpus` (feature `testing`): the YAML conformance corpus runner (`tests/corpus/*.yaml`).
+//! - [`duration`]: the duration grammar of Istio's fields (and of `ward`'s flags).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod authz;
+#[cfg(feature = "testing")]
 pub mod corpus;
 mod decision;
+pub mod duration;
 mod http;
 mod index;
 mod l4;

@@ -1,5 +1,5 @@
-//! Runs the YAML conformance corpus (`tests/corpus/*.yaml`) through `ward_policy::corpus`, the
-//! same runner the `ward` CLI uses.
+//! Runs the YAML conformance corpus (`tests/corpus/*.yaml`) through `ward_policy::corpus`
+//! (feature `testing`, enabled by this crate's dev-dependency on itself).
 
 use std::path::PathBuf;
 

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use ward_identity::{generate_csr, IssuedCert, SpiffeId, WorkloadCert};
 use ward_tls::CertStore;
 
@@ -79,35 +81,20 @@ pub(crate) async fn run_rotation(store: Arc<CertStore>, ca: Arc<dyn CertificateP
     }
 }
 
-/// RFC 3339 in UTC, for logs and the admin API.
+/// The last second RFC 3339's four-digit years can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+
+/// RFC 3339 in UTC to the second, for logs and the admin API. Times before 1970 show as
+/// 1970-01-01T00:00:00Z and times after 9999 as 9999-12-31T23:59:59Z.
 pub fn humantime_utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .min(LAST_RFC3339_SECOND);
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
 }
 
 #[cfg(test)]
@@ -116,13 +103,23 @@ mod tests {
 
     #[test]
     fn rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(humantime_utc(t), "2026-11-18T11:06:40Z");
-        assert_eq!(
-            humantime_utc(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00Z"
-        );
-        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(humantime_utc(leap), "2000-02-29T00:00:00Z");
+        let at = |secs: u64| humantime_utc(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        let cases = [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_709_164_800, "2024-02-29T00:00:00Z"),
+            (1_795_000_000, "2026-11-18T11:06:40Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+            (4_107_542_400, "2100-03-01T00:00:00Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+            (300_000_000_000, "9999-12-31T23:59:59Z"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(at(secs), want, "{secs}");
+        }
+        let subsecond = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(humantime_utc(subsecond), "1970-01-01T00:00:01Z");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(humantime_utc(before_1970), "1970-01-01T00:00:00Z");
     }
 }
