@@ -334,7 +334,7 @@ async fn handle(
     let authority = admitted.authority.clone();
     let target = &admitted.target;
     let mut query = target.query.clone();
-    let auth = match ctx.authn.authenticator(&cfg.jwt_rules) {
+    let auth = match cfg.jwt_rules.authenticator() {
         None => None,
         Some(authenticator) => {
             // Incoming copies of output headers are the client's forgeries (docs/http.md).
