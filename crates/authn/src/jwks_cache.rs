@@ -12,12 +12,17 @@
 //! - a token with an unknown `kid` asks for a refetch, at most once per 30 s per issuer, so a
 //!   key rotation at the IdP is picked up without letting tokens drive a fetch storm;
 //! - a failed fetch keeps the previous keys (stale-while-error); an issuer never fetched has
-//!   no keys, so its tokens fail closed.
+//!   no keys, so its tokens fail closed;
+//! - the cache follows the rules in force ([`JwksCache::follow`]): a config change that leaves
+//!   an issuer's `jwksUri` alone keeps its keys and timings (nothing is refetched); an issuer
+//!   whose rule names another `jwksUri` starts over, and a removed issuer is forgotten.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::authenticator::RemoteJwks;
 use crate::jwks::Jwks;
+use crate::jwks_uri::JwksUri;
 
 /// Timings of the cache, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +51,8 @@ impl Default for JwksCachePolicy {
 /// One issuer's state.
 #[derive(Debug, Default)]
 struct IssuerState {
+    /// The `jwksUri` the keys come from (`None`: OpenID discovery).
+    source: Option<JwksUri>,
     keys: Option<Arc<Jwks>>,
     last_success: Option<u64>,
     last_attempt: Option<u64>,
@@ -111,13 +118,34 @@ impl JwksCache {
         refresh_due || kid_due
     }
 
+    /// Follows the rules in force: `remotes` are the key sets they name
+    /// ([`crate::Authenticator::remote_jwks`]). An issuer whose `jwksUri` is unchanged keeps its
+    /// keys and fetch timings, so a config change that leaves its rule alone fetches nothing. An
+    /// issuer whose rule now names another `jwksUri` starts over: its old keys are dropped (they
+    /// came from a source no longer trusted), it is due at once, and its tokens fail closed until
+    /// the new source answers. An issuer no rule names any more is forgotten.
+    pub fn follow(&mut self, remotes: &[RemoteJwks]) {
+        self.issuers.retain(|issuer, state| {
+            remotes
+                .iter()
+                .any(|r| r.issuer == *issuer && r.jwks_uri == state.source)
+        });
+        for remote in remotes {
+            self.issuers
+                .entry(remote.issuer.clone())
+                .or_insert_with(|| IssuerState {
+                    source: remote.jwks_uri.clone(),
+                    ..IssuerState::default()
+                });
+        }
+    }
+
     /// Records that a token for `issuer` named a `kid` its keys lack
-    /// ([`crate::AuthnOutcome::Rejected::unknown_kid`]).
+    /// ([`crate::AuthnOutcome::Rejected::unknown_kid`]). An issuer without state is due anyway.
     pub fn note_unknown_kid(&mut self, issuer: &str, _now_ms: u64) {
-        self.issuers
-            .entry(issuer.to_owned())
-            .or_default()
-            .kid_refetch_wanted = true;
+        if let Some(state) = self.issuers.get_mut(issuer) {
+            state.kid_refetch_wanted = true;
+        }
     }
 
     /// Records that the proxy started a fetch for `issuer` (so [`JwksCache::due`] says no
@@ -234,6 +262,54 @@ mod tests {
         cache.on_fetched(ISS, 0, Err("connect refused".into()));
         assert!(cache.keys(ISS).is_none());
         assert!(cache.due(ISS, 1000));
+    }
+
+    fn remote(issuer: &str, uri: &str) -> RemoteJwks {
+        RemoteJwks {
+            issuer: issuer.to_owned(),
+            jwks_uri: Some(crate::jwks_uri::parse(uri).unwrap()),
+            timeout: crate::DEFAULT_FETCH_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn following_unchanged_rules_keeps_keys_and_timings_a_new_source_starts_over() {
+        const OTHER: &str = "https://other";
+        let mut cache = JwksCache::new();
+        let rules = [
+            remote(ISS, "https://idp/keys"),
+            remote(OTHER, "https://other/keys"),
+        ];
+        cache.follow(&rules);
+        for issuer in [ISS, OTHER] {
+            assert!(cache.due(issuer, 0));
+            cache.on_fetch_started(issuer, 0);
+            cache.on_fetched(issuer, 10, Ok(keys()));
+        }
+        let fetched = cache.keys(ISS).unwrap();
+
+        // The same rules again (a config change elsewhere): nothing is due, the keys stay.
+        cache.follow(&rules);
+        assert!(!cache.due(ISS, 1000));
+        assert!(Arc::ptr_eq(&fetched, &cache.keys(ISS).unwrap()));
+
+        // ISS now names another jwksUri, OTHER is removed.
+        cache.follow(&[remote(ISS, "https://idp/rotated-keys")]);
+        assert!(
+            cache.keys(ISS).is_none(),
+            "keys of the old source are dropped"
+        );
+        assert!(cache.due(ISS, 1000), "the new source is fetched at once");
+        assert!(cache.keys(OTHER).is_none());
+        assert_eq!(cache.age_seconds(OTHER, 1000), None);
+    }
+
+    #[test]
+    fn an_unknown_kid_for_an_issuer_without_state_adds_none() {
+        let mut cache = JwksCache::new();
+        cache.note_unknown_kid(ISS, 0);
+        assert!(cache.issuers.is_empty());
+        assert!(cache.due(ISS, 0));
     }
 
     #[test]

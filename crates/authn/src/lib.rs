@@ -26,6 +26,8 @@
 //! Layout:
 //! - [`spec`]: the Istio API types, field for field.
 //! - `authenticator`: [`Authenticator`], the per-request decision, the outcome.
+//! - `rule_set`: [`JwtRuleSet`], a workload's rules with their authenticator, compiled once per
+//!   configuration.
 //! - `location`: where tokens are in a request ([`TokenSources`]), finding every one at a
 //!   configured location and removing them ([`TokenLocation::removal`]).
 //! - `token`: decoding and checking one JWT ([`JwtError`] carries Istio's messages).
@@ -45,6 +47,7 @@ mod jwks;
 pub mod jwks_cache;
 pub mod jwks_uri;
 mod location;
+mod rule_set;
 pub mod spec;
 #[cfg(test)]
 mod test_signer;
@@ -57,5 +60,6 @@ pub use authenticator::{
 pub use jwks::{Alg, Jwks, JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 pub use jwks_cache::{JwksCache, JwksCachePolicy};
 pub use location::{TokenLocation, TokenRemoval, TokenSources};
+pub use rule_set::JwtRuleSet;
 pub use token::{JwtError, CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES};
 pub use verified_cache::{MAX_CACHED_TOKEN_BYTES, VERIFIED_TOKEN_CACHE_CAPACITY};

@@ -5,8 +5,9 @@
 //! - the token bytes: the key is the SHA-256 of the whole token and the entry keeps the token,
 //!   compared in full on every lookup (a hash match alone is never a hit);
 //! - the rules that read the token's location: the key includes the location's index in its
-//!   [`crate::Authenticator`], and the rules are fixed for an authenticator's lifetime (a
-//!   config change builds a new authenticator, with an empty cache);
+//!   [`crate::Authenticator`], and the rules are fixed for an authenticator's lifetime (new
+//!   rules build a new authenticator, with an empty cache; a config change that keeps the rules
+//!   keeps the authenticator: [`crate::JwtRuleSet::keep_compiled`]);
 //! - the key set: the entry remembers which `Arc<Jwks>` it verified with (a `Weak` to it), and
 //!   is a hit only while the issuer's current set is that same allocation (pointer equality),
 //!   so a rotation or a removed key is honoured at once. The proxy's `JwksCache` makes a new

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ward_authn::jwks_uri::{self, JwksUriError};
 use ward_authn::spec::{JwtRule, RequestAuthenticationSpec};
-use ward_authn::{Authenticator, AuthnConfigError};
+use ward_authn::{Authenticator, AuthnConfigError, JwtRuleSet};
 use ward_policy::spec::Action;
 use ward_policy::{AuthzPolicy, AuthzRule, ConditionMatch, SourceMatch};
 
@@ -247,12 +247,38 @@ pub(crate) fn selected<'a>(
     found
 }
 
-/// The `jwtRules` a workload's proxy enforces, in [`selected`] order.
-pub(crate) fn jwt_rules(context: &Context<'_>, workload: &Workload<'_>) -> Vec<JwtRule> {
-    selected(context, workload)
-        .into_iter()
+/// The `jwtRules` a workload's proxy enforces, in [`selected`] order, compiled once for every
+/// request it will serve. Loading compiled each object's rules already ([`validate`]), so this
+/// fails only for a `ConfigSet` built some other way; the error is then placed on the rule's
+/// own object and field, like a load error.
+pub(crate) fn jwt_rule_set(
+    context: &Context<'_>,
+    workload: &Workload<'_>,
+) -> Result<JwtRuleSet, Box<Diagnostic>> {
+    let selected = selected(context, workload);
+    let rules = selected
+        .iter()
         .flat_map(|(_, r)| r.spec.jwt_rules.iter().cloned())
-        .collect()
+        .collect();
+    JwtRuleSet::new(rules).map_err(|err| {
+        // The error's index counts the rules of every selected object, in order.
+        let owner = selected
+            .iter()
+            .flat_map(|(_, r)| {
+                let rules = r.spec.jwt_rules.iter().enumerate();
+                rules.map(move |(j, rule)| (*r, j, rule))
+            })
+            .nth(rule_index(&err));
+        Box::new(match owner {
+            Some((r, j, rule)) => r.finding(compile_finding(j, rule, &err)),
+            None => workload.resource.diagnostic(
+                Severity::Error,
+                code::JWT_RULE_INVALID,
+                "metadata.name",
+                format!("the jwtRules that apply to this workload do not compile: {err}"),
+            ),
+        })
+    })
 }
 
 /// WARD0114: two rules with one issuer apply to one workload. The proxy picks the rule by the
@@ -596,7 +622,16 @@ mod tests {
         snapshot
             .proxies
             .into_iter()
-            .map(|(key, p)| (key, p.jwt_rules.into_iter().map(|r| r.issuer).collect()))
+            .map(|(key, p)| {
+                (
+                    key,
+                    p.jwt_rules
+                        .rules()
+                        .iter()
+                        .map(|r| r.issuer.clone())
+                        .collect(),
+                )
+            })
             .collect()
     }
 
@@ -712,6 +747,42 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("a/y"), "{message}");
+    }
+
+    /// A rule that did not pass through loading (a `ConfigSet` changed in memory) is still
+    /// refused by translation, on its own object and field: the compiled rules are built there.
+    #[test]
+    fn a_rule_that_does_not_compile_at_translation_is_an_error_on_its_field() {
+        let yaml = [
+            we("a", "x", "10.0.0.1"),
+            ra("istio-system", "mesh", &rule_spec("mesh", "")),
+            ra(
+                "a",
+                "two",
+                "{jwtRules: [{issuer: one, jwksUri: \"https://idp.example.com/1\"}, {issuer: two, jwksUri: \"https://idp.example.com/2\"}]}",
+            ),
+        ]
+        .concat();
+        let mut set = load_str("t.yaml", &yaml).unwrap();
+        assert!(translate(&set).is_ok());
+        let two = &mut set.request_authentications[1];
+        assert_eq!(two.meta.name, "two");
+        two.spec.jwt_rules[1].jwks_uri = Some("http://idp.example.com/2".to_owned());
+        let err = translate(&set).unwrap_err();
+        let got: Vec<_> = err
+            .0
+            .iter()
+            .map(|d| (d.file.as_str(), d.code, d.object.clone(), d.field.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(
+                "t.yaml",
+                code::JWT_RULE_INVALID,
+                Some("RequestAuthentication a/two".to_owned()),
+                Some("spec.jwtRules[1].jwksUri".to_owned())
+            )]
+        );
     }
 
     #[test]

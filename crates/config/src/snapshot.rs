@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use ward_authn::jwks_uri::OwnListener;
+use ward_authn::JwtRuleSet;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
 
 /// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
@@ -48,9 +49,11 @@ pub struct ProxyConfig {
     pub authz: WorkloadPolicies,
     /// The `jwtRules` of every RequestAuthentication that applies to this workload: the root
     /// namespace's objects first, then the workload namespace's, each by name. Issuers are
-    /// distinct (translation fails otherwise). Empty: no JWT authentication.
+    /// distinct (translation fails otherwise). Empty: no JWT authentication. Compiled once, with
+    /// the rest of the config: a request takes [`JwtRuleSet::authenticator`] as it is, without
+    /// a lock or a comparison. Serialized as the list of rules.
     #[serde(default)]
-    pub jwt_rules: Vec<ward_authn::spec::JwtRule>,
+    pub jwt_rules: JwtRuleSet,
     /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational: Ward
     /// does not enforce it yet.
     pub outbound_traffic_policy: String,

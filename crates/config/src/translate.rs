@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use ward_authn::JwtRuleSet;
 use ward_policy::spec::PeerAuthenticationSpec;
 use ward_policy::{
     effective_mtls, parse_dry_run, AuthzPolicy, MeshContext, MtlsMode, PeerAuthnPolicy, PolicyRef,
@@ -260,6 +261,12 @@ impl<'a> Context<'a> {
         if let Some(sidecar) = sidecar {
             errors.extend(check_binds(workload, sidecar, &inbound, &outbound));
         }
+        // Compiled here, once per configuration, like the AuthorizationPolicies: a request reads
+        // the authenticator from its config.
+        let jwt_rules = request_authn::jwt_rule_set(self, workload).unwrap_or_else(|err| {
+            errors.push(*err);
+            JwtRuleSet::default()
+        });
         let outbound_traffic_policy = sidecar
             .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
             .and_then(|p| p.mode)
@@ -283,7 +290,7 @@ impl<'a> Context<'a> {
                 &workload.labels,
                 self.root(),
             ),
-            jwt_rules: request_authn::jwt_rules(self, workload),
+            jwt_rules,
             outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
         };
         (proxy, errors)

@@ -256,6 +256,7 @@ fn the_fhir_example_loads_translates_and_analyzes_without_errors() {
     let issuers = |key: &str| -> Vec<String> {
         snapshot.proxies[key]
             .jwt_rules
+            .rules()
             .iter()
             .map(|r| r.issuer.clone())
             .collect()

@@ -273,16 +273,21 @@ impl ControlPlane {
 
     /// Publish a new snapshot: per-proxy channels first (so a new sidecar finds its channel),
     /// then the mesh snapshot. Returns whether anything changed.
-    fn apply(&self, snap: MeshSnapshot) -> bool {
+    ///
+    /// A proxy whose `jwtRules` did not change keeps its running authenticator, and with it the
+    /// tokens it already verified (`ward_authn::JwtRuleSet::keep_compiled`: one comparison
+    /// per proxy per push); new rules bring a new authenticator with an empty cache.
+    fn apply(&self, mut snap: MeshSnapshot) -> bool {
         if **self.snapshot.borrow() == snap {
             return false;
         }
         if let Ok(mut proxies) = self.proxies.lock() {
             proxies.retain(|k, _| snap.proxies.contains_key(k));
-            for (k, p) in &snap.proxies {
+            for (k, p) in &mut snap.proxies {
                 match proxies.get(k) {
                     Some(tx) => {
                         tx.send_if_modified(|cur| {
+                            p.jwt_rules.keep_compiled(&cur.jwt_rules);
                             if **cur == *p {
                                 false
                             } else {
@@ -463,5 +468,98 @@ mod tests {
         let mut s = Settling::new("old");
         assert_eq!(s.observe("", t0, Duration::ZERO), Step::Apply);
         assert_eq!(s.current, "");
+    }
+
+    /// One workload, `app/srv`, with a RequestAuthentication (`audiences`) and an
+    /// AuthorizationPolicy (`path`), written to `dir/mesh.yaml`.
+    fn write_config(dir: &std::path::Path, audiences: &str, path: &str) {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: app}}
+spec: {{address: 127.9.0.10, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: app}}
+spec:
+  jwtRules:
+  - issuer: https://idp.example.com
+    jwksUri: https://idp.example.com/jwks
+    audiences: {audiences}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow, namespace: app}}
+spec:
+  rules:
+  - to: [{{operation: {{paths: [{path}]}}}}]
+"
+        );
+        std::fs::write(dir.join("mesh.yaml"), yaml).unwrap();
+    }
+
+    #[test]
+    fn the_authenticator_is_compiled_once_and_kept_until_the_jwt_rules_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "[api]", "/a");
+        let plane = ControlPlane::start(vec![dir.path().to_owned()]).unwrap();
+        let config = plane.subscribe("app/srv").unwrap();
+        let authenticator = || config.borrow().jwt_rules.authenticator().cloned().unwrap();
+        let reload = || {
+            plane
+                .reload(&ward_config::read_paths(&plane.paths))
+                .unwrap()
+        };
+
+        // Two requests read the config and find the same authenticator.
+        let first = authenticator();
+        assert!(Arc::ptr_eq(&first, &authenticator()));
+
+        // A change to the proxy's config that leaves its rules alone: a new config, the same
+        // authenticator (and the tokens it verified).
+        let before = config.borrow().clone();
+        write_config(dir.path(), "[api]", "/b");
+        assert!(reload());
+        let after = config.borrow().clone();
+        assert_ne!(before.authz, after.authz, "the change reached the proxy");
+        assert!(Arc::ptr_eq(&first, &authenticator()));
+
+        // A change to the rules: a new authenticator, enforcing the new rules.
+        write_config(dir.path(), "[api, admin]", "/b");
+        assert!(reload());
+        assert!(!Arc::ptr_eq(&first, &authenticator()));
+        assert_eq!(
+            config.borrow().jwt_rules.rules()[0].audiences,
+            ["api", "admin"]
+        );
+    }
+
+    #[test]
+    fn a_jwt_rule_that_does_not_compile_rejects_the_whole_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "[api]", "/a");
+        let plane = ControlPlane::start(vec![dir.path().to_owned()]).unwrap();
+        let config = plane.subscribe("app/srv").unwrap();
+        let serving = config.borrow().clone();
+
+        // A bad rule, and a change elsewhere that must not apply without it.
+        write_config(dir.path(), "[api]\n    timeout: soon", "/b");
+        let err = match plane.reload(&ward_config::read_paths(&plane.paths)) {
+            Err(ReloadError::Invalid(diags)) => diags.to_string(),
+            other => panic!("not rejected: {other:?}"),
+        };
+        for part in [
+            "mesh.yaml:14",
+            "RequestAuthentication app/jwt",
+            "spec.jwtRules[0].timeout",
+        ] {
+            assert!(err.contains(part), "{part:?} not in {err}");
+        }
+        assert!(
+            Arc::ptr_eq(&serving, &config.borrow()),
+            "the last good config serves"
+        );
+        assert_eq!(plane.status().rejections, 1);
     }
 }

@@ -1,10 +1,11 @@
-//! End-user authentication (RequestAuthentication) for one sidecar: the compiled
-//! [`Authenticator`] for the current `jwtRules`, and each issuer's key set, fetched in the
-//! background and cached by the pure [`JwksCache`] (refresh every 20 min, backoff on failure,
-//! rate-limited refetch on an unknown `kid`, stale keys kept while the IdP is down, and no token
-//! accepted before the first successful fetch). A fetch never reaches Ward itself: the
-//! addresses a `jwksUri` host resolves to are checked against the sidecar's own listeners and
-//! the process's other ones (the admin API), before and after connecting.
+//! End-user authentication (RequestAuthentication) for one sidecar: each issuer's key set,
+//! fetched in the background and cached by the pure [`JwksCache`] (refresh every 20 min,
+//! backoff on failure, rate-limited refetch on an unknown `kid`, stale keys kept while the IdP
+//! is down, and no token accepted before the first successful fetch). The keys outlive config
+//! changes that leave an issuer's `jwksUri` alone ([`JwksCache::follow`]). The rules themselves
+//! are compiled with the config (`ward_config::ProxyConfig::jwt_rules`). A fetch never reaches
+//! Ward itself: the addresses a `jwksUri` host resolves to are checked against the sidecar's
+//! own listeners and the process's other ones (the admin API), before and after connecting.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use ward_authn::jwks_uri::{forbidden_ip, own_listener, JwksUri, OwnListener};
-use ward_authn::spec::JwtRule;
-use ward_authn::{Authenticator, Jwks, JwksCache};
+use ward_authn::{Jwks, JwksCache};
 use ward_config::ProxyConfig;
 
 /// Largest JWKS body accepted (bounded memory on junk: docs/threats.md, "Bounded resources on
@@ -27,11 +27,10 @@ const MAX_JWKS_BODY: usize = 256 * 1024;
 // `ProxyConfig::listeners` names the HBONE port without depending on the HBONE crate.
 const _: () = assert!(ward_config::HBONE_PORT == ward_hbone::HBONE_PORT);
 
-/// The authentication state of one sidecar.
+/// The authentication state of one sidecar: the issuers' key sets. The authenticator itself
+/// is compiled with the config (`ProxyConfig::jwt_rules`, a `ward_authn::JwtRuleSet`): a
+/// request takes it from the config it already holds, without a lock or a comparison.
 pub(crate) struct AuthnState {
-    /// The authenticator for the rules it was built from; rebuilt when the rules change.
-    /// Written by whichever request first sees new rules; read by every request.
-    current: Mutex<Option<(Vec<JwtRule>, Arc<Authenticator>)>>,
     /// Key sets by issuer; written by the fetch task, read by requests.
     cache: Mutex<JwksCache>,
     /// Wakes the fetch task early (an unknown `kid` was seen).
@@ -43,7 +42,6 @@ pub(crate) struct AuthnState {
 impl Default for AuthnState {
     fn default() -> Self {
         AuthnState {
-            current: Mutex::new(None),
             cache: Mutex::new(JwksCache::new()),
             wake: Notify::new(),
             epoch: Instant::now(),
@@ -54,33 +52,6 @@ impl Default for AuthnState {
 impl AuthnState {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// The authenticator for `rules`; `None` when there are none (no RequestAuthentication).
-    /// Rules that fail to compile were refused by the control plane already; should one slip
-    /// through, every request with a token is refused (see [`AuthnState::keys`]).
-    pub(crate) fn authenticator(&self, rules: &[JwtRule]) -> Option<Arc<Authenticator>> {
-        if rules.is_empty() {
-            return None;
-        }
-        let mut cur = self.current.lock().ok()?;
-        if let Some((r, a)) = cur.as_ref() {
-            if r.as_slice() == rules {
-                return Some(a.clone());
-            }
-        }
-        match Authenticator::new(rules.to_vec()) {
-            Ok(a) => {
-                let a = Arc::new(a);
-                *cur = Some((rules.to_vec(), a.clone()));
-                Some(a)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "jwtRules do not compile; tokens will be refused");
-                let empty = Arc::new(Authenticator::new(Vec::new()).ok()?);
-                Some(empty)
-            }
-        }
     }
 
     /// The current key set of `issuer`, if one was ever fetched.
@@ -122,52 +93,69 @@ pub(crate) async fn run_fetcher(
 ) {
     loop {
         let cfg = config.borrow_and_update().clone();
-        let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
-        if let Some(auth) = state.authenticator(&cfg.jwt_rules) {
-            let mut own = cfg.listeners();
-            own.extend(process_listeners.iter().cloned());
-            let remotes = auth.remote_jwks();
-            for remote in &remotes {
-                let due = state
-                    .cache
-                    .lock()
-                    .map(|c| c.due(&remote.issuer, state.now_ms()))
-                    .unwrap_or(false);
-                if !due {
-                    continue;
-                }
-                if let Ok(mut c) = state.cache.lock() {
-                    c.on_fetch_started(&remote.issuer, state.now_ms());
-                }
-                let result = match &remote.jwks_uri {
-                    Some(uri) => fetch(uri, remote.timeout, &own).await,
-                    None => Err(
-                        "no jwksUri: OpenID discovery is not supported yet; set jwksUri".to_owned(),
-                    ),
-                };
-                match &result {
-                    Ok(k) => {
-                        tracing::info!(issuer = %remote.issuer, keys = k.len(), "JWKS fetched")
-                    }
-                    Err(e) => {
-                        tracing::warn!(issuer = %remote.issuer, error = %e, "JWKS fetch failed; cached keys (if any) stay in use")
-                    }
-                }
-                if let Ok(mut c) = state.cache.lock() {
-                    c.on_fetched(&remote.issuer, state.now_ms(), result);
-                }
-            }
-            let issuers: Vec<String> = remotes.into_iter().map(|r| r.issuer).collect();
-            for (issuer, age) in state.ages(&issuers) {
-                metrics.jwks_age(&workload, &issuer, age);
-            }
-        }
+        refresh_keys(&state, &cfg, &process_listeners, &metrics).await;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             () = state.wake.notified() => {}
             r = config.changed() => if r.is_err() { return },
             () = crate::stopped(&mut stop) => return,
         }
+    }
+}
+
+/// One pass of the fetcher for the config in force: follow its rules ([`JwksCache::follow`]:
+/// unchanged issuers keep their keys), fetch every key set that is due, report the keys' ages.
+async fn refresh_keys(
+    state: &AuthnState,
+    cfg: &ProxyConfig,
+    process_listeners: &[OwnListener],
+    metrics: &crate::Metrics,
+) {
+    let remotes = cfg
+        .jwt_rules
+        .authenticator()
+        .map(|auth| auth.remote_jwks())
+        .unwrap_or_default();
+    if let Ok(mut c) = state.cache.lock() {
+        c.follow(&remotes);
+    }
+    if remotes.is_empty() {
+        return;
+    }
+    let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
+    let mut own = cfg.listeners();
+    own.extend(process_listeners.iter().cloned());
+    for remote in &remotes {
+        let due = state
+            .cache
+            .lock()
+            .map(|c| c.due(&remote.issuer, state.now_ms()))
+            .unwrap_or(false);
+        if !due {
+            continue;
+        }
+        if let Ok(mut c) = state.cache.lock() {
+            c.on_fetch_started(&remote.issuer, state.now_ms());
+        }
+        let result = match &remote.jwks_uri {
+            Some(uri) => fetch(uri, remote.timeout, &own).await,
+            None => {
+                Err("no jwksUri: OpenID discovery is not supported yet; set jwksUri".to_owned())
+            }
+        };
+        match &result {
+            Ok(k) => tracing::info!(issuer = %remote.issuer, keys = k.len(), "JWKS fetched"),
+            Err(e) => {
+                tracing::warn!(issuer = %remote.issuer, error = %e, "JWKS fetch failed; cached keys (if any) stay in use")
+            }
+        }
+        if let Ok(mut c) = state.cache.lock() {
+            c.on_fetched(&remote.issuer, state.now_ms(), result);
+        }
+    }
+    let issuers: Vec<String> = remotes.into_iter().map(|r| r.issuer).collect();
+    for (issuer, age) in state.ages(&issuers) {
+        metrics.jwks_age(&workload, &issuer, age);
     }
 }
 
@@ -292,4 +280,113 @@ fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const ISSUER: &str = "https://idp.example.com";
+
+    /// A JWKS endpoint on loopback: answers every GET with an empty key set and records the
+    /// paths it was asked for.
+    async fn jwks_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(path);
+                let body = r#"{"keys":[]}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+            }
+        });
+        (addr, paths)
+    }
+
+    /// `app/srv`'s config: an AuthorizationPolicy allowing `path`, and, unless `jwks_uri` is
+    /// `None`, a RequestAuthentication for [`ISSUER`] with these keys and `audiences`.
+    fn config(jwks_uri: Option<&str>, audiences: &str, path: &str) -> ProxyConfig {
+        let mut yaml = format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: app}}
+spec: {{address: 127.9.0.10, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow, namespace: app}}
+spec:
+  rules:
+  - to: [{{operation: {{paths: [{path}]}}}}]
+"
+        );
+        if let Some(uri) = jwks_uri {
+            yaml.push_str(&format!(
+                "---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: app}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: {uri}
+    audiences: {audiences}
+"
+            ));
+        }
+        let set = ward_config::load_str("test.yaml", &yaml).unwrap();
+        let snap = ward_config::translate(&set).unwrap();
+        snap.proxies["app/srv"].clone()
+    }
+
+    /// Reloads that leave the issuer's `jwksUri` alone fetch nothing and keep the very key set;
+    /// a new `jwksUri` is fetched at once and replaces it; a removed rule takes its keys along.
+    #[tokio::test]
+    async fn keys_survive_reloads_that_keep_the_jwks_uri() {
+        let (addr, paths) = jwks_server().await;
+        let uri = format!("http://{addr}/jwks");
+        let state = AuthnState::default();
+        let metrics = crate::Metrics::default();
+        let refresh = |cfg: ProxyConfig| {
+            let (state, metrics) = (&state, &metrics);
+            async move { refresh_keys(state, &cfg, &[], metrics).await }
+        };
+
+        refresh(config(Some(&uri), "[api]", "/a")).await;
+        let fetched = state.keys(ISSUER).expect("the keys were fetched");
+
+        // Another policy, then other audiences for the same issuer and keys: no refetch.
+        refresh(config(Some(&uri), "[api]", "/b")).await;
+        refresh(config(Some(&uri), "[api, admin]", "/b")).await;
+        assert_eq!(*paths.lock().unwrap(), ["/jwks"]);
+        assert!(Arc::ptr_eq(&fetched, &state.keys(ISSUER).unwrap()));
+
+        // The rule names another jwksUri: fetched at once, the old keys are gone.
+        let moved = format!("http://{addr}/rotated");
+        refresh(config(Some(&moved), "[api]", "/b")).await;
+        assert_eq!(*paths.lock().unwrap(), ["/jwks", "/rotated"]);
+        assert!(!Arc::ptr_eq(&fetched, &state.keys(ISSUER).unwrap()));
+
+        // No RequestAuthentication any more: the issuer's keys are forgotten.
+        refresh(config(None, "", "/b")).await;
+        assert!(state.keys(ISSUER).is_none());
+        assert_eq!(paths.lock().unwrap().len(), 2);
+    }
 }

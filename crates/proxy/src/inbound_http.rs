@@ -356,7 +356,7 @@ async fn phases(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let auth = authenticate(
-        ctx.authn.authenticator(&cfg.jwt_rules).as_deref(),
+        cfg.jwt_rules.authenticator().map(|a| &**a),
         req.headers_mut(),
         &mut query,
         now,
@@ -779,7 +779,7 @@ mod tests {
     #[test]
     fn authenticate_table() {
         let cfg = config(REQUEST_AUTHN);
-        let authenticator = Authenticator::new(cfg.jwt_rules).unwrap();
+        let authenticator = cfg.jwt_rules.authenticator().unwrap().clone();
         let no_keys = |_: &str| None;
         let noted = std::cell::RefCell::new(Vec::<String>::new());
         let note = |issuer: &str| noted.borrow_mut().push(issuer.to_owned());

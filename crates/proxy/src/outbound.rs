@@ -281,7 +281,7 @@ mod tests {
             }],
             authz: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
-            jwt_rules: vec![],
+            jwt_rules: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {
