@@ -7,7 +7,9 @@
 //!   `ward-policy` engine; this crate only carries the [`ward_policy::Decision`] out.
 //! - [`outbound`]: the Sidecar egress listeners the app dials; each connection is tunnelled over
 //!   a pooled HBONE connection ([`pool`]) to a chosen endpoint, or sent plaintext where the
-//!   destination's PeerAuthentication is DISABLE (auto-mTLS).
+//!   destination's PeerAuthentication is DISABLE (auto-mTLS). A listener that several HTTP
+//!   services share is served by [`egress_http`]: each request goes to the service its `Host`
+//!   names.
 //! - [`http`]: on HTTP ports, each request is parsed, authenticated ([`authn`]: JWT per
 //!   RequestAuthentication), decided and forwarded on its own.
 //! - [`conntrack`]: open inbound connections, re-checked when policy changes.
@@ -23,6 +25,7 @@ mod admission;
 pub mod authn;
 pub mod certs;
 pub mod conntrack;
+mod egress_http;
 pub mod http;
 pub mod inbound;
 pub mod listener;
