@@ -21,6 +21,7 @@ use crate::istio::WorkloadEntrySpec;
 use crate::istio::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 use crate::load::{ConfigSet, Resource};
 use crate::request_authn;
+use crate::routes::EgressRoutes;
 use crate::snapshot::{MeshSnapshot, Transport};
 use crate::translate::{translate, unmatched_host_message, Context, Workload};
 use crate::yaml::{push_index, push_key};
@@ -876,6 +877,7 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
                 .push((key.clone(), format!("app endpoint of port {}", port.port)));
         }
         let mut own = BTreeSet::new();
+        let routes = EgressRoutes::new(proxy);
         for listener in &proxy.outbound {
             if own.insert(listener.bind) {
                 binds.entry(listener.bind).or_default().push((
@@ -884,13 +886,18 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
                 ));
             }
             if listener.endpoints.is_empty() {
+                let what = if routes.is_shared(listener.bind) {
+                    "requests it routes there will fail (503)"
+                } else {
+                    "connections to it will fail"
+                };
                 out.push(we.diagnostic(
                     Severity::Warning,
                     code::NO_ENDPOINTS,
                     "metadata.name",
                     format!(
-                        "the egress listener {} for {}:{} has no endpoints: connections to it \
-                         will fail (give the ServiceEntry endpoints or a workloadSelector)",
+                        "the egress listener {} for {}:{} has no endpoints: {what} (give the \
+                         ServiceEntry endpoints or a workloadSelector)",
                         listener.bind, listener.service, listener.service_port
                     ),
                 ));
@@ -1192,6 +1199,36 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{extra}");
         }
+    }
+
+    #[test]
+    fn services_may_share_an_http_egress_listener_but_not_a_tcp_one() {
+        // Client `w` calls h1 and h2 through one egress listener (`./*` on port 8080).
+        let shared = |name: &str| {
+            let servers = ["h1", "h2"].iter().enumerate().map(|(i, h)| {
+                [
+                    we("a", h, &format!("10.0.0.{}", i + 3), &format!(", ports: {{{name}: 8080}}")),
+                    doc("ServiceEntry", "a", h, &format!("{{hosts: [{h}.a.svc.cluster.local], location: MESH_INTERNAL, ports: [{{number: 8080, name: {name}}}], workloadSelector: {{labels: {{app: {h}}}}}}}")),
+                    doc("Sidecar", "a", h, &format!("{{workloadSelector: {{labels: {{app: {h}}}}}, ingress: [{{port: {{number: 8080, name: {name}}}, defaultEndpoint: \"127.0.0.1:1808{i}\"}}]}}")),
+                ]
+                .concat()
+            });
+            let client = we("a", "w", "10.0.0.9", "")
+                + &doc("Sidecar", "a", "w", &format!("{{workloadSelector: {{labels: {{app: w}}}}, egress: [{{port: {{number: 8080, name: {name}}}, bind: 127.0.0.9, hosts: [\"./*\"]}}]}}"));
+            format!("{}{}{client}", base(), servers.collect::<String>())
+        };
+        let translated = |yaml: &str| {
+            translate(&load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}")))
+                .map(|_| ())
+                .map_err(|e| e.0.iter().map(|d| d.code).collect::<Vec<_>>())
+        };
+        assert_eq!(translated(&shared("http")), Ok(()));
+        assert_eq!(findings(&shared("http")), vec![]);
+        // `ward analyze` reports translation errors first (crates/cli/src/analyze.rs).
+        assert_eq!(
+            translated(&shared("tcp")),
+            Err(vec![code::LISTENER_CONFLICT])
+        );
     }
 
     #[test]

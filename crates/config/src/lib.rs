@@ -35,6 +35,8 @@
 //!   ConfigMap `istio`.
 //! - [`meta`]: Kubernetes object metadata.
 //! - [`snapshot`]: the per-proxy types; [`translate`](mod@translate): building them.
+//! - [`routes`]: routing HTTP requests by authority (Envoy virtual hosts; the egress listeners
+//!   several HTTP services share), built once per config from a [`ProxyConfig`].
 //! - [`analyze`](mod@analyze): findings beyond errors.
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
@@ -53,6 +55,7 @@ pub mod load;
 pub mod mesh;
 pub mod meta;
 mod request_authn;
+pub mod routes;
 pub mod snapshot;
 pub mod translate;
 mod yaml;
@@ -65,6 +68,7 @@ pub use load::{
 };
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
+pub use routes::EgressRoutes;
 pub use snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
     Transport, WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,

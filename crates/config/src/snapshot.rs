@@ -43,7 +43,8 @@ pub struct ProxyConfig {
     pub workload: WorkloadInfo,
     /// Ports the proxy serves on the workload address, one per Sidecar ingress listener.
     pub inbound: Vec<InboundPort>,
-    /// Local listeners for the app's outbound calls, one per (Sidecar egress listener, host).
+    /// Local listeners for the app's outbound calls, one per (Sidecar egress listener, host);
+    /// entries with the same `bind` are one socket.
     pub outbound: Vec<OutboundListener>,
     /// The AuthorizationPolicies that apply to this workload.
     pub authz: WorkloadPolicies,
@@ -239,8 +240,9 @@ impl Protocol {
         Ok(Protocol::parse(prefix).unwrap_or(Protocol::Unknown))
     }
 
-    /// Whether requests on this port are HTTP (so several services can share one listener,
-    /// told apart by `Host`).
+    /// Whether requests on this port are HTTP, so several services can share one egress
+    /// listener: the proxy then routes each request by its `Host` / `:authority`
+    /// ([`crate::routes::EgressRoutes`]).
     pub fn is_http(self) -> bool {
         matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
     }
@@ -268,7 +270,9 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A local listener for one service the app calls.
+/// A local listener for one service the app calls. Several HTTP services may share a `bind`
+/// (one entry each): the proxy routes each request to one of them by its authority
+/// ([`crate::routes::EgressRoutes`]); a TCP bind has exactly one service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundListener {

@@ -555,8 +555,9 @@ fn ports_for<'s>(egress: &IstioEgressListener, se: &'s ServiceEntrySpec) -> Vec<
     }
 }
 
-/// Several services may share a listener only when it speaks HTTP (they are told apart by
-/// `Host`); a TCP listener forwards to exactly one service.
+/// Several services may share a listener only when it speaks HTTP: the proxy then routes each
+/// request by its `Host` / `:authority` (`crate::routes`; docs/http.md, "Outbound: routing by
+/// Host"). A TCP listener forwards whole connections, so it has exactly one service.
 fn check_shared_listeners(
     sidecar: &Resource<SidecarSpec>,
     workload: &Workload<'_>,

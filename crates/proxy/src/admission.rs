@@ -140,7 +140,8 @@ pub(crate) fn admit(head: &RequestHead<'_>) -> Result<Admitted, Refusal> {
     })
 }
 
-fn authority(head: &RequestHead<'_>) -> Result<String, Refusal> {
+/// The one authority of a request (the rules of [`admit`]), or why it has none.
+pub(crate) fn authority(head: &RequestHead<'_>) -> Result<String, Refusal> {
     let bad_host = refused(
         StatusCode::BAD_REQUEST,
         "invalid Host header\n",
@@ -205,7 +206,7 @@ fn is_http_protocol(token: &str) -> bool {
 }
 
 /// The protocols an HTTP/1.1 `Upgrade` asks for, other than HTTP versions, lower-cased.
-fn upgrade_protocols(version: Version, headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn upgrade_protocols(version: Version, headers: &HeaderMap) -> Vec<String> {
     if version != Version::HTTP_11 {
         return Vec::new();
     }

@@ -42,8 +42,9 @@ use crate::splice::{splice, Abort, SpliceEnd};
 /// Response bodies: the app's streamed body, or a small local one.
 pub(crate) type RespBody = BoxBody<Bytes, hyper::Error>;
 
-/// The one local reply: the refusal's status and body (plain text), and Envoy's
-/// `WWW-Authenticate` challenge for a rejected token.
+/// The one local reply (inbound and outbound): the refusal's status and body (plain text),
+/// `Connection: close` when the refusal closes the connection, and Envoy's `WWW-Authenticate`
+/// challenge for a rejected token.
 pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Response<RespBody> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(refusal.body.as_bytes()))
@@ -57,6 +58,10 @@ pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Respo
     );
     if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    if refusal.close {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }

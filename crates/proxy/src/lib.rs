@@ -7,7 +7,9 @@
 //!   `ward-policy` engine; this crate only carries the [`ward_policy::Decision`] out.
 //! - `outbound`: the Sidecar egress listeners the app dials; each connection is tunnelled over
 //!   a pooled HBONE connection (`pool`) to a chosen endpoint, or sent plaintext where the
-//!   destination's PeerAuthentication is DISABLE (auto-mTLS).
+//!   destination's PeerAuthentication is DISABLE (auto-mTLS). A listener that several HTTP
+//!   services share is served by `egress_http`: each request goes to the service its `Host`
+//!   names.
 //! - `inbound_http`: on HTTP ports, each request goes through its phases (route, `admission`,
 //!   authenticate with the keys `jwks_fetch` keeps, authorize, forward over `upstream`).
 //! - `connection`: one inbound connection's facts, and the result every connection finishes
@@ -26,6 +28,7 @@ mod authn;
 mod certs;
 mod connection;
 mod conntrack;
+mod egress_http;
 mod inbound;
 mod inbound_http;
 pub mod listener;

@@ -1,7 +1,8 @@
 //! Outbound: the Sidecar egress listeners the app dials (`captureMode: NONE`; Ward does not
 //! intercept with iptables). Each connection picks an endpoint of the service and goes over HBONE
 //! (mTLS, the endpoint's SPIFFE id verified), or plaintext where the destination port is
-//! PeerAuthentication DISABLE (auto-mTLS: the client knows the server's mode).
+//! PeerAuthentication DISABLE (auto-mTLS: the client knows the server's mode). A listener that
+//! several HTTP services share is served request by request instead (`egress_http.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub(crate) struct OutboundCtx {
     pub metrics: Arc<Metrics>,
     /// Our own SPIFFE id.
     pub identity: String,
+    /// Routing tables of the egress listeners that several HTTP services share.
+    pub(crate) routes: crate::egress_http::RouteCache,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -78,7 +81,8 @@ pub(crate) async fn run_listener(
     .await
 }
 
-enum Upstream {
+/// What an outbound connection goes over: an HBONE tunnel, or a plaintext socket.
+pub(crate) enum Upstream {
     Tunnel(ward_hbone::H2Stream),
     Plain(TcpStream),
 }
@@ -94,6 +98,9 @@ async fn serve_connection(
 ) {
     let _ = app.set_nodelay(true);
     let cfg = ctx.config.borrow().clone();
+    if crate::egress_http::routes_by_host(&ctx, &cfg, bind) {
+        return crate::egress_http::serve(ctx, app, src, bind).await;
+    }
     let mut rec = ConnRecord::new(Direction::Outbound, src, bind);
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
@@ -169,7 +176,7 @@ async fn connect_any(
 }
 
 /// Open the upstream for one endpoint.
-async fn connect(
+pub(crate) async fn connect(
     ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     ep: &Endpoint,

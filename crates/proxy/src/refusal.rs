@@ -57,6 +57,8 @@ pub enum ResponseFlag {
     UpstreamFailure,
     /// `UPE`: the upstream answered in a protocol that was not asked for.
     UpstreamProtocolError,
+    /// `UC`: the upstream connection ended before the response.
+    UpstreamConnectionTermination,
 }
 
 impl ResponseFlag {
@@ -72,6 +74,7 @@ impl ResponseFlag {
             ResponseFlag::NoHealthyUpstream => "UH",
             ResponseFlag::UpstreamFailure => "UF",
             ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
         }
     }
 }
@@ -102,6 +105,9 @@ pub(crate) struct Refusal {
     pub detail: String,
     /// The body of an HTTP local reply.
     pub body: &'static str,
+    /// Close an HTTP/1.1 connection after the local reply: the bytes after a refused `CONNECT`
+    /// or upgrade may be another protocol's, never a next request (Envoy closes too).
+    pub(crate) close: bool,
 }
 
 impl Refusal {
@@ -114,6 +120,7 @@ impl Refusal {
             rule: None,
             detail: detail.into(),
             body: "",
+            close: false,
         }
     }
 
@@ -171,6 +178,15 @@ impl Refusal {
         }
     }
 
+    /// The same refusal, closing the connection after the reply when it is HTTP/1.x.
+    #[must_use]
+    pub(crate) fn closing(self, version: http::Version) -> Refusal {
+        Refusal {
+            close: version < http::Version::HTTP_2,
+            ..self
+        }
+    }
+
     /// True when a policy refused it.
     pub(crate) fn by_policy(&self) -> bool {
         self.fault == Fault::Policy
@@ -201,6 +217,7 @@ mod tests {
             (ResponseFlag::NoHealthyUpstream, "UH"),
             (ResponseFlag::UpstreamFailure, "UF"),
             (ResponseFlag::UpstreamProtocolError, "UPE"),
+            (ResponseFlag::UpstreamConnectionTermination, "UC"),
         ];
         for (flag, text) in all {
             assert_eq!(flag.as_str(), text);

@@ -218,6 +218,7 @@ impl Sidecar {
             pool: Arc::new(HbonePool::new(address, h.certs.clone())),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
+            routes: Default::default(),
         });
         tokio::spawn(inbound::run_hbone(
             hbone,

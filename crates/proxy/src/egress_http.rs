@@ -1,0 +1,1033 @@
+//! Outbound HTTP routed by `Host`: an egress listener that several HTTP services share (a
+//! Sidecar egress listener whose `hosts` match more than one HTTP service on its port) serves
+//! HTTP/1.1 and h2c to the app, and sends each request to the service its authority names
+//! ([`ward_config::routes`]), over an HBONE tunnel to one of that service's endpoints (or in
+//! plaintext where auto-mTLS says so). A listener with one service is not served here: its
+//! connections go through whole (`outbound.rs`).
+//!
+//! Each downstream connection keeps its own client connections, per service, so kept-alive
+//! requests to one service reuse a tunnel, and the next request on the same connection may go
+//! to another service. Status codes and response flags: docs/http.md, "Outbound: routing by
+//! Host".
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, TE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use ward_config::{EgressRoutes, Endpoint, OutboundListener, ProxyConfig};
+
+use crate::access_log::{ConnRecord, Direction};
+use crate::admission::{self, RequestHead};
+use crate::connection::{ConnResult, End};
+use crate::outbound::{connect, OutboundCtx, Upstream};
+use crate::refusal::{Refusal, ResponseFlag};
+
+/// Bodies both ways: the peer's streamed body, or a small local one.
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Idle HTTP/1.1 connections kept per service by one downstream connection.
+const MAX_IDLE_PER_SERVICE: usize = 8;
+
+/// The egress routing of one config.
+struct Built {
+    config: Arc<ProxyConfig>,
+    routes: EgressRoutes,
+}
+
+/// The routing tables of the sidecar's current config: built when a connection or request
+/// first sees a new config, then shared, never rebuilt per request.
+#[derive(Default)]
+pub(crate) struct RouteCache(ArcSwapOption<Built>);
+
+impl RouteCache {
+    fn get(&self, config: &Arc<ProxyConfig>) -> Arc<Built> {
+        if let Some(built) = self.0.load_full() {
+            if Arc::ptr_eq(&built.config, config) {
+                return built;
+            }
+        }
+        let built = Arc::new(Built {
+            config: config.clone(),
+            routes: EgressRoutes::new(config),
+        });
+        self.0.store(Some(built.clone()));
+        built
+    }
+}
+
+/// Whether the connections the listener at `bind` accepts are served here, request by request
+/// (several HTTP services share it), rather than forwarded whole.
+pub(crate) fn routes_by_host(
+    ctx: &OutboundCtx,
+    config: &Arc<ProxyConfig>,
+    bind: SocketAddr,
+) -> bool {
+    ctx.routes.get(config).routes.is_shared(bind)
+}
+
+/// Serve HTTP on an app's connection to a shared egress listener until it closes.
+pub(crate) async fn serve(
+    ctx: Arc<OutboundCtx>,
+    app: TcpStream,
+    src: SocketAddr,
+    bind: SocketAddr,
+) {
+    let down = Arc::new(Downstream {
+        ctx,
+        src,
+        bind,
+        clients: Clients::default(),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let down = down.clone();
+        async move { Ok::<_, Infallible>(down.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The limits of the inbound side (crates/proxy/src/http.rs).
+    builder.http1().max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection(TokioIo::new(app), svc).await {
+        tracing::debug!(error = %e, "outbound http connection ended with an error");
+    }
+}
+
+fn no_route() -> Refusal {
+    Refusal::downstream(ResponseFlag::NoRoute, "route_not_found")
+        .with_reply(StatusCode::NOT_FOUND, "")
+}
+
+fn no_endpoints() -> Refusal {
+    Refusal::upstream(ResponseFlag::NoHealthyUpstream, "no_healthy_upstream")
+        .with_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+}
+
+fn connect_failed() -> Refusal {
+    Refusal::upstream(
+        ResponseFlag::UpstreamFailure,
+        "upstream_reset_before_response_started{connection_failure}",
+    )
+    .with_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+}
+
+fn denied() -> Refusal {
+    Refusal::policy(None, None, "upstream_denied_connection")
+        .with_reply(StatusCode::FORBIDDEN, "upstream denied the connection")
+}
+
+fn reset() -> Refusal {
+    Refusal::upstream(
+        ResponseFlag::UpstreamConnectionTermination,
+        "upstream_reset_before_response_started{connection_termination}",
+    )
+    .with_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers",
+    )
+}
+
+/// What a request is for, decided before any I/O.
+#[derive(Debug)]
+struct Plan<'c> {
+    /// The service's listener entry.
+    listener: &'c OutboundListener,
+    /// The request's authority, forwarded as it came.
+    authority: String,
+}
+
+/// Decide where a request goes, or the response Ward gives instead. Pure. Rules:
+/// - `CONNECT` is refused (405): a tunnel through the listener would bypass routing.
+/// - The authority is the request-target's, else `Host`; none, several `Host` lines, a `Host`
+///   that differs from the target's, or a malformed one: 400 (crates/proxy/src/admission.rs).
+/// - An `Upgrade` to anything but an HTTP version (WebSocket, …) is refused (403,
+///   `upgrade_failed`, as Envoy answers an upgrade its route does not enable): the upgraded
+///   bytes could not be routed. `h2c` upgrades are ignored: the request is served as the
+///   HTTP/1.1 request it also is. After refusing `CONNECT` or an upgrade, an HTTP/1.1
+///   connection is closed.
+/// - No virtual host for the authority: 404 `NR`; a service with no endpoints: 503 `UH`.
+fn plan<'c>(
+    config: &'c ProxyConfig,
+    routes: &EgressRoutes,
+    bind: SocketAddr,
+    head: &RequestHead<'_>,
+) -> Result<Plan<'c>, Refusal> {
+    if head.method == Method::CONNECT {
+        return Err(
+            Refusal::downstream(ResponseFlag::None, "connect_not_allowed")
+                .with_reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "CONNECT is not served on this listener\n",
+                )
+                .closing(head.version),
+        );
+    }
+    let authority = admission::authority(head)?;
+    if !admission::upgrade_protocols(head.version, head.headers).is_empty() {
+        return Err(Refusal::downstream(ResponseFlag::None, "upgrade_failed")
+            .with_reply(
+                StatusCode::FORBIDDEN,
+                "upgrades are not served on this listener\n",
+            )
+            .closing(head.version));
+    }
+    let listener = routes
+        .table(bind)
+        .and_then(|t| t.lookup(&authority))
+        .and_then(|host| config.outbound.get(host.target))
+        .ok_or_else(no_route)?;
+    if listener.endpoints.is_empty() {
+        return Err(no_endpoints());
+    }
+    Ok(Plan {
+        listener,
+        authority,
+    })
+}
+
+/// Turn the app's request head into the one sent to the service. Pure. Hop-by-hop headers go
+/// (RFC 9110 §7.6.1), `TE: trailers` stays when the app sent it (trailers are passed through).
+/// HTTP/1.1 gets the origin form and `Host: <authority>`; HTTP/2 gets `:authority` and no
+/// `Host`. The path and query go as the app sent them: the destination sidecar admits them.
+fn upstream_head(
+    parts: &mut http::request::Parts,
+    authority: &str,
+    version: Version,
+) -> Result<(), Refusal> {
+    let bad_target = Refusal::downstream(ResponseFlag::None, "invalid_target")
+        .with_reply(StatusCode::BAD_REQUEST, "invalid request target\n");
+    let trailers = lists_trailers(&parts.headers);
+    admission::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(HOST);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = if version == Version::HTTP_2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| bad_target.clone())?
+    } else {
+        let value = HeaderValue::from_str(authority).map_err(|_| bad_target.clone())?;
+        parts.headers.insert(HOST, value);
+        path.parse().map_err(|_| bad_target)?
+    };
+    if trailers {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
+    parts.version = version;
+    Ok(())
+}
+
+/// Whether a `TE` line lists `trailers`.
+fn lists_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// One app connection to a shared listener.
+struct Downstream {
+    ctx: Arc<OutboundCtx>,
+    src: SocketAddr,
+    bind: SocketAddr,
+    clients: Clients,
+}
+
+/// The client connections of one downstream connection, by service host. Locks are held for
+/// the map operation only.
+#[derive(Default)]
+struct Clients {
+    /// Idle HTTP/1.1 connections: a request takes one, the end of its response gives it back.
+    h1: Arc<Mutex<HashMap<String, Vec<H1Client>>>>,
+    /// One HTTP/2 connection per service, shared by concurrent requests.
+    h2: Mutex<HashMap<String, H2Client>>,
+}
+
+type H1Client = Client<http1::SendRequest<Body>>;
+type H2Client = Client<http2::SendRequest<Body>>;
+
+/// A client connection to a service, and where it goes.
+#[derive(Clone)]
+struct Client<S> {
+    sender: S,
+    far: Arc<FarEnd>,
+}
+
+/// What the access log says about the far end of a client connection.
+#[derive(Debug)]
+struct FarEnd {
+    endpoint: SocketAddr,
+    hbone: Option<SocketAddr>,
+    workload: Option<String>,
+    identity: Option<String>,
+}
+
+impl FarEnd {
+    /// Still one of the service's endpoints (the config may have changed since it was opened).
+    fn serves(&self, listener: &OutboundListener) -> bool {
+        listener
+            .endpoints
+            .iter()
+            .any(|e| e.address == self.endpoint)
+    }
+}
+
+impl Clients {
+    fn take_h1(&self, listener: &OutboundListener) -> Option<H1Client> {
+        let mut idle = self.h1.lock().ok()?;
+        let list = idle.get_mut(&listener.service)?;
+        while let Some(c) = list.pop() {
+            if c.sender.is_ready() && c.far.serves(listener) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Give an HTTP/1.1 connection back once its response has been read to the end (unless it
+    /// closed meanwhile).
+    fn give_back_h1(&self, service: &str, mut client: H1Client) {
+        let idle = self.h1.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            if client.sender.ready().await.is_ok() {
+                if let Ok(mut idle) = idle.lock() {
+                    let list = idle.entry(service).or_default();
+                    if list.len() < MAX_IDLE_PER_SERVICE {
+                        list.push(client);
+                    }
+                }
+            }
+        });
+    }
+
+    fn h2(&self, listener: &OutboundListener) -> Option<H2Client> {
+        let shared = self.h2.lock().ok()?;
+        shared
+            .get(&listener.service)
+            .filter(|c| !c.sender.is_closed() && c.far.serves(listener))
+            .cloned()
+    }
+}
+
+impl Downstream {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let config = self.ctx.config.borrow().clone();
+        let mut log = RequestLog::new(self, &config, &req);
+        match self.route_and_send(&config, req, &mut log).await {
+            Ok(resp) => {
+                log.emit(resp.status().as_u16(), "-", "via_upstream", None);
+                resp
+            }
+            Err(refusal) => {
+                let code = refusal.status.map_or(500, |s| s.as_u16());
+                log.emit(
+                    code,
+                    refusal.flag.as_str(),
+                    &refusal.detail,
+                    log.error.as_deref(),
+                );
+                crate::inbound_http::local_reply(&refusal, None)
+            }
+        }
+    }
+
+    async fn route_and_send(
+        &self,
+        config: &Arc<ProxyConfig>,
+        req: Request<Incoming>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Body>, Refusal> {
+        let built = self.ctx.routes.get(config);
+        let head = RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+        };
+        let plan = plan(config, &built.routes, self.bind, &head)?;
+        log.authority.clone_from(&plan.authority);
+        log.service = Some(plan.listener.service.clone());
+        let version = if plan.listener.protocol.is_http2() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let (mut parts, body) = req.into_parts();
+        upstream_head(&mut parts, &plan.authority, version)?;
+        let req = Request::from_parts(parts, body.boxed());
+        let mut resp = if version == Version::HTTP_2 {
+            self.send_h2(config, plan.listener, req, log).await?
+        } else {
+            self.send_h1(config, plan.listener, req, log).await?
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // No upgrade was asked for (`plan` refuses them).
+            return Err(Refusal::upstream(
+                ResponseFlag::UpstreamProtocolError,
+                "upgrade_protocol_mismatch",
+            )
+            .with_reply(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched protocols unasked\n",
+            ));
+        }
+        admission::strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(|b| b.boxed()))
+    }
+
+    async fn send_h1(
+        &self,
+        config: &ProxyConfig,
+        listener: &OutboundListener,
+        req: Request<Body>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, Refusal> {
+        // A kept-alive connection the far side closed a moment ago fails before the request is
+        // written; the request then goes on a new connection. A request that was (even partly)
+        // written is never sent twice.
+        let req = match self.clients.take_h1(listener) {
+            Some(mut client) => {
+                log.far = Some(client.far.clone());
+                match client.sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.clients.give_back_h1(&listener.service, client);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => req,
+                        None => return Err(log.failed(reset(), e.into_error())),
+                    },
+                }
+            }
+            None => req,
+        };
+        let tunnel = self.open(config, listener, log).await?;
+        let mut client = tunnel.http1(log).await?;
+        let resp = client
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| log.failed(reset(), e))?;
+        self.clients.give_back_h1(&listener.service, client);
+        Ok(resp)
+    }
+
+    async fn send_h2(
+        &self,
+        config: &ProxyConfig,
+        listener: &OutboundListener,
+        req: Request<Body>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let mut client = match self.clients.h2(listener) {
+            Some(c) => c,
+            None => {
+                let tunnel = self.open(config, listener, log).await?;
+                let client = tunnel.http2(log).await?;
+                if let Ok(mut shared) = self.clients.h2.lock() {
+                    shared.insert(listener.service.clone(), client.clone());
+                }
+                client
+            }
+        };
+        log.far = Some(client.far.clone());
+        client
+            .sender
+            .ready()
+            .await
+            .map_err(|e| log.failed(reset(), e))?;
+        client
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| log.failed(reset(), e))
+    }
+
+    /// Open a tunnel (or a plaintext socket) to one of the service's endpoints, starting at a
+    /// random one and trying the next where that makes sense, as `outbound.rs` does for whole
+    /// connections. When none can be reached, that finishes a failed outbound connection.
+    async fn open(
+        &self,
+        config: &ProxyConfig,
+        listener: &OutboundListener,
+        log: &mut RequestLog,
+    ) -> Result<Tunnel, Refusal> {
+        let mut endpoints: Vec<&Endpoint> = listener.endpoints.iter().collect();
+        if !endpoints.is_empty() {
+            let start = fastrand::usize(..endpoints.len());
+            endpoints.rotate_left(start);
+        }
+        let mut rec = ConnRecord::new(Direction::Outbound, self.src, self.bind);
+        rec.src_workload = Some(format!(
+            "{}/{}",
+            config.workload.namespace, config.workload.name
+        ));
+        rec.src_namespace = Some(config.workload.namespace.clone());
+        rec.src_identity = Some(self.ctx.identity.clone());
+        rec.dst_service = Some(listener.service.clone());
+        let mut result = ConnResult::new(rec, self.ctx.metrics.clone());
+        let mut last = Refusal::upstream(
+            ResponseFlag::NoHealthyUpstream,
+            format!("service {} has no endpoints", listener.service),
+        );
+        for ep in endpoints {
+            let rec = result.record();
+            rec.dst_addr = ep.address;
+            rec.dst_workload = ep.workload.clone();
+            rec.dst_namespace = ep
+                .workload
+                .as_deref()
+                .and_then(|w| w.split_once('/'))
+                .map(|(ns, _)| ns.to_owned());
+            let connected = connect(&self.ctx, config, ep, rec).await;
+            let far = Arc::new(FarEnd {
+                endpoint: ep.address,
+                hbone: rec.dst_hbone_addr,
+                workload: ep.workload.clone(),
+                identity: rec.dst_identity.clone(),
+            });
+            log.far = Some(far.clone());
+            match connected {
+                Ok(upstream) => {
+                    let counts = Counts::default();
+                    let io = match upstream {
+                        Upstream::Tunnel(t) => Either::Tunnel(t),
+                        Upstream::Plain(s) => Either::Plain(s),
+                    };
+                    return Ok(Tunnel {
+                        io: Counted {
+                            inner: io,
+                            counts: counts.clone(),
+                        },
+                        counts,
+                        result,
+                        far,
+                    });
+                }
+                Err(refusal) => {
+                    let stop = refusal.by_policy();
+                    last = refusal;
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        let answer = if last.by_policy() {
+            denied()
+        } else if last.flag == ResponseFlag::NoHealthyUpstream {
+            no_endpoints()
+        } else {
+            connect_failed()
+        };
+        log.error = Some(format!("{}: {}", last.flag, last.detail));
+        result.finish(End::Refused(last));
+        Err(answer)
+    }
+}
+
+/// A tunnel (or socket) just opened to an endpoint of a service, with its connection result.
+/// An HTTP handshake on it makes a [`Client`]; the connection then counts as open until the
+/// task that drives it ends, when it finishes with its bytes.
+struct Tunnel {
+    io: Counted,
+    counts: Counts,
+    result: ConnResult,
+    far: Arc<FarEnd>,
+}
+
+impl Tunnel {
+    async fn http1(self, log: &mut RequestLog) -> Result<H1Client, Refusal> {
+        let Tunnel {
+            io,
+            counts,
+            result,
+            far,
+        } = self;
+        match http1::Builder::new().handshake(TokioIo::new(io)).await {
+            Ok((sender, conn)) => {
+                drive(conn, result, counts);
+                Ok(Client { sender, far })
+            }
+            Err(e) => Err(handshake_failed(result, e, log)),
+        }
+    }
+
+    async fn http2(self, log: &mut RequestLog) -> Result<H2Client, Refusal> {
+        let Tunnel {
+            io,
+            counts,
+            result,
+            far,
+        } = self;
+        match http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+        {
+            Ok((sender, conn)) => {
+                drive(conn, result, counts);
+                Ok(Client { sender, far })
+            }
+            Err(e) => Err(handshake_failed(result, e, log)),
+        }
+    }
+}
+
+fn handshake_failed(result: ConnResult, e: hyper::Error, log: &mut RequestLog) -> Refusal {
+    result.finish(End::Refused(Refusal::upstream(
+        ResponseFlag::UpstreamFailure,
+        e.to_string(),
+    )));
+    log.failed(connect_failed(), e)
+}
+
+/// Count a client connection open and drive it on its own task; when it ends, finish it with
+/// its bytes.
+fn drive<C>(conn: C, mut result: ConnResult, counts: Counts)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    result.opened();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        result.finish(End::Served {
+            sent: counts.read.load(Ordering::Relaxed),
+            recv: counts.written.load(Ordering::Relaxed),
+        });
+    });
+}
+
+/// Bytes through a client connection, both ways.
+#[derive(Clone, Default)]
+struct Counts {
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+/// A tunnel or a plaintext socket.
+enum Either {
+    Tunnel(ward_hbone::H2Stream),
+    Plain(TcpStream),
+}
+
+/// A stream that counts its bytes.
+struct Counted {
+    inner: Either,
+    counts: Counts,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = match &mut self.inner {
+            Either::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
+            Either::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        let n = buf.filled().len().saturating_sub(before);
+        self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = match &mut self.inner {
+            Either::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
+            Either::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Either::Tunnel(t) => Pin::new(t).poll_flush(cx),
+            Either::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Either::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
+            Either::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One request's access-log record: Envoy's key names for the request, ztunnel's for the two
+/// ends (docs/http.md, "Access log").
+struct RequestLog {
+    src: SocketAddr,
+    workload: String,
+    identity: String,
+    method: String,
+    path: String,
+    protocol: &'static str,
+    authority: String,
+    service: Option<String>,
+    far: Option<Arc<FarEnd>>,
+    /// What failed, when the answer is a refusal for a failure.
+    error: Option<String>,
+    started: Instant,
+}
+
+impl RequestLog {
+    /// Note `error` as the cause of `refusal`.
+    fn failed(&mut self, refusal: Refusal, error: impl std::fmt::Display) -> Refusal {
+        self.error = Some(error.to_string());
+        refusal
+    }
+
+    fn new(down: &Downstream, config: &ProxyConfig, req: &Request<Incoming>) -> RequestLog {
+        RequestLog {
+            src: down.src,
+            workload: format!("{}/{}", config.workload.namespace, config.workload.name),
+            identity: down.ctx.identity.clone(),
+            method: req.method().as_str().to_owned(),
+            // The path only: a query may hold a token.
+            path: req.uri().path().to_owned(),
+            protocol: match req.version() {
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_11 => "HTTP/1.1",
+                Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/other",
+            },
+            // What the app sent, until admission says what it is.
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    req.headers()
+                        .get(HOST)
+                        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                })
+                .unwrap_or_default(),
+            service: None,
+            far: None,
+            error: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn emit(&self, code: u16, flags: &str, details: &str, error: Option<&str>) {
+        let far = self.far.as_deref();
+        tracing::info!(
+            target: "access",
+            direction = "outbound",
+            method = %self.method,
+            path = %self.path,
+            protocol = self.protocol,
+            authority = (!self.authority.is_empty()).then_some(self.authority.as_str()),
+            response_code = code,
+            response_flags = flags,
+            response_code_details = details,
+            src.addr = %self.src,
+            src.workload = %self.workload,
+            src.identity = %self.identity,
+            dst.service = self.service.as_deref(),
+            dst.addr = far.map(|f| f.endpoint.to_string()).as_deref(),
+            dst.hbone_addr = far.and_then(|f| f.hbone).map(|a| a.to_string()).as_deref(),
+            dst.workload = far.and_then(|f| f.workload.as_deref()),
+            dst.identity = far.and_then(|f| f.identity.as_deref()),
+            error,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "request complete"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_config::{Protocol, Transport, WorkloadInfo};
+
+    const BIND: &str = "127.9.0.1:8080";
+
+    fn listener(service: &str, protocol: Protocol, endpoints: &[&str]) -> OutboundListener {
+        OutboundListener {
+            bind: BIND.parse().unwrap(),
+            service: service.to_owned(),
+            service_port: 8080,
+            protocol,
+            endpoints: endpoints
+                .iter()
+                .map(|a| Endpoint {
+                    address: a.parse().unwrap(),
+                    workload: None,
+                    identity: None,
+                    transport: Transport::Hbone,
+                })
+                .collect(),
+        }
+    }
+
+    /// A client in namespace `app` whose listener :8080 serves `a` (HTTP, one endpoint) and
+    /// `b` (HTTP2, no endpoints).
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            workload: WorkloadInfo {
+                name: "cli".into(),
+                namespace: "app".into(),
+                service_account: "cli".into(),
+                address: "127.9.0.1".parse().unwrap(),
+                labels: Default::default(),
+                identity: "spiffe://cluster.local/ns/app/sa/cli".into(),
+                demo_app: None,
+                keep_override_headers: false,
+            },
+            inbound: vec![],
+            outbound: vec![
+                listener(
+                    "a.app.svc.cluster.local",
+                    Protocol::Http,
+                    &["127.9.0.10:8080"],
+                ),
+                listener("b.app.svc.cluster.local", Protocol::Http2, &[]),
+            ],
+            authz: Default::default(),
+            outbound_traffic_policy: "ALLOW_ANY".into(),
+            jwt_rules: Default::default(),
+        }
+    }
+
+    fn request(
+        method: &str,
+        target: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+    ) -> Request<()> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_go_where_their_authority_says_or_get_a_local_answer() {
+        const HTTP_11: Version = Version::HTTP_11;
+        const HTTP_2: Version = Version::HTTP_2;
+        let cfg = config();
+        let routes = EgressRoutes::new(&cfg);
+        let ok = |service: &str| Ok(service.to_owned());
+        let local = |status: u16, flags: &str, details: &str| {
+            Err((status, flags.to_owned(), details.to_owned()))
+        };
+        let cases = [
+            (
+                request("GET", "/", HTTP_11, &[("host", "a.app.svc.cluster.local")]),
+                ok("a.app.svc.cluster.local"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "A:8080")]),
+                ok("a.app.svc.cluster.local"),
+            ),
+            (
+                request("GET", "http://a.app/x", HTTP_11, &[("host", "a.app")]),
+                ok("a.app.svc.cluster.local"),
+            ),
+            (
+                request("GET", "http://a.app.svc/x", HTTP_2, &[]),
+                ok("a.app.svc.cluster.local"),
+            ),
+            // An h2c upgrade is served as the plain HTTP/1.1 request it also is.
+            (
+                request(
+                    "GET",
+                    "/",
+                    HTTP_11,
+                    &[
+                        ("host", "a"),
+                        ("connection", "Upgrade, HTTP2-Settings"),
+                        ("upgrade", "h2c"),
+                        ("http2-settings", "AAMAAABkAAQAAP__"),
+                    ],
+                ),
+                ok("a.app.svc.cluster.local"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[]),
+                local(400, "-", "missing_host"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "a"), ("host", "b")]),
+                local(400, "-", "multiple_host_headers"),
+            ),
+            (
+                request("GET", "http://a.app/", HTTP_11, &[("host", "b.app")]),
+                local(400, "-", "host_authority_mismatch"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "a b")]),
+                local(400, "-", "invalid_authority"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "nope.example.com")]),
+                local(404, "NR", "route_not_found"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "a:9090")]),
+                local(404, "NR", "route_not_found"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "127.9.0.1:8080")]),
+                local(404, "NR", "route_not_found"),
+            ),
+            (
+                request("GET", "/", HTTP_11, &[("host", "b")]),
+                local(503, "UH", "no_healthy_upstream"),
+            ),
+            (
+                request("CONNECT", "a:8080", HTTP_11, &[("host", "a:8080")]),
+                local(405, "-", "connect_not_allowed"),
+            ),
+            (
+                request(
+                    "GET",
+                    "/chat",
+                    HTTP_11,
+                    &[
+                        ("host", "a"),
+                        ("connection", "upgrade"),
+                        ("upgrade", "websocket"),
+                    ],
+                ),
+                local(403, "-", "upgrade_failed"),
+            ),
+        ];
+        for (req, want) in cases {
+            let head = RequestHead {
+                method: req.method(),
+                uri: req.uri(),
+                version: req.version(),
+                headers: req.headers(),
+            };
+            let got = plan(&cfg, &routes, BIND.parse().unwrap(), &head)
+                .map(|p| p.listener.service.clone())
+                .map_err(|l| {
+                    (
+                        l.status.map_or(0, |s| s.as_u16()),
+                        l.flag.as_str().to_owned(),
+                        l.detail,
+                    )
+                });
+            assert_eq!(got, want, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn planned_authority_is_forwarded_as_it_came() {
+        let cfg = config();
+        let routes = EgressRoutes::new(&cfg);
+        let req = request("GET", "/", Version::HTTP_11, &[("host", "A.App:8080")]);
+        let head = RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+        };
+        let plan = plan(&cfg, &routes, BIND.parse().unwrap(), &head).unwrap();
+        assert_eq!(plan.authority, "A.App:8080");
+    }
+
+    fn upstream(
+        target: &str,
+        from: Version,
+        headers: &[(&str, &str)],
+        to: Version,
+    ) -> http::request::Parts {
+        let (mut parts, ()) = request("POST", target, from, headers).into_parts();
+        upstream_head(&mut parts, "a.app:8080", to).unwrap();
+        parts
+    }
+
+    #[test]
+    fn upstream_heads_carry_the_authority_for_the_services_protocol() {
+        // h2c from the app, HTTP/1.1 to the service: origin form and `Host`.
+        let p = upstream(
+            "http://a.app:8080/x?y=1",
+            Version::HTTP_2,
+            &[],
+            Version::HTTP_11,
+        );
+        assert_eq!(p.uri, "/x?y=1");
+        assert_eq!(p.headers[HOST], "a.app:8080");
+        assert_eq!(p.version, Version::HTTP_11);
+        // HTTP/1.1 from the app, HTTP/2 to the service: `:authority`, no `Host`.
+        let p = upstream(
+            "/x?y=1",
+            Version::HTTP_11,
+            &[("host", "a.app:8080")],
+            Version::HTTP_2,
+        );
+        assert_eq!(p.uri, "http://a.app:8080/x?y=1");
+        assert!(p.headers.get(HOST).is_none());
+        assert_eq!(p.version, Version::HTTP_2);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_on_their_hop_but_trailers_are_still_wanted() {
+        let p = upstream(
+            "/",
+            Version::HTTP_11,
+            &[
+                ("host", "a.app:8080"),
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "gzip, trailers"),
+                ("upgrade", "h2c"),
+                ("x-kept", "2"),
+            ],
+            Version::HTTP_11,
+        );
+        let names: Vec<&str> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "host", "te"], "{:?}", p.headers);
+        assert_eq!(p.headers[TE], "trailers");
+        let p = upstream("/", Version::HTTP_11, &[("te", "gzip")], Version::HTTP_2);
+        assert!(p.headers.get(TE).is_none());
+    }
+}
