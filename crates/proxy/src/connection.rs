@@ -17,6 +17,7 @@ use ward_tls::PeerInfo;
 use crate::access_log::ConnRecord;
 use crate::metrics::Metrics;
 use crate::refusal::{Refusal, ResponseFlag};
+use crate::splice::{Side, SpliceEnd};
 
 /// An inbound connection: an HBONE `CONNECT` stream (mTLS) or a plaintext socket.
 #[derive(Clone, Debug)]
@@ -102,6 +103,21 @@ pub(crate) enum End {
     },
     /// Refused before it was served, or cut short while it was.
     Refused(Refusal),
+}
+
+impl End {
+    /// A splice's end as the connection's: the bytes from the source and toward it, or the
+    /// failed side's fault, or the policy that closed it.
+    pub(crate) fn from_splice(end: SpliceEnd) -> End {
+        match end {
+            SpliceEnd::Done(recv, sent) => End::Served { sent, recv },
+            SpliceEnd::Failed(side, e) => End::Refused(match side {
+                Side::Downstream => Refusal::downstream(ResponseFlag::None, e.to_string()),
+                Side::Upstream => Refusal::upstream(ResponseFlag::None, e.to_string()),
+            }),
+            SpliceEnd::Closed(refusal) => End::Refused(refusal),
+        }
+    }
 }
 
 /// A connection's access record and metrics, finished exactly once (see the module docs).

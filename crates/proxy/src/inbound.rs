@@ -29,7 +29,7 @@ use crate::conntrack::{Authorized, ConnTracker};
 use crate::listener::{Gate, Permit};
 use crate::metrics::Metrics;
 use crate::refusal::{deciding_rule, Refusal, ResponseFlag};
-use crate::splice::{splice, Abort, SpliceEnd};
+use crate::splice::{splice, Abort};
 use crate::upstream::Upstreams;
 
 /// Time allowed for the TLS handshake of an inbound connection.
@@ -197,7 +197,7 @@ impl InboundCtx {
         result.opened();
         let end = tokio::select! {
             upgraded = crate::inbound_http::serve(io, self.clone(), conn) => match upgraded {
-                Some(end) => splice_end(end),
+                Some(end) => End::from_splice(end),
                 None => End::Served { sent: 0, recv: 0 },
             },
             order = close => match order {
@@ -228,19 +228,7 @@ impl InboundCtx {
         result.opened();
         let end = splice(&mut downstream, &mut upstream, Some(close)).await;
         drop(guard);
-        result.finish(splice_end(end));
-    }
-}
-
-/// A splice's end as a connection's end. A failed side is blamed on the downstream, as no side
-/// can be told apart once both are aborted.
-pub(crate) fn splice_end(end: SpliceEnd) -> End {
-    match end {
-        SpliceEnd::Done(recv, sent) => End::Served { sent, recv },
-        SpliceEnd::Failed(e) => {
-            End::Refused(Refusal::downstream(ResponseFlag::None, e.to_string()))
-        }
-        SpliceEnd::Closed(refusal) => End::Refused(refusal),
+        result.finish(End::from_splice(end));
     }
 }
 

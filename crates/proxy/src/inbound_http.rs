@@ -397,10 +397,11 @@ async fn phases(
     ctx.metrics
         .decision(decision.is_allowed(), policy.as_deref(), &log.workload);
     if !decision.is_allowed() {
-        // Envoy RBAC: 403 with the body `RBAC: access denied`.
-        return Err(
-            Refusal::denied_by(&decision).with_reply(StatusCode::FORBIDDEN, "RBAC: access denied")
-        );
+        // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
+        return Err(Refusal {
+            flag: ResponseFlag::None,
+            ..Refusal::denied_by(&decision).with_reply(StatusCode::FORBIDDEN, "RBAC: access denied")
+        });
     }
     log.decision = Some((true, policy, rule));
     let upgrade = (!admitted.upgrade.is_empty()).then(|| UpgradeCtx {

@@ -21,7 +21,7 @@ use crate::listener::Gate;
 use crate::metrics::Metrics;
 use crate::pool::{HbonePool, PoolError};
 use crate::refusal::{Refusal, ResponseFlag};
-use crate::splice::{splice, SpliceEnd};
+use crate::splice::splice;
 
 /// What every outbound task of one sidecar shares.
 pub(crate) struct OutboundCtx {
@@ -116,11 +116,11 @@ async fn serve_connection(
     let end = match upstream {
         Ok(Upstream::Tunnel(mut t)) => {
             result.opened();
-            splice_end(splice(&mut app, &mut t, None).await)
+            End::from_splice(splice(&mut app, &mut t, None).await)
         }
         Ok(Upstream::Plain(mut s)) => {
             result.opened();
-            splice_end(splice(&mut app, &mut s, None).await)
+            End::from_splice(splice(&mut app, &mut s, None).await)
         }
         Err(refusal) => {
             crate::reset_on_close(&app);
@@ -129,18 +129,6 @@ async fn serve_connection(
     };
     drop(app);
     result.finish(end);
-}
-
-/// A splice's end as an outbound connection's end: a failed side is the upstream's.
-fn splice_end(end: SpliceEnd) -> End {
-    match end {
-        SpliceEnd::Done(sent_up, recv_down) => End::Served {
-            sent: recv_down,
-            recv: sent_up,
-        },
-        SpliceEnd::Failed(e) => End::Refused(Refusal::upstream(ResponseFlag::None, e.to_string())),
-        SpliceEnd::Closed(refusal) => End::Refused(refusal),
-    }
 }
 
 /// Connect to the first endpoint of `route` that can be reached. A policy refusal stops the

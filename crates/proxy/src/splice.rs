@@ -3,7 +3,10 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::refusal::Refusal;
@@ -12,10 +15,19 @@ use crate::refusal::Refusal;
 pub(crate) enum SpliceEnd {
     /// Both directions finished; bytes (downstream→upstream, upstream→downstream).
     Done(u64, u64),
-    /// One side failed.
-    Failed(io::Error),
+    /// One side failed: which, and how.
+    Failed(Side, io::Error),
     /// Policy closed it.
     Closed(Refusal),
+}
+
+/// The two sides of a splice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The side that opened the connection.
+    Downstream,
+    /// The side Ward connected to.
+    Upstream,
 }
 
 /// A stream that can be ended abruptly, so that the far side sees a reset and never a clean
@@ -66,26 +78,80 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = tokio::io::copy_bidirectional_with_sizes(downstream, upstream, 64 * 1024, 64 * 1024);
-    tokio::pin!(copy);
-    let Some(mut close) = close else {
-        return match copy.await {
-            Ok((a, b)) => SpliceEnd::Done(a, b),
-            Err(e) => SpliceEnd::Failed(e),
-        };
+    let mut down = Watched::new(downstream);
+    let mut up = Watched::new(upstream);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 * 1024, 64 * 1024);
+    let result = match close {
+        None => copy.await,
+        Some(mut close) => {
+            tokio::pin!(copy);
+            tokio::select! {
+                r = &mut copy => r,
+                order = &mut close => match order {
+                    Ok(order) => return SpliceEnd::Closed(order),
+                    // No order can come any more: keep copying to the end.
+                    Err(_) => copy.await,
+                },
+            }
+        }
     };
-    tokio::select! {
-        r = &mut copy => match r {
-            Ok((a, b)) => SpliceEnd::Done(a, b),
-            Err(e) => SpliceEnd::Failed(e),
-        },
-        order = &mut close => match order {
-            Ok(order) => SpliceEnd::Closed(order),
-            // No order can come any more: keep copying to the end.
-            Err(_) => match copy.await {
-                Ok((a, b)) => SpliceEnd::Done(a, b),
-                Err(e) => SpliceEnd::Failed(e),
-            },
-        },
+    match result {
+        Ok((a, b)) => SpliceEnd::Done(a, b),
+        // The side whose own I/O failed first is to blame; when neither saw an error (a
+        // failure inside the copy itself), the downstream is.
+        Err(e) if up.failed && !down.failed => SpliceEnd::Failed(Side::Upstream, e),
+        Err(e) => SpliceEnd::Failed(Side::Downstream, e),
+    }
+}
+
+/// A side of a splice that remembers whether its own I/O failed.
+struct Watched<'a, S> {
+    inner: &'a mut S,
+    failed: bool,
+}
+
+impl<'a, S> Watched<'a, S> {
+    fn new(inner: &'a mut S) -> Self {
+        Watched {
+            inner,
+            failed: false,
+        }
+    }
+
+    fn note<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &poll {
+            self.failed = true;
+        }
+        poll
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        self.note(poll)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        self.note(poll)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_flush(cx);
+        self.note(poll)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_shutdown(cx);
+        self.note(poll)
     }
 }
