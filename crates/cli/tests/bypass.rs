@@ -225,8 +225,10 @@ fn h2c_upgrade_is_stripped_so_every_request_is_authorized() {
 fn an_app_switching_to_an_unrequested_protocol_is_not_spliced() {
     // A raw app that answers any upgrade with `101 upgrade: h2c` and then serves whatever
     // follows: splicing it would hand the client an unchecked channel.
-    let mesh = Mesh::with_own_app(61).http();
-    let l = std::net::TcpListener::bind(("127.0.0.1", mesh.app_port)).unwrap();
+    // The app's port is bound before the mesh names it, so no other socket can take it first.
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let mut mesh = Mesh::with_own_app(61).http();
+    mesh.app_port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             std::thread::spawn(move || {

@@ -391,8 +391,9 @@ fn large_and_chunked_bodies_stream_through() {
     use std::io::{Read, Write};
     // An app that counts the request body bytes (reading until the end of the chunked body)
     // and answers with a large body of its own.
-    let mesh = Mesh::with_own_app(24).http();
-    let l = std::net::TcpListener::bind(("127.0.0.1", mesh.app_port)).unwrap();
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let mut mesh = Mesh::with_own_app(24).http();
+    mesh.app_port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(c) = conn else { continue };

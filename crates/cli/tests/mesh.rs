@@ -410,8 +410,9 @@ fn peer_authentication_scopes_and_port_level_mtls() {
 
 #[test]
 fn an_app_dying_mid_stream_is_a_reset_never_a_clean_end() {
-    let mesh = Mesh::with_own_app(9);
-    let app = std::net::TcpListener::bind(("127.0.0.1", mesh.app_port)).unwrap();
+    let app = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let mut mesh = Mesh::with_own_app(9);
+    mesh.app_port = app.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in app.incoming() {
             let Ok(mut conn) = conn else { continue };

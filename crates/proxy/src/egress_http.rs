@@ -97,10 +97,10 @@ pub(crate) async fn serve(
     });
     let svc = hyper::service::service_fn(move |req| {
         let down = down.clone();
-        async move { Ok::<_, Infallible>(down.handle(req).await) }
+        async move { Ok::<_, Infallible>(down.serve_request(req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The limits of the inbound side (crates/proxy/src/http.rs).
+    // The limits of the inbound side (crates/proxy/src/inbound_http.rs).
     builder.http1().max_buf_size(64 * 1024);
     builder
         .http2()
@@ -339,7 +339,7 @@ impl Clients {
 }
 
 impl Downstream {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn serve_request(&self, req: Request<Incoming>) -> Response<Body> {
         let config = self.ctx.config.borrow().clone();
         let mut log = RequestLog::new(self, &config, &req);
         match self.route_and_send(&config, req, &mut log).await {

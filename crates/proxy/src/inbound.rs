@@ -129,7 +129,7 @@ pub(crate) struct InboundCtx {
     /// HTTP clients toward the apps, for HTTP ports.
     pub(crate) upstreams: Upstreams,
     /// End-user authentication (RequestAuthentication) state.
-    pub(crate) authn: Arc<crate::authn::AuthnState>,
+    pub(crate) authn: Arc<crate::jwks_fetch::AuthnState>,
 }
 
 impl InboundCtx {

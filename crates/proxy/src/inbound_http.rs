@@ -512,24 +512,6 @@ async fn forward(
     request_id: &str,
     upgrade: Option<UpgradeCtx>,
 ) -> Result<Response<RespBody>, Refusal> {
-    let (mut parts, body) = req.into_parts();
-    let headers = &mut parts.headers;
-    // Istio/Envoy XFCC (Envoy `SANITIZE_SET`, the sidecar default for inbound): the server sees
-    // who called it, only when that was proven by mTLS, in Envoy's format
-    // `By=<server URI>;Hash=<sha256 of the client cert>;Subject="";URI=<client URI>`.
-    if let Some(peer) = &conn.peer_id {
-        let hash = conn.peer_cert_hash.as_deref().unwrap_or("");
-        let xfcc = format!("By={};Hash={hash};Subject=\"\";URI={peer}", ctx.identity);
-        if let Ok(v) = HeaderValue::from_str(&xfcc) {
-            headers.insert("x-forwarded-client-cert", v);
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&traceparent(headers)) {
-        headers.insert("traceparent", v);
-    }
     // The app's protocol is the port's, whatever the client spoke to us (h2c in, HTTP/1.1 out
     // is normal when the client side multiplexes). An upgrade needs HTTP/1.1 on both sides.
     let version = if port.protocol.is_http2() {
@@ -537,11 +519,13 @@ async fn forward(
     } else {
         http::Version::HTTP_11
     };
+    let (mut parts, body) = req.into_parts();
+    add_mesh_headers(&mut parts.headers, ctx, conn, request_id);
     if version == http::Version::HTTP_2 {
-        headers.remove(http::header::UPGRADE);
-        headers.remove(http::header::CONNECTION);
+        parts.headers.remove(http::header::UPGRADE);
+        parts.headers.remove(http::header::CONNECTION);
     }
-    parts.uri = upstream_parts(admitted, version, headers);
+    parts.uri = upstream_parts(admitted, version, &mut parts.headers);
     parts.version = version;
     let req = Request::from_parts(parts, body.boxed());
     let sent = if version == http::Version::HTTP_2 {
@@ -571,40 +555,77 @@ async fn forward(
                 "upstream switched to an unexpected protocol\n",
             ));
         };
-        let upstream = hyper::upgrade::on(&mut resp);
-        let authorized = Authorized {
-            conn: conn.clone(),
-            request: Some(Arc::new(up.request)),
-        };
-        let tracker = ctx.tracker.clone();
-        let task = tokio::spawn(async move {
-            let (Ok(down), Ok(upstream)) = (up.downstream.await, upstream.await) else {
-                return None;
-            };
-            let mut d = UpgradedIo(TokioIo::new(down), up.slot.abort.clone());
-            // The app's side is the pool's own TCP stream (`upstream::Upstreams::send_h1`), so
-            // it can be reset too; bytes the app sent right after its 101 go first.
-            let Ok(app) = upstream.downcast::<TokioIo<TcpStream>>() else {
-                d.abort();
-                return None;
-            };
-            if !app.read_buf.is_empty() && d.write_all(&app.read_buf).await.is_err() {
-                d.abort();
-                return None;
-            }
-            let mut u = app.io.into_inner();
-            let (guard, close) = tracker.register(authorized);
-            let end = splice(&mut d, &mut u, Some(close)).await;
-            drop(guard);
-            Some(end)
-        });
-        if let Ok(mut t) = up.slot.task.lock() {
-            *t = Some(task);
-        }
+        hand_over_upgrade(ctx, conn, up, hyper::upgrade::on(&mut resp));
         return Ok(resp.map(|b| b.boxed()));
     }
     admission::strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// The headers the mesh adds for the app: XFCC, `x-request-id` and `traceparent`.
+fn add_mesh_headers(
+    headers: &mut HeaderMap,
+    ctx: &InboundCtx,
+    conn: &InboundConn,
+    request_id: &str,
+) {
+    // Istio/Envoy XFCC (Envoy `SANITIZE_SET`, the sidecar default for inbound): the server sees
+    // who called it, only when that was proven by mTLS, in Envoy's format
+    // `By=<server URI>;Hash=<sha256 of the client cert>;Subject="";URI=<client URI>`.
+    if let Some(peer) = &conn.peer_id {
+        let hash = conn.peer_cert_hash.as_deref().unwrap_or("");
+        let xfcc = format!("By={};Hash={hash};Subject=\"\";URI={peer}", ctx.identity);
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            headers.insert("x-forwarded-client-cert", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&traceparent(headers)) {
+        headers.insert("traceparent", v);
+    }
+}
+
+/// After the app's 101, splice the client's side to the app's on a task of its own, registered
+/// with the tracker as the request that upgraded it (so a policy change re-checks it), and hand
+/// the task to [`serve`] through the connection's upgrade slot.
+fn hand_over_upgrade(
+    ctx: &InboundCtx,
+    conn: &Arc<InboundConn>,
+    up: UpgradeCtx,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let authorized = Authorized {
+        conn: conn.clone(),
+        request: Some(Arc::new(up.request)),
+    };
+    let tracker = ctx.tracker.clone();
+    let abort = up.slot.abort.clone();
+    let task = tokio::spawn(async move {
+        let (Ok(down), Ok(upstream)) = (up.downstream.await, upstream.await) else {
+            return None;
+        };
+        let mut d = UpgradedIo(TokioIo::new(down), abort);
+        // The app's side is the pool's own TCP stream (`upstream::Upstreams::send_h1`), so
+        // it can be reset too; bytes the app sent right after its 101 go first.
+        let Ok(app) = upstream.downcast::<TokioIo<TcpStream>>() else {
+            d.abort();
+            return None;
+        };
+        if !app.read_buf.is_empty() && d.write_all(&app.read_buf).await.is_err() {
+            d.abort();
+            return None;
+        }
+        let mut u = app.io.into_inner();
+        let (guard, close) = tracker.register(authorized);
+        let end = splice(&mut d, &mut u, Some(close)).await;
+        drop(guard);
+        Some(end)
+    });
+    if let Ok(mut t) = up.slot.task.lock() {
+        *t = Some(task);
+    }
 }
 
 /// One side of an upgraded connection. Aborting sets the connection's abort switch, so the

@@ -24,13 +24,13 @@
 
 mod access_log;
 mod admission;
-mod authn;
 mod certs;
 mod connection;
 mod conntrack;
 mod egress_http;
 mod inbound;
 mod inbound_http;
+mod jwks_fetch;
 pub mod listener;
 pub mod metrics;
 mod outbound;

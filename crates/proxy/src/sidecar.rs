@@ -204,9 +204,9 @@ impl Sidecar {
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
             upstreams: crate::upstream::Upstreams::default(),
-            authn: Arc::new(crate::authn::AuthnState::default()),
+            authn: Arc::new(crate::jwks_fetch::AuthnState::default()),
         });
-        tokio::spawn(crate::authn::run_fetcher(
+        tokio::spawn(crate::jwks_fetch::run_fetcher(
             inbound_ctx.authn.clone(),
             self.config.clone(),
             self.process_listeners.clone(),
