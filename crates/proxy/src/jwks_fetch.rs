@@ -139,9 +139,7 @@ async fn refresh_keys(
         }
         let result = match &remote.jwks_uri {
             Some(uri) => fetch(uri, remote.timeout, &own).await,
-            None => {
-                Err("no jwksUri: OpenID discovery is not supported yet; set jwksUri".to_owned())
-            }
+            None => Err(FetchError::NoJwksUri),
         };
         match &result {
             Ok(k) => tracing::info!(issuer = %remote.issuer, keys = k.len(), "JWKS fetched"),
@@ -150,7 +148,11 @@ async fn refresh_keys(
             }
         }
         if let Ok(mut c) = state.cache.lock() {
-            c.on_fetched(&remote.issuer, state.now_ms(), result);
+            c.on_fetched(
+                &remote.issuer,
+                state.now_ms(),
+                result.map_err(|e| e.to_string()),
+            );
         }
     }
     let issuers: Vec<String> = remotes.into_iter().map(|r| r.issuer).collect();
@@ -159,27 +161,94 @@ async fn refresh_keys(
     }
 }
 
+/// Why a key set could not be fetched. Logged, and kept by the cache as the issuer's last error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    /// The rule has no `jwksUri`.
+    #[error("no jwksUri: OpenID discovery is not supported yet; set jwksUri")]
+    NoJwksUri,
+    /// The whole fetch took longer than the rule's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// The `jwksUri` host.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The name resolves only to link-local or metadata addresses.
+    #[error("{0} resolves only to forbidden addresses")]
+    ForbiddenAddress(String),
+    /// The address is one of Ward's own listeners.
+    #[error("jwksUri refused: {host}:{port} is {addr}, {what}, a socket of Ward's own")]
+    OwnListener {
+        /// The `jwksUri` host.
+        host: String,
+        /// The `jwksUri` port.
+        port: u16,
+        /// The address it reached.
+        addr: SocketAddr,
+        /// Which of Ward's listeners that is.
+        what: String,
+    },
+    /// TCP connect failed.
+    #[error("connect {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No trust store for an `https` `jwksUri`.
+    #[error("no system trust store found for an https jwksUri")]
+    NoTrustStore,
+    /// The TLS handshake (or the TLS setup) failed.
+    #[error("TLS to {host}: {reason}")]
+    Tls {
+        /// The `jwksUri` host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The server answered with a status other than 2xx.
+    #[error("HTTP {0}")]
+    Status(http::StatusCode),
+    /// The body is not a key set Ward can use.
+    #[error("not a usable JWKS: {0}")]
+    Jwks(ward_authn::JwksError),
+}
+
 /// GET the key set over HTTP/1.1, plain or TLS, with a timeout and a body cap; never from one
 /// of `own`.
-async fn fetch(uri: &JwksUri, timeout: Duration, own: &[OwnListener]) -> Result<Jwks, String> {
+async fn fetch(uri: &JwksUri, timeout: Duration, own: &[OwnListener]) -> Result<Jwks, FetchError> {
     let body = tokio::time::timeout(timeout, get(uri, own))
         .await
-        .map_err(|_| format!("timed out after {timeout:?}"))??;
-    Jwks::parse(&body).map_err(|e| format!("not a usable JWKS: {e}"))
+        .map_err(|_| FetchError::Timeout(timeout))??;
+    Jwks::parse(&body).map_err(FetchError::Jwks)
 }
 
 /// The message for a `jwksUri` that reaches one of Ward's listeners.
-fn refused_own(uri: &JwksUri, addr: SocketAddr, listener: &OwnListener) -> String {
-    format!(
-        "jwksUri refused: {}:{} is {addr}, {}, a socket of Ward's own",
-        uri.host, uri.port, listener.what
-    )
+fn refused_own(uri: &JwksUri, addr: SocketAddr, listener: &OwnListener) -> FetchError {
+    FetchError::OwnListener {
+        host: uri.host.clone(),
+        port: uri.port,
+        addr,
+        what: listener.what.to_string(),
+    }
 }
 
-async fn resolve(uri: &JwksUri, own: &[OwnListener]) -> Result<SocketAddr, String> {
+async fn resolve(uri: &JwksUri, own: &[OwnListener]) -> Result<SocketAddr, FetchError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((uri.host.as_str(), uri.port))
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", uri.host))?
+        .map_err(|source| FetchError::Resolve {
+            host: uri.host.clone(),
+            source,
+        })?
         .collect();
     // A name that resolves to Ward itself (`localhost` to the admin API) is refused outright,
     // whatever else it resolves to: a JWKS endpoint never lives there.
@@ -193,14 +262,14 @@ async fn resolve(uri: &JwksUri, own: &[OwnListener]) -> Result<SocketAddr, Strin
     addrs
         .into_iter()
         .find(|a| !forbidden_ip(a.ip()))
-        .ok_or_else(|| format!("{} resolves only to forbidden addresses", uri.host))
+        .ok_or_else(|| FetchError::ForbiddenAddress(uri.host.clone()))
 }
 
-async fn get(uri: &JwksUri, own: &[OwnListener]) -> Result<Vec<u8>, String> {
+async fn get(uri: &JwksUri, own: &[OwnListener]) -> Result<Vec<u8>, FetchError> {
     let addr = resolve(uri, own).await?;
     let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|source| FetchError::Connect { addr, source })?;
     // An address of this host (the kernel gave the socket that same address as its own) reaches
     // listeners bound to `0.0.0.0`/`::` there: checked before a byte is sent.
     let local = tcp.local_addr().is_ok_and(|l| l.ip() == addr.ip());
@@ -218,43 +287,48 @@ async fn get(uri: &JwksUri, own: &[OwnListener]) -> Result<Vec<u8>, String> {
         )
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::Http(e.to_string()))?;
     if uri.tls {
-        let name =
-            rustls::pki_types::ServerName::try_from(uri.host.clone()).map_err(|e| e.to_string())?;
+        let tls_error = |reason: String| FetchError::Tls {
+            host: uri.host.clone(),
+            reason,
+        };
+        let name = rustls::pki_types::ServerName::try_from(uri.host.clone())
+            .map_err(|e| tls_error(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(https_config()?)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS to {}: {e}", uri.host))?;
+            .map_err(|e| tls_error(e.to_string()))?;
         send(tls, req).await
     } else {
         send(tcp, req).await
     }
 }
 
-async fn send<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<Vec<u8>, String>
+async fn send<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<Vec<u8>, FetchError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let http_error = |e: &dyn std::fmt::Display| FetchError::Http(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| http_error(&e))?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| http_error(&e))?;
     if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
+        return Err(FetchError::Status(resp.status()));
     }
     let body = Limited::new(resp.into_body(), MAX_JWKS_BODY)
         .collect()
         .await
-        .map_err(|e| format!("body: {e}"))?;
+        .map_err(|e| FetchError::Http(format!("body: {e}")))?;
     Ok(body.to_bytes().to_vec())
 }
 
 /// TLS toward an identity provider: the operating system's trust store (or the PEM bundle named
 /// by `SSL_CERT_FILE`, the OpenSSL convention, for private CAs), server name verified. Ward's
 /// rustls is built for TLS 1.3 only, so the IdP must offer TLS 1.3.
-fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
+fn https_config() -> Result<Arc<rustls::ClientConfig>, FetchError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let paths = match std::env::var("SSL_CERT_FILE") {
@@ -272,11 +346,14 @@ fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
         }
     }
     if roots.is_empty() {
-        return Err("no system trust store found for an https jwksUri".to_owned());
+        return Err(FetchError::NoTrustStore);
     }
     let config = rustls::ClientConfig::builder_with_provider(ward_tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| FetchError::Tls {
+            host: String::new(),
+            reason: e.to_string(),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
