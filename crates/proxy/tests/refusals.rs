@@ -493,6 +493,22 @@ fn rows() -> Vec<Row> {
             counted: Counted::OpenedClosed { closed_flags: "-" },
         },
         Row {
+            name: "http: token that is not a JWT",
+            provoke: http_bad_token,
+            client: Client::Http(401),
+            kind: Kind::Request {
+                code: 401,
+                details:
+                    "jwt_authn_access_denied{Jwt_is_not_in_the_form_of_Header.Payload.Signature}",
+            },
+            direction: "inbound",
+            response_flags: "-",
+            fault: None,
+            error: None,
+            authz_policy: None,
+            counted: Counted::OpenedClosed { closed_flags: "-" },
+        },
+        Row {
             name: "http: app down",
             provoke: http_app_down,
             client: Client::Http(503),
@@ -808,6 +824,28 @@ fn http_malformed_request(net: Net) -> Provoking {
         "",
         9080,
         "GET / HTTP/1.1\r\nHost: srv.app.svc.cluster.local\r\nx_user: admin\r\nConnection: close\r\n\r\n",
+    ))
+}
+
+/// `app/jwt`: srv verifies tokens of one issuer, with an inline Ed25519 key set (the public
+/// key of RFC 8037 appendix A).
+const JWT_RULES: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: app}
+spec:
+  selector: {matchLabels: {app: srv}}
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+"#;
+
+fn http_bad_token(net: Net) -> Provoking {
+    Box::pin(http_request(
+        net,
+        JWT_RULES,
+        9080,
+        "GET / HTTP/1.1\r\nHost: srv.app.svc.cluster.local\r\nAuthorization: Bearer not-a-jwt\r\nConnection: close\r\n\r\n",
     ))
 }
 
