@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -364,6 +365,8 @@ impl Hypercorn {
             .env("ASGI_ECHO_LOG", dir.path().join("app.log"))
             .stdout(Stdio::null())
             .stderr(stderr)
+            // Its own process group, so that its worker processes go with it.
+            .process_group(0)
             .spawn()
             .context("spawning hypercorn")?;
         let hypercorn = Hypercorn { child, dir };
@@ -389,6 +392,11 @@ impl Hypercorn {
 
 impl Drop for Hypercorn {
     fn drop(&mut self) {
+        // hypercorn serves from worker processes it forks; killing only the parent would leave
+        // them running. The whole group goes (the group id is the parent's pid).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
