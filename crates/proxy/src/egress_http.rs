@@ -99,14 +99,10 @@ pub(crate) async fn serve(
         let down = down.clone();
         async move { Ok::<_, Infallible>(down.serve_request(req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The limits of the inbound side (crates/proxy/src/inbound_http.rs).
-    builder.http1().max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .max_header_list_size(16 * 1024)
-        .max_concurrent_streams(256);
-    if let Err(e) = builder.serve_connection(TokioIo::new(app), svc).await {
+    if let Err(e) = crate::inbound_http::server()
+        .serve_connection(TokioIo::new(app), svc)
+        .await
+    {
         tracing::debug!(error = %e, "outbound http connection ended with an error");
     }
 }
@@ -501,13 +497,7 @@ impl Downstream {
         );
         for ep in endpoints {
             let rec = result.record();
-            rec.dst_addr = ep.address;
-            rec.dst_workload = ep.workload.clone();
-            rec.dst_namespace = ep
-                .workload
-                .as_deref()
-                .and_then(|w| w.split_once('/'))
-                .map(|(ns, _)| ns.to_owned());
+            crate::outbound::note_endpoint(rec, ep);
             let connected = connect(&self.ctx, config, ep, rec).await;
             let far = Arc::new(FarEnd {
                 endpoint: ep.address,

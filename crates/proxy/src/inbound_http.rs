@@ -66,6 +66,19 @@ pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Respo
     r
 }
 
+/// The HTTP server of every connection Ward serves HTTP on (inbound HTTP ports, shared egress
+/// listeners): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226, HPACK bombs:
+/// hyper's limits, set explicitly).
+pub(crate) fn server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(256);
+    builder
+}
+
 /// Where an HTTP/1.1 connection's one upgrade (if any) is handed over: the splice task, and the
 /// switch that makes the connection's streams reset when they are dropped.
 #[derive(Clone, Default)]
@@ -98,14 +111,7 @@ where
             async move { Ok::<_, Infallible>(serve_request(&ctx, &conn, &slot, req).await) }
         })
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Bounded header sizes (CVE-2019-15226, HPACK bombs): hyper's limits, set explicitly.
-    builder.http1().max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .max_header_list_size(16 * 1024)
-        .max_concurrent_streams(256);
-    if let Err(e) = builder
+    if let Err(e) = server()
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await
     {

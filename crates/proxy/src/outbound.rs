@@ -147,13 +147,7 @@ async fn connect_any(
     );
     for ep in &route.endpoints {
         let rec = result.record();
-        rec.dst_addr = ep.address;
-        rec.dst_workload = ep.workload.clone();
-        rec.dst_namespace = ep
-            .workload
-            .as_deref()
-            .and_then(|w| w.split_once('/'))
-            .map(|(ns, _)| ns.to_owned());
+        note_endpoint(rec, ep);
         match connect(ctx, cfg, ep, rec).await {
             Ok(up) => return Ok(up),
             Err(refusal) if refusal.by_policy() => return Err(refusal),
@@ -161,6 +155,17 @@ async fn connect_any(
         }
     }
     Err(last)
+}
+
+/// Record `ep` as the connection's destination.
+pub(crate) fn note_endpoint(rec: &mut ConnRecord, ep: &Endpoint) {
+    rec.dst_addr = ep.address;
+    rec.dst_workload = ep.workload.clone();
+    rec.dst_namespace = ep
+        .workload
+        .as_deref()
+        .and_then(|w| w.split_once('/'))
+        .map(|(ns, _)| ns.to_owned());
 }
 
 /// Open the upstream for one endpoint.
