@@ -1141,6 +1141,42 @@ mod tests {
     }
 
     #[test]
+    fn source_trust_domains_load_and_expand_the_mesh_aliases() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    trustDomain: new.td\n    trustDomainAliases: [old.td]\n{}{}",
+            we("a", "x", "10.0.0.1", ""),
+            doc(
+                "AuthorizationPolicy",
+                "a",
+                "allow-td",
+                "{rules: [{from: [{source: {trustDomains: [old.td], notTrustDomains: [\"evil.*\"]}}]}]}"
+            )
+        );
+        let snap = snapshot(&yaml);
+        let authz = &snap.proxies["a/x"].authz;
+        let decide = |td: &str| {
+            let peer = ward_policy::Peer::new(td, "b", "y");
+            let ip: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+            authz
+                .evaluate_l4(&ward_policy::L4Attributes {
+                    peer: Some(&peer),
+                    source_ip: ip,
+                    remote_ip: ip,
+                    destination_ip: "10.0.0.1".parse().unwrap(),
+                    destination_port: 8080,
+                    sni: None,
+                })
+                .is_allowed()
+        };
+        assert!(
+            decide("new.td"),
+            "the mesh's trust domain is an alias of old.td"
+        );
+        assert!(decide("old.td"));
+        assert!(!decide("other.td"));
+    }
+
+    #[test]
     fn authz_is_selected_per_workload_with_dry_run() {
         let yaml = format!(
             "{}{}{}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: audit\n  namespace: a\n  annotations: {{istio.io/dry-run: \"true\"}}\nspec: {{action: DENY, rules: [{{}}]}}\n{}",

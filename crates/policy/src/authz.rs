@@ -194,6 +194,10 @@ pub struct SourceMatch {
     /// `serviceAccounts`/`notServiceAccounts`.
     #[serde(default, skip_serializing_if = "ValueMatch::is_empty")]
     pub service_accounts: ValueMatch<ServiceAccountMatch>,
+    /// `trustDomains`/`notTrustDomains`, trust-domain aliases expanded, matched on the peer's
+    /// trust domain (as the `source.trustDomain` condition).
+    #[serde(default, skip_serializing_if = "ValueMatch::is_empty")]
+    pub trust_domains: ValueMatch<StringMatch>,
     /// `ipBlocks`/`notIpBlocks`, matched on the connection's source address.
     #[serde(default, skip_serializing_if = "ValueMatch::is_empty")]
     pub ip_blocks: ValueMatch<IpNet>,
@@ -533,6 +537,7 @@ impl RuleCompiler<'_> {
         }
         let principal = |v: &str| self.principal(v);
         let sa = |v: &str| self.service_account(v);
+        let trust_domain = |v: &str| self.trust_domain(v);
         let string = string_pattern;
         let ip = ip_pattern;
         Ok(SourceMatch {
@@ -557,6 +562,13 @@ impl RuleCompiler<'_> {
                 &s.service_accounts,
                 &s.not_service_accounts,
                 sa,
+            )?,
+            trust_domains: field(
+                at,
+                "trustDomains",
+                &s.trust_domains,
+                &s.not_trust_domains,
+                trust_domain,
             )?,
             ip_blocks: field(at, "ipBlocks", &s.ip_blocks, &s.not_ip_blocks, ip)?,
             remote_ip_blocks: field(
@@ -981,6 +993,55 @@ mod tests {
         for yaml in table {
             compile_yaml(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         }
+    }
+
+    #[test]
+    fn trust_domains_expand_aliases_and_match_the_peer_trust_domain() {
+        let policy = compile_yaml(
+            "rules: [{from: [{source: {trustDomains: [td2, \"*.example\"], notTrustDomains: [foreign]}}]}]",
+        )
+        .unwrap();
+        let source = &policy.rules[0].from[0];
+        let values: Vec<String> = source
+            .trust_domains
+            .values
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(values, ["td1", "td2", "*.example"]);
+        let not: Vec<String> = source
+            .trust_domains
+            .not_values
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(not, ["foreign"]);
+        // (peer trust domain, matches): the mesh's domain answers to its alias.
+        for (td, want) in [
+            ("td1", true),
+            ("td2", true),
+            ("a.example", true),
+            ("foreign", false),
+            ("td3", false),
+        ] {
+            let peer = crate::l4::Peer::new(td, "ns", "sa");
+            let conn = crate::l4::L4Attributes {
+                peer: Some(&peer),
+                source_ip: "10.0.0.1".parse().unwrap(),
+                remote_ip: "10.0.0.1".parse().unwrap(),
+                destination_ip: "10.0.0.2".parse().unwrap(),
+                destination_port: 80,
+                sni: None,
+            };
+            assert_eq!(policy.matching_rule_l4(&conn).is_some(), want, "{td}");
+        }
+    }
+
+    #[test]
+    fn empty_trust_domain_is_rejected_with_its_field() {
+        let err =
+            compile_yaml("rules: [{from: [{source: {notTrustDomains: [\"\"]}}]}]").unwrap_err();
+        assert_eq!(err.field, "spec.rules[0].from[0].source.notTrustDomains[0]");
     }
 
     #[test]

@@ -477,6 +477,7 @@ mod tests {
         "*",
     ];
     const NAMESPACES: &[&str] = &["a", "b", "*"];
+    const TRUST_DOMAINS: &[&str] = &["cluster.local", "td2", "other", "*", "o*"];
     const IPS: &[&str] = &["10.0.0.0/8", "192.0.2.0/24", "10.0.0.5"];
     const PORTS: &[&str] = &["80", "8080", "9090"];
     const METHODS: &[&str] = &["GET", "POST", "P*"];
@@ -505,8 +506,10 @@ mod tests {
             field(IPS, 0.2),
             field(IPS, 0.1),
             field(IPS, 0.1),
+            field(TRUST_DOMAINS, 0.1),
+            field(TRUST_DOMAINS, 0.1),
         )
-            .prop_map(|(p, np, rp, ns, nns, ip, nip, rip)| Source {
+            .prop_map(|(p, np, rp, ns, nns, ip, nip, rip, td, ntd)| Source {
                 principals: p,
                 not_principals: np,
                 request_principals: rp,
@@ -515,6 +518,8 @@ mod tests {
                 ip_blocks: ip,
                 not_ip_blocks: nip,
                 remote_ip_blocks: rip,
+                trust_domains: td,
+                not_trust_domains: ntd,
                 ..Source::default()
             })
     }

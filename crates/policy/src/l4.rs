@@ -138,7 +138,12 @@ impl SourceMatch {
             |m, v| m.matches(v),
         ) && known(&self.service_accounts, peer, unknown, |m, p| {
             m.matches(&p.namespace, &p.service_account)
-        }) && self
+        }) && known(
+            &self.trust_domains,
+            peer.map(|p| p.trust_domain.as_str()),
+            unknown,
+            |m, v| m.matches(v),
+        ) && self
             .ip_blocks
             .matches_with(|net| net.contains(&conn.source_ip))
             && self
@@ -338,6 +343,17 @@ mod tests {
             ("when trustDomain", "rules: [{when: [{key: source.trustDomain, values: [cluster.local]}]}]", Some(("a", "b")), 80, true),
             ("when source.namespace plaintext ALLOW", "rules: [{when: [{key: source.namespace, notValues: [x]}]}]", None, 80, false),
             ("when source.principal plaintext DENY", "action: DENY\nrules: [{when: [{key: source.principal, values: [x]}]}]", None, 80, true),
+            ("trustDomains", "rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]", Some(("a", "b")), 80, true),
+            ("trustDomains other", "rules: [{from: [{source: {trustDomains: [other.td]}}]}]", Some(("a", "b")), 80, false),
+            ("trustDomains suffix", "rules: [{from: [{source: {trustDomains: [\"*.local\"]}}]}]", Some(("a", "b")), 80, true),
+            ("trustDomains plaintext ALLOW", "rules: [{from: [{source: {trustDomains: [\"*\"]}}]}]", None, 80, false),
+            ("trustDomains plaintext DENY", "action: DENY\nrules: [{from: [{source: {trustDomains: [other.td]}}]}]", None, 80, true),
+            ("notTrustDomains mtls", "rules: [{from: [{source: {notTrustDomains: [other.td]}}]}]", Some(("a", "b")), 80, true),
+            ("notTrustDomains own", "rules: [{from: [{source: {notTrustDomains: [cluster.local]}}]}]", Some(("a", "b")), 80, false),
+            ("notTrustDomains plaintext ALLOW", "rules: [{from: [{source: {notTrustDomains: [other.td]}}]}]", None, 80, false),
+            ("notTrustDomains plaintext DENY", "action: DENY\nrules: [{from: [{source: {notTrustDomains: [cluster.local]}}]}]", None, 80, true),
+            ("notTrustDomains mtls DENY", "action: DENY\nrules: [{from: [{source: {notTrustDomains: [cluster.local]}}]}]", Some(("a", "b")), 80, false),
+            ("trustDomains AND namespaces", "rules: [{from: [{source: {trustDomains: [cluster.local], namespaces: [x]}}]}]", Some(("a", "b")), 80, false),
             ("when serviceAccount", "rules: [{when: [{key: source.serviceAccount, values: [a/b]}]}]", Some(("a", "b")), 80, true),
         ];
         for (name, yaml, peer, port, want) in table {

@@ -159,6 +159,13 @@ pub struct Source {
     /// Peer service accounts that must not match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_service_accounts: Option<Vec<String>>,
+    /// Trust domains of the peer identity (exact, prefix, suffix or `*`); a value naming the
+    /// mesh's trust domain or one of its aliases stands for all of them. Needs mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domains: Option<Vec<String>>,
+    /// Peer trust domains that must not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_trust_domains: Option<Vec<String>>,
     /// Source address of the connection: single IPs or CIDRs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_blocks: Option<Vec<String>>,

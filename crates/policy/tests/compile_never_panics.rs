@@ -37,8 +37,9 @@ fn source() -> impl Strategy<Value = Source> {
     (
         (list(), list(), list(), list(), list(), list()),
         (list(), list(), list(), list(), list(), list()),
+        (list(), list()),
     )
-        .prop_map(|((a, b, c, d, e, f), (g, h, i, j, k, l))| Source {
+        .prop_map(|((a, b, c, d, e, f), (g, h, i, j, k, l), (m, n))| Source {
             principals: a,
             not_principals: b,
             request_principals: c,
@@ -51,6 +52,8 @@ fn source() -> impl Strategy<Value = Source> {
             not_ip_blocks: j,
             remote_ip_blocks: k,
             not_remote_ip_blocks: l,
+            trust_domains: m,
+            not_trust_domains: n,
         })
 }
 
