@@ -813,7 +813,9 @@ fn misses(path: &str, params: bool) -> String {
 }
 
 /// WARD0211: an egress host that matches no ServiceEntry, for each namespace the Sidecar
-/// applies to.
+/// applies to. A warning for a named host (likely a typo or a missing ServiceEntry); only info
+/// for a wildcard (`./*`, `istio-system/*`, `*/*.example.com`), which matching nothing is a
+/// normal state (docs/analyze.md).
 fn egress_hosts(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
     for sidecar in &context.set.sidecars {
         let mut namespaces: BTreeSet<&str> = context
@@ -833,10 +835,15 @@ fn egress_hosts(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
                 if pattern.namespace == HostNamespace::Nothing {
                     continue;
                 }
+                let severity = if pattern.is_wildcard() {
+                    Severity::Info
+                } else {
+                    Severity::Warning
+                };
                 for ns in &namespaces {
                     if context.services_matching(&pattern, ns).is_empty() {
                         out.push(sidecar.diagnostic(
-                            Severity::Error,
+                            severity,
                             code::EGRESS_HOST_UNMATCHED,
                             &push_index(&push_key(&push_index("spec.egress", i), "hosts"), j),
                             unmatched_host_message(host, ns),
@@ -1037,7 +1044,7 @@ mod tests {
 
     #[test]
     fn each_check_reports_its_code() {
-        use Severity::{Error, Warning};
+        use Severity::{Error, Info, Warning};
         let ap = "AuthorizationPolicy a/p";
         let cases: Vec<(String, Vec<_>)> = vec![
             (
@@ -1102,7 +1109,15 @@ mod tests {
             ),
             (
                 doc("Sidecar", "istio-system", "mesh", "{egress: [{hosts: [\"*/nothing.example.com\"]}]}"),
-                vec![f(code::EGRESS_HOST_UNMATCHED, Error, "Sidecar istio-system/mesh", "spec.egress[0].hosts[0]")],
+                vec![f(code::EGRESS_HOST_UNMATCHED, Warning, "Sidecar istio-system/mesh", "spec.egress[0].hosts[0]")],
+            ),
+            (
+                // Istio's default Sidecar: wildcards that match nothing yet are only info.
+                doc("Sidecar", "istio-system", "mesh", "{egress: [{hosts: [\"./*\", \"istio-system/*\"]}]}"),
+                vec![
+                    f(code::EGRESS_HOST_UNMATCHED, Info, "Sidecar istio-system/mesh", "spec.egress[0].hosts[0]"),
+                    f(code::EGRESS_HOST_UNMATCHED, Info, "Sidecar istio-system/mesh", "spec.egress[0].hosts[1]"),
+                ],
             ),
             (
                 we("b", "lonely", "10.0.0.3", ""),

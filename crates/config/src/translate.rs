@@ -369,21 +369,17 @@ impl<'a> Context<'a> {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
             let mut produced = false;
             let mut matched_any = false;
-            for (j, host) in egress.hosts().iter().enumerate() {
+            for host in egress.hosts() {
                 let Ok(pattern) = SidecarHost::parse(host) else {
                     continue;
                 };
                 if pattern.namespace == HostNamespace::Nothing {
                     continue;
                 }
+                // A host matching nothing yet is not an error: it simply gives no listener
+                // (`ward analyze` reports it, WARD0211).
                 let services = self.services_matching(&pattern, workload.namespace());
                 if services.is_empty() {
-                    errors.push(sidecar.diagnostic(
-                        Severity::Error,
-                        code::EGRESS_HOST_UNMATCHED,
-                        &push_index(&push_key(&path, "hosts"), j),
-                        unmatched_host_message(host, workload.namespace()),
-                    ));
                     continue;
                 }
                 matched_any = true;
@@ -975,14 +971,18 @@ mod tests {
             (Protocol::Tls, Transport::Plaintext, None)
         );
 
-        // exportTo "." hides a service from other namespaces: the host matches nothing.
+        // exportTo "." hides a service from other namespaces: the host matches nothing, which
+        // gives no listener and is no error (`ward analyze` warns, WARD0211); neither is
+        // Istio's default Sidecar, whose wildcards match nothing here.
+        assert_eq!(errors(&client("[{hosts: [\"db/hidden.db.svc\"]}]")), vec![]);
+        assert_eq!(listeners("[{hosts: [\"db/hidden.db.svc\"]}]"), vec![]);
         assert_eq!(
-            errors(&client("[{hosts: [\"db/hidden.db.svc\"]}]")),
-            vec![(
-                Some(30),
-                code::EGRESS_HOST_UNMATCHED,
-                Some("spec.egress[0].hosts[0]".into())
-            )]
+            errors(&client("[{hosts: [\"./*\", \"istio-system/*\"]}]")),
+            vec![]
+        );
+        assert_eq!(
+            listeners("[{hosts: [\"./*\", \"istio-system/*\"]}]"),
+            vec![]
         );
         assert_eq!(
             errors(&client(

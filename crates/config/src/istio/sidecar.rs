@@ -326,6 +326,12 @@ pub(crate) struct SidecarHost {
 }
 
 impl SidecarHost {
+    /// Whether the DNS name is `*` or `*.suffix`: a pattern that may rightly match nothing yet
+    /// (Istio's default Sidecar lists `./*` and `istio-system/*`).
+    pub(crate) fn is_wildcard(&self) -> bool {
+        self.dns.starts_with('*')
+    }
+
     /// istio/api sidecar.proto `hosts`: "One or more service hosts exposed by the listener in
     /// `namespace/dnsName` format. Services in the specified namespace matching `dnsName` will
     /// be exposed. ... The `dnsName` should be specified using FQDN format, optionally including
