@@ -51,9 +51,15 @@ fn findings_carry_codes_locations_and_exit_status() {
         ),
         (
             "unknown-kind.yaml",
-            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolic\nmetadata:\n  name: w\n".into(),
             1,
-            vec!["unknown-kind.yaml:", "Widget"],
+            vec!["unknown-kind.yaml:2", "WARD0106", "did you mean `AuthorizationPolicy`?"],
+        ),
+        (
+            "kubernetes-kind.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n".into(),
+            0,
+            vec!["kubernetes-kind.yaml:1: info[WARD0115] Widget w:"],
         ),
     ];
     for (name, body, want_code, expect) in cases {

@@ -62,6 +62,9 @@ pub mod code {
     pub const ENDPOINT_INVALID: &str = "WARD0113";
     /// Two RequestAuthentication rules with one issuer apply to one workload.
     pub const JWT_ISSUER_CONFLICT: &str = "WARD0114";
+    /// A Kubernetes object from outside the Istio API (Service, Deployment, Namespace, ...)
+    /// that Ward does not read.
+    pub const KUBERNETES_NOT_READ: &str = "WARD0115";
     /// A selector that matches no WorkloadEntry.
     pub const SELECTOR_MATCHES_NOTHING: &str = "WARD0201";
     /// An AuthorizationPolicy source that names no known workload.
@@ -148,6 +151,11 @@ impl Diagnostic {
     /// A warning with no location yet.
     pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(Severity::Warning, code, message)
+    }
+
+    /// An info finding with no location yet.
+    pub fn info(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Severity::Info, code, message)
     }
 
     /// Sets the file and line.

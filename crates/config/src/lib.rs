@@ -10,7 +10,9 @@
 //! 3. [`analyze()`]: a `ConfigSet` → `ward analyze` findings (stable codes, `docs/analyze.md`).
 //!
 //! Where Ward is deliberately stricter than Istio:
-//! - An unknown field anywhere is an error (Istio warns); so is an unknown kind or apiVersion.
+//! - An unknown field anywhere is an error (Istio warns); so is an unknown Istio kind or a
+//!   misspelt Istio apiVersion. Kubernetes objects from outside the Istio API are accepted and
+//!   not read (a WARD0115 info finding each).
 //!   Istio kinds Ward does not enforce load with a warning (WARD0102), and fields it does not
 //!   act on yet with another (WARD0103): nothing is silently dropped.
 //! - WorkloadEntry addresses must be IP addresses: Ward resolves no DNS names.

@@ -7,7 +7,10 @@
 //! Every served apiVersion of a kind maps to one schema (Istio keeps the schema identical
 //! across versions). Ward enforces WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication,
 //! AuthorizationPolicy, RequestAuthentication and the mesh settings; other Istio kinds load
-//! with a WARD0102 warning, never silently. Unknown kinds, unknown apiVersions and unknown fields are errors: Ward is
+//! with a WARD0102 warning, never silently. Kubernetes objects from outside the Istio API
+//! (Service, Deployment, Namespace, NetworkPolicy, Gateway API kinds, other ConfigMaps, ...)
+//! load with a WARD0115 info finding and are not read, so manifests can sit next to policies.
+//! Unknown Istio kinds, misspelt Istio apiVersions and unknown fields are errors: Ward is
 //! stricter than Istio, which only warns about unknown fields. A top-level `status` is ignored.
 //!
 //! This is the only impure part of the crate ([`read_paths`], and [`load_paths`] through it,
@@ -244,6 +247,9 @@ enum Kind {
     ConfigMap,
     /// `v1` List: its items are loaded.
     List,
+    /// A Kubernetes object from outside the Istio API (Service, Deployment, Namespace,
+    /// NetworkPolicy, Gateway API kinds, ...): accepted and not read.
+    NotRead,
 }
 
 /// (group, served versions, kinds). istio.io blog "Introducing Istio v1 APIs": "Istio
@@ -300,7 +306,8 @@ const SERVED: &[(&str, &[&str], &[&str])] = &[
     ("", &["v1"], &["ConfigMap", "List"]),
 ];
 
-/// Finds what Ward does with `apiVersion` + `kind`.
+/// Finds what Ward does with `apiVersion` + `kind`. An object from outside the Istio API (see
+/// [`is_outside_istio`]) is [`Kind::NotRead`]; anything else Ward does not serve is an error.
 fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, String> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let mut group_known = false;
@@ -320,18 +327,25 @@ fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, String> {
     if !versions_of_kind.is_empty() {
         let served: Vec<String> = versions_of_kind
             .iter()
-            .map(|v| {
-                if group.is_empty() {
-                    (*v).to_owned()
-                } else {
-                    format!("{group}/{v}")
-                }
-            })
+            .map(|v| api_version_of(group, v))
             .collect();
         return Err(format!(
             "apiVersion `{api_version}` does not serve kind {kind}; use {}",
             served.join(" or ")
         ));
+    }
+    let istio_api_versions = istio_api_versions_of(kind);
+    // The Gateway API (`gateway.networking.k8s.io`) has a kind named Gateway too.
+    let kubernetes_gateway = kind == "Gateway" && group.ends_with("k8s.io");
+    if !istio_api_versions.is_empty() && !kubernetes_gateway {
+        // An Istio kind under another apiVersion: a misspelt or wrong apiVersion.
+        return Err(format!(
+            "apiVersion `{api_version}` does not serve kind {kind}; use {}",
+            istio_api_versions.join(" or ")
+        ));
+    }
+    if is_outside_istio(group, version) {
+        return Ok(Kind::NotRead);
     }
     if group_known {
         let kinds: Vec<&str> = SERVED
@@ -348,10 +362,58 @@ fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, String> {
              ...) and the mesh settings (Istio, IstioOperator, ConfigMap istio)"
         ));
     }
+    let groups = istio_groups();
+    let hint = closest(group, &groups)
+        .map(|g| format!(" (did you mean `{g}`?)"))
+        .unwrap_or_default();
     Err(format!(
-        "unknown apiVersion `{api_version}` (kind {kind}); Ward reads the Istio API groups \
+        "unknown apiVersion `{api_version}` (kind {kind}){hint}; Ward reads the Istio API groups \
          security.istio.io and networking.istio.io and the mesh settings"
     ))
+}
+
+/// Whether an apiVersion Ward does not serve belongs to an API outside Istio's, whose objects
+/// Ward accepts without reading them (docs/analyze.md, "What Ward reads"): the core group `v1`
+/// and any group that is not an `*.istio.io` group, one Ward serves, or a near-miss spelling
+/// of one (`networking.istio.oi`).
+fn is_outside_istio(group: &str, version: &str) -> bool {
+    if group.is_empty() {
+        return version == "v1";
+    }
+    !group.ends_with("istio.io")
+        && !SERVED.iter().any(|(g, _, _)| *g == group)
+        && closest(group, &istio_groups()).is_none()
+}
+
+/// The API groups Ward serves, other than the core group.
+fn istio_groups() -> Vec<&'static str> {
+    let mut groups: Vec<&'static str> = SERVED
+        .iter()
+        .map(|(g, _, _)| *g)
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// Every `group/version` that serves `kind` outside the core group (empty for a kind that is
+/// not one of Istio's).
+fn istio_api_versions_of(kind: &str) -> Vec<String> {
+    SERVED
+        .iter()
+        .filter(|(g, _, kinds)| !g.is_empty() && kinds.contains(&kind))
+        .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
+        .collect()
+}
+
+/// `group/version`, or just `version` for the core group.
+fn api_version_of(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
 }
 
 fn classify(group: &str, kind: &'static str) -> Kind {
@@ -456,16 +518,21 @@ impl Loader {
                 let line = node.get("kind").map_or(node.line, |k| k.line);
                 let mut diagnostic =
                     Diagnostic::error(code::UNKNOWN_KIND, why).at(file, Some(line));
-                let metadata = node.get("metadata");
-                let text = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Node::as_str);
-                if let Some(name) = text("name") {
-                    let namespace = text("namespace").unwrap_or(meta::DEFAULT_NAMESPACE);
+                if let Some(name) = metadata_text(node, "name") {
+                    let namespace =
+                        metadata_text(node, "namespace").unwrap_or(meta::DEFAULT_NAMESPACE);
                     diagnostic = diagnostic.object(format!("{kind_name} {namespace}/{name}"));
                 }
                 self.diagnostics.push(diagnostic);
                 return;
             }
         };
+        let mesh_config_map = metadata_text(node, "name") == Some(MESH_CONFIG_MAP);
+        if kind == Kind::NotRead || (kind == Kind::ConfigMap && !mesh_config_map) {
+            self.diagnostics
+                .push(not_read(file, node, &api_version, &kind_name, kind));
+            return;
+        }
         let kind_name = kind_static_name(&kind_name);
         let doc = Doc {
             file,
@@ -556,34 +623,36 @@ impl Loader {
                 }
                 self.diagnostics.push(
                     Diagnostic::warning(code::KIND_NOT_ENFORCED, message)
-                    .at(doc.file, Some(doc.node.line))
-                    .object(object),
+                        .at(doc.file, Some(doc.node.line))
+                        .object(object),
                 );
             }
             Kind::SailIstio => self.load_mesh(doc, &resource, mesh::from_sail_istio(doc.node)),
-            Kind::IstioOperator => self.load_mesh(doc, &resource, mesh::from_istio_operator(doc.node)),
-            Kind::ConfigMap if resource.meta.name == MESH_CONFIG_MAP => {
+            Kind::IstioOperator => {
+                self.load_mesh(doc, &resource, mesh::from_istio_operator(doc.node))
+            }
+            Kind::ConfigMap => {
+                // Only the mesh ConfigMap gets here (load_document).
                 let namespace = namespace_given.then_some(resource.meta.namespace.as_str());
                 self.load_mesh(doc, &resource, mesh::from_config_map(doc.node, namespace));
             }
-            Kind::ConfigMap => self.diagnostics.push(
-                Diagnostic::warning(
-                    code::KIND_NOT_ENFORCED,
-                    format!("ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`)"),
-                )
-                .at(doc.file, Some(doc.node.line))
-                .object(object),
-            ),
-            Kind::List => {}
+            Kind::List | Kind::NotRead => {}
         }
     }
 
     /// Reads the metadata and checks the top-level fields of an object.
     fn prepare(&mut self, doc: &Doc<'_>) -> Prepared {
-        let (parsed, meta_findings) = meta::parse(doc.node.get("metadata"));
+        let (parsed, mut meta_findings) = meta::parse(doc.node.get("metadata"));
         let mut meta = parsed.meta;
         if doc.kind == Kind::SailIstio {
             // Cluster-scoped: Kubernetes ignores a namespace there.
+            meta.namespace.clear();
+        }
+        if doc.kind == Kind::IstioOperator && meta.name.is_empty() {
+            // `istioctl install -f` takes an IstioOperator without a name (Istio's
+            // samples/bookinfo/demo-profile-no-gateways.yaml has no metadata at all).
+            meta_findings.retain(|f| f.field != "metadata" && f.field != "metadata.name");
+            meta.name = unnamed_operator_key(doc.file);
             meta.namespace.clear();
         }
         let resource = Resource {
@@ -748,6 +817,52 @@ impl Loader {
         set.warnings = all.0;
         Ok(set)
     }
+}
+
+/// How messages name an IstioOperator without `metadata.name`: `(unnamed, FILE)`, FILE being
+/// the base name of its file (docs/analyze.md, "What Ward reads").
+fn unnamed_operator_key(file: &str) -> String {
+    let base = Path::new(file)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(file);
+    format!("(unnamed, {base})")
+}
+
+/// `metadata.<key>` when it is a string, read before (and without) validating the metadata.
+fn metadata_text<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.get("metadata")
+        .and_then(|m| m.get(key))
+        .and_then(Node::as_str)
+}
+
+/// The info finding for an object Ward accepts and does not read: a Kubernetes object from
+/// outside the Istio API, or a ConfigMap other than the mesh ConfigMap. Its fields are not
+/// checked. It is named as written: `Kind namespace/name`, or `Kind name` without a namespace
+/// (Namespace and other cluster-scoped kinds have none).
+fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: Kind) -> Diagnostic {
+    let object = match (
+        metadata_text(node, "namespace"),
+        metadata_text(node, "name"),
+    ) {
+        (Some(namespace), Some(name)) => format!("{kind_name} {namespace}/{name}"),
+        (None, Some(name)) => format!("{kind_name} {name}"),
+        (_, None) => kind_name.to_owned(),
+    };
+    let message = if kind == Kind::ConfigMap {
+        format!(
+            "ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`); it has \
+             no effect on the mesh"
+        )
+    } else {
+        format!(
+            "{kind_name} ({api_version}) is not part of the Istio API; Ward does not read it, so \
+             it has no effect on the mesh"
+        )
+    };
+    Diagnostic::info(code::KUBERNETES_NOT_READ, message)
+        .at(file, Some(node.line))
+        .object(object)
 }
 
 /// A required top-level string (`apiVersion`, `kind`): the value, or (line, message).
@@ -967,7 +1082,7 @@ mod tests {
             ),
             (
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n".to_owned(),
-                vec![one(1, code::KIND_NOT_ENFORCED, "ConfigMap default/other", "")],
+                vec![one(1, code::KUBERNETES_NOT_READ, "ConfigMap other", "")],
             ),
             (
                 "a: [1\n".to_owned(),
@@ -1193,8 +1308,24 @@ mod tests {
                 "WorkloadEntri",
                 Err("unknown kind"),
             ),
-            ("apps/v1", "Deployment", Err("unknown apiVersion")),
-            ("v1", "Service", Err("unknown kind")),
+            ("apps/v1", "Deployment", Ok(Kind::NotRead)),
+            ("v1", "Service", Ok(Kind::NotRead)),
+            ("v1", "Namespace", Ok(Kind::NotRead)),
+            ("gateway.networking.k8s.io/v1", "Gateway", Ok(Kind::NotRead)),
+            ("rbac.authorization.k8s.io/v1", "Role", Ok(Kind::NotRead)),
+            ("example.com/v1", "Widget", Ok(Kind::NotRead)),
+            ("v2", "Service", Err("for apiVersion `v2`")),
+            ("telemetry.istio.io/v1", "Telemetri", Err("unknown kind")),
+            ("istio.io/v1", "Widget", Err("unknown apiVersion")),
+            (
+                "networking.istio.oi/v1",
+                "Widget",
+                Err("did you mean `networking.istio.io`?"),
+            ),
+            ("maistra.io/v2", "ServiceMeshMemberRol", Err("unknown kind")),
+            ("v1", "PeerAuthentication", Err("use security.istio.io/v1")),
+            ("apps/v1", "Sidecar", Err("use networking.istio.io/v1")),
+            ("v1", "Gateway", Err("use networking.istio.io/v1")),
         ];
         for (api_version, kind, want) in cases {
             match (resolve_kind(api_version, kind), want) {

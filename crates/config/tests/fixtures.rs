@@ -116,7 +116,7 @@ fn each_bad_directory_reports_where_and_what() {
         (
             "unknown-kind",
             Load,
-            &["bad/unknown-kind/deployment.yaml:9: error[WARD0106] Deployment default/web: unknown apiVersion `apps/v1` (kind Deployment)"],
+            &["bad/unknown-kind/policy.yaml:10: error[WARD0106] AuthorizationPolic default/web: unknown kind `AuthorizationPolic` for apiVersion `security.istio.io/v1` (did you mean `AuthorizationPolicy`?)"],
         ),
         (
             "duplicate",
