@@ -7,21 +7,18 @@ use ward_config::{Diagnostic, Severity};
 
 /// Run the analysis; exit 1 when any finding is an error.
 pub(crate) fn run(paths: &[PathBuf], json: bool) -> ExitCode {
-    let findings: Vec<Diagnostic> = match ward_config::load_paths(paths) {
-        Err(d) => d.0,
-        Ok(set) => {
-            let mut out = set.warnings.clone();
-            if let Err(d) = ward_config::translate(&set) {
-                out.extend(d.0);
-            }
-            for f in ward_config::analyze(&set) {
-                if !out.contains(&f) {
-                    out.push(f);
-                }
-            }
-            out
+    // Everything that loaded is translated and analyzed, even when other files failed to load:
+    // one run shows the load errors and every finding (`ward up` refuses any error instead).
+    let (set, loaded) = ward_config::load_paths_partial(paths);
+    let mut findings: Vec<Diagnostic> = loaded.0;
+    if let Err(d) = ward_config::translate(&set) {
+        findings.extend(d.0);
+    }
+    for f in ward_config::analyze(&set) {
+        if !findings.contains(&f) {
+            findings.push(f);
         }
-    };
+    }
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

@@ -187,3 +187,30 @@ spec:
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// One file that does not load must not hide the findings of the others: the load error and the
+/// analysis of what loaded come in one run, which still fails.
+#[test]
+fn a_file_that_does_not_load_hides_no_other_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  rules:\n  - from:\n    - sorce: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("selector.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: q\n  namespace: ns\nspec:\n  selector:\n    matchLabels:\n      app: nothing\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/ghost/sa/nobody\"]\n",
+    )
+    .unwrap();
+    let (code, out) = analyze(dir.path());
+    assert_eq!(code, 1, "a load error still fails the run:\n{out}");
+    for want in [
+        "WARD0101",
+        "broken.yaml:9",
+        "WARD0201",
+        "AuthorizationPolicy ns/q",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}

@@ -205,20 +205,21 @@ fn read_file(path: &Path, files: &mut Vec<ConfigFile>, seen: &mut BTreeSet<PathB
 pub fn load_files(files: &ConfigFiles) -> Result<ConfigSet, Diagnostics> {
     let mut loader = Loader::default();
     for file in &files.0 {
-        let name = file.name.as_str();
-        match &file.content {
-            Err(message) => loader
-                .diagnostics
-                .push(Diagnostic::error(code::PARSE, message.clone()).at(name, None)),
-            Ok(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => loader.load_text(name, text),
-                Err(_) => loader
-                    .diagnostics
-                    .push(Diagnostic::error(code::PARSE, "not UTF-8 text").at(name, None)),
-            },
-        }
+        loader.load_file(file);
     }
     loader.finish()
+}
+
+/// Loads what it can of the files under `paths`: every object that loaded, and every diagnostic
+/// (errors included, in file and line order). For `ward analyze`, which reports the findings of
+/// the objects that loaded next to the errors of those that did not; `ward up` uses
+/// [`load_paths`], which refuses the whole config on any error.
+pub fn load_paths_partial(paths: &[PathBuf]) -> (ConfigSet, Diagnostics) {
+    let mut loader = Loader::default();
+    for file in &read_paths(paths).0 {
+        loader.load_file(file);
+    }
+    loader.finish_partial()
 }
 
 /// Loads one file's text; `file` names it in diagnostics.
@@ -479,6 +480,21 @@ struct Doc<'a> {
 }
 
 impl Loader {
+    fn load_file(&mut self, file: &ConfigFile) {
+        let name = file.name.as_str();
+        match &file.content {
+            Err(message) => self
+                .diagnostics
+                .push(Diagnostic::error(code::PARSE, message.clone()).at(name, None)),
+            Ok(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => self.load_text(name, text),
+                Err(_) => self
+                    .diagnostics
+                    .push(Diagnostic::error(code::PARSE, "not UTF-8 text").at(name, None)),
+            },
+        }
+    }
+
     fn load_text(&mut self, file: &str, text: &str) {
         match parse_documents(text) {
             Err(err) => self.diagnostics.push(
@@ -806,16 +822,22 @@ impl Loader {
         }
     }
 
-    fn finish(mut self) -> Result<ConfigSet, Diagnostics> {
-        let mut set = self.set;
-        set.mesh = self.mesh.take().unwrap_or_default();
-        let mut all = Diagnostics(self.diagnostics);
-        all.sort();
+    fn finish(self) -> Result<ConfigSet, Diagnostics> {
+        let (mut set, all) = self.finish_partial();
         if all.has_errors() {
             return Err(all);
         }
         set.warnings = all.0;
         Ok(set)
+    }
+
+    /// What loaded, and every diagnostic (sorted); the set's `warnings` are left empty.
+    fn finish_partial(mut self) -> (ConfigSet, Diagnostics) {
+        let mut set = self.set;
+        set.mesh = self.mesh.take().unwrap_or_default();
+        let mut all = Diagnostics(self.diagnostics);
+        all.sort();
+        (set, all)
     }
 }
 
