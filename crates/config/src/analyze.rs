@@ -278,6 +278,60 @@ impl<'a> KnownSources<'a> {
     }
 }
 
+/// WARD0208, one per Sidecar ingress port, when no PeerAuthentication exists: the port also
+/// listens for plaintext clients outside the mesh (a router, a load balancer), which Istio's
+/// PERMISSIVE default lets in and Ward's STRICT default refuses. The message carries the one
+/// PeerAuthentication that restores Istio's behaviour for that port alone.
+fn plaintext_refused_by_default(set: &ConfigSet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for sidecar in &set.sidecars {
+        let labels = sidecar
+            .spec
+            .workload_selector
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .filter(|l| !l.is_empty());
+        for (i, listener) in sidecar.spec.ingress.iter().flatten().enumerate() {
+            let Some(port) = listener.port.as_ref().and_then(|p| p.number) else {
+                continue;
+            };
+            let namespace = &sidecar.meta.namespace;
+            // portLevelMtls needs a selector (Istio ignores it otherwise); without one, the
+            // namespace-wide form is the narrowest that works.
+            let fix = match labels {
+                Some(labels) => {
+                    let match_labels: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    format!(
+                        "{{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: \
+                         {{name: {name}-{port}-permissive, namespace: {namespace}}}, spec: \
+                         {{selector: {{matchLabels: {{{labels}}}}}, portLevelMtls: {{{port}: \
+                         {{mode: PERMISSIVE}}}}}}}}",
+                        name = sidecar.meta.name,
+                        labels = match_labels.join(", "),
+                    )
+                }
+                None => format!(
+                    "{{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: \
+                     {{name: permissive, namespace: {namespace}}}, spec: {{mtls: {{mode: \
+                     PERMISSIVE}}}}}}"
+                ),
+            };
+            out.push(sidecar.diagnostic(
+                Severity::Warning,
+                code::NO_PEER_AUTHN,
+                &format!("spec.ingress[{i}].port.number"),
+                format!(
+                    "port {port} refuses plaintext clients outside the mesh (a router, a load \
+                     balancer): with no PeerAuthentication, Ward's default is STRICT where \
+                     Istio's is PERMISSIVE; if plaintext clients must reach this port, add {fix}"
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// WARD0203/0213 (PERMISSIVE/DISABLE), WARD0204-0207 (ward_policy lint), WARD0208 (none).
 fn peer_authentications(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let set = context.set;
@@ -289,6 +343,7 @@ fn peer_authentications(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
              PERMISSIVE); add a mesh-wide PeerAuthentication in the root namespace to make the \
              choice explicit",
         ));
+        out.extend(plaintext_refused_by_default(set));
     }
     for pa in &set.peer_authentications {
         let mut modes: Vec<(String, MtlsModeSpec)> = Vec::new();
@@ -1294,7 +1349,7 @@ mod tests {
     }
 
     #[test]
-    fn no_peer_authentication_is_an_info() {
+    fn no_peer_authentication_is_an_info_and_each_plaintext_port_gets_its_fix() {
         let yaml = base().replacen(
             &doc(
                 "PeerAuthentication",
@@ -1307,7 +1362,42 @@ mod tests {
         );
         assert_eq!(
             findings(&yaml),
-            vec![f(code::NO_PEER_AUTHN, Severity::Info, "", "")]
+            vec![
+                f(code::NO_PEER_AUTHN, Severity::Info, "", ""),
+                f(
+                    code::NO_PEER_AUTHN,
+                    Severity::Warning,
+                    "Sidecar a/x",
+                    "spec.ingress[0].port.number"
+                ),
+                f(
+                    code::NO_PEER_AUTHN,
+                    Severity::Warning,
+                    "Sidecar a/y",
+                    "spec.ingress[0].port.number"
+                ),
+            ]
         );
+        // The PeerAuthentication each message offers, added as it is written, makes exactly
+        // that port PERMISSIVE and leaves the others STRICT.
+        let set = load_str("t.yaml", &yaml).unwrap();
+        let message = analyze(&set)
+            .into_iter()
+            .find(|d| d.object.as_deref() == Some("Sidecar a/y"))
+            .unwrap()
+            .message;
+        let fix = message.split("add ").nth(1).unwrap();
+        let fixed = format!("{yaml}---\n{fix}\n");
+        let snapshot = crate::translate(&load_str("t.yaml", &fixed).unwrap()).unwrap();
+        let mode = |proxy: &str, port: u16| {
+            snapshot.proxies[proxy]
+                .inbound
+                .iter()
+                .find(|p| p.port == port)
+                .unwrap()
+                .mtls
+        };
+        assert_eq!(mode("a/y", 5432), ward_policy::MtlsMode::Permissive);
+        assert_eq!(mode("a/x", 9000), ward_policy::MtlsMode::Strict);
     }
 }
