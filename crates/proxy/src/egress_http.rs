@@ -715,12 +715,7 @@ impl RequestLog {
             method: req.method().as_str().to_owned(),
             // The path only: a query may hold a token.
             path: req.uri().path().to_owned(),
-            protocol: match req.version() {
-                Version::HTTP_10 => "HTTP/1.0",
-                Version::HTTP_11 => "HTTP/1.1",
-                Version::HTTP_2 => "HTTP/2",
-                _ => "HTTP/other",
-            },
+            protocol: crate::inbound_http::protocol_name(req.version()),
             // What the app sent, until admission says what it is.
             authority: req
                 .uri()

@@ -201,7 +201,8 @@ impl RequestLog<'_> {
     }
 }
 
-fn protocol_name(v: http::Version) -> &'static str {
+/// The access log's spelling of an HTTP version (Envoy's `protocol`).
+pub(crate) fn protocol_name(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_11 => "HTTP/1.1",
