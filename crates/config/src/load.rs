@@ -31,6 +31,8 @@ use crate::meta::{self, check_labels, decode_finding, ObjectMeta};
 use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION};
 use crate::yaml::{parse_documents, push_key, Node, Value};
 
+mod unenforced;
+
 pub use crate::yaml::FieldLines;
 
 /// One loaded Istio object.
@@ -642,6 +644,7 @@ impl Loader {
                         .at(doc.file, Some(doc.node.line))
                         .object(object),
                 );
+                self.check_unenforced(doc, &resource, meta_ok, kind);
             }
             Kind::SailIstio => self.load_mesh(doc, &resource, mesh::from_sail_istio(doc.node)),
             Kind::IstioOperator => {
