@@ -67,7 +67,7 @@ pub use diag::{code, Diagnostic, Diagnostics, Severity};
 pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 pub use load::{
     load_files, load_paths, load_paths_partial, load_str, read_paths, ConfigFiles, ConfigSet,
-    FieldLines, Resource,
+    FieldLines, NamespaceObject, Resource,
 };
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;

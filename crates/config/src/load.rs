@@ -9,7 +9,8 @@
 //! AuthorizationPolicy, RequestAuthentication and the mesh settings; other Istio kinds load
 //! with a WARD0102 warning, never silently. Kubernetes objects from outside the Istio API
 //! (Service, Deployment, Namespace, NetworkPolicy, Gateway API kinds, other ConfigMaps, ...)
-//! load with a WARD0115 info finding and are not read, so manifests can sit next to policies.
+//! load with a WARD0115 info finding and are not read, so manifests can sit next to policies
+//! (only a Namespace's labels are kept, for `ward analyze`).
 //! Unknown Istio kinds, misspelt Istio apiVersions and unknown fields are errors: Ward is
 //! stricter than Istio, which only warns about unknown fields. A top-level `status` is ignored.
 //!
@@ -113,8 +114,37 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
     /// RequestAuthentications (JWT rules), in load order.
     pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
+    /// `v1` Namespace objects, by name (the first of a name). Ward reads only their labels, and
+    /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
+    pub namespaces: BTreeMap<String, NamespaceObject>,
+    /// Every `metadata.namespace` written in the config, whatever the object's kind (Istio
+    /// kinds Ward does not keep and Kubernetes objects included), and the name of every
+    /// Namespace object: the namespaces the config shows to exist, for `ward analyze`.
+    pub object_namespaces: BTreeSet<String>,
     /// The warnings found while loading.
     pub warnings: Vec<Diagnostic>,
+}
+
+/// A `v1` Namespace object: its labels and where it is. Nothing else of it is read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceObject {
+    /// `metadata.labels` (entries whose key or value is not a scalar are skipped).
+    pub labels: BTreeMap<String, String>,
+    /// Where the object starts.
+    pub source: SourceRef,
+    /// The line of each field, to point at a label.
+    pub field_lines: FieldLines,
+}
+
+impl NamespaceObject {
+    /// `file:line` of the label `key` (of its closest enclosing field when it is absent).
+    pub fn label_location(&self, key: &str) -> String {
+        let line = self
+            .field_lines
+            .line_of(&push_key("metadata.labels", key))
+            .unwrap_or(self.source.line);
+        format!("{}:{line}", self.source.file)
+    }
 }
 
 /// Loads files and directories. Fails with every error found (and the warnings), in file and
@@ -545,6 +575,12 @@ impl Loader {
                 return;
             }
         };
+        if let Some(namespace) = metadata_text(node, "namespace") {
+            self.set.object_namespaces.insert(namespace.to_owned());
+        }
+        if kind == Kind::NotRead && api_version == "v1" && kind_name == "Namespace" {
+            self.read_namespace(file, node);
+        }
         let mesh_config_map = metadata_text(node, "name") == Some(MESH_CONFIG_MAP);
         if kind == Kind::NotRead || (kind == Kind::ConfigMap && !mesh_config_map) {
             self.diagnostics
@@ -563,6 +599,37 @@ impl Loader {
             Kind::List => self.load_list(&doc),
             _ => self.load_object(&doc),
         }
+    }
+
+    /// Keeps the name and labels of a `v1` Namespace, read leniently: it is not an Istio object,
+    /// so nothing in it is an error (its WARD0115 info finding still applies).
+    fn read_namespace(&mut self, file: &str, node: &Node) {
+        let Some(name) = metadata_text(node, "name") else {
+            return;
+        };
+        self.set.object_namespaces.insert(name.to_owned());
+        let labels = node
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .map(|labels| {
+                labels
+                    .entries()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.text()?, v.text()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.set
+            .namespaces
+            .entry(name.to_owned())
+            .or_insert_with(|| NamespaceObject {
+                labels,
+                source: SourceRef {
+                    file: file.to_owned(),
+                    line: node.line,
+                },
+                field_lines: FieldLines::index(node),
+            });
     }
 
     fn load_list(&mut self, doc: &Doc<'_>) {
@@ -879,6 +946,11 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
             "ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`); it has \
              no effect on the mesh"
         )
+    } else if api_version == "v1" && kind_name == "Namespace" {
+        "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
+         `ward analyze` (a namespace in ambient mode, WARD0223), and it has no effect on the \
+         mesh"
+            .to_owned()
     } else {
         format!(
             "{kind_name} ({api_version}) is not part of the Istio API; Ward does not read it, so \
@@ -1148,6 +1220,37 @@ mod tests {
         for (yaml, want) in cases {
             assert_eq!(diags(&yaml), want, "{yaml}");
         }
+    }
+
+    #[test]
+    fn namespaces_keep_their_labels_and_objects_their_namespace() {
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n    n: 1\n    odd: [x]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {second: copy}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: front}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: routes}\nspec: {hosts: [x]}\n";
+        let set = load_str("ns.yaml", yaml).unwrap();
+        let shop = &set.namespaces["shop"];
+        let labels: Vec<(&str, &str)> = shop
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![("istio.io/dataplane-mode", "ambient"), ("n", "1")]
+        );
+        assert_eq!(shop.label_location("istio.io/dataplane-mode"), "ns.yaml:6");
+        assert_eq!(set.namespaces.len(), 1);
+        let namespaces: Vec<&str> = set.object_namespaces.iter().map(String::as_str).collect();
+        assert_eq!(namespaces, vec!["front", "routes", "shop"]);
+        let namespace_info = &set.warnings[0];
+        assert_eq!(
+            (namespace_info.code, namespace_info.line),
+            (code::KUBERNETES_NOT_READ, Some(1))
+        );
+        assert!(
+            namespace_info
+                .message
+                .contains("Ward reads only its name and labels, for `ward analyze`"),
+            "{namespace_info}"
+        );
     }
 
     #[test]
