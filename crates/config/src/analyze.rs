@@ -16,10 +16,12 @@ use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
 };
 
+use ward_policy::spec::WorkloadSelector;
+
 use crate::diag::{code, Diagnostic, Severity};
-use crate::istio::WorkloadEntrySpec;
 use crate::istio::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
-use crate::load::{ConfigSet, Resource};
+use crate::istio::{SidecarSpec, WorkloadEntrySpec};
+use crate::load::{ConfigSet, NamespaceObject, Resource};
 use crate::request_authn;
 use crate::routes::EgressRoutes;
 use crate::snapshot::{MeshSnapshot, Transport};
@@ -43,6 +45,8 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     namespaces_without_workloads(&context, &mut out);
     ports_not_served(&context, &mut out);
     exact_deny_paths(&context, &mut out);
+    gateway_selectors(set, &mut out);
+    sidecars_in_ambient(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
         snapshot_checks(set, &snapshot, &mut out);
     }
@@ -139,7 +143,8 @@ fn applies_to_nothing(context: &Context<'_>, policy: &AuthzPolicy) -> bool {
         .any(|w| policy.applies_to(w.namespace(), &w.labels, root))
 }
 
-/// WARD0202: an exact principal, namespace or service account that names no workload.
+/// WARD0202: an exact principal, namespace or service account that names no workload, or an
+/// exact trust domain that is neither the mesh's trust domain nor one of its aliases.
 fn policy_sources(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let known = KnownSources::new(context);
     for ap in &context.set.authorization_policies {
@@ -149,14 +154,18 @@ fn policy_sources(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
                 if value.contains('*') || known.names_a_workload(kind, value, &ap.meta.namespace) {
                     continue;
                 }
+                let message = match kind {
+                    SourceKind::TrustDomain => known.foreign_trust_domain_message(value),
+                    _ => format!(
+                        "{} `{value}` names no WorkloadEntry; check for a typo",
+                        kind.noun()
+                    ),
+                };
                 out.push(ap.diagnostic(
                     Severity::Warning,
                     code::SOURCE_MATCHES_NOTHING,
                     &path,
-                    format!(
-                        "{} `{value}` names no WorkloadEntry; check for a typo",
-                        kind.noun()
-                    ),
+                    message,
                 ));
             }
         }
@@ -169,6 +178,7 @@ enum SourceKind {
     Principal,
     Namespace,
     ServiceAccount,
+    TrustDomain,
 }
 
 impl SourceKind {
@@ -177,6 +187,7 @@ impl SourceKind {
             SourceKind::Principal => "principal",
             SourceKind::Namespace => "namespace",
             SourceKind::ServiceAccount => "service account",
+            SourceKind::TrustDomain => "trust domain",
         }
     }
 }
@@ -218,11 +229,24 @@ fn rule_sources<'r>(rule: &'r Rule, rule_path: &str) -> Vec<(String, &'r str, So
             &s.not_service_accounts,
             SourceKind::ServiceAccount,
         );
+        add(
+            &base,
+            "trustDomains",
+            &s.trust_domains,
+            SourceKind::TrustDomain,
+        );
+        add(
+            &base,
+            "notTrustDomains",
+            &s.not_trust_domains,
+            SourceKind::TrustDomain,
+        );
     }
     for (j, condition) in rule.when.iter().flatten().enumerate() {
         let kind = match condition.key.as_str() {
             "source.principal" => SourceKind::Principal,
             "source.namespace" => SourceKind::Namespace,
+            "source.trustDomain" => SourceKind::TrustDomain,
             _ => continue,
         };
         let base = push_index(&push_key(rule_path, "when"), j);
@@ -234,7 +258,10 @@ fn rule_sources<'r>(rule: &'r Rule, rule_path: &str) -> Vec<(String, &'r str, So
 
 /// The identities the mesh's workloads have.
 struct KnownSources<'a> {
-    trust_domains: BTreeSet<&'a str>,
+    /// The mesh's trust domain and its aliases.
+    mesh_trust_domains: BTreeSet<&'a str>,
+    /// The trust domains a principal may name: the mesh's, and `cluster.local`.
+    principal_trust_domains: BTreeSet<&'a str>,
     /// (namespace, service account) of each workload.
     accounts: Vec<(&'a str, &'a str)>,
 }
@@ -242,23 +269,47 @@ struct KnownSources<'a> {
 impl<'a> KnownSources<'a> {
     fn new(context: &'a Context<'_>) -> Self {
         let mesh = &context.set.mesh;
-        let mut trust_domains: BTreeSet<&str> = mesh
+        let mut mesh_trust_domains: BTreeSet<&str> = mesh
             .trust_domain_aliases
             .iter()
             .map(String::as_str)
             .collect();
-        trust_domains.insert(&mesh.trust_domain);
-        // Istio treats the literal `cluster.local` in a policy as the local trust domain.
-        trust_domains.insert(crate::mesh::DEFAULT_TRUST_DOMAIN);
+        mesh_trust_domains.insert(&mesh.trust_domain);
+        // Istio treats the literal `cluster.local` in a principal as the local trust domain
+        // (docs/istio-semantics.md, "Trust-domain aliases"); not in a trust-domain field.
+        let mut principal_trust_domains = mesh_trust_domains.clone();
+        principal_trust_domains.insert(crate::mesh::DEFAULT_TRUST_DOMAIN);
         let accounts = context
             .workloads
             .iter()
             .map(|w| (w.namespace(), w.resource.spec.service_account()))
             .collect();
         KnownSources {
-            trust_domains,
+            mesh_trust_domains,
+            principal_trust_domains,
             accounts,
         }
+    }
+
+    /// WARD0202's message for a trust domain that is not the mesh's.
+    fn foreign_trust_domain_message(&self, value: &str) -> String {
+        let domains: Vec<String> = self
+            .mesh_trust_domains
+            .iter()
+            .map(|td| format!("`{td}`"))
+            .collect();
+        let cluster_local = if value == crate::mesh::DEFAULT_TRUST_DOMAIN {
+            " (`cluster.local` stands for the mesh's trust domain only inside a principal)"
+        } else {
+            ""
+        };
+        format!(
+            "trust domain `{value}` is neither the mesh's trust domain nor one of its \
+             trustDomainAliases ({}), so no workload of this mesh has it{cluster_local}; check \
+             for a typo, or add it to the mesh's trustDomainAliases if it is a former name of \
+             this mesh's trust domain",
+            domains.join(", ")
+        )
     }
 
     /// `policy_namespace` completes a bare service account (`sa` = `<policy ns>/sa`).
@@ -271,9 +322,12 @@ impl<'a> KnownSources<'a> {
                 has_account(ns, sa)
             }
             SourceKind::Principal => match value.split('/').collect::<Vec<_>>().as_slice() {
-                [td, "ns", ns, "sa", sa] => self.trust_domains.contains(td) && has_account(ns, sa),
+                [td, "ns", ns, "sa", sa] => {
+                    self.principal_trust_domains.contains(td) && has_account(ns, sa)
+                }
                 _ => false,
             },
+            SourceKind::TrustDomain => self.mesh_trust_domains.contains(value),
         }
     }
 }
@@ -867,28 +921,222 @@ fn misses(path: &str, params: bool) -> String {
     }
 }
 
+/// The label Kubernetes Gateway API deployments put on a Gateway's pods (its value is the
+/// Gateway's name).
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// WARD0222, Istio's IST0166 (istio.io/latest/docs/reference/config/analysis/ist0166/): an
+/// AuthorizationPolicy or RequestAuthentication without `targetRef(s)` whose selector uses the
+/// label of a Kubernetes Gateway's pods. Istio applies no selector to those pods; the policy
+/// must name the Gateway with `targetRefs`, which Ward does not run either.
+fn gateway_selectors(set: &ConfigSet, out: &mut Vec<Diagnostic>) {
+    for ap in &set.authorization_policies {
+        let spec = &ap.spec;
+        let bound = spec.target_ref.is_some() || spec.target_refs.iter().flatten().next().is_some();
+        if let Some((field, message)) = gateway_selector(spec.selector.as_ref(), bound, "policy") {
+            out.push(ap.diagnostic(Severity::Warning, code::GATEWAY_SELECTOR, &field, message));
+        }
+    }
+    for ra in &set.request_authentications {
+        let spec = &ra.spec;
+        let bound = spec.target_ref.is_some() || !spec.target_refs.is_empty();
+        let what = "RequestAuthentication";
+        if let Some((field, message)) = gateway_selector(spec.selector.as_ref(), bound, what) {
+            out.push(ra.diagnostic(Severity::Warning, code::GATEWAY_SELECTOR, &field, message));
+        }
+    }
+}
+
+/// The field and message of WARD0222 for a selector, if it uses the Gateway label and the
+/// object has no `targetRef(s)` (`bound`); `what` names the object in the message.
+fn gateway_selector(
+    selector: Option<&WorkloadSelector>,
+    bound: bool,
+    what: &str,
+) -> Option<(String, String)> {
+    let gateway = selector?.match_labels.get(GATEWAY_NAME_LABEL)?;
+    if bound {
+        return None;
+    }
+    let field = push_key("spec.selector.matchLabels", GATEWAY_NAME_LABEL);
+    let message = format!(
+        "`{GATEWAY_NAME_LABEL}` is the label of the pods of the Kubernetes Gateway `{gateway}`, \
+         and in Istio a selector has no effect on a Kubernetes Gateway's pods (IST0166): to \
+         apply this {what} to that Gateway, replace the selector with `targetRefs: [{{group: \
+         gateway.networking.k8s.io, kind: Gateway, name: {gateway}}}]`. Ward runs no \
+         Kubernetes Gateways or waypoints, so in Ward a targetRef applies the {what} to no \
+         workload, and this selector only to WorkloadEntries carrying that label"
+    );
+    Some((field, message))
+}
+
+/// The label that puts a workload or a namespace in ambient mode (or, `none` on a workload,
+/// keeps it out).
+const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// Why Istio would run a workload in ambient mode.
+enum AmbientBy<'a> {
+    /// `istio.io/dataplane-mode: ambient` on its WorkloadEntry.
+    Workload,
+    /// `istio.io/dataplane-mode: ambient` on its Namespace object.
+    Namespace(&'a str, &'a NamespaceObject),
+}
+
+impl AmbientBy<'_> {
+    fn describe(&self, workload: &str) -> String {
+        match self {
+            AmbientBy::Workload => {
+                format!("`{DATAPLANE_MODE_LABEL}: ambient` on WorkloadEntry {workload}")
+            }
+            AmbientBy::Namespace(name, ns) => format!(
+                "`{DATAPLANE_MODE_LABEL}: ambient` on Namespace {name} ({})",
+                ns.label_location(DATAPLANE_MODE_LABEL)
+            ),
+        }
+    }
+}
+
+/// Whether Istio would run `workload` in ambient mode, and why. docs/istio-semantics.md,
+/// "Ambient mode": the label `istio.io/dataplane-mode: ambient` on the workload or its
+/// namespace, unless the workload has `istio.io/dataplane-mode: none` or gets a sidecar.
+fn ambient_mode<'a>(set: &'a ConfigSet, workload: &Workload<'_>) -> Option<AmbientBy<'a>> {
+    let (name, namespace) = set.namespaces.get_key_value(workload.namespace()).unzip();
+    let no_labels = BTreeMap::new();
+    let ns_labels = namespace.map_or(&no_labels, |n| &n.labels);
+    let injected = match workload
+        .labels
+        .get("sidecar.istio.io/inject")
+        .map(String::as_str)
+    {
+        Some("true") => true,
+        Some("false") => false,
+        _ => injects_sidecars(ns_labels),
+    };
+    if injected {
+        return None;
+    }
+    match workload
+        .labels
+        .get(DATAPLANE_MODE_LABEL)
+        .map(String::as_str)
+    {
+        Some("none") => None,
+        Some("ambient") => Some(AmbientBy::Workload),
+        _ => match (name, namespace) {
+            (Some(name), Some(ns)) if namespace_is_ambient(&ns.labels) => {
+                Some(AmbientBy::Namespace(name, ns))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Whether a namespace's labels turn on sidecar injection (`istio-injection: enabled`, or a
+/// revision label), which takes precedence over ambient mode.
+fn injects_sidecars(labels: &BTreeMap<String, String>) -> bool {
+    labels.get("istio-injection").map(String::as_str) == Some("enabled")
+        || labels
+            .get("istio.io/rev")
+            .is_some_and(|rev| !rev.is_empty())
+}
+
+/// Whether a namespace's labels put its workloads in ambient mode.
+fn namespace_is_ambient(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient")
+        && !injects_sidecars(labels)
+}
+
+/// WARD0223, Istio's IST0167 (istio.io/latest/docs/reference/config/analysis/ist0167/): a
+/// Sidecar that configures workloads Istio would run in ambient mode, which have no sidecar
+/// proxy, so Istio ignores the Sidecar for them; or a Sidecar without a selector, configuring
+/// no workload, in a namespace in ambient mode. Ward runs a proxy per workload and applies it.
+fn sidecars_in_ambient(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    for sidecar in &set.sidecars {
+        let configured = configured_workloads(context, sidecar);
+        let field = if sidecar.spec.workload_selector.is_some() {
+            "spec.workloadSelector"
+        } else {
+            "metadata.namespace"
+        };
+        let message = if configured.is_empty() {
+            let name = sidecar.meta.namespace.as_str();
+            match set.namespaces.get(name) {
+                Some(ns) if field == "metadata.namespace" && namespace_is_ambient(&ns.labels) => {
+                    format!(
+                        "namespace `{name}` is in ambient mode ({}): under Istio its workloads \
+                         have no sidecar proxy, so this Sidecar would have no effect (IST0167); \
+                         Ward runs a proxy for every workload and would apply it",
+                        AmbientBy::Namespace(name, ns).describe("")
+                    )
+                }
+                _ => continue,
+            }
+        } else {
+            let ambient: Vec<(String, AmbientBy<'_>)> = configured
+                .iter()
+                .filter_map(|w| Some((w.resource.key(), ambient_mode(set, w)?)))
+                .collect();
+            if ambient.is_empty() {
+                continue;
+            }
+            let keys: Vec<&str> = ambient.iter().map(|(key, _)| key.as_str()).collect();
+            let mut reasons: Vec<String> = Vec::new();
+            for (key, why) in &ambient {
+                let reason = why.describe(key);
+                if !reasons.contains(&reason) {
+                    reasons.push(reason);
+                }
+            }
+            let (who, has, them) = match keys.as_slice() {
+                [one] => (format!("workload {one} is"), "it has", "it"),
+                _ => (
+                    format!("workloads {} are", keys.join(", ")),
+                    "they have",
+                    "them",
+                ),
+            };
+            format!(
+                "{who} in ambient mode ({}): under Istio {has} no sidecar proxy, so this Sidecar \
+                 would have no effect on {them} (IST0167); Ward runs a proxy for every workload \
+                 and applies it: check that its listeners and egress hosts are still wanted",
+                reasons.join("; ")
+            )
+        };
+        out.push(sidecar.diagnostic(Severity::Warning, code::SIDECAR_IN_AMBIENT, field, message));
+    }
+}
+
 /// WARD0211: an egress host that matches no ServiceEntry, for each namespace the Sidecar
 /// applies to. A warning for a named host (likely a typo or a missing ServiceEntry); only info
 /// for a wildcard (`./*`, `istio-system/*`, `*/*.example.com`), which matching nothing is a
-/// normal state (docs/analyze.md).
+/// normal state (docs/analyze.md). Also a warning: an egress `port` that none of the services
+/// its hosts match has (Ward builds no listener for it, as Istio accepts it).
+///
+/// WARD0224, instead of WARD0211: a host whose namespace no object of the config is in.
 fn egress_hosts(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
+    let known = known_namespaces(context.set);
     for sidecar in &context.set.sidecars {
-        let mut namespaces: BTreeSet<&str> = context
-            .workloads
-            .iter()
-            .filter(|w| matches!(context.sidecar_for(w), Ok(Some(s)) if std::ptr::eq(s, sidecar)))
-            .map(Workload::namespace)
-            .collect();
-        if namespaces.is_empty() {
-            namespaces.insert(&sidecar.meta.namespace);
-        }
+        let namespaces = sidecar_namespaces(context, sidecar);
         for (i, egress) in sidecar.spec.egress().iter().enumerate() {
+            let listener_path = push_index("spec.egress", i);
             for (j, host) in egress.hosts().iter().enumerate() {
                 let Ok(pattern) = SidecarHost::parse(host) else {
                     continue;
                 };
-                if pattern.namespace == HostNamespace::Nothing {
-                    continue;
+                let field = push_index(&push_key(&listener_path, "hosts"), j);
+                match &pattern.namespace {
+                    HostNamespace::Nothing => continue,
+                    HostNamespace::Named(ns) if !known.contains(ns.as_str()) => {
+                        out.push(sidecar.diagnostic(
+                            Severity::Warning,
+                            code::EGRESS_NAMESPACE_UNKNOWN,
+                            &field,
+                            unknown_namespace_message(host, ns, &context.set.mesh.root_namespace),
+                        ));
+                        continue;
+                    }
+                    _ => {}
                 }
                 let severity = if pattern.is_wildcard() {
                     Severity::Info
@@ -900,13 +1148,122 @@ fn egress_hosts(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
                         out.push(sidecar.diagnostic(
                             severity,
                             code::EGRESS_HOST_UNMATCHED,
-                            &push_index(&push_key(&push_index("spec.egress", i), "hosts"), j),
+                            &field,
                             unmatched_host_message(host, ns),
                         ));
                     }
                 }
             }
+            egress_port_unserved(context, sidecar, i, &namespaces, out);
         }
+    }
+}
+
+/// The namespaces of the workloads a Sidecar configures, or its own when it configures none.
+fn sidecar_namespaces<'a>(
+    context: &'a Context<'_>,
+    sidecar: &'a Resource<SidecarSpec>,
+) -> BTreeSet<&'a str> {
+    let mut namespaces: BTreeSet<&str> = configured_workloads(context, sidecar)
+        .into_iter()
+        .map(Workload::namespace)
+        .collect();
+    if namespaces.is_empty() {
+        namespaces.insert(&sidecar.meta.namespace);
+    }
+    namespaces
+}
+
+/// The workloads whose Sidecar is `sidecar` (translate's choice, `Context::sidecar_for`).
+fn configured_workloads<'a>(
+    context: &'a Context<'_>,
+    sidecar: &Resource<SidecarSpec>,
+) -> Vec<&'a Workload<'a>> {
+    context
+        .workloads
+        .iter()
+        .filter(|w| matches!(context.sidecar_for(w), Ok(Some(s)) if std::ptr::eq(s, sidecar)))
+        .collect()
+}
+
+/// Every namespace the config shows to exist: the root namespace, the namespace of every object
+/// (kept or not) and every Namespace object.
+fn known_namespaces(set: &ConfigSet) -> BTreeSet<&str> {
+    let mut known: BTreeSet<&str> = set.object_namespaces.iter().map(String::as_str).collect();
+    known.insert(&set.mesh.root_namespace);
+    let metas = set
+        .workload_entries
+        .iter()
+        .map(|r| &r.meta)
+        .chain(set.service_entries.iter().map(|r| &r.meta))
+        .chain(set.sidecars.iter().map(|r| &r.meta))
+        .chain(set.peer_authentications.iter().map(|r| &r.meta))
+        .chain(set.authorization_policies.iter().map(|r| &r.meta))
+        .chain(set.request_authentications.iter().map(|r| &r.meta));
+    known.extend(metas.map(|meta| meta.namespace.as_str()));
+    known
+}
+
+/// WARD0224's message. Istio checks only the form of an egress host (istio.io Sidecar reference,
+/// `IstioEgressListener.hosts`): a namespace that does not exist imports nothing.
+fn unknown_namespace_message(host: &str, namespace: &str, root: &str) -> String {
+    format!(
+        "egress host `{host}` names namespace `{namespace}`, which no object of this config is \
+         in (no WorkloadEntry, ServiceEntry, Sidecar, policy or Namespace object) and which is \
+         not the root namespace `{root}`: likely a typo. Istio accepts the host and imports \
+         nothing from a namespace that does not exist, and Ward builds no listener for it; fix \
+         the namespace, or if it exists, add its ServiceEntries (or its Namespace object) to the \
+         config"
+    )
+}
+
+/// WARD0211, port case: an egress listener with a `port` whose hosts match services, none of
+/// which has that port, for a workload in one of `namespaces`. Translation builds no listener
+/// for it (Istio accepts such a Sidecar).
+fn egress_port_unserved(
+    context: &Context<'_>,
+    sidecar: &Resource<SidecarSpec>,
+    index: usize,
+    namespaces: &BTreeSet<&str>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let Some(egress) = sidecar.spec.egress().get(index) else {
+        return;
+    };
+    let Some(number) = egress.port.as_ref().and_then(|p| p.number) else {
+        return;
+    };
+    for ns in namespaces {
+        let Some(services) = context.services_without_egress_port(egress, ns) else {
+            continue;
+        };
+        let listed: Vec<String> = services
+            .iter()
+            .map(|(se, host)| {
+                let ports: Vec<String> = se
+                    .spec
+                    .ports()
+                    .iter()
+                    .map(|p| p.number.to_string())
+                    .collect();
+                format!("{host} (ports {})", ports.join(", "))
+            })
+            .collect();
+        out.push(sidecar.diagnostic(
+            Severity::Warning,
+            code::EGRESS_HOST_UNMATCHED,
+            &push_key(
+                &push_key(&push_index("spec.egress", index), "port"),
+                "number",
+            ),
+            format!(
+                "no service this listener's hosts match for namespace `{ns}` has port {number} \
+                 ({}), so Ward builds no listener for this egress entry and the app cannot call \
+                 through it (Istio accepts the Sidecar too); use one of the services' ports, or \
+                 remove `port` to get one listener per service port",
+                listed.join("; ")
+            ),
+        ));
     }
 }
 
@@ -1269,6 +1626,205 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{extra}");
         }
+    }
+
+    /// A `v1` Namespace object with labels.
+    fn namespace(name: &str, labels: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
+    }
+
+    /// A workload `ns/name` with extra labels, and the Sidecar that selects it (ingress port
+    /// 8080 to the app at 127.0.0.1:`app_port`).
+    fn served(ns: &str, name: &str, address: &str, labels: &str, app_port: u16) -> String {
+        doc("WorkloadEntry", ns, name, &format!("{{address: \"{address}\", labels: {{app: {name}{labels}}}}}"))
+            + &doc("Sidecar", ns, name, &format!("{{workloadSelector: {{labels: {{app: {name}}}}}, ingress: [{{port: {{number: 8080, name: tcp}}, defaultEndpoint: \"127.0.0.1:{app_port}\"}}]}}"))
+    }
+
+    #[test]
+    fn gateway_selectors_ambient_sidecars_namespaces_and_trust_domains() {
+        use Severity::{Info, Warning};
+        let gateway_label = "spec.selector.matchLabels[\"gateway.networking.k8s.io/gateway-name\"]";
+        let ambient = "istio.io/dataplane-mode: ambient";
+        let cases: Vec<(String, Vec<_>)> = vec![
+            (
+                // WARD0222: a selector on a Kubernetes Gateway's pods, without targetRef(s).
+                doc("AuthorizationPolicy", "a", "gw", "{selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: bookinfo-gateway}}, action: DENY, rules: [{}]}")
+                    + &doc("RequestAuthentication", "a", "gw-jwt", "{selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: bookinfo-gateway}}, jwtRules: [{issuer: \"https://idp.example\", jwksUri: \"https://idp.example/keys\"}]}"),
+                vec![
+                    f(code::GATEWAY_SELECTOR, Warning, "AuthorizationPolicy a/gw", gateway_label),
+                    f(code::GATEWAY_SELECTOR, Warning, "RequestAuthentication a/gw-jwt", gateway_label),
+                    f(code::SELECTOR_MATCHES_NOTHING, Warning, "AuthorizationPolicy a/gw", "spec.selector"),
+                    f(code::SELECTOR_MATCHES_NOTHING, Warning, "RequestAuthentication a/gw-jwt", "spec.selector"),
+                ],
+            ),
+            (
+                // Not with a targetRef (that policy does not compile: translate reports it), nor
+                // for other labels.
+                doc("AuthorizationPolicy", "a", "both", "{selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: gw}}, targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]}")
+                    + &doc("AuthorizationPolicy", "a", "app", "{selector: {matchLabels: {app: x}}, action: DENY, rules: [{}]}"),
+                vec![],
+            ),
+            (
+                // WARD0223: amb/p is ambient through its namespace, b/r through its own label;
+                // amb/q opts out (`none`); a sidecar wins: amb/u asks for one, and inj's
+                // namespace injects them (inj/v's own ambient label included).
+                namespace("amb", ambient)
+                    + &served("amb", "p", "10.0.1.1", "", 18001)
+                    + &served("amb", "q", "10.0.1.2", ", istio.io/dataplane-mode: none", 18002)
+                    + &served("b", "r", "10.0.1.3", &format!(", {ambient}"), 18003)
+                    + &namespace("inj", &format!("{ambient}, istio-injection: enabled"))
+                    + &served("inj", "s", "10.0.1.4", "", 18004)
+                    + &served("amb", "u", "10.0.1.7", ", sidecar.istio.io/inject: \"true\"", 18007)
+                    + &served("inj", "v", "10.0.1.8", &format!(", {ambient}"), 18008),
+                vec![
+                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar amb/p", "spec.workloadSelector"),
+                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar b/r", "spec.workloadSelector"),
+                ],
+            ),
+            (
+                // A namespace-wide Sidecar in an ambient namespace: reported even without
+                // workloads (which WARD0219 reports); not in a namespace that is not ambient.
+                namespace("amb", ambient)
+                    + &doc("Sidecar", "amb", "default", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}")
+                    + &namespace("plain", "team: x")
+                    + &served("plain", "t", "10.0.1.5", "", 18005),
+                vec![
+                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar amb/default", "metadata.namespace"),
+                    f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "Sidecar amb/default", "metadata.namespace"),
+                ],
+            ),
+            (
+                // WARD0224 instead of WARD0211: a namespace no object is in. Namespaces known
+                // from a Namespace object, a Kubernetes object, the root namespace, `.` and `*`
+                // are not reported.
+                doc("Sidecar", "a", "default", "{egress: [{hosts: [\"typo/*\", \"tyop/y.a\", \"./*\", \"*/y.a\", \"istio-system/*\", \"ns-only/*\", \"svc-only/*\", \"~/*\"]}]}")
+                    + &namespace("ns-only", "")
+                    + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: svc-only}\n",
+                vec![
+                    f(code::EGRESS_NAMESPACE_UNKNOWN, Warning, "Sidecar a/default", "spec.egress[0].hosts[0]"),
+                    f(code::EGRESS_NAMESPACE_UNKNOWN, Warning, "Sidecar a/default", "spec.egress[0].hosts[1]"),
+                    f(code::EGRESS_HOST_UNMATCHED, Info, "Sidecar a/default", "spec.egress[0].hosts[4]"),
+                    f(code::EGRESS_HOST_UNMATCHED, Info, "Sidecar a/default", "spec.egress[0].hosts[5]"),
+                    f(code::EGRESS_HOST_UNMATCHED, Info, "Sidecar a/default", "spec.egress[0].hosts[6]"),
+                ],
+            ),
+            (
+                // WARD0202 on trust domains: the mesh's (`cluster.local` by default) passes;
+                // patterns are not checked.
+                doc("AuthorizationPolicy", "a", "td", "{rules: [{from: [{source: {trustDomains: [cluster.local, typo.td, \"*.td\"], notTrustDomains: [old.td]}}], when: [{key: source.trustDomain, values: [cluster.local, other.td]}]}]}"),
+                vec![
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, "AuthorizationPolicy a/td", "spec.rules[0].from[0].source.trustDomains[1]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, "AuthorizationPolicy a/td", "spec.rules[0].from[0].source.notTrustDomains[0]"),
+                    f(code::SOURCE_MATCHES_NOTHING, Warning, "AuthorizationPolicy a/td", "spec.rules[0].when[0].values[1]"),
+                ],
+            ),
+            (
+                // With trustDomain new.td and alias old.td, both pass and `cluster.local` does not
+                // (it stands for the mesh's trust domain only in principals).
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    trustDomain: new.td\n    trustDomainAliases: [old.td]\n".to_owned()
+                    + &doc("AuthorizationPolicy", "a", "td", "{rules: [{from: [{source: {trustDomains: [new.td, old.td, cluster.local], principals: [cluster.local/ns/a/sa/y]}}]}]}"),
+                vec![f(code::SOURCE_MATCHES_NOTHING, Warning, "AuthorizationPolicy a/td", "spec.rules[0].from[0].source.trustDomains[2]")],
+            ),
+            (
+                // WARD0211, port case: a/y.a has no port 7777 (a warning, no longer an error).
+                served("c", "z", "10.0.1.6", "", 18006).replace(
+                    "ingress:",
+                    "egress: [{port: {number: 7777}, bind: 127.0.0.6, hosts: [\"a/y.a\", \"a/nothing.a\"]}], ingress:",
+                ),
+                vec![
+                    f(code::EGRESS_HOST_UNMATCHED, Warning, "Sidecar c/z", "spec.egress[0].port.number"),
+                    f(code::EGRESS_HOST_UNMATCHED, Warning, "Sidecar c/z", "spec.egress[0].hosts[1]"),
+                ],
+            ),
+        ];
+        for (extra, mut want) in cases {
+            let mut got = findings(&format!("{}{extra}", base()));
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn new_messages_name_the_fix() {
+        let message = |extra: &str, code: &str| {
+            let yaml = format!("{}{extra}", base());
+            let set = load_str("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+            analyze(&set)
+                .into_iter()
+                .find(|d| d.code == code)
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| panic!("no {code} in {yaml}"))
+        };
+        let gateway = message(
+            &doc(
+                "AuthorizationPolicy",
+                "a",
+                "gw",
+                "{selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: edge}}}",
+            ),
+            code::GATEWAY_SELECTOR,
+        );
+        assert!(
+            gateway.contains(
+                "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]"
+            ),
+            "{gateway}"
+        );
+        assert!(
+            gateway.contains("Ward runs no Kubernetes Gateways or waypoints"),
+            "{gateway}"
+        );
+
+        let ambient = message(
+            &(namespace("a", "istio.io/dataplane-mode: ambient")),
+            code::SIDECAR_IN_AMBIENT,
+        );
+        // The Namespace object follows base(); its labels are on its fourth line.
+        let label_line = base().lines().count() + 4;
+        assert!(
+            ambient.contains(&format!("workload a/x is in ambient mode (`istio.io/dataplane-mode: ambient` on Namespace a (t.yaml:{label_line}))")),
+            "{ambient}"
+        );
+        assert!(
+            ambient.contains("Ward runs a proxy for every workload and applies it"),
+            "{ambient}"
+        );
+
+        let typo = message(
+            &doc(
+                "Sidecar",
+                "a",
+                "default",
+                "{egress: [{hosts: [\"typo/*\"]}]}",
+            ),
+            code::EGRESS_NAMESPACE_UNKNOWN,
+        );
+        assert!(typo.contains("names namespace `typo`"), "{typo}");
+        assert!(
+            typo.contains("not the root namespace `istio-system`"),
+            "{typo}"
+        );
+
+        let port = message(
+            &served("c", "z", "10.0.1.6", "", 18006).replace(
+                "ingress:",
+                "egress: [{port: {number: 7777}, bind: 127.0.0.6, hosts: [\"a/y.a\"]}], ingress:",
+            ),
+            code::EGRESS_HOST_UNMATCHED,
+        );
+        assert!(port.contains("has port 7777 (y.a (ports 5432))"), "{port}");
+
+        let td = message(
+            &doc(
+                "AuthorizationPolicy",
+                "a",
+                "td",
+                "{rules: [{from: [{source: {trustDomains: [typo.td]}}]}]}",
+            ),
+            code::SOURCE_MATCHES_NOTHING,
+        );
+        assert!(td.contains("trust domain `typo.td` is neither the mesh's trust domain nor one of its trustDomainAliases (`cluster.local`)"), "{td}");
     }
 
     #[test]

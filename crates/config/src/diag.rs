@@ -63,11 +63,12 @@ pub mod code {
     /// Two RequestAuthentication rules with one issuer apply to one workload.
     pub const JWT_ISSUER_CONFLICT: &str = "WARD0114";
     /// A Kubernetes object from outside the Istio API (Service, Deployment, Namespace, ...)
-    /// that Ward does not read.
+    /// that Ward does not read (of a Namespace, only the labels, for `ward analyze`).
     pub const KUBERNETES_NOT_READ: &str = "WARD0115";
     /// A selector that matches no WorkloadEntry.
     pub const SELECTOR_MATCHES_NOTHING: &str = "WARD0201";
-    /// An AuthorizationPolicy source that names no known workload.
+    /// An AuthorizationPolicy source that names no known workload, or a trust domain that is
+    /// not the mesh's.
     pub const SOURCE_MATCHES_NOTHING: &str = "WARD0202";
     /// PERMISSIVE mTLS somewhere: plaintext is accepted without identity.
     pub const PERMISSIVE: &str = "WARD0203";
@@ -85,7 +86,8 @@ pub mod code {
     pub const HTTP_FIELDS_ON_TCP: &str = "WARD0209";
     /// The CUSTOM action, which Ward does not support (it denies).
     pub const CUSTOM_ACTION: &str = "WARD0210";
-    /// A Sidecar egress host that matches no ServiceEntry.
+    /// A Sidecar egress host that matches no ServiceEntry, or an egress port that none of the
+    /// matched services has.
     pub const EGRESS_HOST_UNMATCHED: &str = "WARD0211";
     /// A workload that no Sidecar configures, so its proxy serves no port.
     pub const NO_SIDECAR: &str = "WARD0212";
@@ -108,6 +110,14 @@ pub mod code {
     pub const PORT_NOT_SERVED: &str = "WARD0220";
     /// An exact path (or closed template) in DENY `paths` or ALLOW `notPaths`.
     pub const EXACT_DENY_PATH: &str = "WARD0221";
+    /// A policy selector on the label of a Kubernetes Gateway's pods, without `targetRef(s)`
+    /// (Istio's IST0166).
+    pub const GATEWAY_SELECTOR: &str = "WARD0222";
+    /// A Sidecar for workloads (or a namespace) in ambient mode, which Istio would ignore
+    /// (Istio's IST0167).
+    pub const SIDECAR_IN_AMBIENT: &str = "WARD0223";
+    /// A Sidecar egress host whose namespace no object of the config is in.
+    pub const EGRESS_NAMESPACE_UNKNOWN: &str = "WARD0224";
 }
 
 /// One finding, located as precisely as Ward can.

@@ -225,6 +225,35 @@ impl<'a> Context<'a> {
         matched
     }
 
+    /// The services an egress listener's hosts match for a workload in `namespace`, when the
+    /// listener has a `port` and none of them has it: such a listener gives no outbound
+    /// listener. `None` when the listener has no port, matches nothing, or serves a service.
+    pub(crate) fn services_without_egress_port(
+        &self,
+        egress: &IstioEgressListener,
+        namespace: &str,
+    ) -> Option<Vec<(&'a Resource<ServiceEntrySpec>, &'a str)>> {
+        egress.port.as_ref().and_then(|p| p.number)?;
+        let mut matched: Vec<(&'a Resource<ServiceEntrySpec>, &'a str)> = Vec::new();
+        for host in egress.hosts() {
+            let Ok(pattern) = SidecarHost::parse(host) else {
+                continue;
+            };
+            for service in self.services_matching(&pattern, namespace) {
+                if !ports_for(egress, &service.0.spec).is_empty() {
+                    return None;
+                }
+                if !matched
+                    .iter()
+                    .any(|m| std::ptr::eq(m.0, service.0) && m.1 == service.1)
+                {
+                    matched.push(service);
+                }
+            }
+        }
+        (!matched.is_empty()).then_some(matched)
+    }
+
     fn mtls_of(&self, workload: &Workload<'_>, port: u16) -> (MtlsMode, Option<PolicyRef>) {
         let effective = effective_mtls(
             &self.peer_authn,
@@ -360,15 +389,12 @@ impl<'a> Context<'a> {
         errors: &mut Vec<Diagnostic>,
     ) -> Vec<OutboundListener> {
         let mut listeners: Vec<OutboundListener> = Vec::new();
-        for (i, egress) in sidecar.spec.egress().iter().enumerate() {
-            let path = push_index("spec.egress", i);
+        for egress in sidecar.spec.egress() {
             let bind_ip = egress
                 .bind
                 .as_deref()
                 .and_then(|b| b.parse().ok())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            let mut produced = false;
-            let mut matched_any = false;
             for host in egress.hosts() {
                 let Ok(pattern) = SidecarHost::parse(host) else {
                     continue;
@@ -377,34 +403,19 @@ impl<'a> Context<'a> {
                     continue;
                 }
                 // A host matching nothing yet is not an error: it simply gives no listener
-                // (`ward analyze` reports it, WARD0211).
+                // (`ward analyze` reports it, WARD0211). Nor is an egress `port` that none of the
+                // matched services has: Istio accepts that Sidecar, and here it gives no listener
+                // either (`ward analyze` warns, WARD0211).
                 let services = self.services_matching(&pattern, workload.namespace());
-                if services.is_empty() {
-                    continue;
-                }
-                matched_any = true;
                 for (se, name) in services {
                     for se_port in ports_for(egress, &se.spec) {
                         let listener = self.listener(bind_ip, egress, se, name, se_port, errors);
                         if let Some(listener) = listener {
-                            produced = true;
                             if !listeners.contains(&listener) {
                                 listeners.push(listener);
                             }
                         }
                     }
-                }
-            }
-            if matched_any && !produced {
-                if let Some(number) = egress.port.as_ref().and_then(|p| p.number) {
-                    errors.push(sidecar.diagnostic(
-                        Severity::Error,
-                        code::EGRESS_HOST_UNMATCHED,
-                        &push_key(&push_key(&path, "port"), "number"),
-                        format!(
-                            "no ServiceEntry matched by this listener's hosts has port {number}"
-                        ),
-                    ));
                 }
             }
         }
@@ -984,14 +995,19 @@ mod tests {
             listeners("[{hosts: [\"./*\", \"istio-system/*\"]}]"),
             vec![]
         );
+        // A port that none of the matched services has: no listener and no error (Istio accepts
+        // it; `ward analyze` warns, WARD0211). The other egress entry still gets its listener.
+        let no_port = "[{port: {number: 7777}, hosts: [\"db/pg.db.svc\"]}, {port: {number: 443}, hosts: [\"ext/*\"]}]";
+        assert_eq!(errors(&client(no_port)), vec![]);
+        let ext_only: Vec<(SocketAddr, String)> = listeners(no_port)
+            .into_iter()
+            .map(|l| (l.bind, l.service))
+            .collect();
         assert_eq!(
-            errors(&client(
-                "[{port: {number: 7777}, hosts: [\"db/pg.db.svc\"]}]"
-            )),
+            ext_only,
             vec![(
-                Some(30),
-                code::EGRESS_HOST_UNMATCHED,
-                Some("spec.egress[0].port.number".into())
+                "127.0.0.1:443".parse().unwrap(),
+                "api.example.com".to_owned()
             )]
         );
         // Two services on one TCP listener cannot be told apart.

@@ -1,11 +1,13 @@
 //! Kubernetes manifests kept next to Istio objects: Ward accepts and skips them (one WARD0115
 //! info finding each) and loads the Istio objects exactly as it would alone. Istio kinds and
 //! apiVersions that are misspelt stay errors. An `istioctl install -f` IstioOperator (no
-//! name) carries the mesh settings.
+//! name) carries the mesh settings. A Namespace's labels are read by `ward analyze` only.
 
 #![allow(clippy::unwrap_used)] // tests
 
-use ward_config::{analyze, code, load_str, translate, ConfigSet, Diagnostic, Severity};
+use ward_config::{
+    analyze, code, load_paths, load_str, translate, ConfigSet, Diagnostic, Severity,
+};
 
 /// The Istio objects of the mixed file, alone.
 const ISTIO: &str = "apiVersion: security.istio.io/v1
@@ -294,4 +296,87 @@ fn two_unnamed_istio_operators_conflict_by_file_and_line() {
     assert_eq!(conflict[0].code, code::MESH_SETTINGS_CONFLICT);
     assert_eq!(conflict[0].line, Some(9));
     assert!(conflict[0].message.contains("iop.yaml:1"), "{err}");
+}
+
+/// A Namespace in ambient mode, kept in its own file as an application repository would.
+const AMBIENT_NAMESPACE: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    team: payments
+    istio.io/dataplane-mode: ambient
+";
+
+/// The Sidecar of `shop/shop` (from a sidecar-mode setup), next to its workload.
+const SHOP_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: shop, namespace: shop}
+spec: {address: 127.0.0.20, serviceAccount: shop, labels: {app: shop}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: shop, namespace: shop}
+spec:
+  workloadSelector:
+    labels: {app: shop}
+  ingress:
+  - port: {number: 8080, name: http}
+    defaultEndpoint: 127.0.0.1:18080
+";
+
+#[test]
+fn a_sidecar_in_an_ambient_namespace_is_reported_where_both_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = dir.path().join("namespace.yaml");
+    let sidecar = dir.path().join("sidecar.yaml");
+    std::fs::write(&namespace, AMBIENT_NAMESPACE).unwrap();
+    std::fs::write(&sidecar, SHOP_SIDECAR).unwrap();
+    let set = load_paths(&[dir.path().to_path_buf()]).unwrap_or_else(|e| panic!("{e}"));
+
+    // The Namespace keeps its WARD0115 info, which says its labels are read.
+    let info: Vec<&Diagnostic> = set
+        .warnings
+        .iter()
+        .filter(|d| d.code == code::KUBERNETES_NOT_READ)
+        .collect();
+    assert_eq!(info.len(), 1, "{:?}", set.warnings);
+    assert!(
+        info[0].message.contains("reads only its name and labels"),
+        "{}",
+        info[0]
+    );
+
+    let ambient: Vec<Diagnostic> = analyze(&set)
+        .into_iter()
+        .filter(|d| d.code == code::SIDECAR_IN_AMBIENT)
+        .collect();
+    let namespace = namespace.display().to_string();
+    let sidecar = sidecar.display().to_string();
+    assert_eq!(ambient.len(), 1, "{ambient:?}");
+    let d = &ambient[0];
+    assert_eq!(
+        (
+            d.severity,
+            d.file.as_str(),
+            d.line,
+            d.object.as_deref(),
+            d.field.as_deref()
+        ),
+        (
+            Severity::Warning,
+            sidecar.as_str(),
+            Some(10),
+            Some("Sidecar shop/shop"),
+            Some("spec.workloadSelector")
+        ),
+        "{d}"
+    );
+    assert!(
+        d.message.starts_with(&format!(
+            "workload shop/shop is in ambient mode (`istio.io/dataplane-mode: ambient` on \
+             Namespace shop ({namespace}:7)): under Istio it has no sidecar proxy"
+        )),
+        "{d}"
+    );
 }
