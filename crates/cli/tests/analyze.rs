@@ -214,3 +214,51 @@ fn a_file_that_does_not_load_hides_no_other_finding() {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }
+
+/// Istio parity findings through the binary: a Sidecar for a workload of an ambient namespace
+/// (the label's file:line in the message), and an egress port no matched service has, which is
+/// a warning (exit 0) since Istio accepts it.
+#[test]
+fn ambient_sidecars_and_unserved_egress_ports_are_warnings() {
+    let ambient_namespace =
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: app\n  labels: {istio.io/dataplane-mode: ambient}\n";
+    let (code, out) = analyze_with_srv(ambient_namespace);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "mesh.yaml:15: warning[WARD0223] Sidecar app/srv: spec.workloadSelector: workload app/srv is in ambient mode (`istio.io/dataplane-mode: ambient` on Namespace app (",
+        "policy.yaml:5)): under Istio it has no sidecar proxy",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    let client = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: srv, namespace: app}
+spec:
+  hosts: [srv.app.svc]
+  location: MESH_INTERNAL
+  ports: [{number: 9000, name: http}]
+  workloadSelector: {labels: {app: srv}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cli, namespace: app}
+spec: {address: 127.0.0.11, serviceAccount: cli, labels: {app: cli}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: cli, namespace: app}
+spec:
+  workloadSelector: {labels: {app: cli}}
+  egress:
+  - port: {number: 9999}
+    bind: 127.0.0.12
+    hosts: [./srv.app.svc]
+";
+    let (code, out) = analyze_with_srv(client);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("policy.yaml:21: warning[WARD0211] Sidecar app/cli: spec.egress[0].port.number: no service this listener's hosts match for namespace `app` has port 9999 (srv.app.svc (ports 9000))"),
+        "{out}"
+    );
+}
