@@ -400,13 +400,25 @@ fn istio_groups() -> Vec<&'static str> {
     groups
 }
 
+/// Every apiVersion under which Ward loads `kind`, in the order Ward lists them (newest first
+/// within a group): `security.istio.io/v1` and `security.istio.io/v1beta1` for
+/// AuthorizationPolicy, `v1` for ConfigMap; empty for a kind Ward does not serve (Kubernetes
+/// kinds it skips, such as Service, included). All of a kind's versions share one schema, so
+/// an object loads the same under each.
+pub fn served_api_versions(kind: &str) -> Vec<String> {
+    SERVED
+        .iter()
+        .filter(|(_, _, kinds)| kinds.contains(&kind))
+        .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
+        .collect()
+}
+
 /// Every `group/version` that serves `kind` outside the core group (empty for a kind that is
 /// not one of Istio's).
 fn istio_api_versions_of(kind: &str) -> Vec<String> {
-    SERVED
-        .iter()
-        .filter(|(g, _, kinds)| !g.is_empty() && kinds.contains(&kind))
-        .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
+    served_api_versions(kind)
+        .into_iter()
+        .filter(|v| v.contains('/'))
         .collect()
 }
 
@@ -1264,6 +1276,43 @@ mod tests {
                 .all(|d| d.code == code::PARSE && d.line.is_none()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn served_api_versions_list_every_version_of_a_kind() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "AuthorizationPolicy",
+                &["security.istio.io/v1", "security.istio.io/v1beta1"],
+            ),
+            (
+                "Sidecar",
+                &[
+                    "networking.istio.io/v1",
+                    "networking.istio.io/v1beta1",
+                    "networking.istio.io/v1alpha3",
+                ],
+            ),
+            ("EnvoyFilter", &["networking.istio.io/v1alpha3"]),
+            (
+                "ZTunnel",
+                &["sailoperator.io/v1", "sailoperator.io/v1alpha1"],
+            ),
+            ("ConfigMap", &["v1"]),
+            ("Service", &[]),
+            ("AuthorizationPolic", &[]),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(served_api_versions(kind), *want, "{kind}");
+            // Each one resolves to the kind, and it is not written off as a Kubernetes object.
+            for api_version in *want {
+                let resolved = resolve_kind(api_version, kind);
+                assert!(
+                    matches!(resolved, Ok(k) if k != Kind::NotRead),
+                    "{api_version} {kind}: {resolved:?}"
+                );
+            }
+        }
     }
 
     #[test]
