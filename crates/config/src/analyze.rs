@@ -16,7 +16,7 @@ use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
 };
 
-use crate::diag::{code, Diagnostic, Severity};
+use crate::diag::{code, Diagnostic, Diagnostics, Severity};
 use crate::istio::WorkloadEntrySpec;
 use crate::istio::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 use crate::load::{ConfigSet, Resource};
@@ -25,6 +25,38 @@ use crate::routes::EgressRoutes;
 use crate::snapshot::{MeshSnapshot, Transport};
 use crate::translate::{translate, unmatched_host_message, Context, Workload};
 use crate::yaml::{push_index, push_key};
+
+/// Everything `ward analyze` reports about files loaded with
+/// [`load_paths_partial`](crate::load_paths_partial): the load diagnostics (`loaded`), then the
+/// translation errors and the [`analyze`] findings of the objects that loaded, each problem
+/// once. Objects that loaded with errors are translated and analyzed too, and those stages find
+/// some of the same problems again (in their own words): a finding with the code, severity,
+/// place, object and field of one an earlier stage reported is that problem again, and is left
+/// out.
+pub fn all_findings(set: &ConfigSet, loaded: Diagnostics) -> Vec<Diagnostic> {
+    let mut findings = loaded.0;
+    let translated = match translate(set) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0,
+    };
+    for stage in [translated, analyze(set)] {
+        let earlier = findings.len();
+        for f in stage {
+            let again = findings[..earlier].iter().any(|e| same_problem(e, &f));
+            if !again && !findings[earlier..].contains(&f) {
+                findings.push(f);
+            }
+        }
+    }
+    findings
+}
+
+/// Whether two findings are one problem: the same code and severity at the same place, object
+/// and field (their messages may differ).
+fn same_problem(a: &Diagnostic, b: &Diagnostic) -> bool {
+    (a.code, a.severity, &a.file, a.line, &a.object, &a.field)
+        == (b.code, b.severity, &b.file, b.line, &b.object, &b.field)
+}
 
 /// Everything `ward analyze` reports beyond load and translation errors, in file and line
 /// order.
