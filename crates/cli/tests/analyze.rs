@@ -214,3 +214,20 @@ fn a_file_that_does_not_load_hides_no_other_finding() {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }
+
+/// An object that loads with an error is still translated and analyzed with the rest; a stage
+/// that finds the same problem again does not print it a second time.
+#[test]
+fn each_problem_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vm.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\n  namespace: legacy\nspec:\n  address: vm1.legacy.example\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: ports\n  namespace: legacy\nspec:\n  portLevelMtls:\n    8080:\n      mode: STRICT\n",
+    )
+    .unwrap();
+    let (code, out) = analyze(dir.path());
+    assert_eq!(code, 1, "{out}");
+    for place in ["vm.yaml:7: error[WARD0105]", "vm.yaml:15: error[WARD0207]"] {
+        assert_eq!(out.matches(place).count(), 1, "{place} once in:\n{out}");
+    }
+}
