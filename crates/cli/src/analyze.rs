@@ -10,15 +10,7 @@ pub(crate) fn run(paths: &[PathBuf], json: bool) -> ExitCode {
     // Everything that loaded is translated and analyzed, even when other files failed to load:
     // one run shows the load errors and every finding (`ward up` refuses any error instead).
     let (set, loaded) = ward_config::load_paths_partial(paths);
-    let mut findings: Vec<Diagnostic> = loaded.0;
-    if let Err(d) = ward_config::translate(&set) {
-        findings.extend(d.0);
-    }
-    for f in ward_config::analyze(&set) {
-        if !findings.contains(&f) {
-            findings.push(f);
-        }
-    }
+    let findings: Vec<Diagnostic> = ward_config::all_findings(&set, loaded);
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)

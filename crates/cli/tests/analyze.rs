@@ -216,16 +216,16 @@ fn a_file_that_does_not_load_hides_no_other_finding() {
 }
 
 /// Istio parity findings through the binary: a Sidecar for a workload of an ambient namespace
-/// (the label's file:line in the message), and an egress port no matched service has, which is
+/// (info, with the label's file:line in the message), and an egress port no matched service has, which is
 /// a warning (exit 0) since Istio accepts it.
 #[test]
-fn ambient_sidecars_and_unserved_egress_ports_are_warnings() {
+fn ambient_sidecars_are_noted_and_unserved_egress_ports_are_warnings() {
     let ambient_namespace =
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: app\n  labels: {istio.io/dataplane-mode: ambient}\n";
     let (code, out) = analyze_with_srv(ambient_namespace);
     assert_eq!(code, 0, "{out}");
     for want in [
-        "mesh.yaml:15: warning[WARD0223] Sidecar app/srv: spec.workloadSelector: workload app/srv is in ambient mode (`istio.io/dataplane-mode: ambient` on Namespace app (",
+        "mesh.yaml:15: info[WARD0223] Sidecar app/srv: spec.workloadSelector: workload app/srv is in ambient mode (`istio.io/dataplane-mode: ambient` on Namespace app (",
         "policy.yaml:5)): under Istio it has no sidecar proxy",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
@@ -261,4 +261,21 @@ spec:
         out.contains("policy.yaml:21: warning[WARD0211] Sidecar app/cli: spec.egress[0].port.number: no service this listener's hosts match for namespace `app` has port 9999 (srv.app.svc (ports 9000))"),
         "{out}"
     );
+}
+
+/// An object that loads with an error is still translated and analyzed with the rest; a stage
+/// that finds the same problem again does not print it a second time.
+#[test]
+fn each_problem_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vm.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\n  namespace: legacy\nspec:\n  address: vm1.legacy.example\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: ports\n  namespace: legacy\nspec:\n  portLevelMtls:\n    8080:\n      mode: STRICT\n",
+    )
+    .unwrap();
+    let (code, out) = analyze(dir.path());
+    assert_eq!(code, 1, "{out}");
+    for place in ["vm.yaml:7: error[WARD0105]", "vm.yaml:15: error[WARD0207]"] {
+        assert_eq!(out.matches(place).count(), 1, "{place} once in:\n{out}");
+    }
 }

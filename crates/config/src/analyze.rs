@@ -18,7 +18,7 @@ use ward_policy::{
 
 use ward_policy::spec::WorkloadSelector;
 
-use crate::diag::{code, Diagnostic, Severity};
+use crate::diag::{code, Diagnostic, Diagnostics, Severity};
 use crate::istio::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 use crate::istio::{SidecarSpec, WorkloadEntrySpec};
 use crate::load::{ConfigSet, NamespaceObject, Resource};
@@ -27,6 +27,38 @@ use crate::routes::EgressRoutes;
 use crate::snapshot::{MeshSnapshot, Transport};
 use crate::translate::{translate, unmatched_host_message, Context, Workload};
 use crate::yaml::{push_index, push_key};
+
+/// Everything `ward analyze` reports about files loaded with
+/// [`load_paths_partial`](crate::load_paths_partial): the load diagnostics (`loaded`), then the
+/// translation errors and the [`analyze`] findings of the objects that loaded, each problem
+/// once. Objects that loaded with errors are translated and analyzed too, and those stages find
+/// some of the same problems again (in their own words): a finding with the code, severity,
+/// place, object and field of one an earlier stage reported is that problem again, and is left
+/// out.
+pub fn all_findings(set: &ConfigSet, loaded: Diagnostics) -> Vec<Diagnostic> {
+    let mut findings = loaded.0;
+    let translated = match translate(set) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0,
+    };
+    for stage in [translated, analyze(set)] {
+        let earlier = findings.len();
+        for f in stage {
+            let again = findings[..earlier].iter().any(|e| same_problem(e, &f));
+            if !again && !findings[earlier..].contains(&f) {
+                findings.push(f);
+            }
+        }
+    }
+    findings
+}
+
+/// Whether two findings are one problem: the same code and severity at the same place, object
+/// and field (their messages may differ).
+fn same_problem(a: &Diagnostic, b: &Diagnostic) -> bool {
+    (a.code, a.severity, &a.file, a.line, &a.object, &a.field)
+        == (b.code, b.severity, &b.file, b.line, &b.object, &b.field)
+}
 
 /// Everything `ward analyze` reports beyond load and translation errors, in file and line
 /// order.
@@ -151,7 +183,11 @@ fn policy_sources(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
         for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
             for (path, value, kind) in rule_sources(rule, &push_index("spec.rules", i)) {
                 // Patterns (prefix, suffix, `*`) are skipped: only exact values can be checked.
-                if value.contains('*') || known.names_a_workload(kind, value, &ap.meta.namespace) {
+                // An empty value is a load error (WARD0108) already.
+                if value.is_empty()
+                    || value.contains('*')
+                    || known.names_a_workload(kind, value, &ap.meta.namespace)
+                {
                     continue;
                 }
                 let message = match kind {
@@ -1103,7 +1139,9 @@ fn sidecars_in_ambient(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
                 reasons.join("; ")
             )
         };
-        out.push(sidecar.diagnostic(Severity::Warning, code::SIDECAR_IN_AMBIENT, field, message));
+        // Info, not Istio's warning: in Ward the Sidecar does take effect (it is how a local
+        // workload's listeners are declared), so the finding is about portability only.
+        out.push(sidecar.diagnostic(Severity::Info, code::SIDECAR_IN_AMBIENT, field, message));
     }
 }
 
@@ -1677,8 +1715,8 @@ mod tests {
                     + &served("amb", "u", "10.0.1.7", ", sidecar.istio.io/inject: \"true\"", 18007)
                     + &served("inj", "v", "10.0.1.8", &format!(", {ambient}"), 18008),
                 vec![
-                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar amb/p", "spec.workloadSelector"),
-                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar b/r", "spec.workloadSelector"),
+                    f(code::SIDECAR_IN_AMBIENT, Info, "Sidecar amb/p", "spec.workloadSelector"),
+                    f(code::SIDECAR_IN_AMBIENT, Info, "Sidecar b/r", "spec.workloadSelector"),
                 ],
             ),
             (
@@ -1689,7 +1727,7 @@ mod tests {
                     + &namespace("plain", "team: x")
                     + &served("plain", "t", "10.0.1.5", "", 18005),
                 vec![
-                    f(code::SIDECAR_IN_AMBIENT, Warning, "Sidecar amb/default", "metadata.namespace"),
+                    f(code::SIDECAR_IN_AMBIENT, Info, "Sidecar amb/default", "metadata.namespace"),
                     f(code::NAMESPACE_WITHOUT_WORKLOADS, Warning, "Sidecar amb/default", "metadata.namespace"),
                 ],
             ),

@@ -62,12 +62,12 @@ pub mod snapshot;
 pub mod translate;
 mod yaml;
 
-pub use analyze::analyze;
+pub use analyze::{all_findings, analyze};
 pub use diag::{code, Diagnostic, Diagnostics, Severity};
 pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 pub use load::{
-    load_files, load_paths, load_paths_partial, load_str, read_paths, ConfigFiles, ConfigSet,
-    FieldLines, NamespaceObject, Resource,
+    load_files, load_paths, load_paths_partial, load_str, read_paths, served_api_versions,
+    ConfigFiles, ConfigSet, FieldLines, NamespaceObject, Resource,
 };
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;

@@ -57,7 +57,7 @@ impl<T> Resource<T> {
     /// `namespace/name` (just `name` for a cluster-scoped object).
     pub fn key(&self) -> String {
         if self.meta.namespace.is_empty() {
-            // A cluster-scoped object (the Sail operator's `Istio`).
+            // A cluster-scoped object (the Sail operator's kinds).
             self.meta.name.clone()
         } else {
             format!("{}/{}", self.meta.namespace, self.meta.name)
@@ -430,13 +430,25 @@ fn istio_groups() -> Vec<&'static str> {
     groups
 }
 
+/// Every apiVersion under which Ward loads `kind`, in the order Ward lists them (newest first
+/// within a group): `security.istio.io/v1` and `security.istio.io/v1beta1` for
+/// AuthorizationPolicy, `v1` for ConfigMap; empty for a kind Ward does not serve (Kubernetes
+/// kinds it skips, such as Service, included). All of a kind's versions share one schema, so
+/// an object loads the same under each.
+pub fn served_api_versions(kind: &str) -> Vec<String> {
+    SERVED
+        .iter()
+        .filter(|(_, _, kinds)| kinds.contains(&kind))
+        .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
+        .collect()
+}
+
 /// Every `group/version` that serves `kind` outside the core group (empty for a kind that is
 /// not one of Istio's).
 fn istio_api_versions_of(kind: &str) -> Vec<String> {
-    SERVED
-        .iter()
-        .filter(|(g, _, kinds)| !g.is_empty() && kinds.contains(&kind))
-        .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
+    served_api_versions(kind)
+        .into_iter()
+        .filter(|v| v.contains('/'))
         .collect()
 }
 
@@ -730,8 +742,8 @@ impl Loader {
     fn prepare(&mut self, doc: &Doc<'_>) -> Prepared {
         let (parsed, mut meta_findings) = meta::parse(doc.node.get("metadata"));
         let mut meta = parsed.meta;
-        if doc.kind == Kind::SailIstio {
-            // Cluster-scoped: Kubernetes ignores a namespace there.
+        if is_cluster_scoped(&doc.api_version) {
+            // Kubernetes ignores a namespace there.
             meta.namespace.clear();
         }
         if doc.kind == Kind::IstioOperator && meta.name.is_empty() {
@@ -909,6 +921,13 @@ impl Loader {
         all.sort();
         (set, all)
     }
+}
+
+/// Whether objects of the apiVersion's group are cluster-scoped: every Sail operator kind
+/// (`Istio`, `IstioRevision`, `IstioRevisionTag`, `IstioCNI`, `ZTunnel`; `scope: Cluster` in
+/// istio-ecosystem/sail-operator `chart/crds/sailoperator.io_*.yaml`).
+fn is_cluster_scoped(api_version: &str) -> bool {
+    api_version.starts_with("sailoperator.io/")
 }
 
 /// How messages name an IstioOperator without `metadata.name`: `(unnamed, FILE)`, FILE being
@@ -1170,6 +1189,14 @@ mod tests {
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
             ),
             (
+                // Cluster-scoped: named without a namespace, whether one is written or not.
+                "apiVersion: sailoperator.io/v1\nkind: ZTunnel\nmetadata: {name: default}\n---\napiVersion: sailoperator.io/v1alpha1\nkind: IstioCNI\nmetadata: {name: default, namespace: istio-cni}\n".to_owned(),
+                vec![
+                    one(1, code::KIND_NOT_ENFORCED, "ZTunnel default", ""),
+                    one(5, code::KIND_NOT_ENFORCED, "IstioCNI default", ""),
+                ],
+            ),
+            (
                 format!("{AP}---\n# again\n{AP}"),
                 vec![one(11, code::DUPLICATE, "AuthorizationPolicy foo/deny-x", "metadata.name")],
             ),
@@ -1367,6 +1394,43 @@ mod tests {
                 .all(|d| d.code == code::PARSE && d.line.is_none()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn served_api_versions_list_every_version_of_a_kind() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "AuthorizationPolicy",
+                &["security.istio.io/v1", "security.istio.io/v1beta1"],
+            ),
+            (
+                "Sidecar",
+                &[
+                    "networking.istio.io/v1",
+                    "networking.istio.io/v1beta1",
+                    "networking.istio.io/v1alpha3",
+                ],
+            ),
+            ("EnvoyFilter", &["networking.istio.io/v1alpha3"]),
+            (
+                "ZTunnel",
+                &["sailoperator.io/v1", "sailoperator.io/v1alpha1"],
+            ),
+            ("ConfigMap", &["v1"]),
+            ("Service", &[]),
+            ("AuthorizationPolic", &[]),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(served_api_versions(kind), *want, "{kind}");
+            // Each one resolves to the kind, and it is not written off as a Kubernetes object.
+            for api_version in *want {
+                let resolved = resolve_kind(api_version, kind);
+                assert!(
+                    matches!(resolved, Ok(k) if k != Kind::NotRead),
+                    "{api_version} {kind}: {resolved:?}"
+                );
+            }
+        }
     }
 
     #[test]

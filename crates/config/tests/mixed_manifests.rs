@@ -364,7 +364,7 @@ fn a_sidecar_in_an_ambient_namespace_is_reported_where_both_are_written() {
             d.field.as_deref()
         ),
         (
-            Severity::Warning,
+            Severity::Info,
             sidecar.as_str(),
             Some(10),
             Some("Sidecar shop/shop"),

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use ward_config::{ConfigFiles, ConfigSet, Diagnostics, MeshSettings};
+use ward_config::{ConfigFiles, ConfigSet, Diagnostics, MeshSettings, Severity};
 use ward_config::{MeshSnapshot, ProxyConfig};
 
 /// Why a reload was refused.
@@ -165,7 +165,12 @@ impl ControlPlane {
         let files = ward_config::read_paths(&paths);
         let (set, snap) = build(&files)?;
         for w in &set.warnings {
-            tracing::warn!(target: "config", "{w}");
+            // An info finding (a Kubernetes object Ward does not read) is not a warning.
+            if w.severity == Severity::Info {
+                tracing::info!(target: "config", "{w}");
+            } else {
+                tracing::warn!(target: "config", "{w}");
+            }
         }
         let status = ConfigStatus {
             generation: 1,
