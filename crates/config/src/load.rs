@@ -56,7 +56,7 @@ impl<T> Resource<T> {
     /// `namespace/name` (just `name` for a cluster-scoped object).
     pub fn key(&self) -> String {
         if self.meta.namespace.is_empty() {
-            // A cluster-scoped object (the Sail operator's `Istio`).
+            // A cluster-scoped object (the Sail operator's kinds).
             self.meta.name.clone()
         } else {
             format!("{}/{}", self.meta.namespace, self.meta.name)
@@ -435,6 +435,12 @@ fn classify(group: &str, kind: &'static str) -> Kind {
     }
 }
 
+/// Whether objects of `api_version` are cluster-scoped: every Sail operator kind is
+/// (istio-ecosystem/sail-operator `chart/crds/sailoperator.io_*.yaml`, `scope: Cluster`).
+fn is_cluster_scoped(api_version: &str) -> bool {
+    api_version.starts_with("sailoperator.io/")
+}
+
 /// The name of the mesh ConfigMap istiod reads.
 const MESH_CONFIG_MAP: &str = "istio";
 
@@ -663,8 +669,8 @@ impl Loader {
     fn prepare(&mut self, doc: &Doc<'_>) -> Prepared {
         let (parsed, mut meta_findings) = meta::parse(doc.node.get("metadata"));
         let mut meta = parsed.meta;
-        if doc.kind == Kind::SailIstio {
-            // Cluster-scoped: Kubernetes ignores a namespace there.
+        if is_cluster_scoped(&doc.api_version) {
+            // Kubernetes ignores a namespace there.
             meta.namespace.clear();
         }
         if doc.kind == Kind::IstioOperator && meta.name.is_empty() {
@@ -1096,6 +1102,10 @@ mod tests {
             (
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
+            ),
+            (
+                "apiVersion: sailoperator.io/v1\nkind: IstioCNI\nmetadata: {name: default, namespace: istio-cni}\n".to_owned(),
+                vec![one(1, code::KIND_NOT_ENFORCED, "IstioCNI default", "")],
             ),
             (
                 format!("{AP}---\n# again\n{AP}"),
