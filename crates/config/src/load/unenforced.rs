@@ -6,6 +6,7 @@
 //! `crate::istio` next to the enforced ones.
 
 use super::{Doc, Loader, Resource};
+use crate::istio::{ProxyConfigSpec, TelemetrySpec, WasmPluginSpec};
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
@@ -18,6 +19,23 @@ impl Loader {
         kind: &'static str,
     ) {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
-        let _ = (doc, resource, meta_ok, kind);
+        match kind {
+            "Telemetry" => {
+                self.load_spec(doc, resource, meta_ok, |r: &Resource<TelemetrySpec>| {
+                    r.spec.validate()
+                });
+            }
+            "WasmPlugin" => {
+                self.load_spec(doc, resource, meta_ok, |r: &Resource<WasmPluginSpec>| {
+                    r.spec.validate()
+                });
+            }
+            "ProxyConfig" => {
+                self.load_spec(doc, resource, meta_ok, |r: &Resource<ProxyConfigSpec>| {
+                    r.spec.validate()
+                });
+            }
+            _ => {}
+        }
     }
 }
