@@ -1,5 +1,6 @@
 //! Kinds Ward accepts without enforcing them (WARD0102) still have their specs checked: Telemetry,
-//! WasmPlugin and ProxyConfig. A realistic spec loads with only the WARD0102 warning in every served
+//! WasmPlugin, ProxyConfig, the Sail operator kinds next to `Istio`, and OpenShift Service Mesh 2's
+//! `maistra.io` kinds. A realistic spec loads with only the WARD0102 warning in every served
 //! apiVersion, every field it writes is a field Ward knows (renaming any of them is a WARD0101
 //! error on its line), and what Istio or the CRDs reject is a WARD0105 error.
 //!
@@ -22,6 +23,10 @@ struct Realistic {
 const TELEMETRY: &[&str] = &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"];
 const WASM: &[&str] = &["extensions.istio.io/v1alpha1"];
 const PROXY_CONFIG: &[&str] = &["networking.istio.io/v1beta1"];
+const SAIL: &[&str] = &["sailoperator.io/v1", "sailoperator.io/v1alpha1"];
+const SAIL_V1: &[&str] = &["sailoperator.io/v1"];
+const SAIL_V1ALPHA1: &[&str] = &["sailoperator.io/v1alpha1"];
+const MAISTRA: &[&str] = &["maistra.io/v1", "maistra.io/v2"];
 
 const REALISTIC: &[Realistic] = &[
     // After the examples of https://istio.io/latest/docs/reference/config/telemetry/ (tracing,
@@ -241,6 +246,272 @@ spec:
         map_keys: &["app", "ISTIO_META_DNS_CAPTURE"],
         free_form: &[],
     },
+    // Sail operator kinds, with every top-level field of istio-ecosystem/sail-operator
+    // `api/v1/*_types.go` (and `api/v1alpha1/ztunnel_types.go`).
+    Realistic {
+        api_versions: SAIL,
+        yaml: "apiVersion: {API}
+kind: IstioCNI
+metadata:
+  name: default
+spec:
+  version: v1.26.0
+  profile: openshift
+  namespace: istio-cni
+  values:
+    cni:
+      logLevel: info
+      ambient:
+        enabled: true
+",
+        map_keys: &[],
+        free_form: &["values"],
+    },
+    Realistic {
+        api_versions: SAIL,
+        yaml: "apiVersion: {API}
+kind: IstioRevision
+metadata:
+  name: default
+spec:
+  version: v1.26.0
+  namespace: istio-system
+  values:
+    global:
+      istioNamespace: istio-system
+    meshConfig:
+      trustDomain: cluster.local
+",
+        map_keys: &[],
+        free_form: &["values"],
+    },
+    Realistic {
+        api_versions: SAIL,
+        yaml: "apiVersion: {API}
+kind: IstioRevision
+metadata:
+  name: canary
+spec:
+  version: v1.27.0
+  namespace: istio-system
+  values:
+    revision: canary
+    global:
+      istioNamespace: istio-system
+",
+        map_keys: &[],
+        free_form: &["values"],
+    },
+    Realistic {
+        api_versions: SAIL,
+        yaml: "apiVersion: {API}
+kind: IstioRevisionTag
+metadata:
+  name: default
+spec:
+  targetRef:
+    kind: Istio
+    name: default
+",
+        map_keys: &[],
+        free_form: &[],
+    },
+    Realistic {
+        api_versions: SAIL_V1,
+        yaml: "apiVersion: {API}
+kind: ZTunnel
+metadata:
+  name: default
+spec:
+  version: v1.26.0
+  namespace: ztunnel
+  targetRef:
+    kind: IstioRevision
+    name: default
+  values:
+    ztunnel:
+      logLevel: info
+",
+        map_keys: &[],
+        free_form: &["values"],
+    },
+    Realistic {
+        api_versions: SAIL_V1ALPHA1,
+        yaml: "apiVersion: {API}
+kind: ZTunnel
+metadata:
+  name: default
+spec:
+  version: v1.24.0
+  profile: ambient
+  namespace: ztunnel
+  values:
+    ztunnel:
+      logLevel: info
+",
+        map_keys: &[],
+        free_form: &["values"],
+    },
+    // Every top-level field of maistra/istio-operator `pkg/apis/maistra/v2` ControlPlaneSpec,
+    // with sections as https://docs.openshift.com/container-platform/latest/service_mesh/v2x/ossm-reference-smcp.html
+    // describes them.
+    Realistic {
+        api_versions: &["maistra.io/v2"],
+        yaml: "apiVersion: {API}
+kind: ServiceMeshControlPlane
+metadata:
+  name: basic
+  namespace: istio-system
+spec:
+  version: v2.6
+  mode: ClusterWide
+  profiles:
+  - default
+  cluster:
+    name: production
+  general:
+    logging:
+      componentLevels:
+        default: info
+  meshConfig:
+    discoverySelectors:
+    - matchLabels:
+        env: prod
+  policy:
+    type: Istiod
+  proxy:
+    accessLogging:
+      file:
+        name: /dev/stdout
+  security:
+    trust:
+      domain: cluster.local
+    certificateAuthority:
+      type: Istiod
+    identity:
+      type: Kubernetes
+    controlPlane:
+      mtls: true
+      certProvider: Istiod
+      tls:
+        minProtocolVersion: TLSv1_2
+    dataPlane:
+      mtls: true
+      automtls: true
+    manageNetworkPolicy: true
+    jwksResolverCA: ca
+  telemetry:
+    type: Istiod
+  tracing:
+    type: None
+    sampling: 10000
+  gateways:
+    ingress:
+      enabled: true
+    openshiftRoute:
+      enabled: false
+  runtime:
+    components:
+      pilot:
+        deployment:
+          replicas: 2
+  addons:
+    kiali:
+      enabled: true
+  techPreview:
+    gatewayAPI:
+      enabled: true
+",
+        map_keys: &[],
+        free_form: &[
+            "cluster",
+            "general",
+            "meshConfig",
+            "policy",
+            "proxy",
+            "trust",
+            "certificateAuthority",
+            "identity",
+            "tls",
+            "telemetry",
+            "tracing",
+            "gateways",
+            "runtime",
+            "addons",
+            "techPreview",
+        ],
+    },
+    // Every field of maistra/istio-operator `pkg/apis/maistra/v1` ControlPlaneSpec.
+    Realistic {
+        api_versions: &["maistra.io/v1"],
+        yaml: "apiVersion: {API}
+kind: ServiceMeshControlPlane
+metadata:
+  name: basic-install
+  namespace: istio-system
+spec:
+  version: v1.1
+  template: default
+  profiles:
+  - default
+  networkType: subnet
+  istio:
+    global:
+      proxy:
+        resources:
+          requests:
+            cpu: 100m
+    gateways:
+      istio-egressgateway:
+        autoscaleEnabled: false
+  threeScale:
+    enabled: false
+",
+        map_keys: &[],
+        free_form: &["istio", "threeScale"],
+    },
+    // Every field of maistra/istio-operator `pkg/apis/maistra/v1` ServiceMeshMemberRollSpec and
+    // ServiceMeshMemberSpec.
+    Realistic {
+        api_versions: MAISTRA,
+        yaml: "apiVersion: {API}
+kind: ServiceMeshMemberRoll
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  members:
+  - bookinfo
+  - shop
+  memberSelectors:
+  - matchLabels:
+      mesh: enabled
+  - matchExpressions:
+    - key: team
+      operator: In
+      values:
+      - payments
+    - key: sandbox
+      operator: DoesNotExist
+",
+        map_keys: &["mesh"],
+        free_form: &[],
+    },
+    Realistic {
+        api_versions: MAISTRA,
+        yaml: "apiVersion: {API}
+kind: ServiceMeshMember
+metadata:
+  name: default
+  namespace: bookinfo
+spec:
+  controlPlaneRef:
+    name: basic
+    namespace: istio-system
+",
+        map_keys: &[],
+        free_form: &[],
+    },
 ];
 
 /// Every diagnostic of `yaml`, loaded or not.
@@ -366,6 +637,38 @@ fn nested_typos_are_unknown_field_errors_naming_file_line_object_and_path() {
             "apiVersion: networking.istio.io/v1beta1\nkind: ProxyConfig\nmetadata: {name: p, namespace: shop}\nspec:\n  image:\n    type: debug\n",
             "t.yaml:6: error[WARD0101] ProxyConfig shop/p: spec.image: unknown field `type`, expected `imageType`",
         ),
+        (
+            "apiVersion: sailoperator.io/v1\nkind: IstioCNI\nmetadata: {name: default}\nspec:\n  namespce: istio-cni\n",
+            "t.yaml:5: error[WARD0101] IstioCNI default: spec: unknown field `namespce`, expected one of `version`, `profile`, `namespace`, `values` (did you mean `namespace`?)",
+        ),
+        (
+            "apiVersion: sailoperator.io/v1\nkind: IstioRevisionTag\nmetadata: {name: default}\nspec:\n  targetRef:\n    kind: Istio\n    nme: default\n",
+            "t.yaml:7: error[WARD0101] IstioRevisionTag default: spec.targetRef: unknown field `nme`, expected one of `kind`, `name` (did you mean `name`?)",
+        ),
+        (
+            "apiVersion: sailoperator.io/v1\nkind: ZTunnel\nmetadata: {name: default}\nspec:\n  profile: ambient\n",
+            "t.yaml:5: error[WARD0101] ZTunnel default: spec: unknown field `profile`, expected one of `version`, `namespace`, `values`, `targetRef`",
+        ),
+        (
+            "apiVersion: sailoperator.io/v1alpha1\nkind: ZTunnel\nmetadata: {name: default}\nspec:\n  targetRef: {kind: Istio, name: default}\n",
+            "t.yaml:5: error[WARD0101] ZTunnel default: spec: unknown field `targetRef`, expected one of `version`, `profile`, `namespace`, `values`",
+        ),
+        (
+            "apiVersion: maistra.io/v2\nkind: ServiceMeshControlPlane\nmetadata: {name: basic, namespace: istio-system}\nspec:\n  security:\n    dataPlane:\n      mTLS: true\n",
+            "t.yaml:7: error[WARD0101] ServiceMeshControlPlane istio-system/basic: spec.security.dataPlane: unknown field `mTLS`, expected one of `mtls`, `automtls` (did you mean `mtls`?)",
+        ),
+        (
+            "apiVersion: maistra.io/v1\nkind: ServiceMeshControlPlane\nmetadata: {name: basic, namespace: istio-system}\nspec:\n  security:\n    dataPlane: {mtls: true}\n",
+            "t.yaml:5: error[WARD0101] ServiceMeshControlPlane istio-system/basic: spec: unknown field `security`, expected one of `template`, `profiles`, `version`, `networkType`, `istio`, `threeScale`",
+        ),
+        (
+            "apiVersion: maistra.io/v1\nkind: ServiceMeshMemberRoll\nmetadata: {name: default, namespace: istio-system}\nspec:\n  memberSelectors:\n  - matchLabel: {mesh: enabled}\n",
+            "t.yaml:6: error[WARD0101] ServiceMeshMemberRoll istio-system/default: spec.memberSelectors[0]: unknown field `matchLabel`, expected one of `matchLabels`, `matchExpressions` (did you mean `matchLabels`?)",
+        ),
+        (
+            "apiVersion: maistra.io/v1\nkind: ServiceMeshMember\nmetadata: {name: default, namespace: bookinfo}\nspec:\n  controlPlaneRef: {name: basic, namspace: istio-system}\n",
+            "t.yaml:5: error[WARD0101] ServiceMeshMember bookinfo/default: spec.controlPlaneRef: unknown field `namspace`, expected one of `name`, `namespace` (did you mean `namespace`?)",
+        ),
     ];
     for (yaml, want) in cases {
         assert_eq!(the_error(yaml), want, "{yaml}");
@@ -382,6 +685,9 @@ fn what_istio_rejects_is_invalid() {
     };
     let proxy_config = |spec: &str| {
         format!("apiVersion: networking.istio.io/v1beta1\nkind: ProxyConfig\nmetadata: {{name: p, namespace: ns}}\nspec:\n{spec}")
+    };
+    let operator = |api: &str, kind: &str, name: &str, spec: &str| {
+        format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: istio-system\nspec:\n{spec}")
     };
     let long = |n: usize| "a".repeat(n);
     // (document, [(line, field)] of the WARD0105 errors)
@@ -492,6 +798,72 @@ fn what_istio_rejects_is_invalid() {
             vec![(5, "spec.selector.matchLabels[\"\"]"), (6, "spec.concurrency"), (8, "spec.environmentVariables.A")],
         ),
         (proxy_config("  concurrency: 3000000000\n"), vec![(5, "spec.concurrency")]),
+        (
+            operator("sailoperator.io/v1", "IstioCNI", "cni", "  namespace: istio-cni\n"),
+            vec![(4, "metadata.name")],
+        ),
+        (
+            operator("sailoperator.io/v1alpha1", "ZTunnel", "zt", "  profile: ambient\n"),
+            vec![(4, "metadata.name")],
+        ),
+        (
+            operator("sailoperator.io/v1", "ZTunnel", "default", "  targetRef: {kind: Gateway, name: \"\"}\n"),
+            vec![(7, "spec.targetRef.kind"), (7, "spec.targetRef.name")],
+        ),
+        (
+            operator("sailoperator.io/v1", "IstioRevisionTag", "default", "  targetRef: {kind: IstioOperator, name: default}\n"),
+            vec![(7, "spec.targetRef.kind")],
+        ),
+        (
+            operator("sailoperator.io/v1alpha1", "IstioRevisionTag", "default", &format!("  targetRef: {{kind: \"\", name: {}}}\n", long(254))),
+            vec![(7, "spec.targetRef.kind"), (7, "spec.targetRef.name")],
+        ),
+        (
+            operator("sailoperator.io/v1", "IstioRevision", "default", "  version: v1.26.0\n  namespace: istio-system\n"),
+            vec![(6, "spec.values.global.istioNamespace")],
+        ),
+        (
+            operator("sailoperator.io/v1", "IstioRevision", "default", "  version: v1.26.0\n  namespace: istio-system\n  values:\n    revision: default\n    global: {istioNamespace: other}\n"),
+            vec![(11, "spec.values.global.istioNamespace"), (10, "spec.values.revision")],
+        ),
+        (
+            operator("sailoperator.io/v1", "IstioRevision", "canary", "  version: v1.26.0\n  namespace: istio-system\n  values:\n    global: {istioNamespace: istio-system}\n"),
+            vec![(9, "spec.values.revision")],
+        ),
+        (
+            operator("sailoperator.io/v1", "IstioRevision", "default", "  namespace: istio-system\n"),
+            vec![(7, "spec")],
+        ),
+        (
+            operator("maistra.io/v2", "ServiceMeshControlPlane", "basic", "  mode: Cluster\n"),
+            vec![(7, "spec.mode")],
+        ),
+        (
+            operator("maistra.io/v2", "ServiceMeshControlPlane", "basic", "  security:\n    dataPlane: {mtls: \"yes\"}\n"),
+            vec![(8, "spec.security.dataPlane.mtls")],
+        ),
+        (
+            operator("maistra.io/v2", "ServiceMeshControlPlane", "basic", "  tracing: Jaeger\n"),
+            vec![(7, "spec.tracing")],
+        ),
+        (
+            operator("maistra.io/v1", "ServiceMeshMemberRoll", "default", "  memberSelectors:\n  - matchLabels: {\"mesh/\": enabled}\n    matchExpressions:\n    - {key: a, operator: In}\n    - {key: b, operator: NotIn, values: []}\n    - {key: c, operator: Exists, values: [x]}\n    - {key: d, operator: DoesNotExist, values: [y]}\n"),
+            vec![
+                (8, "spec.memberSelectors[0].matchLabels[\"mesh/\"]"),
+                (10, "spec.memberSelectors[0].matchExpressions[0].values"),
+                (11, "spec.memberSelectors[0].matchExpressions[1].values"),
+                (12, "spec.memberSelectors[0].matchExpressions[2].values"),
+                (13, "spec.memberSelectors[0].matchExpressions[3].values"),
+            ],
+        ),
+        (
+            operator("maistra.io/v2", "ServiceMeshMemberRoll", "default", "  memberSelectors:\n  - matchExpressions: [{key: a, operator: Has}]\n"),
+            vec![(8, "spec.memberSelectors[0].matchExpressions[0].operator")],
+        ),
+        (
+            operator("maistra.io/v1", "ServiceMeshMember", "default", "  controlPlaneRef: {name: basic}\n"),
+            vec![(7, "spec.controlPlaneRef")],
+        ),
     ];
     for (yaml, want) in cases {
         let mut got: Vec<(usize, String)> = diagnostics(&yaml)
@@ -529,8 +901,51 @@ fn messages_of_decoded_values_name_what_is_allowed() {
             "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: ns}\nspec:\n  url: oci://x/y:1\n  pluginConfig: [a]\n",
             "t.yaml:6: error[WARD0105] WasmPlugin ns/w: spec.pluginConfig: expected a mapping, found a list",
         ),
+        (
+            "apiVersion: sailoperator.io/v1\nkind: IstioRevisionTag\nmetadata: {name: default}\nspec:\n  targetRef: {kind: istio, name: default}\n",
+            "t.yaml:5: error[WARD0105] IstioRevisionTag default: spec.targetRef.kind: unknown value `istio`, expected one of `Istio`, `IstioRevision` (did you mean `Istio`?)",
+        ),
+        (
+            "apiVersion: maistra.io/v2\nkind: ServiceMeshControlPlane\nmetadata: {name: basic, namespace: istio-system}\nspec:\n  mode: Cluster\n",
+            "t.yaml:5: error[WARD0105] ServiceMeshControlPlane istio-system/basic: spec.mode: unknown value `Cluster`, expected one of `MultiTenant`, `ClusterWide`",
+        ),
+        (
+            "apiVersion: sailoperator.io/v1\nkind: IstioCNI\nmetadata: {name: default}\nspec:\n  values: on\n",
+            "t.yaml:5: error[WARD0105] IstioCNI default: spec.values: expected a mapping, found string \"on\"",
+        ),
     ];
     for (yaml, want) in cases {
         assert_eq!(the_error(yaml), want, "{yaml}");
     }
+}
+
+#[test]
+fn sail_objects_are_cluster_scoped_so_one_name_is_one_object() {
+    let cni = |ns: &str| {
+        format!("apiVersion: sailoperator.io/v1\nkind: IstioCNI\nmetadata: {{name: default, namespace: {ns}}}\n")
+    };
+    let yaml = format!("{}---\n{}", cni("a"), cni("b"));
+    assert_eq!(
+        the_error(&yaml),
+        "t.yaml:7: error[WARD0104] IstioCNI default: metadata.name: duplicate object: IstioCNI default is already defined at t.yaml:1"
+    );
+}
+
+#[test]
+fn deep_helm_values_load_on_a_small_stack() {
+    // As for the Sail `Istio` (tests/fuzz_load.rs): 60 levels of values, on a 1 MiB thread in
+    // a debug build.
+    let values: String = (0..60)
+        .map(|i| format!("{}l{i}:\n", " ".repeat(2 * i + 4)))
+        .collect();
+    let yaml = format!(
+        "apiVersion: sailoperator.io/v1\nkind: IstioCNI\nmetadata: {{name: default}}\nspec:\n  values:\n{values}"
+    );
+    let codes = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || brief(&yaml))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(codes, vec![(Some(1), code::KIND_NOT_ENFORCED, None)]);
 }

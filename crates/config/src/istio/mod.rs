@@ -6,8 +6,10 @@
 //! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar.
 //!
 //! Kinds Ward accepts without enforcing them (WARD0102) are checked the same way, so that a typo
-//! is an error today: `telemetry` (Telemetry), `wasm_plugin` (WasmPlugin) and `proxy_config`
-//! (ProxyConfig), with `common` for what they share.
+//! is an error today: `telemetry` (Telemetry), `wasm_plugin` (WasmPlugin), `proxy_config`
+//! (ProxyConfig) and `operator` (the Sail operator's IstioRevision, IstioRevisionTag, IstioCNI
+//! and ZTunnel; OpenShift Service Mesh 2's ServiceMeshControlPlane, ServiceMeshMemberRoll and
+//! ServiceMeshMember), with `common` for what they share.
 //!
 //! Every proto field is accepted (JSON names, camelCase); an unknown field is an error (Ward is
 //! stricter than Istio, which only warns). Fields Ward does not act on yet are reported as
@@ -26,12 +28,23 @@ use crate::snapshot::Protocol;
 use crate::yaml::{push_index, push_key};
 
 mod common;
+mod operator;
 mod proxy_config;
 mod sidecar;
 mod telemetry;
 mod wasm_plugin;
 
 pub use common::{FreeForm, FreeMap, ProtoDuration};
+pub(crate) use operator::{
+    validate_istio_cni, validate_member_roll, validate_revision, validate_revision_tag,
+    validate_ztunnel, validate_ztunnel_v1alpha1,
+};
+pub use operator::{
+    ControlPlaneMode, ControlPlaneRef, ControlPlaneSecurity, ControlPlaneSpecV1,
+    ControlPlaneSpecV2, DataPlaneSecurity, IstioCniSpec, IstioRevisionSpec, IstioRevisionTagSpec,
+    LabelSelector, LabelSelectorOperator, LabelSelectorRequirement, MaistraSecurityConfig,
+    MemberRollSpec, MemberSpec, SailTargetReference, ZTunnelSpec, ZTunnelV1Alpha1Spec,
+};
 pub use proxy_config::{ProxyConfigSpec, ProxyImage};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{

@@ -6,7 +6,11 @@
 //! `crate::istio` next to the enforced ones.
 
 use super::{Doc, Loader, Resource};
-use crate::istio::{ProxyConfigSpec, TelemetrySpec, WasmPluginSpec};
+use crate::diag::Finding;
+use crate::istio::{
+    self, ControlPlaneSpecV1, ControlPlaneSpecV2, MemberSpec, ProxyConfigSpec, TelemetrySpec,
+    WasmPluginSpec,
+};
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
@@ -19,6 +23,7 @@ impl Loader {
         kind: &'static str,
     ) {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
+        let v1alpha1 = doc.api_version.ends_with("/v1alpha1");
         match kind {
             "Telemetry" => {
                 self.load_spec(doc, resource, meta_ok, |r: &Resource<TelemetrySpec>| {
@@ -35,7 +40,39 @@ impl Loader {
                     r.spec.validate()
                 });
             }
+            "IstioRevision" => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_revision);
+            }
+            "IstioRevisionTag" => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_revision_tag);
+            }
+            "IstioCNI" => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_istio_cni);
+            }
+            "ZTunnel" if v1alpha1 => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_ztunnel_v1alpha1);
+            }
+            "ZTunnel" => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_ztunnel);
+            }
+            "ServiceMeshControlPlane" if doc.api_version.ends_with("/v1") => {
+                self.load_spec(doc, resource, meta_ok, no_rules::<ControlPlaneSpecV1>);
+            }
+            "ServiceMeshControlPlane" => {
+                self.load_spec(doc, resource, meta_ok, no_rules::<ControlPlaneSpecV2>);
+            }
+            "ServiceMeshMemberRoll" => {
+                self.load_spec(doc, resource, meta_ok, istio::validate_member_roll);
+            }
+            "ServiceMeshMember" => {
+                self.load_spec(doc, resource, meta_ok, no_rules::<MemberSpec>);
+            }
             _ => {}
         }
     }
+}
+
+/// The validation of a kind whose schema is all there is to check.
+fn no_rules<T>(_: &Resource<T>) -> Vec<Finding> {
+    Vec::new()
 }
