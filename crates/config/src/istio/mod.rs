@@ -42,8 +42,9 @@ pub(crate) use operator::{
 pub use operator::{
     ControlPlaneMode, ControlPlaneRef, ControlPlaneSecurity, ControlPlaneSpecV1,
     ControlPlaneSpecV2, DataPlaneSecurity, IstioCniSpec, IstioRevisionSpec, IstioRevisionTagSpec,
-    LabelSelector, LabelSelectorOperator, LabelSelectorRequirement, MaistraSecurityConfig,
-    MemberRollSpec, MemberSpec, SailTargetReference, ZTunnelSpec, ZTunnelV1Alpha1Spec,
+    IstioSpec, IstioUpdateStrategy, LabelSelector, LabelSelectorOperator, LabelSelectorRequirement,
+    MaistraSecurityConfig, MemberRollSpec, MemberSpec, SailTargetReference, UpdateStrategyType,
+    ZTunnelSpec, ZTunnelV1Alpha1Spec,
 };
 pub use proxy_config::{ProxyConfigSpec, ProxyImage};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};

@@ -5,7 +5,7 @@
 //! ServiceMeshMember (`maistra.io`; maistra/istio-operator `pkg/apis/maistra/v1` and `v2`).
 //!
 //! Ward enforces none of them (WARD0102). Their top-level spec fields are checked as the Go types
-//! define them; below that, Helm `values` trees and most control-plane sections are very large
+//! define them (and so are the `Istio`'s, see [`IstioSpec`]); below that, Helm `values` trees and most control-plane sections are very large
 //! and are accepted as any mapping ([`FreeMap`]), as the Sail `Istio`'s `values` are. Validation
 //! is what the CRDs' rules reject.
 
@@ -13,12 +13,52 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::common::{check_max_len, require, FreeMap};
+use super::common::{check_max_len, require, FreeForm, FreeMap};
 use crate::decode::unknown_name_message;
 use crate::diag::{code, Finding};
 use crate::load::Resource;
 use crate::meta::check_labels;
 use crate::yaml::{push_index, push_key};
+
+/// `spec` of the Sail `Istio` (`v1`; `v1alpha1` had the same fields). `crate::mesh` reads
+/// `namespace` and `values.meshConfig`; this type checks the other fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioSpec {
+    /// The Istio version (not checked against the operator's list).
+    pub version: Option<String>,
+    /// How a new version replaces the running control plane.
+    pub update_strategy: Option<IstioUpdateStrategy>,
+    /// The installation profile (not checked, as `version`).
+    pub profile: Option<String>,
+    /// The control plane's namespace (checked where `crate::mesh` reads it).
+    pub namespace: Option<FreeForm>,
+    /// Helm values of the istiod chart: any mapping; `meshConfig` is checked where
+    /// `crate::mesh` reads it, the rest is not.
+    pub values: Option<FreeMap>,
+}
+
+/// Sail `IstioUpdateStrategy`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioUpdateStrategy {
+    /// `InPlace` (the default) or `RevisionBased`.
+    #[serde(rename = "type")]
+    pub type_: Option<UpdateStrategyType>,
+    /// Seconds before an unused revision is removed (the CRD's minimum is 0).
+    pub inactive_revision_deletion_grace_period_seconds: Option<u64>,
+    /// Whether the operator moves workloads to the new revision.
+    pub update_workloads: Option<bool>,
+}
+
+/// Sail `UpdateStrategyType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum UpdateStrategyType {
+    /// Update the running control plane.
+    InPlace,
+    /// Run a new revision next to the old one.
+    RevisionBased,
+}
 
 /// `spec` of a Sail IstioCNI (`v1`; `v1alpha1` had the same fields).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
