@@ -6,11 +6,6 @@
 //! `crate::istio` next to the enforced ones.
 
 use super::{Doc, Loader, Resource};
-use crate::diag::Finding;
-use crate::istio::{
-    self, ControlPlaneSpecV1, ControlPlaneSpecV2, MemberSpec, ProxyConfigSpec, TelemetrySpec,
-    WasmPluginSpec,
-};
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
@@ -23,56 +18,59 @@ impl Loader {
         kind: &'static str,
     ) {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
-        let v1alpha1 = doc.api_version.ends_with("/v1alpha1");
         match kind {
             "Telemetry" => {
-                self.load_spec(doc, resource, meta_ok, |r: &Resource<TelemetrySpec>| {
+                self.load_spec::<crate::istio::TelemetrySpec>(doc, resource, meta_ok, |r| {
                     r.spec.validate()
                 });
             }
             "WasmPlugin" => {
-                self.load_spec(doc, resource, meta_ok, |r: &Resource<WasmPluginSpec>| {
+                self.load_spec::<crate::istio::WasmPluginSpec>(doc, resource, meta_ok, |r| {
                     r.spec.validate()
                 });
             }
             "ProxyConfig" => {
-                self.load_spec(doc, resource, meta_ok, |r: &Resource<ProxyConfigSpec>| {
+                self.load_spec::<crate::istio::ProxyConfigSpec>(doc, resource, meta_ok, |r| {
                     r.spec.validate()
                 });
             }
             "IstioRevision" => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_revision);
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_revision);
             }
             "IstioRevisionTag" => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_revision_tag);
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_revision_tag);
             }
             "IstioCNI" => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_istio_cni);
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_istio_cni);
             }
-            "ZTunnel" if v1alpha1 => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_ztunnel_v1alpha1);
+            "ZTunnel" if doc.api_version.ends_with("/v1alpha1") => {
+                self.load_spec(
+                    doc,
+                    resource,
+                    meta_ok,
+                    crate::istio::validate_ztunnel_v1alpha1,
+                );
             }
             "ZTunnel" => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_ztunnel);
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_ztunnel);
             }
             "ServiceMeshControlPlane" if doc.api_version.ends_with("/v1") => {
-                self.load_spec(doc, resource, meta_ok, no_rules::<ControlPlaneSpecV1>);
+                self.load_spec::<crate::istio::ControlPlaneSpecV1>(doc, resource, meta_ok, |_| {
+                    Vec::new()
+                });
             }
             "ServiceMeshControlPlane" => {
-                self.load_spec(doc, resource, meta_ok, no_rules::<ControlPlaneSpecV2>);
+                self.load_spec::<crate::istio::ControlPlaneSpecV2>(doc, resource, meta_ok, |_| {
+                    Vec::new()
+                });
             }
             "ServiceMeshMemberRoll" => {
-                self.load_spec(doc, resource, meta_ok, istio::validate_member_roll);
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_member_roll);
             }
             "ServiceMeshMember" => {
-                self.load_spec(doc, resource, meta_ok, no_rules::<MemberSpec>);
+                self.load_spec::<crate::istio::MemberSpec>(doc, resource, meta_ok, |_| Vec::new());
             }
             _ => {}
         }
     }
-}
-
-/// The validation of a kind whose schema is all there is to check.
-fn no_rules<T>(_: &Resource<T>) -> Vec<Finding> {
-    Vec::new()
 }
