@@ -477,6 +477,12 @@ fn classify(group: &str, kind: &'static str) -> Kind {
     }
 }
 
+/// Whether objects of `api_version` are cluster-scoped: every Sail operator kind is
+/// (istio-ecosystem/sail-operator `chart/crds/sailoperator.io_*.yaml`, `scope: Cluster`).
+fn is_cluster_scoped(api_version: &str) -> bool {
+    api_version.starts_with("sailoperator.io/")
+}
+
 /// The name of the mesh ConfigMap istiod reads.
 const MESH_CONFIG_MAP: &str = "istio";
 
@@ -921,13 +927,6 @@ impl Loader {
         all.sort();
         (set, all)
     }
-}
-
-/// Whether objects of the apiVersion's group are cluster-scoped: every Sail operator kind
-/// (`Istio`, `IstioRevision`, `IstioRevisionTag`, `IstioCNI`, `ZTunnel`; `scope: Cluster` in
-/// istio-ecosystem/sail-operator `chart/crds/sailoperator.io_*.yaml`).
-fn is_cluster_scoped(api_version: &str) -> bool {
-    api_version.starts_with("sailoperator.io/")
 }
 
 /// How messages name an IstioOperator without `metadata.name`: `(unnamed, FILE)`, FILE being

@@ -2,7 +2,8 @@
 //! place a user keeps them:
 //! - the Sail operator `Istio` resource (`sailoperator.io/v1` or `v1alpha1`):
 //!   `spec.values.meshConfig`, with `spec.namespace` (istiod's namespace) as the default root
-//!   namespace; the rest of `spec` is a huge helm-values tree and is accepted as is;
+//!   namespace; the other `spec` fields are checked as the Sail Go types define them, and the
+//!   rest of `values`, a huge helm-values tree, is accepted as is;
 //! - an `IstioOperator` (`install.istio.io/v1alpha1`): `spec.meshConfig`;
 //! - the ConfigMap `istio` (`v1`): `data.mesh` holds MeshConfig YAML as a string.
 //!
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{decode, unknown_name_message};
 use crate::diag::{code, Finding};
-use crate::istio::OutboundTrafficMode;
+use crate::istio::{IstioSpec, OutboundTrafficMode};
 use crate::meta::{check_label_name, decode_finding};
 use crate::yaml::{parse_documents, push_index, push_key, Node, Value};
 
@@ -131,19 +132,24 @@ pub(crate) struct MeshParse {
     pub(crate) findings: Vec<Finding>,
 }
 
-/// Reads a Sail operator `Istio` resource.
+/// Reads a Sail operator `Istio` resource. Its other spec fields are checked as the other Sail
+/// kinds' are ([`IstioSpec`]).
 pub(crate) fn from_sail_istio(doc: &Node) -> MeshParse {
-    let spec = doc.get("spec");
+    let spec = doc.get("spec").filter(|s| s.value != Value::Null);
     let install_namespace = spec.and_then(|s| s.get("namespace"));
     let mesh_config = spec
         .and_then(|s| s.get("values"))
         .and_then(|v| v.get("meshConfig"));
-    from_install(
+    let mut parse = from_install(
         install_namespace,
         mesh_config,
         "spec.namespace",
         "spec.values.meshConfig",
-    )
+    );
+    if let Some(Err(err)) = spec.map(|s| decode::<IstioSpec>(s, "spec")) {
+        parse.findings.push(decode_finding(&err));
+    }
+    parse
 }
 
 /// Reads an `IstioOperator`.
@@ -432,6 +438,33 @@ mod tests {
         assert_eq!(s.root_namespace, "istio-cp");
         assert!(!s.enable_auto_mtls);
         assert_eq!(s.outbound_traffic_policy, OutboundTrafficMode::RegistryOnly);
+    }
+
+    #[test]
+    fn sail_istio_spec_fields_are_checked_like_the_other_sail_kinds() {
+        let cases = [
+            ("spec:\n  namepsace: istio-cp\n", vec![(code::UNKNOWN_FIELD, "spec", Some(2))]),
+            (
+                "spec:\n  updateStrategy:\n    type: Rolling\n",
+                vec![(code::INVALID, "spec.updateStrategy.type", Some(3))],
+            ),
+            (
+                "spec:\n  values: []\n",
+                vec![(code::INVALID, "spec.values", Some(2))],
+            ),
+            (
+                "spec:\n  namespace: [a]\n",
+                vec![(code::INVALID, "spec.namespace", Some(2))],
+            ),
+            (
+                "spec:\n  version: v1.26.0\n  profile: default\n  updateStrategy: {type: RevisionBased, inactiveRevisionDeletionGracePeriodSeconds: 30, updateWorkloads: true}\n",
+                vec![],
+            ),
+            ("spec:\n", vec![]),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(brief(&from_sail_istio(&doc(yaml)).findings), want, "{yaml}");
+        }
     }
 
     #[test]

@@ -90,6 +90,26 @@ fn key() -> impl Strategy<Value = &'static str> {
         "claim",
         "timeout",
         "targetRefs",
+        "targetRef",
+        "kind",
+        "url",
+        "sha256",
+        "tracing",
+        "randomSamplingPercentage",
+        "customTags",
+        "literal",
+        "reportingInterval",
+        "tagOverrides",
+        "vmConfig",
+        "env",
+        "valueFrom",
+        "concurrency",
+        "namespace",
+        "security",
+        "dataPlane",
+        "memberSelectors",
+        "matchExpressions",
+        "operator",
     ])
 }
 
@@ -117,6 +137,13 @@ fn document() -> impl Strategy<Value = String> {
         ("install.istio.io/v1alpha1", "IstioOperator"),
         ("v1", "ConfigMap"),
         ("networking.istio.io/v1", "Gateway"),
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+        ("networking.istio.io/v1beta1", "ProxyConfig"),
+        ("sailoperator.io/v1", "IstioRevision"),
+        ("sailoperator.io/v1", "ZTunnel"),
+        ("maistra.io/v2", "ServiceMeshControlPlane"),
+        ("maistra.io/v1", "ServiceMeshMemberRoll"),
     ]);
     let names = prop::sample::select(vec!["a", "b", "istio", "default"]);
     let namespaces = prop::sample::select(vec!["a", "b", "istio-system"]);

@@ -5,6 +5,12 @@
 //!
 //! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar.
 //!
+//! Kinds Ward accepts without enforcing them (WARD0102) are checked the same way, so that a typo
+//! is an error today: `telemetry` (Telemetry), `wasm_plugin` (WasmPlugin), `proxy_config`
+//! (ProxyConfig) and `operator` (the Sail operator's IstioRevision, IstioRevisionTag, IstioCNI
+//! and ZTunnel; OpenShift Service Mesh 2's ServiceMeshControlPlane, ServiceMeshMemberRoll and
+//! ServiceMeshMember), with `common` for what they share.
+//!
 //! Every proto field is accepted (JSON names, camelCase); an unknown field is an error (Ward is
 //! stricter than Istio, which only warns). Fields Ward does not act on yet are reported as
 //! WARD0103 warnings by the `validate` methods, never silently dropped. Validation also rejects
@@ -21,13 +27,41 @@ use crate::meta::{check_label_name, check_labels, check_subdomain};
 use crate::snapshot::Protocol;
 use crate::yaml::{push_index, push_key};
 
+mod common;
+mod operator;
+mod proxy_config;
 mod sidecar;
+mod telemetry;
+mod wasm_plugin;
 
+pub use common::{FreeForm, FreeMap, ProtoDuration};
+pub(crate) use operator::{
+    validate_istio_cni, validate_member_roll, validate_revision, validate_revision_tag,
+    validate_ztunnel, validate_ztunnel_v1alpha1,
+};
+pub use operator::{
+    ControlPlaneMode, ControlPlaneRef, ControlPlaneSecurity, ControlPlaneSpecV1,
+    ControlPlaneSpecV2, DataPlaneSecurity, IstioCniSpec, IstioRevisionSpec, IstioRevisionTagSpec,
+    IstioSpec, IstioUpdateStrategy, LabelSelector, LabelSelectorOperator, LabelSelectorRequirement,
+    MaistraSecurityConfig, MemberRollSpec, MemberSpec, SailTargetReference, UpdateStrategyType,
+    ZTunnelSpec, ZTunnelV1Alpha1Spec,
+};
+pub use proxy_config::{ProxyConfigSpec, ProxyImage};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{
     CaptureMode, ConnectionPoolSettings, Destination, HttpSettings, IstioEgressListener,
     IstioIngressListener, OutboundTrafficMode, OutboundTrafficPolicy, PortSelector,
     ServerTlsSettings, SidecarPort, SidecarSpec, TcpKeepalive, TcpSettings, TlsCertificate,
+};
+pub use telemetry::{
+    AccessLogFilter, AccessLogging, CustomTag, CustomTagEnvironment, CustomTagFormatter,
+    CustomTagHeader, CustomTagLiteral, IstioMetric, LogSelector, MetricSelector, Metrics,
+    MetricsOverrides, ProviderRef, TagOperation, TagOverride, TelemetrySpec, TelemetryWorkloadMode,
+    Tracing, TracingSelector,
+};
+pub use wasm_plugin::{
+    EnvValueSource, EnvVar, FailStrategy, PluginPhase, PluginType, PullPolicy, TrafficSelector,
+    VmConfig, WasmPluginSpec, WorkloadMode,
 };
 
 /// Selects workloads by label (networking `WorkloadSelector`).

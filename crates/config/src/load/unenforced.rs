@@ -18,6 +18,59 @@ impl Loader {
         kind: &'static str,
     ) {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
-        let _ = (doc, resource, meta_ok, kind);
+        match kind {
+            "Telemetry" => {
+                self.load_spec::<crate::istio::TelemetrySpec>(doc, resource, meta_ok, |r| {
+                    r.spec.validate()
+                });
+            }
+            "WasmPlugin" => {
+                self.load_spec::<crate::istio::WasmPluginSpec>(doc, resource, meta_ok, |r| {
+                    r.spec.validate()
+                });
+            }
+            "ProxyConfig" => {
+                self.load_spec::<crate::istio::ProxyConfigSpec>(doc, resource, meta_ok, |r| {
+                    r.spec.validate()
+                });
+            }
+            "IstioRevision" => {
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_revision);
+            }
+            "IstioRevisionTag" => {
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_revision_tag);
+            }
+            "IstioCNI" => {
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_istio_cni);
+            }
+            "ZTunnel" if doc.api_version.ends_with("/v1alpha1") => {
+                self.load_spec(
+                    doc,
+                    resource,
+                    meta_ok,
+                    crate::istio::validate_ztunnel_v1alpha1,
+                );
+            }
+            "ZTunnel" => {
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_ztunnel);
+            }
+            "ServiceMeshControlPlane" if doc.api_version.ends_with("/v1") => {
+                self.load_spec::<crate::istio::ControlPlaneSpecV1>(doc, resource, meta_ok, |_| {
+                    Vec::new()
+                });
+            }
+            "ServiceMeshControlPlane" => {
+                self.load_spec::<crate::istio::ControlPlaneSpecV2>(doc, resource, meta_ok, |_| {
+                    Vec::new()
+                });
+            }
+            "ServiceMeshMemberRoll" => {
+                self.load_spec(doc, resource, meta_ok, crate::istio::validate_member_roll);
+            }
+            "ServiceMeshMember" => {
+                self.load_spec::<crate::istio::MemberSpec>(doc, resource, meta_ok, |_| Vec::new());
+            }
+            _ => {}
+        }
     }
 }
