@@ -1094,7 +1094,7 @@ mod tests {
                 vec![one(2, code::UNKNOWN_KIND, "PeerAuthentication default/a", "")],
             ),
             (
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x]}\n".to_owned(),
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
             ),
             (

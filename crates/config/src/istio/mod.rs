@@ -1,9 +1,13 @@
-//! The Istio networking kinds Ward acts on, field for field: WorkloadEntry, ServiceEntry and
-//! Sidecar (istio/api `networking/v1alpha3/{workload_entry,service_entry,sidecar}.proto`; the
-//! v1 and v1beta1 versions share the schema). PeerAuthentication and AuthorizationPolicy specs
-//! live in `ward_policy::spec`.
+//! The Istio networking kinds, field for field: WorkloadEntry, ServiceEntry and Sidecar, which
+//! Ward acts on, and VirtualService and DestinationRule, which it accepts and checks without
+//! enforcing them (istio/api `networking/v1alpha3/*.proto`; the v1 and v1beta1 versions share
+//! the schema). PeerAuthentication and AuthorizationPolicy specs live in `ward_policy::spec`.
 //!
-//! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar.
+//! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar; one file per
+//! other kind, each also holding the messages its proto defines that other kinds share
+//! (`virtual_service`: [`Destination`], [`PortSelector`], [`StringMatch`], [`Percent`];
+//! `destination_rule`: [`ConnectionPoolSettings`]); `proto` holds the protobuf well-known types
+//! ([`Duration`], [`Struct`]) and `checks` the value checks the specs share.
 //!
 //! Every proto field is accepted (JSON names, camelCase); an unknown field is an error (Ward is
 //! stricter than Istio, which only warns). Fields Ward does not act on yet are reported as
@@ -21,13 +25,32 @@ use crate::meta::{check_label_name, check_labels, check_subdomain};
 use crate::snapshot::Protocol;
 use crate::yaml::{push_index, push_key};
 
+mod checks;
+mod destination_rule;
+mod proto;
 mod sidecar;
+mod virtual_service;
 
+pub use destination_rule::{
+    ClientTlsMode, ClientTlsSettings, ConnectionKeepalive, ConnectionPoolSettings,
+    ConsistentHashLb, CookieAttribute, DestinationRuleSpec, H2UpgradePolicy, HttpCookie,
+    HttpSettings, LoadBalancerSettings, LocalityDistribute, LocalityFailover,
+    LocalityLoadBalancerSetting, MagLev, OutlierDetection, PortTrafficPolicy, ProxyProtocol,
+    ProxyProtocolVersion, RetryBudget, RingHash, SimpleLb, Subset, TcpKeepalive, TcpSettings,
+    TrafficPolicy, TunnelSettings, WarmupConfiguration, ZoneAwareLoadBalancerSetting,
+};
+pub use proto::{Duration, Struct};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{
-    CaptureMode, ConnectionPoolSettings, Destination, HttpSettings, IstioEgressListener,
-    IstioIngressListener, OutboundTrafficMode, OutboundTrafficPolicy, PortSelector,
-    ServerTlsSettings, SidecarPort, SidecarSpec, TcpKeepalive, TcpSettings, TlsCertificate,
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,
+    OutboundTrafficPolicy, ServerTlsSettings, SidecarPort, SidecarSpec, TlsCertificate,
+};
+pub use virtual_service::{
+    CorsPolicy, Delegate, Destination, FaultAbort, FaultDelay, HeaderOperations, Headers, HttpBody,
+    HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpMirrorPolicy, HttpRedirect,
+    HttpRetry, HttpRewrite, HttpRoute, HttpRouteDestination, L4MatchAttributes, Percent,
+    PortSelector, RedirectPortSelection, RegexRewrite, RouteDestination, StringMatch, TcpRoute,
+    TlsMatchAttributes, TlsRoute, UnmatchedPreflights, VirtualServiceSpec, MESH_GATEWAY,
 };
 
 /// Selects workloads by label (networking `WorkloadSelector`).

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{is_dns_name, port_number, WorkloadSelector};
+use super::{is_dns_name, port_number, ConnectionPoolSettings, Destination, WorkloadSelector};
 use crate::diag::{code, Finding};
 use crate::meta::check_label_name;
 use crate::snapshot::Protocol;
@@ -133,26 +133,6 @@ impl OutboundTrafficMode {
     }
 }
 
-/// A destination service (`egressProxy`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
-    /// The service host.
-    pub host: String,
-    /// A DestinationRule subset.
-    pub subset: Option<String>,
-    /// The port.
-    pub port: Option<PortSelector>,
-}
-
-/// A port by number.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortSelector {
-    /// The port number.
-    pub number: Option<u32>,
-}
-
 /// TLS settings of an ingress listener (istio/api `ServerTLSSettings`; not enforced).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -199,66 +179,6 @@ pub struct TlsCertificate {
     pub private_key: Option<String>,
     /// `caCertificates`.
     pub ca_certificates: Option<String>,
-}
-
-/// istio/api `ConnectionPoolSettings` (not enforced).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionPoolSettings {
-    /// TCP limits.
-    pub tcp: Option<TcpSettings>,
-    /// HTTP limits.
-    pub http: Option<HttpSettings>,
-}
-
-/// `ConnectionPoolSettings.TCPSettings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpSettings {
-    /// `maxConnections`.
-    pub max_connections: Option<i64>,
-    /// `connectTimeout`.
-    pub connect_timeout: Option<String>,
-    /// `tcpKeepalive`.
-    pub tcp_keepalive: Option<TcpKeepalive>,
-    /// `maxConnectionDuration`.
-    pub max_connection_duration: Option<String>,
-    /// `idleTimeout`.
-    pub idle_timeout: Option<String>,
-}
-
-/// `TCPSettings.TcpKeepalive`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpKeepalive {
-    /// `probes`.
-    pub probes: Option<u32>,
-    /// `time`.
-    pub time: Option<String>,
-    /// `interval`.
-    pub interval: Option<String>,
-}
-
-/// `ConnectionPoolSettings.HTTPSettings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpSettings {
-    /// `http1MaxPendingRequests`.
-    pub http1_max_pending_requests: Option<i64>,
-    /// `http2MaxRequests`.
-    pub http2_max_requests: Option<i64>,
-    /// `maxRequestsPerConnection`.
-    pub max_requests_per_connection: Option<i64>,
-    /// `maxRetries`.
-    pub max_retries: Option<i64>,
-    /// `idleTimeout`.
-    pub idle_timeout: Option<String>,
-    /// `h2UpgradePolicy`.
-    pub h2_upgrade_policy: Option<String>,
-    /// `useClientProtocol`.
-    pub use_client_protocol: Option<bool>,
-    /// `maxConcurrentStreams`.
-    pub max_concurrent_streams: Option<i64>,
 }
 
 /// Where an ingress listener forwards to.

@@ -6,6 +6,7 @@
 //! `crate::istio` next to the enforced ones.
 
 use super::{Doc, Loader, Resource};
+use crate::istio::{DestinationRuleSpec, VirtualServiceSpec};
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
@@ -18,6 +19,16 @@ impl Loader {
         kind: &'static str,
     ) {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
-        let _ = (doc, resource, meta_ok, kind);
+        match kind {
+            "VirtualService" => {
+                let validate = |r: &Resource<VirtualServiceSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            "DestinationRule" => {
+                let validate = |r: &Resource<DestinationRuleSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            _ => {}
+        }
     }
 }
