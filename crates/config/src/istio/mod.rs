@@ -1,13 +1,15 @@
 //! The Istio networking kinds, field for field: WorkloadEntry, ServiceEntry and Sidecar, which
-//! Ward acts on, and VirtualService and DestinationRule, which it accepts and checks without
-//! enforcing them (istio/api `networking/v1alpha3/*.proto`; the v1 and v1beta1 versions share
-//! the schema). PeerAuthentication and AuthorizationPolicy specs live in `ward_policy::spec`.
+//! Ward acts on, and VirtualService, DestinationRule, Gateway, WorkloadGroup and EnvoyFilter,
+//! which it accepts and checks without enforcing them (istio/api `networking/v1alpha3/*.proto`;
+//! the v1 and v1beta1 versions share the schema). PeerAuthentication and AuthorizationPolicy
+//! specs live in `ward_policy::spec`.
 //!
 //! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar; one file per
 //! other kind, each also holding the messages its proto defines that other kinds share
 //! (`virtual_service`: [`Destination`], [`PortSelector`], [`StringMatch`], [`Percent`];
-//! `destination_rule`: [`ConnectionPoolSettings`]); `proto` holds the protobuf well-known types
-//! ([`Duration`], [`Struct`]) and `checks` the value checks the specs share.
+//! `destination_rule`: [`ConnectionPoolSettings`]; `gateway`: [`ServerTlsSettings`]); `proto`
+//! holds the protobuf well-known types ([`Duration`], [`Struct`]) and `checks` the value checks
+//! the specs share.
 //!
 //! Every proto field is accepted (JSON names, camelCase); an unknown field is an error (Ward is
 //! stricter than Istio, which only warns). Fields Ward does not act on yet are reported as
@@ -27,9 +29,12 @@ use crate::yaml::{push_index, push_key};
 
 mod checks;
 mod destination_rule;
+mod envoy_filter;
+mod gateway;
 mod proto;
 mod sidecar;
 mod virtual_service;
+mod workload_group;
 
 pub use destination_rule::{
     ClientTlsMode, ClientTlsSettings, ConnectionKeepalive, ConnectionPoolSettings,
@@ -39,11 +44,20 @@ pub use destination_rule::{
     ProxyProtocolVersion, RetryBudget, RingHash, SimpleLb, Subset, TcpKeepalive, TcpSettings,
     TrafficPolicy, TunnelSettings, WarmupConfiguration, ZoneAwareLoadBalancerSetting,
 };
+pub use envoy_filter::{
+    ApplyTo, ClusterMatch, EnvoyConfigObjectMatch, EnvoyConfigObjectPatch, EnvoyFilterSpec,
+    FilterChainMatch, FilterClass, FilterMatch, ListenerMatch, Patch, PatchContext, PatchOperation,
+    ProxyMatch, RouteAction, RouteConfigurationMatch, RouteMatch, SubFilterMatch, VirtualHostMatch,
+    WaypointFilterMatch, WaypointMatch, WaypointRouteMatch,
+};
+pub use gateway::{
+    GatewayPort, GatewaySpec, Server, ServerTlsMode, ServerTlsSettings, TlsCertificate, TlsProtocol,
+};
 pub use proto::{Duration, Struct};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{
     CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,
-    OutboundTrafficPolicy, ServerTlsSettings, SidecarPort, SidecarSpec, TlsCertificate,
+    OutboundTrafficPolicy, SidecarPort, SidecarSpec,
 };
 pub use virtual_service::{
     CorsPolicy, Delegate, Destination, FaultAbort, FaultDelay, HeaderOperations, Headers, HttpBody,
@@ -51,6 +65,10 @@ pub use virtual_service::{
     HttpRetry, HttpRewrite, HttpRoute, HttpRouteDestination, L4MatchAttributes, Percent,
     PortSelector, RedirectPortSelection, RegexRewrite, RouteDestination, StringMatch, TcpRoute,
     TlsMatchAttributes, TlsRoute, UnmatchedPreflights, VirtualServiceSpec, MESH_GATEWAY,
+};
+pub use workload_group::{
+    ExecHealthCheckConfig, GrpcHealthCheckConfig, HttpHeader, HttpHealthCheckConfig,
+    ReadinessProbe, TcpHealthCheckConfig, WorkloadGroupMetadata, WorkloadGroupSpec,
 };
 
 /// Selects workloads by label (networking `WorkloadSelector`).

@@ -11,7 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{is_dns_name, port_number, ConnectionPoolSettings, Destination, WorkloadSelector};
+use super::{
+    is_dns_name, port_number, ConnectionPoolSettings, Destination, ServerTlsSettings,
+    WorkloadSelector,
+};
 use crate::diag::{code, Finding};
 use crate::meta::check_label_name;
 use crate::snapshot::Protocol;
@@ -131,54 +134,6 @@ impl OutboundTrafficMode {
             OutboundTrafficMode::AllowAny => "ALLOW_ANY",
         }
     }
-}
-
-/// TLS settings of an ingress listener (istio/api `ServerTLSSettings`; not enforced).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerTlsSettings {
-    /// `httpsRedirect`.
-    pub https_redirect: Option<bool>,
-    /// `mode`.
-    pub mode: Option<String>,
-    /// `serverCertificate`.
-    pub server_certificate: Option<String>,
-    /// `privateKey`.
-    pub private_key: Option<String>,
-    /// `caCertificates`.
-    pub ca_certificates: Option<String>,
-    /// `caCrl`.
-    pub ca_crl: Option<String>,
-    /// `credentialName`.
-    pub credential_name: Option<String>,
-    /// `credentialNames`.
-    pub credential_names: Option<Vec<String>>,
-    /// `tlsCertificates`.
-    pub tls_certificates: Option<Vec<TlsCertificate>>,
-    /// `subjectAltNames`.
-    pub subject_alt_names: Option<Vec<String>>,
-    /// `verifyCertificateSpki`.
-    pub verify_certificate_spki: Option<Vec<String>>,
-    /// `verifyCertificateHash`.
-    pub verify_certificate_hash: Option<Vec<String>>,
-    /// `minProtocolVersion`.
-    pub min_protocol_version: Option<String>,
-    /// `maxProtocolVersion`.
-    pub max_protocol_version: Option<String>,
-    /// `cipherSuites`.
-    pub cipher_suites: Option<Vec<String>>,
-}
-
-/// One certificate of `ServerTLSSettings.tlsCertificates`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsCertificate {
-    /// `serverCertificate`.
-    pub server_certificate: Option<String>,
-    /// `privateKey`.
-    pub private_key: Option<String>,
-    /// `caCertificates`.
-    pub ca_certificates: Option<String>,
 }
 
 /// Where an ingress listener forwards to.
