@@ -90,6 +90,15 @@ fn key() -> impl Strategy<Value = &'static str> {
         "claim",
         "timeout",
         "targetRefs",
+        "http",
+        "route",
+        "destination",
+        "match",
+        "regex",
+        "servers",
+        "trafficPolicy",
+        "configPatches",
+        "template",
     ])
 }
 
@@ -117,6 +126,10 @@ fn document() -> impl Strategy<Value = String> {
         ("install.istio.io/v1alpha1", "IstioOperator"),
         ("v1", "ConfigMap"),
         ("networking.istio.io/v1", "Gateway"),
+        ("networking.istio.io/v1", "VirtualService"),
+        ("networking.istio.io/v1beta1", "DestinationRule"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
     ]);
     let names = prop::sample::select(vec!["a", "b", "istio", "default"]);
     let namespaces = prop::sample::select(vec!["a", "b", "istio-system"]);
