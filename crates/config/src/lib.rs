@@ -14,7 +14,9 @@
 //!   misspelt Istio apiVersion. Kubernetes objects from outside the Istio API are accepted and
 //!   not read (a WARD0115 info finding each).
 //!   Istio kinds Ward does not enforce load with a warning (WARD0102), and fields it does not
-//!   act on yet with another (WARD0103): nothing is silently dropped.
+//!   act on yet with another (WARD0103): nothing is silently dropped. The specs of the
+//!   networking kinds among them (VirtualService, DestinationRule, Gateway, WorkloadGroup,
+//!   EnvoyFilter) are still decoded and checked, so their typos are errors today.
 //! - WorkloadEntry addresses must be IP addresses: Ward resolves no DNS names.
 //! - Ward has no traffic capture: Sidecar listeners must use `captureMode` NONE (or leave it
 //!   unset), ingress listeners need a `defaultEndpoint`, and apps call egress listeners on
@@ -30,9 +32,11 @@
 //!
 //! Layout:
 //! - [`load`]: files and documents → [`ConfigSet`]; kinds, duplicates, metadata checks.
-//! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation
-//!   (PeerAuthentication and AuthorizationPolicy specs are `ward_policy::spec`,
-//!   RequestAuthentication's is `ward_authn::spec`).
+//! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation, and the
+//!   specs of the networking kinds Ward checks without enforcing (VirtualService,
+//!   DestinationRule, Gateway, WorkloadGroup, EnvoyFilter) (PeerAuthentication and
+//!   AuthorizationPolicy specs are `ward_policy::spec`, RequestAuthentication's is
+//!   `ward_authn::spec`).
 //! - [`mesh`]: mesh settings from the Sail `Istio` resource, an `IstioOperator` or the
 //!   ConfigMap `istio`.
 //! - [`meta`]: Kubernetes object metadata.

@@ -7,7 +7,8 @@
 //! Every served apiVersion of a kind maps to one schema (Istio keeps the schema identical
 //! across versions). Ward enforces WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication,
 //! AuthorizationPolicy, RequestAuthentication and the mesh settings; other Istio kinds load
-//! with a WARD0102 warning, never silently. Kubernetes objects from outside the Istio API
+//! with a WARD0102 warning, never silently (the networking ones still have their specs decoded
+//! and checked: `load/unenforced.rs`). Kubernetes objects from outside the Istio API
 //! (Service, Deployment, Namespace, NetworkPolicy, Gateway API kinds, other ConfigMaps, ...)
 //! load with a WARD0115 info finding and are not read, so manifests can sit next to policies.
 //! Unknown Istio kinds, misspelt Istio apiVersions and unknown fields are errors: Ward is
