@@ -13,9 +13,10 @@
 //! - An unknown field anywhere is an error (Istio warns); so is an unknown Istio kind or a
 //!   misspelt Istio apiVersion. Kubernetes objects from outside the Istio API are accepted and
 //!   not read (a WARD0115 info finding each).
-//!   Istio kinds Ward does not enforce load with a warning (WARD0102), their specs still
-//!   checked where Ward has the schema, and fields it does not act on yet with another
-//!   (WARD0103): nothing is silently dropped.
+//!   Istio kinds Ward does not enforce load with a warning (WARD0102), and fields it does not
+//!   act on yet with another (WARD0103): nothing is silently dropped. The specs of the kinds
+//!   Ward does not enforce are still decoded and checked against their schema (the operators'
+//!   Helm `values` trees excepted), so their typos are errors today.
 //! - WorkloadEntry addresses must be IP addresses: Ward resolves no DNS names.
 //! - Ward has no traffic capture: Sidecar listeners must use `captureMode` NONE (or leave it
 //!   unset), ingress listeners need a `defaultEndpoint`, and apps call egress listeners on
@@ -31,10 +32,11 @@
 //!
 //! Layout:
 //! - [`load`]: files and documents → [`ConfigSet`]; kinds, duplicates, metadata checks.
-//! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation
+//! - [`istio`]: WorkloadEntry, ServiceEntry and Sidecar specs with their validation, and the
+//!   specs of the kinds Ward checks without enforcing (VirtualService, DestinationRule, Gateway,
+//!   WorkloadGroup, EnvoyFilter, Telemetry, WasmPlugin, ProxyConfig, the operator kinds)
 //!   (PeerAuthentication and AuthorizationPolicy specs are `ward_policy::spec`,
-//!   RequestAuthentication's is `ward_authn::spec`), and the specs of kinds checked without
-//!   being enforced (Telemetry, WasmPlugin, ProxyConfig, the operator kinds).
+//!   RequestAuthentication's is `ward_authn::spec`).
 //! - [`mesh`]: mesh settings from the Sail `Istio` resource, an `IstioOperator` or the
 //!   ConfigMap `istio`.
 //! - [`meta`]: Kubernetes object metadata.

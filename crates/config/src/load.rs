@@ -7,7 +7,8 @@
 //! Every served apiVersion of a kind maps to one schema (Istio keeps the schema identical
 //! across versions). Ward enforces WorkloadEntry, ServiceEntry, Sidecar, PeerAuthentication,
 //! AuthorizationPolicy, RequestAuthentication and the mesh settings; other Istio kinds load
-//! with a WARD0102 warning, never silently. Kubernetes objects from outside the Istio API
+//! with a WARD0102 warning, never silently (the networking ones still have their specs decoded
+//! and checked: `load/unenforced.rs`). Kubernetes objects from outside the Istio API
 //! (Service, Deployment, Namespace, NetworkPolicy, Gateway API kinds, other ConfigMaps, ...)
 //! load with a WARD0115 info finding and are not read, so manifests can sit next to policies
 //! (only a Namespace's labels are kept, for `ward analyze`).
@@ -1184,7 +1185,7 @@ mod tests {
                 vec![one(2, code::UNKNOWN_KIND, "PeerAuthentication default/a", "")],
             ),
             (
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x]}\n".to_owned(),
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
             ),
             (
@@ -1250,7 +1251,7 @@ mod tests {
 
     #[test]
     fn namespaces_keep_their_labels_and_objects_their_namespace() {
-        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n    n: 1\n    odd: [x]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {second: copy}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: front}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: routes}\nspec: {hosts: [x]}\n";
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n    n: 1\n    odd: [x]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {second: copy}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: front}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: routes}\nspec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}\n";
         let set = load_str("ns.yaml", yaml).unwrap();
         let shop = &set.namespaces["shop"];
         let labels: Vec<(&str, &str)> = shop

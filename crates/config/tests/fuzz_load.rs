@@ -110,6 +110,15 @@ fn key() -> impl Strategy<Value = &'static str> {
         "memberSelectors",
         "matchExpressions",
         "operator",
+        "http",
+        "route",
+        "destination",
+        "match",
+        "regex",
+        "servers",
+        "trafficPolicy",
+        "configPatches",
+        "template",
     ])
 }
 
@@ -144,6 +153,10 @@ fn document() -> impl Strategy<Value = String> {
         ("sailoperator.io/v1", "ZTunnel"),
         ("maistra.io/v2", "ServiceMeshControlPlane"),
         ("maistra.io/v1", "ServiceMeshMemberRoll"),
+        ("networking.istio.io/v1", "VirtualService"),
+        ("networking.istio.io/v1beta1", "DestinationRule"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
     ]);
     let names = prop::sample::select(vec!["a", "b", "istio", "default"]);
     let namespaces = prop::sample::select(vec!["a", "b", "istio-system"]);

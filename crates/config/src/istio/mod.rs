@@ -1,9 +1,15 @@
-//! The Istio networking kinds Ward acts on, field for field: WorkloadEntry, ServiceEntry and
-//! Sidecar (istio/api `networking/v1alpha3/{workload_entry,service_entry,sidecar}.proto`; the
-//! v1 and v1beta1 versions share the schema). PeerAuthentication and AuthorizationPolicy specs
-//! live in `ward_policy::spec`.
+//! The Istio networking kinds, field for field: WorkloadEntry, ServiceEntry and Sidecar, which
+//! Ward acts on, and VirtualService, DestinationRule, Gateway, WorkloadGroup and EnvoyFilter,
+//! which it accepts and checks without enforcing them (istio/api `networking/v1alpha3/*.proto`;
+//! the v1 and v1beta1 versions share the schema). PeerAuthentication and AuthorizationPolicy
+//! specs live in `ward_policy::spec`.
 //!
-//! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar.
+//! Layout: this file holds WorkloadEntry and ServiceEntry; `sidecar` holds Sidecar; one file per
+//! other kind, each also holding the messages its proto defines that other kinds share
+//! (`virtual_service`: [`Destination`], [`PortSelector`], [`StringMatch`], [`Percent`];
+//! `destination_rule`: [`ConnectionPoolSettings`]; `gateway`: [`ServerTlsSettings`]); `proto`
+//! holds the protobuf well-known types ([`Duration`], [`Struct`]) and `checks` the value checks
+//! the specs share.
 //!
 //! Kinds Ward accepts without enforcing them (WARD0102) are checked the same way, so that a typo
 //! is an error today: `telemetry` (Telemetry), `wasm_plugin` (WasmPlugin), `proxy_config`
@@ -47,11 +53,36 @@ pub use operator::{
     ZTunnelSpec, ZTunnelV1Alpha1Spec,
 };
 pub use proxy_config::{ProxyConfigSpec, ProxyImage};
+mod checks;
+mod destination_rule;
+mod envoy_filter;
+mod gateway;
+mod proto;
+mod virtual_service;
+mod workload_group;
+
+pub use destination_rule::{
+    ClientTlsMode, ClientTlsSettings, ConnectionKeepalive, ConnectionPoolSettings,
+    ConsistentHashLb, CookieAttribute, DestinationRuleSpec, H2UpgradePolicy, HttpCookie,
+    HttpSettings, LoadBalancerSettings, LocalityDistribute, LocalityFailover,
+    LocalityLoadBalancerSetting, MagLev, OutlierDetection, PortTrafficPolicy, ProxyProtocol,
+    ProxyProtocolVersion, RetryBudget, RingHash, SimpleLb, Subset, TcpKeepalive, TcpSettings,
+    TrafficPolicy, TunnelSettings, WarmupConfiguration, ZoneAwareLoadBalancerSetting,
+};
+pub use envoy_filter::{
+    ApplyTo, ClusterMatch, EnvoyConfigObjectMatch, EnvoyConfigObjectPatch, EnvoyFilterSpec,
+    FilterChainMatch, FilterClass, FilterMatch, ListenerMatch, Patch, PatchContext, PatchOperation,
+    ProxyMatch, RouteAction, RouteConfigurationMatch, RouteMatch, SubFilterMatch, VirtualHostMatch,
+    WaypointFilterMatch, WaypointMatch, WaypointRouteMatch,
+};
+pub use gateway::{
+    GatewayPort, GatewaySpec, Server, ServerTlsMode, ServerTlsSettings, TlsCertificate, TlsProtocol,
+};
+pub use proto::{Duration, Struct};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{
-    CaptureMode, ConnectionPoolSettings, Destination, HttpSettings, IstioEgressListener,
-    IstioIngressListener, OutboundTrafficMode, OutboundTrafficPolicy, PortSelector,
-    ServerTlsSettings, SidecarPort, SidecarSpec, TcpKeepalive, TcpSettings, TlsCertificate,
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,
+    OutboundTrafficPolicy, SidecarPort, SidecarSpec,
 };
 pub use telemetry::{
     AccessLogFilter, AccessLogging, CustomTag, CustomTagEnvironment, CustomTagFormatter,
@@ -59,9 +90,20 @@ pub use telemetry::{
     MetricsOverrides, ProviderRef, TagOperation, TagOverride, TelemetrySpec, TelemetryWorkloadMode,
     Tracing, TracingSelector,
 };
+pub use virtual_service::{
+    CorsPolicy, Delegate, Destination, FaultAbort, FaultDelay, HeaderOperations, Headers, HttpBody,
+    HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpMirrorPolicy, HttpRedirect,
+    HttpRetry, HttpRewrite, HttpRoute, HttpRouteDestination, L4MatchAttributes, Percent,
+    PortSelector, RedirectPortSelection, RegexRewrite, RouteDestination, StringMatch, TcpRoute,
+    TlsMatchAttributes, TlsRoute, UnmatchedPreflights, VirtualServiceSpec, MESH_GATEWAY,
+};
 pub use wasm_plugin::{
     EnvValueSource, EnvVar, FailStrategy, PluginPhase, PluginType, PullPolicy, TrafficSelector,
     VmConfig, WasmPluginSpec, WorkloadMode,
+};
+pub use workload_group::{
+    ExecHealthCheckConfig, GrpcHealthCheckConfig, HttpHeader, HttpHealthCheckConfig,
+    ReadinessProbe, TcpHealthCheckConfig, WorkloadGroupMetadata, WorkloadGroupSpec,
 };
 
 /// Selects workloads by label (networking `WorkloadSelector`).

@@ -11,7 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{is_dns_name, port_number, WorkloadSelector};
+use super::{
+    is_dns_name, port_number, ConnectionPoolSettings, Destination, ServerTlsSettings,
+    WorkloadSelector,
+};
 use crate::diag::{code, Finding};
 use crate::meta::check_label_name;
 use crate::snapshot::Protocol;
@@ -131,134 +134,6 @@ impl OutboundTrafficMode {
             OutboundTrafficMode::AllowAny => "ALLOW_ANY",
         }
     }
-}
-
-/// A destination service (`egressProxy`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
-    /// The service host.
-    pub host: String,
-    /// A DestinationRule subset.
-    pub subset: Option<String>,
-    /// The port.
-    pub port: Option<PortSelector>,
-}
-
-/// A port by number.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortSelector {
-    /// The port number.
-    pub number: Option<u32>,
-}
-
-/// TLS settings of an ingress listener (istio/api `ServerTLSSettings`; not enforced).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerTlsSettings {
-    /// `httpsRedirect`.
-    pub https_redirect: Option<bool>,
-    /// `mode`.
-    pub mode: Option<String>,
-    /// `serverCertificate`.
-    pub server_certificate: Option<String>,
-    /// `privateKey`.
-    pub private_key: Option<String>,
-    /// `caCertificates`.
-    pub ca_certificates: Option<String>,
-    /// `caCrl`.
-    pub ca_crl: Option<String>,
-    /// `credentialName`.
-    pub credential_name: Option<String>,
-    /// `credentialNames`.
-    pub credential_names: Option<Vec<String>>,
-    /// `tlsCertificates`.
-    pub tls_certificates: Option<Vec<TlsCertificate>>,
-    /// `subjectAltNames`.
-    pub subject_alt_names: Option<Vec<String>>,
-    /// `verifyCertificateSpki`.
-    pub verify_certificate_spki: Option<Vec<String>>,
-    /// `verifyCertificateHash`.
-    pub verify_certificate_hash: Option<Vec<String>>,
-    /// `minProtocolVersion`.
-    pub min_protocol_version: Option<String>,
-    /// `maxProtocolVersion`.
-    pub max_protocol_version: Option<String>,
-    /// `cipherSuites`.
-    pub cipher_suites: Option<Vec<String>>,
-}
-
-/// One certificate of `ServerTLSSettings.tlsCertificates`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsCertificate {
-    /// `serverCertificate`.
-    pub server_certificate: Option<String>,
-    /// `privateKey`.
-    pub private_key: Option<String>,
-    /// `caCertificates`.
-    pub ca_certificates: Option<String>,
-}
-
-/// istio/api `ConnectionPoolSettings` (not enforced).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionPoolSettings {
-    /// TCP limits.
-    pub tcp: Option<TcpSettings>,
-    /// HTTP limits.
-    pub http: Option<HttpSettings>,
-}
-
-/// `ConnectionPoolSettings.TCPSettings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpSettings {
-    /// `maxConnections`.
-    pub max_connections: Option<i64>,
-    /// `connectTimeout`.
-    pub connect_timeout: Option<String>,
-    /// `tcpKeepalive`.
-    pub tcp_keepalive: Option<TcpKeepalive>,
-    /// `maxConnectionDuration`.
-    pub max_connection_duration: Option<String>,
-    /// `idleTimeout`.
-    pub idle_timeout: Option<String>,
-}
-
-/// `TCPSettings.TcpKeepalive`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpKeepalive {
-    /// `probes`.
-    pub probes: Option<u32>,
-    /// `time`.
-    pub time: Option<String>,
-    /// `interval`.
-    pub interval: Option<String>,
-}
-
-/// `ConnectionPoolSettings.HTTPSettings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpSettings {
-    /// `http1MaxPendingRequests`.
-    pub http1_max_pending_requests: Option<i64>,
-    /// `http2MaxRequests`.
-    pub http2_max_requests: Option<i64>,
-    /// `maxRequestsPerConnection`.
-    pub max_requests_per_connection: Option<i64>,
-    /// `maxRetries`.
-    pub max_retries: Option<i64>,
-    /// `idleTimeout`.
-    pub idle_timeout: Option<String>,
-    /// `h2UpgradePolicy`.
-    pub h2_upgrade_policy: Option<String>,
-    /// `useClientProtocol`.
-    pub use_client_protocol: Option<bool>,
-    /// `maxConcurrentStreams`.
-    pub max_concurrent_streams: Option<i64>,
 }
 
 /// Where an ingress listener forwards to.

@@ -6,6 +6,9 @@
 //! `crate::istio` next to the enforced ones.
 
 use super::{Doc, Loader, Resource};
+use crate::istio::{
+    DestinationRuleSpec, EnvoyFilterSpec, GatewaySpec, VirtualServiceSpec, WorkloadGroupSpec,
+};
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
@@ -69,6 +72,26 @@ impl Loader {
             }
             "ServiceMeshMember" => {
                 self.load_spec::<crate::istio::MemberSpec>(doc, resource, meta_ok, |_| Vec::new());
+            }
+            "VirtualService" => {
+                let validate = |r: &Resource<VirtualServiceSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            "DestinationRule" => {
+                let validate = |r: &Resource<DestinationRuleSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            "Gateway" => {
+                let validate = |r: &Resource<GatewaySpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            "WorkloadGroup" => {
+                let validate = |r: &Resource<WorkloadGroupSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
+            }
+            "EnvoyFilter" => {
+                let validate = |r: &Resource<EnvoyFilterSpec>| r.spec.validate();
+                self.load_spec(doc, resource, meta_ok, validate);
             }
             _ => {}
         }
