@@ -177,6 +177,29 @@ pub(crate) fn at(path: &str, field: &str) -> String {
     push_key(path, field)
 }
 
+/// A required string field (`field` of the object at `path`) that is empty.
+pub(crate) fn non_empty(value: &str, path: &str, field: &str) -> Option<Finding> {
+    value.is_empty().then(|| {
+        Finding::error(
+            code::INVALID,
+            push_key(path, field),
+            format!("`{field}` must not be empty"),
+        )
+    })
+}
+
+/// A string longer than the CRD's `MaxLength` (counted in characters, as Kubernetes does).
+pub(crate) fn max_len(value: &str, max: usize, path: &str) -> Option<Finding> {
+    let len = value.chars().count();
+    (len > max).then(|| {
+        Finding::error(
+            code::INVALID,
+            path,
+            format!("{len} characters: at most {max} are allowed"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

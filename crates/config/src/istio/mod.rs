@@ -8,14 +8,14 @@
 //! other kind, each also holding the messages its proto defines that other kinds share
 //! (`virtual_service`: [`Destination`], [`PortSelector`], [`StringMatch`], [`Percent`];
 //! `destination_rule`: [`ConnectionPoolSettings`]; `gateway`: [`ServerTlsSettings`]); `proto`
-//! holds the protobuf well-known types ([`Duration`], [`Struct`]) and `checks` the value checks
-//! the specs share.
+//! holds the protobuf well-known types ([`Duration`], [`Struct`], [`FreeForm`]) and `checks` the
+//! value checks the specs share.
 //!
 //! Kinds Ward accepts without enforcing them (WARD0102) are checked the same way, so that a typo
 //! is an error today: `telemetry` (Telemetry), `wasm_plugin` (WasmPlugin), `proxy_config`
 //! (ProxyConfig) and `operator` (the Sail operator's IstioRevision, IstioRevisionTag, IstioCNI
 //! and ZTunnel; OpenShift Service Mesh 2's ServiceMeshControlPlane, ServiceMeshMemberRoll and
-//! ServiceMeshMember), with `common` for what they share.
+//! ServiceMeshMember), with `attachment` for istiod's `selector`/`targetRef(s)` checks.
 //!
 //! Every proto field is accepted (JSON names, camelCase); an unknown field is an error (Ward is
 //! stricter than Istio, which only warns). Fields Ward does not act on yet are reported as
@@ -33,14 +33,13 @@ use crate::meta::{check_label_name, check_labels, check_subdomain};
 use crate::snapshot::Protocol;
 use crate::yaml::{push_index, push_key};
 
-mod common;
+mod attachment;
 mod operator;
 mod proxy_config;
 mod sidecar;
 mod telemetry;
 mod wasm_plugin;
 
-pub use common::{FreeForm, FreeMap, ProtoDuration};
 pub(crate) use operator::{
     validate_istio_cni, validate_member_roll, validate_revision, validate_revision_tag,
     validate_ztunnel, validate_ztunnel_v1alpha1,
@@ -78,7 +77,7 @@ pub use envoy_filter::{
 pub use gateway::{
     GatewayPort, GatewaySpec, Server, ServerTlsMode, ServerTlsSettings, TlsCertificate, TlsProtocol,
 };
-pub use proto::{Duration, Struct};
+pub use proto::{Duration, FreeForm, Struct};
 pub(crate) use sidecar::{parse_default_endpoint, AppEndpoint, HostNamespace, SidecarHost};
 pub use sidecar::{
     CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,

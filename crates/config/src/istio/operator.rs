@@ -6,14 +6,15 @@
 //!
 //! Ward enforces none of them (WARD0102). Their top-level spec fields are checked as the Go types
 //! define them (and so are the `Istio`'s, see [`IstioSpec`]); below that, Helm `values` trees and most control-plane sections are very large
-//! and are accepted as any mapping ([`FreeMap`]), as the Sail `Istio`'s `values` are. Validation
+//! and are accepted as any mapping ([`Struct`]), as the Sail `Istio`'s `values` are. Validation
 //! is what the CRDs' rules reject.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::common::{check_max_len, require, FreeForm, FreeMap};
+use super::checks::{max_len, non_empty};
+use super::proto::{FreeForm, Struct};
 use crate::decode::unknown_name_message;
 use crate::diag::{code, Finding};
 use crate::load::Resource;
@@ -35,7 +36,7 @@ pub struct IstioSpec {
     pub namespace: Option<FreeForm>,
     /// Helm values of the istiod chart: any mapping; `meshConfig` is checked where
     /// `crate::mesh` reads it, the rest is not.
-    pub values: Option<FreeMap>,
+    pub values: Option<Struct>,
 }
 
 /// Sail `IstioUpdateStrategy`.
@@ -72,7 +73,7 @@ pub struct IstioCniSpec {
     /// The namespace of the CNI DaemonSet; `istio-cni` when absent.
     pub namespace: Option<String>,
     /// Helm values of the CNI chart: any mapping, not checked.
-    pub values: Option<FreeMap>,
+    pub values: Option<Struct>,
 }
 
 /// `spec` of a Sail IstioRevision (`v1`; `v1alpha1` had the same fields). The operator writes
@@ -86,7 +87,7 @@ pub struct IstioRevisionSpec {
     pub namespace: String,
     /// Helm values of the istiod chart: any mapping, not checked below the two fields the CRD
     /// rules read (`global.istioNamespace`, `revision`).
-    pub values: Option<FreeMap>,
+    pub values: Option<Struct>,
 }
 
 /// `spec` of a Sail IstioRevisionTag.
@@ -116,7 +117,7 @@ pub struct ZTunnelSpec {
     /// The namespace of the ztunnel DaemonSet; `ztunnel` when absent.
     pub namespace: Option<String>,
     /// Helm values of the ztunnel chart: any mapping, not checked.
-    pub values: Option<FreeMap>,
+    pub values: Option<Struct>,
     /// The `Istio` or `IstioRevision` whose settings ztunnel takes.
     pub target_ref: Option<SailTargetReference>,
 }
@@ -132,7 +133,7 @@ pub struct ZTunnelV1Alpha1Spec {
     /// The namespace of the ztunnel DaemonSet; `ztunnel` when absent.
     pub namespace: Option<String>,
     /// Helm values of the ztunnel chart: any mapping, not checked.
-    pub values: Option<FreeMap>,
+    pub values: Option<Struct>,
 }
 
 /// `spec` of a ServiceMeshControlPlane, `maistra.io/v2`.
@@ -146,30 +147,30 @@ pub struct ControlPlaneSpecV2 {
     /// `MultiTenant` (the default) or `ClusterWide`.
     pub mode: Option<ControlPlaneMode>,
     /// Cluster, network and multi-cluster settings: any mapping, not checked.
-    pub cluster: Option<FreeMap>,
+    pub cluster: Option<Struct>,
     /// Mesh settings passed to istiod: any mapping, not checked (and not read: Ward takes mesh
     /// settings from an Istio, IstioOperator or ConfigMap `istio`).
-    pub mesh_config: Option<FreeMap>,
+    pub mesh_config: Option<Struct>,
     /// General settings: any mapping, not checked.
-    pub general: Option<FreeMap>,
+    pub general: Option<Struct>,
     /// Policy settings: any mapping, not checked.
-    pub policy: Option<FreeMap>,
+    pub policy: Option<Struct>,
     /// Sidecar defaults: any mapping, not checked.
-    pub proxy: Option<FreeMap>,
+    pub proxy: Option<Struct>,
     /// Security settings.
     pub security: Option<MaistraSecurityConfig>,
     /// Telemetry settings: any mapping, not checked.
-    pub telemetry: Option<FreeMap>,
+    pub telemetry: Option<Struct>,
     /// Tracing settings: any mapping, not checked.
-    pub tracing: Option<FreeMap>,
+    pub tracing: Option<Struct>,
     /// Gateways: any mapping, not checked.
-    pub gateways: Option<FreeMap>,
+    pub gateways: Option<Struct>,
     /// Runtime settings of the components: any mapping, not checked.
-    pub runtime: Option<FreeMap>,
+    pub runtime: Option<Struct>,
     /// Kiali, Prometheus, Grafana ...: any mapping, not checked.
-    pub addons: Option<FreeMap>,
+    pub addons: Option<Struct>,
     /// Switches for features that are not GA: any mapping, not checked.
-    pub tech_preview: Option<FreeMap>,
+    pub tech_preview: Option<Struct>,
 }
 
 /// `ControlPlaneMode`.
@@ -186,11 +187,11 @@ pub enum ControlPlaneMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MaistraSecurityConfig {
     /// Trust domain settings: any mapping, not checked.
-    pub trust: Option<FreeMap>,
+    pub trust: Option<Struct>,
     /// The CA: any mapping, not checked.
-    pub certificate_authority: Option<FreeMap>,
+    pub certificate_authority: Option<Struct>,
     /// Workload identity settings: any mapping, not checked.
-    pub identity: Option<FreeMap>,
+    pub identity: Option<Struct>,
     /// Control-plane security.
     pub control_plane: Option<ControlPlaneSecurity>,
     /// Data-plane security.
@@ -211,7 +212,7 @@ pub struct ControlPlaneSecurity {
     /// Who issues istiod's serving certificate (`Istiod`, `Kubernetes`, `Custom`).
     pub cert_provider: Option<String>,
     /// TLS versions and ciphers: any mapping, not checked.
-    pub tls: Option<FreeMap>,
+    pub tls: Option<Struct>,
 }
 
 /// SMCP v2 `DataPlaneSecurityConfig`.
@@ -239,9 +240,9 @@ pub struct ControlPlaneSpecV1 {
     /// No longer used by the operator.
     pub network_type: Option<String>,
     /// Helm values of the Istio charts: any mapping, not checked.
-    pub istio: Option<FreeMap>,
+    pub istio: Option<Struct>,
     /// Helm values of the 3scale chart: any mapping, not checked.
-    pub three_scale: Option<FreeMap>,
+    pub three_scale: Option<Struct>,
 }
 
 /// `spec` of a ServiceMeshMemberRoll (`maistra.io/v1`).
@@ -417,11 +418,11 @@ impl SailTargetReference {
                 ));
             }
         } else {
-            findings.extend(require(&self.kind, path, "kind"));
-            findings.extend(check_max_len(&self.kind, MAX_TARGET_NAME, &kind_path));
+            findings.extend(non_empty(&self.kind, path, "kind"));
+            findings.extend(max_len(&self.kind, MAX_TARGET_NAME, &kind_path));
         }
-        findings.extend(require(&self.name, path, "name"));
-        findings.extend(check_max_len(
+        findings.extend(non_empty(&self.name, path, "name"));
+        findings.extend(max_len(
             &self.name,
             MAX_TARGET_NAME,
             &push_key(path, "name"),

@@ -1,5 +1,6 @@
 //! Protobuf well-known types as Istio YAML writes them: `google.protobuf.Duration` (a string
-//! such as `5s`) and `google.protobuf.Struct` (any mapping), per the protobuf JSON mapping
+//! such as `5s`), `google.protobuf.Struct` (any mapping) and `google.protobuf.Value` (any value,
+//! [`FreeForm`]), per the protobuf JSON mapping
 //! (<https://protobuf.dev/programming-guides/json/>). The wrapper types (`BoolValue`,
 //! `UInt32Value` ...) are plain `Option<bool>`, `Option<u32>` ... in the spec structs.
 
@@ -62,6 +63,12 @@ impl Serialize for Duration {
 /// keeps it as written and does not interpret it.
 pub type Struct = serde_json::Map<String, serde_json::Value>;
 
+/// Any YAML value, kept as JSON: a `google.protobuf.Value`, or a subtree Ward does not type
+/// (an operator's Helm `values`). Nothing below it is checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct FreeForm(pub serde_json::Value);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +81,7 @@ mod tests {
     struct Holder {
         timeout: Option<Duration>,
         value: Option<Struct>,
+        any: Option<FreeForm>,
     }
 
     fn holder(yaml: &str) -> Result<Holder, String> {
@@ -117,5 +125,15 @@ mod tests {
         );
         let err = holder("value: [1]\n").unwrap_err();
         assert!(err.starts_with("spec.value:1: expected a mapping"), "{err}");
+    }
+
+    #[test]
+    fn free_form_takes_any_value() {
+        let got = holder("any:\n  a: [1, x, {b: null}]\n  8080: true\n").unwrap();
+        assert_eq!(
+            got.any.unwrap().0,
+            serde_json::json!({"a": [1, "x", {"b": null}], "8080": true})
+        );
+        assert_eq!(holder("any: 3\n").unwrap().any.unwrap().0, 3);
     }
 }

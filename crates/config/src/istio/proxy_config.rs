@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use ward_policy::spec::WorkloadSelector;
 
-use super::common::{check_attachment, check_max_len};
+use super::attachment::check_attachment;
+use super::checks::max_len;
 use crate::diag::{code, Finding};
 use crate::yaml::push_key;
 
@@ -51,7 +52,7 @@ impl ProxyConfigSpec {
         }
         for (name, value) in self.environment_variables.iter().flatten() {
             let path = push_key("spec.environmentVariables", name);
-            findings.extend(check_max_len(value, MAX_ENV_VALUE, &path));
+            findings.extend(max_len(value, MAX_ENV_VALUE, &path));
         }
         findings
     }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use ward_policy::spec::{PolicyTargetReference, WorkloadSelector};
 
-use super::common::{check_attachment, require, ProtoDuration};
+use super::attachment::check_attachment;
+use super::checks::non_empty;
+use super::proto::Duration;
 use crate::diag::{code, Finding};
 use crate::yaml::{push_index, push_key};
 
@@ -141,7 +143,7 @@ pub struct Metrics {
     /// Overrides, applied in order.
     pub overrides: Option<Vec<MetricsOverrides>>,
     /// Time between reports of TCP metrics, at least 1ms; 5s when absent.
-    pub reporting_interval: Option<ProtoDuration>,
+    pub reporting_interval: Option<Duration>,
 }
 
 /// `MetricsOverrides`.
@@ -278,7 +280,7 @@ fn check_providers(providers: Option<&[ProviderRef]>, path: &str) -> Vec<Finding
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| require(&p.name, &push_index(&providers_path, i), "name"))
+        .filter_map(|(i, p)| non_empty(&p.name, &push_index(&providers_path, i), "name"))
         .collect()
 }
 
@@ -341,7 +343,7 @@ impl CustomTag {
                 .map(|t| (t.value.as_str(), "formatter", "value")),
         ];
         for (value, member, field) in required.into_iter().flatten() {
-            findings.extend(require(value, &push_key(path, member), field));
+            findings.extend(non_empty(value, &push_key(path, member), field));
         }
         findings
     }
@@ -382,7 +384,7 @@ impl MetricsOverrides {
                 ));
             }
             if let Some(custom) = &selector.custom_metric {
-                findings.extend(require(custom, &match_path, "customMetric"));
+                findings.extend(non_empty(custom, &match_path, "customMetric"));
             }
         }
         let tags_path = push_key(path, "tagOverrides");

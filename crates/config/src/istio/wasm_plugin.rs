@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use ward_policy::spec::{PolicyTargetReference, WorkloadSelector};
 
-use super::common::{check_attachment, check_max_len, require, FreeMap};
+use super::attachment::check_attachment;
+use super::checks::{max_len, non_empty};
+use super::proto::Struct;
 use super::{port_number, PortSelector};
 use crate::diag::{code, Finding};
 use crate::yaml::{push_index, push_key};
@@ -35,7 +37,7 @@ pub struct WasmPluginSpec {
     /// A public key for signed modules (hidden from Istio's docs, not implemented by Istio).
     pub verification_key: Option<String>,
     /// The plugin's own configuration (`google.protobuf.Struct`): any mapping, not checked.
-    pub plugin_config: Option<FreeMap>,
+    pub plugin_config: Option<Struct>,
     /// The plugin's name in the module (formerly `rootID`).
     pub plugin_name: Option<String>,
     /// Where in the filter chain the plugin goes.
@@ -178,7 +180,7 @@ impl WasmPluginSpec {
             self.target_ref.as_ref(),
             self.target_refs.as_deref(),
         );
-        findings.extend(require(&self.url, "spec", "url"));
+        findings.extend(non_empty(&self.url, "spec", "url"));
         if let Err(why) = check_url(&self.url) {
             findings.push(Finding::error(code::INVALID, "spec.url", why));
         }
@@ -200,8 +202,8 @@ impl WasmPluginSpec {
             (&self.plugin_name, "pluginName", MAX_PLUGIN_NAME),
         ] {
             if let Some(value) = value {
-                findings.extend(require(value, "spec", field));
-                findings.extend(check_max_len(value, max, &push_key("spec", field)));
+                findings.extend(non_empty(value, "spec", field));
+                findings.extend(max_len(value, max, &push_key("spec", field)));
             }
         }
         if let Some(env) = self.vm_config.as_ref().and_then(|vm| vm.env.as_deref()) {
@@ -260,8 +262,8 @@ fn check_env(env: &[EnvVar]) -> Vec<Finding> {
     let mut names = BTreeSet::new();
     for (i, var) in env.iter().enumerate() {
         let var_path = push_index(path, i);
-        findings.extend(require(&var.name, &var_path, "name"));
-        findings.extend(check_max_len(
+        findings.extend(non_empty(&var.name, &var_path, "name"));
+        findings.extend(max_len(
             &var.name,
             MAX_ENV_NAME,
             &push_key(&var_path, "name"),
@@ -281,11 +283,7 @@ fn check_env(env: &[EnvVar]) -> Vec<Finding> {
                     "value may only be set when valueFrom is INLINE",
                 ));
             }
-            findings.extend(check_max_len(
-                value,
-                MAX_ENV_VALUE,
-                &push_key(&var_path, "value"),
-            ));
+            findings.extend(max_len(value, MAX_ENV_VALUE, &push_key(&var_path, "value")));
         }
     }
     findings
