@@ -498,4 +498,78 @@ mod tests {
             assert_eq!(csr_der(bad).unwrap_err().code, Code::InvalidArgument);
         }
     }
+
+    const MESH: &str = r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: a
+  namespace: app
+spec:
+  address: 127.0.0.10
+  serviceAccount: sa-a
+"#;
+
+    fn snapshot() -> Arc<MeshSnapshot> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+        let Ok(control) = ControlPlane::start(vec![dir.path().to_owned()]) else {
+            panic!("config refused");
+        };
+        let snap = control.snapshot().borrow().clone();
+        snap
+    }
+
+    #[test]
+    fn bind_gives_the_config_identity_of_the_token_workload_or_the_certificate() {
+        let snap = snapshot();
+        let state = tempfile::tempdir().unwrap();
+        let tokens = TokenKey::load_or_create(state.path()).unwrap();
+        let now = SystemTime::now();
+        let aud = "ward-control-plane:x";
+        let token = |w: &str| tokens.issue(w, aud, now, Duration::from_secs(60)).unwrap();
+        let sa_a = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sa-a").unwrap();
+
+        // The identity comes from the WorkloadEntry's serviceAccount, not from its name.
+        let bound = bind(&Credential::Token(token("app/a")), &snap, &tokens, aud, now).unwrap();
+        assert_eq!(bound.identity, sa_a);
+        assert_eq!(bound.workload.as_deref(), Some("app/a"));
+        let bound = bind(
+            &Credential::Certificate(sa_a.clone()),
+            &snap,
+            &tokens,
+            aud,
+            now,
+        )
+        .unwrap();
+        assert_eq!((bound.identity, bound.via), (sa_a, "certificate"));
+
+        let stranger = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/a").unwrap();
+        let cases = [
+            (
+                Credential::Token(token("app/gone")),
+                Code::PermissionDenied,
+                "not a WorkloadEntry",
+            ),
+            (
+                Credential::Certificate(stranger),
+                Code::PermissionDenied,
+                "belongs to no WorkloadEntry",
+            ),
+            (Credential::None, Code::Unauthenticated, "no credentials"),
+            (
+                Credential::Token("x.y.z".into()),
+                Code::Unauthenticated,
+                "bootstrap token refused",
+            ),
+        ];
+        for (credential, code, why) in cases {
+            let refusal = bind(&credential, &snap, &tokens, aud, now).unwrap_err();
+            assert_eq!(refusal.code, code, "{credential:?}");
+            assert!(
+                refusal.reason.contains(why),
+                "{credential:?}: {}",
+                refusal.reason
+            );
+        }
+    }
 }
