@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use ward_control::bootstrap::{audience_of_root, BootstrapFile, TokenKey};
+use ward_control::ca_client;
 use ward_control::ca_grpc::{self, CaGrpc, CaMetrics};
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{SpiffeId, WorkloadCert};
@@ -54,23 +55,27 @@ pub(crate) struct ControlPlaneArgs {
 pub(crate) struct BootstrapArgs {
     /// The control plane's Istio YAML: the workload must be a WorkloadEntry there, and the
     /// mesh settings give its identity and the control plane's.
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename", required_unless_present = "check")]
     paths: Vec<PathBuf>,
     /// The control plane's state directory (its CA root and token key).
     #[arg(long, default_value = "./.ward")]
     state_dir: PathBuf,
     /// The WorkloadEntry the token is for, `namespace/name`.
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    workload: String,
+    #[arg(long, value_name = "NAMESPACE/NAME", required_unless_present = "check")]
+    workload: Option<String>,
     /// The control plane's gRPC address as the proxy will dial it, `host:port`.
-    #[arg(long, value_name = "HOST:PORT")]
-    control_plane: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "check")]
+    control_plane: Option<String>,
     /// How long the token may be used (any number of times, by this one workload), e.g. `1h`.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
     /// Where to write the bootstrap file (JSON, mode 0600; replaced if it exists).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "check")]
+    out: Option<PathBuf>,
+    /// Instead of writing a file, use this one as its proxy would: ask the control plane for a
+    /// certificate with its token, print what was issued, and keep nothing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "workload", "control_plane", "out"])]
+    check: Option<PathBuf>,
 }
 
 /// The CA options both commands load the CA with.
@@ -82,17 +87,25 @@ fn ca_options(trust_domain: &str, cert_ttl: Duration) -> ward_ca::CaOptions {
     }
 }
 
-/// `ward bootstrap`: a token for one workload, in a file with everything its proxy needs.
-pub(crate) fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
+/// `ward bootstrap`: a token for one workload, in a file with everything its proxy needs; or,
+/// with `--check FILE`, one certificate request made with that file.
+pub(crate) fn bootstrap(args: BootstrapArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if let Some(path) = &args.check {
+        return rt.block_on(check(path));
+    }
+    let (Some(workload), Some(control_plane), Some(out)) =
+        (&args.workload, &args.control_plane, &args.out)
+    else {
+        anyhow::bail!("--workload, --control-plane and --out are required");
+    };
     let control = ControlPlane::start(args.paths.clone())
         .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
     let mesh = control.mesh().clone();
     let snap = control.snapshot().borrow().clone();
-    let Some(proxy) = snap.proxies.get(&args.workload) else {
+    let Some(proxy) = snap.proxies.get(workload) else {
         let known: Vec<&str> = snap.proxies.keys().map(String::as_str).collect();
         anyhow::bail!(
-            "--workload: no WorkloadEntry {} in the config (it has: {})",
-            args.workload,
+            "--workload: no WorkloadEntry {workload} in the config (it has: {})",
             known.join(", ")
         );
     };
@@ -105,7 +118,7 @@ pub(crate) fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     let root = roots.first().context("the CA has no root")?;
     let tokens = TokenKey::load_or_create(&args.state_dir)?;
     let now = SystemTime::now();
-    let token = tokens.issue(&args.workload, &audience_of_root(root), now, args.ttl)?;
+    let token = tokens.issue(workload, &audience_of_root(root), now, args.ttl)?;
     let expires = now
         .checked_add(args.ttl)
         .unwrap_or(now)
@@ -113,21 +126,42 @@ pub(crate) fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         .map_or(0, |d| d.as_secs());
     let server_id = ca_grpc::control_plane_identity(&mesh.trust_domain, &mesh.root_namespace)?;
     let file = BootstrapFile {
-        control_plane: args.control_plane.clone(),
+        control_plane: control_plane.clone(),
         control_plane_identity: server_id.to_string(),
-        workload: args.workload.clone(),
+        workload: workload.clone(),
         identity: proxy.workload.identity.clone(),
         root_cert: ca.root_pem(),
         token,
         expires,
     };
-    file.write(&args.out)?;
+    file.write(out)?;
     println!(
-        "ward: wrote {} for {} ({}), token valid for {}s",
-        args.out.display(),
-        args.workload,
+        "ward: wrote {} for {workload} ({}), token valid for {}s",
+        out.display(),
         proxy.workload.identity,
         args.ttl.as_secs()
+    );
+    Ok(())
+}
+
+/// `ward bootstrap --check FILE`: one certificate request with the file's token.
+async fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = BootstrapFile::read(path)?;
+    let cert = ca_client::request_certificate(&file, ca_client::Credential::Token, None)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: no certificate from {}",
+                path.display(),
+                file.control_plane
+            )
+        })?;
+    println!(
+        "ward: {} issued a certificate for {} (serial {}, valid until {})",
+        file.control_plane,
+        cert.id,
+        cert.issued.serial,
+        ward_proxy::humantime_utc(cert.issued.not_after)
     );
     Ok(())
 }

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             fdlimit::raise();
             rt.block_on(control_plane::run(args))
         }
-        Command::Bootstrap(args) => control_plane::bootstrap(args),
+        Command::Bootstrap(args) => control_plane::bootstrap(args, &rt),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),

@@ -187,6 +187,24 @@ impl ControlPlaneProc {
     fn bootstrap(&self, workload: &str, ttl: &str) -> BootstrapFile {
         self.bootstrap_with(&self.state.clone(), workload, ttl)
     }
+
+    /// `ward bootstrap --check` on `file`: success and output.
+    fn check(&self, file: &BootstrapFile) -> (bool, String) {
+        let path = self.tmp.path().join(format!("check-{}.json", nonce()));
+        file.write(&path).unwrap();
+        let out = Command::new(BIN)
+            .arg("bootstrap")
+            .arg("--check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
 }
 
 impl Drop for ControlPlaneProc {
@@ -226,6 +244,14 @@ fn rust_client_bootstraps_with_its_token_then_renews_with_its_certificate() {
     assert_eq!(
         bundle.control_plane_identity,
         "spiffe://cluster.local/ns/istio-system/sa/ward-control-plane"
+    );
+
+    // What a person runs on the proxy's host to try the file.
+    let (ok, text) = cp.check(&bundle);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("issued a certificate for {A}")),
+        "{text}"
     );
 
     let first = block_on(request_certificate(&bundle, Credential::Token, None)).unwrap();
@@ -331,10 +357,35 @@ fn refusals_are_answered_and_logged_with_their_reason() {
     )));
     assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
     assert!(message.contains("expired"), "{message}");
+    let (ok, text) = cp.check(&short);
+    assert!(!ok && text.contains("token expired"), "{text}");
     cp.expect_log(&[
         ("message", "certificate request refused"),
         ("code", "Unauthenticated"),
         ("reason", "token expired"),
+    ]);
+
+    // The config is read at each call: b's token stops working once b is gone from it.
+    let b_bundle = cp.bootstrap("app/b", "1h");
+    block_on(request_certificate(&b_bundle, Credential::Token, None)).unwrap();
+    let without_b = mesh_yaml(117);
+    let without_b = &without_b[..without_b.rfind("---").unwrap()];
+    std::fs::write(cp.config.join(".mesh.yaml.tmp"), without_b).unwrap();
+    std::fs::rename(
+        cp.config.join(".mesh.yaml.tmp"),
+        cp.config.join("mesh.yaml"),
+    )
+    .unwrap();
+    cp.expect_log(&[("message", "config change applied")]);
+    let (code, message) = refused(block_on(request_certificate(
+        &b_bundle,
+        Credential::Token,
+        None,
+    )));
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    cp.expect_log(&[
+        ("message", "certificate request refused"),
+        ("reason", "app/b, which is not a WorkloadEntry"),
     ]);
 
     // A client certificate for a from another CA: the handshake fails.
@@ -354,9 +405,10 @@ fn refusals_are_answered_and_logged_with_their_reason() {
     ));
     assert!(result.is_err(), "a certificate from another CA was served");
     cp.expect_log(&[("message", "control plane TLS handshake refused")]);
-    assert!(
-        cp.lines(&[("message", "certificate issued")]).is_empty(),
-        "{}",
+    assert_eq!(
+        cp.lines(&[("message", "certificate issued")]).len(),
+        1,
+        "only b's certificate, before b was removed:\n{}",
         cp.logs()
     );
 }
