@@ -199,6 +199,20 @@ impl Ca {
         csr_der: &[u8],
         ttl: Option<Duration>,
     ) -> Result<IssuedCert, CaError> {
+        self.sign_with_dns_names(id, &[], csr_der, ttl)
+    }
+
+    /// [`Ca::sign`], with DNS SANs beside the URI SAN: for the control plane's own serving
+    /// certificate, so that standard gRPC clients, which check a host name, can reach it (Istio's
+    /// istiod certificate carries `istiod.<namespace>.svc` the same way). The names come from the
+    /// caller, never from the CSR; workload certificates carry none.
+    pub fn sign_with_dns_names(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        csr_der: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCert, CaError> {
         if id.trust_domain() != self.opts.trust_domain {
             return Err(CaError::WrongTrustDomain {
                 ca: self.opts.trust_domain.clone(),
@@ -229,6 +243,10 @@ impl Ca {
         params.distinguished_name = DistinguishedName::new();
         let uri = id.to_string().try_into().map_err(CaError::Signing)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let name = name.clone().try_into().map_err(CaError::Signing)?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         // spiffe/spiffe standards/X509-SVID.md §4.3: "Leaf SVIDs MUST set digitalSignature."
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -824,5 +842,38 @@ mod tests {
             );
         }
         assert!(check_options(&CaOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn dns_names_come_from_the_caller_beside_the_one_uri() {
+        let state = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(state.path(), CaOptions::default()).unwrap();
+        let names = ["ward-control-plane.istio-system.svc".to_owned()];
+        let issued = ca
+            .sign_with_dns_names(&sleep(), &names, &csr_for(&sleep()), None)
+            .unwrap();
+        let (_, leaf) = X509Certificate::from_der(&issued.chain_der[0]).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap().value;
+        let found: Vec<String> = san
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("URI:{u}"),
+                GeneralName::DNSName(d) => format!("DNS:{d}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "URI:spiffe://cluster.local/ns/default/sa/sleep",
+                "DNS:ward-control-plane.istio-system.svc"
+            ]
+        );
+        assert_eq!(
+            ward_identity::identity_from_cert(&issued.chain_der[0]).unwrap(),
+            sleep()
+        );
+        webpki_verify(&issued, &ca.roots_der()[0]).unwrap();
     }
 }

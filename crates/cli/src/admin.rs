@@ -51,7 +51,7 @@ pub(crate) fn mesh_ready(state: &AdminState) -> (bool, Vec<String>) {
     (missing.is_empty(), missing)
 }
 
-fn respond(
+pub(crate) fn respond(
     status: StatusCode,
     content_type: &str,
     body: impl Into<Bytes>,
@@ -110,30 +110,34 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .collect();
             json(&serde_json::json!({ "certificates": certs }))
         }
-        "/metrics" => {
-            let mut out = String::new();
-            let encoded = state.registry.lock().map_err(|_| ()).and_then(|r| {
-                prometheus_client::encoding::text::encode(&mut out, &r).map_err(|_| ())
-            });
-            match encoded {
-                Ok(()) => respond(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    out,
-                ),
-                Err(()) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    "metrics encoding failed\n",
-                ),
-            }
-        }
+        "/metrics" => metrics_response(&state.registry),
         "/" => respond(
             StatusCode::OK,
             "text/plain",
             "ward admin: /ready /config_dump /certs /metrics\n",
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// `/metrics`: the registry in the OpenMetrics text format.
+pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
+    let mut out = String::new();
+    let encoded = registry
+        .lock()
+        .map_err(|_| ())
+        .and_then(|r| prometheus_client::encoding::text::encode(&mut out, &r).map_err(|_| ()));
+    match encoded {
+        Ok(()) => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            out,
+        ),
+        Err(()) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "metrics encoding failed\n",
+        ),
     }
 }
 
@@ -145,10 +149,25 @@ const ADMIN_CONNECTIONS: usize = 64;
 /// Time a client has to send its request headers; an idle connection is closed after it.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Answers one admin request.
+pub(crate) type Router = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+
 /// Serve the admin API until `shutdown` flips to true.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let router: Router = Arc::new(move |req| route(&state, req));
+    serve_routes(listener, router, metrics, shutdown).await
+}
+
+/// Serve `router` on an admin port (read-only, HTTP/1.1, capped, off the connection budget)
+/// until `shutdown` flips to true.
+pub(crate) async fn serve_routes(
+    listener: TcpListener,
+    router: Router,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -160,11 +179,11 @@ pub(crate) async fn serve(
     };
     let gate = Gate::new(Kind::Admin, "none", caps, None, metrics);
     accept_loop(listener, gate, shutdown, move |tcp, _, permit| {
-        let state = state.clone();
+        let router = router.clone();
         async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router(&req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

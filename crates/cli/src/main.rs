@@ -1,6 +1,10 @@
 //! `ward`: one binary for the control plane, the data-plane proxies and the operator CLI.
 //!
 //! - `ward up -f DIR`: CA + control plane + one sidecar per WorkloadEntry, in this process.
+//! - `ward control-plane -f DIR`: the config and the CA for proxies on other hosts; the CA is
+//!   served over gRPC (Istio's CA API) on TLS 1.3.
+//! - `ward bootstrap -f DIR --workload NS/NAME …`: a bootstrap file (root, address, token) for
+//!   one workload's proxy.
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
@@ -8,6 +12,7 @@
 
 mod admin;
 mod analyze;
+mod control_plane;
 mod demo_apps;
 mod devidp;
 mod echo;
@@ -38,6 +43,14 @@ struct Cli {
 enum Command {
     /// Run the CA, the control plane and one sidecar per WorkloadEntry.
     Up(up::UpArgs),
+    /// Run the control plane for proxies on other hosts: load the config (hot reload) and serve
+    /// the CA over gRPC (Istio's IstioCertificateService) on TLS 1.3. Config push over gRPC is
+    /// not built yet: proxies on other hosts get certificates only.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Write a bootstrap file for one workload's proxy: the CA root, the control plane's address
+    /// and identity, and a signed token that lets that workload, and only it, get certificates
+    /// until the token expires.
+    Bootstrap(control_plane::BootstrapArgs),
     /// Validate Istio YAML and report problems; exits 1 on errors.
     Analyze {
         /// Files or directories of Istio YAML.
@@ -75,6 +88,11 @@ fn main() -> ExitCode {
             let nofile = fdlimit::raise();
             rt.block_on(up::run(args, nofile))
         }
+        Command::ControlPlane(args) => {
+            fdlimit::raise();
+            rt.block_on(control_plane::run(args))
+        }
+        Command::Bootstrap(args) => control_plane::bootstrap(args, &rt),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),

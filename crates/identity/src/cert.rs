@@ -76,6 +76,48 @@ pub struct IssuedCert {
     pub not_after: SystemTime,
 }
 
+impl IssuedCert {
+    /// An [`IssuedCert`] from a chain received over the wire (leaf first, then intermediates)
+    /// and the roots the receiver trusts: the serial and validity are read from the leaf. Does
+    /// not verify the chain (installing it in a `ward_tls::CertStore` does).
+    pub fn from_chain(
+        chain_der: Vec<Vec<u8>>,
+        roots_der: Vec<Vec<u8>>,
+    ) -> Result<IssuedCert, IdentityError> {
+        let leaf = chain_der.first().ok_or(IdentityError::Certificate {
+            reason: "empty certificate chain",
+        })?;
+        let (_, cert) =
+            X509Certificate::from_der(leaf).map_err(|_| IdentityError::Certificate {
+                reason: "not a DER certificate",
+            })?;
+        let raw = cert.raw_serial();
+        let start = raw
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(raw.len().saturating_sub(1));
+        let serial = raw
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let time = |t: x509_parser::time::ASN1Time| {
+            let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        };
+        let not_before = time(cert.validity().not_before);
+        let not_after = time(cert.validity().not_after);
+        Ok(IssuedCert {
+            chain_der,
+            roots_der,
+            serial,
+            not_before,
+            not_after,
+        })
+    }
+}
+
 impl fmt::Debug for IssuedCert {
     /// Sizes and validity only: the DER bytes are noise in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

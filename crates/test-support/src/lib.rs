@@ -339,6 +339,18 @@ pub fn have_hypercorn() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether Python can import `grpc` and `grpc_tools` (`pip install grpcio grpcio-tools`; CI
+/// installs them).
+pub fn have_grpcio() -> bool {
+    Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// hypercorn, a production ASGI server, serving an ASGI app on 127.0.0.1:`port` (HTTP/1.1,
 /// h2c by upgrade or prior knowledge, WebSocket). `app_dir` holds the module; `app` is
 /// `module:attribute`. The app may log what it received to [`Hypercorn::app_log`] (env

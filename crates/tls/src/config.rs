@@ -67,7 +67,7 @@ pub fn client_config(
 
 /// Hands rustls the store's current certificate at the start of each handshake.
 #[derive(Debug)]
-struct StoreResolver(Arc<CertStore>);
+pub(crate) struct StoreResolver(pub(crate) Arc<CertStore>);
 
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

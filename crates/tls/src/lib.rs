@@ -11,11 +11,14 @@
 //! - `store`: [`CertStore`], the atomically swapped certificate and trust bundle;
 //! - `verify`: the SPIFFE verifiers (trust domain on the server, expected ids on the client);
 //! - `config`: [`server_config`] and [`client_config`];
+//! - `control`: the control plane's gRPC port ([`control_plane_server_config`], client
+//!   certificate optional) and its clients ([`control_plane_client_config`], fixed roots);
 //! - `peer`: [`PeerInfo`] and [`peer_info`];
 //! - `error`: [`TlsError`] (building and installing); [`PeerVerifyError`] is in `verify`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
+mod control;
 mod error;
 mod peer;
 mod provider;
@@ -26,6 +29,7 @@ mod verify;
 mod testing;
 
 pub use config::{client_config, server_config};
+pub use control::{control_plane_client_config, control_plane_server_config};
 pub use error::TlsError;
 pub use peer::{peer_info, PeerInfo};
 pub use provider::provider;

@@ -42,6 +42,40 @@ pub(crate) struct TrustBundle {
     pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
 }
 
+impl TrustBundle {
+    /// A bundle of `roots_der` (at least one) with its client verifier.
+    pub(crate) fn build(
+        roots_der: &[Vec<u8>],
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<TrustBundle>, TlsError> {
+        if roots_der.is_empty() {
+            return Err(TlsError::NoRoots);
+        }
+        let mut roots = RootCertStore::empty();
+        for der in roots_der {
+            roots
+                .add(CertificateDer::from(der.as_slice()))
+                .map_err(TlsError::Root)?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        Ok(Arc::new(TrustBundle {
+            roots_der: roots_der.to_vec(),
+            roots,
+            client_verifier,
+        }))
+    }
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("roots", &self.roots_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One installed certificate: what a handshake reads, all from the same install.
 struct Installed {
     key: Arc<CertifiedKey>,
@@ -142,24 +176,7 @@ impl CertStore {
                 return Ok(current.bundle.clone());
             }
         }
-        if roots_der.is_empty() {
-            return Err(TlsError::NoRoots);
-        }
-        let mut roots = RootCertStore::empty();
-        for der in roots_der {
-            roots
-                .add(CertificateDer::from(der.as_slice()))
-                .map_err(TlsError::Root)?;
-        }
-        let roots = Arc::new(roots);
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), self.provider.clone())
-                .build()?;
-        Ok(Arc::new(TrustBundle {
-            roots_der: roots_der.to_vec(),
-            roots,
-            client_verifier,
-        }))
+        TrustBundle::build(roots_der, &self.provider)
     }
 
     /// True when a certificate is installed and has not expired.

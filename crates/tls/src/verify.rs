@@ -66,26 +66,48 @@ impl From<PeerVerifyError> for rustls::Error {
     }
 }
 
+/// Where a verifier takes its trust anchors from.
+#[derive(Debug)]
+pub(crate) enum Roots {
+    /// The store's current bundle, read at each handshake (rotates with the store).
+    Store(Arc<CertStore>),
+    /// A fixed bundle, e.g. the root a bootstrap file carries before any certificate exists.
+    Fixed(Arc<TrustBundle>),
+}
+
+impl Roots {
+    fn bundle(&self) -> Option<Arc<TrustBundle>> {
+        match self {
+            Roots::Store(store) => store.bundle(),
+            Roots::Fixed(bundle) => Some(bundle.clone()),
+        }
+    }
+}
+
 /// Shared first steps: bound the chain length and load the current bundle.
 fn start(
-    store: &CertStore,
+    bundle: Option<Arc<TrustBundle>>,
     intermediates: &[CertificateDer<'_>],
 ) -> Result<Arc<TrustBundle>, PeerVerifyError> {
     let len = intermediates.len() + 1;
     if len > MAX_CHAIN_LEN {
         return Err(PeerVerifyError::ChainTooLong { len });
     }
-    store.bundle().ok_or(PeerVerifyError::NoTrustBundle)
+    bundle.ok_or(PeerVerifyError::NoTrustBundle)
 }
 
 /// Server side of HBONE: requires a client certificate that chains to the current roots, has
 /// EKU clientAuth (CVE-2022-21657), and names a SPIFFE identity in an accepted trust domain.
+/// The control plane's variant ([`TrustDomainVerifier::optional`]) lets a client present no
+/// certificate, but checks one that is presented the same way.
 #[derive(Debug)]
 pub(crate) struct TrustDomainVerifier {
     store: Arc<CertStore>,
     /// The local trust domain followed by its aliases.
     trust_domains: Vec<String>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Whether a client without a certificate is refused.
+    mandatory: bool,
 }
 
 impl TrustDomainVerifier {
@@ -95,13 +117,22 @@ impl TrustDomainVerifier {
             store,
             trust_domains,
             algorithms,
+            mandatory: true,
+        }
+    }
+
+    /// The same checks for a certificate that is presented, but a client may present none.
+    pub(crate) fn optional(store: Arc<CertStore>, trust_domains: Vec<String>) -> Self {
+        Self {
+            mandatory: false,
+            ..Self::new(store, trust_domains)
         }
     }
 }
 
 impl ClientCertVerifier for TrustDomainVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     /// No hints: the roots change at run time and a Ward client has one certificate anyway.
@@ -115,7 +146,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundle = start(&self.store, intermediates)?;
+        let bundle = start(self.store.bundle(), intermediates)?;
         bundle
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
@@ -161,7 +192,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
 /// `connect` is ignored: identity, not DNS, is what secure naming checks.
 #[derive(Debug)]
 pub(crate) struct IdentityVerifier {
-    store: Arc<CertStore>,
+    roots: Roots,
     expected: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -170,7 +201,20 @@ impl IdentityVerifier {
     pub(crate) fn new(store: Arc<CertStore>, expected: Vec<SpiffeId>) -> Self {
         let algorithms = store.crypto().signature_verification_algorithms;
         Self {
-            store,
+            roots: Roots::Store(store),
+            expected,
+            algorithms,
+        }
+    }
+
+    /// A verifier over a fixed bundle instead of a store's.
+    pub(crate) fn with_roots(
+        bundle: Arc<TrustBundle>,
+        expected: Vec<SpiffeId>,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            roots: Roots::Fixed(bundle),
             expected,
             algorithms,
         }
@@ -186,7 +230,7 @@ impl ServerCertVerifier for IdentityVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let bundle = start(&self.store, intermediates)?;
+        let bundle = start(self.roots.bundle(), intermediates)?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,

@@ -1,0 +1,330 @@
+//! `ward control-plane`: the config and the CA for proxies on other hosts, the CA served over
+//! gRPC (Istio's CA API) on TLS 1.3; and `ward bootstrap`, which writes the file a proxy needs
+//! for its first certificate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use ward_control::bootstrap::{audience_of_root, BootstrapFile, TokenKey};
+use ward_control::ca_client;
+use ward_control::ca_grpc::{self, CaGrpc, CaMetrics};
+use ward_control::{CaService, ControlPlane, ReloadTiming};
+use ward_identity::{SpiffeId, WorkloadCert};
+use ward_tls::CertStore;
+
+use crate::admin::{self, respond, Router};
+use crate::up::parse_duration;
+
+/// Options of `ward control-plane`.
+#[derive(clap::Args)]
+pub(crate) struct ControlPlaneArgs {
+    /// Files or directories of Istio YAML (the same as `ward up`), reloaded when they change.
+    #[arg(short = 'f', long = "filename", required = true)]
+    paths: Vec<PathBuf>,
+    /// Where the CA keeps its root and the bootstrap token key (created on first start).
+    #[arg(long, default_value = "./.ward")]
+    state_dir: PathBuf,
+    /// gRPC address of the CA (Istio's `IstioCertificateService`), TLS 1.3 only.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Admin HTTP address (/ready, /metrics).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    admin: SocketAddr,
+    /// Lifetime of the certificates issued (workloads and the control plane's own), e.g. `24h`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// How often the config files are checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// How long changed config files must keep the same bytes before the change applies.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    reload_settle: Duration,
+}
+
+/// Options of `ward bootstrap`.
+#[derive(clap::Args)]
+pub(crate) struct BootstrapArgs {
+    /// The control plane's Istio YAML: the workload must be a WorkloadEntry there, and the
+    /// mesh settings give its identity and the control plane's.
+    #[arg(short = 'f', long = "filename", required_unless_present = "check")]
+    paths: Vec<PathBuf>,
+    /// The control plane's state directory (its CA root and token key).
+    #[arg(long, default_value = "./.ward")]
+    state_dir: PathBuf,
+    /// The WorkloadEntry the token is for, `namespace/name`.
+    #[arg(long, value_name = "NAMESPACE/NAME", required_unless_present = "check")]
+    workload: Option<String>,
+    /// The control plane's gRPC address as the proxy will dial it, `host:port`.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "check")]
+    control_plane: Option<String>,
+    /// How long the token may be used (any number of times, by this one workload), e.g. `1h`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Where to write the bootstrap file (JSON, mode 0600; replaced if it exists).
+    #[arg(long, required_unless_present = "check")]
+    out: Option<PathBuf>,
+    /// Instead of writing a file, use this one as its proxy would: ask the control plane for a
+    /// certificate with its token, print what was issued, and keep nothing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "workload", "control_plane", "out"])]
+    check: Option<PathBuf>,
+}
+
+/// The CA options both commands load the CA with.
+fn ca_options(trust_domain: &str, cert_ttl: Duration) -> ward_ca::CaOptions {
+    ward_ca::CaOptions {
+        trust_domain: trust_domain.to_owned(),
+        default_ttl: cert_ttl,
+        max_ttl: Duration::from_secs(90 * 86_400).max(cert_ttl),
+    }
+}
+
+/// `ward bootstrap`: a token for one workload, in a file with everything its proxy needs; or,
+/// with `--check FILE`, one certificate request made with that file.
+pub(crate) fn bootstrap(args: BootstrapArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if let Some(path) = &args.check {
+        return rt.block_on(check(path));
+    }
+    let (Some(workload), Some(control_plane), Some(out)) =
+        (&args.workload, &args.control_plane, &args.out)
+    else {
+        anyhow::bail!("--workload, --control-plane and --out are required");
+    };
+    let control = ControlPlane::start(args.paths.clone())
+        .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
+    let mesh = control.mesh().clone();
+    let snap = control.snapshot().borrow().clone();
+    let Some(proxy) = snap.proxies.get(workload) else {
+        let known: Vec<&str> = snap.proxies.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "--workload: no WorkloadEntry {workload} in the config (it has: {})",
+            known.join(", ")
+        );
+    };
+    let ca = ward_ca::Ca::load_or_create(
+        &args.state_dir,
+        ca_options(&mesh.trust_domain, Duration::from_secs(86_400)),
+    )
+    .with_context(|| format!("loading the CA under {}", args.state_dir.display()))?;
+    let roots = ca.roots_der();
+    let root = roots.first().context("the CA has no root")?;
+    let tokens = TokenKey::load_or_create(&args.state_dir)?;
+    let now = SystemTime::now();
+    let token = tokens.issue(workload, &audience_of_root(root), now, args.ttl)?;
+    let expires = now
+        .checked_add(args.ttl)
+        .unwrap_or(now)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let server_id = ca_grpc::control_plane_identity(&mesh.trust_domain, &mesh.root_namespace)?;
+    let file = BootstrapFile {
+        control_plane: control_plane.clone(),
+        control_plane_identity: server_id.to_string(),
+        workload: workload.clone(),
+        identity: proxy.workload.identity.clone(),
+        root_cert: ca.root_pem(),
+        token,
+        expires,
+    };
+    file.write(out)?;
+    println!(
+        "ward: wrote {} for {workload} ({}), token valid for {}s",
+        out.display(),
+        proxy.workload.identity,
+        args.ttl.as_secs()
+    );
+    Ok(())
+}
+
+/// `ward bootstrap --check FILE`: one certificate request with the file's token.
+async fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = BootstrapFile::read(path)?;
+    let cert = ca_client::request_certificate(&file, ca_client::Credential::Token, None)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: no certificate from {}",
+                path.display(),
+                file.control_plane
+            )
+        })?;
+    println!(
+        "ward: {} issued a certificate for {} (serial {}, valid until {})",
+        file.control_plane,
+        cert.id,
+        cert.issued.serial,
+        ward_proxy::humantime_utc(cert.issued.not_after)
+    );
+    Ok(())
+}
+
+/// `ward control-plane`.
+pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let control = ControlPlane::start(args.paths.clone())
+        .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
+    let mesh = control.mesh().clone();
+    let ca = ward_ca::Ca::load_or_create(
+        &args.state_dir,
+        ca_options(&mesh.trust_domain, args.cert_ttl),
+    )
+    .with_context(|| format!("loading the CA under {}", args.state_dir.display()))?;
+    let ca = Arc::new(CaService::new(ca, args.cert_ttl));
+    let root = ca
+        .roots_der()
+        .into_iter()
+        .next()
+        .context("the CA has no root")?;
+    let tokens = TokenKey::load_or_create(&args.state_dir)?;
+
+    let server_id = ca_grpc::control_plane_identity(&mesh.trust_domain, &mesh.root_namespace)?;
+    let dns = vec![ca_grpc::control_plane_dns_name(&mesh.root_namespace)];
+    let store = CertStore::new(server_id.clone());
+    store
+        .install(&issue_own(&ca, &server_id, &dns)?)
+        .context("installing the control plane's certificate")?;
+    let tls = ward_tls::control_plane_server_config(store.clone(), &mesh.trust_domain)?;
+
+    let mut registry = Registry::default();
+    let ca_metrics = CaMetrics::register(&mut registry);
+    let grpc = CaGrpc::new(
+        ca.clone(),
+        control.clone(),
+        tokens,
+        audience_of_root(&root),
+        ca_metrics,
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let timing = ReloadTiming {
+        poll: args.poll_interval,
+        settle: args.reload_settle,
+    };
+    tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
+    tokio::spawn(rotate_own(
+        ca.clone(),
+        store.clone(),
+        dns,
+        shutdown_rx.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
+    tokio::spawn(ca_grpc::serve(listener, tls, grpc, shutdown_rx.clone()));
+
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin: cannot listen on {}", args.admin))?;
+    // The admin gate's counters are the proxy's; a control plane has no sidecar listeners, so
+    // they stay out of its registry.
+    let gate_metrics = ward_proxy::Metrics::register(&mut Registry::default());
+    let registry = Arc::new(Mutex::new(registry));
+    let router: Router = Arc::new(move |req| route(&store, &registry, req));
+    tokio::spawn(admin::serve_routes(
+        admin_listener,
+        router,
+        gate_metrics,
+        shutdown_rx.clone(),
+    ));
+    tracing::info!(
+        listen = %args.listen,
+        admin = %args.admin,
+        identity = %server_id,
+        trust_domain = %mesh.trust_domain,
+        "ward control plane serving the CA (config push over gRPC is not built yet)"
+    );
+    println!(
+        "ward: control plane ready: CA on {} (gRPC, TLS 1.3) as {server_id}; admin on http://{}",
+        args.listen, args.admin
+    );
+
+    crate::up::wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    Ok(())
+}
+
+/// The control plane's own certificate: its SPIFFE id and `dns` names, from its own CA.
+fn issue_own(ca: &CaService, id: &SpiffeId, dns: &[String]) -> anyhow::Result<WorkloadCert> {
+    let key = ward_identity::generate_csr(id)?;
+    let issued = ca.sign_control_plane(id, dns, &key.csr_der)?;
+    Ok(WorkloadCert {
+        id: id.clone(),
+        key_pkcs8_der: key.key_pkcs8_der.clone(),
+        issued,
+    })
+}
+
+/// Renews the control plane's certificate at about half its lifetime, like a workload's.
+async fn rotate_own(
+    ca: Arc<CaService>,
+    store: Arc<CertStore>,
+    dns: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let id = store.id().clone();
+    let mut renew_at = store
+        .current()
+        .map(|c| c.not_before + (c.not_after.duration_since(c.not_before).unwrap_or_default() / 2));
+    loop {
+        let wait = renew_at
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match issue_own(&ca, &id, &dns).and_then(|c| {
+            store.install(&c)?;
+            Ok(c.renew_at(0.5))
+        }) {
+            Ok(next) => {
+                tracing::info!(identity = %id, "control plane certificate renewed");
+                renew_at = Some(next);
+            }
+            Err(e) => {
+                tracing::error!(identity = %id, error = %e, "control plane certificate renewal failed");
+                renew_at = None;
+            }
+        }
+    }
+}
+
+/// The control plane's admin routes: `/ready` (its certificate is installed and valid) and
+/// `/metrics`.
+fn route(
+    store: &CertStore,
+    registry: &Mutex<Registry>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/ready" | "/healthz/ready" => {
+            if store.is_ready() {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no valid control plane certificate\n",
+                )
+            }
+        }
+        "/metrics" => admin::metrics_response(registry),
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain",
+            "ward control plane admin: /ready /metrics\n",
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
