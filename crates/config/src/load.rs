@@ -967,8 +967,8 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
         )
     } else if api_version == "v1" && kind_name == "Namespace" {
         "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
-         `ward analyze` (a namespace in ambient mode, WARD0223), and it has no effect on the \
-         mesh"
+         `ward analyze` (a namespace in ambient mode, WARD0223; a namespace a Sidecar egress \
+         host may name, WARD0224), and it has no effect on the mesh"
             .to_owned()
     } else {
         format!(
@@ -1278,6 +1278,10 @@ mod tests {
                 .contains("Ward reads only its name and labels, for `ward analyze`"),
             "{namespace_info}"
         );
+        // Both analyzer uses are named: ambient mode and egress host namespaces.
+        for code in ["WARD0223", "WARD0224"] {
+            assert!(namespace_info.message.contains(code), "{namespace_info}");
+        }
     }
 
     #[test]
