@@ -327,15 +327,14 @@ const SERVED: &[(&str, &[&str], &[&str])] = &[
         ],
     ),
     ("install.istio.io", &["v1alpha1"], &["IstioOperator"]),
-    // OpenShift Service Mesh 2.x: read by nothing in Ward, but users bring it (warned).
+    // OpenShift Service Mesh 2.x: read by nothing in Ward, but users bring it (warned). Only
+    // the control plane has a `v2` (maistra/istio-operator `pkg/apis/maistra/v2` holds no
+    // member types), so a `v2` member roll is an error, as the API server would say.
+    ("maistra.io", &["v1", "v2"], &["ServiceMeshControlPlane"]),
     (
         "maistra.io",
-        &["v1", "v2"],
-        &[
-            "ServiceMeshControlPlane",
-            "ServiceMeshMemberRoll",
-            "ServiceMeshMember",
-        ],
+        &["v1"],
+        &["ServiceMeshMemberRoll", "ServiceMeshMember"],
     ),
     ("", &["v1"], &["ConfigMap", "List"]),
 ];
@@ -1519,6 +1518,16 @@ mod tests {
                 Err("did you mean `networking.istio.io`?"),
             ),
             ("maistra.io/v2", "ServiceMeshMemberRol", Err("unknown kind")),
+            (
+                "maistra.io/v2",
+                "ServiceMeshMemberRoll",
+                Err("use maistra.io/v1"),
+            ),
+            (
+                "maistra.io/v2",
+                "ServiceMeshMember",
+                Err("use maistra.io/v1"),
+            ),
             ("v1", "PeerAuthentication", Err("use security.istio.io/v1")),
             ("apps/v1", "Sidecar", Err("use networking.istio.io/v1")),
             ("v1", "Gateway", Err("use networking.istio.io/v1")),
