@@ -116,10 +116,17 @@ fn selectors(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
             continue;
         };
         if !policy.target_refs.is_empty() {
+            // On the field that binds the policy (a `targetRef` and `targetRefs` together do not
+            // compile, so only one is set here).
+            let field = if ap.spec.target_ref.is_some() {
+                "spec.targetRef"
+            } else {
+                "spec.targetRefs"
+            };
             out.push(ap.diagnostic(
                 Severity::Warning,
                 code::SELECTOR_MATCHES_NOTHING,
-                "spec",
+                field,
                 "targetRef(s) bind the policy to gateways or waypoints, which Ward does not run: \
                  it applies to no workload",
             ));
@@ -1507,7 +1514,11 @@ mod tests {
             ),
             (
                 doc("AuthorizationPolicy", "a", "p", "{targetRefs: [{kind: Service, group: \"\", name: y}]}"),
-                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, ap, "spec")],
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, ap, "spec.targetRefs")],
+            ),
+            (
+                doc("AuthorizationPolicy", "a", "p", "{targetRef: {kind: Service, group: \"\", name: y}}"),
+                vec![f(code::SELECTOR_MATCHES_NOTHING, Warning, ap, "spec.targetRef")],
             ),
             (
                 doc("ServiceEntry", "a", "z", "{hosts: [z.a], ports: [{number: 1, name: tcp}], workloadSelector: {labels: {app: z}}}"),

@@ -327,15 +327,14 @@ const SERVED: &[(&str, &[&str], &[&str])] = &[
         ],
     ),
     ("install.istio.io", &["v1alpha1"], &["IstioOperator"]),
-    // OpenShift Service Mesh 2.x: read by nothing in Ward, but users bring it (warned).
+    // OpenShift Service Mesh 2.x: read by nothing in Ward, but users bring it (warned). Only
+    // the control plane has a `v2` (maistra/istio-operator `pkg/apis/maistra/v2` holds no
+    // member types), so a `v2` member roll is an error, as the API server would say.
+    ("maistra.io", &["v1", "v2"], &["ServiceMeshControlPlane"]),
     (
         "maistra.io",
-        &["v1", "v2"],
-        &[
-            "ServiceMeshControlPlane",
-            "ServiceMeshMemberRoll",
-            "ServiceMeshMember",
-        ],
+        &["v1"],
+        &["ServiceMeshMemberRoll", "ServiceMeshMember"],
     ),
     ("", &["v1"], &["ConfigMap", "List"]),
 ];
@@ -967,8 +966,8 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
         )
     } else if api_version == "v1" && kind_name == "Namespace" {
         "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
-         `ward analyze` (a namespace in ambient mode, WARD0223), and it has no effect on the \
-         mesh"
+         `ward analyze` (a namespace in ambient mode, WARD0223; a namespace a Sidecar egress \
+         host may name, WARD0224), and it has no effect on the mesh"
             .to_owned()
     } else {
         format!(
@@ -1278,6 +1277,10 @@ mod tests {
                 .contains("Ward reads only its name and labels, for `ward analyze`"),
             "{namespace_info}"
         );
+        // Both analyzer uses are named: ambient mode and egress host namespaces.
+        for code in ["WARD0223", "WARD0224"] {
+            assert!(namespace_info.message.contains(code), "{namespace_info}");
+        }
     }
 
     #[test]
@@ -1515,6 +1518,16 @@ mod tests {
                 Err("did you mean `networking.istio.io`?"),
             ),
             ("maistra.io/v2", "ServiceMeshMemberRol", Err("unknown kind")),
+            (
+                "maistra.io/v2",
+                "ServiceMeshMemberRoll",
+                Err("use maistra.io/v1"),
+            ),
+            (
+                "maistra.io/v2",
+                "ServiceMeshMember",
+                Err("use maistra.io/v1"),
+            ),
             ("v1", "PeerAuthentication", Err("use security.istio.io/v1")),
             ("apps/v1", "Sidecar", Err("use networking.istio.io/v1")),
             ("v1", "Gateway", Err("use networking.istio.io/v1")),

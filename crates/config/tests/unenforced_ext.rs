@@ -26,7 +26,8 @@ const PROXY_CONFIG: &[&str] = &["networking.istio.io/v1beta1"];
 const SAIL: &[&str] = &["sailoperator.io/v1", "sailoperator.io/v1alpha1"];
 const SAIL_V1: &[&str] = &["sailoperator.io/v1"];
 const SAIL_V1ALPHA1: &[&str] = &["sailoperator.io/v1alpha1"];
-const MAISTRA: &[&str] = &["maistra.io/v1", "maistra.io/v2"];
+/// The Maistra member kinds have no `v2` (maistra/istio-operator `pkg/apis/maistra/v2`).
+const MAISTRA_MEMBERS: &[&str] = &["maistra.io/v1"];
 
 const REALISTIC: &[Realistic] = &[
     // After the examples of https://istio.io/latest/docs/reference/config/telemetry/ (tracing,
@@ -473,7 +474,7 @@ spec:
     // Every field of maistra/istio-operator `pkg/apis/maistra/v1` ServiceMeshMemberRollSpec and
     // ServiceMeshMemberSpec.
     Realistic {
-        api_versions: MAISTRA,
+        api_versions: MAISTRA_MEMBERS,
         yaml: "apiVersion: {API}
 kind: ServiceMeshMemberRoll
 metadata:
@@ -498,7 +499,7 @@ spec:
         free_form: &[],
     },
     Realistic {
-        api_versions: MAISTRA,
+        api_versions: MAISTRA_MEMBERS,
         yaml: "apiVersion: {API}
 kind: ServiceMeshMember
 metadata:
@@ -857,7 +858,7 @@ fn what_istio_rejects_is_invalid() {
             ],
         ),
         (
-            operator("maistra.io/v2", "ServiceMeshMemberRoll", "default", "  memberSelectors:\n  - matchExpressions: [{key: a, operator: Has}]\n"),
+            operator("maistra.io/v1", "ServiceMeshMemberRoll", "default", "  memberSelectors:\n  - matchExpressions: [{key: a, operator: Has}]\n"),
             vec![(8, "spec.memberSelectors[0].matchExpressions[0].operator")],
         ),
         (
