@@ -60,6 +60,7 @@ pub mod istio;
 pub mod load;
 pub mod mesh;
 pub mod meta;
+mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;
