@@ -81,7 +81,7 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     gateway_selectors(set, &mut out);
     sidecars_in_ambient(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
-        snapshot_checks(set, &snapshot, &mut out);
+        snapshot_checks(&context, &snapshot, &mut out);
     }
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out.dedup();
@@ -1344,7 +1344,13 @@ fn egress_port_unserved(
 
 /// Checks on the translated snapshot: WARD0212 (no Sidecar), WARD0214 (shared binds),
 /// WARD0215 (no endpoints), WARD0216 (endpoint port not served).
-fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagnostic>) {
+fn snapshot_checks(context: &Context<'_>, snapshot: &MeshSnapshot, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    let workloads: BTreeMap<String, &Workload<'_>> = context
+        .workloads
+        .iter()
+        .map(|w| (w.resource.key(), w))
+        .collect();
     let we_by_key: BTreeMap<String, &Resource<WorkloadEntrySpec>> = set
         .workload_entries
         .iter()
@@ -1356,12 +1362,15 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
             continue;
         };
         if proxy.inbound.is_empty() && proxy.outbound.is_empty() {
+            let why = workloads
+                .get(key)
+                .map(|w| no_listener_reason(context, w))
+                .unwrap_or_else(|| "no Sidecar configures this workload".to_owned());
             out.push(we.diagnostic(
                 Severity::Warning,
                 code::NO_SIDECAR,
                 "metadata.name",
-                "no Sidecar with ingress or egress listeners configures this workload: its proxy \
-                 serves no port and the app can call nothing through it",
+                format!("{why}: its proxy serves no port and the app can call nothing through it"),
             ));
         }
         for port in &proxy.inbound {
@@ -1431,6 +1440,51 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
         }
     }
     shared_binds(&we_by_key, binds, out);
+}
+
+/// WARD0212's explanation for a workload whose proxy has no listener: no Sidecar applies, or
+/// which one does and why each of its listeners yields nothing for this workload.
+fn no_listener_reason(context: &Context<'_>, workload: &Workload<'_>) -> String {
+    let Ok(Some(sidecar)) = context.sidecar_for(workload) else {
+        return "no Sidecar configures this workload".to_owned();
+    };
+    let namespace = workload.namespace();
+    let mut reasons = Vec::new();
+    if sidecar.spec.ingress().is_empty() {
+        reasons.push("it has no ingress listener".to_owned());
+    }
+    if sidecar.spec.egress().is_empty() {
+        reasons.push("it has no egress listener".to_owned());
+    }
+    for (i, egress) in sidecar.spec.egress().iter().enumerate() {
+        let at = push_index("spec.egress", i);
+        let port = egress.port.as_ref().and_then(|p| p.number);
+        let reason = match (
+            port,
+            context.services_without_egress_port(egress, namespace),
+        ) {
+            (Some(port), Some(services)) => {
+                let hosts: Vec<&str> = services.iter().map(|(_, host)| *host).collect();
+                format!(
+                    "{at} has port {port}, which the services its hosts match ({}) do not have",
+                    hosts.join(", ")
+                )
+            }
+            _ => {
+                let hosts: Vec<String> = egress.hosts().iter().map(|h| format!("`{h}`")).collect();
+                format!(
+                    "{at} hosts {} match no ServiceEntry visible to namespace `{namespace}`",
+                    hosts.join(", ")
+                )
+            }
+        };
+        reasons.push(reason);
+    }
+    format!(
+        "{} configures this workload but gives it no listener ({})",
+        sidecar.object(),
+        reasons.join("; ")
+    )
 }
 
 /// WARD0214: local addresses that two proxies would both bind.
@@ -2112,5 +2166,51 @@ mod tests {
             .map(|(_, _, object, _)| object)
             .collect();
         assert_eq!(warned, [x, y]);
+    }
+
+    #[test]
+    fn a_proxy_without_listeners_names_its_sidecar_and_why() {
+        let message = |yaml: &str| {
+            let set = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+            let found: Vec<String> = analyze(&set)
+                .into_iter()
+                .filter(|d| d.code == code::NO_SIDECAR)
+                .map(|d| d.message)
+                .collect();
+            assert_eq!(found.len(), 1, "{found:?}");
+            found.concat()
+        };
+        let lonely = we("b", "lonely", "10.0.0.3", "");
+        assert!(message(&(base() + &lonely)).starts_with("no Sidecar configures this workload:"));
+        // Istio's default Sidecar, with nothing for its wildcards to match in namespace b.
+        let default = doc(
+            "Sidecar",
+            "istio-system",
+            "default",
+            "{egress: [{hosts: [\"./*\", \"istio-system/*\"]}]}",
+        );
+        assert_eq!(
+            message(&(base() + &lonely + &default)),
+            "Sidecar istio-system/default configures this workload but gives it no listener (it \
+             has no ingress listener; spec.egress[0] hosts `./*`, `istio-system/*` match no \
+             ServiceEntry visible to namespace `b`): its proxy serves no port and the app can \
+             call nothing through it"
+        );
+        // An egress port the matched service does not have.
+        let wrong_port = doc(
+            "Sidecar",
+            "b",
+            "lonely",
+            "{egress: [{port: {number: 6000, name: tcp}, hosts: [\"a/y.a\"]}]}",
+        );
+        assert!(
+            message(&(base() + &lonely + &wrong_port)).starts_with(
+                "Sidecar b/lonely configures this workload but gives it no listener (it has no \
+                 ingress listener; spec.egress[0] has port 6000, which the services its hosts \
+                 match (y.a) do not have)"
+            ),
+            "{}",
+            message(&(base() + &lonely + &wrong_port))
+        );
     }
 }
