@@ -1342,7 +1342,7 @@ fn egress_port_unserved(
     }
 }
 
-/// Checks on the translated snapshot: WARD0212 (no Sidecar), WARD0214 (shared binds),
+/// Checks on the translated snapshot: WARD0212 (no listener), WARD0214 (shared binds),
 /// WARD0215 (no endpoints), WARD0216 (endpoint port not served).
 fn snapshot_checks(context: &Context<'_>, snapshot: &MeshSnapshot, out: &mut Vec<Diagnostic>) {
     let set = context.set;
