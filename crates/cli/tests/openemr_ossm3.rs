@@ -1,6 +1,8 @@
 //! OpenEMR's OpenShift Service Mesh 3 configuration (examples/openemr-ossm3/: the upstream
 //! manifests 01-05 plus Ward's local wiring) run end to end: `ward analyze` on it, `ward up` on
-//! it, and the PeerAuthentication that analyze offers for the router's port applied as offered.
+//! it, and the PeerAuthentication that analyze offers for the router's port applied as offered;
+//! then MariaDB's port made PERMISSIVE, to show its policies deny plaintext anyway (why analyze
+//! offers nothing for it).
 //! Addresses: 127.1.110.x (the example's).
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +23,15 @@ const OTHER_TO_MARIADB: &str = "127.1.110.4:3306";
 /// The workloads' own ports, where a client outside the mesh (the OpenShift router) connects.
 const OPENEMR_PORT: &str = "127.1.110.1:8080";
 const MARIADB_PORT: &str = "127.1.110.2:3306";
+
+/// MariaDB's port under Istio's default mode.
+const MARIADB_PERMISSIVE: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mariadb-3306-permissive, namespace: openemr}
+spec:
+  selector: {matchLabels: {app: mariadb}}
+  portLevelMtls: {3306: {mode: PERMISSIVE}}
+";
 
 fn addr(a: &str) -> SocketAddr {
     a.parse().unwrap()
@@ -124,7 +135,9 @@ fn openemr_ossm3_analyzes_runs_and_takes_the_offered_peer_authentication() {
     let example = Path::new(EXAMPLE);
 
     // a. What analyze says about the configuration as written. The namespace is ambient, so
-    // each Ward Sidecar gets the WARD0223 portability note (Istio would ignore it).
+    // each Ward Sidecar gets the WARD0223 portability note (Istio would ignore it). Only 8080
+    // gets WARD0208: 3306 and 6379 admit OpenEMR's identity only, so a plaintext client is
+    // denied there under Istio's PERMISSIVE default too.
     let (code, json) = analyze(example, true);
     assert_eq!(code, 0, "no errors expected:\n{json}");
     let sidecar_port = "spec.ingress[0].port.number";
@@ -183,24 +196,10 @@ fn openemr_ossm3_analyzes_runs_and_takes_the_offered_peer_authentication() {
             ),
             finding(
                 "50-ward-local.yaml",
-                "warning",
-                "WARD0208",
-                "Sidecar openemr/mariadb",
-                sidecar_port
-            ),
-            finding(
-                "50-ward-local.yaml",
                 "info",
                 "WARD0223",
                 "Sidecar openemr/redis",
                 "spec.workloadSelector"
-            ),
-            finding(
-                "50-ward-local.yaml",
-                "warning",
-                "WARD0208",
-                "Sidecar openemr/redis",
-                sidecar_port
             ),
             finding(
                 "50-ward-local.yaml",
@@ -347,8 +346,40 @@ fn openemr_ossm3_analyzes_runs_and_takes_the_offered_peer_authentication() {
     assert!(echo_ok(addr(OPENEMR_TO_MARIADB), "SELECT 2;"));
     assert!(refused(OTHER_TO_MARIADB, b"SELECT 2;"));
 
+    // d. Why analyze gave 3306 no warning: made PERMISSIVE as Istio's default would have it,
+    // MariaDB lets the plaintext client past mTLS and its AuthorizationPolicies refuse it.
+    apply(&ward, "61-mariadb-3306-permissive.yaml", MARIADB_PERMISSIVE);
+    assert!(
+        refused(MARIADB_PORT, b"SELECT 3;"),
+        "plaintext to mariadb:3306 must be denied by policy under PERMISSIVE"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let by_policy = loop {
+        let found = ward
+            .log_lines_matching(&[
+                ("direction", "inbound"),
+                ("dst.workload", "openemr/mariadb"),
+                ("authz.detail", "rbac_access_denied"),
+            ])
+            .into_iter()
+            .find(|l| l.get("src.identity").is_none());
+        match found {
+            Some(line) => break line,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!(
+                "no policy denial of plaintext to mariadb; log:\n{}",
+                ward.logs()
+            ),
+        }
+    };
+    assert_eq!(
+        by_policy["authz.detail"], "rbac_access_denied_matched_policy[none]",
+        "{by_policy}"
+    );
+    assert!(echo_ok(addr(OPENEMR_TO_MARIADB), "SELECT 4;"));
+
     // And analyze on the directory as it now is: the choice is explicit, so no WARD0208; the
-    // PERMISSIVE port is pointed out instead.
+    // PERMISSIVE ports are pointed out instead.
     let (code, text) = analyze(ward.dir(), false);
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains("WARD0208"), "{text}");

@@ -14,6 +14,7 @@ use ward_policy::matcher::{
 use ward_policy::spec::{Action, MtlsModeSpec, Rule};
 use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
+    WorkloadPolicies,
 };
 
 use ward_policy::spec::WorkloadSelector;
@@ -80,7 +81,7 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     gateway_selectors(set, &mut out);
     sidecars_in_ambient(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
-        snapshot_checks(set, &snapshot, &mut out);
+        snapshot_checks(&context, &snapshot, &mut out);
     }
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out.dedup();
@@ -378,8 +379,11 @@ impl<'a> KnownSources<'a> {
 /// WARD0208, one per Sidecar ingress port, when no PeerAuthentication exists: the port also
 /// listens for plaintext clients outside the mesh (a router, a load balancer), which Istio's
 /// PERMISSIVE default lets in and Ward's STRICT default refuses. The message carries the one
-/// PeerAuthentication that restores Istio's behaviour for that port alone.
-fn plaintext_refused_by_default(set: &ConfigSet) -> Vec<Diagnostic> {
+/// PeerAuthentication that restores Istio's behaviour for that port alone. A port whose
+/// AuthorizationPolicies deny every plaintext client anyway gets none
+/// ([`plaintext_could_pass`]).
+fn plaintext_refused_by_default(context: &Context<'_>) -> Vec<Diagnostic> {
+    let set = context.set;
     let mut out = Vec::new();
     for sidecar in &set.sidecars {
         let labels = sidecar
@@ -389,9 +393,15 @@ fn plaintext_refused_by_default(set: &ConfigSet) -> Vec<Diagnostic> {
             .and_then(|s| s.labels.as_ref())
             .filter(|l| !l.is_empty());
         for (i, listener) in sidecar.spec.ingress.iter().flatten().enumerate() {
-            let Some(port) = listener.port.as_ref().and_then(|p| p.number) else {
+            let Some(sidecar_port) = listener.port.as_ref() else {
                 continue;
             };
+            let Some(port) = sidecar_port.number else {
+                continue;
+            };
+            if !plaintext_could_pass(context, sidecar, port, sidecar_port.protocol().is_http()) {
+                continue;
+            }
             let namespace = &sidecar.meta.namespace;
             // portLevelMtls needs a selector (Istio ignores it otherwise); without one, the
             // namespace-wide form is the narrowest that works.
@@ -429,6 +439,33 @@ fn plaintext_refused_by_default(set: &ConfigSet) -> Vec<Diagnostic> {
     out
 }
 
+/// Whether a plaintext client could pass the AuthorizationPolicies of some workload `sidecar`
+/// configures at `port`, were the port PERMISSIVE ([`crate::plaintext`]). True when the Sidecar
+/// configures no workload (nothing to decide with) or the port number is out of range.
+fn plaintext_could_pass(
+    context: &Context<'_>,
+    sidecar: &Resource<SidecarSpec>,
+    port: u32,
+    http: bool,
+) -> bool {
+    let Ok(port) = u16::try_from(port) else {
+        return true;
+    };
+    let root = &context.set.mesh.root_namespace;
+    let mut configured = context
+        .workloads
+        .iter()
+        .filter(|w| matches!(context.sidecar_for(w), Ok(Some(s)) if std::ptr::eq(s, sidecar)))
+        .peekable();
+    if configured.peek().is_none() {
+        return true;
+    }
+    configured.any(|w| {
+        let policies = WorkloadPolicies::select(&context.policies, w.namespace(), &w.labels, root);
+        crate::plaintext::may_allow_plaintext(&policies, w.address, port, http)
+    })
+}
+
 /// WARD0203/0213 (PERMISSIVE/DISABLE), WARD0204-0207 (ward_policy lint), WARD0208 (none).
 fn peer_authentications(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
     let set = context.set;
@@ -440,7 +477,7 @@ fn peer_authentications(context: &Context<'_>, out: &mut Vec<Diagnostic>) {
              PERMISSIVE); add a mesh-wide PeerAuthentication in the root namespace to make the \
              choice explicit",
         ));
-        out.extend(plaintext_refused_by_default(set));
+        out.extend(plaintext_refused_by_default(context));
     }
     for pa in &set.peer_authentications {
         let mut modes: Vec<(String, MtlsModeSpec)> = Vec::new();
@@ -1312,9 +1349,15 @@ fn egress_port_unserved(
     }
 }
 
-/// Checks on the translated snapshot: WARD0212 (no Sidecar), WARD0214 (shared binds),
+/// Checks on the translated snapshot: WARD0212 (no listener), WARD0214 (shared binds),
 /// WARD0215 (no endpoints), WARD0216 (endpoint port not served).
-fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagnostic>) {
+fn snapshot_checks(context: &Context<'_>, snapshot: &MeshSnapshot, out: &mut Vec<Diagnostic>) {
+    let set = context.set;
+    let workloads: BTreeMap<String, &Workload<'_>> = context
+        .workloads
+        .iter()
+        .map(|w| (w.resource.key(), w))
+        .collect();
     let we_by_key: BTreeMap<String, &Resource<WorkloadEntrySpec>> = set
         .workload_entries
         .iter()
@@ -1326,12 +1369,15 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
             continue;
         };
         if proxy.inbound.is_empty() && proxy.outbound.is_empty() {
+            let why = workloads
+                .get(key)
+                .map(|w| no_listener_reason(context, w))
+                .unwrap_or_else(|| "no Sidecar configures this workload".to_owned());
             out.push(we.diagnostic(
                 Severity::Warning,
                 code::NO_SIDECAR,
                 "metadata.name",
-                "no Sidecar with ingress or egress listeners configures this workload: its proxy \
-                 serves no port and the app can call nothing through it",
+                format!("{why}: its proxy serves no port and the app can call nothing through it"),
             ));
         }
         for port in &proxy.inbound {
@@ -1401,6 +1447,51 @@ fn snapshot_checks(set: &ConfigSet, snapshot: &MeshSnapshot, out: &mut Vec<Diagn
         }
     }
     shared_binds(&we_by_key, binds, out);
+}
+
+/// WARD0212's explanation for a workload whose proxy has no listener: no Sidecar applies, or
+/// which one does and why each of its listeners yields nothing for this workload.
+fn no_listener_reason(context: &Context<'_>, workload: &Workload<'_>) -> String {
+    let Ok(Some(sidecar)) = context.sidecar_for(workload) else {
+        return "no Sidecar configures this workload".to_owned();
+    };
+    let namespace = workload.namespace();
+    let mut reasons = Vec::new();
+    if sidecar.spec.ingress().is_empty() {
+        reasons.push("it has no ingress listener".to_owned());
+    }
+    if sidecar.spec.egress().is_empty() {
+        reasons.push("it has no egress listener".to_owned());
+    }
+    for (i, egress) in sidecar.spec.egress().iter().enumerate() {
+        let at = push_index("spec.egress", i);
+        let port = egress.port.as_ref().and_then(|p| p.number);
+        let reason = match (
+            port,
+            context.services_without_egress_port(egress, namespace),
+        ) {
+            (Some(port), Some(services)) => {
+                let hosts: Vec<&str> = services.iter().map(|(_, host)| *host).collect();
+                format!(
+                    "{at} has port {port}, which the services its hosts match ({}) do not have",
+                    hosts.join(", ")
+                )
+            }
+            _ => {
+                let hosts: Vec<String> = egress.hosts().iter().map(|h| format!("`{h}`")).collect();
+                format!(
+                    "{at} hosts {} match no ServiceEntry visible to namespace `{namespace}`",
+                    hosts.join(", ")
+                )
+            }
+        };
+        reasons.push(reason);
+    }
+    format!(
+        "{} configures this workload but gives it no listener ({})",
+        sidecar.object(),
+        reasons.join("; ")
+    )
 }
 
 /// WARD0214: local addresses that two proxies would both bind.
@@ -2004,5 +2095,133 @@ mod tests {
         };
         assert_eq!(mode("a/y", 5432), ward_policy::MtlsMode::Permissive);
         assert_eq!(mode("a/x", 9000), ward_policy::MtlsMode::Strict);
+    }
+
+    /// The Sidecars whose ingress port gets WARD0208's warning, for `base()` without its
+    /// PeerAuthentication (`a/x` serves 9000, HTTP when `x_http`; `a/y` serves 5432 over TCP)
+    /// plus one AuthorizationPolicy `a/p` with `spec`.
+    fn plaintext_warnings(x_http: bool, spec: &str) -> Vec<String> {
+        let mut yaml = base().replacen(
+            &doc(
+                "PeerAuthentication",
+                "istio-system",
+                "default",
+                "{mtls: {mode: STRICT}}",
+            ),
+            "",
+            1,
+        );
+        if x_http {
+            yaml = yaml.replacen(
+                "{number: 9000, name: tcp}",
+                "{number: 9000, name: http, protocol: HTTP}",
+                1,
+            );
+        }
+        yaml += &doc("AuthorizationPolicy", "a", "p", spec);
+        findings(&yaml)
+            .into_iter()
+            .filter(|(c, severity, _, _)| {
+                *c == code::NO_PEER_AUTHN && *severity == Severity::Warning
+            })
+            .map(|(_, _, object, _)| object)
+            .collect()
+    }
+
+    #[test]
+    fn no_plaintext_warning_where_the_policies_deny_plaintext_anyway() {
+        let (x, y) = ("Sidecar a/x", "Sidecar a/y");
+        // (x serves HTTP, policy spec, the Sidecars warned)
+        let table: &[(bool, &str, &[&str])] = &[
+            // No rule names a source: any client, plaintext included, passes 9000 only.
+            (false, "{rules: [{to: [{operation: {ports: [\"9000\"]}}]}]}", &[x]),
+            // Only an mTLS identity passes: plaintext is denied with or without STRICT.
+            (false, "{rules: [{from: [{source: {principals: [\"cluster.local/ns/a/sa/x\"]}}]}]}", &[]),
+            (false, "{rules: [{from: [{source: {namespaces: [a]}}]}]}", &[]),
+            (false, "{rules: [{when: [{key: source.principal, values: [\"*\"]}]}]}", &[]),
+            // Istio's own recipe for refusing plaintext.
+            (false, "{action: DENY, rules: [{from: [{source: {notPrincipals: [\"*\"]}}]}]}", &[]),
+            // ... unless it also depends on the client's address, which is unknown.
+            (false, "{action: DENY, rules: [{from: [{source: {notPrincipals: [\"*\"], ipBlocks: [10.0.0.0/8]}}]}]}", &[x, y]),
+            (false, "{rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]}", &[x, y]),
+            // A path-only rule: some plaintext request can match on an HTTP port ...
+            (true, "{selector: {matchLabels: {app: x}}, rules: [{to: [{operation: {paths: [\"/public/*\"]}}]}]}", &[x, y]),
+            // ... and a DENY of some paths leaves others open, while on a TCP port the
+            // engine drops the path and the DENY matches every connection (as Istio).
+            (true, "{action: DENY, rules: [{to: [{operation: {paths: [\"/admin/*\"]}}]}]}", &[x]),
+            // ... but on a TCP port an ALLOW rule with HTTP fields matches nothing.
+            (false, "{selector: {matchLabels: {app: x}}, rules: [{to: [{operation: {paths: [\"/public/*\"]}}]}]}", &[y]),
+            // A plaintext client can carry a JWT.
+            (true, "{selector: {matchLabels: {app: x}}, rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}", &[x, y]),
+            (true, "{selector: {matchLabels: {app: x}}, rules: [{when: [{key: \"request.auth.claims[role]\", values: [admin]}]}]}", &[x, y]),
+        ];
+        for (x_http, spec, want) in table {
+            assert_eq!(plaintext_warnings(*x_http, spec), *want, "{spec}");
+        }
+        // No AuthorizationPolicy at all: every port.
+        let none = base().replacen(
+            &doc(
+                "PeerAuthentication",
+                "istio-system",
+                "default",
+                "{mtls: {mode: STRICT}}",
+            ),
+            "",
+            1,
+        );
+        let warned: Vec<String> = findings(&none)
+            .into_iter()
+            .filter(|(c, severity, _, _)| {
+                *c == code::NO_PEER_AUTHN && *severity == Severity::Warning
+            })
+            .map(|(_, _, object, _)| object)
+            .collect();
+        assert_eq!(warned, [x, y]);
+    }
+
+    #[test]
+    fn a_proxy_without_listeners_names_its_sidecar_and_why() {
+        let message = |yaml: &str| {
+            let set = load_str("t.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+            let found: Vec<String> = analyze(&set)
+                .into_iter()
+                .filter(|d| d.code == code::NO_SIDECAR)
+                .map(|d| d.message)
+                .collect();
+            assert_eq!(found.len(), 1, "{found:?}");
+            found.concat()
+        };
+        let lonely = we("b", "lonely", "10.0.0.3", "");
+        assert!(message(&(base() + &lonely)).starts_with("no Sidecar configures this workload:"));
+        // Istio's default Sidecar, with nothing for its wildcards to match in namespace b.
+        let default = doc(
+            "Sidecar",
+            "istio-system",
+            "default",
+            "{egress: [{hosts: [\"./*\", \"istio-system/*\"]}]}",
+        );
+        assert_eq!(
+            message(&(base() + &lonely + &default)),
+            "Sidecar istio-system/default configures this workload but gives it no listener (it \
+             has no ingress listener; spec.egress[0] hosts `./*`, `istio-system/*` match no \
+             ServiceEntry visible to namespace `b`): its proxy serves no port and the app can \
+             call nothing through it"
+        );
+        // An egress port the matched service does not have.
+        let wrong_port = doc(
+            "Sidecar",
+            "b",
+            "lonely",
+            "{egress: [{port: {number: 6000, name: tcp}, hosts: [\"a/y.a\"]}]}",
+        );
+        assert!(
+            message(&(base() + &lonely + &wrong_port)).starts_with(
+                "Sidecar b/lonely configures this workload but gives it no listener (it has no \
+                 ingress listener; spec.egress[0] has port 6000, which the services its hosts \
+                 match (y.a) do not have)"
+            ),
+            "{}",
+            message(&(base() + &lonely + &wrong_port))
+        );
     }
 }

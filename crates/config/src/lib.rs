@@ -44,6 +44,8 @@
 //! - [`routes`]: routing HTTP requests by authority (Envoy virtual hosts; the egress listeners
 //!   several HTTP services share), built once per config from a [`ProxyConfig`].
 //! - [`analyze`](mod@analyze): findings beyond errors.
+//! - `plaintext` (private): whether a PERMISSIVE port would let some plaintext client past
+//!   its AuthorizationPolicies (WARD0208), by the proxy's own policy evaluation.
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
 //!   analysis of requests without a token.
@@ -60,6 +62,7 @@ pub mod istio;
 pub mod load;
 pub mod mesh;
 pub mod meta;
+mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;

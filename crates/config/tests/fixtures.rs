@@ -164,7 +164,7 @@ fn each_bad_directory_reports_where_and_what() {
             Analyze,
             &[
                 // Its only egress host matches nothing, so the proxy has no listener at all.
-                "bad/egress-unmatched/mesh.yaml:4: warning[WARD0212] WorkloadEntry shop/client",
+                "bad/egress-unmatched/mesh.yaml:4: warning[WARD0212] WorkloadEntry shop/client: metadata.name: Sidecar shop/default configures this workload but gives it no listener (it has no ingress listener; spec.egress[0] hosts `./payments.shop.svc.cluster.local` match no ServiceEntry visible to namespace `shop`)",
                 "bad/egress-unmatched/mesh.yaml:19: warning[WARD0211] Sidecar shop/default: spec.egress[0].hosts[0]: egress host `./payments.shop.svc.cluster.local` matches no ServiceEntry visible to namespace `shop`",
             ],
         ),
