@@ -63,6 +63,10 @@ pub struct EffectiveMtls {
     pub mode: MtlsMode,
     /// Which PA decided; `None` = Ward default (STRICT).
     pub policy: Option<PolicyRef>,
+    /// The level of `policy`; `None` with it.
+    pub level: Option<PeerAuthnLevel>,
+    /// Whether the mode came from `policy`'s `portLevelMtls` entry for the port.
+    pub port_level: bool,
 }
 
 /// The scope of a `PeerAuthentication`.
@@ -216,10 +220,14 @@ pub fn effective_mtls(
         Some((mode, policy)) => EffectiveMtls {
             mode,
             policy: Some(policy.policy.clone()),
+            level: level(policy, root_namespace),
+            port_level: false,
         },
         None => EffectiveMtls {
             mode: MtlsMode::Strict,
             policy: None,
+            level: None,
+            port_level: false,
         },
     };
 
@@ -233,6 +241,8 @@ pub fn effective_mtls(
         Some((mode, policy)) => EffectiveMtls {
             mode,
             policy: Some(policy.policy.clone()),
+            level: Some(PeerAuthnLevel::Workload),
+            port_level: true,
         },
         None => inherited,
     }
