@@ -44,6 +44,7 @@
 //! - [`routes`]: routing HTTP requests by authority (Envoy virtual hosts; the egress listeners
 //!   several HTTP services share), built once per config from a [`ProxyConfig`].
 //! - [`analyze`](mod@analyze): findings beyond errors.
+//! - [`check`]: `ward check` what-if queries, decided by the proxy's own functions.
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
 //!   analysis of requests without a token.
@@ -54,6 +55,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod analyze;
+pub mod check;
 mod decode;
 pub mod diag;
 pub mod istio;
