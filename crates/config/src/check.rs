@@ -27,7 +27,7 @@ use ward_policy::{
 
 use crate::load::ConfigSet;
 use crate::snapshot::{MeshSnapshot, Protocol, ProxyConfig, Transport};
-use crate::translate::{service_endpoints, workload_mtls};
+use crate::translate::{mesh_transport, service_endpoints, workload_mtls};
 
 /// A what-if query, as the flags give it.
 #[derive(Clone, Debug, Default)]
@@ -310,7 +310,8 @@ fn parse_from(snapshot: &MeshSnapshot, value: &str) -> Result<Source, QueryError
 struct TargetRef {
     workload: String,
     port: u16,
-    /// The endpoint's transport when reached through a service (`None`: called directly).
+    /// The endpoint's transport when reached through a service (`None`: called directly, the
+    /// same rule applies).
     transport: Option<Transport>,
 }
 
@@ -460,14 +461,18 @@ fn decide(
         return out;
     };
     out.address = SocketAddr::new(cfg.workload.address, target.port);
-    // Through a service, the source's proxy picks the transport (auto-mTLS); a plaintext client
-    // has no proxy and no identity.
-    let peer = match target.transport {
-        Some(Transport::Plaintext) => None,
-        _ => source.peer.as_ref(),
+    let served = cfg.inbound.iter().find(|p| p.port == target.port);
+    // The source's proxy picks the transport as for a service endpoint (auto-mTLS); a
+    // plaintext client has no proxy and no identity.
+    let transport = target
+        .transport
+        .unwrap_or_else(|| mesh_transport(set, served.map_or(MtlsMode::Strict, |p| p.mtls)));
+    let peer = match transport {
+        Transport::Plaintext => None,
+        Transport::Hbone => source.peer.as_ref(),
     };
     out.transport = if peer.is_some() { "mTLS" } else { "plaintext" };
-    let Some(port) = cfg.inbound.iter().find(|p| p.port == target.port) else {
+    let Some(port) = served else {
         out.refused_by = Some("port");
         out.outcome = if peer.is_some() {
             "HTTP 400 on the HBONE CONNECT: the workload does not serve this port (connection \

@@ -532,17 +532,22 @@ impl<'a> Context<'a> {
             };
         }
         let (mode, _) = self.mtls_of(workload, port);
-        let hbone = self.set.mesh.enable_auto_mtls && mode != MtlsMode::Disable;
         Endpoint {
             address,
             workload: Some(workload.resource.key()),
             identity: Some(workload.identity.clone()),
-            transport: if hbone {
-                Transport::Hbone
-            } else {
-                Transport::Plaintext
-            },
+            transport: mesh_transport(self.set, mode),
         }
+    }
+}
+
+/// How a proxy reaches a workload in the mesh whose port has `mode`: mTLS (HBONE) unless
+/// auto-mTLS is off or the port is DISABLE (istio/istio `pilot/pkg/networking/core/cluster_tls.go`).
+pub(crate) fn mesh_transport(set: &ConfigSet, mode: MtlsMode) -> Transport {
+    if set.mesh.enable_auto_mtls && mode != MtlsMode::Disable {
+        Transport::Hbone
+    } else {
+        Transport::Plaintext
     }
 }
 

@@ -321,3 +321,87 @@ fn flags_that_name_nothing_say_so_with_close_matches() {
         "--claims \"[1]\": expected a JSON object"
     );
 }
+
+/// Two workloads; `srv` serves 9000 (TCP) and 9001 (TCP), 9001 DISABLE by a port-level setting.
+const PORT_LEVEL: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: srv, namespace: app}
+spec: {address: 10.0.0.2, serviceAccount: srv, labels: {app: srv}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cli, namespace: app}
+spec: {address: 10.0.0.1, serviceAccount: cli, labels: {app: cli}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: srv, namespace: app}
+spec:
+  workloadSelector: {labels: {app: srv}}
+  ingress:
+  - port: {number: 9000, protocol: TCP, name: tcp-a}
+    defaultEndpoint: 127.0.0.1:7000
+  - port: {number: 9001, protocol: TCP, name: tcp-b}
+    defaultEndpoint: 127.0.0.1:7001
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ns-permissive, namespace: app}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: srv-ports, namespace: app}
+spec:
+  selector: {matchLabels: {app: srv}}
+  portLevelMtls: {9001: {mode: DISABLE}}
+"#;
+
+#[test]
+fn peer_authentication_level_and_transport_follow_translate() {
+    let set = ward_config::load_str("port-level.yaml", PORT_LEVEL).unwrap();
+    let snapshot = translate(&set).unwrap();
+    // (from, to, level, policy, transport, allowed)
+    let cases = [
+        (
+            "app/cli",
+            "app/srv:9000",
+            "namespace",
+            "app/ns-permissive",
+            "mTLS",
+            true,
+        ),
+        (
+            "app/cli",
+            "app/srv:9001",
+            "port-level",
+            "app/srv-ports",
+            "plaintext",
+            true,
+        ),
+        (
+            "plaintext:10.9.9.9",
+            "app/srv:9000",
+            "namespace",
+            "app/ns-permissive",
+            "plaintext",
+            true,
+        ),
+    ];
+    for (from, to, level, policy, transport, allowed) in cases {
+        let report = check(&set, &snapshot, &query(from, to)).unwrap();
+        let t = &report.targets[0];
+        let pa = t.peer_authentication.as_ref().unwrap();
+        assert_eq!(
+            (
+                pa.level.as_str(),
+                pa.policy.as_ref().unwrap().to_string(),
+                t.transport,
+                t.allowed
+            ),
+            (level, policy.to_owned(), transport, allowed),
+            "{from} -> {to}: {report:#?}"
+        );
+    }
+}
