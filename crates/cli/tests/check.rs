@@ -1,6 +1,7 @@
 //! End to end: `ward check` answers what the real mesh does. The same config is decided
 //! offline by `ward check` and on the wire by `ward up` (real sidecars, real mTLS, on
-//! 127.1.120.x), and each what-if decision must equal what happens to real bytes.
+//! 127.1.120.x), and each what-if decision must equal what happens to real bytes: an echo
+//! round trip when allowed, a closed or reset connection when denied.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -61,6 +62,15 @@ fn what_if_decisions_equal_the_wire() {
         (
             "other/oth",
             service,
+            mesh.via_oth(),
+            false,
+            Some("authorizationPolicy"),
+            Some("ns[app]-policy[deny-other]-rule[0]"),
+        ),
+        // The identity form and a workload destination: the same denial as through the service.
+        (
+            "spiffe://cluster.local/ns/other/sa/oth",
+            "app/srv:9000",
             mesh.via_oth(),
             false,
             Some("authorizationPolicy"),
