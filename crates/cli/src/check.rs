@@ -209,3 +209,67 @@ fn render_authz(out: &mut String, e: &Explanation) {
         let _ = writeln!(out, "  dry-run: {} would {:?}", note.policy, note.would);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(example: &str, query: Query) -> Report {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(example);
+        let set = ward_config::load_paths(&[dir]).unwrap();
+        let snapshot = ward_config::translate(&set).unwrap();
+        check(&set, &snapshot, &query).unwrap()
+    }
+
+    #[test]
+    fn text_trace_names_every_step() {
+        let text = render(&report(
+            "openemr-ossm3",
+            Query {
+                from: "openemr/other".into(),
+                to: "mariadb.openemr.svc.cluster.local:3306".into(),
+                ..Query::default()
+            },
+        ));
+        for line in [
+            "source: workload openemr/other (spiffe://cluster.local/ns/openemr/sa/other) from 127.1.110.4",
+            "openemr/mariadb at 127.1.110.2:3306 (TCP): DENIED",
+            "  peer authentication: STRICT (default level, no PeerAuthentication: Ward's default): mTLS accepted",
+            "    ALLOW openemr/allow-openemr-to-mariadb",
+            "      rule[0]: failed: from[0].source.principals (peer: cluster.local/ns/openemr/sa/other)",
+            "  decision: deny, no ALLOW rule matched",
+            "  detail: rbac_access_denied_matched_policy[none]",
+            "result: DENIED",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn text_trace_shows_the_request_and_the_deciding_rule() {
+        let text = render(&report(
+            "fhir",
+            Query {
+                from: "default/client".into(),
+                to: "fhir-server.datamesh.svc.cluster.local:8080".into(),
+                method: Some("POST".into()),
+                path: Some("/fhir/./Patient".into()),
+                claims: Some(
+                    r#"{"iss":"http://127.0.0.1:8180/realms/ward-dev","sub":"bob","aud":"fhir","realm_access":{"roles":["Medic"]}}"#
+                        .into(),
+                ),
+                ..Query::default()
+            },
+        ));
+        for line in [
+            "  request: POST /fhir/./Patient host fhir-server.datamesh.svc.cluster.local:8080 (normalized path /fhir/Patient)",
+            "      rule[0]: failed: to[0].operation.methods (method: POST)",
+            "  decision: allow, by ns[datamesh]-policy[medic-post]-rule[0]",
+            "result: ALLOWED",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}
