@@ -388,6 +388,21 @@ fn parse_to(
             _ => outside.push(endpoint.address),
         }
     }
+    if targets.is_empty() {
+        let outside: Vec<String> = outside.iter().map(ToString::to_string).collect();
+        return Err(query_error(
+            "to",
+            value,
+            format!(
+                "no workload of the mesh is behind it, so no Ward proxy decides (endpoints: {})",
+                if outside.is_empty() {
+                    "none".to_owned()
+                } else {
+                    outside.join(", ")
+                }
+            ),
+        ));
+    }
     Ok((targets, outside))
 }
 

@@ -405,3 +405,18 @@ fn peer_authentication_level_and_transport_follow_translate() {
         );
     }
 }
+
+#[test]
+fn a_service_with_no_workload_in_the_mesh_is_an_error() {
+    let yaml = format!(
+        "{PORT_LEVEL}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: app}}\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  endpoints: [{{address: 192.0.2.1}}]\n"
+    );
+    let set = ward_config::load_str("ext.yaml", &yaml).unwrap();
+    let snapshot = translate(&set).unwrap();
+    let err = check(&set, &snapshot, &query("app/cli", "api.example.com:443")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--to \"api.example.com:443\": no workload of the mesh is behind it, so no Ward proxy \
+         decides (endpoints: 192.0.2.1:443)"
+    );
+}
