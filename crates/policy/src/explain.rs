@@ -236,7 +236,12 @@ impl Subject<'_, '_> {
                 Subject::Http(_) => String::new(),
                 Subject::L4(_) => " (not HTTP: a TCP port)".to_owned(),
             },
-            Some(_) if l4.peer.is_none() => " (peer: none, plaintext)".to_owned(),
+            Some(
+                ConditionMatch::SourceNamespace(_)
+                | ConditionMatch::SourcePrincipal(_)
+                | ConditionMatch::SourceServiceAccount(_)
+                | ConditionMatch::SourceTrustDomain(_),
+            ) => format!(" ({})", self.attribute("principals")),
             _ => String::new(),
         }
     }
