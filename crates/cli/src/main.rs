@@ -6,12 +6,15 @@
 //! - `ward bootstrap -f DIR --workload NS/NAME …`: a bootstrap file (root, address, token) for
 //!   one workload's proxy.
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
+//! - `ward check -f DIR --from … --to …`: a what-if query, decided offline by the proxy's own
+//!   functions, with a trace; exits 0 allowed, 1 denied.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
 mod analyze;
+mod check;
 mod control_plane;
 mod demo_apps;
 mod devidp;
@@ -60,6 +63,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What if SOURCE connected to DESTINATION (and sent this request)? The decision and its
+    /// trace, offline, from the functions the proxies decide with; exits 0 allowed, 1 denied,
+    /// 2 for a bad config or query.
+    Check(check::CheckArgs),
     /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
     DevIdp(devidp::DevIdpArgs),
     /// Run a TCP echo server (a demo app).
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
         }
         Command::Bootstrap(args) => control_plane::bootstrap(args, &rt),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
+        Command::Check(args) => return check::run(args),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };

@@ -46,6 +46,7 @@
 //! - [`analyze`](mod@analyze): findings beyond errors.
 //! - `plaintext` (private): whether a PERMISSIVE port would let some plaintext client past
 //!   its AuthorizationPolicies (WARD0208), by the proxy's own policy evaluation.
+//! - [`check`]: `ward check` what-if queries, decided by the proxy's own functions.
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
 //!   analysis of requests without a token.
@@ -56,6 +57,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod analyze;
+pub mod check;
 mod decode;
 pub mod diag;
 pub mod istio;

@@ -532,18 +532,56 @@ impl<'a> Context<'a> {
             };
         }
         let (mode, _) = self.mtls_of(workload, port);
-        let hbone = self.set.mesh.enable_auto_mtls && mode != MtlsMode::Disable;
         Endpoint {
             address,
             workload: Some(workload.resource.key()),
             identity: Some(workload.identity.clone()),
-            transport: if hbone {
-                Transport::Hbone
-            } else {
-                Transport::Plaintext
-            },
+            transport: mesh_transport(self.set, mode),
         }
     }
+}
+
+/// How a proxy reaches a workload in the mesh whose port has `mode`: mTLS (HBONE) unless
+/// auto-mTLS is off or the port is DISABLE (istio/istio `pilot/pkg/networking/core/cluster_tls.go`).
+pub(crate) fn mesh_transport(set: &ConfigSet, mode: MtlsMode) -> Transport {
+    if set.mesh.enable_auto_mtls && mode != MtlsMode::Disable {
+        Transport::Hbone
+    } else {
+        Transport::Plaintext
+    }
+}
+
+/// The endpoints a proxy calling `host`:`port` gets, as [`translate()`] builds them; `None`
+/// when no ServiceEntry has that host with that port. For `ward check`.
+pub(crate) fn service_endpoints(set: &ConfigSet, host: &str, port: u16) -> Option<Vec<Endpoint>> {
+    let (context, _) = Context::build(set);
+    let (se, se_port) = set.service_entries.iter().find_map(|se| {
+        let has_host = se.spec.hosts().iter().any(|h| h == host);
+        let se_port = se
+            .spec
+            .ports()
+            .iter()
+            .find(|p| p.number == u32::from(port))?;
+        has_host.then_some((se, se_port))
+    })?;
+    Some(context.endpoints(se, se_port, &mut Vec::new()))
+}
+
+/// The effective PeerAuthentication of `port` on `workload` (`namespace/name`), as
+/// [`translate()`] resolves it for the workload's inbound ports. For `ward check`.
+pub(crate) fn workload_mtls(
+    set: &ConfigSet,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    port: u16,
+) -> ward_policy::EffectiveMtls {
+    effective_mtls(
+        &peer_authn_policies(&set.peer_authentications),
+        &set.mesh.root_namespace,
+        namespace,
+        labels,
+        port,
+    )
 }
 
 pub(crate) fn unmatched_host_message(host: &str, namespace: &str) -> String {

@@ -225,7 +225,7 @@ fn claim_values(claims: &serde_json::Value, path: &[String]) -> Vec<String> {
 }
 
 impl SourceMatch {
-    fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
         self.matches_connection(&req.l4, unknown)
             && auth_field(
                 &self.request_principals,
@@ -236,7 +236,7 @@ impl SourceMatch {
 }
 
 impl OperationMatch {
-    fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
         self.ports
             .matches_with(|port| *port == req.l4.destination_port)
             && self.methods.matches_with(|m| m.matches(req.method))
@@ -246,7 +246,7 @@ impl OperationMatch {
 }
 
 impl ConditionMatch {
-    fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
         let auth = req.auth;
         match self {
             ConditionMatch::RequestHeader { name, values } => {
@@ -287,7 +287,7 @@ impl ConditionMatch {
 }
 
 impl AuthzRule {
-    fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_http(&self, req: &HttpAttributes<'_>, unknown: Unknown) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches_http(req, unknown)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches_http(req, unknown)))
             && self.when.iter().all(|c| c.matches_http(req, unknown))

@@ -721,7 +721,8 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// The indexed `evaluate_l4` and `evaluate_http` decide exactly as the linear walk:
-        /// same outcome, deciding policy and rule, audit list and dry-run notes, in order.
+        /// same outcome, deciding policy and rule, audit list and dry-run notes, in order; so do
+        /// `explain_l4` and `explain_http`.
         #[test]
         fn indexed_decisions_equal_the_linear_walk(
             specs in prop::collection::vec(policy(), 0..10),
@@ -748,6 +749,20 @@ mod tests {
                 );
                 let linear = workload.evaluate_http_linear(&req);
                 prop_assert_eq!(&workload.evaluate_http(&req), &linear, "HTTP {:?}", request);
+                // The explaining walk decides as the fast path, and every rule it says failed
+                // has a part that failed.
+                let explained = [
+                    (workload.explain_l4(&req.l4), workload.evaluate_l4(&req.l4)),
+                    (workload.explain_http(&req), linear.clone()),
+                ];
+                for (explanation, fast) in explained {
+                    prop_assert_eq!(&explanation.decision, &fast, "explain {:?}", request);
+                    for rule in explanation.policies.iter().flat_map(|p| &p.rules) {
+                        if let crate::explain::RuleOutcome::Failed { reason } = &rule.outcome {
+                            prop_assert!(!reason.contains("did not match"), "{} {:?}", reason, request);
+                        }
+                    }
+                }
                 prop_assert_eq!(&other_scan.evaluate_http(&req), &linear, "HTTP {:?}", request);
             }
         }

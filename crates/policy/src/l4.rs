@@ -118,7 +118,7 @@ fn known<T, A: ?Sized>(
 }
 
 impl SourceMatch {
-    fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
         self.matches_connection(conn, unknown) && unknown.field(&self.request_principals)
     }
 
@@ -153,7 +153,7 @@ impl SourceMatch {
 }
 
 impl OperationMatch {
-    fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
         self.ports
             .matches_with(|port| *port == conn.destination_port)
             && unknown.field(&self.hosts)
@@ -206,7 +206,7 @@ impl ConditionMatch {
 }
 
 impl AuthzRule {
-    fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
+    pub(crate) fn matches_l4(&self, conn: &L4Attributes<'_>, unknown: Unknown) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches_l4(conn, unknown)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches_l4(conn, unknown)))
             && self.when.iter().all(|c| c.matches_l4(conn, unknown))

@@ -42,6 +42,9 @@
 //! - `index`: which rules a connection or request can match, so decision time stays about flat
 //!   as policies grow (built by [`WorkloadPolicies::new`]; decisions equal the linear walk's).
 //! - `decision`: [`Decision`] and the names it carries ([`PolicyRef`], [`RuleRef`]).
+//! - `explain`: the same decisions with the reason of every rule
+//!   ([`WorkloadPolicies::explain_l4`], [`WorkloadPolicies::explain_http`] → [`Explanation`]),
+//!   for `ward check`.
 //! - `peer_authn`: [`effective_mtls`] and [`lint`].
 //! - `corpus` (feature `testing`): the YAML conformance corpus runner (`tests/corpus/*.yaml`).
 //! - [`duration`]: the duration grammar of Istio's fields (and of `ward`'s flags).
@@ -53,6 +56,7 @@ mod authz;
 pub mod corpus;
 mod decision;
 pub mod duration;
+mod explain;
 mod http;
 mod index;
 mod l4;
@@ -66,6 +70,7 @@ pub use authz::{
     OperationMatch, SourceMatch, WorkloadPolicies, DRY_RUN_ANNOTATION,
 };
 pub use decision::{AllowedBy, Decision, DeniedBy, DryRunNote, DryRunOutcome, PolicyRef, RuleRef};
+pub use explain::{Explanation, PolicyTrace, RuleOutcome, RuleTrace};
 pub use http::{HttpAttributes, RequestAuth};
 pub use l4::{L4Attributes, Peer};
 pub use path::{normalize, NormalizedPath, PathError};

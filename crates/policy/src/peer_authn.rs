@@ -35,6 +35,20 @@ pub enum MtlsMode {
     Disable,
 }
 
+impl MtlsMode {
+    /// Why a connection is refused under this mode before any AuthorizationPolicy, or `None`
+    /// when the mode accepts it: STRICT refuses plaintext (`peer_authentication_strict`),
+    /// DISABLE refuses mTLS (`peer_authentication_disable`), PERMISSIVE accepts both. The
+    /// proxy's inbound path and `ward check` both ask this.
+    pub fn refusal(self, mtls: bool) -> Option<&'static str> {
+        match (self, mtls) {
+            (MtlsMode::Strict, false) => Some("peer_authentication_strict"),
+            (MtlsMode::Disable, true) => Some("peer_authentication_disable"),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for MtlsMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -63,6 +77,10 @@ pub struct EffectiveMtls {
     pub mode: MtlsMode,
     /// Which PA decided; `None` = Ward default (STRICT).
     pub policy: Option<PolicyRef>,
+    /// The level of `policy`; `None` with it.
+    pub level: Option<PeerAuthnLevel>,
+    /// Whether the mode came from `policy`'s `portLevelMtls` entry for the port.
+    pub port_level: bool,
 }
 
 /// The scope of a `PeerAuthentication`.
@@ -216,10 +234,14 @@ pub fn effective_mtls(
         Some((mode, policy)) => EffectiveMtls {
             mode,
             policy: Some(policy.policy.clone()),
+            level: level(policy, root_namespace),
+            port_level: false,
         },
         None => EffectiveMtls {
             mode: MtlsMode::Strict,
             policy: None,
+            level: None,
+            port_level: false,
         },
     };
 
@@ -233,6 +255,8 @@ pub fn effective_mtls(
         Some((mode, policy)) => EffectiveMtls {
             mode,
             policy: Some(policy.policy.clone()),
+            level: Some(PeerAuthnLevel::Workload),
+            port_level: true,
         },
         None => inherited,
     }
@@ -325,6 +349,22 @@ mod tests {
     use crate::spec::WorkloadSelector;
 
     const ROOT: &str = "istio-system";
+
+    #[test]
+    fn strict_refuses_plaintext_and_disable_refuses_mtls() {
+        use MtlsMode::*;
+        let table = [
+            (Strict, true, None),
+            (Strict, false, Some("peer_authentication_strict")),
+            (Permissive, true, None),
+            (Permissive, false, None),
+            (Disable, true, Some("peer_authentication_disable")),
+            (Disable, false, None),
+        ];
+        for (mode, mtls, want) in table {
+            assert_eq!(mode.refusal(mtls), want, "{mode} mtls={mtls}");
+        }
+    }
 
     fn pa(ns: &str, name: &str, order: u64, yaml: &str) -> PeerAuthnPolicy {
         PeerAuthnPolicy {

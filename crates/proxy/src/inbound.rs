@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use ward_config::{InboundPort, ProxyConfig};
 use ward_hbone::{parse_authority, ConnectRequest, H2Settings};
-use ward_policy::{Decision, MtlsMode};
+use ward_policy::Decision;
 use ward_tls::PeerInfo;
 
 use crate::access_log::{ConnRecord, Direction};
@@ -80,12 +80,7 @@ pub(crate) fn authorize(cfg: &ProxyConfig, conn: &InboundConn) -> Verdict {
         }
     };
     let pa = port.mtls_policy.as_ref().map(|p| p.to_string());
-    let mtls_refusal = match (port.mtls, conn.peer.is_some()) {
-        (MtlsMode::Strict, false) => Some("peer_authentication_strict"),
-        (MtlsMode::Disable, true) => Some("peer_authentication_disable"),
-        _ => None,
-    };
-    if let Some(detail) = mtls_refusal {
+    if let Some(detail) = port.mtls.refusal(conn.peer.is_some()) {
         return refuse(Refusal::policy(pa, None, detail).with_status(StatusCode::UNAUTHORIZED));
     }
     if port.protocol.is_http() {
