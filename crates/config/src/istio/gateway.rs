@@ -229,11 +229,12 @@ impl Server {
             None => invalid(out, &port_path, "missing required field `protocol`"),
             Some(protocol) => match Protocol::parse(protocol) {
                 Err(err) => invalid(out, &at(&port_path, "protocol"), err.to_string()),
-                Ok(Protocol::Https | Protocol::Tls) if self.tls.is_none() => invalid(
-                    out,
-                    path,
-                    format!("a {protocol} server needs `tls` settings"),
-                ),
+                Ok(Protocol::Https) if self.tls.is_none() => {
+                    invalid(out, path, "an HTTPS server needs `tls` settings")
+                }
+                Ok(Protocol::Tls) if self.tls.is_none() => {
+                    invalid(out, path, "a TLS server needs `tls` settings")
+                }
                 Ok(_) => {}
             },
         }
