@@ -17,6 +17,8 @@
 //!
 //! Pure: no I/O.
 
+pub mod cases;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;

@@ -46,7 +46,8 @@
 //! - [`analyze`](mod@analyze): findings beyond errors.
 //! - `plaintext` (private): whether a PERMISSIVE port would let some plaintext client past
 //!   its AuthorizationPolicies (WARD0208), by the proxy's own policy evaluation.
-//! - [`check`]: `ward check` what-if queries, decided by the proxy's own functions.
+//! - [`check`]: `ward check` what-if queries, decided by the proxy's own functions, and
+//!   [`check::cases`]: files of queries with their expected outcomes (`--cases`).
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
 //!   analysis of requests without a token.
