@@ -1,15 +1,20 @@
 //! `ward check`: load and translate the config, run one what-if query
-//! ([`ward_config::check::check`]), print the decision and its trace (docs/check.md).
+//! ([`ward_config::check::check`]), print the decision and its trace (docs/check.md); or, with
+//! `--cases FILE`, run every case of a file and compare each with its expected outcome
+//! ([`ward_config::check::cases`]).
 //!
 //! Exit codes: 0 allowed (every workload behind the destination), 1 denied, 2 when the config
-//! or the query is bad.
+//! or the query is bad. With `--cases`: 0 every case passed, 1 one failed, 2 the config or the
+//! cases file is bad.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use ward_config::check::cases::{parse_cases, render_line, render_summary, run_cases};
 use ward_config::check::{check, Query, Report, Target};
+use ward_config::{ConfigSet, MeshSnapshot};
 use ward_policy::{Decision, Explanation, RuleOutcome};
 
 /// `ward check` flags.
@@ -20,11 +25,11 @@ pub(crate) struct CheckArgs {
     paths: Vec<PathBuf>,
     /// The source: `ns/name` of a WorkloadEntry, `spiffe://td/ns/NS/sa/SA` (or `td/ns/NS/sa/SA`),
     /// or `plaintext:IP` for a client outside the mesh.
-    #[arg(long)]
-    from: String,
+    #[arg(long, required_unless_present = "cases")]
+    from: Option<String>,
     /// The destination: `host:port` of a ServiceEntry, or `ns/name:port` of a WorkloadEntry.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "cases")]
+    to: Option<String>,
     /// HTTP ports: the method (default GET).
     #[arg(long)]
     method: Option<String>,
@@ -37,6 +42,10 @@ pub(crate) struct CheckArgs {
     /// HTTP ports: the JSON payload of a token, taken as verified (no signature is checked).
     #[arg(long)]
     claims: Option<String>,
+    /// A YAML file of cases, each a query with its expected outcome (`expect: allow|deny`,
+    /// optionally the deciding `policy` and `rule`): a CI gate (docs/check.md).
+    #[arg(long, conflicts_with_all = ["from", "to", "method", "path", "headers", "claims"])]
+    cases: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -52,9 +61,12 @@ pub(crate) fn run(args: CheckArgs) -> ExitCode {
         Ok(snapshot) => snapshot,
         Err(e) => return bad(&format!("the config does not translate:\n{e}")),
     };
+    if let Some(file) = &args.cases {
+        return run_case_file(&set, &snapshot, file, args.json);
+    }
     let query = Query {
-        from: args.from,
-        to: args.to,
+        from: args.from.unwrap_or_default(),
+        to: args.to.unwrap_or_default(),
         method: args.method,
         path: args.path,
         headers: args.headers,
@@ -73,6 +85,44 @@ pub(crate) fn run(args: CheckArgs) -> ExitCode {
         print!("{}", render(&report));
     }
     if report.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--cases FILE`: one line per case and a summary, or the JSON report.
+fn run_case_file(
+    set: &ConfigSet,
+    snapshot: &MeshSnapshot,
+    file: &std::path::Path,
+    json: bool,
+) -> ExitCode {
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => return bad(&format!("cannot read the cases file {name}: {e}")),
+    };
+    let cases = match parse_cases(&name, &text) {
+        Ok(cases) => cases,
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return bad(&format!("the cases file is bad:\n{}", list.join("\n")));
+        }
+    };
+    let report = run_cases(set, snapshot, &name, &cases);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return bad(&format!("cannot print the report: {e}")),
+        }
+    } else {
+        for case in &report.cases {
+            println!("{}", render_line(case));
+        }
+        println!("{}", render_summary(&report));
+    }
+    if report.all_passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

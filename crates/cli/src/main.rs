@@ -8,6 +8,8 @@
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
 //! - `ward check -f DIR --from … --to …`: a what-if query, decided offline by the proxy's own
 //!   functions, with a trace; exits 0 allowed, 1 denied.
+//!   `--cases FILE`: many queries with their expected outcomes, a CI gate (exits 1 on a
+//!   mismatch).
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
