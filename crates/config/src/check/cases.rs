@@ -617,4 +617,70 @@ mod tests {
             assert!(got.len() >= 6, "{file}: {got:#?}");
         }
     }
+
+    /// Two workloads behind one service, an ALLOW policy on one of them only.
+    const TWO_WORKLOADS: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: app}
+spec: {address: 127.0.0.1, serviceAccount: client}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-a, namespace: app}
+spec: {address: 127.0.0.2, serviceAccount: db, labels: {app: db, replica: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-b, namespace: app}
+spec: {address: 127.0.0.3, serviceAccount: db, labels: {app: db, replica: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: app}
+spec:
+  hosts: [db.app.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-db, protocol: TCP}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: db, namespace: app}
+spec:
+  workloadSelector: {labels: {app: db}}
+  ingress:
+  - port: {number: 5432, name: tcp-db, protocol: TCP}
+    defaultEndpoint: 127.0.0.1:15432
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: replica-a-only, namespace: app}
+spec:
+  selector: {matchLabels: {replica: a}}
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/app/sa/nobody]}
+";
+
+    #[test]
+    fn expect_holds_for_every_workload_behind_a_service() {
+        let set = crate::load_str("mesh.yaml", TWO_WORKLOADS).unwrap();
+        let snapshot = crate::translate(&set).unwrap();
+        let text = "cases:
+- name: client reaches the db
+  from: app/client
+  to: db.app.svc.cluster.local:5432
+  expect: allow
+";
+        let cases = parse_cases("cases.yaml", text).unwrap();
+        let report = run_cases(&set, &snapshot, "cases.yaml", &cases);
+        assert_eq!(
+            lines(&report),
+            [
+                "FAIL client reaches the db: expected allow, the workloads differ: app/db-a: deny \
+              (no ALLOW matched); app/db-b: allow (no ALLOW policy applies)"
+            ]
+        );
+    }
 }
