@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use ward_identity::{generate_csr, IssuedCert, SpiffeId, WorkloadCert};
-use ward_tls::CertStore;
+use ward_identity::{generate_csr, IdentityError, IssuedCert, SpiffeId, WorkloadCert};
+use ward_tls::{CertStore, TlsError};
 
 /// Why the CA did not issue a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -28,26 +28,38 @@ pub trait CertificateProvider: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<IssuedCert, SignError>> + Send + '_>>;
 }
 
+/// Why one certificate refresh failed; the rotation task logs it and retries.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    /// The key pair or CSR could not be made.
+    #[error("CSR generation failed: {0}")]
+    Csr(#[from] IdentityError),
+    /// The CA refused or could not be reached.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The issued certificate does not fit the store (another identity, a bad chain).
+    #[error("certificate rejected: {0}")]
+    Install(#[from] TlsError),
+}
+
 /// Retry delays after a failed request: 500 ms doubling to 60 s (ztunnel uses 500 ms → 150 s).
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Request one certificate and install it.
-async fn refresh(store: &CertStore, ca: &dyn CertificateProvider) -> Result<WorkloadCert, String> {
+async fn refresh(
+    store: &CertStore,
+    ca: &dyn CertificateProvider,
+) -> Result<WorkloadCert, RefreshError> {
     let id = store.id().clone();
-    let kc = generate_csr(&id).map_err(|e| format!("CSR generation failed: {e}"))?;
-    let issued = ca
-        .sign(id.clone(), kc.csr_der.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let kc = generate_csr(&id)?;
+    let issued = ca.sign(id.clone(), kc.csr_der.clone()).await?;
     let cert = WorkloadCert {
         id,
         key_pkcs8_der: kc.key_pkcs8_der.clone(),
         issued,
     };
-    store
-        .install(&cert)
-        .map_err(|e| format!("certificate rejected: {e}"))?;
+    store.install(&cert)?;
     Ok(cert)
 }
 
@@ -100,6 +112,32 @@ pub fn humantime_utc(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA that refuses every request.
+    struct Refusing;
+
+    impl CertificateProvider for Refusing {
+        fn sign(
+            &self,
+            _id: SpiffeId,
+            _csr_der: Vec<u8>,
+        ) -> Pin<Box<dyn Future<Output = Result<IssuedCert, SignError>> + Send + '_>> {
+            Box::pin(async { Err(SignError("not in the config".to_owned())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_a_sign_error_and_installs_nothing() {
+        let id: SpiffeId = "spiffe://cluster.local/ns/app/sa/web".parse().unwrap();
+        let store = CertStore::new(id);
+        let err = refresh(&store, &Refusing).await.unwrap_err();
+        assert!(matches!(err, RefreshError::Sign(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "certificate request refused: not in the config"
+        );
+        assert!(store.current().is_none());
+    }
 
     #[test]
     fn rfc3339() {
