@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ward_test_support::{free_port, have, skip_or_fail, UpOptions, Ward};
+use ward_test_support::{free_port, have, skip_or_fail, yaml_files, UpOptions, Ward};
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -35,17 +35,7 @@ fn alice_gets_bob_posts_nobody_else() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let dir = format!("{root}/examples/fhir");
-    let files: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
+    let files = yaml_files(&dir);
     let ward = Ward::up(UpOptions {
         bin: env!("CARGO_BIN_EXE_ward"),
         admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),

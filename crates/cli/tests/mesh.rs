@@ -37,17 +37,7 @@ fn quickstart_example_allows_web_and_denies_batch() {
         .parse()
         .unwrap();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
-    let files: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
+    let files = ward_test_support::yaml_files(dir);
     let ward = Ward::up(ward_test_support::UpOptions {
         bin: env!("CARGO_BIN_EXE_ward"),
         admin,

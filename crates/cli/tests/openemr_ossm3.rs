@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ward_test_support::{echo_ok, echo_roundtrip, free_port, UpOptions, Ward};
+use ward_test_support::{echo_ok, echo_roundtrip, free_port, yaml_files, UpOptions, Ward};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/openemr-ossm3");
 
@@ -219,17 +219,7 @@ fn openemr_ossm3_analyzes_runs_and_takes_the_offered_peer_authentication() {
     // b. The mesh as written: OpenEMR reaches its database and cache over mTLS as
     // cluster.local/ns/openemr/sa/default; `other` (same namespace, another identity) is denied;
     // the router's plaintext connection is refused (Ward's STRICT default).
-    let files: Vec<(String, String)> = std::fs::read_dir(example)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read_to_string(&p).unwrap(),
-            )
-        })
-        .collect();
+    let files = yaml_files(example);
     let ward = Ward::up(UpOptions {
         bin: env!("CARGO_BIN_EXE_ward"),
         admin: addr(&format!("127.0.0.1:{}", free_port())),

@@ -218,6 +218,22 @@ pub fn echo_ok(addr: SocketAddr, msg: &str) -> bool {
     matches!(echo_roundtrip(addr, msg.as_bytes()), Ok(v) if v == msg.as_bytes())
 }
 
+/// The `*.yaml` files of a directory, as (file name, contents): a config directory to hand to
+/// [`Ward::up`] as it is.
+pub fn yaml_files(dir: impl AsRef<std::path::Path>) -> Vec<(String, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1 (racy by nature; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
