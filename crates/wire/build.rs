@@ -2,7 +2,10 @@
 //! tonic client and server from the file descriptor set.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/istio/v1/auth/ca.proto"];
+    let protos = [
+        "proto/istio/v1/auth/ca.proto",
+        "proto/ward/config/v1/config.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use ward_control::bootstrap::{audience_of_root, BootstrapFile, TokenKey};
 use ward_control::ca_client;
 use ward_control::ca_grpc::{self, CaGrpc, CaMetrics};
+use ward_control::config_grpc::{ConfigGrpc, ConfigMetrics};
+use ward_control::proxies::ProxyRegistry;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{SpiffeId, WorkloadCert};
 use ward_tls::CertStore;
@@ -182,7 +184,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .into_iter()
         .next()
         .context("the CA has no root")?;
-    let tokens = TokenKey::load_or_create(&args.state_dir)?;
+    let tokens = Arc::new(TokenKey::load_or_create(&args.state_dir)?);
 
     let server_id = ca_grpc::control_plane_identity(&mesh.trust_domain, &mesh.root_namespace)?;
     let dns = vec![ca_grpc::control_plane_dns_name(&mesh.root_namespace)];
@@ -194,13 +196,24 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
-    let grpc = CaGrpc::new(
-        ca.clone(),
-        control.clone(),
-        tokens,
-        audience_of_root(&root),
-        ca_metrics,
-    );
+    let config_metrics = ConfigMetrics::register(&mut registry);
+    let proxies = Arc::new(ProxyRegistry::default());
+    let services = ca_grpc::Services {
+        ca: CaGrpc::new(
+            ca.clone(),
+            control.clone(),
+            tokens.clone(),
+            audience_of_root(&root),
+            ca_metrics,
+        ),
+        config: ConfigGrpc::new(
+            control.clone(),
+            tokens,
+            audience_of_root(&root),
+            proxies.clone(),
+            config_metrics,
+        ),
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let timing = ReloadTiming {
         poll: args.poll_interval,
@@ -217,7 +230,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
-    tokio::spawn(ca_grpc::serve(listener, tls, grpc, shutdown_rx.clone()));
+    tokio::spawn(ca_grpc::serve(listener, tls, services, shutdown_rx.clone()));
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -226,7 +239,13 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     // they stay out of its registry.
     let gate_metrics = ward_proxy::Metrics::register(&mut Registry::default());
     let registry = Arc::new(Mutex::new(registry));
-    let router: Router = Arc::new(move |req| route(&store, &registry, req));
+    let admin_state = Arc::new(ControlAdmin {
+        store: store.clone(),
+        registry,
+        proxies,
+        control: control.clone(),
+    });
+    let router: Router = Arc::new(move |req| route(&admin_state, req));
     tokio::spawn(admin::serve_routes(
         admin_listener,
         router,
@@ -238,10 +257,10 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         admin = %args.admin,
         identity = %server_id,
         trust_domain = %mesh.trust_domain,
-        "ward control plane serving the CA (config push over gRPC is not built yet)"
+        "ward control plane serving the CA and the config stream"
     );
     println!(
-        "ward: control plane ready: CA on {} (gRPC, TLS 1.3) as {server_id}; admin on http://{}",
+        "ward: control plane ready: CA and config on {} (gRPC, TLS 1.3) as {server_id}; admin on http://{}",
         args.listen, args.admin
     );
 
@@ -297,19 +316,24 @@ async fn rotate_own(
     }
 }
 
-/// The control plane's admin routes: `/ready` (its certificate is installed and valid) and
-/// `/metrics`.
-fn route(
-    store: &CertStore,
-    registry: &Mutex<Registry>,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
+/// What the control plane's admin port reads.
+struct ControlAdmin {
+    store: Arc<CertStore>,
+    registry: Arc<Mutex<Registry>>,
+    proxies: Arc<ProxyRegistry>,
+    control: Arc<ControlPlane>,
+}
+
+/// The control plane's admin routes: `/ready` (its certificate is installed and valid),
+/// `/metrics`, `/debug/proxies` (every proxy on the config stream, as `ward proxy-status`
+/// prints it) and `/debug/config` (the config status: generation, last rejection).
+fn route(state: &ControlAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
     match req.uri().path() {
         "/ready" | "/healthz/ready" => {
-            if store.is_ready() {
+            if state.store.is_ready() {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 respond(
@@ -319,11 +343,27 @@ fn route(
                 )
             }
         }
-        "/metrics" => admin::metrics_response(registry),
+        "/metrics" => admin::metrics_response(&state.registry),
+        "/debug/proxies" => {
+            let body = serde_json::json!({
+                "generation": state.control.status().generation,
+                "proxies": state.proxies.list(),
+            });
+            respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )
+        }
+        "/debug/config" => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec_pretty(&state.control.status()).unwrap_or_default(),
+        ),
         "/" => respond(
             StatusCode::OK,
             "text/plain",
-            "ward control plane admin: /ready /metrics\n",
+            "ward control plane admin: /ready /metrics /debug/proxies /debug/config\n",
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -5,6 +5,8 @@
 //!   served over gRPC (Istio's CA API) on TLS 1.3.
 //! - `ward bootstrap -f DIR --workload NS/NAME …`: a bootstrap file (root, address, token) for
 //!   one workload's proxy.
+//! - `ward proxy --bootstrap FILE`: one workload's sidecar, fed by a control plane over gRPC.
+//! - `ward proxy-status`: every proxy a control plane serves, SYNCED / STALE / NOT SENT.
 //! - `ward analyze -f DIR`: validate Istio YAML and report problems with stable codes.
 //! - `ward check -f DIR --from … --to …`: a what-if query, decided offline by the proxy's own
 //!   functions, with a trace; exits 0 allowed, 1 denied.
@@ -23,6 +25,7 @@ mod devidp;
 mod echo;
 mod fdlimit;
 mod logging;
+mod proxy;
 mod up;
 
 use std::path::PathBuf;
@@ -48,10 +51,16 @@ struct Cli {
 enum Command {
     /// Run the CA, the control plane and one sidecar per WorkloadEntry.
     Up(up::UpArgs),
-    /// Run the control plane for proxies on other hosts: load the config (hot reload) and serve
-    /// the CA over gRPC (Istio's IstioCertificateService) on TLS 1.3. Config push over gRPC is
-    /// not built yet: proxies on other hosts get certificates only.
+    /// Run the control plane for proxies on other hosts: load the config (hot reload), serve
+    /// the CA over gRPC (Istio's IstioCertificateService) and stream each proxy its config, on
+    /// TLS 1.3.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Run one workload's sidecar from a bootstrap file: certificates and config come from the
+    /// control plane over gRPC; with the control plane gone it keeps serving its last config.
+    Proxy(proxy::ProxyArgs),
+    /// Show every proxy connected to a control plane, and whether it serves the latest config
+    /// (SYNCED, STALE, NOT SENT).
+    ProxyStatus(proxy::ProxyStatusArgs),
     /// Write a bootstrap file for one workload's proxy: the CA root, the control plane's address
     /// and identity, and a signed token that lets that workload, and only it, get certificates
     /// until the token expires.
@@ -101,6 +110,11 @@ fn main() -> ExitCode {
             fdlimit::raise();
             rt.block_on(control_plane::run(args))
         }
+        Command::Proxy(args) => {
+            let nofile = fdlimit::raise();
+            rt.block_on(proxy::run(args, nofile))
+        }
+        Command::ProxyStatus(args) => rt.block_on(proxy::status(args)),
         Command::Bootstrap(args) => control_plane::bootstrap(args, &rt),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Check(args) => return check::run(args),

@@ -56,6 +56,13 @@ pub(crate) struct UpArgs {
     /// (`--cacerts`, or a copy of `--state-dir`), each naming its own workloads. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "NAMESPACE/NAME")]
     workloads: Vec<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The listener caps, shared by `ward up` and `ward proxy`.
+#[derive(clap::Args)]
+pub(crate) struct LimitArgs {
     /// Open connections one sidecar listener may hold (HBONE, a service port, an egress
     /// listener); never more than half the process's connection budget, which the open-file
     /// limit sets (docs/security.md, "Connection limits").
@@ -77,8 +84,9 @@ pub(crate) struct UpArgs {
     max_handshakes_per_source: usize,
 }
 
-impl UpArgs {
-    fn limits(&self) -> Limits {
+impl LimitArgs {
+    /// The caps as the proxy crate takes them.
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             connections_per_listener: self.max_connections_per_listener,
             connections_per_source: self.max_connections_per_source,
@@ -179,7 +187,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let admission = Admission {
-        limits: args.limits(),
+        limits: args.limits.limits(),
         budget: Arc::new(FdBudget::from_limit(nofile.effective())),
     };
     log_admission(&admission);
@@ -236,7 +244,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
 }
 
 /// Say how the open-file limit was split, once at start.
-fn log_admission(a: &Admission) {
+pub(crate) fn log_admission(a: &Admission) {
     let b = &a.budget;
     tracing::info!(
         open_file_limit = b.limit(),

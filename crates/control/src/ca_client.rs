@@ -20,14 +20,20 @@ use crate::bootstrap::BootstrapFile;
 
 /// Time to connect and finish the handshake, and for the whole call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the client pings the control plane, and how long it waits for the answer: a
+/// control plane that vanished is noticed within a minute even with no config change.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the proxy authenticates.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Credential<'a> {
     /// The bootstrap file's token (first request).
     Token,
     /// The proxy's current certificate, presented in the handshake (renewal).
     Certificate(&'a WorkloadCert),
+    /// The certificate a running proxy's store holds, presented in the handshake.
+    Store(Arc<CertStore>),
 }
 
 /// Why no certificate was obtained.
@@ -67,24 +73,57 @@ pub async fn request_certificate(
     credential: Credential<'_>,
     validity: Option<Duration>,
 ) -> Result<WorkloadCert, ClientError> {
-    let bad =
-        |what: &str, e: &dyn std::fmt::Display| ClientError::Bootstrap(format!("{what}: {e}"));
+    let identity = bundle_identity(bundle)?;
+    let key = ward_identity::generate_csr(&identity)
+        .map_err(|e| ClientError::Answer(format!("cannot make a CSR: {e}")))?;
+    let issued = sign_csr(bundle, credential, &key.csr_der, validity).await?;
+    let cert = WorkloadCert {
+        id: identity.clone(),
+        key_pkcs8_der: key.key_pkcs8_der.clone(),
+        issued,
+    };
+    // Installing checks the leaf's identity, its key and its chain to the bootstrap roots.
+    CertStore::new(identity).install(&cert)?;
+    Ok(cert)
+}
+
+fn bundle_identity(bundle: &BootstrapFile) -> Result<SpiffeId, ClientError> {
+    SpiffeId::parse(&bundle.identity)
+        .map_err(|e| ClientError::Bootstrap(format!("identity: {e}")))
+}
+
+/// The TLS client configuration for the control plane named in `bundle`: its SPIFFE id checked
+/// against the bundle's roots, presenting `presented`'s certificate when given.
+pub fn tls_config(
+    bundle: &BootstrapFile,
+    presented: Option<Arc<CertStore>>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let roots = bundle.roots_der().map_err(ClientError::Bootstrap)?;
     let server_id = SpiffeId::parse(&bundle.control_plane_identity)
-        .map_err(|e| bad("controlPlaneIdentity", &e))?;
-    let identity = SpiffeId::parse(&bundle.identity).map_err(|e| bad("identity", &e))?;
-    let presented = match credential {
+        .map_err(|e| ClientError::Bootstrap(format!("controlPlaneIdentity: {e}")))?;
+    Ok(control_plane_client_config(&roots, server_id, presented)?)
+}
+
+/// Has the control plane sign `csr_der` (a CSR for the bundle's identity) and returns the
+/// issued chain, verified to the bundle's roots.
+pub async fn sign_csr(
+    bundle: &BootstrapFile,
+    credential: Credential<'_>,
+    csr_der: &[u8],
+    validity: Option<Duration>,
+) -> Result<IssuedCert, ClientError> {
+    let roots = bundle.roots_der().map_err(ClientError::Bootstrap)?;
+    let presented = match &credential {
         Credential::Token => None,
         Credential::Certificate(cert) => {
             let store = CertStore::new(cert.id.clone());
             store.install(cert)?;
             Some(store)
         }
+        Credential::Store(store) => Some(store.clone()),
     };
-    let tls = control_plane_client_config(&roots, server_id, presented)?;
-    let key = ward_identity::generate_csr(&identity)
-        .map_err(|e| ClientError::Answer(format!("cannot make a CSR: {e}")))?;
-    let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", key.csr_der.clone()));
+    let tls = tls_config(bundle, presented)?;
+    let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec()));
 
     let mut request = tonic::Request::new(IstioCertificateRequest {
         csr,
@@ -92,12 +131,12 @@ pub async fn request_certificate(
         metadata: None,
     });
     if let Credential::Token = credential {
-        let value = format!("Bearer {}", bundle.token)
-            .parse()
-            .map_err(|_| ClientError::Bootstrap("token: not a valid header value".into()))?;
-        request.metadata_mut().insert("authorization", value);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer(bundle)?);
     }
-    let mut client = IstioCertificateServiceClient::new(connect(&bundle.control_plane, tls).await?);
+    let channel = connect(&bundle.control_plane, tls, Some(CALL_TIMEOUT)).await?;
+    let mut client = IstioCertificateServiceClient::new(channel);
     let response = client
         .create_certificate(request)
         .await
@@ -116,22 +155,24 @@ pub async fn request_certificate(
             chain.push(block.into_contents());
         }
     }
-    let issued = IssuedCert::from_chain(chain, roots)
-        .map_err(|e| ClientError::Answer(format!("cert_chain: {e}")))?;
-    let cert = WorkloadCert {
-        id: identity.clone(),
-        key_pkcs8_der: key.key_pkcs8_der.clone(),
-        issued,
-    };
-    // Installing checks the leaf's identity, its key and its chain to the bootstrap roots.
-    CertStore::new(identity).install(&cert)?;
-    Ok(cert)
+    IssuedCert::from_chain(chain, roots).map_err(|e| ClientError::Answer(format!("cert_chain: {e}")))
 }
 
-/// A gRPC channel to `addr` over one TLS connection made with `tls`.
-async fn connect(
+/// The bootstrap token as an `authorization` header value.
+pub fn bearer(
+    bundle: &BootstrapFile,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, ClientError> {
+    format!("Bearer {}", bundle.token)
+        .parse()
+        .map_err(|_| ClientError::Bootstrap("token: not a valid header value".into()))
+}
+
+/// A gRPC channel to `addr` over one TLS connection made with `tls`; `timeout` bounds each
+/// call (none for a long-lived stream, which HTTP/2 keepalive watches instead).
+pub async fn connect(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
+    timeout: Option<Duration>,
 ) -> Result<tonic::transport::Channel, ClientError> {
     let failed = |reason: String| ClientError::Connect {
         addr: addr.to_owned(),
@@ -142,6 +183,7 @@ async fn connect(
         let (target, tls) = (target.clone(), tls.clone());
         async move {
             let tcp = TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
             // The name is not checked: the server's SPIFFE id is (the verifier ignores it).
             let name = rustls::pki_types::ServerName::try_from("ward-control-plane.invalid")
                 .map_err(std::io::Error::other)?;
@@ -149,10 +191,16 @@ async fn connect(
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
-    Endpoint::from_shared(format!("http://{addr}"))
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| failed(e.to_string()))?
         .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    endpoint
         .connect_with_connector(connector)
         .await
         .map_err(|e| failed(error_chain(&e)))
@@ -160,7 +208,7 @@ async fn connect(
 
 /// An error and its sources, `: `-separated (tonic's transport error hides the TLS reason in
 /// its source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -35,7 +35,10 @@ use ward_wire::istio::v1::auth::istio_certificate_service_server::{
 };
 use ward_wire::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 
+use ward_wire::ward::config::v1::proxy_config_service_server::ProxyConfigServiceServer;
+
 use crate::bootstrap::{BootstrapError, TokenKey};
+use crate::config_grpc::ConfigGrpc;
 use crate::{CaService, ControlPlane};
 
 /// The service account of the control plane's own identity, in the mesh's root namespace:
@@ -246,7 +249,7 @@ pub struct CaGrpc {
 struct Inner {
     ca: Arc<CaService>,
     control: Arc<ControlPlane>,
-    tokens: TokenKey,
+    tokens: Arc<TokenKey>,
     audience: String,
     metrics: CaMetrics,
 }
@@ -257,7 +260,7 @@ impl CaGrpc {
     pub fn new(
         ca: Arc<CaService>,
         control: Arc<ControlPlane>,
-        tokens: TokenKey,
+        tokens: Arc<TokenKey>,
         audience: String,
         metrics: CaMetrics,
     ) -> CaGrpc {
@@ -390,13 +393,30 @@ fn pem_certificate(der: &[u8]) -> String {
     )
 }
 
-/// Serves `grpc` on `listener` over TLS (`tls`: `ward_tls::control_plane_server_config`) until
-/// `shutdown` flips to true. A failed handshake (plaintext, TLS 1.2, a certificate from another
-/// CA) closes the connection and is logged.
+/// What the control plane's port serves: the CA and the config stream.
+#[derive(Clone)]
+pub struct Services {
+    /// `istio.v1.auth.IstioCertificateService`.
+    pub ca: CaGrpc,
+    /// `ward.config.v1.ProxyConfigService`.
+    pub config: ConfigGrpc,
+}
+
+/// The config stream's path prefix; every other path goes to the CA service.
+const CONFIG_PATH: &str = "/ward.config.v1.ProxyConfigService/";
+
+/// How often the server pings an idle connection, and how long it waits for the answer before
+/// closing it: a proxy that vanished without closing its stream is dropped within a minute.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves `services` on `listener` over TLS (`tls`: `ward_tls::control_plane_server_config`)
+/// until `shutdown` flips to true. A failed handshake (plaintext, TLS 1.2, a certificate from
+/// another CA) closes the connection and is logged.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    grpc: CaGrpc,
+    services: Services,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -418,25 +438,32 @@ pub async fn serve(
             tracing::warn!(peer = %addr, "control plane: too many connections, closing");
             continue;
         };
-        let (acceptor, grpc) = (acceptor.clone(), grpc.clone());
+        let (acceptor, services) = (acceptor.clone(), services.clone());
         tokio::spawn(async move {
-            serve_connection(tcp, addr, acceptor, grpc).await;
+            serve_connection(tcp, addr, acceptor, services).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(tcp: TcpStream, addr: SocketAddr, acceptor: TlsAcceptor, grpc: CaGrpc) {
+async fn serve_connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    services: Services,
+) {
+    let _ = tcp.set_nodelay(true);
+    let metrics = services.ca.inner.metrics.clone();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::warn!(peer = %addr, error = %e, "control plane TLS handshake refused");
-            grpc.inner.metrics.handshake_failures.inc();
+            metrics.handshake_failures.inc();
             return;
         }
         Err(_) => {
             tracing::warn!(peer = %addr, "control plane TLS handshake timed out");
-            grpc.inner.metrics.handshake_failures.inc();
+            metrics.handshake_failures.inc();
             return;
         }
     };
@@ -444,15 +471,25 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, acceptor: TlsAccepto
         addr,
         certificate: ward_tls::peer_info(tls.get_ref().1).identity,
     };
-    let server = IstioCertificateServiceServer::new(grpc).max_decoding_message_size(MAX_MESSAGE);
+    let ca = IstioCertificateServiceServer::new(services.ca).max_decoding_message_size(MAX_MESSAGE);
+    let config =
+        ProxyConfigServiceServer::new(services.config).max_decoding_message_size(MAX_MESSAGE);
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(caller.clone());
-            let mut server = server.clone();
-            async move { tower::Service::call(&mut server, req).await }
+            let (mut ca, mut config) = (ca.clone(), config.clone());
+            async move {
+                if req.uri().path().starts_with(CONFIG_PATH) {
+                    tower::Service::call(&mut config, req).await
+                } else {
+                    tower::Service::call(&mut ca, req).await
+                }
+            }
         });
     let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
         .await;
     if let Err(e) = served {

@@ -8,18 +8,25 @@
 //!
 //! Proxies on other hosts reach the CA over gRPC (Istio's CA API, crates/wire): [`ca_grpc`]
 //! serves it over Ward's TLS, authenticating each call with a bootstrap token or a client
-//! certificate ([`bootstrap`]), and [`ca_client`] is the proxy's side. Config push over gRPC is
-//! not built yet.
+//! certificate ([`bootstrap`]), and [`ca_client`] is the proxy's side. Their config comes over
+//! the same port: [`config_grpc`] streams each proxy its configuration as sections
+//! ([`push`], pure), only what changed, and records each proxy's ACK or NACK
+//! ([`proxies`]); [`config_client`] is the proxy's side.
 //!
 //! It must not open data-path sockets. Layout: [`source`] (files → validated snapshot, hot
 //! reload), [`ca_service`], [`bootstrap`] (tokens and bootstrap files), [`ca_grpc`] (the gRPC
-//! CA server), [`ca_client`].
+//! server on 15012 and the CA service), [`ca_client`], [`push`], [`config_grpc`],
+//! [`config_client`], [`proxies`].
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bootstrap;
 pub mod ca_client;
 pub mod ca_grpc;
 pub mod ca_service;
+pub mod config_client;
+pub mod config_grpc;
+pub mod proxies;
+pub mod push;
 pub mod source;
 
 pub use ca_service::CaService;

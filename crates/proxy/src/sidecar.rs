@@ -106,6 +106,11 @@ impl SidecarHandle {
     pub fn cert(&self) -> Option<CertSummary> {
         self.certs.current()
     }
+    /// The sidecar's certificate store, for a client that authenticates to the control plane
+    /// with the workload's certificate (`ward proxy`'s config stream and renewals).
+    pub fn cert_store(&self) -> Arc<CertStore> {
+        self.certs.clone()
+    }
     /// The config the sidecar is serving.
     pub fn config(&self) -> Arc<ProxyConfig> {
         self.config.borrow().clone()

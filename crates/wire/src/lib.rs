@@ -6,6 +6,8 @@
 //!
 //! - [`istio::v1::auth`]: Istio's CA API, `istio.v1.auth.IstioCertificateService`
 //!   (istio/api security/v1alpha1/ca.proto).
+//! - [`ward::config::v1`]: Ward's config stream, `ward.config.v1.ProxyConfigService`
+//!   (docs/multi-host.md).
 
 /// Protobuf packages, one module per package segment.
 pub mod istio {
@@ -21,6 +23,24 @@ pub mod istio {
         )]
         pub mod auth {
             tonic::include_proto!("istio.v1.auth");
+        }
+    }
+}
+
+/// Ward's own packages.
+pub mod ward {
+    /// `ward.config`.
+    pub mod config {
+        /// `ward.config.v1`: the config stream.
+        #[allow(
+            missing_docs,
+            unreachable_pub,
+            clippy::all,
+            clippy::pedantic,
+            rust_2018_idioms
+        )]
+        pub mod v1 {
+            tonic::include_proto!("ward.config.v1");
         }
     }
 }

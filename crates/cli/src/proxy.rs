@@ -1,0 +1,417 @@
+//! `ward proxy --bootstrap FILE`: one workload's sidecar on its own host, fed by a control plane
+//! over the network (docs/multi-host.md); and `ward proxy-status`, the table of every proxy a
+//! control plane serves.
+//!
+//! The sidecar is the one `ward up` runs (`ward_proxy::Sidecar`); only its two inputs come from
+//! elsewhere: its configuration from the config stream (`ward_control::config_client`) and its
+//! certificates from the control plane's CA over gRPC ([`RemoteCa`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use ward_config::ProxyConfig;
+use ward_control::bootstrap::BootstrapFile;
+use ward_control::ca_client::{self, Credential};
+use ward_control::config_client::{CertSlot, ConfigClient};
+use ward_control::proxies::ProxyStatus;
+use ward_control::push::Assembled;
+use ward_identity::{IssuedCert, SpiffeId};
+use ward_proxy::listener::{Admission, FdBudget};
+use ward_proxy::{
+    humantime_utc, CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar,
+    SidecarHandle, SignError,
+};
+
+use crate::admin::{self, respond, Router};
+use crate::fdlimit::NofileLimit;
+use crate::up::{log_admission, wait_for_signal, LimitArgs};
+
+/// Options of `ward proxy`.
+#[derive(clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// The bootstrap file `ward bootstrap` wrote for this workload: the control plane's address
+    /// and identity, the CA root and the workload's token.
+    #[arg(long, value_name = "FILE")]
+    bootstrap: PathBuf,
+    /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Options of `ward proxy-status`.
+#[derive(clap::Args)]
+pub(crate) struct ProxyStatusArgs {
+    /// The control plane's admin address (`ward control-plane --admin`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:15014")]
+    control_plane: SocketAddr,
+    /// Print the control plane's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Certificates from the control plane's CA over gRPC: the bootstrap token until the sidecar
+/// has a certificate, then that certificate (a renewal).
+struct RemoteCa {
+    bundle: Arc<BootstrapFile>,
+    certs: CertSlot,
+}
+
+impl CertificateProvider for RemoteCa {
+    fn sign(
+        &self,
+        _id: SpiffeId,
+        csr_der: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<IssuedCert, SignError>> + Send + '_>> {
+        Box::pin(async move {
+            let credential = match self.certs.get().filter(|s| s.is_ready()) {
+                Some(store) => Credential::Store(store.clone()),
+                None => Credential::Token,
+            };
+            ca_client::sign_csr(&self.bundle, credential, &csr_der, None)
+                .await
+                .map_err(|e| SignError(e.to_string()))
+        })
+    }
+}
+
+/// `ward proxy`.
+pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<()> {
+    let bundle = BootstrapFile::read(&args.bootstrap)?;
+    let bundle = Arc::new(bundle);
+    let key = bundle.workload.clone();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let certs: CertSlot = CertSlot::default();
+    let (assembled_tx, mut assembled) = watch::channel::<Option<Arc<Assembled>>>(None);
+    let client = ConfigClient::new(
+        bundle.clone(),
+        certs.clone(),
+        format!("ward {}", env!("CARGO_PKG_VERSION")),
+        assembled_tx,
+    );
+    let mut client_task = tokio::spawn(client.run(shutdown_rx.clone()));
+    tracing::info!(workload = %key, control_plane = %bundle.control_plane, "waiting for the first config");
+
+    // The first config, or the reason there will be none.
+    let first = tokio::select! {
+        r = assembled.wait_for(Option::is_some) => r.ok().and_then(|a| a.clone()),
+        joined = &mut client_task => {
+            let why = match joined {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "the config stream stopped".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("{}: no config from {}: {why}", args.bootstrap.display(), bundle.control_plane);
+        }
+        () = wait_for_signal() => return Ok(()),
+    };
+    let Some(first) = first else {
+        anyhow::bail!("the config stream stopped before the first config");
+    };
+
+    let (config_tx, config_rx) = watch::channel(Arc::new(first.config.clone()));
+    tokio::spawn(forward_configs(assembled.clone(), config_tx));
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let admission = Admission {
+        limits: args.limits.limits(),
+        budget: Arc::new(FdBudget::from_limit(nofile.effective())),
+    };
+    log_admission(&admission);
+    metrics.connection_budget(admission.budget.capacity());
+    let ca = Arc::new(RemoteCa {
+        bundle: bundle.clone(),
+        certs: certs.clone(),
+    });
+    let mesh = MeshIdentity {
+        trust_domain: first.mesh.trust_domain.clone(),
+        aliases: first.mesh.trust_domain_aliases.clone(),
+    };
+    let (sidecar, handle) = Sidecar::new(key.clone(), config_rx, ca, mesh, metrics.clone(), admission)
+        .with_context(|| format!("workload {key}"))?;
+    let _ = certs.set(handle.cert_store());
+    let sidecar = sidecar.with_process_listeners(vec![OwnListener {
+        addr: args.admin,
+        what: "the admin API".to_owned(),
+    }]);
+    let sidecar_task = tokio::spawn(sidecar.run(shutdown_rx.clone()));
+
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin: cannot listen on {}", args.admin))?;
+    let state = Arc::new(ProxyAdmin {
+        handle: handle.clone(),
+        assembled: assembled.clone(),
+        registry: Arc::new(Mutex::new(registry)),
+    });
+    let router: Router = {
+        let state = state.clone();
+        Arc::new(move |req| route(&state, req))
+    };
+    tokio::spawn(admin::serve_routes(
+        admin_listener,
+        router,
+        metrics,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(announce_ready(args.admin, state));
+
+    tokio::select! {
+        () = wait_for_signal() => {}
+        r = sidecar_task => {
+            let _ = shutdown_tx.send(true);
+            match r {
+                Ok(Err(e)) => anyhow::bail!("sidecar {key} failed: {e}"),
+                _ => anyhow::bail!("sidecar {key} stopped"),
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    Ok(())
+}
+
+/// Feeds each new config from the stream to the sidecar. A config whose `jwtRules` did not
+/// change keeps the sidecar's compiled authenticator, and with it the tokens already verified.
+async fn forward_configs(
+    mut assembled: watch::Receiver<Option<Arc<Assembled>>>,
+    config: watch::Sender<Arc<ProxyConfig>>,
+) {
+    while assembled.changed().await.is_ok() {
+        let Some(next) = assembled.borrow_and_update().clone() else {
+            continue;
+        };
+        let mut next = next.config.clone();
+        config.send_if_modified(|cur| {
+            next.jwt_rules.keep_compiled(&cur.jwt_rules);
+            if **cur == next {
+                false
+            } else {
+                *cur = Arc::new(next.clone());
+                true
+            }
+        });
+    }
+}
+
+/// What `ward proxy`'s admin port reads.
+struct ProxyAdmin {
+    handle: SidecarHandle,
+    assembled: watch::Receiver<Option<Arc<Assembled>>>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl ProxyAdmin {
+    /// Ready once the sidecar has its certificate, its config and every listener.
+    fn ready(&self) -> Result<(), String> {
+        if self.handle.cert().is_none() {
+            return Err("no certificate yet".into());
+        }
+        if !self.handle.is_ready() {
+            return Err(format!("listeners not ready {:?}", self.handle.problems()));
+        }
+        Ok(())
+    }
+}
+
+fn route(state: &ProxyAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    let json = |value: serde_json::Value| {
+        respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec_pretty(&value).unwrap_or_default(),
+        )
+    };
+    match req.uri().path() {
+        "/ready" | "/healthz/ready" => match state.ready() {
+            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Err(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {}: {why}\n", state.handle.key()),
+            ),
+        },
+        "/config_dump" => {
+            let assembled = state.assembled.borrow().clone();
+            json(serde_json::json!({
+                "version": assembled.as_ref().map(|a| a.version.clone()),
+                "mesh": assembled.as_ref().map(|a| a.mesh.clone()),
+                "config": &*state.handle.config(),
+            }))
+        }
+        "/certs" => {
+            let cert = match state.handle.cert() {
+                Some(c) => serde_json::json!({
+                    "workload": state.handle.key(), "spiffeId": c.id.to_string(), "serial": c.serial,
+                    "notBefore": humantime_utc(c.not_before), "notAfter": humantime_utc(c.not_after), "status": "ACTIVE",
+                }),
+                None => serde_json::json!({ "workload": state.handle.key(), "status": "PENDING" }),
+            };
+            json(serde_json::json!({ "certificates": [cert] }))
+        }
+        "/metrics" => admin::metrics_response(&state.registry),
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain",
+            "ward proxy admin: /ready /config_dump /certs /metrics\n",
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Print to stdout when the proxy is first ready.
+async fn announce_ready(admin_addr: SocketAddr, state: Arc<ProxyAdmin>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if state.ready().is_err() {
+            continue;
+        }
+        let config = state.handle.config();
+        println!(
+            "ward: proxy ready: {} as {}; admin on http://{admin_addr}",
+            state.handle.key(),
+            config.workload.identity
+        );
+        for l in &config.outbound {
+            println!("  reaches {}:{} at {}", l.service, l.service_port, l.bind);
+        }
+        return;
+    }
+}
+
+/// `ward proxy-status`: the control plane's `/debug/proxies` as a table.
+pub(crate) async fn status(args: ProxyStatusArgs) -> anyhow::Result<()> {
+    let body = http_get(args.control_plane, "/debug/proxies")
+        .await
+        .with_context(|| format!("--control-plane {}", args.control_plane))?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{}/debug/proxies: not JSON", args.control_plane))?;
+    let proxies: Vec<ProxyStatus> =
+        serde_json::from_value(parsed.get("proxies").cloned().unwrap_or_default())
+            .with_context(|| format!("{}/debug/proxies: unexpected shape", args.control_plane))?;
+    print!("{}", status_table(&proxies));
+    Ok(())
+}
+
+/// The rows of `ward proxy-status`, like `istioctl proxy-status`: one per connected proxy.
+fn status_table(proxies: &[ProxyStatus]) -> String {
+    let header = [
+        "WORKLOAD", "IDENTITY", "PEER", "VIA", "CONFIG", "VERSION", "ACKED", "NACK",
+    ];
+    let short = |v: &Option<String>| {
+        v.as_deref()
+            .map_or("-".to_owned(), |v| v.chars().take(12).collect())
+    };
+    let rows: Vec<[String; 8]> = proxies
+        .iter()
+        .map(|p| {
+            let state = serde_json::to_value(p.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            [
+                p.workload.clone(),
+                p.identity.clone(),
+                p.peer.clone(),
+                p.via.clone(),
+                state,
+                short(&p.sent_version),
+                short(&p.acked_version),
+                p.last_nack.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+/// One HTTP/1.1 GET on a plain connection; the body when the status is 200.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != StatusCode::OK {
+        anyhow::bail!("{path}: HTTP {status}");
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_has_one_aligned_row_per_proxy() {
+        let mut a = ProxyStatus::connected(
+            "app/a",
+            "spiffe://cluster.local/ns/app/sa/a",
+            "10.0.0.2:4000",
+            "certificate",
+        );
+        a.sent_version = Some("0123456789abcdef".into());
+        a.acked_version = a.sent_version.clone();
+        a.state = ward_control::proxies::SyncState::Synced;
+        let mut b = ProxyStatus::connected("app/bb", "id-b", "10.0.0.3:4000", "token");
+        b.sent_version = Some("ffff".into());
+        b.last_nack = Some("section \"authz\" is not JSON".into());
+        b.state = ward_control::proxies::SyncState::Stale;
+        let table = status_table(&[a, b]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("WORKLOAD  IDENTITY"), "{table}");
+        assert!(lines[1].contains("SYNCED  0123456789ab  0123456789ab  -"), "{table}");
+        assert!(lines[2].contains("STALE   ffff"), "{table}");
+        assert!(lines[2].ends_with("section \"authz\" is not JSON"), "{table}");
+        let col = lines[0].find("PEER").unwrap();
+        assert_eq!(&lines[1][col..col + 8], "10.0.0.2");
+    }
+}

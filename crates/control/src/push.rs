@@ -1,0 +1,443 @@
+//! The config stream's pure part: one proxy's configuration cut into named sections with
+//! hashes, what a proxy holding some sections must be sent, and how the proxy rebuilds its
+//! configuration from what it received (docs/multi-host.md, "The config stream").
+//!
+//! The sections are the top-level fields of [`ProxyConfig`] in its serde (JSON) form, plus
+//! [`MESH_SECTION`] for the mesh-wide facts a sidecar needs. A change to one policy changes
+//! only the `authz` section of the proxies it applies to: only that section is sent, and only
+//! to them. A field added to `ProxyConfig` becomes a section of its own with no change here.
+//!
+//! Versions are content hashes, so a control plane that restarts with the same files computes
+//! the same versions, and a proxy that reconnects holding them is sent nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use aws_lc_rs::digest::{digest, SHA256};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use ward_config::ProxyConfig;
+
+/// The section holding [`MeshInfo`]; no field of [`ProxyConfig`] may have this name.
+pub const MESH_SECTION: &str = "mesh";
+
+/// Longest section body a proxy accepts (a large proxy's `outbound` is tens of KiB).
+pub const MAX_SECTION_BYTES: usize = 16 * 1024 * 1024;
+
+/// Mesh-wide facts every sidecar needs beside its own configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInfo {
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// Trust domains treated as the mesh's own.
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+    /// Where mesh-wide policy lives.
+    pub root_namespace: String,
+}
+
+/// One section: its hash and its JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    /// SHA-256 of `body`, lowercase hex.
+    pub hash: String,
+    /// The section's JSON.
+    pub body: Vec<u8>,
+}
+
+impl Section {
+    fn new(body: Vec<u8>) -> Section {
+        Section {
+            hash: sha256_hex(&body),
+            body,
+        }
+    }
+}
+
+/// Why a configuration could not be cut into sections (a bug: every config serializes).
+#[derive(Debug, thiserror::Error)]
+#[error("proxy configuration cannot be serialized: {0}")]
+pub struct SectionError(String);
+
+/// A proxy's whole configuration as sections, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sections(BTreeMap<String, Section>);
+
+/// What to send a proxy: the sections it lacks or holds in another version, and the names of
+/// those it holds that no longer exist.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delta<'a> {
+    /// Sections to send, by name.
+    pub changed: Vec<(&'a str, &'a Section)>,
+    /// Sections the proxy must drop.
+    pub removed: Vec<String>,
+}
+
+impl Delta<'_> {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Sections {
+    /// Cuts `config` into sections, with `mesh` as [`MESH_SECTION`].
+    pub fn of(mesh: &MeshInfo, config: &ProxyConfig) -> Result<Sections, SectionError> {
+        let fail = |e: serde_json::Error| SectionError(e.to_string());
+        let Value::Object(fields) = serde_json::to_value(config).map_err(fail)? else {
+            return Err(SectionError("not a JSON object".into()));
+        };
+        let mut out = BTreeMap::new();
+        out.insert(
+            MESH_SECTION.to_owned(),
+            Section::new(serde_json::to_vec(mesh).map_err(fail)?),
+        );
+        for (name, value) in fields {
+            if name == MESH_SECTION {
+                return Err(SectionError(format!("a field is named {MESH_SECTION:?}")));
+            }
+            out.insert(name, Section::new(serde_json::to_vec(&value).map_err(fail)?));
+        }
+        Ok(Sections(out))
+    }
+
+    /// The version of the whole configuration: a hash of every section's name and hash.
+    pub fn version(&self) -> String {
+        version_of(self.0.iter().map(|(n, s)| (n.as_str(), s.hash.as_str())))
+    }
+
+    /// Each section's hash, by name.
+    pub fn hashes(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(n, s)| (n.clone(), s.hash.clone()))
+            .collect()
+    }
+
+    /// What a proxy holding `held` (name → hash) must be sent to hold these sections.
+    pub fn delta(&self, held: &BTreeMap<String, String>) -> Delta<'_> {
+        let changed = self
+            .0
+            .iter()
+            .filter(|(name, s)| held.get(*name) != Some(&s.hash))
+            .map(|(name, s)| (name.as_str(), s))
+            .collect();
+        let removed = held
+            .keys()
+            .filter(|name| !self.0.contains_key(*name))
+            .cloned()
+            .collect();
+        Delta { changed, removed }
+    }
+
+    /// The total size of every section's body.
+    pub fn body_bytes(&self) -> usize {
+        self.0.values().map(|s| s.body.len()).sum()
+    }
+}
+
+/// The version of a set of (name, hash) pairs, sorted by name: the first 16 bytes of the
+/// SHA-256 of `name=hash\n` lines, hex.
+fn version_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = String::new();
+    for (name, hash) in pairs {
+        let _ = writeln!(text, "{name}={hash}");
+    }
+    let mut hex = sha256_hex(text.as_bytes());
+    hex.truncate(32);
+    hex
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = digest(&SHA256, bytes);
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// One response as the proxy received it.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    /// The version the control plane says the proxy holds after applying it.
+    pub version: String,
+    /// Sections added or changed: (name, hash, body).
+    pub sections: Vec<(String, String, Vec<u8>)>,
+    /// Sections to drop.
+    pub removed: Vec<String>,
+}
+
+/// What a proxy holds: every section it applied, by name, with its hash and parsed body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    sections: BTreeMap<String, (String, Value)>,
+}
+
+/// A configuration rebuilt from the sections a proxy holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assembled {
+    /// The mesh-wide facts.
+    pub mesh: MeshInfo,
+    /// The proxy's configuration.
+    pub config: ProxyConfig,
+    /// Its version.
+    pub version: String,
+}
+
+impl Held {
+    /// Each held section's hash, by name (sent on reconnect).
+    pub fn hashes(&self) -> BTreeMap<String, String> {
+        self.sections
+            .iter()
+            .map(|(n, (h, _))| (n.clone(), h.clone()))
+            .collect()
+    }
+
+    /// The version of what is held.
+    pub fn version(&self) -> String {
+        version_of(
+            self.sections
+                .iter()
+                .map(|(n, (h, _))| (n.as_str(), h.as_str())),
+        )
+    }
+
+    /// Applies `response` to a copy of what is held and rebuilds the configuration from it.
+    /// Any error is the NACK's reason, and what is held is unchanged: a body whose hash is not
+    /// its own, a body that is not JSON, a version that does not match the sections held
+    /// afterwards (a section missed), or sections that do not make a configuration.
+    pub fn apply(&self, response: &Received) -> Result<(Held, Assembled), String> {
+        let mut next = self.clone();
+        for name in &response.removed {
+            next.sections.remove(name);
+        }
+        for (name, hash, body) in &response.sections {
+            if body.len() > MAX_SECTION_BYTES {
+                return Err(format!(
+                    "section {name:?} is {} bytes, more than {MAX_SECTION_BYTES}",
+                    body.len()
+                ));
+            }
+            if sha256_hex(body) != *hash {
+                return Err(format!("section {name:?}: its body does not match its hash"));
+            }
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| format!("section {name:?} is not JSON: {e}"))?;
+            next.sections.insert(name.clone(), (hash.clone(), value));
+        }
+        let version = next.version();
+        if version != response.version {
+            return Err(format!(
+                "the sections held make version {version}, not {}: a section is missing",
+                response.version
+            ));
+        }
+        let assembled = next.assemble(version)?;
+        Ok((next, assembled))
+    }
+
+    fn assemble(&self, version: String) -> Result<Assembled, String> {
+        let mut fields = serde_json::Map::new();
+        let mut mesh = None;
+        for (name, (_, value)) in &self.sections {
+            if name == MESH_SECTION {
+                mesh = Some(value.clone());
+            } else {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+        let mesh = mesh.ok_or_else(|| format!("no {MESH_SECTION:?} section"))?;
+        let mesh: MeshInfo =
+            serde_json::from_value(mesh).map_err(|e| format!("section \"mesh\": {e}"))?;
+        let config: ProxyConfig = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| format!("the sections do not make a proxy configuration: {e}"))?;
+        Ok(Assembled {
+            mesh,
+            config,
+            version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh() -> MeshInfo {
+        MeshInfo {
+            trust_domain: "cluster.local".into(),
+            trust_domain_aliases: vec![],
+            root_namespace: "istio-system".into(),
+        }
+    }
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a, namespace: app}
+spec: {address: 127.0.0.10, serviceAccount: sa-a}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b, namespace: app}
+spec: {address: 127.0.0.11, serviceAccount: sa-b, labels: {app: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: app}
+spec:
+  hosts: [b.app.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: c, namespace: app}
+spec: {address: 127.0.0.12, serviceAccount: sa-c}
+"#;
+
+    const POLICY: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-a, namespace: app}
+spec:
+  selector: {matchLabels: {app: b}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/app/sa/sa-a]}}]}]
+"#;
+
+    fn proxies(yaml: &str) -> BTreeMap<String, ProxyConfig> {
+        let set = ward_config::load_str("mesh.yaml", yaml).expect("loads");
+        ward_config::translate(&set).expect("translates").proxies
+    }
+
+    fn received(sections: &Sections, held: &Held) -> Received {
+        let delta = sections.delta(&held.hashes());
+        Received {
+            version: sections.version(),
+            sections: delta
+                .changed
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.hash.clone(), s.body.clone()))
+                .collect(),
+            removed: delta.removed,
+        }
+    }
+
+    #[test]
+    fn a_proxy_rebuilds_exactly_the_configuration_sent() {
+        for (key, config) in proxies(MESH) {
+            let sections = Sections::of(&mesh(), &config).unwrap();
+            let (held, got) = Held::default()
+                .apply(&received(&sections, &Held::default()))
+                .unwrap();
+            assert_eq!(got.config, config, "{key}");
+            assert_eq!(got.mesh, mesh());
+            assert_eq!(got.version, sections.version());
+            assert_eq!(held.hashes(), sections.hashes());
+        }
+    }
+
+    #[test]
+    fn a_policy_change_sends_only_the_authz_section_of_the_proxies_it_selects() {
+        let before = proxies(MESH);
+        let after = proxies(&format!("{MESH}{POLICY}"));
+        let mut touched = Vec::new();
+        for (key, old) in &before {
+            let old = Sections::of(&mesh(), old).unwrap();
+            let new = Sections::of(&mesh(), &after[key]).unwrap();
+            let delta = new.delta(&old.hashes());
+            if delta.is_empty() {
+                assert_eq!(old.version(), new.version(), "{key}");
+                continue;
+            }
+            let names: Vec<&str> = delta.changed.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, ["authz"], "{key}");
+            assert!(delta.removed.is_empty());
+            touched.push(key.as_str());
+        }
+        assert_eq!(touched, ["app/b"]);
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_holding_the_current_sections_is_sent_nothing() {
+        let config = proxies(MESH).remove("app/a").unwrap();
+        let sections = Sections::of(&mesh(), &config).unwrap();
+        let (held, _) = Held::default()
+            .apply(&received(&sections, &Held::default()))
+            .unwrap();
+        assert!(sections.delta(&held.hashes()).is_empty());
+        // A section the control plane no longer has is removed.
+        let mut stale = held.hashes();
+        stale.insert("gone".into(), "00".into());
+        assert_eq!(sections.delta(&stale).removed, ["gone"]);
+    }
+
+    #[test]
+    fn responses_that_cannot_be_applied_are_refused_and_change_nothing() {
+        let config = proxies(MESH).remove("app/a").unwrap();
+        let sections = Sections::of(&mesh(), &config).unwrap();
+        let good = received(&sections, &Held::default());
+        let (held, _) = Held::default().apply(&good).unwrap();
+
+        let mut tampered = good.clone();
+        tampered.sections[0].2.push(b' ');
+        let mut missing = good.clone();
+        missing.sections.retain(|(n, _, _)| n != "authz");
+        let mut not_json = good.clone();
+        let body = b"{not json".to_vec();
+        not_json.sections[0].1 = sha256_hex(&body);
+        not_json.sections[0].2 = body;
+        let mut no_mesh = good.clone();
+        no_mesh.sections.retain(|(n, _, _)| n != MESH_SECTION);
+        no_mesh.version = version_of(
+            no_mesh
+                .sections
+                .iter()
+                .map(|(n, h, _)| (n.as_str(), h.as_str())),
+        );
+        let mut wrong_type = good.clone();
+        let body = b"42".to_vec();
+        let at = wrong_type
+            .sections
+            .iter()
+            .position(|(n, _, _)| n == "inbound")
+            .unwrap();
+        wrong_type.sections[at] = ("inbound".into(), sha256_hex(&body), body);
+        wrong_type.version = version_of(
+            wrong_type
+                .sections
+                .iter()
+                .map(|(n, h, _)| (n.as_str(), h.as_str())),
+        );
+        let cases = [
+            (tampered, "does not match its hash"),
+            (missing, "a section is missing"),
+            (not_json, "is not JSON"),
+            (no_mesh, "no \"mesh\" section"),
+            (wrong_type, "do not make a proxy configuration"),
+        ];
+        for (response, why) in cases {
+            let err = Held::default().apply(&response).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+            // What was held before stays as it was.
+            assert_eq!(held.apply(&good).unwrap().0, held);
+        }
+    }
+
+    #[test]
+    fn versions_depend_on_content_only() {
+        let config = proxies(MESH).remove("app/a").unwrap();
+        let a = Sections::of(&mesh(), &config).unwrap();
+        // The same config rebuilt from its JSON (as after a restart) has the same version.
+        let copy: ProxyConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        let b = Sections::of(&mesh(), &copy).unwrap();
+        assert_eq!(a.version(), b.version());
+        let mut other = mesh();
+        other.root_namespace = "mesh-root".into();
+        assert_ne!(Sections::of(&other, &config).unwrap().version(), a.version());
+    }
+}
