@@ -28,8 +28,8 @@ use ward_control::push::Assembled;
 use ward_identity::{IssuedCert, SpiffeId};
 use ward_proxy::listener::{Admission, FdBudget};
 use ward_proxy::{
-    humantime_utc, CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar,
-    SidecarHandle, SignError,
+    humantime_utc, CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle,
+    SignError,
 };
 
 use crate::admin::{self, respond, Router};
@@ -101,24 +101,25 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         format!("ward {}", env!("CARGO_PKG_VERSION")),
         assembled_tx,
     );
-    let mut client_task = tokio::spawn(client.run(shutdown_rx.clone()));
+    let client_task = tokio::spawn(client.run(shutdown_rx.clone()));
     tracing::info!(workload = %key, control_plane = %bundle.control_plane, "waiting for the first config");
 
-    // The first config, or the reason there will be none.
+    // The first config; the client stops (and drops its sender) only when it is refused.
     let first = tokio::select! {
         r = assembled.wait_for(Option::is_some) => r.ok().and_then(|a| a.clone()),
-        joined = &mut client_task => {
-            let why = match joined {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(())) => "the config stream stopped".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            anyhow::bail!("{}: no config from {}: {why}", args.bootstrap.display(), bundle.control_plane);
-        }
         () = wait_for_signal() => return Ok(()),
     };
     let Some(first) = first else {
-        anyhow::bail!("the config stream stopped before the first config");
+        let why = match client_task.await {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "the config stream stopped".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        anyhow::bail!(
+            "{}: no config from {}: {why}",
+            args.bootstrap.display(),
+            bundle.control_plane
+        );
     };
 
     let (config_tx, config_rx) = watch::channel(Arc::new(first.config.clone()));
@@ -140,8 +141,9 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         trust_domain: first.mesh.trust_domain.clone(),
         aliases: first.mesh.trust_domain_aliases.clone(),
     };
-    let (sidecar, handle) = Sidecar::new(key.clone(), config_rx, ca, mesh, metrics.clone(), admission)
-        .with_context(|| format!("workload {key}"))?;
+    let (sidecar, handle) =
+        Sidecar::new(key.clone(), config_rx, ca, mesh, metrics.clone(), admission)
+            .with_context(|| format!("workload {key}"))?;
     let _ = certs.set(handle.cert_store());
     let sidecar = sidecar.with_process_listeners(vec![OwnListener {
         addr: args.admin,
@@ -408,9 +410,15 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("WORKLOAD  IDENTITY"), "{table}");
-        assert!(lines[1].contains("SYNCED  0123456789ab  0123456789ab  -"), "{table}");
+        assert!(
+            lines[1].contains("SYNCED  0123456789ab  0123456789ab  -"),
+            "{table}"
+        );
         assert!(lines[2].contains("STALE   ffff"), "{table}");
-        assert!(lines[2].ends_with("section \"authz\" is not JSON"), "{table}");
+        assert!(
+            lines[2].ends_with("section \"authz\" is not JSON"),
+            "{table}"
+        );
         let col = lines[0].find("PEER").unwrap();
         assert_eq!(&lines[1][col..col + 8], "10.0.0.2");
     }

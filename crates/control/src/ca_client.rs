@@ -88,8 +88,7 @@ pub async fn request_certificate(
 }
 
 fn bundle_identity(bundle: &BootstrapFile) -> Result<SpiffeId, ClientError> {
-    SpiffeId::parse(&bundle.identity)
-        .map_err(|e| ClientError::Bootstrap(format!("identity: {e}")))
+    SpiffeId::parse(&bundle.identity).map_err(|e| ClientError::Bootstrap(format!("identity: {e}")))
 }
 
 /// The TLS client configuration for the control plane named in `bundle`: its SPIFFE id checked
@@ -155,7 +154,8 @@ pub async fn sign_csr(
             chain.push(block.into_contents());
         }
     }
-    IssuedCert::from_chain(chain, roots).map_err(|e| ClientError::Answer(format!("cert_chain: {e}")))
+    IssuedCert::from_chain(chain, roots)
+        .map_err(|e| ClientError::Answer(format!("cert_chain: {e}")))
 }
 
 /// The bootstrap token as an `authorization` header value.

@@ -66,9 +66,9 @@ impl ConfigMetrics {
             response_bytes: Counter::default(),
             acks: Counter::default(),
             nacks: Counter::default(),
-            ack_seconds: Histogram::new(
-                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-            ),
+            ack_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             refusals: Family::default(),
         };
         registry.register(
@@ -179,9 +179,7 @@ pub fn admit(
     match &binding.workload {
         Some(token_workload) if token_workload != workload => Err(Refusal {
             code: Code::PermissionDenied,
-            reason: format!(
-                "the bootstrap token is for workload {token_workload}, not {workload}"
-            ),
+            reason: format!("the bootstrap token is for workload {token_workload}, not {workload}"),
         }),
         _ if proxy.workload.identity != binding.identity.to_string() => Err(Refusal {
             code: Code::PermissionDenied,
@@ -268,7 +266,9 @@ impl ProxyConfigService for ConfigGrpc {
         };
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
             Ok(Ok(Some(first))) => first,
-            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before its first request")),
+            Ok(Ok(None)) => {
+                return Err(Status::cancelled("stream closed before its first request"))
+            }
             Ok(Err(status)) => return Err(status),
             Err(_) => {
                 let refusal = Refusal {
@@ -584,21 +584,50 @@ spec: {address: 127.0.0.12, serviceAccount: sa-a}
         let token = |w: &str| {
             Credential::Token(tokens.issue(w, aud, now, Duration::from_secs(60)).unwrap())
         };
-        let cert = |sa: &str| {
-            Credential::Certificate(SpiffeId::new("cluster.local", "app", sa).unwrap())
-        };
+        let cert =
+            |sa: &str| Credential::Certificate(SpiffeId::new("cluster.local", "app", sa).unwrap());
         let ok = |c: &Credential, w: &str| admit(c, w, &snap, &tokens, aud, now);
         assert!(ok(&token("app/a"), "app/a").is_ok());
         assert!(ok(&cert("sa-a"), "app/a").is_ok());
         // Workloads sharing a service account share an identity.
         assert!(ok(&cert("sa-a"), "app/a2").is_ok());
         let cases = [
-            (token("app/a"), "app/b", Code::PermissionDenied, "is for workload app/a"),
-            (token("app/a"), "app/a2", Code::PermissionDenied, "is for workload app/a"),
-            (cert("sa-a"), "app/b", Code::PermissionDenied, "is not workload app/b's identity"),
-            (cert("sa-a"), "app/gone", Code::NotFound, "not a WorkloadEntry"),
-            (cert("sa-a"), "", Code::InvalidArgument, "must name the workload"),
-            (Credential::None, "app/a", Code::Unauthenticated, "no credentials"),
+            (
+                token("app/a"),
+                "app/b",
+                Code::PermissionDenied,
+                "is for workload app/a",
+            ),
+            (
+                token("app/a"),
+                "app/a2",
+                Code::PermissionDenied,
+                "is for workload app/a",
+            ),
+            (
+                cert("sa-a"),
+                "app/b",
+                Code::PermissionDenied,
+                "is not workload app/b's identity",
+            ),
+            (
+                cert("sa-a"),
+                "app/gone",
+                Code::NotFound,
+                "not a WorkloadEntry",
+            ),
+            (
+                cert("sa-a"),
+                "",
+                Code::InvalidArgument,
+                "must name the workload",
+            ),
+            (
+                Credential::None,
+                "app/a",
+                Code::Unauthenticated,
+                "no credentials",
+            ),
         ];
         for (credential, workload, code, why) in cases {
             let refusal = ok(&credential, workload).unwrap_err();

@@ -97,7 +97,10 @@ impl Sections {
             if name == MESH_SECTION {
                 return Err(SectionError(format!("a field is named {MESH_SECTION:?}")));
             }
-            out.insert(name, Section::new(serde_json::to_vec(&value).map_err(fail)?));
+            out.insert(
+                name,
+                Section::new(serde_json::to_vec(&value).map_err(fail)?),
+            );
         }
         Ok(Sections(out))
     }
@@ -221,7 +224,9 @@ impl Held {
                 ));
             }
             if sha256_hex(body) != *hash {
-                return Err(format!("section {name:?}: its body does not match its hash"));
+                return Err(format!(
+                    "section {name:?}: its body does not match its hash"
+                ));
             }
             let value: Value = serde_json::from_slice(body)
                 .map_err(|e| format!("section {name:?} is not JSON: {e}"))?;
@@ -438,6 +443,9 @@ spec:
         assert_eq!(a.version(), b.version());
         let mut other = mesh();
         other.root_namespace = "mesh-root".into();
-        assert_ne!(Sections::of(&other, &config).unwrap().version(), a.version());
+        assert_ne!(
+            Sections::of(&other, &config).unwrap().version(),
+            a.version()
+        );
     }
 }

@@ -117,20 +117,7 @@ impl Ward {
 
     /// Log lines (JSON objects) whose fields match all of `pairs` (key, value-substring).
     pub fn log_lines_matching(&self, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
-        self.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| {
-                pairs.iter().all(|(k, want)| {
-                    v.get(*k)
-                        .map(|got| match got {
-                            serde_json::Value::String(s) => s.contains(want),
-                            other => other.to_string().contains(want),
-                        })
-                        .unwrap_or(false)
-                })
-            })
-            .collect()
+        json_log_lines(&self.logs(), pairs)
     }
 
     /// Wait until a log line matches, or fail with the log.
@@ -179,6 +166,137 @@ impl Drop for Ward {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The JSON lines of `log` whose fields match all of `pairs` (key, value-substring).
+pub fn json_log_lines(log: &str, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            pairs.iter().all(|(k, want)| {
+                v.get(*k).is_some_and(|got| match got {
+                    serde_json::Value::String(s) => s.contains(want),
+                    other => other.to_string().contains(want),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Any `ward` subcommand as a child process logging JSON to a file; killed on drop.
+pub struct Proc {
+    child: Child,
+    /// Where stderr (logs) goes.
+    pub log_path: PathBuf,
+    /// Where stdout goes.
+    pub out_path: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin --log-format json ARGS…` with `RUST_LOG=info`, logging to `log_path` (stdout
+    /// to the same path with `.out` appended).
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(bin: &str, args: &[S], log_path: &Path) -> Proc {
+        let out_path = log_path.with_extension("out");
+        let child = Command::new(bin)
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(log_path).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            log_path: log_path.to_owned(),
+            out_path,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Everything it printed so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// Log lines whose fields match all of `pairs` (key, value-substring).
+    pub fn lines(&self, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
+        json_log_lines(&self.logs(), pairs)
+    }
+
+    /// Waits until a log line matches; fails with the log.
+    pub fn wait_for_log(
+        &self,
+        pairs: &[(&str, &str)],
+        limit: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(v) = self.lines(pairs).into_iter().next() {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "no log line matching {pairs:?} after {limit:?}; log:\n{}",
+            self.logs()
+        )
+    }
+
+    /// Waits until `admin`'s `/ready` answers 200; fails if the process exits first.
+    pub fn wait_ready(&mut self, admin: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                bail!("exited with {status}; log:\n{}", self.logs());
+            }
+            match http_get(admin, "/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, body)) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("not ready after {limit:?}: {last}\nlog:\n{}", self.logs())
+    }
+
+    /// The exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `limit` for it to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
