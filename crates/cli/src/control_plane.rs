@@ -24,7 +24,7 @@ use ward_identity::{SpiffeId, WorkloadCert};
 use ward_tls::CertStore;
 
 use crate::admin::{self, respond, Router};
-use crate::up::parse_duration;
+use crate::up::{parse_duration, parse_settle};
 
 /// Options of `ward control-plane`.
 #[derive(clap::Args)]
@@ -47,9 +47,14 @@ pub(crate) struct ControlPlaneArgs {
     /// How often the config files are checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
-    /// How long changed config files must keep the same bytes before the change applies.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    /// How long changed config files must keep the same bytes before the change applies; `0s`
+    /// applies the first read of every change.
+    #[arg(long, default_value = "300ms", value_parser = parse_settle)]
     reload_settle: Duration,
+    /// Connections the gRPC port serves at once (each connected proxy holds one); more are
+    /// closed at accept. Keep it under the open-file limit.
+    #[arg(long, value_name = "N", default_value_t = ca_grpc::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// Options of `ward bootstrap`.
@@ -230,7 +235,13 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
-    tokio::spawn(ca_grpc::serve(listener, tls, services, shutdown_rx.clone()));
+    tokio::spawn(ca_grpc::serve(
+        listener,
+        tls,
+        services,
+        args.max_connections.max(1),
+        shutdown_rx.clone(),
+    ));
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await

@@ -48,7 +48,7 @@ pub(crate) struct UpArgs {
     /// How long changed config files must keep the same bytes before the change applies, so
     /// that a file caught while it is being rewritten in place never applies half-written.
     /// `0s` applies the first read of every change.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = parse_settle)]
     reload_settle: Duration,
     /// Run sidecars only for these WorkloadEntries (`namespace/name`, comma-separated or
     /// repeated); the others are reached over the network. For a mesh across several hosts or
@@ -148,6 +148,11 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(d)
+}
+
+/// `--reload-settle`: a duration flag that may be zero (apply the first read of a change).
+pub(crate) fn parse_settle(s: &str) -> Result<Duration, String> {
+    duration::parse(s, Grammar::FLAGS).map_err(|e| e.to_string())
 }
 
 /// The in-process CA call of each sidecar.
@@ -451,5 +456,7 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("0").is_err());
+        assert_eq!(parse_settle("0s").unwrap(), Duration::ZERO);
+        assert!(parse_settle("-1s").is_err());
     }
 }

@@ -52,8 +52,9 @@ pub const DEFAULT_PORT: u16 = 15012;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Time a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once by default (`ward control-plane --max-connections`); more are
+/// closed at accept. Each connected proxy holds one.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 /// The control plane's SPIFFE id in a mesh.
 pub fn control_plane_identity(
@@ -410,17 +411,18 @@ const CONFIG_PATH: &str = "/ward.config.v1.ProxyConfigService/";
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Serves `services` on `listener` over TLS (`tls`: `ward_tls::control_plane_server_config`)
-/// until `shutdown` flips to true. A failed handshake (plaintext, TLS 1.2, a certificate from
-/// another CA) closes the connection and is logged.
+/// Serves `services` on `listener` over TLS (`tls`: `ward_tls::control_plane_server_config`),
+/// at most `max_connections` at once, until `shutdown` flips to true. A failed handshake
+/// (plaintext, TLS 1.2, a certificate from another CA) closes the connection and is logged.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     services: Services,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
