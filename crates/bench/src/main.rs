@@ -29,6 +29,7 @@ mod nginx_pair;
 mod paths;
 mod process;
 mod procstat;
+mod push;
 mod report;
 mod server;
 mod stats;
@@ -92,6 +93,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
     },
+    /// Config push: one `ward control-plane` and simulated proxies (real config stream
+    /// clients) on loopback; memory per proxy, push latency and bytes per one-policy change.
+    /// Writes push.json and push.md (default: bench/results/<YYYY-MM-DD>-push).
+    Push {
+        /// Fleet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,2000")]
+        proxies: Vec<usize>,
+        /// Changes per fleet, alternating one namespace's policy and a mesh-wide policy.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
+    },
     /// Internal: serve a JWKS file on 127.0.0.1 and print the address.
     #[command(hide = true)]
     ServeJwks {
@@ -115,6 +127,12 @@ fn main() -> ExitCode {
             return match jwt::serve_jwks(file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&anyhow::Error::from(e)),
+            };
+        }
+        Some(Command::Push { proxies, changes }) => {
+            return match run_push(&cli, proxies, *changes) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
             };
         }
         None => {}
@@ -141,6 +159,27 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// `ward-bench push`.
+fn run_push(cli: &Cli, proxies: &[usize], changes: usize) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating ward-bench")?;
+    let ward = cli
+        .ward
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("ward"));
+    if !ward.is_file() {
+        bail!("no ward binary at {} (pass --ward)", ward.display());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    let out = cli.out.clone().unwrap_or_else(|| push::default_out(&day));
+    push::run(&ward, proxies, changes, &out)
 }
 
 /// Runs this same command inside the client namespace, then deletes the namespaces.
