@@ -29,6 +29,10 @@ use crate::snapshot::{MeshSnapshot, Transport};
 use crate::translate::{translate, unmatched_host_message, Context, Workload};
 use crate::yaml::{push_index, push_key};
 
+mod conflicts;
+
+pub use conflicts::PHI_LABEL;
+
 /// Everything `ward analyze` reports about files loaded with
 /// [`load_paths_partial`](crate::load_paths_partial): the load diagnostics (`loaded`), then the
 /// translation errors and the [`analyze`] findings of the objects that loaded, each problem
@@ -80,6 +84,10 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     exact_deny_paths(&context, &mut out);
     gateway_selectors(set, &mut out);
     sidecars_in_ambient(&context, &mut out);
+    conflicts::disable_toward_strict(&context, &mut out);
+    conflicts::allow_rules(&context, &mut out);
+    conflicts::phi_plaintext(&context, &mut out);
+    conflicts::ossm_mtls_false(&context, &mut out);
     if let Ok(snapshot) = translate(set) {
         snapshot_checks(&context, &snapshot, &mut out);
     }

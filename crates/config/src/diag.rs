@@ -118,6 +118,16 @@ pub mod code {
     pub const SIDECAR_IN_AMBIENT: &str = "WARD0223";
     /// A Sidecar egress host whose namespace no object of the config is in.
     pub const EGRESS_NAMESPACE_UNKNOWN: &str = "WARD0224";
+    /// A DestinationRule with `tls.mode: DISABLE` toward a workload port that is STRICT.
+    pub const DR_DISABLE_TO_STRICT: &str = "WARD0225";
+    /// An ALLOW rule every request of which a DENY rule refuses first.
+    pub const ALLOW_SHADOWED: &str = "WARD0226";
+    /// An ALLOW rule with no `from`, `to` or `when`: it allows everything.
+    pub const ALLOW_EVERYTHING: &str = "WARD0227";
+    /// A workload labelled as serving patient data with a port that accepts plaintext.
+    pub const PHI_PLAINTEXT: &str = "WARD0228";
+    /// An OpenShift Service Mesh 2 control plane with `dataPlane.mtls` false: PERMISSIVE.
+    pub const OSSM_MTLS_FALSE: &str = "WARD0229";
 }
 
 /// One finding, located as precisely as Ward can.

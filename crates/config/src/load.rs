@@ -115,6 +115,11 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
     /// RequestAuthentications (JWT rules), in load order.
     pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
+    /// DestinationRules, in load order: not enforced; read by `ward analyze` only (WARD0225).
+    pub destination_rules: Vec<Resource<crate::istio::DestinationRuleSpec>>,
+    /// OpenShift Service Mesh 2 control planes (`maistra.io/v2`): not enforced; their
+    /// `spec.security.dataPlane` is read by `ward analyze` only (WARD0229).
+    pub control_planes: Vec<Resource<crate::istio::ControlPlaneSpecV2>>,
     /// `v1` Namespace objects, by name (the first of a name). Ward reads only their labels, and
     /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
     pub namespaces: BTreeMap<String, NamespaceObject>,

@@ -254,7 +254,11 @@ impl<'a> Context<'a> {
         (!matched.is_empty()).then_some(matched)
     }
 
-    fn mtls_of(&self, workload: &Workload<'_>, port: u16) -> (MtlsMode, Option<PolicyRef>) {
+    pub(crate) fn mtls_of(
+        &self,
+        workload: &Workload<'_>,
+        port: u16,
+    ) -> (MtlsMode, Option<PolicyRef>) {
         let effective = effective_mtls(
             &self.peer_authn,
             self.root(),
@@ -460,7 +464,7 @@ impl<'a> Context<'a> {
     /// `pilot/pkg/networking/core/cluster_tls.go`): mTLS (HBONE) to a workload with a sidecar
     /// unless the service is MESH_EXTERNAL, auto-mTLS is off, or the destination port's
     /// PeerAuthentication mode is DISABLE; otherwise plaintext.
-    fn endpoints(
+    pub(crate) fn endpoints(
         &self,
         se: &Resource<ServiceEntrySpec>,
         se_port: &ServicePort,

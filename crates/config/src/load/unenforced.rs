@@ -12,7 +12,8 @@ use crate::istio::{
 
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
-    /// spec is dropped: nothing reads it yet.
+    /// spec is dropped, except DestinationRules and OSSM 2 control planes, which `ward analyze`
+    /// reads (WARD0225, WARD0229).
     pub(super) fn check_unenforced(
         &mut self,
         doc: &Doc<'_>,
@@ -63,9 +64,13 @@ impl Loader {
                 });
             }
             "ServiceMeshControlPlane" => {
-                self.load_spec::<crate::istio::ControlPlaneSpecV2>(doc, resource, meta_ok, |_| {
-                    Vec::new()
-                });
+                let kept = self.load_spec::<crate::istio::ControlPlaneSpecV2>(
+                    doc,
+                    resource,
+                    meta_ok,
+                    |_| Vec::new(),
+                );
+                self.set.control_planes.extend(kept);
             }
             "ServiceMeshMemberRoll" => {
                 self.load_spec(doc, resource, meta_ok, crate::istio::validate_member_roll);
@@ -79,7 +84,8 @@ impl Loader {
             }
             "DestinationRule" => {
                 let validate = |r: &Resource<DestinationRuleSpec>| r.spec.validate();
-                self.load_spec(doc, resource, meta_ok, validate);
+                let kept = self.load_spec(doc, resource, meta_ok, validate);
+                self.set.destination_rules.extend(kept);
             }
             "Gateway" => {
                 let validate = |r: &Resource<GatewaySpec>| r.spec.validate();
