@@ -61,6 +61,7 @@ pub mod analyze;
 pub mod check;
 mod decode;
 pub mod diag;
+pub mod http_routing;
 pub mod istio;
 pub mod load;
 pub mod mesh;

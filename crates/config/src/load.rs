@@ -115,6 +115,8 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
     /// RequestAuthentications (JWT rules), in load order.
     pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
+    /// VirtualServices, in load order: not enforced yet; `crate::http_routing` compiles them.
+    pub virtual_services: Vec<Resource<crate::istio::VirtualServiceSpec>>,
     /// DestinationRules, in load order: not enforced; read by `ward analyze` only (WARD0225).
     pub destination_rules: Vec<Resource<crate::istio::DestinationRuleSpec>>,
     /// OpenShift Service Mesh 2 control planes (`maistra.io/v2`): not enforced; their

@@ -13,7 +13,8 @@ use crate::istio::{
 impl Loader {
     /// Decodes and validates the spec of a kind Ward accepts without enforcing it. The typed
     /// spec is dropped, except DestinationRules and OSSM 2 control planes, which `ward analyze`
-    /// reads (WARD0225, WARD0229).
+    /// reads (WARD0225, WARD0229), and VirtualServices, which the routing tables are compiled
+    /// from (`crate::http_routing`; no proxy serves them yet).
     pub(super) fn check_unenforced(
         &mut self,
         doc: &Doc<'_>,
@@ -80,7 +81,8 @@ impl Loader {
             }
             "VirtualService" => {
                 let validate = |r: &Resource<VirtualServiceSpec>| r.spec.validate();
-                self.load_spec(doc, resource, meta_ok, validate);
+                let kept = self.load_spec(doc, resource, meta_ok, validate);
+                self.set.virtual_services.extend(kept);
             }
             "DestinationRule" => {
                 let validate = |r: &Resource<DestinationRuleSpec>| r.spec.validate();
