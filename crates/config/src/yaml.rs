@@ -249,10 +249,23 @@ pub(crate) fn parse_documents(source: &str) -> Result<Vec<Node>, SyntaxError> {
 /// Stack for the parser thread; see [`parse_documents`].
 const PARSE_STACK: usize = 32 << 20;
 
+/// The parser's limits: serde-saphyr's defaults, except the counts a large mesh in one file
+/// reaches (a file of 2,000 WorkloadEntries is 2,000 documents and about 40,000 nodes). Nesting
+/// depth, aliases and the input size keep their defaults (docs/security.md, "Config files").
+fn budget() -> serde_saphyr::Budget {
+    serde_saphyr::Budget {
+        max_documents: 100_000,
+        max_nodes: 4_000_000,
+        max_events: 16_000_000,
+        ..serde_saphyr::Budget::default()
+    }
+}
+
 fn parse_here(source: &str) -> Result<Vec<Node>, SyntaxError> {
     let options = serde_saphyr::options! {
         with_snippet: false,
         strict_booleans: true,
+        budget: budget(),
     };
     match serde_saphyr::from_multiple_with_options::<Node>(source, options) {
         Ok(mut docs) => {
@@ -428,6 +441,12 @@ mod tests {
         let mut docs = parse_documents(yaml).unwrap();
         assert_eq!(docs.len(), 1);
         docs.remove(0)
+    }
+
+    #[test]
+    fn a_file_may_hold_thousands_of_documents() {
+        let yaml = "a: 1\n---\n".repeat(5_000);
+        assert_eq!(parse_documents(&yaml).unwrap().len(), 5_000);
     }
 
     #[test]
