@@ -252,20 +252,15 @@ const PARSE_STACK: usize = 32 << 20;
 /// The parser's limits: serde-saphyr's defaults, except the counts a large mesh in one file
 /// reaches (a file of 2,000 WorkloadEntries is 2,000 documents and about 40,000 nodes). Nesting
 /// depth, aliases and the input size keep their defaults (docs/security.md, "Config files").
-fn budget() -> serde_saphyr::Budget {
-    serde_saphyr::Budget {
-        max_documents: 100_000,
-        max_nodes: 4_000_000,
-        max_events: 16_000_000,
-        ..serde_saphyr::Budget::default()
-    }
-}
-
 fn parse_here(source: &str) -> Result<Vec<Node>, SyntaxError> {
     let options = serde_saphyr::options! {
         with_snippet: false,
         strict_booleans: true,
-        budget: budget(),
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 4_000_000,
+            max_events: 16_000_000,
+        },
     };
     match serde_saphyr::from_multiple_with_options::<Node>(source, options) {
         Ok(mut docs) => {
