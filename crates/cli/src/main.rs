@@ -12,12 +12,14 @@
 //!   functions, with a trace; exits 0 allowed, 1 denied.
 //!   `--cases FILE`: many queries with their expected outcomes, a CI gate (exits 1 on a
 //!   mismatch).
+//! - `ward audit verify|export`: prove an audit trail complete and unaltered; export it.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
 mod analyze;
+mod audit;
 mod check;
 mod control_plane;
 mod demo_apps;
@@ -78,6 +80,12 @@ enum Command {
     /// trace, offline, from the functions the proxies decide with; exits 0 allowed, 1 denied,
     /// 2 for a bad config or query.
     Check(check::CheckArgs),
+    /// Check or export an audit trail: `verify` proves it complete and unaltered (or names the
+    /// first bad record); `export` prints records between two times with that result.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
     DevIdp(devidp::DevIdpArgs),
     /// Run a TCP echo server (a demo app).
@@ -118,6 +126,7 @@ fn main() -> ExitCode {
         Command::Bootstrap(args) => control_plane::bootstrap(args, &rt),
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Check(args) => return check::run(args),
+        Command::Audit { command } => return audit::run(command),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };

@@ -34,4 +34,4 @@ pub use error::TlsError;
 pub use peer::{peer_info, PeerInfo};
 pub use provider::provider;
 pub use store::{CertStore, CertSummary};
-pub use verify::PeerVerifyError;
+pub use verify::{verify_identity_chain, PeerVerifyError};

@@ -52,6 +52,9 @@ pub enum PeerVerifyError {
         /// The server's identity.
         found: SpiffeId,
     },
+    /// A chain checked offline ([`verify_identity_chain`]) does not verify.
+    #[error("certificate chain does not verify: {0}")]
+    Chain(String),
 }
 
 impl From<PeerVerifyError> for rustls::Error {
@@ -270,4 +273,33 @@ impl ServerCertVerifier for IdentityVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Verifies `chain_der` (leaf first) against `roots_der` at `now` the way a workload's client
+/// certificate is verified in a handshake (chain, validity, EKU clientAuth), and returns the
+/// leaf's SPIFFE id. For checking offline who signed something, such as an audit checkpoint.
+pub fn verify_identity_chain(
+    chain_der: &[Vec<u8>],
+    roots_der: &[Vec<u8>],
+    now: std::time::SystemTime,
+) -> Result<SpiffeId, PeerVerifyError> {
+    let Some((leaf, intermediates)) = chain_der.split_first() else {
+        return Err(PeerVerifyError::Chain("empty certificate chain".into()));
+    };
+    let bundle = crate::store::TrustBundle::build(roots_der, &crate::provider())
+        .map_err(|e| PeerVerifyError::Chain(e.to_string()))?;
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let leaf = CertificateDer::from(leaf.as_slice());
+    let bundle = start(Some(bundle), &intermediates)?;
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| PeerVerifyError::Chain("time before 1970".into()))?;
+    bundle
+        .client_verifier
+        .verify_client_cert(&leaf, &intermediates, UnixTime::since_unix_epoch(secs))
+        .map_err(|e| PeerVerifyError::Chain(e.to_string()))?;
+    Ok(identity_from_cert(&leaf)?)
 }
