@@ -27,6 +27,7 @@ mod admission;
 mod certs;
 mod connection;
 mod conntrack;
+pub mod dns;
 mod egress_http;
 mod inbound;
 mod inbound_http;
