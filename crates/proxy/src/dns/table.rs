@@ -150,11 +150,10 @@ impl DnsTable {
             }
             let alt = alt_names(&host, service_domain.as_deref(), &namespace);
             if let Some(search) = &search {
+                // An expansion that spells a real name (`<name>.` + `<ns>.svc.<domain>.` is the
+                // FQDN) is left to that name below.
                 for name in &alt {
-                    let expanded = format!("{name}{search}");
-                    if !alt.contains(&expanded) {
-                        expansions.push((expanded, name.clone()));
-                    }
+                    expansions.push((format!("{name}{search}"), name.clone()));
                 }
             }
             for name in alt {
