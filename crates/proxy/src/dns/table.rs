@@ -365,6 +365,8 @@ mod tests {
             &scope(),
         );
         assert_eq!(t.lookup("a.b."), Lookup::Unknown);
+        assert_eq!(t.lookup("a.b.ns1."), Lookup::Unknown);
+        assert_eq!(t.lookup("a.b.ns1.svc."), Lookup::Unknown);
         assert_eq!(t.lookup("a."), Lookup::Unknown);
         assert_eq!(t.lookup("xsvc."), Lookup::Unknown);
         assert_eq!(v4(t.lookup("a.b.ns1.svc.cluster.local.")), ["1.2.3.4"]);
@@ -428,6 +430,17 @@ mod tests {
         assert_eq!(v4(t.lookup("FOO.Wildcard.")), ["10.10.10.10"]);
         // The wildcard does not cover the bare domain.
         assert_eq!(t.lookup("wildcard."), Lookup::Unknown);
+    }
+
+    #[test]
+    fn a_wildcard_under_the_service_domain_gets_no_short_names() {
+        let t = DnsTable::new(
+            [("*.ns1.svc.cluster.local".to_owned(), vec![ip("1.2.3.4")])],
+            &scope(),
+        );
+        assert_eq!(v4(t.lookup("x.ns1.svc.cluster.local.")), ["1.2.3.4"]);
+        assert_eq!(t.lookup("x.ns1."), Lookup::Unknown);
+        assert_eq!(t.lookup("x."), Lookup::Unknown);
     }
 
     #[test]
