@@ -618,34 +618,73 @@ async fn a_new_table_is_used_from_the_next_query() {
 
 #[tokio::test]
 async fn forwarded_queries_carry_the_mark_when_the_process_may_set_it() {
-    let upstream = Upstream::start(upstream_addr(10), Behaviour::Answer).await;
-    match Proxy::start_with_mark(10, vec![upstream_addr(10)], short_limits(), Some(0x539)).await {
-        Ok(proxy) => {
-            let q = query("www.example.org.", RecordType::A, 1);
-            assert_eq!(
-                addresses(&udp_exchange(proxy.addr, &q).await),
-                ["192.0.2.7"]
-            );
-            assert_eq!(
-                addresses(&tcp_exchange(proxy.addr, &q).await),
-                ["192.0.2.7"]
-            );
-            assert_eq!(upstream.seen().len(), 2);
-        }
-        Err(e) => {
-            // Without CAP_NET_ADMIN the server refuses to start rather than forward unmarked
-            // queries that the capture would loop back to it.
-            let text = e.to_string();
-            assert!(
-                text.contains("SO_MARK 0x539") && text.contains("CAP_NET_ADMIN"),
-                "{text}"
-            );
-            skip_or_fail(
-                "forwarded_queries_carry_the_mark_when_the_process_may_set_it",
-                "setting SO_MARK needs CAP_NET_ADMIN (root); checked the refusal instead",
-            );
-        }
+    if !is_root() {
+        skip_or_fail(
+            "forwarded_queries_carry_the_mark_when_the_process_may_set_it",
+            "setting SO_MARK needs CAP_NET_ADMIN (root)",
+        );
+        return;
     }
+    let upstream = Upstream::start(upstream_addr(10), Behaviour::Answer).await;
+    let proxy = Proxy::start_with_mark(10, vec![upstream_addr(10)], short_limits(), Some(0x539))
+        .await
+        .unwrap();
+    let q = query("www.example.org.", RecordType::A, 1);
+    assert_eq!(
+        addresses(&udp_exchange(proxy.addr, &q).await),
+        ["192.0.2.7"]
+    );
+    assert_eq!(
+        addresses(&tcp_exchange(proxy.addr, &q).await),
+        ["192.0.2.7"]
+    );
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+/// Without CAP_NET_ADMIN the server refuses to start rather than forward unmarked queries that
+/// the capture would send back to it. As root, the test runs itself again as `nobody`
+/// (`setpriv`, util-linux) to get there.
+#[tokio::test]
+async fn without_the_right_to_mark_the_server_refuses_to_start() {
+    const NAME: &str = "without_the_right_to_mark_the_server_refuses_to_start";
+    if is_root() {
+        let Ok(status) = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .status()
+        else {
+            skip_or_fail(NAME, "setpriv (util-linux) is not installed");
+            return;
+        };
+        assert!(status.success(), "the test as nobody failed: {status}");
+        return;
+    }
+    let err = Proxy::start_with_mark(15, vec![upstream_addr(15)], short_limits(), Some(0x539))
+        .await
+        .err()
+        .expect("no CAP_NET_ADMIN: binding with a mark must fail");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("DNS proxy: cannot set SO_MARK 0x539") && text.contains("CAP_NET_ADMIN"),
+        "{text}"
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 #[tokio::test]
