@@ -13,7 +13,7 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::answer::{
     answer, encode_within, malformed_reply, reply_limit, server_failure, Answer, Transport,
@@ -262,20 +262,30 @@ impl Shared {
         }
     }
 
-    /// Forwards `query` (received as `bytes`) to the upstreams in order and returns the reply
-    /// for the client: the first upstream answer, fitted to the client's transport, or
-    /// SERVFAIL when none answered or too many queries are already waiting.
+    /// A place among the queries waiting upstream, or the SERVFAIL to send at once when they
+    /// are [`Limits::forwarded_in_flight`] already.
+    fn admit_forward(
+        &self,
+        query: &Message,
+        transport: Transport,
+    ) -> Result<OwnedSemaphorePermit, Option<Vec<u8>>> {
+        self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            self.dns().rejected("in_flight_cap");
+            self.reply_bytes(&server_failure(query), query, transport)
+        })
+    }
+
+    /// Forwards `query` (received as `bytes`) to the upstreams in order, holding its place
+    /// `_permit`, and returns the reply for the client: the first upstream answer, fitted to
+    /// the client's transport, or SERVFAIL when none answered.
     async fn forward(
         &self,
         query: &Message,
         qtype: &'static str,
         bytes: &[u8],
         transport: Transport,
+        _permit: OwnedSemaphorePermit,
     ) -> Option<Vec<u8>> {
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.dns().rejected("in_flight_cap");
-            return self.reply_bytes(&server_failure(query), query, transport);
-        };
         self.dns().upstream_request(qtype);
         let started = Instant::now();
         let mut last_error = None;
@@ -399,17 +409,23 @@ async fn serve_udp(
         let current = table.borrow().clone();
         match shared.step(bytes, &current, Transport::Udp) {
             Step::Reply(reply) => send_udp(&socket, &reply, peer).await,
-            Step::Forward(query, qtype) => {
-                let socket = socket.clone();
-                let shared = shared.clone();
-                let bytes = bytes.to_vec();
-                tokio::spawn(async move {
-                    if let Some(reply) = shared.forward(&query, qtype, &bytes, Transport::Udp).await
-                    {
-                        send_udp(&socket, &reply, peer).await;
-                    }
-                });
-            }
+            Step::Forward(query, qtype) => match shared.admit_forward(&query, Transport::Udp) {
+                Ok(permit) => {
+                    let socket = socket.clone();
+                    let shared = shared.clone();
+                    let bytes = bytes.to_vec();
+                    tokio::spawn(async move {
+                        let reply = shared
+                            .forward(&query, qtype, &bytes, Transport::Udp, permit)
+                            .await;
+                        if let Some(reply) = reply {
+                            send_udp(&socket, &reply, peer).await;
+                        }
+                    });
+                }
+                Err(Some(servfail)) => send_udp(&socket, &servfail, peer).await,
+                Err(None) => {}
+            },
             Step::Nothing => {}
         }
     }
@@ -445,9 +461,14 @@ async fn serve_tcp(
         let current = table.borrow().clone();
         let reply = match shared.step(&bytes, &current, Transport::Tcp) {
             Step::Reply(reply) => Some(reply),
-            Step::Forward(query, qtype) => {
-                shared.forward(&query, qtype, &bytes, Transport::Tcp).await
-            }
+            Step::Forward(query, qtype) => match shared.admit_forward(&query, Transport::Tcp) {
+                Ok(permit) => {
+                    shared
+                        .forward(&query, qtype, &bytes, Transport::Tcp, permit)
+                        .await
+                }
+                Err(servfail) => servfail,
+            },
             Step::Nothing => None,
         };
         let Some(reply) = reply else {
