@@ -161,6 +161,29 @@ pub fn encode_within(reply: &Message, limit: usize) -> Result<Vec<u8>, EncodeErr
     }
 }
 
+/// An upstream's reply (`reply`, already carrying the client's id) as the client of `query`
+/// over `transport` gets it: the upstream's bytes as they are when they fit; re-encoded and cut
+/// by [`encode_within`] when they do not (Istio `Truncate`); and when a reply too big does not
+/// even decode, an empty NOERROR reply with TC set, which sends the client to TCP.
+pub fn fit_relayed(
+    reply: Vec<u8>,
+    query: &Message,
+    transport: Transport,
+) -> Result<Vec<u8>, EncodeError> {
+    let limit = reply_limit(query, transport);
+    if reply.len() <= limit {
+        return Ok(reply);
+    }
+    match Message::from_vec(&reply) {
+        Ok(message) => encode_within(&message, limit),
+        Err(_) => {
+            let mut empty = reply_to(query, ResponseCode::NoError);
+            empty.metadata.truncation = true;
+            encode_within(&empty, limit)
+        }
+    }
+}
+
 /// A reply could not be encoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("cannot encode the DNS reply: {0}")]
@@ -484,6 +507,42 @@ mod tests {
         assert!(!back.answers.is_empty() && back.answers.len() < 100);
         assert_eq!(back.metadata.id, 4242);
         assert_eq!(back.queries, q.queries);
+    }
+
+    #[test]
+    fn relayed_replies_pass_whole_when_they_fit_and_are_cut_when_not() {
+        let q = query("big.example.org.", RecordType::A);
+        let mut big = reply_to(&q, ResponseCode::NoError);
+        for i in 1..=100u8 {
+            big.add_answer(Record::from_rdata(
+                Name::from_ascii("big.example.org.").unwrap(),
+                60,
+                RData::A(A::new(192, 0, 2, i)),
+            ));
+        }
+        let bytes = big.to_vec().unwrap();
+        // Over TCP, the upstream's bytes unchanged.
+        assert_eq!(
+            fit_relayed(bytes.clone(), &q, Transport::Tcp).unwrap(),
+            bytes
+        );
+        // Over UDP without EDNS: cut to 512 bytes, TC set, the first records kept.
+        let cut = fit_relayed(bytes.clone(), &q, Transport::Udp).unwrap();
+        assert!(cut.len() <= 512);
+        let back = Message::from_vec(&cut).unwrap();
+        assert!(back.metadata.truncation);
+        assert_eq!(back.metadata.id, 4242);
+        assert_eq!(back.answers[0].data.to_string(), "192.0.2.1");
+        // Too big and undecodable (a record claimed but missing): empty, TC, the question kept.
+        let mut broken = bytes;
+        broken[11] = 1;
+        assert!(Message::from_vec(&broken).is_err());
+        let empty = Message::from_vec(&fit_relayed(broken, &q, Transport::Udp).unwrap()).unwrap();
+        assert!(empty.metadata.truncation);
+        assert!(empty.answers.is_empty());
+        assert_eq!(empty.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(empty.queries, q.queries);
+        assert_eq!(empty.metadata.id, 4242);
     }
 
     #[test]

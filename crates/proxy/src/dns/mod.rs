@@ -13,8 +13,8 @@ mod table;
 mod upstream;
 
 pub use answer::{
-    answer, encode_within, malformed_reply, reply_limit, server_failure, Answer, EncodeError,
-    Transport, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD,
+    answer, encode_within, fit_relayed, malformed_reply, reply_limit, server_failure, Answer,
+    EncodeError, Transport, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD,
 };
 pub use resolv_conf::{parse_resolv_conf, read_resolv_conf, ResolvConf, ResolvConfError, DNS_PORT};
 pub use server::{serve, DnsError, DnsServer, Limits, Settings};

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::answer::{
-    answer, encode_within, malformed_reply, reply_limit, server_failure, Answer, Transport,
+    answer, encode_within, fit_relayed, malformed_reply, reply_limit, server_failure, Answer,
+    Transport,
 };
 use super::table::DnsTable;
 use super::upstream::{self, ExchangeError};
@@ -309,7 +310,13 @@ impl Shared {
                         question = ?query.queries.first().map(ToString::to_string),
                         "DNS: forwarded"
                     );
-                    return self.fit_upstream_reply(reply, query, transport);
+                    return match fit_relayed(reply, query, transport) {
+                        Ok(bytes) => Some(bytes),
+                        Err(error) => {
+                            tracing::debug!(%error, "DNS: upstream reply not relayed");
+                            None
+                        }
+                    };
                 }
                 Err(error) => {
                     tracing::debug!(
@@ -328,31 +335,6 @@ impl Shared {
         self.dns().upstream_failure(qtype);
         self.log_failure(last_error);
         self.reply_bytes(&server_failure(query), query, transport)
-    }
-
-    /// An upstream reply as is when it fits the client's transport; re-encoded and cut (TC)
-    /// when it does not.
-    fn fit_upstream_reply(
-        &self,
-        reply: Vec<u8>,
-        query: &Message,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
-        let limit = reply_limit(query, transport);
-        if reply.len() <= limit {
-            return Some(reply);
-        }
-        match Message::from_vec(&reply) {
-            Ok(message) => self.reply_bytes(&message, query, transport),
-            Err(_) => {
-                // Cannot cut what does not decode: an empty truncated reply sends the client to
-                // TCP.
-                let mut cut = server_failure(query);
-                cut.metadata.response_code = hickory_proto::op::ResponseCode::NoError;
-                cut.metadata.truncation = true;
-                self.reply_bytes(&cut, query, transport)
-            }
-        }
     }
 
     fn reply_bytes(
