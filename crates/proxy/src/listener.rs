@@ -1,6 +1,7 @@
 //! Admission at every listener: one accept loop for all of a process's listeners (HBONE, the
-//! plaintext service ports, the egress listeners, the admin port), which refuses a connection
-//! that would take more than its share of the process's file descriptors.
+//! plaintext service ports, the egress listeners, the admin port, the DNS proxy's TCP port),
+//! which refuses a connection that would take more than its share of the process's file
+//! descriptors.
 //!
 //! The descriptor budget is process-wide, derived from the open-file limit (`RLIMIT_NOFILE`,
 //! raised to the hard limit by `ward` at start):
