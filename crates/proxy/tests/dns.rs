@@ -18,13 +18,12 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
-use ward_proxy::dns::{DnsServer, DnsTable, Limits, Scope, Settings};
+use ward_proxy::dns::{DnsServer, DnsTable, Limits, Scope, Settings, PROXY_PORT};
 use ward_proxy::Metrics;
 
 use support::metrics::MetricsText;
 use support::WAIT;
 
-const PROXY_PORT: u16 = 15053;
 const UPSTREAM_PORT: u16 = 10053;
 
 fn proxy_addr(n: u8) -> SocketAddr {

@@ -20,3 +20,7 @@ pub use resolv_conf::{parse_resolv_conf, read_resolv_conf, ResolvConf, ResolvCon
 pub use server::{serve, DnsError, DnsServer, Limits, Settings};
 pub use table::{Addresses, DnsTable, Lookup, Scope, TTL};
 pub use upstream::ExchangeError;
+
+/// The port the DNS proxy listens on, UDP and TCP, on `127.0.0.1` (Istio's `localhost:15053`);
+/// capture redirects the app's port-53 traffic there.
+pub const PROXY_PORT: u16 = 15053;
