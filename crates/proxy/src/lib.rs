@@ -18,6 +18,8 @@
 //! - [`listener`]: the one accept loop of every listener, with its admission caps and the
 //!   process-wide connection budget, so a flood on one listener cannot exhaust the descriptors.
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
+//! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
+//!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
 //!
 //! It must not: parse YAML, sign certificates, or decide policy itself.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -27,6 +29,7 @@ mod admission;
 mod certs;
 mod connection;
 mod conntrack;
+pub mod dns;
 mod egress_http;
 mod inbound;
 mod inbound_http;

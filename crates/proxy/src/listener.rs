@@ -1,6 +1,7 @@
 //! Admission at every listener: one accept loop for all of a process's listeners (HBONE, the
-//! plaintext service ports, the egress listeners, the admin port), which refuses a connection
-//! that would take more than its share of the process's file descriptors.
+//! plaintext service ports, the egress listeners, the admin port, the DNS proxy's TCP port),
+//! which refuses a connection that would take more than its share of the process's file
+//! descriptors.
 //!
 //! The descriptor budget is process-wide, derived from the open-file limit (`RLIMIT_NOFILE`,
 //! raised to the hard limit by `ward` at start):
@@ -144,6 +145,8 @@ pub enum Kind {
     Outbound,
     /// The admin HTTP port.
     Admin,
+    /// The DNS proxy's TCP port (`crate::dns`).
+    Dns,
 }
 
 impl Kind {
@@ -154,6 +157,7 @@ impl Kind {
             Kind::Plaintext => "plaintext",
             Kind::Outbound => "outbound",
             Kind::Admin => "admin",
+            Kind::Dns => "dns",
         }
     }
 }
@@ -438,7 +442,7 @@ impl Drop for Permit {
 /// Rate limit for refusal logs: at most one line per [`LOG_EVERY`], carrying how many refusals
 /// it stands for.
 #[derive(Default)]
-struct RefusalLog {
+pub(crate) struct RefusalLog {
     /// Refusals not yet logged.
     pending: AtomicU64,
     /// When the last line was written.
@@ -447,7 +451,7 @@ struct RefusalLog {
 
 impl RefusalLog {
     /// Note one refusal at `now`; `Some(n)` when a line is due, standing for `n` refusals.
-    fn note(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn note(&self, now: Instant) -> Option<u64> {
         self.pending.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last.lock().ok()?;
         if last.is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY) {

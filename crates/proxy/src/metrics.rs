@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::access_log::{ConnRecord, Direction};
@@ -85,12 +86,133 @@ pub struct JwksLabels {
 /// Labels of the refused-connection counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// `hbone`, `plaintext`, `outbound` or `admin`.
+    /// `hbone`, `plaintext`, `outbound`, `admin` or `dns`.
     pub listener: String,
     /// The workload `ns/name` the listener serves, `none` for the admin port.
     pub workload: String,
     /// Which cap refused it (`source_handshakes`, `listener_connections`, `budget`...).
     pub reason: String,
+}
+
+/// Labels of the DNS proxy's per-query counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// The question's type (`A`, `AAAA`, `SRV`...; `other` beyond the common ones, `none`
+    /// without a question).
+    pub query_type: String,
+}
+
+/// Labels of the DNS proxy's rejection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsRejectedLabels {
+    /// `malformed` (not a DNS message: FORMERR or dropped) or `in_flight_cap` (too many
+    /// queries already waiting upstream: SERVFAIL at once).
+    pub reason: String,
+}
+
+/// The DNS proxy's metrics (`crate::dns`): istio-agent's names where it has them
+/// (istio/istio `pkg/dns/client/monitoring.go`), with a `query_type` label added; `ward_dns_*`
+/// for the rest. docs/dns.md lists them.
+pub struct DnsMetrics {
+    requests: Family<DnsLabels, Counter>,
+    local: Family<DnsLabels, Counter>,
+    upstream_requests: Family<DnsLabels, Counter>,
+    upstream_failures: Family<DnsLabels, Counter>,
+    upstream_duration: Histogram,
+    rejected: Family<DnsRejectedLabels, Counter>,
+}
+
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        DnsMetrics {
+            requests: Family::default(),
+            local: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_failures: Family::default(),
+            // istio-agent's buckets, in order.
+            upstream_duration: Histogram::new([0.001, 0.005, 0.01, 0.1, 1.0, 5.0]),
+            rejected: Family::default(),
+        }
+    }
+}
+
+impl DnsMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "dns_requests",
+            "DNS queries received by the DNS proxy",
+            self.requests.clone(),
+        );
+        registry.register(
+            "ward_dns_local_responses",
+            "DNS queries answered from the mesh name table",
+            self.local.clone(),
+        );
+        registry.register(
+            "dns_upstream_requests",
+            "DNS queries forwarded to the upstream resolvers",
+            self.upstream_requests.clone(),
+        );
+        registry.register(
+            "dns_upstream_failures",
+            "Forwarded DNS queries no upstream resolver answered (SERVFAIL)",
+            self.upstream_failures.clone(),
+        );
+        registry.register(
+            "dns_upstream_request_duration_seconds",
+            "Time from forwarding a DNS query to the upstream answer or the last failure",
+            self.upstream_duration.clone(),
+        );
+        registry.register(
+            "ward_dns_rejected",
+            "DNS messages refused before being answered or forwarded, by reason",
+            self.rejected.clone(),
+        );
+    }
+
+    fn labels(query_type: &str) -> DnsLabels {
+        DnsLabels {
+            query_type: query_type.to_owned(),
+        }
+    }
+
+    /// A query was received.
+    pub(crate) fn request(&self, query_type: &str) {
+        self.requests.get_or_create(&Self::labels(query_type)).inc();
+    }
+
+    /// A query was answered from the table (or refused locally: FORMERR, NOTIMP).
+    pub(crate) fn local(&self, query_type: &str) {
+        self.local.get_or_create(&Self::labels(query_type)).inc();
+    }
+
+    /// A query was forwarded upstream.
+    pub(crate) fn upstream_request(&self, query_type: &str) {
+        self.upstream_requests
+            .get_or_create(&Self::labels(query_type))
+            .inc();
+    }
+
+    /// A forwarded query got no answer from any upstream.
+    pub(crate) fn upstream_failure(&self, query_type: &str) {
+        self.upstream_failures
+            .get_or_create(&Self::labels(query_type))
+            .inc();
+    }
+
+    /// How long a forwarded query took.
+    pub(crate) fn upstream_duration(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// A message was refused (`malformed`, `in_flight_cap`).
+    pub(crate) fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&DnsRejectedLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// All of one process's proxy metrics; shared by every sidecar in it.
@@ -107,6 +229,7 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     budget: Gauge,
     budget_in_use: Gauge,
+    dns: DnsMetrics,
 }
 
 fn or_unknown(v: Option<&str>) -> String {
@@ -182,7 +305,13 @@ impl Metrics {
             "Connections held now against the connection budget",
             m.budget_in_use.clone(),
         );
+        m.dns.register(registry);
         std::sync::Arc::new(m)
+    }
+
+    /// The DNS proxy's metrics.
+    pub fn dns(&self) -> &DnsMetrics {
+        &self.dns
     }
 
     /// Count a connection refused at a listener.
