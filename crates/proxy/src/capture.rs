@@ -220,7 +220,11 @@ impl Plan {
         ) {
             let _ = writeln!(out, ":{chain} - [0:0]");
         }
-        for chain in old.chains.iter().filter(|c| !self.chains.contains(&c.as_str())) {
+        for chain in old
+            .chains
+            .iter()
+            .filter(|c| !self.chains.contains(&c.as_str()))
+        {
             let _ = writeln!(out, "-X {chain}");
         }
         for rule in &self.rules {
@@ -315,7 +319,9 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Capt
     }
     let output = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
     if !output.status.success() {
-        return Err(fail(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+        return Err(fail(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -370,7 +376,12 @@ mod tests {
         );
         assert_eq!(
             plan.chains,
-            ["WARD_INBOUND", "WARD_IN_REDIRECT", "WARD_OUTPUT", "WARD_REDIRECT"]
+            [
+                "WARD_INBOUND",
+                "WARD_IN_REDIRECT",
+                "WARD_OUTPUT",
+                "WARD_REDIRECT"
+            ]
         );
     }
 
@@ -379,7 +390,10 @@ mod tests {
         let opts = CaptureOptions {
             exclude_ports: vec![22, 15008, 22],
             exclude_cidrs: vec!["10.9.0.0/16".parse().unwrap()],
-            include_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.0/24".parse().unwrap()],
+            include_cidrs: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.0/24".parse().unwrap(),
+            ],
             dns: true,
             admin_port: None,
             probe_source: Some("169.254.7.127".parse().unwrap()),
@@ -415,7 +429,10 @@ mod tests {
         };
         assert!(matches!(
             Plan::new(&v6, 1),
-            Err(CaptureError::Ipv6 { flag: "--capture-exclude-cidrs", .. })
+            Err(CaptureError::Ipv6 {
+                flag: "--capture-exclude-cidrs",
+                ..
+            })
         ));
     }
 
@@ -454,6 +471,9 @@ mod tests {
             removal_input(SAVED).unwrap(),
             "*nat\n-D PREROUTING -p tcp -j WARD_INBOUND\n-D OUTPUT -p udp -m udp --dport 53 -j WARD_DNS\n:WARD_DNS - [0:0]\n:WARD_INBOUND - [0:0]\n-X WARD_DNS\n-X WARD_INBOUND\nCOMMIT\n"
         );
-        assert_eq!(removal_input("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n"), None);
+        assert_eq!(
+            removal_input("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n"),
+            None
+        );
     }
 }
