@@ -502,11 +502,15 @@ impl Supervisor {
                 self.admission.clone(),
             ) {
                 Ok((sidecar, handle)) => {
+                    let mut own = vec![OwnListener {
+                        addr: self.admin,
+                        what: "the admin API".to_owned(),
+                    }];
+                    if self.capture {
+                        own.extend(capture::listeners());
+                    }
                     let sidecar = sidecar
-                        .with_process_listeners(vec![OwnListener {
-                            addr: self.admin,
-                            what: "the admin API".to_owned(),
-                        }])
+                        .with_process_listeners(own)
                         .with_capture(self.capture);
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);

@@ -82,6 +82,21 @@ pub(crate) fn original_dst(tcp: &tokio::net::TcpStream) -> io::Result<SocketAddr
         .ok_or_else(|| io::Error::other("the original destination is not an IP address"))
 }
 
+/// The capture ports, as listeners a `jwksUri` must never reach.
+pub fn listeners() -> Vec<ward_authn::jwks_uri::OwnListener> {
+    use ward_authn::jwks_uri::OwnListener;
+    vec![
+        OwnListener {
+            addr: SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), OUTBOUND_CAPTURE_PORT),
+            what: "the outbound capture port".to_owned(),
+        },
+        OwnListener {
+            addr: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), INBOUND_CAPTURE_PORT),
+            what: "the inbound capture port".to_owned(),
+        },
+    ]
+}
+
 /// What to capture (the `--capture-*` flags of `ward up`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureOptions {

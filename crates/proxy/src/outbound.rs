@@ -442,4 +442,76 @@ mod tests {
         assert_eq!(route(&cfg, bind, 1).unwrap().endpoints.len(), 3);
         assert!(route(&cfg, "127.9.0.1:9001".parse().unwrap(), 0).is_none());
     }
+
+    fn captured_config(mode: &str) -> ProxyConfig {
+        let yaml = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: cli, namespace: app}}
+spec: {{address: 10.9.0.1, serviceAccount: cli, labels: {{app: cli}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: app}}
+spec: {{address: 10.9.0.2, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: srv, namespace: app}}
+spec:
+  hosts: [srv.app.svc.cluster.local]
+  addresses: [10.96.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: srv}}}}
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: cli, namespace: app}}
+spec:
+  workloadSelector: {{labels: {{app: cli}}}}
+  outboundTrafficPolicy: {{mode: {mode}}}
+"#
+        );
+        let set = ward_config::load_str("test.yaml", &yaml).unwrap();
+        ward_config::translate(&set).unwrap().proxies["app/cli"].clone()
+    }
+
+    #[test]
+    fn captured_connections_follow_vip_workload_then_outbound_traffic_policy() {
+        let cfg = captured_config("REGISTRY_ONLY");
+        let plan = |dst: &str| plan_captured(&cfg, dst.parse().unwrap(), 0);
+        match plan("10.96.0.10:80") {
+            CapturedPlan::Route(route) => {
+                assert_eq!(route.service, "srv.app.svc.cluster.local");
+                assert_eq!(route.endpoints[0].address.to_string(), "10.9.0.2:8080");
+                assert_eq!(route.endpoints[0].transport, Transport::Hbone);
+            }
+            other => panic!("service route expected, got {other:?}"),
+        }
+        match plan("10.9.0.2:5555") {
+            CapturedPlan::Route(route) => {
+                assert_eq!(route.service, "app/srv");
+                assert_eq!(route.endpoints.len(), 1);
+                assert_eq!(route.endpoints[0].address.to_string(), "10.9.0.2:5555");
+                assert_eq!(
+                    route.endpoints[0].identity.as_deref(),
+                    Some("spiffe://cluster.local/ns/app/sa/srv")
+                );
+            }
+            other => panic!("workload route expected, got {other:?}"),
+        }
+        assert_eq!(
+            plan("10.96.0.10:81"),
+            CapturedPlan::BlackHole,
+            "a VIP without that port"
+        );
+        assert_eq!(plan("192.0.2.1:443"), CapturedPlan::BlackHole);
+        let open = captured_config("ALLOW_ANY");
+        assert_eq!(
+            plan_captured(&open, "192.0.2.1:443".parse().unwrap(), 0),
+            CapturedPlan::Passthrough
+        );
+    }
 }
