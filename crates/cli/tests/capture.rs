@@ -601,8 +601,17 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
 
     // A probe from inside the namespace to the workload's own address is captured outbound and
     // comes back over HBONE as the workload itself.
-    assert_eq!(topo.python("b", HTTP_GET, &["10.231.0.2", "8080", "/"]), "STATUS 200");
-    record(&srv, &[("src.identity", "spiffe://cluster.local/ns/app/sa/srv"), ("message", "request complete")]);
+    assert_eq!(
+        topo.python("b", HTTP_GET, &["10.231.0.2", "8080", "/"]),
+        "STATUS 200"
+    );
+    record(
+        &srv,
+        &[
+            ("src.identity", "spiffe://cluster.local/ns/app/sa/srv"),
+            ("message", "request complete"),
+        ],
+    );
 
     // 9. The wire: the passthrough payload crossed the bridge in the clear (so the capture
     // sees payloads), the one sent to the service never did.

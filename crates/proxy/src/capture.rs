@@ -46,7 +46,7 @@ pub fn set_socket_mark(mark: u32) {
 }
 
 /// Puts the process's mark on `socket` before it connects; nothing when capture is off.
-pub(crate) fn mark_socket<S: std::os::fd::AsFd>(socket: &S) -> io::Result<()> {
+pub fn mark_socket<S: std::os::fd::AsFd>(socket: &S) -> io::Result<()> {
     let mark = ACTIVE_MARK.load(Ordering::Acquire);
     if mark == 0 {
         return Ok(());
@@ -55,10 +55,7 @@ pub(crate) fn mark_socket<S: std::os::fd::AsFd>(socket: &S) -> io::Result<()> {
 }
 
 /// A TCP connection to `addr` from a marked socket (optionally bound to `local`).
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    local: Option<IpAddr>,
-) -> io::Result<tokio::net::TcpStream> {
+pub async fn connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<tokio::net::TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
