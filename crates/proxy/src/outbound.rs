@@ -105,6 +105,12 @@ pub(crate) async fn run_capture_listener(
 pub(crate) enum CapturedPlan {
     /// Like an egress listener's connection: to the endpoints of a service or a workload.
     Route(Route),
+    /// A service port without endpoints (an entry with `resolution: NONE` and its own
+    /// `addresses`): straight to the original destination, as Istio forwards such a service.
+    Original {
+        /// The service host.
+        service: String,
+    },
     /// ALLOW_ANY: straight to the original destination (Istio's `PassthroughCluster`).
     Passthrough,
     /// REGISTRY_ONLY: refused (Istio's `BlackHoleCluster`).
@@ -114,6 +120,11 @@ pub(crate) enum CapturedPlan {
 /// Decide a captured connection to `dst`, starting at endpoint `start`. Pure.
 pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) -> CapturedPlan {
     match cfg.captured_destination(dst) {
+        CapturedDestination::Service { host, port } if port.endpoints.is_empty() => {
+            CapturedPlan::Original {
+                service: host.to_owned(),
+            }
+        }
         CapturedDestination::Service { host, port } => {
             let mut endpoints = port.endpoints.clone();
             if !endpoints.is_empty() {
@@ -171,6 +182,10 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
                     result.record().dst_service = None;
                 }
                 up
+            }
+            CapturedPlan::Original { service } => {
+                result.record().dst_service = Some(service);
+                passthrough(dst).await
             }
             CapturedPlan::Passthrough => {
                 let rec = result.record();
@@ -467,6 +482,14 @@ spec:
   ports: [{{number: 80, name: http, targetPort: 8080}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: app}}
+spec:
+  hosts: [legacy.example.com]
+  addresses: [192.0.2.0/24]
+  ports: [{{number: 5432, name: tcp}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: cli, namespace: app}}
 spec:
@@ -507,10 +530,17 @@ spec:
             CapturedPlan::BlackHole,
             "a VIP without that port"
         );
-        assert_eq!(plan("192.0.2.1:443"), CapturedPlan::BlackHole);
+        assert_eq!(
+            plan("192.0.2.7:5432"),
+            CapturedPlan::Original {
+                service: "legacy.example.com".into()
+            },
+            "resolution NONE: a registered service, to the address dialed"
+        );
+        assert_eq!(plan("198.51.100.1:443"), CapturedPlan::BlackHole);
         let open = captured_config("ALLOW_ANY");
         assert_eq!(
-            plan_captured(&open, "192.0.2.1:443".parse().unwrap(), 0),
+            plan_captured(&open, "198.51.100.1:443".parse().unwrap(), 0),
             CapturedPlan::Passthrough
         );
     }

@@ -238,8 +238,15 @@ impl Sidecar {
         let (stop_tx, stop_rx) = watch::channel(false);
         let first = self.config.borrow().clone();
         let (served_tx, served) = watch::channel(self.served(&first));
+        // Without capture the data path reads the pushed config itself, as it arrives; with
+        // capture, the served one this task derives from it.
+        let data_config = if self.capture {
+            served.clone()
+        } else {
+            self.config.clone()
+        };
         let inbound_ctx = Arc::new(InboundCtx {
-            config: served.clone(),
+            config: data_config.clone(),
             tracker: h.tracker.clone(),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
@@ -254,7 +261,7 @@ impl Sidecar {
             stop_rx.clone(),
         ));
         let outbound_ctx = Arc::new(OutboundCtx {
-            config: served.clone(),
+            config: data_config,
             pool: Arc::new(HbonePool::new(address, h.certs.clone())),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
