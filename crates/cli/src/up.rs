@@ -92,10 +92,10 @@ pub(crate) struct UpArgs {
     /// Ports never captured, inbound or outbound (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "PORT", requires = "capture")]
     capture_exclude_ports: Vec<u16>,
-    /// Outbound destinations never captured (IPv4 CIDRs, comma-separated).
+    /// Outbound destinations never captured (CIDRs, comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
     capture_exclude_cidrs: Vec<ipnet::IpNet>,
-    /// Outbound destinations captured (IPv4 CIDRs, comma-separated); default: all.
+    /// Outbound destinations captured (CIDRs, comma-separated); default: all.
     #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
     capture_include_cidrs: Vec<ipnet::IpNet>,
     /// Also redirect the workload's DNS (port 53, UDP and TCP) to 127.0.0.1:15053. Off by
@@ -104,8 +104,8 @@ pub(crate) struct UpArgs {
     capture_dns: bool,
     /// The source address of health probes, whose inbound TCP reaches the app uncaptured
     /// (docs/capture.md, "Health probes"; Istio ambient uses 169.254.7.127). Default: none.
-    #[arg(long, value_name = "IPV4", requires = "capture")]
-    capture_probe_source: Option<std::net::Ipv4Addr>,
+    #[arg(long, value_name = "IP", requires = "capture")]
+    capture_probe_source: Option<std::net::IpAddr>,
 }
 
 impl UpArgs {
@@ -116,7 +116,7 @@ impl UpArgs {
             include_cidrs: self.capture_include_cidrs.clone(),
             dns: self.capture_dns,
             admin_port: Some(self.admin.port()),
-            probe_source: self.capture_probe_source.map(Into::into),
+            probe_source: self.capture_probe_source,
         }
     }
 
@@ -208,7 +208,7 @@ impl CertificateProvider for LocalCa {
 
 pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()> {
     if args.uninstall_capture {
-        let removed = capture::remove().context("removing the capture rules")?;
+        let removed = remove_capture().context("removing the capture rules")?;
         println!(
             "ward: {}",
             if removed {
@@ -306,7 +306,7 @@ struct CaptureGuard;
 
 impl Drop for CaptureGuard {
     fn drop(&mut self) {
-        match capture::remove() {
+        match remove_capture() {
             Ok(_) => tracing::info!("capture rules removed"),
             Err(e) => {
                 tracing::error!(error = %e, "capture rules not removed; run `ward up --uninstall-capture`")
@@ -315,7 +315,20 @@ impl Drop for CaptureGuard {
     }
 }
 
-/// Checks that one workload is hosted, marks this process's sockets and installs the rules.
+/// Removes the rules of both families; whether there were any. IPv6 rules are removed when
+/// `ip6tables` can be run at all.
+fn remove_capture() -> anyhow::Result<bool> {
+    let v4 = capture::remove(capture::Family::V4)?;
+    let v6 = capture::remove(capture::Family::V6).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no IPv6 capture rules to remove");
+        false
+    });
+    Ok(v4 || v6)
+}
+
+/// Checks that one workload is hosted, marks this process's sockets and installs the rules:
+/// IPv4 must succeed; IPv6 is installed where `ip6tables` works, else a warning says it is not
+/// captured.
 fn install_capture(args: &UpArgs, hosted: &Hosted) -> anyhow::Result<CaptureGuard> {
     if hosted.len() != Some(1) {
         anyhow::bail!(
@@ -323,15 +336,25 @@ fn install_capture(args: &UpArgs, hosted: &Hosted) -> anyhow::Result<CaptureGuar
              --workloads namespace/name"
         );
     }
-    let plan = capture::Plan::new(&args.capture_options(), capture::SOCKET_MARK)?;
+    let opts = args.capture_options();
     capture::set_socket_mark(capture::SOCKET_MARK);
-    capture::install(&plan).context("installing the capture rules (needs root)")?;
-    tracing::info!(
-        rules = plan.rules.len(),
-        mark = capture::SOCKET_MARK,
-        "capture rules installed"
-    );
-    Ok(CaptureGuard)
+    let v4 = capture::Plan::for_family(&opts, capture::SOCKET_MARK, capture::Family::V4);
+    capture::install(&v4).context("installing the capture rules (needs root)")?;
+    let guard = CaptureGuard;
+    let v6 = capture::Plan::for_family(&opts, capture::SOCKET_MARK, capture::Family::V6);
+    match capture::install(&v6) {
+        Ok(()) => tracing::info!(
+            rules = v4.rules.len() + v6.rules.len(),
+            mark = capture::SOCKET_MARK,
+            "capture rules installed (IPv4 and IPv6)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            mark = capture::SOCKET_MARK,
+            "capture rules installed for IPv4 only: IPv6 traffic is not captured"
+        ),
+    }
+    Ok(guard)
 }
 
 /// Say how the open-file limit was split, once at start.

@@ -65,12 +65,8 @@ const CLIENT: &str = r#"
 import socket, sys
 host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 src = sys.argv[4] if len(sys.argv) > 4 else None
-s = socket.socket()
-s.settimeout(10)
 try:
-    if src:
-        s.bind((src, 0))
-    s.connect((host, port))
+    s = socket.create_connection((host, port), 10, (src, 0) if src else None)
     s.sendall(msg)
     data = b""
     while len(data) < len(msg):
@@ -111,12 +107,13 @@ except Exception as e:
     print("ERROR %s %s" % (type(e).__name__, e))
 "#;
 
-/// A plain TCP echo server on 0.0.0.0:`port`.
+/// A plain TCP echo server on `[::]:port`, IPv4 and IPv6.
 const ECHO_SERVER: &str = r#"
 import socket, sys, threading
-srv = socket.socket()
+srv = socket.socket(socket.AF_INET6)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.bind(("::", int(sys.argv[1])))
 srv.listen(64)
 def serve(c):
     with c:
@@ -218,6 +215,12 @@ impl Topology {
                 "ip",
                 &["-n", &ns, "route", "add", "default", "via", "10.231.0.254"],
             );
+            // IPv6 inside the namespaces only (a unique local prefix; no duplicate detection).
+            let v6 = format!("fd00:231::{}/64", i + 1);
+            must(
+                "ip",
+                &["-n", &ns, "-6", "addr", "add", &v6, "dev", "veth0", "nodad"],
+            );
         }
         topo
     }
@@ -251,10 +254,14 @@ impl Topology {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// The nat table of namespace `name`, as `iptables-save` prints it.
+    /// The nat tables of namespace `name`, as `iptables-save` and `ip6tables-save` print them.
     fn nat(&self, name: &str) -> String {
-        String::from_utf8_lossy(&self.exec(name, "iptables-save", &["-t", "nat"]).stdout)
-            .into_owned()
+        ["iptables-save", "ip6tables-save"]
+            .iter()
+            .map(|p| {
+                String::from_utf8_lossy(&self.exec(name, p, &["-t", "nat"]).stdout).into_owned()
+            })
+            .collect()
     }
 }
 
@@ -368,6 +375,7 @@ fn kill_and_wait(pid: u32) {
     panic!("{pid} still running after SIGKILL");
 }
 
+/// Ward's rules in both families' nat tables.
 fn ward_rules(nat: &str) -> usize {
     nat.lines().filter(|l| l.contains("WARD_")).count()
 }
@@ -381,6 +389,8 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
         "ip",
         "iptables-save",
         "iptables-restore",
+        "ip6tables-save",
+        "ip6tables-restore",
         "python3",
         "tcpdump",
     ] {
@@ -550,6 +560,30 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
         ],
     );
 
+    // 6b. IPv6 is captured too: REGISTRY_ONLY refuses it, ALLOW_ANY passes it through.
+    assert_eq!(
+        topo.python("c", CLIENT, &["fd00:231::4", "7000", "unknown6"]),
+        "RESET"
+    );
+    record(
+        &other,
+        &[
+            ("upstream_cluster", "BlackHoleCluster"),
+            ("dst.addr", "[fd00:231::4]:7000"),
+        ],
+    );
+    assert_eq!(
+        topo.python("a", CLIENT, &["fd00:231::4", "7000", "six"]),
+        "REPLY six"
+    );
+    record(
+        &cli,
+        &[
+            ("upstream_cluster", "PassthroughCluster"),
+            ("dst.addr", "[fd00:231::4]:7000"),
+        ],
+    );
+
     // 7. STRICT: a plaintext client from a host outside the mesh is refused at the inbound
     // capture port, and so is its HTTP probe from its own address.
     assert_eq!(
@@ -644,7 +678,8 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
         topo.nat("c")
             .matches("-A PREROUTING -p tcp -j WARD_INBOUND")
             .count(),
-        1
+        2,
+        "one per family"
     );
     assert_eq!(ward_rules(&topo.nat("c")), ward_rules(&left));
     kill_and_wait(again.pid());

@@ -8,7 +8,8 @@
 //! `SO_MARK` by [`mark_socket`]) once capture is on, and the rules let marked packets through,
 //! so the proxy never captures itself.
 //!
-//! IPv4 only: the rules are `iptables` (nat table) rules; IPv6 traffic is not captured.
+//! Both families: the same rules go into `iptables` and `ip6tables` (nat table), each with its
+//! family's loopback range and CIDRs.
 
 use std::fmt::Write as _;
 use std::io;
@@ -36,6 +37,42 @@ const IN_REDIRECT: &str = "WARD_IN_REDIRECT";
 const OUTPUT: &str = "WARD_OUTPUT";
 const REDIRECT: &str = "WARD_REDIRECT";
 const DNS: &str = "WARD_DNS";
+
+/// An address family, and the programs that manage its rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `iptables`.
+    V4,
+    /// `ip6tables`.
+    V6,
+}
+
+impl Family {
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    fn has(self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == (self == Family::V4)
+    }
+}
 
 /// The mark this process puts on its sockets; 0 until capture is installed.
 static ACTIVE_MARK: AtomicU32 = AtomicU32::new(0);
@@ -67,6 +104,17 @@ pub async fn connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<toki
     socket.connect(addr).await
 }
 
+/// An IPv6-only listener on `addr` (so `[::]` does not also take the IPv4 port).
+pub(crate) fn bind_v6_only(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// The destination a captured connection was sent to before the REDIRECT rule
 /// (`getsockopt(SOL_IP, SO_ORIGINAL_DST)`).
 pub(crate) fn original_dst(tcp: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
@@ -90,6 +138,14 @@ pub fn listeners() -> Vec<ward_authn::jwks_uri::OwnListener> {
         OwnListener {
             addr: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), INBOUND_CAPTURE_PORT),
             what: "the inbound capture port".to_owned(),
+        },
+        OwnListener {
+            addr: SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), OUTBOUND_CAPTURE_PORT),
+            what: "the outbound capture port (IPv6)".to_owned(),
+        },
+        OwnListener {
+            addr: SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), INBOUND_CAPTURE_PORT),
+            what: "the inbound capture port (IPv6)".to_owned(),
         },
     ]
 }
@@ -115,14 +171,6 @@ pub struct CaptureOptions {
 /// Why capture could not be installed or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    /// An IPv6 network in an IPv4-only rule set.
-    #[error("{flag}: {net} is IPv6; capture is IPv4 only")]
-    Ipv6 {
-        /// The flag.
-        flag: &'static str,
-        /// The network.
-        net: String,
-    },
     /// `iptables-save` / `iptables-restore` / `iptables` could not run or failed.
     #[error("{command}: {reason}")]
     Command {
@@ -137,6 +185,8 @@ pub enum CaptureError {
 /// table: the jumps from the built-in chains first, then Ward's chains. Pure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// Whose rules: `iptables` or `ip6tables`.
+    pub family: Family,
     /// Ward's chains, in creation order.
     pub chains: Vec<&'static str>,
     /// Every rule, in order.
@@ -144,19 +194,22 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The rules for `opts`, with `mark` as the proxy's socket mark.
-    pub fn new(opts: &CaptureOptions, mark: u32) -> Result<Plan, CaptureError> {
-        for (flag, nets) in [
-            ("--capture-exclude-cidrs", &opts.exclude_cidrs),
-            ("--capture-include-cidrs", &opts.include_cidrs),
-        ] {
-            if let Some(net) = nets.iter().find(|n| matches!(n, IpNet::V6(_))) {
-                return Err(CaptureError::Ipv6 {
-                    flag,
-                    net: net.to_string(),
-                });
-            }
-        }
+    /// The IPv4 rules for `opts`, with `mark` as the proxy's socket mark.
+    pub fn new(opts: &CaptureOptions, mark: u32) -> Plan {
+        Plan::for_family(opts, mark, Family::V4)
+    }
+
+    /// The rules of one family: the CIDRs and the probe source of that family only. With
+    /// `include_cidrs` given but none of this family, nothing of it is captured outbound.
+    pub fn for_family(opts: &CaptureOptions, mark: u32, family: Family) -> Plan {
+        let of_family = |nets: &[IpNet]| -> Vec<IpNet> {
+            nets.iter()
+                .filter(|n| family.has(n.addr()))
+                .copied()
+                .collect()
+        };
+        let exclude_cidrs = of_family(&opts.exclude_cidrs);
+        let include_cidrs = of_family(&opts.include_cidrs);
         let mut chains = vec![INBOUND, IN_REDIRECT, OUTPUT, REDIRECT];
         let mut r = Vec::new();
         r.push(format!("-A PREROUTING -p tcp -j {INBOUND}"));
@@ -173,8 +226,11 @@ impl Plan {
         for port in &inbound_excluded {
             r.push(format!("-A {INBOUND} -p tcp --dport {port} -j RETURN"));
         }
-        if let Some(IpAddr::V4(src)) = opts.probe_source {
-            r.push(format!("-A {INBOUND} -s {src}/32 -p tcp -j RETURN"));
+        if let Some(src) = opts.probe_source.filter(|s| family.has(*s)) {
+            r.push(format!(
+                "-A {INBOUND} -s {} -p tcp -j RETURN",
+                IpNet::from(src)
+            ));
         }
         r.push(format!("-A {INBOUND} -p tcp -j {IN_REDIRECT}"));
         r.push(format!(
@@ -182,7 +238,7 @@ impl Plan {
         ));
         // Outbound: the proxy's own sockets and loopback first, then the exclusions.
         r.push(format!("-A {OUTPUT} -m mark --mark {mark:#x} -j RETURN"));
-        r.push(format!("-A {OUTPUT} -d 127.0.0.0/8 -j RETURN"));
+        r.push(format!("-A {OUTPUT} -d {} -j RETURN", family.loopback()));
         if opts.dns {
             r.push(format!(
                 "-A {OUTPUT} -p tcp --dport 53 -j REDIRECT --to-ports {DNS_CAPTURE_PORT}"
@@ -193,13 +249,13 @@ impl Plan {
         for port in &outbound_excluded {
             r.push(format!("-A {OUTPUT} -p tcp --dport {port} -j RETURN"));
         }
-        for net in &opts.exclude_cidrs {
+        for net in &exclude_cidrs {
             r.push(format!("-A {OUTPUT} -d {net} -j RETURN"));
         }
         if opts.include_cidrs.is_empty() {
             r.push(format!("-A {OUTPUT} -j {REDIRECT}"));
         } else {
-            for net in &opts.include_cidrs {
+            for net in &include_cidrs {
                 r.push(format!("-A {OUTPUT} -d {net} -j {REDIRECT}"));
             }
         }
@@ -212,7 +268,11 @@ impl Plan {
                 "-A {DNS} -p udp -j REDIRECT --to-ports {DNS_CAPTURE_PORT}"
             ));
         }
-        Ok(Plan { chains, rules: r })
+        Plan {
+            family,
+            chains,
+            rules: r,
+        }
     }
 
     /// The `iptables-restore --noflush` input that replaces whatever Ward installed before
@@ -339,21 +399,22 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Capt
 }
 
 /// Installs `plan` in the current network namespace, replacing any earlier install (one left
-/// by a killed proxy included), in one `iptables-restore` commit. Needs root (`CAP_NET_ADMIN`).
+/// by a killed proxy included), in one `iptables-restore` (`ip6tables-restore`) commit. Needs
+/// root (`CAP_NET_ADMIN`).
 pub fn install(plan: &Plan) -> Result<(), CaptureError> {
-    let existing = run("iptables-save", &["-t", "nat"], None)?;
+    let existing = run(plan.family.save(), &["-t", "nat"], None)?;
     let input = plan.restore_input(&existing);
-    run("iptables-restore", &["--noflush"], Some(&input))?;
+    run(plan.family.restore(), &["--noflush"], Some(&input))?;
     Ok(())
 }
 
-/// Removes Ward's chains and the jumps to them from the current network namespace; other
-/// rules are untouched. Returns whether anything was installed.
-pub fn remove() -> Result<bool, CaptureError> {
-    let existing = run("iptables-save", &["-t", "nat"], None)?;
+/// Removes Ward's chains and the jumps to them of one family from the current network
+/// namespace; other rules are untouched. Returns whether anything was installed.
+pub fn remove(family: Family) -> Result<bool, CaptureError> {
+    let existing = run(family.save(), &["-t", "nat"], None)?;
     match removal_input(&existing) {
         Some(input) => {
-            run("iptables-restore", &["--noflush"], Some(&input))?;
+            run(family.restore(), &["--noflush"], Some(&input))?;
             Ok(true)
         }
         None => Ok(false),
@@ -370,7 +431,7 @@ mod tests {
             admin_port: Some(15000),
             ..Default::default()
         };
-        let plan = Plan::new(&opts, SOCKET_MARK).unwrap();
+        let plan = Plan::new(&opts, SOCKET_MARK);
         assert_eq!(
             plan.rules,
             [
@@ -401,16 +462,20 @@ mod tests {
     fn exclusions_inclusions_probes_and_dns() {
         let opts = CaptureOptions {
             exclude_ports: vec![22, 15008, 22],
-            exclude_cidrs: vec!["10.9.0.0/16".parse().unwrap()],
+            exclude_cidrs: vec![
+                "10.9.0.0/16".parse().unwrap(),
+                "fd00:9::/32".parse().unwrap(),
+            ],
             include_cidrs: vec![
                 "10.0.0.0/8".parse().unwrap(),
                 "192.0.2.0/24".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
             ],
             dns: true,
             admin_port: None,
             probe_source: Some("169.254.7.127".parse().unwrap()),
         };
-        let plan = Plan::new(&opts, 0x539).unwrap();
+        let plan = Plan::new(&opts, 0x539);
         assert_eq!(
             plan.rules,
             [
@@ -435,17 +500,38 @@ mod tests {
                 "-A WARD_DNS -p udp -j REDIRECT --to-ports 15053",
             ]
         );
-        let v6 = CaptureOptions {
-            exclude_cidrs: vec!["fd00::/8".parse().unwrap()],
+        let v6 = Plan::for_family(&opts, 0x539, Family::V6);
+        assert_eq!(v6.family, Family::V6);
+        let outbound: Vec<&str> = v6
+            .rules
+            .iter()
+            .map(String::as_str)
+            .filter(|r| r.starts_with("-A WARD_OUTPUT") || r.starts_with("-A WARD_INBOUND -s"))
+            .collect();
+        assert_eq!(
+            outbound,
+            [
+                "-A WARD_OUTPUT -m mark --mark 0x539 -j RETURN",
+                "-A WARD_OUTPUT -d ::1/128 -j RETURN",
+                "-A WARD_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+                "-A WARD_OUTPUT -p tcp --dport 22 -j RETURN",
+                "-A WARD_OUTPUT -p tcp --dport 15008 -j RETURN",
+                "-A WARD_OUTPUT -d fd00:9::/32 -j RETURN",
+                "-A WARD_OUTPUT -d fd00::/8 -j WARD_REDIRECT",
+            ],
+            "IPv6: its own loopback and CIDRs, no IPv4 probe source"
+        );
+        let only_v4 = CaptureOptions {
+            include_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             ..Default::default()
         };
-        assert!(matches!(
-            Plan::new(&v6, 1),
-            Err(CaptureError::Ipv6 {
-                flag: "--capture-exclude-cidrs",
-                ..
-            })
-        ));
+        assert!(
+            !Plan::for_family(&only_v4, 1, Family::V6)
+                .rules
+                .iter()
+                .any(|r| r.contains("-j WARD_REDIRECT")),
+            "IPv4 CIDRs only: no IPv6 destination is captured outbound"
+        );
     }
 
     /// `iptables-save -t nat` after an install with DNS, plus a rule of someone else's.
@@ -453,7 +539,7 @@ mod tests {
 
     #[test]
     fn reinstall_replaces_the_old_install_in_one_commit() {
-        let plan = Plan::new(&CaptureOptions::default(), 0x539).unwrap();
+        let plan = Plan::new(&CaptureOptions::default(), 0x539);
         let input = plan.restore_input(SAVED);
         let head: Vec<&str> = input.lines().take(9).collect();
         assert_eq!(

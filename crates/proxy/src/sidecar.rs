@@ -2,7 +2,7 @@
 //! pushes (listener reconciliation, re-check of open connections).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -183,7 +183,8 @@ impl Sidecar {
     }
 
     /// The same sidecar, serving transparently captured traffic when `on`: the outbound capture
-    /// port `127.0.0.1:15001`, the inbound capture port `0.0.0.0:15006`, and the inbound ports
+    /// port `127.0.0.1:15001` (and `[::1]:15001`), the inbound capture port `0.0.0.0:15006` (and
+    /// `[::]:15006`; both IPv6 ones only where the namespace has IPv6), and the inbound ports
     /// of the workload's ServiceEntries ([`ProxyConfig::with_service_inbound`]). The iptables
     /// rules that send traffic there are installed apart, with [`crate::capture::install`]:
     /// one network namespace, one captured workload.
@@ -284,18 +285,41 @@ impl Sidecar {
                 INBOUND_CAPTURE_PORT,
             ));
             let (out, inb) = (out.await?, inb.await?);
-            tokio::spawn(outbound::run_capture_listener(
-                out,
-                outbound_ctx.clone(),
-                self.gate(listener::Kind::Outbound),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(inbound::run_capture_listener(
-                inb,
-                inbound_ctx.clone(),
-                self.gate(listener::Kind::Plaintext),
-                stop_rx.clone(),
-            ));
+            let mut outs = vec![out];
+            let mut inbs = vec![inb];
+            // IPv6: where the namespace has no IPv6, there is nothing to capture either.
+            let v6 = |port| SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+            match (
+                crate::capture::bind_v6_only(SocketAddr::new(
+                    Ipv6Addr::LOCALHOST.into(),
+                    OUTBOUND_CAPTURE_PORT,
+                )),
+                crate::capture::bind_v6_only(v6(INBOUND_CAPTURE_PORT)),
+            ) {
+                (Ok(out6), Ok(in6)) => {
+                    outs.push(out6);
+                    inbs.push(in6);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(workload = %self.key, error = %e, "no IPv6 capture ports")
+                }
+            }
+            for out in outs {
+                tokio::spawn(outbound::run_capture_listener(
+                    out,
+                    outbound_ctx.clone(),
+                    self.gate(listener::Kind::Outbound),
+                    stop_rx.clone(),
+                ));
+            }
+            for inb in inbs {
+                tokio::spawn(inbound::run_capture_listener(
+                    inb,
+                    inbound_ctx.clone(),
+                    self.gate(listener::Kind::Plaintext),
+                    stop_rx.clone(),
+                ));
+            }
         }
         // Each listener has its own stop switch, so reconciliation can close just one.
         let mut listeners: HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>> =
