@@ -53,6 +53,16 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
+metadata: {name: cli, namespace: app}
+spec:
+  workloadSelector: {labels: {app: cli}}
+  egress:
+  - port: {number: 9000}
+    bind: 127.0.0.1
+    hosts: [app/srv.app.svc.cluster.local]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
 metadata: {name: other, namespace: jobs}
 spec:
   workloadSelector: {labels: {app: other}}
@@ -504,6 +514,20 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
     assert_eq!(
         topo.python("a", CLIENT, &["10.231.0.2", "9000", "direct"]),
         "REPLY direct"
+    );
+
+    // 2b. The app's explicit Sidecar egress listener keeps working under capture.
+    assert_eq!(
+        topo.python("a", CLIENT, &["127.0.0.1", "9000", "explicit"]),
+        "REPLY explicit"
+    );
+    record(
+        &cli,
+        &[
+            ("direction", "outbound"),
+            ("dst.service", "srv.app.svc.cluster.local"),
+            ("src.addr", "127.0.0.1:"),
+        ],
     );
 
     // 3. An HTTP port: served on the HTTP path (a request record) behind the service port.
