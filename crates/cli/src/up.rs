@@ -15,6 +15,7 @@ use ward_config::DemoApp;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{IssuedCert, SpiffeId};
 use ward_policy::duration::{self, Grammar};
+use ward_proxy::capture;
 use ward_proxy::listener::{Admission, FdBudget, Limits};
 use ward_proxy::{
     CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle, SignError,
@@ -28,7 +29,11 @@ use crate::fdlimit::NofileLimit;
 pub(crate) struct UpArgs {
     /// Files or directories of Istio YAML (WorkloadEntry, ServiceEntry, Sidecar,
     /// PeerAuthentication, AuthorizationPolicy, mesh settings).
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required_unless_present = "uninstall_capture"
+    )]
     paths: Vec<PathBuf>,
     /// Where the CA keeps its root (created on first start).
     #[arg(long, default_value = "./.ward")]
@@ -58,6 +63,8 @@ pub(crate) struct UpArgs {
     workloads: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    capture: CaptureArgs,
 }
 
 /// The listener caps, shared by `ward up` and `ward proxy`.
@@ -82,6 +89,51 @@ pub(crate) struct LimitArgs {
     #[arg(long, value_name = "N", value_parser = parse_cap,
           default_value_t = Limits::default().handshakes_per_source)]
     max_handshakes_per_source: usize,
+}
+
+/// Transparent capture, shared by `ward up` and `ward proxy` (docs/capture.md).
+#[derive(clap::Args)]
+pub(crate) struct CaptureArgs {
+    /// Capture the hosted workload's TCP traffic transparently with iptables (root, in the
+    /// workload's network namespace; under `ward up`, exactly one workload in `--workloads`): outbound to
+    /// 127.0.0.1:15001, inbound to port 15006. The rules are removed on SIGINT/SIGTERM
+    /// (docs/capture.md).
+    #[arg(long)]
+    pub(crate) capture: bool,
+    /// Remove the capture rules from this network namespace, and exit.
+    #[arg(long, conflicts_with = "capture")]
+    pub(crate) uninstall_capture: bool,
+    /// Ports never captured, inbound or outbound (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PORT", requires = "capture")]
+    capture_exclude_ports: Vec<u16>,
+    /// Outbound destinations never captured (CIDRs, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
+    capture_exclude_cidrs: Vec<ipnet::IpNet>,
+    /// Outbound destinations captured (CIDRs, comma-separated); default: all.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
+    capture_include_cidrs: Vec<ipnet::IpNet>,
+    /// Also redirect the workload's DNS (port 53, UDP and TCP) to 127.0.0.1:15053. Off by
+    /// default: Ward does not serve DNS there yet.
+    #[arg(long, requires = "capture")]
+    capture_dns: bool,
+    /// The source address of health probes, whose inbound TCP reaches the app uncaptured
+    /// (docs/capture.md, "Health probes"; Istio ambient uses 169.254.7.127). Default: none.
+    #[arg(long, value_name = "IP", requires = "capture")]
+    capture_probe_source: Option<std::net::IpAddr>,
+}
+
+impl CaptureArgs {
+    /// The rules' options; the admin port (on `admin`) is never captured.
+    pub(crate) fn options(&self, admin: SocketAddr) -> capture::CaptureOptions {
+        capture::CaptureOptions {
+            exclude_ports: self.capture_exclude_ports.clone(),
+            exclude_cidrs: self.capture_exclude_cidrs.clone(),
+            include_cidrs: self.capture_include_cidrs.clone(),
+            dns: self.capture_dns,
+            admin_port: Some(admin.port()),
+            probe_source: self.capture_probe_source,
+        }
+    }
 }
 
 impl LimitArgs {
@@ -134,6 +186,11 @@ impl Hosted {
         Ok(Hosted(Some(set)))
     }
 
+    /// How many workloads `--workloads` names; `None`: all of them.
+    fn len(&self) -> Option<usize> {
+        self.0.as_ref().map(BTreeSet::len)
+    }
+
     /// Whether this process runs `key`'s sidecar.
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.0.as_ref().is_none_or(|set| set.contains(key))
@@ -173,10 +230,33 @@ impl CertificateProvider for LocalCa {
 }
 
 pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()> {
+    if args.capture.uninstall_capture {
+        let removed = remove_capture().context("removing the capture rules")?;
+        println!(
+            "ward: {}",
+            if removed {
+                "capture rules removed"
+            } else {
+                "no capture rules installed"
+            }
+        );
+        return Ok(());
+    }
     let control = ControlPlane::start(args.paths.clone())
         .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
     let mesh = control.mesh().clone();
     let hosted = Hosted::parse(&args.workloads, &control.snapshot().borrow())?;
+    let _capture = if args.capture.capture {
+        if hosted.len() != Some(1) {
+            anyhow::bail!(
+                "--capture captures one network namespace for one workload: give exactly one \
+                 --workloads namespace/name"
+            );
+        }
+        Some(install_capture(&args.capture.options(args.admin))?)
+    } else {
+        None
+    };
     let ca_opts = ward_ca::CaOptions {
         trust_domain: mesh.trust_domain.clone(),
         default_ttl: args.cert_ttl,
@@ -235,6 +315,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
         sidecars,
         hosted,
         admin: args.admin,
+        capture: args.capture.capture,
         running: BTreeMap::new(),
         demo_apps: BTreeSet::new(),
     };
@@ -246,6 +327,56 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), sup).await;
     Ok(())
+}
+
+/// Capture rules installed in this network namespace; removed when dropped, so every return
+/// from [`run`] after the install (a clean exit on SIGINT/SIGTERM, or an error) takes them out.
+pub(crate) struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        match remove_capture() {
+            Ok(_) => tracing::info!("capture rules removed"),
+            Err(e) => {
+                tracing::error!(error = %e, "capture rules not removed; run `ward up --uninstall-capture`")
+            }
+        }
+    }
+}
+
+/// Removes the rules of both families; whether there were any. IPv6 rules are removed when
+/// `ip6tables` can be run at all.
+pub(crate) fn remove_capture() -> anyhow::Result<bool> {
+    let v4 = capture::remove(capture::Family::V4)?;
+    let v6 = capture::remove(capture::Family::V6).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no IPv6 capture rules to remove");
+        false
+    });
+    Ok(v4 || v6)
+}
+
+/// Marks this process's sockets and installs the rules: IPv4 must succeed; IPv6 is installed
+/// where `ip6tables` works, else a warning says it is not captured.
+pub(crate) fn install_capture(opts: &capture::CaptureOptions) -> anyhow::Result<CaptureGuard> {
+    let opts = opts.clone();
+    capture::set_socket_mark(capture::SOCKET_MARK);
+    let v4 = capture::Plan::for_family(&opts, capture::SOCKET_MARK, capture::Family::V4);
+    capture::install(&v4).context("installing the capture rules (needs root)")?;
+    let guard = CaptureGuard;
+    let v6 = capture::Plan::for_family(&opts, capture::SOCKET_MARK, capture::Family::V6);
+    match capture::install(&v6) {
+        Ok(()) => tracing::info!(
+            rules = v4.rules.len() + v6.rules.len(),
+            mark = capture::SOCKET_MARK,
+            "capture rules installed (IPv4 and IPv6)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            mark = capture::SOCKET_MARK,
+            "capture rules installed for IPv4 only: IPv6 traffic is not captured"
+        ),
+    }
+    Ok(guard)
 }
 
 /// Say how the open-file limit was split, once at start.
@@ -341,6 +472,8 @@ struct Supervisor {
     hosted: Hosted,
     /// `--admin`: no sidecar's JWKS fetch may reach it.
     admin: SocketAddr,
+    /// `--capture`: the sidecar serves the capture ports.
+    capture: bool,
     /// Each running sidecar's stop switch.
     running: BTreeMap<String, watch::Sender<bool>>,
     /// Demo app addresses already served.
@@ -414,10 +547,16 @@ impl Supervisor {
                 self.admission.clone(),
             ) {
                 Ok((sidecar, handle)) => {
-                    let sidecar = sidecar.with_process_listeners(vec![OwnListener {
+                    let mut own = vec![OwnListener {
                         addr: self.admin,
                         what: "the admin API".to_owned(),
-                    }]);
+                    }];
+                    if self.capture {
+                        own.extend(capture::listeners());
+                    }
+                    let sidecar = sidecar
+                        .with_process_listeners(own)
+                        .with_capture(self.capture);
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);
                     if let Ok(mut s) = self.sidecars.lock() {

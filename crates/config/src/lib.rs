@@ -18,9 +18,9 @@
 //!   Ward does not enforce are still decoded and checked against their schema (the operators'
 //!   Helm `values` trees excepted), so their typos are errors today.
 //! - WorkloadEntry addresses must be IP addresses: Ward resolves no DNS names.
-//! - Ward has no traffic capture: Sidecar listeners must use `captureMode` NONE (or leave it
-//!   unset), ingress listeners need a `defaultEndpoint`, and apps call egress listeners on
-//!   their bind address.
+//! - Sidecar listeners are explicit: ingress listeners need a `defaultEndpoint`, and apps call
+//!   egress listeners on their bind address. Transparent capture (`ward up --capture`,
+//!   docs/capture.md) is per workload; a listener's `captureMode: IPTABLES` is not read.
 //! - An AuthorizationPolicy that does not compile rejects the config (Istio skips the rule);
 //!   so does a RequestAuthentication `jwtRules` entry Ward cannot use (e.g. a plain-http
 //!   `jwksUri` to a host that is not loopback, or one at a Ward listener), or one issuer in two
@@ -71,6 +71,7 @@ mod request_authn;
 pub mod routes;
 pub mod snapshot;
 pub mod translate;
+pub mod vip;
 mod yaml;
 
 pub use analyze::{all_findings, analyze};
@@ -84,7 +85,8 @@ pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
 pub use routes::EgressRoutes;
 pub use snapshot::{
-    DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
-    Transport, WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    CapturedDestination, DemoApp, Endpoint, InboundPort, MeshService, MeshServicePort,
+    MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport, WorkloadInfo, HBONE_PORT,
+    KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 pub use translate::translate;

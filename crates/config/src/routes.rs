@@ -484,6 +484,8 @@ mod tests {
             authz: Default::default(),
             jwt_rules: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
+            services: Default::default(),
+            service_inbound: Vec::new(),
         }
     }
 

@@ -55,12 +55,121 @@ pub struct ProxyConfig {
     /// a lock or a comparison. Serialized as the list of rules.
     #[serde(default)]
     pub jwt_rules: JwtRuleSet,
-    /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational: Ward
-    /// does not enforce it yet.
+    /// `REGISTRY_ONLY` or `ALLOW_ANY`, from the Sidecar or the mesh settings. Enforced for
+    /// captured connections to an address that is no service and no workload
+    /// (docs/capture.md, "Outbound"); explicit egress listeners always serve one service.
     pub outbound_traffic_policy: String,
+    /// Every ServiceEntry host visible to the workload, by host name, with its addresses
+    /// (`spec.addresses`, else one auto-allocated: [`crate::vip`]) and its ports' endpoints:
+    /// what a captured outbound connection is routed by (docs/capture.md).
+    #[serde(default)]
+    pub services: BTreeMap<String, MeshService>,
+    /// The inbound ports of the workload when its traffic is captured and no Sidecar ingress
+    /// listener says otherwise: the ports of the ServiceEntries that select it and of its
+    /// WorkloadEntry `ports`, each forwarded to `<workload address>:<port>`. Empty when a
+    /// Sidecar has ingress listeners (those are `inbound`). Not bound as listeners: captured
+    /// connections reach them through the inbound capture port.
+    #[serde(default)]
+    pub service_inbound: Vec<InboundPort>,
+}
+
+/// A service the workload may call, as transparent capture sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshService {
+    /// The ServiceEntry's namespace.
+    pub namespace: String,
+    /// The host and the names a client in the workload's namespace may use for it (for a
+    /// `<name>.<ns>.svc.<domain>` host: `<name>.<ns>.svc`, `<name>.<ns>`, and `<name>` when
+    /// `<ns>` is the workload's namespace).
+    pub hostnames: Vec<String>,
+    /// `spec.addresses` (single addresses and CIDRs), else the auto-allocated address.
+    pub addresses: Vec<ipnet::IpNet>,
+    /// True when `addresses` is the auto-allocated one.
+    pub auto_allocated: bool,
+    /// The ServiceEntry's ports.
+    pub ports: Vec<MeshServicePort>,
+}
+
+/// One port of a [`MeshService`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshServicePort {
+    /// The port clients dial.
+    pub number: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// `targetPort`, when the entry gives one.
+    pub target_port: Option<u16>,
+    /// Where connections go: the same endpoints an egress listener for it uses.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What a captured outbound connection to some address is for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CapturedDestination<'a> {
+    /// A service address and one of its ports.
+    Service {
+        /// The host name.
+        host: &'a str,
+        /// The service's port.
+        port: &'a MeshServicePort,
+    },
+    /// The address of a workload in the mesh: the endpoint to reach it.
+    Workload(Endpoint),
+    /// Neither: `outboundTrafficPolicy` decides.
+    Unknown,
 }
 
 impl ProxyConfig {
+    /// What a captured outbound connection to `dst` is for. Pure. A service address wins over
+    /// a workload address; a service address without that port is unknown.
+    pub fn captured_destination(&self, dst: SocketAddr) -> CapturedDestination<'_> {
+        for (host, service) in &self.services {
+            if !service.addresses.iter().any(|net| net.contains(&dst.ip())) {
+                continue;
+            }
+            if let Some(port) = service.ports.iter().find(|p| p.number == dst.port()) {
+                return CapturedDestination::Service { host, port };
+            }
+        }
+        let endpoints = self
+            .services
+            .values()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| &p.endpoints)
+            .filter(|e| e.workload.is_some());
+        let mut same_ip = None;
+        for ep in endpoints {
+            if ep.address == dst {
+                return CapturedDestination::Workload(ep.clone());
+            }
+            if ep.address.ip() == dst.ip() && same_ip.is_none() {
+                same_ip = Some(ep);
+            }
+        }
+        match same_ip {
+            // Another port of a known workload: reached the same way, at the port dialed.
+            Some(ep) => CapturedDestination::Workload(Endpoint {
+                address: dst,
+                ..ep.clone()
+            }),
+            None => CapturedDestination::Unknown,
+        }
+    }
+
+    /// The config a proxy serves when its traffic is captured: `inbound` plus
+    /// `service_inbound`.
+    pub fn with_service_inbound(&self) -> ProxyConfig {
+        let mut cfg = self.clone();
+        for port in &self.service_inbound {
+            if !cfg.inbound.iter().any(|p| p.port == port.port) {
+                cfg.inbound.push(port.clone());
+            }
+        }
+        cfg
+    }
+
     /// Every socket this proxy listens on: HBONE and each inbound port on the workload
     /// address, and each egress listener's bind. A `jwksUri` must reach none of them.
     pub fn listeners(&self) -> Vec<OwnListener> {

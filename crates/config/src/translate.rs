@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use ipnet::IpNet;
 use ward_authn::JwtRuleSet;
 use ward_policy::spec::PeerAuthenticationSpec;
 use ward_policy::{
@@ -26,8 +27,9 @@ use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
 use crate::request_authn;
 use crate::snapshot::{
-    DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
-    Transport, WorkloadInfo, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    DemoApp, Endpoint, InboundPort, MeshService, MeshServicePort, MeshSnapshot, OutboundListener,
+    Protocol, ProxyConfig, Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
+    KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::yaml::{push_index, push_key};
 
@@ -81,6 +83,9 @@ pub(crate) struct Context<'a> {
     pub(crate) compiled: Vec<Option<usize>>,
     pub(crate) peer_authn: Vec<PeerAuthnPolicy>,
     pub(crate) workloads: Vec<Workload<'a>>,
+    /// The auto-allocated address of each `namespace/host` without `spec.addresses`
+    /// ([`crate::vip`]); the same for every workload.
+    pub(crate) vips: BTreeMap<String, Ipv4Addr>,
 }
 
 impl<'a> Context<'a> {
@@ -130,6 +135,7 @@ impl<'a> Context<'a> {
             compiled,
             peer_authn: peer_authn_policies(&set.peer_authentications),
             workloads,
+            vips: allocate_vips(set),
         };
         (context, errors)
     }
@@ -294,6 +300,12 @@ impl<'a> Context<'a> {
         if let Some(sidecar) = sidecar {
             errors.extend(check_binds(workload, sidecar, &inbound, &outbound));
         }
+        // A Sidecar with ingress listeners names the inbound ports itself, captured or not.
+        let service_inbound = if sidecar.is_some_and(|s| !s.spec.ingress().is_empty()) {
+            Vec::new()
+        } else {
+            self.service_inbound(workload)
+        };
         // Compiled here, once per configuration, like the AuthorizationPolicies: a request reads
         // the authenticator from its config.
         let jwt_rules = request_authn::jwt_rule_set(self, workload).unwrap_or_else(|err| {
@@ -325,13 +337,125 @@ impl<'a> Context<'a> {
             ),
             jwt_rules,
             outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
+            services: self.services_for(workload, &mut errors),
+            service_inbound,
         };
         (proxy, errors)
     }
 
+    /// Every ServiceEntry host visible to `workload`, with its addresses and endpoints, for
+    /// transparent capture. The first entry declaring a host wins.
+    fn services_for(
+        &self,
+        workload: &Workload<'_>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> BTreeMap<String, MeshService> {
+        let mut services = BTreeMap::new();
+        for se in &self.set.service_entries {
+            if !se.spec.visible_to(&se.meta.namespace, workload.namespace()) {
+                continue;
+            }
+            let explicit: Vec<IpNet> = se
+                .spec
+                .addresses
+                .iter()
+                .flatten()
+                .filter_map(|a| parse_net(a))
+                .collect();
+            for host in se.spec.hosts() {
+                if services.contains_key(host) {
+                    continue;
+                }
+                let auto = self.vips.get(&vip_key(&se.meta.namespace, host));
+                let addresses = match auto {
+                    Some(ip) if explicit.is_empty() => vec![IpNet::from(IpAddr::V4(*ip))],
+                    _ => explicit.clone(),
+                };
+                let ports = se
+                    .spec
+                    .ports()
+                    .iter()
+                    .filter_map(|p| {
+                        Some(MeshServicePort {
+                            number: port_number(p.number)?,
+                            protocol: p.protocol(),
+                            target_port: p.target_port.and_then(port_number),
+                            endpoints: self.endpoints(se, p, errors),
+                        })
+                    })
+                    .collect();
+                services.insert(
+                    host.clone(),
+                    MeshService {
+                        namespace: se.meta.namespace.clone(),
+                        hostnames: hostnames(host, workload.namespace()),
+                        addresses,
+                        auto_allocated: auto.is_some() && explicit.is_empty(),
+                        ports,
+                    },
+                );
+            }
+        }
+        services
+    }
+
+    /// The inbound ports of a captured workload without Sidecar ingress listeners, as Istio
+    /// derives them: each port of every ServiceEntry of its namespace that selects it (at the
+    /// port its WorkloadEntry `ports` names, else `targetPort`, else the number), then each
+    /// WorkloadEntry `ports` value not covered yet (protocol from its name). The app is reached
+    /// at `<workload address>:<port>` (Istio sidecars forward inbound to the pod IP since 1.10).
+    fn service_inbound(&self, workload: &Workload<'_>) -> Vec<InboundPort> {
+        let mut ports: Vec<InboundPort> = Vec::new();
+        let mut add = |port: u16, protocol: Protocol| {
+            if ports.iter().any(|p| p.port == port) {
+                return;
+            }
+            let (mtls, mtls_policy) = self.mtls_of(workload, port);
+            ports.push(InboundPort {
+                port,
+                protocol,
+                target: SocketAddr::new(workload.address, port),
+                mtls,
+                mtls_policy,
+            });
+        };
+        let we_ports = workload.resource.spec.ports.as_ref();
+        for se in &self.set.service_entries {
+            let selects = se.meta.namespace == workload.namespace()
+                && se
+                    .spec
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| sel.matches(&workload.labels));
+            if !selects {
+                continue;
+            }
+            for se_port in se.spec.ports() {
+                let named = se_port
+                    .name
+                    .as_ref()
+                    .and_then(|name| we_ports.and_then(|p| p.get(name)))
+                    .copied();
+                let target = named.or(se_port.target_port).unwrap_or(se_port.number);
+                if let Some(port) = port_number(target) {
+                    add(port, se_port.protocol());
+                }
+            }
+        }
+        for (name, number) in we_ports.into_iter().flatten() {
+            if let Some(port) = port_number(*number) {
+                add(
+                    port,
+                    Protocol::of_port(None, Some(name)).unwrap_or(Protocol::Unknown),
+                );
+            }
+        }
+        ports
+    }
+
     /// One inbound port per ingress listener. `port.number` is served on the workload
-    /// address; `defaultEndpoint` is where the app listens. Ward has no traffic capture, so
-    /// listeners are explicit (captureMode NONE).
+    /// address; `defaultEndpoint` is where the app listens. These listeners are explicit
+    /// whether or not the workload's traffic is captured (docs/capture.md).
     fn inbound(
         &self,
         workload: &Workload<'_>,
@@ -543,6 +667,58 @@ impl<'a> Context<'a> {
             transport: mesh_transport(self.set, mode),
         }
     }
+}
+
+/// The key a host's auto-allocated address is computed from: `namespace/host`.
+fn vip_key(namespace: &str, host: &str) -> String {
+    format!("{namespace}/{host}")
+}
+
+/// `spec.addresses` entry as a network: a plain address is a /32 (/128).
+fn parse_net(address: &str) -> Option<IpNet> {
+    address
+        .parse::<IpAddr>()
+        .map(IpNet::from)
+        .ok()
+        .or_else(|| address.parse::<IpNet>().ok())
+}
+
+/// The auto-allocated address of every non-wildcard host of an entry without `spec.addresses`
+/// (docs/capture.md, "Service addresses"). Unlike Istio, the resolution does not matter: Ward
+/// always routes a service's connections to its endpoints, never to the original destination.
+fn allocate_vips(set: &ConfigSet) -> BTreeMap<String, Ipv4Addr> {
+    let mut keys = BTreeSet::new();
+    let mut reserved = Vec::new();
+    for se in &set.service_entries {
+        match se.spec.addresses.as_deref() {
+            Some(list) if !list.is_empty() => {
+                reserved.extend(list.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
+            }
+            _ => keys.extend(
+                se.spec
+                    .hosts()
+                    .iter()
+                    .filter(|h| !h.starts_with('*'))
+                    .map(|h| vip_key(&se.meta.namespace, h)),
+            ),
+        }
+    }
+    crate::vip::allocate(&keys, &reserved)
+}
+
+/// The names a client in `client_namespace` may use for `host` (see
+/// [`MeshService::hostnames`]).
+fn hostnames(host: &str, client_namespace: &str) -> Vec<String> {
+    let mut names = vec![host.to_owned()];
+    let labels: Vec<&str> = host.split('.').collect();
+    if let [name, ns, "svc", _, ..] = labels.as_slice() {
+        names.push(format!("{name}.{ns}.svc"));
+        names.push(format!("{name}.{ns}"));
+        if *ns == client_namespace {
+            names.push((*name).to_owned());
+        }
+    }
+    names
 }
 
 /// How a proxy reaches a workload in the mesh whose port has `mode`: mTLS (HBONE) unless
@@ -781,6 +957,7 @@ pub(crate) fn peer_authn_policies(
 mod tests {
     use super::*;
     use crate::load::load_str;
+    use crate::snapshot::CapturedDestination;
 
     fn we(ns: &str, name: &str, address: &str, spec_extra: &str) -> String {
         format!(
@@ -927,6 +1104,181 @@ mod tests {
                 Some("spec.ingress[0].defaultEndpoint".into())
             )]
         );
+    }
+
+    #[test]
+    fn services_get_addresses_ports_and_endpoints_for_capture() {
+        let yaml = [
+            we("a", "cli", "10.0.0.1", ""),
+            we("b", "db", "10.0.0.2", ", ports: {tcp-db: 15432}"),
+            doc("ServiceEntry", "b", "db", "{hosts: [db.b.svc.cluster.local], location: MESH_INTERNAL, workloadSelector: {labels: {app: db}}, ports: [{number: 5432, name: tcp-db}, {number: 8080, name: http-api, targetPort: 18080}]}"),
+            doc("ServiceEntry", "b", "ext", "{hosts: [api.example.com, \"*.wild.example.com\"], addresses: [192.0.2.10, 198.51.100.0/24], resolution: STATIC, ports: [{number: 443, name: tls}], endpoints: [{address: 192.0.2.99}]}"),
+            doc("ServiceEntry", "b", "hidden", "{hosts: [hidden.b.svc.cluster.local], exportTo: [.], ports: [{number: 1, name: tcp}]}"),
+        ]
+        .concat();
+        let snap = snapshot(&yaml);
+        let cli = &snap.proxies["a/cli"];
+        let names: Vec<&str> = cli.services.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "*.wild.example.com",
+                "api.example.com",
+                "db.b.svc.cluster.local"
+            ],
+            "exportTo hides b/hidden from namespace a"
+        );
+        let db = &cli.services["db.b.svc.cluster.local"];
+        assert!(db.auto_allocated);
+        let vip = match db.addresses.as_slice() {
+            [IpNet::V4(net)] if net.prefix_len() == 32 => net.addr(),
+            other => panic!("one IPv4 address expected, got {other:?}"),
+        };
+        assert_eq!(
+            vip,
+            crate::vip::allocate(&["b/db.b.svc.cluster.local".to_owned()].into(), &[])
+                ["b/db.b.svc.cluster.local"]
+        );
+        assert_eq!(
+            db.hostnames,
+            ["db.b.svc.cluster.local", "db.b.svc", "db.b"],
+            "no short name outside namespace b"
+        );
+        assert_eq!(
+            snap.proxies["b/db"].services["db.b.svc.cluster.local"].hostnames,
+            ["db.b.svc.cluster.local", "db.b.svc", "db.b", "db"]
+        );
+        let ports: Vec<(u16, Protocol, Option<u16>, String)> = db
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.number,
+                    p.protocol,
+                    p.target_port,
+                    p.endpoints[0].address.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (5432, Protocol::Tcp, None, "10.0.0.2:15432".to_owned()),
+                (
+                    8080,
+                    Protocol::Http,
+                    Some(18080),
+                    "10.0.0.2:18080".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(db.ports[0].endpoints[0].transport, Transport::Hbone);
+        let ext = &cli.services["api.example.com"];
+        assert!(!ext.auto_allocated);
+        assert_eq!(
+            ext.addresses,
+            [
+                "192.0.2.10/32".parse::<IpNet>().unwrap(),
+                "198.51.100.0/24".parse().unwrap()
+            ]
+        );
+        assert!(
+            cli.services["*.wild.example.com"].addresses.len() == 2,
+            "a wildcard host has only the entry's explicit addresses"
+        );
+
+        // What a captured connection is for.
+        let at = |dst: &str| cli.captured_destination(dst.parse().unwrap());
+        assert!(matches!(
+            at(&format!("{vip}:5432")),
+            CapturedDestination::Service { host: "db.b.svc.cluster.local", port } if port.number == 5432
+        ));
+        assert!(matches!(
+            at("198.51.100.7:443"),
+            CapturedDestination::Service {
+                host: "*.wild.example.com",
+                ..
+            }
+        ));
+        assert_eq!(at(&format!("{vip}:9999")), CapturedDestination::Unknown);
+        match at("10.0.0.2:7000") {
+            CapturedDestination::Workload(ep) => {
+                assert_eq!(ep.address.to_string(), "10.0.0.2:7000");
+                assert_eq!(
+                    ep.identity.as_deref(),
+                    Some("spiffe://cluster.local/ns/b/sa/default")
+                );
+            }
+            other => panic!("workload expected, got {other:?}"),
+        }
+        assert_eq!(at("203.0.113.1:80"), CapturedDestination::Unknown);
+        assert_eq!(
+            at("192.0.2.99:443"),
+            CapturedDestination::Unknown,
+            "not a mesh workload"
+        );
+    }
+
+    #[test]
+    fn captured_inbound_ports_come_from_service_entries_unless_a_sidecar_names_them() {
+        let entries = [
+            we("b", "db", "10.0.0.2", ", ports: {tcp-db: 15432, http-metrics: 9090}"),
+            doc("ServiceEntry", "b", "db", "{hosts: [db.b.svc.cluster.local], location: MESH_INTERNAL, workloadSelector: {labels: {app: db}}, ports: [{number: 5432, name: tcp-db}, {number: 8080, name: http-api, targetPort: 18080}]}"),
+            doc("PeerAuthentication", "b", "p", "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, portLevelMtls: {9090: {mode: PERMISSIVE}}}"),
+        ]
+        .concat();
+        let snap = snapshot(&entries);
+        let db = &snap.proxies["b/db"];
+        assert!(
+            db.inbound.is_empty(),
+            "no Sidecar: nothing is bound explicitly"
+        );
+        let ports: Vec<(u16, Protocol, String, MtlsMode)> = db
+            .service_inbound
+            .iter()
+            .map(|p| (p.port, p.protocol, p.target.to_string(), p.mtls))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (
+                    15432,
+                    Protocol::Tcp,
+                    "10.0.0.2:15432".to_owned(),
+                    MtlsMode::Strict
+                ),
+                (
+                    18080,
+                    Protocol::Http,
+                    "10.0.0.2:18080".to_owned(),
+                    MtlsMode::Strict
+                ),
+                (
+                    9090,
+                    Protocol::Http,
+                    "10.0.0.2:9090".to_owned(),
+                    MtlsMode::Permissive
+                ),
+            ]
+        );
+        assert_eq!(db.with_service_inbound().inbound, db.service_inbound);
+
+        let narrowed = [
+            entries,
+            doc(
+                "Sidecar",
+                "b",
+                "s",
+                &sidecar_ingress(15432, "127.0.0.1:5432"),
+            ),
+        ]
+        .concat();
+        let db = &snapshot(&narrowed).proxies["b/db"];
+        assert!(
+            db.service_inbound.is_empty(),
+            "a Sidecar's ingress listeners replace them"
+        );
+        assert_eq!(db.with_service_inbound().inbound, db.inbound);
     }
 
     #[test]

@@ -127,7 +127,6 @@ fn each_bad_directory_reports_where_and_what() {
             "bad-cidr",
             Load,
             &[
-                "bad/bad-cidr/service.yaml:9: warning[WARD0103] ServiceEntry apps/legacy: spec.addresses: field not enforced yet by Ward",
                 "bad/bad-cidr/service.yaml:11: error[WARD0105] ServiceEntry apps/legacy: spec.addresses[1]: `10.20.0.0/33` is not an IP address or CIDR",
             ],
         ),

@@ -45,6 +45,8 @@ pub(crate) struct ConnRecord {
     pub dst_hbone_addr: Option<SocketAddr>,
     /// The service host, when known.
     pub dst_service: Option<String>,
+    /// `PassthroughCluster` / `BlackHoleCluster` for captured traffic to no known destination.
+    pub upstream_cluster: Option<&'static str>,
     /// `ns/name` of the destination workload.
     pub dst_workload: Option<String>,
     /// Destination namespace.
@@ -89,6 +91,7 @@ impl ConnRecord {
             dst_addr,
             dst_hbone_addr: None,
             dst_service: None,
+            upstream_cluster: None,
             dst_workload: None,
             dst_namespace: None,
             dst_identity: None,
@@ -123,6 +126,7 @@ impl ConnRecord {
                     dst.addr = %self.dst_addr,
                     dst.hbone_addr = self.dst_hbone_addr.map(|a| a.to_string()).as_deref(),
                     dst.service = self.dst_service.as_deref(),
+                    upstream_cluster = self.upstream_cluster,
                     dst.workload = self.dst_workload.as_deref(),
                     dst.namespace = self.dst_namespace.as_deref(),
                     dst.identity = self.dst_identity.as_deref(),

@@ -811,6 +811,8 @@ mod tests {
             ],
             authz: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
+            services: Default::default(),
+            service_inbound: Vec::new(),
             jwt_rules: Default::default(),
         }
     }

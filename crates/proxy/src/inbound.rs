@@ -2,9 +2,10 @@
 //!
 //! - HBONE on `<workload-ip>:15008`: mTLS (client certificate required), then one HTTP/2
 //!   `CONNECT` per application connection, `:authority` = `<workload-ip>:<port>`.
-//! - Plaintext on `<workload-ip>:<port>` for each Sidecar ingress port: served only where the
-//!   port's effective PeerAuthentication is PERMISSIVE or DISABLE; under STRICT the connection is
-//!   reset at once (Istio: "plaintext → connection reset").
+//! - Plaintext on `<workload-ip>:<port>` for each Sidecar ingress port, and on the inbound
+//!   capture port (15006) for captured connections to any inbound port (docs/capture.md): served
+//!   only where the port's effective PeerAuthentication is PERMISSIVE or DISABLE; under STRICT
+//!   the connection is reset at once (Istio: "plaintext → connection reset").
 //!
 //! Every connection goes the same way: accept, describe it ([`InboundConn`]), decide it with
 //! [`authorize`] (pure), then carry the decision out (refuse, splice to the app, or serve HTTP
@@ -232,7 +233,12 @@ async fn connect_app(target: SocketAddr) -> Result<TcpStream, Refusal> {
     let failed = |why: String| {
         Refusal::upstream(ResponseFlag::Connect, why).with_status(StatusCode::SERVICE_UNAVAILABLE)
     };
-    match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+    match tokio::time::timeout(
+        UPSTREAM_CONNECT_TIMEOUT,
+        crate::capture::connect(target, None),
+    )
+    .await
+    {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(failed(format!("connect to app at {target} failed: {e}"))),
         Err(_) => Err(failed(format!("connect to app at {target} timed out"))),
@@ -425,10 +431,52 @@ pub(crate) async fn run_plaintext(
     .await
 }
 
+/// Serve the inbound capture port (15006): connections the iptables rules redirected, each
+/// served as a plaintext connection to its original destination (docs/capture.md, "Inbound").
+pub(crate) async fn run_capture_listener(
+    listener: TcpListener,
+    ctx: Arc<InboundCtx>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
+        let ctx = ctx.clone();
+        async move {
+            match crate::capture::original_dst(&tcp) {
+                Ok(dst) => serve_plaintext_at(ctx, tcp, src, dst).await,
+                Err(e) => {
+                    let cfg = ctx.config.borrow().clone();
+                    let local = tcp.local_addr().unwrap_or(src);
+                    let result = ctx.result(&cfg, src, local, Instant::now());
+                    crate::reset_on_close(&tcp);
+                    drop(tcp);
+                    result.finish(End::Refused(Refusal::internal(
+                        ResponseFlag::NoRoute,
+                        format!("no original destination (SO_ORIGINAL_DST): {e}"),
+                    )));
+                }
+            }
+            drop(permit);
+        }
+    })
+    .await
+}
+
 /// One plaintext connection: decide it, then reset it, splice it to the app, or serve HTTP.
 async fn serve_plaintext(ctx: Arc<InboundCtx>, tcp: TcpStream, src: SocketAddr) {
-    let cfg = ctx.config.borrow().clone();
     let dst = tcp.local_addr().unwrap_or(src);
+    serve_plaintext_at(ctx, tcp, src, dst).await
+}
+
+/// A plaintext connection made to `dst` (the listener's address, or a captured connection's
+/// original destination).
+async fn serve_plaintext_at(
+    ctx: Arc<InboundCtx>,
+    tcp: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+) {
+    let cfg = ctx.config.borrow().clone();
     let mut result = ctx.result(&cfg, src, dst, Instant::now());
     let conn = Arc::new(InboundConn::plaintext(src, dst));
     let verdict = authorize(&cfg, &conn);

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use ward_authn::jwks_uri::{forbidden_ip, own_listener, JwksUri, OwnListener};
 use ward_authn::{Jwks, JwksCache};
@@ -267,7 +266,7 @@ async fn resolve(uri: &JwksUri, own: &[OwnListener]) -> Result<SocketAddr, Fetch
 
 async fn get(uri: &JwksUri, own: &[OwnListener]) -> Result<Vec<u8>, FetchError> {
     let addr = resolve(uri, own).await?;
-    let tcp = TcpStream::connect(addr)
+    let tcp = crate::capture::connect(addr, None)
         .await
         .map_err(|source| FetchError::Connect { addr, source })?;
     // An address of this host (the kernel gave the socket that same address as its own) reaches

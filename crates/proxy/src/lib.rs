@@ -17,6 +17,8 @@
 //! - `conntrack`: open inbound connections, re-checked when policy changes.
 //! - [`listener`]: the one accept loop of every listener, with its admission caps and the
 //!   process-wide connection budget, so a flood on one listener cannot exhaust the descriptors.
+//! - [`capture`]: transparent capture (iptables rules, socket marks, `SO_ORIGINAL_DST`); with it,
+//!   the sidecar also serves the outbound (15001) and inbound (15006) capture ports.
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
@@ -26,6 +28,7 @@
 
 mod access_log;
 mod admission;
+pub mod capture;
 mod certs;
 mod connection;
 mod conntrack;

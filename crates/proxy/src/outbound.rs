@@ -1,5 +1,6 @@
-//! Outbound: the Sidecar egress listeners the app dials (`captureMode: NONE`; Ward does not
-//! intercept with iptables). Each connection picks an endpoint of the service and goes over HBONE
+//! Outbound: the Sidecar egress listeners the app dials, and the outbound capture port (15001)
+//! where iptables sends what the app dials when its traffic is captured (docs/capture.md). Each
+//! connection picks an endpoint of the service and goes over HBONE
 //! (mTLS, the endpoint's SPIFFE id verified), or plaintext where the destination port is
 //! PeerAuthentication DISABLE (auto-mTLS: the client knows the server's mode). A listener that
 //! several HTTP services share is served request by request instead (`egress_http.rs`).
@@ -11,7 +12,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-use ward_config::{Endpoint, OutboundListener, ProxyConfig, Transport};
+use ward_config::{CapturedDestination, Endpoint, OutboundListener, ProxyConfig, Transport};
 use ward_hbone::{OpenError, HBONE_PORT};
 use ward_identity::SpiffeId;
 
@@ -81,6 +82,175 @@ pub(crate) async fn run_listener(
     .await
 }
 
+/// Serve the outbound capture port (15001): connections the iptables rules redirected, each
+/// routed by its original destination (docs/capture.md, "Outbound").
+pub(crate) async fn run_capture_listener(
+    listener: TcpListener,
+    ctx: Arc<OutboundCtx>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::listener::accept_loop(listener, gate, shutdown, move |tcp, src, permit| {
+        let ctx = ctx.clone();
+        async move {
+            serve_captured(ctx, tcp, src).await;
+            drop(permit);
+        }
+    })
+    .await
+}
+
+/// How a captured outbound connection is served. Pure.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum CapturedPlan {
+    /// Like an egress listener's connection: to the endpoints of a service or a workload.
+    Route(Route),
+    /// A service port without endpoints (an entry with `resolution: NONE` and its own
+    /// `addresses`): straight to the original destination, as Istio forwards such a service.
+    Original {
+        /// The service host.
+        service: String,
+    },
+    /// ALLOW_ANY: straight to the original destination (Istio's `PassthroughCluster`).
+    Passthrough,
+    /// REGISTRY_ONLY: refused (Istio's `BlackHoleCluster`).
+    BlackHole,
+}
+
+/// Decide a captured connection to `dst`, starting at endpoint `start`. Pure.
+pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) -> CapturedPlan {
+    match cfg.captured_destination(dst) {
+        CapturedDestination::Service { host, port } if port.endpoints.is_empty() => {
+            CapturedPlan::Original {
+                service: host.to_owned(),
+            }
+        }
+        CapturedDestination::Service { host, port } => {
+            let mut endpoints = port.endpoints.clone();
+            if !endpoints.is_empty() {
+                let n = start % endpoints.len();
+                endpoints.rotate_left(n);
+            }
+            CapturedPlan::Route(Route {
+                service: host.to_owned(),
+                endpoints,
+            })
+        }
+        CapturedDestination::Workload(ep) => CapturedPlan::Route(Route {
+            service: ep.workload.clone().unwrap_or_default(),
+            endpoints: vec![ep],
+        }),
+        CapturedDestination::Unknown if cfg.outbound_traffic_policy == "REGISTRY_ONLY" => {
+            CapturedPlan::BlackHole
+        }
+        CapturedDestination::Unknown => CapturedPlan::Passthrough,
+    }
+}
+
+/// One captured app connection: find where it was going, then serve it as its plan says.
+async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) {
+    let _ = app.set_nodelay(true);
+    let cfg = ctx.config.borrow().clone();
+    let local = app.local_addr().unwrap_or(src);
+    let original = crate::capture::original_dst(&app);
+    let mut rec = ConnRecord::new(
+        Direction::Outbound,
+        src,
+        *original.as_ref().unwrap_or(&local),
+    );
+    rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
+    rec.src_namespace = Some(cfg.workload.namespace.clone());
+    rec.src_identity = Some(ctx.identity.clone());
+    let mut result = ConnResult::new(rec, ctx.metrics.clone());
+    let upstream = match original {
+        Err(e) => Err(Refusal::internal(
+            ResponseFlag::NoRoute,
+            format!("no original destination (SO_ORIGINAL_DST): {e}"),
+        )),
+        // A connection made to the capture port itself has no other destination.
+        Ok(dst) if dst == local => Err(Refusal::downstream(
+            ResponseFlag::NoRoute,
+            "connection to the outbound capture port itself",
+        )),
+        Ok(dst) => match plan_captured(&cfg, dst, fastrand::usize(..)) {
+            CapturedPlan::Route(route) => {
+                let workload_only = route.endpoints.len() == 1
+                    && route.endpoints.first().and_then(|e| e.workload.as_ref())
+                        == Some(&route.service);
+                let up = connect_any(&ctx, &cfg, &route, &mut result).await;
+                if workload_only {
+                    result.record().dst_service = None;
+                }
+                up
+            }
+            CapturedPlan::Original { service } => {
+                result.record().dst_service = Some(service);
+                passthrough(dst).await
+            }
+            CapturedPlan::Passthrough => {
+                let rec = result.record();
+                rec.upstream_cluster = Some("PassthroughCluster");
+                rec.dst_service = Some("PassthroughCluster".to_owned());
+                passthrough(dst).await
+            }
+            CapturedPlan::BlackHole => {
+                let rec = result.record();
+                rec.upstream_cluster = Some("BlackHoleCluster");
+                rec.dst_service = Some("BlackHoleCluster".to_owned());
+                Err(Refusal {
+                    flag: ResponseFlag::NoRoute,
+                    ..Refusal::policy(
+                        None,
+                        None,
+                        format!(
+                            "outboundTrafficPolicy REGISTRY_ONLY: {dst} is no service or \
+                             workload of the mesh"
+                        ),
+                    )
+                })
+            }
+        },
+    };
+    finish_spliced(app, upstream, result).await;
+}
+
+/// ALLOW_ANY: a plain TCP connection to the original destination, from a marked socket.
+async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
+    let unreachable = |why: String| Refusal::upstream(ResponseFlag::Connect, why);
+    match tokio::time::timeout(Duration::from_secs(10), crate::capture::connect(dst, None)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(Upstream::Plain(s))
+        }
+        Ok(Err(e)) => Err(unreachable(format!("connect to {dst} failed: {e}"))),
+        Err(_) => Err(unreachable(format!("connect to {dst} timed out"))),
+    }
+}
+
+/// Splice `app` to its upstream, or reset it with the refusal; then finish its result.
+async fn finish_spliced(
+    mut app: TcpStream,
+    upstream: Result<Upstream, Refusal>,
+    mut result: ConnResult,
+) {
+    let end = match upstream {
+        Ok(Upstream::Tunnel(mut t)) => {
+            result.opened();
+            End::from_splice(splice(&mut app, &mut t, None).await)
+        }
+        Ok(Upstream::Plain(mut s)) => {
+            result.opened();
+            End::from_splice(splice(&mut app, &mut s, None).await)
+        }
+        Err(refusal) => {
+            crate::reset_on_close(&app);
+            End::Refused(refusal)
+        }
+    };
+    drop(app);
+    result.finish(end);
+}
+
 /// What an outbound connection goes over: an HBONE tunnel, or a plaintext socket.
 pub(crate) enum Upstream {
     Tunnel(ward_hbone::H2Stream),
@@ -92,7 +262,7 @@ pub(crate) enum Upstream {
 /// connection is reset, so the app never mistakes it for a clean empty reply.
 async fn serve_connection(
     ctx: Arc<OutboundCtx>,
-    mut app: TcpStream,
+    app: TcpStream,
     src: SocketAddr,
     bind: SocketAddr,
 ) {
@@ -113,22 +283,7 @@ async fn serve_connection(
             "no egress listener configured here any more",
         )),
     };
-    let end = match upstream {
-        Ok(Upstream::Tunnel(mut t)) => {
-            result.opened();
-            End::from_splice(splice(&mut app, &mut t, None).await)
-        }
-        Ok(Upstream::Plain(mut s)) => {
-            result.opened();
-            End::from_splice(splice(&mut app, &mut s, None).await)
-        }
-        Err(refusal) => {
-            crate::reset_on_close(&app);
-            End::Refused(refusal)
-        }
-    };
-    drop(app);
-    result.finish(end);
+    finish_spliced(app, upstream, result).await;
 }
 
 /// Connect to the first endpoint of `route` that can be reached. A policy refusal stops the
@@ -220,6 +375,7 @@ pub(crate) async fn connect(
                 SocketAddr::V6(_) => TcpSocket::new_v6(),
             }
             .map_err(|e| unreachable(e.to_string()))?;
+            crate::capture::mark_socket(&socket).map_err(|e| unreachable(e.to_string()))?;
             if cfg.workload.address.is_ipv4() == ep.address.is_ipv4() {
                 socket
                     .bind(SocketAddr::new(cfg.workload.address, 0))
@@ -281,6 +437,8 @@ mod tests {
             }],
             authz: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
+            services: Default::default(),
+            service_inbound: Vec::new(),
             jwt_rules: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
@@ -298,5 +456,92 @@ mod tests {
         // Every endpoint stays in the list, so a failed one can be skipped.
         assert_eq!(route(&cfg, bind, 1).unwrap().endpoints.len(), 3);
         assert!(route(&cfg, "127.9.0.1:9001".parse().unwrap(), 0).is_none());
+    }
+
+    fn captured_config(mode: &str) -> ProxyConfig {
+        let yaml = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: cli, namespace: app}}
+spec: {{address: 10.9.0.1, serviceAccount: cli, labels: {{app: cli}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: app}}
+spec: {{address: 10.9.0.2, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: srv, namespace: app}}
+spec:
+  hosts: [srv.app.svc.cluster.local]
+  addresses: [10.96.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: srv}}}}
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: app}}
+spec:
+  hosts: [legacy.example.com]
+  addresses: [192.0.2.0/24]
+  ports: [{{number: 5432, name: tcp}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: cli, namespace: app}}
+spec:
+  workloadSelector: {{labels: {{app: cli}}}}
+  outboundTrafficPolicy: {{mode: {mode}}}
+"#
+        );
+        let set = ward_config::load_str("test.yaml", &yaml).unwrap();
+        ward_config::translate(&set).unwrap().proxies["app/cli"].clone()
+    }
+
+    #[test]
+    fn captured_connections_follow_vip_workload_then_outbound_traffic_policy() {
+        let cfg = captured_config("REGISTRY_ONLY");
+        let plan = |dst: &str| plan_captured(&cfg, dst.parse().unwrap(), 0);
+        match plan("10.96.0.10:80") {
+            CapturedPlan::Route(route) => {
+                assert_eq!(route.service, "srv.app.svc.cluster.local");
+                assert_eq!(route.endpoints[0].address.to_string(), "10.9.0.2:8080");
+                assert_eq!(route.endpoints[0].transport, Transport::Hbone);
+            }
+            other => panic!("service route expected, got {other:?}"),
+        }
+        match plan("10.9.0.2:5555") {
+            CapturedPlan::Route(route) => {
+                assert_eq!(route.service, "app/srv");
+                assert_eq!(route.endpoints.len(), 1);
+                assert_eq!(route.endpoints[0].address.to_string(), "10.9.0.2:5555");
+                assert_eq!(
+                    route.endpoints[0].identity.as_deref(),
+                    Some("spiffe://cluster.local/ns/app/sa/srv")
+                );
+            }
+            other => panic!("workload route expected, got {other:?}"),
+        }
+        assert_eq!(
+            plan("10.96.0.10:81"),
+            CapturedPlan::BlackHole,
+            "a VIP without that port"
+        );
+        assert_eq!(
+            plan("192.0.2.7:5432"),
+            CapturedPlan::Original {
+                service: "legacy.example.com".into()
+            },
+            "resolution NONE: a registered service, to the address dialed"
+        );
+        assert_eq!(plan("198.51.100.1:443"), CapturedPlan::BlackHole);
+        let open = captured_config("ALLOW_ANY");
+        assert_eq!(
+            plan_captured(&open, "198.51.100.1:443".parse().unwrap(), 0),
+            CapturedPlan::Passthrough
+        );
     }
 }

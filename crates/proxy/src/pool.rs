@@ -113,6 +113,8 @@ impl HbonePool {
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
         .map_err(|source| PoolError::Connect { addr, source })?;
+        crate::capture::mark_socket(&socket)
+            .map_err(|source| PoolError::Connect { addr, source })?;
         if self.local_ip.is_ipv4() == addr.is_ipv4() {
             socket
                 .bind(SocketAddr::new(self.local_ip, 0))

@@ -2,7 +2,7 @@
 //! pushes (listener reconciliation, re-check of open connections).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,7 @@ use ward_hbone::HBONE_PORT;
 use ward_identity::SpiffeId;
 use ward_tls::{CertStore, CertSummary};
 
+use crate::capture::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT};
 use crate::certs::{run_rotation, CertificateProvider};
 use crate::conntrack::ConnTracker;
 use crate::inbound::{self, InboundCtx};
@@ -77,6 +78,9 @@ pub struct Sidecar {
     process_listeners: Vec<OwnListener>,
     /// The caps of this sidecar's listeners and the process-wide budget they draw from.
     admission: Admission,
+    /// Serve the capture ports (15001, 15006) and the captured inbound ports
+    /// (docs/capture.md). The iptables rules are installed by the caller ([`crate::capture`]).
+    capture: bool,
     handle: SidecarHandle,
 }
 
@@ -166,6 +170,7 @@ impl Sidecar {
                 metrics,
                 process_listeners: Vec::new(),
                 admission,
+                capture: false,
                 handle: handle.clone(),
             },
             handle,
@@ -180,6 +185,40 @@ impl Sidecar {
             process_listeners: listeners,
             ..self
         }
+    }
+
+    /// The same sidecar, serving transparently captured traffic when `on`: the outbound capture
+    /// port `127.0.0.1:15001` (and `[::1]:15001`), the inbound capture port `0.0.0.0:15006` (and
+    /// `[::]:15006`; both IPv6 ones only where the namespace has IPv6), and the inbound ports
+    /// of the workload's ServiceEntries ([`ProxyConfig::with_service_inbound`]). The iptables
+    /// rules that send traffic there are installed apart, with [`crate::capture::install`]:
+    /// one network namespace, one captured workload.
+    #[must_use]
+    pub fn with_capture(self, on: bool) -> Sidecar {
+        Sidecar {
+            capture: on,
+            ..self
+        }
+    }
+
+    /// The config the data path serves: with capture, the captured inbound ports too.
+    fn served(&self, cfg: &Arc<ProxyConfig>) -> Arc<ProxyConfig> {
+        if self.capture {
+            Arc::new(cfg.with_service_inbound())
+        } else {
+            cfg.clone()
+        }
+    }
+
+    /// Binds a capture port.
+    async fn bind_capture(&self, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| SidecarError::Bind {
+                workload: self.key.clone(),
+                addr,
+                source,
+            })
     }
 
     /// Run until `shutdown` flips to true (or the config sender is dropped).
@@ -203,8 +242,17 @@ impl Sidecar {
                 source,
             })?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let first = self.config.borrow().clone();
+        let (served_tx, served) = watch::channel(self.served(&first));
+        // Without capture the data path reads the pushed config itself, as it arrives; with
+        // capture, the served one this task derives from it.
+        let data_config = if self.capture {
+            served.clone()
+        } else {
+            self.config.clone()
+        };
         let inbound_ctx = Arc::new(InboundCtx {
-            config: self.config.clone(),
+            config: data_config.clone(),
             tracker: h.tracker.clone(),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
@@ -219,7 +267,7 @@ impl Sidecar {
             stop_rx.clone(),
         ));
         let outbound_ctx = Arc::new(OutboundCtx {
-            config: self.config.clone(),
+            config: data_config,
             pool: Arc::new(HbonePool::new(address, h.certs.clone())),
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
@@ -232,11 +280,59 @@ impl Sidecar {
             self.gate(listener::Kind::Hbone),
             stop_rx.clone(),
         ));
+        if self.capture {
+            let out = self.bind_capture(SocketAddr::new(
+                Ipv4Addr::LOCALHOST.into(),
+                OUTBOUND_CAPTURE_PORT,
+            ));
+            let inb = self.bind_capture(SocketAddr::new(
+                Ipv4Addr::UNSPECIFIED.into(),
+                INBOUND_CAPTURE_PORT,
+            ));
+            let (out, inb) = (out.await?, inb.await?);
+            let mut outs = vec![out];
+            let mut inbs = vec![inb];
+            // IPv6: where the namespace has no IPv6, there is nothing to capture either.
+            let v6 = |port| SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+            match (
+                crate::capture::bind_v6_only(SocketAddr::new(
+                    Ipv6Addr::LOCALHOST.into(),
+                    OUTBOUND_CAPTURE_PORT,
+                )),
+                crate::capture::bind_v6_only(v6(INBOUND_CAPTURE_PORT)),
+            ) {
+                (Ok(out6), Ok(in6)) => {
+                    outs.push(out6);
+                    inbs.push(in6);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(workload = %self.key, error = %e, "no IPv6 capture ports")
+                }
+            }
+            for out in outs {
+                tokio::spawn(outbound::run_capture_listener(
+                    out,
+                    outbound_ctx.clone(),
+                    self.gate(listener::Kind::Outbound),
+                    stop_rx.clone(),
+                ));
+            }
+            for inb in inbs {
+                tokio::spawn(inbound::run_capture_listener(
+                    inb,
+                    inbound_ctx.clone(),
+                    self.gate(listener::Kind::Plaintext),
+                    stop_rx.clone(),
+                ));
+            }
+        }
         // Each listener has its own stop switch, so reconciliation can close just one.
         let mut listeners: HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>> =
             HashMap::new();
         loop {
             let cfg = self.config.borrow_and_update().clone();
+            served_tx.send_replace(self.served(&cfg));
+            let cfg = served.borrow().clone();
             self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
                 .await;
             let closed = h.tracker.recheck(|open| inbound::recheck(&cfg, open));
@@ -267,9 +363,11 @@ impl Sidecar {
         inbound_ctx: &Arc<InboundCtx>,
         outbound_ctx: &Arc<OutboundCtx>,
     ) {
+        // Captured inbound ports are reached through the inbound capture port, never bound.
         let mut want: Vec<(ListenerKind, SocketAddr)> = cfg
             .inbound
             .iter()
+            .filter(|p| !cfg.service_inbound.contains(p))
             .map(|p| {
                 (
                     ListenerKind::InboundPlaintext,

@@ -88,7 +88,7 @@ fn replayable(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let fail = |reason: String| UpstreamError::Connect { addr, reason };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, crate::capture::connect(addr, None))
         .await
         .map_err(|_| fail("timed out".to_owned()))?
         .map_err(|e| fail(e.to_string()))?;

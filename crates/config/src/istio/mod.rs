@@ -295,7 +295,8 @@ pub(crate) fn port_number(port: u32) -> Option<u16> {
 pub struct ServiceEntrySpec {
     /// The service's host names (the `service` of Ward's outbound listeners).
     pub hosts: Option<Vec<String>>,
-    /// Virtual IPs or CIDRs (not enforced: Ward does not capture traffic by VIP).
+    /// Virtual IPs or CIDRs: the service's addresses under transparent capture
+    /// (docs/capture.md); auto-allocated when absent.
     pub addresses: Option<Vec<String>>,
     /// The service's ports.
     pub ports: Option<Vec<ServicePort>>,
@@ -428,11 +429,6 @@ impl ServiceEntrySpec {
                     ));
                 }
             }
-            findings.push(Finding::not_enforced(
-                "spec.addresses",
-                "Ward does not capture traffic sent to virtual IPs; clients call the Sidecar \
-                 egress listener instead",
-            ));
         }
         findings.extend(self.validate_ports());
         findings.extend(self.validate_endpoints());
@@ -678,7 +674,6 @@ mod tests {
             ]),
             ("hosts: [a]\naddresses: [10.0.0.0/33, 10.1.0.0/16, 10.2.0.1]\n", &[
                 ("spec.addresses[0]", code::INVALID),
-                ("spec.addresses", code::FIELD_NOT_ENFORCED),
             ]),
             ("hosts: [a]\nports: [{number: 80, name: http}, {number: 80, name: http}, {number: 0, protocol: HTPP}]\n", &[
                 ("spec.ports[1].number", code::INVALID),

@@ -1,9 +1,10 @@
 //! Sidecar (istio/api `networking/v1alpha3/sidecar.proto`): what a workload's proxy serves
 //! (ingress listeners) and what its app may call (egress listeners).
 //!
-//! Ward has no traffic capture: every listener is explicit (`captureMode` NONE), an ingress
-//! listener forwards to the app's `defaultEndpoint`, and the app calls egress listeners on
-//! their bind address. TLS and connection-pool settings are accepted and reported as not
+//! Every listener a Sidecar declares is explicit: an ingress listener forwards to the app's
+//! `defaultEndpoint`, and the app calls egress listeners on their bind address. Transparent
+//! capture (`ward up --capture`, docs/capture.md) is per workload: it adds the capture ports,
+//! and a listener's `captureMode` is accepted but not read. TLS and connection-pool settings are accepted and reported as not
 //! enforced (WARD0103).
 
 use std::collections::BTreeSet;
@@ -93,10 +94,10 @@ impl SidecarPort {
 /// Sidecar `captureMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CaptureMode {
-    /// The environment's default; for Ward, which has no traffic capture, that is `NONE`.
+    /// The environment's default: `IPTABLES` under `ward up --capture`, else `NONE`.
     #[serde(rename = "DEFAULT")]
     Default,
-    /// iptables redirection: not available in Ward.
+    /// iptables redirection: Ward captures per workload (`ward up --capture`), not per listener.
     #[serde(rename = "IPTABLES")]
     Iptables,
     /// No capture: apps connect to the listeners explicitly.
@@ -339,8 +340,7 @@ impl IstioIngressListener {
             None | Some("") => findings.push(Finding::error(
                 code::INVALID,
                 path,
-                "missing required field `defaultEndpoint`: Ward forwards to the app there \
-                 (it does not capture traffic)",
+                "missing required field `defaultEndpoint`: Ward forwards to the app there",
             )),
             Some(endpoint) => {
                 if let Err(why) = parse_default_endpoint(endpoint) {
@@ -443,15 +443,15 @@ impl SidecarPort {
     }
 }
 
-/// Ward has no traffic capture, so a listener's capture mode must be NONE (or DEFAULT or
-/// absent, which mean the environment's default: NONE).
+/// Ward captures per workload (`ward up --capture`, docs/capture.md), not per listener: a
+/// listener's `IPTABLES` is accepted and reported as not enforced. NONE (and DEFAULT or absent
+/// without capture) keep their meaning: the app connects to the listener explicitly.
 fn check_capture_mode(mode: Option<CaptureMode>, path: &str) -> Option<Finding> {
     (mode == Some(CaptureMode::Iptables)).then(|| {
-        Finding::error(
-            code::INVALID,
+        Finding::not_enforced(
             push_key(path, "captureMode"),
-            "Ward runs without iptables: captureMode must be NONE or omitted, and apps connect \
-             to the listeners explicitly",
+            "capture is per workload: `ward up --capture` captures every port of the workload; \
+             without it, apps connect to the listeners explicitly",
         )
     })
 }
@@ -475,7 +475,7 @@ mod tests {
             ]),
             ("ingress:\n- port: {number: 80}\n  defaultEndpoint: 10.1.1.1:80\n  captureMode: IPTABLES\n", &[
                 ("spec.ingress[0].defaultEndpoint", code::INVALID),
-                ("spec.ingress[0].captureMode", code::INVALID),
+                ("spec.ingress[0].captureMode", code::FIELD_NOT_ENFORCED),
             ]),
             ("ingress:\n- port: {number: 80, targetPort: 81}\n  defaultEndpoint: 0.0.0.0:8080\n  bind: 10.0.0.1\n  tls: {mode: SIMPLE}\n  connectionPool: {tcp: {maxConnections: 1}}\ninboundConnectionPool: {http: {idleTimeout: 1s}}\n", &[
                 ("spec.ingress[0].port.targetPort", code::FIELD_NOT_ENFORCED),
