@@ -69,6 +69,7 @@ mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;
+pub mod telemetry;
 pub mod translate;
 mod yaml;
 
@@ -86,4 +87,5 @@ pub use snapshot::{
     DemoApp, Endpoint, InboundPort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig,
     Transport, WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
+pub use telemetry::{MeshDirectory, ServiceMeta, WorkloadMeta, CLUSTER_ID};
 pub use translate::translate;

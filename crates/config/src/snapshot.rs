@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use ward_authn::jwks_uri::OwnListener;
 use ward_authn::JwtRuleSet;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
+
+use crate::telemetry::MeshDirectory;
 
 /// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
 /// 15008). The same value as `ward_hbone::HBONE_PORT`, which this crate cannot depend on (it
@@ -58,6 +61,10 @@ pub struct ProxyConfig {
     /// Set when the Sidecar or mesh says REGISTRY_ONLY / ALLOW_ANY; informational: Ward
     /// does not enforce it yet.
     pub outbound_traffic_policy: String,
+    /// Every workload's and service's metric labels, shared by all proxies of one
+    /// configuration (not serialized: `/config_dump` shows the workloads themselves).
+    #[serde(skip)]
+    pub directory: Arc<MeshDirectory>,
 }
 
 impl ProxyConfig {
