@@ -28,6 +28,7 @@ mod certs;
 mod connection;
 mod conntrack;
 mod egress_http;
+mod http_metrics;
 mod inbound;
 mod inbound_http;
 mod jwks_fetch;
