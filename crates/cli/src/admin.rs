@@ -12,10 +12,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use ward_control::ControlPlane;
+use ward_control::{ConfigStatus, ControlPlane};
 use ward_proxy::humantime_utc;
 use ward_proxy::listener::{accept_loop, Caps, Gate, Kind};
 use ward_proxy::{Metrics, SidecarHandle};
@@ -29,6 +31,51 @@ pub(crate) struct AdminState {
     pub(crate) registry: Mutex<Registry>,
     /// `--workloads`: readiness covers only these.
     pub(crate) hosted: crate::up::Hosted,
+    /// `ward_config_*`, refreshed from the control plane's status at each scrape.
+    pub(crate) config_metrics: Arc<ConfigMetrics>,
+}
+
+/// The config's metrics (`ward_config_*`, docs/metrics.md), read from the control plane's
+/// [`ConfigStatus`] whenever `/metrics` is scraped.
+#[derive(Default)]
+pub(crate) struct ConfigMetrics {
+    generation: Gauge,
+    reload_errors: Counter,
+    last_success: Gauge,
+}
+
+impl ConfigMetrics {
+    /// Create the metrics and register them.
+    pub(crate) fn register(registry: &mut Registry) -> Arc<ConfigMetrics> {
+        let m = ConfigMetrics::default();
+        registry.register(
+            "ward_config_generation",
+            "The serving config's generation: 1 at start, one more for each change applied",
+            m.generation.clone(),
+        );
+        registry.register(
+            "ward_config_reload_errors",
+            "Config changes rejected (the last good config kept serving)",
+            m.reload_errors.clone(),
+        );
+        registry.register(
+            "ward_config_last_reload_success_timestamp_seconds",
+            "When the config files last loaded cleanly (seconds since the epoch)",
+            m.last_success.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Bring the metrics up to `status`.
+    pub(crate) fn update(&self, status: &ConfigStatus) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.generation.set(gauge(status.generation));
+        self.last_success.set(gauge(status.last_success_at));
+        let counted = self.reload_errors.get();
+        if status.rejections > counted {
+            self.reload_errors.inc_by(status.rejections - counted);
+        }
+    }
 }
 
 /// Ready when every WorkloadEntry this process hosts (`--workloads`) has a running sidecar with its certificate, config and
@@ -110,7 +157,10 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .collect();
             json(&serde_json::json!({ "certificates": certs }))
         }
-        "/metrics" => metrics_response(&state.registry),
+        "/metrics" => {
+            state.config_metrics.update(&state.control.status());
+            metrics_response(&state.registry)
+        }
         "/" => respond(
             StatusCode::OK,
             "text/plain",
