@@ -170,7 +170,8 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// `/metrics`: the registry in the OpenMetrics text format.
+/// `/metrics`: the registry in Prometheus's text exposition format (version 0.0.4), the format
+/// Istio's proxies serve and `promtool check metrics` reads (docs/metrics.md).
 pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
     let mut out = String::new();
     let encoded = registry
@@ -180,8 +181,8 @@ pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Byte
     match encoded {
         Ok(()) => respond(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            out,
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text(&out),
         ),
         Err(()) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +190,45 @@ pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Byte
             "metrics encoding failed\n",
         ),
     }
+}
+
+/// The Prometheus text format of an OpenMetrics exposition (what `prometheus_client` writes).
+/// The two differ, for what Ward writes, only in counters' metadata and the end marker:
+/// OpenMetrics names a counter family without `_total` (`# TYPE istio_requests counter`) and its
+/// samples with it; the text format names both `istio_requests_total`. So the `# HELP` and
+/// `# TYPE` lines of counters get the `_total` suffix, and `# EOF` and `# UNIT` lines go. Sample
+/// lines are the same in both (https://prometheus.io/docs/instrumenting/exposition_formats/).
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Connections the admin port may hold at once. It does not draw from the connection budget: it
@@ -244,4 +284,18 @@ pub(crate) async fn serve_routes(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_metadata_gets_total_and_the_end_marker_goes() {
+        let open = "# HELP istio_requests HTTP requests.\n# TYPE istio_requests counter\nistio_requests_total{reporter=\"source\"} 3\n# HELP ward_connection_budget Budget.\n# TYPE ward_connection_budget gauge\nward_connection_budget 10\n# HELP d Duration.\n# TYPE d histogram\nd_bucket{le=\"0.5\"} 1\nd_sum 0.2\nd_count 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(open),
+            "# HELP istio_requests_total HTTP requests.\n# TYPE istio_requests_total counter\nistio_requests_total{reporter=\"source\"} 3\n# HELP ward_connection_budget Budget.\n# TYPE ward_connection_budget gauge\nward_connection_budget 10\n# HELP d Duration.\n# TYPE d histogram\nd_bucket{le=\"0.5\"} 1\nd_sum 0.2\nd_count 1\n"
+        );
+    }
 }
