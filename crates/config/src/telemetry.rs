@@ -127,6 +127,8 @@ struct Entry {
 pub struct MeshDirectory {
     /// By `namespace/name`.
     workloads: BTreeMap<String, Entry>,
+    /// By SPIFFE id: the workloads that have it (a request's source is found without a scan).
+    identities: BTreeMap<String, Vec<Entry>>,
     /// By host.
     services: BTreeMap<String, Arc<ServiceMeta>>,
     /// The hosts whose endpoints are a workload's port: by (`namespace/name`, port).
@@ -141,13 +143,16 @@ impl MeshDirectory {
 
     /// Add a workload (`namespace/name` is its key).
     pub fn add_workload(&mut self, info: &WorkloadInfo) {
-        self.workloads.insert(
-            format!("{}/{}", info.namespace, info.name),
-            Entry {
-                address: info.address,
-                meta: Arc::new(WorkloadMeta::of(info)),
-            },
-        );
+        let entry = Entry {
+            address: info.address,
+            meta: Arc::new(WorkloadMeta::of(info)),
+        };
+        self.identities
+            .entry(info.identity.clone())
+            .or_default()
+            .push(entry.clone());
+        self.workloads
+            .insert(format!("{}/{}", info.namespace, info.name), entry);
     }
 
     /// Add a service host, declared by a ServiceEntry in `namespace`.
@@ -175,23 +180,11 @@ impl MeshDirectory {
     /// identity (its traffic comes from another address, e.g. through NAT), that one. `None`
     /// when the config cannot say which workload it is.
     pub fn source(&self, ip: IpAddr, identity: &str) -> Option<&Arc<WorkloadMeta>> {
-        let mut with_identity = self
-            .workloads
-            .values()
-            .filter(|e| e.meta.principal == identity);
-        let mut only = None;
-        let mut count = 0;
-        for e in with_identity.by_ref() {
-            if e.address == ip {
-                return Some(&e.meta);
-            }
-            count += 1;
-            only = Some(&e.meta);
-        }
-        if count == 1 {
-            only
-        } else {
-            None
+        let with_identity = self.identities.get(identity)?;
+        match with_identity.iter().find(|e| e.address == ip) {
+            Some(e) => Some(&e.meta),
+            None if with_identity.len() == 1 => with_identity.first().map(|e| &e.meta),
+            None => None,
         }
     }
 
