@@ -62,8 +62,8 @@ pub struct ProxyConfig {
     /// does not enforce it yet.
     pub outbound_traffic_policy: String,
     /// Every workload's and service's metric labels, shared by all proxies of one
-    /// configuration (not serialized: `/config_dump` shows the workloads themselves).
-    #[serde(skip)]
+    /// configuration (in memory, one copy; a proxy on another host needs it with its config).
+    #[serde(default)]
     pub directory: Arc<MeshDirectory>,
 }
 

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::snapshot::WorkloadInfo;
 
 /// The cluster every workload is in: Istio's default cluster name
@@ -27,7 +29,8 @@ pub const CANONICAL_NAME_LABEL: &str = "service.istio.io/canonical-name";
 pub const CANONICAL_REVISION_LABEL: &str = "service.istio.io/canonical-revision";
 
 /// A workload's metric labels (`source_*` or `destination_*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadMeta {
     /// The WorkloadEntry's name (`*_workload`).
     pub name: String,
@@ -85,7 +88,8 @@ impl WorkloadMeta {
 }
 
 /// A service's metric labels (`destination_service*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceMeta {
     /// The ServiceEntry host (`destination_service`).
     pub host: String,
@@ -116,14 +120,14 @@ impl ServiceMeta {
 }
 
 /// One workload, as the directory holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     address: IpAddr,
     meta: Arc<WorkloadMeta>,
 }
 
 /// Every workload's and service's metric labels, for one configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshDirectory {
     /// By `namespace/name`.
     workloads: BTreeMap<String, Entry>,
@@ -131,8 +135,8 @@ pub struct MeshDirectory {
     identities: BTreeMap<String, Vec<Entry>>,
     /// By host.
     services: BTreeMap<String, Arc<ServiceMeta>>,
-    /// The hosts whose endpoints are a workload's port: by (`namespace/name`, port).
-    served: BTreeMap<(String, u16), Vec<String>>,
+    /// The hosts whose endpoints are a workload's port: by `namespace/name`, then port.
+    served: BTreeMap<String, BTreeMap<u16, Vec<String>>>,
 }
 
 impl MeshDirectory {
@@ -164,7 +168,12 @@ impl MeshDirectory {
 
     /// Record that `host`'s endpoints include port `port` of workload `key`.
     pub fn add_endpoint(&mut self, host: &str, key: &str, port: u16) {
-        let hosts = self.served.entry((key.to_owned(), port)).or_default();
+        let hosts = self
+            .served
+            .entry(key.to_owned())
+            .or_default()
+            .entry(port)
+            .or_default();
         if !hosts.iter().any(|h| h == host) {
             hosts.push(host.to_owned());
         }
@@ -203,7 +212,7 @@ impl MeshDirectory {
         port: u16,
         authority: Option<&str>,
     ) -> Option<&Arc<ServiceMeta>> {
-        let hosts = self.served.get(&(key.to_owned(), port))?;
+        let hosts = self.served.get(key)?.get(&port)?;
         let host = match authority {
             Some(authority) => {
                 let name = host_of(authority);
