@@ -290,6 +290,39 @@ pub(crate) async fn serve_routes(
 mod tests {
     use super::*;
 
+    fn status(generation: u64, rejections: u64, last_success_at: u64) -> ConfigStatus {
+        ConfigStatus {
+            generation,
+            applied_at: 0,
+            last_success_at,
+            last_rejection: None,
+            rejections,
+            reloads: 0,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn config_metrics_follow_the_status_and_count_each_rejection_once() {
+        let mut registry = Registry::default();
+        let m = ConfigMetrics::register(&mut registry);
+        m.update(&status(1, 0, 100));
+        m.update(&status(2, 2, 160));
+        m.update(&status(2, 2, 160));
+        m.update(&status(3, 3, 200));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = prometheus_text(&text);
+        for line in [
+            "ward_config_generation 3",
+            "ward_config_reload_errors_total 3",
+            "ward_config_last_reload_success_timestamp_seconds 200",
+            "# TYPE ward_config_reload_errors_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
     #[test]
     fn counters_metadata_gets_total_and_the_end_marker_goes() {
         let open = "# HELP istio_requests HTTP requests.\n# TYPE istio_requests counter\nistio_requests_total{reporter=\"source\"} 3\n# HELP ward_connection_budget Budget.\n# TYPE ward_connection_budget gauge\nward_connection_budget 10\n# HELP d Duration.\n# TYPE d histogram\nd_bucket{le=\"0.5\"} 1\nd_sum 0.2\nd_count 1\n# EOF\n";
