@@ -147,7 +147,8 @@ spec:
 "#;
 
 const ADMIN: &str = "127.1.126.100:15000";
-const PROMETHEUS: &str = "127.1.126.101:9090";
+/// Not 9090: a system Prometheus (Debian starts one) listens there on every address.
+const PROMETHEUS: &str = "127.1.126.101:39090";
 
 /// A Prometheus server scraping Ward's admin port every second; killed on drop.
 struct Prometheus {
