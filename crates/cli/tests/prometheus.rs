@@ -233,6 +233,13 @@ fn drive_traffic() {
         ]);
         assert_eq!(code, 200, "web -> {host}: {body}");
     }
+    // A Host no service has: 404 NR from web's sidecar, and no new label value.
+    let (code, body) = curl(&[
+        "-H",
+        "Host: made-up.example",
+        "http://127.1.126.1:8080/fhir/Patient",
+    ]);
+    assert_eq!(code, 404, "unknown Host: {body}");
     let (code, body) = curl(&["http://127.1.126.2:8080/fhir/Observation"]);
     assert_eq!(code, 200, "plaintext -> api: {body}");
     assert!(echo_ok("127.1.126.1:5432".parse().unwrap(), "ping"));
@@ -408,6 +415,20 @@ fn prometheus_reads_istio_metrics_for_kiali_and_grafana() {
         ("response_code", "200"),
     ]);
     wait_for_series(&prom, &ward, &kiali_source, &to_catalog);
+
+    // The unknown Host is counted, as `unknown`: label values come from the config only.
+    let unknown_host = wait_for_series(
+        &prom,
+        &ward,
+        "sum(rate(istio_requests_total{reporter=\"source\",response_code=\"404\"}[1m])) by (destination_service, destination_service_name, destination_workload, response_flags) > 0",
+        &[("destination_service", "unknown"), ("response_flags", "NR")],
+    );
+    assert_eq!(label(&unknown_host, "destination_workload"), "unknown");
+    let hosts = prom.query("count(istio_requests_total{destination_service=~\".*made-up.*\"})");
+    assert!(
+        hosts.is_empty(),
+        "a client's Host became a label: {hosts:?}"
+    );
 
     // Kiali's TCP edges.
     let kiali_tcp = format!(
