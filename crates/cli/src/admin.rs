@@ -12,10 +12,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use ward_control::ControlPlane;
+use ward_control::{ConfigStatus, ControlPlane};
 use ward_proxy::humantime_utc;
 use ward_proxy::listener::{accept_loop, Caps, Gate, Kind};
 use ward_proxy::{Metrics, SidecarHandle};
@@ -29,6 +31,51 @@ pub(crate) struct AdminState {
     pub(crate) registry: Mutex<Registry>,
     /// `--workloads`: readiness covers only these.
     pub(crate) hosted: crate::up::Hosted,
+    /// `ward_config_*`, refreshed from the control plane's status at each scrape.
+    pub(crate) config_metrics: Arc<ConfigMetrics>,
+}
+
+/// The config's metrics (`ward_config_*`, docs/metrics.md), read from the control plane's
+/// [`ConfigStatus`] whenever `/metrics` is scraped.
+#[derive(Default)]
+pub(crate) struct ConfigMetrics {
+    generation: Gauge,
+    reload_errors: Counter,
+    last_success: Gauge,
+}
+
+impl ConfigMetrics {
+    /// Create the metrics and register them.
+    pub(crate) fn register(registry: &mut Registry) -> Arc<ConfigMetrics> {
+        let m = ConfigMetrics::default();
+        registry.register(
+            "ward_config_generation",
+            "The serving config's generation: 1 at start, one more for each change applied",
+            m.generation.clone(),
+        );
+        registry.register(
+            "ward_config_reload_errors",
+            "Config changes rejected (the last good config kept serving)",
+            m.reload_errors.clone(),
+        );
+        registry.register(
+            "ward_config_last_reload_success_timestamp_seconds",
+            "When the config files last loaded cleanly (seconds since the epoch)",
+            m.last_success.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Bring the metrics up to `status`.
+    pub(crate) fn update(&self, status: &ConfigStatus) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.generation.set(gauge(status.generation));
+        self.last_success.set(gauge(status.last_success_at));
+        let counted = self.reload_errors.get();
+        if status.rejections > counted {
+            self.reload_errors.inc_by(status.rejections - counted);
+        }
+    }
 }
 
 /// Ready when every WorkloadEntry this process hosts (`--workloads`) has a running sidecar with its certificate, config and
@@ -110,7 +157,10 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .collect();
             json(&serde_json::json!({ "certificates": certs }))
         }
-        "/metrics" => metrics_response(&state.registry),
+        "/metrics" => {
+            state.config_metrics.update(&state.control.status());
+            metrics_response(&state.registry)
+        }
         "/" => respond(
             StatusCode::OK,
             "text/plain",
@@ -120,7 +170,8 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// `/metrics`: the registry in the OpenMetrics text format.
+/// `/metrics`: the registry in Prometheus's text exposition format (version 0.0.4), the format
+/// Istio's proxies serve and `promtool check metrics` reads (docs/metrics.md).
 pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
     let mut out = String::new();
     let encoded = registry
@@ -130,8 +181,8 @@ pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Byte
     match encoded {
         Ok(()) => respond(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            out,
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text(&out),
         ),
         Err(()) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,6 +190,45 @@ pub(crate) fn metrics_response(registry: &Mutex<Registry>) -> Response<Full<Byte
             "metrics encoding failed\n",
         ),
     }
+}
+
+/// The Prometheus text format of an OpenMetrics exposition (what `prometheus_client` writes).
+/// The two differ, for what Ward writes, only in counters' metadata and the end marker:
+/// OpenMetrics names a counter family without `_total` (`# TYPE istio_requests counter`) and its
+/// samples with it; the text format names both `istio_requests_total`. So the `# HELP` and
+/// `# TYPE` lines of counters get the `_total` suffix, and `# EOF` and `# UNIT` lines go. Sample
+/// lines are the same in both (https://prometheus.io/docs/instrumenting/exposition_formats/).
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Connections the admin port may hold at once. It does not draw from the connection budget: it
@@ -194,4 +284,51 @@ pub(crate) async fn serve_routes(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(generation: u64, rejections: u64, last_success_at: u64) -> ConfigStatus {
+        ConfigStatus {
+            generation,
+            applied_at: 0,
+            last_success_at,
+            last_rejection: None,
+            rejections,
+            reloads: 0,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn config_metrics_follow_the_status_and_count_each_rejection_once() {
+        let mut registry = Registry::default();
+        let m = ConfigMetrics::register(&mut registry);
+        m.update(&status(1, 0, 100));
+        m.update(&status(2, 2, 160));
+        m.update(&status(2, 2, 160));
+        m.update(&status(3, 3, 200));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = prometheus_text(&text);
+        for line in [
+            "ward_config_generation 3",
+            "ward_config_reload_errors_total 3",
+            "ward_config_last_reload_success_timestamp_seconds 200",
+            "# TYPE ward_config_reload_errors_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn counters_metadata_gets_total_and_the_end_marker_goes() {
+        let open = "# HELP istio_requests HTTP requests.\n# TYPE istio_requests counter\nistio_requests_total{reporter=\"source\"} 3\n# HELP ward_connection_budget Budget.\n# TYPE ward_connection_budget gauge\nward_connection_budget 10\n# HELP d Duration.\n# TYPE d histogram\nd_bucket{le=\"0.5\"} 1\nd_sum 0.2\nd_count 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(open),
+            "# HELP istio_requests_total HTTP requests.\n# TYPE istio_requests_total counter\nistio_requests_total{reporter=\"source\"} 3\n# HELP ward_connection_budget Budget.\n# TYPE ward_connection_budget gauge\nward_connection_budget 10\n# HELP d Duration.\n# TYPE d histogram\nd_bucket{le=\"0.5\"} 1\nd_sum 0.2\nd_count 1\n"
+        );
+    }
 }

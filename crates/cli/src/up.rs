@@ -271,6 +271,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     let ca = Arc::new(CaService::new(ca, args.cert_ttl));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let config_metrics = admin::ConfigMetrics::register(&mut registry);
     let admission = Admission {
         limits: args.limits.limits(),
         budget: Arc::new(FdBudget::from_limit(nofile.effective())),
@@ -291,6 +292,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
         sidecars: sidecars.clone(),
         registry: Mutex::new(registry),
         hosted: hosted.clone(),
+        config_metrics,
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await

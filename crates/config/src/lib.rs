@@ -70,6 +70,7 @@ mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;
+pub mod telemetry;
 pub mod translate;
 pub mod vip;
 mod yaml;
@@ -89,4 +90,5 @@ pub use snapshot::{
     MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport, WorkloadInfo, HBONE_PORT,
     KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
+pub use telemetry::{MeshDirectory, ServiceMeta, WorkloadMeta, CLUSTER_ID};
 pub use translate::translate;

@@ -483,6 +483,7 @@ mod tests {
             outbound,
             authz: Default::default(),
             jwt_rules: Default::default(),
+            directory: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
             services: Default::default(),
             service_inbound: Vec::new(),

@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use ward_authn::jwks_uri::OwnListener;
 use ward_authn::JwtRuleSet;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
+
+use crate::telemetry::MeshDirectory;
 
 /// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
 /// 15008). The same value as `ward_hbone::HBONE_PORT`, which this crate cannot depend on (it
@@ -71,6 +74,10 @@ pub struct ProxyConfig {
     /// connections reach them through the inbound capture port.
     #[serde(default)]
     pub service_inbound: Vec<InboundPort>,
+    /// Every workload's and service's metric labels, shared by all proxies of one
+    /// configuration (in memory, one copy; a proxy on another host needs it with its config).
+    #[serde(default)]
+    pub directory: Arc<MeshDirectory>,
 }
 
 /// A service the workload may call, as transparent capture sees it.

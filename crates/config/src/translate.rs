@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use ward_authn::JwtRuleSet;
@@ -31,6 +32,7 @@ use crate::snapshot::{
     Protocol, ProxyConfig, Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
     KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
+use crate::telemetry::MeshDirectory;
 use crate::yaml::{push_index, push_key};
 
 /// Builds every proxy's configuration. Fails with all the errors found.
@@ -49,6 +51,10 @@ pub fn translate(set: &ConfigSet) -> Result<MeshSnapshot, Diagnostics> {
     errors.0.dedup();
     if errors.has_errors() {
         return Err(errors);
+    }
+    let directory = Arc::new(context.directory(&proxies));
+    for proxy in proxies.values_mut() {
+        proxy.directory = directory.clone();
     }
     Ok(MeshSnapshot {
         trust_domain: set.mesh.trust_domain.clone(),
@@ -275,6 +281,29 @@ impl<'a> Context<'a> {
         (effective.mode, effective.policy)
     }
 
+    /// The metric labels of every workload and service (`crate::telemetry`): the workloads of
+    /// `proxies`, each ServiceEntry host, and which workload ports each host's endpoints are.
+    fn directory(&self, proxies: &BTreeMap<String, ProxyConfig>) -> MeshDirectory {
+        let mut directory = MeshDirectory::new();
+        for proxy in proxies.values() {
+            directory.add_workload(&proxy.workload);
+        }
+        for se in &self.set.service_entries {
+            for host in se.spec.hosts() {
+                directory.add_service(host, &se.meta.namespace);
+                for port in se.spec.ports.iter().flatten() {
+                    // Errors in the endpoints were reported when the proxies were built.
+                    for ep in self.endpoints(se, port, &mut Vec::new()) {
+                        if let Some(key) = &ep.workload {
+                            directory.add_endpoint(host, key, ep.address.port());
+                        }
+                    }
+                }
+            }
+        }
+        directory
+    }
+
     /// One workload's proxy, and the errors found building it.
     fn proxy(&self, workload: &Workload<'_>) -> (ProxyConfig, Vec<Diagnostic>) {
         let mut errors = Vec::new();
@@ -339,6 +368,7 @@ impl<'a> Context<'a> {
             outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
             services: self.services_for(workload, &mut errors),
             service_inbound,
+            directory: Default::default(),
         };
         (proxy, errors)
     }

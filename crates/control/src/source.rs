@@ -36,6 +36,9 @@ pub struct ConfigStatus {
     pub generation: u64,
     /// When the serving config was applied (seconds since the epoch).
     pub applied_at: u64,
+    /// When the files last loaded cleanly, whether or not they changed the config (seconds
+    /// since the epoch; the start, before any reload).
+    pub last_success_at: u64,
     /// The last rejected update's diagnostics, if the last attempt failed.
     pub last_rejection: Option<String>,
     /// Rejected updates since start.
@@ -172,9 +175,11 @@ impl ControlPlane {
                 tracing::warn!(target: "config", "{w}");
             }
         }
+        let started = now_secs();
         let status = ConfigStatus {
             generation: 1,
-            applied_at: now_secs(),
+            applied_at: started,
+            last_success_at: started,
             last_rejection: None,
             rejections: 0,
             reloads: 0,
@@ -267,6 +272,7 @@ impl ControlPlane {
         if let Ok(mut st) = self.status.lock() {
             st.last_rejection = None;
             st.reloads += 1;
+            st.last_success_at = now_secs();
             st.warnings = set.warnings.iter().map(|w| w.to_string()).collect();
             if changed {
                 st.generation += 1;

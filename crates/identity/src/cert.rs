@@ -76,6 +76,16 @@ pub struct IssuedCert {
     pub not_after: SystemTime,
 }
 
+/// A DER certificate's NotAfter (for expiry metrics of the roots a workload trusts).
+pub fn cert_not_after(cert_der: &[u8]) -> Result<SystemTime, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|_| IdentityError::Certificate {
+            reason: "not a DER certificate",
+        })?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 impl IssuedCert {
     /// An [`IssuedCert`] from a chain received over the wire (leaf first, then intermediates)
     /// and the roots the receiver trusts: the serial and validity are read from the leaf. Does

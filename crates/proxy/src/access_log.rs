@@ -3,7 +3,10 @@
 //! Records go to the tracing target `access`; nothing from the payload is ever logged.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use ward_config::{ServiceMeta, WorkloadMeta};
 
 use crate::refusal::{Fault, ResponseFlag};
 
@@ -77,6 +80,12 @@ pub(crate) struct ConnRecord {
     pub error: Option<String>,
     /// Who was at fault, when it failed.
     pub fault: Option<Fault>,
+    /// The source workload's metric labels, when the config says which workload it is.
+    pub src_meta: Option<Arc<WorkloadMeta>>,
+    /// The destination workload's metric labels.
+    pub dst_meta: Option<Arc<WorkloadMeta>>,
+    /// The configured service the connection was for (its metric labels).
+    pub service: Option<Arc<ServiceMeta>>,
 }
 
 impl ConnRecord {
@@ -107,6 +116,9 @@ impl ConnRecord {
             response_flags: ResponseFlag::None,
             error: None,
             fault: None,
+            src_meta: None,
+            dst_meta: None,
+            service: None,
         }
     }
 

@@ -9,8 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use ward_identity::{generate_csr, IdentityError, IssuedCert, SpiffeId, WorkloadCert};
+use ward_identity::{
+    cert_not_after, generate_csr, IdentityError, IssuedCert, SpiffeId, WorkloadCert,
+};
 use ward_tls::{CertStore, TlsError};
+
+use crate::metrics::Metrics;
 
 /// Why the CA did not issue a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +67,35 @@ async fn refresh(
     Ok(cert)
 }
 
-/// Keep `store` supplied with a valid certificate until the task is dropped.
-pub(crate) async fn run_rotation(store: Arc<CertStore>, ca: Arc<dyn CertificateProvider>) {
+/// Publish when an installed certificate and the earliest of its roots expire
+/// (`ward_cert_expiry_timestamp_seconds`). A root that does not parse is left out (installing
+/// the certificate has already checked the chain against the roots).
+fn publish_expiry(metrics: &Metrics, workload: &str, issued: &IssuedCert) {
+    metrics.cert_expiry(workload, "leaf", issued.not_after);
+    let earliest_root = issued
+        .roots_der
+        .iter()
+        .filter_map(|der| cert_not_after(der).ok())
+        .min();
+    if let Some(at) = earliest_root {
+        metrics.cert_expiry(workload, "root", at);
+    }
+}
+
+/// Keep `store` supplied with a valid certificate until the task is dropped; `workload`
+/// (`ns/name`) labels its expiry metrics.
+pub(crate) async fn run_rotation(
+    store: Arc<CertStore>,
+    ca: Arc<dyn CertificateProvider>,
+    metrics: Arc<Metrics>,
+    workload: String,
+) {
     let mut delay = RETRY_MIN;
     loop {
         match refresh(&store, ca.as_ref()).await {
             Ok(cert) => {
                 delay = RETRY_MIN;
+                publish_expiry(&metrics, &workload, &cert.issued);
                 tracing::info!(
                     identity = %cert.id,
                     serial = %cert.issued.serial,

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ward_config::{ProxyConfig, WorkloadMeta};
 use ward_policy::{L4Attributes, Peer};
 use ward_tls::PeerInfo;
 
@@ -76,6 +77,14 @@ impl InboundConn {
             destination_port: self.dst.port(),
             sni: None,
         }
+    }
+
+    /// The source workload's metric labels: the workload the config gives this connection's
+    /// address and verified identity (`ward_config::MeshDirectory::source`). `None` for
+    /// plaintext: nothing proves who a plaintext peer is.
+    pub(crate) fn source_meta(&self, cfg: &ProxyConfig) -> Option<Arc<WorkloadMeta>> {
+        let id = self.peer_id.as_deref()?;
+        cfg.directory.source(self.src.ip(), id).cloned()
     }
 
     /// Copy what is known of the source into `rec`.

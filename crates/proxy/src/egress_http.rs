@@ -36,6 +36,8 @@ use ward_config::{EgressRoutes, Endpoint, OutboundListener, ProxyConfig};
 use crate::access_log::{ConnRecord, Direction};
 use crate::admission::{self, RequestHead};
 use crate::connection::{ConnResult, End};
+use crate::http_metrics::{self, CountingBody, RequestMeter};
+use crate::metrics::{Parties, PeerLabels, Reporter};
 use crate::outbound::{connect, OutboundCtx, Upstream};
 use crate::refusal::{Refusal, ResponseFlag};
 
@@ -338,10 +340,24 @@ impl Downstream {
     async fn serve_request(&self, req: Request<Incoming>) -> Response<Body> {
         let config = self.ctx.config.borrow().clone();
         let mut log = RequestLog::new(self, &config, &req);
-        match self.route_and_send(&config, req, &mut log).await {
+        let request_body = Arc::new(AtomicU64::new(0));
+        let request_head = http_metrics::request_head_size(&req);
+        let grpc = http_metrics::is_grpc(req.headers());
+        let req = req.map(|b| CountingBody::new(b, request_body.clone()));
+        let answered = self.route_and_send(&config, req, &mut log).await;
+        let meter = RequestMeter {
+            metrics: self.ctx.metrics.clone(),
+            peers: self.parties(&config, &log),
+            security_policy: "unknown".to_owned(),
+            grpc,
+            started: log.started,
+            request_head,
+            request_body,
+        };
+        match answered {
             Ok(resp) => {
                 log.emit(resp.status().as_u16(), "-", "via_upstream", None);
-                resp
+                meter.attach(resp, ResponseFlag::None.as_str())
             }
             Err(refusal) => {
                 let code = refusal.status.map_or(500, |s| s.as_u16());
@@ -351,15 +367,42 @@ impl Downstream {
                     &refusal.detail,
                     log.error.as_deref(),
                 );
-                crate::inbound_http::local_reply(&refusal, None)
+                let reply = crate::inbound_http::local_reply(&refusal, None);
+                meter.attach(reply, refusal.flag.as_str())
             }
         }
+    }
+
+    /// The metric labels of a request as the source reports it: this workload, and the
+    /// service and endpoint the request went to, as far as the config names them (a `Host`
+    /// that names no service is `unknown`).
+    fn parties(&self, config: &ProxyConfig, log: &RequestLog) -> PeerLabels {
+        let source = crate::inbound::own_meta(config);
+        let far = log.far.as_deref();
+        let destination = far
+            .and_then(|f| f.workload.as_deref())
+            .and_then(|w| config.directory.workload(w));
+        let service = log
+            .service
+            .as_deref()
+            .and_then(|h| config.directory.service(h));
+        Parties {
+            reporter: Reporter::Source,
+            source: Some(&source),
+            source_principal: Some(&self.ctx.identity),
+            source_namespace: None,
+            destination: destination.map(|d| &**d),
+            destination_principal: far.and_then(|f| f.identity.as_deref()),
+            destination_namespace: None,
+            service: service.map(|s| &**s),
+        }
+        .labels()
     }
 
     async fn route_and_send(
         &self,
         config: &Arc<ProxyConfig>,
-        req: Request<Incoming>,
+        req: Request<CountingBody>,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, Refusal> {
         let built = self.ctx.routes.get(config);
@@ -489,7 +532,9 @@ impl Downstream {
         ));
         rec.src_namespace = Some(config.workload.namespace.clone());
         rec.src_identity = Some(self.ctx.identity.clone());
+        rec.src_meta = Some(crate::inbound::own_meta(config));
         rec.dst_service = Some(listener.service.clone());
+        rec.service = crate::outbound::service_meta(config, &listener.service);
         let mut result = ConnResult::new(rec, self.ctx.metrics.clone());
         let mut last = Refusal::upstream(
             ResponseFlag::NoHealthyUpstream,
@@ -497,7 +542,7 @@ impl Downstream {
         );
         for ep in endpoints {
             let rec = result.record();
-            crate::outbound::note_endpoint(rec, ep);
+            crate::outbound::note_endpoint(rec, ep, config);
             let connected = connect(&self.ctx, config, ep, rec).await;
             let far = Arc::new(FarEnd {
                 endpoint: ep.address,
@@ -814,6 +859,7 @@ mod tests {
             services: Default::default(),
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
+            directory: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use ward_config::{InboundPort, ProxyConfig};
+use ward_config::{InboundPort, ProxyConfig, WorkloadMeta};
 use ward_hbone::{parse_authority, ConnectRequest, H2Settings};
 use ward_policy::Decision;
 use ward_tls::PeerInfo;
@@ -143,6 +143,7 @@ impl InboundCtx {
         started: Instant,
     ) -> ConnResult {
         let mut rec = ConnRecord::new(Direction::Inbound, src, dst);
+        rec.dst_meta = Some(own_meta(cfg));
         rec.dst_workload = Some(Self::workload_key(cfg));
         rec.dst_namespace = Some(cfg.workload.namespace.clone());
         rec.dst_identity = Some(self.identity.clone());
@@ -152,31 +153,48 @@ impl InboundCtx {
     /// Record and count the verdict's authorization decision, with what AUDIT and dry-run
     /// policies said.
     fn note_decision(&self, cfg: &ProxyConfig, result: &mut ConnResult, verdict: &Verdict) {
-        let (allowed, policy) = match verdict {
+        let workload = Self::workload_key(cfg);
+        let decision = match verdict {
             Verdict::PerRequest => return, // decided per request (see `inbound_http`)
             Verdict::Allow(d) => {
                 let (policy, rule) = deciding_rule(d);
                 let rec = result.record();
                 rec.authz_decision = Some("allow");
-                rec.authz_policy = policy.clone();
+                rec.authz_policy = policy;
                 rec.authz_rule = rule;
-                (true, policy)
+                d
             }
-            Verdict::Refuse { refusal, .. } if refusal.by_policy() => {
-                (false, refusal.policy.clone())
+            Verdict::Refuse {
+                decision: Some(d), ..
+            } => d,
+            Verdict::Refuse { refusal, .. } => {
+                if refusal.by_policy() {
+                    self.metrics
+                        .peer_authn_refusal(&workload, refusal.policy.as_deref());
+                }
+                return;
             }
-            Verdict::Refuse { .. } => return,
         };
-        if let Verdict::Allow(d)
-        | Verdict::Refuse {
-            decision: Some(d), ..
-        } = verdict
-        {
-            let rec = result.record();
-            log_dry_run_and_audit(d, rec.src_addr, rec.src_identity.as_deref(), rec.dst_addr);
-        }
-        self.metrics
-            .decision(allowed, policy.as_deref(), &Self::workload_key(cfg));
+        let rec = result.record();
+        log_dry_run_and_audit(
+            decision,
+            rec.src_addr,
+            rec.src_identity.as_deref(),
+            rec.dst_addr,
+        );
+        self.metrics.authz_decision(&workload, decision);
+    }
+
+    /// Fill `result`'s record with what is known of `conn`: the source (and its workload, if
+    /// the config says which it is) and the service it came for.
+    fn describe(&self, cfg: &ProxyConfig, conn: &InboundConn, result: &mut ConnResult) {
+        let rec = result.record();
+        conn.describe(rec);
+        rec.src_meta = conn.source_meta(cfg);
+        rec.service = cfg
+            .directory
+            .inbound_service(&Self::workload_key(cfg), conn.dst.port(), None)
+            .cloned();
     }
 
     /// Serve an HTTP connection (tunnel or plaintext socket), tracked so that a PeerAuthentication
@@ -225,6 +243,15 @@ impl InboundCtx {
         let end = splice(&mut downstream, &mut upstream, Some(close)).await;
         drop(guard);
         result.finish(End::from_splice(end));
+    }
+}
+
+/// This sidecar's own workload, as the metrics label it.
+pub(crate) fn own_meta(cfg: &ProxyConfig) -> Arc<WorkloadMeta> {
+    let key = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
+    match cfg.directory.workload(&key) {
+        Some(meta) => meta.clone(),
+        None => Arc::new(WorkloadMeta::of(&cfg.workload)),
     }
 }
 
@@ -361,7 +388,7 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
         }
     };
     let conn = Arc::new(InboundConn::mtls(&info, src, dst));
-    conn.describe(result.record());
+    ctx.describe(&cfg, &conn, &mut result);
     if conn.peer.is_none() {
         // The server config requires a client certificate; no identity here is a bug upstream.
         let refusal = Refusal::internal(
@@ -479,6 +506,7 @@ async fn serve_plaintext_at(
     let cfg = ctx.config.borrow().clone();
     let mut result = ctx.result(&cfg, src, dst, Instant::now());
     let conn = Arc::new(InboundConn::plaintext(src, dst));
+    ctx.describe(&cfg, &conn, &mut result);
     let verdict = authorize(&cfg, &conn);
     ctx.note_decision(&cfg, &mut result, &verdict);
     let refusal = match verdict {

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -35,7 +35,9 @@ use ward_policy::{Decision, RequestAuth};
 use crate::admission::{self, admit, upstream_parts, Admitted, HeaderRules, RequestHead};
 use crate::connection::InboundConn;
 use crate::conntrack::{Authorized, UpgradeRequest};
+use crate::http_metrics::{self, CountingBody, RequestMeter};
 use crate::inbound::InboundCtx;
+use crate::metrics::{Parties, Reporter};
 use crate::refusal::{deciding_rule, Refusal, ResponseFlag};
 use crate::splice::{splice, Abort, SpliceEnd};
 
@@ -306,7 +308,7 @@ fn remove_token(headers: &mut HeaderMap, query: &mut Option<String>, loc: &Token
 }
 
 /// One request through its phases (see the module docs). Every refusal is answered and
-/// logged here, once.
+/// logged here, once; every answer is measured (`http_metrics`).
 async fn serve_request(
     ctx: &InboundCtx,
     conn: &Arc<InboundConn>,
@@ -326,15 +328,47 @@ async fn serve_request(
         decision: None,
         started: Instant::now(),
     };
+    let request_body = Arc::new(AtomicU64::new(0));
+    let request_head = http_metrics::request_head_size(&req);
+    let grpc = http_metrics::is_grpc(req.headers());
+    let req = req.map(|b| CountingBody::new(b, request_body.clone()));
     let mut challenge = None;
-    match phases(ctx, &cfg, conn, upgrade_slot, req, &mut log, &mut challenge).await {
+    let answered = phases(ctx, &cfg, conn, upgrade_slot, req, &mut log, &mut challenge).await;
+    let meter = |log: &RequestLog<'_>| {
+        let source = conn.source_meta(&cfg);
+        let destination = crate::inbound::own_meta(&cfg);
+        let authority = Some(log.authority.as_str()).filter(|a| !a.is_empty());
+        let parties = Parties {
+            reporter: Reporter::Destination,
+            source: source.as_deref(),
+            source_principal: conn.peer_id.as_deref(),
+            source_namespace: conn.peer.as_ref().map(|p| p.namespace.as_str()),
+            destination: Some(&destination),
+            destination_principal: Some(&ctx.identity),
+            destination_namespace: None,
+            service: cfg
+                .directory
+                .inbound_service(&log.workload, conn.dst.port(), authority)
+                .map(|s| &**s),
+        };
+        RequestMeter {
+            metrics: ctx.metrics.clone(),
+            peers: parties.labels(),
+            security_policy: parties.security_policy(conn.tls.is_some()),
+            grpc,
+            started: log.started,
+            request_head,
+            request_body,
+        }
+    };
+    match answered {
         Ok(resp) => {
             log.served(resp.status());
-            resp
+            meter(&log).attach(resp, ResponseFlag::None.as_str())
         }
         Err(refusal) => {
             log.refused(&refusal);
-            local_reply(&refusal, challenge)
+            meter(&log).attach(local_reply(&refusal, challenge), refusal.flag.as_str())
         }
     }
 }
@@ -346,7 +380,7 @@ async fn phases(
     cfg: &ProxyConfig,
     conn: &Arc<InboundConn>,
     upgrade_slot: &UpgradeSlot,
-    mut req: Request<Incoming>,
+    mut req: Request<CountingBody>,
     log: &mut RequestLog<'_>,
     challenge: &mut Option<String>,
 ) -> Result<Response<RespBody>, Refusal> {
@@ -374,6 +408,7 @@ async fn phases(
         now,
         &|issuer| ctx.authn.keys(issuer),
         &|issuer| ctx.authn.note_unknown_kid(issuer),
+        &|result| ctx.metrics.jwt_validation(&log.workload, result),
     )
     .inspect_err(|_| {
         // Envoy: `Bearer realm="<uri>"`, plus `error="invalid_token"` for a bad token.
@@ -401,8 +436,7 @@ async fn phases(
     let decision = authorize(cfg, conn, &request);
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
-    ctx.metrics
-        .decision(decision.is_allowed(), policy.as_deref(), &log.workload);
+    ctx.metrics.authz_decision(&log.workload, &decision);
     if !decision.is_allowed() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
         return Err(Refusal {
@@ -441,6 +475,7 @@ fn authenticate(
     now: u64,
     keys: &dyn Fn(&str) -> Option<Arc<Jwks>>,
     unknown_kid: &dyn Fn(&str),
+    outcome: &dyn Fn(&'static str),
 ) -> Result<Option<RequestAuth>, Refusal> {
     let Some(authenticator) = authenticator else {
         return Ok(None);
@@ -454,12 +489,16 @@ fn authenticate(
         query: query.as_deref(),
     };
     match authenticator.authenticate(&sources, now, keys) {
-        AuthnOutcome::NoToken => Ok(None),
+        AuthnOutcome::NoToken => {
+            outcome("no_token");
+            Ok(None)
+        }
         AuthnOutcome::Authenticated {
             auth,
             strip,
             add_headers,
         } => {
+            outcome("valid");
             for loc in &strip {
                 remove_token(headers, query, loc);
             }
@@ -481,9 +520,10 @@ fn authenticate(
         AuthnOutcome::Rejected {
             status,
             message,
+            reason,
             unknown_kid: missing,
-            ..
         } => {
+            outcome(crate::metrics::jwt_result(reason));
             if let Some((issuer, _kid)) = missing {
                 unknown_kid(&issuer);
             }
@@ -514,7 +554,7 @@ async fn forward(
     ctx: &InboundCtx,
     conn: &Arc<InboundConn>,
     port: &InboundPort,
-    req: Request<Incoming>,
+    req: Request<CountingBody>,
     admitted: &Admitted,
     request_id: &str,
     upgrade: Option<UpgradeCtx>,
@@ -817,6 +857,7 @@ mod tests {
         let no_keys = |_: &str| None;
         let noted = std::cell::RefCell::new(Vec::<String>::new());
         let note = |issuer: &str| noted.borrow_mut().push(issuer.to_owned());
+        let outcomes = std::cell::RefCell::new(Vec::<&str>::new());
         // (name, jwtRules?, headers, outcome: "none" | status of the refusal)
         type Case<'a> = (&'a str, bool, &'a [(&'a str, &'a str)], &'a str);
         let cases: [Case<'_>; 5] = [
@@ -857,6 +898,7 @@ mod tests {
                 1_700_000_000,
                 &no_keys,
                 &note,
+                &|result| outcomes.borrow_mut().push(result),
             );
             match (got, want) {
                 (Ok(None), "none") => {}
@@ -880,6 +922,8 @@ mod tests {
                 );
             }
         }
+        // Each request with rules is counted once, by outcome (`ward_jwt_validations_total`).
+        assert_eq!(*outcomes.borrow(), ["no_token", "malformed", "no_token"]);
     }
 
     #[test]

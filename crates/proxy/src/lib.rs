@@ -34,6 +34,7 @@ mod connection;
 mod conntrack;
 pub mod dns;
 mod egress_http;
+mod http_metrics;
 mod inbound;
 mod inbound_http;
 mod jwks_fetch;

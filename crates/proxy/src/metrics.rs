@@ -1,6 +1,15 @@
-//! Prometheus metrics with Istio's standard names and labels (istio.io "Istio Standard Metrics";
-//! ztunnel `src/proxy/metrics.rs`). Every label is always present; missing values are `unknown`,
-//! because Kiali skips series that lack any expected label.
+//! Prometheus metrics: Istio's standard metrics with Istio's names, labels and buckets
+//! (istio.io "Istio Standard Metrics"; ztunnel `src/proxy/metrics.rs`), and Ward's own under
+//! `ward_`. Every metric is listed in docs/metrics.md.
+//!
+//! Every Istio label is always present; a value the config cannot vouch for is `unknown`,
+//! because Kiali skips series that lack an expected label. Label values come from the config
+//! (`ward_config::MeshDirectory`) and from what the TLS handshake verified, never from what a
+//! peer says about itself, and never from request paths or unconfigured hosts, so the number of
+//! series stays bounded by the config.
+
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,12 +17,25 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use ward_config::{ServiceMeta, WorkloadMeta, CLUSTER_ID};
+use ward_policy::{AllowedBy, Decision, DeniedBy};
 
 use crate::access_log::{ConnRecord, Direction};
 
-/// The TCP label set (Istio's, minus the HTTP-only ones).
+/// The bucket bounds of Istio's histograms (`istio_request_duration_milliseconds`,
+/// `istio_request_bytes`, `istio_response_bytes`): Envoy's default histogram buckets, which
+/// Istio keeps unless `sidecar.istio.io/statsHistogramBuckets` says otherwise (envoyproxy/envoy
+/// `source/common/stats/histogram_impl.cc`, `supportedBuckets`).
+pub const ISTIO_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+const UNKNOWN: &str = "unknown";
+
+/// The labels every Istio traffic metric has: who reported it, and both ends.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
+pub struct PeerLabels {
     /// `source` or `destination`.
     pub reporter: String,
     /// Source workload name.
@@ -22,9 +44,9 @@ pub struct TcpLabels {
     pub source_workload_namespace: String,
     /// Source SPIFFE id.
     pub source_principal: String,
-    /// Source `app` label.
+    /// Source app label.
     pub source_app: String,
-    /// Source `version` label.
+    /// Source version label.
     pub source_version: String,
     /// Canonical service of the source.
     pub source_canonical_service: String,
@@ -38,9 +60,9 @@ pub struct TcpLabels {
     pub destination_workload_namespace: String,
     /// Destination SPIFFE id.
     pub destination_principal: String,
-    /// Destination `app` label.
+    /// Destination app label.
     pub destination_app: String,
-    /// Destination `version` label.
+    /// Destination version label.
     pub destination_version: String,
     /// Canonical service of the destination.
     pub destination_canonical_service: String,
@@ -48,12 +70,20 @@ pub struct TcpLabels {
     pub destination_canonical_revision: String,
     /// Destination service host.
     pub destination_service: String,
-    /// Destination service short name.
+    /// Destination service name.
     pub destination_service_name: String,
     /// Destination service namespace.
     pub destination_service_namespace: String,
     /// Destination cluster.
     pub destination_cluster: String,
+}
+
+/// The labels of the `istio_tcp_*` metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Both ends.
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     /// `tcp`.
     pub request_protocol: String,
     /// ztunnel's flags: `-`, `DENY`, `CONNECT`, `TLS_FAILURE`...
@@ -63,15 +93,49 @@ pub struct TcpLabels {
     pub connection_security_policy: String,
 }
 
+/// The labels of the HTTP metrics (`istio_requests_total`, `istio_request_*`,
+/// `istio_response_bytes`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Both ends.
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    /// `http` or `grpc`.
+    pub request_protocol: String,
+    /// The HTTP status sent to the client.
+    pub response_code: String,
+    /// Envoy's flags: `-`, `NR`, `UH`, `UF`, `UC`...
+    pub response_flags: String,
+    /// The gRPC status of a gRPC request; empty (so absent in Prometheus) otherwise, as Istio.
+    pub grpc_response_status: String,
+    /// As for TCP.
+    pub connection_security_policy: String,
+}
+
 /// Labels of the authorization decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
-    /// `allow` or `deny`.
+    /// The workload `ns/name` whose sidecar decided.
+    pub workload: String,
+    /// `allow`, `deny`, or `audit` (an AUDIT rule matched).
     pub decision: String,
+    /// The action of the deciding policy: `ALLOW`, `DENY`, `CUSTOM`, `AUDIT`; `ALLOW` with
+    /// policy `none` when ALLOW policies apply and none matched; `none` when no ALLOW policy
+    /// applies; `PEER_AUTHENTICATION` for a refusal by the port's mTLS mode.
+    pub action: String,
     /// `ns/name` of the deciding policy, or `none`.
     pub policy: String,
-    /// Destination workload `ns/name`.
-    pub destination_workload: String,
+    /// Index of the deciding rule, or `none`.
+    pub rule: String,
+}
+
+/// Labels of the JWT validation counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwtLabels {
+    /// The workload `ns/name` whose sidecar checked.
+    pub workload: String,
+    /// `valid`, `no_token`, or why the token was rejected (docs/metrics.md).
+    pub result: String,
 }
 
 /// Labels of the JWKS cache age gauge.
@@ -81,6 +145,24 @@ pub struct JwksLabels {
     pub issuer: String,
     /// The workload `ns/name` whose sidecar holds the cache.
     pub workload: String,
+}
+
+/// Labels of the certificate expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The workload `ns/name`.
+    pub workload: String,
+    /// `leaf` (the workload's certificate) or `root` (the earliest-expiring root it trusts).
+    pub kind: String,
+}
+
+/// Labels of the blocked egress counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    /// The workload `ns/name` whose egress was refused.
+    pub workload: String,
+    /// The configured destination host, or `unknown`.
+    pub destination_service: String,
 }
 
 /// Labels of the refused-connection counter.
@@ -215,98 +297,322 @@ impl DnsMetrics {
     }
 }
 
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+fn istio_histogram() -> Histogram {
+    Histogram::new(ISTIO_BUCKETS)
+}
+
 /// All of one process's proxy metrics; shared by every sidecar in it.
-#[derive(Default)]
 pub struct Metrics {
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     failed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    requests: Family<HttpLabels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
     authz: Family<AuthzLabels, Counter>,
+    jwt: Family<JwtLabels, Counter>,
     open_now: Gauge,
     jwks_age: Family<JwksLabels, Gauge>,
+    cert_expiry: Family<CertLabels, Gauge>,
+    egress_blocked: Family<EgressLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     budget: Gauge,
     budget_in_use: Gauge,
     dns: DnsMetrics,
 }
 
-fn or_unknown(v: Option<&str>) -> String {
-    match v {
-        Some(s) if !s.is_empty() => s.to_owned(),
-        _ => "unknown".to_owned(),
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            opened: Family::default(),
+            closed: Family::default(),
+            failed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(istio_histogram),
+            request_bytes: Family::new_with_constructor(istio_histogram),
+            response_bytes: Family::new_with_constructor(istio_histogram),
+            authz: Family::default(),
+            jwt: Family::default(),
+            open_now: Gauge::default(),
+            jwks_age: Family::default(),
+            cert_expiry: Family::default(),
+            egress_blocked: Family::default(),
+            refused: Family::default(),
+            budget: Gauge::default(),
+            budget_in_use: Gauge::default(),
+            dns: DnsMetrics::default(),
+        }
     }
 }
 
-fn split_workload(w: Option<&str>) -> (String, String) {
-    match w.and_then(|w| w.split_once('/')) {
-        Some((ns, name)) => (name.to_owned(), ns.to_owned()),
-        None => ("unknown".to_owned(), "unknown".to_owned()),
+/// Which sidecar reports a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reporter {
+    /// The client's sidecar.
+    Source,
+    /// The server's sidecar.
+    Destination,
+}
+
+/// Both ends of a connection or request, as far as the config and the handshake vouch for
+/// them; turned into [`PeerLabels`] by [`Parties::labels`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parties<'a> {
+    pub(crate) reporter: Reporter,
+    /// The source workload, when the config says which it is.
+    pub(crate) source: Option<&'a WorkloadMeta>,
+    /// The source's verified identity (`spiffe://…`).
+    pub(crate) source_principal: Option<&'a str>,
+    /// The source namespace when the workload is not known (from the verified identity).
+    pub(crate) source_namespace: Option<&'a str>,
+    /// The destination workload.
+    pub(crate) destination: Option<&'a WorkloadMeta>,
+    /// The destination's identity (verified on the source side, ours on the destination side).
+    pub(crate) destination_principal: Option<&'a str>,
+    /// The destination namespace when the workload is not known.
+    pub(crate) destination_namespace: Option<&'a str>,
+    /// The configured service the traffic was for.
+    pub(crate) service: Option<&'a ServiceMeta>,
+}
+
+fn or_unknown(v: Option<&str>) -> String {
+    match v {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => UNKNOWN.to_owned(),
     }
+}
+
+impl Parties<'_> {
+    /// The Istio labels of both ends.
+    pub(crate) fn labels(&self) -> PeerLabels {
+        let (s, d, svc) = (self.source, self.destination, self.service);
+        let cluster = |known: bool| if known { CLUSTER_ID } else { UNKNOWN }.to_owned();
+        PeerLabels {
+            reporter: match self.reporter {
+                Reporter::Source => "source",
+                Reporter::Destination => "destination",
+            }
+            .to_owned(),
+            source_workload: or_unknown(s.map(|m| m.name.as_str())),
+            source_workload_namespace: or_unknown(
+                s.map(|m| m.namespace.as_str()).or(self.source_namespace),
+            ),
+            source_principal: or_unknown(self.source_principal.or(s.map(|m| m.principal.as_str()))),
+            source_app: or_unknown(s.and_then(|m| m.app.as_deref())),
+            source_version: or_unknown(s.and_then(|m| m.version.as_deref())),
+            source_canonical_service: or_unknown(s.map(|m| m.canonical_service.as_str())),
+            source_canonical_revision: or_unknown(s.map(|m| m.canonical_revision.as_str())),
+            source_cluster: cluster(s.is_some()),
+            destination_workload: or_unknown(d.map(|m| m.name.as_str())),
+            destination_workload_namespace: or_unknown(
+                d.map(|m| m.namespace.as_str())
+                    .or(self.destination_namespace),
+            ),
+            destination_principal: or_unknown(
+                self.destination_principal
+                    .or(d.map(|m| m.principal.as_str())),
+            ),
+            destination_app: or_unknown(d.and_then(|m| m.app.as_deref())),
+            destination_version: or_unknown(d.and_then(|m| m.version.as_deref())),
+            destination_canonical_service: or_unknown(d.map(|m| m.canonical_service.as_str())),
+            destination_canonical_revision: or_unknown(d.map(|m| m.canonical_revision.as_str())),
+            destination_service: or_unknown(svc.map(|m| m.host.as_str())),
+            destination_service_name: or_unknown(svc.map(|m| m.name.as_str())),
+            destination_service_namespace: or_unknown(svc.map(|m| m.namespace.as_str())),
+            destination_cluster: cluster(d.is_some() || svc.is_some()),
+        }
+    }
+
+    /// `connection_security_policy`: only the destination knows (Istio: "cannot be properly
+    /// populated" by the source).
+    pub(crate) fn security_policy(&self, mtls: bool) -> String {
+        match (self.reporter, mtls) {
+            (Reporter::Source, _) => UNKNOWN,
+            (Reporter::Destination, true) => "mutual_tls",
+            (Reporter::Destination, false) => "none",
+        }
+        .to_owned()
+    }
+}
+
+/// What an HTTP request's metrics record once its response has ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestOutcome<'a> {
+    /// `http` or `grpc`.
+    pub(crate) protocol: &'static str,
+    /// The status sent to the client.
+    pub(crate) code: u16,
+    /// The response flag.
+    pub(crate) flags: &'static str,
+    /// The gRPC status, for a gRPC request that has one.
+    pub(crate) grpc_status: Option<&'a str>,
+    /// Request start to the end of the response, in milliseconds.
+    pub(crate) duration_ms: f64,
+    /// Bytes of the request (head and body).
+    pub(crate) request_bytes: u64,
+    /// Bytes of the response (head and body).
+    pub(crate) response_bytes: u64,
+}
+
+/// The `result` label of a JWT rejection: Istio's failure kinds, in a fixed set of values.
+pub(crate) fn jwt_result(e: ward_authn::JwtError) -> &'static str {
+    use ward_authn::JwtError as E;
+    match e {
+        E::Expired => "expired",
+        E::NotYetValid => "not_yet_valid",
+        E::BadSignature => "bad_signature",
+        E::UnknownIssuer => "unknown_issuer",
+        E::JwksFetchFailed => "jwks_fetch_failed",
+        E::NoMatchingKey => "no_matching_key",
+        E::AudienceNotAllowed => "audience_not_allowed",
+        E::AlgNotSupported | E::CritNotSupported => "unsupported",
+        _ => "malformed",
+    }
+}
+
+/// The action, policy and rule labels of a decision.
+fn decision_labels(d: &Decision) -> (&'static str, String, String) {
+    let rule = |r: &ward_policy::RuleRef| (r.policy.to_string(), r.rule.to_string());
+    match d {
+        Decision::Allow {
+            by: AllowedBy::Rule(r),
+            ..
+        } => {
+            let (p, n) = rule(r);
+            ("ALLOW", p, n)
+        }
+        Decision::Allow {
+            by: AllowedBy::NoAllowPolicies,
+            ..
+        } => ("none", "none".into(), "none".into()),
+        Decision::Deny {
+            by: DeniedBy::DenyRule(r),
+            ..
+        } => {
+            let (p, n) = rule(r);
+            ("DENY", p, n)
+        }
+        Decision::Deny {
+            by: DeniedBy::NoAllowMatch,
+            ..
+        } => ("ALLOW", "none".into(), "none".into()),
+        Decision::Deny {
+            by: DeniedBy::CustomUnsupported(p),
+            ..
+        } => ("CUSTOM", p.to_string(), "none".into()),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Metrics {
     /// Create the metrics and register them.
-    pub fn register(registry: &mut Registry) -> std::sync::Arc<Metrics> {
+    pub fn register(registry: &mut Registry) -> Arc<Metrics> {
         let m = Metrics::default();
-        registry.register(
+        let r = registry;
+        // Counters are registered without `_total`: the encoder adds it.
+        r.register(
+            "istio_requests",
+            "HTTP requests, counted when their response ends",
+            m.requests.clone(),
+        );
+        r.register(
+            "istio_request_duration_milliseconds",
+            "Request duration, from the request to the end of the response",
+            m.duration.clone(),
+        );
+        r.register(
+            "istio_request_bytes",
+            "Request sizes (head and body)",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "istio_response_bytes",
+            "Response sizes (head and body)",
+            m.response_bytes.clone(),
+        );
+        r.register(
             "istio_tcp_connections_opened",
             "TCP connections opened",
             m.opened.clone(),
         );
-        registry.register(
+        r.register(
             "istio_tcp_connections_closed",
             "TCP connections closed",
             m.closed.clone(),
         );
-        registry.register(
+        r.register(
             "istio_tcp_connections_failed",
             "TCP connections failed (unstable)",
             m.failed.clone(),
         );
-        registry.register(
+        r.register(
             "istio_tcp_sent_bytes",
             "Bytes sent toward the source",
             m.sent.clone(),
         );
-        registry.register(
+        r.register(
             "istio_tcp_received_bytes",
             "Bytes received from the source",
             m.received.clone(),
         );
-        registry.register(
-            "ward_authz_decisions",
-            "Authorization decisions (connections at L4, requests at L7)",
-            m.authz.clone(),
-        );
-        registry.register(
+        r.register(
             "istio_tcp_sockets_open",
             "Connections open now (unstable)",
             m.open_now.clone(),
         );
-        registry.register(
+        r.register(
+            "ward_authz_decisions",
+            "Authorization decisions (connections at L4, requests at L7) by action, policy and rule",
+            m.authz.clone(),
+        );
+        r.register(
+            "ward_jwt_validations",
+            "Request authentication outcomes on workloads with jwtRules",
+            m.jwt.clone(),
+        );
+        r.register(
             "ward_jwks_age_seconds",
             "Seconds since the issuer's JWKS was last fetched successfully (-1: never)",
             m.jwks_age.clone(),
         );
-        registry.register(
+        r.register(
+            "ward_cert_expiry_timestamp_seconds",
+            "When a workload's certificate (kind=leaf) or the earliest of its roots (kind=root) expires, in seconds since the epoch",
+            m.cert_expiry.clone(),
+        );
+        r.register(
+            "ward_egress_blocked",
+            "Outbound connections refused by REGISTRY_ONLY (not enforced yet: always absent)",
+            m.egress_blocked.clone(),
+        );
+        r.register(
             "ward_connections_refused",
             "Connections refused at a listener before being served, by the cap that refused them",
             m.refused.clone(),
         );
-        registry.register(
+        r.register(
             "ward_connection_budget",
             "Connections the listeners of this process may hold together (from the open-file limit)",
             m.budget.clone(),
         );
-        registry.register(
+        r.register(
             "ward_connection_budget_in_use",
             "Connections held now against the connection budget",
             m.budget_in_use.clone(),
         );
-        m.dns.register(registry);
-        std::sync::Arc::new(m)
+        m.dns.register(r);
+        Arc::new(m)
     }
 
     /// The DNS proxy's metrics.
@@ -335,64 +641,38 @@ impl Metrics {
         self.budget_in_use.inc_by(delta);
     }
 
-    fn labels(rec: &ConnRecord) -> TcpLabels {
-        let (src_w, src_ns) = split_workload(rec.src_workload.as_deref());
-        let (dst_w, dst_ns) = split_workload(rec.dst_workload.as_deref());
-        let service = or_unknown(rec.dst_service.as_deref());
-        let (svc_name, svc_ns) = match rec
-            .dst_service
-            .as_deref()
-            .map(|s| s.split('.').collect::<Vec<_>>())
-        {
-            Some(parts) if parts.len() >= 2 => (parts[0].to_owned(), parts[1].to_owned()),
-            Some(parts) if parts.len() == 1 => (parts[0].to_owned(), "unknown".to_owned()),
-            _ => ("unknown".to_owned(), "unknown".to_owned()),
-        };
-        let security = match rec.direction {
-            Direction::Outbound => "unknown",
-            Direction::Inbound if rec.tls_version.is_some() => "mutual_tls",
-            Direction::Inbound => "none",
+    /// The TCP labels of a connection's record.
+    pub(crate) fn tcp_labels(rec: &ConnRecord) -> TcpLabels {
+        let parties = Parties {
+            reporter: match rec.direction {
+                Direction::Inbound => Reporter::Destination,
+                Direction::Outbound => Reporter::Source,
+            },
+            source: rec.src_meta.as_deref(),
+            source_principal: rec.src_identity.as_deref(),
+            source_namespace: rec.src_namespace.as_deref(),
+            destination: rec.dst_meta.as_deref(),
+            destination_principal: rec.dst_identity.as_deref(),
+            destination_namespace: rec.dst_namespace.as_deref(),
+            service: rec.service.as_deref(),
         };
         TcpLabels {
-            reporter: match rec.direction {
-                Direction::Inbound => "destination",
-                Direction::Outbound => "source",
-            }
-            .to_owned(),
-            source_canonical_service: src_w.clone(),
-            source_workload: src_w,
-            source_workload_namespace: rec.src_namespace.clone().unwrap_or(src_ns),
-            source_principal: or_unknown(rec.src_identity.as_deref()),
-            source_app: "unknown".to_owned(),
-            source_version: "unknown".to_owned(),
-            source_canonical_revision: "latest".to_owned(),
-            source_cluster: "unknown".to_owned(),
-            destination_canonical_service: dst_w.clone(),
-            destination_workload: dst_w,
-            destination_workload_namespace: dst_ns,
-            destination_principal: or_unknown(rec.dst_identity.as_deref()),
-            destination_app: "unknown".to_owned(),
-            destination_version: "unknown".to_owned(),
-            destination_canonical_revision: "latest".to_owned(),
-            destination_service: service,
-            destination_service_name: svc_name,
-            destination_service_namespace: svc_ns,
-            destination_cluster: "unknown".to_owned(),
+            peers: parties.labels(),
             request_protocol: "tcp".to_owned(),
             response_flags: rec.response_flags.as_str().to_owned(),
-            connection_security_policy: security.to_owned(),
+            connection_security_policy: parties.security_policy(rec.tls_version.is_some()),
         }
     }
 
     /// A connection is served from now on ([`crate::connection::ConnResult::opened`]).
     pub(crate) fn conn_open(&self, rec: &ConnRecord) {
         self.open_now.inc();
-        self.opened.get_or_create(&Self::labels(rec)).inc();
+        self.opened.get_or_create(&Self::tcp_labels(rec)).inc();
     }
 
     /// A connection counted open has ended.
     pub(crate) fn conn_closed(&self, rec: &ConnRecord) {
-        let labels = Self::labels(rec);
+        let labels = Self::tcp_labels(rec);
         self.open_now.dec();
         self.closed.get_or_create(&labels).inc();
         self.sent.get_or_create(&labels).inc_by(rec.bytes_sent);
@@ -401,7 +681,32 @@ impl Metrics {
 
     /// A connection ended without ever being served.
     pub(crate) fn conn_failed(&self, rec: &ConnRecord) {
-        self.failed.get_or_create(&Self::labels(rec)).inc();
+        self.failed.get_or_create(&Self::tcp_labels(rec)).inc();
+    }
+
+    /// An HTTP request whose response has ended (or was cut short).
+    pub(crate) fn http_request(
+        &self,
+        peers: PeerLabels,
+        connection_security_policy: String,
+        o: &RequestOutcome<'_>,
+    ) {
+        let labels = HttpLabels {
+            peers,
+            request_protocol: o.protocol.to_owned(),
+            response_code: o.code.to_string(),
+            response_flags: o.flags.to_owned(),
+            grpc_response_status: o.grpc_status.unwrap_or_default().to_owned(),
+            connection_security_policy,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(o.duration_ms);
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(o.request_bytes as f64);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(o.response_bytes as f64);
     }
 
     /// Connections opened, closed and failed, over every label set.
@@ -433,14 +738,325 @@ impl Metrics {
             .set(age_seconds.map(|a| a as i64).unwrap_or(-1));
     }
 
-    /// Count an authorization decision.
-    pub fn decision(&self, allowed: bool, policy: Option<&str>, destination_workload: &str) {
+    /// Count an AuthorizationPolicy decision made by `workload`'s sidecar, and each AUDIT rule
+    /// that matched.
+    pub(crate) fn authz_decision(&self, workload: &str, d: &Decision) {
+        let (action, policy, rule) = decision_labels(d);
+        let decision = if d.is_allowed() { "allow" } else { "deny" };
+        self.count_authz(workload, decision, action, policy, rule);
+        for a in d.audit() {
+            let (policy, rule) = (a.policy.to_string(), a.rule.to_string());
+            self.count_authz(workload, "audit", "AUDIT", policy, rule);
+        }
+    }
+
+    /// Count a connection refused by the port's PeerAuthentication (`policy`: the deciding
+    /// one, `None` for Ward's STRICT default).
+    pub(crate) fn peer_authn_refusal(&self, workload: &str, policy: Option<&str>) {
+        let policy = policy.unwrap_or("none").to_owned();
+        self.count_authz(
+            workload,
+            "deny",
+            "PEER_AUTHENTICATION",
+            policy,
+            "none".into(),
+        );
+    }
+
+    fn count_authz(
+        &self,
+        workload: &str,
+        decision: &str,
+        action: &str,
+        policy: String,
+        rule: String,
+    ) {
         self.authz
             .get_or_create(&AuthzLabels {
-                decision: if allowed { "allow" } else { "deny" }.to_owned(),
-                policy: policy.unwrap_or("none").to_owned(),
-                destination_workload: destination_workload.to_owned(),
+                workload: workload.to_owned(),
+                decision: decision.to_owned(),
+                action: action.to_owned(),
+                policy,
+                rule,
             })
             .inc();
+    }
+
+    /// Count one request's JWT outcome (`result`: `valid`, `no_token`, or [`jwt_result`]).
+    pub(crate) fn jwt_validation(&self, workload: &str, result: &str) {
+        self.jwt
+            .get_or_create(&JwtLabels {
+                workload: workload.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publish when `workload`'s certificate (`kind` `leaf`) or its earliest root (`root`)
+    /// expires.
+    pub(crate) fn cert_expiry(&self, workload: &str, kind: &str, not_after: SystemTime) {
+        self.cert_expiry
+            .get_or_create(&CertLabels {
+                workload: workload.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .set(unix_seconds(not_after));
+    }
+
+    /// Count an outbound connection refused because its destination is not in the registry
+    /// (`outboundTrafficPolicy: REGISTRY_ONLY`). Nothing calls it yet: Ward does not enforce
+    /// REGISTRY_ONLY (docs/metrics.md).
+    pub fn egress_blocked(&self, workload: &str, destination_service: Option<&str>) {
+        self.egress_blocked
+            .get_or_create(&EgressLabels {
+                workload: workload.to_owned(),
+                destination_service: or_unknown(destination_service),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn meta(name: &str, labels: &[(&str, &str)]) -> WorkloadMeta {
+        WorkloadMeta::of(&ward_config::WorkloadInfo {
+            name: name.into(),
+            namespace: "demo".into(),
+            service_account: name.into(),
+            address: "127.0.0.1".parse().unwrap(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect::<BTreeMap<_, _>>(),
+            identity: format!("spiffe://cluster.local/ns/demo/sa/{name}"),
+            demo_app: None,
+            keep_override_headers: false,
+        })
+    }
+
+    fn encode(m: &Arc<Metrics>, registry: &Registry) -> String {
+        let _ = m;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn peer_labels_are_istios_with_unknown_for_what_the_config_cannot_say() {
+        let web = meta("web", &[("app", "web"), ("version", "v1")]);
+        let echo = meta("echo", &[]);
+        let svc = ServiceMeta::new("echo.demo.svc.cluster.local", "demo");
+        let known = Parties {
+            reporter: Reporter::Destination,
+            source: Some(&web),
+            source_principal: Some("spiffe://cluster.local/ns/demo/sa/web"),
+            source_namespace: None,
+            destination: Some(&echo),
+            destination_principal: None,
+            destination_namespace: None,
+            service: Some(&svc),
+        };
+        let l = known.labels();
+        assert_eq!(
+            (
+                l.source_workload.as_str(),
+                l.source_app.as_str(),
+                l.source_version.as_str(),
+                l.source_canonical_revision.as_str(),
+                l.source_cluster.as_str()
+            ),
+            ("web", "web", "v1", "v1", "Kubernetes")
+        );
+        assert_eq!(
+            (
+                l.destination_app.as_str(),
+                l.destination_canonical_service.as_str(),
+                l.destination_canonical_revision.as_str(),
+                l.destination_principal.as_str()
+            ),
+            (
+                "unknown",
+                "echo",
+                "latest",
+                "spiffe://cluster.local/ns/demo/sa/echo"
+            )
+        );
+        assert_eq!(
+            (
+                l.destination_service.as_str(),
+                l.destination_service_name.as_str(),
+                l.destination_service_namespace.as_str()
+            ),
+            ("echo.demo.svc.cluster.local", "echo", "demo")
+        );
+        assert_eq!(known.security_policy(true), "mutual_tls");
+        assert_eq!(known.security_policy(false), "none");
+        // A plaintext caller: nothing about the source is known.
+        let plaintext = Parties {
+            source: None,
+            source_principal: None,
+            service: None,
+            ..known
+        };
+        let l = plaintext.labels();
+        for v in [
+            &l.source_workload,
+            &l.source_workload_namespace,
+            &l.source_principal,
+            &l.source_app,
+            &l.source_canonical_service,
+            &l.source_cluster,
+            &l.destination_service,
+        ] {
+            assert_eq!(v, "unknown");
+        }
+        assert_eq!(l.destination_cluster, "Kubernetes");
+        let source_side = Parties {
+            reporter: Reporter::Source,
+            ..known
+        };
+        assert_eq!(source_side.labels().reporter, "source");
+        assert_eq!(source_side.security_policy(true), "unknown");
+    }
+
+    #[test]
+    fn exposition_has_istios_names_buckets_and_every_label() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let web = meta("web", &[]);
+        let parties = Parties {
+            reporter: Reporter::Destination,
+            source: Some(&web),
+            source_principal: None,
+            source_namespace: None,
+            destination: None,
+            destination_principal: None,
+            destination_namespace: None,
+            service: None,
+        };
+        m.http_request(
+            parties.labels(),
+            parties.security_policy(true),
+            &RequestOutcome {
+                protocol: "http",
+                code: 200,
+                flags: "-",
+                grpc_status: None,
+                duration_ms: 3.0,
+                request_bytes: 120,
+                response_bytes: 2000,
+            },
+        );
+        let text = encode(&m, &registry);
+        assert!(text.contains("# TYPE istio_requests counter"), "{text}");
+        let requests = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .expect("istio_requests_total series");
+        for label in [
+            "reporter=\"destination\"",
+            "source_workload=\"web\"",
+            "destination_workload=\"unknown\"",
+            "request_protocol=\"http\"",
+            "response_code=\"200\"",
+            "response_flags=\"-\"",
+            "grpc_response_status=\"\"",
+            "connection_security_policy=\"mutual_tls\"",
+            "destination_service_name=\"unknown\"",
+            "source_canonical_revision=\"latest\"",
+        ] {
+            assert!(requests.contains(label), "{label} in {requests}");
+        }
+        for bound in ISTIO_BUCKETS {
+            let le = format!("le=\"{bound:?}\"");
+            assert!(
+                text.lines().any(
+                    |l| l.starts_with("istio_request_duration_milliseconds_bucket{")
+                        && l.contains(&le)
+                ),
+                "bucket {le}"
+            );
+        }
+        let in_bucket = |name: &str, le: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}_bucket{{")) && l.contains(le))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        // 3 ms is in the 5 ms bucket, not the 1 ms one; 2000 bytes in 2500, not 1000.
+        assert_eq!(
+            in_bucket("istio_request_duration_milliseconds", "le=\"1.0\"").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            in_bucket("istio_request_duration_milliseconds", "le=\"5.0\"").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            in_bucket("istio_response_bytes", "le=\"1000.0\"").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            in_bucket("istio_response_bytes", "le=\"2500.0\"").as_deref(),
+            Some("1")
+        );
+        // A family without series is not written: blocked egress shows once something is
+        // blocked.
+        assert!(!text.contains("ward_egress_blocked"));
+        m.egress_blocked("demo/web", Some("api.example.com"));
+        let text = encode(&m, &registry);
+        assert!(text.contains(
+            "ward_egress_blocked_total{workload=\"demo/web\",destination_service=\"api.example.com\"} 1"
+        ));
+    }
+
+    #[test]
+    fn decisions_are_counted_by_action_policy_and_rule() {
+        use ward_policy::{PolicyRef, RuleRef};
+        let rule = RuleRef {
+            policy: PolicyRef::new("demo", "allow-web"),
+            rule: 2,
+        };
+        let allow = Decision::Allow {
+            by: AllowedBy::Rule(rule.clone()),
+            audit: vec![RuleRef {
+                policy: PolicyRef::new("demo", "audit-all"),
+                rule: 0,
+            }],
+            dry_run: vec![],
+        };
+        assert_eq!(
+            decision_labels(&allow),
+            ("ALLOW", "demo/allow-web".into(), "2".into())
+        );
+        let no_match = Decision::Deny {
+            by: DeniedBy::NoAllowMatch,
+            audit: vec![],
+            dry_run: vec![],
+        };
+        assert_eq!(
+            decision_labels(&no_match),
+            ("ALLOW", "none".into(), "none".into())
+        );
+        let denied = Decision::Deny {
+            by: DeniedBy::DenyRule(rule),
+            audit: vec![],
+            dry_run: vec![],
+        };
+        assert_eq!(decision_labels(&denied).0, "DENY");
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.authz_decision("demo/echo", &allow);
+        let text = encode(&m, &registry);
+        assert!(text.contains("ward_authz_decisions_total{workload=\"demo/echo\",decision=\"allow\",action=\"ALLOW\",policy=\"demo/allow-web\",rule=\"2\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "decision=\"audit\",action=\"AUDIT\",policy=\"demo/audit-all\",rule=\"0\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-use ward_config::{CapturedDestination, Endpoint, OutboundListener, ProxyConfig, Transport};
+use ward_config::{
+    CapturedDestination, Endpoint, OutboundListener, ProxyConfig, ServiceMeta, Transport,
+};
 use ward_hbone::{OpenError, HBONE_PORT};
 use ward_identity::SpiffeId;
 
@@ -275,6 +277,7 @@ async fn serve_connection(
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.identity.clone());
+    rec.src_meta = Some(crate::inbound::own_meta(&cfg));
     let mut result = ConnResult::new(rec, ctx.metrics.clone());
     let upstream = match route(&cfg, bind, fastrand::usize(..)) {
         Some(route) => connect_any(&ctx, &cfg, &route, &mut result).await,
@@ -295,14 +298,16 @@ async fn connect_any(
     route: &Route,
     result: &mut ConnResult,
 ) -> Result<Upstream, Refusal> {
-    result.record().dst_service = Some(route.service.clone());
+    let rec = result.record();
+    rec.dst_service = Some(route.service.clone());
+    rec.service = service_meta(cfg, &route.service);
     let mut last = Refusal::upstream(
         ResponseFlag::NoHealthyUpstream,
         format!("service {} has no endpoints", route.service),
     );
     for ep in &route.endpoints {
         let rec = result.record();
-        note_endpoint(rec, ep);
+        note_endpoint(rec, ep, cfg);
         match connect(ctx, cfg, ep, rec).await {
             Ok(up) => return Ok(up),
             Err(refusal) if refusal.by_policy() => return Err(refusal),
@@ -312,9 +317,19 @@ async fn connect_any(
     Err(last)
 }
 
+/// The metric labels of a configured service `host`.
+pub(crate) fn service_meta(cfg: &ProxyConfig, host: &str) -> Option<Arc<ServiceMeta>> {
+    cfg.directory.service(host).cloned()
+}
+
 /// Record `ep` as the connection's destination.
-pub(crate) fn note_endpoint(rec: &mut ConnRecord, ep: &Endpoint) {
+pub(crate) fn note_endpoint(rec: &mut ConnRecord, ep: &Endpoint, cfg: &ProxyConfig) {
     rec.dst_addr = ep.address;
+    rec.dst_meta = ep
+        .workload
+        .as_deref()
+        .and_then(|w| cfg.directory.workload(w))
+        .cloned();
     rec.dst_workload = ep.workload.clone();
     rec.dst_namespace = ep
         .workload
@@ -440,6 +455,7 @@ mod tests {
             services: Default::default(),
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
+            directory: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {

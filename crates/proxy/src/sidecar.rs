@@ -224,7 +224,12 @@ impl Sidecar {
     /// Run until `shutdown` flips to true (or the config sender is dropped).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SidecarError> {
         let h = self.handle.clone();
-        let rotation = tokio::spawn(run_rotation(h.certs.clone(), self.ca.clone()));
+        let rotation = tokio::spawn(run_rotation(
+            h.certs.clone(),
+            self.ca.clone(),
+            self.metrics.clone(),
+            self.key.clone(),
+        ));
         let _rotation = AbortOnDrop(rotation);
         let tls =
             ward_tls::server_config(h.certs.clone(), &self.mesh.trust_domain, &self.mesh.aliases)
