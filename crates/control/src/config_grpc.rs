@@ -31,7 +31,7 @@ use ward_wire::ward::config::v1::{ConfigRequest, ConfigResponse, Section as Wire
 use crate::bootstrap::TokenKey;
 use crate::ca_grpc::{bind, credential, Binding, Caller, Credential, Refusal};
 use crate::proxies::{ProxyRegistry, ProxyStatus};
-use crate::push::{MeshInfo, Sections};
+use crate::push::{MeshInfo, Sections, SharedSections};
 use crate::ControlPlane;
 
 /// Time a proxy has to send its first request after opening the stream.
@@ -123,6 +123,8 @@ struct Inner {
     mesh: MeshInfo,
     proxies: Arc<ProxyRegistry>,
     metrics: ConfigMetrics,
+    /// The sections every proxy of the current config shares, serialized once.
+    shared: SharedSections,
 }
 
 impl ConfigGrpc {
@@ -148,6 +150,7 @@ impl ConfigGrpc {
                 mesh,
                 proxies,
                 metrics,
+                shared: SharedSections::default(),
             }),
         }
     }
@@ -442,7 +445,8 @@ impl Session {
         let config = self.config.borrow_and_update().clone();
         let fresh = !matches!(&self.cached, Some((c, _)) if Arc::ptr_eq(c, &config));
         if fresh {
-            let sections = Sections::of(&self.inner.mesh, &config).map_err(|e| e.to_string())?;
+            let sections = Sections::of_shared(&self.inner.mesh, &config, &self.inner.shared)
+                .map_err(|e| e.to_string())?;
             self.cached = Some((config, sections));
         }
         let Some((_, sections)) = &self.cached else {
@@ -479,7 +483,7 @@ impl Session {
                 .map(|(name, s)| WireSection {
                     name: (*name).to_owned(),
                     hash: s.hash.clone(),
-                    body: s.body.clone(),
+                    body: s.body.to_vec(),
                 })
                 .collect(),
             removed: delta.removed,

@@ -12,10 +12,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use ward_config::telemetry::MeshDirectory;
 use ward_config::ProxyConfig;
 
 /// The section holding [`MeshInfo`]; no field of [`ProxyConfig`] may have this name.
@@ -42,16 +44,47 @@ pub struct MeshInfo {
 pub struct Section {
     /// SHA-256 of `body`, lowercase hex.
     pub hash: String,
-    /// The section's JSON.
-    pub body: Vec<u8>,
+    /// The section's JSON, shared between the proxies that have the same section.
+    pub body: Arc<[u8]>,
 }
 
 impl Section {
     fn new(body: Vec<u8>) -> Section {
         Section {
             hash: sha256_hex(&body),
-            body,
+            body: body.into(),
         }
+    }
+}
+
+/// The section of the proxy configuration field every proxy of one configuration shares: the
+/// mesh directory (`ProxyConfig::directory`, one `Arc` per configuration). It is serialized
+/// once per configuration and its bytes shared by every stream, instead of once per proxy.
+pub const DIRECTORY_SECTION: &str = "directory";
+
+/// The shared sections of the current configuration, kept by the control plane for all its
+/// streams.
+#[derive(Debug, Default)]
+pub struct SharedSections {
+    directory: Mutex<Option<(Arc<MeshDirectory>, Section)>>,
+}
+
+impl SharedSections {
+    /// The directory's section, serialized once per directory.
+    fn directory(&self, directory: &Arc<MeshDirectory>) -> Result<Section, SectionError> {
+        let mut cached = self
+            .directory
+            .lock()
+            .map_err(|_| SectionError("section cache poisoned".into()))?;
+        if let Some((d, section)) = cached.as_ref() {
+            if Arc::ptr_eq(d, directory) {
+                return Ok(section.clone());
+            }
+        }
+        let body = serde_json::to_vec(&**directory).map_err(|e| SectionError(e.to_string()))?;
+        let section = Section::new(body);
+        *cached = Some((directory.clone(), section.clone()));
+        Ok(section)
     }
 }
 
@@ -84,10 +117,23 @@ impl Delta<'_> {
 impl Sections {
     /// Cuts `config` into sections, with `mesh` as [`MESH_SECTION`].
     pub fn of(mesh: &MeshInfo, config: &ProxyConfig) -> Result<Sections, SectionError> {
+        Sections::of_shared(mesh, config, &SharedSections::default())
+    }
+
+    /// [`Sections::of`], taking the sections every proxy shares from `shared`.
+    pub fn of_shared(
+        mesh: &MeshInfo,
+        config: &ProxyConfig,
+        shared: &SharedSections,
+    ) -> Result<Sections, SectionError> {
         let fail = |e: serde_json::Error| SectionError(e.to_string());
-        let Value::Object(fields) = serde_json::to_value(config).map_err(fail)? else {
+        // The shared part is serialized apart; the rest of the config is small.
+        let mut own = config.clone();
+        own.directory = Arc::default();
+        let Value::Object(mut fields) = serde_json::to_value(&own).map_err(fail)? else {
             return Err(SectionError("not a JSON object".into()));
         };
+        fields.remove(DIRECTORY_SECTION);
         let mut out = BTreeMap::new();
         out.insert(
             MESH_SECTION.to_owned(),
@@ -102,6 +148,10 @@ impl Sections {
                 Section::new(serde_json::to_vec(&value).map_err(fail)?),
             );
         }
+        out.insert(
+            DIRECTORY_SECTION.to_owned(),
+            shared.directory(&config.directory)?,
+        );
         Ok(Sections(out))
     }
 
@@ -325,7 +375,7 @@ spec:
             sections: delta
                 .changed
                 .iter()
-                .map(|(n, s)| (n.to_string(), s.hash.clone(), s.body.clone()))
+                .map(|(n, s)| (n.to_string(), s.hash.clone(), s.body.to_vec()))
                 .collect(),
             removed: delta.removed,
         }
@@ -430,6 +480,25 @@ spec:
             // What was held before stays as it was.
             assert_eq!(held.apply(&good).unwrap().0, held);
         }
+    }
+
+    #[test]
+    fn the_directory_is_serialized_once_and_shared_by_every_proxy() {
+        let proxies = proxies(MESH);
+        let shared = SharedSections::default();
+        let cut: Vec<Sections> = proxies
+            .values()
+            .map(|p| Sections::of_shared(&mesh(), p, &shared).unwrap())
+            .collect();
+        let bodies: Vec<&Arc<[u8]>> = cut.iter().map(|s| &s.0[DIRECTORY_SECTION].body).collect();
+        assert!(bodies.windows(2).all(|w| Arc::ptr_eq(w[0], w[1])));
+        // The same bytes as serializing it alone, and it round-trips.
+        let alone = Sections::of(&mesh(), proxies.values().next().unwrap()).unwrap();
+        assert_eq!(alone.0[DIRECTORY_SECTION], cut[0].0[DIRECTORY_SECTION]);
+        let (_, got) = Held::default()
+            .apply(&received(&cut[0], &Held::default()))
+            .unwrap();
+        assert_eq!(&got.config, proxies.values().next().unwrap());
     }
 
     #[test]
