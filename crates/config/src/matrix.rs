@@ -12,9 +12,10 @@
 //! Every cell is decided by [`crate::check`]'s `decide`, the query `ward check` runs: the
 //! port, the PeerAuthentication mode, then the compiled AuthorizationPolicies through
 //! `ward_policy::WorkloadPolicies::explain_l4` / `explain_http`. A TCP port has one connection
-//! to decide. An HTTP port is decided for a set of probe requests ([`Vocabulary`]) built from
-//! every value the config's policies name (methods, paths, request principals, claims, headers,
-//! each pattern instantiated), plus a method, a path and a token no policy names: the cell is
+//! to decide. An HTTP port is decided for a set of probe requests (`Vocabulary`) built from
+//! every value the policies of the workloads behind it name (methods, paths, request
+//! principals, claims, headers, each pattern instantiated), plus a method, a path and a token
+//! no policy names: the cell is
 //! `allowed` when every probe is, `denied` when none is, `conditional` otherwise, and the
 //! condition is the rules that decided: the ALLOW rules that allowed a probe, the DENY rules
 //! that refused one (their HTTP fields, as written). A service is allowed for a probe when
@@ -65,9 +66,6 @@ pub struct Matrix {
     pub ports: Vec<PortMtls>,
     /// Per workload, the external services it may call.
     pub egress: Vec<WorkloadEgress>,
-    /// The probes tried on HTTP ports, by index.
-    #[serde(skip)]
-    pub(crate) probes: Vec<Probe>,
 }
 
 impl Matrix {
@@ -104,7 +102,11 @@ pub struct Column {
     /// The workloads that decide, `ns/name:port`.
     pub workloads: Vec<String>,
     #[serde(skip)]
-    targets: Vec<TargetRef>,
+    pub(crate) targets: Vec<TargetRef>,
+    /// The probe requests tried on an HTTP port, by index: built from the values the policies
+    /// of the workloads behind it name.
+    #[serde(skip)]
+    pub(crate) probes: Vec<Probe>,
 }
 
 /// The answer for one source and destination.
@@ -281,23 +283,28 @@ pub struct ExternalHost {
 
 /// Build the matrix of a translated config.
 pub fn access_matrix(set: &ConfigSet, snapshot: &MeshSnapshot) -> Matrix {
-    let vocabulary = Vocabulary::of(snapshot);
+    let vocabulary = |column: &Column| Vocabulary::of_column(snapshot, column);
     build(set, snapshot, &source_rows(snapshot), &vocabulary)
 }
 
-/// The matrix for given rows and probes (the diff evaluates two configs with the same ones).
+/// The matrix for given rows, with the probe values of each column from `vocabulary` (the diff
+/// decides two configs with the same ones).
 pub(crate) fn build(
     set: &ConfigSet,
     snapshot: &MeshSnapshot,
     rows: &[SourceRow],
-    vocabulary: &Vocabulary,
+    vocabulary: &dyn Fn(&Column) -> Vocabulary,
 ) -> Matrix {
-    let probes = vocabulary.probes();
-    let destinations = columns(set, snapshot);
+    let mut destinations = columns(set, snapshot);
+    for column in &mut destinations {
+        if column.protocol.is_some_and(Protocol::is_http) {
+            column.probes = vocabulary(column).probes();
+        }
+    }
     let mut cells = Vec::with_capacity(rows.len() * destinations.len());
     for row in rows {
         for column in &destinations {
-            cells.push(decide_cell(set, snapshot, row, column, &probes));
+            cells.push(decide_cell(set, snapshot, row, column, &column.probes));
         }
     }
     let ports = port_mtls(set, snapshot, &cells);
@@ -307,7 +314,6 @@ pub(crate) fn build(
         cells,
         ports,
         egress: egress(set, snapshot),
-        probes,
     }
 }
 
@@ -516,7 +522,7 @@ impl NamedIdentities {
 // ---------------------------------------------------------------------------------------------
 // Columns
 
-fn columns(set: &ConfigSet, snapshot: &MeshSnapshot) -> Vec<Column> {
+pub(crate) fn columns(set: &ConfigSet, snapshot: &MeshSnapshot) -> Vec<Column> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for se in &set.service_entries {
@@ -592,13 +598,15 @@ fn column(
             .map(|t| format!("{}:{}", t.workload, t.port))
             .collect(),
         targets,
+        probes: Vec::new(),
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Probes
 
-/// The request values the probes combine: every value the policies name, instantiated.
+/// The request values the probes combine: every value the policies of a column's workloads
+/// name, instantiated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Vocabulary {
     methods: BTreeSet<String>,
@@ -636,8 +644,17 @@ pub(crate) struct Probe {
 const PROBE_SUBJECT: &str = "ward-probe";
 
 impl Vocabulary {
-    /// The values of every policy of every workload, and the defaults.
-    pub(crate) fn of(snapshot: &MeshSnapshot) -> Vocabulary {
+    /// The values of the policies of the workloads behind `column`, and the defaults.
+    pub(crate) fn of_column(snapshot: &MeshSnapshot, column: &Column) -> Vocabulary {
+        let proxies = column
+            .targets
+            .iter()
+            .filter_map(|t| snapshot.proxies.get(&t.workload));
+        Vocabulary::of_proxies(proxies)
+    }
+
+    /// The values of the policies of `proxies`, and the defaults.
+    fn of_proxies<'a>(proxies: impl Iterator<Item = &'a crate::ProxyConfig>) -> Vocabulary {
         let mut v = Vocabulary::default();
         v.methods.insert("GET".to_owned());
         v.paths.insert("/".to_owned());
@@ -650,7 +667,7 @@ impl Vocabulary {
             }),
             headers: Vec::new(),
         });
-        for proxy in snapshot.proxies.values() {
+        for proxy in proxies {
             for policy in proxy.authz.policies() {
                 for rule in &policy.rules {
                     v.add_rule(rule);

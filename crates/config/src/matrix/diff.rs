@@ -2,9 +2,9 @@
 //!
 //! Both configs are decided as [`super::access_matrix`] decides one, with the same rows (every
 //! row of either config; a workload's row keeps its identity and address when the workload is
-//! gone, so it stands for the same client) and the same probe requests (every value either
-//! config's policies name), so a cell of one is comparable, probe by probe, with the cell of the
-//! other:
+//! gone, so it stands for the same client) and the same probe requests (per destination, every
+//! value the policies behind it name in either config), so a cell of one is comparable, probe by
+//! probe, with the cell of the other:
 //! - `opened`: denied before (or no such destination), allowed or conditional now;
 //! - `closed`: the reverse;
 //! - `widened` / `narrowed`: reachable in both, with probes allowed now that were refused
@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use ward_policy::MtlsMode;
 
-use super::{build, source_rows, Access, Cell, Matrix, ProbeRequest, SourceRow, Vocabulary};
+use super::{
+    build, columns, source_rows, Access, Cell, Column, Matrix, ProbeRequest, SourceRow, Vocabulary,
+};
 use crate::load::ConfigSet;
 use crate::snapshot::MeshSnapshot;
 
@@ -120,7 +122,18 @@ pub struct PortChange {
 
 /// The two matrices, decided with the same rows and probes.
 pub fn matrices(old: Side<'_>, new: Side<'_>) -> (Matrix, Matrix) {
-    let vocabulary = Vocabulary::of(old.snapshot).union(&Vocabulary::of(new.snapshot));
+    let old_columns = columns(old.set, old.snapshot);
+    let new_columns = columns(new.set, new.snapshot);
+    // A column's probes: the values either config's workloads behind it name.
+    let vocabulary = |column: &Column| {
+        let of = |side: Side<'_>, list: &[Column]| {
+            list.iter()
+                .find(|c| c.to == column.to)
+                .map(|c| Vocabulary::of_column(side.snapshot, c))
+                .unwrap_or_default()
+        };
+        of(old, &old_columns).union(&of(new, &new_columns))
+    };
     let mut rows: Vec<SourceRow> = source_rows(new.snapshot);
     for row in source_rows(old.snapshot) {
         if !rows.iter().any(|r| r.from == row.from) {
@@ -245,13 +258,23 @@ fn compare_reachable(
     let lost: Vec<usize> = indices(&o.allowed, &n.allowed);
     if !gained.is_empty() {
         let mut c = change.clone();
-        c.details = what_changed(new.0, &gained, &o.allowed, "newly allowed");
+        c.details = what_changed(
+            probes_of(new.0, &n.to),
+            &gained,
+            &o.allowed,
+            "newly allowed",
+        );
         c.example = example(new, &n.to, gained.first().copied());
         out.widened.push(c);
     }
     if !lost.is_empty() {
         let mut c = change;
-        c.details = what_changed(old.0, &lost, &n.allowed, "no longer allowed");
+        c.details = what_changed(
+            probes_of(old.0, &o.to),
+            &lost,
+            &n.allowed,
+            "no longer allowed",
+        );
         c.example = example(old, &o.to, lost.first().copied());
         out.narrowed.push(c);
     }
@@ -267,18 +290,31 @@ fn indices(yes: &[bool], no: &[bool]) -> Vec<usize> {
         .collect()
 }
 
+/// The probes of the column `to`.
+fn probes_of<'m>(m: &'m Matrix, to: &str) -> &'m [super::Probe] {
+    m.destinations
+        .iter()
+        .find(|c| c.to == to)
+        .map_or(&[], |c| c.probes.as_slice())
+}
+
 /// The methods and paths of `changed` probes that no probe of `other` allowed.
-fn what_changed(m: &Matrix, changed: &[usize], other: &[bool], verb: &str) -> Vec<String> {
+fn what_changed(
+    probes: &[super::Probe],
+    changed: &[usize],
+    other: &[bool],
+    verb: &str,
+) -> Vec<String> {
     let allowed_other: Vec<&super::Probe> = other
         .iter()
         .enumerate()
         .filter(|(_, a)| **a)
-        .filter_map(|(i, _)| m.probes.get(i))
+        .filter_map(|(i, _)| probes.get(i))
         .collect();
     let mut methods = BTreeSet::new();
     let mut paths = BTreeSet::new();
     let mut without_token = false;
-    for probe in changed.iter().filter_map(|i| m.probes.get(*i)) {
+    for probe in changed.iter().filter_map(|i| probes.get(*i)) {
         if !allowed_other.iter().any(|p| p.method == probe.method) {
             methods.insert(probe.method.clone());
         }
@@ -314,8 +350,8 @@ fn what_changed(m: &Matrix, changed: &[usize], other: &[bool], verb: &str) -> Ve
 
 fn example(side: (&Matrix, Side<'_>), to: &str, probe: Option<usize>) -> Option<ProbeRequest> {
     let (m, s) = side;
-    let probe = m.probes.get(probe?)?;
     let column = m.destinations.iter().find(|c| c.to == to)?;
+    let probe = column.probes.get(probe?)?;
     let proxy = column
         .targets
         .first()
@@ -350,5 +386,95 @@ fn compare_ports(out: &mut Diff, a: &Matrix, b: &Matrix) {
         } else {
             out.plaintext_refused.push(change);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEDIC_RULE: &str = "  - from:\n    - source:\n        requestPrincipals: [\"http://127.0.0.1:8180/realms/ward-dev/*\"]\n    to:\n    - operation:\n        methods: [POST]\n        paths: [\"/fhir/*\"]\n    when:\n    - key: request.auth.claims[realm_access][roles]\n      values: [Medic]\n";
+    const API: &str = "fhir-server.datamesh.svc.cluster.local:8080";
+
+    /// The fhir example with `medic-post`'s rule replaced.
+    fn fhir_with(medic_rule: &str) -> (ConfigSet, MeshSnapshot) {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/fhir");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        names.sort();
+        let text: Vec<String> = names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        let text = text.join("---\n");
+        assert!(text.contains(MEDIC_RULE));
+        let set = crate::load_str("fhir.yaml", &text.replace(MEDIC_RULE, medic_rule)).unwrap();
+        let snapshot = crate::translate(&set).unwrap();
+        (set, snapshot)
+    }
+
+    fn find<'d>(changes: &'d [Change], from: &str) -> &'d Change {
+        changes
+            .iter()
+            .find(|c| c.from == from && c.to == API)
+            .unwrap_or_else(|| panic!("no change for {from}: {changes:#?}"))
+    }
+
+    #[test]
+    fn a_method_added_widens_and_removing_it_narrows() {
+        let (a_set, a_snap) = fhir_with(MEDIC_RULE);
+        let (b_set, b_snap) = fhir_with(&MEDIC_RULE.replace("[POST]", "[POST, DELETE]"));
+        let a = Side {
+            set: &a_set,
+            snapshot: &a_snap,
+        };
+        let b = Side {
+            set: &b_set,
+            snapshot: &b_snap,
+        };
+        let d = diff(a, b);
+        let w = find(&d.widened, "default/client");
+        assert_eq!(w.details, ["methods newly allowed: DELETE"]);
+        assert_eq!(w.example.as_ref().unwrap().method, "DELETE");
+        assert!(
+            d.opened.is_empty() && d.jwt_removed.is_empty() && !d.narrows(),
+            "{d:#?}"
+        );
+        let back = diff(b, a);
+        let n = find(&back.narrowed, "default/client");
+        assert_eq!(n.details, ["methods no longer allowed: DELETE"]);
+        assert!(!back.opens(), "{back:#?}");
+    }
+
+    #[test]
+    fn dropping_the_token_requirement_is_reported() {
+        let (a_set, a_snap) = fhir_with(MEDIC_RULE);
+        let open =
+            "  - to:\n    - operation:\n        methods: [POST]\n        paths: [\"/fhir/*\"]\n";
+        let (b_set, b_snap) = fhir_with(open);
+        let a = Side {
+            set: &a_set,
+            snapshot: &a_snap,
+        };
+        let b = Side {
+            set: &b_set,
+            snapshot: &b_snap,
+        };
+        let d = diff(a, b);
+        let j = find(&d.jwt_removed, "default/client");
+        assert_eq!(j.details, ["now allowed without a token"]);
+        let w = find(&d.widened, "default/client");
+        assert!(
+            w.details
+                .contains(&"requests without a token newly allowed".to_owned()),
+            "{w:#?}"
+        );
+        assert!(w.example.as_ref().unwrap().claims.is_none());
+        let back = diff(b, a);
+        find(&back.jwt_added, "default/client");
+        assert!(!back.opens(), "{back:#?}");
     }
 }
