@@ -259,6 +259,17 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
             "{cell:#?}: check allows the refused example\n{text}"
         );
     }
+    if http && cell.access != Access::Denied && cell.denied_by.is_empty() {
+        for rule in &cell.allowed_by {
+            let (method, path) = request_satisfying(&rule.conditions);
+            let q = query(cell, &method, &path, &[]);
+            assert!(
+                allowed(set, snapshot, &q),
+                "{cell:#?}: check refuses {method} {path}, which satisfies {}\n{text}",
+                rule.text()
+            );
+        }
+    }
     if cell.access == Access::Conditional || (!http && cell.access == Access::Allowed) {
         return;
     }
@@ -273,6 +284,45 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
             );
         }
     }
+}
+
+/// A method and a path that satisfy a rule's summary (`methods A | B`, `not methods C`,
+/// `paths /x | /y/*`; this generator writes one operation per rule and no `when`).
+fn request_satisfying(conditions: &[String]) -> (String, String) {
+    let mut methods = Vec::new();
+    let mut not_methods = Vec::new();
+    let mut paths = Vec::new();
+    for part in conditions.iter().flat_map(|c| c.split(", ")) {
+        let (negated, part) = match part.strip_prefix("not ") {
+            Some(rest) => (true, rest),
+            None => (false, part),
+        };
+        let Some((field, values)) = part.split_once(' ') else {
+            continue;
+        };
+        let values: Vec<String> = values.split(" | ").map(str::to_owned).collect();
+        match (field, negated) {
+            ("methods", false) => methods = values,
+            ("methods", true) => not_methods = values,
+            ("paths", false) => paths = values,
+            other => panic!("unexpected condition {other:?} in {conditions:?}"),
+        }
+    }
+    let method = methods
+        .iter()
+        .find(|m| !not_methods.contains(m))
+        .cloned()
+        .or_else(|| {
+            PROBE_METHODS
+                .iter()
+                .find(|m| !not_methods.iter().any(|n| n == *m))
+                .map(|m| (*m).to_owned())
+        })
+        .unwrap();
+    let path = paths
+        .first()
+        .map_or_else(|| "/other".to_owned(), |p| p.replace('*', "x"));
+    (method, path)
 }
 
 proptest! {
