@@ -105,17 +105,17 @@ pub(crate) fn render_table(m: &Matrix) -> String {
         out,
         "\nALLOW: every request tried is allowed; COND: some are (see below); -: denied"
     );
-    let _ = writeln!(out, "\nconditions:");
-    for c in m.cells.iter().filter(|c| c.access != Access::Denied) {
-        let _ = writeln!(
-            out,
-            "  {} -> {}: {} ({}) {}",
-            c.from,
-            c.to,
-            c.access.as_str(),
-            c.transport,
-            c.condition
-        );
+    let _ = writeln!(out, "\nsources:");
+    for s in &m.sources {
+        let _ = writeln!(out, "  {} ({}): {}", s.from, s.kind, s.description);
+    }
+    let _ = writeln!(
+        out,
+        "\nconditions (cells not denied, sources with the same answer together):"
+    );
+    for (to, access, condition, sources) in grouped(m) {
+        let _ = writeln!(out, "  -> {to}: {access} for {}", sources.join(", "));
+        let _ = writeln!(out, "     {condition}");
     }
     let _ = writeln!(out, "\nplaintext per port:");
     for p in &m.ports {
@@ -160,6 +160,26 @@ pub(crate) fn render_table(m: &Matrix) -> String {
         let _ = writeln!(out, "    {}", e.note);
     }
     out
+}
+
+/// The cells that are not denied, grouped by destination, answer and condition, with their
+/// sources in row order.
+fn grouped(m: &Matrix) -> Vec<(&str, &'static str, &str, Vec<&str>)> {
+    let mut groups: Vec<(&str, &'static str, &str, Vec<&str>)> = Vec::new();
+    for d in &m.destinations {
+        for c in m
+            .cells
+            .iter()
+            .filter(|c| c.to == d.to && c.access != Access::Denied)
+        {
+            let key = (c.to.as_str(), c.access.as_str(), c.condition.as_str());
+            match groups.iter_mut().find(|g| (g.0, g.1, g.2) == key) {
+                Some(group) => group.3.push(c.from.as_str()),
+                None => groups.push((key.0, key.1, key.2, vec![c.from.as_str()])),
+            }
+        }
+    }
+    groups
 }
 
 /// The CSV header.

@@ -1479,4 +1479,52 @@ mod tests {
             serde_json::json!({"a": {"roles": ["x", "y"]}})
         );
     }
+
+    #[test]
+    fn external_hosts_follow_export_to_and_say_egress_is_not_enforced() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        let mut text: Vec<String> = names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        text.push(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: demo}\n\
+             spec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  exportTo: [\".\"]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n"
+                .to_owned(),
+        );
+        let set = crate::load_str("mesh.yaml", &text.join("---\n")).unwrap();
+        let snapshot = crate::translate(&set).unwrap();
+        let m = access_matrix(&set, &snapshot);
+        let hosts = |w: &str| -> Vec<String> {
+            m.egress
+                .iter()
+                .find(|e| e.workload == w)
+                .unwrap()
+                .external_hosts
+                .iter()
+                .map(|h| format!("{} {:?} {}", h.host, h.ports, h.service_entry))
+                .collect()
+        };
+        assert_eq!(hosts("demo/web"), ["api.example.com [443] demo/api"]);
+        assert_eq!(hosts("demo/echo"), ["api.example.com [443] demo/api"]);
+        assert!(hosts("jobs/batch").is_empty());
+        let web = m.egress.iter().find(|e| e.workload == "demo/web").unwrap();
+        assert!(!web.enforced);
+        assert!(
+            web.note.starts_with("egress control not enforced yet"),
+            "{}",
+            web.note
+        );
+        // No workload of the mesh is behind it: not a column.
+        assert!(m
+            .destinations
+            .iter()
+            .all(|d| !d.to.starts_with("api.example.com")));
+    }
 }
