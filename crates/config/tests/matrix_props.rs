@@ -1,6 +1,7 @@
 //! Property tests of `ward access-matrix` and `ward diff` against `ward check`, on generated
 //! small configs (a few workloads on HTTP or TCP ports, a service each, PeerAuthentications,
-//! ALLOW and DENY policies with principals, namespaces, methods and paths):
+//! RequestAuthentications, ALLOW and DENY policies with principals, namespaces, methods, paths,
+//! request principals and a `roles` claim):
 //! - a cell that is allowed or conditional has an example request that `check` allows; a
 //!   conditional cell has one that `check` refuses; an allowed cell is allowed by `check` for
 //!   every probe this test tries, a denied cell refused for every one;
@@ -25,9 +26,15 @@ const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
 const PATHS: [&str; 3] = ["/api", "/api/*", "/admin"];
 const MODES: [&str; 3] = ["STRICT", "PERMISSIVE", "DISABLE"];
 
-/// The methods and paths this test probes with (some named by no policy).
+const ISSUER: &str = "https://idp.test";
+const REQUEST_PRINCIPALS: [&str; 2] = ["*", "https://idp.test/alice"];
+const ROLES: [&str; 2] = ["admin", "user"];
+
+/// The methods, paths and tokens this test probes with (some named by no policy).
 const PROBE_METHODS: [&str; 4] = ["GET", "POST", "DELETE", "PATCH"];
 const PROBE_PATHS: [&str; 5] = ["/", "/api", "/api/x", "/admin", "/other"];
+const PROBE_TOKENS: [Option<(&str, &str)>; 3] =
+    [None, Some(("alice", "admin")), Some(("bob", "user"))];
 
 #[derive(Clone, Debug)]
 struct Workload {
@@ -43,6 +50,8 @@ struct Rule {
     methods: Vec<usize>,
     not_methods: Vec<usize>,
     paths: Vec<usize>,
+    request_principal: Option<usize>,
+    role: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +66,8 @@ struct Policy {
 struct Security {
     /// `(scope, mode)`: scope 0 the mesh, 1.. a namespace.
     peer_authn: Vec<(usize, usize)>,
+    /// The namespaces with a RequestAuthentication (issuer [`ISSUER`]).
+    jwt: Vec<usize>,
     policies: Vec<Policy>,
 }
 
@@ -67,14 +78,20 @@ fn rule() -> impl Strategy<Value = Rule> {
         proptest::collection::vec(0..3usize, 0..=2),
         proptest::collection::vec(0..3usize, 0..=1),
         proptest::collection::vec(0..3usize, 0..=2),
+        proptest::option::of(0..2usize),
+        proptest::option::of(0..2usize),
     )
-        .prop_map(|(principal, namespace, methods, not_methods, paths)| Rule {
-            principal,
-            namespace,
-            methods,
-            not_methods,
-            paths,
-        })
+        .prop_map(
+            |(principal, namespace, methods, not_methods, paths, request_principal, role)| Rule {
+                principal,
+                namespace,
+                methods,
+                not_methods,
+                paths,
+                request_principal,
+                role,
+            },
+        )
 }
 
 fn policy(workloads: usize) -> impl Strategy<Value = Policy> {
@@ -96,10 +113,12 @@ fn security(workloads: usize) -> impl Strategy<Value = Security> {
     (
         proptest::collection::btree_map(0..3usize, 0..3usize, 0..=2),
         proptest::collection::vec(policy(workloads), 0..=3),
+        proptest::collection::btree_set(0..2usize, 0..=2),
     )
-        .prop_map(|(pa, policies)| Security {
+        .prop_map(|(pa, policies, jwt)| Security {
             peer_authn: pa.into_iter().collect(),
             policies,
+            jwt: jwt.into_iter().collect(),
         })
 }
 
@@ -153,6 +172,14 @@ fn yaml(workloads: &[Workload], security: &Security) -> String {
             MODES[*mode]
         );
     }
+    for ns in &security.jwt {
+        let _ = write!(
+            out,
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: {}}}\n\
+             spec:\n  jwtRules: [{{issuer: \"{ISSUER}\", jwksUri: \"{ISSUER}/jwks\"}}]\n---\n",
+            NAMESPACES[*ns]
+        );
+    }
     for (j, p) in security.policies.iter().enumerate() {
         let ns = NAMESPACES[p.ns];
         let _ = write!(
@@ -193,6 +220,12 @@ fn rule_yaml(r: &Rule) -> String {
     if let Some(ns) = r.namespace {
         source.push(format!("namespaces: [{}]", NAMESPACES[ns]));
     }
+    if let Some(rp) = r.request_principal {
+        source.push(format!(
+            "requestPrincipals: [\"{}\"]",
+            REQUEST_PRINCIPALS[rp]
+        ));
+    }
     let mut operation = Vec::new();
     if !r.methods.is_empty() {
         operation.push(format!("methods: {}", list(&r.methods, &METHODS)));
@@ -210,6 +243,12 @@ fn rule_yaml(r: &Rule) -> String {
     if !operation.is_empty() {
         parts.push(format!("to: [{{operation: {{{}}}}}]", operation.join(", ")));
     }
+    if let Some(role) = r.role {
+        parts.push(format!(
+            "when: [{{key: \"request.auth.claims[roles]\", values: [{}]}}]",
+            ROLES[role]
+        ));
+    }
     format!("{{{}}}", parts.join(", "))
 }
 
@@ -219,15 +258,26 @@ fn load(text: &str) -> (ConfigSet, MeshSnapshot) {
     (set, snapshot)
 }
 
-fn query(cell: &Cell, method: &str, path: &str, headers: &[String]) -> Query {
+fn query(
+    cell: &Cell,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    claims: Option<&serde_json::Value>,
+) -> Query {
     Query {
         from: cell.from.clone(),
         to: cell.to.clone(),
         method: Some(method.to_owned()),
         path: Some(path.to_owned()),
         headers: headers.to_vec(),
-        claims: None,
+        claims: claims.map(ToString::to_string),
     }
+}
+
+/// A token of [`ISSUER`] for `sub` with `roles: [role]`.
+fn token(sub: &str, role: &str) -> serde_json::Value {
+    serde_json::json!({"iss": ISSUER, "sub": sub, "roles": [role]})
 }
 
 fn allowed(set: &ConfigSet, snapshot: &MeshSnapshot, q: &Query) -> bool {
@@ -241,8 +291,8 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
     match cell.access {
         Access::Allowed | Access::Conditional => {
             let q = match &cell.example_allowed {
-                Some(e) => query(cell, &e.method, &e.path, &e.headers),
-                None => query(cell, "GET", "/", &[]),
+                Some(e) => query(cell, &e.method, &e.path, &e.headers, e.claims.as_ref()),
+                None => query(cell, "GET", "/", &[], None),
             };
             assert!(
                 allowed(set, snapshot, &q),
@@ -253,7 +303,7 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
     }
     if cell.access == Access::Conditional {
         let e = cell.example_denied.as_ref().unwrap();
-        let q = query(cell, &e.method, &e.path, &e.headers);
+        let q = query(cell, &e.method, &e.path, &e.headers, e.claims.as_ref());
         assert!(
             !allowed(set, snapshot, &q),
             "{cell:#?}: check allows the refused example\n{text}"
@@ -261,8 +311,8 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
     }
     if http && cell.access != Access::Denied && cell.denied_by.is_empty() {
         for rule in &cell.allowed_by {
-            let (method, path) = request_satisfying(&rule.conditions);
-            let q = query(cell, &method, &path, &[]);
+            let (method, path, claims) = request_satisfying(&rule.conditions);
+            let q = query(cell, &method, &path, &[], claims.as_ref());
             assert!(
                 allowed(set, snapshot, &q),
                 "{cell:#?}: check refuses {method} {path}, which satisfies {}\n{text}",
@@ -276,23 +326,39 @@ fn agrees_with_check(set: &ConfigSet, snapshot: &MeshSnapshot, cell: &Cell, text
     let want = cell.access == Access::Allowed;
     for method in PROBE_METHODS {
         for path in PROBE_PATHS {
-            let q = query(cell, method, path, &[]);
-            assert_eq!(
-                allowed(set, snapshot, &q),
-                want,
-                "{cell:#?}: {method} {path}\n{text}"
-            );
+            for t in PROBE_TOKENS {
+                let claims = t.map(|(sub, role)| token(sub, role));
+                let q = query(cell, method, path, &[], claims.as_ref());
+                assert_eq!(
+                    allowed(set, snapshot, &q),
+                    want,
+                    "{cell:#?}: {method} {path} {claims:?}\n{text}"
+                );
+            }
         }
     }
 }
 
-/// A method and a path that satisfy a rule's summary (`methods A | B`, `not methods C`,
-/// `paths /x | /y/*`; this generator writes one operation per rule and no `when`).
-fn request_satisfying(conditions: &[String]) -> (String, String) {
+/// A method, a path and a token that satisfy a rule's summary (`methods A | B`, `not methods
+/// C`, `paths /x | /y/*`, `requestPrincipals P`, `request.auth.claims[roles] in R`; this
+/// generator writes one source and one operation per rule).
+fn request_satisfying(conditions: &[String]) -> (String, String, Option<serde_json::Value>) {
     let mut methods = Vec::new();
     let mut not_methods = Vec::new();
     let mut paths = Vec::new();
+    let mut claims: Option<serde_json::Value> = None;
     for part in conditions.iter().flat_map(|c| c.split(", ")) {
+        if let Some(principal) = part.strip_prefix("requestPrincipals ") {
+            let sub = principal.rsplit_once('/').map_or("carol", |(_, sub)| sub);
+            let t = claims.get_or_insert_with(|| token(sub, "none"));
+            t["sub"] = sub.into();
+            continue;
+        }
+        if let Some(role) = part.strip_prefix("request.auth.claims[roles] in ") {
+            let t = claims.get_or_insert_with(|| token("carol", role));
+            t["roles"] = serde_json::json!([role]);
+            continue;
+        }
         let (negated, part) = match part.strip_prefix("not ") {
             Some(rest) => (true, rest),
             None => (false, part),
@@ -322,7 +388,7 @@ fn request_satisfying(conditions: &[String]) -> (String, String) {
     let path = paths
         .first()
         .map_or_else(|| "/other".to_owned(), |p| p.replace('*', "x"));
-    (method, path)
+    (method, path, claims)
 }
 
 proptest! {
