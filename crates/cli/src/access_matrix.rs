@@ -93,10 +93,10 @@ pub(crate) fn render_table(m: &Matrix) -> String {
         let _ = write!(out, " {:>6}", format!("[{}]", i + 1));
     }
     let _ = writeln!(out);
-    for s in &m.sources {
+    for (i, s) in m.sources.iter().enumerate() {
         let _ = write!(out, "{:width$}", s.from);
-        for d in &m.destinations {
-            let access = m.cell(&s.from, &d.to).map_or(Access::Denied, |c| c.access);
+        for j in 0..m.destinations.len() {
+            let access = m.cell_at(i, j).map_or(Access::Denied, |c| c.access);
             let _ = write!(out, " {:>6}", mark(access));
         }
         let _ = writeln!(out);
@@ -260,15 +260,15 @@ pub(crate) fn render_html(m: &Matrix) -> String {
         );
     }
     out.push_str("</tr>");
-    for s in &m.sources {
+    for (i, s) in m.sources.iter().enumerate() {
         let _ = write!(
             out,
             "<tr><th title=\"{}\">{}</th>",
             esc(&s.description),
             esc(&s.from)
         );
-        for d in &m.destinations {
-            match m.cell(&s.from, &d.to) {
+        for j in 0..m.destinations.len() {
+            match m.cell_at(i, j) {
                 Some(c) => html_cell(&mut out, c),
                 None => out.push_str("<td></td>"),
             }

@@ -73,6 +73,17 @@ impl Matrix {
     pub fn cell(&self, from: &str, to: &str) -> Option<&Cell> {
         self.cells.iter().find(|c| c.from == from && c.to == to)
     }
+
+    /// The cell of row `row` and column `column`, by index (cells are stored row by row).
+    pub fn cell_at(&self, row: usize, column: usize) -> Option<&Cell> {
+        if column >= self.destinations.len() {
+            return None;
+        }
+        self.cells.get(
+            row.checked_mul(self.destinations.len())?
+                .checked_add(column)?,
+        )
+    }
 }
 
 /// One row: a class of clients.
@@ -1414,6 +1425,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(db.access, Access::Allowed);
+        for (i, row) in m.sources.iter().enumerate() {
+            for (j, column) in m.destinations.iter().enumerate() {
+                let at = m.cell_at(i, j).unwrap();
+                assert_eq!(
+                    (at.from.as_str(), at.to.as_str()),
+                    (row.from.as_str(), column.to.as_str())
+                );
+            }
+        }
+        assert!(m.cell_at(0, m.destinations.len()).is_none());
         assert_eq!(db.policies, ["datamesh/db-from-fhir-only"]);
         let other = m
             .cell(
