@@ -1,9 +1,9 @@
 //! `ward check`: what-if queries against a configuration, offline. "Would this source reach this
 //! destination, and why?"
 //!
-//! A [`Query`] names a source (a workload, an identity, or a plaintext client address), a
-//! destination (a ServiceEntry host and port, or a workload and port) and, for HTTP ports, a
-//! request. [`check`] resolves them against the [`MeshSnapshot`] `translate` built and decides
+//! A [`Query`] names a source (a workload, an identity, a namespace, or a plaintext client
+//! address), a destination (a ServiceEntry host and port, or a workload and port) and, for HTTP
+//! ports, a request. [`check`] resolves them against the [`MeshSnapshot`] `translate` built and decides
 //! with what the destination's proxy decides with: the port's mTLS mode from its
 //! [`ProxyConfig`], the `jwtRules` it holds, [`ward_policy::normalize`] for the path, and the
 //! compiled [`ward_policy::WorkloadPolicies`] through [`ward_policy::WorkloadPolicies::explain_l4`] /
@@ -35,7 +35,8 @@ use crate::translate::{mesh_transport, service_endpoints, workload_mtls};
 #[derive(Clone, Debug, Default)]
 pub struct Query {
     /// `--from`: `ns/name` (a WorkloadEntry), `spiffe://td/ns/NS/sa/SA` or `td/ns/NS/sa/SA` (an
-    /// identity), or `plaintext:IP` (a client outside the mesh).
+    /// identity), `ns/NAMESPACE` or `ns:NAMESPACE` (every identity of a namespace:
+    /// [`check_namespace`]), or `plaintext:IP` (a client outside the mesh).
     pub from: String,
     /// `--to`: `host:port` (a ServiceEntry host) or `ns/name:port` (a WorkloadEntry).
     pub to: String,
