@@ -3,7 +3,8 @@
 //! on (docs/access.md).
 //!
 //! Exit codes: 0 no change in access; 1 access opened (a pair opened or widened, a token no
-//! longer required, plaintext newly accepted), whether or not something was also closed; 3
+//! longer required, plaintext newly accepted, an external host newly visible), whether or not
+//! something was also closed; 3
 //! access only narrowed (with `--fail-on opened`: 0); 2 a config does not load or translate,
 //! or git fails.
 
@@ -13,7 +14,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use ward_config::matrix::diff::{diff, Change, Diff, PortChange, Side};
+use ward_config::matrix::diff::{diff, Change, Diff, EgressChange, PortChange, Side};
 use ward_config::{ConfigFiles, ConfigSet, MeshSnapshot};
 
 /// `ward diff` flags.
@@ -192,6 +193,18 @@ fn render(d: &Diff) -> String {
         '-',
         &d.plaintext_refused,
     );
+    egress(
+        &mut out,
+        "external hosts newly visible",
+        '+',
+        &d.egress_added,
+    );
+    egress(
+        &mut out,
+        "external hosts no longer visible",
+        '-',
+        &d.egress_removed,
+    );
     let verdict = match (d.opens(), d.narrows()) {
         (false, false) => "no change in access",
         (true, false) => "access opened",
@@ -201,7 +214,8 @@ fn render(d: &Diff) -> String {
     let _ = writeln!(
         out,
         "result: {verdict} ({} opened, {} closed, {} widened, {} narrowed, {} JWT removed, {} \
-         JWT added, {} plaintext allowed, {} plaintext refused)",
+         JWT added, {} plaintext allowed, {} plaintext refused, {} external hosts added, {} \
+         removed)",
         d.opened.len(),
         d.closed.len(),
         d.widened.len(),
@@ -209,7 +223,9 @@ fn render(d: &Diff) -> String {
         d.jwt_removed.len(),
         d.jwt_added.len(),
         d.plaintext_allowed.len(),
-        d.plaintext_refused.len()
+        d.plaintext_refused.len(),
+        d.egress_added.len(),
+        d.egress_removed.len()
     );
     out
 }
@@ -254,6 +270,24 @@ fn section(out: &mut String, title: &str, sign: char, changes: &[Change]) {
                 e.method, e.path
             );
         }
+    }
+}
+
+fn egress(out: &mut String, title: &str, sign: char, changes: &[EgressChange]) {
+    if changes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{title} ({}; egress is not enforced yet: the declared allow-list):",
+        changes.len()
+    );
+    for e in changes {
+        let _ = writeln!(
+            out,
+            "  {sign} {} -> {} ({})",
+            e.workload, e.host, e.service_entry
+        );
     }
 }
 

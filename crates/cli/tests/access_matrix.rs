@@ -355,6 +355,32 @@ fn diff_exit_codes_tell_opened_from_narrowed() {
     );
     assert!(text.contains("result: access opened"), "{text}");
 
+    let egress = quickstart_with(&security("STRICT", web));
+    std::fs::write(
+        egress.path().join("50-external.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: demo}\n\
+         spec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  exportTo: [\".\"]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n",
+    )
+    .unwrap();
+    let (code, d) = diff_dirs(base.path(), egress.path(), &[]);
+    assert_eq!(code, 1, "{d:#}");
+    let added: Vec<(&str, &str)> = d["egressAdded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["workload"].as_str().unwrap(), e["host"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            ("demo/echo", "api.example.com"),
+            ("demo/web", "api.example.com")
+        ]
+    );
+    assert!(d["opened"].as_array().unwrap().is_empty());
+    let (code, _) = diff_dirs(egress.path(), base.path(), &[]);
+    assert_eq!(code, 3);
+
     let missing = base.path().join("nothing-here");
     let out = ward(
         &[

@@ -12,7 +12,9 @@
 //! - `jwtRemoved` / `jwtAdded`: a token was required for every allowed probe and no longer is
 //!   / the reverse;
 //! - `plaintextAllowed` / `plaintextRefused`: a workload port that refused plaintext accepts it
-//!   now (PERMISSIVE, DISABLE) / the reverse.
+//!   now (PERMISSIVE, DISABLE) / the reverse;
+//! - `egressAdded` / `egressRemoved`: an external host (MESH_EXTERNAL ServiceEntry) newly visible
+//!   to a workload / no longer (egress is not enforced yet: this is the declared allow-list).
 //!
 //! Pure: no I/O.
 
@@ -56,16 +58,33 @@ pub struct Diff {
     pub plaintext_allowed: Vec<PortChange>,
     /// Workload ports that no longer accept plaintext.
     pub plaintext_refused: Vec<PortChange>,
+    /// External hosts newly visible to a workload.
+    pub egress_added: Vec<EgressChange>,
+    /// External hosts no longer visible to a workload.
+    pub egress_removed: Vec<EgressChange>,
+}
+
+/// An external host whose visibility to a workload changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressChange {
+    /// `ns/name`.
+    pub workload: String,
+    /// The ServiceEntry host.
+    pub host: String,
+    /// The ServiceEntry, `ns/name`.
+    pub service_entry: String,
 }
 
 impl Diff {
     /// Whether the change opens anything: a pair opened or widened, a token no longer
-    /// required, plaintext newly accepted.
+    /// required, plaintext newly accepted, an external host newly visible.
     pub fn opens(&self) -> bool {
         !(self.opened.is_empty()
             && self.widened.is_empty()
             && self.jwt_removed.is_empty()
-            && self.plaintext_allowed.is_empty())
+            && self.plaintext_allowed.is_empty()
+            && self.egress_added.is_empty())
     }
 
     /// Whether the change closes anything.
@@ -73,7 +92,8 @@ impl Diff {
         !(self.closed.is_empty()
             && self.narrowed.is_empty()
             && self.jwt_added.is_empty()
-            && self.plaintext_refused.is_empty())
+            && self.plaintext_refused.is_empty()
+            && self.egress_removed.is_empty())
     }
 
     /// No change in access.
@@ -175,7 +195,31 @@ fn compare(a: &Matrix, old: Side<'_>, b: &Matrix, new: Side<'_>) -> Diff {
         );
     }
     compare_ports(&mut out, a, b);
+    compare_egress(&mut out, a, b);
     out
+}
+
+/// `(workload, host, ServiceEntry)` of every external host of a matrix.
+fn external_hosts(m: &Matrix) -> BTreeSet<(String, String, String)> {
+    m.egress
+        .iter()
+        .flat_map(|e| {
+            e.external_hosts
+                .iter()
+                .map(|h| (e.workload.clone(), h.host.clone(), h.service_entry.clone()))
+        })
+        .collect()
+}
+
+fn compare_egress(out: &mut Diff, a: &Matrix, b: &Matrix) {
+    let (before, after) = (external_hosts(a), external_hosts(b));
+    let change = |(workload, host, service_entry): &(String, String, String)| EgressChange {
+        workload: workload.clone(),
+        host: host.clone(),
+        service_entry: service_entry.clone(),
+    };
+    out.egress_added = after.difference(&before).map(change).collect();
+    out.egress_removed = before.difference(&after).map(change).collect();
 }
 
 fn reachable(cell: Option<&Cell>) -> bool {
