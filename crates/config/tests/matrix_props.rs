@@ -8,7 +8,8 @@
 //! - the diff of a config with itself is empty;
 //! - the pairs `diff` reports opened are exactly the cells denied before and reachable after,
 //!   and those it reports closed the reverse (both configs decided with the same rows and
-//!   probes, as the diff decides them).
+//!   probes, as the diff decides them); and, for the cells both configs' own matrices have,
+//!   opened exactly when the own matrices say denied before and reachable after.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -447,7 +448,19 @@ proptest! {
             d.opened.iter().map(|c| (c.from.clone(), c.to.clone())).collect();
         let got_closed: BTreeSet<(String, String)> =
             d.closed.iter().map(|c| (c.from.clone(), c.to.clone())).collect();
-        prop_assert_eq!(got_opened, opened);
+        prop_assert_eq!(&got_opened, &opened);
         prop_assert_eq!(got_closed, closed);
+        // The same pairs from each config's own matrix, where both have the cell.
+        let (own_a, own_b) = (access_matrix(&set_a, &snap_a), access_matrix(&set_b, &snap_b));
+        for ca in &own_a.cells {
+            let Some(cb) = own_b.cell(&ca.from, &ca.to) else { continue };
+            let key = (ca.from.clone(), ca.to.clone());
+            let own_opened = ca.access == Access::Denied && cb.access != Access::Denied;
+            prop_assert_eq!(
+                own_opened,
+                got_opened.contains(&key),
+                "{:?}: {:?} -> {:?}\n{}\n{}", key, ca.access, cb.access, text_a, text_b
+            );
+        }
     }
 }
