@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ward_config::check::cases::{parse_cases, render_line, render_summary, run_cases};
-use ward_config::check::{check, Query, Report, Target};
+use ward_config::check::{
+    check, check_namespace, namespace_of_source, NamespaceReport, Query, Report, Target,
+};
 use ward_config::{ConfigSet, MeshSnapshot};
 use ward_policy::{Decision, Explanation, RuleOutcome};
 
@@ -24,7 +26,8 @@ pub(crate) struct CheckArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     paths: Vec<PathBuf>,
     /// The source: `ns/name` of a WorkloadEntry, `spiffe://td/ns/NS/sa/SA` (or `td/ns/NS/sa/SA`),
-    /// or `plaintext:IP` for a client outside the mesh.
+    /// `ns/NAMESPACE` (or `ns:NAMESPACE`) for every identity of a namespace, or `plaintext:IP`
+    /// for a client outside the mesh.
     #[arg(long, required_unless_present = "cases")]
     from: Option<String>,
     /// The destination: `host:port` of a ServiceEntry, or `ns/name:port` of a WorkloadEntry.
@@ -72,6 +75,9 @@ pub(crate) fn run(args: CheckArgs) -> ExitCode {
         headers: args.headers,
         claims: args.claims,
     };
+    if namespace_of_source(&snapshot, &query.from).is_some() {
+        return run_namespace(&set, &snapshot, &query, args.json);
+    }
     let report = match check(&set, &snapshot, &query) {
         Ok(report) => report,
         Err(e) => return bad(&e.to_string()),
@@ -89,6 +95,68 @@ pub(crate) fn run(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A namespace source: one report per identity of the namespace, then the verdict. Exits 0
+/// when every identity is allowed.
+fn run_namespace(set: &ConfigSet, snapshot: &MeshSnapshot, query: &Query, json: bool) -> ExitCode {
+    let report = match check_namespace(set, snapshot, query) {
+        Ok(report) => report,
+        Err(e) => return bad(&e.to_string()),
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return bad(&format!("cannot print the report: {e}")),
+        }
+    } else {
+        print!("{}", render_namespace(&report));
+    }
+    if report.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Each member's report, then one line per member and the verdict.
+fn render_namespace(report: &NamespaceReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "source: namespace {} ({} identities: its workloads, the identities policies name in it, \
+         and sa/* for any other service account)",
+        report.namespace,
+        report.members.len()
+    );
+    for member in &report.members {
+        let _ = writeln!(out);
+        out.push_str(&render(member));
+    }
+    let _ = writeln!(out, "\nper identity:");
+    for member in &report.members {
+        let who = member.source.identity.as_deref().unwrap_or("plaintext");
+        let workload = member
+            .source
+            .workload
+            .as_deref()
+            .map(|w| format!(" (workload {w})"))
+            .unwrap_or_default();
+        let verdict = if member.allowed() {
+            "ALLOWED"
+        } else {
+            "DENIED"
+        };
+        let _ = writeln!(out, "  {who}{workload}: {verdict}");
+    }
+    let allowed = report.members.iter().filter(|m| m.allowed()).count();
+    let _ = writeln!(
+        out,
+        "result: {} ({allowed} of {} allowed)",
+        report.verdict(),
+        report.members.len()
+    );
+    out
 }
 
 /// `--cases FILE`: one line per case and a summary, or the JSON report.

@@ -13,10 +13,15 @@
 //!   `--cases FILE`: many queries with their expected outcomes, a CI gate (exits 1 on a
 //!   mismatch).
 //! - `ward audit verify|export`: prove an audit trail complete and unaltered; export it.
+//! - `ward access-matrix -f DIR`: who can reach what (every source class × service and workload
+//!   port, with conditions, plaintext per port, external hosts), as a table, CSV, JSON or HTML.
+//! - `ward diff OLD NEW` / `ward diff --git REV1 REV2`: what a change opens or closes; exits 1
+//!   when access opened, 3 when it only narrowed.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod access_matrix;
 mod admin;
 mod analyze;
 mod audit;
@@ -24,6 +29,7 @@ mod check;
 mod control_plane;
 mod demo_apps;
 mod devidp;
+mod diff;
 mod echo;
 mod fdlimit;
 mod logging;
@@ -86,6 +92,14 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Who can reach what: every workload, named identity, namespace, other mesh identity and
+    /// plaintext client against every service and workload port, with the conditions (methods,
+    /// paths, JWT), the deciding policies, plaintext per port and external hosts. Offline, from
+    /// the functions the proxies decide with.
+    AccessMatrix(access_matrix::MatrixArgs),
+    /// What a config change opens or closes (two files or directories, or --git REV1 REV2);
+    /// exits 0 no change, 1 access opened, 3 access only narrowed, 2 bad input.
+    Diff(diff::DiffArgs),
     /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
     DevIdp(devidp::DevIdpArgs),
     /// Run a TCP echo server (a demo app).
@@ -127,6 +141,8 @@ fn main() -> ExitCode {
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Check(args) => return check::run(args),
         Command::Audit { command } => return audit::run(command),
+        Command::AccessMatrix(args) => return access_matrix::run(args),
+        Command::Diff(args) => return diff::run(args),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };

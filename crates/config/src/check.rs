@@ -1,9 +1,9 @@
 //! `ward check`: what-if queries against a configuration, offline. "Would this source reach this
 //! destination, and why?"
 //!
-//! A [`Query`] names a source (a workload, an identity, or a plaintext client address), a
-//! destination (a ServiceEntry host and port, or a workload and port) and, for HTTP ports, a
-//! request. [`check`] resolves them against the [`MeshSnapshot`] `translate` built and decides
+//! A [`Query`] names a source (a workload, an identity, a namespace, or a plaintext client
+//! address), a destination (a ServiceEntry host and port, or a workload and port) and, for HTTP
+//! ports, a request. [`check`] resolves them against the [`MeshSnapshot`] `translate` built and decides
 //! with what the destination's proxy decides with: the port's mTLS mode from its
 //! [`ProxyConfig`], the `jwtRules` it holds, [`ward_policy::normalize`] for the path, and the
 //! compiled [`ward_policy::WorkloadPolicies`] through [`ward_policy::WorkloadPolicies::explain_l4`] /
@@ -35,7 +35,8 @@ use crate::translate::{mesh_transport, service_endpoints, workload_mtls};
 #[derive(Clone, Debug, Default)]
 pub struct Query {
     /// `--from`: `ns/name` (a WorkloadEntry), `spiffe://td/ns/NS/sa/SA` or `td/ns/NS/sa/SA` (an
-    /// identity), or `plaintext:IP` (a client outside the mesh).
+    /// identity), `ns/NAMESPACE` or `ns:NAMESPACE` (every identity of a namespace:
+    /// [`check_namespace`]), or `plaintext:IP` (a client outside the mesh).
     pub from: String,
     /// `--to`: `host:port` (a ServiceEntry host) or `ns/name:port` (a WorkloadEntry).
     pub to: String,
@@ -87,7 +88,7 @@ pub struct Source {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
     #[serde(skip)]
-    peer: Option<Peer>,
+    pub(crate) peer: Option<Peer>,
 }
 
 /// The whole answer: one [`Target`] per destination workload.
@@ -180,32 +181,117 @@ pub struct RequestTrace {
 }
 
 /// The parsed request flags.
-struct RequestQuery {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    claims: Option<serde_json::Value>,
+#[derive(Clone, Debug)]
+pub(crate) struct RequestQuery {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) claims: Option<serde_json::Value>,
 }
 
-/// Run a query. Errors name the flag and the value, with close matches.
+/// Run a query. Errors name the flag and the value, with close matches. A namespace source
+/// has one answer per identity: [`check_namespace`].
 pub fn check(
     set: &ConfigSet,
     snapshot: &MeshSnapshot,
     query: &Query,
 ) -> Result<Report, QueryError> {
     let request = parse_request(query)?;
+    if let Some(namespace) = namespace_of_source(snapshot, &query.from) {
+        return Err(query_error(
+            "from",
+            &query.from,
+            format!(
+                "namespace {namespace} is many identities, with one answer each; this query                  takes a workload or an identity"
+            ),
+        ));
+    }
     let source = parse_from(snapshot, &query.from)?;
-    let (targets, outside_mesh) = parse_to(set, snapshot, &query.to)?;
-    let host = query.to.clone();
+    check_source(set, snapshot, source, &request, &query.to)
+}
+
+fn check_source(
+    set: &ConfigSet,
+    snapshot: &MeshSnapshot,
+    source: Source,
+    request: &RequestQuery,
+    to: &str,
+) -> Result<Report, QueryError> {
+    let (targets, outside_mesh) = parse_to(set, snapshot, to)?;
     let targets = targets
         .into_iter()
-        .map(|t| decide(set, snapshot, &source, &t, &host, &request))
+        .map(|t| decide(set, snapshot, &source, &t, to, request))
         .collect();
     Ok(Report {
         source,
-        destination: query.to.clone(),
+        destination: to.to_owned(),
         targets,
         outside_mesh,
+    })
+}
+
+/// The answer for a namespace source: one [`Report`] per identity of the namespace the config
+/// knows (its workloads, the identities policies name in it), then one for another service
+/// account of it (`sa/*`, one no policy names).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceReport {
+    /// The namespace.
+    pub namespace: String,
+    /// One report per member.
+    pub members: Vec<Report>,
+}
+
+impl NamespaceReport {
+    /// Whether every member is allowed: `ward check` exits 0 then, 1 otherwise.
+    pub fn allowed(&self) -> bool {
+        !self.members.is_empty() && self.members.iter().all(Report::allowed)
+    }
+
+    /// `any identity in ns X`, `some identities in ns X` or `no identity in ns X`.
+    pub fn verdict(&self) -> String {
+        let allowed = self.members.iter().filter(|m| m.allowed()).count();
+        let ns = &self.namespace;
+        match allowed {
+            0 => format!("no identity in ns {ns}"),
+            n if n == self.members.len() => format!("any identity in ns {ns}"),
+            _ => format!("some identities in ns {ns}"),
+        }
+    }
+}
+
+/// The namespace a `--from` value names: `ns:NAME`, or `ns/NAME` when no WorkloadEntry is
+/// `ns/NAME` (a WorkloadEntry of a namespace called `ns` keeps its name).
+pub fn namespace_of_source<'a>(snapshot: &MeshSnapshot, from: &'a str) -> Option<&'a str> {
+    let name = from.strip_prefix("ns:").or_else(|| {
+        from.strip_prefix("ns/")
+            .filter(|_| !snapshot.proxies.contains_key(from))
+    })?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// Run a query whose source is a namespace (`--from ns/NAME`): every member of it, each
+/// decided as [`check`] decides a workload or an identity.
+pub fn check_namespace(
+    set: &ConfigSet,
+    snapshot: &MeshSnapshot,
+    query: &Query,
+) -> Result<NamespaceReport, QueryError> {
+    let request = parse_request(query)?;
+    let Some(namespace) = namespace_of_source(snapshot, &query.from) else {
+        return Err(query_error(
+            "from",
+            &query.from,
+            "expected a namespace source, ns/<namespace> or ns:<namespace>",
+        ));
+    };
+    let members = crate::matrix::namespace_sources(snapshot, namespace)
+        .into_iter()
+        .map(|source| check_source(set, snapshot, source, &request, &query.to))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NamespaceReport {
+        namespace: namespace.to_owned(),
+        members,
     })
 }
 
@@ -309,16 +395,17 @@ fn parse_from(snapshot: &MeshSnapshot, value: &str) -> Result<Source, QueryError
 }
 
 /// One destination workload and port, and how the source's proxy reaches it.
-struct TargetRef {
-    workload: String,
-    port: u16,
+#[derive(Clone, Debug)]
+pub(crate) struct TargetRef {
+    pub(crate) workload: String,
+    pub(crate) port: u16,
     /// The endpoint's transport when reached through a service (`None`: called directly, the
     /// same rule applies).
-    transport: Option<Transport>,
+    pub(crate) transport: Option<Transport>,
 }
 
 /// `--to`: `host:port` of a ServiceEntry, or `ns/name:port` of a WorkloadEntry.
-fn parse_to(
+pub(crate) fn parse_to(
     set: &ConfigSet,
     snapshot: &MeshSnapshot,
     value: &str,
@@ -452,7 +539,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Decide one target as its proxy does: port, PeerAuthentication, then per connection
 /// (TCP ports) or per request (HTTP ports: admission, authentication, authorization).
-fn decide(
+pub(crate) fn decide(
     set: &ConfigSet,
     snapshot: &MeshSnapshot,
     source: &Source,
@@ -721,5 +808,48 @@ mod tests {
             "; did you mean openemr/mariadb?"
         );
         assert_eq!(close_matches("zzzzzzzzzz", names.iter().copied()), "");
+    }
+
+    #[test]
+    fn namespace_source_answers_per_identity() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/openemr-ossm3");
+        let set = crate::load_paths(&[dir]).unwrap();
+        let snapshot = crate::translate(&set).unwrap();
+        assert_eq!(
+            namespace_of_source(&snapshot, "ns/openemr"),
+            Some("openemr")
+        );
+        assert_eq!(
+            namespace_of_source(&snapshot, "ns:openemr"),
+            Some("openemr")
+        );
+        assert_eq!(namespace_of_source(&snapshot, "openemr/openemr"), None);
+        let query = Query {
+            from: "ns/openemr".into(),
+            to: "mariadb.openemr.svc.cluster.local:3306".into(),
+            ..Query::default()
+        };
+        let report = check_namespace(&set, &snapshot, &query).unwrap();
+        let members: Vec<(String, bool)> = report
+            .members
+            .iter()
+            .map(|m| (m.source.identity.clone().unwrap(), m.allowed()))
+            .collect();
+        let id = |sa: &str| format!("spiffe://cluster.local/ns/openemr/sa/{sa}");
+        assert_eq!(
+            members,
+            [
+                (id("mariadb"), false),
+                (id("default"), true),
+                (id("other"), false),
+                (id("redis"), false),
+                (id("*"), false),
+            ]
+        );
+        assert!(!report.allowed());
+        assert_eq!(report.verdict(), "some identities in ns openemr");
+        let err = check(&set, &snapshot, &query).unwrap_err();
+        assert_eq!(err.flag, "from");
     }
 }

@@ -48,6 +48,9 @@
 //!   its AuthorizationPolicies (WARD0208), by the proxy's own policy evaluation.
 //! - [`check`]: `ward check` what-if queries, decided by the proxy's own functions, and
 //!   [`check::cases`]: files of queries with their expected outcomes (`--cases`).
+//! - [`matrix`]: `ward access-matrix` (who can reach what: every source class × service and
+//!   workload port, decided with `check`'s functions on probe requests) and [`matrix::diff`]
+//!   (`ward diff`: what a change opens or closes).
 //! - `request_authn` (private): RequestAuthentication at every stage: load checks (the spec
 //!   type and the JWT rules belong to `ward_authn`), scope, issuer conflicts, and the
 //!   analysis of requests without a token.
@@ -64,6 +67,7 @@ pub mod diag;
 pub mod http_routing;
 pub mod istio;
 pub mod load;
+pub mod matrix;
 pub mod mesh;
 pub mod meta;
 mod plaintext;

@@ -178,6 +178,20 @@ struct ConfigFile {
 }
 
 impl ConfigFiles {
+    /// Files given by name and content, e.g. read from a git revision (`ward diff --git`);
+    /// `name` is how diagnostics name each. Loaded as [`read_paths`]'s files are.
+    pub fn from_contents(files: Vec<(String, Vec<u8>)>) -> ConfigFiles {
+        ConfigFiles(
+            files
+                .into_iter()
+                .map(|(name, content)| ConfigFile {
+                    name,
+                    content: Ok(content),
+                })
+                .collect(),
+        )
+    }
+
     /// The files that are empty (zero bytes), by name.
     pub fn empty_files(&self) -> impl Iterator<Item = &str> {
         self.0

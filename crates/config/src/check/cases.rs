@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check, Query, Target};
+use super::{check, check_namespace, namespace_of_source, Query, Target};
 use crate::decode::decode;
 use crate::decode::unknown_name_message;
 use crate::load::ConfigSet;
@@ -236,6 +236,9 @@ fn case_of(spec: CaseSpec, node: &Node, path: &str) -> Case {
 pub struct Got {
     /// The WorkloadEntry, `ns/name`.
     pub workload: String,
+    /// For a namespace source (`from: ns/NAME`), the identity of the namespace this is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// `allow` or `deny`.
     pub outcome: Expect,
     /// Why: `decided by ns/policy rule[i]`, `refused by peerAuthentication STRICT`, `no ALLOW
@@ -325,9 +328,23 @@ fn run_case(set: &ConfigSet, snapshot: &MeshSnapshot, file: &str, case: &Case) -
         error: None,
         passed: false,
     };
-    match check(set, snapshot, &case.query) {
-        Ok(report) => {
-            result.got = report.targets.iter().map(|t| judge(case, t)).collect();
+    let namespace = namespace_of_source(snapshot, &case.query.from).is_some();
+    let reports = if namespace {
+        check_namespace(set, snapshot, &case.query).map(|r| r.members)
+    } else {
+        check(set, snapshot, &case.query).map(|r| vec![r])
+    };
+    match reports {
+        Ok(reports) => {
+            for report in &reports {
+                for target in &report.targets {
+                    let mut got = judge(case, target);
+                    if namespace {
+                        got.source.clone_from(&report.source.identity);
+                    }
+                    result.got.push(got);
+                }
+            }
             result.passed = !result.got.is_empty() && result.got.iter().all(|g| g.passed);
         }
         Err(e) => {
@@ -381,6 +398,7 @@ fn judge(case: &Case, target: &Target) -> Got {
             .is_none_or(|p| policy.as_ref() == Some(p))
         && case.rule.is_none_or(|r| rule == Some(r));
     Got {
+        source: None,
         workload: target.workload.clone(),
         outcome,
         why,
@@ -408,17 +426,22 @@ pub fn render_line(result: &CaseResult) -> String {
                 .iter()
                 .all(|g| g.outcome == first.outcome && g.why == first.why) =>
         {
-            let every = if rest.is_empty() {
-                String::new()
-            } else {
-                format!(" on all {} workloads", rest.len() + 1)
+            let every = match (rest.is_empty(), first.source.is_some()) {
+                (true, _) => String::new(),
+                (false, false) => format!(" on all {} workloads", rest.len() + 1),
+                (false, true) => format!(" for all {} identities and workloads", rest.len() + 1),
             };
             format!("got {} ({}){every}", first.outcome, first.why)
         }
         (None, all) => {
             let each: Vec<String> = all
                 .iter()
-                .map(|g| format!("{}: {} ({})", g.workload, g.outcome, g.why))
+                .map(|g| match &g.source {
+                    Some(source) => {
+                        format!("{source} to {}: {} ({})", g.workload, g.outcome, g.why)
+                    }
+                    None => format!("{}: {} ({})", g.workload, g.outcome, g.why),
+                })
                 .collect();
             format!("the workloads differ: {}", each.join("; "))
         }
@@ -508,6 +531,45 @@ mod tests {
             errors("cases: {}\n"),
             ["cases.yaml:1: cases: expected a list, found a mapping"]
         );
+    }
+
+    #[test]
+    fn a_namespace_source_must_hold_for_every_identity_of_it() {
+        let report = run(
+            "openemr-ossm3",
+            "cases:
+- name: nothing of openemr reaches redis but openemr
+  from: ns/openemr
+  to: redis.openemr.svc.cluster.local:6379
+  expect: deny
+- name: every identity of openemr reaches the app
+  from: ns:openemr
+  to: openemr/openemr:8080
+  expect: allow
+",
+        );
+        let got = lines(&report);
+        assert!(
+            got[0].starts_with(
+                "FAIL nothing of openemr reaches redis but openemr: expected deny, the workloads \
+                 differ: spiffe://cluster.local/ns/openemr/sa/mariadb to openemr/redis: deny (no \
+                 ALLOW matched); spiffe://cluster.local/ns/openemr/sa/default to openemr/redis: \
+                 allow (decided by openemr/allow-openemr-to-redis rule[0]);"
+            ),
+            "{got:#?}"
+        );
+        assert_eq!(
+            got[1],
+            "PASS every identity of openemr reaches the app: expected allow, got allow (decided \
+             by openemr/allow-ingress-to-openemr rule[0]) for all 5 identities and workloads"
+        );
+        let sources: Vec<&str> = report.cases[1]
+            .got
+            .iter()
+            .filter_map(|g| g.source.as_deref())
+            .collect();
+        assert_eq!(sources.len(), 5);
+        assert!(sources.contains(&"spiffe://cluster.local/ns/openemr/sa/*"));
     }
 
     #[test]
