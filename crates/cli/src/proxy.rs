@@ -34,20 +34,24 @@ use ward_proxy::{
 
 use crate::admin::{self, respond, Router};
 use crate::fdlimit::NofileLimit;
-use crate::up::{log_admission, wait_for_signal, LimitArgs};
+use crate::up::{
+    install_capture, log_admission, remove_capture, wait_for_signal, CaptureArgs, LimitArgs,
+};
 
 /// Options of `ward proxy`.
 #[derive(clap::Args)]
 pub(crate) struct ProxyArgs {
     /// The bootstrap file `ward bootstrap` wrote for this workload: the control plane's address
     /// and identity, the CA root and the workload's token.
-    #[arg(long, value_name = "FILE")]
-    bootstrap: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "uninstall_capture")]
+    bootstrap: Option<PathBuf>,
     /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    capture: CaptureArgs,
 }
 
 /// Options of `ward proxy-status`.
@@ -88,7 +92,22 @@ impl CertificateProvider for RemoteCa {
 
 /// `ward proxy`.
 pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<()> {
-    let bundle = BootstrapFile::read(&args.bootstrap)?;
+    if args.capture.uninstall_capture {
+        let removed = remove_capture().context("removing the capture rules")?;
+        println!(
+            "ward: {}",
+            if removed {
+                "capture rules removed"
+            } else {
+                "no capture rules installed"
+            }
+        );
+        return Ok(());
+    }
+    let Some(bootstrap) = args.bootstrap.clone() else {
+        anyhow::bail!("--bootstrap FILE is required");
+    };
+    let bundle = BootstrapFile::read(&bootstrap)?;
     let bundle = Arc::new(bundle);
     let key = bundle.workload.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -117,7 +136,7 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         };
         anyhow::bail!(
             "{}: no config from {}: {why}",
-            args.bootstrap.display(),
+            bootstrap.display(),
             bundle.control_plane
         );
     };
@@ -141,9 +160,20 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         trust_domain: first.mesh.trust_domain.clone(),
         aliases: first.mesh.trust_domain_aliases.clone(),
     };
+    let dns = args.capture.dns_settings(&metrics)?;
+    let _capture = if args.capture.capture {
+        let mut opts = args.capture.options(args.admin);
+        // The control plane stays reachable directly: its connections are not the app's.
+        opts.exclude_cidrs
+            .extend(control_plane_addresses(&bundle.control_plane).await?);
+        Some(install_capture(&opts)?)
+    } else {
+        None
+    };
     let (sidecar, handle) =
         Sidecar::new(key.clone(), config_rx, ca, mesh, metrics.clone(), admission)
             .with_context(|| format!("workload {key}"))?;
+    let sidecar = sidecar.with_capture(args.capture.capture).with_dns(dns);
     let _ = certs.set(handle.cert_store());
     let sidecar = sidecar.with_process_listeners(vec![OwnListener {
         addr: args.admin,
@@ -184,6 +214,19 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     Ok(())
+}
+
+/// The control plane's addresses (`host:port` resolved), as single-address ranges.
+async fn control_plane_addresses(addr: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let found: Vec<ipnet::IpNet> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving the control plane {addr}"))?
+        .map(|a| ipnet::IpNet::from(a.ip()))
+        .collect();
+    if found.is_empty() {
+        anyhow::bail!("the control plane {addr} resolves to no address");
+    }
+    Ok(found)
 }
 
 /// Feeds each new config from the stream to the sidecar. A config whose `jwtRules` did not

@@ -112,8 +112,9 @@ pub(crate) struct CaptureArgs {
     /// Outbound destinations captured (CIDRs, comma-separated); default: all.
     #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
     capture_include_cidrs: Vec<ipnet::IpNet>,
-    /// Also redirect the workload's DNS (port 53, UDP and TCP) to 127.0.0.1:15053. Off by
-    /// default: Ward does not serve DNS there yet.
+    /// Also serve DNS on 127.0.0.1:15053 (mesh service names answered with their addresses,
+    /// other names forwarded to /etc/resolv.conf's resolvers) and redirect the workload's DNS
+    /// (port 53, UDP and TCP) there (docs/dns.md).
     #[arg(long, requires = "capture")]
     capture_dns: bool,
     /// The source address of health probes, whose inbound TCP reaches the app uncaptured
@@ -123,6 +124,25 @@ pub(crate) struct CaptureArgs {
 }
 
 impl CaptureArgs {
+    /// The DNS proxy's settings under `--capture-dns`: the upstreams of /etc/resolv.conf, its
+    /// forwarded queries marked so that the capture rules let them out.
+    pub(crate) fn dns_settings(
+        &self,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Option<ward_proxy::dns::Settings>> {
+        if !self.capture_dns {
+            return Ok(None);
+        }
+        let resolv = ward_proxy::dns::read_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+            .context("--capture-dns: the upstream resolvers")?;
+        Ok(Some(ward_proxy::dns::Settings {
+            upstreams: resolv.nameservers,
+            mark: Some(capture::SOCKET_MARK),
+            limits: ward_proxy::dns::Limits::default(),
+            metrics: metrics.clone(),
+        }))
+    }
+
     /// The rules' options; the admin port (on `admin`) is never captured.
     pub(crate) fn options(&self, admin: SocketAddr) -> capture::CaptureOptions {
         capture::CaptureOptions {
@@ -305,6 +325,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     ));
     tracing::info!(admin = %args.admin, trust_domain = %mesh.trust_domain, "ward control plane started");
 
+    let metrics_for_dns = metrics.clone();
     let supervisor = Supervisor {
         control: control.clone(),
         ca: Arc::new(LocalCa(ca)),
@@ -318,6 +339,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
         hosted,
         admin: args.admin,
         capture: args.capture.capture,
+        dns: args.capture.dns_settings(&metrics_for_dns)?,
         running: BTreeMap::new(),
         demo_apps: BTreeSet::new(),
     };
@@ -476,6 +498,8 @@ struct Supervisor {
     admin: SocketAddr,
     /// `--capture`: the sidecar serves the capture ports.
     capture: bool,
+    /// `--capture-dns`: the sidecar serves the DNS proxy with these settings.
+    dns: Option<ward_proxy::dns::Settings>,
     /// Each running sidecar's stop switch.
     running: BTreeMap<String, watch::Sender<bool>>,
     /// Demo app addresses already served.
@@ -558,7 +582,8 @@ impl Supervisor {
                     }
                     let sidecar = sidecar
                         .with_process_listeners(own)
-                        .with_capture(self.capture);
+                        .with_capture(self.capture)
+                        .with_dns(self.dns.clone());
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);
                     if let Ok(mut s) = self.sidecars.lock() {

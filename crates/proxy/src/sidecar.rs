@@ -55,6 +55,9 @@ pub enum SidecarError {
         #[source]
         source: std::io::Error,
     },
+    /// The DNS proxy could not start.
+    #[error("{0}")]
+    Dns(String),
 }
 
 /// The mesh-wide facts a sidecar's TLS server needs.
@@ -81,6 +84,9 @@ pub struct Sidecar {
     /// Serve the capture ports (15001, 15006) and the captured inbound ports
     /// (docs/capture.md). The iptables rules are installed by the caller ([`crate::capture`]).
     capture: bool,
+    /// Serve the DNS proxy (docs/dns.md) with these settings, its table built from the
+    /// config's service addresses.
+    dns: Option<crate::dns::Settings>,
     handle: SidecarHandle,
 }
 
@@ -171,6 +177,7 @@ impl Sidecar {
                 process_listeners: Vec::new(),
                 admission,
                 capture: false,
+                dns: None,
                 handle: handle.clone(),
             },
             handle,
@@ -199,6 +206,15 @@ impl Sidecar {
             capture: on,
             ..self
         }
+    }
+
+    /// The same sidecar, also answering DNS on `127.0.0.1:15053` (UDP and TCP) when `dns` is
+    /// given: the names of the services the workload can see from its config's service
+    /// addresses, everything else forwarded to `dns.upstreams` (docs/dns.md). The rules that
+    /// redirect the app's port-53 traffic there are installed apart ([`crate::capture`]).
+    #[must_use]
+    pub fn with_dns(self, dns: Option<crate::dns::Settings>) -> Sidecar {
+        Sidecar { dns, ..self }
     }
 
     /// The config the data path serves: with capture, the captured inbound ports too.
@@ -331,11 +347,27 @@ impl Sidecar {
                 ));
             }
         }
+        let dns_tx = match self.dns.clone() {
+            Some(settings) => {
+                let (tx, rx) = watch::channel(Arc::new(dns_table(&first)));
+                let listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), crate::dns::PROXY_PORT);
+                let server = crate::dns::DnsServer::bind(listen, settings)
+                    .await
+                    .map_err(|e| SidecarError::Dns(e.to_string()))?;
+                tokio::spawn(server.run(rx, stop_rx.clone()));
+                tracing::info!(workload = %self.key, %listen, "DNS proxy serving");
+                Some(tx)
+            }
+            None => None,
+        };
         // Each listener has its own stop switch, so reconciliation can close just one.
         let mut listeners: HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>> =
             HashMap::new();
         loop {
             let cfg = self.config.borrow_and_update().clone();
+            if let Some(tx) = &dns_tx {
+                tx.send_replace(Arc::new(dns_table(&cfg)));
+            }
             served_tx.send_replace(self.served(&cfg));
             let cfg = served.borrow().clone();
             self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
@@ -444,4 +476,21 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The DNS proxy's table for a proxy: every service host it can see with its addresses (an
+/// address range is never an answer), scoped to the workload's namespace the way a Kubernetes
+/// pod's resolver searches (docs/dns.md).
+fn dns_table(cfg: &ProxyConfig) -> crate::dns::DnsTable {
+    let hosts = cfg.services.iter().map(|(host, service)| {
+        let addresses = service
+            .addresses
+            .iter()
+            .filter(|net| net.prefix_len() == net.max_prefix_len())
+            .map(|net| net.addr())
+            .collect();
+        (host.clone(), addresses)
+    });
+    let scope = crate::dns::Scope::kubernetes(&cfg.workload.namespace, "svc.cluster.local");
+    crate::dns::DnsTable::new(hosts, &scope)
 }
