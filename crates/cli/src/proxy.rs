@@ -43,7 +43,11 @@ use crate::up::{
 pub(crate) struct ProxyArgs {
     /// The bootstrap file `ward bootstrap` wrote for this workload: the control plane's address
     /// and identity, the CA root and the workload's token.
-    #[arg(long, value_name = "FILE", required_unless_present = "uninstall_capture")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "uninstall_capture"
+    )]
     bootstrap: Option<PathBuf>,
     /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
     #[arg(long, default_value = "127.0.0.1:15000")]

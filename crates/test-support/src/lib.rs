@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod netns;
+
 /// A running `ward up` process; killed on drop.
 pub struct Ward {
     child: Child,
