@@ -71,8 +71,6 @@ spec:
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 "#;
 
-/// A client that knows nothing of the mesh: connect (optionally from `src`), send the message,
-
 /// An HTTP/1.1 GET from inside a namespace (optionally from `src`): prints the status or `RESET`.
 const HTTP_GET: &str = r#"
 import socket, sys

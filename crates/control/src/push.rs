@@ -226,6 +226,9 @@ pub struct Received {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Held {
     sections: BTreeMap<String, (String, Value)>,
+    /// The directory section, parsed once when it arrives (kept as `Null` in `sections`): the
+    /// largest section, and the same across most pushes.
+    directory: Option<Arc<MeshDirectory>>,
 }
 
 /// A configuration rebuilt from the sections a proxy holds.
@@ -265,6 +268,9 @@ impl Held {
         let mut next = self.clone();
         for name in &response.removed {
             next.sections.remove(name);
+            if name == DIRECTORY_SECTION {
+                next.directory = None;
+            }
         }
         for (name, hash, body) in &response.sections {
             if body.len() > MAX_SECTION_BYTES {
@@ -277,6 +283,14 @@ impl Held {
                 return Err(format!(
                     "section {name:?}: its body does not match its hash"
                 ));
+            }
+            if name == DIRECTORY_SECTION {
+                let directory: MeshDirectory = serde_json::from_slice(body)
+                    .map_err(|e| format!("section {name:?} is not a mesh directory: {e}"))?;
+                next.directory = Some(Arc::new(directory));
+                next.sections
+                    .insert(name.clone(), (hash.clone(), Value::Null));
+                continue;
             }
             let value: Value = serde_json::from_slice(body)
                 .map_err(|e| format!("section {name:?} is not JSON: {e}"))?;
@@ -299,15 +313,16 @@ impl Held {
         for (name, (_, value)) in &self.sections {
             if name == MESH_SECTION {
                 mesh = Some(value.clone());
-            } else {
+            } else if name != DIRECTORY_SECTION {
                 fields.insert(name.clone(), value.clone());
             }
         }
         let mesh = mesh.ok_or_else(|| format!("no {MESH_SECTION:?} section"))?;
         let mesh: MeshInfo =
             serde_json::from_value(mesh).map_err(|e| format!("section \"mesh\": {e}"))?;
-        let config: ProxyConfig = serde_json::from_value(Value::Object(fields))
+        let mut config: ProxyConfig = serde_json::from_value(Value::Object(fields))
             .map_err(|e| format!("the sections do not make a proxy configuration: {e}"))?;
+        config.directory = self.directory.clone().unwrap_or_default();
         Ok(Assembled {
             mesh,
             config,

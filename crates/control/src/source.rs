@@ -289,6 +289,7 @@ impl ControlPlane {
     /// tokens it already verified (`ward_authn::JwtRuleSet::keep_compiled`: one comparison
     /// per proxy per push); new rules bring a new authenticator with an empty cache.
     fn apply(&self, mut snap: MeshSnapshot) -> bool {
+        keep_directory(&self.snapshot.borrow(), &mut snap);
         if **self.snapshot.borrow() == snap {
             return false;
         }
@@ -385,9 +386,62 @@ impl ControlPlane {
     }
 }
 
+/// Gives the proxies of `next` the previous snapshot's mesh directory when its content is the
+/// same: translation builds a new one each time, and keeping the old `Arc` lets unchanged
+/// proxies compare equal by pointer and lets the config streams share one serialization of it
+/// (`crate::push::SharedSections`). One comparison per change.
+fn keep_directory(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
+    let Some(old) = previous
+        .proxies
+        .values()
+        .next()
+        .map(|p| p.directory.clone())
+    else {
+        return;
+    };
+    let Some(new) = next.proxies.values().next().map(|p| p.directory.clone()) else {
+        return;
+    };
+    if std::sync::Arc::ptr_eq(&old, &new) || *old != *new {
+        return;
+    }
+    for p in next.proxies.values_mut() {
+        if std::sync::Arc::ptr_eq(&p.directory, &new) {
+            p.directory = old.clone();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_change_keeps_the_directory_of_the_serving_snapshot() {
+        let mesh = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: app}\nspec: {address: 127.0.0.10, serviceAccount: a}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b, namespace: app}\nspec: {address: 127.0.0.11, serviceAccount: b}\n";
+        let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: app}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [x]}}]}]}\n";
+        let snap = |yaml: &str| {
+            ward_config::translate(&ward_config::load_str("m.yaml", yaml).unwrap()).unwrap()
+        };
+        let old = snap(mesh);
+        let mut next = snap(&format!("{mesh}{policy}"));
+        let old_dir = old.proxies["app/a"].directory.clone();
+        assert!(!std::sync::Arc::ptr_eq(
+            &old_dir,
+            &next.proxies["app/a"].directory
+        ));
+        keep_directory(&old, &mut next);
+        for p in next.proxies.values() {
+            assert!(std::sync::Arc::ptr_eq(&old_dir, &p.directory));
+        }
+        // A new workload changes the directory: the new one stays.
+        let mut grown = snap(&format!("{mesh}---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: c, namespace: app}}\nspec: {{address: 127.0.0.12, serviceAccount: c}}\n"));
+        keep_directory(&old, &mut grown);
+        assert!(!std::sync::Arc::ptr_eq(
+            &old_dir,
+            &grown.proxies["app/a"].directory
+        ));
+    }
 
     const SETTLE: Duration = Duration::from_millis(300);
 
