@@ -445,8 +445,10 @@ impl Session {
         let config = self.config.borrow_and_update().clone();
         let fresh = !matches!(&self.cached, Some((c, _)) if Arc::ptr_eq(c, &config));
         if fresh {
-            let sections = Sections::of_shared(&self.inner.mesh, &config, &self.inner.shared)
-                .map_err(|e| e.to_string())?;
+            let previous = self.cached.as_ref().map(|(c, s)| (&**c, s));
+            let sections =
+                Sections::of_shared(&self.inner.mesh, &config, &self.inner.shared, previous)
+                    .map_err(|e| e.to_string())?;
             self.cached = Some((config, sections));
         }
         let Some((_, sections)) = &self.cached else {

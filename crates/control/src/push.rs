@@ -61,6 +61,10 @@ impl Section {
 /// mesh directory (`ProxyConfig::directory`, one `Arc` per configuration). It is serialized
 /// once per configuration and its bytes shared by every stream, instead of once per proxy.
 pub const DIRECTORY_SECTION: &str = "directory";
+/// The section of the services a proxy can see (`ProxyConfig::services`), large in a large mesh.
+const SERVICES_SECTION: &str = "services";
+/// The section of a proxy's egress listeners (`ProxyConfig::outbound`).
+const OUTBOUND_SECTION: &str = "outbound";
 
 /// The shared sections of the current configuration, kept by the control plane for all its
 /// streams.
@@ -117,23 +121,31 @@ impl Delta<'_> {
 impl Sections {
     /// Cuts `config` into sections, with `mesh` as [`MESH_SECTION`].
     pub fn of(mesh: &MeshInfo, config: &ProxyConfig) -> Result<Sections, SectionError> {
-        Sections::of_shared(mesh, config, &SharedSections::default())
+        Sections::of_shared(mesh, config, &SharedSections::default(), None)
     }
 
-    /// [`Sections::of`], taking the sections every proxy shares from `shared`.
+    /// [`Sections::of`], taking the sections every proxy shares from `shared`, and reusing the
+    /// large sections of `previous` (this proxy's last config and its sections) where their
+    /// field did not change: a policy change costs the serialization of the small sections
+    /// only, not of the proxy's view of every service.
     pub fn of_shared(
         mesh: &MeshInfo,
         config: &ProxyConfig,
         shared: &SharedSections,
+        previous: Option<(&ProxyConfig, &Sections)>,
     ) -> Result<Sections, SectionError> {
         let fail = |e: serde_json::Error| SectionError(e.to_string());
-        // The shared part is serialized apart; the rest of the config is small.
+        // The large parts are cut apart; the rest of the config is small.
         let mut own = config.clone();
         own.directory = Arc::default();
+        own.services = BTreeMap::new();
+        own.outbound = Vec::new();
         let Value::Object(mut fields) = serde_json::to_value(&own).map_err(fail)? else {
             return Err(SectionError("not a JSON object".into()));
         };
         fields.remove(DIRECTORY_SECTION);
+        fields.remove(SERVICES_SECTION);
+        fields.remove(OUTBOUND_SECTION);
         let mut out = BTreeMap::new();
         out.insert(
             MESH_SECTION.to_owned(),
@@ -148,6 +160,21 @@ impl Sections {
                 Section::new(serde_json::to_vec(&value).map_err(fail)?),
             );
         }
+        let reuse = |name: &str, same: &dyn Fn(&ProxyConfig) -> bool| {
+            previous
+                .filter(|(p, _)| same(p))
+                .and_then(|(_, s)| s.0.get(name).cloned())
+        };
+        let services = match reuse(SERVICES_SECTION, &|p| p.services == config.services) {
+            Some(section) => section,
+            None => Section::new(serde_json::to_vec(&config.services).map_err(fail)?),
+        };
+        out.insert(SERVICES_SECTION.to_owned(), services);
+        let outbound = match reuse(OUTBOUND_SECTION, &|p| p.outbound == config.outbound) {
+            Some(section) => section,
+            None => Section::new(serde_json::to_vec(&config.outbound).map_err(fail)?),
+        };
+        out.insert(OUTBOUND_SECTION.to_owned(), outbound);
         out.insert(
             DIRECTORY_SECTION.to_owned(),
             shared.directory(&config.directory)?,
@@ -503,7 +530,7 @@ spec:
         let shared = SharedSections::default();
         let cut: Vec<Sections> = proxies
             .values()
-            .map(|p| Sections::of_shared(&mesh(), p, &shared).unwrap())
+            .map(|p| Sections::of_shared(&mesh(), p, &shared, None).unwrap())
             .collect();
         let bodies: Vec<&Arc<[u8]>> = cut.iter().map(|s| &s.0[DIRECTORY_SECTION].body).collect();
         assert!(bodies.windows(2).all(|w| Arc::ptr_eq(w[0], w[1])));
@@ -514,6 +541,24 @@ spec:
             .apply(&received(&cut[0], &Held::default()))
             .unwrap();
         assert_eq!(&got.config, proxies.values().next().unwrap());
+    }
+
+    #[test]
+    fn unchanged_large_sections_are_reused_from_the_previous_config() {
+        let (before, after) = (proxies(MESH), proxies(&format!("{MESH}{POLICY}")));
+        let (b, a) = (&before["app/b"], &after["app/b"]);
+        let shared = SharedSections::default();
+        let first = Sections::of_shared(&mesh(), b, &shared, None).unwrap();
+        let next = Sections::of_shared(&mesh(), a, &shared, Some((b, &first))).unwrap();
+        for name in [SERVICES_SECTION, OUTBOUND_SECTION, DIRECTORY_SECTION] {
+            assert!(
+                Arc::ptr_eq(&first.0[name].body, &next.0[name].body),
+                "{name}"
+            );
+        }
+        // Reused or not, the sections are what cutting the config alone gives.
+        assert_eq!(next, Sections::of(&mesh(), a).unwrap());
+        assert_ne!(first.0["authz"], next.0["authz"]);
     }
 
     #[test]
