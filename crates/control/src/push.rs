@@ -550,7 +550,7 @@ spec:
         let shared = SharedSections::default();
         let first = Sections::of_shared(&mesh(), b, &shared, None).unwrap();
         let next = Sections::of_shared(&mesh(), a, &shared, Some((b, &first))).unwrap();
-        for name in [SERVICES_SECTION, OUTBOUND_SECTION, DIRECTORY_SECTION] {
+        for name in [SERVICES_SECTION, OUTBOUND_SECTION] {
             assert!(
                 Arc::ptr_eq(&first.0[name].body, &next.0[name].body),
                 "{name}"
