@@ -64,9 +64,10 @@ pub struct ProxyConfig {
     pub outbound_traffic_policy: String,
     /// Every ServiceEntry host visible to the workload, by host name, with its addresses
     /// (`spec.addresses`, else one auto-allocated: [`crate::vip`]) and its ports' endpoints:
-    /// what a captured outbound connection is routed by (docs/capture.md).
+    /// what a captured outbound connection is routed by (docs/capture.md). The same for every
+    /// workload of a namespace, so they share one copy.
     #[serde(default)]
-    pub services: BTreeMap<String, MeshService>,
+    pub services: Arc<BTreeMap<String, MeshService>>,
     /// The inbound ports of the workload when its traffic is captured and no Sidecar ingress
     /// listener says otherwise: the ports of the ServiceEntries that select it and of its
     /// WorkloadEntry `ports`, each forwarded to `<workload address>:<port>`. Empty when a
@@ -132,7 +133,7 @@ impl ProxyConfig {
     /// What a captured outbound connection to `dst` is for. Pure. A service address wins over
     /// a workload address; a service address without that port is unknown.
     pub fn captured_destination(&self, dst: SocketAddr) -> CapturedDestination<'_> {
-        for (host, service) in &self.services {
+        for (host, service) in self.services.iter() {
             if !service.addresses.iter().any(|net| net.contains(&dst.ip())) {
                 continue;
             }

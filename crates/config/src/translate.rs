@@ -92,6 +92,9 @@ pub(crate) struct Context<'a> {
     /// The auto-allocated address of each `namespace/host` without `spec.addresses`
     /// ([`crate::vip`]); the same for every workload.
     pub(crate) vips: BTreeMap<String, Ipv4Addr>,
+    /// The services the workloads of each namespace see ([`Context::services_for`]), computed
+    /// once per namespace: they depend on the namespace only.
+    services_by_namespace: std::cell::RefCell<BTreeMap<String, Arc<BTreeMap<String, MeshService>>>>,
 }
 
 impl<'a> Context<'a> {
@@ -142,6 +145,7 @@ impl<'a> Context<'a> {
             peer_authn: peer_authn_policies(&set.peer_authentications),
             workloads,
             vips: allocate_vips(set),
+            services_by_namespace: Default::default(),
         };
         (context, errors)
     }
@@ -366,7 +370,7 @@ impl<'a> Context<'a> {
             ),
             jwt_rules,
             outbound_traffic_policy: outbound_traffic_policy.as_str().to_owned(),
-            services: self.services_for(workload, &mut errors),
+            services: self.services_in_namespace(workload, &mut errors),
             service_inbound,
             directory: Default::default(),
         };
@@ -375,6 +379,26 @@ impl<'a> Context<'a> {
 
     /// Every ServiceEntry host visible to `workload`, with its addresses and endpoints, for
     /// transparent capture. The first entry declaring a host wins.
+    /// [`Context::services_for`] for `workload`'s namespace, computed once per namespace.
+    fn services_in_namespace(
+        &self,
+        workload: &Workload<'_>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Arc<BTreeMap<String, MeshService>> {
+        if let Some(found) = self
+            .services_by_namespace
+            .borrow()
+            .get(workload.namespace())
+        {
+            return found.clone();
+        }
+        let services = Arc::new(self.services_for(workload, errors));
+        self.services_by_namespace
+            .borrow_mut()
+            .insert(workload.namespace().to_owned(), services.clone());
+        services
+    }
+
     fn services_for(
         &self,
         workload: &Workload<'_>,

@@ -138,7 +138,7 @@ impl Sections {
         // The large parts are cut apart; the rest of the config is small.
         let mut own = config.clone();
         own.directory = Arc::default();
-        own.services = BTreeMap::new();
+        own.services = Arc::default();
         own.outbound = Vec::new();
         let Value::Object(mut fields) = serde_json::to_value(&own).map_err(fail)? else {
             return Err(SectionError("not a JSON object".into()));
