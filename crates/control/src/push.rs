@@ -71,7 +71,12 @@ const OUTBOUND_SECTION: &str = "outbound";
 #[derive(Debug, Default)]
 pub struct SharedSections {
     directory: Mutex<Option<(Arc<MeshDirectory>, Section)>>,
+    /// The service tables of the current config (one per namespace), by their `Arc`.
+    services: Mutex<Vec<(Arc<Services>, Section)>>,
 }
+
+/// `ProxyConfig::services`.
+type Services = BTreeMap<String, ward_config::MeshService>;
 
 impl SharedSections {
     /// The directory's section, serialized once per directory.
@@ -88,6 +93,24 @@ impl SharedSections {
         let body = serde_json::to_vec(&**directory).map_err(|e| SectionError(e.to_string()))?;
         let section = Section::new(body);
         *cached = Some((directory.clone(), section.clone()));
+        Ok(section)
+    }
+
+    /// A service table's section, serialized once per table and shared by the streams of the
+    /// proxies that have it (all the workloads of a namespace). Tables of older configs are
+    /// dropped once no config holds them.
+    fn services(&self, services: &Arc<Services>) -> Result<Section, SectionError> {
+        let mut cached = self
+            .services
+            .lock()
+            .map_err(|_| SectionError("section cache poisoned".into()))?;
+        if let Some((_, section)) = cached.iter().find(|(s, _)| Arc::ptr_eq(s, services)) {
+            return Ok(section.clone());
+        }
+        cached.retain(|(s, _)| Arc::strong_count(s) > 1);
+        let body = serde_json::to_vec(&**services).map_err(|e| SectionError(e.to_string()))?;
+        let section = Section::new(body);
+        cached.push((services.clone(), section.clone()));
         Ok(section)
     }
 }
@@ -167,7 +190,7 @@ impl Sections {
         };
         let services = match reuse(SERVICES_SECTION, &|p| p.services == config.services) {
             Some(section) => section,
-            None => Section::new(serde_json::to_vec(&config.services).map_err(fail)?),
+            None => shared.services(&config.services)?,
         };
         out.insert(SERVICES_SECTION.to_owned(), services);
         let outbound = match reuse(OUTBOUND_SECTION, &|p| p.outbound == config.outbound) {
@@ -252,10 +275,11 @@ pub struct Received {
 /// What a proxy holds: every section it applied, by name, with its hash and parsed body.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Held {
-    sections: BTreeMap<String, (String, Value)>,
-    /// The directory section, parsed once when it arrives (kept as `Null` in `sections`): the
-    /// largest section, and the same across most pushes.
+    sections: BTreeMap<String, (String, Arc<Value>)>,
+    /// The directory and services sections, parsed once when they arrive (kept as `Null` in
+    /// `sections`): the largest sections, and the same across most pushes.
     directory: Option<Arc<MeshDirectory>>,
+    services: Option<Arc<Services>>,
 }
 
 /// A configuration rebuilt from the sections a proxy holds.
@@ -298,6 +322,9 @@ impl Held {
             if name == DIRECTORY_SECTION {
                 next.directory = None;
             }
+            if name == SERVICES_SECTION {
+                next.services = None;
+            }
         }
         for (name, hash, body) in &response.sections {
             if body.len() > MAX_SECTION_BYTES {
@@ -316,12 +343,21 @@ impl Held {
                     .map_err(|e| format!("section {name:?} is not a mesh directory: {e}"))?;
                 next.directory = Some(Arc::new(directory));
                 next.sections
-                    .insert(name.clone(), (hash.clone(), Value::Null));
+                    .insert(name.clone(), (hash.clone(), Arc::new(Value::Null)));
+                continue;
+            }
+            if name == SERVICES_SECTION {
+                let services: Services = serde_json::from_slice(body)
+                    .map_err(|e| format!("section {name:?} is not a service table: {e}"))?;
+                next.services = Some(Arc::new(services));
+                next.sections
+                    .insert(name.clone(), (hash.clone(), Arc::new(Value::Null)));
                 continue;
             }
             let value: Value = serde_json::from_slice(body)
                 .map_err(|e| format!("section {name:?} is not JSON: {e}"))?;
-            next.sections.insert(name.clone(), (hash.clone(), value));
+            next.sections
+                .insert(name.clone(), (hash.clone(), Arc::new(value)));
         }
         let version = next.version();
         if version != response.version {
@@ -339,9 +375,9 @@ impl Held {
         let mut mesh = None;
         for (name, (_, value)) in &self.sections {
             if name == MESH_SECTION {
-                mesh = Some(value.clone());
-            } else if name != DIRECTORY_SECTION {
-                fields.insert(name.clone(), value.clone());
+                mesh = Some((**value).clone());
+            } else if name != DIRECTORY_SECTION && name != SERVICES_SECTION {
+                fields.insert(name.clone(), (**value).clone());
             }
         }
         let mesh = mesh.ok_or_else(|| format!("no {MESH_SECTION:?} section"))?;
@@ -350,6 +386,7 @@ impl Held {
         let mut config: ProxyConfig = serde_json::from_value(Value::Object(fields))
             .map_err(|e| format!("the sections do not make a proxy configuration: {e}"))?;
         config.directory = self.directory.clone().unwrap_or_default();
+        config.services = self.services.clone().unwrap_or_default();
         Ok(Assembled {
             mesh,
             config,
