@@ -202,6 +202,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
     let config_metrics = ConfigMetrics::register(&mut registry);
+    let status_metrics = admin::ConfigMetrics::register(&mut registry);
     let proxies = Arc::new(ProxyRegistry::default());
     let services = ca_grpc::Services {
         ca: CaGrpc::new(
@@ -255,6 +256,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         registry,
         proxies,
         control: control.clone(),
+        status_metrics,
     });
     let router: Router = Arc::new(move |req| route(&admin_state, req));
     tokio::spawn(admin::serve_routes(
@@ -333,6 +335,8 @@ struct ControlAdmin {
     registry: Arc<Mutex<Registry>>,
     proxies: Arc<ProxyRegistry>,
     control: Arc<ControlPlane>,
+    /// `ward_config_*` of the loaded config, refreshed at each scrape.
+    status_metrics: Arc<admin::ConfigMetrics>,
 }
 
 /// The control plane's admin routes: `/ready` (its certificate is installed and valid),
@@ -354,7 +358,10 @@ fn route(state: &ControlAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 )
             }
         }
-        "/metrics" => admin::metrics_response(&state.registry),
+        "/metrics" => {
+            state.status_metrics.update(&state.control.status());
+            admin::metrics_response(&state.registry)
+        }
         "/debug/proxies" => {
             let body = serde_json::json!({
                 "generation": state.control.status().generation,
