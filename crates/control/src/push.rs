@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{digest, SHA256};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ward_config::telemetry::MeshDirectory;
@@ -45,11 +46,11 @@ pub struct Section {
     /// SHA-256 of `body`, lowercase hex.
     pub hash: String,
     /// The section's JSON, shared between the proxies that have the same section.
-    pub body: Arc<[u8]>,
+    pub body: Bytes,
 }
 
 impl Section {
-    fn new(body: Vec<u8>) -> Section {
+    pub(crate) fn new(body: Vec<u8>) -> Section {
         Section {
             hash: sha256_hex(&body),
             body: body.into(),
@@ -569,8 +570,8 @@ spec:
             .values()
             .map(|p| Sections::of_shared(&mesh(), p, &shared, None).unwrap())
             .collect();
-        let bodies: Vec<&Arc<[u8]>> = cut.iter().map(|s| &s.0[DIRECTORY_SECTION].body).collect();
-        assert!(bodies.windows(2).all(|w| Arc::ptr_eq(w[0], w[1])));
+        let bodies: Vec<&Bytes> = cut.iter().map(|s| &s.0[DIRECTORY_SECTION].body).collect();
+        assert!(bodies.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
         // The same bytes as serializing it alone, and it round-trips.
         let alone = Sections::of(&mesh(), proxies.values().next().unwrap()).unwrap();
         assert_eq!(alone.0[DIRECTORY_SECTION], cut[0].0[DIRECTORY_SECTION]);
@@ -589,7 +590,7 @@ spec:
         let next = Sections::of_shared(&mesh(), a, &shared, Some((b, &first))).unwrap();
         for name in [SERVICES_SECTION, OUTBOUND_SECTION] {
             assert!(
-                Arc::ptr_eq(&first.0[name].body, &next.0[name].body),
+                first.0[name].body.as_ptr() == next.0[name].body.as_ptr(),
                 "{name}"
             );
         }
