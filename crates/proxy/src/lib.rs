@@ -42,6 +42,7 @@ pub mod listener;
 pub mod metrics;
 mod outbound;
 mod pool;
+pub mod probe;
 mod refusal;
 mod sidecar;
 mod splice;

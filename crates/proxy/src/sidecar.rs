@@ -133,6 +133,12 @@ impl SidecarHandle {
     pub fn open_connections(&self) -> usize {
         self.tracker.len()
     }
+    /// Opens one probe connection to `target` (`host:port`) as this workload would, and
+    /// reports what the handshake proved and what the destination decided (`ward verify
+    /// mtls`, docs/verify.md).
+    pub async fn probe(&self, target: &str) -> crate::probe::ProbeReport {
+        crate::probe::probe(self.certs.clone(), self.config(), target).await
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
