@@ -34,7 +34,7 @@ use crate::ControlPlane;
 /// Time a proxy has to send its first request after opening the stream.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most sections a proxy may say it holds.
-const MAX_HELD: usize = 64;
+const MAX_HELD: usize = 256;
 /// Longest section name or hash read from a proxy.
 const MAX_NAME: usize = 128;
 /// Longest proxy version kept.
