@@ -38,6 +38,8 @@ pub(crate) struct OutboundCtx {
     pub identity: String,
     /// Routing tables of the egress listeners that several HTTP services share.
     pub(crate) routes: crate::egress_http::RouteCache,
+    /// Resolves external hosts (`resolution: DNS`, the forward proxy), caching by TTL.
+    pub(crate) resolvers: crate::resolve::Resolvers,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -196,20 +198,17 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
                 passthrough(dst).await
             }
             CapturedPlan::BlackHole => {
-                let rec = result.record();
-                rec.upstream_cluster = Some("BlackHoleCluster");
-                rec.dst_service = Some("BlackHoleCluster".to_owned());
-                Err(Refusal {
-                    flag: ResponseFlag::NoRoute,
-                    ..Refusal::policy(
-                        None,
-                        None,
-                        format!(
-                            "outboundTrafficPolicy REGISTRY_ONLY: {dst} is no service or \
-                             workload of the mesh"
-                        ),
-                    )
-                })
+                let mut app = app;
+                let refusal = crate::blackhole::refuse_captured(
+                    &mut app,
+                    result.record(),
+                    &ctx.metrics,
+                    &cfg,
+                    dst,
+                )
+                .await;
+                drop(app);
+                return result.finish(End::Refused(refusal));
             }
         },
     };
@@ -217,7 +216,7 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
 }
 
 /// ALLOW_ANY: a plain TCP connection to the original destination, from a marked socket.
-async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
+pub(crate) async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
     let unreachable = |why: String| Refusal::upstream(ResponseFlag::Connect, why);
     match tokio::time::timeout(Duration::from_secs(10), crate::capture::connect(dst, None)).await {
         Ok(Ok(s)) => {
@@ -292,7 +291,7 @@ async fn serve_connection(
 /// Connect to the first endpoint of `route` that can be reached. A policy refusal stops the
 /// search (another endpoint of the same service applies the same policy); any other failure
 /// tries the next endpoint. The result's record names the endpoint tried last.
-async fn connect_any(
+pub(crate) async fn connect_any(
     ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     route: &Route,
@@ -456,6 +455,7 @@ mod tests {
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
             directory: Default::default(),
+            egress: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {
