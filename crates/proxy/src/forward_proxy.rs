@@ -410,7 +410,6 @@ async fn tunnel(
             "client gone before the tunnel opened",
         ));
     }
-    result.opened();
     let mut chunk = [0u8; 4096];
     let read_first = async {
         while sniff(&first) == Sniffed::Incomplete && first.len() < SNIFF_LIMIT {
@@ -446,6 +445,7 @@ async fn tunnel(
             ));
         }
     }
+    result.opened();
     carry(app, up, first).await
 }
 
