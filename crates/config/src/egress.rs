@@ -217,7 +217,9 @@ mod tests {
     fn hosts_match_exactly_then_by_the_longest_wildcard() {
         let cfg = config("REGISTRY_ONLY");
         let p = proxy();
-        let cases: &[(&str, u16, Option<(&str, u16, usize)>)] = &[
+        // (host, port, the service matched: its host, the port dialed, its endpoints).
+        type Case<'a> = (&'a str, u16, Option<(&'a str, u16, usize)>);
+        let cases: &[Case<'_>] = &[
             ("quay.io", 443, Some(("quay.io", 443, 1))),
             ("QUAY.IO.", 443, Some(("quay.io", 443, 1))),
             ("api.example.com", 443, Some(("api.example.com", 8443, 0))),

@@ -205,12 +205,12 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Target, BadRequest> {
         out.extend_from_slice(b"\r\n");
     }
     if !has_host {
-        let authority = if port == 80 {
-            host.clone()
+        let line = if port == 80 {
+            format!("host: {host}\r\n")
         } else {
-            format!("{host}:{port}")
+            format!("host: {host}:{port}\r\n")
         };
-        out.extend_from_slice(format!("host: {authority}\r\n").as_bytes());
+        out.extend_from_slice(line.as_bytes());
     }
     out.extend_from_slice(b"connection: close\r\n\r\n");
     Ok(Target {
