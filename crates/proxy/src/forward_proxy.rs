@@ -362,7 +362,7 @@ async fn connect_target(
 }
 
 /// Resolve `host` (cached for its TTL) and connect to the first of its addresses that answers.
-async fn dial_resolved(
+pub(crate) async fn dial_resolved(
     ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     host: &str,

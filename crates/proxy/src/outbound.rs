@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use ward_config::istio::Resolution;
 use ward_config::{
     CapturedDestination, Endpoint, OutboundListener, ProxyConfig, ServiceMeta, Transport,
 };
@@ -115,6 +116,16 @@ pub(crate) enum CapturedPlan {
         /// The service host.
         service: String,
     },
+    /// A service port without endpoints whose entry says `resolution: DNS` (or
+    /// `DNS_ROUND_ROBIN`): its host resolved (cached for the answer's TTL) and dialed at the
+    /// port's `targetPort`, else the port dialed. The address the app dialed is only the
+    /// service's (auto-allocated) address, nothing listens there (docs/egress.md).
+    Resolve {
+        /// The service host, the name resolved.
+        service: String,
+        /// The port to dial the resolved address at.
+        port: u16,
+    },
     /// ALLOW_ANY: straight to the original destination (Istio's `PassthroughCluster`).
     Passthrough,
     /// REGISTRY_ONLY: refused (Istio's `BlackHoleCluster`).
@@ -125,8 +136,18 @@ pub(crate) enum CapturedPlan {
 pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) -> CapturedPlan {
     match cfg.captured_destination(dst) {
         CapturedDestination::Service { host, port } if port.endpoints.is_empty() => {
-            CapturedPlan::Original {
-                service: host.to_owned(),
+            let dns = cfg.services.get(host).is_some_and(|s| {
+                matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            });
+            if dns && !host.starts_with('*') {
+                CapturedPlan::Resolve {
+                    service: host.to_owned(),
+                    port: port.target_port.unwrap_or(dst.port()),
+                }
+            } else {
+                CapturedPlan::Original {
+                    service: host.to_owned(),
+                }
             }
         }
         CapturedDestination::Service { host, port } => {
@@ -190,6 +211,12 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
             CapturedPlan::Original { service } => {
                 result.record().dst_service = Some(service);
                 passthrough(dst).await
+            }
+            CapturedPlan::Resolve { service, port } => {
+                let rec = result.record();
+                rec.dst_service = Some(service.clone());
+                rec.service = service_meta(&cfg, &service);
+                crate::forward_proxy::dial_resolved(&ctx, &cfg, &service, port, &mut result).await
             }
             CapturedPlan::Passthrough => {
                 let rec = result.record();
@@ -506,6 +533,15 @@ spec:
   ports: [{{number: 5432, name: tcp}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: registry, namespace: app}}
+spec:
+  hosts: [registry.example.org]
+  addresses: [203.0.113.5]
+  resolution: DNS
+  ports: [{{number: 443, name: tls, targetPort: 8443}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: cli, namespace: app}}
 spec:
@@ -552,6 +588,14 @@ spec:
                 service: "legacy.example.com".into()
             },
             "resolution NONE: a registered service, to the address dialed"
+        );
+        assert_eq!(
+            plan("203.0.113.5:443"),
+            CapturedPlan::Resolve {
+                service: "registry.example.org".into(),
+                port: 8443
+            },
+            "resolution DNS: the host resolved, at targetPort"
         );
         assert_eq!(plan("198.51.100.1:443"), CapturedPlan::BlackHole);
         let open = captured_config("ALLOW_ANY");
