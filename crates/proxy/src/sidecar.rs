@@ -145,6 +145,8 @@ impl SidecarHandle {
 enum ListenerKind {
     InboundPlaintext,
     Outbound,
+    /// An explicit forward proxy (Sidecar egress `port.protocol: HTTP_PROXY`).
+    ForwardProxy,
 }
 
 impl Sidecar {
@@ -299,6 +301,7 @@ impl Sidecar {
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
             routes: Default::default(),
+            resolvers: Default::default(),
         });
         tokio::spawn(inbound::run_hbone(
             hbone,
@@ -423,6 +426,12 @@ impl Sidecar {
                 .iter()
                 .map(|l| (ListenerKind::Outbound, l.bind)),
         );
+        want.extend(
+            cfg.egress
+                .forward_proxies
+                .iter()
+                .map(|p| (ListenerKind::ForwardProxy, p.bind)),
+        );
         listeners.retain(|k, tx| {
             let keep = want.contains(k);
             if !keep {
@@ -458,6 +467,15 @@ impl Sidecar {
                 ListenerKind::Outbound => {
                     let gate = self.gate(listener::Kind::Outbound);
                     tokio::spawn(outbound::run_listener(
+                        listener,
+                        outbound_ctx.clone(),
+                        gate,
+                        rx,
+                    ));
+                }
+                ListenerKind::ForwardProxy => {
+                    let gate = self.gate(listener::Kind::Outbound);
+                    tokio::spawn(crate::forward_proxy::run_listener(
                         listener,
                         outbound_ctx.clone(),
                         gate,
