@@ -16,6 +16,7 @@ use ward_authn::jwks_uri::OwnListener;
 use ward_authn::JwtRuleSet;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
 
+use crate::mesh_routing::MeshRoutes;
 use crate::telemetry::MeshDirectory;
 
 /// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
@@ -79,6 +80,11 @@ pub struct ProxyConfig {
     /// configuration (in memory, one copy; a proxy on another host needs it with its config).
     #[serde(default)]
     pub directory: Arc<MeshDirectory>,
+    /// VirtualService routing of the outbound HTTP side (`mesh`) and DestinationRule
+    /// subsets and load balancing, compiled once per config; the same for every workload of a
+    /// namespace, so they share one copy (docs/routing.md).
+    #[serde(default)]
+    pub mesh_routes: Arc<MeshRoutes>,
 }
 
 /// A service the workload may call, as transparent capture sees it.

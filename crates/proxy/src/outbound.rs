@@ -456,6 +456,7 @@ mod tests {
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
             directory: Default::default(),
+            mesh_routes: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {
