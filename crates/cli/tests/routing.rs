@@ -75,9 +75,8 @@ fn serve_app(name: &str, conn: TcpStream, seen: &Seen, failures: &Mutex<HashMap<
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let line = format!(
-            "app={name} method={method} path={target} host={host} body={length}{extra}"
-        );
+        let line =
+            format!("app={name} method={method} path={target} host={host} body={length}{extra}");
         seen.lock().unwrap().push(line.clone());
         if target.starts_with("/slow") {
             std::thread::sleep(Duration::from_secs(3));
@@ -370,7 +369,10 @@ fn virtual_service_routes_are_served_by_the_client_sidecar() {
     assert!(head.contains("location: http://web/new?q=1"), "{head}");
     let (status, _, body) = m.get("/hello", &[]);
     assert_eq!((status, body.as_str()), (200, "hello from the route"));
-    assert_eq!(m.logged("/hello")["response_code_details"], "direct_response");
+    assert_eq!(
+        m.logged("/hello")["response_code_details"],
+        "direct_response"
+    );
 
     // Fault abort: the app never sees it.
     let (status, _, _) = m.get("/abort", &[]);
@@ -383,7 +385,10 @@ fn virtual_service_routes_are_served_by_the_client_sidecar() {
         &["-H", "x-secret: s3cret", "-H", "x-keep: yes"],
     );
     assert_eq!(status, 200, "{}", logs());
-    assert!(body.starts_with("app=web-v2 method=GET path=/v1/items?x=1 host=rewritten.example"), "{body}");
+    assert!(
+        body.starts_with("app=web-v2 method=GET path=/v1/items?x=1 host=rewritten.example"),
+        "{body}"
+    );
     assert!(body.contains("h[x-route]=api"), "{body}");
     assert!(body.contains("h[x-keep]=yes"), "{body}");
     assert!(!body.contains("x-secret"), "{body}");
@@ -400,7 +405,13 @@ fn virtual_service_routes_are_served_by_the_client_sidecar() {
     let (status, _, body) = m.get("/fail2/a", &[]);
     assert_eq!(status, 200, "{}", logs());
     assert!(body.starts_with("app=flaky"), "{body}");
-    let attempts = m.flaky.lock().unwrap().iter().filter(|l| l.contains("/fail2/a")).count();
+    let attempts = m
+        .flaky
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("/fail2/a"))
+        .count();
     assert_eq!(attempts, 3);
 
     // A destination that is no known service: 503 NC, with the reason in the log.
@@ -409,21 +420,31 @@ fn virtual_service_routes_are_served_by_the_client_sidecar() {
     let nowhere = m.logged("/nowhere");
     assert_eq!(nowhere["response_flags"], "NC", "{nowhere}");
     assert!(
-        nowhere["error"].as_str().unwrap().contains("nowhere.example.com"),
+        nowhere["error"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere.example.com"),
         "{nowhere}"
     );
 
     // Mirror: the copy reaches the shadow with `-shadow` on its authority; the answer is v1's.
     let (status, _, body) = m.get("/mirror", &["-X", "POST", "--data", "payload"]);
     assert_eq!(status, 200);
-    assert!(body.starts_with("app=web-v1 method=POST path=/mirror"), "{body}");
+    assert!(
+        body.starts_with("app=web-v1 method=POST path=/mirror"),
+        "{body}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let copy = loop {
         let copy = m.shadow.lock().unwrap().first().cloned();
         if let Some(c) = copy {
             break c;
         }
-        assert!(std::time::Instant::now() < deadline, "no mirrored copy: {}", logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mirrored copy: {}",
+            logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
@@ -444,7 +465,10 @@ fn virtual_service_routes_are_served_by_the_client_sidecar() {
         ],
     );
     assert_eq!(status, 200);
-    assert!(head.contains("access-control-allow-origin: https://app.example.com"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example.com"),
+        "{head}"
+    );
     assert!(head.contains("access-control-max-age: 60"), "{head}");
 }
 

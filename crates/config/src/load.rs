@@ -752,16 +752,15 @@ impl Loader {
                         self.set.destination_rules.len(),
                     );
                     self.check_unenforced(doc, &resource, meta_ok, kind);
-                    let unserved = match kind {
-                        "VirtualService" => self
-                            .set
-                            .virtual_services
-                            .get(before.0)
-                            .map(|r| crate::mesh_routing::unserved_virtual_service_fields(&r.spec)),
-                        _ => self.set.destination_rules.get(before.1).map(|r| {
-                            crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
-                        }),
-                    };
+                    let unserved =
+                        match kind {
+                            "VirtualService" => self.set.virtual_services.get(before.0).map(|r| {
+                                crate::mesh_routing::unserved_virtual_service_fields(&r.spec)
+                            }),
+                            _ => self.set.destination_rules.get(before.1).map(|r| {
+                                crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
+                            }),
+                        };
                     let message = match unserved {
                         Some(fields) if fields.is_empty() => return,
                         Some(fields) => format!(

@@ -132,15 +132,13 @@ pub fn mesh_services(vss: &[Resource<VirtualServiceSpec>], client: &str) -> Vec<
                 .and_then(parse_timestamp)
         };
         let (ca, cb) = (created(a), created(b));
-        (ca.is_none(), ca)
-            .cmp(&(cb.is_none(), cb))
-            .then_with(|| {
-                if ca.is_some() {
-                    (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
-                } else {
-                    i.cmp(j)
-                }
-            })
+        (ca.is_none(), ca).cmp(&(cb.is_none(), cb)).then_with(|| {
+            if ca.is_some() {
+                (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+            } else {
+                i.cmp(j)
+            }
+        })
     });
     ranked
         .into_iter()

@@ -93,12 +93,13 @@ impl DestinationPolicy {
         let Some(subset) = subset else {
             return Ok((all.iter().collect(), rule_lb.unwrap_or_default()));
         };
-        let found = policy
-            .and_then(|p| p.subsets.get(subset))
-            .ok_or_else(|| SubsetError::Unknown {
-                host: host.to_owned(),
-                subset: subset.to_owned(),
-            })?;
+        let found =
+            policy
+                .and_then(|p| p.subsets.get(subset))
+                .ok_or_else(|| SubsetError::Unknown {
+                    host: host.to_owned(),
+                    subset: subset.to_owned(),
+                })?;
         let endpoints = all
             .iter()
             .filter(|e| found.members.contains(&e.address.ip()))
@@ -292,9 +293,8 @@ pub fn destination_policies(
                     let Some(key) = &e.workload else {
                         return wanted.is_empty();
                     };
-                    labels(key).is_some_and(|have| {
-                        wanted.iter().all(|(k, v)| have.get(k) == Some(v))
-                    })
+                    labels(key)
+                        .is_some_and(|have| wanted.iter().all(|(k, v)| have.get(k) == Some(v)))
                 })
                 .map(|e| e.address.ip())
                 .collect();
@@ -353,15 +353,27 @@ fn policy_fields(policy: Option<&TrafficPolicy>, at: &str, out: &mut Vec<String>
     not(p.proxy_protocol.is_some(), "proxyProtocol");
     not(p.retry_budget.is_some(), "retryBudget");
     if let Some(lb) = &p.load_balancer {
-        not(lb.locality_lb_setting.is_some(), "loadBalancer.localityLbSetting");
-        not(lb.zone_aware_lb_setting.is_some(), "loadBalancer.zoneAwareLbSetting");
+        not(
+            lb.locality_lb_setting.is_some(),
+            "loadBalancer.localityLbSetting",
+        );
+        not(
+            lb.zone_aware_lb_setting.is_some(),
+            "loadBalancer.zoneAwareLbSetting",
+        );
         not(
             lb.warmup.is_some() || lb.warmup_duration_secs.is_some(),
             "loadBalancer.warmup",
         );
-        not(lb.simple == Some(SimpleLb::Passthrough), "loadBalancer.simple PASSTHROUGH");
+        not(
+            lb.simple == Some(SimpleLb::Passthrough),
+            "loadBalancer.simple PASSTHROUGH",
+        );
         if let Some(h) = &lb.consistent_hash {
-            not(h.http_cookie.is_some(), "loadBalancer.consistentHash.httpCookie");
+            not(
+                h.http_cookie.is_some(),
+                "loadBalancer.consistentHash.httpCookie",
+            );
             not(
                 h.http_query_parameter_name.is_some(),
                 "loadBalancer.consistentHash.httpQueryParameterName",
@@ -402,10 +414,27 @@ mod tests {
             rolls: (a, b),
             hash,
         };
-        let cases: Vec<(LoadBalancer, Pick, Vec<(&str, u64)>, &str)> = vec![
-            (LoadBalancer::RoundRobin, p(0, 9, 9, None), vec![], "10.0.0.1:80"),
-            (LoadBalancer::RoundRobin, p(4, 9, 9, None), vec![], "10.0.0.2:80"),
-            (LoadBalancer::Random, p(0, 2, 0, None), vec![], "10.0.0.3:80"),
+        /// (balancer, its inputs, requests in flight per endpoint, the endpoint it picks).
+        type Case<'a> = (LoadBalancer, Pick, Vec<(&'a str, u64)>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                LoadBalancer::RoundRobin,
+                p(0, 9, 9, None),
+                vec![],
+                "10.0.0.1:80",
+            ),
+            (
+                LoadBalancer::RoundRobin,
+                p(4, 9, 9, None),
+                vec![],
+                "10.0.0.2:80",
+            ),
+            (
+                LoadBalancer::Random,
+                p(0, 2, 0, None),
+                vec![],
+                "10.0.0.3:80",
+            ),
             // Two choices: the less busy one wins; a tie keeps the first.
             (
                 LoadBalancer::LeastRequest,
@@ -413,14 +442,24 @@ mod tests {
                 vec![("10.0.0.1:80", 5)],
                 "10.0.0.2:80",
             ),
-            (LoadBalancer::LeastRequest, p(0, 0, 1, None), vec![], "10.0.0.1:80"),
+            (
+                LoadBalancer::LeastRequest,
+                p(0, 0, 1, None),
+                vec![],
+                "10.0.0.1:80",
+            ),
             (
                 LoadBalancer::HeaderHash("x-user".into()),
                 p(0, 0, 0, Some(5)),
                 vec![],
                 "10.0.0.3:80",
             ),
-            (LoadBalancer::SourceIpHash, p(0, 1, 0, None), vec![], "10.0.0.2:80"),
+            (
+                LoadBalancer::SourceIpHash,
+                p(0, 1, 0, None),
+                vec![],
+                "10.0.0.2:80",
+            ),
         ];
         for (lb, pick, busy, want) in cases {
             assert_eq!(first(&lb, pick, &busy), want, "{lb:?} {pick:?}");
@@ -531,10 +570,18 @@ spec:
         let labels = |key: &str| {
             (key == "b/db-v2").then(|| BTreeMap::from([("version".into(), "v2".into())]))
         };
-        let got =
-            destination_policies(&set.destination_rules, "a", "istio-system", &services, labels);
+        let got = destination_policies(
+            &set.destination_rules,
+            "a",
+            "istio-system",
+            &services,
+            labels,
+        );
         let db = &got["db.b.svc.cluster.local"];
-        assert_eq!(db.rule, "b/own", "the service's namespace before the root's");
+        assert_eq!(
+            db.rule, "b/own",
+            "the service's namespace before the root's"
+        );
         assert_eq!(db.load_balancer, Some(LoadBalancer::RoundRobin));
         assert_eq!(
             db.subsets["v2"].members,
@@ -547,8 +594,13 @@ spec:
         assert_eq!(got["web.b.svc.cluster.local"].rule, "istio-system/root");
         assert!(!got.contains_key("api.example.com"));
         // From namespace c its own rule wins, exported to itself.
-        let got =
-            destination_policies(&set.destination_rules, "c", "istio-system", &services, labels);
+        let got = destination_policies(
+            &set.destination_rules,
+            "c",
+            "istio-system",
+            &services,
+            labels,
+        );
         assert_eq!(got["db.b.svc.cluster.local"].rule, "c/hidden");
     }
 }

@@ -27,7 +27,6 @@ use crate::istio::{
 use crate::load::{ConfigSet, Resource};
 use crate::mesh_routing::{mesh_services, MeshRoutes, MeshRoutesSpec};
 use crate::meta::parse_timestamp;
-use crate::traffic_policy::destination_policies;
 use crate::request_authn;
 use crate::snapshot::{
     DemoApp, Endpoint, InboundPort, MeshService, MeshServicePort, MeshSnapshot, OutboundListener,
@@ -35,6 +34,7 @@ use crate::snapshot::{
     KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::telemetry::MeshDirectory;
+use crate::traffic_policy::destination_policies;
 use crate::yaml::{push_index, push_key};
 
 /// Builds every proxy's configuration. Fails with all the errors found.
@@ -419,14 +419,15 @@ impl<'a> Context<'a> {
         if let Some(found) = self.routes_by_namespace.borrow().get(namespace) {
             return found.clone();
         }
-        let by_key: BTreeMap<String, &BTreeMap<String, String>> = if self.set.destination_rules.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.workloads
-                .iter()
-                .map(|w| (w.resource.key(), &w.labels))
-                .collect()
-        };
+        let by_key: BTreeMap<String, &BTreeMap<String, String>> =
+            if self.set.destination_rules.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.workloads
+                    .iter()
+                    .map(|w| (w.resource.key(), &w.labels))
+                    .collect()
+            };
         let labels = |key: &str| by_key.get(key).map(|l| (*l).clone());
         let spec = MeshRoutesSpec {
             virtual_services: mesh_services(&self.set.virtual_services, namespace),

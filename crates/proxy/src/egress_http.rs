@@ -418,7 +418,12 @@ impl Downstream {
         match answered {
             Ok(resp) => {
                 let (flag, details) = log.answer.unwrap_or((ResponseFlag::None, "via_upstream"));
-                log.emit(resp.status().as_u16(), flag.as_str(), details, log.error.as_deref());
+                log.emit(
+                    resp.status().as_u16(),
+                    flag.as_str(),
+                    details,
+                    log.error.as_deref(),
+                );
                 meter.attach(resp, flag.as_str())
             }
             Err(refusal) => {

@@ -51,7 +51,8 @@ impl Cors {
                 .flatten()
                 .map(|o| Matcher::Exact(o.clone())),
         );
-        let join = |v: &Option<Vec<String>>| v.as_ref().filter(|v| !v.is_empty()).map(|v| v.join(","));
+        let join =
+            |v: &Option<Vec<String>>| v.as_ref().filter(|v| !v.is_empty()).map(|v| v.join(","));
         Ok(Cors {
             origins,
             allow_methods: join(&policy.allow_methods),
@@ -64,9 +65,9 @@ impl Cors {
     }
 
     fn allows(&self, origin: &str) -> bool {
-        self.origins.iter().any(|m| {
-            matches!(m, Matcher::Exact(e) if e == "*") || m.matches(origin, false)
-        })
+        self.origins
+            .iter()
+            .any(|m| matches!(m, Matcher::Exact(e) if e == "*") || m.matches(origin, false))
     }
 
     /// What to do with a request of `method`, with `origin` and

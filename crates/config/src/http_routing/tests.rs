@@ -397,9 +397,26 @@ fn fault_aborts_are_told_from_direct_responses() {
             ..Rolls::default()
         },
     );
-    assert!(matches!(aborted, Decision::Respond { abort: true, status: 503, .. }));
-    let direct = edge.decide(&req("fhir.example.com", "/fhir/metadata").facts(), Rolls::default());
-    assert!(matches!(direct, Decision::Respond { abort: false, status: 200, .. }));
+    assert!(matches!(
+        aborted,
+        Decision::Respond {
+            abort: true,
+            status: 503,
+            ..
+        }
+    ));
+    let direct = edge.decide(
+        &req("fhir.example.com", "/fhir/metadata").facts(),
+        Rolls::default(),
+    );
+    assert!(matches!(
+        direct,
+        Decision::Respond {
+            abort: false,
+            status: 200,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -453,15 +470,27 @@ spec:
     assert_eq!(
         f.answer("GET", Some("https://a.dev.example.com"), None),
         CorsAnswer::Decorate(vec![
-            ("access-control-allow-origin", "https://a.dev.example.com".to_owned()),
+            (
+                "access-control-allow-origin",
+                "https://a.dev.example.com".to_owned()
+            ),
             ("access-control-allow-credentials", "true".to_owned()),
             ("access-control-expose-headers", "x-trace".to_owned()),
         ])
     );
     // Not allowed: forwarded untouched (FORWARD is the default); no Origin: not CORS.
-    assert_eq!(f.answer("OPTIONS", Some("https://evil.com"), Some("GET")), CorsAnswer::Pass);
-    assert_eq!(f.answer("GET", Some("https://evil.com"), None), CorsAnswer::Pass);
+    assert_eq!(
+        f.answer("OPTIONS", Some("https://evil.com"), Some("GET")),
+        CorsAnswer::Pass
+    );
+    assert_eq!(
+        f.answer("GET", Some("https://evil.com"), None),
+        CorsAnswer::Pass
+    );
     assert_eq!(f.answer("GET", None, None), CorsAnswer::Pass);
     let any = cors("/other");
-    assert!(matches!(any.answer("GET", Some("https://x"), None), CorsAnswer::Decorate(_)));
+    assert!(matches!(
+        any.answer("GET", Some("https://x"), None),
+        CorsAnswer::Decorate(_)
+    ));
 }

@@ -131,13 +131,9 @@ pub(super) fn resolve<'c>(
         )));
     };
     let policy: Option<&DestinationPolicy> = config.mesh_routes.destination(host);
-    let (endpoints, lb) = DestinationPolicy::endpoints(
-        policy,
-        host,
-        destination.subset.as_deref(),
-        &port.endpoints,
-    )
-    .map_err(|e| no_cluster(e.to_string()))?;
+    let (endpoints, lb) =
+        DestinationPolicy::endpoints(policy, host, destination.subset.as_deref(), &port.endpoints)
+            .map_err(|e| no_cluster(e.to_string()))?;
     if endpoints.is_empty() {
         return Err((
             super::no_endpoints(),
@@ -384,9 +380,9 @@ impl Downstream {
                 LoadBalancer::HeaderHash(name) => {
                     header(&headers, name).map(|v| traffic_policy::hash_key(v.as_bytes()))
                 }
-                LoadBalancer::SourceIpHash => {
-                    Some(traffic_policy::hash_key(self.src.ip().to_string().as_bytes()))
-                }
+                LoadBalancer::SourceIpHash => Some(traffic_policy::hash_key(
+                    self.src.ip().to_string().as_bytes(),
+                )),
                 _ => None,
             };
             let key = format!(
@@ -430,12 +426,28 @@ impl Downstream {
         };
         if let Payload::Kept(bytes) = &payload {
             for mirror in &forward.mirrors {
-                self.mirror(config, mirror, plan, &head, &forward.authority, bytes.clone());
+                self.mirror(
+                    config,
+                    mirror,
+                    plan,
+                    &head,
+                    &forward.authority,
+                    bytes.clone(),
+                );
             }
         }
         let retries = &forward.route.retries;
         let resp = self
-            .attempts(config, built, &target, &head, &mut payload, retries, forward.route.timeout, log)
+            .attempts(
+                config,
+                built,
+                &target,
+                &head,
+                &mut payload,
+                retries,
+                forward.route.timeout,
+                log,
+            )
             .await?;
         let mut resp = finish_response(resp)?;
         apply(resp.headers_mut(), &forward.route.headers.response);
@@ -479,7 +491,10 @@ impl Downstream {
                 (Some(r), _) => (Some(r), true),
                 (None, p) => (p, false),
             };
-            let _in_flight = target.endpoints.first().map(|e| built.balance.start(e.address));
+            let _in_flight = target
+                .endpoints
+                .first()
+                .map(|e| built.balance.start(e.address));
             let sent = self.send(config, target, head.request(body), log);
             let outcome = match limit {
                 Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
@@ -625,20 +640,41 @@ mod tests {
             (retries(&["gateway-error"], &[]), s(503), &h, true),
             (retries(&["gateway-error"], &[]), s(500), &h, false),
             (retries(&["retriable-4xx"], &[]), s(409), &h, true),
-            (retries(&["retriable-status-codes"], &[503]), s(503), &h, true),
-            (retries(&["retriable-status-codes"], &[503]), s(502), &h, false),
+            (
+                retries(&["retriable-status-codes"], &[503]),
+                s(503),
+                &h,
+                true,
+            ),
+            (
+                retries(&["retriable-status-codes"], &[503]),
+                s(502),
+                &h,
+                false,
+            ),
             (retries(&["connect-failure"], &[]), s(503), &h, false),
             (retries(&["unavailable"], &[]), s(200), &grpc, true),
             (retries(&["cancelled"], &[]), s(200), &grpc, false),
         ];
         for (r, status, headers, want) in cases {
-            assert_eq!(retries_response(&r, status, headers), want, "{:?} {status}", r.retry_on);
+            assert_eq!(
+                retries_response(&r, status, headers),
+                want,
+                "{:?} {status}",
+                r.retry_on
+            );
         }
         let connect = Refusal::upstream(ResponseFlag::UpstreamFailure, "x");
         let reset = Refusal::upstream(ResponseFlag::UpstreamConnectionTermination, "x");
         let denied = Refusal::policy(None, None, "x");
-        assert!(retries_failure(&retries(&["connect-failure"], &[]), &connect));
-        assert!(!retries_failure(&retries(&["connect-failure"], &[]), &reset));
+        assert!(retries_failure(
+            &retries(&["connect-failure"], &[]),
+            &connect
+        ));
+        assert!(!retries_failure(
+            &retries(&["connect-failure"], &[]),
+            &reset
+        ));
         assert!(retries_failure(&retries(&["reset"], &[]), &reset));
         assert!(retries_failure(&retries(&["5xx"], &[]), &connect));
         assert!(!retries_failure(&retries(&["5xx"], &[]), &denied));
@@ -657,7 +693,11 @@ mod tests {
                 remove: vec!["x-gone".into()],
             },
         );
-        let all: Vec<&str> = h.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+        let all: Vec<&str> = h
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(all, ["2", "3"]);
         assert_eq!(h["x-new"], "n");
         assert!(h.get("x-gone").is_none());
