@@ -180,3 +180,73 @@ pub fn unserved_virtual_service_fields(spec: &VirtualServiceSpec) -> Vec<String>
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: own, namespace: a}
+spec:
+  hosts: [web]
+  http: [{match: [{uri: {regex: "/v[0-9]+/.*"}}], route: [{destination: {host: web}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: b}
+spec:
+  hosts: [db]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: db}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: a}
+spec:
+  hosts: [web.example.com]
+  gateways: [ingress]
+  http: [{route: [{destination: {host: web}}]}]
+"#;
+
+    #[test]
+    fn sidecars_see_mesh_services_exported_to_them_and_read_them_back_from_json() {
+        let set = crate::load_str("vs.yaml", YAML).unwrap();
+        let names = |ns: &str| -> Vec<String> {
+            mesh_services(&set.virtual_services, ns)
+                .into_iter()
+                .map(|v| format!("{}/{}", v.namespace, v.name))
+                .collect()
+        };
+        // The gateway's VirtualService is not for sidecars; `exportTo: ["."]` keeps b's own.
+        assert_eq!(names("a"), ["a/own"]);
+        assert_eq!(names("b"), ["a/own", "b/private"]);
+        let routes = MeshRoutes::try_from(MeshRoutesSpec {
+            virtual_services: mesh_services(&set.virtual_services, "a"),
+            destinations: BTreeMap::new(),
+        })
+        .unwrap();
+        assert!(routes.table().covers("web.a.svc.cluster.local"));
+        // A proxy on another host gets the specs and compiles them again.
+        let json = serde_json::to_string(&routes).unwrap();
+        let back: MeshRoutes = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, routes);
+        assert!(back.table().covers("web.a.svc.cluster.local"));
+    }
+
+    #[test]
+    fn unserved_fields_are_listed_for_the_warning() {
+        let set = crate::load_str("vs.yaml", YAML).unwrap();
+        let unserved: Vec<Vec<String>> = set
+            .virtual_services
+            .iter()
+            .map(|v| unserved_virtual_service_fields(&v.spec))
+            .collect();
+        assert_eq!(unserved[0], Vec::<String>::new());
+        assert_eq!(
+            unserved[2],
+            ["spec.gateways ingress (only `mesh`, the sidecars, is served)"]
+        );
+    }
+}
