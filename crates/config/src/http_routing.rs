@@ -193,6 +193,11 @@ pub struct Retries {
     /// Envoy's retry conditions (`5xx`, `gateway-error`, `connect-failure`, `retriable-4xx`,
     /// `refused-stream`, `reset`, `retriable-status-codes`, ...).
     pub retry_on: Vec<String>,
+    /// The status codes `retriable-status-codes` retries: the numbers of `retryOn` (Istio
+    /// turns them into Envoy's `retriable_status_codes`); Istio's default policy has 503.
+    pub retriable_status_codes: Vec<u16>,
+    /// The base interval between attempts (`backoff`); `None`: Envoy's 25 ms.
+    pub backoff: Option<Duration>,
 }
 
 /// One compiled route.
@@ -215,6 +220,8 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// `mirror`/`mirrors`: where to copy requests, with the share (percent).
     pub mirrors: Vec<(WeightedDestination, f64)>,
+    /// `corsPolicy`.
+    pub cors: Option<Cors>,
 }
 
 /// The routes for one host set.
@@ -286,6 +293,8 @@ pub enum Decision<'a> {
     Respond {
         /// The deciding route.
         route: &'a RouteRef,
+        /// A fault abort (`response_flags` `FI`), not a `directResponse`.
+        abort: bool,
         /// The status.
         status: u16,
         /// The body.
@@ -326,9 +335,26 @@ impl HttpRoutes {
         services: &[&Resource<VirtualServiceSpec>],
         gateway: &str,
     ) -> Result<HttpRoutes, RouteError> {
+        let sources: Vec<RouteSource<'_>> = services
+            .iter()
+            .map(|vs| RouteSource {
+                namespace: &vs.meta.namespace,
+                name: &vs.meta.name,
+                spec: &vs.spec,
+            })
+            .collect();
+        HttpRoutes::compile_sources(&sources, gateway)
+    }
+
+    /// [`HttpRoutes::compile`] from the specs alone (a proxy rebuilds its table from the specs
+    /// its config carries).
+    pub fn compile_sources(
+        services: &[RouteSource<'_>],
+        gateway: &str,
+    ) -> Result<HttpRoutes, RouteError> {
         let mut hosts: Vec<VirtualHost> = Vec::new();
         for vs in services {
-            let namespace = vs.meta.namespace.as_str();
+            let namespace = vs.namespace;
             if !binds(&vs.spec.gateways, namespace, gateway) {
                 continue;
             }
@@ -356,6 +382,26 @@ impl HttpRoutes {
         Ok(HttpRoutes { hosts })
     }
 
+    /// Whether some VirtualService covers `host` (a service host, lowercase, no port).
+    pub fn covers(&self, host: &str) -> bool {
+        self.virtual_host_named(host).is_some()
+    }
+
+    /// Routes one request for the service `host`: the virtual host is chosen by the service
+    /// (as Istio attaches a VirtualService to the service's virtual host on a sidecar), the
+    /// routes match the request as it came (its own authority included).
+    pub fn decide_for<'a>(
+        &'a self,
+        host: &str,
+        request: &RequestFacts<'_>,
+        rolls: Rolls,
+    ) -> Decision<'a> {
+        match self.virtual_host_named(host) {
+            Some(vh) => vh.decide(request, rolls),
+            None => Decision::NoRoute,
+        }
+    }
+
     /// Whether no route is configured.
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
@@ -363,22 +409,15 @@ impl HttpRoutes {
 
     /// Routes one request.
     pub fn decide<'a>(&'a self, request: &RequestFacts<'_>, rolls: Rolls) -> Decision<'a> {
-        let Some(host) = self.virtual_host(request.authority) else {
-            return Decision::NoRoute;
-        };
-        let (path, query) = split_query(request.path_and_query);
-        for route in &host.routes {
-            let Some(matched) = route.matching(request, path, query) else {
-                continue;
-            };
-            return route.decision(request, matched, rolls);
+        match self.virtual_host_named(strip_port(request.authority)) {
+            Some(vh) => vh.decide(request, rolls),
+            None => Decision::NoRoute,
         }
-        Decision::NoRoute
     }
 
-    /// The virtual host an authority selects: exact, then the longest wildcard suffix, then `*`.
-    fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = strip_port(authority).to_ascii_lowercase();
+    /// The virtual host a host name selects: exact, then the longest wildcard suffix, then `*`.
+    fn virtual_host_named(&self, host: &str) -> Option<&VirtualHost> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         let mut best: Option<(&VirtualHost, usize)> = None;
         for vh in &self.hosts {
             for domain in &vh.domains {
@@ -402,6 +441,30 @@ impl HttpRoutes {
         }
         best.map(|(vh, _)| vh)
     }
+}
+
+impl VirtualHost {
+    fn decide<'a>(&'a self, request: &RequestFacts<'_>, rolls: Rolls) -> Decision<'a> {
+        let (path, query) = split_query(request.path_and_query);
+        for route in &self.routes {
+            let Some(matched) = route.matching(request, path, query) else {
+                continue;
+            };
+            return route.decision(request, matched, rolls);
+        }
+        Decision::NoRoute
+    }
+}
+
+/// A VirtualService as routing compiles it: where it lives and its spec.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteSource<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its spec.
+    pub spec: &'a VirtualServiceSpec,
 }
 
 /// Whether a VirtualService with `gateways` (in `namespace`) applies to `gateway`. Absent
@@ -538,6 +601,7 @@ impl Route {
             if rolls.abort < share {
                 return Decision::Respond {
                     route: &self.source,
+                    abort: true,
                     status,
                     body: b"fault filter abort".to_vec(),
                 };
@@ -547,6 +611,7 @@ impl Route {
         match &self.action {
             RouteAction::Respond { status, body } => Decision::Respond {
                 route: &self.source,
+                abort: false,
                 status: *status,
                 body: body.clone(),
             },
@@ -683,12 +748,12 @@ impl RedirectSpec {
 }
 
 fn compile_route(
-    vs: &Resource<VirtualServiceSpec>,
+    vs: &RouteSource<'_>,
     index: usize,
     http: &HttpRoute,
 ) -> Result<Route, RouteError> {
-    let object = vs.key();
-    let namespace = vs.meta.namespace.as_str();
+    let object = format!("{}/{}", vs.namespace, vs.name);
+    let namespace = vs.namespace;
     let at = |field: &str| format!("spec.http[{index}].{field}");
     let error = |field: String, reason: String| RouteError {
         object: object.clone(),
@@ -787,21 +852,37 @@ fn compile_route(
             ]
             .map(str::to_owned)
             .to_vec(),
+            retriable_status_codes: vec![503],
+            backoff: None,
         },
-        Some(r) => Retries {
-            attempts: u32::try_from(r.attempts.unwrap_or(0)).unwrap_or(0),
-            per_try_timeout: r.per_try_timeout.map(|d| d.get()),
-            retry_on: r
+        Some(r) => {
+            let entries: Vec<&str> = r
                 .retry_on
                 .as_deref()
                 .unwrap_or(
                     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
                 )
                 .split(',')
-                .map(|s| s.trim().to_owned())
+                .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .collect(),
-        },
+                .collect();
+            let codes: Vec<u16> = entries.iter().filter_map(|e| e.parse().ok()).collect();
+            let mut retry_on: Vec<String> = entries
+                .iter()
+                .filter(|e| e.parse::<u16>().is_err())
+                .map(|e| (*e).to_owned())
+                .collect();
+            if !codes.is_empty() && !retry_on.iter().any(|c| c == "retriable-status-codes") {
+                retry_on.push("retriable-status-codes".to_owned());
+            }
+            Retries {
+                attempts: u32::try_from(r.attempts.unwrap_or(0)).unwrap_or(0),
+                per_try_timeout: r.per_try_timeout.map(|d| d.get()),
+                retry_on,
+                retriable_status_codes: codes,
+                backoff: r.backoff.map(|d| d.get()),
+            }
+        }
     };
     let fault = http.fault.as_ref().map(|f| Fault {
         delay: f.delay.as_ref().and_then(|d| {
@@ -819,6 +900,12 @@ fn compile_route(
             Some((share, status))
         }),
     });
+    let cors = http
+        .cors_policy
+        .as_ref()
+        .map(Cors::compile)
+        .transpose()
+        .map_err(|(field, reason)| error(at(&format!("corsPolicy.{field}")), reason))?;
     let mut mirrors = Vec::new();
     if let Some(m) = &http.mirror {
         let share = http
@@ -849,6 +936,7 @@ fn compile_route(
         retries,
         fault,
         mirrors,
+        cors,
     })
 }
 
@@ -992,6 +1080,9 @@ fn compile_match(spec: &HttpMatchRequest, namespace: &str) -> Result<Match, (Str
         source_namespace: spec.source_namespace.clone(),
     })
 }
+
+mod cors;
+pub use cors::{Cors, CorsAnswer};
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,9 @@
 //!   ConfigMap `istio`.
 //! - [`meta`]: Kubernetes object metadata.
 //! - [`snapshot`]: the per-proxy types; [`translate`](mod@translate): building them.
+//! - [`mesh_routing`]: the `mesh` VirtualService table and DestinationRule policies a sidecar
+//!   serves on its outbound HTTP side, carried in [`ProxyConfig`]; [`traffic_policy`]:
+//!   DestinationRule subsets and load balancing (pure).
 //! - [`routes`]: routing HTTP requests by authority (Envoy virtual hosts; the egress listeners
 //!   several HTTP services share), built once per config from a [`ProxyConfig`].
 //! - [`analyze`](mod@analyze): findings beyond errors.
@@ -70,12 +73,14 @@ pub mod istio;
 pub mod load;
 pub mod matrix;
 pub mod mesh;
+pub mod mesh_routing;
 pub mod meta;
 mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;
 pub mod telemetry;
+pub mod traffic_policy;
 pub mod translate;
 pub mod vip;
 mod yaml;

@@ -745,6 +745,38 @@ impl Loader {
                          IstioOperator or ConfigMap `istio`",
                     );
                 }
+                if matches!(kind, "VirtualService" | "DestinationRule") {
+                    // Served in part (docs/routing.md): the warning names what is not.
+                    let before = (
+                        self.set.virtual_services.len(),
+                        self.set.destination_rules.len(),
+                    );
+                    self.check_unenforced(doc, &resource, meta_ok, kind);
+                    let unserved =
+                        match kind {
+                            "VirtualService" => self.set.virtual_services.get(before.0).map(|r| {
+                                crate::mesh_routing::unserved_virtual_service_fields(&r.spec)
+                            }),
+                            _ => self.set.destination_rules.get(before.1).map(|r| {
+                                crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
+                            }),
+                        };
+                    let message = match unserved {
+                        Some(fields) if fields.is_empty() => return,
+                        Some(fields) => format!(
+                            "{kind}: these fields are not enforced by this version of Ward: {}",
+                            fields.join(", ")
+                        ),
+                        // Not loaded (its errors say why): nothing of it is enforced.
+                        None => message,
+                    };
+                    self.diagnostics.push(
+                        Diagnostic::warning(code::KIND_NOT_ENFORCED, message)
+                            .at(doc.file, Some(doc.node.line))
+                            .object(object),
+                    );
+                    return;
+                }
                 self.diagnostics.push(
                     Diagnostic::warning(code::KIND_NOT_ENFORCED, message)
                         .at(doc.file, Some(doc.node.line))
@@ -1206,6 +1238,11 @@ mod tests {
             ),
             (
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
+                vec![],
+            ),
+            (
+                // Served in part: the warning names what is not.
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [gw], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
             ),
             (

@@ -484,6 +484,7 @@ mod tests {
             authz: Default::default(),
             jwt_rules: Default::default(),
             directory: Default::default(),
+            mesh_routes: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
             services: Default::default(),
             service_inbound: Vec::new(),

@@ -16,6 +16,7 @@ use ward_authn::jwks_uri::OwnListener;
 use ward_authn::JwtRuleSet;
 use ward_policy::{MtlsMode, PolicyRef, WorkloadPolicies};
 
+use crate::mesh_routing::MeshRoutes;
 use crate::telemetry::MeshDirectory;
 
 /// The port every proxy serves HBONE on, on its workload address (istio.io "HBONE": port
@@ -83,6 +84,11 @@ pub struct ProxyConfig {
     /// the DNS servers external hosts are resolved with (docs/egress.md).
     #[serde(default)]
     pub egress: EgressSettings,
+    /// VirtualService routing of the outbound HTTP side (`mesh`) and DestinationRule
+    /// subsets and load balancing, compiled once per config; the same for every workload of a
+    /// namespace, so they share one copy (docs/routing.md).
+    #[serde(default)]
+    pub mesh_routes: Arc<MeshRoutes>,
 }
 
 /// The egress settings of one proxy (docs/egress.md).

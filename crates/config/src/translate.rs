@@ -25,6 +25,7 @@ use crate::istio::{
     ServiceEntrySpec, ServicePort, SidecarHost, SidecarSpec, WorkloadEntrySpec,
 };
 use crate::load::{ConfigSet, Resource};
+use crate::mesh_routing::{mesh_services, MeshRoutes, MeshRoutesSpec};
 use crate::meta::parse_timestamp;
 use crate::request_authn;
 use crate::snapshot::{
@@ -33,6 +34,7 @@ use crate::snapshot::{
     DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::telemetry::MeshDirectory;
+use crate::traffic_policy::destination_policies;
 use crate::yaml::{push_index, push_key};
 
 /// Builds every proxy's configuration. Fails with all the errors found.
@@ -95,6 +97,8 @@ pub(crate) struct Context<'a> {
     /// The services the workloads of each namespace see ([`Context::services_for`]), computed
     /// once per namespace: they depend on the namespace only.
     services_by_namespace: std::cell::RefCell<BTreeMap<String, Arc<BTreeMap<String, MeshService>>>>,
+    /// The `mesh` routing of each namespace's workloads, computed once per namespace.
+    routes_by_namespace: std::cell::RefCell<BTreeMap<String, Arc<MeshRoutes>>>,
 }
 
 impl<'a> Context<'a> {
@@ -146,6 +150,7 @@ impl<'a> Context<'a> {
             workloads,
             vips: allocate_vips(set),
             services_by_namespace: Default::default(),
+            routes_by_namespace: Default::default(),
         };
         (context, errors)
     }
@@ -383,7 +388,10 @@ impl<'a> Context<'a> {
                     .unwrap_or_default(),
                 dns_resolvers: self.set.mesh.dns_resolvers.clone(),
             },
+            mesh_routes: Default::default(),
         };
+        let mut proxy = proxy;
+        proxy.mesh_routes = self.routes_in_namespace(workload, &proxy.services, &mut errors);
         (proxy, errors)
     }
 
@@ -407,6 +415,64 @@ impl<'a> Context<'a> {
             .borrow_mut()
             .insert(workload.namespace().to_owned(), services.clone());
         services
+    }
+
+    /// The `mesh` VirtualServices and DestinationRule policies for `workload`'s namespace,
+    /// compiled once per namespace. A VirtualService that does not compile is an error on it.
+    fn routes_in_namespace(
+        &self,
+        workload: &Workload<'_>,
+        services: &BTreeMap<String, MeshService>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Arc<MeshRoutes> {
+        let namespace = workload.namespace();
+        if let Some(found) = self.routes_by_namespace.borrow().get(namespace) {
+            return found.clone();
+        }
+        let by_key: BTreeMap<String, &BTreeMap<String, String>> =
+            if self.set.destination_rules.is_empty() {
+                BTreeMap::new()
+            } else {
+                self.workloads
+                    .iter()
+                    .map(|w| (w.resource.key(), &w.labels))
+                    .collect()
+            };
+        let labels = |key: &str| by_key.get(key).map(|l| (*l).clone());
+        let spec = MeshRoutesSpec {
+            virtual_services: mesh_services(&self.set.virtual_services, namespace),
+            destinations: destination_policies(
+                &self.set.destination_rules,
+                namespace,
+                self.root(),
+                services,
+                labels,
+            ),
+        };
+        let routes = match MeshRoutes::try_from(spec) {
+            Ok(routes) => routes,
+            Err(err) => {
+                let vs = self
+                    .set
+                    .virtual_services
+                    .iter()
+                    .find(|vs| vs.key() == err.object);
+                if let Some(vs) = vs {
+                    errors.push(vs.diagnostic(
+                        Severity::Error,
+                        code::INVALID,
+                        &err.field,
+                        err.reason.clone(),
+                    ));
+                }
+                MeshRoutes::default()
+            }
+        };
+        let routes = Arc::new(routes);
+        self.routes_by_namespace
+            .borrow_mut()
+            .insert(namespace.to_owned(), routes.clone());
+        routes
     }
 
     fn services_for(

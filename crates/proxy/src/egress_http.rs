@@ -51,6 +51,8 @@ const MAX_IDLE_PER_SERVICE: usize = 8;
 struct Built {
     config: Arc<ProxyConfig>,
     routes: EgressRoutes,
+    /// Load-balancing state for the destinations VirtualServices route to.
+    balance: routed::Balance,
 }
 
 /// The routing tables of the sidecar's current config: built when a connection or request
@@ -68,6 +70,7 @@ impl RouteCache {
         let built = Arc::new(Built {
             config: config.clone(),
             routes: EgressRoutes::new(config),
+            balance: routed::Balance::default(),
         });
         self.0.store(Some(built.clone()));
         built
@@ -75,13 +78,20 @@ impl RouteCache {
 }
 
 /// Whether the connections the listener at `bind` accepts are served here, request by request
-/// (several HTTP services share it), rather than forwarded whole.
+/// (several HTTP services share it, or a VirtualService covers one of its HTTP services),
+/// rather than forwarded whole.
 pub(crate) fn routes_by_host(
     ctx: &OutboundCtx,
     config: &Arc<ProxyConfig>,
     bind: SocketAddr,
 ) -> bool {
-    ctx.routes.get(config).routes.is_shared(bind)
+    let built = ctx.routes.get(config);
+    built.routes.is_shared(bind)
+        || built.routes.table(bind).is_some_and(|t| {
+            t.hosts()
+                .iter()
+                .any(|h| config.mesh_routes.table().covers(&h.name))
+        })
 }
 
 /// Serve HTTP on an app's connection to a shared egress listener until it closes.
@@ -161,7 +171,8 @@ struct Plan<'c> {
 ///   bytes could not be routed. `h2c` upgrades are ignored: the request is served as the
 ///   HTTP/1.1 request it also is. After refusing `CONNECT` or an upgrade, an HTTP/1.1
 ///   connection is closed.
-/// - No virtual host for the authority: 404 `NR`; a service with no endpoints: 503 `UH`.
+/// - No virtual host for the authority: 404 `NR`; a service with no endpoints (and no
+///   VirtualService to route it elsewhere): 503 `UH`.
 fn plan<'c>(
     config: &'c ProxyConfig,
     routes: &EgressRoutes,
@@ -192,7 +203,9 @@ fn plan<'c>(
         .and_then(|t| t.lookup(&authority))
         .and_then(|host| config.outbound.get(host.target))
         .ok_or_else(no_route)?;
-    if listener.endpoints.is_empty() {
+    // A service a VirtualService covers is routed by it (`routed.rs`); another one needs
+    // endpoints of its own.
+    if listener.endpoints.is_empty() && !config.mesh_routes.table().covers(&listener.service) {
         return Err(no_endpoints());
     }
     Ok(Plan {
@@ -210,8 +223,7 @@ fn upstream_head(
     authority: &str,
     version: Version,
 ) -> Result<(), Refusal> {
-    let bad_target = Refusal::downstream(ResponseFlag::None, "invalid_target")
-        .with_reply(StatusCode::BAD_REQUEST, "invalid request target\n");
+    let bad_target = bad_target();
     let trailers = lists_trailers(&parts.headers);
     admission::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST);
@@ -241,6 +253,11 @@ fn upstream_head(
     Ok(())
 }
 
+fn bad_target() -> Refusal {
+    Refusal::downstream(ResponseFlag::None, "invalid_target")
+        .with_reply(StatusCode::BAD_REQUEST, "invalid request target\n")
+}
+
 /// Whether a `TE` line lists `trailers`.
 fn lists_trailers(headers: &HeaderMap) -> bool {
     headers
@@ -259,8 +276,9 @@ struct Downstream {
     clients: Clients,
 }
 
-/// The client connections of one downstream connection, by service host. Locks are held for
-/// the map operation only.
+/// The client connections of one downstream connection, by [`Target::pool_key`] (the service
+/// host, or the host and the endpoint a load balancer picked). Locks are held for the map
+/// operation only.
 #[derive(Default)]
 struct Clients {
     /// Idle HTTP/1.1 connections: a request takes one, the end of its response gives it back.
@@ -289,21 +307,64 @@ struct FarEnd {
 }
 
 impl FarEnd {
-    /// Still one of the service's endpoints (the config may have changed since it was opened).
-    fn serves(&self, listener: &OutboundListener) -> bool {
-        listener
-            .endpoints
-            .iter()
-            .any(|e| e.address == self.endpoint)
+    /// Still where the target may go (the config may have changed since it was opened).
+    fn serves(&self, target: &Target) -> bool {
+        if target.pinned {
+            return target
+                .endpoints
+                .first()
+                .is_some_and(|e| e.address == self.endpoint);
+        }
+        target.endpoints.iter().any(|e| e.address == self.endpoint)
+    }
+}
+
+/// Where one request (or one attempt of it) goes: a service's endpoints in the order to try
+/// them, and the protocol it speaks.
+#[derive(Clone, Debug)]
+struct Target {
+    /// The service host: the access log's `dst.service` and the metrics' service labels.
+    service: String,
+    /// In the order to try; never empty when a request is sent.
+    endpoints: Vec<Endpoint>,
+    /// HTTP/2 with prior knowledge.
+    http2: bool,
+    /// The first endpoint was chosen by a load balancer: a kept connection is reused only if
+    /// it goes there.
+    pinned: bool,
+}
+
+impl Target {
+    /// Today's choice for a service no VirtualService covers: any endpoint, from a random
+    /// start, a kept connection to any of them reused.
+    fn any(listener: &OutboundListener) -> Target {
+        let mut endpoints = listener.endpoints.clone();
+        if !endpoints.is_empty() {
+            let start = fastrand::usize(..endpoints.len());
+            endpoints.rotate_left(start);
+        }
+        Target {
+            service: listener.service.clone(),
+            endpoints,
+            http2: listener.protocol.is_http2(),
+            pinned: false,
+        }
+    }
+
+    fn pool_key(&self) -> String {
+        match (self.pinned, self.endpoints.first()) {
+            (true, Some(e)) => format!("{}@{}", self.service, e.address),
+            _ => self.service.clone(),
+        }
     }
 }
 
 impl Clients {
-    fn take_h1(&self, listener: &OutboundListener) -> Option<H1Client> {
+    fn take_h1(&self, target: &Target) -> Option<H1Client> {
         let mut idle = self.h1.lock().ok()?;
-        let list = idle.get_mut(&listener.service)?;
+        let list = idle.get_mut(&target.pool_key())?;
         while let Some(c) = list.pop() {
-            if c.sender.is_ready() && c.far.serves(listener) {
+            if c.sender.is_ready() && c.far.serves(target) {
                 return Some(c);
             }
         }
@@ -327,11 +388,11 @@ impl Clients {
         });
     }
 
-    fn h2(&self, listener: &OutboundListener) -> Option<H2Client> {
+    fn h2(&self, target: &Target) -> Option<H2Client> {
         let shared = self.h2.lock().ok()?;
         shared
-            .get(&listener.service)
-            .filter(|c| !c.sender.is_closed() && c.far.serves(listener))
+            .get(&target.pool_key())
+            .filter(|c| !c.sender.is_closed() && c.far.serves(target))
             .cloned()
     }
 }
@@ -356,8 +417,14 @@ impl Downstream {
         };
         match answered {
             Ok(resp) => {
-                log.emit(resp.status().as_u16(), "-", "via_upstream", None);
-                meter.attach(resp, ResponseFlag::None.as_str())
+                let (flag, details) = log.answer.unwrap_or((ResponseFlag::None, "via_upstream"));
+                log.emit(
+                    resp.status().as_u16(),
+                    flag.as_str(),
+                    details,
+                    log.error.as_deref(),
+                );
+                meter.attach(resp, flag.as_str())
             }
             Err(refusal) => {
                 let code = refusal.status.map_or(500, |s| s.as_u16());
@@ -415,50 +482,78 @@ impl Downstream {
         let plan = plan(config, &built.routes, self.bind, &head)?;
         log.authority.clone_from(&plan.authority);
         log.service = Some(plan.listener.service.clone());
-        let version = if plan.listener.protocol.is_http2() {
+        if config.mesh_routes.table().covers(&plan.listener.service) {
+            return self.serve_routed(config, &built, &plan, req, log).await;
+        }
+        let target = Target::any(plan.listener);
+        let (mut parts, body) = req.into_parts();
+        upstream_head(&mut parts, &plan.authority, target.version())?;
+        let req = Request::from_parts(parts, body.boxed());
+        let resp = self.send(config, &target, req, log).await?;
+        finish_response(resp)
+    }
+
+    /// Send one request to `target` over a kept connection or a new one.
+    async fn send(
+        &self,
+        config: &ProxyConfig,
+        target: &Target,
+        req: Request<Body>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, Refusal> {
+        if target.http2 {
+            self.send_h2(config, target, req, log).await
+        } else {
+            self.send_h1(config, target, req, log).await
+        }
+    }
+}
+
+impl Target {
+    fn version(&self) -> Version {
+        if self.http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
-        };
-        let (mut parts, body) = req.into_parts();
-        upstream_head(&mut parts, &plan.authority, version)?;
-        let req = Request::from_parts(parts, body.boxed());
-        let mut resp = if version == Version::HTTP_2 {
-            self.send_h2(config, plan.listener, req, log).await?
-        } else {
-            self.send_h1(config, plan.listener, req, log).await?
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // No upgrade was asked for (`plan` refuses them).
-            return Err(Refusal::upstream(
-                ResponseFlag::UpstreamProtocolError,
-                "upgrade_protocol_mismatch",
-            )
-            .with_reply(
-                StatusCode::BAD_GATEWAY,
-                "upstream switched protocols unasked\n",
-            ));
         }
-        admission::strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|b| b.boxed()))
     }
+}
 
+/// The service's response as the app gets it: an unasked `101` is refused, hop-by-hop headers
+/// stay on their hop.
+fn finish_response(mut resp: Response<Incoming>) -> Result<Response<Body>, Refusal> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // No upgrade was asked for (`plan` refuses them).
+        return Err(Refusal::upstream(
+            ResponseFlag::UpstreamProtocolError,
+            "upgrade_protocol_mismatch",
+        )
+        .with_reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols unasked\n",
+        ));
+    }
+    admission::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp.map(|b| b.boxed()))
+}
+
+impl Downstream {
     async fn send_h1(
         &self,
         config: &ProxyConfig,
-        listener: &OutboundListener,
+        target: &Target,
         req: Request<Body>,
         log: &mut RequestLog,
     ) -> Result<Response<Incoming>, Refusal> {
         // A kept-alive connection the far side closed a moment ago fails before the request is
         // written; the request then goes on a new connection. A request that was (even partly)
         // written is never sent twice.
-        let req = match self.clients.take_h1(listener) {
+        let req = match self.clients.take_h1(target) {
             Some(mut client) => {
                 log.far = Some(client.far.clone());
                 match client.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        self.clients.give_back_h1(&listener.service, client);
+                        self.clients.give_back_h1(&target.pool_key(), client);
                         return Ok(resp);
                     }
                     Err(mut e) => match e.take_message() {
@@ -469,31 +564,31 @@ impl Downstream {
             }
             None => req,
         };
-        let tunnel = self.open(config, listener, log).await?;
+        let tunnel = self.open(config, target, log).await?;
         let mut client = tunnel.http1(log).await?;
         let resp = client
             .sender
             .send_request(req)
             .await
             .map_err(|e| log.failed(reset(), e))?;
-        self.clients.give_back_h1(&listener.service, client);
+        self.clients.give_back_h1(&target.pool_key(), client);
         Ok(resp)
     }
 
     async fn send_h2(
         &self,
         config: &ProxyConfig,
-        listener: &OutboundListener,
+        target: &Target,
         req: Request<Body>,
         log: &mut RequestLog,
     ) -> Result<Response<Incoming>, Refusal> {
-        let mut client = match self.clients.h2(listener) {
+        let mut client = match self.clients.h2(target) {
             Some(c) => c,
             None => {
-                let tunnel = self.open(config, listener, log).await?;
+                let tunnel = self.open(config, target, log).await?;
                 let client = tunnel.http2(log).await?;
                 if let Ok(mut shared) = self.clients.h2.lock() {
-                    shared.insert(listener.service.clone(), client.clone());
+                    shared.insert(target.pool_key(), client.clone());
                 }
                 client
             }
@@ -511,20 +606,16 @@ impl Downstream {
             .map_err(|e| log.failed(reset(), e))
     }
 
-    /// Open a tunnel (or a plaintext socket) to one of the service's endpoints, starting at a
-    /// random one and trying the next where that makes sense, as `outbound.rs` does for whole
-    /// connections. When none can be reached, that finishes a failed outbound connection.
+    /// Open a tunnel (or a plaintext socket) to one of the target's endpoints, in its order,
+    /// trying the next where that makes sense, as `outbound.rs` does for whole connections.
+    /// When none can be reached, that finishes a failed outbound connection.
     async fn open(
         &self,
         config: &ProxyConfig,
-        listener: &OutboundListener,
+        target: &Target,
         log: &mut RequestLog,
     ) -> Result<Tunnel, Refusal> {
-        let mut endpoints: Vec<&Endpoint> = listener.endpoints.iter().collect();
-        if !endpoints.is_empty() {
-            let start = fastrand::usize(..endpoints.len());
-            endpoints.rotate_left(start);
-        }
+        let endpoints: Vec<&Endpoint> = target.endpoints.iter().collect();
         let mut rec = ConnRecord::new(Direction::Outbound, self.src, self.bind);
         rec.src_workload = Some(format!(
             "{}/{}",
@@ -533,12 +624,12 @@ impl Downstream {
         rec.src_namespace = Some(config.workload.namespace.clone());
         rec.src_identity = Some(self.ctx.identity.clone());
         rec.src_meta = Some(crate::inbound::own_meta(config));
-        rec.dst_service = Some(listener.service.clone());
-        rec.service = crate::outbound::service_meta(config, &listener.service);
+        rec.dst_service = Some(target.service.clone());
+        rec.service = crate::outbound::service_meta(config, &target.service);
         let mut result = ConnResult::new(rec, self.ctx.metrics.clone());
         let mut last = Refusal::upstream(
             ResponseFlag::NoHealthyUpstream,
-            format!("service {} has no endpoints", listener.service),
+            format!("service {} has no endpoints", target.service),
         );
         for ep in endpoints {
             let rec = result.record();
@@ -742,6 +833,9 @@ struct RequestLog {
     far: Option<Arc<FarEnd>>,
     /// What failed, when the answer is a refusal for a failure.
     error: Option<String>,
+    /// The flag and details of an answer that is not the upstream's own (a redirect, a direct
+    /// response, a fault); `None`: `-` and `via_upstream`.
+    answer: Option<(ResponseFlag, &'static str)>,
     started: Instant,
 }
 
@@ -750,6 +844,24 @@ impl RequestLog {
     fn failed(&mut self, refusal: Refusal, error: impl std::fmt::Display) -> Refusal {
         self.error = Some(error.to_string());
         refusal
+    }
+
+    /// A record for a request Ward makes itself (a mirror's copy), never emitted.
+    fn detached(down: &Downstream, config: &ProxyConfig) -> RequestLog {
+        RequestLog {
+            src: down.src,
+            workload: format!("{}/{}", config.workload.namespace, config.workload.name),
+            identity: down.ctx.identity.clone(),
+            method: String::new(),
+            path: String::new(),
+            protocol: "HTTP/1.1",
+            authority: String::new(),
+            service: None,
+            far: None,
+            error: None,
+            answer: None,
+            started: Instant::now(),
+        }
     }
 
     fn new(down: &Downstream, config: &ProxyConfig, req: &Request<Incoming>) -> RequestLog {
@@ -775,6 +887,7 @@ impl RequestLog {
             service: None,
             far: None,
             error: None,
+            answer: None,
             started: Instant::now(),
         }
     }
@@ -805,6 +918,8 @@ impl RequestLog {
         );
     }
 }
+
+mod routed;
 
 #[cfg(test)]
 mod tests {
@@ -861,6 +976,7 @@ mod tests {
             jwt_rules: Default::default(),
             directory: Default::default(),
             egress: Default::default(),
+            mesh_routes: Default::default(),
         }
     }
 

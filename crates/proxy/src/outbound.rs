@@ -483,6 +483,7 @@ mod tests {
             jwt_rules: Default::default(),
             directory: Default::default(),
             egress: Default::default(),
+            mesh_routes: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {

@@ -59,6 +59,15 @@ pub enum ResponseFlag {
     UpstreamProtocolError,
     /// `UC`: the upstream connection ended before the response.
     UpstreamConnectionTermination,
+    /// `NC`: a route names a destination that is no service the proxy knows (or a subset no
+    /// DestinationRule defines).
+    NoClusterFound,
+    /// `UT`: the route's timeout (or the last attempt's) passed before the response.
+    UpstreamRequestTimeout,
+    /// `FI`: answered by a VirtualService fault abort.
+    FaultInjected,
+    /// `DI`: held by a VirtualService fault delay.
+    DelayInjected,
 }
 
 impl ResponseFlag {
@@ -75,6 +84,10 @@ impl ResponseFlag {
             ResponseFlag::UpstreamFailure => "UF",
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::UpstreamRequestTimeout => "UT",
+            ResponseFlag::FaultInjected => "FI",
+            ResponseFlag::DelayInjected => "DI",
         }
     }
 }

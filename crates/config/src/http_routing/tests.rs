@@ -145,6 +145,7 @@ fn outcome(d: &Decision<'_>) -> String {
             route,
             status,
             body,
+            ..
         } => format!(
             "{status} {:?} ({})",
             String::from_utf8_lossy(body),
@@ -358,4 +359,138 @@ spec:
     assert_eq!(name("exact.eu.example.com"), "b");
     assert_eq!(name("example.com"), "any");
     assert_eq!(name("elsewhere.org"), "any");
+}
+
+#[test]
+fn a_sidecar_routes_by_the_service_host_and_matches_the_request_as_sent() {
+    let (_, mesh) = tables();
+    assert!(mesh.covers("notes.records.svc.cluster.local"));
+    assert!(!mesh.covers("other.records.svc.cluster.local"));
+    // The app used a short name; the service it named decides the virtual host.
+    let mut short = req("notes:8080", "/n");
+    short.gateway = "mesh";
+    assert_eq!(
+        outcome(&mesh.decide_for(
+            "notes.records.svc.cluster.local",
+            &short.facts(),
+            Rolls::default()
+        )),
+        "-> notes.records.svc.cluster.local notes:8080 /n (-)"
+    );
+    assert_eq!(
+        outcome(&mesh.decide_for(
+            "other.records.svc.cluster.local",
+            &short.facts(),
+            Rolls::default()
+        )),
+        "404 NR"
+    );
+}
+
+#[test]
+fn fault_aborts_are_told_from_direct_responses() {
+    let (edge, _) = tables();
+    let aborted = edge.decide(
+        &req("fhir.example.com", "/chaos").facts(),
+        Rolls {
+            abort: 0.0,
+            ..Rolls::default()
+        },
+    );
+    assert!(matches!(
+        aborted,
+        Decision::Respond {
+            abort: true,
+            status: 503,
+            ..
+        }
+    ));
+    let direct = edge.decide(
+        &req("fhir.example.com", "/fhir/metadata").facts(),
+        Rolls::default(),
+    );
+    assert!(matches!(
+        direct,
+        Decision::Respond {
+            abort: false,
+            status: 200,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn cors_answers_preflights_and_decorates_allowed_origins() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cors, namespace: n}
+spec:
+  hosts: [api]
+  http:
+  - name: forward
+    match: [{uri: {prefix: /f}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://app.example.com"}, {regex: "https://.*\\.dev\\.example\\.com"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+    route: [{destination: {host: api}}]
+  - name: ignore
+    corsPolicy:
+      allowOrigins: [{exact: "*"}]
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: api}}]
+"#;
+    let set = crate::load_str("cors.yaml", yaml).unwrap();
+    let vss: Vec<&Resource<VirtualServiceSpec>> = set.virtual_services.iter().collect();
+    let mesh = HttpRoutes::compile(&vss, "mesh").unwrap();
+    let cors = |path: &'static str| {
+        let mut r = req("api.n.svc.cluster.local", path);
+        r.gateway = "mesh";
+        match mesh.decide(&r.facts(), Rolls::default()) {
+            Decision::Forward(f) => f.route.cors.clone().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let f = cors("/f");
+    let origin = "https://app.example.com";
+    assert_eq!(
+        f.answer("OPTIONS", Some(origin), Some("POST")),
+        CorsAnswer::Preflight(vec![
+            ("access-control-allow-origin", origin.to_owned()),
+            ("access-control-allow-credentials", "true".to_owned()),
+            ("access-control-allow-methods", "GET,POST".to_owned()),
+            ("access-control-allow-headers", "x-token".to_owned()),
+            ("access-control-max-age", "86400".to_owned()),
+        ])
+    );
+    assert_eq!(
+        f.answer("GET", Some("https://a.dev.example.com"), None),
+        CorsAnswer::Decorate(vec![
+            (
+                "access-control-allow-origin",
+                "https://a.dev.example.com".to_owned()
+            ),
+            ("access-control-allow-credentials", "true".to_owned()),
+            ("access-control-expose-headers", "x-trace".to_owned()),
+        ])
+    );
+    // Not allowed: forwarded untouched (FORWARD is the default); no Origin: not CORS.
+    assert_eq!(
+        f.answer("OPTIONS", Some("https://evil.com"), Some("GET")),
+        CorsAnswer::Pass
+    );
+    assert_eq!(
+        f.answer("GET", Some("https://evil.com"), None),
+        CorsAnswer::Pass
+    );
+    assert_eq!(f.answer("GET", None, None), CorsAnswer::Pass);
+    let any = cors("/other");
+    assert!(matches!(
+        any.answer("GET", Some("https://x"), None),
+        CorsAnswer::Decorate(_)
+    ));
 }
