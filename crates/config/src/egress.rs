@@ -187,6 +187,7 @@ mod tests {
             services: Arc::new(services),
             service_inbound: Vec::new(),
             egress: Default::default(),
+            mesh_routes: Default::default(),
         }
     }
 

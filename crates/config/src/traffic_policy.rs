@@ -552,6 +552,7 @@ spec:
             hostnames: vec![],
             addresses: vec![],
             auto_allocated: false,
+            resolution: Default::default(),
             ports: vec![crate::snapshot::MeshServicePort {
                 number: 80,
                 protocol: crate::snapshot::Protocol::Http,
