@@ -29,7 +29,9 @@ use ward_wire::ward::config::v1::proxy_config_service_server::ProxyConfigService
 use ward_wire::ward::config::v1::{ConfigRequest, ConfigResponse, Section as WireSection};
 
 use crate::bootstrap::TokenKey;
-use crate::ca_grpc::{bind, credential, Binding, Caller, Credential, Refusal};
+use crate::ca_grpc::{
+    bind, credential, resolve, Binding, Caller, Credential, Refusal, TokenReviewer,
+};
 use crate::proxies::{ProxyRegistry, ProxyStatus};
 use crate::push::{MeshInfo, Sections, SharedSections};
 use crate::ControlPlane;
@@ -114,6 +116,8 @@ impl ConfigMetrics {
 #[derive(Clone)]
 pub struct ConfigGrpc {
     inner: Arc<Inner>,
+    /// Checks ServiceAccount tokens; `None` off Kubernetes.
+    reviewer: Option<Arc<dyn TokenReviewer>>,
 }
 
 struct Inner {
@@ -152,7 +156,14 @@ impl ConfigGrpc {
                 metrics,
                 shared: SharedSections::default(),
             }),
+            reviewer: None,
         }
+    }
+
+    /// Also admit callers with ServiceAccount tokens, checked by `reviewer`.
+    pub fn with_token_reviewer(mut self, reviewer: Arc<dyn TokenReviewer>) -> ConfigGrpc {
+        self.reviewer = Some(reviewer);
+        self
     }
 }
 
@@ -283,19 +294,21 @@ impl ProxyConfigService for ConfigGrpc {
         };
         let hello = hello(first).map_err(|r| refuse(r, "-"))?;
         let inner = &self.inner;
-        let admitted = credential(caller.certificate.clone(), authorization.as_deref()).and_then(
-            |credential| {
-                let snap = inner.control.snapshot().borrow().clone();
-                admit(
-                    &credential,
-                    &hello.workload,
-                    &snap,
-                    &inner.tokens,
-                    &inner.audience,
-                    SystemTime::now(),
-                )
-            },
-        );
+        let credential = match credential(caller.certificate.clone(), authorization.as_deref()) {
+            Ok(c) => resolve(c, self.reviewer.as_deref()).await,
+            Err(r) => Err(r),
+        };
+        let admitted = credential.and_then(|credential| {
+            let snap = inner.control.snapshot().borrow().clone();
+            admit(
+                &credential,
+                &hello.workload,
+                &snap,
+                &inner.tokens,
+                &inner.audience,
+                SystemTime::now(),
+            )
+        });
         let binding = admitted.map_err(|r| refuse(r, &hello.workload))?;
         let Some(config) = inner.control.subscribe(&hello.workload) else {
             let refusal = Refusal {
