@@ -429,7 +429,7 @@ mod tests {
         for part in [
             "k8s:security.istio.io/v1/AuthorizationPolicy/app/p",
             "AuthorizationPolicy app/p",
-            "spec.rules[0].from[0].source.principalz",
+            "spec.rules[0].from[0].source: unknown field `principalz`",
         ] {
             assert!(err.contains(part), "{part:?} not in {err}");
         }
