@@ -63,7 +63,7 @@ pub(crate) async fn start(
     let mut changes = cluster.changes();
     let mut waited = 0u32;
     while !cluster.is_synced() {
-        if waited % 50 == 0 {
+        if waited.is_multiple_of(50) {
             tracing::info!(target: "kubernetes", waiting_for = %cluster.unsynced().join(", "), "waiting for the API server's first lists");
         }
         waited += 1;

@@ -519,6 +519,11 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
         serving,
         "an unchanged relist reloads nothing"
     );
+    assert_eq!(
+        metric(admin, "ward_config_responses_total", ""),
+        responses,
+        "and pushes nothing"
+    );
     // And the watches follow changes again.
     let start = Instant::now();
     api2.apply(&policy("cli"));

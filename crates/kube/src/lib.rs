@@ -10,6 +10,9 @@
 //! [`tokens`] (ServiceAccount tokens checked with the TokenReview API), [`crds`] (the Istio
 //! CRDs `ward install crds` prints), [`events`] (Kubernetes Events on invalid objects).
 
+// Tests may unwrap; the library may not (workspace lints).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod crds;
 pub mod events;
 pub mod source;

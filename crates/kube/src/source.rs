@@ -238,7 +238,7 @@ fn watch_dynamic(
 ) -> Box<dyn Cache> {
     let what = format!("{}/{}", resource.api_version, resource.kind);
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let writer = Writer::new(resource.clone());
+    let writer = Writer::new(resource);
     let store = writer.as_reader();
     tokio::spawn(run_watch(
         watcher(api, watcher::Config::default()),
