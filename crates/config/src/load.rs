@@ -1456,6 +1456,16 @@ mod tests {
     }
 
     #[test]
+    fn served_kinds_merge_the_versions_of_each_kind_of_a_group() {
+        let security = served_kinds("security.istio.io");
+        assert!(security.contains(&("AuthorizationPolicy", vec!["v1", "v1beta1"])));
+        let networking = served_kinds("networking.istio.io");
+        assert!(networking.contains(&("EnvoyFilter", vec!["v1alpha3"])));
+        assert!(networking.contains(&("ServiceEntry", vec!["v1", "v1beta1", "v1alpha3"])));
+        assert!(served_kinds("example.com").is_empty());
+    }
+
+    #[test]
     fn served_api_versions_list_every_version_of_a_kind() {
         let cases: &[(&str, &[&str])] = &[
             (
