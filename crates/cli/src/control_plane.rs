@@ -30,8 +30,25 @@ use crate::up::{parse_duration, parse_settle};
 #[derive(clap::Args)]
 pub(crate) struct ControlPlaneArgs {
     /// Files or directories of Istio YAML (the same as `ward up`), reloaded when they change.
-    #[arg(short = 'f', long = "filename", required = true)]
+    /// With `--kubernetes`, loaded together with the API server's objects.
+    #[arg(short = 'f', long = "filename", required_unless_present = "kubernetes")]
     paths: Vec<PathBuf>,
+    /// Also read config from the Kubernetes API server: Istio objects, Pods, Services,
+    /// EndpointSlices, Namespaces and the mesh ConfigMap (docs/kubernetes.md). Proxies may then
+    /// bootstrap with their ServiceAccount tokens (TokenReview).
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig to use with `--kubernetes`; else `KUBECONFIG`, `~/.kube/config`, or the
+    /// pod's service account (in-cluster).
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of the mesh ConfigMap `istio` (the mesh's root namespace).
+    #[arg(long, default_value = "istio-system", requires = "kubernetes")]
+    istio_namespace: String,
+    /// How long to wait after a change on the API server before loading, so that a burst of
+    /// changes (`kubectl apply -f dir/`) loads once.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce: Duration,
     /// Where the CA keeps its root and the bootstrap token key (created on first start).
     #[arg(long, default_value = "./.ward")]
     state_dir: PathBuf,
@@ -175,8 +192,21 @@ async fn check(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// `ward control-plane`.
 pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let control = ControlPlane::start(args.paths.clone())
-        .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
+    let mut registry = Registry::default();
+    let (control, cluster) = if args.kubernetes {
+        let k = crate::kubernetes::start(
+            args.kubeconfig.as_deref(),
+            &args.istio_namespace,
+            args.paths.clone(),
+            &mut registry,
+        )
+        .await?;
+        (k.control.clone(), Some(k))
+    } else {
+        let control = ControlPlane::start(args.paths.clone())
+            .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
+        (control, None)
+    };
     let mesh = control.mesh().clone();
     let ca = ward_ca::Ca::load_or_create(
         &args.state_dir,
@@ -199,33 +229,43 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .context("installing the control plane's certificate")?;
     let tls = ward_tls::control_plane_server_config(store.clone(), &mesh.trust_domain)?;
 
-    let mut registry = Registry::default();
     let ca_metrics = CaMetrics::register(&mut registry);
     let config_metrics = ConfigMetrics::register(&mut registry);
     let status_metrics = admin::ConfigMetrics::register(&mut registry);
     let proxies = Arc::new(ProxyRegistry::default());
+    let mut ca_service = CaGrpc::new(
+        ca.clone(),
+        control.clone(),
+        tokens.clone(),
+        audience_of_root(&root),
+        ca_metrics,
+    );
+    let mut config_service = ConfigGrpc::new(
+        control.clone(),
+        tokens,
+        audience_of_root(&root),
+        proxies.clone(),
+        config_metrics,
+    );
+    if let Some(k) = &cluster {
+        ca_service = ca_service.with_token_reviewer(k.reviewer.clone());
+        config_service = config_service.with_token_reviewer(k.reviewer.clone());
+    }
     let services = ca_grpc::Services {
-        ca: CaGrpc::new(
-            ca.clone(),
-            control.clone(),
-            tokens.clone(),
-            audience_of_root(&root),
-            ca_metrics,
-        ),
-        config: ConfigGrpc::new(
-            control.clone(),
-            tokens,
-            audience_of_root(&root),
-            proxies.clone(),
-            config_metrics,
-        ),
+        ca: ca_service,
+        config: config_service,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(k) = cluster {
+        tokio::spawn(k.follow(args.debounce, shutdown_rx.clone()));
+    }
     let timing = ReloadTiming {
         poll: args.poll_interval,
         settle: args.reload_settle,
     };
-    tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
+    if !args.paths.is_empty() {
+        tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
+    }
     tokio::spawn(rotate_own(
         ca.clone(),
         store.clone(),

@@ -32,6 +32,7 @@ mod devidp;
 mod diff;
 mod echo;
 mod fdlimit;
+mod kubernetes;
 mod logging;
 mod proxy;
 mod up;
@@ -64,8 +65,8 @@ enum Command {
     /// the CA over gRPC (Istio's IstioCertificateService) and stream each proxy its config, on
     /// TLS 1.3.
     ControlPlane(control_plane::ControlPlaneArgs),
-    /// Run one workload's sidecar from a bootstrap file: certificates and config come from the
-    /// control plane over gRPC; with the control plane gone it keeps serving its last config.
+    /// Run one workload's sidecar from a bootstrap file (or, on Kubernetes, its ServiceAccount
+    /// token): certificates and config come from the control plane over gRPC; with the control plane gone it keeps serving its last config.
     Proxy(proxy::ProxyArgs),
     /// Show every proxy connected to a control plane, and whether it serves the latest config
     /// (SYNCED, STALE, NOT SENT).
@@ -111,12 +112,25 @@ enum Command {
     Diff(diff::DiffArgs),
     /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
     DevIdp(devidp::DevIdpArgs),
+    /// Render manifests for Kubernetes: `ward install crds` prints the CRDs of the Istio kinds
+    /// Ward reads (`ward install crds | kubectl apply -f -`).
+    Install {
+        #[command(subcommand)]
+        what: InstallCommand,
+    },
     /// Run a TCP echo server (a demo app).
     Echo {
         /// Address to listen on.
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+}
+
+/// What `ward install` renders.
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// The CustomResourceDefinitions of the Istio kinds Ward reads, every version served.
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +167,9 @@ fn main() -> ExitCode {
         Command::Verify { command } => return rt.block_on(verify::run(command)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
+        Command::Install {
+            what: InstallCommand::Crds,
+        } => kubernetes::print_crds(),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };

@@ -46,9 +46,12 @@ pub(crate) struct ProxyArgs {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "uninstall_capture"
+        required_unless_present_any = ["uninstall_capture", "token_file"],
+        conflicts_with = "token_file"
     )]
     bootstrap: Option<PathBuf>,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
     /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -56,6 +59,77 @@ pub(crate) struct ProxyArgs {
     limits: LimitArgs,
     #[command(flatten)]
     capture: CaptureArgs,
+}
+
+/// How `ward proxy` bootstraps on Kubernetes (instead of `--bootstrap`): with its projected
+/// ServiceAccount token, as Istio's agent does (docs/kubernetes.md).
+#[derive(clap::Args)]
+pub(crate) struct KubernetesArgs {
+    /// The pod's projected ServiceAccount token (audience `istio-ca`), read at each start.
+    #[arg(long, value_name = "FILE", requires_all = ["control_plane", "pod_name"])]
+    token_file: Option<PathBuf>,
+    /// The control plane's gRPC address, `host:port` (with `--token-file`).
+    #[arg(long, value_name = "HOST:PORT", env = "CA_ADDR")]
+    control_plane: Option<String>,
+    /// The mesh root certificate(s), PEM (with `--token-file`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    root_cert: PathBuf,
+    /// The pod's name: the workload is `<token namespace>/<pod name>`.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The pod's namespace; when given, it must be the token's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// The mesh's trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The mesh's root namespace, where the control plane runs (its identity is
+    /// `spiffe://<trust domain>/ns/<root namespace>/sa/ward-control-plane`).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+}
+
+impl KubernetesArgs {
+    /// The bootstrap bundle of a proxy started with `--token-file`.
+    fn bundle(&self) -> anyhow::Result<Option<BootstrapFile>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let (Some(control_plane), Some(pod)) = (&self.control_plane, &self.pod_name) else {
+            anyhow::bail!("--token-file needs --control-plane and --pod-name");
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?;
+        let root = std::fs::read_to_string(&self.root_cert)
+            .with_context(|| format!("--root-cert {}", self.root_cert.display()))?;
+        let server = ward_control::ca_grpc::control_plane_identity(
+            &self.trust_domain,
+            &self.root_namespace,
+        )?;
+        let bundle = BootstrapFile::from_service_account_token(
+            &token,
+            pod,
+            control_plane,
+            &server.to_string(),
+            &self.trust_domain,
+            root,
+        )
+        .with_context(|| format!("--token-file {}", path.display()))?;
+        if let Some(ns) = &self.pod_namespace {
+            let token_ns = bundle.workload.split('/').next().unwrap_or("");
+            if ns != token_ns {
+                anyhow::bail!("--pod-namespace {ns}: the token is of namespace {token_ns}");
+            }
+        }
+        bundle
+            .roots_der()
+            .map_err(|e| anyhow::anyhow!("--root-cert {}: {e}", self.root_cert.display()))?;
+        Ok(Some(bundle))
+    }
 }
 
 /// Options of `ward proxy-status`.
@@ -108,10 +182,14 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         );
         return Ok(());
     }
-    let Some(bootstrap) = args.bootstrap.clone() else {
-        anyhow::bail!("--bootstrap FILE is required");
+    let (bootstrap, bundle) = match (&args.bootstrap, args.kubernetes.bundle()?) {
+        (Some(path), _) => (path.clone(), BootstrapFile::read(path)?),
+        (None, Some(bundle)) => (
+            args.kubernetes.token_file.clone().unwrap_or_default(),
+            bundle,
+        ),
+        (None, None) => anyhow::bail!("--bootstrap FILE or --token-file FILE is required"),
     };
-    let bundle = BootstrapFile::read(&bootstrap)?;
     let bundle = Arc::new(bundle);
     let key = bundle.workload.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

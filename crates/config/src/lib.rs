@@ -90,7 +90,7 @@ pub use diag::{code, Diagnostic, Diagnostics, Severity};
 pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 pub use load::{
     load_files, load_paths, load_paths_partial, load_str, read_paths, served_api_versions,
-    ConfigFiles, ConfigSet, FieldLines, NamespaceObject, Resource,
+    served_kinds, ConfigFiles, ConfigSet, FieldLines, NamespaceObject, Resource,
 };
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;

@@ -192,6 +192,22 @@ impl ConfigFiles {
         )
     }
 
+    /// These files followed by `other`'s (e.g. files on disk, then objects read from the
+    /// Kubernetes API server), loaded as one config.
+    pub fn join(&self, other: &ConfigFiles) -> ConfigFiles {
+        ConfigFiles(self.0.iter().chain(other.0.iter()).cloned().collect())
+    }
+
+    /// How many files there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no files.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The files that are empty (zero bytes), by name.
     pub fn empty_files(&self) -> impl Iterator<Item = &str> {
         self.0
@@ -462,6 +478,25 @@ pub fn served_api_versions(kind: &str) -> Vec<String> {
         .filter(|(_, _, kinds)| kinds.contains(&kind))
         .flat_map(|(g, versions, _)| versions.iter().map(|v| api_version_of(g, v)))
         .collect()
+}
+
+/// The kinds Ward loads in API group `group` (e.g. `security.istio.io`), each with the versions
+/// Ward accepts for it, newest first: what the Kubernetes source watches and what
+/// `ward install crds` serves.
+pub fn served_kinds(group: &str) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for (g, versions, kinds) in SERVED {
+        if *g != group {
+            continue;
+        }
+        for kind in kinds.iter() {
+            match out.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, v)) => v.extend(versions.iter()),
+                None => out.push((kind, versions.to_vec())),
+            }
+        }
+    }
+    out
 }
 
 /// Every `group/version` that serves `kind` outside the core group (empty for a kind that is
@@ -1455,6 +1490,16 @@ mod tests {
                 .all(|d| d.code == code::PARSE && d.line.is_none()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn served_kinds_merge_the_versions_of_each_kind_of_a_group() {
+        let security = served_kinds("security.istio.io");
+        assert!(security.contains(&("AuthorizationPolicy", vec!["v1", "v1beta1"])));
+        let networking = served_kinds("networking.istio.io");
+        assert!(networking.contains(&("EnvoyFilter", vec!["v1alpha3"])));
+        assert!(networking.contains(&("ServiceEntry", vec!["v1", "v1beta1", "v1alpha3"])));
+        assert!(served_kinds("example.com").is_empty());
     }
 
     #[test]

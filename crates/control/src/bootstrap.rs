@@ -32,6 +32,15 @@ const KEY_DIR: &str = "bootstrap";
 const KEY_FILE: &str = "token-key.pem";
 /// The one header a Ward bootstrap token has.
 const HEADER: &str = r#"{"alg":"ES256","typ":"JWT"}"#;
+
+/// Whether `token` has a Ward bootstrap token's header (and so is no Kubernetes token, whose
+/// header names a key: `kid`). Says nothing of its validity.
+pub fn is_ward_token(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .is_some_and(|h| h == URL_SAFE_NO_PAD.encode(HEADER))
+}
 /// Longest token read at all; a real one is about 400 bytes.
 const MAX_TOKEN_LEN: usize = 4096;
 /// Clock skew allowed on `iat` between the host that issued a token and the control plane.
@@ -348,6 +357,48 @@ impl BootstrapFile {
         })
     }
 
+    /// What a proxy on Kubernetes bootstraps with: its ServiceAccount token (read from the
+    /// projected token file), the mesh root and where the control plane is. The token's claims
+    /// are read, not verified (the control plane has the API server verify it), only to know
+    /// which identity to ask for: `spiffe://<trust_domain>/ns/<namespace>/sa/<name>`.
+    pub fn from_service_account_token(
+        token: &str,
+        pod: &str,
+        control_plane: &str,
+        control_plane_identity: &str,
+        trust_domain: &str,
+        root_cert: String,
+    ) -> Result<BootstrapFile, BootstrapError> {
+        let malformed = BootstrapError::Malformed;
+        let token = token.trim();
+        let payload = token.split('.').nth(1).ok_or(malformed("not a JWT"))?;
+        let claims: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(malformed("the claims are not base64url JSON"))?;
+        let k8s = &claims["kubernetes.io"];
+        let namespace = k8s["namespace"].as_str().ok_or(malformed(
+            "no kubernetes.io.namespace: not a ServiceAccount token",
+        ))?;
+        let service_account = k8s["serviceaccount"]["name"]
+            .as_str()
+            .ok_or(malformed("no kubernetes.io.serviceaccount.name"))?;
+        let identity = ward_identity::SpiffeId::new(trust_domain, namespace, service_account)
+            .map_err(|_| {
+                malformed("the token's namespace or ServiceAccount is not a valid identity")
+            })?;
+        Ok(BootstrapFile {
+            control_plane: control_plane.to_owned(),
+            control_plane_identity: control_plane_identity.to_owned(),
+            workload: format!("{namespace}/{pod}"),
+            identity: identity.to_string(),
+            root_cert,
+            token: token.to_owned(),
+            expires: claims["exp"].as_u64().unwrap_or(0),
+        })
+    }
+
     /// The root certificates, DER.
     pub fn roots_der(&self) -> Result<Vec<Vec<u8>>, String> {
         let blocks = pem::parse_many(&self.root_cert).map_err(|e| format!("rootCert: {e}"))?;
@@ -374,6 +425,36 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_account_token_gives_the_workload_and_identity_to_ask_for() {
+        let claims = r#"{"aud":["istio-ca"],"exp":1796391840,"kubernetes.io":{"namespace":"app","pod":{"name":"cli","uid":"u"},"serviceaccount":{"name":"cli-sa","uid":"v"}},"sub":"system:serviceaccount:app:cli-sa"}"#;
+        let token = format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let b = BootstrapFile::from_service_account_token(
+            &format!("{token}\n"),
+            "cli",
+            "cp:15012",
+            "spiffe://td/ns/istio-system/sa/ward-control-plane",
+            "td",
+            "PEM".into(),
+        )
+        .unwrap();
+        assert_eq!(b.workload, "app/cli");
+        assert_eq!(b.identity, "spiffe://td/ns/app/sa/cli-sa");
+        assert_eq!(b.token, token);
+        assert_eq!(b.expires, 1796391840);
+        assert!(!is_ward_token(&token));
+        for bad in ["", "abc", "a.%%%.c", "a.e30.c"] {
+            assert!(
+                BootstrapFile::from_service_account_token(bad, "p", "c", "i", "td", String::new())
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     const AUD: &str = "ward-control-plane:abc";
 

@@ -8,6 +8,11 @@
 //! - otherwise `authorization: Bearer <bootstrap token>` (a first request): the token's
 //!   workload (`namespace/name`) must be a WorkloadEntry of the loaded config, and its
 //!   `serviceAccount`, namespace and the trust domain give the identity;
+//! - on Kubernetes (`ward control-plane --kubernetes`), a bearer token that is not a Ward
+//!   bootstrap token is a ServiceAccount token: the API server's TokenReview ([`TokenReviewer`])
+//!   must authenticate it for `istio-ca` and name its pod; the pod (`namespace/name`) must be a
+//!   running workload of the loaded config, and its identity must be exactly
+//!   `spiffe://<td>/ns/<namespace>/sa/<service account>` of the token;
 //! - otherwise the call is refused (`UNAUTHENTICATED`).
 //!
 //! The CSR must then ask for exactly that identity ([`ward_ca::Ca::sign`] checks it;
@@ -15,7 +20,9 @@
 //! reason, never with the token. The decision ([`bind`]) is a function of the credential, the
 //! config snapshot and the time.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -84,8 +91,51 @@ pub enum Credential {
     Certificate(SpiffeId),
     /// A bearer token (not yet verified).
     Token(String),
+    /// A ServiceAccount token the API server authenticated ([`resolve`]).
+    ServiceAccount(ReviewedToken),
     /// Nothing.
     None,
+}
+
+/// What the Kubernetes TokenReview API proved about a ServiceAccount token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewedToken {
+    /// The ServiceAccount's namespace.
+    pub namespace: String,
+    /// The ServiceAccount's name.
+    pub service_account: String,
+    /// The pod a bound token names (`authentication.kubernetes.io/pod-name`).
+    pub pod: Option<String>,
+}
+
+/// A reviewer's answer: the token's identity, or why it was refused (never the token).
+pub type ReviewFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ReviewedToken, String>> + Send + 'a>>;
+
+/// Checks ServiceAccount tokens (the TokenReview API; `ward_kube::tokens`).
+pub trait TokenReviewer: Send + Sync {
+    /// Reviews one token.
+    fn review<'a>(&'a self, token: &'a str) -> ReviewFuture<'a>;
+}
+
+/// Turns a bearer token that is not a Ward bootstrap token into a reviewed ServiceAccount
+/// credential when a reviewer is configured; any other credential is returned as is.
+pub async fn resolve(
+    credential: Credential,
+    reviewer: Option<&dyn TokenReviewer>,
+) -> Result<Credential, Refusal> {
+    match (credential, reviewer) {
+        (Credential::Token(token), Some(reviewer)) if !crate::bootstrap::is_ward_token(&token) => {
+            let reviewed = reviewer.review(&token).await.map_err(|reason| {
+                Refusal::new(
+                    Code::Unauthenticated,
+                    format!("ServiceAccount token refused: {reason}"),
+                )
+            })?;
+            Ok(Credential::ServiceAccount(reviewed))
+        }
+        (credential, _) => Ok(credential),
+    }
 }
 
 /// Why a call was refused: the gRPC code and a message for the caller and the log.
@@ -173,6 +223,7 @@ pub fn bind(
                 workload: None,
             })
         }
+        Credential::ServiceAccount(token) => bind_pod(token, snap),
         Credential::Token(token) => {
             let claims = tokens
                 .verify(token, audience, now)
@@ -199,6 +250,46 @@ pub fn bind(
             })
         }
     }
+}
+
+/// A reviewed ServiceAccount token binds to the identity of the pod it names, and only if the
+/// pod runs as that very ServiceAccount.
+fn bind_pod(token: &ReviewedToken, snap: &MeshSnapshot) -> Result<Binding, Refusal> {
+    let Some(pod) = &token.pod else {
+        return Err(Refusal::new(
+            Code::PermissionDenied,
+            "ServiceAccount token is not bound to a pod (use a projected token or `kubectl create token --bound-object-kind Pod`)",
+        ));
+    };
+    let workload = format!("{}/{pod}", token.namespace);
+    let proxy = snap.proxies.get(&workload).ok_or_else(|| {
+        Refusal::new(
+            Code::PermissionDenied,
+            format!("pod {workload} is not a running workload in the config"),
+        )
+    })?;
+    let identity = SpiffeId::parse(&proxy.workload.identity).map_err(|e| {
+        Refusal::new(
+            Code::Internal,
+            format!("workload {workload} has no valid identity: {e}"),
+        )
+    })?;
+    if identity.namespace() != token.namespace
+        || identity.service_account() != token.service_account
+    {
+        return Err(Refusal::new(
+            Code::PermissionDenied,
+            format!(
+                "the token is ServiceAccount {}/{}, but pod {workload} runs as {identity}",
+                token.namespace, token.service_account
+            ),
+        ));
+    }
+    Ok(Binding {
+        identity,
+        via: "serviceaccount",
+        workload: Some(workload),
+    })
 }
 
 fn token_refusal(e: &BootstrapError) -> Refusal {
@@ -243,6 +334,8 @@ impl CaMetrics {
 #[derive(Clone)]
 pub struct CaGrpc {
     inner: Arc<Inner>,
+    /// Checks ServiceAccount tokens; `None` off Kubernetes.
+    reviewer: Option<Arc<dyn TokenReviewer>>,
 }
 
 struct Inner {
@@ -271,11 +364,18 @@ impl CaGrpc {
                 audience,
                 metrics,
             }),
+            reviewer: None,
         }
     }
 
+    /// Also accept ServiceAccount tokens, checked by `reviewer`.
+    pub fn with_token_reviewer(mut self, reviewer: Arc<dyn TokenReviewer>) -> CaGrpc {
+        self.reviewer = Some(reviewer);
+        self
+    }
+
     /// Authenticates, binds and signs one request.
-    fn handle(
+    async fn handle(
         &self,
         caller: &Caller,
         authorization: Option<&[u8]>,
@@ -283,6 +383,7 @@ impl CaGrpc {
     ) -> Result<(Binding, IstioCertificateResponse, String), Refusal> {
         let inner = &self.inner;
         let credential = credential(caller.certificate.clone(), authorization)?;
+        let credential = resolve(credential, self.reviewer.as_deref()).await?;
         let snap = inner.control.snapshot().borrow().clone();
         let binding = bind(
             &credential,
@@ -327,7 +428,10 @@ impl IstioCertificateService for CaGrpc {
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes().to_vec());
-        match self.handle(&caller, authorization.as_deref(), request.get_ref()) {
+        match self
+            .handle(&caller, authorization.as_deref(), request.get_ref())
+            .await
+        {
             Ok((binding, response, serial)) => {
                 tracing::info!(
                     peer = %caller.addr,
@@ -553,6 +657,87 @@ spec:
         };
         let snap = control.snapshot().borrow().clone();
         snap
+    }
+
+    #[test]
+    fn a_reviewed_service_account_token_binds_only_its_own_running_pod() {
+        let snap = snapshot();
+        let state = tempfile::tempdir().unwrap();
+        let tokens = TokenKey::load_or_create(state.path()).unwrap();
+        let now = SystemTime::now();
+        let sa = |ns: &str, sa: &str, pod: Option<&str>| {
+            Credential::ServiceAccount(ReviewedToken {
+                namespace: ns.into(),
+                service_account: sa.into(),
+                pod: pod.map(str::to_owned),
+            })
+        };
+        let bound = bind(&sa("app", "sa-a", Some("a")), &snap, &tokens, "x", now).unwrap();
+        assert_eq!(
+            bound.identity,
+            SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sa-a").unwrap()
+        );
+        assert_eq!(
+            (bound.via, bound.workload.as_deref()),
+            ("serviceaccount", Some("app/a"))
+        );
+        let cases = [
+            ("unbound", sa("app", "sa-a", None), "not bound to a pod"),
+            (
+                "no such pod",
+                sa("app", "sa-a", Some("b")),
+                "not a running workload",
+            ),
+            (
+                "another SA's token",
+                sa("app", "sa-b", Some("a")),
+                "runs as",
+            ),
+            (
+                "another namespace",
+                sa("other", "sa-a", Some("a")),
+                "not a running workload",
+            ),
+        ];
+        for (name, credential, want) in cases {
+            let e = bind(&credential, &snap, &tokens, "x", now).unwrap_err();
+            assert_eq!(e.code, Code::PermissionDenied, "{name}");
+            assert!(e.reason.contains(want), "{name}: {}", e.reason);
+        }
+    }
+
+    struct Fixed(Result<ReviewedToken, String>);
+
+    impl TokenReviewer for Fixed {
+        fn review<'a>(&'a self, _token: &'a str) -> ReviewFuture<'a> {
+            Box::pin(async move { self.0.clone() })
+        }
+    }
+
+    #[tokio::test]
+    async fn only_tokens_that_are_not_ward_bootstrap_tokens_are_reviewed() {
+        let state = tempfile::tempdir().unwrap();
+        let tokens = TokenKey::load_or_create(state.path()).unwrap();
+        let ward = tokens
+            .issue("app/a", "aud", SystemTime::now(), Duration::from_secs(60))
+            .unwrap();
+        let ok = Fixed(Ok(ReviewedToken {
+            namespace: "app".into(),
+            service_account: "sa-a".into(),
+            pod: Some("a".into()),
+        }));
+        let no = Fixed(Err("not authenticated".into()));
+        let k8s = Credential::Token("eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.e30.sig".into());
+        let ward = Credential::Token(ward);
+        assert_eq!(resolve(ward.clone(), Some(&no)).await, Ok(ward.clone()));
+        assert!(matches!(
+            resolve(k8s.clone(), Some(&ok)).await,
+            Ok(Credential::ServiceAccount(_))
+        ));
+        let refused = resolve(k8s.clone(), Some(&no)).await.unwrap_err();
+        assert_eq!(refused.code, Code::Unauthenticated);
+        // Off Kubernetes, a foreign token stays a token (and fails as a bootstrap token).
+        assert_eq!(resolve(k8s.clone(), None).await, Ok(k8s));
     }
 
     #[test]

@@ -25,7 +25,9 @@ use ward_config::{MeshSnapshot, ProxyConfig};
 use ward_wire::ward::config::v1::{ConfigRequest, ConfigResponse};
 
 use crate::bootstrap::TokenKey;
-use crate::ca_grpc::{bind, credential, Binding, Caller, Credential, Refusal, MAX_MESSAGE};
+use crate::ca_grpc::{
+    bind, credential, resolve, Binding, Caller, Credential, Refusal, TokenReviewer, MAX_MESSAGE,
+};
 use crate::grpc_frames::{frame, Framed, Out, StreamBody};
 use crate::proxies::{ProxyRegistry, ProxyStatus};
 use crate::push::{MeshInfo, Sections, SharedSections};
@@ -111,6 +113,8 @@ impl ConfigMetrics {
 #[derive(Clone)]
 pub struct ConfigGrpc {
     inner: Arc<Inner>,
+    /// Checks ServiceAccount tokens; `None` off Kubernetes.
+    reviewer: Option<Arc<dyn TokenReviewer>>,
 }
 
 struct Inner {
@@ -149,7 +153,14 @@ impl ConfigGrpc {
                 metrics,
                 shared: SharedSections::default(),
             }),
+            reviewer: None,
         }
+    }
+
+    /// Also admit callers with ServiceAccount tokens, checked by `reviewer`.
+    pub fn with_token_reviewer(mut self, reviewer: Arc<dyn TokenReviewer>) -> ConfigGrpc {
+        self.reviewer = Some(reviewer);
+        self
     }
 }
 
@@ -325,19 +336,21 @@ impl ConfigGrpc {
         };
         let hello = hello(first).map_err(|r| refuse(r, "-"))?;
         let inner = &self.inner;
-        let admitted = credential(caller.certificate.clone(), authorization.as_deref()).and_then(
-            |credential| {
-                let snap = inner.control.snapshot().borrow().clone();
-                admit(
-                    &credential,
-                    &hello.workload,
-                    &snap,
-                    &inner.tokens,
-                    &inner.audience,
-                    SystemTime::now(),
-                )
-            },
-        );
+        let credential = match credential(caller.certificate.clone(), authorization.as_deref()) {
+            Ok(c) => resolve(c, self.reviewer.as_deref()).await,
+            Err(r) => Err(r),
+        };
+        let admitted = credential.and_then(|credential| {
+            let snap = inner.control.snapshot().borrow().clone();
+            admit(
+                &credential,
+                &hello.workload,
+                &snap,
+                &inner.tokens,
+                &inner.audience,
+                SystemTime::now(),
+            )
+        });
         let binding = admitted.map_err(|r| refuse(r, &hello.workload))?;
         let Some(config) = inner.control.subscribe(&hello.workload) else {
             let refusal = Refusal {

@@ -133,11 +133,18 @@ fn security_objects(set: &ConfigSet) -> BTreeSet<String> {
     pa.chain(ra).chain(ap).collect()
 }
 
-/// The file-backed control plane.
+/// The control plane: config from files, and from documents another source renders (the
+/// Kubernetes API server's objects, `ward-kube`), loaded together as one config.
 pub struct ControlPlane {
     paths: Vec<PathBuf>,
     /// The file contents the first config was built from: where the watcher starts.
     started_from: ConfigFiles,
+    /// The files last read, valid or not: what an update of `external` is loaded with.
+    /// Written by `reload`.
+    files: Mutex<ConfigFiles>,
+    /// The documents of the external source last given ([`ControlPlane::set_external`]),
+    /// valid or not: what a file change is loaded with. Written by `set_external`.
+    external: Mutex<ConfigFiles>,
     mesh: MeshSettings,
     /// The whole mesh; the supervisor watches it to add and remove sidecars.
     snapshot: watch::Sender<Arc<MeshSnapshot>>,
@@ -165,8 +172,17 @@ fn build(files: &ConfigFiles) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> 
 impl ControlPlane {
     /// Load `paths`; fails with every diagnostic if the initial config has errors.
     pub fn start(paths: Vec<PathBuf>) -> Result<Arc<ControlPlane>, Diagnostics> {
+        ControlPlane::start_with(paths, ConfigFiles::default())
+    }
+
+    /// Load `paths` and the documents `external` (loaded after the files, as if they were more
+    /// files); fails with every diagnostic if the initial config has errors.
+    pub fn start_with(
+        paths: Vec<PathBuf>,
+        external: ConfigFiles,
+    ) -> Result<Arc<ControlPlane>, Diagnostics> {
         let files = ward_config::read_paths(&paths);
-        let (set, snap) = build(&files)?;
+        let (set, snap) = build(&files.join(&external))?;
         for w in &set.warnings {
             // An info finding (a Kubernetes object Ward does not read) is not a warning.
             if w.severity == Severity::Info {
@@ -192,6 +208,8 @@ impl ControlPlane {
             .collect();
         Ok(Arc::new(ControlPlane {
             paths,
+            files: Mutex::new(files.clone()),
+            external: Mutex::new(external),
             started_from: files,
             security: Mutex::new(security_objects(&set)),
             mesh: set.mesh,
@@ -228,8 +246,33 @@ impl ControlPlane {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Load `files` (read from this plane's paths) and apply them. On error nothing changes.
+    /// Replace the external source's documents and reload with the files last read. Returns
+    /// whether the serving config changed; on error nothing changes and the last good config
+    /// keeps serving (the documents are kept: the next file change loads with them).
+    pub fn set_external(&self, external: ConfigFiles) -> Result<bool, ReloadError> {
+        if let Ok(mut current) = self.external.lock() {
+            *current = external;
+        }
+        let files = self
+            .files
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        self.reload(&files)
+    }
+
+    /// Load `files` (read from this plane's paths) with the external documents and apply
+    /// them. On error nothing changes.
     fn reload(&self, files: &ConfigFiles) -> Result<bool, ReloadError> {
+        if let Ok(mut current) = self.files.lock() {
+            current.clone_from(files);
+        }
+        let external = self
+            .external
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let files = &files.join(&external);
         let result = build(files)
             .map_err(ReloadError::Invalid)
             .and_then(|(set, snap)| {

@@ -1,0 +1,543 @@
+//! `ward control-plane --kubernetes` against the real kube-apiserver and etcd of `../shared/k8s`
+//! (one API server for this binary, one test): CRDs from `ward install crds`, then Pods (bound
+//! to a Node, status patched to 127.130.0.x as a kubelet would), ServiceAccounts, a Service,
+//! Sidecars, a PeerAuthentication STRICT and an AuthorizationPolicy applied with kubectl. Real
+//! `ward proxy` processes bootstrap with bound ServiceAccount tokens (TokenRequest, audience
+//! `istio-ca`); traffic through them follows the policy; a `kubectl apply` of a policy edit
+//! reaches them (timed); an invalid object is refused with an Event on it while the last good
+//! config serves; token abuse is refused; an API server stop and start is survived without
+//! reloading anything.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ward_test_support::{have, http_get, skip_or_fail, Proc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ward");
+const WAIT: Duration = Duration::from_secs(60);
+const CP: &str = "127.130.0.100";
+
+/// `../shared/k8s`, relative to the repository root.
+fn shared_k8s() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/k8s")
+}
+
+/// The API server and etcd in `dir`, stopped (and removed) on drop.
+struct ApiServer {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    fn start(dir: &Path, ports: Option<(String, String)>) -> ApiServer {
+        let mut cmd = Command::new(shared_k8s().join("start.sh"));
+        cmd.arg("-d").arg(dir);
+        // The API server removes its own address from the `kubernetes` Service's endpoints when
+        // it stops and adds it back when it starts: a real change, which the control plane
+        // rightly loads. Without the reconciler, a restart changes nothing, so the test can
+        // check that an unchanged relist reloads and pushes nothing.
+        cmd.env("APISERVER_EXTRA_ARGS", "--endpoint-reconciler-type=none");
+        if let Some((api, etcd)) = &ports {
+            cmd.args(["-p", api, "-e", etcd]);
+        }
+        let out = cmd.stderr(Stdio::inherit()).output().unwrap();
+        assert!(out.status.success(), "start.sh failed");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
+        ApiServer {
+            dir: dir.to_owned(),
+            kubeconfig,
+        }
+    }
+
+    /// The API server's and etcd's ports, to restart on the same ones.
+    fn ports(&self) -> (String, String) {
+        let env = std::fs::read_to_string(self.dir.join("ports.env")).unwrap();
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_owned()
+        };
+        (get("APISERVER_PORT"), get("ETCD_PORT"))
+    }
+
+    fn stop(&self) {
+        let _ = Command::new(shared_k8s().join("stop.sh"))
+            .arg(&self.dir)
+            .status();
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn must(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, text) = self.kubectl(args, stdin);
+        assert!(ok, "kubectl {args:?}: {text}");
+        text
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.must(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    /// A pod bound to node-1 and marked Running at `ip`, as a kubelet would.
+    fn pod(&self, name: &str, sa: &str, ip: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: app, labels: {{app: {name}}}}}\nspec:\n  nodeName: node-1\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: example.invalid/app}}]\n"
+        ));
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+        );
+        self.must(
+            &[
+                "patch",
+                "pod",
+                name,
+                "-n",
+                "app",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+            None,
+        );
+    }
+
+    /// A token of ServiceAccount `sa` for `audience`, bound to pod `pod` when given.
+    fn token(&self, sa: &str, audience: &str, pod: Option<&str>) -> String {
+        let mut args = vec!["create", "token", sa, "-n", "app", "--audience", audience];
+        if let Some(pod) = pod {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
+        }
+        self.must(&args, None).trim().to_owned()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An echo server on 127.0.0.1 (srv's app), in a thread.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Whether a fresh connection through `via` echoes.
+fn echoes(via: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&via, Duration::from_secs(2)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let msg = b"ward-k8s";
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).is_ok() && &buf == msg
+}
+
+/// Waits until `cond` holds; returns how long it took.
+fn wait_until(what: &str, cond: impl Fn() -> bool, logs: &dyn Fn() -> String) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out: {what}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn generation(admin: SocketAddr) -> u64 {
+    let (_, body) = http_get(admin, "/debug/config").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["generation"].as_u64().unwrap()
+}
+
+fn policy(allowed_sa: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: srv-allow, namespace: app}}\nspec:\n  selector: {{matchLabels: {{app: srv}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/app/sa/{allowed_sa}]\n"
+    )
+}
+
+fn sidecars(app_port: u16) -> String {
+    let egress = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: app}}\nspec:\n  workloadSelector: {{labels: {{app: {name}}}}}\n  egress:\n  - port: {{number: 9000, protocol: TCP, name: tcp-echo}}\n    bind: {ip}\n    hosts: [\"app/srv.app.svc.cluster.local\"]\n"
+        )
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: srv, namespace: app}}\nspec:\n  workloadSelector: {{labels: {{app: srv}}}}\n  ingress:\n  - port: {{number: 9000, protocol: TCP, name: tcp-echo}}\n    defaultEndpoint: 127.0.0.1:{app_port}\n---\n{}---\n{}",
+        egress("cli", "127.130.0.1"),
+        egress("oth", "127.130.0.2")
+    )
+}
+
+/// A bootstrap bundle as `ward proxy --token-file` builds it, for `ward bootstrap --check`.
+fn bundle(dir: &Path, name: &str, token: &str, workload: &str, sa: &str) -> PathBuf {
+    let root = std::fs::read_to_string(dir.join("state/ca/root-cert.pem")).unwrap();
+    let file = serde_json::json!({
+        "controlPlane": format!("{CP}:15012"),
+        "controlPlaneIdentity": "spiffe://cluster.local/ns/istio-system/sa/ward-control-plane",
+        "workload": workload,
+        "identity": format!("spiffe://cluster.local/ns/app/sa/{sa}"),
+        "rootCert": root,
+        "token": token,
+        "expires": 0,
+    });
+    let path = dir.join(format!("{name}.bootstrap"));
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    path
+}
+
+/// `ward bootstrap --check` with a bundle: whether a certificate was issued, and the output.
+fn check(path: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["bootstrap", "--check"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_identities() {
+    const TEST: &str = "kubernetes";
+    if !shared_k8s().join("start.sh").exists() {
+        return skip_or_fail(TEST, "../shared/k8s (the test API server) is absent");
+    }
+    if !have("kubectl") {
+        return skip_or_fail(TEST, "kubectl is not installed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let api = ApiServer::start(&dir.join("k8s"), None);
+
+    // CRDs rendered by Ward, then the cluster's objects.
+    let crds = Command::new(BIN)
+        .args(["install", "crds"])
+        .output()
+        .unwrap();
+    assert!(crds.status.success());
+    api.apply(&String::from_utf8(crds.stdout).unwrap());
+    api.must(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    api.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    trustDomain: cluster.local\n",
+    );
+    for sa in ["srv", "cli", "oth"] {
+        api.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: app}}\n"
+        ));
+    }
+    api.pod("srv", "srv", "127.130.0.10");
+    api.pod("cli", "cli", "127.130.0.1");
+    api.pod("oth", "oth", "127.130.0.2");
+    let app_port = echo_server();
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: srv, namespace: app}}\nspec:\n  selector: {{app: srv}}\n  ports:\n  - {{name: tcp-echo, port: 9000, targetPort: 9000}}\n---\n{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n{}",
+        sidecars(app_port),
+        policy("cli")
+    ));
+
+    // The control plane, Kubernetes only.
+    let admin: SocketAddr = format!("{CP}:15014").parse().unwrap();
+    let mut cp = Proc::spawn(
+        BIN,
+        &[
+            "control-plane".to_owned(),
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            api.kubeconfig.display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--listen".into(),
+            format!("{CP}:15012"),
+            "--admin".into(),
+            admin.to_string(),
+        ],
+        &dir.join("control-plane.log"),
+    );
+    cp.wait_ready(admin, WAIT).unwrap();
+    let cp_logs = || std::fs::read_to_string(dir.join("control-plane.log")).unwrap_or_default();
+
+    // Proxies, each with its pod's bound token.
+    let mut proxies = Vec::new();
+    for (name, ip) in [
+        ("srv", "127.130.0.10"),
+        ("cli", "127.130.0.1"),
+        ("oth", "127.130.0.2"),
+    ] {
+        let token_file = dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, api.token(name, "istio-ca", Some(name))).unwrap();
+        let proxy_admin: SocketAddr = format!("{ip}:15000").parse().unwrap();
+        let mut p = Proc::spawn(
+            BIN,
+            &[
+                "proxy".to_owned(),
+                "--token-file".into(),
+                token_file.display().to_string(),
+                "--control-plane".into(),
+                format!("{CP}:15012"),
+                "--root-cert".into(),
+                dir.join("state/ca/root-cert.pem").display().to_string(),
+                "--pod-name".into(),
+                name.into(),
+                "--pod-namespace".into(),
+                "app".into(),
+                "--admin".into(),
+                proxy_admin.to_string(),
+            ],
+            &dir.join(format!("proxy-{name}.log")),
+        );
+        p.wait_ready(proxy_admin, WAIT)
+            .unwrap_or_else(|e| panic!("proxy {name}: {e}\ncontrol plane:\n{}", cp_logs()));
+        let (_, certs) = http_get(proxy_admin, "/certs").unwrap();
+        assert!(
+            certs.contains(&format!("spiffe://cluster.local/ns/app/sa/{name}")),
+            "{certs}"
+        );
+        proxies.push(p);
+    }
+    let via_cli: SocketAddr = "127.130.0.1:9000".parse().unwrap();
+    let via_oth: SocketAddr = "127.130.0.2:9000".parse().unwrap();
+    wait_until("cli reaches srv", || echoes(via_cli), &cp_logs);
+    assert!(!echoes(via_oth), "oth is not allowed by the policy");
+
+    // A policy edit with kubectl reaches the proxies.
+    let start = Instant::now();
+    api.apply(&policy("oth"));
+    let stored = start.elapsed();
+    let after = wait_until(
+        "the edit reaches srv's proxy",
+        || echoes(via_oth) && !echoes(via_cli),
+        &cp_logs,
+    );
+    println!(
+        "policy edit: kubectl apply took {} ms; enforced by the proxies {} ms after it returned",
+        stored.as_millis(),
+        after.as_millis()
+    );
+
+    // An invalid object: refused whole, an Event on it with the field path, the last good
+    // config keeps serving.
+    let serving = generation(admin);
+    api.apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: app}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principalz: [x]\n",
+    );
+    wait_until(
+        "an Event on the invalid object",
+        || {
+            api.kubectl(
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    "app",
+                    "--field-selector",
+                    "involvedObject.name=bad",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .1
+            .contains("spec.rules[0].from[0].source: WARD0101 unknown field `principalz`")
+        },
+        &cp_logs,
+    );
+    assert_eq!(generation(admin), serving, "the last good config serves");
+    assert!(echoes(via_oth));
+    api.must(&["delete", "authorizationpolicy", "bad", "-n", "app"], None);
+
+    // Token abuse: only a token bound to the very pod, for `istio-ca`, gets that pod's identity.
+    let own = bundle(
+        dir,
+        "own",
+        &api.token("cli", "istio-ca", Some("cli")),
+        "app/cli",
+        "cli",
+    );
+    let (ok, out) = check(&own);
+    assert!(ok, "cli's own token: {out}");
+    let cases = [
+        (
+            "SA cli's token asking for srv's identity",
+            bundle(
+                dir,
+                "steal",
+                &api.token("cli", "istio-ca", Some("cli")),
+                "app/srv",
+                "srv",
+            ),
+            "PermissionDenied",
+        ),
+        (
+            "wrong audience",
+            bundle(
+                dir,
+                "aud",
+                &api.token(
+                    "cli",
+                    "https://kubernetes.default.svc.cluster.local",
+                    Some("cli"),
+                ),
+                "app/cli",
+                "cli",
+            ),
+            "Unauthenticated",
+        ),
+        (
+            "a token bound to no pod",
+            bundle(
+                dir,
+                "unbound",
+                &api.token("cli", "istio-ca", None),
+                "app/cli",
+                "cli",
+            ),
+            "not bound to a pod",
+        ),
+    ];
+    for (name, file, want) in &cases {
+        let (ok, out) = check(file);
+        assert!(!ok, "{name}: a certificate was issued: {out}");
+        assert!(out.contains(want), "{name}: {out}");
+    }
+    api.pod("gone", "cli", "127.130.0.50");
+    let gone_token = api.token("cli", "istio-ca", Some("gone"));
+    let gone = bundle(dir, "gone", &gone_token, "app/gone", "cli");
+    // While the pod runs, its token works (once the control plane has seen it running).
+    wait_until("pod gone is a workload", || check(&gone).0, &cp_logs);
+    let before = generation(admin);
+    let delete = [
+        "delete",
+        "pod",
+        "gone",
+        "-n",
+        "app",
+        "--force",
+        "--grace-period=0",
+    ];
+    api.must(&delete, None);
+    wait_until(
+        "pod gone is no workload",
+        || generation(admin) > before,
+        &cp_logs,
+    );
+    let (ok, out) = check(&gone);
+    assert!(!ok, "a deleted pod's token got a certificate: {out}");
+    // Refused by the API server (the bound pod is gone) or, while its cache still has the pod,
+    // by the control plane (no such running workload).
+    assert!(
+        out.contains("Unauthenticated") || out.contains("not a running workload"),
+        "{out}"
+    );
+
+    // API server loss: the proxies keep serving; on its return the watches relist and nothing
+    // is reloaded.
+    let serving = generation(admin);
+    let identical = metric(admin, "ward_kubernetes_renders_total", "identical");
+    let responses = metric(admin, "ward_config_responses_total", "");
+    let ports = api.ports();
+    api.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(echoes(via_oth), "serving without the API server");
+    assert!(!echoes(via_cli));
+    let api2 = ApiServer::start(&dir.join("k8s"), Some(ports));
+    wait_until(
+        "the watches relist after the API server returns",
+        || metric(admin, "ward_kubernetes_renders_total", "identical") > identical,
+        &cp_logs,
+    );
+    assert_eq!(
+        generation(admin),
+        serving,
+        "an unchanged relist reloads nothing"
+    );
+    assert_eq!(
+        metric(admin, "ward_config_responses_total", ""),
+        responses,
+        "and pushes nothing"
+    );
+    // And the watches follow changes again.
+    let start = Instant::now();
+    api2.apply(&policy("cli"));
+    wait_until(
+        "an edit after the restart",
+        || echoes(via_cli) && !echoes(via_oth),
+        &cp_logs,
+    );
+    println!(
+        "after an API server restart, a policy edit enforced in {} ms",
+        start.elapsed().as_millis()
+    );
+    drop(proxies);
+    drop(cp);
+    // Dropping `api` would stop api2's processes (the same directory); api2's drop stops them.
+    std::mem::forget(api);
+}

@@ -1,0 +1,298 @@
+//! The watches: one kube-runtime reflector per kind, each a local cache of the API server's
+//! objects kept current by a watch, relisted (with backoff) after errors, API server loss or an
+//! expired resource version (410 Gone). [`Cluster::objects`] reads every cache at one moment.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt as _};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::translate::Objects;
+
+/// The Istio API groups whose kinds Ward reads.
+pub const ISTIO_GROUPS: [&str; 3] = [
+    "security.istio.io",
+    "networking.istio.io",
+    "telemetry.istio.io",
+];
+
+/// The mesh ConfigMap's name (istiod's `istio`, key `mesh`).
+const MESH_CONFIG_MAP: &str = "istio";
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No kubeconfig could be loaded, or no client built from it.
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    /// The API server could not be reached for discovery.
+    #[error("API server discovery of {group}: {source}")]
+    Discovery {
+        /// The API group.
+        group: String,
+        /// What the client said.
+        source: kube::Error,
+    },
+}
+
+/// A kind's cache, type-erased to what rendering needs.
+trait Cache: Send + Sync {
+    /// Whether the first list has completed.
+    fn is_synced(&self) -> bool;
+    /// Adds the cached objects to `out`.
+    fn collect(&self, out: &mut Objects);
+    /// What the cache holds, for logs (`Pod`, `security.istio.io/v1/AuthorizationPolicy`).
+    fn what(&self) -> &str;
+}
+
+struct Typed<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    what: String,
+    store: Store<K>,
+    collect: fn(&[Arc<K>], &mut Objects),
+}
+
+impl<K> Cache for Typed<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    fn is_synced(&self) -> bool {
+        // `wait_until_ready` resolves once the writer has seen the first complete list.
+        futures_util::FutureExt::now_or_never(self.store.wait_until_ready())
+            .is_some_and(|r| r.is_ok())
+    }
+
+    fn collect(&self, out: &mut Objects) {
+        (self.collect)(&self.store.state(), out);
+    }
+
+    fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+/// The caches of every watched kind, and a counter bumped on every change any watch sees.
+pub struct Cluster {
+    caches: Vec<Box<dyn Cache>>,
+    /// Bumped by the watch tasks on every change (and on every completed relist); read by the
+    /// debouncing loop (`ward control-plane --kubernetes`). Dropped with the last task.
+    changes: watch::Receiver<u64>,
+}
+
+impl Cluster {
+    /// Discovers which Istio kinds the API server serves and starts a watch for each of them,
+    /// for Namespaces, Pods, Services, EndpointSlices and the mesh ConfigMap (`istio` in
+    /// `root_namespace`). Returns at once; the caches fill in the background.
+    pub async fn start(client: Client, root_namespace: &str) -> Result<Cluster, SourceError> {
+        let (tx, changes) = watch::channel(0u64);
+        let mut caches: Vec<Box<dyn Cache>> = Vec::new();
+        for group in ISTIO_GROUPS {
+            let discovered = match kube::discovery::group(&client, group).await {
+                Ok(g) => g,
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    tracing::warn!(target: "kubernetes", group, "API group not served (no CRDs, see `ward install crds`); its kinds are not watched");
+                    continue;
+                }
+                Err(source) => {
+                    return Err(SourceError::Discovery {
+                        group: group.to_owned(),
+                        source,
+                    })
+                }
+            };
+            for (kind, _) in ward_config::served_kinds(group) {
+                let Some((resource, _)) = discovered.recommended_kind(kind) else {
+                    continue;
+                };
+                caches.push(watch_dynamic(client.clone(), resource, tx.clone()));
+            }
+        }
+        caches.push(watch_typed::<Namespace>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            "Namespace",
+            |all, out| {
+                out.passthrough
+                    .extend(all.iter().filter_map(|o| to_value(&**o)))
+            },
+            tx.clone(),
+        ));
+        caches.push(watch_typed::<Pod>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            "Pod",
+            |all, out| out.pods.extend(all.iter().map(|p| (**p).clone())),
+            tx.clone(),
+        ));
+        caches.push(watch_typed::<Service>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            "Service",
+            |all, out| out.services.extend(all.iter().map(|p| (**p).clone())),
+            tx.clone(),
+        ));
+        caches.push(watch_typed::<EndpointSlice>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            "EndpointSlice",
+            |all, out| {
+                out.endpoint_slices
+                    .extend(all.iter().map(|p| (**p).clone()))
+            },
+            tx.clone(),
+        ));
+        caches.push(watch_typed::<ConfigMap>(
+            Api::namespaced(client.clone(), root_namespace),
+            watcher::Config::default().fields(&format!("metadata.name={MESH_CONFIG_MAP}")),
+            "ConfigMap istio",
+            |all, out| {
+                out.passthrough
+                    .extend(all.iter().filter_map(|o| to_value(&**o)))
+            },
+            tx,
+        ));
+        Ok(Cluster { caches, changes })
+    }
+
+    /// Whether every watch has completed its first list.
+    pub fn is_synced(&self) -> bool {
+        self.caches.iter().all(|c| c.is_synced())
+    }
+
+    /// The kinds not synced yet, for logs.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.caches
+            .iter()
+            .filter(|c| !c.is_synced())
+            .map(|c| c.what().to_owned())
+            .collect()
+    }
+
+    /// Every cached object, now.
+    pub fn objects(&self) -> Objects {
+        let mut out = Objects::default();
+        for cache in &self.caches {
+            cache.collect(&mut out);
+        }
+        out
+    }
+
+    /// A receiver that changes whenever any watch sees a change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+/// A typed object as JSON with its `apiVersion` and `kind` (typed objects from the API carry
+/// none once decoded).
+fn to_value<K: Resource<DynamicType = ()> + serde::Serialize>(object: &K) -> Option<Value> {
+    let mut v = serde_json::to_value(object).ok()?;
+    let map = v.as_object_mut()?;
+    map.insert("apiVersion".into(), Value::from(K::api_version(&())));
+    map.insert("kind".into(), Value::from(K::kind(&())));
+    Some(v)
+}
+
+fn watch_typed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    collect: fn(&[Arc<K>], &mut Objects),
+    changes: watch::Sender<u64>,
+) -> Box<dyn Cache>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let writer = Writer::new(());
+    let store = writer.as_reader();
+    tokio::spawn(run_watch(
+        watcher(api, config),
+        writer,
+        what.to_owned(),
+        changes,
+    ));
+    Box::new(Typed {
+        what: what.to_owned(),
+        store,
+        collect,
+    })
+}
+
+fn watch_dynamic(
+    client: Client,
+    resource: ApiResource,
+    changes: watch::Sender<u64>,
+) -> Box<dyn Cache> {
+    let what = format!("{}/{}", resource.api_version, resource.kind);
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let writer = Writer::new(resource);
+    let store = writer.as_reader();
+    tokio::spawn(run_watch(
+        watcher(api, watcher::Config::default()),
+        writer,
+        what.clone(),
+        changes,
+    ));
+    Box::new(Typed {
+        what,
+        store,
+        collect: |all, out| {
+            out.passthrough.extend(all.iter().filter_map(|o| {
+                let mut v = serde_json::to_value(&**o).ok()?;
+                // A DynamicObject carries its type; set it in case the list omitted it.
+                if let (Some(map), Some(types)) = (v.as_object_mut(), o.types.as_ref()) {
+                    map.insert("apiVersion".into(), Value::from(types.api_version.clone()));
+                    map.insert("kind".into(), Value::from(types.kind.clone()));
+                }
+                Some(v)
+            }))
+        },
+    })
+}
+
+/// Runs one watch into its cache until the process ends; the runtime relists after errors with
+/// its default backoff, and the cache keeps its last state meanwhile.
+async fn run_watch<K, S>(stream: S, writer: Writer<K>, what: String, changes: watch::Sender<u64>)
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let stream = stream.default_backoff().reflect(writer);
+    futures_util::pin_mut!(stream);
+    let mut failing = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(watcher::Event::InitDone) => {
+                if failing {
+                    tracing::info!(target: "kubernetes", kind = %what, "watch resynced");
+                    failing = false;
+                }
+                changes.send_modify(|n| *n += 1);
+            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                changes.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(target: "kubernetes", kind = %what, error = %e, "watch failed; retrying with backoff, serving the last state");
+                }
+                failing = true;
+            }
+        }
+    }
+}
