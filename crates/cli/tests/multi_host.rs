@@ -295,7 +295,11 @@ fn proxies_follow_the_control_plane_and_keep_serving_without_it() {
         assert_eq!(p["ackedVersion"], after[w.as_str()]["ackedVersion"], "{w}");
     }
     assert_eq!(world.metric("ward_config_response_bytes_total"), 0.0);
-    assert_eq!(world.metric("ward_config_generation"), 1.0, "a new process starts at 1");
+    assert_eq!(
+        world.metric("ward_config_generation"),
+        1.0,
+        "a new process starts at 1"
+    );
     assert!(srv.exited().is_none() && cli.exited().is_none() && oth.exited().is_none());
     assert_eq!(pids, [srv.pid(), cli.pid(), oth.pid()]);
     assert!(held.echoes("after the control plane came back"));

@@ -70,6 +70,7 @@ pub mod load;
 pub mod matrix;
 pub mod mesh;
 pub mod meta;
+pub mod origination;
 mod plaintext;
 mod request_authn;
 pub mod routes;

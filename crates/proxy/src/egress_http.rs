@@ -521,6 +521,7 @@ impl Downstream {
         log: &mut RequestLog,
     ) -> Result<Tunnel, Refusal> {
         let mut endpoints: Vec<&Endpoint> = listener.endpoints.iter().collect();
+        let tls = listener.tls.clone().map(|t| (t, true));
         if !endpoints.is_empty() {
             let start = fastrand::usize(..endpoints.len());
             endpoints.rotate_left(start);
@@ -543,7 +544,10 @@ impl Downstream {
         for ep in endpoints {
             let rec = result.record();
             crate::outbound::note_endpoint(rec, ep, config);
-            let connected = connect(&self.ctx, config, ep, rec).await;
+            let connected = match connect(&self.ctx, config, ep, rec).await {
+                Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
+                Err(refusal) => Err(refusal),
+            };
             let far = Arc::new(FarEnd {
                 endpoint: ep.address,
                 hbone: rec.dst_hbone_addr,
@@ -557,6 +561,7 @@ impl Downstream {
                     let io = match upstream {
                         Upstream::Tunnel(t) => Either::Tunnel(t),
                         Upstream::Plain(s) => Either::Plain(s),
+                        Upstream::Tls(s) => Either::Tls(s),
                     };
                     return Ok(Tunnel {
                         io: Counted {
@@ -672,6 +677,7 @@ struct Counts {
 enum Either {
     Tunnel(ward_hbone::H2Stream),
     Plain(TcpStream),
+    Tls(Box<crate::originate::Originated>),
 }
 
 /// A stream that counts its bytes.
@@ -690,6 +696,7 @@ impl AsyncRead for Counted {
         let polled = match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
             Either::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Either::Tls(s) => Pin::new(s).poll_read(cx, buf),
         };
         let n = buf.filled().len().saturating_sub(before);
         self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
@@ -706,6 +713,7 @@ impl AsyncWrite for Counted {
         let polled = match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
             Either::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Either::Tls(s) => Pin::new(s).poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = &polled {
             self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
@@ -717,6 +725,7 @@ impl AsyncWrite for Counted {
         match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_flush(cx),
             Either::Plain(s) => Pin::new(s).poll_flush(cx),
+            Either::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -724,6 +733,7 @@ impl AsyncWrite for Counted {
         match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
             Either::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Either::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -828,6 +838,7 @@ mod tests {
                     transport: Transport::Hbone,
                 })
                 .collect(),
+            tls: None,
         }
     }
 

@@ -293,6 +293,7 @@ impl Sidecar {
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
             routes: Default::default(),
+            originator: Default::default(),
         });
         tokio::spawn(inbound::run_hbone(
             hbone,
