@@ -101,6 +101,10 @@ pub struct TlsOrigination {
     pub broken: Option<String>,
 }
 
+/// How well a rule fits a client and host: selected by a `workloadSelector`, then
+/// [`host_specificity`].
+type Rank = (bool, (bool, usize));
+
 /// The DestinationRule `tls` that applies to `host`:`port` for a client in `client_namespace`
 /// with `client_labels` (`None`: a view shared by every workload of the namespace, where rules
 /// with a `workloadSelector` are left out), with the rule and the settings' field path.
@@ -124,7 +128,7 @@ pub fn applicable_tls<'a>(
         }
     }
     for ns in namespaces {
-        let mut best: Option<(&Resource<DestinationRuleSpec>, (bool, (bool, usize)))> = None;
+        let mut best: Option<(&Resource<DestinationRuleSpec>, Rank)> = None;
         for dr in &set.destination_rules {
             if dr.meta.namespace != ns || !exported(dr, client_namespace) {
                 continue;

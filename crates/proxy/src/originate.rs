@@ -261,7 +261,7 @@ fn build(o: &TlsOrigination) -> Result<ClientConfig, String> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = if o.insecure_skip_verify {
-        Arc::new(AnyServer(provider.clone()))
+        Arc::new(AnyServer(provider))
     } else {
         let (ca_pem, ca_from) = match &o.ca {
             Some(m) => (read(m)?, m.describe()),
