@@ -101,7 +101,7 @@ enum Command {
         /// Fleet sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1000,2000")]
         proxies: Vec<usize>,
-        /// Changes per fleet, alternating one namespace's policy and a mesh-wide policy.
+        /// Changes per fleet, in turn: one namespace's policy, a mesh-wide policy, a workload added.
         #[arg(long, default_value_t = 10)]
         changes: usize,
     },

@@ -36,6 +36,9 @@ enum ChangeKind {
     NamespacePolicy,
     /// An AuthorizationPolicy in the root namespace: every proxy's `authz` section.
     MeshPolicy,
+    /// A new WorkloadEntry (no simulated proxy connects for it) in `ns0`, behind its service: one part of
+    /// every proxy's mesh directory and one part of every service table.
+    WorkloadAdded,
 }
 
 /// What one change cost.
@@ -116,8 +119,9 @@ const POLL: Duration = Duration::from_millis(10);
 /// The mesh: `n` WorkloadEntries spread over [`NAMESPACES`] namespaces, a ServiceEntry per
 /// namespace, STRICT mTLS, and an ALLOW policy per namespace (`version` is written into ns0's,
 /// so bumping it changes that namespace's workloads only). `mesh_version` adds a mesh-wide
-/// DENY policy in the root namespace whose value changes every proxy.
-fn mesh_yaml(n: usize, ns0_version: usize, mesh_version: usize) -> String {
+/// DENY policy in the root namespace whose value changes every proxy. `added` more workloads
+/// join `ns0` (addresses 10.255.x.y); no simulated proxy connects for them.
+fn mesh_yaml(n: usize, ns0_version: usize, mesh_version: usize, added: usize) -> String {
     let mut y = String::from(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
     );
@@ -151,6 +155,14 @@ fn mesh_yaml(n: usize, ns0_version: usize, mesh_version: usize) -> String {
             i & 0xff
         );
     }
+    for j in 0..added {
+        let _ = write!(
+            y,
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: added{j}, namespace: ns0}}\nspec:\n  address: 10.255.{}.{}\n  serviceAccount: added\n  labels: {{app: added{j}, tier: ns0}}\n",
+            (j >> 8) & 0xff,
+            j & 0xff
+        );
+    }
     y
 }
 
@@ -161,14 +173,14 @@ async fn fleet(ward: &Path, n: usize, changes: usize) -> anyhow::Result<FleetRes
     let tmp = tempfile::tempdir()?;
     let config = tmp.path().join("config");
     std::fs::create_dir_all(&config)?;
-    let write = |ns0: usize, mesh: usize| -> anyhow::Result<()> {
+    let write = |ns0: usize, mesh: usize, added: usize| -> anyhow::Result<()> {
         let path = config.join("mesh.yaml");
         let staged = config.join(".mesh.yaml.tmp");
-        std::fs::write(&staged, mesh_yaml(n, ns0, mesh))?;
+        std::fs::write(&staged, mesh_yaml(n, ns0, mesh, added))?;
         std::fs::rename(&staged, &path)?;
         Ok(())
     };
-    write(0, 0)?;
+    write(0, 0, 0)?;
     let state = tmp.path().join("state");
     let listen = format!("127.0.0.1:{}", free_port()?);
     let admin = format!("127.0.0.1:{}", free_port()?);
@@ -211,16 +223,16 @@ async fn fleet(ward: &Path, n: usize, changes: usize) -> anyhow::Result<FleetRes
     let full_bytes = metric(&admin, "ward_config_response_bytes_total").await?;
 
     let mut results = Vec::new();
-    let (mut ns0, mut mesh) = (0, 0);
+    let (mut ns0, mut mesh, mut added) = (0, 0, 0);
     for c in 0..changes {
-        let kind = if c % 2 == 0 {
-            ChangeKind::NamespacePolicy
-        } else {
-            ChangeKind::MeshPolicy
+        let kind = match c % 3 {
+            0 => ChangeKind::NamespacePolicy,
+            1 => ChangeKind::MeshPolicy,
+            _ => ChangeKind::WorkloadAdded,
         };
         let affected: Vec<usize> = match kind {
             ChangeKind::NamespacePolicy => (0..n).filter(|i| i % NAMESPACES == 0).collect(),
-            ChangeKind::MeshPolicy => (0..n).collect(),
+            ChangeKind::MeshPolicy | ChangeKind::WorkloadAdded => (0..n).collect(),
         };
         let before: Vec<usize> = receipts
             .lock()
@@ -232,9 +244,10 @@ async fn fleet(ward: &Path, n: usize, changes: usize) -> anyhow::Result<FleetRes
         match kind {
             ChangeKind::NamespacePolicy => ns0 += 1,
             ChangeKind::MeshPolicy => mesh += 1,
+            ChangeKind::WorkloadAdded => added += 1,
         }
         let t0 = Instant::now();
-        write(ns0, mesh)?;
+        write(ns0, mesh, added)?;
         let want = affected.len();
         let counted = before.clone();
         wait_count(
@@ -454,6 +467,7 @@ fn markdown(r: &PushResults) -> String {
             let kind = match c.kind {
                 ChangeKind::NamespacePolicy => "one namespace's policy",
                 ChangeKind::MeshPolicy => "a mesh-wide policy",
+                ChangeKind::WorkloadAdded => "a workload added",
             };
             let _ = writeln!(
                 md,
@@ -478,11 +492,12 @@ mod tests {
 
     #[test]
     fn the_mesh_loads_and_a_namespace_change_touches_only_that_namespace() {
-        let proxies = |ns0, mesh| {
-            let set = ward_config::load_str("mesh.yaml", &mesh_yaml(30, ns0, mesh)).unwrap();
+        let proxies = |ns0, mesh, added| {
+            let yaml = mesh_yaml(30, ns0, mesh, added);
+            let set = ward_config::load_str("mesh.yaml", &yaml).unwrap();
             ward_config::translate(&set).unwrap().proxies
         };
-        let (a, b, c) = (proxies(0, 0), proxies(1, 0), proxies(1, 1));
+        let (a, b, c) = (proxies(0, 0, 0), proxies(1, 0, 0), proxies(1, 1, 0));
         assert_eq!(a.len(), 30);
         let changed = |x: &BTreeMap<String, ward_config::ProxyConfig>,
                        y: &BTreeMap<String, ward_config::ProxyConfig>| {
@@ -494,6 +509,12 @@ mod tests {
             30,
             "the mesh-wide policy concerns everyone"
         );
+        // An added workload (no simulated proxy connects for it) is in everyone's directory.
+        let d = proxies(1, 1, 1);
+        assert_eq!(d.len(), 31);
+        assert!(d
+            .values()
+            .all(|p| p.directory.workload("ns0/added0").is_some()));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The admin HTTP API (`--admin`, default 127.0.0.1:15000): `/ready`, `/config_dump`, `/certs`,
-//! `/metrics`. Read-only: there is no mutating endpoint (Linkerd CVE-2024-40632).
+//! `/metrics`, and `POST /verify/mtls` (`ward verify mtls`: one probe connection, docs/verify.md).
+//! Nothing changes state: there is no endpoint that edits config, policy or certificates
+//! (Linkerd CVE-2024-40632).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -167,7 +169,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => respond(
             StatusCode::OK,
             "text/plain",
-            "ward admin: /ready /config_dump /certs /metrics\n",
+            "ward admin: /ready /config_dump /certs /metrics, POST /verify/mtls\n",
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
@@ -252,8 +254,69 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let sidecars = state.sidecars.clone();
     let router: Router = Arc::new(move |req| route(&state, req));
-    serve_routes(listener, router, metrics, shutdown).await
+    let verify: Verifier =
+        Arc::new(move |from: &str| sidecars.lock().ok().and_then(|s| s.get(from).cloned()));
+    serve_routes(listener, router, Some(verify), metrics, shutdown).await
+}
+
+/// Finds the sidecar of workload `ns/name` (empty: the only one) for `/verify/mtls`.
+pub(crate) type Verifier = Arc<dyn Fn(&str) -> Option<SidecarHandle> + Send + Sync>;
+
+/// Probes at once, per admin port: `/verify/mtls` opens connections, so it is bounded.
+const PROBES: usize = 4;
+
+/// `POST /verify/mtls?from=NS/NAME&to=HOST:PORT`: the report of one probe connection from that
+/// workload's sidecar (`ward_proxy::probe`), as JSON.
+async fn verify_mtls(
+    req: &Request<Incoming>,
+    verify: &Verifier,
+    slots: &tokio::sync::Semaphore,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only POST\n");
+    }
+    let (mut from, mut to) = ("", "");
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("from", v)) => from = v,
+            Some(("to", v)) => to = v,
+            _ => {}
+        }
+    }
+    let plain = |v: &str| {
+        v.len() <= 300
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-./:[]_".contains(&b))
+    };
+    if to.is_empty() || !plain(to) || !plain(from) {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "want ?from=NAMESPACE/NAME&to=HOST:PORT\n",
+        );
+    }
+    let Some(handle) = verify(from) else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no sidecar for workload {from:?} here\n"),
+        );
+    };
+    let Ok(_slot) = slots.try_acquire() else {
+        return respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            "too many probes at once\n",
+        );
+    };
+    let report = handle.probe(to).await;
+    tracing::info!(
+        from = %report.from, to = %report.to, decision = %report.decision,
+        mutual_tls13 = report.mutual_tls13, "verify: probe connection"
+    );
+    json(&serde_json::to_value(&report).unwrap_or_default())
 }
 
 /// Serve `router` on an admin port (read-only, HTTP/1.1, capped, off the connection budget)
@@ -261,6 +324,7 @@ pub(crate) async fn serve(
 pub(crate) async fn serve_routes(
     listener: TcpListener,
     router: Router,
+    verify: Option<Verifier>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -271,12 +335,21 @@ pub(crate) async fn serve_routes(
         handshakes_per_source: None,
     };
     let gate = Gate::new(Kind::Admin, "none", caps, None, metrics);
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROBES));
     accept_loop(listener, gate, shutdown, move |tcp, _, permit| {
-        let router = router.clone();
+        let (router, verify, slots) = (router.clone(), verify.clone(), slots.clone());
         async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(router(&req)) }
+                let (router, verify, slots) = (router.clone(), verify.clone(), slots.clone());
+                async move {
+                    let response = match &verify {
+                        Some(v) if req.uri().path() == "/verify/mtls" => {
+                            verify_mtls(&req, v, &slots).await
+                        }
+                        _ => router(&req),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

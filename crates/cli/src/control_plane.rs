@@ -262,6 +262,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     tokio::spawn(admin::serve_routes(
         admin_listener,
         router,
+        None,
         gate_metrics,
         shutdown_rx.clone(),
     ));

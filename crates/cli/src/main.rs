@@ -35,6 +35,7 @@ mod fdlimit;
 mod logging;
 mod proxy;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +93,14 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Live evidence from a running mesh: `mtls` opens one probe connection through a
+    /// workload's sidecar and reports the peer identity, TLS version, key exchange,
+    /// certificates and the destination's decision; exits 0 for mutual TLS 1.3, 1 otherwise,
+    /// 2 when the probe could not be asked for.
+    Verify {
+        #[command(subcommand)]
+        command: verify::VerifyCommand,
+    },
     /// Who can reach what: every workload, named identity, namespace, other mesh identity and
     /// plaintext client against every service and workload port, with the conditions (methods,
     /// paths, JWT), the deciding policies, plaintext per port and external hosts. Offline, from
@@ -141,6 +150,7 @@ fn main() -> ExitCode {
         Command::Analyze { paths, json } => return analyze::run(&paths, json),
         Command::Check(args) => return check::run(args),
         Command::Audit { command } => return audit::run(command),
+        Command::Verify { command } => return rt.block_on(verify::run(command)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),

@@ -197,9 +197,16 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         let state = state.clone();
         Arc::new(move |req| route(&state, req))
     };
+    let verify: admin::Verifier = {
+        let handle = handle.clone();
+        Arc::new(move |from: &str| {
+            (from.is_empty() || from == handle.key()).then(|| handle.clone())
+        })
+    };
     tokio::spawn(admin::serve_routes(
         admin_listener,
         router,
+        Some(verify),
         metrics,
         shutdown_rx.clone(),
     ));
@@ -321,7 +328,7 @@ fn route(state: &ProxyAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => respond(
             StatusCode::OK,
             "text/plain",
-            "ward proxy admin: /ready /config_dump /certs /metrics\n",
+            "ward proxy admin: /ready /config_dump /certs /metrics, POST /verify/mtls\n",
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
@@ -419,22 +426,34 @@ fn status_table(proxies: &[ProxyStatus]) -> String {
 
 /// One HTTP/1.1 GET on a plain connection; the body when the status is 200.
 async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+    let (status, body) = admin_request(addr, http::Method::GET, path).await?;
+    if status != StatusCode::OK {
+        anyhow::bail!("{path}: HTTP {status}");
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request to an admin port; its status and body.
+pub(crate) async fn admin_request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, addr.to_string())
         .body(http_body_util::Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
-    if status != StatusCode::OK {
-        anyhow::bail!("{path}: HTTP {status}");
-    }
-    Ok(body)
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -62,13 +62,29 @@ spec:
   - port: {number: 9000}
     bind: 127.0.0.1
     hosts: [app/srv.app.svc.cluster.local]
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: other, namespace: jobs}
 spec:
   workloadSelector: {labels: {app: other}}
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#;
+
+/// A TLS client from inside a namespace: sends a ClientHello for `sni` to `host:port`; prints
+/// `RESET`, `CLOSED` or `HANDSHAKE` (it must never complete).
+const TLS_HELLO: &str = r#"
+import socket, ssl, sys
+host, port, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+s = socket.create_connection((host, port), timeout=10)
+try:
+    ctx.wrap_socket(s, server_hostname=sni)
+    print("HANDSHAKE")
+except ConnectionResetError:
+    print("RESET")
+except (ssl.SSLError, OSError) as e:
+    print("CLOSED %s" % type(e).__name__)
 "#;
 
 /// An HTTP/1.1 GET from inside a namespace (optionally from `src`): prints the status or `RESET`.
@@ -309,7 +325,8 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
         "{denied}"
     );
 
-    // 5. REGISTRY_ONLY: an address that is no service and no workload is refused.
+    // 5. REGISTRY_ONLY (Ward's default: `other`'s Sidecar says nothing): an address that is
+    // no service and no workload is refused.
     assert_eq!(
         topo.python("c", CLIENT, &["10.231.0.4", "7000", "unknown"]),
         "RESET"
@@ -317,8 +334,49 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
     let blackhole = record(&other, &[("upstream_cluster", "BlackHoleCluster")]);
     assert_eq!(blackhole["dst.addr"], "10.231.0.4:7000");
     assert_eq!(blackhole["response_flags"], "NR");
+    assert_eq!(
+        blackhole["src.identity"],
+        "spiffe://cluster.local/ns/jobs/sa/other"
+    );
 
-    // 6. ALLOW_ANY (the default): the same destination from cli goes straight there, plaintext.
+    // 5b. TLS to an unknown address: closed, and the SNI it asked for is recorded.
+    let tls = topo.python("c", TLS_HELLO, &["10.231.0.4", "7443", "exfil.example.net"]);
+    assert!(tls == "RESET" || tls.starts_with("CLOSED"), "{tls}");
+    let rec = record(
+        &other,
+        &[
+            ("upstream_cluster", "BlackHoleCluster"),
+            ("requested.host", "exfil.example.net"),
+        ],
+    );
+    assert_eq!(rec["requested.from"], "sni");
+    assert_eq!(rec["dst.addr"], "10.231.0.4:7443");
+
+    // 5c. HTTP on an HTTP port of the mesh (80: srv's `http-web`) to an unknown address: a
+    // direct 502 from the proxy, as Istio answers.
+    assert_eq!(
+        topo.python("c", HTTP_GET, &["10.231.0.4", "80", "/export"]),
+        "STATUS 502"
+    );
+    record(
+        &other,
+        &[
+            ("upstream_cluster", "BlackHoleCluster"),
+            ("dst.addr", "10.231.0.4:80"),
+            ("requested.from", "host"),
+        ],
+    );
+    let metrics = ward_test_support::http_get(other.admin, "/metrics")
+        .unwrap()
+        .1;
+    for series in [
+        r#"ward_egress_blocked_total{source_workload="jobs/other",source_namespace="jobs",host="exfil.example.net",port="7443",protocol="tls"} 1"#,
+        r#"ward_egress_blocked_total{source_workload="jobs/other",source_namespace="jobs",host="srv.app.svc.cluster.local",port="80",protocol="http"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series}\n{metrics}");
+    }
+
+    // 6. ALLOW_ANY (cli's Sidecar): the same destination from cli goes straight there, plaintext.
     let outside = "ward-capture-passthrough-payload-3f9a";
     assert_eq!(
         topo.python("a", CLIENT, &["10.231.0.4", "7000", outside]),

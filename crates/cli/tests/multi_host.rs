@@ -282,6 +282,24 @@ fn proxies_follow_the_control_plane_and_keep_serving_without_it() {
     for admin in [srv_admin, cli_admin, oth_admin] {
         assert_eq!(http_get(admin, "/ready").unwrap().0, 200);
     }
+    // `ward verify mtls` against a `ward proxy` (one workload: no --from), with the control
+    // plane gone: mutual TLS 1.3 to srv, with srv's current certificate.
+    let verify = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args([
+            "verify",
+            "mtls",
+            "--admin",
+            &cli_admin.to_string(),
+            "--json",
+        ])
+        .args(["--to", &format!("{}:9000", mesh.ip(10))])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["from"], "app/cli");
+    assert_eq!(report["decision"], "ALLOW");
+    assert_eq!(report["serverCert"]["serial"], serial(srv_admin));
     std::thread::sleep(Duration::from_secs(1));
 
     // It comes back: every proxy reconnects with its certificate and is sent nothing, since

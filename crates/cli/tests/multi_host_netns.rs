@@ -53,6 +53,15 @@ spec:
   resolution: STATIC
   ports: [{{number: 9000, name: tcp-echo, protocol: TCP}}]
   workloadSelector: {{labels: {{app: srv}}}}
+---
+# oth's traffic outside the mesh is the capture's plaintext control: passed through (Ward's
+# default would refuse it).
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: oth, namespace: other}}
+spec:
+  workloadSelector: {{labels: {{app: oth}}}}
+  outboundTrafficPolicy: {{mode: ALLOW_ANY}}
 "#,
         cli = topo.ip("h1"),
         srv = topo.ip("h2"),
@@ -299,7 +308,8 @@ fn apps_on_three_hosts_reach_each_other_by_name_over_mtls_without_the_control_pl
         world.dial("h3", "srv.app.svc.cluster.local", 9000, "oth"),
         "REPLY oth"
     );
-    // Outside the mesh: passed through in plaintext (ALLOW_ANY), the capture's control.
+    // Outside the mesh: passed through in plaintext (oth's Sidecar: ALLOW_ANY), the capture's
+    // control.
     let control = "ward-plaintext-control-91f3";
     assert_eq!(
         world.dial("h3", &topo.ip("cp"), 7000, control),

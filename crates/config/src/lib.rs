@@ -64,6 +64,7 @@ pub mod analyze;
 pub mod check;
 mod decode;
 pub mod diag;
+pub mod egress;
 pub mod http_routing;
 pub mod istio;
 pub mod load;
@@ -91,9 +92,9 @@ pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;
 pub use routes::EgressRoutes;
 pub use snapshot::{
-    CapturedDestination, DemoApp, Endpoint, InboundPort, MeshService, MeshServicePort,
-    MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport, WorkloadInfo, HBONE_PORT,
-    KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    CapturedDestination, DemoApp, EgressSettings, Endpoint, ForwardProxy, InboundPort, MeshService,
+    MeshServicePort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport,
+    WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 pub use telemetry::{MeshDirectory, ServiceMeta, WorkloadMeta, CLUSTER_ID};
 pub use translate::translate;

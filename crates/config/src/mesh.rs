@@ -39,8 +39,13 @@ pub struct MeshSettings {
     pub root_namespace: String,
     /// `enableAutoMtls`, default true.
     pub enable_auto_mtls: bool,
-    /// `outboundTrafficPolicy.mode`, default ALLOW_ANY.
+    /// `outboundTrafficPolicy.mode`, default REGISTRY_ONLY (Istio's is ALLOW_ANY: docs/security.md,
+    /// "Egress").
     pub outbound_traffic_policy: OutboundTrafficMode,
+    /// `dnsResolvers` (a Ward extension: Istio's proxies use the pod's resolver): the DNS
+    /// servers the proxies resolve external hosts with, `ip` or `ip:port`. Empty: the
+    /// system's (`/etc/resolv.conf`). docs/egress.md.
+    pub dns_resolvers: Vec<std::net::SocketAddr>,
     /// The document the settings came from; `None` = all defaults.
     pub source: Option<SourceRef>,
 }
@@ -57,7 +62,8 @@ impl Default for MeshSettings {
             trust_domain_aliases: Vec::new(),
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
             enable_auto_mtls: true,
-            outbound_traffic_policy: OutboundTrafficMode::AllowAny,
+            outbound_traffic_policy: OutboundTrafficMode::RegistryOnly,
+            dns_resolvers: Vec::new(),
             source: None,
         }
     }
@@ -117,6 +123,7 @@ const READ_FIELDS: &[&str] = &[
     "rootNamespace",
     "enableAutoMtls",
     "outboundTrafficPolicy",
+    "dnsResolvers",
 ];
 
 #[derive(Deserialize)]
@@ -323,6 +330,28 @@ fn read_mesh_config(node: &Node, path: &str, parse: &mut MeshParse) {
                     parse.settings.outbound_traffic_policy = policy.mode.unwrap_or_default();
                 }
             }
+            "dnsResolvers" => {
+                if let Some(servers) = read::<Vec<String>>(value, &field, parse) {
+                    let mut parsed = Vec::new();
+                    for (i, server) in servers.iter().enumerate() {
+                        match parse_resolver(server) {
+                            Some(addr) => parsed.push(addr),
+                            None => parse.findings.push(
+                                Finding::error(
+                                    code::INVALID,
+                                    push_index(&field, i),
+                                    format!(
+                                        "`{server}` is not a DNS server address: write `ip` or \
+                                         `ip:port` (`[v6]:port` for IPv6)"
+                                    ),
+                                )
+                                .on_line(value.line),
+                            ),
+                        }
+                    }
+                    parse.settings.dns_resolvers = parsed;
+                }
+            }
             known if IGNORED_FIELDS.contains(&known) => {
                 parse
                     .findings
@@ -397,6 +426,16 @@ fn check_trust_domain(td: &str) -> Result<(), String> {
     }
 }
 
+/// A `dnsResolvers` entry: `ip` (port 53) or `ip:port`.
+fn parse_resolver(server: &str) -> Option<std::net::SocketAddr> {
+    server.parse().ok().or_else(|| {
+        server
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| (ip, 53).into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +449,34 @@ mod tests {
             .iter()
             .map(|f| (f.code, f.field.as_str(), f.line))
             .collect()
+    }
+
+    #[test]
+    fn dns_resolvers_are_addresses_with_port_53_by_default() {
+        let parse = from_sail_istio(&doc(
+            "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata: {name: default}\nspec:\n  values:\n    meshConfig:\n      dnsResolvers: [127.131.0.53, \"127.131.0.54:5353\", \"[::1]:53\", dns.example]\n",
+        ));
+        assert_eq!(
+            brief(&parse.findings),
+            vec![(
+                code::INVALID,
+                "spec.values.meshConfig.dnsResolvers[3]",
+                Some(7)
+            )]
+        );
+        assert_eq!(
+            parse.settings.dns_resolvers,
+            vec![
+                "127.131.0.53:53".parse().unwrap(),
+                "127.131.0.54:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            MeshSettings::default().outbound_traffic_policy,
+            OutboundTrafficMode::RegistryOnly,
+            "Ward's default (docs/security.md, \"Egress\")"
+        );
     }
 
     #[test]

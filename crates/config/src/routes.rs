@@ -488,6 +488,7 @@ mod tests {
             outbound_traffic_policy: "ALLOW_ANY".into(),
             services: Default::default(),
             service_inbound: Vec::new(),
+            egress: Default::default(),
         }
     }
 

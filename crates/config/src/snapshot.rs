@@ -79,6 +79,35 @@ pub struct ProxyConfig {
     /// configuration (in memory, one copy; a proxy on another host needs it with its config).
     #[serde(default)]
     pub directory: Arc<MeshDirectory>,
+    /// How the app reaches hosts outside the mesh: the explicit forward-proxy listeners and
+    /// the DNS servers external hosts are resolved with (docs/egress.md).
+    #[serde(default)]
+    pub egress: EgressSettings,
+}
+
+/// The egress settings of one proxy (docs/egress.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSettings {
+    /// Explicit forward-proxy listeners: Sidecar egress listeners whose `port.protocol` is
+    /// `HTTP_PROXY`, serving HTTP CONNECT and absolute-form HTTP.
+    #[serde(default)]
+    pub forward_proxies: Vec<ForwardProxy>,
+    /// The DNS servers external hosts are resolved with (`meshConfig.dnsResolvers`, a Ward
+    /// extension); empty: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub dns_resolvers: Vec<SocketAddr>,
+}
+
+/// One explicit forward-proxy listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardProxy {
+    /// Egress `bind` (default 127.0.0.1) and the listener's port.
+    pub bind: SocketAddr,
+    /// The ServiceEntry hosts (keys of [`ProxyConfig::services`], wildcards included) that the
+    /// listener's `hosts` select: the only hosts it opens a path to under REGISTRY_ONLY.
+    pub hosts: Vec<String>,
 }
 
 /// A service the workload may call, as transparent capture sees it.
@@ -97,6 +126,10 @@ pub struct MeshService {
     pub auto_allocated: bool,
     /// The ServiceEntry's ports.
     pub ports: Vec<MeshServicePort>,
+    /// `resolution`: with no endpoints, a DNS entry is reached at the address its host
+    /// resolves to (docs/egress.md).
+    #[serde(default)]
+    pub resolution: crate::istio::Resolution,
 }
 
 /// One port of a [`MeshService`].
@@ -207,6 +240,12 @@ impl ProxyConfig {
                     ),
                 });
             }
+        }
+        for proxy in &self.egress.forward_proxies {
+            out.push(OwnListener {
+                addr: proxy.bind,
+                what: format!("the forward-proxy listener of workload {workload}"),
+            });
         }
         out
     }

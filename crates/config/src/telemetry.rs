@@ -126,6 +126,18 @@ struct Entry {
     meta: Arc<WorkloadMeta>,
 }
 
+fn entry_key(e: &Entry) -> String {
+    format!("{}/{}", e.meta.namespace, e.meta.name)
+}
+
+/// One part of a [`MeshDirectory`] ([`MeshDirectory::split`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryPart {
+    workloads: BTreeMap<String, Entry>,
+    services: BTreeMap<String, Arc<ServiceMeta>>,
+    served: BTreeMap<String, BTreeMap<u16, Vec<String>>>,
+}
+
 /// Every workload's and service's metric labels, for one configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshDirectory {
@@ -151,12 +163,57 @@ impl MeshDirectory {
             address: info.address,
             meta: Arc::new(WorkloadMeta::of(info)),
         };
-        self.identities
-            .entry(info.identity.clone())
-            .or_default()
-            .push(entry.clone());
-        self.workloads
-            .insert(format!("{}/{}", info.namespace, info.name), entry);
+        let key = format!("{}/{}", info.namespace, info.name);
+        let same = self.identities.entry(info.identity.clone()).or_default();
+        // Kept in workload-key order, the order [`MeshDirectory::join`] rebuilds.
+        let at = same.partition_point(|e| entry_key(e) < key);
+        same.insert(at, entry.clone());
+        self.workloads.insert(key, entry);
+    }
+
+    /// Cuts the directory into `parts` parts: workload `namespace/name` (with the services its
+    /// ports serve) goes to part `part_of(key)`, service `host` to `part_of(host)`. A change to
+    /// one workload or service changes one part (the config stream sends parts as sections:
+    /// docs/multi-host.md). [`MeshDirectory::join`] rebuilds the directory.
+    pub fn split(&self, parts: usize, part_of: impl Fn(&str) -> usize) -> Vec<DirectoryPart> {
+        let mut out = vec![DirectoryPart::default(); parts.max(1)];
+        let n = out.len();
+        for (key, entry) in &self.workloads {
+            out[part_of(key) % n]
+                .workloads
+                .insert(key.clone(), entry.clone());
+        }
+        for (key, ports) in &self.served {
+            out[part_of(key) % n]
+                .served
+                .insert(key.clone(), ports.clone());
+        }
+        for (host, meta) in &self.services {
+            out[part_of(host) % n]
+                .services
+                .insert(host.clone(), meta.clone());
+        }
+        out
+    }
+
+    /// The directory whose parts are `parts` (from [`MeshDirectory::split`]).
+    pub fn join<'a>(parts: impl IntoIterator<Item = &'a DirectoryPart>) -> MeshDirectory {
+        let mut d = MeshDirectory::default();
+        for part in parts {
+            d.workloads
+                .extend(part.workloads.iter().map(|(k, e)| (k.clone(), e.clone())));
+            d.served
+                .extend(part.served.iter().map(|(k, p)| (k.clone(), p.clone())));
+            d.services
+                .extend(part.services.iter().map(|(h, m)| (h.clone(), m.clone())));
+        }
+        for entry in d.workloads.values() {
+            d.identities
+                .entry(entry.meta.principal.clone())
+                .or_default()
+                .push(entry.clone());
+        }
+        d
     }
 
     /// Add a service host, declared by a ServiceEntry in `namespace`.
@@ -391,5 +448,28 @@ mod tests {
         assert_eq!(host(d.inbound_service("demo/srv", 9001, None)), None);
         assert_eq!(host_of("[::1]:80"), "::1");
         assert_eq!(host_of("a.b"), "a.b");
+    }
+
+    #[test]
+    fn a_directory_split_in_parts_joins_back_to_itself() {
+        let mut d = MeshDirectory::new();
+        d.add_workload(&info("b", "w", "10.0.0.1", "sa", &[("app", "w")]));
+        d.add_workload(&info("a-b", "x", "10.0.0.2", "sa", &[]));
+        d.add_workload(&info("a", "x", "10.0.0.3", "shared", &[]));
+        d.add_workload(&info("a", "y", "10.0.0.4", "shared", &[]));
+        d.add_service("w.b.svc.cluster.local", "b");
+        d.add_endpoint("w.b.svc.cluster.local", "b/w", 80);
+        let part_of = |k: &str| k.len();
+        let parts = d.split(4, part_of);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(MeshDirectory::join(&parts), d);
+        assert_eq!(MeshDirectory::join(parts.iter().rev()), d);
+        // A change to one workload changes only its part.
+        let mut e = d.clone();
+        e.add_workload(&info("b", "w", "10.0.0.9", "sa", &[("app", "w")]));
+        let changed: Vec<usize> = (0..4)
+            .filter(|&i| e.split(4, part_of)[i] != parts[i])
+            .collect();
+        assert_eq!(changed, vec![part_of("b/w") % 4]);
     }
 }

@@ -28,9 +28,9 @@ use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
 use crate::request_authn;
 use crate::snapshot::{
-    DemoApp, Endpoint, InboundPort, MeshService, MeshServicePort, MeshSnapshot, OutboundListener,
-    Protocol, ProxyConfig, Transport, WorkloadInfo, DEMO_APP_ANNOTATION,
-    KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    DemoApp, EgressSettings, Endpoint, ForwardProxy, InboundPort, MeshService, MeshServicePort,
+    MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport, WorkloadInfo,
+    DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::telemetry::MeshDirectory;
 use crate::yaml::{push_index, push_key};
@@ -250,6 +250,10 @@ impl<'a> Context<'a> {
         namespace: &str,
     ) -> Option<Vec<(&'a Resource<ServiceEntrySpec>, &'a str)>> {
         egress.port.as_ref().and_then(|p| p.number)?;
+        if is_forward_proxy(egress) {
+            // Its port is the proxy's own, never a service's.
+            return None;
+        }
         let mut matched: Vec<(&'a Resource<ServiceEntrySpec>, &'a str)> = Vec::new();
         for host in egress.hosts() {
             let Ok(pattern) = SidecarHost::parse(host) else {
@@ -373,6 +377,12 @@ impl<'a> Context<'a> {
             services: self.services_in_namespace(workload, &mut errors),
             service_inbound,
             directory: Default::default(),
+            egress: EgressSettings {
+                forward_proxies: sidecar
+                    .map(|s| self.forward_proxies(workload, s, &mut errors))
+                    .unwrap_or_default(),
+                dns_resolvers: self.set.mesh.dns_resolvers.clone(),
+            },
         };
         (proxy, errors)
     }
@@ -455,6 +465,7 @@ impl<'a> Context<'a> {
                         addresses,
                         auto_allocated: auto.is_some() && explicit.is_empty(),
                         ports,
+                        resolution: se.spec.resolution.unwrap_or_default(),
                     },
                 );
             }
@@ -581,6 +592,9 @@ impl<'a> Context<'a> {
     ) -> Vec<OutboundListener> {
         let mut listeners: Vec<OutboundListener> = Vec::new();
         for egress in sidecar.spec.egress() {
+            if is_forward_proxy(egress) {
+                continue;
+            }
             let bind_ip = egress
                 .bind
                 .as_deref()
@@ -613,6 +627,60 @@ impl<'a> Context<'a> {
         }
         errors.extend(check_shared_listeners(sidecar, workload, &listeners));
         listeners
+    }
+
+    /// The Sidecar's explicit forward-proxy listeners (`port.protocol: HTTP_PROXY`), each with
+    /// the ServiceEntry hosts its `hosts` select (docs/egress.md).
+    fn forward_proxies(
+        &self,
+        workload: &Workload<'_>,
+        sidecar: &Resource<SidecarSpec>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Vec<ForwardProxy> {
+        let mut proxies = Vec::new();
+        for (i, egress) in sidecar.spec.egress().iter().enumerate() {
+            if !is_forward_proxy(egress) {
+                continue;
+            }
+            let Some(port) = egress
+                .port
+                .as_ref()
+                .and_then(|p| p.number)
+                .and_then(port_number)
+            else {
+                errors.push(sidecar.diagnostic(
+                    Severity::Error,
+                    code::INVALID,
+                    &push_key(&push_index("spec.egress", i), "port.number"),
+                    "an HTTP_PROXY egress listener needs a port number to listen on".to_owned(),
+                ));
+                continue;
+            };
+            let bind_ip = egress
+                .bind
+                .as_deref()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let mut hosts: Vec<String> = Vec::new();
+            for host in egress.hosts() {
+                let Ok(pattern) = SidecarHost::parse(host) else {
+                    continue;
+                };
+                if pattern.namespace == HostNamespace::Nothing {
+                    continue;
+                }
+                for (_, name) in self.services_matching(&pattern, workload.namespace()) {
+                    if !hosts.iter().any(|h| h == name) {
+                        hosts.push(name.to_owned());
+                    }
+                }
+            }
+            proxies.push(ForwardProxy {
+                bind: SocketAddr::new(bind_ip, port),
+                hosts,
+            });
+        }
+        proxies
     }
 
     fn listener(
@@ -842,6 +910,16 @@ pub(crate) fn unmatched_host_message(host: &str, namespace: &str) -> String {
         "egress host `{host}` matches no ServiceEntry visible to namespace `{namespace}`; \
          declare the service with a ServiceEntry (check its hosts and exportTo)"
     )
+}
+
+/// Whether an egress listener is an explicit forward proxy: `port.protocol: HTTP_PROXY`
+/// (Istio's protocol for a listener that serves HTTP CONNECT and absolute-form requests).
+fn is_forward_proxy(egress: &IstioEgressListener) -> bool {
+    egress
+        .port
+        .as_ref()
+        .and_then(|p| p.protocol.as_deref())
+        .is_some_and(|p| p.eq_ignore_ascii_case("HTTP_PROXY"))
 }
 
 /// The ServiceEntry ports an egress listener serves: the one with the listener's port
@@ -1355,6 +1433,48 @@ mod tests {
     }
 
     #[test]
+    fn http_proxy_egress_listeners_are_forward_proxies_over_the_hosts_they_select() {
+        let yaml = [
+            we("clinic", "emr", "10.0.0.1", ""),
+            doc("ServiceEntry", "clinic", "quay", "{hosts: [quay.io], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}"),
+            doc("ServiceEntry", "clinic", "docker", "{hosts: [\"*.docker.io\"], ports: [{number: 443, name: tls}], resolution: DNS}"),
+            doc("ServiceEntry", "clinic", "other", "{hosts: [other.org], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 192.0.2.1}]}"),
+            doc("ServiceEntry", "elsewhere", "private", "{hosts: [private.org], exportTo: [.], ports: [{number: 443, name: tls}]}"),
+            doc("Sidecar", "clinic", "emr", "{workloadSelector: {labels: {app: emr}}, egress: [{port: {number: 15080, protocol: HTTP_PROXY}, bind: 127.0.0.7, hosts: [./quay.io, \"./*.docker.io\", \"*/private.org\"]}]}"),
+        ]
+        .concat();
+        let proxy = &snapshot(&yaml).proxies["clinic/emr"];
+        assert!(proxy.outbound.is_empty(), "{:?}", proxy.outbound);
+        assert_eq!(
+            proxy.egress.forward_proxies,
+            vec![ForwardProxy {
+                bind: "127.0.0.7:15080".parse().unwrap(),
+                // private.org is not exported to clinic; other.org is not among the hosts.
+                hosts: vec!["quay.io".into(), "*.docker.io".into()],
+            }]
+        );
+        assert_eq!(
+            proxy.services["quay.io"].resolution,
+            crate::istio::Resolution::Dns
+        );
+        assert!(proxy
+            .listeners()
+            .iter()
+            .any(|l| l.addr == "127.0.0.7:15080".parse().unwrap()));
+        let missing_port = [
+            we("clinic", "emr", "10.0.0.1", ""),
+            doc("Sidecar", "clinic", "emr", "{workloadSelector: {labels: {app: emr}}, egress: [{port: {protocol: HTTP_PROXY}, hosts: [./quay.io]}]}"),
+        ]
+        .concat();
+        // The loader already requires the port a forward proxy listens on.
+        let err = load_str("t.yaml", &missing_port).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.egress[0].port: missing required field `number`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn workload_info_merges_labels_and_forms_the_identity() {
         let yaml = format!(
             "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\n  namespace: shop\n  labels: {{version: v2, tier: web}}\n  annotations: {{ward.dev/demo-app: echo}}\nspec: {{address: \"fd00::1\", labels: {{app: vm, version: v1}}, serviceAccount: cart}}\n{}",
@@ -1378,7 +1498,8 @@ mod tests {
         assert_eq!(proxy.outbound_traffic_policy, "REGISTRY_ONLY");
         assert_eq!(
             snapshot(&we("a", "x", "10.0.0.1", "")).proxies["a/x"].outbound_traffic_policy,
-            "ALLOW_ANY"
+            "REGISTRY_ONLY",
+            "Ward's default is REGISTRY_ONLY (docs/security.md, \"Egress\")"
         );
         assert_eq!(
             snapshot(&we("a", "x", "10.0.0.1", "")).proxies["a/x"]

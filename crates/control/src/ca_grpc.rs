@@ -35,8 +35,6 @@ use ward_wire::istio::v1::auth::istio_certificate_service_server::{
 };
 use ward_wire::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 
-use ward_wire::ward::config::v1::proxy_config_service_server::ProxyConfigServiceServer;
-
 use crate::bootstrap::{BootstrapError, TokenKey};
 use crate::config_grpc::ConfigGrpc;
 use crate::{CaService, ControlPlane};
@@ -49,7 +47,7 @@ pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "ward-control-plane";
 pub const DEFAULT_PORT: u16 = 15012;
 
 /// Longest request accepted (a CSR is under 1 KiB).
-const MAX_MESSAGE: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Time a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once by default (`ward control-plane --max-connections`); more are
@@ -474,15 +472,14 @@ async fn serve_connection(
         certificate: ward_tls::peer_info(tls.get_ref().1).identity,
     };
     let ca = IstioCertificateServiceServer::new(services.ca).max_decoding_message_size(MAX_MESSAGE);
-    let config =
-        ProxyConfigServiceServer::new(services.config).max_decoding_message_size(MAX_MESSAGE);
+    let config = services.config;
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(caller.clone());
-            let (mut ca, mut config) = (ca.clone(), config.clone());
+            let (mut ca, config, caller) = (ca.clone(), config.clone(), caller.clone());
             async move {
                 if req.uri().path().starts_with(CONFIG_PATH) {
-                    tower::Service::call(&mut config, req).await
+                    Ok(config.serve(caller, req).await)
                 } else {
                     tower::Service::call(&mut ca, req).await
                 }

@@ -10,7 +10,6 @@
 //! coalesce into it. A refused (NACKed) version is not sent again; the next change is.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,17 +18,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use prost::Message as _;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use ward_config::{MeshSnapshot, ProxyConfig};
-use ward_wire::ward::config::v1::proxy_config_service_server::ProxyConfigService;
-use ward_wire::ward::config::v1::{ConfigRequest, ConfigResponse, Section as WireSection};
+use ward_wire::ward::config::v1::{ConfigRequest, ConfigResponse};
 
 use crate::bootstrap::TokenKey;
-use crate::ca_grpc::{bind, credential, Binding, Caller, Credential, Refusal};
+use crate::ca_grpc::{bind, credential, Binding, Caller, Credential, Refusal, MAX_MESSAGE};
+use crate::grpc_frames::{frame, Framed, Out, StreamBody};
 use crate::proxies::{ProxyRegistry, ProxyStatus};
 use crate::push::{MeshInfo, Sections, SharedSections};
 use crate::ControlPlane;
@@ -37,7 +34,7 @@ use crate::ControlPlane;
 /// Time a proxy has to send its first request after opening the stream.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most sections a proxy may say it holds.
-const MAX_HELD: usize = 64;
+const MAX_HELD: usize = 256;
 /// Longest section name or hash read from a proxy.
 const MAX_NAME: usize = 128;
 /// Longest proxy version kept.
@@ -233,25 +230,70 @@ fn hello(first: ConfigRequest) -> Result<Hello, Refusal> {
     })
 }
 
-type ResponseStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ConfigResponse, Status>> + Send>>;
+/// The config stream's one method.
+pub(crate) const STREAM_PATH: &str = "/ward.config.v1.ProxyConfigService/StreamConfig";
 
-#[tonic::async_trait]
-impl ProxyConfigService for ConfigGrpc {
-    type StreamConfigStream = ResponseStream;
-
-    async fn stream_config(
+impl ConfigGrpc {
+    /// Serves one HTTP/2 request on the config stream's path prefix: `StreamConfig`, framed
+    /// by hand on the way out (`grpc_frames`: the sections' bodies are shared, not copied into
+    /// a buffer per stream) and decoded by tonic on the way in.
+    pub(crate) async fn serve(
         &self,
-        request: Request<Streaming<ConfigRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
-            return Err(Status::internal("no connection information"));
-        };
+        caller: Caller,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<tonic::body::Body> {
+        if request.uri().path() != STREAM_PATH || request.method() != http::Method::POST {
+            return Status::unimplemented(format!("no method {}", request.uri().path()))
+                .into_http();
+        }
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if !grpc {
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return response;
+        }
+        let compressed = request
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes() != b"identity");
+        if compressed {
+            return Status::unimplemented("compressed requests are not accepted").into_http();
+        }
         let authorization = request
-            .metadata()
+            .headers()
             .get("authorization")
             .map(|v| v.as_bytes().to_vec());
-        let mut requests = request.into_inner();
+        let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            ConfigResponse,
+            ConfigRequest,
+        >::default());
+        let requests =
+            Streaming::new_request(decoder, request.into_body(), None, Some(MAX_MESSAGE));
+        match self.open(caller, authorization, requests).await {
+            Ok(rx) => {
+                let mut response = http::Response::new(tonic::body::Body::new(StreamBody::new(rx)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                response
+            }
+            Err(status) => status.into_http(),
+        }
+    }
+
+    /// Admits a stream from its first request and starts its session; the receiver is what
+    /// the session sends.
+    async fn open(
+        &self,
+        caller: Caller,
+        authorization: Option<Vec<u8>>,
+        mut requests: Streaming<ConfigRequest>,
+    ) -> Result<mpsc::Receiver<Out>, Status> {
         let refuse = |refusal: Refusal, workload: &str| {
             tracing::warn!(
                 peer = %caller.addr,
@@ -335,7 +377,7 @@ impl ProxyConfigService for ConfigGrpc {
             cached: None,
         };
         tokio::spawn(session.run(requests, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
@@ -375,11 +417,7 @@ enum End {
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        mut requests: Streaming<ConfigRequest>,
-        tx: mpsc::Sender<Result<ConfigResponse, Status>>,
-    ) {
+    async fn run(mut self, mut requests: Streaming<ConfigRequest>, tx: mpsc::Sender<Out>) {
         let end = self.serve(&mut requests, &tx).await;
         let reason = match end {
             End::Closed => "closed".to_owned(),
@@ -388,12 +426,12 @@ impl Session {
                     "workload {} is no longer in the config",
                     self.workload
                 ));
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Out::End(status)).await;
                 "the workload left the config".to_owned()
             }
             End::Internal(e) => {
                 tracing::error!(workload = %self.workload, error = %e, "config stream failed");
-                let _ = tx.send(Err(Status::internal(e.clone()))).await;
+                let _ = tx.send(Out::End(Status::internal(e.clone()))).await;
                 e
             }
         };
@@ -405,13 +443,13 @@ impl Session {
     async fn serve(
         &mut self,
         requests: &mut Streaming<ConfigRequest>,
-        tx: &mpsc::Sender<Result<ConfigResponse, Status>>,
+        tx: &mpsc::Sender<Out>,
     ) -> End {
         loop {
             if self.outstanding.is_none() {
                 match self.response() {
                     Ok(Some(response)) => {
-                        if tx.send(Ok(response)).await.is_err() {
+                        if tx.send(Out::Message(response)).await.is_err() {
                             return End::Closed;
                         }
                     }
@@ -441,7 +479,7 @@ impl Session {
 
     /// The response that brings the proxy to the current config, if it needs one; records the
     /// proxy as synced when it already holds it.
-    fn response(&mut self) -> Result<Option<ConfigResponse>, String> {
+    fn response(&mut self) -> Result<Option<Framed>, String> {
         let config = self.config.borrow_and_update().clone();
         let fresh = !matches!(&self.cached, Some((c, _)) if Arc::ptr_eq(c, &config));
         if fresh {
@@ -476,29 +514,22 @@ impl Session {
         } else {
             "delta"
         };
-        let response = ConfigResponse {
+        let shell = ConfigResponse {
             version_info: version.clone(),
             nonce: self.nonce.to_string(),
-            sections: delta
-                .changed
-                .iter()
-                .map(|(name, s)| WireSection {
-                    name: (*name).to_owned(),
-                    hash: s.hash.clone(),
-                    body: s.body.to_vec(),
-                })
-                .collect(),
+            sections: Vec::new(),
             removed: delta.removed,
             generation,
         };
-        let bytes = response.encoded_len() as u64;
+        let response = frame(&shell, &delta.changed).map_err(|e| e.to_string())?;
+        let bytes = response.message_len as u64;
         let m = &self.inner.metrics;
         m.responses
             .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
             .inc();
         m.response_bytes.inc_by(bytes);
         self.outstanding = Some(Outstanding {
-            nonce: response.nonce.clone(),
+            nonce: shell.nonce,
             version: version.clone(),
             hashes: sections.hashes(),
             sent_at: Instant::now(),

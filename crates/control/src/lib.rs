@@ -25,6 +25,7 @@ pub mod ca_grpc;
 pub mod ca_service;
 pub mod config_client;
 pub mod config_grpc;
+mod grpc_frames;
 pub mod proxies;
 pub mod push;
 pub mod source;

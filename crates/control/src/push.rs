@@ -15,9 +15,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest::{digest, SHA256};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use ward_config::telemetry::MeshDirectory;
+use ward_config::telemetry::{DirectoryPart, MeshDirectory};
 use ward_config::ProxyConfig;
 
 /// The section holding [`MeshInfo`]; no field of [`ProxyConfig`] may have this name.
@@ -45,11 +46,11 @@ pub struct Section {
     /// SHA-256 of `body`, lowercase hex.
     pub hash: String,
     /// The section's JSON, shared between the proxies that have the same section.
-    pub body: Arc<[u8]>,
+    pub body: Bytes,
 }
 
 impl Section {
-    fn new(body: Vec<u8>) -> Section {
+    pub(crate) fn new(body: Vec<u8>) -> Section {
         Section {
             hash: sha256_hex(&body),
             body: body.into(),
@@ -57,62 +58,114 @@ impl Section {
     }
 }
 
-/// The section of the proxy configuration field every proxy of one configuration shares: the
-/// mesh directory (`ProxyConfig::directory`, one `Arc` per configuration). It is serialized
-/// once per configuration and its bytes shared by every stream, instead of once per proxy.
+/// The proxy configuration field every proxy of one configuration shares: the mesh directory
+/// (`ProxyConfig::directory`, one `Arc` per configuration). It is sent as
+/// [`DIRECTORY_PARTS`] sections named `directory.00` … (`MeshDirectory::split`, a workload or
+/// service to the part its key hashes to), each serialized once per configuration and its bytes
+/// shared by every stream: a change to one workload resends one part, not the directory.
 pub const DIRECTORY_SECTION: &str = "directory";
-/// The section of the services a proxy can see (`ProxyConfig::services`), large in a large mesh.
+/// The services a proxy can see (`ProxyConfig::services`), large in a large mesh: sent as
+/// [`SERVICES_PARTS`] sections `services.00` …, by host.
 const SERVICES_SECTION: &str = "services";
 /// The section of a proxy's egress listeners (`ProxyConfig::outbound`).
 const OUTBOUND_SECTION: &str = "outbound";
+/// How many parts the directory and a service table are cut into.
+pub const DIRECTORY_PARTS: usize = 64;
+pub const SERVICES_PARTS: usize = 16;
+
+/// The part `key` (a workload `namespace/name`, or a host) belongs to: a hash, so parts are
+/// balanced and the same across control-plane restarts.
+fn part_of(key: &str) -> usize {
+    usize::from(digest(&SHA256, key.as_bytes()).as_ref()[0])
+}
+
+/// The section name of part `i` of `field`.
+fn part_name(field: &str, i: usize) -> String {
+    format!("{field}.{i:02x}")
+}
+
+/// The field a part section belongs to (`directory.1f` → `directory`), if it is one.
+fn part_field(name: &str) -> Option<&str> {
+    let (field, part) = name.split_once('.')?;
+    let parted = field == DIRECTORY_SECTION || field == SERVICES_SECTION;
+    (parted && part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit())).then_some(field)
+}
 
 /// The shared sections of the current configuration, kept by the control plane for all its
 /// streams.
 #[derive(Debug, Default)]
 pub struct SharedSections {
-    directory: Mutex<Option<(Arc<MeshDirectory>, Section)>>,
+    directory: Mutex<Option<(Arc<MeshDirectory>, Parts)>>,
     /// The service tables of the current config (one per namespace), by their `Arc`.
-    services: Mutex<Vec<(Arc<Services>, Section)>>,
+    services: Mutex<Vec<(Arc<Services>, Parts)>>,
 }
+
+/// The part sections of one directory or service table, shared.
+type Parts = Arc<Vec<Section>>;
 
 /// `ProxyConfig::services`.
 type Services = BTreeMap<String, ward_config::MeshService>;
 
 impl SharedSections {
-    /// The directory's section, serialized once per directory.
-    fn directory(&self, directory: &Arc<MeshDirectory>) -> Result<Section, SectionError> {
+    /// The directory's part sections, serialized once per directory.
+    fn directory(&self, directory: &Arc<MeshDirectory>) -> Result<Parts, SectionError> {
         let mut cached = self
             .directory
             .lock()
             .map_err(|_| SectionError("section cache poisoned".into()))?;
-        if let Some((d, section)) = cached.as_ref() {
+        if let Some((d, sections)) = cached.as_ref() {
             if Arc::ptr_eq(d, directory) {
-                return Ok(section.clone());
+                return Ok(sections.clone());
             }
         }
-        let body = serde_json::to_vec(&**directory).map_err(|e| SectionError(e.to_string()))?;
-        let section = Section::new(body);
-        *cached = Some((directory.clone(), section.clone()));
-        Ok(section)
+        let sections = Arc::new(directory_sections(directory)?);
+        *cached = Some((directory.clone(), sections.clone()));
+        Ok(sections)
     }
 
-    /// A service table's section, serialized once per table and shared by the streams of the
-    /// proxies that have it (all the workloads of a namespace). Tables of older configs are
+    /// A service table's part sections, serialized once per table and shared by the streams of
+    /// the proxies that have it (all the workloads of a namespace). Tables of older configs are
     /// dropped once no config holds them.
-    fn services(&self, services: &Arc<Services>) -> Result<Section, SectionError> {
+    fn services(&self, services: &Arc<Services>) -> Result<Parts, SectionError> {
         let mut cached = self
             .services
             .lock()
             .map_err(|_| SectionError("section cache poisoned".into()))?;
-        if let Some((_, section)) = cached.iter().find(|(s, _)| Arc::ptr_eq(s, services)) {
-            return Ok(section.clone());
+        if let Some((_, sections)) = cached.iter().find(|(s, _)| Arc::ptr_eq(s, services)) {
+            return Ok(sections.clone());
         }
         cached.retain(|(s, _)| Arc::strong_count(s) > 1);
-        let body = serde_json::to_vec(&**services).map_err(|e| SectionError(e.to_string()))?;
-        let section = Section::new(body);
-        cached.push((services.clone(), section.clone()));
-        Ok(section)
+        let sections = Arc::new(services_sections(services)?);
+        cached.push((services.clone(), sections.clone()));
+        Ok(sections)
     }
+}
+
+fn directory_sections(directory: &MeshDirectory) -> Result<Vec<Section>, SectionError> {
+    directory
+        .split(DIRECTORY_PARTS, part_of)
+        .iter()
+        .map(|part| {
+            serde_json::to_vec(part)
+                .map(Section::new)
+                .map_err(|e| SectionError(e.to_string()))
+        })
+        .collect()
+}
+
+fn services_sections(services: &Services) -> Result<Vec<Section>, SectionError> {
+    let mut parts = vec![Services::new(); SERVICES_PARTS];
+    for (host, service) in services {
+        parts[part_of(host) % SERVICES_PARTS].insert(host.clone(), service.clone());
+    }
+    parts
+        .iter()
+        .map(|part| {
+            serde_json::to_vec(part)
+                .map(Section::new)
+                .map_err(|e| SectionError(e.to_string()))
+        })
+        .collect()
 }
 
 /// Why a configuration could not be cut into sections (a bug: every config serializes).
@@ -183,25 +236,30 @@ impl Sections {
                 Section::new(serde_json::to_vec(&value).map_err(fail)?),
             );
         }
-        let reuse = |name: &str, same: &dyn Fn(&ProxyConfig) -> bool| {
-            previous
-                .filter(|(p, _)| same(p))
-                .and_then(|(_, s)| s.0.get(name).cloned())
-        };
-        let services = match reuse(SERVICES_SECTION, &|p| p.services == config.services) {
-            Some(section) => section,
-            None => shared.services(&config.services)?,
-        };
-        out.insert(SERVICES_SECTION.to_owned(), services);
-        let outbound = match reuse(OUTBOUND_SECTION, &|p| p.outbound == config.outbound) {
+        let reused = |name: &str| previous.and_then(|(_, s)| s.0.get(name).cloned());
+        let same_services = previous.is_some_and(|(p, _)| p.services == config.services);
+        if same_services {
+            for i in 0..SERVICES_PARTS {
+                let name = part_name(SERVICES_SECTION, i);
+                let section =
+                    reused(&name).ok_or_else(|| SectionError(format!("{name} missing")))?;
+                out.insert(name, section);
+            }
+        } else {
+            for (i, section) in shared.services(&config.services)?.iter().enumerate() {
+                out.insert(part_name(SERVICES_SECTION, i), section.clone());
+            }
+        }
+        let outbound = match reused(OUTBOUND_SECTION)
+            .filter(|_| previous.is_some_and(|(p, _)| p.outbound == config.outbound))
+        {
             Some(section) => section,
             None => Section::new(serde_json::to_vec(&config.outbound).map_err(fail)?),
         };
         out.insert(OUTBOUND_SECTION.to_owned(), outbound);
-        out.insert(
-            DIRECTORY_SECTION.to_owned(),
-            shared.directory(&config.directory)?,
-        );
+        for (i, section) in shared.directory(&config.directory)?.iter().enumerate() {
+            out.insert(part_name(DIRECTORY_SECTION, i), section.clone());
+        }
         Ok(Sections(out))
     }
 
@@ -276,10 +334,12 @@ pub struct Received {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Held {
     sections: BTreeMap<String, (String, Arc<Value>)>,
-    /// The directory and services sections, parsed once when they arrive (kept as `Null` in
-    /// `sections`): the largest sections, and the same across most pushes.
-    directory: Option<Arc<MeshDirectory>>,
-    services: Option<Arc<Services>>,
+    /// The directory's and the service table's parts, parsed once when they arrive (kept as
+    /// `Null` in `sections`), and the directory and table joined from them.
+    directory_parts: BTreeMap<String, Arc<DirectoryPart>>,
+    services_parts: BTreeMap<String, Arc<Services>>,
+    directory: Arc<MeshDirectory>,
+    services: Arc<Services>,
 }
 
 /// A configuration rebuilt from the sections a proxy holds.
@@ -317,14 +377,11 @@ impl Held {
     /// afterwards (a section missed), or sections that do not make a configuration.
     pub fn apply(&self, response: &Received) -> Result<(Held, Assembled), String> {
         let mut next = self.clone();
+        let (mut directory_changed, mut services_changed) = (false, false);
         for name in &response.removed {
             next.sections.remove(name);
-            if name == DIRECTORY_SECTION {
-                next.directory = None;
-            }
-            if name == SERVICES_SECTION {
-                next.services = None;
-            }
+            directory_changed |= next.directory_parts.remove(name).is_some();
+            services_changed |= next.services_parts.remove(name).is_some();
         }
         for (name, hash, body) in &response.sections {
             if body.len() > MAX_SECTION_BYTES {
@@ -338,24 +395,26 @@ impl Held {
                     "section {name:?}: its body does not match its hash"
                 ));
             }
-            if name == DIRECTORY_SECTION {
-                let directory: MeshDirectory = serde_json::from_slice(body)
-                    .map_err(|e| format!("section {name:?} is not a mesh directory: {e}"))?;
-                next.directory = Some(Arc::new(directory));
-                next.sections
-                    .insert(name.clone(), (hash.clone(), Arc::new(Value::Null)));
-                continue;
-            }
-            if name == SERVICES_SECTION {
-                let services: Services = serde_json::from_slice(body)
-                    .map_err(|e| format!("section {name:?} is not a service table: {e}"))?;
-                next.services = Some(Arc::new(services));
-                next.sections
-                    .insert(name.clone(), (hash.clone(), Arc::new(Value::Null)));
-                continue;
-            }
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| format!("section {name:?} is not JSON: {e}"))?;
+            let value = match part_field(name) {
+                Some(DIRECTORY_SECTION) => {
+                    let part: DirectoryPart = serde_json::from_slice(body).map_err(|e| {
+                        format!("section {name:?} is not a part of the mesh directory: {e}")
+                    })?;
+                    next.directory_parts.insert(name.clone(), Arc::new(part));
+                    directory_changed = true;
+                    Value::Null
+                }
+                Some(_) => {
+                    let part: Services = serde_json::from_slice(body).map_err(|e| {
+                        format!("section {name:?} is not a part of a service table: {e}")
+                    })?;
+                    next.services_parts.insert(name.clone(), Arc::new(part));
+                    services_changed = true;
+                    Value::Null
+                }
+                None => serde_json::from_slice(body)
+                    .map_err(|e| format!("section {name:?} is not JSON: {e}"))?,
+            };
             next.sections
                 .insert(name.clone(), (hash.clone(), Arc::new(value)));
         }
@@ -365,6 +424,19 @@ impl Held {
                 "the sections held make version {version}, not {}: a section is missing",
                 response.version
             ));
+        }
+        if directory_changed {
+            next.directory = Arc::new(MeshDirectory::join(
+                next.directory_parts.values().map(|p| &**p),
+            ));
+        }
+        if services_changed {
+            next.services = Arc::new(
+                next.services_parts
+                    .values()
+                    .flat_map(|p| p.iter().map(|(h, s)| (h.clone(), s.clone())))
+                    .collect(),
+            );
         }
         let assembled = next.assemble(version)?;
         Ok((next, assembled))
@@ -376,7 +448,7 @@ impl Held {
         for (name, (_, value)) in &self.sections {
             if name == MESH_SECTION {
                 mesh = Some((**value).clone());
-            } else if name != DIRECTORY_SECTION && name != SERVICES_SECTION {
+            } else if part_field(name).is_none() {
                 fields.insert(name.clone(), (**value).clone());
             }
         }
@@ -385,8 +457,8 @@ impl Held {
             serde_json::from_value(mesh).map_err(|e| format!("section \"mesh\": {e}"))?;
         let mut config: ProxyConfig = serde_json::from_value(Value::Object(fields))
             .map_err(|e| format!("the sections do not make a proxy configuration: {e}"))?;
-        config.directory = self.directory.clone().unwrap_or_default();
-        config.services = self.services.clone().unwrap_or_default();
+        config.directory = self.directory.clone();
+        config.services = self.services.clone();
         Ok(Assembled {
             mesh,
             config,
@@ -569,11 +641,14 @@ spec:
             .values()
             .map(|p| Sections::of_shared(&mesh(), p, &shared, None).unwrap())
             .collect();
-        let bodies: Vec<&Arc<[u8]>> = cut.iter().map(|s| &s.0[DIRECTORY_SECTION].body).collect();
-        assert!(bodies.windows(2).all(|w| Arc::ptr_eq(w[0], w[1])));
-        // The same bytes as serializing it alone, and it round-trips.
         let alone = Sections::of(&mesh(), proxies.values().next().unwrap()).unwrap();
-        assert_eq!(alone.0[DIRECTORY_SECTION], cut[0].0[DIRECTORY_SECTION]);
+        for i in 0..DIRECTORY_PARTS {
+            let name = part_name(DIRECTORY_SECTION, i);
+            let bodies: Vec<&Bytes> = cut.iter().map(|s| &s.0[&name].body).collect();
+            assert!(bodies.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
+            // The same bytes as serializing it alone.
+            assert_eq!(alone.0[&name], cut[0].0[&name]);
+        }
         let (_, got) = Held::default()
             .apply(&received(&cut[0], &Held::default()))
             .unwrap();
@@ -587,9 +662,12 @@ spec:
         let shared = SharedSections::default();
         let first = Sections::of_shared(&mesh(), b, &shared, None).unwrap();
         let next = Sections::of_shared(&mesh(), a, &shared, Some((b, &first))).unwrap();
-        for name in [SERVICES_SECTION, OUTBOUND_SECTION] {
+        let names = (0..SERVICES_PARTS)
+            .map(|i| part_name(SERVICES_SECTION, i))
+            .chain([OUTBOUND_SECTION.to_owned()]);
+        for name in names {
             assert!(
-                Arc::ptr_eq(&first.0[name].body, &next.0[name].body),
+                first.0[&name].body.as_ptr() == next.0[&name].body.as_ptr(),
                 "{name}"
             );
         }
@@ -613,5 +691,50 @@ spec:
             Sections::of(&other, &config).unwrap().version(),
             a.version()
         );
+    }
+
+    #[test]
+    fn a_new_workload_resends_one_part_of_the_directory_not_all_of_it() {
+        let extra = "\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: d, namespace: app}\nspec: {address: 127.0.0.13, serviceAccount: sa-d}\n";
+        let (before, after) = (proxies(MESH), proxies(&format!("{MESH}{extra}")));
+        let old = Sections::of(&mesh(), &before["app/a"]).unwrap();
+        let new = Sections::of(&mesh(), &after["app/a"]).unwrap();
+        let (held, _) = Held::default()
+            .apply(&received(&old, &Held::default()))
+            .unwrap();
+        let delta = new.delta(&held.hashes());
+        let names: Vec<&str> = delta.changed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [part_name(
+                DIRECTORY_SECTION,
+                part_of("app/d") % DIRECTORY_PARTS
+            )]
+        );
+        let sent: usize = delta.changed.iter().map(|(_, s)| s.body.len()).sum();
+        assert!(
+            sent * 4 < new.body_bytes(),
+            "{sent} of {}",
+            new.body_bytes()
+        );
+        // The proxy rebuilds the whole new configuration from what it held and the one part.
+        let (_, got) = held.apply(&received(&new, &held)).unwrap();
+        assert_eq!(got.config, after["app/a"]);
+        assert!(got.config.directory.workload("app/d").is_some());
+    }
+
+    #[test]
+    fn part_sections_are_recognised_only_by_their_exact_names() {
+        assert_eq!(part_field("directory.0a"), Some(DIRECTORY_SECTION));
+        assert_eq!(part_field("services.ff"), Some(SERVICES_SECTION));
+        for other in [
+            "directory",
+            "directory.",
+            "directory.0g",
+            "authz.00",
+            "services.000",
+        ] {
+            assert_eq!(part_field(other), None, "{other}");
+        }
     }
 }

@@ -89,6 +89,13 @@ pub(crate) struct ConnRecord {
     pub dst_meta: Option<Arc<WorkloadMeta>>,
     /// The configured service the connection was for (its metric labels).
     pub service: Option<Arc<ServiceMeta>>,
+    /// Egress: the host the app asked for (CONNECT target, absolute URI, `Host` or TLS SNI),
+    /// at most 255 bytes.
+    pub requested_host: Option<String>,
+    /// Egress: the port the app asked for.
+    pub requested_port: Option<u16>,
+    /// Egress: where the requested host came from: `connect`, `uri`, `host`, `sni` or `none`.
+    pub requested_from: Option<&'static str>,
 }
 
 impl ConnRecord {
@@ -123,7 +130,24 @@ impl ConnRecord {
             src_meta: None,
             dst_meta: None,
             service: None,
+            requested_host: None,
+            requested_port: None,
+            requested_from: None,
         }
+    }
+
+    /// Record the host and port an egress connection asked for (`from`: how it said so). A
+    /// DNS name is at most 253 bytes; anything longer is cut, so a client cannot flood the log.
+    pub(crate) fn requested(&mut self, host: Option<&str>, port: u16, from: &'static str) {
+        self.requested_host = host.map(|h| {
+            let mut end = h.len().min(255);
+            while !h.is_char_boundary(end) {
+                end -= 1;
+            }
+            h[..end].to_owned()
+        });
+        self.requested_port = Some(port);
+        self.requested_from = Some(from);
     }
 
     /// Emit the record: "connection complete" or, when it failed before carrying data,
@@ -146,6 +170,9 @@ impl ConnRecord {
                     dst.workload = self.dst_workload.as_deref(),
                     dst.namespace = self.dst_namespace.as_deref(),
                     dst.identity = self.dst_identity.as_deref(),
+                    requested.host = self.requested_host.as_deref(),
+                    requested.port = self.requested_port,
+                    requested.from = self.requested_from,
                     tls.version = self.tls_version.as_deref(),
                     tls.kx_group = self.tls_kx_group.as_deref(),
                     ward.reason = self.reason,

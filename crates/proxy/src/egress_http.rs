@@ -871,6 +871,7 @@ mod tests {
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
             directory: Default::default(),
+            egress: Default::default(),
         }
     }
 

@@ -9,7 +9,11 @@
 //!   a pooled HBONE connection (`pool`) to a chosen endpoint, or sent plaintext where the
 //!   destination's PeerAuthentication is DISABLE (auto-mTLS). A listener that several HTTP
 //!   services share is served by `egress_http`: each request goes to the service its `Host`
-//!   names.
+//!   names. `forward_proxy`: the explicit forward proxy (HTTP CONNECT, absolute-form) of a
+//!   Sidecar egress listener with `port.protocol: HTTP_PROXY`; `blackhole`: what an
+//!   unregistered destination gets under REGISTRY_ONLY (a reset, or a 502 on HTTP ports),
+//!   recorded; `sniff`: the SNI or `Host` of a connection's first bytes; `resolve`: DNS for
+//!   external hosts (docs/egress.md).
 //! - `inbound_http`: on HTTP ports, each request goes through its phases (route, `admission`,
 //!   authenticate with the keys `jwks_fetch` keeps, authorize, forward over `upstream`).
 //! - `connection`: one inbound connection's facts, and the result every connection finishes
@@ -28,12 +32,14 @@
 
 mod access_log;
 mod admission;
+mod blackhole;
 pub mod capture;
 mod certs;
 mod connection;
 mod conntrack;
 pub mod dns;
 mod egress_http;
+mod forward_proxy;
 mod http_metrics;
 mod inbound;
 mod inbound_http;
@@ -43,8 +49,11 @@ pub mod metrics;
 mod originate;
 mod outbound;
 mod pool;
+pub mod probe;
 mod refusal;
+mod resolve;
 mod sidecar;
+mod sniff;
 mod splice;
 mod upstream;
 

@@ -160,9 +160,15 @@ pub struct CertLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EgressLabels {
     /// The workload `ns/name` whose egress was refused.
-    pub workload: String,
-    /// The configured destination host, or `unknown`.
-    pub destination_service: String,
+    pub source_workload: String,
+    /// Its namespace.
+    pub source_namespace: String,
+    /// The host asked for (CONNECT target, URI, `Host` or SNI), or `unknown`.
+    pub host: String,
+    /// The port asked for.
+    pub port: u16,
+    /// `http`, `tls` or `tcp` (what the first bytes were; `connect` for a CONNECT refused).
+    pub protocol: String,
 }
 
 /// Labels of the refused-connection counter.
@@ -593,7 +599,7 @@ impl Metrics {
         );
         r.register(
             "ward_egress_blocked",
-            "Outbound connections refused by REGISTRY_ONLY (not enforced yet: always absent)",
+            "Outbound connections and requests refused because their destination is not registered (outboundTrafficPolicy REGISTRY_ONLY)",
             m.egress_blocked.clone(),
         );
         r.register(
@@ -803,14 +809,23 @@ impl Metrics {
             .set(unix_seconds(not_after));
     }
 
-    /// Count an outbound connection refused because its destination is not in the registry
-    /// (`outboundTrafficPolicy: REGISTRY_ONLY`). Nothing calls it yet: Ward does not enforce
-    /// REGISTRY_ONLY (docs/metrics.md).
-    pub fn egress_blocked(&self, workload: &str, destination_service: Option<&str>) {
+    /// Count an outbound connection or request refused because its destination is not
+    /// registered (`outboundTrafficPolicy: REGISTRY_ONLY`; docs/egress.md).
+    pub(crate) fn egress_blocked(
+        &self,
+        source_workload: &str,
+        source_namespace: &str,
+        host: Option<&str>,
+        port: u16,
+        protocol: &str,
+    ) {
         self.egress_blocked
             .get_or_create(&EgressLabels {
-                workload: workload.to_owned(),
-                destination_service: or_unknown(destination_service),
+                source_workload: source_workload.to_owned(),
+                source_namespace: source_namespace.to_owned(),
+                host: or_unknown(host),
+                port,
+                protocol: protocol.to_owned(),
             })
             .inc();
     }
@@ -1006,10 +1021,10 @@ mod tests {
         // A family without series is not written: blocked egress shows once something is
         // blocked.
         assert!(!text.contains("ward_egress_blocked"));
-        m.egress_blocked("demo/web", Some("api.example.com"));
+        m.egress_blocked("demo/web", "demo", Some("api.example.com"), 443, "tls");
         let text = encode(&m, &registry);
         assert!(text.contains(
-            "ward_egress_blocked_total{workload=\"demo/web\",destination_service=\"api.example.com\"} 1"
+            "ward_egress_blocked_total{source_workload=\"demo/web\",source_namespace=\"demo\",host=\"api.example.com\",port=\"443\",protocol=\"tls\"} 1"
         ));
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use ward_config::istio::Resolution;
 use ward_config::origination::TlsOrigination;
 use ward_config::{
     CapturedDestination, Endpoint, OutboundListener, ProxyConfig, ServiceMeta, Transport,
@@ -39,6 +40,8 @@ pub(crate) struct OutboundCtx {
     pub identity: String,
     /// Routing tables of the egress listeners that several HTTP services share.
     pub(crate) routes: crate::egress_http::RouteCache,
+    /// Resolves external hosts (`resolution: DNS`, the forward proxy), caching by TTL.
+    pub(crate) resolvers: crate::resolve::Resolvers,
     /// TLS clients for DestinationRule TLS origination.
     pub(crate) originator: crate::originate::Originator,
 }
@@ -119,6 +122,16 @@ pub(crate) enum CapturedPlan {
         /// The service host.
         service: String,
     },
+    /// A service port without endpoints whose entry says `resolution: DNS` (or
+    /// `DNS_ROUND_ROBIN`): its host resolved (cached for the answer's TTL) and dialed at the
+    /// port's `targetPort`, else the port dialed. The address the app dialed is only the
+    /// service's (auto-allocated) address, nothing listens there (docs/egress.md).
+    Resolve {
+        /// The service host, the name resolved.
+        service: String,
+        /// The port to dial the resolved address at.
+        port: u16,
+    },
     /// ALLOW_ANY: straight to the original destination (Istio's `PassthroughCluster`).
     Passthrough,
     /// REGISTRY_ONLY: refused (Istio's `BlackHoleCluster`).
@@ -129,8 +142,18 @@ pub(crate) enum CapturedPlan {
 pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) -> CapturedPlan {
     match cfg.captured_destination(dst) {
         CapturedDestination::Service { host, port } if port.endpoints.is_empty() => {
-            CapturedPlan::Original {
-                service: host.to_owned(),
+            let dns = cfg.services.get(host).is_some_and(|s| {
+                matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            });
+            if dns && !host.starts_with('*') {
+                CapturedPlan::Resolve {
+                    service: host.to_owned(),
+                    port: port.target_port.unwrap_or(dst.port()),
+                }
+            } else {
+                CapturedPlan::Original {
+                    service: host.to_owned(),
+                }
             }
         }
         CapturedDestination::Service { host, port } => {
@@ -197,6 +220,12 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
                 result.record().dst_service = Some(service);
                 passthrough(dst).await
             }
+            CapturedPlan::Resolve { service, port } => {
+                let rec = result.record();
+                rec.dst_service = Some(service.clone());
+                rec.service = service_meta(&cfg, &service);
+                crate::forward_proxy::dial_resolved(&ctx, &cfg, &service, port, &mut result).await
+            }
             CapturedPlan::Passthrough => {
                 let rec = result.record();
                 rec.upstream_cluster = Some("PassthroughCluster");
@@ -204,20 +233,17 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
                 passthrough(dst).await
             }
             CapturedPlan::BlackHole => {
-                let rec = result.record();
-                rec.upstream_cluster = Some("BlackHoleCluster");
-                rec.dst_service = Some("BlackHoleCluster".to_owned());
-                Err(Refusal {
-                    flag: ResponseFlag::NoRoute,
-                    ..Refusal::policy(
-                        None,
-                        None,
-                        format!(
-                            "outboundTrafficPolicy REGISTRY_ONLY: {dst} is no service or \
-                             workload of the mesh"
-                        ),
-                    )
-                })
+                let mut app = app;
+                let refusal = crate::blackhole::refuse_captured(
+                    &mut app,
+                    result.record(),
+                    &ctx.metrics,
+                    &cfg,
+                    dst,
+                )
+                .await;
+                drop(app);
+                return result.finish(End::Refused(refusal));
             }
         },
     };
@@ -225,7 +251,7 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
 }
 
 /// ALLOW_ANY: a plain TCP connection to the original destination, from a marked socket.
-async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
+pub(crate) async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
     let unreachable = |why: String| Refusal::upstream(ResponseFlag::Connect, why);
     match tokio::time::timeout(Duration::from_secs(10), crate::capture::connect(dst, None)).await {
         Ok(Ok(s)) => {
@@ -311,7 +337,7 @@ async fn serve_connection(
 /// Connect to the first endpoint of `route` that can be reached. A policy refusal stops the
 /// search (another endpoint of the same service applies the same policy); any other failure
 /// tries the next endpoint. The result's record names the endpoint tried last.
-async fn connect_any(
+pub(crate) async fn connect_any(
     ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     route: &Route,
@@ -476,6 +502,7 @@ mod tests {
             service_inbound: Vec::new(),
             jwt_rules: Default::default(),
             directory: Default::default(),
+            egress: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {
@@ -526,6 +553,15 @@ spec:
   ports: [{{number: 5432, name: tcp}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: registry, namespace: app}}
+spec:
+  hosts: [registry.example.org]
+  addresses: [203.0.113.5]
+  resolution: DNS
+  ports: [{{number: 443, name: tls, targetPort: 8443}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: cli, namespace: app}}
 spec:
@@ -572,6 +608,14 @@ spec:
                 service: "legacy.example.com".into()
             },
             "resolution NONE: a registered service, to the address dialed"
+        );
+        assert_eq!(
+            plan("203.0.113.5:443"),
+            CapturedPlan::Resolve {
+                service: "registry.example.org".into(),
+                port: 8443
+            },
+            "resolution DNS: the host resolved, at targetPort"
         );
         assert_eq!(plan("198.51.100.1:443"), CapturedPlan::BlackHole);
         let open = captured_config("ALLOW_ANY");

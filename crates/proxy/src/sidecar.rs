@@ -133,12 +133,20 @@ impl SidecarHandle {
     pub fn open_connections(&self) -> usize {
         self.tracker.len()
     }
+    /// Opens one probe connection to `target` (`host:port`) as this workload would, and
+    /// reports what the handshake proved and what the destination decided (`ward verify
+    /// mtls`, docs/verify.md).
+    pub async fn probe(&self, target: &str) -> crate::probe::ProbeReport {
+        crate::probe::probe(self.certs.clone(), self.config(), target).await
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum ListenerKind {
     InboundPlaintext,
     Outbound,
+    /// An explicit forward proxy (Sidecar egress `port.protocol: HTTP_PROXY`).
+    ForwardProxy,
 }
 
 impl Sidecar {
@@ -293,6 +301,7 @@ impl Sidecar {
             metrics: self.metrics.clone(),
             identity: self.id.to_string(),
             routes: Default::default(),
+            resolvers: Default::default(),
             originator: Default::default(),
         });
         tokio::spawn(inbound::run_hbone(
@@ -418,6 +427,12 @@ impl Sidecar {
                 .iter()
                 .map(|l| (ListenerKind::Outbound, l.bind)),
         );
+        want.extend(
+            cfg.egress
+                .forward_proxies
+                .iter()
+                .map(|p| (ListenerKind::ForwardProxy, p.bind)),
+        );
         listeners.retain(|k, tx| {
             let keep = want.contains(k);
             if !keep {
@@ -453,6 +468,15 @@ impl Sidecar {
                 ListenerKind::Outbound => {
                     let gate = self.gate(listener::Kind::Outbound);
                     tokio::spawn(outbound::run_listener(
+                        listener,
+                        outbound_ctx.clone(),
+                        gate,
+                        rx,
+                    ));
+                }
+                ListenerKind::ForwardProxy => {
+                    let gate = self.gate(listener::Kind::Outbound);
+                    tokio::spawn(crate::forward_proxy::run_listener(
                         listener,
                         outbound_ctx.clone(),
                         gate,

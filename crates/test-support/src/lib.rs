@@ -128,17 +128,7 @@ impl Ward {
         pairs: &[(&str, &str)],
         limit: Duration,
     ) -> anyhow::Result<serde_json::Value> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(v) = self.log_lines_matching(pairs).into_iter().next() {
-                return Ok(v);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "no log line matching {pairs:?} after {limit:?}; log:\n{}",
-            self.logs()
-        )
+        wait_for_line(|| self.logs(), pairs, limit)
     }
 
     /// Replace a config file (hot reload).
@@ -168,6 +158,25 @@ impl Drop for Ward {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `logs` until a JSON line matches all of `pairs`, or fails after `limit` with the log.
+fn wait_for_line(
+    logs: impl Fn() -> String,
+    pairs: &[(&str, &str)],
+    limit: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = logs();
+        if let Some(v) = json_log_lines(&log, pairs).into_iter().next() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("no log line matching {pairs:?} after {limit:?}; log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -236,17 +245,7 @@ impl Proc {
         pairs: &[(&str, &str)],
         limit: Duration,
     ) -> anyhow::Result<serde_json::Value> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(v) = self.lines(pairs).into_iter().next() {
-                return Ok(v);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "no log line matching {pairs:?} after {limit:?}; log:\n{}",
-            self.logs()
-        )
+        wait_for_line(|| self.logs(), pairs, limit)
     }
 
     /// Waits until `admin`'s `/ready` answers 200; fails if the process exits first.

@@ -118,11 +118,12 @@ pub struct OutboundTrafficPolicy {
 /// `outboundTrafficPolicy.mode` (Sidecar and MeshConfig).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboundTrafficMode {
-    /// Only services in the registry (ServiceEntries) are reachable.
+    /// Only services in the registry (ServiceEntries) are reachable: Ward's default, stricter
+    /// than Istio's (docs/security.md, "Egress").
+    #[default]
     #[serde(rename = "REGISTRY_ONLY")]
     RegistryOnly,
     /// Unknown destinations pass through (Istio's default).
-    #[default]
     #[serde(rename = "ALLOW_ANY")]
     AllowAny,
 }
