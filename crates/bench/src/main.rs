@@ -26,6 +26,7 @@ mod load;
 mod measure;
 mod net;
 mod nginx_pair;
+mod originate;
 mod paths;
 mod process;
 mod procstat;
@@ -104,6 +105,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         changes: usize,
     },
+    /// TLS origination: what a sidecar originating TLS (DestinationRule `tls: SIMPLE`) adds
+    /// per request against a client speaking TLS itself, to one nginx on loopback. Writes
+    /// originate.json and originate.md (default: bench/results/<YYYY-MM-DD>-originate).
+    Originate {
+        /// Requests per series and round (5 rounds).
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+    },
     /// Internal: serve a JWKS file on 127.0.0.1 and print the address.
     #[command(hide = true)]
     ServeJwks {
@@ -127,6 +136,12 @@ fn main() -> ExitCode {
             return match jwt::serve_jwks(file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&anyhow::Error::from(e)),
+            };
+        }
+        Some(Command::Originate { requests }) => {
+            return match run_originate(&cli, *requests) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
             };
         }
         Some(Command::Push { proxies, changes }) => {
@@ -180,6 +195,29 @@ fn run_push(cli: &Cli, proxies: &[usize], changes: usize) -> anyhow::Result<()> 
     );
     let out = cli.out.clone().unwrap_or_else(|| push::default_out(&day));
     push::run(&ward, proxies, changes, &out)
+}
+
+fn run_originate(cli: &Cli, requests: usize) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating ward-bench")?;
+    let ward = cli
+        .ward
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("ward"));
+    if !ward.is_file() {
+        bail!("no ward binary at {} (pass --ward)", ward.display());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| originate::default_out(&day));
+    originate::run(&ward, requests, &out)
 }
 
 /// Runs this same command inside the client namespace, then deletes the namespaces.

@@ -138,12 +138,15 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" => {
             let snap = state.control.snapshot().borrow().clone();
             let status = state.control.status();
-            json(&serde_json::json!({
+            let mut dump = serde_json::json!({
                 "mesh": { "trustDomain": state.control.mesh().trust_domain, "rootNamespace": state.control.mesh().root_namespace,
                           "trustDomainAliases": state.control.mesh().trust_domain_aliases },
                 "status": status,
                 "snapshot": &*snap,
-            }))
+            });
+            // Private keys from Secrets (DestinationRule `credentialName`) are not shown.
+            ward_config::origination::redact_keys(&mut dump);
+            json(&dump)
         }
         "/certs" => {
             let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();

@@ -383,11 +383,14 @@ fn route(state: &ProxyAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         },
         "/config_dump" => {
             let assembled = state.assembled.borrow().clone();
-            json(serde_json::json!({
+            let mut dump = serde_json::json!({
                 "version": assembled.as_ref().map(|a| a.version.clone()),
                 "mesh": assembled.as_ref().map(|a| a.mesh.clone()),
                 "config": &*state.handle.config(),
-            }))
+            });
+            // Private keys from Secrets (DestinationRule `credentialName`) are not shown.
+            ward_config::origination::redact_keys(&mut dump);
+            json(dump)
         }
         "/certs" => {
             let cert = match state.handle.cert() {

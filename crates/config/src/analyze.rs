@@ -88,6 +88,7 @@ pub fn analyze(set: &ConfigSet) -> Vec<Diagnostic> {
     conflicts::allow_rules(&context, &mut out);
     conflicts::phi_plaintext(&context, &mut out);
     conflicts::ossm_mtls_false(&context, &mut out);
+    crate::origination::analyze(context.set, &mut out);
     if let Ok(snapshot) = translate(set) {
         snapshot_checks(&context, &snapshot, &mut out);
     }

@@ -128,6 +128,12 @@ pub mod code {
     pub const PHI_PLAINTEXT: &str = "WARD0228";
     /// An OpenShift Service Mesh 2 control plane with `dataPlane.mtls` false: PERMISSIVE.
     pub const OSSM_MTLS_FALSE: &str = "WARD0229";
+    /// A DestinationRule SIMPLE/MUTUAL `tls` without `caCertificates` or `credentialName`: the
+    /// server is verified against the OS bundle (Istio's IST0128 and IST0129).
+    pub const ORIGINATION_OS_CA: &str = "WARD0250";
+    /// A DestinationRule `credentialName` whose Secret is missing or lacks a needed key: every
+    /// connection to the port is refused.
+    pub const ORIGINATION_CREDENTIAL: &str = "WARD0251";
 }
 
 /// One finding, located as precisely as Ward can.

@@ -149,6 +149,7 @@ mod tests {
                             transport: Transport::Plaintext,
                         })
                         .collect(),
+                    tls: None,
                 })
                 .collect(),
             resolution: Default::default(),

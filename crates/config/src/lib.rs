@@ -75,6 +75,7 @@ pub mod matrix;
 pub mod mesh;
 pub mod mesh_routing;
 pub mod meta;
+pub mod origination;
 mod plaintext;
 mod request_authn;
 pub mod routes;

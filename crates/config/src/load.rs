@@ -125,6 +125,9 @@ pub struct ConfigSet {
     /// `v1` Namespace objects, by name (the first of a name). Ward reads only their labels, and
     /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
     pub namespaces: BTreeMap<String, NamespaceObject>,
+    /// `v1` Secrets, by `namespace/name` (the first of a name): the credentials a
+    /// DestinationRule's `credentialName` names (`crate::origination`).
+    pub secrets: BTreeMap<String, crate::origination::SecretObject>,
     /// Every `metadata.namespace` written in the config, whatever the object's kind (Istio
     /// kinds Ward does not keep and Kubernetes objects included), and the name of every
     /// Namespace object: the namespaces the config shows to exist, for `ward analyze`.
@@ -655,6 +658,9 @@ impl Loader {
         if kind == Kind::NotRead && api_version == "v1" && kind_name == "Namespace" {
             self.read_namespace(file, node);
         }
+        if kind == Kind::NotRead && api_version == "v1" && kind_name == "Secret" {
+            self.read_secret(file, node);
+        }
         let mesh_config_map = metadata_text(node, "name") == Some(MESH_CONFIG_MAP);
         if kind == Kind::NotRead || (kind == Kind::ConfigMap && !mesh_config_map) {
             self.diagnostics
@@ -703,6 +709,76 @@ impl Loader {
                     line: node.line,
                 },
                 field_lines: FieldLines::index(node),
+            });
+    }
+
+    /// Keeps a `v1` Secret's entries (`data` decoded from base64, then `stringData`) for
+    /// `credentialName`. A `data` value that is not base64 text is a warning naming the key,
+    /// never the value, and is left out.
+    fn read_secret(&mut self, file: &str, node: &Node) {
+        let (Some(name), namespace) = (
+            metadata_text(node, "name"),
+            metadata_text(node, "namespace").unwrap_or(meta::DEFAULT_NAMESPACE),
+        ) else {
+            return;
+        };
+        use base64::Engine as _;
+        let object = format!("Secret {namespace}/{name}");
+        let mut data = BTreeMap::new();
+        for section in ["data", "stringData"] {
+            for (k, v) in node.get(section).map(Node::entries).unwrap_or_default() {
+                let (Some(key), Some(value)) = (k.text(), v.as_str()) else {
+                    self.diagnostics.push(
+                        Diagnostic::warning(
+                            code::KUBERNETES_NOT_READ,
+                            "expected a string key and value",
+                        )
+                        .at(file, Some(k.line))
+                        .object(object.clone())
+                        .field(section),
+                    );
+                    continue;
+                };
+                let text = if section == "data" {
+                    let compact: String = value.split_whitespace().collect();
+                    match base64::engine::general_purpose::STANDARD
+                        .decode(compact)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                    {
+                        Some(text) => text,
+                        None => {
+                            // Binary data is fine in a Secret; it is just no PEM credential.
+                            self.diagnostics.push(
+                                Diagnostic::warning(
+                                    code::KUBERNETES_NOT_READ,
+                                    "not base64-encoded text, so no PEM credential: a \
+                                     DestinationRule `credentialName` cannot use this key",
+                                )
+                                .at(file, Some(v.line))
+                                .object(object.clone())
+                                .field(push_key(section, &key)),
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    value.to_owned()
+                };
+                data.insert(key, crate::origination::SecretPem(text));
+            }
+        }
+        self.set.object_namespaces.insert(namespace.to_owned());
+        self.set
+            .secrets
+            .entry(format!("{namespace}/{name}"))
+            .or_insert_with(|| crate::origination::SecretObject {
+                data,
+                secret_type: node.get("type").and_then(Node::text),
+                source: SourceRef {
+                    file: file.to_owned(),
+                    line: node.line,
+                },
             });
     }
 
@@ -770,6 +846,13 @@ impl Loader {
             }
             Kind::NotEnforced(kind) => {
                 let mut message = format!("kind {kind} is not enforced by this version of Ward");
+                if kind == "DestinationRule" {
+                    // docs/egress-tls.md: only TLS origination is applied.
+                    message.push_str(
+                        " except its SIMPLE and MUTUAL `tls` toward endpoints reached without \
+                         HBONE (TLS origination); its other fields are checked, not applied",
+                    );
+                }
                 if kind == "ServiceMeshControlPlane" {
                     // `spec.security.dataPlane.mtls: false` does not disable mTLS in OSSM
                     // either; it creates a PERMISSIVE PeerAuthentication (docs/istio-semantics.md,
@@ -1052,6 +1135,10 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
             "ConfigMap is not read by Ward (only the mesh ConfigMap `{MESH_CONFIG_MAP}`); it has \
              no effect on the mesh"
         )
+    } else if api_version == "v1" && kind_name == "Secret" {
+        "Secret (v1) is not part of the Istio API; Ward reads it only as the credential a \
+         DestinationRule `tls.credentialName` names (docs/egress-tls.md)"
+            .to_owned()
     } else if api_version == "v1" && kind_name == "Namespace" {
         "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
          `ward analyze` (a namespace in ambient mode, WARD0223; a namespace a Sidecar egress \

@@ -464,6 +464,7 @@ mod tests {
             service_port: 8080,
             protocol,
             endpoints: vec![],
+            tls: None,
         }
     }
 

@@ -150,6 +150,10 @@ pub struct MeshServicePort {
     pub target_port: Option<u16>,
     /// Where connections go: the same endpoints an egress listener for it uses.
     pub endpoints: Vec<Endpoint>,
+    /// The TLS the proxy originates toward them (a DestinationRule without a
+    /// `workloadSelector`: the view is shared by the namespace's workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<crate::origination::TlsOrigination>>,
 }
 
 /// What a captured outbound connection to some address is for.
@@ -448,6 +452,10 @@ pub struct OutboundListener {
     pub protocol: Protocol,
     /// Where connections go.
     pub endpoints: Vec<Endpoint>,
+    /// The TLS the proxy originates toward the endpoints (a DestinationRule SIMPLE or MUTUAL
+    /// `tls` for this client and port; docs/egress-tls.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<crate::origination::TlsOrigination>>,
 }
 
 /// One destination of an outbound listener.

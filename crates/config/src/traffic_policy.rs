@@ -558,6 +558,7 @@ spec:
                 protocol: crate::snapshot::Protocol::Http,
                 target_port: None,
                 endpoints: eps,
+                tls: None,
             }],
         };
         let services = BTreeMap::from([

@@ -511,6 +511,15 @@ impl<'a> Context<'a> {
                             protocol: p.protocol(),
                             target_port: p.target_port.and_then(port_number),
                             endpoints: self.endpoints(se, p, errors),
+                            tls: crate::origination::origination(
+                                self.set,
+                                workload.namespace(),
+                                None,
+                                &se.meta.namespace,
+                                host,
+                                port_number(p.number)?,
+                            )
+                            .map(Arc::new),
                         })
                     })
                     .collect();
@@ -671,7 +680,8 @@ impl<'a> Context<'a> {
                 let services = self.services_matching(&pattern, workload.namespace());
                 for (se, name) in services {
                     for se_port in ports_for(egress, &se.spec) {
-                        let listener = self.listener(bind_ip, egress, se, name, se_port, errors);
+                        let listener =
+                            self.listener(workload, bind_ip, egress, (se, name), se_port, errors);
                         if let Some(listener) = listener {
                             if !listeners.contains(&listener) {
                                 listeners.push(listener);
@@ -741,10 +751,10 @@ impl<'a> Context<'a> {
 
     fn listener(
         &self,
+        workload: &Workload<'_>,
         bind_ip: IpAddr,
         egress: &IstioEgressListener,
-        se: &Resource<ServiceEntrySpec>,
-        host: &str,
+        (se, host): (&Resource<ServiceEntrySpec>, &str),
         se_port: &ServicePort,
         errors: &mut Vec<Diagnostic>,
     ) -> Option<OutboundListener> {
@@ -765,6 +775,15 @@ impl<'a> Context<'a> {
             service_port,
             protocol,
             endpoints: self.endpoints(se, se_port, errors),
+            tls: crate::origination::origination(
+                self.set,
+                workload.namespace(),
+                Some(&workload.labels),
+                &se.meta.namespace,
+                host,
+                service_port,
+            )
+            .map(Arc::new),
         })
     }
 

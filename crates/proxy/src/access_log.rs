@@ -60,6 +60,9 @@ pub(crate) struct ConnRecord {
     pub tls_version: Option<String>,
     /// The negotiated key-exchange group, e.g. "X25519MLKEM768".
     pub tls_kx_group: Option<String>,
+    /// Ward's reason for how the connection went where Envoy has no flag for it, e.g.
+    /// `tls_originated`, `tls_origination_handshake` (docs/egress-tls.md).
+    pub reason: Option<&'static str>,
     /// "allow" or "deny", when a decision was made.
     pub authz_decision: Option<&'static str>,
     /// The deciding policy as `ns/name`, when one decided.
@@ -113,6 +116,7 @@ impl ConnRecord {
             dst_identity: None,
             tls_version: None,
             tls_kx_group: None,
+            reason: None,
             authz_decision: None,
             authz_policy: None,
             authz_rule: None,
@@ -171,6 +175,7 @@ impl ConnRecord {
                     requested.from = self.requested_from,
                     tls.version = self.tls_version.as_deref(),
                     tls.kx_group = self.tls_kx_group.as_deref(),
+                    ward.reason = self.reason,
                     authz.decision = self.authz_decision,
                     authz.policy = self.authz_policy.as_deref(),
                     authz.rule = self.authz_rule.map(|r| r as u64),

@@ -332,6 +332,9 @@ struct Target {
     /// The first endpoint was chosen by a load balancer: a kept connection is reused only if
     /// it goes there.
     pinned: bool,
+    /// The TLS the proxy originates toward the endpoints (a DestinationRule's `tls` for the
+    /// service port: docs/egress-tls.md).
+    tls: Option<Arc<ward_config::origination::TlsOrigination>>,
 }
 
 impl Target {
@@ -348,6 +351,7 @@ impl Target {
             endpoints,
             http2: listener.protocol.is_http2(),
             pinned: false,
+            tls: listener.tls.clone(),
         }
     }
 
@@ -616,6 +620,7 @@ impl Downstream {
         log: &mut RequestLog,
     ) -> Result<Tunnel, Refusal> {
         let endpoints: Vec<&Endpoint> = target.endpoints.iter().collect();
+        let tls = target.tls.clone().map(|t| (t, true));
         let mut rec = ConnRecord::new(Direction::Outbound, self.src, self.bind);
         rec.src_workload = Some(format!(
             "{}/{}",
@@ -634,7 +639,10 @@ impl Downstream {
         for ep in endpoints {
             let rec = result.record();
             crate::outbound::note_endpoint(rec, ep, config);
-            let connected = connect(&self.ctx, config, ep, rec).await;
+            let connected = match connect(&self.ctx, config, ep, rec).await {
+                Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
+                Err(refusal) => Err(refusal),
+            };
             let far = Arc::new(FarEnd {
                 endpoint: ep.address,
                 hbone: rec.dst_hbone_addr,
@@ -648,6 +656,7 @@ impl Downstream {
                     let io = match upstream {
                         Upstream::Tunnel(t) => Either::Tunnel(t),
                         Upstream::Plain(s) => Either::Plain(s),
+                        Upstream::Tls(s) => Either::Tls(s),
                     };
                     return Ok(Tunnel {
                         io: Counted {
@@ -763,6 +772,7 @@ struct Counts {
 enum Either {
     Tunnel(ward_hbone::H2Stream),
     Plain(TcpStream),
+    Tls(Box<crate::originate::Originated>),
 }
 
 /// A stream that counts its bytes.
@@ -781,6 +791,7 @@ impl AsyncRead for Counted {
         let polled = match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
             Either::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Either::Tls(s) => Pin::new(s).poll_read(cx, buf),
         };
         let n = buf.filled().len().saturating_sub(before);
         self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
@@ -797,6 +808,7 @@ impl AsyncWrite for Counted {
         let polled = match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
             Either::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Either::Tls(s) => Pin::new(s).poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = &polled {
             self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
@@ -808,6 +820,7 @@ impl AsyncWrite for Counted {
         match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_flush(cx),
             Either::Plain(s) => Pin::new(s).poll_flush(cx),
+            Either::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -815,6 +828,7 @@ impl AsyncWrite for Counted {
         match &mut self.inner {
             Either::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
             Either::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Either::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -943,6 +957,7 @@ mod tests {
                     transport: Transport::Hbone,
                 })
                 .collect(),
+            tls: None,
         }
     }
 

@@ -345,7 +345,13 @@ async fn connect_target(
         EgressPlan::Service {
             service, endpoints, ..
         } => {
-            let route = Route { service, endpoints };
+            // The forward proxy carries what the app sends (a CONNECT tunnel is the app's own
+            // TLS): no DestinationRule TLS origination here (docs/egress-tls.md).
+            let route = Route {
+                service,
+                endpoints,
+                tls: None,
+            };
             crate::outbound::connect_any(ctx, cfg, &route, result)
                 .await
                 .map_err(unavailable)
@@ -463,6 +469,12 @@ async fn carry(mut app: TcpStream, up: Upstream, first: Vec<u8>) -> End {
                 return End::Refused(Refusal::upstream(ResponseFlag::None, e.to_string()));
             }
             End::from_splice(splice(&mut app, &mut t, None).await)
+        }
+        Upstream::Tls(mut s) => {
+            if let Err(e) = s.write_all(&first).await {
+                return End::Refused(Refusal::upstream(ResponseFlag::None, e.to_string()));
+            }
+            End::from_splice(splice(&mut app, &mut *s, None).await)
         }
     }
 }

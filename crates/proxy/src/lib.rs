@@ -46,6 +46,7 @@ mod inbound_http;
 mod jwks_fetch;
 pub mod listener;
 pub mod metrics;
+mod originate;
 mod outbound;
 mod pool;
 pub mod probe;

@@ -13,6 +13,7 @@ use http::HeaderMap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use ward_config::istio::Resolution;
+use ward_config::origination::TlsOrigination;
 use ward_config::{
     CapturedDestination, Endpoint, OutboundListener, ProxyConfig, ServiceMeta, Transport,
 };
@@ -41,6 +42,8 @@ pub(crate) struct OutboundCtx {
     pub(crate) routes: crate::egress_http::RouteCache,
     /// Resolves external hosts (`resolution: DNS`, the forward proxy), caching by TTL.
     pub(crate) resolvers: crate::resolve::Resolvers,
+    /// TLS clients for DestinationRule TLS origination.
+    pub(crate) originator: crate::originate::Originator,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -50,6 +53,8 @@ pub(crate) struct Route {
     pub service: String,
     /// Endpoints to try, in order.
     pub endpoints: Vec<Endpoint>,
+    /// TLS to originate to the endpoints reached in plaintext, and whether the port is HTTP.
+    pub tls: Option<(Arc<TlsOrigination>, bool)>,
 }
 
 /// Choose the endpoints for a connection that arrived at `bind`, starting at `start` (rotated so
@@ -64,6 +69,7 @@ pub(crate) fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option
     Some(Route {
         service: l.service.clone(),
         endpoints,
+        tls: l.tls.clone().map(|t| (t, l.protocol.is_http())),
     })
 }
 
@@ -159,11 +165,13 @@ pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) ->
             CapturedPlan::Route(Route {
                 service: host.to_owned(),
                 endpoints,
+                tls: port.tls.clone().map(|t| (t, port.protocol.is_http())),
             })
         }
         CapturedDestination::Workload(ep) => CapturedPlan::Route(Route {
             service: ep.workload.clone().unwrap_or_default(),
             endpoints: vec![ep],
+            tls: None,
         }),
         CapturedDestination::Unknown if cfg.outbound_traffic_policy == "REGISTRY_ONLY" => {
             CapturedPlan::BlackHole
@@ -270,6 +278,15 @@ async fn finish_spliced(
             result.opened();
             End::from_splice(splice(&mut app, &mut s, None).await)
         }
+        Ok(Upstream::Tls(mut s)) => {
+            result.opened();
+            End::from_splice(splice(&mut app, &mut *s, None).await)
+        }
+        Err(refusal) if !refusal.body.is_empty() => {
+            // An HTTP port whose upstream failed before any byte: a local reply, as Envoy's.
+            crate::originate::reply(&mut app, &refusal).await;
+            End::Refused(refusal)
+        }
         Err(refusal) => {
             crate::reset_on_close(&app);
             End::Refused(refusal)
@@ -283,6 +300,8 @@ async fn finish_spliced(
 pub(crate) enum Upstream {
     Tunnel(ward_hbone::H2Stream),
     Plain(TcpStream),
+    /// TLS the sidecar originated (a DestinationRule SIMPLE or MUTUAL `tls`).
+    Tls(Box<crate::originate::Originated>),
 }
 
 /// One app connection: route it, connect it to an endpoint (the next one while an endpoint
@@ -335,7 +354,7 @@ pub(crate) async fn connect_any(
         let rec = result.record();
         note_endpoint(rec, ep, cfg);
         match connect(ctx, cfg, ep, rec).await {
-            Ok(up) => return Ok(up),
+            Ok(up) => return crate::originate::wrap(ctx, route.tls.as_ref(), up, rec).await,
             Err(refusal) if refusal.by_policy() => return Err(refusal),
             Err(refusal) => last = refusal,
         }
@@ -475,6 +494,7 @@ mod tests {
                     endpoint("127.9.0.11"),
                     endpoint("127.9.0.12"),
                 ],
+                tls: None,
             }],
             authz: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),

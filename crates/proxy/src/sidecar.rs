@@ -302,6 +302,7 @@ impl Sidecar {
             identity: self.id.to_string(),
             routes: Default::default(),
             resolvers: Default::default(),
+            originator: Default::default(),
         });
         tokio::spawn(inbound::run_hbone(
             hbone,

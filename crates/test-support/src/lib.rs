@@ -416,6 +416,17 @@ pub struct Nginx {
 impl Nginx {
     /// Start nginx and wait until it accepts connections.
     pub fn start(port: u16, body: &str) -> anyhow::Result<Nginx> {
+        let server = format!(
+            "server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type text/plain;\n      \
+             return 200 \"{body}\\n\";\n    }}\n  }}\n"
+        );
+        Nginx::start_servers(&server, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Start nginx with `servers` (`server { ... }` blocks of the `http` context, e.g. TLS
+    /// servers with `ssl_certificate`) and wait until `probe` accepts connections. The access
+    /// log logs `$request_uri`.
+    pub fn start_servers(servers: &str, probe: SocketAddr) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display();
         let conf = format!(
@@ -423,8 +434,7 @@ impl Nginx {
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type text/plain;\n      \
-             return 200 \"{body}\\n\";\n    }}\n  }}\n}}\n"
+             {servers}}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf)?;
         let child = Command::new("nginx")
@@ -438,7 +448,7 @@ impl Nginx {
             .context("spawning nginx")?;
         let nginx = Nginx { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(probe).is_err() {
             if Instant::now() > deadline {
                 bail!(
                     "nginx did not start: {}",

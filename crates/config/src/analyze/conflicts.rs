@@ -51,8 +51,9 @@ pub(super) fn disable_toward_strict(context: &Context<'_>, out: &mut Vec<Diagnos
                 &field,
                 format!(
                     "DISABLE makes Istio sidecars call {} in plaintext, but {}: every such \
-                     connection is refused. Ward does not enforce DestinationRules (its proxies \
-                     keep mTLS toward STRICT ports); under Istio this breaks the service",
+                     connection is refused. Ward applies DestinationRule TLS only toward \
+                     endpoints outside the mesh (its proxies keep mTLS toward STRICT ports); \
+                     under Istio this breaks the service",
                     dr.spec.host.as_deref().unwrap_or_default(),
                     strict.join("; ")
                 ),

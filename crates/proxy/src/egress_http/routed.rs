@@ -20,6 +20,7 @@ use ward_config::http_routing::{
     CorsAnswer, Decision, HeaderOps, RequestFacts, Retries, Rolls, WeightedDestination,
 };
 use ward_config::istio::MESH_GATEWAY;
+use ward_config::origination::TlsOrigination;
 use ward_config::traffic_policy::{self, DestinationPolicy, LoadBalancer, Pick};
 use ward_config::{Endpoint, ProxyConfig};
 
@@ -109,11 +110,20 @@ fn timed_out(details: &'static str) -> Refusal {
 /// Where a destination's requests may go: the service, the endpoints of its port (and subset),
 /// how to pick one, and the protocol. Pure. A host that is no service the proxy sees, a port
 /// the service does not have, or an unknown subset: 503 `NC`; no endpoint: 503 `UH`.
+/// A destination's endpoints (in the subset), load balancer, HTTP/2, and the TLS the proxy
+/// originates toward them.
+pub(super) type Resolved<'c> = (
+    Vec<&'c Endpoint>,
+    LoadBalancer,
+    bool,
+    Option<Arc<TlsOrigination>>,
+);
+
 pub(super) fn resolve<'c>(
     config: &'c ProxyConfig,
     destination: &WeightedDestination,
     request_port: u16,
-) -> Result<(Vec<&'c Endpoint>, LoadBalancer, bool), Unresolved> {
+) -> Result<Resolved<'c>, Unresolved> {
     let host = destination.host.as_str();
     let Some(service) = config.services.get(host) else {
         return Err(no_cluster(format!(
@@ -147,7 +157,7 @@ pub(super) fn resolve<'c>(
             ),
         ));
     }
-    Ok((endpoints, lb, port.protocol.is_http2()))
+    Ok((endpoints, lb, port.protocol.is_http2(), port.tls.clone()))
 }
 
 /// Apply one direction's header changes: remove, then set, then add (Envoy's order).
@@ -374,8 +384,9 @@ impl Downstream {
         let destination = forward.destination;
         log.service = Some(destination.host.clone());
         let target = {
-            let (endpoints, lb, http2) = resolve(config, destination, plan.listener.service_port)
-                .map_err(|(r, why)| log.failed(r, why))?;
+            let (endpoints, lb, http2, tls) =
+                resolve(config, destination, plan.listener.service_port)
+                    .map_err(|(r, why)| log.failed(r, why))?;
             let hash = match &lb {
                 LoadBalancer::HeaderHash(name) => {
                     header(&headers, name).map(|v| traffic_policy::hash_key(v.as_bytes()))
@@ -401,6 +412,7 @@ impl Downstream {
                 endpoints: ordered.into_iter().cloned().collect(),
                 http2,
                 pinned: true,
+                tls,
             }
         };
         if let Some(delay) = forward.delay {
@@ -543,7 +555,7 @@ impl Downstream {
         body: Bytes,
     ) {
         let target = match resolve(config, destination, plan.listener.service_port) {
-            Ok((endpoints, _, http2)) => {
+            Ok((endpoints, _, http2, tls)) => {
                 let mut endpoints: Vec<Endpoint> = endpoints.into_iter().cloned().collect();
                 let n = endpoints.len();
                 endpoints.rotate_left(fastrand::usize(..n.max(1)).min(n));
@@ -552,6 +564,7 @@ impl Downstream {
                     endpoints,
                     http2,
                     pinned: false,
+                    tls,
                 }
             }
             Err((_, why)) => {
