@@ -217,6 +217,24 @@ fn destination_rule_tls_origination_against_nginx() {
         services.push_str(&service_entry(name, host, *port, address, protocol));
         services.push_str(&destination_rule(name, host, tls));
     }
+    // Subsets: the rule originates nothing; a VirtualService sends /secure to a subset whose
+    // own `tls` is SIMPLE, and the rest to one without.
+    services.push_str(&service_entry(
+        "subset",
+        "subset.example.com",
+        8012,
+        SERVER,
+        "HTTP",
+    ));
+    services.push_str(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: subset, namespace: shop}}\n\
+         spec:\n  host: subset.example.com\n  subsets:\n  - name: secure\n    trafficPolicy:\n      \
+         tls: {{mode: SIMPLE, caCertificates: {ca_file}, sni: api.example.com}}\n  - name: plain\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: subset, namespace: shop}}\n\
+         spec:\n  hosts: [subset.example.com]\n  http:\n  - match: [{{uri: {{prefix: /secure}}}}]\n    \
+         route: [{{destination: {{host: subset.example.com, subset: secure}}}}]\n  \
+         - route: [{{destination: {{host: subset.example.com, subset: plain}}}}]\n---\n"
+    ));
     let workloads = format!(
         "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web, namespace: shop}}\n\
          spec: {{address: {APP}, serviceAccount: web, labels: {{app: web}}}}\n---\n\
@@ -317,6 +335,19 @@ fn destination_rule_tls_origination_against_nginx() {
     // DISABLE: plaintext to a TLS port; nginx answers 400 to plain HTTP on its TLS port.
     let (status, body) = curl(&[&url(8011, "/")]);
     assert_eq!(status, 400, "{body}");
+
+    // A subset's own `tls`: routed to `secure`, TLS is originated; to `plain`, it is not.
+    let host = "Host: subset.example.com";
+    let (status, body) = curl(&["-H", host, &url(8012, "/secure/x")]);
+    assert_eq!(
+        (status, body.trim()),
+        (200, "simple TLSv1.3 /secure/x"),
+        "{}",
+        ward.logs()
+    );
+    let (status, body) = curl(&["-H", host, &url(8012, "/other")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("plain HTTP request"), "{body}");
 
     // The credential rotated on disk: the Secret is rewritten, the next connection presents
     // the new certificate, without a restart.

@@ -8,8 +8,10 @@
 //! namespace exported to the client, then those of the root namespace exported to the client;
 //! within one namespace an exact host beats a wildcard, and a longer wildcard a shorter one. A
 //! rule with a `workloadSelector` applies only to the workloads it selects, and before the
-//! rules of its namespace without one. The port's `portLevelSettings[].tls` replaces the
-//! rule's `trafficPolicy.tls` (istio/api `networking/v1alpha3/destination_rule.proto`).
+//! rules of its namespace without one. The port's `portLevelSettings[]` entry replaces the
+//! rule's `trafficPolicy` (istio/api `networking/v1alpha3/destination_rule.proto`); a subset's
+//! `trafficPolicy` overrides both for the requests routed to the subset
+//! ([`subset_origination`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,7 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{code, Diagnostic, Severity};
-use crate::istio::{ClientTlsMode, ClientTlsSettings, DestinationRuleSpec};
+use crate::istio::{ClientTlsMode, ClientTlsSettings, DestinationRuleSpec, TrafficPolicy};
 use crate::load::{ConfigSet, Resource};
 use crate::mesh::SourceRef;
 use crate::yaml::{push_index, push_key};
@@ -165,23 +167,55 @@ pub fn applicable_tls<'a>(
     None
 }
 
-/// The rule's `tls` for `port`: the port's level first, then the rule's.
+/// The rule's `tls` for `port`. A `portLevelSettings` entry for the port replaces the rule's
+/// whole `trafficPolicy`, fields it leaves out included: such an entry without `tls` means no
+/// `tls` (istio/api `destination_rule.proto`, `portLevelSettings`: "default values will be
+/// applied to fields omitted in port-level traffic policies").
 fn tls_of(dr: &Resource<DestinationRuleSpec>, port: u16) -> Option<(String, &ClientTlsSettings)> {
-    let policy = dr.spec.traffic_policy.as_ref()?;
+    policy_tls(dr.spec.traffic_policy.as_ref(), "spec.trafficPolicy", port).flatten()
+}
+
+/// What one `trafficPolicy` (at `at`) says about `port`'s `tls`: `None` when it says nothing
+/// (no policy, no port entry and no `tls`), `Some(None)` when a port entry without `tls`
+/// resets it, else the settings and their field path.
+#[allow(clippy::option_option)]
+fn policy_tls<'a>(
+    policy: Option<&'a TrafficPolicy>,
+    at: &str,
+    port: u16,
+) -> Option<Option<(String, &'a ClientTlsSettings)>> {
+    let policy = policy?;
     for (i, level) in policy.port_level_settings.iter().flatten().enumerate() {
         if level.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)) {
-            if let Some(tls) = &level.tls {
-                let path = push_index("spec.trafficPolicy.portLevelSettings", i);
-                return Some((push_key(&path, "tls"), tls));
-            }
+            let path = push_index(&format!("{at}.portLevelSettings"), i);
+            return Some(level.tls.as_ref().map(|tls| (push_key(&path, "tls"), tls)));
         }
     }
     policy
         .tls
         .as_ref()
-        .map(|tls| ("spec.trafficPolicy.tls".to_owned(), tls))
+        .map(|tls| Some((format!("{at}.tls"), tls)))
 }
 
+/// The TLS the proxy originates toward subset `subset` of rule `dr` on `port`, when the
+/// subset's own `trafficPolicy` decides it: its port's entry, else its `tls` (istio/istio
+/// `pilot/pkg/networking/util`, `MergeSubsetTrafficPolicy`: a subset's fields override the
+/// rule's, and a subset's port entry replaces them all). `None` when the subset leaves `tls` to
+/// the rule; `Some(None)` when it turns origination off (DISABLE, ISTIO_MUTUAL, or a port entry
+/// without `tls`).
+#[allow(clippy::option_option)]
+pub fn subset_origination(
+    set: &ConfigSet,
+    dr: &Resource<DestinationRuleSpec>,
+    subset: usize,
+    host: &str,
+    port: u16,
+) -> Option<Option<TlsOrigination>> {
+    let s = dr.spec.subsets.as_ref()?.get(subset)?;
+    let at = format!("spec.subsets[{subset}].trafficPolicy");
+    let decided = policy_tls(s.traffic_policy.as_ref(), &at, port)?;
+    Some(decided.and_then(|(field, tls)| origination_of(set, dr, field, tls, host)))
+}
 /// Whether the rule is exported to `namespace` (absent `exportTo`: everywhere).
 fn exported(dr: &Resource<DestinationRuleSpec>, namespace: &str) -> bool {
     match dr.spec.export_to.as_deref() {
@@ -229,6 +263,18 @@ pub fn origination(
         host,
         port,
     )?;
+    origination_of(set, dr, field, tls, host)
+}
+
+/// The origination `tls` (at `field` of `dr`) asks for toward `host`; `None` unless SIMPLE or
+/// MUTUAL.
+fn origination_of(
+    set: &ConfigSet,
+    dr: &Resource<DestinationRuleSpec>,
+    field: String,
+    tls: &ClientTlsSettings,
+    host: &str,
+) -> Option<TlsOrigination> {
     let mutual = match tls.mode.unwrap_or(ClientTlsMode::Disable) {
         ClientTlsMode::Simple => false,
         ClientTlsMode::Mutual => true,
@@ -300,17 +346,27 @@ fn apply_secret(
 /// that cannot give what its mode needs.
 pub(crate) fn analyze(set: &ConfigSet, out: &mut Vec<Diagnostic>) {
     for dr in &set.destination_rules {
-        let Some(policy) = &dr.spec.traffic_policy else {
-            continue;
-        };
-        let mut settings: Vec<(String, &ClientTlsSettings)> = Vec::new();
-        if let Some(tls) = &policy.tls {
-            settings.push(("spec.trafficPolicy.tls".to_owned(), tls));
+        let mut policies = vec![(
+            "spec.trafficPolicy".to_owned(),
+            dr.spec.traffic_policy.as_ref(),
+        )];
+        for (i, subset) in dr.spec.subsets.iter().flatten().enumerate() {
+            policies.push((
+                format!("spec.subsets[{i}].trafficPolicy"),
+                subset.traffic_policy.as_ref(),
+            ));
         }
-        for (i, level) in policy.port_level_settings.iter().flatten().enumerate() {
-            if let Some(tls) = &level.tls {
-                let path = push_index("spec.trafficPolicy.portLevelSettings", i);
-                settings.push((push_key(&path, "tls"), tls));
+        let mut settings: Vec<(String, &ClientTlsSettings)> = Vec::new();
+        for (at, policy) in policies {
+            let Some(policy) = policy else { continue };
+            if let Some(tls) = &policy.tls {
+                settings.push((format!("{at}.tls"), tls));
+            }
+            for (i, level) in policy.port_level_settings.iter().flatten().enumerate() {
+                if let Some(tls) = &level.tls {
+                    let path = push_index(&format!("{at}.portLevelSettings"), i);
+                    settings.push((push_key(&path, "tls"), tls));
+                }
             }
         }
         for (field, tls) in settings {
@@ -354,7 +410,7 @@ pub(crate) fn analyze(set: &ConfigSet, out: &mut Vec<Diagnostic>) {
             if set_(&tls.ca_certificates) || tls.insecure_skip_verify == Some(true) {
                 continue;
             }
-            let istio = if field == "spec.trafficPolicy.tls" {
+            let istio = if !field.contains("portLevelSettings") {
                 "IST0128"
             } else {
                 "IST0129"
@@ -529,5 +585,54 @@ stringData:
         let text = dump.to_string();
         assert!(!text.contains("\"KEY\""), "{text}");
         assert!(text.contains("\"CERT\""), "{text}");
+    }
+
+    #[test]
+    fn a_port_entry_without_tls_resets_it_and_subsets_override_the_rule() {
+        let set = set_of(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, sni: rule}
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: inherits
+  - name: plain
+    trafficPolicy: {tls: {mode: DISABLE}}
+  - name: own
+    trafficPolicy: {tls: {mode: SIMPLE, sni: own}}
+  - name: per-port
+    trafficPolicy:
+      tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+      portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {simple: RANDOM}
+",
+        );
+        // Port 80's entry has no `tls`: none, though the rule has one; port 81 has the rule's.
+        assert_eq!(orig(&set, "shop"), None);
+        let o = origination(&set, "shop", None, "shop", "api.example.com", 81).expect("rule's");
+        assert_eq!(
+            (o.sni.as_str(), o.field.as_str()),
+            ("rule", "spec.trafficPolicy.tls")
+        );
+
+        let dr = &set.destination_rules[0];
+        let sub = |i: usize, port: u16| subset_origination(&set, dr, i, "api.example.com", port);
+        assert_eq!(sub(0, 80), None, "no policy: the rule decides");
+        assert_eq!(sub(1, 80), Some(None), "DISABLE turns it off");
+        let own = sub(2, 80).flatten().expect("own tls");
+        assert_eq!(own.sni, "own");
+        assert_eq!(own.field, "spec.subsets[2].trafficPolicy.tls");
+        assert_eq!(sub(3, 80), Some(None), "its port entry has no tls");
+        let mutual = sub(3, 81).flatten().expect("subset tls on 81");
+        assert!(mutual.mutual);
+        assert_eq!(mutual.sni, "api.example.com");
+        assert_eq!(sub(9, 80), None, "no such subset");
     }
 }

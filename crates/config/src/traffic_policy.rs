@@ -15,17 +15,20 @@
 //!   root namespace, each in creation order; the rule must be exported to the client's
 //!   namespace (istio/istio `pilot/pkg/model/push_context.go`, `destinationRule`).
 //!
-//! TLS settings of the same DestinationRules are another module's concern; nothing here reads
-//! `trafficPolicy.tls`.
+//! TLS settings of the rule are another module's concern (`crate::origination`); a subset's
+//! own `tls` (or port entry) is resolved here with it, per service port
+//! ([`SubsetPolicy::tls`]), since only a request routed to the subset uses it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::istio::{DestinationRuleSpec, LoadBalancerSettings, SimpleLb, TrafficPolicy};
-use crate::load::Resource;
+use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
+use crate::origination::{subset_origination, TlsOrigination};
 use crate::snapshot::{Endpoint, MeshService};
 
 /// How a request picks one endpoint of a destination.
@@ -65,6 +68,11 @@ pub struct SubsetPolicy {
     pub members: BTreeSet<IpAddr>,
     /// The subset's own load balancer, overriding the rule's.
     pub load_balancer: Option<LoadBalancer>,
+    /// The TLS originated toward the subset, by service port, for the ports where the subset's
+    /// `trafficPolicy` decides it (`None`: none, e.g. `DISABLE`); other ports use the
+    /// service port's own (`MeshServicePort::tls`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tls: BTreeMap<u16, Option<Arc<TlsOrigination>>>,
 }
 
 /// Why a destination has no endpoint to send to.
@@ -229,14 +237,15 @@ fn visible(export_to: Option<&[String]>, own: &str, client: &str) -> bool {
 /// services it sees. `labels` gives a workload's labels by its `namespace/name`. Rules with a
 /// `workloadSelector` are not used (docs/routing.md).
 pub fn destination_policies(
-    rules: &[Resource<DestinationRuleSpec>],
+    set: &ConfigSet,
     client_namespace: &str,
     root_namespace: &str,
     services: &BTreeMap<String, MeshService>,
     labels: impl Fn(&str) -> Option<BTreeMap<String, String>>,
 ) -> BTreeMap<String, DestinationPolicy> {
     // Creation order, then load order.
-    let mut ranked: Vec<(usize, &Resource<DestinationRuleSpec>)> = rules
+    let mut ranked: Vec<(usize, &Resource<DestinationRuleSpec>)> = set
+        .destination_rules
         .iter()
         .enumerate()
         .filter(|(_, r)| r.spec.workload_selector.is_none())
@@ -284,8 +293,16 @@ pub fn destination_policies(
         };
         let endpoints: Vec<&Endpoint> = service.ports.iter().flat_map(|p| &p.endpoints).collect();
         let mut subsets = BTreeMap::new();
-        for subset in rule.spec.subsets.iter().flatten() {
+        for (index, subset) in rule.spec.subsets.iter().flatten().enumerate() {
             let Some(name) = &subset.name else { continue };
+            let tls = service
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    subset_origination(set, rule, index, host, p.number)
+                        .map(|o| (p.number, o.map(Arc::new)))
+                })
+                .collect();
             let wanted = subset.labels.clone().unwrap_or_default();
             let members = endpoints
                 .iter()
@@ -303,6 +320,7 @@ pub fn destination_policies(
                 SubsetPolicy {
                     members,
                     load_balancer: policy_lb(subset.traffic_policy.as_ref()),
+                    tls,
                 },
             );
         }
@@ -318,9 +336,10 @@ pub fn destination_policies(
     out
 }
 
-/// The parts of a DestinationRule the sidecars' HTTP routing does not act on (for WARD0102):
-/// everything but `host`, `exportTo`, `subsets` (names, labels) and `loadBalancer` (`simple`,
-/// `consistentHash` on a header or the source IP), at the rule and subset level. Listed by
+/// The parts of a DestinationRule the sidecars do not act on (for WARD0102): everything but
+/// `host`, `exportTo`, `subsets` (names, labels), `loadBalancer` (`simple`, `consistentHash`
+/// on a header or the source IP) and `tls` (docs/egress-tls.md), at the rule and subset level,
+/// and a port entry's `tls`. Listed by
 /// field path; empty when all of it is acted on.
 pub fn unserved_destination_rule_fields(spec: &DestinationRuleSpec) -> Vec<String> {
     let mut out = Vec::new();
@@ -347,8 +366,21 @@ fn policy_fields(policy: Option<&TrafficPolicy>, at: &str, out: &mut Vec<String>
     };
     not(p.connection_pool.is_some(), "connectionPool");
     not(p.outlier_detection.is_some(), "outlierDetection");
-    not(p.tls.is_some(), "tls");
-    not(p.port_level_settings.is_some(), "portLevelSettings");
+    // `tls` is served (crate::origination), at every level; of a port's entry, only `tls`.
+    for (i, level) in p.port_level_settings.iter().flatten().enumerate() {
+        not(
+            level.load_balancer.is_some(),
+            &format!("portLevelSettings[{i}].loadBalancer"),
+        );
+        not(
+            level.connection_pool.is_some(),
+            &format!("portLevelSettings[{i}].connectionPool"),
+        );
+        not(
+            level.outlier_detection.is_some(),
+            &format!("portLevelSettings[{i}].outlierDetection"),
+        );
+    }
     not(p.tunnel.is_some(), "tunnel");
     not(p.proxy_protocol.is_some(), "proxyProtocol");
     not(p.retry_budget.is_some(), "retryBudget");
@@ -485,6 +517,7 @@ mod tests {
                     SubsetPolicy {
                         members: BTreeSet::from(["10.0.0.2".parse().unwrap()]),
                         load_balancer: Some(LoadBalancer::RoundRobin),
+                        tls: BTreeMap::new(),
                     },
                 ),
                 ("v1".to_owned(), SubsetPolicy::default()),
@@ -572,13 +605,7 @@ spec:
         let labels = |key: &str| {
             (key == "b/db-v2").then(|| BTreeMap::from([("version".into(), "v2".into())]))
         };
-        let got = destination_policies(
-            &set.destination_rules,
-            "a",
-            "istio-system",
-            &services,
-            labels,
-        );
+        let got = destination_policies(&set, "a", "istio-system", &services, labels);
         let db = &got["db.b.svc.cluster.local"];
         assert_eq!(
             db.rule, "b/own",
@@ -596,13 +623,7 @@ spec:
         assert_eq!(got["web.b.svc.cluster.local"].rule, "istio-system/root");
         assert!(!got.contains_key("api.example.com"));
         // From namespace c its own rule wins, exported to itself.
-        let got = destination_policies(
-            &set.destination_rules,
-            "c",
-            "istio-system",
-            &services,
-            labels,
-        );
+        let got = destination_policies(&set, "c", "istio-system", &services, labels);
         assert_eq!(got["db.b.svc.cluster.local"].rule, "c/hidden");
     }
 }

@@ -441,13 +441,7 @@ impl<'a> Context<'a> {
         let labels = |key: &str| by_key.get(key).map(|l| (*l).clone());
         let spec = MeshRoutesSpec {
             virtual_services: mesh_services(&self.set.virtual_services, namespace),
-            destinations: destination_policies(
-                &self.set.destination_rules,
-                namespace,
-                self.root(),
-                services,
-                labels,
-            ),
+            destinations: destination_policies(self.set, namespace, self.root(), services, labels),
         };
         let routes = match MeshRoutes::try_from(spec) {
             Ok(routes) => routes,

@@ -157,7 +157,14 @@ pub(super) fn resolve<'c>(
             ),
         ));
     }
-    Ok((endpoints, lb, port.protocol.is_http2(), port.tls.clone()))
+    // A subset's own `tls` for this port overrides the port's (crates/config/src/origination.rs,
+    // `subset_origination`).
+    let tls = destination
+        .subset
+        .as_deref()
+        .and_then(|s| policy?.subsets.get(s)?.tls.get(&number).cloned())
+        .unwrap_or_else(|| port.tls.clone());
+    Ok((endpoints, lb, port.protocol.is_http2(), tls))
 }
 
 /// Apply one direction's header changes: remove, then set, then add (Envoy's order).
