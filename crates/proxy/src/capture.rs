@@ -537,6 +537,7 @@ mod tests {
                 "-A WARD_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A WARD_OUTPUT -p tcp --dport 22 -j RETURN",
                 "-A WARD_OUTPUT -p tcp --dport 15008 -j RETURN",
+                "-A WARD_OUTPUT -p tcp --dport 5432 -j RETURN",
                 "-A WARD_OUTPUT -d fd00:9::/32 -j RETURN",
                 "-A WARD_OUTPUT -d fd00::/8 -j WARD_REDIRECT",
             ],
