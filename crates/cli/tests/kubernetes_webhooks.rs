@@ -528,3 +528,59 @@ fn install_webhooks_validation_and_sidecar_injection_on_the_real_api_server() {
         .0
         .is_empty());
 }
+
+/// The injected `istio-init` step for real: `ward proxy --capture --capture-init` with the
+/// flags the injector gives it, in a fresh network namespace (`unshare -n`), installs the
+/// capture rules, exits 0 and leaves them, with the sidecar's user let out by owner and the
+/// annotations' one-direction port exclusions.
+#[test]
+fn the_injected_capture_init_installs_the_rules_and_leaves_them() {
+    const TEST: &str = "kubernetes_webhooks capture init";
+    if !ward_test_support::is_root() {
+        return skip_or_fail(TEST, "needs root (iptables in a new network namespace)");
+    }
+    for tool in ["unshare", "iptables-save", "iptables-restore"] {
+        if !have(tool) {
+            return skip_or_fail(TEST, &format!("{tool} is not installed"));
+        }
+    }
+    let script = format!(
+        "{BIN} proxy --capture --capture-init --capture-proxy-uid=1337 \
+         --capture-exclude-outbound-ports=5432 --capture-exclude-inbound-ports=15021 \
+         && echo INIT-OK && iptables-save -t nat"
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("INIT-OK"), "{text}");
+    let after_exit = text.split("INIT-OK").nth(1).unwrap();
+    let rules: Vec<&str> = after_exit
+        .lines()
+        .filter(|l| l.starts_with("-A WARD_"))
+        .collect();
+    let at = |rule: &str| {
+        rules
+            .iter()
+            .position(|r| *r == rule)
+            .unwrap_or_else(|| panic!("{rule:?} not in {rules:#?}"))
+    };
+    // Outbound: the proxy's marked sockets, then its user, then the exclusions, then capture.
+    let mark = at("-A WARD_OUTPUT -m mark --mark 0x539 -j RETURN");
+    let owner = at("-A WARD_OUTPUT -m owner --uid-owner 1337 -j RETURN");
+    let db = at("-A WARD_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN");
+    let capture = at("-A WARD_OUTPUT -j WARD_REDIRECT");
+    assert!(mark < owner && owner < db && db < capture, "{rules:#?}");
+    // Inbound: the prober's port is left alone; 5432 is excluded outbound only.
+    at("-A WARD_INBOUND -p tcp -m tcp --dport 15021 -j RETURN");
+    assert!(
+        !rules.contains(&"-A WARD_INBOUND -p tcp -m tcp --dport 5432 -j RETURN"),
+        "{rules:#?}"
+    );
+    at("-A WARD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006");
+}
