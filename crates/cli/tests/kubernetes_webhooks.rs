@@ -5,7 +5,8 @@
 //! setting both webhook configurations' `caBundle` and every namespace's `istio-ca-root-cert`;
 //! `kubectl apply` of an invalid AuthorizationPolicy refused with the field path, a valid one
 //! stored; Pods injected (or not) by Istio's namespace and pod rules, idempotently; and
-//! `ward uninstall | kubectl delete -f -`.
+//! `ward uninstall | kubectl delete -f -`. And, as root, the injected capture init step in a
+//! fresh network namespace.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
