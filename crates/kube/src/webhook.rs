@@ -506,21 +506,34 @@ pub fn validate(review: &Value) -> Value {
         return denied(review, 400, "the object cannot be read");
     };
     let files = ConfigFiles::from_contents(vec![(doc_name, text)]);
+    let line = |d: &ward_config::Diagnostic| {
+        let mut line = String::new();
+        if let Some(object) = &d.object {
+            line.push_str(object);
+            line.push_str(": ");
+        }
+        line.push_str(&crate::events::note(d));
+        line
+    };
     match ward_config::load_files(&files) {
+        // Warnings are shown by kubectl (`Warning: …`), the object is stored.
+        Ok(set) if !set.warnings.is_empty() => response(
+            review,
+            Map::from_iter([
+                ("allowed".into(), json!(true)),
+                (
+                    "warnings".into(),
+                    json!(set
+                        .warnings
+                        .iter()
+                        .map(|d| format!("ward: {}", line(d)))
+                        .collect::<Vec<_>>()),
+                ),
+            ]),
+        ),
         Ok(_) => allowed(review),
         Err(diagnostics) => {
-            let errors: Vec<String> = diagnostics
-                .errors()
-                .map(|d| {
-                    let mut line = String::new();
-                    if let Some(object) = &d.object {
-                        line.push_str(object);
-                        line.push_str(": ");
-                    }
-                    line.push_str(&crate::events::note(d));
-                    line
-                })
-                .collect();
+            let errors: Vec<String> = diagnostics.errors().map(line).collect();
             if errors.is_empty() {
                 return allowed(review);
             }
@@ -824,5 +837,16 @@ mod tests {
                           "metadata": {"name": "p"},
                           "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/app/sa/x"]}}]}]}});
         assert_eq!(validate(&review(good))["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn a_kind_ward_does_not_enforce_is_stored_with_a_warning() {
+        let filter = json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                            "metadata": {"name": "f", "namespace": "app"},
+                            "spec": {"configPatches": []}});
+        let out = validate(&review(filter));
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        let warnings = out["response"]["warnings"].to_string();
+        assert!(warnings.contains("EnvoyFilter app/f"), "{warnings}");
     }
 }
