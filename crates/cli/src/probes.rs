@@ -2,7 +2,9 @@
 //! an injected pod, rewritten by the injector to `GET :15021/app-health/<container>/<kind>`
 //! (`ward_kube::webhook::rewrite_probes`), are carried out here over loopback, where capture
 //! and STRICT mTLS do not apply. Only the probes the pod declared can be asked for: the table
-//! comes from `ISTIO_KUBE_APP_PROBERS` (Istio's format), any other path gets 404.
+//! comes from `ISTIO_KUBE_APP_PROBERS` (Istio's format), any other path gets 404. And
+//! `/healthz/ready`, the sidecar's own readiness (its certificate, config and listeners), which
+//! the injected sidecar's startup probe asks so that the app starts after its proxy.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,6 +23,8 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+/// The sidecar's own readiness (Istio's agent path).
+pub(crate) const READY_PATH: &str = "/healthz/ready";
 /// Probes answered at once; more wait.
 const MAX_CONNECTIONS: usize = 32;
 /// A probe's timeout when the pod gave none (Kubernetes' default `timeoutSeconds`).
@@ -142,6 +146,7 @@ async fn http_get(
 pub(crate) async fn serve(
     listener: TcpListener,
     probers: Probers,
+    ready: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let probers = Arc::new(probers);
@@ -159,13 +164,19 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let probers = probers.clone();
+        let (probers, ready) = (probers.clone(), ready.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let probers = probers.clone();
+                let (probers, ready) = (probers.clone(), ready.clone());
                 async move {
                     let status = if req.method() != Method::GET {
                         StatusCode::METHOD_NOT_ALLOWED
+                    } else if req.uri().path() == READY_PATH {
+                        if *ready.borrow() {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
                     } else {
                         match probers.get(req.uri().path()) {
                             Some(probe) => run(probe).await,
@@ -251,7 +262,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, probers, rx));
+        let (ready_tx, ready) = watch::channel(false);
+        tokio::spawn(serve(listener, probers, ready, rx));
+        assert_eq!(
+            get(addr, READY_PATH).await,
+            503,
+            "the proxy is not ready yet"
+        );
+        ready_tx.send_replace(true);
+        assert_eq!(get(addr, READY_PATH).await, 200);
         assert_eq!(get(addr, "/app-health/app/readyz").await, 200);
         assert_eq!(get(addr, "/app-health/app/livez").await, 500);
         assert_eq!(get(addr, "/app-health/app/startupz").await, 200);

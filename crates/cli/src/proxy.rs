@@ -71,7 +71,8 @@ pub(crate) struct ProxyArgs {
     capture_installed: bool,
     /// Serve the pod's rewritten HTTP and TCP probes here (`GET /app-health/<container>/<kind>`,
     /// Istio's agent port is 15021), carried out over loopback (docs/kubernetes.md).
-    #[arg(long, value_name = "ADDR", requires = "app_probers")]
+    /// Also `GET /healthz/ready`: the proxy's own readiness, for the sidecar's startup probe.
+    #[arg(long, value_name = "ADDR")]
     app_probe_listen: Option<SocketAddr>,
     /// The pod's original probes by rewritten path, JSON (Istio's format; the injector sets it).
     #[arg(
@@ -223,13 +224,22 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
     let bundle = Arc::new(bundle);
     let key = bundle.workload.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    if let (Some(addr), Some(table)) = (args.app_probe_listen, &args.app_probers) {
-        let probers = crate::probes::parse(table).context("--app-probers")?;
+    let (ready_tx, ready_rx) = watch::channel(false);
+    if let Some(addr) = args.app_probe_listen {
+        let probers = match &args.app_probers {
+            Some(table) => crate::probes::parse(table).context("--app-probers")?,
+            None => crate::probes::Probers::new(),
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--app-probe-listen: cannot listen on {addr}"))?;
         tracing::info!(%addr, probes = probers.len(), "serving the pod's probes");
-        tokio::spawn(crate::probes::serve(listener, probers, shutdown_rx.clone()));
+        tokio::spawn(crate::probes::serve(
+            listener,
+            probers,
+            ready_rx,
+            shutdown_rx.clone(),
+        ));
     }
 
     let certs: CertSlot = CertSlot::default();
@@ -309,6 +319,19 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         assembled: assembled.clone(),
         registry: Arc::new(Mutex::new(registry)),
     });
+    {
+        // The prober's `/healthz/ready` follows the admin port's `/ready`.
+        let (state, mut shutdown) = (state.clone(), shutdown_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                ready_tx.send_replace(state.ready().is_ok());
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let router: Router = {
         let state = state.clone();
         Arc::new(move |req| route(&state, req))

@@ -413,6 +413,10 @@ fn install_webhooks_validation_and_sidecar_injection_on_the_real_api_server() {
             assert_eq!(inits, ["istio-init", "istio-proxy"], "{what}");
             let proxy = &pod["spec"]["initContainers"][1];
             assert_eq!(proxy["restartPolicy"], "Always", "{what}: a native sidecar");
+            assert_eq!(
+                proxy["startupProbe"]["httpGet"]["path"], "/healthz/ready",
+                "{what}: the app starts after its proxy"
+            );
             let args = proxy["args"].to_string();
             assert!(args.contains("--capture-installed"), "{args}");
             assert!(

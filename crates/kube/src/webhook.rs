@@ -232,10 +232,8 @@ pub fn injection_patch(pod: &Value, settings: &InjectSettings) -> Result<Vec<Val
     } else {
         Map::new()
     };
-    if !probers.is_empty() {
-        // The kubelet reaches the sidecar's prober directly; everything else stays captured.
-        init_args.push(format!("--capture-exclude-inbound-ports={PROBE_PORT}"));
-    }
+    // The kubelet reaches the sidecar's prober directly; everything else stays captured.
+    init_args.push(format!("--capture-exclude-inbound-ports={PROBE_PORT}"));
     let init = json!({
         "name": INIT_CONTAINER,
         "image": settings.capture_image,
@@ -271,12 +269,15 @@ pub fn injection_patch(pod: &Value, settings: &InjectSettings) -> Result<Vec<Val
         json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
         json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
     ];
-    let mut ports = vec![json!({"name": "hbone", "containerPort": HBONE_PORT, "protocol": "TCP"})];
+    let ports = vec![
+        json!({"name": "hbone", "containerPort": HBONE_PORT, "protocol": "TCP"}),
+        json!({"name": "http-probes", "containerPort": PROBE_PORT, "protocol": "TCP"}),
+    ];
+    proxy_args.push(format!("--app-probe-listen=0.0.0.0:{PROBE_PORT}"));
     if !probers.is_empty() {
-        proxy_args.push(format!("--app-probe-listen=0.0.0.0:{PROBE_PORT}"));
         env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers).to_string()}));
-        ports.push(json!({"name": "http-probes", "containerPort": PROBE_PORT, "protocol": "TCP"}));
     }
+    let ready = json!({"path": "/healthz/ready", "port": PROBE_PORT, "scheme": "HTTP"});
     let proxy = json!({
         "name": PROXY_CONTAINER,
         "image": settings.image,
@@ -285,6 +286,10 @@ pub fn injection_patch(pod: &Value, settings: &InjectSettings) -> Result<Vec<Val
         "restartPolicy": "Always",
         "env": env,
         "ports": ports,
+        // The app containers start once this passes (native sidecars), as Istio's
+        // `holdApplicationUntilProxyStarts`: the proxy has its certificate, config and listeners.
+        "startupProbe": {"httpGet": ready.clone(), "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3},
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 3},
         "securityContext": {
             "runAsUser": PROXY_UID,
             "runAsGroup": PROXY_UID,
@@ -708,6 +713,11 @@ mod tests {
         let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, [INIT_CONTAINER, PROXY_CONTAINER, "migrate"]);
         assert_eq!(inits[1]["restartPolicy"], "Always");
+        assert_eq!(
+            inits[1]["startupProbe"]["httpGet"],
+            json!({"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"}),
+            "the app waits for its proxy"
+        );
         let args: Vec<&str> = inits[0]["args"]
             .as_array()
             .unwrap()
