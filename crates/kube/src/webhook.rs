@@ -288,7 +288,7 @@ pub fn injection_patch(pod: &Value, settings: &InjectSettings) -> Result<Vec<Val
         "ports": ports,
         // The app containers start once this passes (native sidecars), as Istio's
         // `holdApplicationUntilProxyStarts`: the proxy has its certificate, config and listeners.
-        "startupProbe": {"httpGet": ready.clone(), "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3},
+        "startupProbe": {"httpGet": ready, "periodSeconds": 1, "failureThreshold": 600, "timeoutSeconds": 3},
         "readinessProbe": {"httpGet": ready, "periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 3},
         "securityContext": {
             "runAsUser": PROXY_UID,
