@@ -205,7 +205,8 @@ impl Ca {
     /// [`Ca::sign`], with DNS SANs beside the URI SAN: for the control plane's own serving
     /// certificate, so that standard gRPC clients, which check a host name, can reach it (Istio's
     /// istiod certificate carries `istiod.<namespace>.svc` the same way). The names come from the
-    /// caller, never from the CSR; workload certificates carry none.
+    /// caller, never from the CSR; workload certificates carry none. A name that is an IP
+    /// address becomes an IP SAN.
     pub fn sign_with_dns_names(
         &self,
         id: &SpiffeId,
@@ -244,6 +245,12 @@ impl Ca {
         let uri = id.to_string().try_into().map_err(CaError::Signing)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         for name in dns_names {
+            // An address is an IP SAN (RFC 5280 §4.2.1.6): for a control plane that clients
+            // reach by address, like the API server calling a webhook at `https://IP:port`.
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                params.subject_alt_names.push(SanType::IpAddress(ip));
+                continue;
+            }
             let name = name.clone().try_into().map_err(CaError::Signing)?;
             params.subject_alt_names.push(SanType::DnsName(name));
         }
@@ -848,7 +855,10 @@ mod tests {
     fn dns_names_come_from_the_caller_beside_the_one_uri() {
         let state = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(state.path(), CaOptions::default()).unwrap();
-        let names = ["ward-control-plane.istio-system.svc".to_owned()];
+        let names = [
+            "ward-control-plane.istio-system.svc".to_owned(),
+            "127.1.155.1".to_owned(),
+        ];
         let issued = ca
             .sign_with_dns_names(&sleep(), &names, &csr_for(&sleep()), None)
             .unwrap();
@@ -860,6 +870,7 @@ mod tests {
             .map(|n| match n {
                 GeneralName::URI(u) => format!("URI:{u}"),
                 GeneralName::DNSName(d) => format!("DNS:{d}"),
+                GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -867,7 +878,8 @@ mod tests {
             found,
             [
                 "URI:spiffe://cluster.local/ns/default/sa/sleep",
-                "DNS:ward-control-plane.istio-system.svc"
+                "DNS:ward-control-plane.istio-system.svc",
+                "IP:[127, 1, 155, 1]"
             ]
         );
         assert_eq!(

@@ -21,6 +21,7 @@ use ward_control::config_grpc::{ConfigGrpc, ConfigMetrics};
 use ward_control::proxies::ProxyRegistry;
 use ward_control::{CaService, ControlPlane, ReloadTiming};
 use ward_identity::{SpiffeId, WorkloadCert};
+use ward_kube::webhook::InjectSettings;
 use ward_tls::CertStore;
 
 use crate::admin::{self, respond, Router};
@@ -72,7 +73,50 @@ pub(crate) struct ControlPlaneArgs {
     /// closed at accept. Keep it under the open-file limit.
     #[arg(long, value_name = "N", default_value_t = ca_grpc::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// A directory with Istio's `cacerts` files (ca-cert.pem, ca-key.pem, cert-chain.pem,
+    /// root-cert.pem): the CA signs with that intermediate. Ignored when it holds no
+    /// ca-cert.pem (an optional Secret not created); then `--state-dir` holds the CA.
+    #[arg(long, value_name = "DIR")]
+    cacerts_dir: Option<PathBuf>,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
+
+/// The admission webhooks of `ward control-plane --kubernetes` (docs/kubernetes.md).
+#[derive(clap::Args)]
+pub(crate) struct WebhookArgs {
+    /// HTTPS address of the admission webhooks (`/validate`, `/inject`), with `--kubernetes`.
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    webhook_listen: SocketAddr,
+    /// More names (DNS names or IP addresses) in the control plane's certificate, for the API
+    /// server to reach the webhooks by (with `ward install --webhook-url`); the Service name
+    /// `ward-control-plane.<namespace>.svc` is always there.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    webhook_san: Vec<String>,
+    /// The image of the injected sidecar (`istio-proxy`).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    proxy_image: String,
+    /// The image of the injected capture init container (`istio-init`), which needs
+    /// `iptables`: the Dockerfile's `capture` target.
+    #[arg(long, default_value = DEFAULT_CAPTURE_IMAGE)]
+    capture_image: String,
+    /// The control plane's gRPC address as injected sidecars dial it; default
+    /// `ward-control-plane.<namespace>.svc:15012`.
+    #[arg(long, value_name = "HOST:PORT")]
+    injection_control_plane: Option<String>,
+    /// How often the webhooks' `caBundle` and every namespace's `istio-ca-root-cert` are
+    /// checked again (they are also checked when a namespace appears).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    publish_resync: Duration,
+}
+
+/// The image `ward install` and the injector use unless told otherwise.
+pub(crate) const DEFAULT_IMAGE: &str =
+    concat!("ghcr.io/ward-mesh/ward:", env!("CARGO_PKG_VERSION"));
+/// The capture init container's image unless told otherwise (the Dockerfile's `capture`
+/// target: the same binary with `iptables`).
+pub(crate) const DEFAULT_CAPTURE_IMAGE: &str =
+    concat!("ghcr.io/ward-mesh/ward-capture:", env!("CARGO_PKG_VERSION"));
 
 /// Options of `ward bootstrap`.
 #[derive(clap::Args)]
@@ -208,11 +252,19 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         (control, None)
     };
     let mesh = control.mesh().clone();
-    let ca = ward_ca::Ca::load_or_create(
-        &args.state_dir,
-        ca_options(&mesh.trust_domain, args.cert_ttl),
-    )
-    .with_context(|| format!("loading the CA under {}", args.state_dir.display()))?;
+    let ca = match args
+        .cacerts_dir
+        .as_ref()
+        .filter(|d| d.join("ca-cert.pem").exists())
+    {
+        Some(dir) => ward_ca::Ca::from_cacerts(dir, ca_options(&mesh.trust_domain, args.cert_ttl))
+            .with_context(|| format!("--cacerts-dir {}", dir.display()))?,
+        None => ward_ca::Ca::load_or_create(
+            &args.state_dir,
+            ca_options(&mesh.trust_domain, args.cert_ttl),
+        )
+        .with_context(|| format!("loading the CA under {}", args.state_dir.display()))?,
+    };
     let ca = Arc::new(CaService::new(ca, args.cert_ttl));
     let root = ca
         .roots_der()
@@ -222,7 +274,8 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let tokens = Arc::new(TokenKey::load_or_create(&args.state_dir)?);
 
     let server_id = ca_grpc::control_plane_identity(&mesh.trust_domain, &mesh.root_namespace)?;
-    let dns = vec![ca_grpc::control_plane_dns_name(&mesh.root_namespace)];
+    let mut dns = vec![ca_grpc::control_plane_dns_name(&mesh.root_namespace)];
+    dns.extend(args.webhooks.webhook_san.iter().cloned());
     let store = CertStore::new(server_id.clone());
     store
         .install(&issue_own(&ca, &server_id, &dns)?)
@@ -257,6 +310,47 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(k) = cluster {
+        let hooks = Arc::new(crate::webhook::Webhooks {
+            cluster: k.cluster.clone(),
+            inject: InjectSettings {
+                image: args.webhooks.proxy_image.clone(),
+                capture_image: args.webhooks.capture_image.clone(),
+                control_plane: args
+                    .webhooks
+                    .injection_control_plane
+                    .clone()
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{}:15012",
+                            ca_grpc::control_plane_dns_name(&mesh.root_namespace)
+                        )
+                    }),
+                trust_domain: mesh.trust_domain.clone(),
+                root_namespace: mesh.root_namespace.clone(),
+            },
+            reviews: crate::webhook::Webhooks::register(&mut registry),
+        });
+        let listener = tokio::net::TcpListener::bind(args.webhooks.webhook_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "--webhook-listen: cannot listen on {}",
+                    args.webhooks.webhook_listen
+                )
+            })?;
+        tokio::spawn(crate::webhook::serve(
+            listener,
+            ward_tls::webhook_server_config(store.clone())?,
+            hooks,
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::webhook::publish(
+            k.client.clone(),
+            k.cluster.clone(),
+            ca.root_pem(),
+            args.webhooks.publish_resync,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(k.follow(args.debounce, shutdown_rx.clone()));
     }
     let timing = ReloadTiming {

@@ -32,7 +32,10 @@ pub(crate) struct Kubernetes {
     pub(crate) control: Arc<ControlPlane>,
     /// Checks proxies' ServiceAccount tokens.
     pub(crate) reviewer: Arc<Reviewer>,
-    cluster: Cluster,
+    /// The watches' caches (also read by the webhooks).
+    pub(crate) cluster: Arc<Cluster>,
+    /// The API server client.
+    pub(crate) client: ward_kube::Client,
     events: Events,
     /// The documents last handed to the control plane.
     last: ConfigFiles,
@@ -76,8 +79,9 @@ pub(crate) async fn start(
                 tracing::info!(target: "kubernetes", documents = docs.len(), "loaded the cluster's config");
                 return Ok(Kubernetes {
                     control,
-                    reviewer: Arc::new(Reviewer::new(client, AUDIENCE)),
-                    cluster,
+                    reviewer: Arc::new(Reviewer::new(client.clone(), AUDIENCE)),
+                    cluster: Arc::new(cluster),
+                    client,
                     events,
                     last: docs,
                     renders,
@@ -145,10 +149,163 @@ impl Kubernetes {
     }
 }
 
-/// `ward install crds`: the CRDs of the Istio kinds Ward reads, as a `v1` List (JSON, which
-/// `kubectl apply -f -` reads as YAML).
-pub(crate) fn print_crds() -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(&ward_kube::crds::crds())?;
-    println!("{text}");
+/// `ward install`.
+#[derive(clap::Args)]
+pub(crate) struct InstallArgs {
+    #[command(subcommand)]
+    what: Option<InstallWhat>,
+    #[command(flatten)]
+    common: InstallCommon,
+    /// The webhooks' failurePolicy: `Fail` refuses what the webhook could not judge (Istio's
+    /// default for injection; Ward's for both), `Ignore` lets it through unchecked.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    failure_policy: String,
+    /// The API server calls the webhooks at this base URL (`https://HOST:PORT`) instead of
+    /// through the control plane's Service: a control plane outside the cluster. Give the
+    /// control plane the host with `--webhook-san`.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// The mesh's trust domain (mesh ConfigMap `istio`).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The `ward` image of the control plane (and, through it, of injected sidecars).
+    #[arg(long, default_value = crate::control_plane::DEFAULT_IMAGE)]
+    image: String,
+    /// The image of the injected capture init container (`ward` with `iptables`).
+    #[arg(long, default_value = crate::control_plane::DEFAULT_CAPTURE_IMAGE)]
+    capture_image: String,
+}
+
+/// What `ward install` prints besides everything.
+#[derive(clap::Subcommand)]
+enum InstallWhat {
+    /// The CustomResourceDefinitions of the Istio kinds Ward reads, every version served.
+    Crds,
+}
+
+/// What both `ward install` and `ward uninstall` take.
+#[derive(clap::Args)]
+pub(crate) struct InstallCommon {
+    /// The mesh's root namespace, where the control plane runs.
+    #[arg(long, short = 'n', default_value = "istio-system")]
+    namespace: String,
+    /// The Istio CRDs: `auto` asks the cluster (KUBECONFIG or `--kubeconfig`) and leaves out
+    /// those it has from another installer, such as Istio's own (all of them when the cluster
+    /// cannot be asked); `always`; `never`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    crds: String,
+    /// The kubeconfig asked with `--crds auto`.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// `--crds auto`: the cluster's CRDs (name → installed by Ward), or `None` when it cannot be
+/// asked.
+async fn cluster_crds(common: &InstallCommon) -> Option<std::collections::BTreeMap<String, bool>> {
+    let client = ward_kube::client(common.kubeconfig.as_deref()).await.ok()?;
+    let ask = ward_kube::publish::installed_crds(&client);
+    match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(Ok(crds)) => Some(crds),
+        Ok(Err(e)) => {
+            eprintln!("ward: --crds auto: {e}; printing every CRD");
+            None
+        }
+        Err(_) => {
+            eprintln!("ward: --crds auto: the API server did not answer; printing every CRD");
+            None
+        }
+    }
+}
+
+/// The CRDs to print: all, or with `auto` those the cluster lacks or Ward installed.
+async fn crds_for(common: &InstallCommon, uninstall: bool) -> Vec<serde_json::Value> {
+    let all = ward_kube::crds::crds()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let installed = match common.crds.as_str() {
+        "never" => return vec![],
+        "always" => return all,
+        _ => cluster_crds(common).await,
+    };
+    let Some(installed) = installed else {
+        return if uninstall { vec![] } else { all };
+    };
+    all.into_iter()
+        .filter(|c| {
+            let name = c["metadata"]["name"].as_str().unwrap_or("");
+            match installed.get(name) {
+                // Ward's: updated on install, deleted on uninstall.
+                Some(true) => true,
+                // Someone else's (Istio's): never touched.
+                Some(false) => false,
+                None => !uninstall,
+            }
+        })
+        .collect()
+}
+
+fn print_list(items: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    println!("{}", serde_json::to_string_pretty(&list)?);
     Ok(())
+}
+
+/// `ward install`.
+pub(crate) async fn install(args: InstallArgs) -> anyhow::Result<()> {
+    if let Some(InstallWhat::Crds) = args.what {
+        return print_list(
+            ward_kube::crds::crds()["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    let opts = ward_kube::install::InstallOptions {
+        namespace: args.common.namespace.clone(),
+        image: args.image,
+        capture_image: args.capture_image,
+        failure_policy: args.failure_policy,
+        webhook_url: args.webhook_url,
+        trust_domain: args.trust_domain,
+    };
+    let mut items = crds_for(&args.common, false).await;
+    items.extend(ward_kube::install::manifests(&opts));
+    print_list(items)
+}
+
+/// `ward uninstall`.
+#[derive(clap::Args)]
+pub(crate) struct UninstallArgs {
+    #[command(flatten)]
+    common: InstallCommon,
+}
+
+/// `ward uninstall`: what `ward install` printed, webhooks first (so nothing is refused or
+/// injected by a control plane on its way out), CRDs last and only Ward's; with `--crds auto`
+/// (default) and a reachable cluster, also the root ConfigMaps the control plane wrote.
+pub(crate) async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let opts = ward_kube::install::InstallOptions {
+        namespace: args.common.namespace.clone(),
+        image: String::new(),
+        capture_image: String::new(),
+        failure_policy: "Fail".into(),
+        webhook_url: None,
+        trust_domain: String::new(),
+    };
+    let mut items = ward_kube::install::manifests(&opts);
+    items.reverse();
+    if args.common.crds != "never" {
+        if let Ok(client) = ward_kube::client(args.common.kubeconfig.as_deref()).await {
+            let ask = ward_kube::publish::root_config_maps(&client);
+            if let Ok(Ok(namespaces)) = tokio::time::timeout(Duration::from_secs(10), ask).await {
+                items.extend(namespaces.into_iter().map(|ns| {
+                    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                       "metadata": {"name": ward_kube::webhook::ROOT_CONFIG_MAP, "namespace": ns}})
+                }));
+            }
+        }
+    }
+    items.extend(crds_for(&args.common, true).await);
+    print_list(items)
 }

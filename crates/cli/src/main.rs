@@ -17,6 +17,7 @@
 //!   port, with conditions, plaintext per port, external hosts), as a table, CSV, JSON or HTML.
 //! - `ward diff OLD NEW` / `ward diff --git REV1 REV2`: what a change opens or closes; exits 1
 //!   when access opened, 3 when it only narrowed.
+//! - `ward install` / `ward uninstall`: the manifests of Ward on Kubernetes, for kubectl.
 //! - `ward echo --listen ADDR`: a tiny TCP echo app, for demos and tests.
 //! - `ward dev-idp`: a development-only token issuer for the JWT examples.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -34,9 +35,11 @@ mod echo;
 mod fdlimit;
 mod kubernetes;
 mod logging;
+mod probes;
 mod proxy;
 mod up;
 mod verify;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,25 +115,19 @@ enum Command {
     Diff(diff::DiffArgs),
     /// A DEVELOPMENT-ONLY OpenID Connect token issuer (password grant), for examples and tests.
     DevIdp(devidp::DevIdpArgs),
-    /// Render manifests for Kubernetes: `ward install crds` prints the CRDs of the Istio kinds
-    /// Ward reads (`ward install crds | kubectl apply -f -`).
-    Install {
-        #[command(subcommand)]
-        what: InstallCommand,
-    },
+    /// Print every manifest of Ward on Kubernetes (`ward install | kubectl apply --server-side
+    /// -f -`): the Istio CRDs the cluster lacks, the namespace, RBAC, the control plane's
+    /// Deployment and Service, the webhook configurations and the mesh ConfigMap.
+    /// `ward install crds` prints the CRDs only.
+    Install(kubernetes::InstallArgs),
+    /// Print what `ward install` created, for `ward uninstall | kubectl delete -f -`.
+    Uninstall(kubernetes::UninstallArgs),
     /// Run a TCP echo server (a demo app).
     Echo {
         /// Address to listen on.
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
-}
-
-/// What `ward install` renders.
-#[derive(Subcommand)]
-enum InstallCommand {
-    /// The CustomResourceDefinitions of the Istio kinds Ward reads, every version served.
-    Crds,
 }
 
 fn main() -> ExitCode {
@@ -167,9 +164,8 @@ fn main() -> ExitCode {
         Command::Verify { command } => return rt.block_on(verify::run(command)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
-        Command::Install {
-            what: InstallCommand::Crds,
-        } => kubernetes::print_crds(),
+        Command::Install(args) => rt.block_on(kubernetes::install(args)),
+        Command::Uninstall(args) => rt.block_on(kubernetes::uninstall(args)),
         Command::Echo { listen } => rt.block_on(echo::run_forever(listen)),
         Command::DevIdp(args) => rt.block_on(devidp::run(args)),
     };

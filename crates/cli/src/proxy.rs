@@ -46,7 +46,7 @@ pub(crate) struct ProxyArgs {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present_any = ["uninstall_capture", "token_file"],
+        required_unless_present_any = ["uninstall_capture", "token_file", "capture_init"],
         conflicts_with = "token_file"
     )]
     bootstrap: Option<PathBuf>,
@@ -59,6 +59,29 @@ pub(crate) struct ProxyArgs {
     limits: LimitArgs,
     #[command(flatten)]
     capture: CaptureArgs,
+    /// Install the capture rules (with the `--capture-*` options) in this network namespace,
+    /// leave them, and exit: the injected `istio-init` container, which alone has NET_ADMIN
+    /// (docs/kubernetes.md, "Sidecar injection").
+    #[arg(long, requires = "capture", conflicts_with = "capture_installed")]
+    capture_init: bool,
+    /// The capture rules are already installed (by `--capture-init`, with
+    /// `--capture-proxy-uid` naming this process's user): serve the capture ports, but neither
+    /// install nor remove rules, and mark no socket (no `CAP_NET_ADMIN` needed).
+    #[arg(long, requires = "capture")]
+    capture_installed: bool,
+    /// Serve the pod's rewritten HTTP and TCP probes here (`GET /app-health/<container>/<kind>`,
+    /// Istio's agent port is 15021), carried out over loopback (docs/kubernetes.md).
+    /// Also `GET /healthz/ready`: the proxy's own readiness, for the sidecar's startup probe.
+    #[arg(long, value_name = "ADDR")]
+    app_probe_listen: Option<SocketAddr>,
+    /// The pod's original probes by rewritten path, JSON (Istio's format; the injector sets it).
+    #[arg(
+        long,
+        value_name = "JSON",
+        env = "ISTIO_KUBE_APP_PROBERS",
+        hide_env_values = true
+    )]
+    app_probers: Option<String>,
 }
 
 /// How `ward proxy` bootstraps on Kubernetes (instead of `--bootstrap`): with its projected
@@ -182,6 +205,14 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         );
         return Ok(());
     }
+    if args.capture_init {
+        let opts = args.capture.options(args.admin);
+        let guard = install_capture(&opts)?;
+        // The rules stay for the proxy container, and go with the pod's network namespace.
+        std::mem::forget(guard);
+        println!("ward: capture rules installed");
+        return Ok(());
+    }
     let (bootstrap, bundle) = match (&args.bootstrap, args.kubernetes.bundle()?) {
         (Some(path), _) => (path.clone(), BootstrapFile::read(path)?),
         (None, Some(bundle)) => (
@@ -193,6 +224,23 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
     let bundle = Arc::new(bundle);
     let key = bundle.workload.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    if let Some(addr) = args.app_probe_listen {
+        let probers = match &args.app_probers {
+            Some(table) => crate::probes::parse(table).context("--app-probers")?,
+            None => crate::probes::Probers::new(),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--app-probe-listen: cannot listen on {addr}"))?;
+        tracing::info!(%addr, probes = probers.len(), "serving the pod's probes");
+        tokio::spawn(crate::probes::serve(
+            listener,
+            probers,
+            ready_rx,
+            shutdown_rx.clone(),
+        ));
+    }
 
     let certs: CertSlot = CertSlot::default();
     let (assembled_tx, mut assembled) = watch::channel::<Option<Arc<Assembled>>>(None);
@@ -243,7 +291,7 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         aliases: first.mesh.trust_domain_aliases.clone(),
     };
     let dns = args.capture.dns_settings(&metrics)?;
-    let _capture = if args.capture.capture {
+    let _capture = if args.capture.capture && !args.capture_installed {
         let mut opts = args.capture.options(args.admin);
         // The control plane stays reachable directly: its connections are not the app's.
         opts.exclude_cidrs
@@ -271,6 +319,19 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         assembled: assembled.clone(),
         registry: Arc::new(Mutex::new(registry)),
     });
+    {
+        // The prober's `/healthz/ready` follows the admin port's `/ready`.
+        let (state, mut shutdown) = (state.clone(), shutdown_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                ready_tx.send_replace(state.ready().is_ok());
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let router: Router = {
         let state = state.clone();
         Arc::new(move |req| route(&state, req))

@@ -106,6 +106,14 @@ pub(crate) struct CaptureArgs {
     /// Ports never captured, inbound or outbound (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "PORT", requires = "capture")]
     capture_exclude_ports: Vec<u16>,
+    /// Inbound ports never captured (comma-separated; Istio's
+    /// `traffic.sidecar.istio.io/excludeInboundPorts`).
+    #[arg(long, value_delimiter = ',', value_name = "PORT", requires = "capture")]
+    capture_exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated; Istio's
+    /// `traffic.sidecar.istio.io/excludeOutboundPorts`).
+    #[arg(long, value_delimiter = ',', value_name = "PORT", requires = "capture")]
+    capture_exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations never captured (CIDRs, comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDR", requires = "capture")]
     capture_exclude_cidrs: Vec<ipnet::IpNet>,
@@ -121,6 +129,11 @@ pub(crate) struct CaptureArgs {
     /// (docs/capture.md, "Health probes"; Istio ambient uses 169.254.7.127). Default: none.
     #[arg(long, value_name = "IP", requires = "capture")]
     capture_probe_source: Option<std::net::IpAddr>,
+    /// A user whose outbound traffic is never captured: the proxy's, when it runs as another
+    /// user without `CAP_NET_ADMIN` beside rules installed by `ward proxy --capture-init`
+    /// (injected pods: 1337, as Istio's).
+    #[arg(long, value_name = "UID", requires = "capture")]
+    capture_proxy_uid: Option<u32>,
 }
 
 impl CaptureArgs {
@@ -147,11 +160,14 @@ impl CaptureArgs {
     pub(crate) fn options(&self, admin: SocketAddr) -> capture::CaptureOptions {
         capture::CaptureOptions {
             exclude_ports: self.capture_exclude_ports.clone(),
+            exclude_inbound_ports: self.capture_exclude_inbound_ports.clone(),
+            exclude_outbound_ports: self.capture_exclude_outbound_ports.clone(),
             exclude_cidrs: self.capture_exclude_cidrs.clone(),
             include_cidrs: self.capture_include_cidrs.clone(),
             dns: self.capture_dns,
             admin_port: Some(admin.port()),
             probe_source: self.capture_probe_source,
+            proxy_uid: self.capture_proxy_uid,
         }
     }
 }

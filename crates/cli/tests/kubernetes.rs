@@ -319,6 +319,9 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
             format!("{CP}:15012"),
             "--admin".into(),
             admin.to_string(),
+            // Not the default 0.0.0.0: tests share the machine.
+            "--webhook-listen".into(),
+            format!("{CP}:15017"),
         ],
         &dir.join("control-plane.log"),
     );

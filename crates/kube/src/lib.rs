@@ -8,19 +8,25 @@
 //!
 //! Layout: [`translate`] (objects → documents, pure), [`source`] (the watches),
 //! [`tokens`] (ServiceAccount tokens checked with the TokenReview API), [`crds`] (the Istio
-//! CRDs `ward install crds` prints), [`events`] (Kubernetes Events on invalid objects).
+//! CRDs `ward install crds` prints), [`events`] (Kubernetes Events on invalid objects),
+//! [`webhook`] (the admission webhooks' decisions, pure), [`install`] (the manifests `ward
+//! install` prints, pure) and [`publish`] (the webhooks' `caBundle` and the root ConfigMaps).
 
 // Tests may unwrap; the library may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod crds;
 pub mod events;
+pub mod install;
+pub mod publish;
 pub mod source;
 pub mod tokens;
 pub mod translate;
+pub mod webhook;
 
 use std::path::Path;
 
+pub use kube::Client;
 pub use source::{Cluster, SourceError};
 pub use translate::{render, Objects};
 

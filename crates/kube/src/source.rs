@@ -2,6 +2,7 @@
 //! objects kept current by a watch, relisted (with backoff) after errors, API server loss or an
 //! expired resource version (410 Gone). [`Cluster::objects`] reads every cache at one moment.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::reflector::{store::Writer, Store};
+use kube::runtime::reflector::{store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -90,6 +91,8 @@ pub struct Cluster {
     /// Bumped by the watch tasks on every change (and on every completed relist); read by the
     /// debouncing loop (`ward control-plane --kubernetes`). Dropped with the last task.
     changes: watch::Receiver<u64>,
+    /// The Namespaces' cache, read by the injection webhook and the root publisher.
+    namespaces: Store<Namespace>,
 }
 
 impl Cluster {
@@ -120,7 +123,7 @@ impl Cluster {
                 caches.push(watch_dynamic(client.clone(), resource, tx.clone()));
             }
         }
-        caches.push(watch_typed::<Namespace>(
+        let (namespaces_cache, namespaces) = watch_typed_store::<Namespace>(
             Api::all(client.clone()),
             watcher::Config::default(),
             "Namespace",
@@ -129,7 +132,8 @@ impl Cluster {
                     .extend(all.iter().filter_map(|o| to_value(&**o)))
             },
             tx.clone(),
-        ));
+        );
+        caches.push(namespaces_cache);
         caches.push(watch_typed::<Pod>(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -164,7 +168,11 @@ impl Cluster {
             },
             tx,
         ));
-        Ok(Cluster { caches, changes })
+        Ok(Cluster {
+            caches,
+            changes,
+            namespaces,
+        })
     }
 
     /// Whether every watch has completed its first list.
@@ -188,6 +196,23 @@ impl Cluster {
             cache.collect(&mut out);
         }
         out
+    }
+
+    /// The labels of namespace `name`; `None` when it is not (yet) known.
+    pub fn namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces
+            .get(&ObjectRef::new(name))
+            .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
+    }
+
+    /// The names of every namespace not being deleted.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect()
     }
 
     /// A receiver that changes whenever any watch sees a change.
@@ -216,6 +241,20 @@ fn watch_typed<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    watch_typed_store(api, config, what, collect, changes).0
+}
+
+/// [`watch_typed`], also returning the cache's store.
+fn watch_typed_store<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    collect: fn(&[Arc<K>], &mut Objects),
+    changes: watch::Sender<u64>,
+) -> (Box<dyn Cache>, Store<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let writer = Writer::new(());
     let store = writer.as_reader();
     tokio::spawn(run_watch(
@@ -224,11 +263,12 @@ where
         what.to_owned(),
         changes,
     ));
-    Box::new(Typed {
+    let cache = Box::new(Typed {
         what: what.to_owned(),
-        store,
+        store: store.clone(),
         collect,
-    })
+    });
+    (cache, store)
 }
 
 fn watch_dynamic(

@@ -89,6 +89,11 @@ fn document(value: &Value) -> Option<Document> {
     Some((document_name(api_version, kind, namespace, name), text))
 }
 
+/// The text of an object's document (what [`render`] gives the config crate for it).
+pub fn passthrough_text(object: &Value) -> Option<Vec<u8>> {
+    passthrough(object).map(|(_, text)| text)
+}
+
 /// An object read as is, less what the API server adds that Ward never reads.
 fn passthrough(object: &Value) -> Option<Document> {
     let mut object = object.clone();

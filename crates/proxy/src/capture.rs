@@ -155,6 +155,10 @@ pub fn listeners() -> Vec<ward_authn::jwks_uri::OwnListener> {
 pub struct CaptureOptions {
     /// Ports never captured, in either direction.
     pub exclude_ports: Vec<u16>,
+    /// Inbound destination ports never captured (Istio's `excludeInboundPorts`).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (Istio's `excludeOutboundPorts`).
+    pub exclude_outbound_ports: Vec<u16>,
     /// Outbound destinations never captured.
     pub exclude_cidrs: Vec<IpNet>,
     /// Outbound destinations captured; empty: all.
@@ -163,6 +167,10 @@ pub struct CaptureOptions {
     pub dns: bool,
     /// The admin port, never captured inbound.
     pub admin_port: Option<u16>,
+    /// A user whose outbound traffic is never captured, besides the marked sockets: the
+    /// proxy's, when it runs without `CAP_NET_ADMIN` (which `SO_MARK` needs) beside rules an
+    /// init container installed (Istio's `--uid-owner 1337` rule).
+    pub proxy_uid: Option<u32>,
     /// A source address whose inbound TCP goes straight to the app, uncaptured: the address
     /// health probes come from (docs/capture.md, "Health probes").
     pub probe_source: Option<IpAddr>,
@@ -222,6 +230,7 @@ impl Plan {
         let mut inbound_excluded = vec![ward_hbone::HBONE_PORT];
         inbound_excluded.extend(opts.admin_port);
         inbound_excluded.extend(&opts.exclude_ports);
+        inbound_excluded.extend(&opts.exclude_inbound_ports);
         dedup_keep_order(&mut inbound_excluded);
         for port in &inbound_excluded {
             r.push(format!("-A {INBOUND} -p tcp --dport {port} -j RETURN"));
@@ -238,6 +247,9 @@ impl Plan {
         ));
         // Outbound: the proxy's own sockets and loopback first, then the exclusions.
         r.push(format!("-A {OUTPUT} -m mark --mark {mark:#x} -j RETURN"));
+        if let Some(uid) = opts.proxy_uid {
+            r.push(format!("-A {OUTPUT} -m owner --uid-owner {uid} -j RETURN"));
+        }
         r.push(format!("-A {OUTPUT} -d {} -j RETURN", family.loopback()));
         if opts.dns {
             r.push(format!(
@@ -245,6 +257,7 @@ impl Plan {
             ));
         }
         let mut outbound_excluded = opts.exclude_ports.clone();
+        outbound_excluded.extend(&opts.exclude_outbound_ports);
         dedup_keep_order(&mut outbound_excluded);
         for port in &outbound_excluded {
             r.push(format!("-A {OUTPUT} -p tcp --dport {port} -j RETURN"));
@@ -264,6 +277,9 @@ impl Plan {
         ));
         if opts.dns {
             r.push(format!("-A {DNS} -m mark --mark {mark:#x} -j RETURN"));
+            if let Some(uid) = opts.proxy_uid {
+                r.push(format!("-A {DNS} -m owner --uid-owner {uid} -j RETURN"));
+            }
             r.push(format!(
                 "-A {DNS} -p udp -j REDIRECT --to-ports {DNS_CAPTURE_PORT}"
             ));
@@ -462,6 +478,8 @@ mod tests {
     fn exclusions_inclusions_probes_and_dns() {
         let opts = CaptureOptions {
             exclude_ports: vec![22, 15008, 22],
+            exclude_inbound_ports: vec![9090],
+            exclude_outbound_ports: vec![5432],
             exclude_cidrs: vec![
                 "10.9.0.0/16".parse().unwrap(),
                 "fd00:9::/32".parse().unwrap(),
@@ -473,6 +491,7 @@ mod tests {
             ],
             dns: true,
             admin_port: None,
+            proxy_uid: None,
             probe_source: Some("169.254.7.127".parse().unwrap()),
         };
         let plan = Plan::new(&opts, 0x539);
@@ -484,6 +503,7 @@ mod tests {
                 "-A OUTPUT -p udp --dport 53 -j WARD_DNS",
                 "-A WARD_INBOUND -p tcp --dport 15008 -j RETURN",
                 "-A WARD_INBOUND -p tcp --dport 22 -j RETURN",
+                "-A WARD_INBOUND -p tcp --dport 9090 -j RETURN",
                 "-A WARD_INBOUND -s 169.254.7.127/32 -p tcp -j RETURN",
                 "-A WARD_INBOUND -p tcp -j WARD_IN_REDIRECT",
                 "-A WARD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
@@ -492,6 +512,7 @@ mod tests {
                 "-A WARD_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A WARD_OUTPUT -p tcp --dport 22 -j RETURN",
                 "-A WARD_OUTPUT -p tcp --dport 15008 -j RETURN",
+                "-A WARD_OUTPUT -p tcp --dport 5432 -j RETURN",
                 "-A WARD_OUTPUT -d 10.9.0.0/16 -j RETURN",
                 "-A WARD_OUTPUT -d 10.0.0.0/8 -j WARD_REDIRECT",
                 "-A WARD_OUTPUT -d 192.0.2.0/24 -j WARD_REDIRECT",
@@ -516,6 +537,7 @@ mod tests {
                 "-A WARD_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053",
                 "-A WARD_OUTPUT -p tcp --dport 22 -j RETURN",
                 "-A WARD_OUTPUT -p tcp --dport 15008 -j RETURN",
+                "-A WARD_OUTPUT -p tcp --dport 5432 -j RETURN",
                 "-A WARD_OUTPUT -d fd00:9::/32 -j RETURN",
                 "-A WARD_OUTPUT -d fd00::/8 -j WARD_REDIRECT",
             ],
@@ -573,5 +595,21 @@ mod tests {
             removal_input("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n"),
             None
         );
+    }
+
+    #[test]
+    fn the_proxy_user_is_let_out_after_the_mark() {
+        let opts = CaptureOptions {
+            proxy_uid: Some(1337),
+            dns: true,
+            ..Default::default()
+        };
+        let rules = Plan::new(&opts, SOCKET_MARK).rules;
+        let at = |rule: &str| rules.iter().position(|r| r == rule).unwrap();
+        assert_eq!(
+            at("-A WARD_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
+            at("-A WARD_OUTPUT -m mark --mark 0x539 -j RETURN") + 1
+        );
+        assert!(rules.contains(&"-A WARD_DNS -m owner --uid-owner 1337 -j RETURN".to_owned()));
     }
 }

@@ -77,6 +77,22 @@ pub fn control_plane_client_config(
     Ok(Arc::new(config))
 }
 
+/// The control plane's admission webhook server (the Kubernetes API server is the client):
+/// the control plane's own certificate from `store`, no client certificate (the API server
+/// authenticates to webhooks only when configured to, and the reviews carry no secrets Ward
+/// acts on), TLS 1.3, ALPN `http/1.1`.
+pub fn webhook_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

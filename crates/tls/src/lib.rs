@@ -29,7 +29,9 @@ mod verify;
 mod testing;
 
 pub use config::{client_config, server_config};
-pub use control::{control_plane_client_config, control_plane_server_config};
+pub use control::{
+    control_plane_client_config, control_plane_server_config, webhook_server_config,
+};
 pub use error::TlsError;
 pub use peer::{peer_info, PeerInfo};
 pub use provider::provider;
