@@ -285,6 +285,7 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         admin_listener,
         router,
         Some(verify),
+        None,
         metrics,
         shutdown_rx.clone(),
     ));
