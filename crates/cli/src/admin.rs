@@ -275,7 +275,7 @@ pub(crate) async fn serve(
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        // Records since the last checkpoint are sealed on the way out.
+        // A last sweep on the way out: expiries due, a checkpoint if one is due.
         sweeping.sweep(now_secs());
     });
     serve_routes(

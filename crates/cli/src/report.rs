@@ -514,7 +514,7 @@ pub(crate) fn build(i: &Inputs, now: SystemTime) -> Report {
                     c.mtls_connections
                 ),
                 source: "live",
-                collected_at: live_at.clone(),
+                collected_at: live_at,
                 evidence: json!({ "keyExchange": c.key_exchange }),
             };
             (cov, pq_check, serde_json::to_value(c).unwrap_or_default())
@@ -568,7 +568,7 @@ pub(crate) fn build(i: &Inputs, now: SystemTime) -> Report {
             m.egress.len()
         ),
         source: "config",
-        collected_at: config_at.clone(),
+        collected_at: config_at,
         evidence: json!({ "allowAny": unlisted }),
     });
 

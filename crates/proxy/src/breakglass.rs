@@ -40,7 +40,7 @@ pub trait AuditSink: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
-    /// `bg-<granted at>-<n>`.
+    /// `bg-<granted at>-<n>`: the n-th grant of this process.
     pub id: String,
     /// The workload, `namespace/name`.
     pub workload: String,
@@ -142,6 +142,8 @@ pub(crate) struct Lifted {
 #[derive(Default)]
 pub struct BreakGlass {
     grants: Mutex<Vec<Grant>>,
+    /// Grants made so far (ids are `bg-<time>-<n>`).
+    made: std::sync::atomic::AtomicU64,
     audit: Option<Box<dyn AuditSink>>,
 }
 
@@ -160,8 +162,8 @@ impl BreakGlass {
     /// A registry that records to `audit`. Without one, every grant is refused.
     pub fn new(audit: Option<Box<dyn AuditSink>>) -> BreakGlass {
         BreakGlass {
-            grants: Mutex::default(),
             audit,
+            ..BreakGlass::default()
         }
     }
 
@@ -224,7 +226,10 @@ impl BreakGlass {
             )));
         }
         let grant = Grant {
-            id: format!("bg-{now}-{}", grants.len() + 1),
+            id: format!(
+                "bg-{now}-{}",
+                self.made.load(std::sync::atomic::Ordering::Relaxed) + 1
+            ),
             workload: req.workload.clone(),
             grants: GRANTS.to_owned(),
             reason: reason.to_owned(),
@@ -239,6 +244,7 @@ impl BreakGlass {
             expiry_recorded: false,
         };
         self.append("break_glass_granted", grant.record())?;
+        self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(target: "audit", grant = %grant.id, workload = %grant.workload,
             reason = %grant.reason, requested_by = %grant.requested_by, expires_at = grant.expires_at,
             "break-glass granted");
