@@ -955,3 +955,105 @@ pub(crate) async fn run(args: ReportArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_proxy::coverage::PlaintextFlow;
+
+    /// srv (PERMISSIVE, no AuthorizationPolicy) and cli, on TCP.
+    const MESH: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: srv, namespace: app}
+spec: {address: 127.9.0.10, serviceAccount: srv, labels: {app: srv}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: srv, namespace: app}
+spec:
+  workloadSelector: {labels: {app: srv}}
+  ingress:
+  - port: {number: 9000, name: tcp-a, protocol: TCP}
+    defaultEndpoint: 127.0.0.1:19000
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: PERMISSIVE}}
+";
+
+    fn inputs() -> Inputs {
+        let set = ward_config::load_str("mesh.yaml", MESH).unwrap();
+        let snapshot = ward_config::translate(&set).unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        Inputs {
+            config_paths: vec!["mesh/<dir>".into()],
+            config_at: t,
+            findings: ward_config::all_findings(&set, ward_config::Diagnostics::default()),
+            matrix: access_matrix(&set, &snapshot),
+            admin: "127.0.0.1:15000".into(),
+            live_at: t,
+            config_dump: None,
+            certs: Err("HTTP 404".into()),
+            coverage: Ok(CoverageReport {
+                connections: 3,
+                mtls_connections: 2,
+                key_exchange: [("X25519MLKEM768".to_owned(), 2)].into(),
+                plaintext: vec![PlaintextFlow {
+                    source: "unknown".into(),
+                    source_address: Some("127.0.0.1".into()),
+                    destination: "app/srv".into(),
+                    port: 9000,
+                    peer_authentication: Some("istio-system/default".into()),
+                    mode: "PERMISSIVE".into(),
+                    connections: 1,
+                    requests: 0,
+                    first_seen: 0,
+                    last_seen: 60,
+                }],
+                ..CoverageReport::default()
+            }),
+            grants: Err("break-glass is served by `ward up` only".into()),
+            audit: None,
+            audit_at: t,
+        }
+    }
+
+    #[test]
+    fn gaps_fail_their_controls_and_missing_evidence_says_so() {
+        let i = inputs();
+        let r = build(&i, i.live_at);
+        let status = |id: &str| r.checks.iter().find(|c| c.id == id).unwrap().status;
+        // PERMISSIVE and no ALLOW policy: the port takes plaintext, any mesh identity gets in,
+        // and plaintext was seen.
+        assert_eq!(status("strict-mtls"), Status::Fail);
+        assert_eq!(status("authz-coverage"), Status::Fail);
+        assert_eq!(status("mtls-coverage"), Status::Fail);
+        assert_eq!(status("pq-key-exchange"), Status::Pass);
+        // Evidence that could not be collected is not a pass.
+        assert_eq!(status("audit-trail"), Status::NotAvailable);
+        assert_eq!(status("workload-identity"), Status::NotAvailable);
+        assert_eq!(status("no-active-exception"), Status::NotAvailable);
+        assert_eq!(status("jwt-enforced"), Status::NotApplicable);
+        let control = |id: &str| r.controls.iter().find(|c| c.id == id).unwrap().status;
+        assert_eq!(control("§164.312(e)(1)"), Status::Fail);
+        assert_eq!(control("§164.312(b)"), Status::NotAvailable);
+        assert_eq!(control("A.12.4"), Status::NotAvailable);
+        let flow = &r.checks.iter().find(|c| c.id == "mtls-coverage").unwrap();
+        assert!(
+            flow.summary.contains("1 plaintext flows"),
+            "{}",
+            flow.summary
+        );
+        assert_eq!(
+            flow.evidence["plaintext"][0]["peerAuthentication"],
+            "istio-system/default"
+        );
+        assert_eq!(flow.collected_at, "2027-01-15T08:00:00Z");
+        // The page escapes what it shows.
+        let html = render_html(&r, &i.matrix);
+        assert!(html.contains("mesh/&lt;dir&gt;"), "{html}");
+        assert!(!html.contains("mesh/<dir>"));
+        assert!(html.contains("class=\"fail\">fail</td>"));
+    }
+}
