@@ -167,7 +167,7 @@ fn render_coverage(r: &CoverageReport) -> String {
     let mut out = format!("traffic from {} to {}\n", utc(r.since), utc(r.until));
     if r.complete_since > r.since {
         out.push_str(&format!(
-            "  (counts complete only from {}: older minutes were not kept)\n",
+            "  (counts complete only from {}: older buckets were not kept)\n",
             utc(r.complete_since)
         ));
     }

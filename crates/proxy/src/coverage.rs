@@ -1,14 +1,14 @@
 //! mTLS coverage from observed traffic (`ward verify coverage`, docs/verify.md).
 //!
-//! Each destination sidecar counts what it served, by one-minute bucket and by flow: source,
+//! Each destination sidecar counts what it served, by five-minute bucket and by flow: source,
 //! destination workload, port, whether the hop was mTLS, and the PeerAuthentication that set the
 //! port's mode. Only the destination knows whether a connection arrived over mTLS (Istio leaves
 //! `connection_security_policy` unknown on the source side), so only inbound traffic is counted.
 //!
-//! Memory is bounded: at most [`MAX_FLOWS`] (flow, minute) entries, kept at most [`RETENTION`];
-//! when full, the oldest minute goes, and the report says from when its data is complete.
+//! Memory is bounded: at most [`MAX_FLOWS`] (flow, bucket) entries, kept at most [`RETENTION`];
+//! when full, the oldest bucket goes, and the report says from when its data is complete.
 //! Plaintext sources are keyed by address (nothing proves who they are), so a flood of
-//! plaintext clients fills the table, evicts old minutes, and is still reported.
+//! plaintext clients fills the table, evicts old buckets, and is still reported.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -17,10 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Width of a time bucket, seconds.
-pub const BUCKET_SECONDS: u64 = 60;
+pub const BUCKET_SECONDS: u64 = 300;
 /// How long buckets are kept, seconds (24 hours).
 pub const RETENTION: u64 = 24 * 3600;
-/// (flow, minute) entries kept at most: a few hundred bytes each (the flow's strings and the
+/// (flow, bucket) entries kept at most: a few hundred bytes each (the flow's strings and the
 /// tree's node), so at most about 8 MB per process.
 pub const MAX_FLOWS: usize = 20_000;
 
@@ -54,7 +54,7 @@ struct Counts {
 
 #[derive(Default)]
 struct Table {
-    /// (bucket start, flow) → counts. Ordered by time first, so the oldest minute is first.
+    /// (bucket start, flow) → counts. Ordered by time first, so the oldest bucket is first.
     flows: BTreeMap<(u64, Flow), Counts>,
     /// Data before this time (seconds since the epoch) was evicted to stay in bounds.
     evicted_before: u64,
@@ -101,7 +101,7 @@ impl Coverage {
         let c = t.flows.entry((bucket, flow)).or_default();
         c.connections += connections;
         c.requests += requests;
-        // Age out, then stay under the cap by dropping whole oldest minutes.
+        // Age out, then stay under the cap by dropping whole oldest buckets.
         let horizon = now.saturating_sub(RETENTION);
         while let Some(((oldest, _), _)) = t.flows.first_key_value() {
             let oldest = *oldest;
@@ -109,7 +109,7 @@ impl Coverage {
                 break;
             }
             if oldest == bucket {
-                // Never drop the minute being counted; the cap is exceeded by one minute's
+                // Never drop the bucket being counted; the cap is exceeded by one bucket's
                 // flows at most.
                 break;
             }
@@ -172,7 +172,7 @@ impl Coverage {
                 e.requests += c.requests;
                 e.first_seen = e.first_seen.min(*bucket);
                 e.last_seen = e.last_seen.max(*bucket + BUCKET_SECONDS).min(now);
-                // The latest minute's policy is the one that allows it now.
+                // The latest bucket's policy is the one that allows it now.
                 if *bucket + BUCKET_SECONDS >= e.last_seen {
                     e.peer_authentication.clone_from(&f.peer_authentication);
                     e.mode.clone_from(&f.mode);
@@ -234,7 +234,7 @@ pub struct CoverageReport {
     /// When the report was made.
     pub until: u64,
     /// The counts are complete from this time on; later than `since` when the process started
-    /// after it, or older minutes were evicted (see the module docs).
+    /// after it, or older buckets were evicted (see the module docs).
     pub complete_since: u64,
     /// Connections served.
     pub connections: u64,
@@ -298,9 +298,9 @@ pub struct PlaintextFlow {
     pub connections: u64,
     /// HTTP requests served in plaintext.
     pub requests: u64,
-    /// Start of the first minute it was seen in.
+    /// Start of the first bucket it was seen in.
     pub first_seen: u64,
-    /// End of the last minute it was seen in (or now).
+    /// End of the last bucket it was seen in (or now).
     pub last_seen: u64,
 }
 
@@ -331,8 +331,9 @@ mod tests {
         for _ in 0..3 {
             c.add_at(flow("app/cli", true, 9000), t0, 1, 2);
         }
-        c.add_at(flow("unknown", false, 9000), t0 + 61, 1, 1);
-        let r = c.report_at(t0, t0 + 100);
+        let b = BUCKET_SECONDS;
+        c.add_at(flow("unknown", false, 9000), t0 + b + 1, 1, 1);
+        let r = c.report_at(t0, t0 + b + 40);
         assert_eq!((r.connections, r.mtls_connections), (4, 3));
         assert_eq!((r.requests, r.mtls_requests), (7, 6));
         assert_eq!(r.mtls_connection_share, Some(0.75));
@@ -348,9 +349,9 @@ mod tests {
             (9000, Some("istio-system/default"), "PERMISSIVE")
         );
         assert_eq!(p.source_address.as_deref(), Some("127.0.0.9"));
-        assert_eq!((p.first_seen, p.last_seen), (t0 + 60, t0 + 100));
-        // A window after the plaintext minute has only mTLS.
-        let later = c.report_at(t0 + 120, t0 + 130);
+        assert_eq!((p.first_seen, p.last_seen), (t0 + b, t0 + b + 40));
+        // A window after the plaintext bucket has only mTLS.
+        let later = c.report_at(t0 + 2 * b, t0 + 2 * b + 10);
         assert!(later.plaintext.is_empty() && later.connections == 0);
         // Nothing seen: no share, not 0 %.
         assert_eq!(later.mtls_connection_share, None);
@@ -363,20 +364,21 @@ mod tests {
             ..Coverage::default()
         };
         let t0 = 2_000_000 * BUCKET_SECONDS;
-        // One minute full of distinct plaintext clients, then one more flow the next minute.
+        // One bucket full of distinct plaintext clients, then one more flow the next bucket.
         for i in 0..MAX_FLOWS {
             let mut f = flow("unknown", false, 9000);
             f.source_address = Some(format!("10.0.{}.{}", i / 256, i % 256));
             c.add_at(f, t0, 1, 0);
         }
-        c.add_at(flow("app/cli", true, 9000), t0 + 60, 1, 0);
+        let b = BUCKET_SECONDS;
+        c.add_at(flow("app/cli", true, 9000), t0 + b, 1, 0);
         let len = c.table.lock().unwrap().flows.len();
-        assert_eq!(len, 1, "the oldest minute went");
-        let r = c.report_at(t0, t0 + 70);
-        assert_eq!(r.complete_since, t0 + 60);
+        assert_eq!(len, 1, "the oldest bucket went");
+        let r = c.report_at(t0, t0 + b + 10);
+        assert_eq!(r.complete_since, t0 + b);
         assert_eq!(r.connections, 1);
-        // Retention: a minute older than a day goes too.
-        c.add_at(flow("app/cli", true, 9000), t0 + 60 + RETENTION + 60, 1, 0);
+        // Retention: a bucket older than a day goes too.
+        c.add_at(flow("app/cli", true, 9000), t0 + b + RETENTION + b, 1, 0);
         assert_eq!(c.table.lock().unwrap().flows.len(), 1);
     }
 }
