@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const BUCKET_SECONDS: u64 = 300;
 /// How long buckets are kept, seconds (24 hours).
 pub const RETENTION: u64 = 24 * 3600;
-/// (flow, bucket) entries kept at most: a few hundred bytes each (the flow's strings and the
-/// tree's node), so at most about 8 MB per process.
+/// (flow, bucket) entries kept at most: about 580 bytes each with the flow's strings and the
+/// tree's nodes (measured: 11 MB of RSS for a full table), per process.
 pub const MAX_FLOWS: usize = 20_000;
 
 /// One flow, as the destination sidecar saw it.
