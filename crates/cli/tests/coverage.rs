@@ -3,7 +3,8 @@
 //! the client's sidecar arrive over mTLS (X25519MLKEM768) and requests sent straight to the
 //! workload's port arrive in plaintext; the report gives the share per workload pair and lists
 //! the plaintext flow with its port and the PeerAuthentication that allowed it, and the command
-//! exits 1 (a CI gate). Bad input and an unreachable admin port exit 2.
+//! exits 1 (a CI gate). Bad input and an unreachable admin port exit 2. Without an audit trail
+//! (no `--audit-dir`) a break-glass grant is refused.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -127,6 +128,29 @@ fn coverage_shows_the_mtls_share_and_every_plaintext_flow() {
         text.contains("-> app/srv port 9000: 2 connections, 2 requests, allowed by istio-system/default (PERMISSIVE)"),
         "{text}"
     );
+
+    // No audit trail (no --audit-dir): a break-glass grant is refused, nothing is lifted.
+    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args([
+            "break-glass",
+            "--admin",
+            &admin.to_string(),
+            "--workload",
+            "app/srv",
+        ])
+        .args([
+            "--ttl",
+            "10m",
+            "--reason",
+            "INC-3: testing the refusal",
+            "--by",
+            "ci",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("503") && err.contains("--audit-dir"), "{err}");
 
     // Bad input and no admin port: exit 2 with the reason.
     let (code, _, err) = coverage(admin, &["--since", "2d"]);
