@@ -1,6 +1,6 @@
 //! End to end: `ward report` on the quickstart example (moved to 127.1.152.x), run by a real
 //! `ward up --audit-dir`, after real traffic: web → echo over mTLS, batch → echo denied, then let
-//! through for 3 s by a break-glass grant (its open connection closed at the expiry). The report
+//! through for 5 s by a break-glass grant (its open connection closed at the expiry). The report
 //! says which HIPAA §164.312 and ISO 27001 controls pass, with the evidence, lists the grant
 //! among the security exceptions, and verifies the audit trail; `report.html` renders in
 //! headless Chromium with no console message (a Content-Security-Policy forbids any script or
@@ -58,7 +58,7 @@ fn report_on_the_quickstart_mesh_with_a_break_glass_and_chromium() {
     }
     assert!(!echo_ok(batch, "denied"));
 
-    // A 3 s exception for echo: batch gets through, and its open connection is closed at the
+    // A 5 s exception for echo: batch gets through, and its open connection is closed at the
     // expiry.
     let (code, out, err) = ward(&[
         "break-glass",
@@ -67,7 +67,7 @@ fn report_on_the_quickstart_mesh_with_a_break_glass_and_chromium() {
         "--workload",
         "demo/echo",
         "--ttl",
-        "3s",
+        "5s",
         "--reason",
         WHY,
         "--by",
