@@ -1,7 +1,8 @@
 //! End to end: `ward break-glass` on a running `ward up --audit-dir` (real sidecars, real mTLS,
 //! on 127.1.151.x). srv's HTTP port allows only namespace `other`, so cli's requests get 403.
 //! A grant for srv lets them through, each such request's access record names the grant, a
-//! plaintext request is still refused (STRICT stays), the grant ends by itself at its ttl and
+//! plaintext request is still refused (STRICT stays), the grant ends by itself at its ttl (an
+//! upgraded connection it let in is closed then) and
 //! can be revoked early, bad input is refused, and `ward audit verify` proves the trail of it
 //! all (granted, used, expired, revoked) complete and signed.
 #![allow(clippy::unwrap_used)]
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use common::{docs, mesh_pa, srv_policy, Mesh};
 
-/// A tiny HTTP app on `port`: answers every request `200 hello`.
+/// A tiny HTTP app on `port`: answers every request `200 hello`, and an `Upgrade: demo-proto`
+/// request with 101, then echoes raw bytes (a WebSocket stand-in).
 fn serve_app(port: u16) {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     std::thread::spawn(move || {
@@ -28,6 +30,18 @@ fn serve_app(port: u16) {
                         Ok(0) | Err(_) => return,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
+                }
+                if String::from_utf8_lossy(&got)
+                    .to_ascii_lowercase()
+                    .contains("upgrade: demo-proto")
+                {
+                    let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: demo-proto\r\n\r\n");
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    return;
                 }
                 let _ = s.write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
@@ -142,6 +156,33 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
         .unwrap();
     assert_eq!(line["authz.decision"], "allow", "{line}");
     assert_eq!(line["response_code"], 200, "{line}");
+    // An upgraded connection (WebSocket-like) let in by the grant carries bytes until it ends.
+    let mut ws = std::net::TcpStream::connect(mesh.via_cli()).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: srv\r\nconnection: upgrade\r\nupgrade: demo-proto\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            ws.read(&mut b).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    ws.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
     // A second grant while one is active: 409.
     let (code, _, err) = grant(admin, "1h", WHY);
     assert_eq!(code, 1);
@@ -149,11 +190,28 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
     // PeerAuthentication is not lifted: plaintext to srv is still refused.
     assert!(ward_test_support::http_get(mesh.srv_plain(), "/").is_err());
 
+    // The upgraded connection still works just before the grant ends...
+    ws.write_all(b"pong").unwrap();
+    ws.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+
     // It ends by itself.
     let expires = std::time::UNIX_EPOCH + Duration::from_secs(g["expiresAt"].as_u64().unwrap());
     if let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
         std::thread::sleep(left + Duration::from_millis(300));
     }
+    // ...and is closed at the expiry (EOF or reset, not a timeout).
+    let mut rest = Vec::new();
+    if let Err(e) = ws.read_to_end(&mut rest) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the upgraded connection outlived its grant"
+        );
+    }
+    assert!(rest.is_empty());
     assert_eq!(status(mesh.via_cli()), 403);
     w.wait_for_log(
         &[("message", "break-glass expired"), ("grant", &id)],
@@ -192,7 +250,7 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
     let grants = list["grants"].as_array().unwrap();
     assert_eq!(grants.len(), 2, "{list:#}");
     assert_eq!(grants[0]["status"], "expired");
-    assert_eq!(grants[0]["uses"], 1);
+    assert_eq!(grants[0]["uses"], 2, "the request and the upgrade");
     assert_eq!(grants[1]["status"], "revoked");
     assert_eq!(grants[1]["revokedBy"], "bob");
 
@@ -226,6 +284,7 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
         kinds,
         [
             "break_glass_granted",
+            "break_glass_use",
             "break_glass_use",
             "break_glass_expired",
             "break_glass_granted",

@@ -327,7 +327,7 @@ pub(crate) fn flow(cfg: &ProxyConfig, conn: &InboundConn) -> crate::coverage::Fl
 
 /// `close`, or a refusal when the break-glass grant that let the connection in ends at
 /// `expires_at` (seconds since the epoch), whichever comes first.
-fn close_at_expiry(
+pub(crate) fn close_at_expiry(
     close: tokio::sync::oneshot::Receiver<Refusal>,
     expires_at: u64,
 ) -> tokio::sync::oneshot::Receiver<Refusal> {

@@ -444,8 +444,14 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
+    // When a break-glass grant lifted a denial: when it ends (an upgraded connection closes
+    // then).
+    let mut until = None;
     if !decision.is_allowed() {
-        log.break_glass = lift_denial(ctx, conn, &decision, &log.workload, &request);
+        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
+            until = Some(l.expires_at);
+            log.break_glass = Some(l.grant);
+        }
     }
     if !decision.is_allowed() && log.break_glass.is_none() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
@@ -459,12 +465,13 @@ async fn phases(
         downstream: hyper::upgrade::on(&mut req),
         request,
         slot: upgrade_slot.clone(),
+        until,
     });
     forward(ctx, conn, &port, req, &admitted, &log.request_id, upgrade).await
 }
 
 /// A denied request served anyway under the workload's active break-glass grant, if it has
-/// one and the use is recorded (`crate::breakglass`): the grant's id. The record holds the
+/// one and the use is recorded (`crate::breakglass`): the grant. The record holds the
 /// method and the normalized path without its query, never a token or a body.
 fn lift_denial(
     ctx: &InboundCtx,
@@ -472,7 +479,7 @@ fn lift_denial(
     decision: &Decision,
     workload: &str,
     request: &UpgradeRequest,
-) -> Option<String> {
+) -> Option<crate::breakglass::Lifted> {
     ctx.break_glass
         .lift(workload, crate::breakglass::now_secs(), || {
             let mut f = serde_json::Map::new();
@@ -486,7 +493,6 @@ fn lift_denial(
             f.insert("deniedBy".into(), decision.response_detail().into());
             f
         })
-        .map(|l| l.grant)
 }
 
 /// The port the connection is for, if the config still serves it.
@@ -582,6 +588,8 @@ struct UpgradeCtx {
     downstream: hyper::upgrade::OnUpgrade,
     request: UpgradeRequest,
     slot: UpgradeSlot,
+    /// The end of the break-glass grant that let the request in, if one did.
+    until: Option<u64>,
 }
 
 /// Send the admitted request to the app and stream the response back. The method, authority
@@ -702,6 +710,10 @@ fn hand_over_upgrade(
         }
         let mut u = app.io.into_inner();
         let (guard, close) = tracker.register(authorized);
+        let close = match up.until {
+            Some(expires_at) => crate::inbound::close_at_expiry(close, expires_at),
+            None => close,
+        };
         let end = splice(&mut d, &mut u, Some(close)).await;
         drop(guard);
         Some(end)
