@@ -2,9 +2,9 @@
 //! on 127.1.151.x). srv's HTTP port allows only namespace `other`, so cli's requests get 403.
 //! A grant for srv lets them through, each such request's access record names the grant, a
 //! plaintext request is still refused (STRICT stays), the grant ends by itself at its ttl (an
-//! upgraded connection it let in is closed then) and
-//! can be revoked early, bad input is refused, and `ward audit verify` proves the trail of it
-//! all (granted, used, expired, revoked) complete and signed.
+//! upgraded connection it let in is closed then) and can be revoked early, bad input is
+//! refused, and `ward audit verify` proves the trail of it all (granted, used, expired,
+//! revoked) complete and signed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
