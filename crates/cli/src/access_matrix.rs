@@ -216,7 +216,7 @@ fn csv_field(value: &str) -> String {
 }
 
 /// Text for HTML: `&`, `<`, `>`, `"` and `'` escaped.
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -231,7 +231,7 @@ fn esc(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:0.5em 0 1.5em}\
 th,td{border:1px solid #bbb;padding:0.3em 0.5em;text-align:left;vertical-align:top;font-size:0.9em}\
 th{background:#f0f0f0}\
@@ -250,6 +250,15 @@ pub(crate) fn render_html(m: &Matrix) -> String {
          <code>ward check</code>). <b>allowed</b>: every request tried is allowed; \
          <b>conditional</b>: some are, see the condition; <b>denied</b>: none is.</p>",
     );
+    out.push_str(&render_html_tables(m));
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The matrix's tables (who can reach what, conditions, plaintext per port, external hosts),
+/// for a page of their own or a section of `ward report`'s.
+pub(crate) fn render_html_tables(m: &Matrix) -> String {
+    let mut out = String::new();
     out.push_str("<h2>Who can reach what</h2><table><tr><th>source</th>");
     for d in &m.destinations {
         let _ = write!(
@@ -337,7 +346,7 @@ pub(crate) fn render_html(m: &Matrix) -> String {
             esc(&e.note)
         );
     }
-    out.push_str("</table></body></html>\n");
+    out.push_str("</table>");
     out
 }
 

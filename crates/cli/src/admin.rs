@@ -1,7 +1,10 @@
 //! The admin HTTP API (`--admin`, default 127.0.0.1:15000): `/ready`, `/config_dump`, `/certs`,
-//! `/metrics`, and `POST /verify/mtls` (`ward verify mtls`: one probe connection, docs/verify.md).
-//! Nothing changes state: there is no endpoint that edits config, policy or certificates
-//! (Linkerd CVE-2024-40632).
+//! `/metrics`, `/coverage` (`ward verify coverage`: what was served over mTLS, docs/verify.md) and
+//! `POST /verify/mtls` (`ward verify mtls`: one probe connection, docs/verify.md).
+//! `ward up` also serves `/break-glass` (docs/break-glass.md): the one endpoint that changes
+//! state, answered only to loopback clients, only with an audit trail, and only for a bounded
+//! time. Nothing else changes state: there is no endpoint that edits config, policy or
+//! certificates (Linkerd CVE-2024-40632).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use ward_control::{ConfigStatus, ControlPlane};
+use ward_proxy::breakglass::{BreakGlass, BreakGlassError, GrantRequest};
 use ward_proxy::humantime_utc;
 use ward_proxy::listener::{accept_loop, Caps, Gate, Kind};
 use ward_proxy::{Metrics, SidecarHandle};
@@ -35,6 +39,8 @@ pub(crate) struct AdminState {
     pub(crate) hosted: crate::up::Hosted,
     /// `ward_config_*`, refreshed from the control plane's status at each scrape.
     pub(crate) config_metrics: Arc<ConfigMetrics>,
+    /// Break-glass grants (`/break-glass`), shared with the sidecars.
+    pub(crate) break_glass: Arc<BreakGlass>,
 }
 
 /// The config's metrics (`ward_config_*`, docs/metrics.md), read from the control plane's
@@ -169,7 +175,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => respond(
             StatusCode::OK,
             "text/plain",
-            "ward admin: /ready /config_dump /certs /metrics, POST /verify/mtls\n",
+            "ward admin: /ready /config_dump /certs /metrics /coverage /break-glass, POST /verify/mtls\n",
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
@@ -255,10 +261,128 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let sidecars = state.sidecars.clone();
+    let break_glass = state.break_glass.clone();
     let router: Router = Arc::new(move |req| route(&state, req));
     let verify: Verifier =
         Arc::new(move |from: &str| sidecars.lock().ok().and_then(|s| s.get(from).cloned()));
-    serve_routes(listener, router, Some(verify), metrics, shutdown).await
+    let sweeping = break_glass.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::trail::SWEEP);
+        loop {
+            tokio::select! {
+                _ = every.tick() => sweeping.sweep(now_secs()),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // A last sweep on the way out: expiries due, a checkpoint if one is due.
+        sweeping.sweep(now_secs());
+    });
+    serve_routes(
+        listener,
+        router,
+        Some(verify),
+        Some(break_glass),
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Largest break-glass request body.
+const BREAK_GLASS_BODY: usize = 4096;
+
+/// `/break-glass` (docs/break-glass.md): `GET` lists the grants; `POST` with a JSON
+/// [`GrantRequest`] grants one; `POST /break-glass/revoke` with `{"id", "by"}` revokes one. Only
+/// loopback clients are answered.
+async fn break_glass(
+    req: Request<Incoming>,
+    client: std::net::SocketAddr,
+    grants: &BreakGlass,
+    verify: &Verifier,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    if !client.ip().is_loopback() {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "break-glass is answered to loopback clients only\n",
+        );
+    }
+    let revoke = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/break-glass") => {
+            return json(&serde_json::json!({ "grants": grants.list(now_secs()) }))
+        }
+        (&Method::POST, "/break-glass") => false,
+        (&Method::POST, "/break-glass/revoke") => true,
+        _ => {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET /break-glass, POST /break-glass, POST /break-glass/revoke\n",
+            )
+        }
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), BREAK_GLASS_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "body: at most 4096 bytes\n",
+            )
+        }
+    };
+    let bad = |e: serde_json::Error| {
+        respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("body: {e}\n"),
+        )
+    };
+    let result = if revoke {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Revoke {
+            id: String,
+            by: String,
+        }
+        match serde_json::from_slice::<Revoke>(&body) {
+            Ok(r) => grants.revoke(&r.id, &r.by, now_secs()),
+            Err(e) => return bad(e),
+        }
+    } else {
+        match serde_json::from_slice::<GrantRequest>(&body) {
+            Ok(r) => grants.grant(
+                &r,
+                &client.to_string(),
+                &|w| verify(w).is_some(),
+                now_secs(),
+            ),
+            Err(e) => return bad(e),
+        }
+    };
+    match result {
+        Ok(grant) => json(&serde_json::to_value(&grant).unwrap_or_default()),
+        Err(e) => {
+            let status = match e {
+                BreakGlassError::Invalid(_) => StatusCode::BAD_REQUEST,
+                BreakGlassError::NotFound(_) => StatusCode::NOT_FOUND,
+                BreakGlassError::Conflict(_) => StatusCode::CONFLICT,
+                BreakGlassError::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            respond(status, "text/plain", format!("{e}\n"))
+        }
+    }
 }
 
 /// Finds the sidecar of workload `ns/name` (empty: the only one) for `/verify/mtls`.
@@ -319,12 +443,45 @@ async fn verify_mtls(
     json(&serde_json::to_value(&report).unwrap_or_default())
 }
 
+/// `GET /coverage?since=SECONDS`: what this process's sidecars served over mTLS and in
+/// plaintext in the last SECONDS (default 3600, at most a day), as JSON
+/// (`ward_proxy::coverage`, docs/verify.md).
+fn coverage(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    let mut window = 3600;
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        if let Some(("since", v)) = pair.split_once('=') {
+            match v.parse::<u64>() {
+                Ok(s) if s <= ward_proxy::coverage::RETENTION => window = s,
+                _ => {
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!(
+                            "since: want seconds, at most {}\n",
+                            ward_proxy::coverage::RETENTION
+                        ),
+                    )
+                }
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report = metrics.coverage().report(now.saturating_sub(window));
+    json(&serde_json::to_value(&report).unwrap_or_default())
+}
+
 /// Serve `router` on an admin port (read-only, HTTP/1.1, capped, off the connection budget)
 /// until `shutdown` flips to true.
 pub(crate) async fn serve_routes(
     listener: TcpListener,
     router: Router,
     verify: Option<Verifier>,
+    grants: Option<Arc<BreakGlass>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -334,18 +491,33 @@ pub(crate) async fn serve_routes(
         handshakes: None,
         handshakes_per_source: None,
     };
+    let seen = metrics.clone();
     let gate = Gate::new(Kind::Admin, "none", caps, None, metrics);
     let slots = Arc::new(tokio::sync::Semaphore::new(PROBES));
-    accept_loop(listener, gate, shutdown, move |tcp, _, permit| {
+    accept_loop(listener, gate, shutdown, move |tcp, client, permit| {
         let (router, verify, slots) = (router.clone(), verify.clone(), slots.clone());
+        let (seen, grants) = (seen.clone(), grants.clone());
         async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (router, verify, slots) = (router.clone(), verify.clone(), slots.clone());
+                let (seen, grants) = (seen.clone(), grants.clone());
                 async move {
-                    let response = match &verify {
-                        Some(v) if req.uri().path() == "/verify/mtls" => {
+                    let path = req.uri().path().to_owned();
+                    let response = match (&verify, &grants) {
+                        (Some(v), Some(g))
+                            if path == "/break-glass" || path == "/break-glass/revoke" =>
+                        {
+                            break_glass(req, client, g, v).await
+                        }
+                        (Some(_), None) if path.starts_with("/break-glass") => respond(
+                            StatusCode::NOT_IMPLEMENTED,
+                            "text/plain",
+                            "break-glass is served by `ward up` only\n",
+                        ),
+                        (Some(v), _) if path == "/verify/mtls" => {
                             verify_mtls(&req, v, &slots).await
                         }
+                        (Some(_), _) if path == "/coverage" => coverage(&req, &seen),
                         _ => router(&req),
                     };
                     Ok::<_, Infallible>(response)

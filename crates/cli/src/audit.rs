@@ -122,6 +122,22 @@ fn load(trail: &Trail) -> anyhow::Result<Loaded> {
     Ok(Loaded { files, seal, roots })
 }
 
+/// Verify the trail in `dir` against the root certificates in `root` (PEM), with the seal file
+/// beside it if there is one (for `ward report`): the report, and whether a seal was read.
+pub(crate) fn verify_dir(dir: &Path, root: &Path) -> anyhow::Result<(Report, bool)> {
+    let trail = Trail {
+        files: vec![dir.to_owned()],
+        root: root.to_owned(),
+        seal: None,
+        json: false,
+    };
+    let Loaded { files, seal, roots } = load(&trail)?;
+    if files.is_empty() {
+        anyhow::bail!("{}: no trail files (audit-NNNNNN.jsonl)", dir.display());
+    }
+    Ok((verify(&files, seal.as_deref(), &roots), seal.is_some()))
+}
+
 fn read_roots(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

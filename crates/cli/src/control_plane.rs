@@ -397,6 +397,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         admin_listener,
         router,
         None,
+        None,
         gate_metrics,
         shutdown_rx.clone(),
     ));

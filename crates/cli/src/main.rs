@@ -13,6 +13,9 @@
 //!   `--cases FILE`: many queries with their expected outcomes, a CI gate (exits 1 on a
 //!   mismatch).
 //! - `ward audit verify|export`: prove an audit trail complete and unaltered; export it.
+//! - `ward verify mtls|coverage`: live evidence from a running mesh (a probe; observed traffic).
+//! - `ward break-glass`: a time-limited, recorded exception for one workload.
+//! - `ward report -f DIR --admin ADDR --out DIR`: the compliance evidence pack (HTML + JSON).
 //! - `ward access-matrix -f DIR`: who can reach what (every source class × service and workload
 //!   port, with conditions, plaintext per port, external hosts), as a table, CSV, JSON or HTML.
 //! - `ward diff OLD NEW` / `ward diff --git REV1 REV2`: what a change opens or closes; exits 1
@@ -26,6 +29,7 @@ mod access_matrix;
 mod admin;
 mod analyze;
 mod audit;
+mod breakglass;
 mod check;
 mod control_plane;
 mod demo_apps;
@@ -37,6 +41,8 @@ mod kubernetes;
 mod logging;
 mod probes;
 mod proxy;
+mod report;
+mod trail;
 mod up;
 mod verify;
 mod webhook;
@@ -100,11 +106,21 @@ enum Command {
     /// Live evidence from a running mesh: `mtls` opens one probe connection through a
     /// workload's sidecar and reports the peer identity, TLS version, key exchange,
     /// certificates and the destination's decision; exits 0 for mutual TLS 1.3, 1 otherwise,
-    /// 2 when the probe could not be asked for.
+    /// 2 when the probe could not be asked for. `coverage` reports the share of traffic served
+    /// over mTLS per workload pair and every plaintext flow; exits 1 when there was any.
     Verify {
         #[command(subcommand)]
         command: verify::VerifyCommand,
     },
+    /// A time-limited, recorded exception on a running `ward up`: lifts one workload's
+    /// AuthorizationPolicy denials until the ttl (at most 4h) ends; `--list`, `--revoke ID`.
+    /// Needs `ward up --audit-dir`. Exits 0 done, 1 refused, 2 the admin port unreachable.
+    BreakGlass(breakglass::BreakGlassArgs),
+    /// The evidence pack: `report.html` (self-contained) and `report.json` from the config and
+    /// a running `ward up`: one section per HIPAA §164.312 control and ISO 27001 A.9, A.12.4,
+    /// A.13, each check pass / fail / not applicable / not available with its evidence.
+    /// Exits 0 when no check fails, 1 when one does, 2 when the report cannot be made.
+    Report(report::ReportArgs),
     /// Who can reach what: every workload, named identity, namespace, other mesh identity and
     /// plaintext client against every service and workload port, with the conditions (methods,
     /// paths, JWT), the deciding policies, plaintext per port and external hosts. Offline, from
@@ -162,6 +178,8 @@ fn main() -> ExitCode {
         Command::Check(args) => return check::run(args),
         Command::Audit { command } => return audit::run(command),
         Command::Verify { command } => return rt.block_on(verify::run(command)),
+        Command::BreakGlass(args) => return rt.block_on(breakglass::run(args)),
+        Command::Report(args) => return rt.block_on(report::run(args)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
         Command::Install(args) => rt.block_on(kubernetes::install(args)),

@@ -346,6 +346,7 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
         admin_listener,
         router,
         Some(verify),
+        None,
         metrics,
         shutdown_rx.clone(),
     ));

@@ -61,6 +61,10 @@ pub(crate) struct UpArgs {
     /// (`--cacerts`, or a copy of `--state-dir`), each naming its own workloads. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "NAMESPACE/NAME")]
     workloads: Vec<String>,
+    /// The audit trail's directory (docs/audit.md). Break-glass grants need it: nothing is
+    /// granted unrecorded (docs/break-glass.md).
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -322,8 +326,22 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     };
     tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
 
+    let trail = match &args.audit_dir {
+        Some(dir) => {
+            let id = ward_control::ca_grpc::control_plane_identity(
+                &mesh.trust_domain,
+                &mesh.root_namespace,
+            )?;
+            let trail = crate::trail::Trail::open(dir, ca.clone(), id)
+                .with_context(|| format!("--audit-dir {}", dir.display()))?;
+            Some(Box::new(trail) as Box<dyn ward_proxy::breakglass::AuditSink>)
+        }
+        None => None,
+    };
+    let break_glass = Arc::new(ward_proxy::breakglass::BreakGlass::new(trail));
     let sidecars: Arc<Mutex<BTreeMap<String, SidecarHandle>>> = Arc::default();
     let admin_state = Arc::new(AdminState {
+        break_glass: break_glass.clone(),
         control: control.clone(),
         sidecars: sidecars.clone(),
         registry: Mutex::new(registry),
@@ -358,6 +376,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
         dns: args.capture.dns_settings(&metrics_for_dns)?,
         running: BTreeMap::new(),
         demo_apps: BTreeSet::new(),
+        break_glass,
     };
     let sup = tokio::spawn(supervisor.run(shutdown_rx.clone()));
     tokio::spawn(announce_ready(args.admin, admin_state));
@@ -520,6 +539,8 @@ struct Supervisor {
     running: BTreeMap<String, watch::Sender<bool>>,
     /// Demo app addresses already served.
     demo_apps: BTreeSet<SocketAddr>,
+    /// Break-glass grants, shared with the admin API.
+    break_glass: Arc<ward_proxy::breakglass::BreakGlass>,
 }
 
 impl Supervisor {
@@ -599,7 +620,8 @@ impl Supervisor {
                     let sidecar = sidecar
                         .with_process_listeners(own)
                         .with_capture(self.capture)
-                        .with_dns(self.dns.clone());
+                        .with_dns(self.dns.clone())
+                        .with_break_glass(self.break_glass.clone());
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);
                     if let Ok(mut s) = self.sidecars.lock() {

@@ -300,6 +300,28 @@ fn proxies_follow_the_control_plane_and_keep_serving_without_it() {
     assert_eq!(report["from"], "app/cli");
     assert_eq!(report["decision"], "ALLOW");
     assert_eq!(report["serverCert"]["serial"], serial(srv_admin));
+    // `ward verify coverage` against srv's `ward proxy`: everything it served was mTLS, with
+    // the post-quantum key exchange, and the sources are named.
+    let coverage = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["verify", "coverage", "--admin", &srv_admin.to_string()])
+        .args(["--since", "10m", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&coverage.stdout).unwrap();
+    assert_eq!(coverage.status.code(), Some(0), "{report:#}");
+    assert!(report["connections"].as_u64().unwrap() >= 4, "{report:#}");
+    assert_eq!(report["mtlsConnectionShare"], 1.0, "{report:#}");
+    assert_eq!(
+        report["keyExchange"]["X25519MLKEM768"], report["connections"],
+        "{report:#}"
+    );
+    let sources: Vec<&str> = report["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["app/cli", "other/oth"], "{report:#}");
     std::thread::sleep(Duration::from_secs(1));
 
     // It comes back: every proxy reconnects with its certificate and is sent nothing, since

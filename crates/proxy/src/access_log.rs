@@ -71,6 +71,8 @@ pub(crate) struct ConnRecord {
     pub authz_rule: Option<usize>,
     /// Envoy-style detail, e.g. `rbac_access_denied_matched_policy[none]`.
     pub authz_detail: Option<String>,
+    /// The break-glass grant that lifted a denial of this connection.
+    pub break_glass: Option<String>,
     /// Bytes sent toward the source.
     pub bytes_sent: u64,
     /// Bytes received from the source.
@@ -121,6 +123,7 @@ impl ConnRecord {
             authz_policy: None,
             authz_rule: None,
             authz_detail: None,
+            break_glass: None,
             bytes_sent: 0,
             bytes_recv: 0,
             duration: Duration::ZERO,
@@ -180,6 +183,7 @@ impl ConnRecord {
                     authz.policy = self.authz_policy.as_deref(),
                     authz.rule = self.authz_rule.map(|r| r as u64),
                     authz.detail = self.authz_detail.as_deref(),
+                    ward.break_glass = self.break_glass.as_deref(),
                     bytes_sent = self.bytes_sent,
                     bytes_recv = self.bytes_recv,
                     duration_ms = self.duration.as_secs_f64() * 1000.0,

@@ -126,6 +126,8 @@ pub(crate) struct InboundCtx {
     pub(crate) upstreams: Upstreams,
     /// End-user authentication (RequestAuthentication) state.
     pub(crate) authn: Arc<crate::jwks_fetch::AuthnState>,
+    /// Break-glass grants (`crate::breakglass`).
+    pub(crate) break_glass: Arc<crate::breakglass::BreakGlass>,
 }
 
 impl InboundCtx {
@@ -148,6 +150,54 @@ impl InboundCtx {
         rec.dst_namespace = Some(cfg.workload.namespace.clone());
         rec.dst_identity = Some(self.identity.clone());
         ConnResult::new_at(rec, self.metrics.clone(), started)
+    }
+
+    /// An AuthorizationPolicy denial, lifted when the workload has an active break-glass grant
+    /// and its use is recorded: the connection is served, its record names the grant and what
+    /// denied it. Refusals by PeerAuthentication or the address are never lifted.
+    fn lift_denial(
+        &self,
+        cfg: &ProxyConfig,
+        conn: &InboundConn,
+        verdict: Verdict,
+        result: &mut ConnResult,
+    ) -> (Verdict, Option<u64>) {
+        let Verdict::Refuse {
+            refusal,
+            decision: Some(decision),
+        } = verdict
+        else {
+            return (verdict, None);
+        };
+        let lifted = self.break_glass.lift(
+            &Self::workload_key(cfg),
+            crate::breakglass::now_secs(),
+            || {
+                let mut f = serde_json::Map::new();
+                f.insert("srcAddr".into(), conn.src.to_string().into());
+                if let Some(id) = &conn.peer_id {
+                    f.insert("srcIdentity".into(), id.clone().into());
+                }
+                f.insert("dstPort".into(), conn.dst.port().into());
+                f.insert("deniedBy".into(), refusal.detail.clone().into());
+                f
+            },
+        );
+        match lifted {
+            Some(l) => {
+                let rec = result.record();
+                rec.authz_detail = Some(format!("break_glass[{}]: {}", l.grant, refusal.detail));
+                rec.break_glass = Some(l.grant);
+                (Verdict::Allow(decision), Some(l.expires_at))
+            }
+            None => (
+                Verdict::Refuse {
+                    refusal,
+                    decision: Some(decision),
+                },
+                None,
+            ),
+        }
     }
 
     /// Record and count the verdict's authorization decision, with what AUDIT and dry-run
@@ -209,6 +259,8 @@ impl InboundCtx {
             request: None,
         });
         result.opened();
+        let cfg = self.config.borrow().clone();
+        self.metrics.coverage().connection(flow(&cfg, &conn));
         let end = tokio::select! {
             upgraded = crate::inbound_http::serve(io, self.clone(), conn) => match upgraded {
                 Some(end) => End::from_splice(end),
@@ -231,19 +283,70 @@ impl InboundCtx {
         mut downstream: S,
         mut upstream: TcpStream,
         mut result: ConnResult,
+        until: Option<u64>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
     {
         let _ = upstream.set_nodelay(true);
+        let cfg = self.config.borrow().clone();
+        self.metrics.coverage().connection(flow(&cfg, &conn));
         let (guard, close) = self.tracker.register(Authorized {
             conn,
             request: None,
         });
         result.opened();
+        let close = match until {
+            Some(expires_at) => close_at_expiry(close, expires_at),
+            None => close,
+        };
         let end = splice(&mut downstream, &mut upstream, Some(close)).await;
         drop(guard);
         result.finish(End::from_splice(end));
     }
+}
+
+/// The coverage flow of a connection served on `conn`'s port (`crate::coverage`).
+pub(crate) fn flow(cfg: &ProxyConfig, conn: &InboundConn) -> crate::coverage::Flow {
+    let port = find_port(cfg, conn.dst.port());
+    let source = match (conn.source_meta(cfg), &conn.peer_id) {
+        (Some(m), _) => format!("{}/{}", m.namespace, m.name),
+        (None, Some(id)) => id.clone(),
+        (None, None) => "unknown".to_owned(),
+    };
+    crate::coverage::Flow {
+        source,
+        source_address: conn.peer.is_none().then(|| conn.src.ip().to_string()),
+        destination: InboundCtx::workload_key(cfg),
+        port: conn.dst.port(),
+        mtls: conn.tls.is_some(),
+        kx_group: conn.tls.as_ref().map(|(_, g)| g.clone()),
+        peer_authentication: port.and_then(|p| p.mtls_policy.as_ref().map(|r| r.to_string())),
+        mode: port.map_or_else(|| "STRICT".to_owned(), |p| p.mtls.to_string()),
+    }
+}
+
+/// `close`, or a refusal when the break-glass grant that let the connection in ends at
+/// `expires_at` (seconds since the epoch), whichever comes first.
+pub(crate) fn close_at_expiry(
+    close: tokio::sync::oneshot::Receiver<Refusal>,
+    expires_at: u64,
+) -> tokio::sync::oneshot::Receiver<Refusal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let left = expires_at.saturating_sub(crate::breakglass::now_secs());
+    tokio::spawn(async move {
+        let mut tx = tx;
+        let order = tokio::select! {
+            order = close => order.ok(),
+            () = tokio::time::sleep(Duration::from_secs(left)) => {
+                Some(Refusal::policy(None, None, "break_glass_expired"))
+            }
+            () = tx.closed() => None,
+        };
+        if let Some(refusal) = order {
+            let _ = tx.send(refusal);
+        }
+    });
+    rx
 }
 
 /// This sidecar's own workload, as the metrics label it.
@@ -398,6 +501,7 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
         return refuse(req, result, refusal);
     }
     let verdict = authorize(&cfg, &conn);
+    let (verdict, until) = ctx.lift_denial(&cfg, &conn, verdict, &mut result);
     ctx.note_decision(&cfg, &mut result, &verdict);
     match verdict {
         Verdict::Refuse { refusal, .. } => refuse(req, result, refusal),
@@ -420,7 +524,10 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
                 Err(refusal) => return refuse(req, result, refusal),
             };
             match req.accept() {
-                Ok(tunnel) => ctx.serve_spliced(conn, tunnel, upstream, result).await,
+                Ok(tunnel) => {
+                    ctx.serve_spliced(conn, tunnel, upstream, result, until)
+                        .await
+                }
                 Err(e) => result.finish(End::Refused(Refusal::downstream(
                     ResponseFlag::None,
                     e.to_string(),
@@ -508,6 +615,7 @@ async fn serve_plaintext_at(
     let conn = Arc::new(InboundConn::plaintext(src, dst));
     ctx.describe(&cfg, &conn, &mut result);
     let verdict = authorize(&cfg, &conn);
+    let (verdict, until) = ctx.lift_denial(&cfg, &conn, verdict, &mut result);
     ctx.note_decision(&cfg, &mut result, &verdict);
     let refusal = match verdict {
         Verdict::PerRequest => return ctx.serve_http(conn, tcp, result).await,
@@ -518,7 +626,7 @@ async fn serve_plaintext_at(
                 Err(refusal) => Err(refusal),
             };
             match upstream {
-                Ok(upstream) => return ctx.serve_spliced(conn, tcp, upstream, result).await,
+                Ok(upstream) => return ctx.serve_spliced(conn, tcp, upstream, result, until).await,
                 Err(refusal) => refusal,
             }
         }

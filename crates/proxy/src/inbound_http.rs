@@ -151,6 +151,8 @@ struct RequestLog<'a> {
     request_principal: Option<String>,
     /// The authorization decision, once one was made.
     decision: Option<(bool, Option<String>, Option<usize>)>,
+    /// The break-glass grant that lifted a denial of this request.
+    break_glass: Option<String>,
     started: Instant,
 }
 
@@ -197,6 +199,7 @@ impl RequestLog<'_> {
             authz.decision = decision,
             authz.policy = policy,
             authz.rule = rule.map(|r| r as u64),
+            ward.break_glass = self.break_glass.as_deref(),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "request complete"
         );
@@ -326,6 +329,7 @@ async fn serve_request(
         request_id: request_id(req.headers()),
         request_principal: None,
         decision: None,
+        break_glass: None,
         started: Instant::now(),
     };
     let request_body = Arc::new(AtomicU64::new(0));
@@ -333,6 +337,9 @@ async fn serve_request(
     let grpc = http_metrics::is_grpc(req.headers());
     let req = req.map(|b| CountingBody::new(b, request_body.clone()));
     let mut challenge = None;
+    ctx.metrics
+        .coverage()
+        .request(crate::inbound::flow(&cfg, conn));
     let answered = phases(ctx, &cfg, conn, upgrade_slot, req, &mut log, &mut challenge).await;
     let meter = |log: &RequestLog<'_>| {
         let source = conn.source_meta(&cfg);
@@ -437,7 +444,16 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
+    // When a break-glass grant lifted a denial: when it ends (an upgraded connection closes
+    // then).
+    let mut until = None;
     if !decision.is_allowed() {
+        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
+            until = Some(l.expires_at);
+            log.break_glass = Some(l.grant);
+        }
+    }
+    if !decision.is_allowed() && log.break_glass.is_none() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
         return Err(Refusal {
             flag: ResponseFlag::None,
@@ -449,8 +465,34 @@ async fn phases(
         downstream: hyper::upgrade::on(&mut req),
         request,
         slot: upgrade_slot.clone(),
+        until,
     });
     forward(ctx, conn, &port, req, &admitted, &log.request_id, upgrade).await
+}
+
+/// A denied request served anyway under the workload's active break-glass grant, if it has
+/// one and the use is recorded (`crate::breakglass`): the grant. The record holds the
+/// method and the normalized path without its query, never a token or a body.
+fn lift_denial(
+    ctx: &InboundCtx,
+    conn: &InboundConn,
+    decision: &Decision,
+    workload: &str,
+    request: &UpgradeRequest,
+) -> Option<crate::breakglass::Lifted> {
+    ctx.break_glass
+        .lift(workload, crate::breakglass::now_secs(), || {
+            let mut f = serde_json::Map::new();
+            f.insert("srcAddr".into(), conn.src.to_string().into());
+            if let Some(id) = &conn.peer_id {
+                f.insert("srcIdentity".into(), id.clone().into());
+            }
+            f.insert("dstPort".into(), conn.dst.port().into());
+            f.insert("method".into(), request.method.clone().into());
+            f.insert("path".into(), request.path.clone().into());
+            f.insert("deniedBy".into(), decision.response_detail().into());
+            f
+        })
 }
 
 /// The port the connection is for, if the config still serves it.
@@ -546,6 +588,8 @@ struct UpgradeCtx {
     downstream: hyper::upgrade::OnUpgrade,
     request: UpgradeRequest,
     slot: UpgradeSlot,
+    /// The end of the break-glass grant that let the request in, if one did.
+    until: Option<u64>,
 }
 
 /// Send the admitted request to the app and stream the response back. The method, authority
@@ -666,6 +710,10 @@ fn hand_over_upgrade(
         }
         let mut u = app.io.into_inner();
         let (guard, close) = tracker.register(authorized);
+        let close = match up.until {
+            Some(expires_at) => crate::inbound::close_at_expiry(close, expires_at),
+            None => close,
+        };
         let end = splice(&mut d, &mut u, Some(close)).await;
         drop(guard);
         Some(end)

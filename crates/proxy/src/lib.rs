@@ -18,7 +18,11 @@
 //!   authenticate with the keys `jwks_fetch` keeps, authorize, forward over `upstream`).
 //! - `connection`: one inbound connection's facts, and the result every connection finishes
 //!   with (one access record, counted once); `refusal`: the one value for "no".
+//! - [`breakglass`]: time-limited, recorded exceptions that lift a workload's AuthorizationPolicy
+//!   denials (`ward break-glass`).
 //! - `conntrack`: open inbound connections, re-checked when policy changes.
+//! - [`coverage`]: what each destination served over mTLS and in plaintext, per flow and minute
+//!   (`ward verify coverage`).
 //! - [`listener`]: the one accept loop of every listener, with its admission caps and the
 //!   process-wide connection budget, so a flood on one listener cannot exhaust the descriptors.
 //! - [`capture`]: transparent capture (iptables rules, socket marks, `SO_ORIGINAL_DST`); with it,
@@ -33,10 +37,12 @@
 mod access_log;
 mod admission;
 mod blackhole;
+pub mod breakglass;
 pub mod capture;
 mod certs;
 mod connection;
 mod conntrack;
+pub mod coverage;
 pub mod dns;
 mod egress_http;
 mod forward_proxy;

@@ -330,6 +330,7 @@ pub struct Metrics {
     budget: Gauge,
     budget_in_use: Gauge,
     dns: DnsMetrics,
+    coverage: crate::coverage::Coverage,
 }
 
 impl Default for Metrics {
@@ -354,6 +355,7 @@ impl Default for Metrics {
             budget: Gauge::default(),
             budget_in_use: Gauge::default(),
             dns: DnsMetrics::default(),
+            coverage: crate::coverage::Coverage::default(),
         }
     }
 }
@@ -522,6 +524,11 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 impl Metrics {
+    /// What the sidecars served over mTLS and in plaintext (`GET /coverage`).
+    pub fn coverage(&self) -> &crate::coverage::Coverage {
+        &self.coverage
+    }
+
     /// Create the metrics and register them.
     pub fn register(registry: &mut Registry) -> Arc<Metrics> {
         let m = Metrics::default();

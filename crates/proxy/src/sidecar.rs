@@ -88,6 +88,8 @@ pub struct Sidecar {
     /// config's service addresses.
     dns: Option<crate::dns::Settings>,
     handle: SidecarHandle,
+    /// Break-glass grants (process-wide); none by default.
+    break_glass: Arc<crate::breakglass::BreakGlass>,
 }
 
 /// What the admin API and the supervisor can see of a running sidecar. Cheap to clone.
@@ -186,6 +188,7 @@ impl Sidecar {
                 admission,
                 capture: false,
                 dns: None,
+                break_glass: Arc::default(),
                 handle: handle.clone(),
             },
             handle,
@@ -223,6 +226,16 @@ impl Sidecar {
     #[must_use]
     pub fn with_dns(self, dns: Option<crate::dns::Settings>) -> Sidecar {
         Sidecar { dns, ..self }
+    }
+
+    /// The same sidecar, lifting its workload's AuthorizationPolicy denials while `grants`
+    /// holds an active break-glass grant for it (docs/break-glass.md).
+    #[must_use]
+    pub fn with_break_glass(self, grants: Arc<crate::breakglass::BreakGlass>) -> Sidecar {
+        Sidecar {
+            break_glass: grants,
+            ..self
+        }
     }
 
     /// The config the data path serves: with capture, the captured inbound ports too.
@@ -287,6 +300,7 @@ impl Sidecar {
             identity: self.id.to_string(),
             upstreams: crate::upstream::Upstreams::default(),
             authn: Arc::new(crate::jwks_fetch::AuthnState::default()),
+            break_glass: self.break_glass.clone(),
         });
         tokio::spawn(crate::jwks_fetch::run_fetcher(
             inbound_ctx.authn.clone(),
