@@ -117,6 +117,9 @@ pub struct ConfigSet {
     pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
     /// VirtualServices, in load order: not enforced yet; `crate::http_routing` compiles them.
     pub virtual_services: Vec<Resource<crate::istio::VirtualServiceSpec>>,
+    /// Gateways, in load order: served by the workloads their `selector` matches
+    /// (`crate::gateways`).
+    pub gateways: Vec<Resource<crate::istio::GatewaySpec>>,
     /// DestinationRules, in load order: not enforced; read by `ward analyze` only (WARD0225).
     pub destination_rules: Vec<Resource<crate::istio::DestinationRuleSpec>>,
     /// OpenShift Service Mesh 2 control planes (`maistra.io/v2`): not enforced; their
@@ -863,17 +866,22 @@ impl Loader {
                          IstioOperator or ConfigMap `istio`",
                     );
                 }
-                if matches!(kind, "VirtualService" | "DestinationRule") {
-                    // Served in part (docs/routing.md): the warning names what is not.
+                if matches!(kind, "VirtualService" | "DestinationRule" | "Gateway") {
+                    // Served in part (docs/routing.md, docs/ingress.md): the warning names
+                    // what is not.
                     let before = (
                         self.set.virtual_services.len(),
                         self.set.destination_rules.len(),
+                        self.set.gateways.len(),
                     );
                     self.check_unenforced(doc, &resource, meta_ok, kind);
                     let unserved =
                         match kind {
                             "VirtualService" => self.set.virtual_services.get(before.0).map(|r| {
                                 crate::mesh_routing::unserved_virtual_service_fields(&r.spec)
+                            }),
+                            "Gateway" => self.set.gateways.get(before.2).map(|r| {
+                                crate::gateways::unserved_gateway_fields(&r.spec)
                             }),
                             _ => self.set.destination_rules.get(before.1).map(|r| {
                                 crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
