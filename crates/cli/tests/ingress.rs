@@ -45,7 +45,10 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key).unwrap();
         Ca {
             pem: cert.pem(),
@@ -107,7 +110,10 @@ impl Signer {
         .to_string()
     }
     fn token(&self, sub: &str) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "k1"});
         let claims = serde_json::json!({"iss": ISS, "sub": sub, "iat": now, "exp": now + 300});
         let input = format!(
@@ -238,7 +244,10 @@ struct Edge {
 fn up(block: u8) -> Option<Edge> {
     for tool in ["curl", "openssl"] {
         if !have(tool) {
-            skip_or_fail("ingress", &format!("{tool} is needed (apt-get install {tool})"));
+            skip_or_fail(
+                "ingress",
+                &format!("{tool} is needed (apt-get install {tool})"),
+            );
             return None;
         }
     }
@@ -397,7 +406,16 @@ impl Edge {
     /// curl `http://<gateway>:<port><path>` with `Host: host`: (status, response head, body).
     fn http(&self, host: &str, port: u16, path: &str) -> (u16, String) {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-D", "-", "-o", "/dev/null", "-H"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-H",
+            ])
             .arg(format!("Host: {host}"))
             .arg(format!("http://{}:{port}{path}", self.gw))
             .output()
@@ -447,8 +465,12 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
     assert!(body.contains("h[x-request-id]="), "{body}");
     let (code, body) = e.https("b.example.com", 8443, "/b", &[]);
     assert_eq!(code, 200, "{body}\n{}", logs());
-    assert!(e.served_subject("a.example.com", 8443).contains("a.example.com"));
-    assert!(e.served_subject("b.example.com", 8443).contains("b.example.com"));
+    assert!(e
+        .served_subject("a.example.com", 8443)
+        .contains("a.example.com"));
+    assert!(e
+        .served_subject("b.example.com", 8443)
+        .contains("b.example.com"));
     let inbound = e
         .ward
         .wait_for_log(
@@ -457,8 +479,7 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
         )
         .unwrap();
     assert_eq!(
-        inbound["src.identity"],
-        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
+        inbound["src.identity"], "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
         "{inbound}"
     );
     let edge_log = e
@@ -476,7 +497,10 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
     let nr = e
         .ward
         .wait_for_log(
-            &[("direction", "gateway"), ("authority", "nobody.example.com")],
+            &[
+                ("direction", "gateway"),
+                ("authority", "nobody.example.com"),
+            ],
             Duration::from_secs(5),
         )
         .unwrap();
@@ -488,7 +512,10 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
     // httpsRedirect: 301 to https, same host and path.
     let (code, head) = e.http("a.example.com", 8081, "/x?y=1");
     assert_eq!(code, 301, "{head}");
-    assert!(head.contains("location: https://a.example.com/x?y=1"), "{head}");
+    assert!(
+        head.contains("location: https://a.example.com/x?y=1"),
+        "{head}"
+    );
 
     // MUTUAL: no client certificate, no request; with one, 200.
     let (code, _) = e.https("m.example.com", 9443, "/m", &[]);
@@ -551,7 +578,10 @@ fn jwt_is_checked_at_the_edge() {
             Duration::from_secs(5),
         )
         .unwrap();
-    assert!(ok["request_principal"].is_string() || ok["path"] == "/open", "{ok}");
+    assert!(
+        ok["request_principal"].is_string() || ok["path"] == "/open",
+        "{ok}"
+    );
     assert!(!e.ward.logs().contains(&e.signer.token("alice")[..40]));
 }
 
@@ -581,7 +611,11 @@ fn server_certificates_reload_when_their_files_change() {
         if now.contains("Reloaded") {
             break;
         }
-        assert!(Instant::now() < deadline, "not reloaded: {now}\n{}", e.ward.logs());
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {now}\n{}",
+            e.ward.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(e.https("b.example.com", 8443, "/after", &[]).0, 200);

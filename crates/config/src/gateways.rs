@@ -228,7 +228,12 @@ impl GatewayRoutes {
     pub fn decide_tls(&self, index: usize, sni: &str, roll: u32) -> Option<L4Decision> {
         let server = self.spec.servers.get(index)?;
         let sni = sni.to_ascii_lowercase();
-        for vs in self.spec.virtual_services.iter().filter(|v| server.takes(v)) {
+        for vs in self
+            .spec
+            .virtual_services
+            .iter()
+            .filter(|v| server.takes(v))
+        {
             for route in vs.spec.tls.iter().flatten() {
                 let matched = route.r#match.iter().flatten().any(|m| {
                     let gateways_ok = gateways_match(m.gateways.as_deref(), vs, &server.gateway);
@@ -251,7 +256,12 @@ impl GatewayRoutes {
     /// The `tcp[]` route for a connection to server `index`.
     pub fn decide_tcp(&self, index: usize, roll: u32) -> Option<L4Decision> {
         let server = self.spec.servers.get(index)?;
-        for vs in self.spec.virtual_services.iter().filter(|v| server.takes(v)) {
+        for vs in self
+            .spec
+            .virtual_services
+            .iter()
+            .filter(|v| server.takes(v))
+        {
             for route in vs.spec.tcp.iter().flatten() {
                 let matches = route.r#match.as_deref().unwrap_or_default();
                 let matched = matches.is_empty()
@@ -272,9 +282,7 @@ impl GatewayRoutes {
 fn gateways_match(list: Option<&[String]>, vs: &RoutedService, gateway: &str) -> bool {
     match list.filter(|l| !l.is_empty()) {
         None => true,
-        Some(list) => list
-            .iter()
-            .any(|g| qualify(g, &vs.namespace) == gateway),
+        Some(list) => list.iter().any(|g| qualify(g, &vs.namespace) == gateway),
     }
 }
 
@@ -456,13 +464,9 @@ fn edge_server(
         .and_then(|t| t.https_redirect)
         .unwrap_or(false);
     let tls = match (&server.tls, protocol) {
-        (Some(t), EdgeProtocol::Https | EdgeProtocol::Tls) => Some(edge_tls(
-            set,
-            gateway,
-            &field,
-            workload_namespace,
-            t,
-        )),
+        (Some(t), EdgeProtocol::Https | EdgeProtocol::Tls) => {
+            Some(edge_tls(set, gateway, &field, workload_namespace, t))
+        }
         _ => None,
     };
     Some(EdgeServer {
@@ -679,7 +683,9 @@ spec:
         assert_eq!(servers[1].tls.as_ref().unwrap().broken, None);
         let b = servers[2].tls.as_ref().unwrap();
         assert_eq!(b.broken, None);
-        assert!(matches!(&b.ca, Some(Material::Secret { from, .. }) if from.contains("b-cert-cacert")));
+        assert!(
+            matches!(&b.ca, Some(Material::Secret { from, .. }) if from.contains("b-cert-cacert"))
+        );
         // SNI picks the server, and so the certificate.
         assert_eq!(gw.server_for_sni(8443, Some("b.example.com")), Some(2));
         assert_eq!(gw.server_for_sni(8443, Some("a.example.com")), Some(1));
@@ -718,10 +724,20 @@ spec:
     fn a_missing_secret_breaks_only_its_server() {
         let yaml = YAML.replace("credentialName: a-cert", "credentialName: gone");
         let set = crate::load_str("gw.yaml", &yaml).unwrap();
-        let gw = gateway_routes(&set, "istio-system", &labels(&[("istio", "ingressgateway")]))
+        let gw = gateway_routes(
+            &set,
+            "istio-system",
+            &labels(&[("istio", "ingressgateway")]),
+        )
+        .unwrap()
+        .unwrap();
+        let broken = gw.servers()[1]
+            .tls
+            .as_ref()
             .unwrap()
+            .broken
+            .clone()
             .unwrap();
-        let broken = gw.servers()[1].tls.as_ref().unwrap().broken.clone().unwrap();
         assert!(
             broken.contains("Gateway istio-system/edge: spec.servers[1].tls.credentialName")
                 && broken.contains("istio-system/gone"),

@@ -880,9 +880,11 @@ impl Loader {
                             "VirtualService" => self.set.virtual_services.get(before.0).map(|r| {
                                 crate::mesh_routing::unserved_virtual_service_fields(&r.spec)
                             }),
-                            "Gateway" => self.set.gateways.get(before.2).map(|r| {
-                                crate::gateways::unserved_gateway_fields(&r.spec)
-                            }),
+                            "Gateway" => self
+                                .set
+                                .gateways
+                                .get(before.2)
+                                .map(|r| crate::gateways::unserved_gateway_fields(&r.spec)),
                             _ => self.set.destination_rules.get(before.1).map(|r| {
                                 crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
                             }),

@@ -133,11 +133,8 @@ fn ranked(
     vss: &[Resource<VirtualServiceSpec>],
     keep: impl Fn(&Resource<VirtualServiceSpec>) -> bool,
 ) -> Vec<RoutedService> {
-    let mut ranked: Vec<(usize, &Resource<VirtualServiceSpec>)> = vss
-        .iter()
-        .enumerate()
-        .filter(|(_, vs)| keep(vs))
-        .collect();
+    let mut ranked: Vec<(usize, &Resource<VirtualServiceSpec>)> =
+        vss.iter().enumerate().filter(|(_, vs)| keep(vs)).collect();
     ranked.sort_by(|(i, a), (j, b)| {
         let created = |r: &Resource<VirtualServiceSpec>| {
             r.meta

@@ -393,7 +393,7 @@ impl<'a> Context<'a> {
         };
         let mut proxy = proxy;
         proxy.mesh_routes = self.routes_in_namespace(workload, &proxy.services, &mut errors);
-        match crate::gateways::gateway_routes(&self.set, workload.namespace(), &workload.labels) {
+        match crate::gateways::gateway_routes(self.set, workload.namespace(), &workload.labels) {
             Ok(Some(routes)) => proxy.gateway = Arc::new(routes),
             Ok(None) => {}
             Err(err) => {

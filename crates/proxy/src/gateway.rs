@@ -153,8 +153,7 @@ async fn serve_terminated(
     protocol: EdgeProtocol,
 ) {
     let port = bind.port();
-    let acceptor =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
@@ -401,7 +400,9 @@ impl EdgeCerts {
             .map(Arc::new)
             .map_err(|why| format!("{key} (port {}): {why}", server.port));
         match &config {
-            Ok(_) => tracing::info!(server = %key, port = server.port, "gateway server certificate loaded"),
+            Ok(_) => {
+                tracing::info!(server = %key, port = server.port, "gateway server certificate loaded")
+            }
             Err(why) => tracing::error!(
                 server = %key,
                 port = server.port,
@@ -486,7 +487,11 @@ fn provider(ciphers: &[String]) -> Result<CryptoProvider, String> {
         return Err(format!(
             "cipherSuites: none of {} is served by rustls (it serves {})",
             ciphers.join(", "),
-            CIPHERS.iter().map(|(o, _)| *o).collect::<Vec<_>>().join(", ")
+            CIPHERS
+                .iter()
+                .map(|(o, _)| *o)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     provider.cipher_suites.retain(|s| match s {

@@ -387,8 +387,14 @@ impl Sidecar {
             }
             served_tx.send_replace(self.served(&cfg));
             let cfg = served.borrow().clone();
-            self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx, &gateway_ctx)
-                .await;
+            self.reconcile(
+                &cfg,
+                &mut listeners,
+                &inbound_ctx,
+                &outbound_ctx,
+                &gateway_ctx,
+            )
+            .await;
             let closed = h.tracker.recheck(|open| inbound::recheck(&cfg, open));
             if closed > 0 {
                 tracing::info!(workload = %self.key, closed, "policy change closed open connections");
@@ -441,12 +447,12 @@ impl Sidecar {
                 .iter()
                 .map(|p| (ListenerKind::ForwardProxy, p.bind)),
         );
-        want.extend(
-            cfg.gateway
-                .ports()
-                .into_iter()
-                .map(|port| (ListenerKind::Gateway, SocketAddr::new(cfg.workload.address, port))),
-        );
+        want.extend(cfg.gateway.ports().into_iter().map(|port| {
+            (
+                ListenerKind::Gateway,
+                SocketAddr::new(cfg.workload.address, port),
+            )
+        }));
         // A bad credential is logged now; its server refuses handshakes, the others run.
         for problem in crate::gateway::check_servers(gateway_ctx, cfg) {
             tracing::debug!(workload = %self.key, "{problem}");

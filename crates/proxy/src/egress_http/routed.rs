@@ -17,8 +17,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use ward_config::http_routing::{
-    CorsAnswer, Decision, HeaderOps, HttpRoutes, RequestFacts, Retries, Rolls,
-    WeightedDestination,
+    CorsAnswer, Decision, HeaderOps, HttpRoutes, RequestFacts, Retries, Rolls, WeightedDestination,
 };
 use ward_config::istio::MESH_GATEWAY;
 use ward_config::origination::TlsOrigination;
@@ -284,7 +283,9 @@ impl Head {
 
 /// An empty body.
 pub(super) fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn local(status: u16, headers: &[(&str, String)], body: Bytes) -> Response<Body> {
@@ -417,8 +418,8 @@ impl Downstream {
         let destination = forward.destination;
         log.service = Some(destination.host.clone());
         let target = {
-            let (endpoints, lb, http2, tls) = resolve(config, destination, scope.port)
-                    .map_err(|(r, why)| log.failed(r, why))?;
+            let (endpoints, lb, http2, tls) =
+                resolve(config, destination, scope.port).map_err(|(r, why)| log.failed(r, why))?;
             let hash = match &lb {
                 LoadBalancer::HeaderHash(name) => {
                     header(&headers, name).map(|v| traffic_policy::hash_key(v.as_bytes()))
