@@ -317,6 +317,18 @@ spec:
   - port: {{number: 9445, name: https-bad, protocol: HTTPS}}
     hosts: [bad.example.com]
     tls: {{mode: SIMPLE, credentialName: no-such-secret}}
+  - port: {{number: 9446, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: raw, namespace: app}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{{port: 9446}}]
+    route: [{{destination: {{host: web, port: {{number: 8080}}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -547,6 +559,25 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
         logs()
     );
     assert_eq!(e.https("a.example.com", 8443, "/still", &[]).0, 200);
+
+    // TCP: a `tcp[]` route; the bytes (here an HTTP request) reach web as they were sent.
+    let (code, _) = e.http("raw.example.com", 9446, "/raw");
+    assert_eq!(code, 200, "{}", logs());
+
+    // Metrics: the gateway reports its requests as Istio's gateways do (reporter source, the
+    // gateway workload as the source).
+    let (status, text) = ward_test_support::http_get(e.ward.admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"source\"")
+                && l.contains("source_workload=\"ingress\"")
+                && l.contains("destination_workload=\"web\"")
+        })
+        .unwrap_or_else(|| panic!("no gateway request metric:\n{text}"));
+    assert!(line.contains("response_code=\"200\""), "{line}");
 }
 
 #[test]

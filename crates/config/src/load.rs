@@ -129,7 +129,8 @@ pub struct ConfigSet {
     /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
     pub namespaces: BTreeMap<String, NamespaceObject>,
     /// `v1` Secrets, by `namespace/name` (the first of a name): the credentials a
-    /// DestinationRule's `credentialName` names (`crate::origination`).
+    /// DestinationRule's or Gateway's `credentialName` names (`crate::origination`,
+    /// `crate::gateways`).
     pub secrets: BTreeMap<String, crate::origination::SecretObject>,
     /// Every `metadata.namespace` written in the config, whatever the object's kind (Istio
     /// kinds Ward does not keep and Kubernetes objects included), and the name of every
@@ -1147,7 +1148,8 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
         )
     } else if api_version == "v1" && kind_name == "Secret" {
         "Secret (v1) is not part of the Istio API; Ward reads it only as the credential a \
-         DestinationRule `tls.credentialName` names (docs/egress-tls.md)"
+         DestinationRule or Gateway `tls.credentialName` names (docs/egress-tls.md, \
+         docs/ingress.md)"
             .to_owned()
     } else if api_version == "v1" && kind_name == "Namespace" {
         "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
@@ -1373,9 +1375,14 @@ mod tests {
                 vec![],
             ),
             (
-                // Served in part: the warning names what is not.
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [gw], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
+                // Served in part: the warning names what is not (`tcp[]` on `mesh`).
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [mesh], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
+            ),
+            (
+                // `tcp[]` at a gateway is served.
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [gw], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
+                vec![],
             ),
             (
                 // Cluster-scoped: named without a namespace, whether one is written or not.
