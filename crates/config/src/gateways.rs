@@ -576,6 +576,7 @@ pub fn unserved_gateway_fields(spec: &GatewaySpec) -> Vec<String> {
             (t.verify_certificate_spki.is_some(), "verifyCertificateSpki"),
             (t.verify_certificate_hash.is_some(), "verifyCertificateHash"),
             (t.insecure_skip_verify.is_some(), "insecureSkipVerify"),
+            (t.subject_alt_names.is_some(), "subjectAltNames"),
         ] {
             if present {
                 out.push(format!("{tls}.{name}"));
