@@ -319,6 +319,9 @@ spec:
     tls: {{mode: SIMPLE, credentialName: no-such-secret}}
   - port: {{number: 9446, name: tcp, protocol: TCP}}
     hosts: ["*"]
+  - port: {{number: 9447, name: https-optional, protocol: HTTPS}}
+    hosts: [m.example.com]
+    tls: {{mode: OPTIONAL_MUTUAL, credentialName: m-cred}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -539,6 +542,40 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
         &["--cert", &e.client.0, "--key", &e.client.1],
     );
     assert_eq!(code, 200, "{body}\n{}", logs());
+
+    // OPTIONAL_MUTUAL: both ways in; a certificate from another CA is refused.
+    assert_eq!(
+        e.https("m.example.com", 9447, "/o", &[]).0,
+        200,
+        "{}",
+        logs()
+    );
+    let client = ["--cert", e.client.0.as_str(), "--key", e.client.1.as_str()];
+    assert_eq!(e.https("m.example.com", 9447, "/o", &client).0, 200);
+    let (stranger_cert, stranger_key) = e.ca.issue("stranger", false);
+    let stranger = [
+        write(&e.certs, "stranger.pem", &stranger_cert),
+        write(&e.certs, "stranger-key.pem", &stranger_key),
+    ];
+    let args = [
+        "--cert",
+        stranger[0].as_str(),
+        "--key",
+        stranger[1].as_str(),
+    ];
+    assert_eq!(e.https("m.example.com", 9447, "/o", &args).0, 0);
+
+    // HTTP/2 by ALPN at the edge.
+    let (code, body) = e.https("a.example.com", 8443, "/h2", &["--http2"]);
+    assert_eq!(code, 200, "{body}");
+    let h2 = e
+        .ward
+        .wait_for_log(
+            &[("direction", "gateway"), ("path", "/h2")],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(h2["protocol"], "HTTP/2", "{h2}");
 
     // PASSTHROUGH: the backend's own certificate reaches the client, through the gateway.
     assert!(

@@ -748,6 +748,34 @@ spec:
     }
 
     #[test]
+    fn unserved_fields_are_named() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g, namespace: n}
+spec:
+  servers:
+  - port: {number: 443, name: a, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: c, subjectAltNames: [x]}
+  - port: {number: 15443, name: b, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: AUTO_PASSTHROUGH}
+"#;
+        let set = crate::load_str("gw.yaml", yaml).unwrap();
+        assert_eq!(
+            unserved_gateway_fields(&set.gateways[0].spec),
+            [
+                "an empty spec.selector (selects no workload in Ward)",
+                "spec.servers[0].tls.subjectAltNames",
+                "spec.servers[1].tls.mode"
+            ]
+        );
+        let served = crate::load_str("gw.yaml", YAML).unwrap();
+        assert!(unserved_gateway_fields(&served.gateways[0].spec).is_empty());
+    }
+
+    #[test]
     fn host_patterns() {
         assert!(dns_matches("*", "a.b"));
         assert!(dns_matches("*.b.com", "a.b.com"));
