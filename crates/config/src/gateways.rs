@@ -719,6 +719,11 @@ spec:
         let back: GatewayRoutes = serde_json::from_str(&json).unwrap();
         assert_eq!(back, gw);
         assert!(back.table(1).is_some());
+        // `/config_dump` never shows a server's private key.
+        let mut dump = serde_json::to_value(&gw).unwrap();
+        crate::origination::redact_keys(&mut dump);
+        let dump = dump.to_string();
+        assert!(dump.contains("CERT") && !dump.contains("KEY"), "{dump}");
     }
 
     #[test]
