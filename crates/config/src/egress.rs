@@ -189,6 +189,7 @@ mod tests {
             service_inbound: Vec::new(),
             egress: Default::default(),
             mesh_routes: Default::default(),
+            gateway: Default::default(),
         }
     }
 

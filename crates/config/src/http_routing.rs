@@ -658,6 +658,14 @@ impl Route {
     }
 }
 
+/// The destination `roll` picks, by weight (also the gateways' `tcp[]` and `tls[]` routes).
+pub(crate) fn pick_weighted(
+    destinations: &[WeightedDestination],
+    roll: u32,
+) -> Option<&WeightedDestination> {
+    pick(destinations, roll)
+}
+
 /// The destination `roll` picks, by weight.
 fn pick(destinations: &[WeightedDestination], roll: u32) -> Option<&WeightedDestination> {
     let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
@@ -945,6 +953,11 @@ fn status_code(value: Option<u32>, default: u16) -> u16 {
         .and_then(|v| u16::try_from(v).ok())
         .filter(|v| (100..=599).contains(v))
         .unwrap_or(default)
+}
+
+/// A route destination as compiled (a short host is in `namespace`), for L4 routes.
+pub(crate) fn destination_of(d: &Destination, namespace: &str, weight: u32) -> WeightedDestination {
+    destination(d, namespace, weight, None)
 }
 
 fn destination(

@@ -68,6 +68,7 @@ pub mod check;
 mod decode;
 pub mod diag;
 pub mod egress;
+pub mod gateways;
 pub mod http_routing;
 pub mod istio;
 pub mod load;

@@ -117,6 +117,9 @@ pub struct ConfigSet {
     pub request_authentications: Vec<Resource<RequestAuthenticationSpec>>,
     /// VirtualServices, in load order: not enforced yet; `crate::http_routing` compiles them.
     pub virtual_services: Vec<Resource<crate::istio::VirtualServiceSpec>>,
+    /// Gateways, in load order: served by the workloads their `selector` matches
+    /// (`crate::gateways`).
+    pub gateways: Vec<Resource<crate::istio::GatewaySpec>>,
     /// DestinationRules, in load order: not enforced; read by `ward analyze` only (WARD0225).
     pub destination_rules: Vec<Resource<crate::istio::DestinationRuleSpec>>,
     /// OpenShift Service Mesh 2 control planes (`maistra.io/v2`): not enforced; their
@@ -126,7 +129,8 @@ pub struct ConfigSet {
     /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
     pub namespaces: BTreeMap<String, NamespaceObject>,
     /// `v1` Secrets, by `namespace/name` (the first of a name): the credentials a
-    /// DestinationRule's `credentialName` names (`crate::origination`).
+    /// DestinationRule's or Gateway's `credentialName` names (`crate::origination`,
+    /// `crate::gateways`).
     pub secrets: BTreeMap<String, crate::origination::SecretObject>,
     /// Every `metadata.namespace` written in the config, whatever the object's kind (Istio
     /// kinds Ward does not keep and Kubernetes objects included), and the name of every
@@ -863,11 +867,13 @@ impl Loader {
                          IstioOperator or ConfigMap `istio`",
                     );
                 }
-                if matches!(kind, "VirtualService" | "DestinationRule") {
-                    // Served in part (docs/routing.md): the warning names what is not.
+                if matches!(kind, "VirtualService" | "DestinationRule" | "Gateway") {
+                    // Served in part (docs/routing.md, docs/ingress.md): the warning names
+                    // what is not.
                     let before = (
                         self.set.virtual_services.len(),
                         self.set.destination_rules.len(),
+                        self.set.gateways.len(),
                     );
                     self.check_unenforced(doc, &resource, meta_ok, kind);
                     let unserved =
@@ -875,6 +881,11 @@ impl Loader {
                             "VirtualService" => self.set.virtual_services.get(before.0).map(|r| {
                                 crate::mesh_routing::unserved_virtual_service_fields(&r.spec)
                             }),
+                            "Gateway" => self
+                                .set
+                                .gateways
+                                .get(before.2)
+                                .map(|r| crate::gateways::unserved_gateway_fields(&r.spec)),
                             _ => self.set.destination_rules.get(before.1).map(|r| {
                                 crate::traffic_policy::unserved_destination_rule_fields(&r.spec)
                             }),
@@ -1137,7 +1148,8 @@ fn not_read(file: &str, node: &Node, api_version: &str, kind_name: &str, kind: K
         )
     } else if api_version == "v1" && kind_name == "Secret" {
         "Secret (v1) is not part of the Istio API; Ward reads it only as the credential a \
-         DestinationRule `tls.credentialName` names (docs/egress-tls.md)"
+         DestinationRule or Gateway `tls.credentialName` names (docs/egress-tls.md, \
+         docs/ingress.md)"
             .to_owned()
     } else if api_version == "v1" && kind_name == "Namespace" {
         "Namespace (v1) is not part of the Istio API; Ward reads only its name and labels, for \
@@ -1363,9 +1375,14 @@ mod tests {
                 vec![],
             ),
             (
-                // Served in part: the warning names what is not.
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [gw], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
+                // Served in part: the warning names what is not (`tcp[]` on `mesh`).
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [mesh], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
                 vec![one(1, code::KIND_NOT_ENFORCED, "VirtualService default/vs", "")],
+            ),
+            (
+                // `tcp[]` at a gateway is served.
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [x], gateways: [gw], tcp: [{route: [{destination: {host: x}}]}]}\n".to_owned(),
+                vec![],
             ),
             (
                 // Cluster-scoped: named without a namespace, whether one is written or not.

@@ -119,11 +119,22 @@ fn binds_mesh(vs: &Resource<VirtualServiceSpec>) -> bool {
 /// The VirtualServices a sidecar in `client` routes by, in routing order: creation time (the
 /// oldest first, those without one after, in load order), then namespace and name.
 pub fn mesh_services(vss: &[Resource<VirtualServiceSpec>], client: &str) -> Vec<RoutedService> {
-    let mut ranked: Vec<(usize, &Resource<VirtualServiceSpec>)> = vss
-        .iter()
-        .enumerate()
-        .filter(|(_, vs)| binds_mesh(vs) && exported(vs, client))
-        .collect();
+    ranked(vss, |vs| binds_mesh(vs) && exported(vs, client))
+}
+
+/// Every VirtualService in routing order (a gateway filters them by its servers:
+/// `crate::gateways`).
+pub(crate) fn ordered_services(vss: &[Resource<VirtualServiceSpec>]) -> Vec<RoutedService> {
+    ranked(vss, |_| true)
+}
+
+/// The VirtualServices `keep` keeps, in routing order.
+fn ranked(
+    vss: &[Resource<VirtualServiceSpec>],
+    keep: impl Fn(&Resource<VirtualServiceSpec>) -> bool,
+) -> Vec<RoutedService> {
+    let mut ranked: Vec<(usize, &Resource<VirtualServiceSpec>)> =
+        vss.iter().enumerate().filter(|(_, vs)| keep(vs)).collect();
     ranked.sort_by(|(i, a), (j, b)| {
         let created = |r: &Resource<VirtualServiceSpec>| {
             r.meta
@@ -150,28 +161,20 @@ pub fn mesh_services(vss: &[Resource<VirtualServiceSpec>], client: &str) -> Vec<
         .collect()
 }
 
-/// The parts of a VirtualService the sidecars do not serve yet (for WARD0102): every other
-/// gateway than `mesh`, `tls[]`, `tcp[]`, and `http[].delegate`. Empty: all of it is served.
+/// The parts of a VirtualService Ward does not serve (for WARD0102): `tls[]` and `tcp[]` on the
+/// sidecars (`mesh`; gateways serve them: `crate::gateways`), and `http[].delegate`. Empty:
+/// all of it is served.
 pub fn unserved_virtual_service_fields(spec: &VirtualServiceSpec) -> Vec<String> {
     let mut out = Vec::new();
-    let others: Vec<&str> = spec
-        .gateways
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .filter(|g| *g != MESH_GATEWAY)
-        .collect();
-    if !others.is_empty() {
-        out.push(format!(
-            "spec.gateways {} (only `mesh`, the sidecars, is served)",
-            others.join(", ")
-        ));
+    let mesh = match spec.gateways.as_deref() {
+        None | Some([]) => true,
+        Some(list) => list.iter().any(|g| g == MESH_GATEWAY),
+    };
+    if mesh && spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+        out.push("spec.tls (on `mesh`; gateways serve it)".to_owned());
     }
-    if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
-        out.push("spec.tls".to_owned());
-    }
-    if spec.tcp.as_ref().is_some_and(|t| !t.is_empty()) {
-        out.push("spec.tcp".to_owned());
+    if mesh && spec.tcp.as_ref().is_some_and(|t| !t.is_empty()) {
+        out.push("spec.tcp (on `mesh`; gateways serve it)".to_owned());
     }
     for (i, http) in spec.http.iter().flatten().enumerate() {
         if http.delegate.is_some() {
@@ -244,9 +247,6 @@ spec:
             .map(|v| unserved_virtual_service_fields(&v.spec))
             .collect();
         assert_eq!(unserved[0], Vec::<String>::new());
-        assert_eq!(
-            unserved[2],
-            ["spec.gateways ingress (only `mesh`, the sidecars, is served)"]
-        );
+        assert_eq!(unserved[2], Vec::<String>::new());
     }
 }

@@ -486,6 +486,7 @@ mod tests {
             jwt_rules: Default::default(),
             directory: Default::default(),
             mesh_routes: Default::default(),
+            gateway: Default::default(),
             outbound_traffic_policy: "ALLOW_ANY".into(),
             services: Default::default(),
             service_inbound: Vec::new(),

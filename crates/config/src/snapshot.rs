@@ -89,6 +89,10 @@ pub struct ProxyConfig {
     /// namespace, so they share one copy (docs/routing.md).
     #[serde(default)]
     pub mesh_routes: Arc<MeshRoutes>,
+    /// The Gateway servers this workload runs, when Gateways select it by its labels, with
+    /// the VirtualServices bound to them (docs/ingress.md). Empty: a plain sidecar.
+    #[serde(default)]
+    pub gateway: Arc<crate::gateways::GatewayRoutes>,
 }
 
 /// The egress settings of one proxy (docs/egress.md).

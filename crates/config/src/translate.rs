@@ -389,9 +389,29 @@ impl<'a> Context<'a> {
                 dns_resolvers: self.set.mesh.dns_resolvers.clone(),
             },
             mesh_routes: Default::default(),
+            gateway: Default::default(),
         };
         let mut proxy = proxy;
         proxy.mesh_routes = self.routes_in_namespace(workload, &proxy.services, &mut errors);
+        match crate::gateways::gateway_routes(self.set, workload.namespace(), &workload.labels) {
+            Ok(Some(routes)) => proxy.gateway = Arc::new(routes),
+            Ok(None) => {}
+            Err(err) => {
+                let vs = self
+                    .set
+                    .virtual_services
+                    .iter()
+                    .find(|vs| vs.key() == err.object);
+                if let Some(vs) = vs {
+                    errors.push(vs.diagnostic(
+                        Severity::Error,
+                        code::INVALID,
+                        &err.field,
+                        err.reason.clone(),
+                    ));
+                }
+            }
+        }
         (proxy, errors)
     }
 

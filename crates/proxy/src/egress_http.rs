@@ -106,6 +106,7 @@ pub(crate) async fn serve(
         src,
         bind,
         clients: Clients::default(),
+        edge: None,
     });
     let svc = hyper::service::service_fn(move |req| {
         let down = down.clone();
@@ -179,6 +180,26 @@ fn plan<'c>(
     bind: SocketAddr,
     head: &RequestHead<'_>,
 ) -> Result<Plan<'c>, Refusal> {
+    let authority = admit_head(head)?;
+    let listener = routes
+        .table(bind)
+        .and_then(|t| t.lookup(&authority))
+        .and_then(|host| config.outbound.get(host.target))
+        .ok_or_else(no_route)?;
+    // A service a VirtualService covers is routed by it (`routed.rs`); another one needs
+    // endpoints of its own.
+    if listener.endpoints.is_empty() && !config.mesh_routes.table().covers(&listener.service) {
+        return Err(no_endpoints());
+    }
+    Ok(Plan {
+        listener,
+        authority,
+    })
+}
+
+/// The authority of a request routing may take ([`plan`]'s first three rules; a gateway's
+/// requests too). Pure.
+fn admit_head(head: &RequestHead<'_>) -> Result<String, Refusal> {
     if head.method == Method::CONNECT {
         return Err(
             Refusal::downstream(ResponseFlag::None, "connect_not_allowed")
@@ -198,20 +219,7 @@ fn plan<'c>(
             )
             .closing(head.version));
     }
-    let listener = routes
-        .table(bind)
-        .and_then(|t| t.lookup(&authority))
-        .and_then(|host| config.outbound.get(host.target))
-        .ok_or_else(no_route)?;
-    // A service a VirtualService covers is routed by it (`routed.rs`); another one needs
-    // endpoints of its own.
-    if listener.endpoints.is_empty() && !config.mesh_routes.table().covers(&listener.service) {
-        return Err(no_endpoints());
-    }
-    Ok(Plan {
-        listener,
-        authority,
-    })
+    Ok(authority)
 }
 
 /// Turn the app's request head into the one sent to the service. Pure. Hop-by-hop headers go
@@ -274,6 +282,9 @@ struct Downstream {
     src: SocketAddr,
     bind: SocketAddr,
     clients: Clients,
+    /// At a gateway server: where the connection came in, and the gateway workload's inbound
+    /// state (its JWT keys) for the checks at the edge. `None`: a sidecar's egress listener.
+    edge: Option<(edge::Edge, Arc<crate::inbound::InboundCtx>)>,
 }
 
 /// The client connections of one downstream connection, by [`Target::pool_key`] (the service
@@ -409,7 +420,14 @@ impl Downstream {
         let request_head = http_metrics::request_head_size(&req);
         let grpc = http_metrics::is_grpc(req.headers());
         let req = req.map(|b| CountingBody::new(b, request_body.clone()));
-        let answered = self.route_and_send(&config, req, &mut log).await;
+        let mut challenge = None;
+        let answered = if self.edge.is_some() {
+            let built = self.ctx.routes.get(&config);
+            self.serve_at_edge(&config, &built, req, &mut log, &mut challenge)
+                .await
+        } else {
+            self.route_and_send(&config, req, &mut log).await
+        };
         let meter = RequestMeter {
             metrics: self.ctx.metrics.clone(),
             peers: self.parties(&config, &log),
@@ -438,7 +456,7 @@ impl Downstream {
                     &refusal.detail,
                     log.error.as_deref(),
                 );
-                let reply = crate::inbound_http::local_reply(&refusal, None);
+                let reply = crate::inbound_http::local_reply(&refusal, challenge);
                 meter.attach(reply, refusal.flag.as_str())
             }
         }
@@ -487,7 +505,15 @@ impl Downstream {
         log.authority.clone_from(&plan.authority);
         log.service = Some(plan.listener.service.clone());
         if config.mesh_routes.table().covers(&plan.listener.service) {
-            return self.serve_routed(config, &built, &plan, req, log).await;
+            let scope = routed::Scope {
+                table: config.mesh_routes.table(),
+                service: Some(&plan.listener.service),
+                authority: &plan.authority,
+                port: plan.listener.service_port,
+                gateway: ward_config::istio::MESH_GATEWAY,
+                scheme: "http",
+            };
+            return self.serve_routed(config, &built, &scope, req, log).await;
         }
         let target = Target::any(plan.listener);
         let (mut parts, body) = req.into_parts();
@@ -850,6 +876,10 @@ struct RequestLog {
     /// The flag and details of an answer that is not the upstream's own (a redirect, a direct
     /// response, a fault); `None`: `-` and `via_upstream`.
     answer: Option<(ResponseFlag, &'static str)>,
+    /// The Gateway (`ns/name`) whose server took the request.
+    gateway: Option<String>,
+    /// The JWT principal the gateway verified.
+    request_principal: Option<String>,
     started: Instant,
 }
 
@@ -874,6 +904,8 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            gateway: None,
+            request_principal: None,
             started: Instant::now(),
         }
     }
@@ -902,6 +934,8 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            gateway: None,
+            request_principal: None,
             started: Instant::now(),
         }
     }
@@ -910,7 +944,9 @@ impl RequestLog {
         let far = self.far.as_deref();
         tracing::info!(
             target: "access",
-            direction = "outbound",
+            direction = if self.gateway.is_some() { "gateway" } else { "outbound" },
+            gateway = self.gateway.as_deref(),
+            request_principal = self.request_principal.as_deref(),
             method = %self.method,
             path = %self.path,
             protocol = self.protocol,
@@ -933,7 +969,10 @@ impl RequestLog {
     }
 }
 
+mod edge;
 mod routed;
+
+pub(crate) use edge::{serve as serve_edge, Edge};
 
 #[cfg(test)]
 mod tests {
@@ -992,6 +1031,7 @@ mod tests {
             directory: Default::default(),
             egress: Default::default(),
             mesh_routes: Default::default(),
+            gateway: Default::default(),
         }
     }
 

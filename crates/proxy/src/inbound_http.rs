@@ -495,6 +495,92 @@ fn lift_denial(
         })
 }
 
+/// The gateway's own checks of a request at the edge (docs/ingress.md): admitted as on an
+/// inbound port (one method, one authority, the normalized path, spoofable headers removed),
+/// its JWT verified with the RequestAuthentications that select the gateway workload, and
+/// decided by the AuthorizationPolicies that select it (the client is outside the mesh: no
+/// principal; `remoteIpBlocks` see the socket peer). The request goes on with the normalized
+/// path, an `x-request-id` and a `traceparent`. `Ok`: the verified request principal, if any;
+/// `Err`: the refusal, with the `WWW-Authenticate` challenge of a rejected token.
+pub(crate) fn check_at_edge(
+    ctx: &InboundCtx,
+    cfg: &ProxyConfig,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    parts: &mut http::request::Parts,
+) -> Result<Option<String>, (Refusal, Option<String>)> {
+    let admitted = admit(&RequestHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+    })
+    .map_err(|r| (r, None))?;
+    let rules = HeaderRules {
+        keep_overrides: cfg.workload.keep_override_headers,
+    };
+    admission::sanitize(&mut parts.headers, &admitted, rules);
+    let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
+    let mut query = admitted.target.query.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let auth = authenticate(
+        cfg.jwt_rules.authenticator().map(|a| &**a),
+        &mut parts.headers,
+        &mut query,
+        now,
+        &|issuer| ctx.authn.keys(issuer),
+        &|issuer| ctx.authn.note_unknown_kid(issuer),
+        &|result| ctx.metrics.jwt_validation(&workload, result),
+    )
+    .map_err(|r| {
+        let challenge = format!(
+            "Bearer realm=\"https://{}{}\", error=\"invalid_token\"",
+            admitted.authority.replace('"', ""),
+            admitted.target.path
+        );
+        (r, Some(challenge))
+    })?;
+    let principal = auth.as_ref().map(|a| a.principal.clone());
+    let conn = InboundConn::plaintext(src, dst);
+    let request = UpgradeRequest {
+        method: admitted.method.as_str().to_owned(),
+        host: admitted.authority.clone(),
+        path: admitted.target.path.clone(),
+        headers: header_list(&parts.headers),
+        auth,
+    };
+    let decision = authorize(cfg, &conn, &request);
+    crate::inbound::log_dry_run_and_audit(&decision, src, None, dst);
+    ctx.metrics.authz_decision(&workload, &decision);
+    if !decision.is_allowed() {
+        return Err((
+            Refusal {
+                flag: ResponseFlag::None,
+                ..Refusal::denied_by(&decision)
+                    .with_reply(StatusCode::FORBIDDEN, "RBAC: access denied")
+            },
+            None,
+        ));
+    }
+    let target = match &query {
+        Some(q) => format!("{}?{q}", admitted.target.path),
+        None => admitted.target.path.clone(),
+    };
+    if let Ok(uri) = target.parse() {
+        parts.uri = uri;
+    }
+    let id = request_id(&parts.headers);
+    let trace = traceparent(&parts.headers);
+    for (name, value) in [("x-request-id", id), ("traceparent", trace)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, v);
+        }
+    }
+    Ok(principal)
+}
+
 /// The port the connection is for, if the config still serves it.
 fn route<'c>(cfg: &'c ProxyConfig, conn: &InboundConn) -> Result<&'c InboundPort, Refusal> {
     cfg.inbound

@@ -28,6 +28,8 @@
 //! - [`capture`]: transparent capture (iptables rules, socket marks, `SO_ORIGINAL_DST`); with it,
 //!   the sidecar also serves the outbound (15001) and inbound (15006) capture ports.
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
+//! - `gateway`: the server ports of a workload that Gateways select (docs/ingress.md): HTTP
+//!   routed by `egress_http`'s edge path, TLS terminated by SNI or passed through, TCP.
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
 //!
@@ -46,6 +48,7 @@ pub mod coverage;
 pub mod dns;
 mod egress_http;
 mod forward_proxy;
+mod gateway;
 mod http_metrics;
 mod inbound;
 mod inbound_http;

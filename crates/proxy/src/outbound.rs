@@ -264,7 +264,7 @@ pub(crate) async fn passthrough(dst: SocketAddr) -> Result<Upstream, Refusal> {
 }
 
 /// Splice `app` to its upstream, or reset it with the refusal; then finish its result.
-async fn finish_spliced(
+pub(crate) async fn finish_spliced(
     mut app: TcpStream,
     upstream: Result<Upstream, Refusal>,
     mut result: ConnResult,
@@ -504,6 +504,7 @@ mod tests {
             directory: Default::default(),
             egress: Default::default(),
             mesh_routes: Default::default(),
+            gateway: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {

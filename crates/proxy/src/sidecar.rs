@@ -149,6 +149,8 @@ enum ListenerKind {
     Outbound,
     /// An explicit forward proxy (Sidecar egress `port.protocol: HTTP_PROXY`).
     ForwardProxy,
+    /// A Gateway server port (docs/ingress.md).
+    Gateway,
 }
 
 impl Sidecar {
@@ -318,6 +320,11 @@ impl Sidecar {
             resolvers: Default::default(),
             originator: Default::default(),
         });
+        let gateway_ctx = Arc::new(crate::gateway::GatewayCtx {
+            outbound: outbound_ctx.clone(),
+            inbound: inbound_ctx.clone(),
+            certs: Default::default(),
+        });
         tokio::spawn(inbound::run_hbone(
             hbone,
             tls,
@@ -394,8 +401,14 @@ impl Sidecar {
             }
             served_tx.send_replace(self.served(&cfg));
             let cfg = served.borrow().clone();
-            self.reconcile(&cfg, &mut listeners, &inbound_ctx, &outbound_ctx)
-                .await;
+            self.reconcile(
+                &cfg,
+                &mut listeners,
+                &inbound_ctx,
+                &outbound_ctx,
+                &gateway_ctx,
+            )
+            .await;
             let closed = h.tracker.recheck(|open| inbound::recheck(&cfg, open));
             if closed > 0 {
                 tracing::info!(workload = %self.key, closed, "policy change closed open connections");
@@ -423,6 +436,7 @@ impl Sidecar {
         listeners: &mut HashMap<(ListenerKind, SocketAddr), watch::Sender<bool>>,
         inbound_ctx: &Arc<InboundCtx>,
         outbound_ctx: &Arc<OutboundCtx>,
+        gateway_ctx: &Arc<crate::gateway::GatewayCtx>,
     ) {
         // Captured inbound ports are reached through the inbound capture port, never bound.
         let mut want: Vec<(ListenerKind, SocketAddr)> = cfg
@@ -447,6 +461,16 @@ impl Sidecar {
                 .iter()
                 .map(|p| (ListenerKind::ForwardProxy, p.bind)),
         );
+        want.extend(cfg.gateway.ports().into_iter().map(|port| {
+            (
+                ListenerKind::Gateway,
+                SocketAddr::new(cfg.workload.address, port),
+            )
+        }));
+        // A bad credential is logged now; its server refuses handshakes, the others run.
+        for problem in crate::gateway::check_servers(gateway_ctx, cfg) {
+            tracing::debug!(workload = %self.key, "{problem}");
+        }
         listeners.retain(|k, tx| {
             let keep = want.contains(k);
             if !keep {
@@ -484,6 +508,15 @@ impl Sidecar {
                     tokio::spawn(outbound::run_listener(
                         listener,
                         outbound_ctx.clone(),
+                        gate,
+                        rx,
+                    ));
+                }
+                ListenerKind::Gateway => {
+                    let gate = self.gate(listener::Kind::Outbound);
+                    tokio::spawn(crate::gateway::run_port(
+                        listener,
+                        gateway_ctx.clone(),
                         gate,
                         rx,
                     ));

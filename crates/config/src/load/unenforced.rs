@@ -91,7 +91,8 @@ impl Loader {
             }
             "Gateway" => {
                 let validate = |r: &Resource<GatewaySpec>| r.spec.validate();
-                self.load_spec(doc, resource, meta_ok, validate);
+                let kept = self.load_spec(doc, resource, meta_ok, validate);
+                self.set.gateways.extend(kept);
             }
             "WorkloadGroup" => {
                 let validate = |r: &Resource<WorkloadGroupSpec>| r.spec.validate();

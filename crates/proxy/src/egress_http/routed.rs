@@ -6,7 +6,7 @@
 //! `ward_config::traffic_policy`) with rewrites, header changes, the fault delay, mirrors,
 //! the route's timeout and its retries. docs/routing.md says what is served and how.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use ward_config::http_routing::{
-    CorsAnswer, Decision, HeaderOps, RequestFacts, Retries, Rolls, WeightedDestination,
+    CorsAnswer, Decision, HeaderOps, HttpRoutes, RequestFacts, Retries, Rolls, WeightedDestination,
 };
 use ward_config::istio::MESH_GATEWAY;
 use ward_config::origination::TlsOrigination;
@@ -25,8 +25,7 @@ use ward_config::traffic_policy::{self, DestinationPolicy, LoadBalancer, Pick};
 use ward_config::{Endpoint, ProxyConfig};
 
 use super::{
-    finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, Plan, RequestLog,
-    Target,
+    finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
 };
 use crate::http_metrics::CountingBody;
 use crate::refusal::{Refusal, ResponseFlag};
@@ -289,6 +288,13 @@ impl Head {
     }
 }
 
+/// An empty body.
+pub(super) fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 fn local(status: u16, headers: &[(&str, String)], body: Bytes) -> Response<Body> {
     let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -310,13 +316,33 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Which routing table decides a request and what it knows of where the request came in.
+pub(super) struct Scope<'a> {
+    /// The compiled routes.
+    pub(super) table: &'a HttpRoutes,
+    /// On a sidecar, the service whose virtual host decides (Istio attaches a VirtualService
+    /// to the service's virtual host); at a gateway, `None`: the authority picks the host.
+    pub(super) service: Option<&'a str>,
+    /// The request's authority as admitted.
+    pub(super) authority: &'a str,
+    /// The port the request arrived on (the service port, or the gateway server's port).
+    pub(super) port: u16,
+    /// `mesh`, or the deciding Gateway's `ns/name`.
+    pub(super) gateway: &'a str,
+    /// `http` or `https`.
+    pub(super) scheme: &'a str,
+}
+
+/// The source labels of a request at a gateway: none (the client is outside the mesh).
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 impl Downstream {
-    /// Serve a request for a service a VirtualService covers (the module doc says how).
+    /// Serve a request a VirtualService table decides (the module doc says how).
     pub(super) async fn serve_routed(
         &self,
         config: &Arc<ProxyConfig>,
         built: &Built,
-        plan: &Plan<'_>,
+        scope: &Scope<'_>,
         req: Request<CountingBody>,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, Refusal> {
@@ -331,16 +357,21 @@ impl Downstream {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        let mesh = scope.gateway == MESH_GATEWAY;
         let facts = RequestFacts {
             method: &method,
-            scheme: "http",
-            authority: &plan.authority,
+            scheme: scope.scheme,
+            authority: scope.authority,
             path_and_query: &path_and_query,
             headers: &headers,
-            port: plan.listener.service_port,
-            gateway: MESH_GATEWAY,
-            source_labels: &config.workload.labels,
-            source_namespace: Some(&config.workload.namespace),
+            port: scope.port,
+            gateway: scope.gateway,
+            source_labels: if mesh {
+                &config.workload.labels
+            } else {
+                &NO_LABELS
+            },
+            source_namespace: mesh.then_some(config.workload.namespace.as_str()),
         };
         let rolls = Rolls {
             weight: fastrand::u32(..),
@@ -348,8 +379,11 @@ impl Downstream {
             abort: fastrand::f64() * 100.0,
             mirror: fastrand::f64() * 100.0,
         };
-        let table = config.mesh_routes.table();
-        let forward = match table.decide_for(&plan.listener.service, &facts, rolls) {
+        let decision = match scope.service {
+            Some(service) => scope.table.decide_for(service, &facts, rolls),
+            None => scope.table.decide(&facts, rolls),
+        };
+        let forward = match decision {
             Decision::NoRoute => return Err(no_route()),
             Decision::Redirect {
                 status, location, ..
@@ -392,8 +426,7 @@ impl Downstream {
         log.service = Some(destination.host.clone());
         let target = {
             let (endpoints, lb, http2, tls) =
-                resolve(config, destination, plan.listener.service_port)
-                    .map_err(|(r, why)| log.failed(r, why))?;
+                resolve(config, destination, scope.port).map_err(|(r, why)| log.failed(r, why))?;
             let hash = match &lb {
                 LoadBalancer::HeaderHash(name) => {
                     header(&headers, name).map(|v| traffic_policy::hash_key(v.as_bytes()))
@@ -448,7 +481,7 @@ impl Downstream {
                 self.mirror(
                     config,
                     mirror,
-                    plan,
+                    scope.port,
                     &head,
                     &forward.authority,
                     bytes.clone(),
@@ -556,12 +589,12 @@ impl Downstream {
         &self,
         config: &Arc<ProxyConfig>,
         destination: &WeightedDestination,
-        plan: &Plan<'_>,
+        port: u16,
         head: &Head,
         authority: &str,
         body: Bytes,
     ) {
-        let target = match resolve(config, destination, plan.listener.service_port) {
+        let target = match resolve(config, destination, port) {
             Ok((endpoints, _, http2, tls)) => {
                 let mut endpoints: Vec<Endpoint> = endpoints.into_iter().cloned().collect();
                 let n = endpoints.len();
@@ -604,6 +637,7 @@ impl Downstream {
             src: self.src,
             bind: self.bind,
             clients: Clients::default(),
+            edge: self.edge.clone(),
         };
         let config = config.clone();
         let mut log = RequestLog::detached(&down, &config);
