@@ -13,6 +13,7 @@
 //!   `--cases FILE`: many queries with their expected outcomes, a CI gate (exits 1 on a
 //!   mismatch).
 //! - `ward audit verify|export`: prove an audit trail complete and unaltered; export it.
+//! - `ward certs`: every workload's chain and roots with the time left, from the admin API.
 //! - `ward access-matrix -f DIR`: who can reach what (every source class × service and workload
 //!   port, with conditions, plaintext per port, external hosts), as a table, CSV, JSON or HTML.
 //! - `ward diff OLD NEW` / `ward diff --git REV1 REV2`: what a change opens or closes; exits 1
@@ -25,6 +26,7 @@ mod access_matrix;
 mod admin;
 mod analyze;
 mod audit;
+mod certs;
 mod check;
 mod control_plane;
 mod demo_apps;
@@ -94,6 +96,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Every workload's certificate chain and trusted roots from a running `ward up` or `ward
+    /// proxy` (`--admin`), with serials, validity and time left; flags what expires within
+    /// `--warn` (7 days). Exits 0 nothing flagged, 1 something is, 2 the admin API could not be
+    /// asked.
+    Certs(certs::CertsArgs),
     /// Live evidence from a running mesh: `mtls` opens one probe connection through a
     /// workload's sidecar and reports the peer identity, TLS version, key exchange,
     /// certificates and the destination's decision; exits 0 for mutual TLS 1.3, 1 otherwise,
@@ -165,6 +172,7 @@ fn main() -> ExitCode {
         Command::Check(args) => return check::run(args),
         Command::Audit { command } => return audit::run(command),
         Command::Verify { command } => return rt.block_on(verify::run(command)),
+        Command::Certs(args) => return rt.block_on(certs::run(args)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
         Command::Install {

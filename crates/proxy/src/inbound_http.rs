@@ -33,6 +33,7 @@ use ward_config::{InboundPort, ProxyConfig};
 use ward_policy::{Decision, RequestAuth};
 
 use crate::admission::{self, admit, upstream_parts, Admitted, HeaderRules, RequestHead};
+use crate::audit::{AuditEvent, Verdict as AuditVerdict};
 use crate::connection::InboundConn;
 use crate::conntrack::{Authorized, UpgradeRequest};
 use crate::http_metrics::{self, CountingBody, RequestMeter};
@@ -437,7 +438,28 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
-    if !decision.is_allowed() {
+    let allowed = decision.is_allowed();
+    let event = AuditEvent {
+        time: std::time::SystemTime::now(),
+        direction: "inbound",
+        protocol: "http",
+        verdict: AuditVerdict::Policy(decision.clone()),
+        src_addr: conn.src,
+        src_identity: conn.peer_id.clone(),
+        dst_addr: conn.dst,
+        dst_identity: Some(ctx.identity.clone()),
+        dst_host: Some(admitted.authority.clone()),
+        request_principal: log.request_principal.clone(),
+        method: Some(log.method.clone()),
+        path: Some(admitted.target.path.clone()),
+        request_id: Some(log.request_id.clone()),
+    };
+    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
+        // Fail-closed: what the trail cannot record is not served (docs/audit.md).
+        return Err(Refusal::internal(ResponseFlag::None, detail)
+            .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"));
+    }
+    if !allowed {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
         return Err(Refusal {
             flag: ResponseFlag::None,

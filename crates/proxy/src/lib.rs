@@ -24,6 +24,8 @@
 //! - [`capture`]: transparent capture (iptables rules, socket marks, `SO_ORIGINAL_DST`); with it,
 //!   the sidecar also serves the outbound (15001) and inbound (15006) capture ports.
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
+//! - `audit`: one record per authorization decision in the workload's tamper-evident audit
+//!   trail (`ward-audit`), written off the data path by a task of its own (docs/audit.md).
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
 //!
@@ -32,6 +34,7 @@
 
 mod access_log;
 mod admission;
+mod audit;
 mod blackhole;
 pub mod capture;
 mod certs;
@@ -57,6 +60,7 @@ mod sniff;
 mod splice;
 mod upstream;
 
+pub use audit::{AuditHealth, AuditMetrics, LatestCert};
 pub use certs::{humantime_utc, CertificateProvider, SignError};
 pub use metrics::Metrics;
 pub use refusal::{Fault, ResponseFlag};
