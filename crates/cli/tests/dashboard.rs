@@ -1,7 +1,8 @@
 //! The shipped Prometheus alert rules and Grafana dashboard (deploy/): `promtool check rules`
 //! and `promtool test rules` on the rules; every query of the dashboard run against a real
 //! Prometheus scraping a running `ward up` (with the rules loaded), each must return series.
-//! The same run checks that blocked egress lands in the proxy's audit trail.
+//! The same run checks `ward certs` against its admin API, and that blocked egress lands in
+//! the proxy's audit trail.
 //!
 //! Needs `prometheus`, `promtool` and `curl`; without them it prints `SKIPPED` (CI installs them
 //! and fails instead). Addresses: 127.1.149.x.
@@ -222,6 +223,60 @@ fn the_dashboard_queries_return_series_from_a_running_ward() {
     // The shipped recording rule, evaluated by Prometheus: all of this traffic is mTLS.
     let coverage = prom.query("ward:mtls_coverage:ratio_rate5m");
     assert_eq!(coverage[0]["value"][1], "1", "{coverage:?}");
+
+    // `ward certs` against the same admin API: every workload's leaf and root, nothing
+    // flagged with 24 h certificates renewed on time; a horizon past the root's expiry flags
+    // it (and the exit status says so).
+    let certs = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["certs", "--admin", &ward.admin.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, table) = certs(&[]);
+    assert_eq!(code, 0, "{table}");
+    for workload in ["app/srv", "app/cli", "other/oth", "edge/gw"] {
+        let rows: Vec<&str> = table.lines().filter(|l| l.contains(workload)).collect();
+        assert!(
+            rows.iter()
+                .any(|l| l.contains(" leaf ") && l.contains("spiffe://cluster.local/")),
+            "{workload}: {table}"
+        );
+        assert!(
+            rows.iter().any(|l| l.contains(" root ")),
+            "{workload}: {table}"
+        );
+    }
+    assert!(!table.lines().any(|l| l.starts_with('!')), "{table}");
+    let (code, json) = certs(&["--json"]);
+    assert_eq!(code, 0);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let srv = json["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["workload"] == "app/srv")
+        .unwrap();
+    assert_eq!(srv["chain"][0]["serial"], srv["serial"], "{srv:#}");
+    assert!(
+        srv["roots"][0]["secondsLeft"].as_i64().unwrap() > 86_400,
+        "{srv:#}"
+    );
+    assert!(table.contains(srv["serial"].as_str().unwrap()), "{table}");
+    let (code, table) = certs(&["--warn", "100000d"]);
+    assert_eq!(code, 1, "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with('!') && l.contains(" root ")),
+        "{table}"
+    );
+    assert!(table.contains("certificate(s) expire within"), "{table}");
 
     // The blocked egress is in gw's audit trail, which verifies.
     assert!(ward.stop(Duration::from_secs(15)).is_some());

@@ -666,13 +666,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (roots, cert) = workload(&tmp.path().join("ca"));
         let (tx, mut rx) = mpsc::channel(2);
-        let health = Arc::new(AuditHealth::default());
         let dropped = Arc::new(AtomicU64::new(0));
         let dropped_metric = Counter::default();
         let sink = AuditSink {
             inner: Some(Arc::new(SinkInner {
                 tx,
-                health: health.clone(),
+                health: Arc::default(),
                 dropped: dropped.clone(),
                 dropped_metric: dropped_metric.clone(),
                 workload: "ehr/records".into(),
