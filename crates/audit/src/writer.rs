@@ -220,6 +220,43 @@ impl Writer {
         Ok(seq)
     }
 
+    /// Appends events (type, fields, time) with one `write` for all of them; checkpoints and
+    /// rotates when due, after the last. All or nothing: when the write fails, none of them is
+    /// in the trail and the chain is where it was.
+    pub fn append_all(
+        &mut self,
+        events: &[(&str, Map<String, Value>, SystemTime)],
+        now: SystemTime,
+    ) -> Result<u64, AuditError> {
+        let (seq, prev) = (self.seq, self.prev.clone());
+        let mut buf = Vec::new();
+        for (kind, fields, time) in events {
+            let next = self.seq + 1;
+            let line = record::line(next, &rfc3339(*time), &self.prev, kind, fields);
+            self.prev = hash(line.as_bytes());
+            self.seq = next;
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            let _ = self.file.set_len(self.bytes);
+            let _ = self.file.seek(SeekFrom::End(0));
+            (self.seq, self.prev) = (seq, prev);
+            return Err(io(&self.path)(e));
+        }
+        self.bytes += buf.len() as u64;
+        self.since_checkpoint += events.len() as u64;
+        if self.since_checkpoint >= self.rotation.checkpoint_every {
+            self.checkpoint(now)?;
+        }
+        if self.bytes >= self.rotation.max_bytes
+            || now.duration_since(self.opened).unwrap_or_default() >= self.rotation.max_age
+        {
+            self.rotate(now)?;
+        }
+        Ok(self.seq)
+    }
+
     /// Checkpoints if records came since the last one and it is older than the interval.
     pub fn tick(&mut self, now: SystemTime) -> Result<(), AuditError> {
         if self.checkpoint_due(now) {

@@ -498,19 +498,27 @@ impl WriterState {
         if let Some(s) = self.cert.signer.load_full() {
             writer.set_signer(s);
         }
+        let mut events = Vec::with_capacity(batch.len() + 1);
         if self.unwritten > 0 {
             let mut gap = Map::new();
             gap.insert("records".into(), self.unwritten.into());
             gap.insert("proxy".into(), self.proxy.as_str().into());
-            writer.append("gap", &gap, now).map_err(|e| (e, records))?;
-            self.unwritten = 0;
+            events.push(("gap", gap, now));
         }
-        for (i, (ev, refused)) in batch.iter().enumerate() {
+        for (ev, refused) in batch {
             let refused = refused.then_some(AUDIT_UNAVAILABLE);
-            writer
-                .append("decision", &fields(ev, &self.proxy, refused), ev.time)
-                .map_err(|e| (e, records - i as u64))?;
-            self.written.inc();
+            events.push(("decision", fields(ev, &self.proxy, refused), ev.time));
+        }
+        if !events.is_empty() {
+            // One write for the batch; all or nothing. A checkpoint that fails after it does
+            // not lose the records: the chain has moved past them.
+            let before = writer.seq();
+            let result = writer.append_all(&events, now);
+            if writer.seq() > before {
+                self.unwritten = 0;
+                self.written.inc_by(records);
+            }
+            result.map_err(|e| (e, if writer.seq() > before { 0 } else { records }))?;
         }
         if last {
             writer.checkpoint(now).map_err(|e| (e, 0))?;
