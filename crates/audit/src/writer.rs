@@ -21,6 +21,9 @@ use crate::signer::{self, CheckpointSigner};
 
 /// The seal file's name.
 pub const SEAL_FILE: &str = "audit.seal";
+/// The lock file's name: one writer per trail. Two writers appending to one trail would each
+/// chain from their own last record, and the trail would no longer verify.
+pub const LOCK_FILE: &str = "audit.lock";
 
 /// Why the trail could not be written. The caller decides whether traffic goes on
 /// (fail-open) or stops (fail-closed); it must never pass silently.
@@ -45,6 +48,12 @@ pub enum AuditError {
     /// The checkpoint could not be signed.
     #[error("checkpoint not signed: {0}")]
     Sign(String),
+    /// Another writer holds the trail's lock file.
+    #[error("{}: another writer holds this trail", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
 }
 
 /// When a file is closed and the next one opened.
@@ -85,6 +94,8 @@ pub struct Writer {
     opened: SystemTime,
     since_checkpoint: u64,
     last_checkpoint: SystemTime,
+    /// Holds the trail's exclusive lock ([`LOCK_FILE`]) while the writer is open.
+    _lock: File,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -123,6 +134,20 @@ impl Writer {
         now: SystemTime,
     ) -> Result<Writer, AuditError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Locked { path: lock_path })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let newest = newest_index(dir)?;
         let (index, seq, prev, resumed) = match newest {
             None => (0, 0, GENESIS.to_owned(), None),
@@ -166,6 +191,7 @@ impl Writer {
             opened: now,
             since_checkpoint: 0,
             last_checkpoint: now,
+            _lock: lock,
         };
         if resumed.is_none() {
             writer.start_file(now)?;
@@ -194,13 +220,55 @@ impl Writer {
         Ok(seq)
     }
 
+    /// Appends events (type, fields, time) with one `write` for all of them; checkpoints and
+    /// rotates when due, after the last. All or nothing: when the write fails, none of them is
+    /// in the trail and the chain is where it was.
+    pub fn append_all(
+        &mut self,
+        events: &[(&str, Map<String, Value>, SystemTime)],
+        now: SystemTime,
+    ) -> Result<u64, AuditError> {
+        let (seq, prev) = (self.seq, self.prev.clone());
+        let mut buf = Vec::new();
+        for (kind, fields, time) in events {
+            let next = self.seq + 1;
+            let line = record::line(next, &rfc3339(*time), &self.prev, kind, fields);
+            self.prev = hash(line.as_bytes());
+            self.seq = next;
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            let _ = self.file.set_len(self.bytes);
+            let _ = self.file.seek(SeekFrom::End(0));
+            (self.seq, self.prev) = (seq, prev);
+            return Err(io(&self.path)(e));
+        }
+        self.bytes += buf.len() as u64;
+        self.since_checkpoint += events.len() as u64;
+        if self.since_checkpoint >= self.rotation.checkpoint_every {
+            self.checkpoint(now)?;
+        }
+        if self.bytes >= self.rotation.max_bytes
+            || now.duration_since(self.opened).unwrap_or_default() >= self.rotation.max_age
+        {
+            self.rotate(now)?;
+        }
+        Ok(self.seq)
+    }
+
     /// Checkpoints if records came since the last one and it is older than the interval.
     pub fn tick(&mut self, now: SystemTime) -> Result<(), AuditError> {
-        let age = now.duration_since(self.last_checkpoint).unwrap_or_default();
-        if self.since_checkpoint > 0 && age >= self.rotation.checkpoint_interval {
+        if self.checkpoint_due(now) {
             self.checkpoint(now)?;
         }
         Ok(())
+    }
+
+    /// Whether [`Writer::tick`] at `now` would write a checkpoint.
+    pub fn checkpoint_due(&self, now: SystemTime) -> bool {
+        let age = now.duration_since(self.last_checkpoint).unwrap_or_default();
+        self.since_checkpoint > 0 && age >= self.rotation.checkpoint_interval
     }
 
     /// Writes a checkpoint now, into the trail and the seal file, and syncs both.
@@ -217,9 +285,15 @@ impl Writer {
             .append(true)
             .open(&seal)
             .map_err(io(&seal))?;
-        f.write_all(format!("{line}\n").as_bytes())
+        let before = f.metadata().map_err(io(&seal))?.len();
+        if let Err(e) = f
+            .write_all(format!("{line}\n").as_bytes())
             .and_then(|()| f.sync_data())
-            .map_err(io(&seal))?;
+        {
+            // A full disk may take part of the line: drop it, so the seal stays whole lines.
+            let _ = f.set_len(before);
+            return Err(io(&seal)(e));
+        }
         self.since_checkpoint = 0;
         self.last_checkpoint = now;
         Ok(())
@@ -238,6 +312,11 @@ impl Writer {
         self.bytes = 0;
         self.opened = now;
         self.start_file(now)
+    }
+
+    /// Signs the next checkpoints with `signer` (the workload certificate rotated).
+    pub fn set_signer(&mut self, signer: Arc<dyn CheckpointSigner>) {
+        self.signer = signer;
     }
 
     /// The path of the file being written.

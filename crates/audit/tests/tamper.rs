@@ -311,3 +311,31 @@ fn a_writer_resumes_after_a_crash_mid_record() {
     assert!(r.ok, "{r:?}");
     assert_eq!(r.unsealed, 0);
 }
+
+#[test]
+fn a_batch_is_appended_as_one_chain_and_a_second_writer_is_locked_out() {
+    let mesh = mesh();
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Arc::new(KeySigner::new(&mesh.cert).unwrap());
+    let now = SystemTime::now();
+    let mut w = Writer::open(dir.path(), signer.clone(), Rotation::default(), now).unwrap();
+    let batch: Vec<(&str, Map<String, Value>, SystemTime)> =
+        (0..5).map(|i| ("decision", decision(i), now)).collect();
+    assert_eq!(
+        w.append_all(&batch, now).unwrap(),
+        6,
+        "the file record, then 5"
+    );
+    w.append("decision", &decision(5), now).unwrap();
+    // One writer per trail: a second one is refused while the first holds it.
+    assert!(matches!(
+        Writer::open(dir.path(), signer.clone(), Rotation::default(), now),
+        Err(ward_audit::AuditError::Locked { .. })
+    ));
+    w.checkpoint(now).unwrap();
+    drop(w);
+    let r = check(&mesh, &read(dir.path()));
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.records, r.unsealed), (8, 0), "{r:?}");
+    assert!(Writer::open(dir.path(), signer, Rotation::default(), now).is_ok());
+}

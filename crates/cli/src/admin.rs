@@ -100,10 +100,69 @@ pub(crate) fn mesh_ready(state: &AdminState) -> (bool, Vec<String>) {
                 let p = h.problems();
                 missing.push(format!("{key}: listeners not ready {p:?}"));
             }
-            Some(_) => {}
+            Some(h) => {
+                // A fail-closed workload refuses what its trail cannot record: not ready.
+                if let Some(p) = h.audit_problem().filter(|_| h.audit_fail_closed()) {
+                    missing.push(format!("{key}: {p} (fail-closed)"));
+                }
+            }
         }
     }
     (missing.is_empty(), missing)
+}
+
+/// Hosted sidecars that serve although their audit trail is failing (fail-open, the default):
+/// `/ready` says so, with status 200 (docs/audit.md).
+pub(crate) fn mesh_degraded(state: &AdminState) -> Vec<String> {
+    let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();
+    sidecars
+        .iter()
+        .filter(|(k, h)| state.hosted.contains(k) && !h.audit_fail_closed())
+        .filter_map(|(k, h)| h.audit_problem().map(|p| format!("{k}: {p} (fail-open)")))
+        .collect()
+}
+
+/// One workload's entry in `/certs`: the installed leaf (as before), and with `chain` and
+/// `roots` every certificate of its chain and trust bundle with its serial, validity and
+/// seconds left (`ward certs`).
+pub(crate) fn cert_entry(key: &str, h: &SidecarHandle) -> serde_json::Value {
+    let Some(c) = h.cert() else {
+        return serde_json::json!({ "workload": key, "status": "PENDING" });
+    };
+    let now = std::time::SystemTime::now();
+    let describe = |der: &Vec<u8>| match ward_identity::cert_info(der) {
+        Ok(i) => serde_json::json!({
+            "subject": i.subject,
+            "serial": i.serial,
+            "notBefore": humantime_utc(i.not_before),
+            "notAfter": humantime_utc(i.not_after),
+            "secondsLeft": seconds_left(i.not_after, now),
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    let issued = h.issued();
+    let chain: Vec<_> = issued
+        .iter()
+        .flat_map(|i| i.chain_der.iter().map(describe))
+        .collect();
+    let roots: Vec<_> = issued
+        .iter()
+        .flat_map(|i| i.roots_der.iter().map(describe))
+        .collect();
+    serde_json::json!({
+        "workload": key, "spiffeId": c.id.to_string(), "serial": c.serial,
+        "notBefore": humantime_utc(c.not_before), "notAfter": humantime_utc(c.not_after),
+        "secondsLeft": seconds_left(c.not_after, now), "status": "ACTIVE",
+        "chain": chain, "roots": roots,
+    })
+}
+
+/// Seconds from `now` to `at`, negative once past.
+fn seconds_left(at: std::time::SystemTime, now: std::time::SystemTime) -> i64 {
+    match at.duration_since(now) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }
 
 pub(crate) fn respond(
@@ -131,7 +190,14 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/ready" | "/healthz/ready" => {
             let (ready, missing) = mesh_ready(state);
-            if ready {
+            let degraded = mesh_degraded(state);
+            if ready && !degraded.is_empty() {
+                respond(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready, degraded:\n{}\n", degraded.join("\n")),
+                )
+            } else if ready {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 respond(
@@ -156,16 +222,8 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/certs" => {
             let sidecars = state.sidecars.lock().map(|s| s.clone()).unwrap_or_default();
-            let certs: Vec<serde_json::Value> = sidecars
-                .iter()
-                .map(|(k, h)| match h.cert() {
-                    Some(c) => serde_json::json!({
-                        "workload": k, "spiffeId": c.id.to_string(), "serial": c.serial,
-                        "notBefore": humantime_utc(c.not_before), "notAfter": humantime_utc(c.not_after), "status": "ACTIVE",
-                    }),
-                    None => serde_json::json!({ "workload": k, "status": "PENDING" }),
-                })
-                .collect();
+            let certs: Vec<serde_json::Value> =
+                sidecars.iter().map(|(k, h)| cert_entry(k, h)).collect();
             json(&serde_json::json!({ "certificates": certs }))
         }
         "/metrics" => {

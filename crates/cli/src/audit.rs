@@ -125,17 +125,67 @@ fn load(trail: &Trail) -> anyhow::Result<Loaded> {
 /// Verify the trail in `dir` against the root certificates in `root` (PEM), with the seal file
 /// beside it if there is one (for `ward report`): the report, and whether a seal was read.
 pub(crate) fn verify_dir(dir: &Path, root: &Path) -> anyhow::Result<(Report, bool)> {
-    let trail = Trail {
-        files: vec![dir.to_owned()],
-        root: root.to_owned(),
-        seal: None,
-        json: false,
-    };
-    let Loaded { files, seal, roots } = load(&trail)?;
-    if files.is_empty() {
+    let trails = trail_dirs(dir)?;
+    if trails.is_empty() {
         anyhow::bail!("{}: no trail files (audit-NNNNNN.jsonl)", dir.display());
     }
-    Ok((verify(&files, seal.as_deref(), &roots), seal.is_some()))
+    // Several trails (`ward up --audit-dir`: one per sidecar, `<dir>/<namespace>/<name>/`, and
+    // the control plane's): each verified on its own, the figures summed; the first problem
+    // is the report's, and every trail must have its seal file for the whole to count as sealed.
+    let mut total = Report {
+        ok: true,
+        ..Report::default()
+    };
+    let mut all_sealed = true;
+    for trail_dir in trails {
+        let trail = Trail {
+            files: vec![trail_dir],
+            root: root.to_owned(),
+            seal: None,
+            json: false,
+        };
+        let Loaded { files, seal, roots } = load(&trail)?;
+        let r = verify(&files, seal.as_deref(), &roots);
+        all_sealed &= seal.is_some();
+        total.ok &= r.ok;
+        total.files += r.files;
+        total.records += r.records;
+        total.checkpoints += r.checkpoints;
+        total.unsealed += r.unsealed;
+        total.signers.extend(r.signers);
+        total.last_checkpoint = total.last_checkpoint.max(r.last_checkpoint);
+        if total.problem.is_none() {
+            total.problem = r.problem;
+        }
+    }
+    Ok((total, all_sealed))
+}
+
+/// The directories under `dir` (itself included, three levels down at most) that hold trail
+/// files, sorted.
+fn trail_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_owned(), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        let mut has_trail = false;
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry
+                .with_context(|| format!("reading {}", d.display()))?
+                .path();
+            if path.is_dir() {
+                if depth < 3 {
+                    todo.push((path, depth + 1));
+                }
+            } else if path.extension().is_some_and(|x| x == "jsonl") {
+                has_trail = true;
+            }
+        }
+        if has_trail {
+            out.push(d);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn read_roots(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {

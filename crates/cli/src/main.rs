@@ -16,6 +16,7 @@
 //! - `ward verify mtls|coverage`: live evidence from a running mesh (a probe; observed traffic).
 //! - `ward break-glass`: a time-limited, recorded exception for one workload.
 //! - `ward report -f DIR --admin ADDR --out DIR`: the compliance evidence pack (HTML + JSON).
+//! - `ward certs`: every workload's chain and roots with the time left, from the admin API.
 //! - `ward access-matrix -f DIR`: who can reach what (every source class × service and workload
 //!   port, with conditions, plaintext per port, external hosts), as a table, CSV, JSON or HTML.
 //! - `ward diff OLD NEW` / `ward diff --git REV1 REV2`: what a change opens or closes; exits 1
@@ -30,6 +31,7 @@ mod admin;
 mod analyze;
 mod audit;
 mod breakglass;
+mod certs;
 mod check;
 mod control_plane;
 mod demo_apps;
@@ -103,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Every workload's certificate chain and trusted roots from a running `ward up` or `ward
+    /// proxy` (`--admin`), with serials, validity and time left; flags what expires within
+    /// `--warn` (7 days). Exits 0 nothing flagged, 1 something is, 2 the admin API could not be
+    /// asked.
+    Certs(certs::CertsArgs),
     /// Live evidence from a running mesh: `mtls` opens one probe connection through a
     /// workload's sidecar and reports the peer identity, TLS version, key exchange,
     /// certificates and the destination's decision; exits 0 for mutual TLS 1.3, 1 otherwise,
@@ -180,6 +187,7 @@ fn main() -> ExitCode {
         Command::Verify { command } => return rt.block_on(verify::run(command)),
         Command::BreakGlass(args) => return rt.block_on(breakglass::run(args)),
         Command::Report(args) => return rt.block_on(report::run(args)),
+        Command::Certs(args) => return rt.block_on(certs::run(args)),
         Command::AccessMatrix(args) => return access_matrix::run(args),
         Command::Diff(args) => return diff::run(args),
         Command::Install(args) => rt.block_on(kubernetes::install(args)),

@@ -28,8 +28,7 @@ use ward_control::push::Assembled;
 use ward_identity::{IssuedCert, SpiffeId};
 use ward_proxy::listener::{Admission, FdBudget};
 use ward_proxy::{
-    humantime_utc, CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle,
-    SignError,
+    CertificateProvider, MeshIdentity, Metrics, OwnListener, Sidecar, SidecarHandle, SignError,
 };
 
 use crate::admin::{self, respond, Router};
@@ -55,6 +54,9 @@ pub(crate) struct ProxyArgs {
     /// Admin HTTP address (/ready, /config_dump, /certs, /metrics).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Where the audit trail is written: `<DIR>/<namespace>/<name>/` (docs/audit.md).
+    #[arg(long, value_name = "DIR", default_value = "/var/log/ward/audit")]
+    audit_dir: PathBuf,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -303,13 +305,16 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
     let (sidecar, handle) =
         Sidecar::new(key.clone(), config_rx, ca, mesh, metrics.clone(), admission)
             .with_context(|| format!("workload {key}"))?;
-    let sidecar = sidecar.with_capture(args.capture.capture).with_dns(dns);
+    let sidecar = sidecar
+        .with_capture(args.capture.capture)
+        .with_dns(dns)
+        .with_audit_dir(Some(args.audit_dir.clone()));
     let _ = certs.set(handle.cert_store());
     let sidecar = sidecar.with_process_listeners(vec![OwnListener {
         addr: args.admin,
         what: "the admin API".to_owned(),
     }]);
-    let sidecar_task = tokio::spawn(sidecar.run(shutdown_rx.clone()));
+    let mut sidecar_task = tokio::spawn(sidecar.run(shutdown_rx.clone()));
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -354,7 +359,7 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
 
     tokio::select! {
         () = wait_for_signal() => {}
-        r = sidecar_task => {
+        r = &mut sidecar_task => {
             let _ = shutdown_tx.send(true);
             match r {
                 Ok(Err(e)) => anyhow::bail!("sidecar {key} failed: {e}"),
@@ -364,6 +369,8 @@ pub(crate) async fn run(args: ProxyArgs, nofile: NofileLimit) -> anyhow::Result<
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    // The sidecar seals its audit trail before it returns.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), sidecar_task).await;
     Ok(())
 }
 
@@ -419,7 +426,21 @@ impl ProxyAdmin {
         if !self.handle.is_ready() {
             return Err(format!("listeners not ready {:?}", self.handle.problems()));
         }
+        if let Some(p) = self
+            .handle
+            .audit_problem()
+            .filter(|_| self.handle.audit_fail_closed())
+        {
+            return Err(format!("{p} (fail-closed)"));
+        }
         Ok(())
+    }
+
+    /// The audit trail is failing on a fail-open workload: ready, but degraded.
+    fn degraded(&self) -> Option<String> {
+        self.handle
+            .audit_problem()
+            .filter(|_| !self.handle.audit_fail_closed())
     }
 }
 
@@ -436,7 +457,17 @@ fn route(state: &ProxyAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     };
     match req.uri().path() {
         "/ready" | "/healthz/ready" => match state.ready() {
-            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Ok(()) => match state.degraded() {
+                Some(p) => respond(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!(
+                        "ready, degraded:\n{}: {p} (fail-open)\n",
+                        state.handle.key()
+                    ),
+                ),
+                None => respond(StatusCode::OK, "text/plain", "ready\n"),
+            },
             Err(why) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -455,13 +486,7 @@ fn route(state: &ProxyAdmin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json(dump)
         }
         "/certs" => {
-            let cert = match state.handle.cert() {
-                Some(c) => serde_json::json!({
-                    "workload": state.handle.key(), "spiffeId": c.id.to_string(), "serial": c.serial,
-                    "notBefore": humantime_utc(c.not_before), "notAfter": humantime_utc(c.not_after), "status": "ACTIVE",
-                }),
-                None => serde_json::json!({ "workload": state.handle.key(), "status": "PENDING" }),
-            };
+            let cert = admin::cert_entry(state.handle.key(), &state.handle);
             json(serde_json::json!({ "certificates": [cert] }))
         }
         "/metrics" => admin::metrics_response(&state.registry),

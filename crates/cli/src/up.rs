@@ -38,6 +38,15 @@ pub(crate) struct UpArgs {
     /// Where the CA keeps its root (created on first start).
     #[arg(long, default_value = "./.ward")]
     state_dir: PathBuf,
+    /// Where the sidecars write their audit trails, `<DIR>/<namespace>/<name>/` (docs/audit.md).
+    /// Default: `<state-dir>/audit`.
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Write no audit trail at all (benchmarks, development; docs/audit.md). Also from the
+    /// environment (`WARD_NO_AUDIT=true`), so a harness can turn it off for the processes it
+    /// starts.
+    #[arg(long, env = "WARD_NO_AUDIT", conflicts_with = "audit_dir")]
+    no_audit: bool,
     /// Use Istio's `cacerts` layout from this directory instead of Ward's own root.
     #[arg(long)]
     cacerts: Option<PathBuf>,
@@ -61,10 +70,6 @@ pub(crate) struct UpArgs {
     /// (`--cacerts`, or a copy of `--state-dir`), each naming its own workloads. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "NAMESPACE/NAME")]
     workloads: Vec<String>,
-    /// The audit trail's directory (docs/audit.md). Break-glass grants need it: nothing is
-    /// granted unrecorded (docs/break-glass.md).
-    #[arg(long, value_name = "DIR")]
-    audit_dir: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -326,13 +331,21 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     };
     tokio::spawn(control.clone().watch_files(timing, shutdown_rx.clone()));
 
-    let trail = match &args.audit_dir {
+    // The sidecars' trails are `<DIR>/<namespace>/<name>/`; break-glass records go to the
+    // control plane's own, `<DIR>/<root namespace>/ward-control-plane/` (docs/break-glass.md).
+    let audit_dir = (!args.no_audit).then(|| {
+        args.audit_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("audit"))
+    });
+    let trail = match &audit_dir {
         Some(dir) => {
+            let dir = dir.join(&mesh.root_namespace).join("ward-control-plane");
             let id = ward_control::ca_grpc::control_plane_identity(
                 &mesh.trust_domain,
                 &mesh.root_namespace,
             )?;
-            let trail = crate::trail::Trail::open(dir, ca.clone(), id)
+            let trail = crate::trail::Trail::open(&dir, ca.clone(), id)
                 .with_context(|| format!("--audit-dir {}", dir.display()))?;
             Some(Box::new(trail) as Box<dyn ward_proxy::breakglass::AuditSink>)
         }
@@ -374,7 +387,9 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
         admin: args.admin,
         capture: args.capture.capture,
         dns: args.capture.dns_settings(&metrics_for_dns)?,
+        audit_dir,
         running: BTreeMap::new(),
+        tasks: tokio::task::JoinSet::new(),
         demo_apps: BTreeSet::new(),
         break_glass,
     };
@@ -384,7 +399,8 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), sup).await;
+    // The sidecars seal their audit trails (each waits at most 5 s for its writer).
+    let _ = tokio::time::timeout(Duration::from_secs(6), sup).await;
     Ok(())
 }
 
@@ -535,8 +551,12 @@ struct Supervisor {
     capture: bool,
     /// `--capture-dns`: the sidecar serves the DNS proxy with these settings.
     dns: Option<ward_proxy::dns::Settings>,
+    /// `--audit-dir`: where each sidecar writes its audit trail; `None` with `--no-audit`.
+    audit_dir: Option<PathBuf>,
     /// Each running sidecar's stop switch.
     running: BTreeMap<String, watch::Sender<bool>>,
+    /// The sidecar tasks, awaited at shutdown so each seals its audit trail.
+    tasks: tokio::task::JoinSet<()>,
     /// Demo app addresses already served.
     demo_apps: BTreeSet<SocketAddr>,
     /// Break-glass grants, shared with the admin API.
@@ -557,6 +577,7 @@ impl Supervisor {
         for (_, tx) in std::mem::take(&mut self.running) {
             let _ = tx.send(true);
         }
+        while self.tasks.join_next().await.is_some() {}
     }
 
     async fn reconcile(&mut self, snap: &ward_config::MeshSnapshot) {
@@ -621,14 +642,17 @@ impl Supervisor {
                         .with_process_listeners(own)
                         .with_capture(self.capture)
                         .with_dns(self.dns.clone())
-                        .with_break_glass(self.break_glass.clone());
+                        .with_break_glass(self.break_glass.clone())
+                        .with_audit_dir(self.audit_dir.clone());
                     let (tx, stop) = watch::channel(false);
                     self.running.insert(key.clone(), tx);
                     if let Ok(mut s) = self.sidecars.lock() {
                         s.insert(key.clone(), handle);
                     }
                     let key = key.clone();
-                    tokio::spawn(async move {
+                    // Finished tasks (removed workloads) are reaped as new ones start.
+                    while self.tasks.try_join_next().is_some() {}
+                    self.tasks.spawn(async move {
                         if let Err(e) = sidecar.run(stop).await {
                             tracing::error!(workload = %key, error = %e, "sidecar failed");
                         }

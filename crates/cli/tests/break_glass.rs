@@ -256,6 +256,8 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
 
     // The trail holds all of it and verifies against the mesh root.
     let root = w.dir().parent().unwrap().join("state/ca/root-cert.pem");
+    // The control plane's own trail; the sidecars' are beside it (`<ns>/<name>/`).
+    let cp_trail = audit.path().join("istio-system/ward-control-plane");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (code, out, err) = ward(&[
@@ -263,7 +265,7 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
             "verify",
             "--root",
             root.to_str().unwrap(),
-            audit.path().to_str().unwrap(),
+            cp_trail.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{out}{err}");
         if !out.contains("not sealed") || std::time::Instant::now() > deadline {
@@ -273,7 +275,7 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let trail = std::fs::read_to_string(audit.path().join("audit-000000.jsonl")).unwrap();
+    let trail = std::fs::read_to_string(cp_trail.join("audit-000000.jsonl")).unwrap();
     let kinds: Vec<String> = trail
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

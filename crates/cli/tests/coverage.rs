@@ -4,7 +4,7 @@
 //! workload's port arrive in plaintext; the report gives the share per workload pair and lists
 //! the plaintext flow with its port and the PeerAuthentication that allowed it, and the command
 //! exits 1 (a CI gate). Bad input and an unreachable admin port exit 2. Without an audit trail
-//! (no `--audit-dir`) a break-glass grant is refused.
+//! (`--no-audit`) a break-glass grant is refused.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -61,7 +61,7 @@ fn json(admin: SocketAddr) -> (i32, serde_json::Value) {
 fn coverage_shows_the_mtls_share_and_every_plaintext_flow() {
     let mesh = Mesh::with_own_app(150).http();
     serve_app(mesh.app_port);
-    let ward = mesh.up(&mesh_pa("PERMISSIVE"), &[]);
+    let ward = mesh.up(&mesh_pa("PERMISSIVE"), &["--no-audit"]);
     let admin = ward.admin;
 
     // Nothing served yet: nothing to fail on, and no share (not 0 %).
@@ -129,7 +129,7 @@ fn coverage_shows_the_mtls_share_and_every_plaintext_flow() {
         "{text}"
     );
 
-    // No audit trail (no --audit-dir): a break-glass grant is refused, nothing is lifted.
+    // No audit trail (--no-audit): a break-glass grant is refused, nothing is lifted.
     let out = Command::new(env!("CARGO_BIN_EXE_ward"))
         .args([
             "break-glass",
@@ -150,7 +150,7 @@ fn coverage_shows_the_mtls_share_and_every_plaintext_flow() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("503") && err.contains("--audit-dir"), "{err}");
+    assert!(err.contains("503") && err.contains("--no-audit"), "{err}");
 
     // Bad input and no admin port: exit 2 with the reason.
     let (code, _, err) = coverage(admin, &["--since", "2d"]);

@@ -348,6 +348,8 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
                 format!("{CP}:15012"),
                 "--root-cert".into(),
                 dir.join("state/ca/root-cert.pem").display().to_string(),
+                "--audit-dir".into(),
+                dir.join("audit").display().to_string(),
                 "--pod-name".into(),
                 name.into(),
                 "--pod-namespace".into(),

@@ -114,6 +114,8 @@ impl World {
                 bootstrap.display().to_string(),
                 "--admin".into(),
                 admin.to_string(),
+                "--audit-dir".into(),
+                self.path("audit").display().to_string(),
             ],
             &self.path(&format!("proxy-{name}-{run}.log")),
         );

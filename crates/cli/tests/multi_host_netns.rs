@@ -169,6 +169,7 @@ impl World {
     fn proxy(&self, host: &str, bootstrap: &Path) -> (Proc, SocketAddr) {
         let admin: SocketAddr = format!("{}:15000", self.topo.ip(host)).parse().unwrap();
         let bin = ward_in(BIN, &self.dir, &self.topo.ns(host));
+        let audit = self.dir.join(format!("audit-{host}"));
         let mut proc = Proc::spawn(
             bin.to_str().unwrap(),
             &[
@@ -177,6 +178,8 @@ impl World {
                 bootstrap.to_str().unwrap(),
                 "--admin",
                 &admin.to_string(),
+                "--audit-dir",
+                audit.to_str().unwrap(),
                 "--capture",
                 "--capture-dns",
             ],

@@ -178,6 +178,7 @@ mod tests {
                 identity: "spiffe://cluster.local/ns/app/sa/cli".into(),
                 demo_app: None,
                 keep_override_headers: false,
+                audit_fail_closed: false,
             },
             inbound: vec![],
             outbound: vec![],

@@ -100,7 +100,7 @@ pub use routes::EgressRoutes;
 pub use snapshot::{
     CapturedDestination, DemoApp, EgressSettings, Endpoint, ForwardProxy, InboundPort, MeshService,
     MeshServicePort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport,
-    WorkloadInfo, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    WorkloadInfo, AUDIT_ON_FAILURE_ANNOTATION, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 pub use telemetry::{MeshDirectory, ServiceMeta, WorkloadMeta, CLUSTER_ID};
 pub use translate::translate;

@@ -30,7 +30,9 @@ use crate::diag::{code, Diagnostic, Diagnostics, Finding, Severity};
 use crate::istio::{AddressRule, ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 use crate::mesh::{self, MeshParse, MeshSettings, SourceRef};
 use crate::meta::{self, check_labels, decode_finding, ObjectMeta};
-use crate::snapshot::{DemoApp, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION};
+use crate::snapshot::{
+    DemoApp, AUDIT_ON_FAILURE_ANNOTATION, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+};
 use crate::yaml::{parse_documents, push_key, Node, Value};
 
 mod unenforced;
@@ -1231,6 +1233,7 @@ fn validate_workload_entry(r: &Resource<WorkloadEntrySpec>) -> Vec<Finding> {
     let mut findings = r.spec.validate("spec", AddressRule::Ip, None);
     findings.extend(demo_app_finding(&r.meta));
     findings.extend(keep_override_headers_finding(&r.meta));
+    findings.extend(audit_on_failure_finding(&r.meta));
     findings
 }
 
@@ -1242,6 +1245,7 @@ fn validate_sidecar(r: &Resource<SidecarSpec>) -> Vec<Finding> {
     let mut findings = r.spec.validate();
     findings.extend(demo_app_finding(&r.meta));
     findings.extend(keep_override_headers_finding(&r.meta));
+    findings.extend(audit_on_failure_finding(&r.meta));
     findings
 }
 
@@ -1253,6 +1257,18 @@ fn keep_override_headers_finding(meta: &ObjectMeta) -> Option<Finding> {
             code::INVALID,
             push_key("metadata.annotations", KEEP_OVERRIDE_HEADERS_ANNOTATION),
             format!("`{value}` is not \"true\" or \"false\""),
+        )
+    })
+}
+
+/// `ward.dev/audit-on-failure` must be `fail-open` or `fail-closed`.
+fn audit_on_failure_finding(meta: &ObjectMeta) -> Option<Finding> {
+    let value = meta.annotations.get(AUDIT_ON_FAILURE_ANNOTATION)?;
+    (value != "fail-open" && value != "fail-closed").then(|| {
+        Finding::error(
+            code::INVALID,
+            push_key("metadata.annotations", AUDIT_ON_FAILURE_ANNOTATION),
+            format!("`{value}` is not \"fail-open\" or \"fail-closed\""),
         )
     })
 }
@@ -1423,6 +1439,10 @@ mod tests {
             (
                 "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\n  annotations: {ward.dev/keep-override-headers: \"yes\"}\nspec: {}\n".to_owned(),
                 vec![one(5, code::INVALID, "Sidecar default/s", "metadata.annotations[\"ward.dev/keep-override-headers\"]")],
+            ),
+            (
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: w\n  annotations: {ward.dev/audit-on-failure: deny}\nspec: {address: 10.0.0.1}\n".to_owned(),
+                vec![one(5, code::INVALID, "WorkloadEntry default/w", "metadata.annotations[\"ward.dev/audit-on-failure\"]")],
             ),
             (
                 "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n    0: {mode: STRICT}\n".to_owned(),

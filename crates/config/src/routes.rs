@@ -479,6 +479,7 @@ mod tests {
                 identity: format!("spiffe://cluster.local/ns/{namespace}/sa/cli"),
                 demo_app: None,
                 keep_override_headers: false,
+                audit_fail_closed: false,
             },
             inbound: vec![],
             outbound,

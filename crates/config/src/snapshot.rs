@@ -284,6 +284,11 @@ pub struct WorkloadInfo {
     /// Off by default: they let some frameworks serve another request than the one authorized.
     #[serde(default)]
     pub keep_override_headers: bool,
+    /// What the proxy does when its audit trail cannot be written (a full disk, an unwritable
+    /// directory): annotation [`AUDIT_ON_FAILURE_ANNOTATION`]; fail-open unless it says
+    /// `fail-closed` (docs/audit.md).
+    #[serde(default)]
+    pub audit_fail_closed: bool,
 }
 
 /// Ward extension for shipped examples only: annotation `ward.dev/demo-app: echo` on the Sidecar or
@@ -304,6 +309,11 @@ pub const DEMO_APP_ANNOTATION: &str = "ward.dev/demo-app";
 /// Ward annotation on a Sidecar or WorkloadEntry: `"true"` keeps the request headers with which
 /// some frameworks override the path or method (docs/http.md, "Admission").
 pub const KEEP_OVERRIDE_HEADERS_ANNOTATION: &str = "ward.dev/keep-override-headers";
+
+/// Ward annotation on a Sidecar or WorkloadEntry: `fail-open` (the default: keep serving, with
+/// a metric, an error log and `/ready` degraded) or `fail-closed` (refuse what cannot be
+/// recorded) when the audit trail cannot be written (docs/audit.md). Istio has no such field.
+pub const AUDIT_ON_FAILURE_ANNOTATION: &str = "ward.dev/audit-on-failure";
 
 impl DemoApp {
     /// Parses the annotation value.

@@ -311,6 +311,7 @@ mod tests {
             identity: format!("spiffe://cluster.local/ns/{ns}/sa/{sa}"),
             demo_app: None,
             keep_override_headers: false,
+            audit_fail_closed: false,
         }
     }
 

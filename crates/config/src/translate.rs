@@ -31,7 +31,7 @@ use crate::request_authn;
 use crate::snapshot::{
     DemoApp, EgressSettings, Endpoint, ForwardProxy, InboundPort, MeshService, MeshServicePort,
     MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport, WorkloadInfo,
-    DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    AUDIT_ON_FAILURE_ANNOTATION, DEMO_APP_ANNOTATION, KEEP_OVERRIDE_HEADERS_ANNOTATION,
 };
 use crate::telemetry::MeshDirectory;
 use crate::traffic_policy::destination_policies;
@@ -333,6 +333,10 @@ impl<'a> Context<'a> {
             .and_then(|s| s.meta.annotations.get(KEEP_OVERRIDE_HEADERS_ANNOTATION))
             .or_else(|| we.meta.annotations.get(KEEP_OVERRIDE_HEADERS_ANNOTATION))
             .is_some_and(|v| v == "true");
+        let audit_fail_closed = sidecar
+            .and_then(|s| s.meta.annotations.get(AUDIT_ON_FAILURE_ANNOTATION))
+            .or_else(|| we.meta.annotations.get(AUDIT_ON_FAILURE_ANNOTATION))
+            .is_some_and(|v| v == "fail-closed");
         let inbound = sidecar
             .map(|s| self.inbound(workload, s, &mut errors))
             .unwrap_or_default();
@@ -368,6 +372,7 @@ impl<'a> Context<'a> {
                 identity: workload.identity.clone(),
                 demo_app,
                 keep_override_headers,
+                audit_fail_closed,
             },
             inbound,
             outbound,

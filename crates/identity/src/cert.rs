@@ -86,6 +86,50 @@ pub fn cert_not_after(cert_der: &[u8]) -> Result<SystemTime, IdentityError> {
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// What `ward certs` shows of one certificate of a chain or trust bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject, as x509-parser prints it (`O=cluster.local`, or empty for a workload leaf).
+    pub subject: String,
+    /// The serial, lowercase hex without leading zero bytes.
+    pub serial: String,
+    /// NotBefore.
+    pub not_before: SystemTime,
+    /// NotAfter.
+    pub not_after: SystemTime,
+}
+
+/// A DER certificate's subject, serial and validity (not verified: for display).
+pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|_| IdentityError::Certificate {
+            reason: "not a DER certificate",
+        })?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    Ok(CertInfo {
+        subject: cert.subject().to_string(),
+        serial: hex_serial(cert.raw_serial()),
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+    })
+}
+
+/// A serial as lowercase hex without leading zero bytes (one zero byte for zero).
+fn hex_serial(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw.get(start..)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl IssuedCert {
     /// An [`IssuedCert`] from a chain received over the wire (leaf first, then intermediates)
     /// and the roots the receiver trusts: the serial and validity are read from the leaf. Does

@@ -16,7 +16,7 @@ mod csr;
 mod error;
 mod spiffe;
 
-pub use cert::{cert_not_after, identity_from_cert, IssuedCert, WorkloadCert};
+pub use cert::{cert_info, cert_not_after, identity_from_cert, CertInfo, IssuedCert, WorkloadCert};
 pub use csr::{generate_csr, KeyAndCsr};
 pub use error::IdentityError;
 pub use spiffe::SpiffeId;

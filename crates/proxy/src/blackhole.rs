@@ -1,8 +1,8 @@
 //! Refusing egress to destinations that are not registered (`outboundTrafficPolicy:
 //! REGISTRY_ONLY`, Istio's `BlackHoleCluster`), and keeping the evidence: every blocked
 //! attempt gets an access record (`upstream_cluster="BlackHoleCluster"`, `response_flags="NR"`,
-//! the host and port asked for, the source identity) and a count in
-//! `ward_egress_blocked_total` (docs/egress.md).
+//! the host and port asked for, the source identity), a count in
+//! `ward_egress_blocked_total` (docs/egress.md) and a record in the audit trail (docs/audit.md).
 //!
 //! How the app hears "no" follows Istio: a TCP or TLS connection is closed (reset here); an
 //! HTTP request on an HTTP port gets a direct `502 Bad Gateway` from the proxy (Istio's
@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 use ward_config::{Protocol, ProxyConfig};
 
 use crate::access_log::ConnRecord;
-use crate::metrics::Metrics;
+use crate::audit::{AuditEvent, Verdict};
+use crate::outbound::OutboundCtx;
 use crate::refusal::{Refusal, ResponseFlag};
 use crate::sniff::{sniff, Sniffed, SNIFF_LIMIT};
 
@@ -86,23 +87,38 @@ pub(crate) fn refusal(what: &str) -> Refusal {
     }
 }
 
-/// Mark `rec` as blocked and count it.
+/// Mark `rec` as blocked, count it and write it to the audit trail.
 pub(crate) fn note_blocked(
     rec: &mut ConnRecord,
-    metrics: &Metrics,
+    ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     port: u16,
     protocol: &str,
 ) {
     rec.upstream_cluster = Some("BlackHoleCluster");
     rec.dst_service = Some("BlackHoleCluster".to_owned());
-    metrics.egress_blocked(
+    ctx.metrics.egress_blocked(
         &format!("{}/{}", cfg.workload.namespace, cfg.workload.name),
         &cfg.workload.namespace,
         rec.requested_host.as_deref(),
         port,
         protocol,
     );
+    ctx.audit.record(AuditEvent {
+        time: std::time::SystemTime::now(),
+        direction: "outbound",
+        protocol: if protocol == "http" { "http" } else { "tcp" },
+        verdict: Verdict::RegistryOnly,
+        src_addr: rec.src_addr,
+        src_identity: Some(ctx.identity.clone()),
+        dst_addr: rec.dst_addr,
+        dst_identity: None,
+        dst_host: rec.requested_host.clone(),
+        request_principal: None,
+        method: None,
+        path: None,
+        request_id: None,
+    });
 }
 
 /// A captured connection to `dst`, which is no service and no workload, under REGISTRY_ONLY:
@@ -111,7 +127,7 @@ pub(crate) fn note_blocked(
 pub(crate) async fn refuse_captured(
     app: &mut TcpStream,
     rec: &mut ConnRecord,
-    metrics: &Metrics,
+    ctx: &OutboundCtx,
     cfg: &ProxyConfig,
     dst: SocketAddr,
 ) -> Refusal {
@@ -122,7 +138,7 @@ pub(crate) async fn refuse_captured(
         _ => "none",
     };
     rec.requested(sniffed.host(), dst.port(), from);
-    note_blocked(rec, metrics, cfg, dst.port(), sniffed.protocol());
+    note_blocked(rec, ctx, cfg, dst.port(), sniffed.protocol());
     let what = match sniffed.host() {
         Some(host) => format!("{host} ({dst})"),
         None => dst.to_string(),

@@ -170,7 +170,7 @@ impl BreakGlass {
     fn append(&self, kind: &str, fields: Map<String, Value>) -> Result<(), BreakGlassError> {
         let Some(audit) = &self.audit else {
             return Err(BreakGlassError::Unrecorded(
-                "no audit trail: break-glass needs one (start ward up with --audit-dir)".into(),
+                "no audit trail: break-glass needs one (ward up runs without --no-audit)".into(),
             ));
         };
         audit

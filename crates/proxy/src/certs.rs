@@ -72,6 +72,13 @@ async fn refresh(
 /// the certificate has already checked the chain against the roots).
 fn publish_expiry(metrics: &Metrics, workload: &str, issued: &IssuedCert) {
     metrics.cert_expiry(workload, "leaf", issued.not_after);
+    metrics.cert_lifetime(
+        workload,
+        issued
+            .not_after
+            .duration_since(issued.not_before)
+            .unwrap_or_default(),
+    );
     let earliest_root = issued
         .roots_der
         .iter()
@@ -83,18 +90,21 @@ fn publish_expiry(metrics: &Metrics, workload: &str, issued: &IssuedCert) {
 }
 
 /// Keep `store` supplied with a valid certificate until the task is dropped; `workload`
-/// (`ns/name`) labels its expiry metrics.
+/// (`ns/name`) labels its expiry metrics; `latest` keeps each certificate installed (the
+/// audit trail signs with it, `/certs` shows its chain).
 pub(crate) async fn run_rotation(
     store: Arc<CertStore>,
     ca: Arc<dyn CertificateProvider>,
     metrics: Arc<Metrics>,
     workload: String,
+    latest: Arc<crate::audit::LatestCert>,
 ) {
     let mut delay = RETRY_MIN;
     loop {
         match refresh(&store, ca.as_ref()).await {
             Ok(cert) => {
                 delay = RETRY_MIN;
+                latest.store(&cert);
                 publish_expiry(&metrics, &workload, &cert.issued);
                 tracing::info!(
                     identity = %cert.id,

@@ -317,13 +317,7 @@ async fn connect_target(
     match plan_forward(cfg, proxy, &target.host, target.port) {
         EgressPlan::BlackHole => {
             let protocol = if target.tunnel { "connect" } else { "http" };
-            crate::blackhole::note_blocked(
-                result.record(),
-                &ctx.metrics,
-                cfg,
-                target.port,
-                protocol,
-            );
+            crate::blackhole::note_blocked(result.record(), ctx, cfg, target.port, protocol);
             let mut refused =
                 crate::blackhole::refusal(&format!("{}:{}", target.host, target.port));
             refused.status = Some(http::StatusCode::BAD_GATEWAY);
@@ -439,7 +433,7 @@ async fn tunnel(
                 target.port,
                 if what == "TLS SNI" { "sni" } else { "host" },
             );
-            crate::blackhole::note_blocked(rec, &ctx.metrics, cfg, target.port, sniffed.protocol());
+            crate::blackhole::note_blocked(rec, ctx, cfg, target.port, sniffed.protocol());
             crate::reset_on_close(&app);
             return End::Refused(Refusal::policy(
                 None,

@@ -25,6 +25,7 @@ use ward_policy::Decision;
 use ward_tls::PeerInfo;
 
 use crate::access_log::{ConnRecord, Direction};
+use crate::audit::{AuditEvent, AuditSink, Verdict as AuditVerdict};
 use crate::connection::{ConnResult, End, InboundConn};
 use crate::conntrack::{Authorized, ConnTracker};
 use crate::listener::{Gate, Permit};
@@ -128,6 +129,8 @@ pub(crate) struct InboundCtx {
     pub(crate) authn: Arc<crate::jwks_fetch::AuthnState>,
     /// Break-glass grants (`crate::breakglass`).
     pub(crate) break_glass: Arc<crate::breakglass::BreakGlass>,
+    /// The sidecar's audit trail: every decision is recorded there.
+    pub(crate) audit: AuditSink,
 }
 
 impl InboundCtx {
@@ -201,11 +204,17 @@ impl InboundCtx {
     }
 
     /// Record and count the verdict's authorization decision, with what AUDIT and dry-run
-    /// policies said.
-    fn note_decision(&self, cfg: &ProxyConfig, result: &mut ConnResult, verdict: &Verdict) {
+    /// policies said, and write it to the audit trail. Returns the verdict to carry out: a
+    /// fail-closed workload refuses a connection its trail cannot record.
+    fn note_decision(
+        &self,
+        cfg: &ProxyConfig,
+        result: &mut ConnResult,
+        verdict: Verdict,
+    ) -> Verdict {
         let workload = Self::workload_key(cfg);
-        let decision = match verdict {
-            Verdict::PerRequest => return, // decided per request (see `inbound_http`)
+        let decision = match &verdict {
+            Verdict::PerRequest => return verdict, // decided per request (see `inbound_http`)
             Verdict::Allow(d) => {
                 let (policy, rule) = deciding_rule(d);
                 let rec = result.record();
@@ -221,8 +230,13 @@ impl InboundCtx {
                 if refusal.by_policy() {
                     self.metrics
                         .peer_authn_refusal(&workload, refusal.policy.as_deref());
+                    let event = self.event(
+                        result,
+                        AuditVerdict::PeerAuthentication(refusal.policy.clone()),
+                    );
+                    self.audit.record(event);
                 }
-                return;
+                return verdict;
             }
         };
         let rec = result.record();
@@ -233,6 +247,35 @@ impl InboundCtx {
             rec.dst_addr,
         );
         self.metrics.authz_decision(&workload, decision);
+        let event = self.event(result, AuditVerdict::Policy(decision.clone()));
+        match self.audit.admit(cfg.workload.audit_fail_closed, event) {
+            Some(detail) => Verdict::Refuse {
+                refusal: Refusal::internal(ResponseFlag::None, detail)
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE),
+                decision: None,
+            },
+            None => verdict,
+        }
+    }
+
+    /// The audit event of a connection decided at L4.
+    fn event(&self, result: &mut ConnResult, verdict: AuditVerdict) -> AuditEvent {
+        let rec = result.record();
+        AuditEvent {
+            time: std::time::SystemTime::now(),
+            direction: "inbound",
+            protocol: "tcp",
+            verdict,
+            src_addr: rec.src_addr,
+            src_identity: rec.src_identity.clone(),
+            dst_addr: rec.dst_addr,
+            dst_identity: Some(self.identity.clone()),
+            dst_host: None,
+            request_principal: None,
+            method: None,
+            path: None,
+            request_id: None,
+        }
     }
 
     /// Fill `result`'s record with what is known of `conn`: the source (and its workload, if
@@ -502,7 +545,7 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
     }
     let verdict = authorize(&cfg, &conn);
     let (verdict, until) = ctx.lift_denial(&cfg, &conn, verdict, &mut result);
-    ctx.note_decision(&cfg, &mut result, &verdict);
+    let verdict = ctx.note_decision(&cfg, &mut result, verdict);
     match verdict {
         Verdict::Refuse { refusal, .. } => refuse(req, result, refusal),
         Verdict::PerRequest => match req.accept() {
@@ -616,7 +659,7 @@ async fn serve_plaintext_at(
     ctx.describe(&cfg, &conn, &mut result);
     let verdict = authorize(&cfg, &conn);
     let (verdict, until) = ctx.lift_denial(&cfg, &conn, verdict, &mut result);
-    ctx.note_decision(&cfg, &mut result, &verdict);
+    let verdict = ctx.note_decision(&cfg, &mut result, verdict);
     let refusal = match verdict {
         Verdict::PerRequest => return ctx.serve_http(conn, tcp, result).await,
         Verdict::Allow(_) => {

@@ -33,6 +33,7 @@ use ward_config::{InboundPort, ProxyConfig};
 use ward_policy::{Decision, RequestAuth};
 
 use crate::admission::{self, admit, upstream_parts, Admitted, HeaderRules, RequestHead};
+use crate::audit::{AuditEvent, Verdict as AuditVerdict};
 use crate::connection::InboundConn;
 use crate::conntrack::{Authorized, UpgradeRequest};
 use crate::http_metrics::{self, CountingBody, RequestMeter};
@@ -444,6 +445,26 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
+    let event = AuditEvent {
+        time: std::time::SystemTime::now(),
+        direction: "inbound",
+        protocol: "http",
+        verdict: AuditVerdict::Policy(decision.clone()),
+        src_addr: conn.src,
+        src_identity: conn.peer_id.clone(),
+        dst_addr: conn.dst,
+        dst_identity: Some(ctx.identity.clone()),
+        dst_host: Some(admitted.authority.clone()),
+        request_principal: log.request_principal.clone(),
+        method: Some(log.method.clone()),
+        path: Some(admitted.target.path.clone()),
+        request_id: Some(log.request_id.clone()),
+    };
+    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
+        // Fail-closed: what the trail cannot record is not served (docs/audit.md).
+        return Err(Refusal::internal(ResponseFlag::None, detail)
+            .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"));
+    }
     // When a break-glass grant lifted a denial: when it ends (an upgraded connection closes
     // then).
     let mut until = None;
@@ -554,6 +575,30 @@ pub(crate) fn check_at_edge(
     let decision = authorize(cfg, &conn, &request);
     crate::inbound::log_dry_run_and_audit(&decision, src, None, dst);
     ctx.metrics.authz_decision(&workload, &decision);
+    let id = request_id(&parts.headers);
+    let event = AuditEvent {
+        time: std::time::SystemTime::now(),
+        direction: "gateway",
+        protocol: "http",
+        verdict: AuditVerdict::Policy(decision.clone()),
+        src_addr: src,
+        src_identity: None,
+        dst_addr: dst,
+        dst_identity: Some(ctx.identity.clone()),
+        dst_host: Some(admitted.authority.clone()),
+        request_principal: principal.clone(),
+        method: Some(admitted.method.as_str().to_owned()),
+        path: Some(admitted.target.path.clone()),
+        request_id: Some(id.clone()),
+    };
+    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
+        // Fail-closed: what the trail cannot record is not served (docs/audit.md).
+        return Err((
+            Refusal::internal(ResponseFlag::None, detail)
+                .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"),
+            None,
+        ));
+    }
     if !decision.is_allowed() {
         return Err((
             Refusal {
@@ -571,7 +616,6 @@ pub(crate) fn check_at_edge(
     if let Ok(uri) = target.parse() {
         parts.uri = uri;
     }
-    let id = request_id(&parts.headers);
     let trace = traceparent(&parts.headers);
     for (name, value) in [("x-request-id", id), ("traceparent", trace)] {
         if let Ok(v) = HeaderValue::from_str(&value) {

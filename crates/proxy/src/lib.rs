@@ -30,6 +30,8 @@
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
 //! - `gateway`: the server ports of a workload that Gateways select (docs/ingress.md): HTTP
 //!   routed by `egress_http`'s edge path, TLS terminated by SNI or passed through, TCP.
+//! - `audit`: one record per authorization decision in the workload's tamper-evident audit
+//!   trail (`ward-audit`), written off the data path by a task of its own (docs/audit.md).
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
 //!
@@ -38,6 +40,7 @@
 
 mod access_log;
 mod admission;
+mod audit;
 mod blackhole;
 pub mod breakglass;
 pub mod capture;
@@ -66,6 +69,7 @@ mod sniff;
 mod splice;
 mod upstream;
 
+pub use audit::{AuditHealth, AuditMetrics, LatestCert};
 pub use certs::{humantime_utc, CertificateProvider, SignError};
 pub use metrics::Metrics;
 pub use refusal::{Fault, ResponseFlag};

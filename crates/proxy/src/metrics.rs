@@ -325,12 +325,14 @@ pub struct Metrics {
     open_now: Gauge,
     jwks_age: Family<JwksLabels, Gauge>,
     cert_expiry: Family<CertLabels, Gauge>,
+    cert_lifetime: Family<CertLabels, Gauge>,
     egress_blocked: Family<EgressLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     budget: Gauge,
     budget_in_use: Gauge,
     dns: DnsMetrics,
     coverage: crate::coverage::Coverage,
+    audit: crate::audit::AuditMetrics,
 }
 
 impl Default for Metrics {
@@ -350,12 +352,14 @@ impl Default for Metrics {
             open_now: Gauge::default(),
             jwks_age: Family::default(),
             cert_expiry: Family::default(),
+            cert_lifetime: Family::default(),
             egress_blocked: Family::default(),
             refused: Family::default(),
             budget: Gauge::default(),
             budget_in_use: Gauge::default(),
             dns: DnsMetrics::default(),
             coverage: crate::coverage::Coverage::default(),
+            audit: crate::audit::AuditMetrics::default(),
         }
     }
 }
@@ -605,6 +609,11 @@ impl Metrics {
             m.cert_expiry.clone(),
         );
         r.register(
+            "ward_cert_lifetime_seconds",
+            "How long a workload's certificate (kind=leaf) is valid, from NotBefore to NotAfter; renewal is due at half of it",
+            m.cert_lifetime.clone(),
+        );
+        r.register(
             "ward_egress_blocked",
             "Outbound connections and requests refused because their destination is not registered (outboundTrafficPolicy REGISTRY_ONLY)",
             m.egress_blocked.clone(),
@@ -625,6 +634,7 @@ impl Metrics {
             m.budget_in_use.clone(),
         );
         m.dns.register(r);
+        m.audit.register(r);
         Arc::new(m)
     }
 
@@ -751,6 +761,11 @@ impl Metrics {
             .set(age_seconds.map(|a| a as i64).unwrap_or(-1));
     }
 
+    /// The audit trail's metrics (docs/audit.md).
+    pub(crate) fn audit(&self) -> &crate::audit::AuditMetrics {
+        &self.audit
+    }
+
     /// Count an AuthorizationPolicy decision made by `workload`'s sidecar, and each AUDIT rule
     /// that matched.
     pub(crate) fn authz_decision(&self, workload: &str, d: &Decision) {
@@ -816,6 +831,16 @@ impl Metrics {
             .set(unix_seconds(not_after));
     }
 
+    /// Publish how long `workload`'s installed certificate is valid.
+    pub(crate) fn cert_lifetime(&self, workload: &str, lifetime: std::time::Duration) {
+        self.cert_lifetime
+            .get_or_create(&CertLabels {
+                workload: workload.to_owned(),
+                kind: "leaf".to_owned(),
+            })
+            .set(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+    }
+
     /// Count an outbound connection or request refused because its destination is not
     /// registered (`outboundTrafficPolicy: REGISTRY_ONLY`; docs/egress.md).
     pub(crate) fn egress_blocked(
@@ -856,6 +881,7 @@ mod tests {
             identity: format!("spiffe://cluster.local/ns/demo/sa/{name}"),
             demo_app: None,
             keep_override_headers: false,
+            audit_fail_closed: false,
         })
     }
 

@@ -44,6 +44,8 @@ pub(crate) struct OutboundCtx {
     pub(crate) resolvers: crate::resolve::Resolvers,
     /// TLS clients for DestinationRule TLS origination.
     pub(crate) originator: crate::originate::Originator,
+    /// The sidecar's audit trail: blocked egress is recorded there.
+    pub(crate) audit: crate::audit::AuditSink,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -234,14 +236,9 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
             }
             CapturedPlan::BlackHole => {
                 let mut app = app;
-                let refusal = crate::blackhole::refuse_captured(
-                    &mut app,
-                    result.record(),
-                    &ctx.metrics,
-                    &cfg,
-                    dst,
-                )
-                .await;
+                let refusal =
+                    crate::blackhole::refuse_captured(&mut app, result.record(), &ctx, &cfg, dst)
+                        .await;
                 drop(app);
                 return result.finish(End::Refused(refusal));
             }
@@ -482,6 +479,7 @@ mod tests {
                 identity: "spiffe://cluster.local/ns/app/sa/cli".into(),
                 demo_app: None,
                 keep_override_headers: false,
+                audit_fail_closed: false,
             },
             inbound: vec![],
             outbound: vec![OutboundListener {

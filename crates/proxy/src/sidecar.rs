@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundCtx};
 use crate::pool::HbonePool;
 
+/// How long a stopping sidecar waits for its audit writer's last checkpoint.
+const AUDIT_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -87,6 +90,8 @@ pub struct Sidecar {
     /// Serve the DNS proxy (docs/dns.md) with these settings, its table built from the
     /// config's service addresses.
     dns: Option<crate::dns::Settings>,
+    /// Write the audit trail under this directory (`<dir>/<namespace>/<name>/`); none: no trail.
+    audit_dir: Option<std::path::PathBuf>,
     handle: SidecarHandle,
     /// Break-glass grants (process-wide); none by default.
     break_glass: Arc<crate::breakglass::BreakGlass>,
@@ -103,6 +108,10 @@ pub struct SidecarHandle {
     problems: Arc<Mutex<Vec<String>>>,
     config: watch::Receiver<Arc<ProxyConfig>>,
     tracker: Arc<ConnTracker>,
+    /// The audit trail's health; written by its writer task.
+    audit: Arc<crate::audit::AuditHealth>,
+    /// The certificate installed last; written by the certificate task.
+    latest: Arc<crate::audit::LatestCert>,
 }
 
 impl SidecarHandle {
@@ -126,6 +135,19 @@ impl SidecarHandle {
     /// The config the sidecar is serving.
     pub fn config(&self) -> Arc<ProxyConfig> {
         self.config.borrow().clone()
+    }
+    /// Why the audit trail is not being written, when it is not (docs/audit.md).
+    pub fn audit_problem(&self) -> Option<String> {
+        self.audit.problem()
+    }
+    /// Whether the workload refuses what its audit trail cannot record
+    /// (`ward.dev/audit-on-failure: fail-closed`).
+    pub fn audit_fail_closed(&self) -> bool {
+        self.config.borrow().workload.audit_fail_closed
+    }
+    /// The certificate installed last, with its chain and roots (`/certs`).
+    pub fn issued(&self) -> Option<Arc<ward_identity::IssuedCert>> {
+        self.latest.issued()
     }
     /// Listener problems, for `/ready` and logs.
     pub fn problems(&self) -> Vec<String> {
@@ -177,6 +199,8 @@ impl Sidecar {
             problems: Arc::new(Mutex::new(Vec::new())),
             config: config.clone(),
             tracker: Arc::new(ConnTracker::default()),
+            audit: Arc::default(),
+            latest: Arc::default(),
         };
         Ok((
             Sidecar {
@@ -191,6 +215,7 @@ impl Sidecar {
                 capture: false,
                 dns: None,
                 break_glass: Arc::default(),
+                audit_dir: None,
                 handle: handle.clone(),
             },
             handle,
@@ -240,6 +265,16 @@ impl Sidecar {
         }
     }
 
+    /// The same sidecar, writing its audit trail under `dir` (in `<dir>/<namespace>/<name>/`),
+    /// or none (docs/audit.md).
+    #[must_use]
+    pub fn with_audit_dir(self, dir: Option<std::path::PathBuf>) -> Sidecar {
+        Sidecar {
+            audit_dir: dir,
+            ..self
+        }
+    }
+
     /// The config the data path serves: with capture, the captured inbound ports too.
     fn served(&self, cfg: &Arc<ProxyConfig>) -> Arc<ProxyConfig> {
         if self.capture {
@@ -268,6 +303,7 @@ impl Sidecar {
             self.ca.clone(),
             self.metrics.clone(),
             self.key.clone(),
+            h.latest.clone(),
         ));
         let _rotation = AbortOnDrop(rotation);
         let tls =
@@ -295,6 +331,18 @@ impl Sidecar {
         } else {
             self.config.clone()
         };
+        let (audit, audit_task) = match &self.audit_dir {
+            Some(dir) => crate::audit::start(
+                crate::audit::trail_dir(dir, &self.key),
+                &self.key,
+                self.id.to_string(),
+                h.latest.clone(),
+                h.audit.clone(),
+                self.metrics.audit(),
+                stop_rx.clone(),
+            ),
+            None => (crate::audit::AuditSink::default(), tokio::spawn(async {})),
+        };
         let inbound_ctx = Arc::new(InboundCtx {
             config: data_config.clone(),
             tracker: h.tracker.clone(),
@@ -303,6 +351,7 @@ impl Sidecar {
             upstreams: crate::upstream::Upstreams::default(),
             authn: Arc::new(crate::jwks_fetch::AuthnState::default()),
             break_glass: self.break_glass.clone(),
+            audit: audit.clone(),
         });
         tokio::spawn(crate::jwks_fetch::run_fetcher(
             inbound_ctx.authn.clone(),
@@ -319,6 +368,7 @@ impl Sidecar {
             routes: Default::default(),
             resolvers: Default::default(),
             originator: Default::default(),
+            audit,
         });
         let gateway_ctx = Arc::new(crate::gateway::GatewayCtx {
             outbound: outbound_ctx.clone(),
@@ -421,6 +471,13 @@ impl Sidecar {
         let _ = stop_tx.send(true);
         for (_, tx) in listeners {
             let _ = tx.send(true);
+        }
+        // The audit writer seals the trail with a last checkpoint before the sidecar is gone.
+        if tokio::time::timeout(AUDIT_CLOSE_TIMEOUT, audit_task)
+            .await
+            .is_err()
+        {
+            tracing::error!(target: "audit", workload = %self.key, "the audit trail was not closed in time: its last records may be unsealed");
         }
         Ok(())
     }

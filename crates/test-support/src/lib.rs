@@ -112,6 +112,26 @@ impl Ward {
         self.child.id()
     }
 
+    /// Stop `ward` as an operator would (SIGTERM) and wait at most `limit` for it to exit.
+    pub fn stop(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The `--state-dir` `ward up` was started with (unless the test gave its own).
+    pub fn state_dir(&self) -> PathBuf {
+        self._tmp.path().join("state")
+    }
+
     /// Everything ward logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
