@@ -1,12 +1,12 @@
-//! `ward up --audit-dir DIR`: the process's audit trail (`ward_audit::Writer`, docs/audit.md),
-//! as the sink of break-glass records (`ward_proxy::breakglass`, docs/break-glass.md).
+//! The control plane's own audit trail, `<ward up --audit-dir>/<root namespace>/ward-control-plane/`
+//! (`ward_audit::Writer`, docs/audit.md), as the sink of break-glass records (`ward_proxy::breakglass`, docs/break-glass.md).
 //!
 //! Checkpoints are signed by the control plane's identity
 //! (`spiffe://<trust domain>/ns/<root namespace>/sa/ward-control-plane`), with a certificate the
 //! in-process CA issues; it is renewed before a checkpoint when less than a third of its
 //! lifetime is left, so the chain verifies at each checkpoint's time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -73,26 +73,42 @@ impl CheckpointSigner for RenewingSigner {
     }
 }
 
-/// The trail's writer, shared.
+/// The trail's writer, shared, opened at its first record: a process that is never asked for a
+/// break-glass grant never takes the trail's lock, so several `ward up --workloads` processes
+/// can share one state directory, and an audit directory that cannot be written fails the
+/// grant (fail closed, with the reason), not the mesh.
 pub(crate) struct Trail {
-    writer: Mutex<Writer>,
-    signer: Arc<RenewingSigner>,
+    dir: PathBuf,
+    ca: Arc<CaService>,
+    id: SpiffeId,
+    open: Mutex<Option<(Writer, Arc<RenewingSigner>)>>,
 }
 
 impl Trail {
-    /// Open (or continue) the trail in `dir`, signed as `id` by `ca`.
-    pub(crate) fn open(dir: &Path, ca: Arc<CaService>, id: SpiffeId) -> anyhow::Result<Trail> {
-        let current = issue(&ca, &id)?;
-        let signer = Arc::new(RenewingSigner {
+    /// The trail in `dir`, signed as `id` by `ca`; opened (or continued) when first written.
+    pub(crate) fn new(dir: &Path, ca: Arc<CaService>, id: SpiffeId) -> Trail {
+        Trail {
+            dir: dir.to_owned(),
             ca,
             id,
+            open: Mutex::new(None),
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<(Writer, Arc<RenewingSigner>)> {
+        let current = issue(&self.ca, &self.id)?;
+        let signer = Arc::new(RenewingSigner {
+            ca: self.ca.clone(),
+            id: self.id.clone(),
             current: Mutex::new(current),
         });
-        let writer = Writer::open(dir, signer.clone(), Rotation::default(), SystemTime::now())?;
-        Ok(Trail {
-            writer: Mutex::new(writer),
-            signer,
-        })
+        let writer = Writer::open(
+            &self.dir,
+            signer.clone(),
+            Rotation::default(),
+            SystemTime::now(),
+        )?;
+        Ok((writer, signer))
     }
 }
 
@@ -101,11 +117,23 @@ impl AuditSink for Trail {
     /// uses within the writer's checkpoint interval.
     fn append(&self, kind: &str, fields: Map<String, Value>) -> Result<(), String> {
         let now = SystemTime::now();
-        self.signer.refresh(now);
-        let mut w = self
-            .writer
+        let mut open = self
+            .open
             .lock()
             .map_err(|_| "trail unavailable".to_owned())?;
+        if open.is_none() {
+            let opened = self.open().map_err(|e| {
+                format!(
+                    "the control plane's audit trail {} cannot be opened: {e:#}",
+                    self.dir.display()
+                )
+            })?;
+            *open = Some(opened);
+        }
+        let Some((w, signer)) = open.as_mut() else {
+            return Err("trail unavailable".to_owned());
+        };
+        signer.refresh(now);
         w.append(kind, &fields, now).map_err(|e| e.to_string())?;
         if kind != "break_glass_use" {
             w.checkpoint(now).map_err(|e| e.to_string())?;
@@ -115,8 +143,11 @@ impl AuditSink for Trail {
 
     fn tick(&self) {
         let now = SystemTime::now();
-        self.signer.refresh(now);
-        if let Ok(mut w) = self.writer.lock() {
+        let Ok(mut open) = self.open.lock() else {
+            return;
+        };
+        if let Some((w, signer)) = open.as_mut() {
+            signer.refresh(now);
             if let Err(e) = w.tick(now) {
                 tracing::error!(error = %e, "audit trail: checkpoint failed");
             }

@@ -345,8 +345,7 @@ pub(crate) async fn run(args: UpArgs, nofile: NofileLimit) -> anyhow::Result<()>
                 &mesh.trust_domain,
                 &mesh.root_namespace,
             )?;
-            let trail = crate::trail::Trail::open(&dir, ca.clone(), id)
-                .with_context(|| format!("--audit-dir {}", dir.display()))?;
+            let trail = crate::trail::Trail::new(&dir, ca.clone(), id);
             Some(Box::new(trail) as Box<dyn ward_proxy::breakglass::AuditSink>)
         }
         None => None,
