@@ -56,8 +56,19 @@ impl Scenario {
     /// `ward analyze --json`: the finding codes, sorted.
     fn analyze(&self) -> Vec<String> {
         let [mesh, scenario] = self.paths();
-        let (code, out, err) = ward(&["analyze", "-f", &mesh, "-f", &scenario, "--json"]);
-        assert_eq!(code, 0, "{} must load without errors: {out}\n{err}", self.dir);
+        let (code, out, err) = ward(&[
+            "analyze",
+            "-f",
+            mesh.as_str(),
+            "-f",
+            scenario.as_str(),
+            "--json",
+        ]);
+        assert_eq!(
+            code, 0,
+            "{} must load without errors: {out}\n{err}",
+            self.dir
+        );
         let findings: Value = serde_json::from_str(&out).unwrap();
         let mut codes: Vec<String> = findings
             .as_array()
@@ -73,7 +84,16 @@ impl Scenario {
     fn check(&self, from: &str, to: &str) -> (i32, Value) {
         let [mesh, scenario] = self.paths();
         let (code, out, err) = ward(&[
-            "check", "-f", &mesh, "-f", &scenario, "--from", from, "--to", to, "--json",
+            "check",
+            "-f",
+            mesh.as_str(),
+            "-f",
+            scenario.as_str(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--json",
         ]);
         let report: Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
@@ -111,10 +131,7 @@ impl Scenario {
         Ward::up(UpOptions {
             bin: env!("CARGO_BIN_EXE_ward"),
             admin: self.addr(200, free_port()),
-            files: files
-                .iter()
-                .map(|(n, b)| (n.as_str(), b.clone()))
-                .collect(),
+            files: files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect(),
             extra_args: Vec::new(),
             env: Vec::new(),
         })
@@ -134,7 +151,10 @@ impl Scenario {
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.bind(&self.addr(99, 0).into()).unwrap();
         if sock
-            .connect_timeout(&self.addr(host, 9080).into(), std::time::Duration::from_secs(3))
+            .connect_timeout(
+                &self.addr(host, 9080).into(),
+                std::time::Duration::from_secs(3),
+            )
             .is_err()
         {
             return false;
@@ -142,8 +162,7 @@ impl Scenario {
         let mut s: std::net::TcpStream = sock.into();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        if s.write_all(msg.as_bytes()).is_err() || s.shutdown(std::net::Shutdown::Write).is_err()
-        {
+        if s.write_all(msg.as_bytes()).is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
             return false;
         }
         let mut out = Vec::new();
@@ -155,7 +174,15 @@ impl Scenario {
 fn verify_mtls(w: &Ward, from: &str, to: &str) -> (i32, Value) {
     let admin = w.admin.to_string();
     let (code, out, err) = ward(&[
-        "verify", "mtls", "--admin", &admin, "--from", from, "--to", to, "--json",
+        "verify",
+        "mtls",
+        "--admin",
+        admin.as_str(),
+        "--from",
+        from,
+        "--to",
+        to,
+        "--json",
     ]);
     let report =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}\n{}", w.logs()));
@@ -166,15 +193,24 @@ fn verify_mtls(w: &Ward, from: &str, to: &str) -> (i32, Value) {
 fn coverage(w: &Ward) -> (i32, Value) {
     let admin = w.admin.to_string();
     let (code, out, err) = ward(&[
-        "verify", "coverage", "--admin", &admin, "--since", "10m", "--json",
+        "verify",
+        "coverage",
+        "--admin",
+        admin.as_str(),
+        "--since",
+        "10m",
+        "--json",
     ]);
     let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     (code, report)
 }
 
-/// The plaintext flows of a coverage report as (source address, destination, PA, mode,
-/// connections), sorted.
-fn plaintext_flows(r: &Value) -> Vec<(String, String, String, String, u64)> {
+/// A plaintext flow of a coverage report: source address, destination, PeerAuthentication,
+/// mode, connections.
+type Flow = (String, String, String, String, u64);
+
+/// The plaintext flows of a coverage report, sorted.
+fn plaintext_flows(r: &Value) -> Vec<Flow> {
     let mut flows: Vec<_> = r["plaintext"]
         .as_array()
         .unwrap()
@@ -194,7 +230,7 @@ fn plaintext_flows(r: &Value) -> Vec<(String, String, String, String, u64)> {
     flows
 }
 
-fn flow(src: &str, dst: &str, pa: &str, mode: &str, n: u64) -> (String, String, String, String, u64) {
+fn flow(src: &str, dst: &str, pa: &str, mode: &str, n: u64) -> Flow {
     (src.into(), dst.into(), pa.into(), mode.into(), n)
 }
 
@@ -205,7 +241,11 @@ fn assert_target(t: &Value, allowed: bool, transport: &str, mode: &str, pa: &str
     assert_eq!(t["peerAuthentication"]["mode"], mode, "{t:#}");
     let p = &t["peerAuthentication"]["policy"];
     assert_eq!(
-        format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()),
+        format!(
+            "{}/{}",
+            p["namespace"].as_str().unwrap(),
+            p["name"].as_str().unwrap()
+        ),
         pa,
         "{t:#}"
     );
@@ -333,7 +373,10 @@ fn enforced_for_all_refuses_plaintext() {
     let w = s.up();
     assert!(s.via_sidecar(13, "productpage to reviews"), "{}", w.logs());
     assert!(s.via_sidecar(34, "reviews to ratings"), "{}", w.logs());
-    assert!(!s.plaintext(3, "no sidecar to reviews"), "STRICT must refuse plaintext");
+    assert!(
+        !s.plaintext(3, "no sidecar to reviews"),
+        "STRICT must refuse plaintext"
+    );
     let (code, r) = coverage(&w);
     assert_eq!(code, 0, "nothing was served in plaintext\n{r:#}");
     assert!(r["plaintext"].as_array().unwrap().is_empty(), "{r:#}");
@@ -372,7 +415,10 @@ fn disabled_for_one_workload_only() {
     assert!(s.via_sidecar(34, "reviews to ratings"), "{}", w.logs());
     assert!(s.via_sidecar(12, "productpage to details"), "{}", w.logs());
     assert!(s.plaintext(4, "no sidecar to ratings"), "{}", w.logs());
-    assert!(!s.plaintext(2, "no sidecar to details"), "details is STRICT");
+    assert!(
+        !s.plaintext(2, "no sidecar to details"),
+        "details is STRICT"
+    );
     let (code, r) = coverage(&w);
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(
