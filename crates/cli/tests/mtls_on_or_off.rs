@@ -271,8 +271,9 @@ fn assert_plaintext_probe(code: i32, r: &Value) {
     assert!(r["serverCert"].is_null(), "{r:#}");
 }
 
-/// 1. `mtls: false` in an OSSM 2 ServiceMeshControlPlane is the PERMISSIVE PeerAuthentication
-/// OSSM creates: sidecars still talk mTLS, and a client with no sidecar gets in in plaintext.
+/// Scenario 1: `mtls: false` in an OSSM 2 ServiceMeshControlPlane is the PERMISSIVE
+/// PeerAuthentication OSSM creates: sidecars still talk mTLS, and a client with no sidecar gets in
+/// in plaintext.
 #[test]
 fn smcp_mtls_false_is_permissive_not_off() {
     let s = Scenario {
@@ -314,8 +315,8 @@ fn smcp_mtls_false_is_permissive_not_off() {
     assert_mutual_tls(code, &r, "ratings");
 }
 
-/// 2. PeerAuthentication DISABLE mesh-wide (and the DestinationRules Istio users add): every
-/// connection is plaintext, from sidecars too; Ward needs no DestinationRule for it.
+/// Scenario 2: PeerAuthentication DISABLE mesh-wide (and the DestinationRules Istio users add):
+/// every connection is plaintext, from sidecars too; Ward needs no DestinationRule for it.
 #[test]
 fn disabled_for_all_is_plaintext_everywhere() {
     let s = Scenario {
@@ -353,8 +354,9 @@ fn disabled_for_all_is_plaintext_everywhere() {
     assert_plaintext_probe(code, &r);
 }
 
-/// 3. STRICT mesh-wide: plaintext is refused, sidecars talk mutual TLS 1.3; the DestinationRule
-/// DISABLE left over (Istio's 503) is reported by analyze and does not turn Ward's mTLS off.
+/// Scenario 3: STRICT mesh-wide: plaintext is refused, sidecars talk mutual TLS 1.3; the
+/// DestinationRule DISABLE left over (Istio's 503) is reported by analyze and does not turn Ward's
+/// mTLS off.
 #[test]
 fn enforced_for_all_refuses_plaintext() {
     let s = Scenario {
@@ -387,8 +389,8 @@ fn enforced_for_all_refuses_plaintext() {
     assert_mutual_tls(code, &r, "ratings");
 }
 
-/// 4. STRICT mesh-wide, DISABLE for ratings by a workload-selector PeerAuthentication: ratings
-/// is plaintext from everyone, the rest stays mutual TLS and refuses plaintext.
+/// Scenario 4: STRICT mesh-wide, DISABLE for ratings by a workload-selector PeerAuthentication:
+/// ratings is plaintext from everyone, the rest stays mutual TLS and refuses plaintext.
 #[test]
 fn disabled_for_one_workload_only() {
     let s = Scenario {
