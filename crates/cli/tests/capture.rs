@@ -206,6 +206,9 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
             "-i",
             "br0",
             "-U",
+            // Deliver each packet at once (without it libpcap holds packets in a kernel ring
+            // block for up to a second, and the pcap read below may not hold them yet).
+            "--immediate-mode",
             "-s",
             "0",
             "-w",
@@ -479,9 +482,15 @@ fn captured_apps_reach_services_over_mtls_under_policy() {
 
     // 9. The wire: the passthrough payload crossed the bridge in the clear (so the capture
     // sees payloads), the one sent to the service never did.
-    std::thread::sleep(Duration::from_millis(300));
-    let pcap = std::fs::read(&wire).unwrap();
-    let seen = |needle: &str| pcap.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pcap = std::fs::read(&wire).unwrap();
+    let holds =
+        |pcap: &[u8], needle: &str| pcap.windows(needle.len()).any(|w| w == needle.as_bytes());
+    while !holds(&pcap, outside) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        pcap = std::fs::read(&wire).unwrap();
+    }
+    let seen = |needle: &str| holds(&pcap, needle);
     assert!(seen(outside), "the capture holds plaintext payloads");
     assert!(
         !seen(secret),
