@@ -275,6 +275,7 @@ impl InboundCtx {
             method: None,
             path: None,
             request_id: None,
+            break_glass: rec.break_glass.clone(),
         }
     }
 

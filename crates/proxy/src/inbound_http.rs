@@ -445,6 +445,15 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
+    // A denial lifted by a break-glass grant (its use recorded in the control plane's trail
+    // first): served, and the sidecar's record says so.
+    let mut until = None;
+    if !decision.is_allowed() {
+        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
+            until = Some(l.expires_at);
+            log.break_glass = Some(l.grant);
+        }
+    }
     let event = AuditEvent {
         time: std::time::SystemTime::now(),
         direction: "inbound",
@@ -459,20 +468,12 @@ async fn phases(
         method: Some(log.method.clone()),
         path: Some(admitted.target.path.clone()),
         request_id: Some(log.request_id.clone()),
+        break_glass: log.break_glass.clone(),
     };
     if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
         return Err(Refusal::internal(ResponseFlag::None, detail)
             .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"));
-    }
-    // When a break-glass grant lifted a denial: when it ends (an upgraded connection closes
-    // then).
-    let mut until = None;
-    if !decision.is_allowed() {
-        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
-            until = Some(l.expires_at);
-            log.break_glass = Some(l.grant);
-        }
     }
     if !decision.is_allowed() && log.break_glass.is_none() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
@@ -590,6 +591,7 @@ pub(crate) fn check_at_edge(
         method: Some(admitted.method.as_str().to_owned()),
         path: Some(admitted.target.path.clone()),
         request_id: Some(id.clone()),
+        break_glass: None,
     };
     if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
