@@ -98,7 +98,7 @@ fn access_logging_filter_and_disabled_apply_per_namespace() {
     );
     // TCP records have no response code: the filter does not match them. oth's namespace has
     // its access log off entirely.
-    let conns = ward.log_lines_matching(&[("message", "connection complete")]);
+    let conns = ward.log_lines_matching(&[("target", "access"), ("message", "connection ")]);
     assert!(conns.is_empty(), "{conns:#?}");
 
     // Without the Telemetries, the same requests are logged again (hot reload).
@@ -109,7 +109,8 @@ fn access_logging_filter_and_disabled_apply_per_namespace() {
         let seen =
             ward.log_lines_matching(&[("message", "request complete"), ("path", "/ok-again")]);
         let out = ward.log_lines_matching(&[
-            ("message", "connection complete"),
+            ("target", "access"),
+            ("message", "connection "),
             ("direction", "outbound"),
             ("src.workload", "other/oth"),
         ]);

@@ -251,8 +251,13 @@ impl Hop {
     }
 
     /// Write the next hop's trace context: `traceparent` always (an incoming `tracestate` is
-    /// kept as it is: this hop adds no entry), and the B3 form the caller used, if any.
+    /// kept as it is: this hop adds no entry), and every B3 form the request carries, rewritten,
+    /// so that an app that copies only B3 headers keeps the trace and no stale span id travels
+    /// on next to the new `traceparent`.
     pub(crate) fn propagate(&self, headers: &mut HeaderMap) {
+        let single = headers.contains_key("b3");
+        let multi = headers.contains_key("x-b3-traceid") || headers.contains_key("x-b3-spanid");
+        let parent = self.parent.as_ref().map(|p| p.span_id);
         let mut set = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), v);
@@ -260,28 +265,29 @@ impl Hop {
         };
         set("traceparent", self.traceparent());
         let sampled = if self.sampled { "1" } else { "0" };
-        match self.parent.as_ref().map(|p| (p.format, p.span_id)) {
-            Some((Format::B3Single, parent)) => set(
+        if single {
+            let parent = parent.map(|p| format!("-{p:016x}")).unwrap_or_default();
+            set(
                 "b3",
                 format!(
-                    "{:032x}-{:016x}-{sampled}-{parent:016x}",
+                    "{:032x}-{:016x}-{sampled}{parent}",
                     self.trace_id, self.span_id
                 ),
-            ),
-            Some((Format::B3Multi, parent)) => {
-                set("x-b3-traceid", format!("{:032x}", self.trace_id));
-                set("x-b3-spanid", format!("{:016x}", self.span_id));
-                set("x-b3-parentspanid", format!("{parent:016x}"));
-                set("x-b3-sampled", sampled.to_owned());
-                headers.remove("x-b3-flags");
-            }
-            _ => {}
+            );
         }
-        if self
-            .parent
-            .as_ref()
-            .is_some_and(|p| p.format != Format::W3c)
-        {
+        if multi {
+            set("x-b3-traceid", format!("{:032x}", self.trace_id));
+            set("x-b3-spanid", format!("{:016x}", self.span_id));
+            set("x-b3-sampled", sampled.to_owned());
+            match parent {
+                Some(p) => set("x-b3-parentspanid", format!("{p:016x}")),
+                None => {
+                    headers.remove("x-b3-parentspanid");
+                }
+            }
+            headers.remove("x-b3-flags");
+        }
+        if self.parent.as_ref().is_some_and(|p| p.format != Format::W3c) {
             // A `tracestate` belongs to the `traceparent` it came with, which was not used.
             headers.remove("tracestate");
         }
