@@ -135,6 +135,8 @@ enum Token {
     Op(&'static str),
     Open,
     Close,
+    /// A string literal, or any other character: only ever an error.
+    Other(String),
 }
 
 fn tokens(s: &str) -> Result<Vec<Token>, String> {
@@ -166,18 +168,17 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
                 i += 1;
             }
             out.push(Token::Ident(s[start..i].to_owned()));
-        } else {
-            let op = ["&&", "||", "==", "!=", "<=", ">=", "<", ">", "!"]
-                .into_iter()
-                .find(|op| s[i..].starts_with(op))
-                .ok_or_else(|| {
-                    format!(
-                        "unexpected `{}` at byte {i}",
-                        s[i..].chars().next().unwrap_or(' ')
-                    )
-                })?;
+        } else if let Some(op) = ["&&", "||", "==", "!=", "<=", ">=", "<", ">", "!"]
+            .into_iter()
+            .find(|op| s[i..].starts_with(op))
+        {
             out.push(Token::Op(op));
             i += op.len();
+        } else {
+            // Kept for the parser to name in its error, after what comes before it.
+            let c = s[i..].chars().next().unwrap_or(' ');
+            out.push(Token::Other(c.to_string()));
+            i += c.len_utf8();
         }
     }
     Ok(out)
@@ -269,6 +270,7 @@ impl Parser<'_> {
             Some(Token::Ident(id)) => Err(format!(
                 "`{id}` is not supported: Ward's filters read `response.code` only"
             )),
+            Some(Token::Other(c)) => Err(format!("`{c}` is not supported here")),
             Some(t) => Err(format!("unexpected {t:?}")),
             None => Err("the expression ends too early".to_owned()),
         }
@@ -361,6 +363,7 @@ mod tests {
         for (text, why) in [
             ("xds.cluster_name == 'BlackHoleCluster'", "not supported"),
             ("response.code >= '400'", "integer"),
+            ("response.code >= 400 && ~", "not supported"),
             ("response.code", "compared"),
             ("(response.code >= 400", "not closed"),
             ("response.code >= 400 response.code", "after a complete"),

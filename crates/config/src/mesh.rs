@@ -924,7 +924,7 @@ mod tests {
                 ),
                 (
                     code::FIELD_NOT_ENFORCED,
-                    "spec.values.meshConfig.defaultConfig",
+                    "spec.values.meshConfig.defaultConfig.holdApplicationUntilProxyStarts",
                     Some(17)
                 ),
             ]
@@ -996,7 +996,6 @@ mod tests {
             brief(&parse.findings),
             vec![
                 (code::FIELD_NOT_ENFORCED, "data.meshNetworks", Some(5)),
-                (code::FIELD_NOT_ENFORCED, "data.mesh.enableTracing", Some(9)),
                 (code::UNKNOWN_FIELD, "data.mesh", Some(10)),
             ]
         );

@@ -287,7 +287,11 @@ impl Hop {
             }
             headers.remove("x-b3-flags");
         }
-        if self.parent.as_ref().is_some_and(|p| p.format != Format::W3c) {
+        if self
+            .parent
+            .as_ref()
+            .is_some_and(|p| p.format != Format::W3c)
+        {
             // A `tracestate` belongs to the `traceparent` it came with, which was not used.
             headers.remove("tracestate");
         }
