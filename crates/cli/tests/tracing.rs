@@ -6,7 +6,8 @@
 //!
 //! Addresses, in 127.1.190.x: .1 (client `cli`, egress listener :8080 for `srv`, served per
 //! request because a VirtualService covers `srv`), .10 (`srv`, inbound HTTP :8080 to the app),
-//! .200 (the receiver: gRPC and HTTP ports). The mesh's tracing: the mesh default provider is
+//! .20 (an ingress gateway, HTTP :8080 for `srv.example.local`), .200 (the receiver: gRPC and
+//! HTTP ports). The mesh's tracing: the mesh default provider is
 //! the gRPC one, a mesh-wide Telemetry samples 100% and adds custom tags, and a Telemetry
 //! selecting `srv` sends its spans to the HTTP provider (Istio's merge order).
 #![allow(clippy::unwrap_used)]
@@ -175,6 +176,38 @@ spec:
   - route: [{{destination: {{host: srv.app.svc.cluster.local}}}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: ingressgateway
+  namespace: istio-system
+spec:
+  address: {IP}.20
+  serviceAccount: istio-ingressgateway
+  labels: {{istio: ingressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: edge
+  namespace: istio-system
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: [srv.example.local]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: edge
+  namespace: app
+spec:
+  hosts: [srv.example.local]
+  gateways: [istio-system/edge]
+  http:
+  - route: [{{destination: {{host: srv.app.svc.cluster.local, port: {{number: 8080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata:
   name: srv
@@ -262,13 +295,21 @@ impl Drop for Receiver {
 
 /// One GET through cli's egress listener to srv, with extra header lines; the status.
 fn get(path: &str, extra: &[(&str, &str)]) -> u16 {
-    let addr: SocketAddr = format!("{IP}.1:8080").parse().unwrap();
+    get_at(
+        &format!("{IP}.1:8080"),
+        "srv.app.svc.cluster.local:8080",
+        path,
+        extra,
+    )
+}
+
+/// One GET to `addr` with `Host: host`.
+fn get_at(addr: &str, host: &str, path: &str, extra: &[(&str, &str)]) -> u16 {
+    let addr: SocketAddr = addr.parse().unwrap();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     // A liveness bound, not a speed check: a stalled data path fails here instead of hanging.
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: srv.app.svc.cluster.local:8080\r\nConnection: close\r\n"
-    );
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (n, v) in extra {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -388,6 +429,37 @@ fn spans_of_two_hops_share_the_trace_and_survive_a_dead_collector() {
     assert_eq!(
         client["attributes"]["ward.peer.identity"],
         "spiffe://cluster.local/ns/app/sa/srv"
+    );
+
+    // 1b. Through the ingress gateway: its SERVER span is the root, srv's SERVER span its child.
+    assert_eq!(
+        get_at(
+            &format!("{IP}.20:8080"),
+            "srv.example.local",
+            "/edge?q=1",
+            &[]
+        ),
+        200
+    );
+    let app_headers = seen.lock().unwrap().last().cloned().unwrap();
+    let tp = header(&app_headers, "traceparent").unwrap().to_owned();
+    let edge_trace = tp.split('-').nth(1).unwrap().to_owned();
+    let spans = receiver.wait_for(&edge_trace, 2);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let gateway = spans
+        .iter()
+        .find(|s| s["service"] == "ingressgateway.istio-system")
+        .unwrap_or_else(|| panic!("no gateway span in {spans:#?}"));
+    let server = spans.iter().find(|s| s["service"] == "srv.app").unwrap();
+    assert_eq!(
+        (&gateway["kind"], &gateway["parent_span_id"]),
+        (&Value::from("SPAN_KIND_SERVER"), &Value::from(""))
+    );
+    assert_eq!(server["parent_span_id"], gateway["span_id"]);
+    assert_eq!(gateway["attributes"]["url.path"], "/edge");
+    assert_eq!(
+        server["attributes"]["ward.peer.identity"],
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
     );
 
     // 2. B3 (multi-header) in: the trace is continued, and the app gets B3 back.

@@ -714,7 +714,7 @@ impl Downstream {
         ));
         rec.src_namespace = Some(config.workload.namespace.clone());
         rec.src_identity = Some(self.ctx.identity.clone());
-        rec.telemetry(&config);
+        rec.telemetry(config);
         rec.src_meta = Some(crate::inbound::own_meta(config));
         rec.dst_service = Some(target.service.clone());
         rec.service = crate::outbound::service_meta(config, &target.service);

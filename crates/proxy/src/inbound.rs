@@ -154,7 +154,7 @@ impl InboundCtx {
         rec.dst_workload = Some(Self::workload_key(cfg));
         rec.dst_namespace = Some(cfg.workload.namespace.clone());
         rec.dst_identity = Some(self.identity.clone());
-        rec.telemetry(&cfg);
+        rec.telemetry(cfg);
         ConnResult::new_at(rec, self.metrics.clone(), started)
     }
 

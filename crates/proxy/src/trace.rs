@@ -594,7 +594,8 @@ mod tests {
     fn incoming_context_table() {
         // (name, headers, expected (trace, span, sampled, format))
         type Want = Option<(u128, u64, Option<bool>, Format)>;
-        let cases: [(&str, &[(&str, &str)], Want); 12] = [
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Want);
+        let cases: [Case<'_>; 12] = [
             (
                 "w3c sampled",
                 &[(
