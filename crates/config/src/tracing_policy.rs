@@ -426,6 +426,32 @@ mod tests {
     }
 
     #[test]
+    fn translation_rejects_the_config_once_naming_the_telemetry_and_field() {
+        let we = |name: &str, ip: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: app}}\nspec: {{address: {ip}, serviceAccount: {name}, labels: {{app: {name}}}}}\n")
+        };
+        let yaml = format!(
+            "{MESH}{}{}{}",
+            we("a", "10.0.0.1"),
+            we("b", "10.0.0.2"),
+            telemetry("app", "t", "  tracing:\n  - providers: [{name: nope}]\n")
+        );
+        let set = load_str("t.yaml", &yaml).unwrap();
+        let errors = crate::translate(&set).unwrap_err();
+        let errors: Vec<_> = errors
+            .0
+            .iter()
+            .filter(|d| d.code == crate::code::INVALID)
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].object.as_deref(), Some("Telemetry app/t"));
+        assert_eq!(
+            errors[0].field.as_deref(),
+            Some("spec.tracing[0].providers")
+        );
+    }
+
+    #[test]
     fn load_names_the_telemetry_fields_not_served() {
         let yaml = format!(
             "{MESH}{}",
