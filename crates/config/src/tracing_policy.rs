@@ -107,7 +107,9 @@ struct Merged {
     tags: BTreeMap<String, TagValue>,
 }
 
-/// The Telemetries that apply to a workload of `namespace` with `labels`, in merge order.
+/// The Telemetries that apply to a workload of `namespace` with `labels`, in merge order. One
+/// attached by `targetRef(s)` (to a Gateway or a Service) applies to no sidecar here: WARD0102
+/// says it is not served.
 pub fn applicable<'s>(
     set: &'s ConfigSet,
     root: &str,
@@ -122,7 +124,9 @@ pub fn applicable<'s>(
         .telemetries
         .iter()
         .filter(|t| namespace != root && t.meta.namespace == namespace)
-        .filter(|t| t.spec.selector.is_none() && t.spec.target_refs.is_none());
+        .filter(|t| {
+            t.spec.selector.is_none() && t.spec.target_refs.is_none() && t.spec.target_ref.is_none()
+        });
     let workload = set.telemetries.iter().filter(|t| {
         t.meta.namespace == namespace
             && t.spec.selector.as_ref().is_some_and(|s| {
