@@ -112,6 +112,7 @@ spec:
     customTags:
       env: {{literal: {{value: e2e}}}}
       tenant: {{header: {{name: x-tenant, defaultValue: none}}}}
+      region: {{environment: {{name: WARD_E2E_REGION, defaultValue: nowhere}}}}
 ---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -376,7 +377,7 @@ fn spans_of_two_hops_share_the_trace_and_survive_a_dead_collector() {
         admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         files: vec![("mesh.yaml", config(app_port, grpc_port, http_port))],
         extra_args: vec![],
-        env: vec![],
+        env: vec![("WARD_E2E_REGION".into(), "eu-west".into())],
     })
     .unwrap();
 
@@ -419,6 +420,10 @@ fn spans_of_two_hops_share_the_trace_and_survive_a_dead_collector() {
         assert_eq!(a["server.address"], "srv.app.svc.cluster.local");
         assert_eq!(a["env"], "e2e");
         assert_eq!(a["tenant"], "acme");
+        assert_eq!(
+            a["region"], "eu-west",
+            "an environment tag of the ward process"
+        );
         assert!(!span.to_string().contains("secret"), "{span}");
     }
     assert_eq!(
