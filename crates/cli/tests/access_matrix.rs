@@ -202,7 +202,12 @@ fn table_lists_destinations_grid_ports_and_egress() {
         web.split_whitespace().collect::<Vec<_>>(),
         ["demo/web", "ALLOW", "ALLOW"]
     );
-    assert!(text.contains("egress control not enforced yet"), "{text}");
+    assert!(
+        text.contains("Ward refuses and records every other host")
+            && text.contains("deployment fact"),
+        "{text}"
+    );
+    assert!(!text.contains("not enforced"), "{text}");
 }
 
 /// The quickstart config with `security` as its policies, in a temporary directory.
