@@ -586,7 +586,7 @@ pub(crate) fn check_at_edge(
         protocol: "http",
         verdict: AuditVerdict::Policy(decision.clone()),
         src_addr: src,
-        src_identity: conn.peer_id.clone(),
+        src_identity: conn.peer_id,
         dst_addr: dst,
         dst_identity: Some(ctx.identity.clone()),
         dst_host: Some(admitted.authority.clone()),
