@@ -1496,7 +1496,12 @@ mod tests {
             .find(|p| p.port == "openemr/mariadb:3306")
             .unwrap();
         assert!(!port.plaintext_accepted);
-        assert!(m.egress.iter().all(|e| !e.enforced));
+        // REGISTRY_ONLY (Ward's default) is enforced on the paths the proxies see.
+        assert!(m
+            .egress
+            .iter()
+            .all(|e| e.enforced == (e.outbound_traffic_policy == "REGISTRY_ONLY")));
+        assert!(m.egress.iter().any(|e| e.enforced));
     }
 
     #[test]
