@@ -523,6 +523,19 @@ fn the_egress_gateway_example_admits_the_clinic_only() {
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let dir = format!("{root}/examples/egress-gateway");
+    // The analyzer knows the gateway serves its Gateway server over HBONE: no finding (a
+    // sidecar "sending to a port nobody serves", a workload "serving no port").
+    let analyzed = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["analyze", "-f", &dir])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&analyzed.stdout);
+    assert_eq!(
+        report.trim(),
+        "0 error(s), 0 other finding(s)",
+        "{}",
+        String::from_utf8_lossy(&analyzed.stderr)
+    );
     let files = ward_test_support::yaml_files(&dir);
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ward = Ward::up(UpOptions {
