@@ -446,6 +446,23 @@ fn egress_gateway_originates_tls_and_admits_by_namespace() {
         nginx.access_log().lines().all(|l| !l.contains("team-b")),
         "nothing of team-b's reached the server"
     );
+    // And in the gateway's audit trail, with the caller's identity.
+    let trail = ward
+        .state_dir()
+        .join("audit/istio-system/istio-egressgateway");
+    let audited = wait_for(Duration::from_secs(5), || {
+        let text: String = std::fs::read_dir(&trail)
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        text.lines()
+            .any(|l| l.contains("spiffe://cluster.local/ns/team-b/sa/app-b") && l.contains("deny"))
+            .then_some(())
+    });
+    assert!(
+        audited.is_some(),
+        "no audit record of the denial in {trail:?}"
+    );
 
     // A gateway route to a host no ServiceEntry declares: refused and recorded.
     let (status, _) = get(APP_A, "api.example.com", "/legacy");
