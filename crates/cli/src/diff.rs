@@ -279,7 +279,7 @@ fn egress(out: &mut String, title: &str, sign: char, changes: &[EgressChange]) {
     }
     let _ = writeln!(
         out,
-        "{title} ({}; egress is not enforced yet: the declared allow-list):",
+        "{title} ({}; the declared egress allow-list):",
         changes.len()
     );
     for e in changes {

@@ -91,11 +91,11 @@ fn json_matrix_of_the_examples_has_the_key_cells() {
     assert_eq!(port["mode"], "STRICT");
     assert_eq!(port["policy"], "istio-system/default");
     assert_eq!(port["plaintextAccepted"], false);
-    assert!(fhir["egress"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["enforced"] == false));
+    // REGISTRY_ONLY, Ward's default: enforced on the paths the proxies see.
+    assert!(fhir["egress"].as_array().unwrap().iter().all(|e| {
+        e["enforced"] == (e["outboundTrafficPolicy"] == "REGISTRY_ONLY")
+            && e["note"].as_str().unwrap().contains("deployment fact")
+    }));
 
     let openemr = matrix_json(&example("openemr-ossm3"));
     let mariadb = "mariadb.openemr.svc.cluster.local:3306";
@@ -202,7 +202,12 @@ fn table_lists_destinations_grid_ports_and_egress() {
         web.split_whitespace().collect::<Vec<_>>(),
         ["demo/web", "ALLOW", "ALLOW"]
     );
-    assert!(text.contains("egress control not enforced yet"), "{text}");
+    assert!(
+        text.contains("Ward refuses and records every other host")
+            && text.contains("deployment fact"),
+        "{text}"
+    );
+    assert!(!text.contains("not enforced"), "{text}");
 }
 
 /// The quickstart config with `security` as its policies, in a temporary directory.

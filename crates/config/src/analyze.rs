@@ -1377,7 +1377,8 @@ fn snapshot_checks(context: &Context<'_>, snapshot: &MeshSnapshot, out: &mut Vec
         let Some(we) = we_by_key.get(key) else {
             continue;
         };
-        if proxy.inbound.is_empty() && proxy.outbound.is_empty() {
+        // A gateway workload serves its Gateway servers (docs/ingress.md, docs/egress.md).
+        if proxy.inbound.is_empty() && proxy.outbound.is_empty() && proxy.gateway.is_empty() {
             let why = workloads
                 .get(key)
                 .map(|w| no_listener_reason(context, w))
@@ -1429,10 +1430,17 @@ fn snapshot_checks(context: &Context<'_>, snapshot: &MeshSnapshot, out: &mut Vec
                 else {
                     continue;
                 };
+                // A Gateway server port is served too: over HBONE, by the gateway itself
+                // (crates/proxy/src/gateway.rs, `serve_tunnel`).
                 let served = destination
                     .inbound
                     .iter()
-                    .any(|p| p.port == endpoint.address.port());
+                    .any(|p| p.port == endpoint.address.port())
+                    || (endpoint.transport == Transport::Hbone
+                        && !destination
+                            .gateway
+                            .on_port(endpoint.address.port())
+                            .is_empty());
                 if !served {
                     let how = match endpoint.transport {
                         Transport::Hbone => "over HBONE",

@@ -576,6 +576,10 @@ pub(crate) fn decide(
         Transport::Hbone => source.peer.as_ref(),
     };
     out.transport = if peer.is_some() { "mTLS" } else { "plaintext" };
+    if served.is_none() && peer.is_some() && !cfg.gateway.on_port(target.port).is_empty() {
+        decide_at_gateway(cfg, source, peer, target.port, host, request, &mut out);
+        return out;
+    }
     let Some(port) = served else {
         out.refused_by = Some("port");
         out.outcome = if peer.is_some() {
@@ -632,6 +636,52 @@ pub(crate) fn decide(
         finish_authz(&mut out, explanation, peer.is_some(), false);
     }
     out
+}
+
+/// A mesh workload's HBONE connection to a Gateway server port of a gateway workload (an egress
+/// gateway's clients): decided by the gateway's AuthorizationPolicies as the gateway does
+/// (crates/proxy/src/gateway.rs, `serve_tunnel`): per request on an HTTP server (an `HTTPS`
+/// server with `ISTIO_MUTUAL` included), the request's `Host` header (else the destination
+/// named) as its host; per connection otherwise.
+fn decide_at_gateway(
+    cfg: &ProxyConfig,
+    source: &Source,
+    peer: Option<&Peer>,
+    port: u16,
+    host: &str,
+    request: &RequestQuery,
+    out: &mut Target,
+) {
+    use crate::gateways::EdgeProtocol;
+    let conn = L4Attributes {
+        peer,
+        source_ip: source.address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+        remote_ip: source.address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+        destination_ip: cfg.workload.address,
+        destination_port: port,
+        sni: None,
+    };
+    let server = cfg
+        .gateway
+        .on_port(port)
+        .first()
+        .and_then(|i| cfg.gateway.servers().get(*i));
+    let http = server.is_some_and(|s| {
+        matches!(s.protocol, EdgeProtocol::Http | EdgeProtocol::Http2)
+            || (s.protocol == EdgeProtocol::Https && s.mesh_only())
+    });
+    if http {
+        out.protocol = Some(Protocol::Http);
+        let named = request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map_or(host, |(_, v)| v.as_str());
+        decide_request(cfg, &conn, named, request, out);
+    } else {
+        let explanation = cfg.authz.explain_l4(&conn);
+        finish_authz(out, explanation, peer.is_some(), false);
+    }
 }
 
 /// An HTTP port: normalize the path, authenticate the claims, authorize the request.

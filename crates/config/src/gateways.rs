@@ -202,6 +202,30 @@ impl GatewayRoutes {
         ports
     }
 
+    /// The ports the gateway listens on at its address: those with a server that is not
+    /// `ISTIO_MUTUAL`. An `ISTIO_MUTUAL` server is reached over HBONE only (the mesh's mTLS, the
+    /// client's SPIFFE id verified), never in plaintext (docs/egress.md, "Egress gateway").
+    pub fn bound_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .spec
+            .servers
+            .iter()
+            .filter(|s| !s.mesh_only())
+            .map(|s| s.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The server on `port` that a request for `host` (no port) reaches: the first whose hosts
+    /// match it.
+    pub fn server_for_host(&self, port: u16, host: &str) -> Option<usize> {
+        self.on_port(port)
+            .into_iter()
+            .find(|i| self.spec.servers[*i].matches_host(host))
+    }
+
     /// The server on `port` that a TLS client naming `sni` reaches: the first whose hosts
     /// match it (none: `None`); without SNI, the first server with `*`, else the first server.
     pub fn server_for_sni(&self, port: u16, sni: Option<&str>) -> Option<usize> {
@@ -312,6 +336,14 @@ fn l4_pick(
 }
 
 impl EdgeServer {
+    /// Whether the server is `tls.mode: ISTIO_MUTUAL`: served to mesh workloads over HBONE
+    /// only, where the mesh's mTLS is the TLS Istio's sidecar would originate to it.
+    pub fn mesh_only(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual)
+    }
+
     /// Whether a request or SNI for `host` (no port) is for this server.
     pub fn matches_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -582,10 +614,7 @@ pub fn unserved_gateway_fields(spec: &GatewaySpec) -> Vec<String> {
                 out.push(format!("{tls}.{name}"));
             }
         }
-        if matches!(
-            t.mode,
-            Some(ServerTlsMode::AutoPassthrough | ServerTlsMode::IstioMutual)
-        ) {
+        if matches!(t.mode, Some(ServerTlsMode::AutoPassthrough)) {
             out.push(format!("{tls}.mode"));
         }
     }
@@ -778,6 +807,35 @@ spec:
         );
         let served = crate::load_str("gw.yaml", YAML).unwrap();
         assert!(unserved_gateway_fields(&served.gateways[0].spec).is_empty());
+    }
+
+    #[test]
+    fn istio_mutual_servers_are_served_over_hbone_only() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: https-port-for-tls-origination, protocol: HTTPS}
+    hosts: [api.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [plain.example.com]
+"#;
+        let set = crate::load_str("gw.yaml", yaml).unwrap();
+        assert!(unserved_gateway_fields(&set.gateways[0].spec).is_empty());
+        let gw = gateway_routes(&set, "istio-system", &labels(&[("istio", "egressgateway")]))
+            .unwrap()
+            .unwrap();
+        assert!(gw.servers()[0].mesh_only());
+        assert_eq!(gw.servers()[0].tls.as_ref().unwrap().broken, None);
+        assert!(!gw.servers()[1].mesh_only());
+        assert_eq!(gw.ports(), [80, 8080]);
+        assert_eq!(gw.bound_ports(), [8080]);
+        assert_eq!(gw.server_for_host(80, "api.example.com"), Some(0));
+        assert_eq!(gw.server_for_host(80, "other.example.com"), None);
     }
 
     #[test]

@@ -271,7 +271,8 @@ pub struct WorkloadEgress {
     pub external_hosts: Vec<ExternalHost>,
     /// The Sidecar's (or mesh's) `outboundTrafficPolicy` mode.
     pub outbound_traffic_policy: String,
-    /// Whether Ward enforces the egress allow-list: not yet.
+    /// Whether Ward refuses the hosts outside this list (`REGISTRY_ONLY`) on the paths it
+    /// proxies; which traffic it proxies is a deployment fact (see `note`).
     pub enforced: bool,
     /// What that means.
     pub note: String,
@@ -1366,15 +1367,32 @@ fn egress(set: &ConfigSet, snapshot: &MeshSnapshot) -> Vec<WorkloadEgress> {
                 workload: key.clone(),
                 external_hosts: hosts,
                 outbound_traffic_policy: proxy.outbound_traffic_policy.clone(),
-                enforced: false,
-                note: format!(
-                    "egress control not enforced yet: Ward captures no traffic, so the app can \
-                     connect to any address directly; outboundTrafficPolicy {} is not enforced",
-                    proxy.outbound_traffic_policy
-                ),
+                enforced: proxy.outbound_traffic_policy == "REGISTRY_ONLY",
+                note: egress_note(&proxy.outbound_traffic_policy),
             }
         })
         .collect()
+}
+
+/// What the egress row means under `mode`: where Ward refuses other hosts, and what the offline
+/// matrix cannot know (docs/access.md, "Egress").
+fn egress_note(mode: &str) -> String {
+    let paths = "Sidecar egress listeners, the HTTP_PROXY forward proxy, captured traffic \
+                 (ward up --capture) and egress gateways";
+    let caveat = "which traffic reaches the sidecar is a deployment fact this offline matrix \
+                  cannot know: an app whose traffic is not captured can still dial addresses \
+                  directly";
+    if mode == "REGISTRY_ONLY" {
+        format!(
+            "outboundTrafficPolicy REGISTRY_ONLY: Ward refuses and records every other host on \
+             the {paths}; {caveat}"
+        )
+    } else {
+        format!(
+            "outboundTrafficPolicy {mode}: other hosts are passed through \
+             (PassthroughCluster), not refused, on the {paths}; {caveat}"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -1478,7 +1496,12 @@ mod tests {
             .find(|p| p.port == "openemr/mariadb:3306")
             .unwrap();
         assert!(!port.plaintext_accepted);
-        assert!(m.egress.iter().all(|e| !e.enforced));
+        // REGISTRY_ONLY (Ward's default) is enforced on the paths the proxies see.
+        assert!(m
+            .egress
+            .iter()
+            .all(|e| e.enforced == (e.outbound_traffic_policy == "REGISTRY_ONLY")));
+        assert!(m.egress.iter().any(|e| e.enforced));
     }
 
     #[test]
@@ -1536,12 +1559,16 @@ mod tests {
         assert_eq!(hosts("demo/echo"), ["api.example.com [443] demo/api"]);
         assert!(hosts("jobs/batch").is_empty());
         let web = m.egress.iter().find(|e| e.workload == "demo/web").unwrap();
-        assert!(!web.enforced);
+        assert_eq!(web.enforced, web.outbound_traffic_policy == "REGISTRY_ONLY");
         assert!(
-            web.note.starts_with("egress control not enforced yet"),
+            web.note.starts_with(&format!(
+                "outboundTrafficPolicy {}",
+                web.outbound_traffic_policy
+            )) && web.note.contains("deployment fact"),
             "{}",
             web.note
         );
+        assert!(!web.note.contains("not enforced"), "{}", web.note);
         // No workload of the mesh is behind it: not a column.
         assert!(m
             .destinations

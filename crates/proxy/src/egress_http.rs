@@ -941,6 +941,13 @@ struct RequestLog {
     gateway: Option<String>,
     /// The JWT principal the gateway verified.
     request_principal: Option<String>,
+    /// At a gateway, a mesh client's verified SPIFFE id (the request came over HBONE).
+    source_principal: Option<String>,
+    /// Its namespace.
+    source_namespace: Option<String>,
+    /// A gateway route's destination that is no registered service: logged as
+    /// `BlackHoleCluster`, with the host in `requested.host`.
+    blocked_host: Option<String>,
     started: Instant,
     /// Which records are written (Telemetry `accessLogging`); `None`: never (a mirror's copy).
     logging: Option<Arc<ward_config::access_log_policy::AccessLogPolicy>>,
@@ -969,6 +976,9 @@ impl RequestLog {
             answer: None,
             gateway: None,
             request_principal: None,
+            source_principal: None,
+            source_namespace: None,
+            blocked_host: None,
             started: Instant::now(),
             logging: None,
         }
@@ -1000,6 +1010,9 @@ impl RequestLog {
             answer: None,
             gateway: None,
             request_principal: None,
+            source_principal: None,
+            source_namespace: None,
+            blocked_host: None,
             started: Instant::now(),
             logging: Some(config.access_logging.clone()),
         }
@@ -1024,6 +1037,8 @@ impl RequestLog {
             direction = if self.gateway.is_some() { "gateway" } else { "outbound" },
             gateway = self.gateway.as_deref(),
             request_principal = self.request_principal.as_deref(),
+            source.principal = self.source_principal.as_deref(),
+            source.namespace = self.source_namespace.as_deref(),
             method = %self.method,
             path = %self.path,
             protocol = self.protocol,
@@ -1034,7 +1049,13 @@ impl RequestLog {
             src.addr = %self.src,
             src.workload = %self.workload,
             src.identity = %self.identity,
-            dst.service = self.service.as_deref(),
+            dst.service = if self.blocked_host.is_some() {
+                Some("BlackHoleCluster")
+            } else {
+                self.service.as_deref()
+            },
+            upstream_cluster = self.blocked_host.as_ref().map(|_| "BlackHoleCluster"),
+            requested.host = self.blocked_host.as_deref(),
             dst.addr = far.map(|f| f.endpoint.to_string()).as_deref(),
             dst.hbone_addr = far.and_then(|f| f.hbone).map(|a| a.to_string()).as_deref(),
             dst.workload = far.and_then(|f| f.workload.as_deref()),

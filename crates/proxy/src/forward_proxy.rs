@@ -330,22 +330,25 @@ async fn connect_target(
             resolve_host,
             port,
         } if endpoints.is_empty() => {
+            let tls = origination(cfg, &service, target);
             let rec = result.record();
             rec.dst_service = Some(service.clone());
             rec.service = crate::outbound::service_meta(cfg, &service);
-            dial_resolved(ctx, cfg, &resolve_host, port, result)
+            let up = dial_resolved(ctx, cfg, &resolve_host, port, result)
+                .await
+                .map_err(unavailable)?;
+            crate::originate::wrap(ctx, tls.as_ref(), up, result.record())
                 .await
                 .map_err(unavailable)
         }
         EgressPlan::Service {
             service, endpoints, ..
         } => {
-            // The forward proxy carries what the app sends (a CONNECT tunnel is the app's own
-            // TLS): no DestinationRule TLS origination here (docs/egress-tls.md).
+            let tls = origination(cfg, &service, target);
             let route = Route {
                 service,
                 endpoints,
-                tls: None,
+                tls,
             };
             crate::outbound::connect_any(ctx, cfg, &route, result)
                 .await
@@ -360,6 +363,37 @@ async fn connect_target(
                 .map_err(unavailable)
         }
     }
+}
+
+/// The TLS the proxy originates for an absolute-form request (`GET http://host/`) to
+/// `service`: the DestinationRule `tls` of the service port the request names, as an egress
+/// listener for that port would (docs/egress-tls.md), so an app behind `HTTP_PROXY` gets the
+/// same origination. A CONNECT tunnel carries the app's own TLS: nothing is originated. When
+/// the rule gives no `sni` and the entry is a wildcard (`*.example.com`), the SNI (and the
+/// name checked) is the host the request names, as Istio takes it from the request. Pure.
+fn origination(
+    cfg: &ProxyConfig,
+    service: &str,
+    target: &Target,
+) -> Option<(Arc<ward_config::origination::TlsOrigination>, bool)> {
+    if target.tunnel {
+        return None;
+    }
+    let port = cfg
+        .services
+        .get(service)?
+        .ports
+        .iter()
+        .find(|p| p.number == target.port)?;
+    let tls = port.tls.clone()?;
+    let tls = if tls.sni.starts_with('*') {
+        let mut named = (*tls).clone();
+        named.sni.clone_from(&target.host);
+        Arc::new(named)
+    } else {
+        tls
+    };
+    Some((tls, true))
 }
 
 /// Resolve `host` (cached for its TTL) and connect to the first of its addresses that answers.

@@ -39,7 +39,7 @@ use ward_config::origination::Material;
 use ward_config::ProxyConfig;
 
 use crate::access_log::{ConnRecord, Direction};
-use crate::connection::{ConnResult, End};
+use crate::connection::{ConnResult, End, InboundConn};
 use crate::egress_http::Edge;
 use crate::inbound::InboundCtx;
 use crate::listener::Gate;
@@ -117,6 +117,7 @@ async fn serve_connection(ctx: Arc<GatewayCtx>, tcp: TcpStream, src: SocketAddr,
                 port,
                 tls: false,
                 server: None,
+                peer: None,
             };
             crate::egress_http::serve_edge(
                 ctx.outbound.clone(),
@@ -140,6 +141,113 @@ async fn serve_connection(ctx: Arc<GatewayCtx>, tcp: TcpStream, src: SocketAddr,
             forward_l4(&ctx, &cfg, tcp, src, bind, decision).await;
         }
     }
+}
+
+/// An HBONE `CONNECT` from a mesh workload to one of the gateway's server ports (how sidecars
+/// reach an egress gateway: docs/egress.md, "Egress gateway"). The mesh's mTLS is the hop's
+/// TLS, so what the tunnel carries is served as the server's plaintext would be: HTTP (an
+/// `HTTP`, `HTTP2`, `GRPC` server, or an `HTTPS` server with `ISTIO_MUTUAL`) request by request,
+/// with the peer's verified SPIFFE id for the gateway's AuthorizationPolicy; a `TCP` server (or
+/// `TLS` with `ISTIO_MUTUAL`) by its `tcp[]` route once the policy allows the connection. A
+/// port whose servers terminate TLS themselves (SIMPLE, MUTUAL) or pass it through is not
+/// served over HBONE yet: the CONNECT is refused (404).
+pub(crate) async fn serve_tunnel(
+    ctx: Arc<GatewayCtx>,
+    req: ward_hbone::ConnectRequest,
+    conn: Arc<InboundConn>,
+    mut result: ConnResult,
+) {
+    let cfg = ctx.outbound.config.borrow().clone();
+    let port = conn.dst.port();
+    let servers: Vec<&EdgeServer> = cfg
+        .gateway
+        .on_port(port)
+        .into_iter()
+        .filter_map(|i| cfg.gateway.servers().get(i))
+        .collect();
+    let kind = servers.first().map(|s| (s.protocol, s.mesh_only()));
+    let http = matches!(
+        kind,
+        Some((EdgeProtocol::Http | EdgeProtocol::Http2, _) | (EdgeProtocol::Https, true))
+    );
+    let tcp = matches!(
+        kind,
+        Some((EdgeProtocol::Tcp, _) | (EdgeProtocol::Tls, true))
+    );
+    if !http && !tcp {
+        req.reject(http::StatusCode::NOT_FOUND);
+        return result.finish(End::Refused(Refusal::downstream(
+            ResponseFlag::NoRoute,
+            format!("gateway port {port} is not served over HBONE (TLS terminated or passed through at the gateway)"),
+        )));
+    }
+    if http {
+        let tunnel = match req.accept() {
+            Ok(t) => t,
+            Err(e) => {
+                return result.finish(End::Refused(Refusal::downstream(
+                    ResponseFlag::None,
+                    e.to_string(),
+                )))
+            }
+        };
+        result.opened();
+        let edge = Edge {
+            port,
+            tls: true,
+            server: None,
+            peer: Some(conn.clone()),
+        };
+        let bind = conn.dst;
+        let src = conn.src;
+        crate::egress_http::serve_edge(
+            ctx.outbound.clone(),
+            ctx.inbound.clone(),
+            tunnel,
+            src,
+            bind,
+            edge,
+        )
+        .await;
+        return result.finish(End::Served { sent: 0, recv: 0 });
+    }
+    // TCP: the connection is decided at L4, as a sidecar's inbound TCP port is.
+    let decision = cfg.authz.evaluate_l4(&conn.l4());
+    crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
+    let workload = format!("{}/{}", cfg.workload.namespace, cfg.workload.name);
+    ctx.outbound.metrics.authz_decision(&workload, &decision);
+    if !decision.is_allowed() {
+        req.reject(http::StatusCode::UNAUTHORIZED);
+        return result.finish(End::Refused(Refusal::denied_by(&decision)));
+    }
+    let index = cfg.gateway.on_port(port).first().copied();
+    let decision = index.and_then(|i| cfg.gateway.decide_tcp(i, fastrand::u32(..)));
+    let (mut out, upstream) = connect_l4(&ctx, &cfg, conn.src, conn.dst, decision).await;
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(refusal) => {
+            req.reject(http::StatusCode::SERVICE_UNAVAILABLE);
+            out.finish(End::Refused(refusal.clone()));
+            return result.finish(End::Refused(refusal));
+        }
+    };
+    let mut tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => {
+            let refusal = Refusal::downstream(ResponseFlag::None, e.to_string());
+            out.finish(End::Refused(refusal.clone()));
+            return result.finish(End::Refused(refusal));
+        }
+    };
+    result.opened();
+    out.opened();
+    let end = match upstream {
+        Upstream::Tunnel(mut t) => splice(&mut tunnel, &mut t, None).await,
+        Upstream::Plain(mut s) => splice(&mut tunnel, &mut s, None).await,
+        Upstream::Tls(mut s) => splice(&mut tunnel, &mut *s, None).await,
+    };
+    out.finish(End::from_splice(end));
+    result.finish(End::Served { sent: 0, recv: 0 });
 }
 
 /// TLS terminated with the certificate of the server the SNI selects; then HTTP (HTTPS) or a
@@ -190,6 +298,7 @@ async fn serve_terminated(
             port,
             tls: true,
             server: Some(index),
+            peer: None,
         };
         crate::egress_http::serve_edge(
             ctx.outbound.clone(),

@@ -444,6 +444,7 @@ pub(crate) async fn run_hbone(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<InboundCtx>,
+    gateway: Arc<crate::gateway::GatewayCtx>,
     gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -456,7 +457,7 @@ pub(crate) async fn run_hbone(
             tcp,
             src,
             permit,
-            ctx.clone(),
+            (ctx.clone(), gateway.clone()),
             shutdown.clone(),
         )
     })
@@ -471,7 +472,7 @@ async fn serve_hbone_connection(
     tcp: TcpStream,
     src: SocketAddr,
     mut permit: Permit,
-    ctx: Arc<InboundCtx>,
+    (ctx, gateway): (Arc<InboundCtx>, Arc<crate::gateway::GatewayCtx>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let accepted = Instant::now();
@@ -502,8 +503,9 @@ async fn serve_hbone_connection(
         let ctx = ctx.clone();
         move |req: ConnectRequest| {
             let ctx = ctx.clone();
+            let gateway = gateway.clone();
             let info = info.clone();
-            async move { serve_connect(ctx, req, src, info).await }
+            async move { serve_connect(ctx, gateway, req, src, info).await }
         }
     };
     let shutdown = async move {
@@ -516,7 +518,13 @@ async fn serve_hbone_connection(
 
 /// One HBONE `CONNECT` stream: decide it, answer it (a refusal's status, or 200 once the app is
 /// reached), and serve it.
-async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAddr, info: PeerInfo) {
+async fn serve_connect(
+    ctx: Arc<InboundCtx>,
+    gateway: Arc<crate::gateway::GatewayCtx>,
+    req: ConnectRequest,
+    src: SocketAddr,
+    info: PeerInfo,
+) {
     let cfg = ctx.config.borrow().clone();
     let unparsed = SocketAddr::new(cfg.workload.address, 0);
     let mut result = ctx.result(&cfg, src, unparsed, Instant::now());
@@ -546,6 +554,11 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
             "mTLS peer without a SPIFFE identity",
         );
         return refuse(req, result, refusal);
+    }
+    if is_gateway_port(&cfg, conn.dst) {
+        // A server port of a gateway workload (an egress gateway's clients come this way):
+        // the gateway serves it, its AuthorizationPolicy decides per request or connection.
+        return crate::gateway::serve_tunnel(gateway, req, conn, result).await;
     }
     let verdict = authorize(&cfg, &conn);
     let (verdict, until) = ctx.lift_denial(&cfg, &conn, verdict, &mut result);
@@ -582,6 +595,13 @@ async fn serve_connect(ctx: Arc<InboundCtx>, req: ConnectRequest, src: SocketAdd
             }
         }
     }
+}
+
+/// Whether `dst` is a Gateway server port of this workload that no inbound port claims.
+fn is_gateway_port(cfg: &ProxyConfig, dst: SocketAddr) -> bool {
+    dst.ip() == cfg.workload.address
+        && find_port(cfg, dst.port()).is_none()
+        && !cfg.gateway.on_port(dst.port()).is_empty()
 }
 
 /// The app address behind the port `conn` is for.

@@ -536,9 +536,11 @@ fn lift_denial(
 /// The gateway's own checks of a request at the edge (docs/ingress.md): admitted as on an
 /// inbound port (one method, one authority, the normalized path, spoofable headers removed),
 /// its JWT verified with the RequestAuthentications that select the gateway workload, and
-/// decided by the AuthorizationPolicies that select it (the client is outside the mesh: no
-/// principal; `remoteIpBlocks` see the socket peer). The request goes on with the normalized
-/// path and an `x-request-id`. `Ok`: the verified request principal, if any;
+/// decided by the AuthorizationPolicies that select it (a client outside the mesh has no
+/// principal; a mesh workload that came over HBONE, `peer`, has its verified SPIFFE id, so
+/// `principals` and `namespaces` match it; `remoteIpBlocks` see the socket peer). The request
+/// goes on with the normalized path and an `x-request-id`. `Ok`: the verified request
+/// principal, if any;
 /// `Err`: the refusal, with the `WWW-Authenticate` challenge of a rejected token.
 pub(crate) fn check_at_edge(
     ctx: &InboundCtx,
@@ -546,6 +548,7 @@ pub(crate) fn check_at_edge(
     src: std::net::SocketAddr,
     dst: std::net::SocketAddr,
     parts: &mut http::request::Parts,
+    peer: Option<&InboundConn>,
 ) -> Result<Option<String>, (Refusal, Option<String>)> {
     let admitted = admit(&RequestHead {
         method: &parts.method,
@@ -581,7 +584,9 @@ pub(crate) fn check_at_edge(
         (r, Some(challenge))
     })?;
     let principal = auth.as_ref().map(|a| a.principal.clone());
-    let conn = InboundConn::plaintext(src, dst);
+    let conn = peer
+        .cloned()
+        .unwrap_or_else(|| InboundConn::plaintext(src, dst));
     let request = UpgradeRequest {
         method: admitted.method.as_str().to_owned(),
         host: admitted.authority.clone(),
@@ -590,7 +595,7 @@ pub(crate) fn check_at_edge(
         auth,
     };
     let decision = authorize(cfg, &conn, &request);
-    crate::inbound::log_dry_run_and_audit(&decision, src, None, dst);
+    crate::inbound::log_dry_run_and_audit(&decision, src, conn.peer_id.as_deref(), dst);
     ctx.metrics.authz_decision(&workload, &decision);
     let id = request_id(&parts.headers);
     let event = AuditEvent {
@@ -599,7 +604,7 @@ pub(crate) fn check_at_edge(
         protocol: "http",
         verdict: AuditVerdict::Policy(decision.clone()),
         src_addr: src,
-        src_identity: None,
+        src_identity: conn.peer_id,
         dst_addr: dst,
         dst_identity: Some(ctx.identity.clone()),
         dst_host: Some(admitted.authority.clone()),

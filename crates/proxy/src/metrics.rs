@@ -681,7 +681,7 @@ impl Metrics {
         );
         r.register(
             "ward_egress_blocked",
-            "Outbound connections and requests refused because their destination is not registered (outboundTrafficPolicy REGISTRY_ONLY)",
+            "Outbound connections and requests refused because their destination is not registered (outboundTrafficPolicy REGISTRY_ONLY), or refused at an egress gateway",
             m.egress_blocked.clone(),
         );
         r.register(

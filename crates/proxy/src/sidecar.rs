@@ -382,6 +382,7 @@ impl Sidecar {
             hbone,
             tls,
             inbound_ctx.clone(),
+            gateway_ctx.clone(),
             self.gate(listener::Kind::Hbone),
             stop_rx.clone(),
         ));
@@ -521,7 +522,7 @@ impl Sidecar {
                 .iter()
                 .map(|p| (ListenerKind::ForwardProxy, p.bind)),
         );
-        want.extend(cfg.gateway.ports().into_iter().map(|port| {
+        want.extend(cfg.gateway.bound_ports().into_iter().map(|port| {
             (
                 ListenerKind::Gateway,
                 SocketAddr::new(cfg.workload.address, port),

@@ -14,7 +14,8 @@
 //! - `plaintextAllowed` / `plaintextRefused`: a workload port that refused plaintext accepts it
 //!   now (PERMISSIVE, DISABLE) / the reverse;
 //! - `egressAdded` / `egressRemoved`: an external host (MESH_EXTERNAL ServiceEntry) newly visible
-//!   to a workload / no longer (egress is not enforced yet: this is the declared allow-list).
+//!   to a workload / no longer: the declared allow-list, which Ward enforces under
+//!   REGISTRY_ONLY on the traffic its sidecars and gateways proxy.
 //!
 //! Pure: no I/O.
 

@@ -19,19 +19,25 @@ use ward_config::ProxyConfig;
 use super::routed::Scope;
 use super::{Body, Built, Clients, Downstream, RequestLog};
 use crate::admission::RequestHead;
+use crate::audit::{AuditEvent, Verdict as AuditVerdict};
+use crate::connection::InboundConn;
 use crate::http_metrics::CountingBody;
 use crate::outbound::OutboundCtx;
 use crate::refusal::{Refusal, ResponseFlag};
 
 /// Where a gateway connection came in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Edge {
     /// The server port.
     pub(crate) port: u16,
-    /// The gateway terminated TLS on the connection (`https`).
+    /// The gateway terminated TLS on the connection (`https`), or it came over HBONE.
     pub(crate) tls: bool,
     /// The server the TLS handshake chose by SNI; `None`: chosen per request by `Host`.
     pub(crate) server: Option<usize>,
+    /// A connection from a mesh workload over HBONE (an egress gateway's usual client): the
+    /// verified peer, whose SPIFFE id the gateway's AuthorizationPolicy sees. `None`: a client
+    /// outside the mesh, on the gateway's own port.
+    pub(crate) peer: Option<Arc<InboundConn>>,
 }
 
 /// Serve HTTP on one gateway connection until it closes.
@@ -92,12 +98,13 @@ impl Downstream {
         log.authority.clone_from(&authority);
         let host = host_of(&authority);
         let gw = &config.gateway;
+        if let Some(peer) = &edge.peer {
+            log.source_principal.clone_from(&peer.peer_id);
+            log.source_namespace = peer.peer.as_ref().map(|p| p.namespace.clone());
+        }
         let index = match edge.server {
             Some(i) => Some(i),
-            None => gw
-                .on_port(edge.port)
-                .into_iter()
-                .find(|i| gw.servers()[*i].matches_host(&host)),
+            None => gw.server_for_host(edge.port, &host),
         };
         let Some(index) = index else {
             return Err(super::no_route());
@@ -125,11 +132,18 @@ impl Downstream {
             self.src,
             SocketAddr::new(self.bind.ip(), edge.port),
             &mut parts,
+            edge.peer.as_deref(),
         );
         let principal = match checked {
             Ok(p) => p,
             Err((refusal, c)) => {
                 *challenge = c;
+                if let Some(peer) = &edge.peer {
+                    if refusal.by_policy() {
+                        // A mesh workload refused at the gateway: egress that was blocked.
+                        self.note_egress_blocked(config, peer, &host, edge.port);
+                    }
+                }
                 return Err(refusal);
             }
         };
@@ -147,5 +161,72 @@ impl Downstream {
             scheme: if edge.tls { "https" } else { "http" },
         };
         self.serve_routed(config, built, &scope, req, log).await
+    }
+
+    /// A gateway route whose destination is no registered service (no ServiceEntry the gateway
+    /// sees): the request is refused (`503 NC`, as Istio's gateway has no cluster for it), and
+    /// it is kept as evidence like any blocked egress: `dst.service="BlackHoleCluster"` in the
+    /// access line, `ward_egress_blocked_total`, and a `registry_only` audit record.
+    pub(super) fn note_unregistered(
+        &self,
+        config: &ProxyConfig,
+        host: &str,
+        port: u16,
+        log: &mut RequestLog,
+    ) {
+        log.blocked_host = Some(host.to_owned());
+        let peer = self.edge.as_ref().and_then(|(e, _)| e.peer.clone());
+        match &peer {
+            Some(peer) => self.note_egress_blocked(config, peer, host, port),
+            None => self.ctx.metrics.egress_blocked(
+                &format!("{}/{}", config.workload.namespace, config.workload.name),
+                &config.workload.namespace,
+                Some(host),
+                port,
+                "http",
+            ),
+        }
+        self.ctx.audit.record(AuditEvent {
+            time: std::time::SystemTime::now(),
+            direction: "gateway",
+            protocol: "http",
+            verdict: AuditVerdict::RegistryOnly,
+            src_addr: self.src,
+            src_identity: peer.and_then(|p| p.peer_id.clone()),
+            dst_addr: self.bind,
+            dst_identity: None,
+            dst_host: Some(host.to_owned()),
+            request_principal: None,
+            method: None,
+            path: None,
+            request_id: None,
+            break_glass: None,
+        });
+    }
+
+    /// Count a mesh workload's request that the gateway refused (its AuthorizationPolicy, or a
+    /// destination that is no registered service) as blocked egress,
+    /// `ward_egress_blocked_total` with the source as the labels name it (docs/egress.md).
+    /// The access line and the audit record are written where the decision is made.
+    pub(super) fn note_egress_blocked(
+        &self,
+        config: &ProxyConfig,
+        peer: &InboundConn,
+        host: &str,
+        port: u16,
+    ) {
+        let (workload, namespace) = match peer.source_meta(config) {
+            Some(m) => (format!("{}/{}", m.namespace, m.name), m.namespace.clone()),
+            None => (
+                peer.peer_id.clone().unwrap_or_default(),
+                peer.peer
+                    .as_ref()
+                    .map(|p| p.namespace.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        self.ctx
+            .metrics
+            .egress_blocked(&workload, &namespace, Some(host), port, "http");
     }
 }

@@ -424,6 +424,10 @@ impl Downstream {
         };
         let destination = forward.destination;
         log.service = Some(destination.host.clone());
+        if self.edge.is_some() && !config.services.contains_key(&destination.host) {
+            // A gateway reaches registered services only (REGISTRY_ONLY holds there too).
+            self.note_unregistered(config, &destination.host, scope.port, log);
+        }
         let target = {
             let (endpoints, lb, http2, tls) =
                 resolve(config, destination, scope.port).map_err(|(r, why)| log.failed(r, why))?;
