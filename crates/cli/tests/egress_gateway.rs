@@ -7,8 +7,9 @@
 //! namespace `team-a` only; the gateway originates TLS to nginx as the DestinationRule it sees
 //! says (SIMPLE, or MUTUAL with a `credentialName` Secret in the gateway's namespace).
 //!
-//! Also the forward proxy's origination for absolute-form requests (`curl -x`), and the
-//! hot switch from STRICT to PERMISSIVE, under which the path works the same.
+//! Also a `TCP` server on the gateway reached over HBONE (allowed and denied at L4), the
+//! forward proxy's origination for absolute-form requests (`curl -x`), and the hot switch from
+//! STRICT to PERMISSIVE, under which the path works the same.
 //!
 //! Needs nginx and curl; otherwise prints `SKIPPED` (a failure under `WARD_E2E_REQUIRE_ALL=1`).
 //! Addresses: 127.1.170.0/24.
