@@ -7,8 +7,9 @@
 //! namespace `team-a` only; the gateway originates TLS to nginx as the DestinationRule it sees
 //! says (SIMPLE, or MUTUAL with a `credentialName` Secret in the gateway's namespace).
 //!
-//! Also the forward proxy's origination for absolute-form requests (`curl -x`), and the
-//! hot switch from STRICT to PERMISSIVE, under which the path works the same.
+//! Also a `TCP` server on the gateway reached over HBONE (allowed and denied at L4), the
+//! forward proxy's origination for absolute-form requests (`curl -x`), and the hot switch from
+//! STRICT to PERMISSIVE, under which the path works the same.
 //!
 //! Needs nginx and curl; otherwise prints `SKIPPED` (a failure under `WARD_E2E_REQUIRE_ALL=1`).
 //! Addresses: 127.1.170.0/24.
@@ -29,6 +30,7 @@ const APP_B: &str = "127.1.170.2";
 const GATEWAY: &str = "127.1.170.3";
 const SERVER: &str = "127.1.170.10";
 const MTLS_SERVER: &str = "127.1.170.11";
+const TCP_SERVER: &str = "127.1.170.12";
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -96,7 +98,8 @@ fn app(name: &str, ns: &str, ip: &str) -> String {
          apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\n\
          spec:\n  workloadSelector: {{labels: {{app: {name}}}}}\n  egress:\n  \
          - port: {{number: 80, name: http, protocol: HTTP}}\n    bind: {ip}\n    hosts: [\"*/*\"]\n  \
-         - port: {{number: 15080, name: http-proxy, protocol: HTTP_PROXY}}\n    bind: {ip}\n    hosts: [\"*/*\"]\n---\n"
+         - port: {{number: 15080, name: http-proxy, protocol: HTTP_PROXY}}\n    bind: {ip}\n    hosts: [\"*/*\"]\n  \
+         - port: {{number: 9000, name: tcp, protocol: TCP}}\n    bind: {ip}\n    hosts: [\"istio-system/*\"]\n---\n"
     )
 }
 
@@ -115,7 +118,7 @@ spec:
   hosts: [istio-egressgateway.istio-system.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 9000, name: tcp, protocol: TCP}}]
   workloadSelector: {{labels: {{istio: egressgateway}}}}
 ---
 apiVersion: networking.istio.io/v1
@@ -151,6 +154,34 @@ spec:
   - port: {{number: 80, name: https-port-for-tls-origination, protocol: HTTPS}}
     hosts: [api.example.com, mtls.example.com]
     tls: {{mode: ISTIO_MUTUAL}}
+---
+# A TCP server on the gateway: an opaque stream to a registered TCP service.
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp-egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 9000, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-ext, namespace: istio-system}}
+spec:
+  hosts: [tcp.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: tcp, protocol: TCP}}]
+  endpoints: [{{address: {TCP_SERVER}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-ext, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-egress]
+  tcp: [{{route: [{{destination: {{host: tcp.example.com, port: {{number: 9080}}}}}}]}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -235,6 +266,8 @@ spec:
   rules:
   - from: [{{source: {{namespaces: [team-a]}}}}]
     to: [{{operation: {{hosts: [api.example.com, "api.example.com:*", mtls.example.com, "mtls.example.com:*"]}}}}]
+  - from: [{{source: {{namespaces: [team-a]}}}}]
+    to: [{{operation: {{ports: ["9000"]}}}}]
 ---
 # Forward-proxy origination: plain HTTP to port 80 through `curl -x`, TLS to nginx on 8443.
 apiVersion: networking.istio.io/v1
@@ -317,7 +350,8 @@ fn egress_gateway_originates_tls_and_admits_by_namespace() {
          location / {{ default_type text/plain; return 200 \"simple $ssl_protocol $request_uri\\n\"; }}\n  }}\n  \
          server {{\n    listen {MTLS_SERVER}:8443 ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {m_cert};\n    ssl_certificate_key {m_key};\n    \
          ssl_client_certificate {ca_file};\n    ssl_verify_client on;\n    \
-         location / {{ default_type text/plain; return 200 \"mtls $ssl_protocol client=$ssl_client_s_dn\\n\"; }}\n  }}\n"
+         location / {{ default_type text/plain; return 200 \"mtls $ssl_protocol client=$ssl_client_s_dn\\n\"; }}\n  }}\n  \
+         server {{\n    listen {TCP_SERVER}:9080;\n    location / {{ default_type text/plain; return 200 \"tcp $request_uri\\n\"; }}\n  }}\n"
     );
     let nginx = Nginx::start_servers(&servers, format!("{SERVER}:8443").parse().unwrap()).unwrap();
 
@@ -509,6 +543,24 @@ fn egress_gateway_originates_tls_and_admits_by_namespace() {
         )
         .unwrap();
     assert_eq!(line["requested.from"], "uri", "{line}");
+
+    // A TCP server on the gateway, over HBONE: team-a's stream reaches the TCP service, team-b's
+    // is refused at the connection (the gateway's policy at L4).
+    let (status, body) = curl(&[&format!("http://{APP_A}:9000/tcp")]);
+    assert_eq!((status, body.trim()), (200, "tcp /tcp"), "{}", ward.logs());
+    let (status, _) = curl(&[&format!("http://{APP_B}:9000/tcp")]);
+    assert_eq!(status, 0, "team-b's TCP stream must not get through");
+    let refused = ward
+        .wait_for_log(
+            &[
+                ("direction", "inbound"),
+                ("src.identity", "spiffe://cluster.local/ns/team-b/sa/app-b"),
+                ("dst.addr", "127.1.170.3:9000"),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(refused["response_flags"], "DENY", "{refused}");
 
     // PERMISSIVE (the seed's other mode): the same path, the same decisions.
     ward.write_config(

@@ -512,6 +512,88 @@ async fn carry(mut app: TcpStream, up: Upstream, first: Vec<u8>) -> End {
 mod tests {
     use super::*;
 
+    /// A workload in `shop` with a forward proxy, two HTTP entries on port 80 (one a wildcard),
+    /// each with a DestinationRule originating TLS.
+    fn shop() -> ProxyConfig {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 127.9.1.1, serviceAccount: web, labels: {app: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: web, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: web}}
+  egress:
+  - port: {number: 15080, name: http-proxy, protocol: HTTP_PROXY}
+    bind: 127.9.1.1
+    hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  endpoints: [{address: 203.0.113.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any, namespace: shop}
+spec:
+  hosts: ["*.example.org"]
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: SIMPLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: any, namespace: shop}
+spec:
+  host: "*.example.org"
+  trafficPolicy: {tls: {mode: SIMPLE}}
+"#;
+        let set = ward_config::load_str("test.yaml", yaml).unwrap();
+        let snap = ward_config::translate(&set).unwrap();
+        snap.proxies["shop/web"].clone()
+    }
+
+    #[test]
+    fn absolute_form_requests_get_the_rules_origination_and_tunnels_none() {
+        let cfg = shop();
+        let get = target("GET http://api.example.com/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+            .unwrap();
+        let (tls, http) = origination(&cfg, "api.example.com", &get).unwrap();
+        assert!(http);
+        assert_eq!(tls.rule, "DestinationRule shop/api");
+        assert_eq!(tls.sni, "api.example.com");
+        // A wildcard entry: the SNI is the host the URI names.
+        let wild =
+            target("GET http://a.example.org/ HTTP/1.1\r\nHost: a.example.org\r\n\r\n").unwrap();
+        let (tls, _) = origination(&cfg, "*.example.org", &wild).unwrap();
+        assert_eq!(tls.sni, "a.example.org");
+        // A CONNECT tunnel carries the app's own TLS: nothing is originated.
+        let tunnel =
+            target("CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n")
+                .unwrap();
+        assert!(origination(&cfg, "api.example.com", &tunnel).is_none());
+        // A port the entry does not have: nothing.
+        let other = target(
+            "GET http://api.example.com:8080/ HTTP/1.1\r\nHost: api.example.com:8080\r\n\r\n",
+        )
+        .unwrap();
+        assert!(origination(&cfg, "api.example.com", &other).is_none());
+    }
+
     fn target(head: &str) -> Result<Target, BadRequest> {
         parse_head(head.as_bytes())
     }
