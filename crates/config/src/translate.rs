@@ -358,6 +358,14 @@ impl<'a> Context<'a> {
             errors.push(*err);
             JwtRuleSet::default()
         });
+        // `proxy.istio.io/config` on the WorkloadEntry (a pod's annotation in Istio), else the
+        // mesh's `defaultConfig` (a bad annotation is an error at load: `load.rs`).
+        let num_trusted_proxies = we
+            .meta
+            .annotations
+            .get(crate::snapshot::PROXY_CONFIG_ANNOTATION)
+            .and_then(|v| crate::mesh::annotation_trusted_proxies(v).ok().flatten())
+            .unwrap_or(self.set.mesh.num_trusted_proxies);
         let outbound_traffic_policy = sidecar
             .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
             .and_then(|p| p.mode)
@@ -373,6 +381,7 @@ impl<'a> Context<'a> {
                 demo_app,
                 keep_override_headers,
                 audit_fail_closed,
+                num_trusted_proxies,
             },
             inbound,
             outbound,

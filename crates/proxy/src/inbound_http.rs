@@ -69,16 +69,27 @@ pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Respo
     r
 }
 
+/// How long a client may take to send a request's headers (docs/http.md, "Limits").
+pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The HTTP server of every connection Ward serves HTTP on (inbound HTTP ports, shared egress
-/// listeners): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226, HPACK bombs:
-/// hyper's limits, set explicitly).
+/// listeners, gateway servers): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226,
+/// HPACK bombs), a header read timeout (slowloris), and HTTP/2 reset limits (CVE-2023-44487,
+/// rapid reset): hyper's and h2's limits, set explicitly (docs/http.md lists them).
 pub(crate) fn server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(64 * 1024);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
     builder
         .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(16 * 1024)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256);
     builder
 }
 
@@ -564,7 +575,14 @@ pub(crate) fn check_at_edge(
         (r, Some(challenge))
     })?;
     let principal = auth.as_ref().map(|a| a.principal.clone());
-    let conn = InboundConn::plaintext(src, dst);
+    let mut conn = InboundConn::plaintext(src, dst);
+    // `remoteIpBlocks` and `remote.ip` see the client the trusted proxies name in
+    // `X-Forwarded-For`; `ipBlocks` keeps the socket peer (crates/proxy/src/xff.rs).
+    conn.remote = Some(crate::xff::client_address(
+        src.ip(),
+        &parts.headers,
+        cfg.workload.num_trusted_proxies,
+    ));
     let request = UpgradeRequest {
         method: admitted.method.as_str().to_owned(),
         host: admitted.authority.clone(),
@@ -622,6 +640,7 @@ pub(crate) fn check_at_edge(
             parts.headers.insert(name, v);
         }
     }
+    crate::xff::append_peer(&mut parts.headers, src.ip());
     Ok(principal)
 }
 
