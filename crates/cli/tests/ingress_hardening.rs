@@ -68,10 +68,7 @@ fn serve_app(conn: TcpStream, seen: &Seen) {
         }
         seen.lock().unwrap().push(target.clone());
         let body = format!("path={target} xff={xff}\n");
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
         if out.write_all(head.as_bytes()).is_err() || out.write_all(body.as_bytes()).is_err() {
             return;
         }
@@ -212,7 +209,10 @@ impl Edge {
     fn get(&self, gw: u8, path: &str, xff: &[&str]) -> (u16, String) {
         let url = format!("http://{}:8080{path}", self.ip(gw));
         let from = self.ip(50);
-        let headers: Vec<String> = xff.iter().map(|v| format!("X-Forwarded-For: {v}")).collect();
+        let headers: Vec<String> = xff
+            .iter()
+            .map(|v| format!("X-Forwarded-For: {v}"))
+            .collect();
         let mut args = vec!["--interface", &from];
         for h in &headers {
             args.extend(["-H", h.as_str()]);
@@ -225,7 +225,8 @@ impl Edge {
     /// back, and whether the gateway closed the connection.
     fn raw(&self, bytes: &[u8], wait: Duration) -> (String, bool) {
         let mut s = TcpStream::connect(self.addr(1)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         s.write_all(bytes).unwrap();
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
@@ -282,10 +283,7 @@ fn the_client_address_follows_num_trusted_proxies_and_cannot_be_forged() {
     );
     assert_eq!(e.get(1, "/cond/a", &["203.0.113.7"]).0, 200, "{}", logs());
     // A client's own entry further left is not trusted: the proxy's (rightmost) one counts.
-    assert_eq!(
-        e.get(1, "/remote/b", &["203.0.113.7, 198.51.100.1"]).0,
-        403
-    );
+    assert_eq!(e.get(1, "/remote/b", &["203.0.113.7, 198.51.100.1"]).0, 403);
     // Several headers are one list.
     assert_eq!(
         e.get(1, "/remote/c", &["198.51.100.1", "203.0.113.9"]).0,
@@ -317,16 +315,20 @@ fn smuggling_and_oversized_requests_are_refused_and_slow_clients_dropped() {
     let logs = || e.ward.logs();
     let short = Duration::from_secs(3);
 
-    // Content-Length and Transfer-Encoding together: refused; what would hide behind it never
-    // reaches the app.
+    // Content-Length and Transfer-Encoding together: framed by Transfer-Encoding alone, and the
+    // connection closed after the answer (RFC 9112 §6.1), so what hides behind the chunked
+    // body never reaches the app as a request of its own.
     let (resp, closed) = e.raw(
         b"POST /open/cl-te HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /open/smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         short,
     );
-    assert_eq!(status_of(&resp), 400, "{resp}: {}", logs());
-    assert!(closed, "{resp}");
-    assert!(!e.saw("/open/smuggled"));
-    assert!(!e.saw("/open/cl-te"));
+    assert!(closed, "{resp}: {}", logs());
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
+    assert!(!e.saw("/open/smuggled"), "{resp}");
 
     // Two different Content-Lengths.
     let (resp, closed) = e.raw(
@@ -350,10 +352,7 @@ fn smuggling_and_oversized_requests_are_refused_and_slow_clients_dropped() {
         b"POST /open/chunk HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         short,
     );
-    assert!(
-        resp.is_empty() || status_of(&resp) == 400,
-        "{resp}"
-    );
+    assert_eq!(status_of(&resp), 400, "{resp}");
 
     // Headers beyond the limits: 431.
     let big = format!(
@@ -388,7 +387,11 @@ fn smuggling_and_oversized_requests_are_refused_and_slow_clients_dropped() {
         Duration::from_secs(20),
     );
     assert!(closed, "still open after {:?}: {resp}", started.elapsed());
-    assert!(started.elapsed() >= Duration::from_secs(9), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!e.saw("/open/slow"));
 
     // And the gateway still serves.
@@ -406,32 +409,53 @@ fn http2_rapid_reset_is_bounded_and_the_gateway_stays_up() {
         .build()
         .unwrap();
     // Open streams and reset each at once, many times over (CVE-2023-44487).
+    const STREAMS: usize = 5000;
     let (sent, ended) = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         let driver = tokio::spawn(conn);
         let mut sent = 0;
-        for i in 0..5000 {
+        for i in 0..STREAMS {
             let Ok(mut c) = client.clone().ready().await else {
                 break;
             };
-            let req = http::Request::post(format!("http://{addr}/open/reset{i}"))
+            sent += 1;
+            let req = http::Request::get(format!("http://{addr}/open/reset{i}"))
                 .body(())
                 .unwrap();
-            let Ok((_, mut stream)) = c.send_request(req, false) else {
+            let Ok((_, mut stream)) = c.send_request(req, true) else {
                 break;
             };
+            // Let the connection task write the HEADERS before the reset (else the client
+            // library drops both).
+            tokio::task::yield_now().await;
             stream.send_reset(h2::Reason::CANCEL);
-            sent += 1;
         }
-        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
-        (sent, ended.is_ok())
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(20), driver).await;
+        (sent, ended)
     });
-    // The gateway ends the connection (GOAWAY) before the client has reset them all.
-    assert!(ended, "the connection outlived {sent} resets");
-    assert!(sent < 5000, "all {sent} resets were taken");
+    // The gateway ends the connection (h2's reset limits: a GOAWAY, then the socket closes
+    // under the client's writes) long before the client has reset them all, and no reset
+    // stream costs the app a request.
+    let outcome = format!("{ended:?}");
+    std::thread::sleep(Duration::from_secs(1));
     let reached = e.seen.lock().unwrap().len();
-    eprintln!("rapid reset: {sent} streams opened and reset, {reached} reached the app");
+    eprintln!(
+        "rapid reset: {sent} of {STREAMS} streams opened and reset before the connection ended \
+         ({outcome}); {reached} reached the app"
+    );
+    assert!(sent < STREAMS, "all {sent} resets were taken: {outcome}");
+    assert!(matches!(ended, Ok(Ok(Err(_)))), "{outcome}");
+    assert!(
+        reached < STREAMS / 10,
+        "{reached} of {sent} streams were served"
+    );
     // And a new connection is served.
-    assert_eq!(e.get(1, "/open/after-reset", &[]).0, 200, "{}", e.ward.logs());
+    assert_eq!(
+        e.get(1, "/open/after-reset", &[]).0,
+        200,
+        "{}",
+        e.ward.logs()
+    );
 }

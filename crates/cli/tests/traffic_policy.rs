@@ -219,7 +219,15 @@ impl Mesh {
         let children: Vec<_> = (0..n)
             .map(|_| {
                 Command::new("curl")
-                    .args(["-sS", "--max-time", "15", "-o", "/dev/null", "-w", "%{http_code}\n"])
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "15",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}\n",
+                    ])
                     .args(["-H", &format!("Host: {host}")])
                     .arg(format!("http://{}:8080{path}", self.ip(at)))
                     .stdout(std::process::Stdio::piped())
@@ -340,7 +348,11 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
     let mut failed = 0;
     let mut i = 0;
     while failed < 2 {
-        assert!(ejected.elapsed() < Duration::from_secs(9), "never back: {}", logs());
+        assert!(
+            ejected.elapsed() < Duration::from_secs(9),
+            "never back: {}",
+            logs()
+        );
         i += 1;
         let (code, _) = m.get(1, "picky.example.com", &format!("/back{i}"));
         if code == 503 {

@@ -27,8 +27,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::istio::{
-    ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection,
-    SimpleLb, TrafficPolicy,
+    ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, SimpleLb,
+    TrafficPolicy,
 };
 use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
@@ -159,9 +159,7 @@ impl ConnectionPool {
                 .filter(|d| !d.is_zero()),
             max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
             max_requests: positive(http.and_then(|h| h.http2_max_requests)),
-            max_requests_per_connection: positive(
-                http.and_then(|h| h.max_requests_per_connection),
-            ),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
             idle_timeout: http
                 .and_then(|h| h.idle_timeout)
                 .map(|d| d.get())
@@ -224,7 +222,10 @@ impl Layered {
                 let number = level.port.as_ref()?.number?;
                 let number = u16::try_from(number).ok()?;
                 let r = Resilience {
-                    pool: level.connection_pool.as_ref().map(ConnectionPool::from_spec),
+                    pool: level
+                        .connection_pool
+                        .as_ref()
+                        .map(ConnectionPool::from_spec),
                     outlier: level.outlier_detection.as_ref().map(Outlier::from_spec),
                 };
                 (r != Resilience::default()).then_some((number, r))
@@ -646,7 +647,11 @@ fn outlier_fields(outlier: Option<&OutlierDetection>, at: &str, out: &mut Vec<St
 
 fn policy_fields(policy: Option<&TrafficPolicy>, at: &str, out: &mut Vec<String>) {
     let Some(p) = policy else { return };
-    pool_fields(p.connection_pool.as_ref(), &format!("{at}.connectionPool"), out);
+    pool_fields(
+        p.connection_pool.as_ref(),
+        &format!("{at}.connectionPool"),
+        out,
+    );
     outlier_fields(
         p.outlier_detection.as_ref(),
         &format!("{at}.outlierDetection"),

@@ -95,10 +95,9 @@ pub(crate) fn routes_by_host(
         || built.routes.table(bind).is_some_and(|t| {
             t.hosts().iter().any(|h| {
                 config.mesh_routes.table().covers(&h.name)
-                    || config
-                        .mesh_routes
-                        .destination(&h.name)
-                        .is_some_and(ward_config::traffic_policy::DestinationPolicy::limits_requests)
+                    || config.mesh_routes.destination(&h.name).is_some_and(
+                        ward_config::traffic_policy::DestinationPolicy::limits_requests,
+                    )
             })
         })
 }
@@ -161,6 +160,16 @@ fn reset() -> Refusal {
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream connect error or disconnect/reset before headers",
     )
+}
+
+/// The answer to a request that could not be sent: the client's fault when its own body
+/// failed (a bad chunk size, a reset): 400; else the upstream's: 503 `UC`.
+fn send_failed(e: &hyper::Error) -> Refusal {
+    if e.is_user() {
+        return Refusal::downstream(ResponseFlag::None, "downstream_body_error")
+            .with_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
+    }
+    reset()
 }
 
 /// What a request is for, decided before any I/O.
@@ -622,7 +631,13 @@ impl Downstream {
         let sent = self.send(config, &target, req, log).await;
         let seen = match &sent {
             Ok(resp) => Some(crate::outlier::Outcome::Status(resp.status().as_u16())),
-            Err(r) if r.by_policy() || r.flag == ResponseFlag::NoHealthyUpstream => None,
+            Err(r)
+                if r.by_policy()
+                    || r.flag == ResponseFlag::NoHealthyUpstream
+                    || r.fault == crate::refusal::Fault::Downstream =>
+            {
+                None
+            }
             Err(_) => Some(crate::outlier::Outcome::LocalFailure),
         };
         if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
@@ -709,7 +724,7 @@ impl Downstream {
             .sender
             .send_request(req)
             .await
-            .map_err(|e| log.failed(reset(), e))?;
+            .map_err(|e| log.failed(send_failed(&e), e))?;
         self.clients.give_back_h1(target, client);
         Ok(resp)
     }
@@ -744,7 +759,7 @@ impl Downstream {
             .sender
             .send_request(req)
             .await
-            .map_err(|e| log.failed(reset(), e))
+            .map_err(|e| log.failed(send_failed(&e), e))
     }
 
     /// Open a tunnel (or a plaintext socket) to one of the target's endpoints, in its order,

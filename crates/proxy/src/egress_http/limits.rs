@@ -98,11 +98,14 @@ impl Policy {
 
 fn overflow(field: &str) -> (Refusal, String) {
     (
-        Refusal::upstream(ResponseFlag::UpstreamOverflow, "upstream_reset_before_response_started{overflow}")
-            .with_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            ),
+        Refusal::upstream(
+            ResponseFlag::UpstreamOverflow,
+            "upstream_reset_before_response_started{overflow}",
+        )
+        .with_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
         format!("circuit breaker open: {field}"),
     )
 }
@@ -189,7 +192,11 @@ impl Destinations {
     }
 
     /// The destination's endpoints without those its outlier detector has ejected.
-    pub(super) fn healthy<'e>(&self, policy: &Policy, endpoints: Vec<&'e Endpoint>) -> Vec<&'e Endpoint> {
+    pub(super) fn healthy<'e>(
+        &self,
+        policy: &Policy,
+        endpoints: Vec<&'e Endpoint>,
+    ) -> Vec<&'e Endpoint> {
         if policy.outlier().is_none() {
             return endpoints;
         }

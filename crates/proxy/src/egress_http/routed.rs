@@ -28,8 +28,8 @@ use super::limits::{Held, Policy};
 use super::{
     finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
 };
-use crate::outlier::Outcome;
 use crate::http_metrics::CountingBody;
+use crate::outlier::Outcome;
 use crate::refusal::{Refusal, ResponseFlag};
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
@@ -620,7 +620,9 @@ impl Downstream {
                 Some(Ok(resp)) => Some(Outcome::Status(resp.status().as_u16())),
                 // A refusal by policy, or no endpoint at all, says nothing of an endpoint.
                 Some(Err(r))
-                    if r.by_policy() || r.flag == ResponseFlag::NoHealthyUpstream =>
+                    if r.by_policy()
+                        || r.flag == ResponseFlag::NoHealthyUpstream
+                        || r.fault == crate::refusal::Fault::Downstream =>
                 {
                     None
                 }
