@@ -7,7 +7,8 @@
 //! HTTP `*`), .2 the client `cli` (egress listener :8080 for namespace `app`), .10 `slow`
 //! (holds `/hold` for two seconds; the services `pool` and `capped` select it), .11 `good`
 //! (answers 200) and .12 `bad` (answers 503; both are the service `picky`, and `bad` alone is
-//! `broken`). The apps listen on free 127.0.0.1 ports.
+//! `broken`), .60 a listener that never accepts (`stuck.example.com`, external). The apps
+//! listen on free 127.0.0.1 ports.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -157,6 +158,54 @@ spec:
 struct Mesh {
     ward: Ward,
     block: u8,
+    /// The never-accepting listener of `stuck.example.com` and the connections filling it.
+    _stuck: Vec<socket2::Socket>,
+}
+
+/// An external HTTP service whose one endpoint never completes a TCP handshake
+/// (`stuck_endpoint`), with a DestinationRule `connectTimeout` of 1s.
+fn stuck_yaml(ip: &str, port: u16) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: stuck, namespace: app}}
+spec:
+  hosts: [stuck.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: {port}}}]
+  endpoints: [{{address: {ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: stuck, namespace: app}}
+spec:
+  host: stuck.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp: {{connectTimeout: 1s}}
+"#
+    )
+}
+
+/// A listener on `ip` that never accepts, its queue filled, so that the next connection's
+/// handshake is never completed (Linux drops the SYN while the accept queue is full).
+fn stuck_endpoint(ip: &str) -> (u16, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+    listener.bind(&addr.into()).unwrap();
+    listener.listen(1).unwrap();
+    let bound = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![listener];
+    for _ in 0..4 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        // Some complete into the queue; the rest stay half-open. Either way the queue is full.
+        let _ = s.connect_timeout(&bound.into(), Duration::from_millis(300));
+        held.push(s);
+    }
+    (bound.port(), held)
 }
 
 fn up(block: u8) -> Option<Mesh> {
@@ -168,6 +217,7 @@ fn up(block: u8) -> Option<Mesh> {
     let slow = start_app("slow", "200 OK");
     let good = start_app("good", "200 OK");
     let bad = start_app("bad", "503 Service Unavailable");
+    let (stuck_port, stuck) = stuck_endpoint(&ip(60));
     let mut yaml = String::from(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n\
          spec: {mtls: {mode: STRICT}}\n---\n",
@@ -187,6 +237,7 @@ fn up(block: u8) -> Option<Mesh> {
     yaml += &service("picky", "app: picky");
     yaml += &service("broken", "broken: \"yes\"");
     yaml += POLICY;
+    yaml += &stuck_yaml(&ip(60), stuck_port);
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ward = Ward::up(UpOptions {
         bin: env!("CARGO_BIN_EXE_ward"),
@@ -196,7 +247,11 @@ fn up(block: u8) -> Option<Mesh> {
         env: vec![],
     })
     .unwrap();
-    Some(Mesh { ward, block })
+    Some(Mesh {
+        ward,
+        block,
+        _stuck: stuck,
+    })
 }
 
 /// The status of a finished curl (`-w %{http_code}` last on its output).
@@ -381,6 +436,31 @@ fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back() {
             .as_str()
             .unwrap_or("")
             .contains("ejected by outlier detection"),
+        "{line}"
+    );
+}
+
+#[test]
+fn connect_timeout_bounds_a_connection_that_never_completes() {
+    let Some(m) = up(5) else {
+        return;
+    };
+    // Istio's default would wait 10s; the DestinationRule says 1s: 503 UF soon after.
+    let started = Instant::now();
+    let (code, _) = m.get(2, "stuck.example.com", "/stuck");
+    let took = started.elapsed();
+    assert_eq!(code, 503, "{}", m.ward.logs());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "answered after {took:?}"
+    );
+    let line = m.logged(&[("direction", "outbound"), ("path", "/stuck")]);
+    assert_eq!(line["response_flags"], "UF", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connectTimeout"),
         "{line}"
     );
 }
