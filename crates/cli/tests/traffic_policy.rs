@@ -139,6 +139,24 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
+metadata: {name: once, namespace: app}
+spec:
+  host: once
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: idle, namespace: app}
+spec:
+  host: idle
+  trafficPolicy:
+    connectionPool:
+      http: {idleTimeout: 1s}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
 metadata: {name: picky, namespace: app}
 spec:
   host: picky
@@ -235,6 +253,8 @@ fn up(block: u8) -> Option<Mesh> {
     yaml += &service("pool", "app: slow");
     yaml += &service("capped", "app: slow");
     yaml += &service("picky", "app: picky");
+    yaml += &service("once", "app: slow");
+    yaml += &service("idle", "app: slow");
     yaml += &service("broken", "broken: \"yes\"");
     yaml += POLICY;
     yaml += &stuck_yaml(&ip(60), stuck_port);
@@ -463,4 +483,79 @@ fn connect_timeout_bounds_a_connection_that_never_completes() {
             .contains("connectTimeout"),
         "{line}"
     );
+}
+
+/// Requests on one kept-alive connection to the client's egress listener, `pause` between
+/// them; then the connection is closed. Their statuses.
+fn keepalive(m: &Mesh, host: &str, n: usize, pause: Duration) -> Vec<u16> {
+    let mut s = TcpStream::connect(format!("{}:8080", m.ip(2))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut codes = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        write!(s, "GET /k{i} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+        codes.push(status.split(' ').nth(1).unwrap().parse().unwrap());
+    }
+    codes
+}
+
+/// The client sidecar's connections to `service` that have ended.
+fn connections_to(m: &Mesh, service: &str) -> usize {
+    let dst = format!("\"dst.service\":\"{service}.app.svc.cluster.local\"");
+    m.ward
+        .logs()
+        .lines()
+        .filter(|l| l.contains("connection complete") && l.contains("\"direction\":\"outbound\""))
+        .filter(|l| l.contains(&dst))
+        .count()
+}
+
+#[test]
+fn connections_are_not_reused_past_max_requests_or_idle_timeout() {
+    let Some(m) = up(6) else {
+        return;
+    };
+    let logs = || m.ward.logs();
+    // Four requests on one client connection: one connection to the service without a limit,
+    // one per request with maxRequestsPerConnection 1.
+    assert_eq!(keepalive(&m, "capped", 4, Duration::ZERO), [200; 4]);
+    assert_eq!(keepalive(&m, "once", 4, Duration::ZERO), [200; 4]);
+    // Two requests 1.5s apart: the first connection was closed at idleTimeout (1s).
+    assert_eq!(
+        keepalive(&m, "idle", 2, Duration::from_millis(1500)),
+        [200; 2]
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let counts = loop {
+        let counts = (
+            connections_to(&m, "capped"),
+            connections_to(&m, "once"),
+            connections_to(&m, "idle"),
+        );
+        if counts == (1, 4, 2) || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(counts, (1, 4, 2), "{}", logs());
 }
