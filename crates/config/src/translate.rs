@@ -1236,6 +1236,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn trusted_proxies_come_from_the_annotation_else_the_mesh_default() {
+        let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    defaultConfig:\n      gatewayTopology: {numTrustedProxies: 2}\n";
+        let annotated = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: edge\n  namespace: gw\n  annotations:\n    proxy.istio.io/config: |\n      gatewayTopology:\n        numTrustedProxies: 1\nspec: {address: 10.0.0.1}\n";
+        let plain = we("gw", "plain", "10.0.0.2", "");
+        let snap = snapshot(&format!("{mesh}{annotated}{plain}"));
+        assert_eq!(snap.proxies["gw/edge"].workload.num_trusted_proxies, 1);
+        assert_eq!(snap.proxies["gw/plain"].workload.num_trusted_proxies, 2);
+        let snap = snapshot(&format!("{annotated}{plain}"));
+        assert_eq!(snap.proxies["gw/plain"].workload.num_trusted_proxies, 0);
+        // An annotation whose count is not a non-negative integer does not load.
+        let bad = annotated.replace("numTrustedProxies: 1", "numTrustedProxies: -1");
+        let err = load_str("t.yaml", &bad).unwrap_err().to_string();
+        assert!(err.contains("proxy.istio.io/config"), "{err}");
+    }
+
     fn sidecar_ingress(port: u16, endpoint: &str) -> String {
         format!("{{ingress: [{{port: {{number: {port}, name: tcp}}, defaultEndpoint: \"{endpoint}\"}}]}}")
     }
