@@ -69,27 +69,38 @@ pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Respo
     r
 }
 
-/// How long a client may take to send a request's headers (docs/http.md, "Limits").
-pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client of a gateway server may take to send a request's headers (docs/http.md,
+/// "Limits").
+pub(crate) const EDGE_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The HTTP server of every connection Ward serves HTTP on (inbound HTTP ports, shared egress
 /// listeners, gateway servers): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226,
-/// HPACK bombs), a header read timeout (slowloris), and HTTP/2 reset limits (CVE-2023-44487,
-/// rapid reset): hyper's and h2's limits, set explicitly (docs/http.md lists them).
+/// HPACK bombs) and HTTP/2 reset limits (CVE-2023-44487, rapid reset): hyper's and h2's
+/// limits, set explicitly (docs/http.md lists them).
 pub(crate) fn server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+    builder.http1().max_buf_size(64 * 1024);
     builder
         .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(16 * 1024)
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(256);
+    builder
+}
+
+/// [`server`] for a gateway server, whose clients are outside the mesh: a client that has not
+/// sent a request's headers within [`EDGE_HEADER_READ_TIMEOUT`] is disconnected (slowloris).
+/// hyper runs that timer while it waits for the next request too, so an idle HTTP/1.1
+/// connection is closed after it as well (docs/ingress.md). Sidecar listeners do not get it:
+/// their clients are the workload's own app and other sidecars, whose idle pooled
+/// connections it would close.
+pub(crate) fn edge_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = server();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(EDGE_HEADER_READ_TIMEOUT);
     builder
 }
 
