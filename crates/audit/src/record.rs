@@ -64,19 +64,191 @@ pub fn hash(line: &[u8]) -> String {
     out
 }
 
-/// One record's line (no newline): `seq`, `time`, `prev`, `type` and `fields`, keys in
-/// alphabetical order (a verifier hashes the bytes as written and never needs the order).
-/// Fields named like the four are ignored.
-pub fn line(seq: u64, time: &str, prev: &str, kind: &str, fields: &Map<String, Value>) -> String {
-    let mut map = Map::new();
-    map.insert("seq".into(), seq.into());
-    map.insert("time".into(), time.into());
-    map.insert("prev".into(), prev.into());
-    map.insert("type".into(), kind.into());
-    for (k, v) in fields {
-        if !matches!(k.as_str(), "seq" | "time" | "prev" | "type") {
-            map.insert(k.clone(), v.clone());
+/// The four keys every record starts with; an event's fields never use them.
+const RESERVED: [&str; 4] = ["seq", "time", "prev", "type"];
+
+/// An event's fields, serialized once as they are added: the members of a JSON object,
+/// without its braces, in the order added. The data path builds one per decision, so it is
+/// one string, not a map (docs/audit.md, "Cost").
+///
+/// Fields named like the four every record starts with (`seq`, `time`, `prev`, `type`) are
+/// ignored, so a line always has exactly one of each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(String);
+
+impl Fields {
+    /// No fields, with room for `bytes` of them.
+    pub fn with_capacity(bytes: usize) -> Fields {
+        Fields(String::with_capacity(bytes))
+    }
+
+    /// Starts member `k`; `false` (and nothing written) when `k` is reserved.
+    fn key(&mut self, k: &str) -> bool {
+        if RESERVED.contains(&k) {
+            return false;
+        }
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        escape_into(&mut self.0, k);
+        self.0.push(':');
+        true
+    }
+
+    /// A string field.
+    pub fn str(&mut self, k: &str, v: &str) -> &mut Fields {
+        if self.key(k) {
+            escape_into(&mut self.0, v);
+        }
+        self
+    }
+
+    /// A string field, when there is a value.
+    pub fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Fields {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self,
         }
     }
-    Value::Object(map).to_string()
+
+    /// A number field.
+    pub fn u64(&mut self, k: &str, v: u64) -> &mut Fields {
+        if self.key(k) {
+            let _ = write!(self.0, "{v}");
+        }
+        self
+    }
+
+    /// A `null` field.
+    pub fn null(&mut self, k: &str) -> &mut Fields {
+        if self.key(k) {
+            self.0.push_str("null");
+        }
+        self
+    }
+
+    /// Any JSON value (for the rare structured ones).
+    pub fn value(&mut self, k: &str, v: &Value) -> &mut Fields {
+        if self.key(k) {
+            let _ = write!(self.0, "{v}");
+        }
+        self
+    }
+
+    /// The fields of `map`, in its order.
+    pub fn from_map(map: &Map<String, Value>) -> Fields {
+        let mut f = Fields::default();
+        for (k, v) in map {
+            f.value(k, v);
+        }
+        f
+    }
+
+    /// The serialized members.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Appends `s` as a JSON string (RFC 8259 section 7: quote, backslash and control characters
+/// escaped; everything else as is, since the line is UTF-8).
+fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
+        out.push_str(s.get(start..i).unwrap_or_default());
+        if short.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(s.get(start..).unwrap_or_default());
+    out.push('"');
+}
+
+/// One record's line (no newline): `seq`, `time`, `prev` and `type`, then the event's
+/// `fields` in their order (a verifier hashes the bytes as written and never needs an order).
+pub fn line(seq: u64, time: &str, prev: &str, kind: &str, fields: &Fields) -> String {
+    let mut out = String::with_capacity(fields.0.len() + prev.len() + 80);
+    let _ = write!(out, "{{\"seq\":{seq},\"time\":");
+    escape_into(&mut out, time);
+    out.push_str(",\"prev\":");
+    escape_into(&mut out, prev);
+    out.push_str(",\"type\":");
+    escape_into(&mut out, kind);
+    if !fields.0.is_empty() {
+        out.push(',');
+        out.push_str(&fields.0);
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_the_json_it_claims_to_be_whatever_the_strings_hold() {
+        let tricky = [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "newline\n tab\t cr\r",
+            "\u{0}\u{1}\u{1f}\u{7f}",
+            "utf-8: é ∑ 🦀",
+            "\\u0041 is not unescaped",
+        ];
+        for (i, s) in tricky.iter().enumerate() {
+            let mut f = Fields::default();
+            f.str("value", s)
+                .u64("n", i as u64)
+                .null("none")
+                .opt_str("absent", None);
+            f.opt_str("key \"quoted\"", Some(s));
+            let l = line(7, "2026-12-04T00:00:00.000Z", GENESIS, "decision", &f);
+            let r = Record::parse(l.as_bytes()).unwrap_or_else(|| panic!("{l}"));
+            assert_eq!(
+                (r.seq, r.kind.as_str(), r.prev.as_str()),
+                (7, "decision", GENESIS)
+            );
+            assert_eq!(r.fields["value"], Value::from(*s), "{l}");
+            assert_eq!(r.fields["key \"quoted\""], Value::from(*s), "{l}");
+            assert_eq!(r.fields["n"], Value::from(i as u64));
+            assert_eq!(r.fields["none"], Value::Null);
+            assert!(!r.fields.contains_key("absent"));
+        }
+    }
+
+    #[test]
+    fn reserved_keys_are_never_written_twice() {
+        let mut f = Fields::default();
+        f.u64("seq", 99)
+            .str("type", "forged")
+            .str("time", "x")
+            .str("prev", "y");
+        f.str("ok", "yes");
+        let mut m = Map::new();
+        m.insert("seq".into(), 5.into());
+        m.insert("kept".into(), true.into());
+        let l = line(1, "t", GENESIS, "decision", &f);
+        assert_eq!(l.matches("\"seq\"").count(), 1, "{l}");
+        assert_eq!(l.matches("\"type\"").count(), 1, "{l}");
+        let r = Record::parse(l.as_bytes()).unwrap();
+        assert_eq!((r.seq, r.kind.as_str()), (1, "decision"));
+        let from_map = Fields::from_map(&m);
+        assert_eq!(from_map.as_str(), "\"kept\":true");
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::record::{self, hash, Record, CHECKPOINT, FILE, GENESIS};
+use crate::record::{self, hash, Fields, Record, CHECKPOINT, FILE, GENESIS};
 use crate::signer::{self, CheckpointSigner};
 
 /// The seal file's name.
@@ -206,7 +206,7 @@ impl Writer {
         fields: &Map<String, Value>,
         now: SystemTime,
     ) -> Result<u64, AuditError> {
-        self.write(kind, fields, now)?;
+        self.write(kind, &Fields::from_map(fields), now)?;
         let seq = self.seq;
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.rotation.checkpoint_every {
@@ -225,7 +225,7 @@ impl Writer {
     /// in the trail and the chain is where it was.
     pub fn append_all(
         &mut self,
-        events: &[(&str, Map<String, Value>, SystemTime)],
+        events: &[(&str, Fields, SystemTime)],
         now: SystemTime,
     ) -> Result<u64, AuditError> {
         let (seq, prev) = (self.seq, self.prev.clone());
@@ -277,7 +277,7 @@ impl Writer {
         let time = rfc3339(now);
         let fields = signer::fields(self.signer.as_ref(), seq, &time, &self.prev)
             .map_err(AuditError::Sign)?;
-        let line = self.write_line(CHECKPOINT, &fields, &time)?;
+        let line = self.write_line(CHECKPOINT, &Fields::from_map(&fields), &time)?;
         self.file.sync_data().map_err(io(&self.path))?;
         let seal = self.dir.join(SEAL_FILE);
         let mut f = OpenOptions::new()
@@ -330,17 +330,12 @@ impl Writer {
     }
 
     fn start_file(&mut self, now: SystemTime) -> Result<(), AuditError> {
-        let mut fields = Map::new();
-        fields.insert("file".into(), self.index.into());
+        let mut fields = Fields::default();
+        fields.u64("file", self.index);
         self.write(FILE, &fields, now)
     }
 
-    fn write(
-        &mut self,
-        kind: &str,
-        fields: &Map<String, Value>,
-        now: SystemTime,
-    ) -> Result<(), AuditError> {
+    fn write(&mut self, kind: &str, fields: &Fields, now: SystemTime) -> Result<(), AuditError> {
         self.write_line(kind, fields, &rfc3339(now)).map(|_| ())
     }
 
@@ -348,7 +343,7 @@ impl Writer {
     fn write_line(
         &mut self,
         kind: &str,
-        fields: &Map<String, Value>,
+        fields: &Fields,
         time: &str,
     ) -> Result<String, AuditError> {
         let seq = self.seq + 1;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
+use ward_audit::record::Fields;
 use ward_audit::writer::{file_path, SEAL_FILE};
 use ward_audit::{verify, KeySigner, Report, Rotation, TrailFile, Writer};
 use ward_identity::{generate_csr, SpiffeId, WorkloadCert};
@@ -319,8 +320,9 @@ fn a_batch_is_appended_as_one_chain_and_a_second_writer_is_locked_out() {
     let signer = Arc::new(KeySigner::new(&mesh.cert).unwrap());
     let now = SystemTime::now();
     let mut w = Writer::open(dir.path(), signer.clone(), Rotation::default(), now).unwrap();
-    let batch: Vec<(&str, Map<String, Value>, SystemTime)> =
-        (0..5).map(|i| ("decision", decision(i), now)).collect();
+    let batch: Vec<(&str, Fields, SystemTime)> = (0..5)
+        .map(|i| ("decision", Fields::from_map(&decision(i)), now))
+        .collect();
     assert_eq!(
         w.append_all(&batch, now).unwrap(),
         6,

@@ -80,18 +80,29 @@ fn listening(pid: u32, port: u16) -> bool {
     })
 }
 
-/// Runs one client for `seconds` against `addr`; Gbit/s received.
+/// What one iperf3 run moved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bulk {
+    /// Gbit/s received, all streams together.
+    pub(crate) gbps: f64,
+    /// Bytes received, all streams together.
+    pub(crate) bytes: f64,
+}
+
+/// Runs one client with `streams` parallel streams (`-P`) for `seconds` against `addr`.
 pub(crate) fn run_client(
     addr: SocketAddr,
     seconds: u32,
+    streams: u32,
     cpu: Option<usize>,
-) -> Result<f64, IperfError> {
+) -> Result<Bulk, IperfError> {
     // `timeout` bounds the run even if the path stalls.
     let limit = (seconds + 15).to_string();
     let out = pinned(cpu, "timeout")
         .args([&limit, "iperf3", "-J", "--connect-timeout", "3000", "-c"])
         .arg(addr.ip().to_string())
         .args(["-p", &addr.port().to_string(), "-t", &seconds.to_string()])
+        .args(["-P", &streams.max(1).to_string()])
         .stderr(Stdio::null())
         .output()
         .map_err(|e| IperfError::Client(e.to_string()))?;
@@ -104,15 +115,17 @@ pub(crate) fn run_client(
     })
 }
 
-/// Gbit/s from iperf3's `-J` output (`end.sum_received.bits_per_second`).
-pub(crate) fn parse_result(json: &str) -> Option<f64> {
+/// Throughput and bytes from iperf3's `-J` output (`end.sum_received`, the sum over every
+/// stream).
+pub(crate) fn parse_result(json: &str) -> Option<Bulk> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let bps = v
-        .get("end")?
-        .get("sum_received")?
-        .get("bits_per_second")?
-        .as_f64()?;
-    (bps > 0.0).then_some(bps / 1e9)
+    let sum = v.get("end")?.get("sum_received")?;
+    let bps = sum.get("bits_per_second")?.as_f64()?;
+    let bytes = sum.get("bytes")?.as_f64()?;
+    (bps > 0.0 && bytes > 0.0).then_some(Bulk {
+        gbps: bps / 1e9,
+        bytes,
+    })
 }
 
 #[cfg(test)]
@@ -123,10 +136,20 @@ mod tests {
     fn results() {
         let cases = [
             (
-                r#"{"end":{"sum_received":{"bits_per_second":2.5e10}}}"#,
-                Some(25.0),
+                r#"{"end":{"sum_received":{"bits_per_second":2.5e10,"bytes":3.0e10}}}"#,
+                Some(Bulk {
+                    gbps: 25.0,
+                    bytes: 3.0e10,
+                }),
             ),
-            (r#"{"end":{"sum_received":{"bits_per_second":0}}}"#, None),
+            (
+                r#"{"end":{"sum_received":{"bits_per_second":0,"bytes":0}}}"#,
+                None,
+            ),
+            (
+                r#"{"end":{"sum_received":{"bits_per_second":2.5e10}}}"#,
+                None,
+            ),
             (r#"{"error":"unable to connect to server"}"#, None),
             ("not json", None),
         ];

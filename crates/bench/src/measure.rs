@@ -151,17 +151,43 @@ pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round
     }
 
     if ctx.iperf {
-        match crate::iperf::run_client(path.entry.iperf, plan.iperf_secs, ctx.pinning.load) {
-            Ok(gbps) => {
-                r.figures.insert("iperf_gbps", gbps);
-            }
-            Err(e) => r.failures.push(format!("iperf3: {e}")),
-        }
+        bulk(path, plan, ctx, &mut r);
     } else {
         r.notes
             .push("iperf3 not installed: no throughput figure".into());
     }
     r
+}
+
+/// The bulk workloads (iperf3 with 1, 4 and 16 parallel streams): throughput, the proxies'
+/// CPU per GB moved, and their private memory after it (the copy buffers a transfer grew).
+fn bulk(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
+    let pids = path.proxy_pids();
+    let runs = [
+        (1, "iperf_gbps", "bulk_cpu_s_per_gb"),
+        (4, "iperf4_gbps", "bulk4_cpu_s_per_gb"),
+        (16, "iperf16_gbps", "bulk16_cpu_s_per_gb"),
+    ];
+    for (streams, gbps_key, cpu_key) in runs {
+        let before = cpu_ticks(&pids);
+        let run =
+            crate::iperf::run_client(path.entry.iperf, plan.iperf_secs, streams, ctx.pinning.load);
+        let after = cpu_ticks(&pids);
+        match run {
+            Ok(b) => {
+                r.figures.insert(gbps_key, b.gbps);
+                if let (Some(before), Some(after), false) = (before, after, pids.is_empty()) {
+                    let cpu_s = after.saturating_sub(before) as f64 / ctx.clock_ticks as f64;
+                    r.figures.insert(cpu_key, cpu_s / (b.bytes / 1e9));
+                }
+            }
+            Err(e) => r.failures.push(format!("iperf3 -P {streams}: {e}")),
+        }
+    }
+    if let Some(m) = memory(&pids) {
+        r.figures
+            .insert("proxy_anon_bulk_mib", m.anon_kib as f64 / 1024.0);
+    }
 }
 
 /// The 1000 rps phases, with the proxies' CPU and memory read around them.

@@ -197,6 +197,42 @@ pub(crate) const FIGURES: &[Figure] = &[
         "Gbit/s",
         Better::Higher,
     ),
+    fig(
+        "iperf4_gbps",
+        "4-stream throughput (iperf3 -P 4)",
+        "Gbit/s",
+        Better::Higher,
+    ),
+    fig(
+        "iperf16_gbps",
+        "16-stream throughput (iperf3 -P 16)",
+        "Gbit/s",
+        Better::Higher,
+    ),
+    fig(
+        "bulk_cpu_s_per_gb",
+        "proxy pair CPU per GB, single stream",
+        "CPU-s",
+        Better::Lower,
+    ),
+    fig(
+        "bulk4_cpu_s_per_gb",
+        "proxy pair CPU per GB, 4 streams",
+        "CPU-s",
+        Better::Lower,
+    ),
+    fig(
+        "bulk16_cpu_s_per_gb",
+        "proxy pair CPU per GB, 16 streams",
+        "CPU-s",
+        Better::Lower,
+    ),
+    fig(
+        "proxy_anon_bulk_mib",
+        "proxy pair RssAnon (private), after bulk",
+        "MiB",
+        Better::Lower,
+    ),
 ];
 
 /// The machine the run was on.
@@ -363,6 +399,20 @@ pub(crate) fn targets(paths: &BTreeMap<&'static str, PathResult>) -> Vec<TargetC
         "Single-stream throughput through the L4 pair >= 0.6x baseline",
         ratio("ward-l4", "iperf_gbps"),
         &|v| v >= 0.6,
+    );
+    // Bulk cost (issue 17's goal): against the nginx mTLS pair of the same run.
+    let vs_reference = |path: &str, key: &str| {
+        get(path, key)
+            .zip(get("reference", key))
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(w, n)| (w / n, format!("{w:.3} CPU-s, {:.3}x the nginx pair", w / n)))
+    };
+    check(
+        "ward-l4",
+        "bulk_cpu_s_per_gb",
+        "L4 pair CPU per GB (single stream) <= 0.65x the nginx mTLS pair",
+        vs_reference("ward-l4", "bulk_cpu_s_per_gb"),
+        &|v| v <= 0.65,
     );
     let (mut better, mut total) = (0, 0);
     for f in FIGURES {

@@ -299,4 +299,31 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
     // The use record names the request without its query string.
     assert!(trail.contains("\"path\":\"/fhir/Patient\""), "{trail}");
     assert!(!trail.contains("name=x"), "{trail}");
+
+    // The server sidecar's own trail says what it served under a grant: allowed, by
+    // BREAK_GLASS, naming the grant; what it refused outside one stays a denial.
+    let srv = std::fs::read_to_string(audit.path().join("app/srv/audit-000000.jsonl")).unwrap();
+    let decisions: Vec<serde_json::Value> = srv
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "decision")
+        .collect();
+    let lifted: Vec<&serde_json::Value> = decisions
+        .iter()
+        .filter(|v| v["action"] == "BREAK_GLASS")
+        .collect();
+    assert_eq!(lifted.len(), 3, "one per break_glass_use: {srv}");
+    for v in &lifted {
+        assert_eq!(v["decision"], "allow", "{v}");
+        assert!(
+            v["break_glass"].as_str().is_some_and(|g| !g.is_empty()),
+            "{v}"
+        );
+    }
+    assert!(
+        decisions
+            .iter()
+            .any(|v| v["decision"] == "deny" && v.get("break_glass").is_none()),
+        "{srv}"
+    );
 }

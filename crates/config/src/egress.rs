@@ -192,6 +192,9 @@ mod tests {
             egress: Default::default(),
             mesh_routes: Default::default(),
             gateway: Default::default(),
+            tracing: Default::default(),
+            access_logging: Default::default(),
+            metrics: Default::default(),
         }
     }
 

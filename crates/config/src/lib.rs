@@ -63,6 +63,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod access_log_policy;
 pub mod analyze;
 pub mod check;
 mod decode;
@@ -76,12 +77,14 @@ pub mod matrix;
 pub mod mesh;
 pub mod mesh_routing;
 pub mod meta;
+pub mod metrics_policy;
 pub mod origination;
 mod plaintext;
 mod request_authn;
 pub mod routes;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tracing_policy;
 pub mod traffic_policy;
 pub mod translate;
 pub mod vip;

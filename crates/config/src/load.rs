@@ -127,6 +127,9 @@ pub struct ConfigSet {
     /// OpenShift Service Mesh 2 control planes (`maistra.io/v2`): not enforced; their
     /// `spec.security.dataPlane` is read by `ward analyze` only (WARD0229).
     pub control_planes: Vec<Resource<crate::istio::ControlPlaneSpecV2>>,
+    /// Telemetries, in load order: their `tracing` is served (`crate::tracing_policy`), the
+    /// rest is checked and reported as not enforced (WARD0102).
+    pub telemetries: Vec<Resource<crate::istio::TelemetrySpec>>,
     /// `v1` Namespace objects, by name (the first of a name). Ward reads only their labels, and
     /// only for `ward analyze` (ambient mode, docs/analyze.md "What Ward reads").
     pub namespaces: BTreeMap<String, NamespaceObject>,
@@ -868,6 +871,30 @@ impl Loader {
                          set mTLS with PeerAuthentication and mesh settings with an Istio, \
                          IstioOperator or ConfigMap `istio`",
                     );
+                }
+                if kind == "Telemetry" {
+                    // Served in part (docs/tracing.md): the warning names what is not.
+                    let before = self.set.telemetries.len();
+                    self.check_unenforced(doc, &resource, meta_ok, kind);
+                    let unserved = self
+                        .set
+                        .telemetries
+                        .get(before)
+                        .map(|r| crate::tracing_policy::unserved_telemetry_fields(&r.spec));
+                    let message = match unserved {
+                        Some(fields) if fields.is_empty() => return,
+                        Some(fields) => format!(
+                            "{kind}: these fields are not enforced by this version of Ward: {}",
+                            fields.join(", ")
+                        ),
+                        None => message,
+                    };
+                    self.diagnostics.push(
+                        Diagnostic::warning(code::KIND_NOT_ENFORCED, message)
+                            .at(doc.file, Some(doc.node.line))
+                            .object(object),
+                    );
+                    return;
                 }
                 if matches!(kind, "VirtualService" | "DestinationRule" | "Gateway") {
                     // Served in part (docs/routing.md, docs/ingress.md): the warning names

@@ -9,7 +9,9 @@
 //!
 //! Under `meshConfig` an unknown field is an error, and a known MeshConfig field Ward does not
 //! act on is a WARD0103 warning. Ward reads `trustDomain`, `trustDomainAliases`,
-//! `rootNamespace`, `enableAutoMtls` and `outboundTrafficPolicy.mode`.
+//! `rootNamespace`, `enableAutoMtls`, `outboundTrafficPolicy.mode`, and for tracing
+//! (docs/tracing.md) `enableTracing`, the `opentelemetry` entries of `extensionProviders`,
+//! `defaultProviders.tracing` and `defaultConfig.tracing.sampling`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +31,7 @@ pub struct SourceRef {
 }
 
 /// The mesh settings Ward uses, with Istio's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MeshSettings {
     /// `trustDomain`, default `cluster.local`.
     pub trust_domain: String,
@@ -49,8 +51,109 @@ pub struct MeshSettings {
     /// `defaultConfig.gatewayTopology.numTrustedProxies`, default 0: how many proxies in front
     /// of a gateway append to `X-Forwarded-For` and are trusted (docs/ingress.md).
     pub num_trusted_proxies: u32,
+    /// What the tracing of the mesh starts from, before Telemetry resources (docs/tracing.md).
+    pub tracing: MeshTracing,
+    /// `extensionProviders`, by name, in the order written.
+    pub extension_providers: Vec<ExtensionProvider>,
     /// The document the settings came from; `None` = all defaults.
     pub source: Option<SourceRef>,
+}
+
+/// The mesh-wide tracing defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshTracing {
+    /// `enableTracing`, default true: false turns span reporting off wherever no Telemetry
+    /// names a provider.
+    pub enabled: bool,
+    /// `defaultProviders.tracing`: the providers used where no Telemetry names one.
+    pub default_providers: Vec<String>,
+    /// `defaultConfig.tracing.sampling`: the percentage of new traces sampled, default 1
+    /// (Istio's `values.pilot.traceSampling` default).
+    pub sampling: f64,
+}
+
+impl Default for MeshTracing {
+    fn default() -> Self {
+        MeshTracing {
+            enabled: true,
+            default_providers: Vec::new(),
+            sampling: 1.0,
+        }
+    }
+}
+
+/// One `extensionProviders` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionProvider {
+    /// `name`, what Telemetry `providers` and `defaultProviders` refer to.
+    pub name: String,
+    /// What kind of provider it is.
+    pub kind: ProviderKind,
+}
+
+/// The kind of an extension provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// `opentelemetry`: an OTLP collector, the one tracing provider Ward exports to.
+    OpenTelemetry(OtlpCollector),
+    /// Any other kind (`zipkin`, `envoyFileAccessLog`, `prometheus`...), by its key: accepted,
+    /// not served.
+    Other(String),
+}
+
+/// `extensionProviders[].opentelemetry`: where spans go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpCollector {
+    /// `service`: the collector's host name or address.
+    pub service: String,
+    /// `port`.
+    pub port: u16,
+    /// `http`: OTLP/HTTP with protobuf bodies instead of OTLP/gRPC.
+    pub http: Option<OtlpHttp>,
+    /// `http.timeout` or `grpc.timeout`, in milliseconds; 10 s when absent.
+    pub timeout_ms: u64,
+}
+
+/// `opentelemetry.http`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpHttp {
+    /// `path`, default `/v1/traces`.
+    pub path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OpenTelemetryDoc {
+    service: String,
+    port: u32,
+    max_tag_length: Option<u32>,
+    http: Option<OtlpHttpDoc>,
+    grpc: Option<OtlpGrpcDoc>,
+    resource_detectors: Option<serde_json::Value>,
+    dynatrace_sampler: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtlpHttpDoc {
+    path: Option<String>,
+    timeout: Option<crate::istio::proto::Duration>,
+    headers: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OtlpGrpcDoc {
+    timeout: Option<crate::istio::proto::Duration>,
+    initial_metadata: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DefaultProvidersDoc {
+    tracing: Option<Vec<String>>,
+    metrics: Option<Vec<String>>,
+    access_logging: Option<Vec<String>>,
 }
 
 /// Istio's default trust domain (istio/istio `pkg/config/mesh/mesh.go`).
@@ -68,6 +171,8 @@ impl Default for MeshSettings {
             outbound_traffic_policy: OutboundTrafficMode::RegistryOnly,
             dns_resolvers: Vec::new(),
             num_trusted_proxies: 0,
+            tracing: MeshTracing::default(),
+            extension_providers: Vec::new(),
             source: None,
         }
     }
@@ -87,7 +192,6 @@ const IGNORED_FIELDS: &[&str] = &[
     "ingressService",
     "ingressControllerMode",
     "ingressSelector",
-    "enableTracing",
     "accessLogFile",
     "accessLogFormat",
     "accessLogEncoding",
@@ -110,8 +214,6 @@ const IGNORED_FIELDS: &[&str] = &[
     "enablePrometheusMerge",
     "verifyCertificateAtClient",
     "ca",
-    "extensionProviders",
-    "defaultProviders",
     "discoverySelectors",
     "pathNormalization",
     "defaultHttpRetryPolicy",
@@ -128,6 +230,9 @@ const READ_FIELDS: &[&str] = &[
     "enableAutoMtls",
     "outboundTrafficPolicy",
     "dnsResolvers",
+    "enableTracing",
+    "extensionProviders",
+    "defaultProviders",
     "defaultConfig",
 ];
 
@@ -167,26 +272,6 @@ pub fn annotation_trusted_proxies(text: &str) -> Result<Option<u32>, String> {
     }
     let defaults: ProxyDefaults = decode(node, "").map_err(|e| e.to_string())?;
     Ok(defaults.num_trusted_proxies())
-}
-
-/// The fields of a `ProxyConfig` Ward does not act on, by path under `at` (for warnings).
-fn unread_proxy_fields(node: &Node, at: &str) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    for (key, value) in node.entries() {
-        let name = key.text().unwrap_or_default();
-        let field = push_key(at, &name);
-        if name != "gatewayTopology" {
-            out.push((field, key.line));
-            continue;
-        }
-        for (k, _) in value.entries() {
-            let inner = k.text().unwrap_or_default();
-            if inner != "numTrustedProxies" {
-                out.push((push_key(&field, &inner), k.line));
-            }
-        }
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -415,18 +500,32 @@ fn read_mesh_config(node: &Node, path: &str, parse: &mut MeshParse) {
                     parse.settings.dns_resolvers = parsed;
                 }
             }
-            "defaultConfig" => {
-                if let Some(defaults) = read::<ProxyDefaults>(value, &field, parse) {
-                    if let Some(n) = defaults.num_trusted_proxies() {
-                        parse.settings.num_trusted_proxies = n;
-                    }
-                    for (unread, line) in unread_proxy_fields(value, &field) {
-                        parse
-                            .findings
-                            .push(Finding::not_enforced(unread, "").on_line(line));
+            "enableTracing" => {
+                if let Some(enabled) = read(value, &field, parse) {
+                    parse.settings.tracing.enabled = enabled;
+                }
+            }
+            "extensionProviders" => read_extension_providers(value, &field, parse),
+            "defaultProviders" => {
+                if let Some(d) = read::<DefaultProvidersDoc>(value, &field, parse) {
+                    parse.settings.tracing.default_providers = d.tracing.unwrap_or_default();
+                    for (set, name) in [
+                        (d.metrics.is_some(), "metrics"),
+                        (d.access_logging.is_some(), "accessLogging"),
+                    ] {
+                        if set {
+                            parse.findings.push(
+                                Finding::not_enforced(
+                                    push_key(&field, name),
+                                    "Ward's metrics and access log are always on",
+                                )
+                                .on_line(value.line),
+                            );
+                        }
                     }
                 }
             }
+            "defaultConfig" => read_default_config(value, &field, parse),
             known if IGNORED_FIELDS.contains(&known) => {
                 parse
                     .findings
@@ -446,6 +545,261 @@ fn read_mesh_config(node: &Node, path: &str, parse: &mut MeshParse) {
         }
     }
     check_trust_domains(node, path, parse);
+}
+
+/// `extensionProviders`: each entry has a `name` and one provider kind. `opentelemetry` is
+/// read; other kinds are kept by name (a Telemetry that selects one is an error at
+/// translation) and warned about.
+fn read_extension_providers(node: &Node, path: &str, parse: &mut MeshParse) {
+    let Value::Seq(items) = &node.value else {
+        parse.findings.push(
+            Finding::error(
+                code::INVALID,
+                path,
+                format!("expected a list, found {}", node.describe()),
+            )
+            .on_line(node.line),
+        );
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let item_path = push_index(path, i);
+        let Some(name) = item.get("name").and_then(|n| n.as_str()) else {
+            parse.findings.push(
+                Finding::error(
+                    code::INVALID,
+                    &item_path,
+                    "an extension provider needs a `name`",
+                )
+                .on_line(item.line),
+            );
+            continue;
+        };
+        let name = name.to_owned();
+        if parse
+            .settings
+            .extension_providers
+            .iter()
+            .any(|p| p.name == name)
+        {
+            parse.findings.push(
+                Finding::error(
+                    code::INVALID,
+                    push_key(&item_path, "name"),
+                    format!("extension provider `{name}` is declared twice"),
+                )
+                .on_line(item.line),
+            );
+            continue;
+        }
+        let kinds: Vec<(String, &Node)> = item
+            .entries()
+            .iter()
+            .filter_map(|(k, v)| Some((k.text()?, v)))
+            .filter(|(k, _)| k != "name")
+            .collect();
+        if kinds.len() != 1 {
+            parse.findings.push(
+                Finding::error(
+                    code::INVALID,
+                    &item_path,
+                    format!(
+                        "extension provider `{name}` must set exactly one provider kind, found {}",
+                        kinds.len()
+                    ),
+                )
+                .on_line(item.line),
+            );
+            continue;
+        }
+        let (kind, body) = &kinds[0];
+        let kind_path = push_key(&item_path, kind);
+        let kind = if kind == "opentelemetry" {
+            let Some(doc) = read::<OpenTelemetryDoc>(body, &kind_path, parse) else {
+                continue;
+            };
+            match otlp_collector(doc, &kind_path, body.line) {
+                Ok((collector, warnings)) => {
+                    parse.findings.extend(warnings);
+                    ProviderKind::OpenTelemetry(collector)
+                }
+                Err(finding) => {
+                    parse.findings.push(finding);
+                    continue;
+                }
+            }
+        } else {
+            parse.findings.push(
+                Finding::not_enforced(
+                    kind_path,
+                    "Ward exports spans to `opentelemetry` providers only; its metrics are \
+                     scraped and its access log is written to stdout",
+                )
+                .on_line(body.line),
+            );
+            ProviderKind::Other(kind.clone())
+        };
+        parse
+            .settings
+            .extension_providers
+            .push(ExtensionProvider { name, kind });
+    }
+}
+
+/// The default OTLP export timeout (Envoy's and the OpenTelemetry SDK's: 10 s).
+const DEFAULT_OTLP_TIMEOUT_MS: u64 = 10_000;
+
+fn otlp_collector(
+    doc: OpenTelemetryDoc,
+    path: &str,
+    line: usize,
+) -> Result<(OtlpCollector, Vec<Finding>), Finding> {
+    let mut warnings = Vec::new();
+    if doc.service.is_empty() || doc.service.contains(['/', ' ', '?', '#', '@']) {
+        return Err(Finding::error(
+            code::INVALID,
+            push_key(path, "service"),
+            format!("`{}` is not a host name or address", doc.service),
+        )
+        .on_line(line));
+    }
+    let port = u16::try_from(doc.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            Finding::error(
+                code::INVALID,
+                push_key(path, "port"),
+                format!("{} is not a port: use 1 to 65535", doc.port),
+            )
+            .on_line(line)
+        })?;
+    if doc.http.is_some() && doc.grpc.is_some() {
+        return Err(Finding::error(
+            code::INVALID,
+            path,
+            "only one of `http` and `grpc` can be set",
+        )
+        .on_line(line));
+    }
+    let mut timeout = None;
+    let http = match doc.http {
+        Some(h) => {
+            let path_value = h.path.unwrap_or_else(|| "/v1/traces".to_owned());
+            if !path_value.starts_with('/') || path_value.contains(['?', '#', ' ']) {
+                return Err(Finding::error(
+                    code::INVALID,
+                    push_key(&push_key(path, "http"), "path"),
+                    format!("`{path_value}` is not an absolute path"),
+                )
+                .on_line(line));
+            }
+            timeout = h.timeout;
+            if h.headers.is_some() {
+                warnings.push(
+                    Finding::not_enforced(push_key(&push_key(path, "http"), "headers"), "")
+                        .on_line(line),
+                );
+            }
+            Some(OtlpHttp { path: path_value })
+        }
+        None => None,
+    };
+    if let Some(g) = doc.grpc {
+        timeout = g.timeout;
+        if g.initial_metadata.is_some() {
+            warnings.push(
+                Finding::not_enforced(push_key(&push_key(path, "grpc"), "initialMetadata"), "")
+                    .on_line(line),
+            );
+        }
+    }
+    for (set, name) in [
+        (doc.max_tag_length.is_some(), "maxTagLength"),
+        (doc.resource_detectors.is_some(), "resourceDetectors"),
+        (doc.dynatrace_sampler.is_some(), "dynatraceSampler"),
+    ] {
+        if set {
+            warnings.push(Finding::not_enforced(push_key(path, name), "").on_line(line));
+        }
+    }
+    let timeout_ms = timeout
+        .map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX))
+        .filter(|ms| *ms > 0)
+        .unwrap_or(DEFAULT_OTLP_TIMEOUT_MS);
+    Ok((
+        OtlpCollector {
+            service: doc.service,
+            port,
+            http,
+            timeout_ms,
+        },
+        warnings,
+    ))
+}
+
+/// `defaultConfig` (ProxyConfig, the proxies' defaults): Ward reads `tracing.sampling`; every
+/// other field is accepted and warned about.
+fn read_default_config(node: &Node, path: &str, parse: &mut MeshParse) {
+    if node.value == Value::Null {
+        return;
+    }
+    for (key, value) in node.entries().iter() {
+        let name = key.text().unwrap_or_default();
+        let field = push_key(path, &name);
+        if name == "gatewayTopology" {
+            read_gateway_topology(value, &field, parse);
+            continue;
+        }
+        if name != "tracing" {
+            parse
+                .findings
+                .push(Finding::not_enforced(field, "").on_line(key.line));
+            continue;
+        }
+        for (tkey, tvalue) in value.entries().iter() {
+            let tname = tkey.text().unwrap_or_default();
+            let tfield = push_key(&field, &tname);
+            if tname != "sampling" {
+                parse
+                    .findings
+                    .push(Finding::not_enforced(tfield, "").on_line(tkey.line));
+                continue;
+            }
+            if let Some(sampling) = read::<f64>(tvalue, &tfield, parse) {
+                if (0.0..=100.0).contains(&sampling) {
+                    parse.settings.tracing.sampling = sampling;
+                } else {
+                    parse.findings.push(
+                        Finding::error(
+                            code::INVALID,
+                            tfield,
+                            format!("{sampling} is not a percentage: use 0 to 100"),
+                        )
+                        .on_line(tvalue.line),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `defaultConfig.gatewayTopology`: `numTrustedProxies` is read (docs/ingress.md), the other
+/// fields are named as not enforced.
+fn read_gateway_topology(node: &Node, path: &str, parse: &mut MeshParse) {
+    for (key, value) in node.entries().iter() {
+        let name = key.text().unwrap_or_default();
+        let field = push_key(path, &name);
+        if name != "numTrustedProxies" {
+            parse
+                .findings
+                .push(Finding::not_enforced(field, "").on_line(key.line));
+            continue;
+        }
+        if let Some(n) = read::<u32>(value, &field, parse) {
+            parse.settings.num_trusted_proxies = n;
+        }
+    }
 }
 
 fn read<T: serde::de::DeserializeOwned>(
@@ -524,6 +878,72 @@ mod tests {
             .iter()
             .map(|f| (f.code, f.field.as_str(), f.line))
             .collect()
+    }
+
+    #[test]
+    fn tracing_settings_are_read_and_the_rest_of_default_config_is_warned() {
+        let parse = from_sail_istio(&doc(
+            "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata: {name: default}\nspec:\n  values:\n    meshConfig:\n      enableTracing: true\n      extensionProviders:\n      - name: otel\n        opentelemetry: {service: otel.example, port: 4317, grpc: {timeout: 3s}}\n      - name: web\n        opentelemetry: {service: 10.0.0.5, port: 4318, http: {path: /otlp/v1/traces}}\n      - name: zipkin\n        zipkin: {service: zipkin.example, port: 9411}\n      - name: bad-port\n        opentelemetry: {service: x, port: 70000}\n      - name: otel\n        opentelemetry: {service: y, port: 1}\n      defaultProviders: {tracing: [otel], metrics: [prometheus]}\n      defaultConfig: {tracing: {sampling: 12.5}, holdApplicationUntilProxyStarts: true}\n",
+        ));
+        assert_eq!(
+            brief(&parse.findings),
+            vec![
+                (
+                    code::FIELD_NOT_ENFORCED,
+                    "spec.values.meshConfig.extensionProviders[2].zipkin",
+                    Some(14)
+                ),
+                (
+                    code::INVALID,
+                    "spec.values.meshConfig.extensionProviders[3].opentelemetry.port",
+                    Some(16)
+                ),
+                (
+                    code::INVALID,
+                    "spec.values.meshConfig.extensionProviders[4].name",
+                    Some(17)
+                ),
+                (
+                    code::FIELD_NOT_ENFORCED,
+                    "spec.values.meshConfig.defaultProviders.metrics",
+                    Some(19)
+                ),
+                (
+                    code::FIELD_NOT_ENFORCED,
+                    "spec.values.meshConfig.defaultConfig.holdApplicationUntilProxyStarts",
+                    Some(20)
+                ),
+            ]
+        );
+        let s = &parse.settings;
+        assert_eq!(s.tracing.default_providers, vec!["otel".to_owned()]);
+        assert_eq!(s.tracing.sampling, 12.5);
+        let names: Vec<&str> = s
+            .extension_providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["otel", "web", "zipkin"]);
+        assert_eq!(
+            s.extension_providers[0].kind,
+            ProviderKind::OpenTelemetry(OtlpCollector {
+                service: "otel.example".into(),
+                port: 4317,
+                http: None,
+                timeout_ms: 3000
+            })
+        );
+        assert_eq!(
+            s.extension_providers[1].kind,
+            ProviderKind::OpenTelemetry(OtlpCollector {
+                service: "10.0.0.5".into(),
+                port: 4318,
+                http: Some(OtlpHttp {
+                    path: "/otlp/v1/traces".into()
+                }),
+                timeout_ms: 10_000
+            })
+        );
     }
 
     #[test]
@@ -642,7 +1062,6 @@ mod tests {
             brief(&parse.findings),
             vec![
                 (code::FIELD_NOT_ENFORCED, "data.meshNetworks", Some(5)),
-                (code::FIELD_NOT_ENFORCED, "data.mesh.enableTracing", Some(9)),
                 (code::UNKNOWN_FIELD, "data.mesh", Some(10)),
             ]
         );

@@ -93,6 +93,18 @@ pub struct ProxyConfig {
     /// the VirtualServices bound to them (docs/ingress.md). Empty: a plain sidecar.
     #[serde(default)]
     pub gateway: Arc<crate::gateways::GatewayRoutes>,
+    /// The spans this proxy reports, per direction, from the mesh settings and the Telemetry
+    /// resources that apply to it (docs/tracing.md). Default: none reported.
+    #[serde(default)]
+    pub tracing: Arc<crate::tracing_policy::TracingPolicy>,
+    /// Which of this proxy's requests and connections are written to the access log, per
+    /// direction (Telemetry `accessLogging`: docs/audit.md). Default: all.
+    #[serde(default)]
+    pub access_logging: Arc<crate::access_log_policy::AccessLogPolicy>,
+    /// Which standard metrics this proxy records and without which labels, per reporter
+    /// (Telemetry `metrics` overrides: docs/metrics.md). Default: all, with every label.
+    #[serde(default)]
+    pub metrics: Arc<crate::metrics_policy::MetricsPolicy>,
 }
 
 /// The egress settings of one proxy (docs/egress.md).

@@ -159,6 +159,23 @@ impl<'a> Context<'a> {
         &self.set.mesh.root_namespace
     }
 
+    /// A tracing setting that cannot be served, on the Telemetry or the mesh settings that
+    /// wrote it (`crate::tracing_policy`).
+    fn tracing_error(&self, err: crate::tracing_policy::TracingError) -> Diagnostic {
+        let telemetry = err
+            .object
+            .as_ref()
+            .and_then(|key| self.set.telemetries.iter().find(|t| &t.key() == key));
+        if let Some(t) = telemetry {
+            return t.diagnostic(Severity::Error, code::INVALID, &err.field, err.reason);
+        }
+        let d = Diagnostic::new(Severity::Error, code::INVALID, err.reason).field(err.field);
+        match &self.set.mesh.source {
+            Some(src) => d.at(src.file.clone(), Some(src.line)),
+            None => d,
+        }
+    }
+
     /// The Sidecar that configures `workload`.
     ///
     /// istio/api sidecar.proto: "A Sidecar configuration with a workloadSelector takes
@@ -404,8 +421,30 @@ impl<'a> Context<'a> {
             },
             mesh_routes: Default::default(),
             gateway: Default::default(),
+            tracing: Default::default(),
+            access_logging: Arc::new(crate::access_log_policy::access_log_policy(
+                self.set,
+                self.root(),
+                workload.namespace(),
+                &workload.labels,
+            )),
+            metrics: Arc::new(crate::metrics_policy::metrics_policy(
+                self.set,
+                self.root(),
+                workload.namespace(),
+                &workload.labels,
+            )),
         };
         let mut proxy = proxy;
+        match crate::tracing_policy::tracing_policy(
+            self.set,
+            self.root(),
+            workload.namespace(),
+            &workload.labels,
+        ) {
+            Ok(policy) => proxy.tracing = Arc::new(policy),
+            Err(err) => errors.push(self.tracing_error(err)),
+        }
         proxy.mesh_routes = self.routes_in_namespace(workload, &proxy.services, &mut errors);
         match crate::gateways::gateway_routes(self.set, workload.namespace(), &workload.labels) {
             Ok(Some(routes)) => proxy.gateway = Arc::new(routes),

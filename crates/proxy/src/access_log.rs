@@ -98,6 +98,11 @@ pub(crate) struct ConnRecord {
     pub requested_port: Option<u16>,
     /// Egress: where the requested host came from: `connect`, `uri`, `host`, `sni` or `none`.
     pub requested_from: Option<&'static str>,
+    /// Whether the record is written: false when a Telemetry `accessLogging` turns the log off
+    /// for this direction, or its filter cannot match a connection (no response code).
+    pub logged: bool,
+    /// The workload's metric overrides (Telemetry `metrics`); `None`: every metric, every label.
+    pub metrics: Option<Arc<ward_config::metrics_policy::MetricsPolicy>>,
 }
 
 impl ConnRecord {
@@ -136,7 +141,20 @@ impl ConnRecord {
             requested_host: None,
             requested_port: None,
             requested_from: None,
+            logged: true,
+            metrics: None,
         }
+    }
+
+    /// Apply the workload's Telemetry to this record: whether it is logged (`accessLogging`),
+    /// and the metric overrides its counts follow (`metrics`).
+    pub(crate) fn telemetry(&mut self, cfg: &ward_config::ProxyConfig) {
+        let rule = match self.direction {
+            Direction::Inbound => &cfg.access_logging.server,
+            Direction::Outbound => &cfg.access_logging.client,
+        };
+        self.logged = rule.logs(None);
+        self.metrics = Some(cfg.metrics.clone());
     }
 
     /// Record the host and port an egress connection asked for (`from`: how it said so). A
@@ -156,6 +174,9 @@ impl ConnRecord {
     /// Emit the record: "connection complete" or, when it failed before carrying data,
     /// "connection failed" (ztunnel's two messages).
     pub(crate) fn emit(&self) {
+        if !self.logged {
+            return;
+        }
         macro_rules! ev {
             ($lvl:expr, $msg:literal) => {
                 tracing::event!(

@@ -19,6 +19,7 @@
 //! Checkpoints are signed with the workload's current key and certificate: the certificate
 //! task stores each new one in [`LatestCert`], and the writer picks it up before each batch.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +32,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
+use ward_audit::record::Fields;
 use ward_audit::{CheckpointSigner, KeySigner, Rotation, Writer};
 use ward_identity::IssuedCert;
 use ward_policy::Decision;
@@ -45,6 +47,10 @@ pub(crate) const QUEUE: usize = 8192;
 const BATCH: usize = 512;
 /// How often the writer wakes without records: checkpoints due, a failing trail retried.
 const TICK: Duration = Duration::from_secs(1);
+/// How long the writer lets records gather after the first of a batch before it takes them to
+/// the disk: one trip to the blocking pool and one `write` per batch rather than per request.
+/// A record reaches the file at most this much later; it was already decided and enforced.
+const LINGER: Duration = Duration::from_millis(20);
 /// How often a failure that lasts is logged again.
 const REPEAT_ERROR: Duration = Duration::from_secs(30);
 
@@ -78,6 +84,10 @@ pub(crate) struct AuditEvent {
     pub(crate) path: Option<String>,
     /// `x-request-id`.
     pub(crate) request_id: Option<String>,
+    /// The break-glass grant that lifted the policy's denial (docs/break-glass.md): the
+    /// decision was served, so the record says `allow`, by `BREAK_GLASS`, and names the
+    /// grant beside the policy that denied.
+    pub(crate) break_glass: Option<String>,
 }
 
 /// What an [`AuditEvent`] records as decided.
@@ -92,14 +102,11 @@ pub(crate) enum Verdict {
     RegistryOnly,
 }
 
-/// The JSON fields of one decision record.
-fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Map<String, Value> {
-    let mut m = Map::new();
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.to_owned(), v);
-    };
-    put("direction", ev.direction.into());
-    put("protocol", ev.protocol.into());
+/// The fields of one decision record, serialized as they are read off the event.
+fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Fields {
+    let mut f = Fields::with_capacity(512);
+    f.str("direction", ev.direction)
+        .str("protocol", ev.protocol);
     let (decision, action, policy, rule) = match &ev.verdict {
         Verdict::Policy(d) => {
             let (policy, rule) = deciding_rule(d);
@@ -114,15 +121,23 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Map<String, Va
         Verdict::PeerAuthentication(p) => ("deny", "PEER_AUTHENTICATION", p.clone(), None),
         Verdict::RegistryOnly => ("deny", "REGISTRY_ONLY", None, None),
     };
+    let (decision, action) = match &ev.break_glass {
+        Some(_) => ("allow", "BREAK_GLASS"),
+        None => (decision, action),
+    };
     // A decision the audit trail itself turned into a refusal (fail-closed).
     let decision = if refused.is_some() { "deny" } else { decision };
-    put("decision", decision.into());
-    put("action", action.into());
-    put("policy", policy.map_or(Value::Null, Value::from));
-    put("rule", rule.map_or(Value::Null, |r| Value::from(r as u64)));
-    if let Some(reason) = refused {
-        put("reason", reason.into());
-    }
+    f.str("decision", decision).str("action", action);
+    match &policy {
+        Some(p) => f.str("policy", p),
+        None => f.null("policy"),
+    };
+    match rule {
+        Some(r) => f.u64("rule", r as u64),
+        None => f.null("rule"),
+    };
+    f.opt_str("reason", refused)
+        .opt_str("break_glass", ev.break_glass.as_deref());
     if let Verdict::Policy(d) = &ev.verdict {
         if !d.audit().is_empty() {
             let audit = d
@@ -130,7 +145,7 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Map<String, Va
                 .iter()
                 .map(|r| serde_json::json!({"policy": r.policy.to_string(), "rule": r.rule}))
                 .collect();
-            put("audit", Value::Array(audit));
+            f.value("audit", &Value::Array(audit));
         }
         if !d.dry_run().is_empty() {
             let notes = d
@@ -144,27 +159,24 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Map<String, Va
                     })
                 })
                 .collect();
-            put("dry_run", Value::Array(notes));
+            f.value("dry_run", &Value::Array(notes));
         }
     }
-    put("src_addr", ev.src_addr.to_string().into());
-    put("dst_addr", ev.dst_addr.to_string().into());
-    let optional = [
-        ("src_identity", &ev.src_identity),
-        ("dst_identity", &ev.dst_identity),
-        ("dst_host", &ev.dst_host),
-        ("request_principal", &ev.request_principal),
-        ("method", &ev.method),
-        ("path", &ev.path),
-        ("request_id", &ev.request_id),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            put(k, v.as_str().into());
-        }
-    }
-    put("proxy", proxy.into());
-    m
+    let mut addr = String::with_capacity(48);
+    let _ = write!(addr, "{}", ev.src_addr);
+    f.str("src_addr", &addr);
+    addr.clear();
+    let _ = write!(addr, "{}", ev.dst_addr);
+    f.str("dst_addr", &addr);
+    f.opt_str("src_identity", ev.src_identity.as_deref())
+        .opt_str("dst_identity", ev.dst_identity.as_deref())
+        .opt_str("dst_host", ev.dst_host.as_deref())
+        .opt_str("request_principal", ev.request_principal.as_deref())
+        .opt_str("method", ev.method.as_deref())
+        .opt_str("path", ev.path.as_deref())
+        .opt_str("request_id", ev.request_id.as_deref())
+        .str("proxy", proxy);
+    f
 }
 
 /// The certificate the certificate task installed last: the audit writer signs checkpoints
@@ -317,7 +329,8 @@ impl AuditSink {
     /// then says `deny` with that reason.
     pub(crate) fn admit(&self, fail_closed: bool, ev: AuditEvent) -> Option<&'static str> {
         let inner = self.inner.as_ref()?;
-        let allowed = matches!(&ev.verdict, Verdict::Policy(d) if d.is_allowed());
+        let allowed =
+            ev.break_glass.is_some() || matches!(&ev.verdict, Verdict::Policy(d) if d.is_allowed());
         let refuse = fail_closed && allowed && inner.health.failing.load(Ordering::Acquire);
         let queued = self.queue(inner, (ev, refuse));
         (fail_closed && allowed && (refuse || queued.is_err())).then_some(AUDIT_UNAVAILABLE)
@@ -411,11 +424,24 @@ async fn run_writer(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = Vec::with_capacity(BATCH);
-        let last = tokio::select! {
+        let mut last = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n == 0,
             _ = tick.tick() => false,
             () = crate::stopped(&mut stop) => true,
         };
+        if !last && !batch.is_empty() && batch.len() < BATCH {
+            // Group commit: let the batch fill for a moment (or to BATCH, whichever is first).
+            let linger = tokio::time::sleep(LINGER);
+            tokio::pin!(linger);
+            while batch.len() < BATCH {
+                let room = BATCH - batch.len();
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                    () = &mut linger => break,
+                    () = crate::stopped(&mut stop) => { last = true; break },
+                }
+            }
+        }
         if last {
             // Stopping: what is queued goes in before the last checkpoint.
             while let Ok(ev) = rx.try_recv() {
@@ -500,9 +526,8 @@ impl WriterState {
         }
         let mut events = Vec::with_capacity(batch.len() + 1);
         if self.unwritten > 0 {
-            let mut gap = Map::new();
-            gap.insert("records".into(), self.unwritten.into());
-            gap.insert("proxy".into(), self.proxy.as_str().into());
+            let mut gap = Fields::default();
+            gap.u64("records", self.unwritten).str("proxy", &self.proxy);
             events.push(("gap", gap, now));
         }
         for (ev, refused) in batch {
@@ -547,7 +572,7 @@ impl WriterState {
 mod tests {
     use super::*;
     use ward_identity::{generate_csr, SpiffeId, WorkloadCert};
-    use ward_policy::{AllowedBy, DryRunNote, DryRunOutcome, PolicyRef, RuleRef};
+    use ward_policy::{AllowedBy, DeniedBy, DryRunNote, DryRunOutcome, PolicyRef, RuleRef};
 
     /// A CA in `dir` and a workload certificate it issued: (roots, cert).
     fn workload(dir: &std::path::Path) -> (Vec<Vec<u8>>, WorkloadCert) {
@@ -586,6 +611,7 @@ mod tests {
             method: Some("GET".into()),
             path: Some("/fhir/Patient/7".into()),
             request_id: Some("rid-1".into()),
+            break_glass: None,
         }
     }
 
@@ -607,6 +633,10 @@ mod tests {
         }
     }
 
+    fn object(f: &Fields) -> Value {
+        serde_json::from_str(&format!("{{{}}}", f.as_str())).unwrap()
+    }
+
     #[test]
     fn a_decision_record_names_who_what_and_why() {
         let f = fields(
@@ -614,7 +644,7 @@ mod tests {
             "spiffe://cluster.local/ns/ehr/sa/records",
             None,
         );
-        let v = Value::Object(f);
+        let v = object(&f);
         assert_eq!(v["decision"], "allow");
         assert_eq!(v["action"], "ALLOW");
         assert_eq!(v["policy"], "ehr/readers");
@@ -625,9 +655,34 @@ mod tests {
         assert_eq!(v["path"], "/fhir/Patient/7");
         assert_eq!(v["proxy"], "spiffe://cluster.local/ns/ehr/sa/records");
         assert!(v.get("dst_host").is_none() && v.get("reason").is_none());
-        let refused = Value::Object(fields(&event(allow()), "p", Some(AUDIT_UNAVAILABLE)));
+        let refused = object(&fields(&event(allow()), "p", Some(AUDIT_UNAVAILABLE)));
         assert_eq!(refused["decision"], "deny");
         assert_eq!(refused["reason"], "audit_trail_unavailable");
+        // A denial lifted by break-glass was served: the record says so, and what it lifted.
+        let mut lifted = event(Decision::Deny {
+            by: DeniedBy::DenyRule(RuleRef {
+                policy: PolicyRef::new("ehr", "lockdown"),
+                rule: 0,
+            }),
+            audit: vec![],
+            dry_run: vec![],
+        });
+        lifted.break_glass = Some("bg-7".into());
+        let v = object(&fields(&lifted, "p", None));
+        assert_eq!(
+            (
+                &v["decision"],
+                &v["action"],
+                &v["policy"],
+                &v["break_glass"]
+            ),
+            (
+                &Value::from("allow"),
+                &Value::from("BREAK_GLASS"),
+                &Value::from("ehr/lockdown"),
+                &Value::from("bg-7")
+            )
+        );
     }
 
     fn state(dir: PathBuf, cert: &WorkloadCert) -> (WriterState, Arc<AuditHealth>) {

@@ -118,6 +118,7 @@ pub(crate) fn note_blocked(
         method: None,
         path: None,
         request_id: None,
+        break_glass: None,
     });
 }
 

@@ -497,7 +497,15 @@ impl Downstream {
         let request_body = Arc::new(AtomicU64::new(0));
         let request_head = http_metrics::request_head_size(&req);
         let grpc = http_metrics::is_grpc(req.headers());
-        let req = req.map(|b| CountingBody::new(b, request_body.clone()));
+        let mut req = req.map(|b| CountingBody::new(b, request_body.clone()));
+        // This hop's span: SERVER at a gateway, CLIENT for the app's outbound call.
+        let hop = crate::trace::Hop::start(&config.tracing, self.edge.is_some(), req.headers_mut());
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let mut challenge = None;
         let answered = if self.edge.is_some() {
             let built = self.ctx.routes.get(&config);
@@ -514,6 +522,7 @@ impl Downstream {
             started: log.started,
             request_head,
             request_body,
+            overrides: Some(config.metrics.clone()),
         };
         match answered {
             Ok(resp) => {
@@ -523,6 +532,14 @@ impl Downstream {
                     flag.as_str(),
                     details,
                     log.error.as_deref(),
+                );
+                self.span(
+                    &config,
+                    &hop,
+                    &log,
+                    resp.status().as_u16(),
+                    flag,
+                    request_id,
                 );
                 meter.attach(resp, flag.as_str())
             }
@@ -534,10 +551,53 @@ impl Downstream {
                     &refusal.detail,
                     log.error.as_deref(),
                 );
+                self.span(&config, &hop, &log, code, refusal.flag, request_id);
                 let reply = crate::inbound_http::local_reply(&refusal, challenge);
                 meter.attach(reply, refusal.flag.as_str())
             }
         }
+    }
+
+    /// This hop's span, if it is reported (`crate::trace`).
+    fn span(
+        &self,
+        config: &ProxyConfig,
+        hop: &crate::trace::Hop,
+        log: &RequestLog,
+        code: u16,
+        flag: ResponseFlag,
+        request_id: String,
+    ) {
+        if hop.report.is_none() {
+            return;
+        }
+        let far = log.far.as_deref();
+        let (kind, peer, peer_identity) = if self.edge.is_some() {
+            (opentelemetry::trace::SpanKind::Server, Some(self.src), None)
+        } else {
+            (
+                opentelemetry::trace::SpanKind::Client,
+                far.map(|f| f.hbone.unwrap_or(f.endpoint)),
+                far.and_then(|f| f.identity.clone()),
+            )
+        };
+        self.ctx.tracer.finish(
+            config,
+            hop,
+            crate::trace::Finished {
+                kind,
+                method: log.method.clone(),
+                path: log.path.clone(),
+                status: code,
+                response_flags: flag.as_str().to_owned(),
+                authority: log.authority.clone(),
+                peer,
+                peer_identity,
+                authz: None,
+                request_id,
+                protocol: log.protocol,
+            },
+        );
     }
 
     /// The metric labels of a request as the source reports it: this workload, and the
@@ -780,6 +840,7 @@ impl Downstream {
         ));
         rec.src_namespace = Some(config.workload.namespace.clone());
         rec.src_identity = Some(self.ctx.identity.clone());
+        rec.telemetry(config);
         rec.src_meta = Some(crate::inbound::own_meta(config));
         rec.dst_service = Some(target.service.clone());
         rec.service = crate::outbound::service_meta(config, &target.service);
@@ -1026,6 +1087,8 @@ struct RequestLog {
     /// The JWT principal the gateway verified.
     request_principal: Option<String>,
     started: Instant,
+    /// Which records are written (Telemetry `accessLogging`); `None`: never (a mirror's copy).
+    logging: Option<Arc<ward_config::access_log_policy::AccessLogPolicy>>,
 }
 
 impl RequestLog {
@@ -1052,6 +1115,7 @@ impl RequestLog {
             gateway: None,
             request_principal: None,
             started: Instant::now(),
+            logging: None,
         }
     }
 
@@ -1082,10 +1146,23 @@ impl RequestLog {
             gateway: None,
             request_principal: None,
             started: Instant::now(),
+            logging: Some(config.access_logging.clone()),
         }
     }
 
     fn emit(&self, code: u16, flags: &str, details: &str, error: Option<&str>) {
+        // A gateway's requests are its SERVER side; a sidecar's outbound ones its CLIENT side.
+        let logged = self.logging.as_ref().is_some_and(|l| {
+            let rule = if self.gateway.is_some() {
+                &l.server
+            } else {
+                &l.client
+            };
+            rule.logs(Some(code))
+        });
+        if !logged {
+            return;
+        }
         let far = self.far.as_deref();
         tracing::info!(
             target: "access",
@@ -1180,6 +1257,9 @@ mod tests {
             egress: Default::default(),
             mesh_routes: Default::default(),
             gateway: Default::default(),
+            tracing: Default::default(),
+            access_logging: Default::default(),
+            metrics: Default::default(),
         }
     }
 

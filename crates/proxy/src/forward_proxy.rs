@@ -263,6 +263,7 @@ async fn serve(ctx: Arc<OutboundCtx>, mut app: TcpStream, src: SocketAddr, bind:
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.identity.clone());
+    rec.telemetry(&cfg);
     rec.src_meta = Some(crate::inbound::own_meta(&cfg));
     let mut result = ConnResult::new(rec, ctx.metrics.clone());
     let Some(proxy) = cfg.egress.forward_proxies.iter().find(|p| p.bind == bind) else {

@@ -257,6 +257,9 @@ async fn connect_l4(
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.outbound.identity.clone());
+    rec.telemetry(cfg);
+    // A gateway's connections are its SERVER side (Telemetry `accessLogging`).
+    rec.logged = cfg.access_logging.server.logs(None);
     rec.src_meta = Some(crate::inbound::own_meta(cfg));
     let mut result = ConnResult::new(rec, ctx.outbound.metrics.clone());
     let Some(decision) = decision else {

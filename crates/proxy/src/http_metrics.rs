@@ -117,6 +117,8 @@ pub(crate) struct RequestMeter {
     pub(crate) request_head: u64,
     /// The request body's bytes read so far.
     pub(crate) request_body: Arc<AtomicU64>,
+    /// The workload's Telemetry metric overrides for this reporter; `None`: none.
+    pub(crate) overrides: Option<Arc<ward_config::metrics_policy::MetricsPolicy>>,
 }
 
 /// The request's outcome as known when its response head is sent.
@@ -141,8 +143,16 @@ impl Pending {
             request_bytes: m.request_head + m.request_body.load(Ordering::Relaxed),
             response_bytes: self.response_bytes,
         };
+        // The reporter label says which side of the workload this is (Telemetry `mode`).
+        let rules = m.overrides.as_deref().map(|p| {
+            if m.peers.reporter == "destination" {
+                &p.server
+            } else {
+                &p.client
+            }
+        });
         m.metrics
-            .http_request(m.peers.clone(), m.security_policy.clone(), &outcome);
+            .http_request(m.peers.clone(), m.security_policy.clone(), &outcome, rules);
     }
 }
 
@@ -274,6 +284,7 @@ mod tests {
             started: Instant::now(),
             request_head: 100,
             request_body: body_read,
+            overrides: None,
         };
         let mut resp = http::Response::new(
             Full::new(Bytes::from_static(b"0123456789"))
@@ -326,6 +337,7 @@ mod tests {
             started: Instant::now(),
             request_head: 0,
             request_body: Arc::default(),
+            overrides: None,
         };
         let mut resp = http::Response::new(
             Full::new(Bytes::new())

@@ -131,6 +131,8 @@ pub(crate) struct InboundCtx {
     pub(crate) break_glass: Arc<crate::breakglass::BreakGlass>,
     /// The sidecar's audit trail: every decision is recorded there.
     pub(crate) audit: AuditSink,
+    /// The workload's span export (`crate::trace`), shared with its outbound side.
+    pub(crate) tracer: Arc<crate::trace::Tracer>,
 }
 
 impl InboundCtx {
@@ -152,6 +154,7 @@ impl InboundCtx {
         rec.dst_workload = Some(Self::workload_key(cfg));
         rec.dst_namespace = Some(cfg.workload.namespace.clone());
         rec.dst_identity = Some(self.identity.clone());
+        rec.telemetry(cfg);
         ConnResult::new_at(rec, self.metrics.clone(), started)
     }
 
@@ -275,6 +278,7 @@ impl InboundCtx {
             method: None,
             path: None,
             request_id: None,
+            break_glass: rec.break_glass.clone(),
         }
     }
 

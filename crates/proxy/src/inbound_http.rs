@@ -177,6 +177,8 @@ struct RequestLog<'a> {
     /// The break-glass grant that lifted a denial of this request.
     break_glass: Option<String>,
     started: Instant,
+    /// Which records are written (Telemetry `accessLogging`, the SERVER side).
+    logging: Arc<ward_config::access_log_policy::AccessLogPolicy>,
 }
 
 impl RequestLog<'_> {
@@ -194,7 +196,43 @@ impl RequestLog<'_> {
         self.emit(code, refusal.flag, &refusal.detail);
     }
 
+    /// This hop's span, if it is reported: what the access log says, as span attributes.
+    fn span(
+        &self,
+        ctx: &InboundCtx,
+        cfg: &ProxyConfig,
+        hop: &crate::trace::Hop,
+        code: u16,
+        flag: ResponseFlag,
+    ) {
+        if hop.report.is_none() {
+            return;
+        }
+        ctx.tracer.finish(
+            cfg,
+            hop,
+            crate::trace::Finished {
+                kind: opentelemetry::trace::SpanKind::Server,
+                method: self.method.clone(),
+                path: self.path.clone(),
+                status: code,
+                response_flags: flag.as_str().to_owned(),
+                authority: self.authority.clone(),
+                peer: Some(self.conn.src),
+                peer_identity: self.conn.peer_id.clone(),
+                authz: self.decision.as_ref().map(|(allowed, policy, _)| {
+                    (if *allowed { "allow" } else { "deny" }, policy.clone())
+                }),
+                request_id: self.request_id.clone(),
+                protocol: self.protocol,
+            },
+        );
+    }
+
     fn emit(&self, code: u16, flag: ResponseFlag, details: &str) {
+        if !self.logging.server.logs(Some(code)) {
+            return;
+        }
         let (decision, policy, rule) = match &self.decision {
             Some((allowed, policy, rule)) => (
                 Some(if *allowed { "allow" } else { "deny" }),
@@ -258,35 +296,6 @@ fn request_id(headers: &HeaderMap) -> String {
         a & 0x0fff,
         ((b >> 48) & 0x3fff) | 0x8000,
         b & 0xffff_ffff_ffff
-    )
-}
-
-/// W3C trace context: keep the trace id of a valid incoming `traceparent` and give this hop a new
-/// parent id; start a new trace otherwise (https://www.w3.org/TR/trace-context/).
-fn traceparent(headers: &HeaderMap) -> String {
-    let span = format!("{:016x}", fastrand::u64(1..));
-    if let Some(v) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = v.split('-').collect();
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if parts.len() == 4
-            && parts[0] == "00"
-            && hex(parts[1], 32)
-            && parts[1] != "0".repeat(32)
-            && hex(parts[2], 16)
-            && parts[2] != "0".repeat(16)
-            && hex(parts[3], 2)
-        {
-            return format!("00-{}-{span}-{}", parts[1], parts[3]);
-        }
-    }
-    format!(
-        "00-{:016x}{:016x}-{span}-00",
-        fastrand::u64(1..),
-        fastrand::u64(..)
     )
 }
 
@@ -354,11 +363,14 @@ async fn serve_request(
         decision: None,
         break_glass: None,
         started: Instant::now(),
+        logging: cfg.access_logging.clone(),
     };
     let request_body = Arc::new(AtomicU64::new(0));
     let request_head = http_metrics::request_head_size(&req);
     let grpc = http_metrics::is_grpc(req.headers());
-    let req = req.map(|b| CountingBody::new(b, request_body.clone()));
+    let mut req = req.map(|b| CountingBody::new(b, request_body.clone()));
+    // This hop's span (SERVER): the app gets it as its caller (docs/tracing.md).
+    let hop = crate::trace::Hop::start(&cfg.tracing, true, req.headers_mut());
     let mut challenge = None;
     ctx.metrics
         .coverage()
@@ -389,15 +401,19 @@ async fn serve_request(
             started: log.started,
             request_head,
             request_body,
+            overrides: Some(cfg.metrics.clone()),
         }
     };
     match answered {
         Ok(resp) => {
             log.served(resp.status());
+            log.span(ctx, &cfg, &hop, resp.status().as_u16(), ResponseFlag::None);
             meter(&log).attach(resp, ResponseFlag::None.as_str())
         }
         Err(refusal) => {
             log.refused(&refusal);
+            let code = refusal.status.map_or(500, |s| s.as_u16());
+            log.span(ctx, &cfg, &hop, code, refusal.flag);
             meter(&log).attach(local_reply(&refusal, challenge), refusal.flag.as_str())
         }
     }
@@ -467,6 +483,15 @@ async fn phases(
     crate::inbound::log_dry_run_and_audit(&decision, conn.src, conn.peer_id.as_deref(), conn.dst);
     let (policy, rule) = deciding_rule(&decision);
     ctx.metrics.authz_decision(&log.workload, &decision);
+    // A denial lifted by a break-glass grant (its use recorded in the control plane's trail
+    // first): served, and the sidecar's record says so.
+    let mut until = None;
+    if !decision.is_allowed() {
+        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
+            until = Some(l.expires_at);
+            log.break_glass = Some(l.grant);
+        }
+    }
     let event = AuditEvent {
         time: std::time::SystemTime::now(),
         direction: "inbound",
@@ -481,20 +506,12 @@ async fn phases(
         method: Some(log.method.clone()),
         path: Some(admitted.target.path.clone()),
         request_id: Some(log.request_id.clone()),
+        break_glass: log.break_glass.clone(),
     };
     if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
         return Err(Refusal::internal(ResponseFlag::None, detail)
             .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"));
-    }
-    // When a break-glass grant lifted a denial: when it ends (an upgraded connection closes
-    // then).
-    let mut until = None;
-    if !decision.is_allowed() {
-        if let Some(l) = lift_denial(ctx, conn, &decision, &log.workload, &request) {
-            until = Some(l.expires_at);
-            log.break_glass = Some(l.grant);
-        }
     }
     if !decision.is_allowed() && log.break_glass.is_none() {
         // Envoy RBAC: 403 with the body `RBAC: access denied`, and no response flag (`-`).
@@ -543,7 +560,7 @@ fn lift_denial(
 /// its JWT verified with the RequestAuthentications that select the gateway workload, and
 /// decided by the AuthorizationPolicies that select it (the client is outside the mesh: no
 /// principal; `remoteIpBlocks` see the socket peer). The request goes on with the normalized
-/// path, an `x-request-id` and a `traceparent`. `Ok`: the verified request principal, if any;
+/// path and an `x-request-id`. `Ok`: the verified request principal, if any;
 /// `Err`: the refusal, with the `WWW-Authenticate` challenge of a rejected token.
 pub(crate) fn check_at_edge(
     ctx: &InboundCtx,
@@ -619,6 +636,7 @@ pub(crate) fn check_at_edge(
         method: Some(admitted.method.as_str().to_owned()),
         path: Some(admitted.target.path.clone()),
         request_id: Some(id.clone()),
+        break_glass: None,
     };
     if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
@@ -645,11 +663,9 @@ pub(crate) fn check_at_edge(
     if let Ok(uri) = target.parse() {
         parts.uri = uri;
     }
-    let trace = traceparent(&parts.headers);
-    for (name, value) in [("x-request-id", id), ("traceparent", trace)] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(name, v);
-        }
+    // The trace context was written by the gateway's span (`crate::trace`).
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        parts.headers.insert("x-request-id", v);
     }
     crate::xff::append_peer(&mut parts.headers, src.ip());
     Ok(principal)
@@ -813,7 +829,7 @@ async fn forward(
     Ok(resp.map(|b| b.boxed()))
 }
 
-/// The headers the mesh adds for the app: XFCC, `x-request-id` and `traceparent`.
+/// The headers the mesh adds for the app: XFCC and `x-request-id`.
 fn add_mesh_headers(
     headers: &mut HeaderMap,
     ctx: &InboundCtx,
@@ -833,9 +849,7 @@ fn add_mesh_headers(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&traceparent(headers)) {
-        headers.insert("traceparent", v);
-    }
+    // `traceparent` (and B3) were written for the app by this hop's span (`crate::trace`).
 }
 
 /// After the app's 101, splice the client's side to the app's on a task of its own, registered
@@ -1159,12 +1173,14 @@ mod tests {
 
     #[test]
     fn traceparent_keeps_the_trace_and_replaces_the_parent() {
+        let policy = ward_config::tracing_policy::TracingPolicy::default();
         let mut h = HeaderMap::new();
         h.insert(
             "traceparent",
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        let t = traceparent(&h);
+        crate::trace::Hop::start(&policy, true, &mut h);
+        let t = h["traceparent"].to_str().unwrap().to_owned();
         assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{t}");
         assert!(t.ends_with("-01"));
         assert!(!t.contains("00f067aa0ba902b7"));
@@ -1174,7 +1190,8 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             h.insert("traceparent", HeaderValue::from_static(bad));
-            let t = traceparent(&h);
+            crate::trace::Hop::start(&policy, true, &mut h);
+            let t = h["traceparent"].to_str().unwrap();
             assert!(
                 !t.contains(bad.get(3..35).unwrap_or(bad)),
                 "{bad} must start a new trace, got {t}"

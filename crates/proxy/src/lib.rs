@@ -31,6 +31,8 @@
 //! - [`capture`]: transparent capture (iptables rules, socket marks, `SO_ORIGINAL_DST`); with it,
 //!   the sidecar also serves the outbound (15001) and inbound (15006) capture ports.
 //! - `access_log` and [`metrics`]: one record per connection, Istio/ztunnel names.
+//! - `trace`: the span of each HTTP hop (inbound, outbound, gateway), W3C and B3 trace context,
+//!   exported over OTLP through a bounded queue (docs/tracing.md).
 //! - `gateway`: the server ports of a workload that Gateways select (docs/ingress.md): HTTP
 //!   routed by `egress_http`'s edge path, TLS terminated by SNI or passed through, TCP.
 //! - `audit`: one record per authorization decision in the workload's tamper-evident audit
@@ -72,6 +74,7 @@ mod resolve;
 mod sidecar;
 mod sniff;
 mod splice;
+mod trace;
 mod upstream;
 mod xff;
 

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use ward_config::metrics_policy::MetricRules;
 use ward_config::{ServiceMeta, WorkloadMeta, CLUSTER_ID};
 use ward_policy::{AllowedBy, Decision, DeniedBy};
 
@@ -91,6 +92,59 @@ pub struct TcpLabels {
     /// `mutual_tls` when the destination reports an mTLS connection, `none` for plaintext,
     /// `unknown` from the source side.
     pub connection_security_policy: String,
+}
+
+impl PeerLabels {
+    /// The label named `tag` (Istio's label name), for a Telemetry `tagOverrides` REMOVE.
+    fn tag_mut(&mut self, tag: &str) -> Option<&mut String> {
+        Some(match tag {
+            "reporter" => &mut self.reporter,
+            "source_workload" => &mut self.source_workload,
+            "source_workload_namespace" => &mut self.source_workload_namespace,
+            "source_principal" => &mut self.source_principal,
+            "source_app" => &mut self.source_app,
+            "source_version" => &mut self.source_version,
+            "source_canonical_service" => &mut self.source_canonical_service,
+            "source_canonical_revision" => &mut self.source_canonical_revision,
+            "source_cluster" => &mut self.source_cluster,
+            "destination_workload" => &mut self.destination_workload,
+            "destination_workload_namespace" => &mut self.destination_workload_namespace,
+            "destination_principal" => &mut self.destination_principal,
+            "destination_app" => &mut self.destination_app,
+            "destination_version" => &mut self.destination_version,
+            "destination_canonical_service" => &mut self.destination_canonical_service,
+            "destination_canonical_revision" => &mut self.destination_canonical_revision,
+            "destination_service" => &mut self.destination_service,
+            "destination_service_name" => &mut self.destination_service_name,
+            "destination_service_namespace" => &mut self.destination_service_namespace,
+            "destination_cluster" => &mut self.destination_cluster,
+            _ => return None,
+        })
+    }
+}
+
+impl TcpLabels {
+    fn tag_mut(&mut self, tag: &str) -> Option<&mut String> {
+        match tag {
+            "request_protocol" => Some(&mut self.request_protocol),
+            "response_flags" => Some(&mut self.response_flags),
+            "connection_security_policy" => Some(&mut self.connection_security_policy),
+            _ => self.peers.tag_mut(tag),
+        }
+    }
+}
+
+impl HttpLabels {
+    fn tag_mut(&mut self, tag: &str) -> Option<&mut String> {
+        match tag {
+            "request_protocol" => Some(&mut self.request_protocol),
+            "response_code" => Some(&mut self.response_code),
+            "response_flags" => Some(&mut self.response_flags),
+            "grpc_response_status" => Some(&mut self.grpc_response_status),
+            "connection_security_policy" => Some(&mut self.connection_security_policy),
+            _ => self.peers.tag_mut(tag),
+        }
+    }
 }
 
 /// The labels of the HTTP metrics (`istio_requests_total`, `istio_request_*`,
@@ -169,6 +223,16 @@ pub struct EgressLabels {
     pub port: u16,
     /// `http`, `tls` or `tcp` (what the first bytes were; `connect` for a CONNECT refused).
     pub protocol: String,
+}
+
+/// Labels of the span counters (docs/tracing.md).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// The workload `ns/name` whose proxy made the span.
+    pub workload: String,
+    /// `exported`, or why it was dropped: `queue_full`, `export_failed`, `export_timeout`,
+    /// `no_exporter`.
+    pub outcome: String,
 }
 
 /// Labels of the refused-connection counter.
@@ -328,6 +392,7 @@ pub struct Metrics {
     cert_lifetime: Family<CertLabels, Gauge>,
     egress_blocked: Family<EgressLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    spans: Family<SpanLabels, Counter>,
     budget: Gauge,
     budget_in_use: Gauge,
     dns: DnsMetrics,
@@ -355,6 +420,7 @@ impl Default for Metrics {
             cert_lifetime: Family::default(),
             egress_blocked: Family::default(),
             refused: Family::default(),
+            spans: Family::default(),
             budget: Gauge::default(),
             budget_in_use: Gauge::default(),
             dns: DnsMetrics::default(),
@@ -624,6 +690,11 @@ impl Metrics {
             m.refused.clone(),
         );
         r.register(
+            "ward_spans",
+            "Spans the proxies finished, by what became of them: exported to the collector, or dropped (queue full, export failed or timed out, no exporter)",
+            m.spans.clone(),
+        );
+        r.register(
             "ward_connection_budget",
             "Connections the listeners of this process may hold together (from the open-file limit)",
             m.budget.clone(),
@@ -652,6 +723,16 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Count `n` spans of `workload` with their outcome (`crate::trace`).
+    pub(crate) fn spans(&self, workload: &str, outcome: &str, n: u64) {
+        self.spans
+            .get_or_create(&SpanLabels {
+                workload: workload.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Publish the size of the process-wide connection budget.
@@ -687,19 +768,50 @@ impl Metrics {
         }
     }
 
+    /// The record's labels for `metric` (a standard metric name), or `None` when a Telemetry
+    /// override disables it there.
+    fn tcp_labels_for(rec: &ConnRecord, labels: &TcpLabels, metric: &str) -> Option<TcpLabels> {
+        let rules = rec.metrics.as_deref().map(|m| match rec.direction {
+            Direction::Inbound => &m.server,
+            Direction::Outbound => &m.client,
+        });
+        let Some(o) = rules.and_then(|r| r.get(metric)) else {
+            return Some(labels.clone());
+        };
+        if o.disabled {
+            return None;
+        }
+        let mut labels = labels.clone();
+        for tag in &o.removed_tags {
+            if let Some(v) = labels.tag_mut(tag) {
+                v.clear();
+            }
+        }
+        Some(labels)
+    }
+
     /// A connection is served from now on ([`crate::connection::ConnResult::opened`]).
     pub(crate) fn conn_open(&self, rec: &ConnRecord) {
         self.open_now.inc();
-        self.opened.get_or_create(&Self::tcp_labels(rec)).inc();
+        let labels = Self::tcp_labels(rec);
+        if let Some(l) = Self::tcp_labels_for(rec, &labels, "TCP_OPENED_CONNECTIONS") {
+            self.opened.get_or_create(&l).inc();
+        }
     }
 
     /// A connection counted open has ended.
     pub(crate) fn conn_closed(&self, rec: &ConnRecord) {
         let labels = Self::tcp_labels(rec);
         self.open_now.dec();
-        self.closed.get_or_create(&labels).inc();
-        self.sent.get_or_create(&labels).inc_by(rec.bytes_sent);
-        self.received.get_or_create(&labels).inc_by(rec.bytes_recv);
+        if let Some(l) = Self::tcp_labels_for(rec, &labels, "TCP_CLOSED_CONNECTIONS") {
+            self.closed.get_or_create(&l).inc();
+        }
+        if let Some(l) = Self::tcp_labels_for(rec, &labels, "TCP_SENT_BYTES") {
+            self.sent.get_or_create(&l).inc_by(rec.bytes_sent);
+        }
+        if let Some(l) = Self::tcp_labels_for(rec, &labels, "TCP_RECEIVED_BYTES") {
+            self.received.get_or_create(&l).inc_by(rec.bytes_recv);
+        }
     }
 
     /// A connection ended without ever being served.
@@ -713,6 +825,7 @@ impl Metrics {
         peers: PeerLabels,
         connection_security_policy: String,
         o: &RequestOutcome<'_>,
+        rules: Option<&MetricRules>,
     ) {
         let labels = HttpLabels {
             peers,
@@ -722,14 +835,38 @@ impl Metrics {
             grpc_response_status: o.grpc_status.unwrap_or_default().to_owned(),
             connection_security_policy,
         };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(o.duration_ms);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(o.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(o.response_bytes as f64);
+        // Each metric with its own Telemetry override: disabled, or some labels emptied.
+        let for_metric = |metric: &str| -> Option<HttpLabels> {
+            let Some(o) = rules.and_then(|r| r.get(metric)) else {
+                return Some(labels.clone());
+            };
+            if o.disabled {
+                return None;
+            }
+            let mut l = labels.clone();
+            for tag in &o.removed_tags {
+                if let Some(v) = l.tag_mut(tag) {
+                    v.clear();
+                }
+            }
+            Some(l)
+        };
+        if let Some(l) = for_metric("REQUEST_COUNT") {
+            self.requests.get_or_create(&l).inc();
+        }
+        if let Some(l) = for_metric("REQUEST_DURATION") {
+            self.duration.get_or_create(&l).observe(o.duration_ms);
+        }
+        if let Some(l) = for_metric("REQUEST_SIZE") {
+            self.request_bytes
+                .get_or_create(&l)
+                .observe(o.request_bytes as f64);
+        }
+        if let Some(l) = for_metric("RESPONSE_SIZE") {
+            self.response_bytes
+                .get_or_create(&l)
+                .observe(o.response_bytes as f64);
+        }
     }
 
     /// Connections opened, closed and failed, over every label set.
@@ -998,6 +1135,7 @@ mod tests {
                 request_bytes: 120,
                 response_bytes: 2000,
             },
+            None,
         );
         let text = encode(&m, &registry);
         assert!(text.contains("# TYPE istio_requests counter"), "{text}");

@@ -46,6 +46,8 @@ pub(crate) struct OutboundCtx {
     pub(crate) originator: crate::originate::Originator,
     /// The sidecar's audit trail: blocked egress is recorded there.
     pub(crate) audit: crate::audit::AuditSink,
+    /// The workload's span export (`crate::trace`), shared with its inbound side.
+    pub(crate) tracer: Arc<crate::trace::Tracer>,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -196,6 +198,7 @@ async fn serve_captured(ctx: Arc<OutboundCtx>, app: TcpStream, src: SocketAddr) 
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.identity.clone());
+    rec.telemetry(&cfg);
     let mut result = ConnResult::new(rec, ctx.metrics.clone());
     let upstream = match original {
         Err(e) => Err(Refusal::internal(
@@ -319,6 +322,7 @@ async fn serve_connection(
     rec.src_workload = Some(format!("{}/{}", cfg.workload.namespace, cfg.workload.name));
     rec.src_namespace = Some(cfg.workload.namespace.clone());
     rec.src_identity = Some(ctx.identity.clone());
+    rec.telemetry(&cfg);
     rec.src_meta = Some(crate::inbound::own_meta(&cfg));
     let mut result = ConnResult::new(rec, ctx.metrics.clone());
     let upstream = match route(&cfg, bind, fastrand::usize(..)) {
@@ -504,6 +508,9 @@ mod tests {
             egress: Default::default(),
             mesh_routes: Default::default(),
             gateway: Default::default(),
+            tracing: Default::default(),
+            access_logging: Default::default(),
+            metrics: Default::default(),
         };
         let firsts: Vec<String> = (0..4)
             .map(|i| {

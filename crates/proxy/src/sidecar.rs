@@ -343,6 +343,7 @@ impl Sidecar {
             ),
             None => (crate::audit::AuditSink::default(), tokio::spawn(async {})),
         };
+        let tracer = Arc::new(crate::trace::Tracer::new(self.metrics.clone()));
         let inbound_ctx = Arc::new(InboundCtx {
             config: data_config.clone(),
             tracker: h.tracker.clone(),
@@ -352,6 +353,7 @@ impl Sidecar {
             authn: Arc::new(crate::jwks_fetch::AuthnState::default()),
             break_glass: self.break_glass.clone(),
             audit: audit.clone(),
+            tracer: tracer.clone(),
         });
         tokio::spawn(crate::jwks_fetch::run_fetcher(
             inbound_ctx.authn.clone(),
@@ -369,6 +371,7 @@ impl Sidecar {
             resolvers: Default::default(),
             originator: Default::default(),
             audit,
+            tracer,
         });
         let gateway_ctx = Arc::new(crate::gateway::GatewayCtx {
             outbound: outbound_ctx.clone(),

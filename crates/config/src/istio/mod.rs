@@ -56,7 +56,7 @@ mod checks;
 mod destination_rule;
 mod envoy_filter;
 mod gateway;
-mod proto;
+pub(crate) mod proto;
 mod virtual_service;
 mod workload_group;
 

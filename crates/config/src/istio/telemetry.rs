@@ -1,6 +1,8 @@
 //! Telemetry (`telemetry.istio.io/v1` and `v1alpha1`, one schema; istio/api
 //! `telemetry/v1alpha1/telemetry.proto`): tracing, metrics and access logging of the selected
-//! workloads. Ward does not enforce it (WARD0102) but checks it field for field, with the rules
+//! workloads. Ward serves `tracing` (`crate::tracing_policy`) and `accessLogging`
+//! (`crate::access_log_policy`); the rest is reported (WARD0102) and checked field for field,
+//! with the rules
 //! istiod's validation and the CRD apply (istio/istio `pkg/config/validation/validation.go`,
 //! `ValidateTelemetry`).
 
@@ -247,7 +249,8 @@ pub struct LogSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessLogFilter {
-    /// A CEL expression over request and connection attributes (not parsed by Ward).
+    /// A CEL expression over request and connection attributes; Ward evaluates the subset
+    /// `crate::access_log_policy` describes.
     pub expression: Option<String>,
 }
 
@@ -268,6 +271,15 @@ impl TelemetrySpec {
         for (i, logging) in self.access_logging.iter().flatten().enumerate() {
             let path = push_index("spec.accessLogging", i);
             findings.extend(check_providers(logging.providers.as_deref(), &path));
+            if let Some(text) = logging.filter.as_ref().and_then(|f| f.expression.as_ref()) {
+                if let Err(why) = crate::access_log_policy::parse(text) {
+                    findings.push(Finding::error(
+                        code::INVALID,
+                        push_key(&push_key(&path, "filter"), "expression"),
+                        format!("cannot evaluate `{text}`: {why}"),
+                    ));
+                }
+            }
         }
         findings
     }

@@ -25,9 +25,11 @@ impl Loader {
         // One arm per kind: decode with `self.load_spec::<Spec>(doc, resource, meta_ok, validate)`.
         match kind {
             "Telemetry" => {
-                self.load_spec::<crate::istio::TelemetrySpec>(doc, resource, meta_ok, |r| {
-                    r.spec.validate()
-                });
+                let kept =
+                    self.load_spec::<crate::istio::TelemetrySpec>(doc, resource, meta_ok, |r| {
+                        r.spec.validate()
+                    });
+                self.set.telemetries.extend(kept);
             }
             "WasmPlugin" => {
                 self.load_spec::<crate::istio::WasmPluginSpec>(doc, resource, meta_ok, |r| {
