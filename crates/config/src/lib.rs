@@ -104,6 +104,7 @@ pub use snapshot::{
     CapturedDestination, DemoApp, EgressSettings, Endpoint, ForwardProxy, InboundPort, MeshService,
     MeshServicePort, MeshSnapshot, OutboundListener, Protocol, ProxyConfig, Transport,
     WorkloadInfo, AUDIT_ON_FAILURE_ANNOTATION, HBONE_PORT, KEEP_OVERRIDE_HEADERS_ANNOTATION,
+    PROXY_CONFIG_ANNOTATION,
 };
 pub use telemetry::{MeshDirectory, ServiceMeta, WorkloadMeta, CLUSTER_ID};
 pub use translate::translate;

@@ -1258,6 +1258,7 @@ fn collect_yaml_files(
 
 fn validate_workload_entry(r: &Resource<WorkloadEntrySpec>) -> Vec<Finding> {
     let mut findings = r.spec.validate("spec", AddressRule::Ip, None);
+    findings.extend(proxy_config_finding(&r.meta));
     findings.extend(demo_app_finding(&r.meta));
     findings.extend(keep_override_headers_finding(&r.meta));
     findings.extend(audit_on_failure_finding(&r.meta));
@@ -1274,6 +1275,26 @@ fn validate_sidecar(r: &Resource<SidecarSpec>) -> Vec<Finding> {
     findings.extend(keep_override_headers_finding(&r.meta));
     findings.extend(audit_on_failure_finding(&r.meta));
     findings
+}
+
+/// `proxy.istio.io/config` must be a `ProxyConfig` whose `gatewayTopology.numTrustedProxies`,
+/// if set, is a non-negative integer.
+fn proxy_config_finding(meta: &ObjectMeta) -> Option<Finding> {
+    let value = meta
+        .annotations
+        .get(crate::snapshot::PROXY_CONFIG_ANNOTATION)?;
+    crate::mesh::annotation_trusted_proxies(value)
+        .err()
+        .map(|why| {
+            Finding::error(
+                code::INVALID,
+                push_key(
+                    "metadata.annotations",
+                    crate::snapshot::PROXY_CONFIG_ANNOTATION,
+                ),
+                why,
+            )
+        })
 }
 
 /// `ward.dev/keep-override-headers` must be `"true"` or `"false"`.

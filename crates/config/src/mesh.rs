@@ -48,6 +48,9 @@ pub struct MeshSettings {
     /// servers the proxies resolve external hosts with, `ip` or `ip:port`. Empty: the
     /// system's (`/etc/resolv.conf`). docs/egress.md.
     pub dns_resolvers: Vec<std::net::SocketAddr>,
+    /// `defaultConfig.gatewayTopology.numTrustedProxies`, default 0: how many proxies in front
+    /// of a gateway append to `X-Forwarded-For` and are trusted (docs/ingress.md).
+    pub num_trusted_proxies: u32,
     /// What the tracing of the mesh starts from, before Telemetry resources (docs/tracing.md).
     pub tracing: MeshTracing,
     /// `extensionProviders`, by name, in the order written.
@@ -167,6 +170,7 @@ impl Default for MeshSettings {
             enable_auto_mtls: true,
             outbound_traffic_policy: OutboundTrafficMode::RegistryOnly,
             dns_resolvers: Vec::new(),
+            num_trusted_proxies: 0,
             tracing: MeshTracing::default(),
             extension_providers: Vec::new(),
             source: None,
@@ -175,7 +179,8 @@ impl Default for MeshSettings {
 }
 
 /// The MeshConfig fields Ward knows but does not act on (istio/api `mesh/v1alpha1/config.proto`,
-/// JSON names). `defaultConfig` (the proxy defaults) is among them.
+/// JSON names). Of `defaultConfig` (the proxy defaults) only
+/// `gatewayTopology.numTrustedProxies` is read.
 const IGNORED_FIELDS: &[&str] = &[
     "proxyListenPort",
     "proxyInboundListenPort",
@@ -230,6 +235,44 @@ const READ_FIELDS: &[&str] = &[
     "defaultProviders",
     "defaultConfig",
 ];
+
+/// `ProxyConfig.gatewayTopology` (istio/api `mesh/v1alpha1/proxy.proto`), in `defaultConfig`
+/// or in the `proxy.istio.io/config` annotation. Only `numTrustedProxies` is acted on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTopology {
+    /// Proxies in front of the gateway whose `X-Forwarded-For` entries are trusted.
+    pub num_trusted_proxies: Option<u32>,
+}
+
+/// The part of a `ProxyConfig` (annotation or `defaultConfig`) Ward reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyDefaults {
+    /// `gatewayTopology`.
+    pub gateway_topology: Option<GatewayTopology>,
+}
+
+impl ProxyDefaults {
+    /// `gatewayTopology.numTrustedProxies`, if set.
+    pub fn num_trusted_proxies(&self) -> Option<u32> {
+        self.gateway_topology.as_ref()?.num_trusted_proxies
+    }
+}
+
+/// Reads the `proxy.istio.io/config` annotation (a YAML `ProxyConfig`): its
+/// `gatewayTopology.numTrustedProxies`, or why the annotation cannot be read.
+pub fn annotation_trusted_proxies(text: &str) -> Result<Option<u32>, String> {
+    let docs = parse_documents(text).map_err(|e| e.message)?;
+    let Some(node) = docs.first() else {
+        return Ok(None);
+    };
+    if !matches!(node.value, Value::Map(_)) {
+        return Err(format!("expected a mapping, found {}", node.describe()));
+    }
+    let defaults: ProxyDefaults = decode(node, "").map_err(|e| e.to_string())?;
+    Ok(defaults.num_trusted_proxies())
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -704,6 +747,10 @@ fn read_default_config(node: &Node, path: &str, parse: &mut MeshParse) {
     for (key, value) in node.entries().iter() {
         let name = key.text().unwrap_or_default();
         let field = push_key(path, &name);
+        if name == "gatewayTopology" {
+            read_gateway_topology(value, &field, parse);
+            continue;
+        }
         if name != "tracing" {
             parse
                 .findings
@@ -733,6 +780,24 @@ fn read_default_config(node: &Node, path: &str, parse: &mut MeshParse) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// `defaultConfig.gatewayTopology`: `numTrustedProxies` is read (docs/ingress.md), the other
+/// fields are named as not enforced.
+fn read_gateway_topology(node: &Node, path: &str, parse: &mut MeshParse) {
+    for (key, value) in node.entries().iter() {
+        let name = key.text().unwrap_or_default();
+        let field = push_key(path, &name);
+        if name != "numTrustedProxies" {
+            parse
+                .findings
+                .push(Finding::not_enforced(field, "").on_line(key.line));
+            continue;
+        }
+        if let Some(n) = read::<u32>(value, &field, parse) {
+            parse.settings.num_trusted_proxies = n;
         }
     }
 }
@@ -912,7 +977,7 @@ mod tests {
     #[test]
     fn sail_istio_reads_mesh_config_and_accepts_any_helm_value() {
         let parse = from_sail_istio(&doc(
-            "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata: {name: default}\nspec:\n  version: v1.26.0\n  namespace: istio-cp\n  updateStrategy: {type: InPlace}\n  values:\n    pilot: {resources: {requests: {cpu: 100m}}}\n    global: {proxy: {image: x}}\n    meshConfig:\n      trustDomain: corp.example\n      trustDomainAliases: [old.example]\n      enableAutoMtls: false\n      outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n      accessLogFile: /dev/stdout\n      defaultConfig: {holdApplicationUntilProxyStarts: true}\n",
+            "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata: {name: default}\nspec:\n  version: v1.26.0\n  namespace: istio-cp\n  updateStrategy: {type: InPlace}\n  values:\n    pilot: {resources: {requests: {cpu: 100m}}}\n    global: {proxy: {image: x}}\n    meshConfig:\n      trustDomain: corp.example\n      trustDomainAliases: [old.example]\n      enableAutoMtls: false\n      outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n      accessLogFile: /dev/stdout\n      defaultConfig: {holdApplicationUntilProxyStarts: true, gatewayTopology: {numTrustedProxies: 2}}\n",
         ));
         assert_eq!(
             brief(&parse.findings),
@@ -929,6 +994,7 @@ mod tests {
                 ),
             ]
         );
+        assert_eq!(parse.settings.num_trusted_proxies, 2);
         let s = parse.settings;
         assert_eq!(s.trust_domain, "corp.example");
         assert_eq!(s.trust_domain_aliases, vec!["old.example".to_string()]);

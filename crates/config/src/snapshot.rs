@@ -301,7 +301,16 @@ pub struct WorkloadInfo {
     /// `fail-closed` (docs/audit.md).
     #[serde(default)]
     pub audit_fail_closed: bool,
+    /// `gatewayTopology.numTrustedProxies`: the proxies in front of this workload (when it is
+    /// a gateway) whose `X-Forwarded-For` entries are trusted; from the annotation
+    /// [`PROXY_CONFIG_ANNOTATION`], else the mesh's `defaultConfig`, else 0 (docs/ingress.md).
+    #[serde(default)]
+    pub num_trusted_proxies: u32,
 }
+
+/// Istio's per-workload proxy settings annotation (a YAML `ProxyConfig`); Ward reads its
+/// `gatewayTopology.numTrustedProxies`.
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 
 /// Ward extension for shipped examples only: annotation `ward.dev/demo-app: echo` on the Sidecar or
 /// WorkloadEntry asks `ward up` to run a built-in echo app at each ingress defaultEndpoint.

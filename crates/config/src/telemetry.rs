@@ -312,6 +312,7 @@ mod tests {
             demo_app: None,
             keep_override_headers: false,
             audit_fail_closed: false,
+            num_trusted_proxies: 0,
         }
     }
 

@@ -22,10 +22,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::istio::{DestinationRuleSpec, LoadBalancerSettings, SimpleLb, TrafficPolicy};
+use crate::istio::{
+    ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, SimpleLb,
+    TrafficPolicy,
+};
 use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
 use crate::origination::{subset_origination, TlsOrigination};
@@ -58,6 +62,191 @@ pub struct DestinationPolicy {
     pub load_balancer: Option<LoadBalancer>,
     /// Subsets by name.
     pub subsets: BTreeMap<String, SubsetPolicy>,
+    /// The rule's `connectionPool` and `outlierDetection`, and its `portLevelSettings` ones.
+    #[serde(default)]
+    pub resilience: Layered,
+}
+
+/// `connectionPool` and `outlierDetection` at one level of a rule (the rule or a subset), and
+/// per port (`portLevelSettings`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layered {
+    /// The level's own.
+    pub all: Resilience,
+    /// By service port number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, Resilience>,
+}
+
+/// The connection limits and the outlier detection of one destination (Envoy's cluster:
+/// a service port, or a subset of it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resilience {
+    /// `connectionPool`; `None`: Istio's defaults (no limits a proxy would reach).
+    pub pool: Option<ConnectionPool>,
+    /// `outlierDetection`; `None`: no endpoint is ever ejected.
+    pub outlier: Option<Outlier>,
+}
+
+/// DestinationRule `connectionPool`, as the HTTP client side of a proxy enforces it
+/// (docs/routing.md, "Connection pool and outlier detection"). `None` or 0 (for the
+/// `int32` fields Istio reads 0 as "unset"): no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// `tcp.maxConnections`: HTTP/1.1 connections carrying a request to the destination at once.
+    pub max_connections: Option<u32>,
+    /// `tcp.connectTimeout` (Istio's default 10s).
+    pub connect_timeout: Option<Duration>,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight to the destination (HTTP/1.1 and HTTP/2).
+    pub max_requests: Option<u32>,
+    /// `http.maxRequestsPerConnection`: a connection is not reused after this many.
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.idleTimeout`: an idle connection is not reused (and is closed) after this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// DestinationRule `outlierDetection`, with Istio's and Envoy's defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outlier {
+    /// Consecutive 5xx answers (or failures to get one) that eject; `None`: off.
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 answers (or failures to get one) that eject; `None`: off.
+    pub consecutive_gateway: Option<u32>,
+    /// Time between ejection sweeps (default 10s).
+    pub interval: Duration,
+    /// The ejection time, multiplied by how many times in a row the endpoint was ejected
+    /// (default 30s).
+    pub base_ejection_time: Duration,
+    /// The share of the destination's endpoints that may be ejected at once (default 10);
+    /// one endpoint may always be.
+    pub max_ejection_percent: u32,
+}
+
+/// Envoy's `max_ejection_time` default: an ejection never lasts longer (Istio does not set it).
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+impl Default for Outlier {
+    fn default() -> Outlier {
+        Outlier {
+            consecutive_5xx: Some(5),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+fn positive(v: Option<i32>) -> Option<u32> {
+    v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0)
+}
+
+impl ConnectionPool {
+    fn from_spec(spec: &ConnectionPoolSettings) -> ConnectionPool {
+        let tcp = spec.tcp.as_ref();
+        let http = spec.http.as_ref();
+        ConnectionPool {
+            max_connections: positive(tcp.and_then(|t| t.max_connections)),
+            connect_timeout: tcp
+                .and_then(|t| t.connect_timeout)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+            max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+impl Outlier {
+    /// istio/istio `applyOutlierDetection`: `consecutive5xxErrors` 0 turns the 5xx count off,
+    /// absent keeps Envoy's 5; `consecutiveGatewayErrors` counts only when set above 0; the
+    /// deprecated `consecutiveErrors` is the gateway count.
+    fn from_spec(spec: &OutlierDetection) -> Outlier {
+        let d = Outlier::default();
+        let deprecated = spec.consecutive_errors.and_then(|v| u32::try_from(v).ok());
+        let five_xx = match (spec.consecutive_5xx_errors, deprecated) {
+            (Some(n), _) => Some(n),
+            // Only the deprecated field: Istio turns the 5xx count off.
+            (None, Some(_)) => Some(0),
+            (None, None) => d.consecutive_5xx,
+        };
+        Outlier {
+            consecutive_5xx: five_xx.filter(|n| *n > 0),
+            consecutive_gateway: spec
+                .consecutive_gateway_errors
+                .or(deprecated)
+                .filter(|n| *n > 0),
+            interval: spec
+                .interval
+                .map(|i| i.get())
+                .filter(|i| !i.is_zero())
+                .unwrap_or(d.interval),
+            base_ejection_time: spec
+                .base_ejection_time
+                .map(|i| i.get())
+                .filter(|i| !i.is_zero())
+                .unwrap_or(d.base_ejection_time),
+            max_ejection_percent: spec
+                .max_ejection_percent
+                .and_then(|p| u32::try_from(p).ok())
+                .map_or(d.max_ejection_percent, |p| p.min(100)),
+        }
+    }
+}
+
+impl Layered {
+    fn from_policy(policy: Option<&TrafficPolicy>) -> Layered {
+        let Some(p) = policy else {
+            return Layered::default();
+        };
+        let all = Resilience {
+            pool: p.connection_pool.as_ref().map(ConnectionPool::from_spec),
+            outlier: p.outlier_detection.as_ref().map(Outlier::from_spec),
+        };
+        let ports = p
+            .port_level_settings
+            .iter()
+            .flatten()
+            .filter_map(|level| {
+                let number = level.port.as_ref()?.number?;
+                let number = u16::try_from(number).ok()?;
+                let r = Resilience {
+                    pool: level
+                        .connection_pool
+                        .as_ref()
+                        .map(ConnectionPool::from_spec),
+                    outlier: level.outlier_detection.as_ref().map(Outlier::from_spec),
+                };
+                (r != Resilience::default()).then_some((number, r))
+            })
+            .collect();
+        Layered { all, ports }
+    }
+
+    /// Each of the two policies, from the most specific place that sets it: this level's port
+    /// entry, then this level.
+    fn at(&self, port: u16) -> Resilience {
+        let entry = self.ports.get(&port);
+        Resilience {
+            pool: entry
+                .and_then(|e| e.pool.clone())
+                .or_else(|| self.all.pool.clone()),
+            outlier: entry
+                .and_then(|e| e.outlier.clone())
+                .or_else(|| self.all.outlier.clone()),
+        }
+    }
 }
 
 /// One subset: which endpoints, and how to pick one.
@@ -73,6 +262,9 @@ pub struct SubsetPolicy {
     /// service port's own (`MeshServicePort::tls`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tls: BTreeMap<u16, Option<Arc<TlsOrigination>>>,
+    /// The subset's own `connectionPool` and `outlierDetection`, overriding the rule's.
+    #[serde(default)]
+    pub resilience: Layered,
 }
 
 /// Why a destination has no endpoint to send to.
@@ -114,6 +306,40 @@ impl DestinationPolicy {
             .collect();
         let lb = found.load_balancer.clone().or(rule_lb).unwrap_or_default();
         Ok((endpoints, lb))
+    }
+}
+
+impl DestinationPolicy {
+    /// Whether the rule sets a `connectionPool` or `outlierDetection` anywhere (at the rule,
+    /// a subset, or a port): the proxy then serves its HTTP requests one by one.
+    pub fn limits_requests(&self) -> bool {
+        let set = |l: &Layered| l.all != Resilience::default() || !l.ports.is_empty();
+        set(&self.resilience) || self.subsets.values().any(|s| set(&s.resilience))
+    }
+
+    /// The connection limits and outlier detection of `subset` (or the whole service) on
+    /// `port`. Istio's precedence (istio/istio `MergeTrafficPolicy`): the subset's port entry,
+    /// the subset's, the rule's port entry, the rule's; each policy taken whole from the first
+    /// place that sets it.
+    pub fn resilience(
+        policy: Option<&DestinationPolicy>,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Resilience {
+        let Some(policy) = policy else {
+            return Resilience::default();
+        };
+        let rule = policy.resilience.at(port);
+        let Some(own) = subset
+            .and_then(|s| policy.subsets.get(s))
+            .map(|s| s.resilience.at(port))
+        else {
+            return rule;
+        };
+        Resilience {
+            pool: own.pool.or(rule.pool),
+            outlier: own.outlier.or(rule.outlier),
+        }
     }
 }
 
@@ -321,6 +547,7 @@ pub fn destination_policies(
                     members,
                     load_balancer: policy_lb(subset.traffic_policy.as_ref()),
                     tls,
+                    resilience: Layered::from_policy(subset.traffic_policy.as_ref()),
                 },
             );
         }
@@ -330,17 +557,19 @@ pub fn destination_policies(
                 rule: rule.key(),
                 load_balancer: policy_lb(rule.spec.traffic_policy.as_ref()),
                 subsets,
+                resilience: Layered::from_policy(rule.spec.traffic_policy.as_ref()),
             },
         );
     }
     out
 }
 
-/// The parts of a DestinationRule the sidecars do not act on (for WARD0102): everything but
-/// `host`, `exportTo`, `subsets` (names, labels), `loadBalancer` (`simple`, `consistentHash`
-/// on a header or the source IP) and `tls` (docs/egress-tls.md), at the rule and subset level,
-/// and a port entry's `tls`. Listed by
-/// field path; empty when all of it is acted on.
+/// The parts of a DestinationRule the sidecars and gateways do not act on (for WARD0102):
+/// everything but `host`, `exportTo`, `subsets` (names, labels), `loadBalancer` (`simple`,
+/// `consistentHash` on a header or the source IP), `tls` (docs/egress-tls.md), the
+/// `connectionPool` and `outlierDetection` fields docs/routing.md lists, at the rule and subset
+/// level, and a port entry's `tls`, `connectionPool` and `outlierDetection`. Listed by field
+/// path; empty when all of it is acted on.
 pub fn unserved_destination_rule_fields(spec: &DestinationRuleSpec) -> Vec<String> {
     let mut out = Vec::new();
     if spec.workload_selector.is_some() {
@@ -357,30 +586,99 @@ pub fn unserved_destination_rule_fields(spec: &DestinationRuleSpec) -> Vec<Strin
     out
 }
 
+/// The parts of a `connectionPool` the HTTP client side does not act on.
+fn pool_fields(pool: Option<&ConnectionPoolSettings>, at: &str, out: &mut Vec<String>) {
+    let Some(pool) = pool else { return };
+    if let Some(tcp) = &pool.tcp {
+        for (set, field) in [
+            (tcp.tcp_keepalive.is_some(), "tcp.tcpKeepalive"),
+            (
+                tcp.max_connection_duration.is_some(),
+                "tcp.maxConnectionDuration",
+            ),
+            (tcp.idle_timeout.is_some(), "tcp.idleTimeout"),
+        ] {
+            if set {
+                out.push(format!("{at}.{field}"));
+            }
+        }
+    }
+    if let Some(http) = &pool.http {
+        for (set, field) in [
+            (http.max_retries.is_some(), "http.maxRetries"),
+            (http.h2_upgrade_policy.is_some(), "http.h2UpgradePolicy"),
+            (http.use_client_protocol.is_some(), "http.useClientProtocol"),
+            (
+                http.max_concurrent_streams.is_some(),
+                "http.maxConcurrentStreams",
+            ),
+            (http.http2_keep_alive.is_some(), "http.http2KeepAlive"),
+        ] {
+            if set {
+                out.push(format!("{at}.{field}"));
+            }
+        }
+    }
+}
+
+/// The parts of an `outlierDetection` that are not acted on.
+fn outlier_fields(outlier: Option<&OutlierDetection>, at: &str, out: &mut Vec<String>) {
+    let Some(o) = outlier else { return };
+    for (set, field) in [
+        (
+            o.split_external_local_origin_errors.is_some(),
+            "splitExternalLocalOriginErrors",
+        ),
+        (
+            o.consecutive_local_origin_failures.is_some(),
+            "consecutiveLocalOriginFailures",
+        ),
+        (o.min_health_percent.is_some(), "minHealthPercent"),
+        (
+            o.outlier_detection_http_error_codes.is_some(),
+            "outlierDetectionHttpErrorCodes",
+        ),
+    ] {
+        if set {
+            out.push(format!("{at}.{field}"));
+        }
+    }
+}
+
 fn policy_fields(policy: Option<&TrafficPolicy>, at: &str, out: &mut Vec<String>) {
     let Some(p) = policy else { return };
+    pool_fields(
+        p.connection_pool.as_ref(),
+        &format!("{at}.connectionPool"),
+        out,
+    );
+    outlier_fields(
+        p.outlier_detection.as_ref(),
+        &format!("{at}.outlierDetection"),
+        out,
+    );
+    // `tls` is served (crate::origination), at every level; so are a port entry's
+    // `connectionPool` and `outlierDetection` (as far as they are above).
+    for (i, level) in p.port_level_settings.iter().flatten().enumerate() {
+        if level.load_balancer.is_some() {
+            out.push(format!("{at}.portLevelSettings[{i}].loadBalancer"));
+        }
+        pool_fields(
+            level.connection_pool.as_ref(),
+            &format!("{at}.portLevelSettings[{i}].connectionPool"),
+            out,
+        );
+        outlier_fields(
+            level.outlier_detection.as_ref(),
+            &format!("{at}.portLevelSettings[{i}].outlierDetection"),
+            out,
+        );
+    }
     let mut not = |set: bool, field: &str| {
         if set {
             out.push(format!("{at}.{field}"));
         }
     };
-    not(p.connection_pool.is_some(), "connectionPool");
-    not(p.outlier_detection.is_some(), "outlierDetection");
-    // `tls` is served (crate::origination), at every level; of a port's entry, only `tls`.
-    for (i, level) in p.port_level_settings.iter().flatten().enumerate() {
-        not(
-            level.load_balancer.is_some(),
-            &format!("portLevelSettings[{i}].loadBalancer"),
-        );
-        not(
-            level.connection_pool.is_some(),
-            &format!("portLevelSettings[{i}].connectionPool"),
-        );
-        not(
-            level.outlier_detection.is_some(),
-            &format!("portLevelSettings[{i}].outlierDetection"),
-        );
-    }
     not(p.tunnel.is_some(), "tunnel");
     not(p.proxy_protocol.is_some(), "proxyProtocol");
     not(p.retry_budget.is_some(), "retryBudget");
@@ -500,6 +798,111 @@ mod tests {
     }
 
     #[test]
+    fn pools_and_outlier_detection_follow_istios_precedence() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: b}
+spec:
+  host: db
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 10, connectTimeout: 2s, tcpKeepalive: {time: 10s}}
+      http: {http1MaxPendingRequests: 0, http2MaxRequests: 50, maxRequestsPerConnection: 1, idleTimeout: 30s, maxRetries: 3}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 81}
+      connectionPool: {http: {http2MaxRequests: 7}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      outlierDetection: {consecutiveErrors: 2, interval: 1s, baseEjectionTime: 5s, maxEjectionPercent: 50, minHealthPercent: 10}
+      portLevelSettings:
+      - port: {number: 82}
+        outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 4}
+"#;
+        let set = crate::load_str("dr.yaml", yaml).unwrap();
+        let service = MeshService {
+            namespace: "b".into(),
+            hostnames: vec![],
+            addresses: vec![],
+            auto_allocated: false,
+            resolution: Default::default(),
+            ports: vec![],
+        };
+        let services = BTreeMap::from([("db.b.svc.cluster.local".to_owned(), service)]);
+        let got = destination_policies(&set, "b", "istio-system", &services, |_| None);
+        let db = got.get("db.b.svc.cluster.local");
+        assert!(db.is_some_and(DestinationPolicy::limits_requests));
+        let at = |subset: Option<&str>, port| DestinationPolicy::resilience(db, subset, port);
+        // The rule's pool, Envoy's defaults where unset (0 is unset).
+        let pool = at(None, 80).pool.unwrap();
+        assert_eq!(
+            pool,
+            ConnectionPool {
+                max_connections: Some(10),
+                connect_timeout: Some(Duration::from_secs(2)),
+                max_pending_requests: None,
+                max_requests: Some(50),
+                max_requests_per_connection: Some(1),
+                idle_timeout: Some(Duration::from_secs(30)),
+            }
+        );
+        let outlier = at(None, 80).outlier.unwrap();
+        assert_eq!(
+            outlier,
+            Outlier {
+                consecutive_5xx: Some(3),
+                ..Outlier::default()
+            }
+        );
+        // A port entry's pool replaces the rule's whole.
+        assert_eq!(
+            at(None, 81).pool,
+            Some(ConnectionPool {
+                max_requests: Some(7),
+                ..ConnectionPool::default()
+            })
+        );
+        // The subset's outlier detection (the deprecated count is the gateway one), the rule's
+        // pool.
+        let v2 = at(Some("v2"), 80);
+        assert_eq!(v2.pool, Some(pool));
+        assert_eq!(
+            v2.outlier,
+            Some(Outlier {
+                consecutive_5xx: None,
+                consecutive_gateway: Some(2),
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(5),
+                max_ejection_percent: 50,
+            })
+        );
+        // The subset's port entry first.
+        let v2_82 = at(Some("v2"), 82).outlier.unwrap();
+        assert_eq!(
+            (v2_82.consecutive_5xx, v2_82.consecutive_gateway),
+            (None, Some(4))
+        );
+        assert_eq!(at(None, 80), at(Some("unknown"), 80));
+        assert_eq!(
+            DestinationPolicy::resilience(None, None, 80),
+            Resilience::default()
+        );
+        // What is not enforced is still named.
+        let unserved = unserved_destination_rule_fields(&set.destination_rules[0].spec);
+        assert_eq!(
+            unserved,
+            [
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+                "spec.trafficPolicy.connectionPool.http.maxRetries",
+                "spec.subsets[0].trafficPolicy.outlierDetection.minHealthPercent",
+            ]
+        );
+    }
+
+    #[test]
     fn hash_is_stable() {
         assert_eq!(hash_key(b"alice"), hash_key(b"alice"));
         assert_ne!(hash_key(b"alice"), hash_key(b"bob"));
@@ -511,6 +914,7 @@ mod tests {
         let policy = DestinationPolicy {
             rule: "app/r".into(),
             load_balancer: Some(LoadBalancer::Random),
+            resilience: Layered::default(),
             subsets: BTreeMap::from([
                 (
                     "v2".to_owned(),
@@ -518,6 +922,7 @@ mod tests {
                         members: BTreeSet::from(["10.0.0.2".parse().unwrap()]),
                         load_balancer: Some(LoadBalancer::RoundRobin),
                         tls: BTreeMap::new(),
+                        resilience: Layered::default(),
                     },
                 ),
                 ("v1".to_owned(), SubsetPolicy::default()),

@@ -375,6 +375,14 @@ impl<'a> Context<'a> {
             errors.push(*err);
             JwtRuleSet::default()
         });
+        // `proxy.istio.io/config` on the WorkloadEntry (a pod's annotation in Istio), else the
+        // mesh's `defaultConfig` (a bad annotation is an error at load: `load.rs`).
+        let num_trusted_proxies = we
+            .meta
+            .annotations
+            .get(crate::snapshot::PROXY_CONFIG_ANNOTATION)
+            .and_then(|v| crate::mesh::annotation_trusted_proxies(v).ok().flatten())
+            .unwrap_or(self.set.mesh.num_trusted_proxies);
         let outbound_traffic_policy = sidecar
             .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
             .and_then(|p| p.mode)
@@ -390,6 +398,7 @@ impl<'a> Context<'a> {
                 demo_app,
                 keep_override_headers,
                 audit_fail_closed,
+                num_trusted_proxies,
             },
             inbound,
             outbound,
@@ -1264,6 +1273,22 @@ mod tests {
                 .map(|d| (d.line, d.code, d.field))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_annotation_else_the_mesh_default() {
+        let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    defaultConfig:\n      gatewayTopology: {numTrustedProxies: 2}\n";
+        let annotated = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: edge\n  namespace: gw\n  annotations:\n    proxy.istio.io/config: |\n      gatewayTopology:\n        numTrustedProxies: 1\nspec: {address: 10.0.0.1}\n";
+        let plain = we("gw", "plain", "10.0.0.2", "");
+        let snap = snapshot(&format!("{mesh}{annotated}{plain}"));
+        assert_eq!(snap.proxies["gw/edge"].workload.num_trusted_proxies, 1);
+        assert_eq!(snap.proxies["gw/plain"].workload.num_trusted_proxies, 2);
+        let snap = snapshot(&format!("{annotated}{plain}"));
+        assert_eq!(snap.proxies["gw/plain"].workload.num_trusted_proxies, 0);
+        // An annotation whose count is not a non-negative integer does not load.
+        let bad = annotated.replace("numTrustedProxies: 1", "numTrustedProxies: -1");
+        let err = load_str("t.yaml", &bad).unwrap_err().to_string();
+        assert!(err.contains("proxy.istio.io/config"), "{err}");
     }
 
     fn sidecar_ingress(port: u16, endpoint: &str) -> String {

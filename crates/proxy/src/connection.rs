@@ -35,6 +35,9 @@ pub(crate) struct InboundConn {
     pub(crate) src: SocketAddr,
     /// The workload address and port the connection is for.
     pub(crate) dst: SocketAddr,
+    /// The original client's address (`remoteIpBlocks`, `remote.ip`) when it is not the socket
+    /// peer: at a gateway, from `X-Forwarded-For` and `numTrustedProxies` (`crate::xff`).
+    pub(crate) remote: Option<std::net::IpAddr>,
 }
 
 impl InboundConn {
@@ -52,6 +55,7 @@ impl InboundConn {
             tls: Some((info.tls_version, info.kx_group.clone())),
             src,
             dst,
+            remote: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl InboundConn {
             tls: None,
             src,
             dst,
+            remote: None,
         }
     }
 
@@ -72,7 +77,7 @@ impl InboundConn {
         L4Attributes {
             peer: self.peer.as_ref(),
             source_ip: self.src.ip(),
-            remote_ip: self.src.ip(),
+            remote_ip: self.remote.unwrap_or(self.src.ip()),
             destination_ip: self.dst.ip(),
             destination_port: self.dst.port(),
             sni: None,

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -53,6 +53,9 @@ struct Built {
     routes: EgressRoutes,
     /// Load-balancing state for the destinations VirtualServices route to.
     balance: routed::Balance,
+    /// Circuit breakers and outlier detectors of the destinations (DestinationRule
+    /// `connectionPool`, `outlierDetection`).
+    destinations: limits::Destinations,
 }
 
 /// The routing tables of the sidecar's current config: built when a connection or request
@@ -71,6 +74,7 @@ impl RouteCache {
             config: config.clone(),
             routes: EgressRoutes::new(config),
             balance: routed::Balance::default(),
+            destinations: limits::Destinations::default(),
         });
         self.0.store(Some(built.clone()));
         built
@@ -78,8 +82,9 @@ impl RouteCache {
 }
 
 /// Whether the connections the listener at `bind` accepts are served here, request by request
-/// (several HTTP services share it, or a VirtualService covers one of its HTTP services),
-/// rather than forwarded whole.
+/// (several HTTP services share it, or a VirtualService covers one of its HTTP services, or a
+/// DestinationRule sets a `connectionPool` or `outlierDetection` for one), rather than
+/// forwarded whole.
 pub(crate) fn routes_by_host(
     ctx: &OutboundCtx,
     config: &Arc<ProxyConfig>,
@@ -88,9 +93,12 @@ pub(crate) fn routes_by_host(
     let built = ctx.routes.get(config);
     built.routes.is_shared(bind)
         || built.routes.table(bind).is_some_and(|t| {
-            t.hosts()
-                .iter()
-                .any(|h| config.mesh_routes.table().covers(&h.name))
+            t.hosts().iter().any(|h| {
+                config.mesh_routes.table().covers(&h.name)
+                    || config.mesh_routes.destination(&h.name).is_some_and(
+                        ward_config::traffic_policy::DestinationPolicy::limits_requests,
+                    )
+            })
         })
 }
 
@@ -152,6 +160,16 @@ fn reset() -> Refusal {
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream connect error or disconnect/reset before headers",
     )
+}
+
+/// The answer to a request that could not be sent: the client's fault when its own body
+/// failed (a bad chunk size, a reset): 400; else the upstream's: 503 `UC`.
+fn send_failed(e: &hyper::Error) -> Refusal {
+    if e.is_user() {
+        return Refusal::downstream(ResponseFlag::None, "downstream_body_error")
+            .with_reply(StatusCode::BAD_REQUEST, "request body could not be read\n");
+    }
+    reset()
 }
 
 /// What a request is for, decided before any I/O.
@@ -306,6 +324,40 @@ type H2Client = Client<http2::SendRequest<Body>>;
 struct Client<S> {
     sender: S,
     far: Arc<FarEnd>,
+    /// Requests sent on it (for `maxRequestsPerConnection`).
+    uses: Arc<AtomicU32>,
+    /// Since when it has been idle (HTTP/1.1, while kept in the idle list).
+    idle_since: Instant,
+}
+
+impl<S> Client<S> {
+    fn new(sender: S, far: Arc<FarEnd>) -> Client<S> {
+        Client {
+            sender,
+            far,
+            uses: Arc::default(),
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Count one more request on the connection; whether it may carry another after it.
+    fn used(&self, target: &Target) -> bool {
+        let n = self.uses.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        target
+            .pool
+            .as_ref()
+            .and_then(|p| p.max_requests_per_connection)
+            .is_none_or(|max| n < max)
+    }
+
+    /// Idle for longer than the destination's `idleTimeout`.
+    fn stale(&self, target: &Target) -> bool {
+        target
+            .pool
+            .as_ref()
+            .and_then(|p| p.idle_timeout)
+            .is_some_and(|t| self.idle_since.elapsed() >= t)
+    }
 }
 
 /// What the access log says about the far end of a client connection.
@@ -346,6 +398,9 @@ struct Target {
     /// The TLS the proxy originates toward the endpoints (a DestinationRule's `tls` for the
     /// service port: docs/egress-tls.md).
     tls: Option<Arc<ward_config::origination::TlsOrigination>>,
+    /// The DestinationRule's `connectionPool` for the destination: connect timeout, requests
+    /// per connection, idle timeout.
+    pool: Option<ward_config::traffic_policy::ConnectionPool>,
 }
 
 impl Target {
@@ -363,6 +418,7 @@ impl Target {
             http2: listener.protocol.is_http2(),
             pinned: false,
             tls: listener.tls.clone(),
+            pool: None,
         }
     }
 
@@ -379,7 +435,7 @@ impl Clients {
         let mut idle = self.h1.lock().ok()?;
         let list = idle.get_mut(&target.pool_key())?;
         while let Some(c) = list.pop() {
-            if c.sender.is_ready() && c.far.serves(target) {
+            if c.sender.is_ready() && c.far.serves(target) && !c.stale(target) {
                 return Some(c);
             }
         }
@@ -387,28 +443,50 @@ impl Clients {
     }
 
     /// Give an HTTP/1.1 connection back once its response has been read to the end (unless it
-    /// closed meanwhile).
-    fn give_back_h1(&self, service: &str, mut client: H1Client) {
+    /// closed meanwhile, or may carry no more requests). With an `idleTimeout`, a connection
+    /// still idle that long later is dropped, which closes it.
+    fn give_back_h1(&self, target: &Target, mut client: H1Client) {
+        if !client.used(target) {
+            return;
+        }
         let idle = self.h1.clone();
-        let service = service.to_owned();
+        let service = target.pool_key();
+        let idle_timeout = target.pool.as_ref().and_then(|p| p.idle_timeout);
         tokio::spawn(async move {
-            if client.sender.ready().await.is_ok() {
-                if let Ok(mut idle) = idle.lock() {
-                    let list = idle.entry(service).or_default();
-                    if list.len() < MAX_IDLE_PER_SERVICE {
-                        list.push(client);
-                    }
+            if client.sender.ready().await.is_err() {
+                return;
+            }
+            client.idle_since = Instant::now();
+            let (uses, since) = (client.uses.clone(), client.idle_since);
+            if let Ok(mut idle) = idle.lock() {
+                let list = idle.entry(service.clone()).or_default();
+                if list.len() >= MAX_IDLE_PER_SERVICE {
+                    return;
+                }
+                list.push(client);
+            }
+            let Some(after) = idle_timeout else { return };
+            tokio::time::sleep(after).await;
+            if let Ok(mut idle) = idle.lock() {
+                if let Some(list) = idle.get_mut(&service) {
+                    list.retain(|c| !(Arc::ptr_eq(&c.uses, &uses) && c.idle_since == since));
                 }
             }
         });
     }
 
     fn h2(&self, target: &Target) -> Option<H2Client> {
-        let shared = self.h2.lock().ok()?;
-        shared
-            .get(&target.pool_key())
+        let mut shared = self.h2.lock().ok()?;
+        let key = target.pool_key();
+        let client = shared
+            .get(&key)
             .filter(|c| !c.sender.is_closed() && c.far.serves(target))
-            .cloned()
+            .cloned()?;
+        if !client.used(target) {
+            // Its last request: later ones open another connection.
+            shared.remove(&key);
+        }
+        Some(client)
     }
 }
 
@@ -575,12 +653,58 @@ impl Downstream {
             };
             return self.serve_routed(config, &built, &scope, req, log).await;
         }
-        let target = Target::any(plan.listener);
+        let mut target = Target::any(plan.listener);
+        // The service's DestinationRule `connectionPool` and `outlierDetection` apply without a
+        // VirtualService too (Envoy's cluster is the service port).
+        let policy = routed::destination_policy(
+            config,
+            &plan.listener.service,
+            None,
+            plan.listener.service_port,
+            target.endpoints.len(),
+        );
+        let healthy: Vec<Endpoint> = built
+            .destinations
+            .healthy(&policy, target.endpoints.iter().collect())
+            .into_iter()
+            .cloned()
+            .collect();
+        if healthy.is_empty() && !target.endpoints.is_empty() {
+            return Err(log.failed(
+                no_endpoints(),
+                format!(
+                    "every endpoint of {} is ejected by outlier detection",
+                    policy.key
+                ),
+            ));
+        }
+        target.endpoints = healthy;
+        target.pool = policy.pool().cloned();
+        let permit = built
+            .destinations
+            .admit(&policy, !target.http2, None)
+            .await
+            .map_err(|(r, why)| log.failed(r, why))?;
         let (mut parts, body) = req.into_parts();
         upstream_head(&mut parts, &plan.authority, target.version())?;
         let req = Request::from_parts(parts, body.boxed());
-        let resp = self.send(config, &target, req, log).await?;
-        finish_response(resp)
+        let sent = self.send(config, &target, req, log).await;
+        let seen = match &sent {
+            Ok(resp) => Some(crate::outlier::Outcome::Status(resp.status().as_u16())),
+            Err(r)
+                if r.by_policy()
+                    || r.flag == ResponseFlag::NoHealthyUpstream
+                    || r.fault == crate::refusal::Fault::Downstream =>
+            {
+                None
+            }
+            Err(_) => Some(crate::outlier::Outcome::LocalFailure),
+        };
+        if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
+            built.destinations.record(&policy, far.endpoint, seen);
+        }
+        let resp = finish_response(sent?)?;
+        Ok(resp.map(|b| limits::Held::new(b, permit).boxed()))
     }
 
     /// Send one request to `target` over a kept connection or a new one.
@@ -643,7 +767,7 @@ impl Downstream {
                 log.far = Some(client.far.clone());
                 match client.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        self.clients.give_back_h1(&target.pool_key(), client);
+                        self.clients.give_back_h1(target, client);
                         return Ok(resp);
                     }
                     Err(mut e) => match e.take_message() {
@@ -660,8 +784,8 @@ impl Downstream {
             .sender
             .send_request(req)
             .await
-            .map_err(|e| log.failed(reset(), e))?;
-        self.clients.give_back_h1(&target.pool_key(), client);
+            .map_err(|e| log.failed(send_failed(&e), e))?;
+        self.clients.give_back_h1(target, client);
         Ok(resp)
     }
 
@@ -677,8 +801,10 @@ impl Downstream {
             None => {
                 let tunnel = self.open(config, target, log).await?;
                 let client = tunnel.http2(log).await?;
-                if let Ok(mut shared) = self.clients.h2.lock() {
-                    shared.insert(target.pool_key(), client.clone());
+                if client.used(target) {
+                    if let Ok(mut shared) = self.clients.h2.lock() {
+                        shared.insert(target.pool_key(), client.clone());
+                    }
                 }
                 client
             }
@@ -693,7 +819,7 @@ impl Downstream {
             .sender
             .send_request(req)
             .await
-            .map_err(|e| log.failed(reset(), e))
+            .map_err(|e| log.failed(send_failed(&e), e))
     }
 
     /// Open a tunnel (or a plaintext socket) to one of the target's endpoints, in its order,
@@ -726,9 +852,28 @@ impl Downstream {
         for ep in endpoints {
             let rec = result.record();
             crate::outbound::note_endpoint(rec, ep, config);
-            let connected = match connect(&self.ctx, config, ep, rec).await {
-                Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
-                Err(refusal) => Err(refusal),
+            let connect_timeout = target
+                .pool
+                .as_ref()
+                .and_then(|p| p.connect_timeout)
+                .unwrap_or(limits::DEFAULT_CONNECT_TIMEOUT);
+            let connecting = async {
+                match connect(&self.ctx, config, ep, rec).await {
+                    Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
+                    Err(refusal) => Err(refusal),
+                }
+            };
+            // DestinationRule `connectTimeout` (Istio's default 10s): the connection and the
+            // TLS the proxy originates on it.
+            let connected = match tokio::time::timeout(connect_timeout, connecting).await {
+                Ok(c) => c,
+                Err(_) => Err(Refusal::upstream(
+                    ResponseFlag::UpstreamFailure,
+                    format!(
+                        "connect to {} timed out after {connect_timeout:?} (connectTimeout)",
+                        ep.address
+                    ),
+                )),
             };
             let far = Arc::new(FarEnd {
                 endpoint: ep.address,
@@ -798,7 +943,7 @@ impl Tunnel {
         match http1::Builder::new().handshake(TokioIo::new(io)).await {
             Ok((sender, conn)) => {
                 drive(conn, result, counts);
-                Ok(Client { sender, far })
+                Ok(Client::new(sender, far))
             }
             Err(e) => Err(handshake_failed(result, e, log)),
         }
@@ -817,7 +962,7 @@ impl Tunnel {
         {
             Ok((sender, conn)) => {
                 drive(conn, result, counts);
-                Ok(Client { sender, far })
+                Ok(Client::new(sender, far))
             }
             Err(e) => Err(handshake_failed(result, e, log)),
         }
@@ -1068,6 +1213,7 @@ impl RequestLog {
 }
 
 mod edge;
+mod limits;
 mod routed;
 
 pub(crate) use edge::{serve as serve_edge, Edge};
@@ -1112,6 +1258,7 @@ mod tests {
                 demo_app: None,
                 keep_override_headers: false,
                 audit_fail_closed: false,
+                num_trusted_proxies: 0,
             },
             inbound: vec![],
             outbound: vec![

@@ -69,16 +69,38 @@ pub(crate) fn local_reply(refusal: &Refusal, challenge: Option<String>) -> Respo
     r
 }
 
+/// How long a client of a gateway server may take to send a request's headers (docs/http.md,
+/// "Limits").
+pub(crate) const EDGE_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The HTTP server of every connection Ward serves HTTP on (inbound HTTP ports, shared egress
-/// listeners): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226, HPACK bombs:
-/// hyper's limits, set explicitly).
+/// listeners, gateway servers): HTTP/1.1 and h2c, with bounded header sizes (CVE-2019-15226,
+/// HPACK bombs) and HTTP/2 reset limits (CVE-2023-44487, rapid reset): hyper's and h2's
+/// limits, set explicitly (docs/http.md lists them).
 pub(crate) fn server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(64 * 1024);
     builder
         .http2()
         .max_header_list_size(16 * 1024)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256);
+    builder
+}
+
+/// [`server`] for a gateway server, whose clients are outside the mesh: a client that has not
+/// sent a request's headers within [`EDGE_HEADER_READ_TIMEOUT`] is disconnected (slowloris).
+/// hyper runs that timer while it waits for the next request too, so an idle HTTP/1.1
+/// connection is closed after it as well (docs/ingress.md). Sidecar listeners do not get it:
+/// their clients are the workload's own app and other sidecars, whose idle pooled
+/// connections it would close.
+pub(crate) fn edge_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = server();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(EDGE_HEADER_READ_TIMEOUT);
     builder
 }
 
@@ -584,9 +606,16 @@ pub(crate) fn check_at_edge(
         (r, Some(challenge))
     })?;
     let principal = auth.as_ref().map(|a| a.principal.clone());
-    let conn = peer
+    let mut conn = peer
         .cloned()
         .unwrap_or_else(|| InboundConn::plaintext(src, dst));
+    // `remoteIpBlocks` and `remote.ip` see the client the trusted proxies name in
+    // `X-Forwarded-For`; `ipBlocks` keeps the socket peer (crates/proxy/src/xff.rs).
+    conn.remote = Some(crate::xff::client_address(
+        src.ip(),
+        &parts.headers,
+        cfg.workload.num_trusted_proxies,
+    ));
     let request = UpgradeRequest {
         method: admitted.method.as_str().to_owned(),
         host: admitted.authority.clone(),
@@ -643,6 +672,7 @@ pub(crate) fn check_at_edge(
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert("x-request-id", v);
     }
+    crate::xff::append_peer(&mut parts.headers, src.ip());
     Ok(principal)
 }
 

@@ -14,6 +14,9 @@
 //!   unregistered destination gets under REGISTRY_ONLY (a reset, or a 502 on HTTP ports),
 //!   recorded; `sniff`: the SNI or `Host` of a connection's first bytes; `resolve`: DNS for
 //!   external hosts (docs/egress.md).
+//! - `breaker` and `outlier`: the pure state of a destination's DestinationRule
+//!   `connectionPool` (circuit breaker) and `outlierDetection` (ejections), carried out by
+//!   `egress_http` (docs/routing.md).
 //! - `inbound_http`: on HTTP ports, each request goes through its phases (route, `admission`,
 //!   authenticate with the keys `jwks_fetch` keeps, authorize, forward over `upstream`).
 //! - `connection`: one inbound connection's facts, and the result every connection finishes
@@ -44,6 +47,7 @@ mod access_log;
 mod admission;
 mod audit;
 mod blackhole;
+mod breaker;
 pub mod breakglass;
 pub mod capture;
 mod certs;
@@ -62,6 +66,7 @@ pub mod listener;
 pub mod metrics;
 mod originate;
 mod outbound;
+mod outlier;
 mod pool;
 pub mod probe;
 mod refusal;
@@ -71,6 +76,7 @@ mod sniff;
 mod splice;
 mod trace;
 mod upstream;
+mod xff;
 
 pub use audit::{AuditHealth, AuditMetrics, LatestCert};
 pub use certs::{humantime_utc, CertificateProvider, SignError};

@@ -68,6 +68,8 @@ pub enum ResponseFlag {
     FaultInjected,
     /// `DI`: held by a VirtualService fault delay.
     DelayInjected,
+    /// `UO`: refused by the destination's circuit breaker (DestinationRule `connectionPool`).
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
@@ -88,6 +90,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::UpstreamOverflow => "UO",
         }
     }
 }

@@ -62,7 +62,7 @@ pub(crate) async fn serve<I>(
         let down = down.clone();
         async move { Ok::<_, Infallible>(down.serve_request(req).await) }
     });
-    if let Err(e) = crate::inbound_http::server()
+    if let Err(e) = crate::inbound_http::edge_server()
         .serve_connection(TokioIo::new(io), svc)
         .await
     {

@@ -24,10 +24,12 @@ use ward_config::origination::TlsOrigination;
 use ward_config::traffic_policy::{self, DestinationPolicy, LoadBalancer, Pick};
 use ward_config::{Endpoint, ProxyConfig};
 
+use super::limits::{Held, Policy};
 use super::{
     finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
 };
 use crate::http_metrics::CountingBody;
+use crate::outlier::Outcome;
 use crate::refusal::{Refusal, ResponseFlag};
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
@@ -109,13 +111,14 @@ fn timed_out(details: &'static str) -> Refusal {
 /// Where a destination's requests may go: the service, the endpoints of its port (and subset),
 /// how to pick one, and the protocol. Pure. A host that is no service the proxy sees, a port
 /// the service does not have, or an unknown subset: 503 `NC`; no endpoint: 503 `UH`.
-/// A destination's endpoints (in the subset), load balancer, HTTP/2, and the TLS the proxy
-/// originates toward them.
+/// A destination's endpoints (in the subset), load balancer, HTTP/2, the TLS the proxy
+/// originates toward them, and the service port.
 pub(super) type Resolved<'c> = (
     Vec<&'c Endpoint>,
     LoadBalancer,
     bool,
     Option<Arc<TlsOrigination>>,
+    u16,
 );
 
 pub(super) fn resolve<'c>(
@@ -163,7 +166,24 @@ pub(super) fn resolve<'c>(
         .as_deref()
         .and_then(|s| policy?.subsets.get(s)?.tls.get(&number).cloned())
         .unwrap_or_else(|| port.tls.clone());
-    Ok((endpoints, lb, port.protocol.is_http2(), tls))
+    Ok((endpoints, lb, port.protocol.is_http2(), tls, number))
+}
+
+/// The `connectionPool` and `outlierDetection` that apply to requests to `host` (its `subset`)
+/// on service port `port`, and the state key of that destination (Envoy's cluster).
+pub(super) fn destination_policy(
+    config: &ProxyConfig,
+    host: &str,
+    subset: Option<&str>,
+    port: u16,
+    endpoints: usize,
+) -> Policy {
+    let rule = config.mesh_routes.destination(host);
+    Policy {
+        key: format!("{host}|{}|{port}", subset.unwrap_or("")),
+        resilience: DestinationPolicy::resilience(rule, subset, port),
+        endpoints,
+    }
 }
 
 /// Apply one direction's header changes: remove, then set, then add (Envoy's order).
@@ -234,6 +254,16 @@ fn retries_timeout(retries: &Retries) -> bool {
         .retry_on
         .iter()
         .any(|r| matches!(r.as_str(), "5xx" | "gateway-error" | "reset"))
+}
+
+/// Where and how long the attempts of one request may go.
+#[derive(Clone, Copy)]
+struct Tries<'a> {
+    target: &'a Target,
+    policy: &'a Policy,
+    retries: &'a Retries,
+    /// The route's `timeout`, from when the request was routed.
+    deadline: Option<Instant>,
 }
 
 /// The request body, kept whole when small enough to send again.
@@ -428,9 +458,26 @@ impl Downstream {
             // A gateway reaches registered services only (REGISTRY_ONLY holds there too).
             self.note_unregistered(config, &destination.host, scope.port, log);
         }
-        let target = {
-            let (endpoints, lb, http2, tls) =
+        let (target, policy) = {
+            let (endpoints, lb, http2, tls, number) =
                 resolve(config, destination, scope.port).map_err(|(r, why)| log.failed(r, why))?;
+            let policy = destination_policy(
+                config,
+                &destination.host,
+                destination.subset.as_deref(),
+                number,
+                endpoints.len(),
+            );
+            let endpoints = built.destinations.healthy(&policy, endpoints);
+            if endpoints.is_empty() {
+                return Err(log.failed(
+                    super::no_endpoints(),
+                    format!(
+                        "every endpoint of {} is ejected by outlier detection",
+                        policy.key
+                    ),
+                ));
+            }
             let hash = match &lb {
                 LoadBalancer::HeaderHash(name) => {
                     header(&headers, name).map(|v| traffic_policy::hash_key(v.as_bytes()))
@@ -451,13 +498,15 @@ impl Downstream {
                 hash,
             };
             let ordered = traffic_policy::order(&endpoints, &lb, pick, |a| built.balance.active(a));
-            Target {
+            let target = Target {
                 service: destination.host.clone(),
                 endpoints: ordered.into_iter().cloned().collect(),
                 http2,
                 pinned: true,
                 tls,
-            }
+                pool: policy.pool().cloned(),
+            };
+            (target, policy)
         };
         if let Some(delay) = forward.delay {
             log.answer = Some((ResponseFlag::DelayInjected, "via_upstream"));
@@ -493,19 +542,31 @@ impl Downstream {
             }
         }
         let retries = &forward.route.retries;
+        // The route's timeout runs from here (after a fault delay, as in Envoy), waiting for a
+        // connection included.
+        let deadline = forward
+            .route
+            .timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| Instant::now() + t);
+        // DestinationRule `connectionPool`: a place in the destination's breaker, held until
+        // the response has been read (503 `UO` when it overflows).
+        let permit = built
+            .destinations
+            .admit(&policy, !target.http2, deadline)
+            .await
+            .map_err(|(r, why)| log.failed(r, why))?;
+        let tries = Tries {
+            target: &target,
+            policy: &policy,
+            retries,
+            deadline,
+        };
         let resp = self
-            .attempts(
-                config,
-                built,
-                &target,
-                &head,
-                &mut payload,
-                retries,
-                forward.route.timeout,
-                log,
-            )
+            .attempts(config, built, &tries, &head, &mut payload, log)
             .await?;
-        let mut resp = finish_response(resp)?;
+        let resp = finish_response(resp)?;
+        let mut resp = resp.map(|b| Held::new(b, permit).boxed());
         apply(resp.headers_mut(), &forward.route.headers.response);
         apply(resp.headers_mut(), &destination.headers.response);
         for (n, v) in cors_headers {
@@ -517,20 +578,23 @@ impl Downstream {
     }
 
     /// Send `head` (and the payload) until an attempt gives an answer the retry policy keeps,
-    /// within the route's timeout.
-    #[allow(clippy::too_many_arguments)] // One request's parts; a struct would only rename them.
+    /// within the route's timeout. Each attempt's outcome goes to the destination's outlier
+    /// detector.
     async fn attempts(
         &self,
         config: &ProxyConfig,
         built: &Built,
-        target: &Target,
+        tries: &Tries<'_>,
         head: &Head,
         payload: &mut Payload,
-        retries: &Retries,
-        timeout: Option<Duration>,
         log: &mut RequestLog,
     ) -> Result<Response<hyper::body::Incoming>, Refusal> {
-        let deadline = timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
+        let Tries {
+            target,
+            policy,
+            retries,
+            deadline,
+        } = *tries;
         let replayable = matches!(payload, Payload::Kept(_));
         let tries = if replayable { 1 + retries.attempts } else { 1 };
         let mut attempt = 0;
@@ -556,6 +620,21 @@ impl Downstream {
                 Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
                 None => Some(sent.await),
             };
+            let seen = match &outcome {
+                Some(Ok(resp)) => Some(Outcome::Status(resp.status().as_u16())),
+                // A refusal by policy, or no endpoint at all, says nothing of an endpoint.
+                Some(Err(r))
+                    if r.by_policy()
+                        || r.flag == ResponseFlag::NoHealthyUpstream
+                        || r.fault == crate::refusal::Fault::Downstream =>
+                {
+                    None
+                }
+                Some(Err(_)) | None => Some(Outcome::LocalFailure),
+            };
+            if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
+                built.destinations.record(policy, far.endpoint, seen);
+            }
             match outcome {
                 Some(Ok(resp)) => {
                     if last || !retries_response(retries, resp.status(), resp.headers()) {
@@ -599,7 +678,7 @@ impl Downstream {
         body: Bytes,
     ) {
         let target = match resolve(config, destination, port) {
-            Ok((endpoints, _, http2, tls)) => {
+            Ok((endpoints, _, http2, tls, _)) => {
                 let mut endpoints: Vec<Endpoint> = endpoints.into_iter().cloned().collect();
                 let n = endpoints.len();
                 endpoints.rotate_left(fastrand::usize(..n.max(1)).min(n));
@@ -609,6 +688,7 @@ impl Downstream {
                     http2,
                     pinned: false,
                     tls,
+                    pool: None,
                 }
             }
             Err((_, why)) => {
