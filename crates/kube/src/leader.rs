@@ -64,8 +64,9 @@ impl Timing {
                     .into(),
             );
         }
-        // A leader whose round hangs notices it missed its deadline one retry period late at
-        // most: it must still stop before anyone may take over.
+        // A leader sleeps one retry period at most between rounds: kept within the lease
+        // duration with the renew deadline, as a margin for its clock and the API server's
+        // latency.
         if self.renew_deadline + self.retry_period > self.lease_duration {
             return Err(
                 "--leader-renew-deadline plus --leader-retry-period must not exceed \
@@ -177,16 +178,23 @@ impl Elector {
     /// leads. On shutdown a leader releases the Lease, so another replica takes over at once.
     pub async fn run(mut self, leading: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            // A round that hangs (an API server that accepts and never answers) ends after a
-            // retry period; the leader then leads only until its renew deadline.
-            let now_leading =
-                match tokio::time::timeout(self.timing.retry_period, self.round()).await {
-                    Ok(l) => l,
-                    Err(_) => {
-                        tracing::warn!(target: "leader", "the API server did not answer in time");
-                        self.leading_still()
-                    }
-                };
+            // A round that hangs (an API server that accepts and never answers, or a loaded
+            // one) ends at the leader's renew deadline, or after a renew deadline for a follower.
+            let limit = match self.renewed {
+                Some(r) if self.leading_still() => self
+                    .timing
+                    .renew_deadline
+                    .saturating_sub(r.elapsed())
+                    .max(Duration::from_millis(1)),
+                _ => self.timing.renew_deadline,
+            };
+            let now_leading = match tokio::time::timeout(limit, self.round()).await {
+                Ok(l) => l,
+                Err(_) => {
+                    tracing::warn!(target: "leader", "the API server did not answer in time");
+                    self.leading_still()
+                }
+            };
             leading.send_if_modified(|l| {
                 let changed = *l != now_leading;
                 if changed {
@@ -223,6 +231,9 @@ impl Elector {
 
     /// One look at the Lease, and the write it calls for; whether this replica leads after it.
     async fn round(&mut self) -> bool {
+        // A renewal counts from before its request: the others measure the Lease's age from
+        // when they see the write, which is later.
+        let started = Instant::now();
         let leading_before = self.leading_still();
         let current = match self.api.get_opt(LEASE_NAME).await {
             Ok(c) => c,
@@ -252,7 +263,7 @@ impl Elector {
             if !leading_before && decision != Decision::Renew {
                 tracing::info!(target: "leader", identity = %self.identity, ?decision, "took the Lease");
             }
-            self.renewed = Some(Instant::now());
+            self.renewed = Some(started);
             return true;
         }
         self.leading_still()
