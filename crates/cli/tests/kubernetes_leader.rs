@@ -4,7 +4,8 @@
 //! `caBundle` and the root ConfigMap carry the leader's root, and Events name their reporting
 //! instance. Both replicas are ready and serve; exactly one holds the Lease and writes; when it
 //! is killed (SIGKILL, no release) the other takes the Lease over within about the lease
-//! duration and writes; a proxy connected to the survivor keeps getting pushes throughout.
+//! duration and writes; a proxy connected to the survivor keeps getting pushes throughout; and
+//! the survivor, stopped by SIGTERM, releases the Lease.
 //! Addresses: 127.1.200.0/24.
 #![allow(clippy::unwrap_used)]
 
@@ -332,5 +333,17 @@ fn one_replica_leads_and_writes_and_the_other_takes_over_when_it_dies() {
         start.elapsed().as_millis()
     );
     drop(proxy);
-    drop(b);
+
+    // A replica stopped by a signal gives the Lease up (holder cleared), so that another
+    // replica need not wait out the lease duration.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &b.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "b did not stop"
+    );
+    assert_eq!(holder(&api), "", "the Lease was not released\n{}", logs());
 }
