@@ -22,6 +22,7 @@
 mod http1;
 mod iperf;
 mod jwt;
+mod k8s_scale;
 mod load;
 mod measure;
 mod net;
@@ -105,6 +106,28 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         changes: usize,
     },
+    /// Kubernetes scale simulation: the real API server (../shared/k8s) filled with Pods,
+    /// Services with EndpointSlices and AuthorizationPolicies; `ward control-plane --kubernetes`
+    /// memory, time to first ready, and push latency of one mesh-wide policy change to
+    /// simulated proxies. Writes k8s-scale.json and k8s-scale.md (default:
+    /// bench/results/<YYYY-MM-DD>-k8s-scale).
+    K8sScale {
+        /// Pods (Running, bound to fake Nodes).
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Services, each with an EndpointSlice (a multiple of 10).
+        #[arg(long, default_value_t = 2_000)]
+        services: usize,
+        /// AuthorizationPolicies (one per service at most).
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        /// Simulated proxies connected (for the first pods).
+        #[arg(long, default_value_t = 1_000)]
+        proxies: usize,
+        /// Mesh-wide policy changes measured.
+        #[arg(long, default_value_t = 5)]
+        changes: usize,
+    },
     /// TLS origination: what a sidecar originating TLS (DestinationRule `tls: SIMPLE`) adds
     /// per request against a client speaking TLS itself, to one nginx on loopback. Writes
     /// originate.json and originate.md (default: bench/results/<YYYY-MM-DD>-originate).
@@ -144,6 +167,31 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
+        Some(Command::K8sScale {
+            pods,
+            services,
+            policies,
+            proxies,
+            changes,
+        }) => {
+            let sizes = k8s_scale::Sizes {
+                pods: *pods,
+                services: *services,
+                policies: *policies,
+                proxies: *proxies,
+                changes: *changes,
+            };
+            return match ward_binary(&cli).and_then(|(ward, day)| {
+                let out = cli
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| k8s_scale::default_out(&day));
+                k8s_scale::run(&ward, sizes, &out)
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
         Some(Command::Push { proxies, changes }) => {
             return match run_push(&cli, proxies, *changes) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -174,6 +222,26 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// The ward binary (`--ward`, else next to this one) and today's date.
+fn ward_binary(cli: &Cli) -> anyhow::Result<(PathBuf, String)> {
+    let exe = std::env::current_exe().context("locating ward-bench")?;
+    let ward = cli
+        .ward
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("ward"));
+    if !ward.is_file() {
+        bail!("no ward binary at {} (pass --ward)", ward.display());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    Ok((ward, day))
 }
 
 /// `ward-bench push`.

@@ -167,7 +167,7 @@ fn mesh_yaml(n: usize, ns0_version: usize, mesh_version: usize, added: usize) ->
 }
 
 /// Each simulated proxy's receipts: when its config changed, by proxy index.
-type Receipts = Arc<Mutex<Vec<Vec<Instant>>>>;
+pub(crate) type Receipts = Arc<Mutex<Vec<Vec<Instant>>>>;
 
 async fn fleet(ward: &Path, n: usize, changes: usize) -> anyhow::Result<FleetResult> {
     let tmp = tempfile::tempdir()?;
@@ -308,7 +308,11 @@ async fn fleet(ward: &Path, n: usize, changes: usize) -> anyhow::Result<FleetRes
 }
 
 /// Records when proxy `i`'s config changes.
-async fn record(i: usize, mut rx: watch::Receiver<Option<Arc<Assembled>>>, receipts: Receipts) {
+pub(crate) async fn record(
+    i: usize,
+    mut rx: watch::Receiver<Option<Arc<Assembled>>>,
+    receipts: Receipts,
+) {
     while rx.changed().await.is_ok() {
         let now = Instant::now();
         if let Ok(mut r) = receipts.lock() {
@@ -319,7 +323,7 @@ async fn record(i: usize, mut rx: watch::Receiver<Option<Arc<Assembled>>>, recei
     }
 }
 
-async fn wait_count(
+pub(crate) async fn wait_count(
     receipts: &Receipts,
     count: impl Fn(&[Vec<Instant>]) -> usize,
     want: usize,
@@ -340,24 +344,43 @@ async fn wait_count(
 
 /// A bootstrap file per workload, signed with the control plane's own token key.
 fn bundles(state: &Path, listen: &str, n: usize) -> anyhow::Result<Vec<BootstrapFile>> {
+    let workloads: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let ns = i % NAMESPACES;
+            (
+                format!("ns{ns}/w{i}"),
+                format!("spiffe://cluster.local/ns/ns{ns}/sa/w{i}"),
+            )
+        })
+        .collect();
+    bundles_for(state, listen, &workloads)
+}
+
+/// A bootstrap file for each (workload, identity), signed with the control plane's own token
+/// key (under `state`), for the control plane at `listen`.
+pub(crate) fn bundles_for(
+    state: &Path,
+    listen: &str,
+    workloads: &[(String, String)],
+) -> anyhow::Result<Vec<BootstrapFile>> {
     let root_pem = std::fs::read_to_string(state.join("ca/root-cert.pem"))
         .context("reading the control plane's root")?;
     let root_der = pem_der(&root_pem)?;
     let tokens = TokenKey::load_or_create(state)?;
     let audience = audience_of_root(&root_der);
     let now = SystemTime::now();
-    (0..n)
-        .map(|i| {
-            let workload = format!("ns{}/w{i}", i % NAMESPACES);
+    workloads
+        .iter()
+        .map(|(workload, identity)| {
             Ok(BootstrapFile {
                 control_plane: listen.to_owned(),
                 control_plane_identity:
                     "spiffe://cluster.local/ns/istio-system/sa/ward-control-plane".into(),
-                identity: format!("spiffe://cluster.local/ns/ns{}/sa/w{i}", i % NAMESPACES),
+                identity: identity.clone(),
                 root_cert: root_pem.clone(),
-                token: tokens.issue(&workload, &audience, now, Duration::from_secs(3600))?,
+                token: tokens.issue(workload, &audience, now, Duration::from_secs(3600))?,
                 expires: 0,
-                workload,
+                workload: workload.clone(),
             })
         })
         .collect()
@@ -394,7 +417,7 @@ async fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -414,7 +437,7 @@ async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body))
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -423,7 +446,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// The soft open-file limit raised to the hard one: each simulated proxy holds a socket.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum {
         let _ = rustix::process::setrlimit(
             rustix::process::Resource::Nofile,

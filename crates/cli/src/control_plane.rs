@@ -80,6 +80,40 @@ pub(crate) struct ControlPlaneArgs {
     cacerts_dir: Option<PathBuf>,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub(crate) leader: LeaderArgs,
+}
+
+/// Leader election among replicas of `ward control-plane --kubernetes` (docs/kubernetes.md):
+/// every replica serves; only the one holding the Lease `ward-control-plane` writes.
+#[derive(clap::Args)]
+pub(crate) struct LeaderArgs {
+    /// This replica's name in the Lease; default `POD_NAME`, else `<host name>_<pid>`.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) leader_id: Option<String>,
+    /// How long the Lease must go unrenewed before another replica takes it over (whole
+    /// seconds).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) leader_lease_duration: Duration,
+    /// How long the leader keeps leading without renewing the Lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) leader_renew_deadline: Duration,
+    /// How often each replica looks at the Lease (and the leader renews it).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) leader_retry_period: Duration,
+}
+
+impl LeaderArgs {
+    /// The timings, checked.
+    pub(crate) fn timing(&self) -> anyhow::Result<ward_kube::leader::Timing> {
+        let t = ward_kube::leader::Timing {
+            lease_duration: self.leader_lease_duration,
+            renew_deadline: self.leader_renew_deadline,
+            retry_period: self.leader_retry_period,
+        };
+        t.check().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(t)
+    }
 }
 
 /// The admission webhooks of `ward control-plane --kubernetes` (docs/kubernetes.md).
@@ -111,12 +145,10 @@ pub(crate) struct WebhookArgs {
 }
 
 /// The image `ward install` and the injector use unless told otherwise.
-pub(crate) const DEFAULT_IMAGE: &str =
-    concat!("ghcr.io/ward-mesh/ward:", env!("CARGO_PKG_VERSION"));
+pub(crate) const DEFAULT_IMAGE: &str = ward_kube::install::DEFAULT_IMAGE;
 /// The capture init container's image unless told otherwise (the Dockerfile's `capture`
 /// target: the same binary with `iptables`).
-pub(crate) const DEFAULT_CAPTURE_IMAGE: &str =
-    concat!("ghcr.io/ward-mesh/ward-capture:", env!("CARGO_PKG_VERSION"));
+pub(crate) const DEFAULT_CAPTURE_IMAGE: &str = ward_kube::install::DEFAULT_CAPTURE_IMAGE;
 
 /// Options of `ward bootstrap`.
 #[derive(clap::Args)]
@@ -237,12 +269,16 @@ async fn check(path: &std::path::Path) -> anyhow::Result<()> {
 /// `ward control-plane`.
 pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    let (control, cluster) = if args.kubernetes {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut elector = None;
+    let (control, mut cluster) = if args.kubernetes {
         let k = crate::kubernetes::start(
             args.kubeconfig.as_deref(),
             &args.istio_namespace,
             args.paths.clone(),
+            &args.leader,
             &mut registry,
+            shutdown_rx.clone(),
         )
         .await?;
         (k.control.clone(), Some(k))
@@ -251,6 +287,9 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .map_err(|d| anyhow::anyhow!("config has errors:\n{d}"))?;
         (control, None)
     };
+    if let Some(k) = cluster.as_mut() {
+        elector = k.elector.take();
+    }
     let mesh = control.mesh().clone();
     let ca = match args
         .cacerts_dir
@@ -308,7 +347,6 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         ca: ca_service,
         config: config_service,
     };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(k) = cluster {
         let hooks = Arc::new(crate::webhook::Webhooks {
             cluster: k.cluster.clone(),
@@ -347,6 +385,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::webhook::publish(
             k.client.clone(),
             k.cluster.clone(),
+            k.leading.clone(),
             ca.root_pem(),
             args.webhooks.publish_resync,
             shutdown_rx.clone(),
@@ -416,6 +455,10 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     crate::up::wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    // A leader gives its Lease up, so another replica takes over at once.
+    if let Some(elector) = elector {
+        let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
+    }
     Ok(())
 }
 

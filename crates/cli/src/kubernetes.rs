@@ -15,11 +15,13 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use ward_config::ConfigFiles;
 use ward_control::{ControlPlane, ReloadError};
 use ward_kube::events::Events;
+use ward_kube::leader::Elector;
 use ward_kube::tokens::{Reviewer, AUDIENCE};
 use ward_kube::Cluster;
 
@@ -36,6 +38,10 @@ pub(crate) struct Kubernetes {
     pub(crate) cluster: Arc<Cluster>,
     /// The API server client.
     pub(crate) client: ward_kube::Client,
+    /// Whether this replica leads (holds the Lease): only the leader writes to the API server.
+    pub(crate) leading: watch::Receiver<bool>,
+    /// The elector's task: it releases the Lease on shutdown (await it then).
+    pub(crate) elector: Option<tokio::task::JoinHandle<()>>,
     events: Events,
     /// The documents last handed to the control plane.
     last: ConfigFiles,
@@ -50,11 +56,30 @@ pub(crate) async fn start(
     kubeconfig: Option<&Path>,
     istio_namespace: &str,
     paths: Vec<PathBuf>,
+    leader: &crate::control_plane::LeaderArgs,
     registry: &mut Registry,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Kubernetes> {
+    let timing = leader.timing()?;
     let client = ward_kube::client(kubeconfig).await?;
+    // The election runs from the start: a config rejected at start is reported by the leader.
+    let identity = leader
+        .leader_id
+        .clone()
+        .unwrap_or_else(ward_kube::leader::default_identity);
+    let elector = Elector::new(client.clone(), istio_namespace, identity.clone(), timing);
+    let (leading_tx, leading) = watch::channel(false);
+    let elector = Some(tokio::spawn(elector.run(leading_tx, shutdown)));
+    let gauge = Gauge::<i64>::default();
+    registry.register(
+        "ward_leader",
+        "1 while this replica holds the leader Lease (and so writes to the API server), else 0",
+        gauge.clone(),
+    );
+    tokio::spawn(mirror(leading.clone(), gauge));
+    tracing::info!(target: "leader", %identity, namespace = istio_namespace, lease = ward_kube::leader::LEASE_NAME, "taking part in leader election");
     let cluster = Cluster::start(client.clone(), istio_namespace).await?;
-    let events = Events::new(client.clone(), std::env::var("POD_NAME").ok());
+    let mut events = Events::new(client.clone(), Some(identity.clone()), leading.clone());
     let renders = Renders::default();
     registry.register(
         "ward_kubernetes_renders",
@@ -77,11 +102,14 @@ pub(crate) async fn start(
         match ControlPlane::start_with(paths.clone(), docs.clone()) {
             Ok(control) => {
                 tracing::info!(target: "kubernetes", documents = docs.len(), "loaded the cluster's config");
+                events.publish(&[]).await;
                 return Ok(Kubernetes {
                     control,
                     reviewer: Arc::new(Reviewer::new(client.clone(), AUDIENCE)),
                     cluster: Arc::new(cluster),
                     client,
+                    leading,
+                    elector,
                     events,
                     last: docs,
                     renders,
@@ -92,21 +120,44 @@ pub(crate) async fn start(
                 events
                     .publish(&d.errors().cloned().collect::<Vec<_>>())
                     .await;
-                changes.changed().await.context("the watches stopped")?;
+                // Wait for a change; a replica that comes to lead meanwhile reports the errors.
+                let mut lead = leading.clone();
+                loop {
+                    tokio::select! {
+                        r = changes.changed() => {
+                            r.context("the watches stopped")?;
+                            break;
+                        }
+                        r = lead.changed() => {
+                            r.context("leader election stopped")?;
+                            let now_leading = *lead.borrow_and_update();
+                            if now_leading {
+                                events.flush().await;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 }
 
 impl Kubernetes {
-    /// Loads each change (after `debounce`) until `shutdown`.
+    /// Loads each change (after `debounce`) until `shutdown`; on becoming the leader, publishes
+    /// the errors of a rejected config that a follower could not.
     pub(crate) async fn follow(mut self, debounce: Duration, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.cluster.changes();
         changes.mark_unchanged();
+        let mut leading = self.leading.clone();
         loop {
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
+            let came_to_lead = tokio::select! {
+                r = changes.changed() => if r.is_err() { return } else { false },
+                r = leading.changed() => if r.is_err() { return } else { *leading.borrow_and_update() },
                 _ = shutdown.wait_for(|s| *s) => return,
+            };
+            if came_to_lead {
+                self.events.flush().await;
+                continue;
             }
             tokio::time::sleep(debounce).await;
             changes.mark_unchanged();
@@ -123,10 +174,12 @@ impl Kubernetes {
         self.last = docs.clone();
         match self.control.set_external(docs) {
             Ok(true) => {
+                self.events.publish(&[]).await;
                 self.count("applied");
                 tracing::info!(target: "kubernetes", generation = self.control.status().generation, "config change applied");
             }
             Ok(false) => {
+                self.events.publish(&[]).await;
                 self.count("unchanged");
                 tracing::debug!(target: "kubernetes", "objects changed, config unchanged");
             }
@@ -146,6 +199,16 @@ impl Kubernetes {
         self.renders
             .get_or_create(&vec![("result".to_owned(), result.to_owned())])
             .inc();
+    }
+}
+
+/// Keeps `gauge` at 1 while `leading` says so, else 0.
+async fn mirror(mut leading: watch::Receiver<bool>, gauge: Gauge<i64>) {
+    loop {
+        gauge.set(i64::from(*leading.borrow_and_update()));
+        if leading.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! plane's own certificate from the mesh CA): `POST /validate` (Istio objects) and
 //! `POST /inject` (Pods). The decisions are `ward_kube::webhook`'s pure functions; this file
 //! only reads the review, asks, and writes the answer. And the publisher that keeps the webhook
-//! configurations' `caBundle` and every namespace's `istio-ca-root-cert` current.
+//! configurations' `caBundle` and every namespace's `istio-ca-root-cert` current, on the
+//! replica that leads (crates/kube/src/leader.rs).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -183,10 +184,12 @@ pub(crate) async fn serve(
 }
 
 /// Keeps the webhook configurations' `caBundle` and every namespace's root ConfigMap equal to
-/// the mesh root: at start, on every namespace change, and every `resync`.
+/// the mesh root, while this replica leads (`leading`): at start and on coming to lead (every
+/// namespace), on namespace changes (new namespaces), and every `resync` (every namespace).
 pub(crate) async fn publish(
     client: ward_kube::Client,
     cluster: Arc<Cluster>,
+    mut leading: watch::Receiver<bool>,
     root_pem: String,
     resync: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -196,6 +199,17 @@ pub(crate) async fn publish(
     let mut last_full = tokio::time::Instant::now();
     let mut first = true;
     loop {
+        // Only the leader writes: a follower waits, and writes everything once it leads.
+        let now_leading = *leading.borrow_and_update();
+        if !now_leading {
+            tokio::select! {
+                r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            tracing::info!(target: "webhook", "leading: publishing the mesh root");
+            first = true;
+            known.clear();
+        }
         let full = first || last_full.elapsed() >= resync;
         match ward_kube::publish::set_ca_bundle(&client, &root_pem).await {
             Ok(0) => {}
@@ -209,6 +223,10 @@ pub(crate) async fn publish(
         for ns in &names {
             if !full && known.contains(ns) {
                 continue;
+            }
+            let still = *leading.borrow();
+            if !still {
+                break;
             }
             match ward_kube::publish::publish_root(&client, ns, &root_pem).await {
                 Ok(written) => {
@@ -236,6 +254,7 @@ pub(crate) async fn publish(
         let changed = tokio::select! {
             r = changes.changed() => r.is_ok(),
             _ = tokio::time::sleep(wait) => true,
+            r = leading.changed() => r.is_ok(),
             _ = shutdown.wait_for(|s| *s) => return,
         };
         if !changed {

@@ -12,138 +12,28 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ward_test_support::{have, http_get, skip_or_fail, Proc};
+use ward_test_support::k8s::{self, metric, ApiServer, StartOptions};
+use ward_test_support::{http_get, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ward");
 const WAIT: Duration = Duration::from_secs(60);
 const CP: &str = "127.130.0.100";
 
-/// `../shared/k8s`, relative to the repository root.
-fn shared_k8s() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/k8s")
-}
-
-/// The API server and etcd in `dir`, stopped (and removed) on drop.
-struct ApiServer {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path, ports: Option<(String, String)>) -> ApiServer {
-        let mut cmd = Command::new(shared_k8s().join("start.sh"));
-        cmd.arg("-d").arg(dir);
-        // The API server removes its own address from the `kubernetes` Service's endpoints when
-        // it stops and adds it back when it starts: a real change, which the control plane
-        // rightly loads. Without the reconciler, a restart changes nothing, so the test can
-        // check that an unchanged relist reloads and pushes nothing.
-        cmd.env("APISERVER_EXTRA_ARGS", "--endpoint-reconciler-type=none");
-        if let Some((api, etcd)) = &ports {
-            cmd.args(["-p", api, "-e", etcd]);
-        }
-        let out = cmd.stderr(Stdio::inherit()).output().unwrap();
-        assert!(out.status.success(), "start.sh failed");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
-        ApiServer {
-            dir: dir.to_owned(),
-            kubeconfig,
-        }
-    }
-
-    /// The API server's and etcd's ports, to restart on the same ones.
-    fn ports(&self) -> (String, String) {
-        let env = std::fs::read_to_string(self.dir.join("ports.env")).unwrap();
-        let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap()
-                .to_owned()
-        };
-        (get("APISERVER_PORT"), get("ETCD_PORT"))
-    }
-
-    fn stop(&self) {
-        let _ = Command::new(shared_k8s().join("stop.sh"))
-            .arg(&self.dir)
-            .status();
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn must(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let (ok, text) = self.kubectl(args, stdin);
-        assert!(ok, "kubectl {args:?}: {text}");
-        text
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.must(&["apply", "-f", "-"], Some(yaml));
-    }
-
-    /// A pod bound to node-1 and marked Running at `ip`, as a kubelet would.
-    fn pod(&self, name: &str, sa: &str, ip: &str) {
-        self.apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: app, labels: {{app: {name}}}}}\nspec:\n  nodeName: node-1\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: example.invalid/app}}]\n"
-        ));
-        let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
-        );
-        self.must(
-            &[
-                "patch",
-                "pod",
-                name,
-                "-n",
-                "app",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status,
-            ],
-            None,
-        );
-    }
-
-    /// A token of ServiceAccount `sa` for `audience`, bound to pod `pod` when given.
-    fn token(&self, sa: &str, audience: &str, pod: Option<&str>) -> String {
-        let mut args = vec!["create", "token", sa, "-n", "app", "--audience", audience];
-        if let Some(pod) = pod {
-            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
-        }
-        self.must(&args, None).trim().to_owned()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The API server, with the endpoint reconciler off: the API server removes its own address
+/// from the `kubernetes` Service's endpoints when it stops and adds it back when it starts: a
+/// real change, which the control plane rightly loads. Without the reconciler, a restart changes
+/// nothing, so the test can check that an unchanged relist reloads and pushes nothing.
+fn start_api(dir: &Path, ports: Option<(String, String)>) -> ApiServer {
+    ApiServer::start(
+        dir,
+        &StartOptions {
+            extra_args: Some("--endpoint-reconciler-type=none".into()),
+            ports,
+        },
+    )
 }
 
 /// An echo server on 127.0.0.1 (srv's app), in a thread.
@@ -182,20 +72,7 @@ fn echoes(via: SocketAddr) -> bool {
 
 /// Waits until `cond` holds; returns how long it took.
 fn wait_until(what: &str, cond: impl Fn() -> bool, logs: &dyn Fn() -> String) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < WAIT, "timed out: {what}\n{}", logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
-
-fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
-    let (_, body) = http_get(admin, "/metrics").unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    k8s::wait_until(what, WAIT, cond, logs)
 }
 
 fn generation(admin: SocketAddr) -> u64 {
@@ -258,15 +135,12 @@ fn check(path: &Path) -> (bool, String) {
 #[test]
 fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_identities() {
     const TEST: &str = "kubernetes";
-    if !shared_k8s().join("start.sh").exists() {
-        return skip_or_fail(TEST, "../shared/k8s (the test API server) is absent");
-    }
-    if !have("kubectl") {
-        return skip_or_fail(TEST, "kubectl is not installed");
+    if !k8s::available(TEST) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let api = ApiServer::start(&dir.join("k8s"), None);
+    let api = start_api(&dir.join("k8s"), None);
 
     // CRDs rendered by Ward, then the cluster's objects.
     let crds = Command::new(BIN)
@@ -274,7 +148,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
         .output()
         .unwrap();
     assert!(crds.status.success());
-    api.apply(&String::from_utf8(crds.stdout).unwrap());
+    api.apply_ok(&String::from_utf8(crds.stdout).unwrap());
     api.must(
         &[
             "wait",
@@ -286,19 +160,19 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
         ],
         None,
     );
-    api.apply(
+    api.apply_ok(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    trustDomain: cluster.local\n",
     );
     for sa in ["srv", "cli", "oth"] {
-        api.apply(&format!(
+        api.apply_ok(&format!(
             "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: app}}\n"
         ));
     }
-    api.pod("srv", "srv", "127.130.0.10");
-    api.pod("cli", "cli", "127.130.0.1");
-    api.pod("oth", "oth", "127.130.0.2");
+    api.pod("app", "srv", "srv", "127.130.0.10");
+    api.pod("app", "cli", "cli", "127.130.0.1");
+    api.pod("app", "oth", "oth", "127.130.0.2");
     let app_port = echo_server();
-    api.apply(&format!(
+    api.apply_ok(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: srv, namespace: app}}\nspec:\n  selector: {{app: srv}}\n  ports:\n  - {{name: tcp-echo, port: 9000, targetPort: 9000}}\n---\n{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n{}",
         sidecars(app_port),
         policy("cli")
@@ -336,7 +210,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
         ("oth", "127.130.0.2"),
     ] {
         let token_file = dir.join(format!("{name}.token"));
-        std::fs::write(&token_file, api.token(name, "istio-ca", Some(name))).unwrap();
+        std::fs::write(&token_file, api.token("app", name, "istio-ca", Some(name))).unwrap();
         let proxy_admin: SocketAddr = format!("{ip}:15000").parse().unwrap();
         let mut p = Proc::spawn(
             BIN,
@@ -375,7 +249,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
 
     // A policy edit with kubectl reaches the proxies.
     let start = Instant::now();
-    api.apply(&policy("oth"));
+    api.apply_ok(&policy("oth"));
     let stored = start.elapsed();
     let after = wait_until(
         "the edit reaches srv's proxy",
@@ -391,7 +265,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
     // An invalid object: refused whole, an Event on it with the field path, the last good
     // config keeps serving.
     let serving = generation(admin);
-    api.apply(
+    api.apply_ok(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: app}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principalz: [x]\n",
     );
     wait_until(
@@ -423,7 +297,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
     let own = bundle(
         dir,
         "own",
-        &api.token("cli", "istio-ca", Some("cli")),
+        &api.token("app", "cli", "istio-ca", Some("cli")),
         "app/cli",
         "cli",
     );
@@ -435,7 +309,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
             bundle(
                 dir,
                 "steal",
-                &api.token("cli", "istio-ca", Some("cli")),
+                &api.token("app", "cli", "istio-ca", Some("cli")),
                 "app/srv",
                 "srv",
             ),
@@ -447,6 +321,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
                 dir,
                 "aud",
                 &api.token(
+                    "app",
                     "cli",
                     "https://kubernetes.default.svc.cluster.local",
                     Some("cli"),
@@ -461,7 +336,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
             bundle(
                 dir,
                 "unbound",
-                &api.token("cli", "istio-ca", None),
+                &api.token("app", "cli", "istio-ca", None),
                 "app/cli",
                 "cli",
             ),
@@ -473,8 +348,8 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
         assert!(!ok, "{name}: a certificate was issued: {out}");
         assert!(out.contains(want), "{name}: {out}");
     }
-    api.pod("gone", "cli", "127.130.0.50");
-    let gone_token = api.token("cli", "istio-ca", Some("gone"));
+    api.pod("app", "gone", "cli", "127.130.0.50");
+    let gone_token = api.token("app", "cli", "istio-ca", Some("gone"));
     let gone = bundle(dir, "gone", &gone_token, "app/gone", "cli");
     // While the pod runs, its token works (once the control plane has seen it running).
     wait_until("pod gone is a workload", || check(&gone).0, &cp_logs);
@@ -513,7 +388,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
     std::thread::sleep(Duration::from_secs(2));
     assert!(echoes(via_oth), "serving without the API server");
     assert!(!echoes(via_cli));
-    let api2 = ApiServer::start(&dir.join("k8s"), Some(ports));
+    let api2 = start_api(&dir.join("k8s"), Some(ports));
     wait_until(
         "the watches relist after the API server returns",
         || metric(admin, "ward_kubernetes_renders_total", "identical") > identical,
@@ -531,7 +406,7 @@ fn control_plane_on_the_real_api_server_drives_proxies_with_service_account_iden
     );
     // And the watches follow changes again.
     let start = Instant::now();
-    api2.apply(&policy("cli"));
+    api2.apply_ok(&policy("cli"));
     wait_until(
         "an edit after the restart",
         || echoes(via_cli) && !echoes(via_oth),

@@ -9,118 +9,20 @@
 //! fresh network namespace.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use ward_test_support::k8s::{self, ApiServer, StartOptions};
 use ward_test_support::{have, skip_or_fail, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ward");
 const WAIT: Duration = Duration::from_secs(60);
 const CP: &str = "127.1.155.1";
 
-/// `../shared/k8s`, relative to the repository root.
-fn shared_k8s() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/k8s")
-}
-
-/// The API server and etcd in `dir`, stopped on drop.
-struct ApiServer {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path) -> ApiServer {
-        let out = Command::new(shared_k8s().join("start.sh"))
-            .arg("-d")
-            .arg(dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "start.sh failed");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let kubeconfig = PathBuf::from(stdout.lines().last().unwrap().trim());
-        ApiServer {
-            dir: dir.to_owned(),
-            kubeconfig,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn must(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let (ok, text) = self.kubectl(args, stdin);
-        assert!(ok, "kubectl {args:?}: {text}");
-        text
-    }
-
-    fn apply(&self, yaml: &str) -> (bool, String) {
-        self.kubectl(&["apply", "-f", "-"], Some(yaml))
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.must(&all, None)).unwrap()
-    }
-
-    /// `ward ARGS` with this cluster's kubeconfig; its stdout.
-    fn ward(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ward {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new(shared_k8s().join("stop.sh"))
-            .arg(&self.dir)
-            .status();
-    }
-}
-
 fn wait_until(what: &str, cond: impl Fn() -> bool, logs: &dyn Fn() -> String) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < WAIT, "timed out: {what}\n{}", logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
+    k8s::wait_until(what, WAIT, cond, logs)
 }
 
 /// A pod; with `probe`, an HTTP readiness probe on a named port (rewritten when injected, so
@@ -166,28 +68,28 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn install_webhooks_validation_and_sidecar_injection_on_the_real_api_server() {
     const TEST: &str = "kubernetes_webhooks";
-    if !shared_k8s().join("start.sh").exists() {
-        return skip_or_fail(TEST, "../shared/k8s (the test API server) is absent");
-    }
-    if !have("kubectl") {
-        return skip_or_fail(TEST, "kubectl is not installed");
+    if !k8s::available(TEST) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let api = ApiServer::start(&dir.join("k8s"));
+    let api = ApiServer::start(&dir.join("k8s"), &StartOptions::default());
     let kubeconfig = api.kubeconfig.display().to_string();
     let url = format!("https://{CP}:15017");
 
     // `ward install`, server-side applied on the fresh cluster.
-    let manifests = api.ward(&[
-        "install",
-        "--kubeconfig",
-        &kubeconfig,
-        "--webhook-url",
-        &url,
-        "--image",
-        "ward:test",
-    ]);
+    let manifests = api.ward(
+        BIN,
+        &[
+            "install",
+            "--kubeconfig",
+            &kubeconfig,
+            "--webhook-url",
+            &url,
+            "--image",
+            "ward:test",
+        ],
+    );
     let list: Value = serde_json::from_str(&manifests).unwrap();
     let kinds: Vec<&str> = list["items"]
         .as_array()
@@ -245,15 +147,18 @@ fn install_webhooks_validation_and_sidecar_injection_on_the_real_api_server() {
     ] {
         api.must(&["get", kind, name, "-n", "istio-system"], None);
     }
-    let again = api.ward(&[
-        "install",
-        "--kubeconfig",
-        &kubeconfig,
-        "--webhook-url",
-        &url,
-        "--image",
-        "ward:test",
-    ]);
+    let again = api.ward(
+        BIN,
+        &[
+            "install",
+            "--kubeconfig",
+            &kubeconfig,
+            "--webhook-url",
+            &url,
+            "--image",
+            "ward:test",
+        ],
+    );
     assert_eq!(again, manifests, "install is stable");
     let dry = api.must(
         &[
@@ -505,7 +410,7 @@ fn install_webhooks_validation_and_sidecar_injection_on_the_real_api_server() {
 
     // `ward uninstall | kubectl delete -f -`: the webhooks go (first), and everything else.
     drop(cp);
-    let removal = api.ward(&["uninstall", "--kubeconfig", &kubeconfig]);
+    let removal = api.ward(BIN, &["uninstall", "--kubeconfig", &kubeconfig]);
     api.must(&["delete", "--wait=false", "-f", "-"], Some(&removal));
     for (kind, name) in [
         ("validatingwebhookconfiguration", "ward-validator"),

@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
+use tokio::sync::watch;
 use ward_config::Diagnostic;
 
 /// The reference of the object a document name (`k8s:<apiVersion>/<Kind>/<ns>/<name>`)
@@ -40,14 +41,21 @@ pub fn note(d: &Diagnostic) -> String {
     note.chars().take(1000).collect()
 }
 
-/// Publishes Warning events for the errors of a rejected config, as `ward-control-plane`.
+/// Publishes Warning events for the errors of a rejected config, as `ward-control-plane`; only
+/// while this replica leads ([`crate::leader`]). A replica that is not leading keeps the errors
+/// of the config it last rejected and publishes them if it comes to lead while that config is
+/// still the latest.
 pub struct Events {
     recorder: Recorder,
+    leading: watch::Receiver<bool>,
+    /// The errors of the last rejected config not yet published (a replica not leading).
+    pending: Vec<Diagnostic>,
 }
 
 impl Events {
-    /// A publisher using `client`; `instance` names this control plane (its pod name).
-    pub fn new(client: Client, instance: Option<String>) -> Events {
+    /// A publisher using `client`; `instance` names this control plane (its pod name);
+    /// `leading` says whether this replica leads.
+    pub fn new(client: Client, instance: Option<String>, leading: watch::Receiver<bool>) -> Events {
         Events {
             recorder: Recorder::new(
                 client,
@@ -56,19 +64,32 @@ impl Events {
                     instance,
                 },
             ),
+            leading,
+            pending: Vec::new(),
         }
     }
 
-    /// One event per error whose object is a Kubernetes object; failures are logged only.
-    pub async fn publish(&self, errors: &[Diagnostic]) {
-        for d in errors {
+    /// The errors of a config just loaded (none when it was valid): one event per error whose
+    /// object is a Kubernetes object, now if this replica leads, else when it comes to lead.
+    /// Failures are logged only.
+    pub async fn publish(&mut self, errors: &[Diagnostic]) {
+        self.pending = errors.to_vec();
+        let leading = *self.leading.borrow();
+        if leading {
+            self.flush().await;
+        }
+    }
+
+    /// Publishes what is pending (after this replica came to lead).
+    pub async fn flush(&mut self) {
+        for d in std::mem::take(&mut self.pending) {
             let Some(reference) = object_of(&d.file) else {
                 continue;
             };
             let event = Event {
                 type_: EventType::Warning,
                 reason: "InvalidConfig".into(),
-                note: Some(note(d)),
+                note: Some(note(&d)),
                 action: "Load".into(),
                 secondary: None,
             };

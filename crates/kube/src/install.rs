@@ -1,6 +1,6 @@
 //! Every manifest `ward install` prints (and `ward uninstall` prints for `kubectl delete`), as
 //! pure functions of [`InstallOptions`]: the namespace, the control plane's ServiceAccount and
-//! least-privilege RBAC, its Deployment and Service, the webhook configurations and the mesh
+//! least-privilege RBAC (a ClusterRole, and a Role for its leader-election Lease), its Deployment and Service, the webhook configurations and the mesh
 //! ConfigMap `istio`; the CRDs are [`crate::crds`]'s. docs/kubernetes.md, "Install", explains
 //! each privilege.
 
@@ -19,6 +19,12 @@ pub const INJECTOR: &str = "ward-sidecar-injector";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ward");
 /// The webhook port of the control plane's container (Istio's istiod uses 15017).
 pub const WEBHOOK_PORT: u16 = 15017;
+/// The image `ward install` and the injector use unless told otherwise.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/ward-mesh/ward:", env!("CARGO_PKG_VERSION"));
+/// The capture init container's image unless told otherwise (the Dockerfile's `capture`
+/// target: the same binary with `iptables`).
+pub const DEFAULT_CAPTURE_IMAGE: &str =
+    concat!("ghcr.io/ward-mesh/ward-capture:", env!("CARGO_PKG_VERSION"));
 
 /// What the manifests depend on.
 #[derive(Clone, Debug)]
@@ -174,6 +180,18 @@ pub fn manifests(opts: &InstallOptions) -> Vec<Value> {
                "metadata": meta(NAME, None),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
                "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": ns}]}),
+        // Leader election (crate::leader): its one Lease, in its own namespace only. `create`
+        // cannot be limited by name (the name is not known before the object exists).
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": meta(NAME, Some(ns)), "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [crate::leader::LEASE_NAME], "verbs": ["get", "update"]},
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": meta(NAME, Some(ns)),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+               "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": ns}]}),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("istio", Some(ns)),
                "data": {"mesh": format!("trustDomain: {}\nrootNamespace: {ns}\n", opts.trust_domain)}}),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(NAME, Some(ns)),
@@ -243,9 +261,140 @@ fn deployment(opts: &InstallOptions) -> Value {
     })
 }
 
+/// Where the Helm chart lives in the repository.
+pub const CHART_DIR: &str = "deploy/helm/ward";
+
+/// Placeholders rendered into the manifests, and what the chart's templates say instead: a
+/// whole string value becomes the value's JSON (`toJson`), a part of a string the bare value.
+const PLACEHOLDERS: [(&str, &str); 5] = [
+    ("__WARD_NAMESPACE__", ".Release.Namespace"),
+    ("__WARD_IMAGE__", ".Values.image"),
+    ("__WARD_CAPTURE_IMAGE__", ".Values.captureImage"),
+    ("__WARD_FAILURE_POLICY__", ".Values.failurePolicy"),
+    ("__WARD_TRUST_DOMAIN__", ".Values.trustDomain"),
+];
+
+/// The Helm chart (`deploy/helm/ward`), file by file: the manifests of [`manifests`] (less the
+/// Namespace, which `helm install --create-namespace` makes) with the options as values, and
+/// the CRDs in `crds/` (Helm installs them when absent and never touches existing ones, as
+/// `ward install --crds auto`). `helm template` with the default values renders the same
+/// objects as `ward install` (crates/cli/tests/kubernetes_helm.rs checks it with a real helm);
+/// a unit test below keeps the files in the repository equal to this.
+pub fn helm_chart() -> Vec<(&'static str, String)> {
+    let opts = InstallOptions {
+        namespace: PLACEHOLDERS[0].0.into(),
+        image: PLACEHOLDERS[1].0.into(),
+        capture_image: PLACEHOLDERS[2].0.into(),
+        failure_policy: PLACEHOLDERS[3].0.into(),
+        webhook_url: None,
+        trust_domain: PLACEHOLDERS[4].0.into(),
+    };
+    let mut docs = Vec::new();
+    for mut m in manifests(&opts) {
+        if m["kind"] == "Namespace" {
+            continue;
+        }
+        // The webhooks' clientConfig: the Service, or `webhookUrl` when set.
+        let hooks = m.get_mut("webhooks").and_then(Value::as_array_mut);
+        for hook in hooks.into_iter().flatten() {
+            let path = hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            hook["clientConfig"] = json!(format!("__WARD_CLIENT_CONFIG__{path}__"));
+        }
+        let mut text = serde_json::to_string_pretty(&m).unwrap_or_default();
+        for path in ["/validate", "/inject"] {
+            text = text.replace(
+                &format!("\"__WARD_CLIENT_CONFIG__{path}__\""),
+                &format!("{{{{ include \"ward.clientConfig\" (list . \"{path}\") }}}}"),
+            );
+        }
+        for (placeholder, value) in PLACEHOLDERS {
+            text = text.replace(
+                &format!("\"{placeholder}\""),
+                &format!("{{{{ {value} | toJson }}}}"),
+            );
+            text = text.replace(placeholder, &format!("{{{{ {value} }}}}"));
+        }
+        docs.push(text);
+    }
+    let header =
+        "# Generated from crates/kube/src/install.rs (the manifests `ward install` prints); do\n\
+                  # not edit: `WARD_BLESS_HELM=1 cargo test -p ward-kube helm` writes it again.\n";
+    let templates = format!("{header}{}\n", docs.join("\n---\n"));
+    let crds: Vec<String> = crate::crds::crds()["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| serde_json::to_string_pretty(c).unwrap_or_default())
+        .collect();
+    let crds = format!("{header}{}\n", crds.join("\n---\n"));
+    let version = env!("CARGO_PKG_VERSION");
+    let chart = format!(
+        "{header}apiVersion: v2\nname: ward\ndescription: \"Ward, a zero-trust service mesh enforcing the Istio API: control plane, CA, admission webhooks and sidecar injector (the objects of `ward install`)\"\ntype: application\nversion: {version}\nappVersion: \"{version}\"\nkubeVersion: \">=1.29.0-0\"\n"
+    );
+    let values = format!(
+        "{header}# The `ward` image (control plane and injected sidecars): `ward install --image`.\nimage: {DEFAULT_IMAGE}\n# The injected capture init container's image (`ward` with iptables): `--capture-image`.\ncaptureImage: {DEFAULT_CAPTURE_IMAGE}\n# The webhooks' failurePolicy, Fail or Ignore: `--failure-policy`.\nfailurePolicy: Fail\n# Call the webhooks at this https://HOST:PORT instead of through the control plane's Service\n# (a control plane outside the cluster): `--webhook-url`.\nwebhookUrl: \"\"\n# The mesh's trust domain (mesh ConfigMap `istio`): `--trust-domain`.\ntrustDomain: cluster.local\n"
+    );
+    let helpers = format!(
+        "{header}{{{{/* The webhooks' clientConfig for a path: the Service, or webhookUrl when set. */}}}}\n{{{{- define \"ward.clientConfig\" -}}}}\n{{{{- $root := index . 0 -}}}}\n{{{{- $path := index . 1 -}}}}\n{{{{- if $root.Values.webhookUrl -}}}}\n{{{{- dict \"url\" (printf \"%s%s\" (trimSuffix \"/\" $root.Values.webhookUrl) $path) | toJson -}}}}\n{{{{- else -}}}}\n{{{{- dict \"service\" (dict \"name\" \"{NAME}\" \"namespace\" $root.Release.Namespace \"path\" $path \"port\" 443) | toJson -}}}}\n{{{{- end -}}}}\n{{{{- end -}}}}\n"
+    );
+    vec![
+        ("Chart.yaml", chart),
+        ("values.yaml", values),
+        ("crds/crds.yaml", crds),
+        ("templates/_helpers.tpl", helpers),
+        ("templates/ward.yaml", templates),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chart in the repository is what [`helm_chart`] makes (with `WARD_BLESS_HELM=1`,
+    /// writes it).
+    #[test]
+    fn helm_chart_in_the_repository_is_current() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(CHART_DIR);
+        let bless = std::env::var("WARD_BLESS_HELM").is_ok_and(|v| v == "1");
+        for (file, want) in helm_chart() {
+            let path = root.join(file);
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                have == want,
+                "{} is not what crates/kube/src/install.rs makes: run WARD_BLESS_HELM=1 cargo test -p ward-kube helm",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn the_chart_templates_every_option_and_leaves_no_placeholder() {
+        let chart = helm_chart();
+        let templates = &chart
+            .iter()
+            .find(|(f, _)| *f == "templates/ward.yaml")
+            .unwrap()
+            .1;
+        assert!(!templates.contains("__WARD_"), "{templates}");
+        for (_, value) in PLACEHOLDERS {
+            assert!(templates.contains(value), "{value} unused");
+        }
+        assert_eq!(
+            templates.matches("include \"ward.clientConfig\"").count(),
+            3
+        );
+        assert!(!templates.contains("\"kind\": \"Namespace\""));
+    }
 
     fn opts() -> InstallOptions {
         InstallOptions {

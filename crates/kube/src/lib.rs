@@ -10,7 +10,8 @@
 //! [`tokens`] (ServiceAccount tokens checked with the TokenReview API), [`crds`] (the Istio
 //! CRDs `ward install crds` prints), [`events`] (Kubernetes Events on invalid objects),
 //! [`webhook`] (the admission webhooks' decisions, pure), [`install`] (the manifests `ward
-//! install` prints, pure) and [`publish`] (the webhooks' `caBundle` and the root ConfigMaps).
+//! install` prints, pure), [`publish`] (the webhooks' `caBundle` and the root ConfigMaps) and
+//! [`leader`] (leader election on a Lease: only the leading replica writes).
 
 // Tests may unwrap; the library may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -18,6 +19,7 @@
 pub mod crds;
 pub mod events;
 pub mod install;
+pub mod leader;
 pub mod publish;
 pub mod source;
 pub mod tokens;
