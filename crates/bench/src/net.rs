@@ -39,8 +39,8 @@ pub(crate) const RUN: Names = Names {
 };
 /// The bench server's and iperf3's block.
 pub(crate) const APP_BLOCK: u8 = 2;
-/// Every block a run uses: ward-l4 (0), nginx (1), the apps (2), ward-l7 (7).
-const BLOCKS: [u8; 4] = [0, 1, APP_BLOCK, 7];
+/// Every block a run uses: ward-l4 (0), nginx (1), the apps (2), ward-l7 (7), ward-gateway (8).
+const BLOCKS: [u8; 5] = [0, 1, APP_BLOCK, 7, 8];
 
 /// Which end of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,16 +32,19 @@ pub(crate) enum PathKind {
     WardL4,
     /// The same on an HTTP port, with a 10-rule AuthorizationPolicy and a cached-key JWT.
     WardL7,
+    /// Client → ward ingress gateway → HBONE/mTLS → ward sidecar → server.
+    WardGateway,
     /// Client → nginx → TLS 1.3 with client cert → nginx → server.
     Reference,
 }
 
 impl PathKind {
     /// Every path, in the order a round visits them.
-    pub(crate) const ALL: [PathKind; 4] = [
+    pub(crate) const ALL: [PathKind; 5] = [
         PathKind::Baseline,
         PathKind::WardL4,
         PathKind::WardL7,
+        PathKind::WardGateway,
         PathKind::Reference,
     ];
 
@@ -51,6 +54,7 @@ impl PathKind {
             PathKind::Baseline => "baseline",
             PathKind::WardL4 => "ward-l4",
             PathKind::WardL7 => "ward-l7",
+            PathKind::WardGateway => "ward-gateway",
             PathKind::Reference => "reference",
         }
     }
@@ -70,6 +74,12 @@ impl PathKind {
                  RequestAuthentication (ES256, JWKS served by the bench, fetched once) checked on \
                  every request, each carrying `Authorization: Bearer` (the same token: its \
                  signature is verified once, then hits Ward's verified-token cache); echo and iperf3 ports stay TCP"
+            }
+            PathKind::WardGateway => {
+                "client -> ward ingress gateway (a Gateway with HTTP and TCP servers, a \
+                 VirtualService with http[] and tcp[] routes) -> HBONE/mTLS (TLS 1.3) -> ward \
+                 sidecar -> server; the server port is protocol HTTP, STRICT PeerAuthentication \
+                 and an ALLOW AuthorizationPolicy naming the gateway's identity"
             }
             PathKind::Reference => {
                 "client -> nginx A -> TLS 1.3 + client cert -> nginx B (ssl_verify_client on) -> \
@@ -142,11 +152,11 @@ pub(crate) fn start(
             };
             (direct, plain, Proxies::None)
         }
-        PathKind::WardL4 | PathKind::WardL7 => {
-            let layer = if kind == PathKind::WardL4 {
-                Layer::L4
-            } else {
-                Layer::L7
+        PathKind::WardL4 | PathKind::WardL7 | PathKind::WardGateway => {
+            let layer = match kind {
+                PathKind::WardL4 => Layer::L4,
+                PathKind::WardL7 => Layer::L7,
+                _ => Layer::Gateway,
             };
             let pair = WardPair::start(ward, server, cpu, layer, net)?;
             (pair.entry, pair.requests.clone(), Proxies::Ward(pair))

@@ -522,7 +522,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         );
     }
     let get = |p: &str, k: &str| r.paths.get(p).and_then(|p| p.median(k));
-    for ward in ["ward-l4", "ward-l7"] {
+    for ward in ["ward-l4", "ward-l7", "ward-gateway"] {
         compared(&mut md, ward, &get);
     }
     let _ = writeln!(md, "\n## Targets (reported, never a failure)\n");

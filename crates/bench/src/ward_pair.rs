@@ -5,6 +5,9 @@
 //! PeerAuthentication and an ALLOW AuthorizationPolicy naming the client's identity.
 //! At L7 the HTTP port is `protocol: HTTP`, the policy has 10 rules and a RequestAuthentication
 //! checks the bearer token the load generator sends (keys from [`crate::jwt::Idp`]).
+//! The gateway path runs an ingress gateway (`istio: ingressgateway`) in the client's place: a
+//! Gateway with an HTTP server and two TCP servers on the service ports, routed by a
+//! VirtualService over HBONE to the server sidecar, whose HTTP port allows the gateway.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +28,8 @@ pub(crate) enum Layer {
     L4,
     /// The HTTP port is `protocol: HTTP`, with L7 authorization and JWT authentication.
     L7,
+    /// An ingress gateway in front of the server sidecar (HTTP port `protocol: HTTP`).
+    Gateway,
 }
 
 impl Layer {
@@ -34,6 +39,7 @@ impl Layer {
         match self {
             Layer::L4 => 0,
             Layer::L7 => 7,
+            Layer::Gateway => 8,
         }
     }
 }
@@ -102,7 +108,7 @@ impl WardPair {
             )));
         }
         let idp = match layer {
-            Layer::L4 => None,
+            Layer::L4 | Layer::Gateway => None,
             Layer::L7 => Some(Idp::start(&std::env::current_exe()?, net, cpu)?), // serve-jwks
         };
         let requests = match &idp {
@@ -220,7 +226,7 @@ fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     // Istio protocol selection: the `protocol` field decides; the names follow it.
     let (web, web_protocol) = match layer {
         Layer::L4 => ("tcp-http", "TCP"),
-        Layer::L7 => ("http-web", "HTTP"),
+        Layer::L7 | Layer::Gateway => ("http-web", "HTTP"),
     };
     let ports = format!(
         "  - {{number: {http_port}, name: {web}, protocol: {web_protocol}}}\n  \
@@ -265,6 +271,7 @@ spec:
 "#
         ),
         Layer::L7 => String::new(),
+        Layer::Gateway => return gateway_mesh_yaml(&ports, &ingress, client_ip, server_ip),
     };
     format!(
         r#"apiVersion: networking.istio.io/v1
@@ -306,6 +313,90 @@ kind: PeerAuthentication
 metadata: {{name: default, namespace: istio-system}}
 spec: {{mtls: {{mode: STRICT}}}}
 {policy}"#
+    )
+}
+
+/// The gateway path's mesh: the server workload and its service as on the other paths, the
+/// gateway workload in the client's place, a Gateway serving the three service ports (HTTP,
+/// and TCP for echo and iperf3), a VirtualService routing each to the server, STRICT mTLS and
+/// an ALLOW policy naming the gateway's identity.
+fn gateway_mesh_yaml(
+    ports: &str,
+    ingress: &str,
+    client_ip: std::net::Ipv4Addr,
+    server_ip: std::net::Ipv4Addr,
+) -> String {
+    let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
+    let host = "srv.bench.svc.cluster.local";
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: srv, namespace: bench}}
+spec: {{address: {server_ip}, serviceAccount: srv, labels: {{app: srv}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: bench}}
+spec: {{address: {client_ip}, serviceAccount: ingressgateway, labels: {{istio: ingressgateway}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: srv, namespace: bench}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+{ports}  workloadSelector: {{labels: {{app: srv}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: srv, namespace: bench}}
+spec:
+  workloadSelector: {{labels: {{app: srv}}}}
+  ingress:
+{ingress}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: bench}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http_port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+  - port: {{number: {echo_port}, name: tcp-echo, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: {iperf_port}, name: tcp-iperf, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: srv, namespace: bench}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {host}, port: {{number: {http_port}}}}}}}]
+  tcp:
+  - match: [{{port: {echo_port}}}]
+    route: [{{destination: {{host: {host}, port: {{number: {echo_port}}}}}}}]
+  - match: [{{port: {iperf_port}}}]
+    route: [{{destination: {{host: {host}, port: {{number: {iperf_port}}}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: srv-allow-gateway, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: srv}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/bench/sa/ingressgateway"]}}}}]
+"#
     )
 }
 
@@ -474,8 +565,8 @@ mod tests {
     }
 
     #[test]
-    fn both_meshes_load_and_translate() {
-        for layer in [Layer::L4, Layer::L7] {
+    fn every_mesh_loads_and_translates() {
+        for layer in [Layer::L4, Layer::L7, Layer::Gateway] {
             let set = ward_config::load_str("mesh.yaml", &mesh(layer))
                 .unwrap_or_else(|d| panic!("{layer:?}: {d}"));
             let snapshot =
