@@ -218,7 +218,8 @@ impl WardPair {
 
 /// The mesh: two workloads, a service with the three bench ports, Sidecars wiring the client's
 /// egress and the server's ingress, STRICT mTLS and one ALLOW policy (at L4; at L7 the policy
-/// is [`l7_security_yaml`]'s).
+/// is [`l7_security_yaml`]'s). On the gateway path the client workload is the ingress gateway,
+/// with no Sidecar, and [`gateway_yaml`] adds its Gateway, routes and policy.
 fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
     let client_ip = net.ip(Side::Client, layer.block());
@@ -271,7 +272,25 @@ spec:
 "#
         ),
         Layer::L7 => String::new(),
-        Layer::Gateway => return gateway_mesh_yaml(&ports, &ingress, client_ip, server_ip),
+        Layer::Gateway => gateway_yaml(),
+    };
+    // The client workload: a sidecar with egress listeners, or the ingress gateway in its place.
+    let (client_sa, client_labels, client_sidecar) = match layer {
+        Layer::Gateway => ("ingressgateway", "istio: ingressgateway", String::new()),
+        Layer::L4 | Layer::L7 => (
+            "client",
+            "app: client",
+            format!(
+                r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client, namespace: bench}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+{egress}---
+"#
+            ),
+        ),
     };
     format!(
         r#"apiVersion: networking.istio.io/v1
@@ -282,7 +301,7 @@ spec: {{address: {server_ip}, serviceAccount: srv, labels: {{app: srv}}}}
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: client, namespace: bench}}
-spec: {{address: {client_ip}, serviceAccount: client, labels: {{app: client}}}}
+spec: {{address: {client_ip}, serviceAccount: {client_sa}, labels: {{{client_labels}}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -301,14 +320,7 @@ spec:
   workloadSelector: {{labels: {{app: srv}}}}
   ingress:
 {ingress}---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: client, namespace: bench}}
-spec:
-  workloadSelector: {{labels: {{app: client}}}}
-  egress:
-{egress}---
-apiVersion: security.istio.io/v1
+{client_sidecar}apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default, namespace: istio-system}}
 spec: {{mtls: {{mode: STRICT}}}}
@@ -316,46 +328,14 @@ spec: {{mtls: {{mode: STRICT}}}}
     )
 }
 
-/// The gateway path's mesh: the server workload and its service as on the other paths, the
-/// gateway workload in the client's place, a Gateway serving the three service ports (HTTP,
-/// and TCP for echo and iperf3), a VirtualService routing each to the server, STRICT mTLS and
-/// an ALLOW policy naming the gateway's identity.
-fn gateway_mesh_yaml(
-    ports: &str,
-    ingress: &str,
-    client_ip: std::net::Ipv4Addr,
-    server_ip: std::net::Ipv4Addr,
-) -> String {
+/// The gateway path's own documents (after [`mesh_yaml`]'s server workload, service and
+/// STRICT mTLS): a Gateway serving the three service ports (HTTP, and TCP for echo and iperf3),
+/// a VirtualService routing each to the server, and an ALLOW policy naming the gateway.
+fn gateway_yaml() -> String {
     let [http_port, echo_port, iperf_port] = SERVICE_PORTS;
     let host = "srv.bench.svc.cluster.local";
     format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: srv, namespace: bench}}
-spec: {{address: {server_ip}, serviceAccount: srv, labels: {{app: srv}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: bench}}
-spec: {{address: {client_ip}, serviceAccount: ingressgateway, labels: {{istio: ingressgateway}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: srv, namespace: bench}}
-spec:
-  hosts: [{host}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports:
-{ports}  workloadSelector: {{labels: {{app: srv}}}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: srv, namespace: bench}}
-spec:
-  workloadSelector: {{labels: {{app: srv}}}}
-  ingress:
-{ingress}---
+        r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: bench}}
@@ -382,11 +362,6 @@ spec:
     route: [{{destination: {{host: {host}, port: {{number: {echo_port}}}}}}}]
   - match: [{{port: {iperf_port}}}]
     route: [{{destination: {{host: {host}, port: {{number: {iperf_port}}}}}}}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-system}}
-spec: {{mtls: {{mode: STRICT}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
