@@ -700,9 +700,7 @@ impl Downstream {
             }
             Err(_) => Some(crate::outlier::Outcome::LocalFailure),
         };
-        if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
-            built.destinations.record(&policy, far.endpoint, seen);
-        }
+        built.destinations.record_try(&policy, seen, log);
         let resp = finish_response(sent?)?;
         Ok(resp.map(|b| limits::Held::new(b, permit).boxed()))
     }
@@ -800,7 +798,7 @@ impl Downstream {
             Some(c) => c,
             None => {
                 let tunnel = self.open(config, target, log).await?;
-                let client = tunnel.http2(log).await?;
+                let client = tunnel.http2(target.pool.as_ref(), log).await?;
                 if client.used(target) {
                     if let Ok(mut shared) = self.clients.h2.lock() {
                         shared.insert(target.pool_key(), client.clone());
@@ -859,7 +857,12 @@ impl Downstream {
                 .unwrap_or(limits::DEFAULT_CONNECT_TIMEOUT);
             let connecting = async {
                 match connect(&self.ctx, config, ep, rec).await {
-                    Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
+                    Ok(up) => {
+                        if let Upstream::Plain(s) = &up {
+                            crate::tcp_pool::keepalive(s, target.pool.as_ref());
+                        }
+                        crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await
+                    }
                     Err(refusal) => Err(refusal),
                 }
             };
@@ -902,6 +905,9 @@ impl Downstream {
                 }
                 Err(refusal) => {
                     let stop = refusal.by_policy();
+                    if !stop {
+                        log.connect_failures.push(ep.address);
+                    }
                     last = refusal;
                     if stop {
                         break;
@@ -949,17 +955,28 @@ impl Tunnel {
         }
     }
 
-    async fn http2(self, log: &mut RequestLog) -> Result<H2Client, Refusal> {
+    async fn http2(
+        self,
+        pool: Option<&ward_config::traffic_policy::ConnectionPool>,
+        log: &mut RequestLog,
+    ) -> Result<H2Client, Refusal> {
         let Tunnel {
             io,
             counts,
             result,
             far,
         } = self;
-        match http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(io))
-            .await
-        {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // `http.http2KeepAlive`: a PING every `interval`; no answer within `timeout` closes the
+        // connection (Envoy's `connection_keepalive`).
+        if let Some(k) = pool.and_then(|p| p.http2_keep_alive.as_ref()) {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
+        match builder.handshake(TokioIo::new(io)).await {
             Ok((sender, conn)) => {
                 drive(conn, result, counts);
                 Ok(Client::new(sender, far))
@@ -1082,6 +1099,9 @@ struct RequestLog {
     /// The flag and details of an answer that is not the upstream's own (a redirect, a direct
     /// response, a fault); `None`: `-` and `via_upstream`.
     answer: Option<(ResponseFlag, &'static str)>,
+    /// Endpoints that could not be connected to (another was then tried): local-origin
+    /// failures for their outlier detector, taken when the try's outcome is recorded.
+    connect_failures: Vec<SocketAddr>,
     /// The Gateway (`ns/name`) whose server took the request.
     gateway: Option<String>,
     /// The JWT principal the gateway verified.
@@ -1119,6 +1139,7 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            connect_failures: Vec::new(),
             gateway: None,
             request_principal: None,
             source_principal: None,
@@ -1153,6 +1174,7 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            connect_failures: Vec::new(),
             gateway: None,
             request_principal: None,
             source_principal: None,

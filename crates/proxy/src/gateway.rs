@@ -433,6 +433,7 @@ fn l4_route(cfg: &ProxyConfig, decision: &L4Decision, server_port: u16) -> Resul
         service: d.host.clone(),
         endpoints,
         tls: None,
+        pool: crate::outbound::TcpPolicy::of(cfg, &d.host, d.subset.as_deref(), number),
     })
 }
 

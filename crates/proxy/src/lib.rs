@@ -74,6 +74,7 @@ mod resolve;
 mod sidecar;
 mod sniff;
 mod splice;
+mod tcp_pool;
 mod trace;
 mod upstream;
 mod xff;

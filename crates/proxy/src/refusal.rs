@@ -70,6 +70,9 @@ pub enum ResponseFlag {
     DelayInjected,
     /// `UO`: refused by the destination's circuit breaker (DestinationRule `connectionPool`).
     UpstreamOverflow,
+    /// `DT`: the connection reached its maximum duration (DestinationRule
+    /// `connectionPool.tcp.maxConnectionDuration`).
+    DurationTimeout,
 }
 
 impl ResponseFlag {
@@ -91,6 +94,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::DurationTimeout => "DT",
         }
     }
 }

@@ -598,6 +598,8 @@ impl Downstream {
         let replayable = matches!(payload, Payload::Kept(_));
         let tries = if replayable { 1 + retries.attempts } else { 1 };
         let mut attempt = 0;
+        // The place of the retry in flight under `maxRetries`, held until the next try.
+        let mut _retry = None;
         loop {
             attempt += 1;
             let last = attempt >= tries;
@@ -632,25 +634,57 @@ impl Downstream {
                 }
                 Some(Err(_)) | None => Some(Outcome::LocalFailure),
             };
-            if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
-                built.destinations.record(policy, far.endpoint, seen);
-            }
+            built.destinations.record_try(policy, seen, log);
+            // `connectionPool.http.maxRetries` (Envoy's `max_retries` breaker): a retry the
+            // policy wants is not made while that many are in flight; the answer in hand is
+            // the answer, flagged `UO` (Envoy's router on retry overflow).
+            let mut retry_slot = || match built.destinations.retry(policy) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    log.answer = Some((ResponseFlag::UpstreamOverflow, "via_upstream"));
+                    log.error = Some(why);
+                    None
+                }
+            };
             match outcome {
                 Some(Ok(resp)) => {
                     if last || !retries_response(retries, resp.status(), resp.headers()) {
                         return Ok(resp);
                     }
+                    let Some(slot) = retry_slot() else {
+                        return Ok(resp);
+                    };
+                    _retry = Some(slot);
                 }
                 Some(Err(refusal)) => {
                     if last || !retries_failure(retries, &refusal) {
                         return Err(refusal);
                     }
+                    let Some(slot) = retry_slot() else {
+                        let detail = format!(
+                            "{}; {}",
+                            refusal.detail,
+                            log.error.take().unwrap_or_default()
+                        );
+                        return Err(Refusal {
+                            flag: ResponseFlag::UpstreamOverflow,
+                            detail,
+                            ..refusal
+                        });
+                    };
+                    _retry = Some(slot);
                 }
                 None if global => return Err(timed_out("response_timeout")),
                 None => {
                     if last || !retries_timeout(retries) {
                         return Err(timed_out("upstream_per_try_timeout"));
                     }
+                    let Some(slot) = retry_slot() else {
+                        let mut r = timed_out("upstream_per_try_timeout");
+                        r.flag = ResponseFlag::UpstreamOverflow;
+                        return Err(r);
+                    };
+                    _retry = Some(slot);
                 }
             }
             // Envoy's backoff: a random wait below base × 2^(n-1), at most 10 × base.
