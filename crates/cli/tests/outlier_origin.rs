@@ -3,9 +3,11 @@
 //! and outlier detection"), at a client sidecar's HTTP egress listener, with `ward up`, curl
 //! and small HTTP/1.1 apps on real sockets. Needs curl; skips visibly without it.
 //!
-//! Addresses, in 127.1.220.x: .3 the client `cli` (egress listener :8080 for namespace `app`),
-//! .30 `good` (answers 200), .31 `bad` (answers 503), .32 nothing (connections refused); all
-//! on the same port, as endpoints of external services.
+//! Addresses, in 127.1.220.x: .3 and .4 the client `cli` of each test (egress listener :8080
+//! for namespace `app`),
+//! .30 `good` (answers 200), .31 `bad` (answers 503), .32 nothing (connections refused), .33
+//! `slow` (answers 503 after a second); all on the same port, as endpoints of external
+//! services.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -14,9 +16,8 @@ use std::time::Duration;
 
 use ward_test_support::{free_port, have, skip_or_fail, UpOptions, Ward};
 
-const CLIENT: &str = "127.1.220.3";
-
-/// An HTTP/1.1 app on `ip:port` answering every request with `status` and `app=<name>`.
+/// An HTTP/1.1 app on `ip:port` answering every request with `status` and `app=<name>`
+/// (`slow`: after a second).
 fn start_app(name: &'static str, status: &'static str, ip: &str, port: u16) -> u16 {
     let listener = TcpListener::bind(format!("{ip}:{port}")).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -46,6 +47,9 @@ fn serve(name: &str, status: &str, conn: TcpStream) {
             if header == "\r\n" {
                 break;
             }
+        }
+        if name == "slow" {
+            std::thread::sleep(Duration::from_secs(1));
         }
         let body = format!("app={name}\n");
         let reply = format!(
@@ -101,6 +105,7 @@ spec:
 
 struct Mesh {
     ward: Ward,
+    client: &'static str,
 }
 
 impl Mesh {
@@ -108,7 +113,7 @@ impl Mesh {
     fn failures(&self, n: usize, host: &str) -> usize {
         (0..n)
             .filter(|i| {
-                let url = format!("http://{CLIENT}:8080/r{i}");
+                let url = format!("http://{}:8080/r{i}", self.client);
                 let header = format!("Host: {host}");
                 let (code, body) = ward_test_support::curl(&["-H", &header, &url]);
                 assert!(
@@ -122,18 +127,20 @@ impl Mesh {
     }
 }
 
-fn up() -> Option<Mesh> {
+/// The mesh, with the client sidecar on `client` (one per test: tests run at once).
+fn up(client: &'static str) -> Option<Mesh> {
     if !have("curl") {
         skip_or_fail("outlier_origin", "curl is needed (apt-get install curl)");
         return None;
     }
     let port = start_app("good", "200 OK", "127.1.220.30", 0);
     start_app("bad", "503 Service Unavailable", "127.1.220.31", port);
+    start_app("slow", "503 Service Unavailable", "127.1.220.33", port);
     let mut yaml = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: cli, namespace: app}}
-spec: {{address: {CLIENT}, serviceAccount: cli, labels: {{app: cli}}}}
+spec: {{address: {client}, serviceAccount: cli, labels: {{app: cli}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -142,7 +149,7 @@ spec:
   workloadSelector: {{labels: {{app: cli}}}}
   egress:
   - port: {{number: 8080, protocol: HTTP, name: http}}
-    bind: {CLIENT}
+    bind: {client}
     hosts: ["./*"]
 "#
     );
@@ -171,6 +178,38 @@ spec:
         port,
         "{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2, consecutive5xxErrors: 0, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}",
     );
+    // One retry on 5xx, at most one retry in flight to the destination.
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: retrying, namespace: app}}
+spec:
+  hosts: [retrying.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: {port}}}]
+  endpoints: [{{address: 127.1.220.33}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: retrying, namespace: app}}
+spec:
+  hosts: [retrying.example.com]
+  http:
+  - retries: {{attempts: 1, retryOn: 5xx}}
+    route: [{{destination: {{host: retrying.example.com}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: retrying, namespace: app}}
+spec:
+  host: retrying.example.com
+  trafficPolicy:
+    connectionPool:
+      http: {{maxRetries: 1}}
+"#
+    );
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ward = Ward::up(UpOptions {
         bin: env!("CARGO_BIN_EXE_ward"),
@@ -180,12 +219,12 @@ spec:
         env: vec![],
     })
     .unwrap();
-    Some(Mesh { ward })
+    Some(Mesh { ward, client })
 }
 
 #[test]
 fn local_origin_failures_eject_and_min_health_percent_stops_ejection() {
-    let Some(m) = up() else {
+    let Some(m) = up("127.1.220.3") else {
         return;
     };
     let logs = || m.ward.logs();
@@ -223,4 +262,45 @@ fn local_origin_failures_eject_and_min_health_percent_stops_ejection() {
             .starts_with("refusing.example.com"),
         "{line}"
     );
+}
+
+#[test]
+fn a_retry_over_max_retries_is_not_made() {
+    let Some(m) = up("127.1.220.4") else {
+        return;
+    };
+    let logs = || m.ward.logs();
+    let client = m.client;
+    // Two requests at once; each first try is answered 503 after a second, and each wants a
+    // retry. One retry may be in flight: the other request gets its 503 at once, flagged UO.
+    let get = |path: &'static str| {
+        std::thread::spawn(move || {
+            let url = format!("http://{client}:8080{path}");
+            ward_test_support::curl(&["-H", "Host: retrying.example.com", &url])
+        })
+    };
+    let (a, b) = (get("/a"), get("/b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!((a.0, b.0), (503, 503), "{}", logs());
+    assert!(
+        a.1.contains("app=slow") && b.1.contains("app=slow"),
+        "{a:?} {b:?}"
+    );
+    let line = m
+        .ward
+        .wait_for_log(
+            &[("direction", "outbound"), ("response_flags", "UO")],
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("no UO line ({e}): {}", logs()));
+    assert_eq!(line["response_code"], 503, "{line}");
+    assert!(
+        line["error"].as_str().unwrap_or("").contains("maxRetries"),
+        "{line}"
+    );
+    // The other request was retried: exactly one overflow.
+    let overflowed = m
+        .ward
+        .log_lines_matching(&[("direction", "outbound"), ("response_flags", "UO")]);
+    assert_eq!(overflowed.len(), 1, "{}", logs());
 }

@@ -73,7 +73,7 @@ pub(crate) struct TcpPolicy {
     /// `host|subset|port`.
     pub key: String,
     /// The pool; `None`: Istio's defaults.
-    pub pool: Option<ConnectionPool>,
+    pub pool: Option<Arc<ConnectionPool>>,
 }
 
 impl TcpPolicy {
@@ -83,7 +83,9 @@ impl TcpPolicy {
         let rule = cfg.mesh_routes.destination(host);
         TcpPolicy {
             key: format!("{host}|{}|{port}", subset.unwrap_or("")),
-            pool: DestinationPolicy::resilience(rule, subset, port).pool,
+            pool: DestinationPolicy::resilience(rule, subset, port)
+                .pool
+                .map(Arc::new),
         }
     }
 }
@@ -399,7 +401,7 @@ pub(crate) async fn connect_any(
         format!("service {} has no endpoints", route.service),
     );
     // `connectionPool.tcp.maxConnections`: over it the connection is refused at once (`UO`).
-    let pool = route.pool.pool.as_ref();
+    let pool = route.pool.pool.as_deref();
     let slot = ctx.tcp_pools.take(&route.pool.key, pool)?;
     let connect_timeout = crate::tcp_pool::connect_timeout(pool);
     for ep in &route.endpoints {
