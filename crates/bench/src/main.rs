@@ -72,11 +72,32 @@ struct Cli {
     /// pair; needs root and `ip`), `loopback`, or `auto` (netns where possible).
     #[arg(long, value_enum, default_value_t = Network::Auto)]
     network: Network,
+    /// The paths measured, comma-separated (default: all). Names as in the results:
+    /// baseline, ward-l4, ward-l7, ward-gateway, reference.
+    #[arg(long, value_delimiter = ',', value_parser = parse_path_kind)]
+    paths: Vec<PathKind>,
+    /// Rounds (default: 5, or 1 with --smoke).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only the bulk workloads (iperf3 with 1, 4 and 16 streams), for data-path work on
+    /// throughput and CPU per byte.
+    #[arg(long)]
+    bulk_only: bool,
     /// Internal: this process already runs inside the client namespace.
     #[arg(long, hide = true)]
     inside_netns: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+fn parse_path_kind(name: &str) -> Result<PathKind, String> {
+    PathKind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown path `{name}` (known: {})", known.join(", "))
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -234,53 +255,28 @@ fn ward_binary(cli: &Cli) -> anyhow::Result<(PathBuf, String)> {
     if !ward.is_file() {
         bail!("no ward binary at {} (pass --ward)", ward.display());
     }
-    let now = time::OffsetDateTime::now_utc();
-    let day = format!(
+    Ok((ward, day(time::OffsetDateTime::now_utc())))
+}
+
+/// `YYYY-MM-DD`, the default results folder's date.
+fn day(now: time::OffsetDateTime) -> String {
+    format!(
         "{:04}-{:02}-{:02}",
         now.year(),
         u8::from(now.month()),
         now.day()
-    );
-    Ok((ward, day))
+    )
 }
 
 /// `ward-bench push`.
 fn run_push(cli: &Cli, proxies: &[usize], changes: usize) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating ward-bench")?;
-    let ward = cli
-        .ward
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("ward"));
-    if !ward.is_file() {
-        bail!("no ward binary at {} (pass --ward)", ward.display());
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let day = format!(
-        "{:04}-{:02}-{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    );
+    let (ward, day) = ward_binary(cli)?;
     let out = cli.out.clone().unwrap_or_else(|| push::default_out(&day));
     push::run(&ward, proxies, changes, &out)
 }
 
 fn run_originate(cli: &Cli, requests: usize) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating ward-bench")?;
-    let ward = cli
-        .ward
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("ward"));
-    if !ward.is_file() {
-        bail!("no ward binary at {} (pass --ward)", ward.display());
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let day = format!(
-        "{:04}-{:02}-{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    );
+    let (ward, day) = ward_binary(cli)?;
     let out = cli
         .out
         .clone()
@@ -325,18 +321,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The whole run; Ok(false) when a path did not carry traffic.
 fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let plan = if cli.smoke {
+    let mut plan = if cli.smoke {
         Plan::smoke()
     } else {
         Plan::full()
     };
+    if let Some(rounds) = cli.rounds {
+        plan.rounds = rounds.max(1);
+    }
+    plan.bulk_only = cli.bulk_only;
     let now = time::OffsetDateTime::now_utc();
-    let day = format!(
-        "{:04}-{:02}-{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    );
+    let day = day(now);
     let out = cli
         .out
         .clone()
@@ -374,7 +369,15 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         iperf: iperf_addr.is_some(),
     };
 
-    let (running, mut results) = start_paths(&rt, &server, &ward, pinning, net);
+    let kinds: Vec<PathKind> = if cli.paths.is_empty() {
+        PathKind::ALL.to_vec()
+    } else {
+        PathKind::ALL
+            .into_iter()
+            .filter(|k| cli.paths.contains(k))
+            .collect()
+    };
+    let (running, mut results) = start_paths(&rt, &kinds, &server, &ward, pinning, net);
     let rounds = run_rounds(&running, &plan, &ctx);
     let pools = latency_pools(&rounds);
     for (kind, rs) in rounds {
@@ -425,6 +428,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
 /// running, the others as failed results.
 fn start_paths(
     rt: &tokio::runtime::Runtime,
+    kinds: &[PathKind],
     server: &Endpoints,
     ward: &Path,
     pinning: Pinning,
@@ -432,7 +436,7 @@ fn start_paths(
 ) -> (Vec<RunningPath>, BTreeMap<&'static str, PathResult>) {
     let mut running = Vec::new();
     let mut results = BTreeMap::new();
-    for kind in PathKind::ALL {
+    for &kind in kinds {
         eprintln!("ward-bench: setting up {}", kind.name());
         match paths::start(kind, server, ward, pinning.proxies, net) {
             Ok(path) => match rt.block_on(load::probe(path.entry.http, 50, &path.requests)) {

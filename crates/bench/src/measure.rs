@@ -37,6 +37,8 @@ pub(crate) struct Plan {
     pub(crate) echo_count: usize,
     /// iperf3 `-t`.
     pub(crate) iperf_secs: u32,
+    /// Only the bulk workloads run (`--bulk-only`).
+    pub(crate) bulk_only: bool,
 }
 
 impl Plan {
@@ -56,6 +58,7 @@ impl Plan {
             setup_max_conns: 15_000,
             echo_count: 10_000,
             iperf_secs: 10,
+            bulk_only: false,
         }
     }
 
@@ -108,6 +111,15 @@ pub(crate) struct Context<'a> {
 /// Runs every workload once on `path`.
 pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round {
     let mut r = Round::default();
+    if plan.bulk_only {
+        if ctx.iperf {
+            bulk(path, plan, ctx, &mut r);
+        } else {
+            r.failures
+                .push("--bulk-only needs iperf3, which is not installed".into());
+        }
+        return r;
+    }
     fixed_rate_phases(path, plan, ctx, &mut r);
 
     let work = ctx.rt.block_on(load::saturate(

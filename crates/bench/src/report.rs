@@ -476,7 +476,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {} \
-         (paths alternate within each round); cells are median (min–max over rounds)\n",
+         (paths alternate within each round){}; cells are median (min–max over rounds)\n",
         r.machine.nproc,
         r.machine.cpu_model,
         r.machine.kernel,
@@ -484,7 +484,12 @@ pub(crate) fn markdown(r: &Results) -> String {
         r.ward_binary,
         r.network_detail,
         r.pinning,
-        r.plan.rounds
+        r.plan.rounds,
+        if r.plan.bulk_only {
+            "; bulk workloads only (`--bulk-only`)"
+        } else {
+            ""
+        }
     );
     for name in &names {
         if let Some(p) = r.paths.get(name) {

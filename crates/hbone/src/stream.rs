@@ -48,35 +48,91 @@ fn to_io(e: h2::Error) -> io::Error {
     }
 }
 
+impl H2Stream {
+    /// The next received bytes, as h2 handed them over (no copy); `None` at the end of the
+    /// stream. Bulk copies use this, with [`H2Stream::poll_write_bytes`], so a tunnel's bytes
+    /// go from the TLS record to the socket without an extra buffer (crates/proxy/src/splice.rs).
+    pub fn poll_read_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        loop {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Give the window back at once: the reader is the only consumer, so taking the
+                    // bytes is the moment they leave the flow-control budget.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if !data.is_empty() {
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                }
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(None))
+                }
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+
+    /// Sends a prefix of `chunk` as DATA (as much as the flow-control window allows, at most
+    /// `MAX_WRITE`) and advances it past what was sent. The bytes are handed to h2 as they are:
+    /// no copy.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.poll_send_capacity(cx, chunk.len()))?;
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until some of `len` bytes (at most `MAX_WRITE`) may be sent; how many.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if len == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if self.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let want = len.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        loop {
+            let have = self.send.capacity();
+            if have > 0 {
+                return Poll::Ready(Ok(have.min(want)));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Give the window back at once: the reader is the only consumer, so taking the
-                    // bytes into `pending` is the moment they leave the flow-control budget.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.pending = data;
-                }
-                Some(Err(e)) => {
-                    if e.reason() == Some(h2::Reason::NO_ERROR) {
-                        return Poll::Ready(Ok(()));
-                    }
-                    return Poll::Ready(Err(to_io(e)));
-                }
+        if self.pending.is_empty() {
+            match ready!(self.poll_read_bytes(cx))? {
+                Some(data) => self.pending = data,
                 None => return Poll::Ready(Ok(())),
             }
         }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -86,29 +142,13 @@ impl AsyncWrite for H2Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        // One copy of the caller's bytes, of at most what may be sent now.
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        if self.write_closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let want = buf.len().min(MAX_WRITE);
-        self.send.reserve_capacity(want);
-        loop {
-            let have = self.send.capacity();
-            if have > 0 {
-                let n = have.min(want);
-                self.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        let mut chunk = Bytes::copy_from_slice(&buf[..n]);
+        self.poll_write_bytes(cx, &mut chunk)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -440,6 +440,8 @@ fn l4_route(cfg: &ProxyConfig, decision: &L4Decision, server_port: u16) -> Resul
 /// A terminated client connection, spliced to a `tcp[]` route's upstream.
 struct EdgeTlsStream(tokio_rustls::server::TlsStream<TcpStream>);
 
+impl crate::splice::Chunked for EdgeTlsStream {}
+
 impl crate::splice::Abort for EdgeTlsStream {
     fn abort(&mut self) {
         crate::reset_on_close(self.0.get_ref().0);

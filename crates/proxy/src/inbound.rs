@@ -31,7 +31,7 @@ use crate::conntrack::{Authorized, ConnTracker};
 use crate::listener::{Gate, Permit};
 use crate::metrics::Metrics;
 use crate::refusal::{deciding_rule, Refusal, ResponseFlag};
-use crate::splice::{splice, Abort};
+use crate::splice::{splice, Abort, Chunked};
 use crate::upstream::Upstreams;
 
 /// Time allowed for the TLS handshake of an inbound connection.
@@ -299,7 +299,7 @@ impl InboundCtx {
     /// [`crate::inbound_http`].
     async fn serve_http<S>(self: &Arc<Self>, conn: Arc<InboundConn>, io: S, mut result: ConnResult)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Abort + Unpin + Send + 'static,
+        S: Chunked + Abort + Send + 'static,
     {
         let (guard, close) = self.tracker.register(Authorized {
             conn: conn.clone(),
@@ -332,7 +332,7 @@ impl InboundCtx {
         mut result: ConnResult,
         until: Option<u64>,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Abort,
+        S: Chunked + Abort,
     {
         let _ = upstream.set_nodelay(true);
         let cfg = self.config.borrow().clone();

@@ -906,6 +906,8 @@ fn hand_over_upgrade(
 /// underlying streams are reset, not cleanly closed, when they are dropped.
 struct UpgradedIo(TokioIo<hyper::upgrade::Upgraded>, Arc<AtomicBool>);
 
+impl crate::splice::Chunked for UpgradedIo {}
+
 impl Abort for UpgradedIo {
     fn abort(&mut self) {
         self.1.store(true, Ordering::Relaxed);

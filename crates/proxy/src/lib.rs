@@ -87,24 +87,26 @@ pub use sidecar::{MeshIdentity, Sidecar, SidecarError, SidecarHandle};
 pub use ward_authn::jwks_uri::OwnListener;
 pub use ward_config::ProxyConfig;
 
-/// Resolves once the stop switch is set (or its sender is gone).
-/// The TCP stream under an HBONE connection's TLS, buffered both ways. Reads: rustls asks for
-/// one record (≤16 KiB) at a time, so without a buffer each record costs a syscall. Writes: h2
-/// writes a DATA frame's 9-byte header apart from its payload; buffered, the header's record
-/// and the payload's records leave in one write. The write buffer holds a 64 KiB frame's
-/// records (65,624 bytes) plus the header's.
-pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufStream<tokio::net::TcpStream> {
-    tokio::io::BufStream::with_capacity(64 * 1024, 96 * 1024, tcp)
+/// The TCP stream under an HBONE connection's TLS, buffered for reads only. Reads: rustls
+/// asks for at most 4 KiB at a time, so without a buffer a 16 KiB record costs four syscalls;
+/// 256 KiB per read syscall measured best for bulk transfer (its pages are touched only as a
+/// transfer fills them).
+/// Writes go straight through: rustls hands over its queued records in one vectored write,
+/// and h2's frame header travels with its payload in that write, so a write buffer would only
+/// add a copy of every byte (docs/performance.md, "Bulk transfer").
+pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(256 * 1024, tcp)
 }
 
-/// After a failed handshake, sends what rustls left in the write buffer (its alert, e.g.
+/// After a failed handshake, sends what is still unwritten of rustls' alert (e.g.
 /// `protocol_version` to a TLS 1.2 client), so the peer learns why instead of seeing a bare
 /// close. Bounded: a peer that does not read gets one second.
-pub(crate) async fn send_buffered_alert(io: &mut tokio::io::BufStream<tokio::net::TcpStream>) {
+pub(crate) async fn send_buffered_alert(io: &mut tokio::io::BufReader<tokio::net::TcpStream>) {
     use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.flush()).await;
 }
 
+/// Resolves once the stop switch is set (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }

@@ -210,6 +210,8 @@ impl tokio::io::AsyncWrite for Originated {
     }
 }
 
+impl crate::splice::Chunked for Originated {}
+
 impl crate::splice::Abort for Originated {
     fn abort(&mut self) {
         crate::reset_on_close(self.0.get_ref().0);

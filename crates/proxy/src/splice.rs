@@ -1,12 +1,13 @@
 //! Copy bytes both ways until both sides finish, or until a side fails or a policy orders the
 //! connection closed; then abort both sides, so neither sees a clean end of data.
 
+use std::future::poll_fn;
 use std::io;
-
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::refusal::Refusal;
@@ -50,6 +51,71 @@ impl Abort for ward_hbone::H2Stream {
     }
 }
 
+/// What a splice reads from and writes to, in owned chunks. The default goes through
+/// `AsyncRead`/`AsyncWrite` with one buffer per direction; an HBONE tunnel hands its DATA
+/// frames over as they are and takes chunks without copying them (docs/performance.md,
+/// "Bulk transfer").
+pub(crate) trait Chunked: AsyncRead + AsyncWrite + Unpin {
+    /// The next received bytes (at most `want`), or `None` at the end of the stream.
+    /// `scratch` is this direction's buffer: read into it, then split the bytes off; once the
+    /// writer has let go of them, the same memory serves the next read.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if scratch.capacity() < want {
+            scratch.reserve(want);
+        }
+        let mut room = bytes::BufMut::limit(&mut *scratch, want);
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut room))?;
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        Poll::Ready(Ok(Some(scratch.split().freeze())))
+    }
+
+    /// Writes a prefix of `chunk` and advances it past what was written.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(self).poll_write(cx, chunk))?;
+        chunk.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// A direction's first reads take at most this much; a read that fills its buffer doubles
+/// the next one's, up to `MAX_READ_CHUNK`. An idle or chatty connection keeps a small buffer,
+/// a bulk transfer moves 256 KiB per read and per write (fewer syscalls and wake-ups, and
+/// bigger DATA frames on a tunnel: measured in docs/performance.md, "Bulk transfer").
+const FIRST_READ_CHUNK: usize = 16 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
+
+impl Chunked for tokio::net::TcpStream {}
+
+impl Chunked for ward_hbone::H2Stream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        _scratch: &mut BytesMut,
+        _want: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_read_bytes(cx)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_bytes(cx, chunk)
+    }
+}
+
 /// Splice `downstream` and `upstream`. When a side fails or a policy closes the connection, both
 /// are aborted before the caller drops them.
 pub(crate) async fn splice<A, B>(
@@ -58,8 +124,8 @@ pub(crate) async fn splice<A, B>(
     close: Option<oneshot::Receiver<Refusal>>,
 ) -> SpliceEnd
 where
-    A: AsyncRead + AsyncWrite + Unpin + Abort,
-    B: AsyncRead + AsyncWrite + Unpin + Abort,
+    A: Chunked + Abort,
+    B: Chunked + Abort,
 {
     let end = copy(downstream, upstream, close).await;
     if !matches!(end, SpliceEnd::Done(..)) {
@@ -75,12 +141,12 @@ async fn copy<A, B>(
     close: Option<oneshot::Receiver<Refusal>>,
 ) -> SpliceEnd
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Chunked,
+    B: Chunked,
 {
     let mut down = Watched::new(downstream);
     let mut up = Watched::new(upstream);
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 * 1024, 64 * 1024);
+    let copy = both_ways(&mut down, &mut up);
     let result = match close {
         None => copy.await,
         Some(mut close) => {
@@ -101,6 +167,107 @@ where
         // failure inside the copy itself), the downstream is.
         Err(e) if up.failed && !down.failed => SpliceEnd::Failed(Side::Upstream, e),
         Err(e) => SpliceEnd::Failed(Side::Downstream, e),
+    }
+}
+
+/// Copies both ways until both directions have ended (each one's end passed on as a write
+/// shutdown), or until an error on either. Bytes moved (a→b, b→a).
+async fn both_ways<A: Chunked, B: Chunked>(
+    a: &mut Watched<'_, A>,
+    b: &mut Watched<'_, B>,
+) -> io::Result<(u64, u64)> {
+    let mut a_to_b = Direction::new();
+    let mut b_to_a = Direction::new();
+    poll_fn(|cx| {
+        let ab = a_to_b.poll(cx, a, b)?;
+        let ba = b_to_a.poll(cx, b, a)?;
+        match (ab, ba) {
+            (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of a splice: read a chunk, write all of it, again; at the end of the
+/// reader, shut the writer down.
+struct Direction {
+    /// The reader's buffer (unused when the reader hands over its own chunks).
+    scratch: BytesMut,
+    /// The next read's size.
+    want: usize,
+    /// Read, not yet written.
+    pending: Bytes,
+    /// Written since the last flush.
+    need_flush: bool,
+    /// The reader ended.
+    read_done: bool,
+    /// The writer was shut down: this direction is over.
+    done: bool,
+    moved: u64,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            scratch: BytesMut::new(),
+            want: FIRST_READ_CHUNK,
+            pending: Bytes::new(),
+            need_flush: false,
+            read_done: false,
+            done: false,
+            moved: 0,
+        }
+    }
+
+    fn poll<R: Chunked, W: Chunked>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut Watched<'_, R>,
+        writer: &mut Watched<'_, W>,
+    ) -> Poll<io::Result<u64>> {
+        if self.done {
+            return Poll::Ready(Ok(self.moved));
+        }
+        loop {
+            while !self.pending.is_empty() {
+                let n = ready!(writer.poll_write_chunk(cx, &mut self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.moved += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(writer.poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(self.moved));
+            }
+            match reader.poll_read_chunk(cx, &mut self.scratch, self.want) {
+                Poll::Ready(Ok(Some(chunk))) => {
+                    if chunk.len() >= self.want {
+                        self.want = (self.want * 2).min(MAX_READ_CHUNK);
+                    }
+                    self.pending = chunk;
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.read_done = true;
+                    if self.need_flush {
+                        ready!(writer.poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing more to read now: push out what a buffering writer holds.
+                    if self.need_flush {
+                        ready!(writer.poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }
 
@@ -126,32 +293,138 @@ impl<'a, S> Watched<'a, S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<S: Chunked> Watched<'_, S> {
+    fn poll_read_chunk(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        scratch: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let poll = self.inner.poll_read_chunk(cx, scratch, want);
+        self.note(poll)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let poll = self.inner.poll_write_chunk(cx, chunk);
+        self.note(poll)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_flush(cx);
+        self.note(poll)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.inner).poll_shutdown(cx);
         self.note(poll)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        self.note(poll)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use ward_hbone::{serve, H2Settings, HboneClient};
+
+    /// An HBONE server whose tunnels echo what they read, through the plain `AsyncRead` /
+    /// `AsyncWrite` side of the stream.
+    async fn echo_tunnel() -> ward_hbone::H2Stream {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let handler = |req: ward_hbone::ConnectRequest| async move {
+                let Ok(mut tunnel) = req.accept() else { return };
+                let (mut r, mut w) = tokio::io::split(&mut tunnel);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            };
+            let _ = serve(
+                server_io,
+                H2Settings::default(),
+                handler,
+                std::future::pending(),
+            )
+            .await;
+        });
+        let client = HboneClient::handshake(client_io, H2Settings::default())
+            .await
+            .unwrap();
+        client.open("127.0.0.2:80", HeaderMap::new()).await.unwrap()
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut *self.inner).poll_flush(cx);
-        self.note(poll)
+
+    /// A connected TCP pair on loopback: (the app's end, the proxy's end).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap());
+        let (app, accepted) = tokio::join!(app, listener.accept());
+        (app.unwrap(), accepted.unwrap().0)
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut *self.inner).poll_shutdown(cx);
-        self.note(poll)
+
+    #[tokio::test]
+    async fn bytes_cross_a_tcp_to_tunnel_splice_unchanged_both_ways_and_half_close_passes() {
+        let (mut app, mut proxy_side) = tcp_pair().await;
+        let mut tunnel = echo_tunnel().await;
+        let spliced = tokio::spawn(async move { splice(&mut proxy_side, &mut tunnel, None).await });
+        // Several windows' worth, with a pattern that shows a lost, doubled or reordered chunk.
+        let payload: Vec<u8> = (0..5 * 1024 * 1024 + 7)
+            .map(|i: u32| (i % 251) as u8)
+            .collect();
+        let (mut r, mut w) = app.split();
+        let send = async {
+            w.write_all(&payload).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, read) = tokio::join!(send, r.read_to_end(&mut got));
+        read.unwrap();
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload, "echoed bytes differ");
+        match spliced.await.unwrap() {
+            SpliceEnd::Done(up, down) => {
+                assert_eq!(up, payload.len() as u64);
+                assert_eq!(down, payload.len() as u64);
+            }
+            _ => panic!("splice did not end cleanly"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_reset_mid_stream_fails_the_splice_on_the_upstream_side() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let handler = |req: ward_hbone::ConnectRequest| async move {
+                let Ok(mut tunnel) = req.accept() else { return };
+                let mut first = [0u8; 1];
+                let _ = tunnel.read_exact(&mut first).await;
+                tunnel.reset();
+            };
+            let _ = serve(
+                server_io,
+                H2Settings::default(),
+                handler,
+                std::future::pending(),
+            )
+            .await;
+        });
+        let client = HboneClient::handshake(client_io, H2Settings::default())
+            .await
+            .unwrap();
+        let mut tunnel = client.open("127.0.0.2:80", HeaderMap::new()).await.unwrap();
+        let (mut app, mut proxy_side) = tcp_pair().await;
+        let spliced = tokio::spawn(async move { splice(&mut proxy_side, &mut tunnel, None).await });
+        app.write_all(b"x").await.unwrap();
+        let mut rest = Vec::new();
+        // The app sees the connection reset (or closed), never a clean end followed by success.
+        let _ = app.read_to_end(&mut rest).await;
+        match spliced.await.unwrap() {
+            SpliceEnd::Failed(Side::Upstream, _) => {}
+            SpliceEnd::Done(..) => panic!("a reset tunnel must not end the splice cleanly"),
+            _ => panic!("unexpected end"),
+        }
     }
 }
