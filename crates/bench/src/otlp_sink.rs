@@ -291,8 +291,7 @@ mod tests {
             )))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let counters = Arc::new(Counters::default());
-        let c = counters.clone();
+        let c = Arc::new(Counters::default());
         let server = std::thread::spawn(move || {
             rt.block_on(async move {
                 for _ in 0..3 {

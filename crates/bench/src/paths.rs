@@ -149,7 +149,7 @@ pub(crate) enum Proxies {
     /// Baseline: nothing between client and server.
     None,
     /// Two `ward up` processes, one per side (and, traced, the OTLP sink).
-    Ward(WardPair),
+    Ward(Box<WardPair>),
     /// Two nginx masters and their workers.
     Nginx(NginxPair),
 }
@@ -209,7 +209,11 @@ pub(crate) fn start(
                 _ => Layer::Gateway,
             };
             let pair = WardPair::start(ward, server, cpu, layer, net)?;
-            (pair.entry, pair.requests.clone(), Proxies::Ward(pair))
+            (
+                pair.entry,
+                pair.requests.clone(),
+                Proxies::Ward(Box::new(pair)),
+            )
         }
         PathKind::Reference => {
             let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK, net)?;
