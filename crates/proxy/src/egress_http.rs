@@ -83,8 +83,8 @@ impl RouteCache {
 
 /// Whether the connections the listener at `bind` accepts are served here, request by request
 /// (several HTTP services share it, or a VirtualService covers one of its HTTP services, or a
-/// DestinationRule sets a `connectionPool` or `outlierDetection` for one), rather than
-/// forwarded whole.
+/// DestinationRule sets a `connectionPool` or `outlierDetection` for one, or the workload
+/// reports CLIENT spans), rather than forwarded whole.
 pub(crate) fn routes_by_host(
     ctx: &OutboundCtx,
     config: &Arc<ProxyConfig>,
@@ -92,6 +92,9 @@ pub(crate) fn routes_by_host(
 ) -> bool {
     let built = ctx.routes.get(config);
     built.routes.is_shared(bind)
+        // An HTTP listener of a workload that reports CLIENT spans: each request gets its own
+        // span, as Envoy's outbound HTTP listener makes one per request (docs/tracing.md).
+        || (config.tracing.client.is_some() && built.routes.table(bind).is_some())
         || built.routes.table(bind).is_some_and(|t| {
             t.hosts().iter().any(|h| {
                 config.mesh_routes.table().covers(&h.name)
@@ -190,7 +193,8 @@ struct Plan<'c> {
 ///   bytes could not be routed. `h2c` upgrades are ignored: the request is served as the
 ///   HTTP/1.1 request it also is. After refusing `CONNECT` or an upgrade, an HTTP/1.1
 ///   connection is closed.
-/// - No virtual host for the authority: 404 `NR`; a service with no endpoints (and no
+/// - No virtual host for the authority: 404 `NR` on a listener shared by several services; a
+///   listener for one service sends it there whatever its authority; a service with no endpoints (and no
 ///   VirtualService to route it elsewhere): 503 `UH`.
 fn plan<'c>(
     config: &'c ProxyConfig,
@@ -199,9 +203,17 @@ fn plan<'c>(
     head: &RequestHead<'_>,
 ) -> Result<Plan<'c>, Refusal> {
     let authority = admit_head(head)?;
-    let listener = routes
-        .table(bind)
+    let table = routes.table(bind);
+    let listener = table
         .and_then(|t| t.lookup(&authority))
+        // A listener for one service takes any authority, as when it forwards connections
+        // whole: serving it request by request (for CLIENT spans, a connection pool) must not
+        // change where a request goes.
+        .or_else(|| {
+            table
+                .filter(|_| !routes.is_shared(bind))
+                .and_then(|t| t.hosts().first())
+        })
         .and_then(|host| config.outbound.get(host.target))
         .ok_or_else(no_route)?;
     // A service a VirtualService covers is routed by it (`routed.rs`); another one needs
@@ -533,7 +545,7 @@ impl Downstream {
                     details,
                     log.error.as_deref(),
                 );
-                self.span(
+                let span = self.span(
                     &config,
                     &hop,
                     &log,
@@ -541,7 +553,7 @@ impl Downstream {
                     flag,
                     request_id,
                 );
-                meter.attach(resp, flag.as_str())
+                meter.attach_with_span(resp, flag.as_str(), span)
             }
             Err(refusal) => {
                 let code = refusal.status.map_or(500, |s| s.as_u16());
@@ -551,14 +563,14 @@ impl Downstream {
                     &refusal.detail,
                     log.error.as_deref(),
                 );
-                self.span(&config, &hop, &log, code, refusal.flag, request_id);
+                let span = self.span(&config, &hop, &log, code, refusal.flag, request_id);
                 let reply = crate::inbound_http::local_reply(&refusal, challenge);
-                meter.attach(reply, refusal.flag.as_str())
+                meter.attach_with_span(reply, refusal.flag.as_str(), span)
             }
         }
     }
 
-    /// This hop's span, if it is reported (`crate::trace`).
+    /// This hop's span, if it is reported (`crate::trace`); it ends with the response body.
     fn span(
         &self,
         config: &ProxyConfig,
@@ -567,10 +579,8 @@ impl Downstream {
         code: u16,
         flag: ResponseFlag,
         request_id: String,
-    ) {
-        if hop.report.is_none() {
-            return;
-        }
+    ) -> Option<crate::trace::OpenSpan> {
+        hop.report.as_ref()?;
         let far = log.far.as_deref();
         let (kind, peer, peer_identity) = if self.edge.is_some() {
             (opentelemetry::trace::SpanKind::Server, Some(self.src), None)
@@ -581,7 +591,7 @@ impl Downstream {
                 far.and_then(|f| f.identity.clone()),
             )
         };
-        self.ctx.tracer.finish(
+        self.ctx.tracer.open(
             config,
             hop,
             crate::trace::Finished {
@@ -597,7 +607,7 @@ impl Downstream {
                 request_id,
                 protocol: log.protocol,
             },
-        );
+        )
     }
 
     /// The metric labels of a request as the source reports it: this workload, and the
@@ -1116,6 +1126,8 @@ struct RequestLog {
     started: Instant,
     /// Which records are written (Telemetry `accessLogging`); `None`: never (a mirror's copy).
     logging: Option<Arc<ward_config::access_log_policy::AccessLogPolicy>>,
+    /// The request headers the filter reads, kept from the request (docs/http.md).
+    filter_headers: Vec<(String, String)>,
 }
 
 impl RequestLog {
@@ -1147,6 +1159,7 @@ impl RequestLog {
             blocked_host: None,
             started: Instant::now(),
             logging: None,
+            filter_headers: Vec::new(),
         }
     }
 
@@ -1181,6 +1194,10 @@ impl RequestLog {
             source_namespace: None,
             blocked_host: None,
             started: Instant::now(),
+            filter_headers: crate::access_log::filter_headers(
+                &config.access_logging,
+                req.headers(),
+            ),
             logging: Some(config.access_logging.clone()),
         }
     }
@@ -1193,7 +1210,19 @@ impl RequestLog {
             } else {
                 &l.client
             };
-            rule.logs(Some(code))
+            let headers = crate::access_log::FilterHeaders(&self.filter_headers);
+            rule.logs_record(&ward_config::access_log_policy::Record {
+                code: Some(code),
+                duration: Some(self.started.elapsed()),
+                method: Some(&self.method),
+                url_path: Some(&self.path),
+                host: Some(&self.authority),
+                headers: Some(&headers),
+                // The downstream's mTLS: a gateway's caller, verified by its listener's TLS
+                // (`source_principal`); a sidecar's own app never speaks mTLS to it.
+                mtls: Some(self.source_principal.is_some()),
+                source_principal: self.source_principal.as_deref(),
+            })
         });
         if !logged {
             return;
