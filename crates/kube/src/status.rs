@@ -230,7 +230,7 @@ mod tests {
             )]
         );
         // A new finding on `clean`.
-        let mut more = want.clone();
+        let mut more = want;
         more.insert(
             "k8s:security.istio.io/v1/AuthorizationPolicy/app/clean".into(),
             current.clone(),

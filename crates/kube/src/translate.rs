@@ -673,7 +673,9 @@ mod tests {
 
         fn service(&mut self, i: usize) -> Service {
             let rv = self.bump();
-            let selector = (i % 2 == 0).then(|| json!({"app": format!("s{}", i % 4)}));
+            let selector = i
+                .is_multiple_of(2)
+                .then(|| json!({"app": format!("s{}", i % 4)}));
             let port = 80 + self.rng.below(3) as i32;
             let mut s: Service = from_json(json!({
                 "metadata": {"name": format!("s{i}"), "namespace": format!("ns{}", i % 3),
@@ -787,7 +789,7 @@ mod tests {
         p.metadata.uid = Some("u".into());
         p.metadata.resource_version = Some("1".into());
         let objects = Objects {
-            pods: vec![p.clone(), pod("no-version", "Running", Some("10.0.0.2"))],
+            pods: vec![p, pod("no-version", "Running", Some("10.0.0.2"))],
             ..Objects::default()
         };
         let mut renderer = Renderer::new();
