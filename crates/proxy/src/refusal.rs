@@ -70,6 +70,9 @@ pub enum ResponseFlag {
     DelayInjected,
     /// `UO`: refused by the destination's circuit breaker (DestinationRule `connectionPool`).
     UpstreamOverflow,
+    /// `DPE`: the client's request broke HTTP's framing rules (a head with both
+    /// `Content-Length` and `Transfer-Encoding`: `crate::framing`).
+    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -91,6 +94,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::DownstreamProtocolError => "DPE",
         }
     }
 }
@@ -234,6 +238,7 @@ mod tests {
             (ResponseFlag::UpstreamFailure, "UF"),
             (ResponseFlag::UpstreamProtocolError, "UPE"),
             (ResponseFlag::UpstreamConnectionTermination, "UC"),
+            (ResponseFlag::DownstreamProtocolError, "DPE"),
         ];
         for (flag, text) in all {
             assert_eq!(flag.as_str(), text);
