@@ -23,7 +23,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, TE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -250,7 +250,7 @@ fn upstream_head(
     version: Version,
 ) -> Result<(), Refusal> {
     let bad_target = bad_target();
-    let trailers = lists_trailers(&parts.headers);
+    let trailers = admission::lists_trailers(&parts.headers);
     admission::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST);
     let path = parts
@@ -282,16 +282,6 @@ fn upstream_head(
 fn bad_target() -> Refusal {
     Refusal::downstream(ResponseFlag::None, "invalid_target")
         .with_reply(StatusCode::BAD_REQUEST, "invalid request target\n")
-}
-
-/// Whether a `TE` line lists `trailers`.
-fn lists_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// One app connection to a shared listener.

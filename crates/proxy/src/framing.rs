@@ -420,6 +420,10 @@ mod tests {
     /// The length of `CL_TE`'s head.
     const CL_TE_HEAD: usize = 85;
 
+    /// (name, input, the refused head's start and end in it (else every byte goes on), the
+    /// state after).
+    type Case = (&'static str, Vec<u8>, Option<(usize, usize)>, Option<State>);
+
     #[test]
     fn the_table() {
         let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice();
@@ -433,9 +437,7 @@ mod tests {
                 .as_slice();
         let head = State::Head;
         let blind = State::Blind;
-        // (name, input, the refused head's start and end in it (else every byte goes on),
-        // the state after).
-        let cases: Vec<(&str, Vec<u8>, Option<(usize, usize)>, Option<State>)> = vec![
+        let cases: Vec<Case> = vec![
             ("a GET", get.to_vec(), None, Some(head.clone())),
             (
                 "a POST with a length",
@@ -483,7 +485,7 @@ mod tests {
                 "an incomplete head",
                 b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec(),
                 None,
-                Some(head.clone()),
+                Some(head),
             ),
             (
                 "a body still to come",
@@ -526,7 +528,7 @@ mod tests {
                 "TE without chunked last is hyper's",
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(),
                 None,
-                Some(blind.clone()),
+                Some(blind),
             ),
         ];
         for (name, input, refused, after) in cases {
