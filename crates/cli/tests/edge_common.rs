@@ -102,3 +102,25 @@ pub fn backend(name: &str, ip: &str, port: u16, protocol: &str, app_port: u16) -
         workload(name, "app", ip, name, &format!("app: {name}"))
     )
 }
+
+/// The start of a gateway test's mesh: STRICT mTLS, the ingress gateway workload `ingress`
+/// (`istio: ingressgateway`, service account `istio-ingressgateway`) at `ip`, and the head of
+/// its Gateway `istio-system/edge`, to be followed by the `servers` list.
+pub fn gateway_mesh(ip: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\n\
+         spec: {{mtls: {{mode: STRICT}}}}\n---\n{}",
+        workload(
+            "ingress",
+            "istio-system",
+            ip,
+            "istio-ingressgateway",
+            "istio: ingressgateway"
+        )
+    )
+}
+
+/// The head of the Gateway `istio-system/edge` (selector `istio: ingressgateway`), to be
+/// followed by its `servers` items.
+pub const GATEWAY_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\n\
+    metadata: {name: edge, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n";

@@ -26,7 +26,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose};
 mod edge_common;
-use edge_common::{backend, start_app, workload};
+use edge_common::{backend, gateway_mesh, start_app, GATEWAY_HEAD};
 use ward_test_support::ca::{indent, write_file, Ca};
 use ward_test_support::{free_port, have, skip_or_fail, UpOptions, Ward};
 
@@ -150,29 +150,14 @@ fn up(block: u8) -> Option<Edge> {
     let tls_backend = start_tls_backend(tls_port, &p_cert_file, &p_key_file);
     let signer = Signer::new();
 
-    let mut yaml = String::from(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n\
-         spec: {mtls: {mode: STRICT}}\n---\n",
-    );
-    yaml += &workload(
-        "ingress",
-        "istio-system",
-        &ip(1),
-        "istio-ingressgateway",
-        "istio: ingressgateway",
-    );
+    let mut yaml = gateway_mesh(&ip(1));
     yaml += &backend("web", &ip(10), 8080, "HTTP", app_port);
     yaml += &backend("tlsapp", &ip(11), 8443, "TCP", tls_port);
     yaml += &tls_secret("a-cred", &a_cert, &a_key, None);
     yaml += &tls_secret("m-cred", &m_cert, &m_key, Some(&client_ca.pem));
+    yaml += GATEWAY_HEAD;
     yaml += &format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 8080, name: http, protocol: HTTP}}
+        r#"  - port: {{number: 8080, name: http, protocol: HTTP}}
     hosts: ["*"]
   - port: {{number: 8081, name: http-redirect, protocol: HTTP}}
     hosts: ["*"]

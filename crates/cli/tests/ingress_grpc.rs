@@ -16,7 +16,7 @@ use ward_test_support::ca::{write_file, Ca};
 use ward_test_support::{free_port, have_grpcio, skip_or_fail, UpOptions, Ward};
 
 mod edge_common;
-use edge_common::{backend, workload};
+use edge_common::{backend, gateway_mesh, GATEWAY_HEAD};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/grpc_echo.py");
 const GATEWAY: &str = "127.1.210.1";
@@ -64,26 +64,11 @@ fn call(target: &str, method: &str, message: &str, tls: Option<(&str, &str)>) ->
 }
 
 fn mesh(app_port: u16, cert: &str, key: &str) -> String {
-    let mut yaml = String::from(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n\
-         spec: {mtls: {mode: STRICT}}\n---\n",
-    );
-    yaml += &workload(
-        "ingress",
-        "istio-system",
-        GATEWAY,
-        "istio-ingressgateway",
-        "istio: ingressgateway",
-    );
+    let mut yaml = gateway_mesh(GATEWAY);
     yaml += &backend("echo", ECHO, 9000, "GRPC", app_port);
+    yaml += GATEWAY_HEAD;
     yaml += &format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 8080, name: grpc, protocol: GRPC}}
+        r#"  - port: {{number: 8080, name: grpc, protocol: GRPC}}
     hosts: ["*"]
   - port: {{number: 8443, name: https, protocol: HTTPS}}
     hosts: [grpc.example.com]
