@@ -294,11 +294,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// the protocols the (sanitized) request asked for (RFC 9110 §7.8), and never to an HTTP
 /// version.
 pub(crate) fn upgrade_accepted(admitted: &Admitted, response: &HeaderMap) -> bool {
+    switches_to_asked(&admitted.upgrade, response)
+}
+
+/// Whether a `101` response's `Upgrade` names only protocols of `asked` (the request's
+/// [`upgrade_protocols`]), and never an HTTP version.
+pub(crate) fn switches_to_asked(asked: &[String], response: &HeaderMap) -> bool {
     let offered = tokens(response, http::header::UPGRADE);
     !offered.is_empty()
         && offered
             .iter()
-            .all(|p| !is_http_protocol(p) && admitted.upgrade.contains(p))
+            .all(|p| !is_http_protocol(p) && asked.contains(p))
 }
 
 /// The request line and authority the app receives, for the app's protocol: HTTP/1.1 gets the

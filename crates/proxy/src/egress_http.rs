@@ -187,9 +187,9 @@ struct Plan<'c> {
 ///   that differs from the target's, or a malformed one: 400 (crates/proxy/src/admission.rs).
 /// - An `Upgrade` to anything but an HTTP version (WebSocket, …) is refused (403,
 ///   `upgrade_failed`, as Envoy answers an upgrade its route does not enable): the upgraded
-///   bytes could not be routed. `h2c` upgrades are ignored: the request is served as the
-///   HTTP/1.1 request it also is. After refusing `CONNECT` or an upgrade, an HTTP/1.1
-///   connection is closed.
+///   bytes could not be routed. (A gateway server serves them: `edge.rs`.) `h2c` upgrades are
+///   ignored: the request is served as the HTTP/1.1 request it also is. After refusing
+///   `CONNECT` or an upgrade, an HTTP/1.1 connection is closed.
 /// - No virtual host for the authority: 404 `NR`; a service with no endpoints (and no
 ///   VirtualService to route it elsewhere): 503 `UH`.
 fn plan<'c>(
@@ -198,7 +198,7 @@ fn plan<'c>(
     bind: SocketAddr,
     head: &RequestHead<'_>,
 ) -> Result<Plan<'c>, Refusal> {
-    let authority = admit_head(head)?;
+    let authority = admit_head(head, false)?;
     let listener = routes
         .table(bind)
         .and_then(|t| t.lookup(&authority))
@@ -216,8 +216,8 @@ fn plan<'c>(
 }
 
 /// The authority of a request routing may take ([`plan`]'s first three rules; a gateway's
-/// requests too). Pure.
-fn admit_head(head: &RequestHead<'_>) -> Result<String, Refusal> {
+/// requests too, where `upgrades` lets an upgrade through to be routed). Pure.
+fn admit_head(head: &RequestHead<'_>, upgrades: bool) -> Result<String, Refusal> {
     if head.method == Method::CONNECT {
         return Err(
             Refusal::downstream(ResponseFlag::None, "connect_not_allowed")
@@ -229,7 +229,7 @@ fn admit_head(head: &RequestHead<'_>) -> Result<String, Refusal> {
         );
     }
     let authority = admission::authority(head)?;
-    if !admission::upgrade_protocols(head.version, head.headers).is_empty() {
+    if !upgrades && !admission::upgrade_protocols(head.version, head.headers).is_empty() {
         return Err(Refusal::downstream(ResponseFlag::None, "upgrade_failed")
             .with_reply(
                 StatusCode::FORBIDDEN,
@@ -757,7 +757,9 @@ impl Downstream {
                 log.far = Some(client.far.clone());
                 match client.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        self.clients.give_back_h1(target, client);
+                        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                            self.clients.give_back_h1(target, client);
+                        }
                         return Ok(resp);
                     }
                     Err(mut e) => match e.take_message() {
@@ -775,7 +777,10 @@ impl Downstream {
             .send_request(req)
             .await
             .map_err(|e| log.failed(send_failed(&e), e))?;
-        self.clients.give_back_h1(target, client);
+        // A switched connection is the upgrade's now, never a pooled one.
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.clients.give_back_h1(target, client);
+        }
         Ok(resp)
     }
 
@@ -932,7 +937,8 @@ impl Tunnel {
         } = self;
         match http1::Builder::new().handshake(TokioIo::new(io)).await {
             Ok((sender, conn)) => {
-                drive(conn, result, counts);
+                // A `101` hands the connection to the upgrade (a gateway's WebSocket).
+                drive(conn.with_upgrades(), result, counts);
                 Ok(Client::new(sender, far))
             }
             Err(e) => Err(handshake_failed(result, e, log)),

@@ -274,6 +274,14 @@ fn judge(bytes: &[u8]) -> Head {
     if te && !chunked {
         return Head::Blind;
     }
+    // What follows an upgrade request may be another protocol's bytes: not followed.
+    if req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        return Head::Blind;
+    }
     let body = if te {
         State::Chunked(Chunk::Size(0, false))
     } else {
@@ -458,6 +466,17 @@ mod tests {
                 Some(head.clone()),
             ),
             ("CL+TE", CL_TE.to_vec(), Some((0, CL_TE_HEAD)), None),
+            (
+                "an upgrade, then another protocol's bytes that look like a CL+TE head",
+                [
+                    b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                        .as_slice(),
+                    CL_TE,
+                ]
+                .concat(),
+                None,
+                Some(blind.clone()),
+            ),
             ("TE+CL", te_cl.to_vec(), Some((0, te_cl.len() - 5)), None),
             (
                 "CL+TE, names in any case",

@@ -69,8 +69,9 @@ pub(crate) async fn serve<I>(
     // answers 400 in its place (crate::framing).
     let io = crate::framing::Guarded::new(io);
     let verdict = io.verdict();
+    // An upgrade (WebSocket) the backend accepts is spliced (`routed.rs`).
     if let Err(e) = crate::inbound_http::edge_server()
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await
     {
         tracing::debug!(error = %e, "gateway http connection ended with an error");
@@ -130,7 +131,7 @@ impl Downstream {
             version: req.version(),
             headers: req.headers(),
         };
-        let authority = super::admit_head(&head)?;
+        let authority = super::admit_head(&head, true)?;
         log.authority.clone_from(&authority);
         let host = host_of(&authority);
         let gw = &config.gateway;

@@ -28,9 +28,16 @@ use super::limits::{Held, Policy};
 use super::{
     finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
 };
+use crate::admission;
 use crate::http_metrics::CountingBody;
 use crate::outlier::Outcome;
 use crate::refusal::{Refusal, ResponseFlag};
+use crate::splice::{splice, Abort, SpliceEnd};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
 /// larger body, or one of unknown length, is streamed once: no retry, no mirror.
@@ -363,6 +370,82 @@ pub(super) struct Scope<'a> {
     pub(super) scheme: &'a str,
 }
 
+/// The answer to an upgrade that cannot be carried to its destination (Envoy's detail).
+fn upgrade_failed() -> Refusal {
+    Refusal::downstream(ResponseFlag::None, "upgrade_failed")
+        .with_reply(
+            StatusCode::FORBIDDEN,
+            "upgrades are not served for this destination\n",
+        )
+        .closing(Version::HTTP_11)
+}
+
+/// After the backend's `101`, splice the client's upgraded connection to the backend's on a
+/// task of its own; its end (and the bytes each way) is logged at `info`.
+fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, service: String) {
+    tokio::spawn(async move {
+        let (down, up) = match (down.await, up.await) {
+            (Ok(d), Ok(u)) => (d, u),
+            (d, u) => {
+                tracing::debug!(
+                    client = d.is_ok(),
+                    backend = u.is_ok(),
+                    "an upgraded side went before the splice"
+                );
+                return;
+            }
+        };
+        let mut d = Upgraded(TokioIo::new(down));
+        let mut u = Upgraded(TokioIo::new(up));
+        match splice(&mut d, &mut u, None).await {
+            SpliceEnd::Done(sent, received) => {
+                tracing::info!(%service, sent, received, "gateway upgraded connection closed");
+            }
+            SpliceEnd::Failed(side, e) => {
+                tracing::info!(%service, ?side, error = %e, "gateway upgraded connection failed");
+            }
+            SpliceEnd::Closed(r) => {
+                tracing::info!(%service, detail = %r.detail, "gateway upgraded connection closed by policy");
+            }
+        }
+    });
+}
+
+/// One side of a gateway's upgraded connection. Its stream is hyper's (the client's, or the
+/// backend tunnel's), so an abort cannot reach the socket under it: a failed side ends the
+/// splice and both sides are dropped.
+struct Upgraded(TokioIo<hyper::upgrade::Upgraded>);
+
+impl Abort for Upgraded {
+    fn abort(&mut self) {}
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// The source labels of a request at a gateway: none (the client is outside the mesh).
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -376,6 +459,14 @@ impl Downstream {
         req: Request<CountingBody>,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, Refusal> {
+        let mut req = req;
+        // An upgrade at a gateway server (WebSocket): routed and checked like any request,
+        // sent over HTTP/1.1 with its `Upgrade`, and spliced when the backend answers `101`.
+        let upgrade = match self.edge {
+            Some(_) => admission::upgrade_protocols(req.version(), req.headers()),
+            None => Vec::new(),
+        };
+        let downstream_upgrade = (!upgrade.is_empty()).then(|| hyper::upgrade::on(&mut req));
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
@@ -520,6 +611,18 @@ impl Downstream {
         apply(&mut parts.headers, &forward.route.headers.request);
         apply(&mut parts.headers, &destination.headers.request);
         upstream_head(&mut parts, &forward.authority, target.version())?;
+        if !upgrade.is_empty() {
+            if target.http2 {
+                // An HTTP/2 (or gRPC) service port has no HTTP/1.1 upgrade to splice.
+                return Err(upgrade_failed());
+            }
+            let value = HeaderValue::from_str(&upgrade.join(", ")).map_err(|_| upgrade_failed())?;
+            parts.headers.insert(http::header::UPGRADE, value);
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+        }
         let mut payload = Payload::read(body)
             .await
             .map_err(|(r, why)| log.failed(r, why))?;
@@ -529,7 +632,7 @@ impl Downstream {
             version: parts.version,
             headers: parts.headers,
         };
-        if let Payload::Kept(bytes) = &payload {
+        if let (Payload::Kept(bytes), true) = (&payload, upgrade.is_empty()) {
             for mirror in &forward.mirrors {
                 self.mirror(
                     config,
@@ -562,9 +665,22 @@ impl Downstream {
             retries,
             deadline,
         };
-        let resp = self
+        let mut resp = self
             .attempts(config, built, &tries, &head, &mut payload, log)
             .await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = downstream_upgrade {
+                if admission::switches_to_asked(&upgrade, resp.headers()) {
+                    let up = hyper::upgrade::on(&mut resp);
+                    splice_upgrade(down, up, log.service.clone().unwrap_or_default());
+                    drop(permit);
+                    let mut resp = resp.map(|b| b.boxed());
+                    apply(resp.headers_mut(), &forward.route.headers.response);
+                    apply(resp.headers_mut(), &destination.headers.response);
+                    return Ok(resp);
+                }
+            }
+        }
         let resp = finish_response(resp)?;
         let mut resp = resp.map(|b| Held::new(b, permit).boxed());
         apply(resp.headers_mut(), &forward.route.headers.response);
