@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use ward_test_support::{free_port, skip_or_fail, UpOptions, Ward};
 
@@ -140,6 +141,30 @@ fn websocket_sessions_cross_the_gateway_and_denied_upgrades_do_not() {
         ["/ws/chat", "/ws/chat"],
         "what reached the app"
     );
+
+    // The access record of an upgraded request is written when its connection ends: the 101
+    // and the bytes both ways.
+    let line = ward
+        .wait_for_log(
+            &[
+                ("direction", "gateway"),
+                ("path", "/ws/chat"),
+                ("response_code", "101"),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("no access record of the upgrade: {e}\n{}", logs()));
+    for bytes in ["bytes_received", "bytes_sent"] {
+        assert!(line[bytes].as_u64().is_some_and(|n| n > 0), "{line}");
+    }
+    assert_eq!(line["gateway"], "istio-system/edge", "{line}");
+    let denied = ward
+        .wait_for_log(
+            &[("direction", "gateway"), ("path", "/ws/denied")],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(denied["response_code"], 403, "{denied}");
 
     // The gateway reports the switch.
     let (status, text) = ward_test_support::http_get(ward.admin, "/metrics").unwrap();

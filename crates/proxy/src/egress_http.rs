@@ -517,6 +517,18 @@ impl Downstream {
         match answered {
             Ok(resp) => {
                 let (flag, details) = log.answer.unwrap_or((ResponseFlag::None, "via_upstream"));
+                if let Some(end) = log.upgraded.take() {
+                    let code = resp.status().as_u16();
+                    self.span(&config, &hop, &log, code, flag, request_id);
+                    tokio::spawn(async move {
+                        if let Ok(end) = end.await {
+                            log.upgrade_bytes = end.bytes;
+                            log.error = end.error;
+                        }
+                        log.emit(code, flag.as_str(), details, log.error.as_deref());
+                    });
+                    return meter.attach(resp, flag.as_str());
+                }
                 log.emit(
                     resp.status().as_u16(),
                     flag.as_str(),
@@ -1092,6 +1104,18 @@ struct RequestLog {
     started: Instant,
     /// Which records are written (Telemetry `accessLogging`); `None`: never (a mirror's copy).
     logging: Option<Arc<ward_config::access_log_policy::AccessLogPolicy>>,
+    /// A gateway's upgraded (spliced) request: its record is written when the splice ends,
+    /// with the bytes it carried, as Envoy logs an upgraded stream at its end.
+    upgraded: Option<tokio::sync::oneshot::Receiver<UpgradeEnd>>,
+    /// The bytes an upgraded connection carried: (from the client, to the client).
+    upgrade_bytes: Option<(u64, u64)>,
+}
+
+/// How a gateway's upgraded connection ended: bytes from and to the client (`None` when a side
+/// failed), and the failure.
+struct UpgradeEnd {
+    bytes: Option<(u64, u64)>,
+    error: Option<String>,
 }
 
 impl RequestLog {
@@ -1122,6 +1146,8 @@ impl RequestLog {
             blocked_host: None,
             started: Instant::now(),
             logging: None,
+            upgraded: None,
+            upgrade_bytes: None,
         }
     }
 
@@ -1156,6 +1182,8 @@ impl RequestLog {
             blocked_host: None,
             started: Instant::now(),
             logging: Some(config.access_logging.clone()),
+            upgraded: None,
+            upgrade_bytes: None,
         }
     }
 
@@ -1202,6 +1230,8 @@ impl RequestLog {
             dst.workload = far.and_then(|f| f.workload.as_deref()),
             dst.identity = far.and_then(|f| f.identity.as_deref()),
             error,
+            bytes_received = self.upgrade_bytes.map(|b| b.0),
+            bytes_sent = self.upgrade_bytes.map(|b| b.1),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "request complete"
         );

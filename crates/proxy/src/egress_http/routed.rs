@@ -27,6 +27,7 @@ use ward_config::{Endpoint, ProxyConfig};
 use super::limits::{Held, Policy};
 use super::{
     finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
+    UpgradeEnd,
 };
 use crate::admission;
 use crate::http_metrics::CountingBody;
@@ -38,6 +39,7 @@ use hyper_util::rt::TokioIo;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
 /// larger body, or one of unknown length, is streamed once: no retry, no mirror.
@@ -381,33 +383,39 @@ fn upgrade_failed() -> Refusal {
 }
 
 /// After the backend's `101`, splice the client's upgraded connection to the backend's on a
-/// task of its own; its end (and the bytes each way) is logged at `info`.
-fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, service: String) {
+/// task of its own; how it ended goes to `end` (the request's access-log record).
+fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, end: oneshot::Sender<UpgradeEnd>) {
     tokio::spawn(async move {
         let (down, up) = match (down.await, up.await) {
             (Ok(d), Ok(u)) => (d, u),
-            (d, u) => {
-                tracing::debug!(
-                    client = d.is_ok(),
-                    backend = u.is_ok(),
-                    "an upgraded side went before the splice"
-                );
+            (d, _) => {
+                let side = if d.is_err() { "client" } else { "backend" };
+                let _ = end.send(UpgradeEnd {
+                    bytes: None,
+                    error: Some(format!(
+                        "the {side}'s upgraded connection went before the splice"
+                    )),
+                });
                 return;
             }
         };
         let mut d = Upgraded(TokioIo::new(down));
         let mut u = Upgraded(TokioIo::new(up));
-        match splice(&mut d, &mut u, None).await {
-            SpliceEnd::Done(sent, received) => {
-                tracing::info!(%service, sent, received, "gateway upgraded connection closed");
-            }
-            SpliceEnd::Failed(side, e) => {
-                tracing::info!(%service, ?side, error = %e, "gateway upgraded connection failed");
-            }
-            SpliceEnd::Closed(r) => {
-                tracing::info!(%service, detail = %r.detail, "gateway upgraded connection closed by policy");
-            }
-        }
+        let ended = match splice(&mut d, &mut u, None).await {
+            SpliceEnd::Done(received, sent) => UpgradeEnd {
+                bytes: Some((received, sent)),
+                error: None,
+            },
+            SpliceEnd::Failed(side, e) => UpgradeEnd {
+                bytes: None,
+                error: Some(format!("{side:?} side of the upgraded connection: {e}")),
+            },
+            SpliceEnd::Closed(r) => UpgradeEnd {
+                bytes: None,
+                error: Some(r.detail.to_string()),
+            },
+        };
+        let _ = end.send(ended);
     });
 }
 
@@ -672,7 +680,9 @@ impl Downstream {
             if let Some(down) = downstream_upgrade {
                 if admission::switches_to_asked(&upgrade, resp.headers()) {
                     let up = hyper::upgrade::on(&mut resp);
-                    splice_upgrade(down, up, log.service.clone().unwrap_or_default());
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    log.upgraded = Some(rx);
+                    splice_upgrade(down, up, tx);
                     drop(permit);
                     let mut resp = resp.map(|b| b.boxed());
                     apply(resp.headers_mut(), &forward.route.headers.response);
