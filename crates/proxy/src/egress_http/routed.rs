@@ -412,7 +412,7 @@ fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, end: oneshot::Sender<UpgradeEn
             },
             SpliceEnd::Closed(r) => UpgradeEnd {
                 bytes: None,
-                error: Some(r.detail.to_string()),
+                error: Some(r.detail),
             },
         };
         let _ = end.send(ended);
