@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, TE};
+use http::header::{HeaderValue, CONNECTION, HOST, TE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
@@ -496,6 +496,10 @@ impl Downstream {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        // A gateway connection that asked for an upgrade and is not switched closes after the
+        // answer: its framing guard stopped following it at the upgrade head (`framing.rs`).
+        let upgrade_asked = self.edge.is_some()
+            && !admission::upgrade_protocols(req.version(), req.headers()).is_empty();
         let mut challenge = None;
         let answered = if self.edge.is_some() {
             let built = self.ctx.routes.get(&config);
@@ -514,7 +518,7 @@ impl Downstream {
             request_body,
             overrides: Some(config.metrics.clone()),
         };
-        match answered {
+        let mut resp = match answered {
             Ok(resp) => {
                 let (flag, details) = log.answer.unwrap_or((ResponseFlag::None, "via_upstream"));
                 if let Some(end) = log.upgraded.take() {
@@ -557,7 +561,12 @@ impl Downstream {
                 let reply = crate::inbound_http::local_reply(&refusal, challenge);
                 meter.attach(reply, refusal.flag.as_str())
             }
+        };
+        if upgrade_asked && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
     }
 
     /// This hop's span, if it is reported (`crate::trace`).

@@ -4,13 +4,16 @@ PyPI `websockets`.
   ws_echo.py serve PORT SEEN   serve on 127.0.0.1:PORT, print "ready"; every HTTP request that
                                reaches the app appends its path to the file SEEN. A connection
                                gets "welcome", then "echo:<m>" for each message m.
-  ws_echo.py call URL MESSAGE  connect, read the welcome, send MESSAGE, read its echo, close;
-                               print JSON: welcome, echo, close_code; or status when the
-                               handshake was answered with another status than 101.
+  ws_echo.py call URL MESSAGE [CA SERVER_NAME]
+                               connect (wss: trusting CA, checking SERVER_NAME), read the
+                               welcome, send MESSAGE, read its echo, close; print JSON:
+                               welcome, echo, close_code; or status when the handshake was
+                               answered with another status than 101.
 """
 
 import asyncio
 import json
+import ssl
 import sys
 
 from websockets.asyncio.client import connect
@@ -34,9 +37,12 @@ async def run_server(port, seen):
         await asyncio.get_running_loop().create_future()
 
 
-async def call(url, message):
+async def call(url, message, ca=None, server_name=None):
+    tls = {}
+    if ca:
+        tls = {"ssl": ssl.create_default_context(cafile=ca), "server_hostname": server_name}
     try:
-        async with connect(url, open_timeout=10, close_timeout=5) as ws:
+        async with connect(url, open_timeout=10, close_timeout=5, **tls) as ws:
             welcome = await asyncio.wait_for(ws.recv(), 10)
             await ws.send(message)
             echo = await asyncio.wait_for(ws.recv(), 10)
@@ -50,7 +56,7 @@ def main():
     if sys.argv[1] == "serve":
         asyncio.run(run_server(int(sys.argv[2]), sys.argv[3]))
     else:
-        print(json.dumps(asyncio.run(call(sys.argv[2], sys.argv[3]))), flush=True)
+        print(json.dumps(asyncio.run(call(*sys.argv[2:]))), flush=True)
 
 
 if __name__ == "__main__":
