@@ -1336,6 +1336,55 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_admits_upgrades_a_sidecar_listener_refuses_them() {
+        let admit = |req: &Request<()>, upgrades: bool| {
+            admit_head(
+                &RequestHead {
+                    method: req.method(),
+                    uri: req.uri(),
+                    version: req.version(),
+                    headers: req.headers(),
+                },
+                upgrades,
+            )
+            .map_err(|r| (r.status.map(|s| s.as_u16()), r.detail))
+        };
+        let ws = request(
+            "GET",
+            "/chat",
+            Version::HTTP_11,
+            &[
+                ("host", "a.example"),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        assert_eq!(admit(&ws, true), Ok("a.example".to_owned()));
+        assert_eq!(
+            admit(&ws, false),
+            Err((Some(403), "upgrade_failed".to_owned()))
+        );
+        // CONNECT and a bad authority stay refused at a gateway.
+        let connect = request("CONNECT", "a.example:443", Version::HTTP_11, &[]);
+        assert_eq!(
+            admit(&connect, true),
+            Err((Some(405), "connect_not_allowed".to_owned()))
+        );
+        let two_hosts = request(
+            "GET",
+            "/",
+            Version::HTTP_11,
+            &[
+                ("host", "a"),
+                ("host", "b"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        assert_eq!(admit(&two_hosts, true).map_err(|e| e.0), Err(Some(400)));
+    }
+
+    #[test]
     fn requests_go_where_their_authority_says_or_get_a_local_answer() {
         const HTTP_11: Version = Version::HTTP_11;
         const HTTP_2: Version = Version::HTTP_2;
