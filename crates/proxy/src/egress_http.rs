@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -115,6 +115,7 @@ pub(crate) async fn serve(
         bind,
         clients: Clients::default(),
         edge: None,
+        abort: Arc::default(),
     });
     let svc = hyper::service::service_fn(move |req| {
         let down = down.clone();
@@ -293,6 +294,9 @@ struct Downstream {
     /// At a gateway server: where the connection came in, and the gateway workload's inbound
     /// state (its JWT keys) for the checks at the edge. `None`: a sidecar's egress listener.
     edge: Option<(edge::Edge, Arc<crate::inbound::InboundCtx>)>,
+    /// Set when an upgraded connection's splice fails: the client's connection is then reset
+    /// when dropped (a gateway's; `crate::inbound_http::Abortable`).
+    abort: Arc<AtomicBool>,
 }
 
 /// The client connections of one downstream connection, by [`Target::pool_key`] (the service
@@ -1022,6 +1026,16 @@ enum Either {
     Tunnel(ward_hbone::H2Stream),
     Plain(TcpStream),
     Tls(Box<crate::originate::Originated>),
+}
+
+impl crate::splice::Abort for Counted {
+    fn abort(&mut self) {
+        match &mut self.inner {
+            Either::Tunnel(t) => t.abort(),
+            Either::Plain(s) => s.abort(),
+            Either::Tls(s) => s.abort(),
+        }
+    }
 }
 
 /// A stream that counts its bytes.

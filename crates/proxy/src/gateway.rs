@@ -304,7 +304,7 @@ async fn serve_terminated(
         crate::egress_http::serve_edge(
             ctx.outbound.clone(),
             ctx.inbound.clone(),
-            tls,
+            crate::splice::TlsOverTcp::new(tls, false),
             src,
             bind,
             edge,

@@ -49,15 +49,19 @@ pub(crate) async fn serve<I>(
     bind: SocketAddr,
     edge: Edge,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::splice::Abort + Unpin + Send + 'static,
 {
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let down = Arc::new(Downstream {
         ctx,
         src,
         bind,
         clients: Clients::default(),
         edge: Some((edge, inbound)),
+        abort: abort.clone(),
     });
+    // Reset, not closed, when an upgraded connection's splice failed (`routed.rs`).
+    let io = crate::inbound_http::Abortable::new(io, abort);
     let svc = {
         let down = down.clone();
         hyper::service::service_fn(move |req| {

@@ -37,8 +37,9 @@ use crate::splice::{splice, Abort, SpliceEnd};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
@@ -383,8 +384,15 @@ fn upgrade_failed() -> Refusal {
 }
 
 /// After the backend's `101`, splice the client's upgraded connection to the backend's on a
-/// task of its own; how it ended goes to `end` (the request's access-log record).
-fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, end: oneshot::Sender<UpgradeEnd>) {
+/// task of its own; how it ended goes to `end` (the request's access-log record). When a side
+/// fails, both are reset: the client's through `abort` (its connection's switch), the
+/// backend's tunnel directly.
+fn splice_upgrade(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    abort: Arc<AtomicBool>,
+    end: oneshot::Sender<UpgradeEnd>,
+) {
     tokio::spawn(async move {
         let (down, up) = match (down.await, up.await) {
             (Ok(d), Ok(u)) => (d, u),
@@ -399,9 +407,28 @@ fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, end: oneshot::Sender<UpgradeEn
                 return;
             }
         };
-        let mut d = Upgraded(TokioIo::new(down));
-        let mut u = Upgraded(TokioIo::new(up));
-        let ended = match splice(&mut d, &mut u, None).await {
+        let mut d = Upgraded(TokioIo::new(down), abort);
+        // The backend's side is the client connection's own stream (`super::Counted`), so it
+        // can be reset; bytes the backend sent right after its 101 go first.
+        let ended = match up.downcast::<TokioIo<super::Counted>>() {
+            Ok(parts) => {
+                if !parts.read_buf.is_empty() && d.write_all(&parts.read_buf).await.is_err() {
+                    d.abort();
+                    let _ = end.send(UpgradeEnd {
+                        bytes: None,
+                        error: Some("the client's upgraded connection failed".to_owned()),
+                    });
+                    return;
+                }
+                let mut u = parts.io.into_inner();
+                splice(&mut d, &mut u, None).await
+            }
+            Err(up) => {
+                let mut u = Upgraded(TokioIo::new(up), Arc::default());
+                splice(&mut d, &mut u, None).await
+            }
+        };
+        let ended = match ended {
             SpliceEnd::Done(received, sent) => UpgradeEnd {
                 bytes: Some((received, sent)),
                 error: None,
@@ -419,13 +446,14 @@ fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, end: oneshot::Sender<UpgradeEn
     });
 }
 
-/// One side of a gateway's upgraded connection. Its stream is hyper's (the client's, or the
-/// backend tunnel's), so an abort cannot reach the socket under it: a failed side ends the
-/// splice and both sides are dropped.
-struct Upgraded(TokioIo<hyper::upgrade::Upgraded>);
+/// One side of a gateway's upgraded connection, and the switch that makes the connection under
+/// it reset when it is dropped.
+struct Upgraded(TokioIo<hyper::upgrade::Upgraded>, Arc<AtomicBool>);
 
 impl Abort for Upgraded {
-    fn abort(&mut self) {}
+    fn abort(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AsyncRead for Upgraded {
@@ -682,7 +710,7 @@ impl Downstream {
                     let up = hyper::upgrade::on(&mut resp);
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     log.upgraded = Some(rx);
-                    splice_upgrade(down, up, tx);
+                    splice_upgrade(down, up, self.abort.clone(), tx);
                     drop(permit);
                     let mut resp = resp.map(|b| b.boxed());
                     apply(resp.headers_mut(), &forward.route.headers.response);
@@ -848,6 +876,7 @@ impl Downstream {
             bind: self.bind,
             clients: Clients::default(),
             edge: self.edge.clone(),
+            abort: Arc::default(),
         };
         let config = config.clone();
         let mut log = RequestLog::detached(&down, &config);
