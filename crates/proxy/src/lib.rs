@@ -57,6 +57,7 @@ pub mod coverage;
 pub mod dns;
 mod egress_http;
 mod forward_proxy;
+mod framing;
 mod gateway;
 mod http_metrics;
 mod inbound;

@@ -73,6 +73,9 @@ pub enum ResponseFlag {
     /// `DT`: the connection reached its maximum duration (DestinationRule
     /// `connectionPool.tcp.maxConnectionDuration`).
     DurationTimeout,
+    /// `DPE`: the client's request broke HTTP's framing rules (a head with both
+    /// `Content-Length` and `Transfer-Encoding`: `crate::framing`).
+    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -95,6 +98,7 @@ impl ResponseFlag {
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::DurationTimeout => "DT",
+            ResponseFlag::DownstreamProtocolError => "DPE",
         }
     }
 }
@@ -238,6 +242,7 @@ mod tests {
             (ResponseFlag::UpstreamFailure, "UF"),
             (ResponseFlag::UpstreamProtocolError, "UPE"),
             (ResponseFlag::UpstreamConnectionTermination, "UC"),
+            (ResponseFlag::DownstreamProtocolError, "DPE"),
         ];
         for (flag, text) in all {
             assert_eq!(flag.as_str(), text);
