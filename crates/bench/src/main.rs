@@ -9,7 +9,7 @@
 //! Layout, following a run:
 //! - `server`: the HTTP/1.1 1 KB + echo server, run as `ward-bench serve` in its own process;
 //! - `paths`: the paths compared; `ward_pair`, `nginx_pair` set up the proxies; `jwt`: the
-//!   ward-l7 path's JWKS endpoint and token;
+//!   ward-l7 path's JWKS endpoint and token; `otlp_sink`: the ward-l7-traced path's collector;
 //! - `load`, `http1`: the open-loop / closed-loop generators and their HTTP/1.1 client;
 //! - `iperf`: bulk throughput with iperf3; `procstat`: CPU and memory from /proc;
 //! - `measure`: one round of every workload on one path → named figures;
@@ -28,6 +28,7 @@ mod measure;
 mod net;
 mod nginx_pair;
 mod originate;
+mod otlp_sink;
 mod paths;
 mod process;
 mod procstat;
@@ -72,10 +73,6 @@ struct Cli {
     /// pair; needs root and `ip`), `loopback`, or `auto` (netns where possible).
     #[arg(long, value_enum, default_value_t = Network::Auto)]
     network: Network,
-    /// The paths measured, comma-separated (default: all). Names as in the results:
-    /// baseline, ward-l4, ward-l7, ward-gateway, reference.
-    #[arg(long, value_delimiter = ',', value_parser = parse_path_kind)]
-    paths: Vec<PathKind>,
     /// Rounds (default: 5, or 1 with --smoke).
     #[arg(long)]
     rounds: Option<usize>,
@@ -86,18 +83,14 @@ struct Cli {
     /// Internal: this process already runs inside the client namespace.
     #[arg(long, hide = true)]
     inside_netns: bool,
+    /// The paths to measure, comma-separated (default: baseline, ward-l4, ward-l7,
+    /// ward-gateway, reference). Opt-in: `ward-l7-traced` (every request traced and exported
+    /// over OTLP) and `ward-l7-audit-off` (`--no-audit`), each compared with ward-l7 of the
+    /// same run (added when not named).
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-fn parse_path_kind(name: &str) -> Result<PathKind, String> {
-    PathKind::ALL
-        .into_iter()
-        .find(|k| k.name() == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown path `{name}` (known: {})", known.join(", "))
-        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -164,6 +157,13 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Internal: the OTLP/HTTP sink of ward-l7-traced; prints the address.
+    #[command(hide = true)]
+    ServeOtlp {
+        /// The address to listen on.
+        #[arg(long)]
+        bind: std::net::IpAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -171,6 +171,13 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Serve { bind }) => {
             return match runtime().map(|rt| rt.block_on(server::serve(*bind))) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(&anyhow::Error::from(e)),
+                Err(e) => fail(&e),
+            };
+        }
+        Some(Command::ServeOtlp { bind }) => {
+            return match runtime().map(|rt| rt.block_on(otlp_sink::serve(*bind))) {
                 Ok(Ok(())) => ExitCode::SUCCESS,
                 Ok(Err(e)) => fail(&anyhow::Error::from(e)),
                 Err(e) => fail(&e),
@@ -321,6 +328,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The whole run; Ok(false) when a path did not carry traffic.
 fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     let started = Instant::now();
+    let kinds = selected_paths(&cli.paths)?;
     let mut plan = if cli.smoke {
         Plan::smoke()
     } else {
@@ -369,21 +377,16 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         iperf: iperf_addr.is_some(),
     };
 
-    let kinds: Vec<PathKind> = if cli.paths.is_empty() {
-        PathKind::ALL.to_vec()
-    } else {
-        PathKind::ALL
-            .into_iter()
-            .filter(|k| cli.paths.contains(k))
-            .collect()
-    };
-    let (running, mut results) = start_paths(&rt, &kinds, &server, &ward, pinning, net);
+    let (running, mut results) = start_paths(&kinds, &rt, &server, &ward, pinning, net);
     let rounds = run_rounds(&running, &plan, &ctx);
     let pools = latency_pools(&rounds);
     for (kind, rs) in rounds {
         let mut result = summarise(kind, &rs);
         if let Some(note) = &iperf_note {
             result.notes.push(note.clone());
+        }
+        if let Some(path) = running.iter().find(|p| p.kind == kind) {
+            otlp_result(path, &mut result);
         }
         results.insert(kind.name(), result);
     }
@@ -411,6 +414,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
             _ => "not pinned (one CPU or no taskset)".into(),
         },
         targets: report::targets(&results),
+        costs: report::costs(&results),
         paths: results,
         plan,
     };
@@ -424,11 +428,83 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
-/// Sets up every path and checks it carries a few requests; the ones that do are returned
-/// running, the others as failed results.
+/// The paths `--paths` names, in round order: the default set when none; a cost variant
+/// brings ward-l7, which it is compared with.
+fn selected_paths(names: &[String]) -> anyhow::Result<Vec<PathKind>> {
+    if names.is_empty() {
+        return Ok(PathKind::DEFAULT.to_vec());
+    }
+    let mut kinds = Vec::new();
+    for name in names {
+        let Some(kind) = PathKind::from_name(name.trim()) else {
+            let known: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+            bail!("--paths: no path {name:?} (known: {})", known.join(", "));
+        };
+        kinds.push(kind);
+        if let Some(base) = kind.cost_of() {
+            if !names.iter().any(|n| n.trim() == base.name()) {
+                eprintln!(
+                    "ward-bench: adding {} to compare {} with",
+                    base.name(),
+                    kind.name()
+                );
+                kinds.push(base);
+            }
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
+}
+
+/// ward-l7-traced: what the sink received and the sidecar counted; a run that exported no
+/// span failed (the path did not measure tracing).
+fn otlp_result(path: &RunningPath, result: &mut PathResult) {
+    let paths::Proxies::Ward(pair) = &path.proxies else {
+        return;
+    };
+    let Some(sink) = &pair.sink else { return };
+    // The exporter sends a batch at least every 0.5 s (docs/tracing.md).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let outcomes = match pair.span_outcomes() {
+        Ok(o) => o.into_iter().collect(),
+        Err(e) => {
+            result
+                .notes
+                .push(format!("server sidecar /metrics not read: {e}"));
+            BTreeMap::new()
+        }
+    };
+    match sink.stats() {
+        Ok(s) => {
+            if s.spans == 0 {
+                result.status = "failed".into();
+                result
+                    .failures
+                    .push("tracing: the OTLP sink received no span".into());
+            }
+            result.otlp = Some(report::OtlpResult {
+                requests: s.requests,
+                spans: s.spans,
+                bytes: s.bytes,
+                bad: s.bad,
+                outcomes,
+            });
+        }
+        Err(e) => {
+            result.status = "failed".into();
+            result
+                .failures
+                .push(format!("tracing: the OTLP sink could not be read: {e}"));
+        }
+    }
+}
+
+/// Sets up every path of `kinds` and checks it carries a few requests; the ones that do are
+/// returned running, the others as failed results.
 fn start_paths(
-    rt: &tokio::runtime::Runtime,
     kinds: &[PathKind],
+    rt: &tokio::runtime::Runtime,
     server: &Endpoints,
     ward: &Path,
     pinning: Pinning,
@@ -550,6 +626,7 @@ fn summarise(kind: PathKind, rounds: &[Round]) -> PathResult {
         failures,
         notes,
         figures,
+        otlp: None,
     }
 }
 
@@ -561,6 +638,7 @@ fn failed(kind: PathKind, why: String) -> PathResult {
         failures: vec![why],
         notes: Vec::new(),
         figures: BTreeMap::new(),
+        otlp: None,
     }
 }
 
@@ -617,5 +695,35 @@ fn git_rev() -> String {
         }
         Some(rev) => rev,
         None => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_selected_by_name() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(selected_paths(&[]).unwrap(), PathKind::DEFAULT.to_vec());
+        assert_eq!(
+            selected_paths(&names(&["ward-l7-traced"])).unwrap(),
+            vec![PathKind::WardL7, PathKind::WardL7Traced]
+        );
+        assert_eq!(
+            selected_paths(&names(&["ward-l7-audit-off", "baseline", "ward-l7"])).unwrap(),
+            vec![
+                PathKind::Baseline,
+                PathKind::WardL7,
+                PathKind::WardL7AuditOff
+            ]
+        );
+        let err = selected_paths(&names(&["ward-l9"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ward-l9") && err.contains("ward-l7-traced"),
+            "{err}"
+        );
     }
 }

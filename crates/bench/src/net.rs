@@ -39,8 +39,37 @@ pub(crate) const RUN: Names = Names {
 };
 /// The bench server's and iperf3's block.
 pub(crate) const APP_BLOCK: u8 = 2;
-/// Every block a run uses: ward-l4 (0), nginx (1), the apps (2), ward-l7 (7), ward-gateway (8).
-const BLOCKS: [u8; 5] = [0, 1, APP_BLOCK, 7, 8];
+/// Every block a run uses: ward-l4 (0), nginx (1), the apps (2), ward-l7-traced (3),
+/// ward-l7-audit-off (4), ward-l7 (7), ward-gateway (8).
+const BLOCKS: [u8; 7] = [0, 1, APP_BLOCK, 3, 4, 7, 8];
+
+/// The environment variable moving the loopback blocks: `A.B.C` puts block `n` at
+/// `A.B.(C+n)` instead of 127.77.n (so two runs on one host, or a host where 127.77/16 is
+/// taken, keep apart). Blocks go up to 8, so C must be at most 247.
+pub(crate) const LOOPBACK_ENV: &str = "WARD_BENCH_LOOPBACK";
+
+/// The loopback base from [`LOOPBACK_ENV`], read once; 127.77.0 when unset or invalid (an
+/// invalid value is reported once on stderr).
+fn loopback_base() -> [u8; 3] {
+    static BASE: std::sync::OnceLock<[u8; 3]> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| match std::env::var(LOOPBACK_ENV) {
+        Ok(v) => parse_loopback_base(&v).unwrap_or_else(|| {
+            eprintln!(
+                "ward-bench: {LOOPBACK_ENV}={v:?} is not A.B.C within 127.0.0.0/8 with C <= 247; \
+                 using 127.77.0"
+            );
+            [127, 77, 0]
+        }),
+        Err(_) => [127, 77, 0],
+    })
+}
+
+/// `A.B.C` with A = 127 and C + 8 (the highest block) still an octet.
+fn parse_loopback_base(v: &str) -> Option<[u8; 3]> {
+    let mut it = v.trim().split('.').map(|o| o.parse::<u8>().ok());
+    let base = [it.next()??, it.next()??, it.next()??];
+    (it.next().is_none() && base[0] == 127 && base[2] <= 247).then_some(base)
+}
 
 /// Which end of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +97,10 @@ impl Net {
             Side::Server => 10,
         };
         match self {
-            Net::Loopback => Ipv4Addr::new(127, 77, block, host),
+            Net::Loopback => {
+                let [a, b, c] = loopback_base();
+                Ipv4Addr::new(a, b, c.saturating_add(block), host)
+            }
             Net::Namespaces => Ipv4Addr::new(10, 77, block, host),
         }
     }
@@ -271,6 +303,22 @@ mod tests {
             Net::Namespaces.app_ip(),
             Net::Namespaces.ip(Side::Server, APP_BLOCK)
         );
+    }
+
+    #[test]
+    fn loopback_bases() {
+        let cases = [
+            ("127.1.230", Some([127, 1, 230])),
+            (" 127.77.0 ", Some([127, 77, 0])),
+            ("127.1.248", None),
+            ("10.1.2", None),
+            ("127.1", None),
+            ("127.1.2.3", None),
+            ("127.x.2", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_loopback_base(v), want, "{v}");
+        }
     }
 
     #[test]

@@ -36,17 +36,47 @@ pub(crate) enum PathKind {
     WardGateway,
     /// Client → nginx → TLS 1.3 with client cert → nginx → server.
     Reference,
+    /// ward-l7 with every request traced (100% sampling) and exported over OTLP/HTTP to the
+    /// bench's sink. Opt-in (`--paths`): the cost of tracing, against ward-l7 of the same run.
+    WardL7Traced,
+    /// ward-l7 with the audit trail off (`ward up --no-audit`). Opt-in (`--paths`): the cost
+    /// of the audit trail, against ward-l7 of the same run.
+    WardL7AuditOff,
 }
 
 impl PathKind {
-    /// Every path, in the order a round visits them.
-    pub(crate) const ALL: [PathKind; 5] = [
+    /// Every path, in the order a round visits them (and the tables list them).
+    pub(crate) const ALL: [PathKind; 7] = [
+        PathKind::Baseline,
+        PathKind::WardL4,
+        PathKind::WardL7,
+        PathKind::WardL7Traced,
+        PathKind::WardL7AuditOff,
+        PathKind::WardGateway,
+        PathKind::Reference,
+    ];
+
+    /// The paths a run measures when none are named: not the cost variants of ward-l7.
+    pub(crate) const DEFAULT: [PathKind; 5] = [
         PathKind::Baseline,
         PathKind::WardL4,
         PathKind::WardL7,
         PathKind::WardGateway,
         PathKind::Reference,
     ];
+
+    /// The path named `name` (as in results), if any.
+    pub(crate) fn from_name(name: &str) -> Option<PathKind> {
+        PathKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The path a cost variant is measured against (ward-l7 for both), None for the others.
+    pub(crate) fn cost_of(self) -> Option<PathKind> {
+        match self {
+            PathKind::WardL7Traced | PathKind::WardL7AuditOff => Some(PathKind::WardL7),
+            _ => None,
+        }
+    }
 
     /// The name in results and tables.
     pub(crate) fn name(self) -> &'static str {
@@ -56,6 +86,8 @@ impl PathKind {
             PathKind::WardL7 => "ward-l7",
             PathKind::WardGateway => "ward-gateway",
             PathKind::Reference => "reference",
+            PathKind::WardL7Traced => "ward-l7-traced",
+            PathKind::WardL7AuditOff => "ward-l7-audit-off",
         }
     }
 
@@ -85,6 +117,18 @@ impl PathKind {
                 "client -> nginx A -> TLS 1.3 + client cert -> nginx B (ssl_verify_client on) -> \
                  server; Debian nginx stream module, 1 worker each"
             }
+            PathKind::WardL7Traced => {
+                "as ward-l7, plus tracing turned on mesh-wide: an \
+                 `extensionProviders[].opentelemetry` provider (OTLP/HTTP, protobuf) pointing at \
+                 the bench's sink (which decodes and counts the spans) as the default tracing \
+                 provider, and a mesh-wide Telemetry with randomSamplingPercentage: 100: every \
+                 request makes a CLIENT span (the client's egress listener then serves request \
+                 by request) and a SERVER span, both exported"
+            }
+            PathKind::WardL7AuditOff => {
+                "as ward-l7, with the audit trail disabled the way a user does it: \
+                 `ward up --no-audit` on both sides"
+            }
         }
     }
 }
@@ -104,8 +148,8 @@ pub(crate) enum PathError {
 pub(crate) enum Proxies {
     /// Baseline: nothing between client and server.
     None,
-    /// Two `ward up` processes, one per side.
-    Ward(WardPair),
+    /// Two `ward up` processes, one per side (and, traced, the OTLP sink).
+    Ward(Box<WardPair>),
     /// Two nginx masters and their workers.
     Nginx(NginxPair),
 }
@@ -152,14 +196,24 @@ pub(crate) fn start(
             };
             (direct, plain, Proxies::None)
         }
-        PathKind::WardL4 | PathKind::WardL7 | PathKind::WardGateway => {
+        PathKind::WardL4
+        | PathKind::WardL7
+        | PathKind::WardGateway
+        | PathKind::WardL7Traced
+        | PathKind::WardL7AuditOff => {
             let layer = match kind {
                 PathKind::WardL4 => Layer::L4,
                 PathKind::WardL7 => Layer::L7,
+                PathKind::WardL7Traced => Layer::L7Traced,
+                PathKind::WardL7AuditOff => Layer::L7AuditOff,
                 _ => Layer::Gateway,
             };
             let pair = WardPair::start(ward, server, cpu, layer, net)?;
-            (pair.entry, pair.requests.clone(), Proxies::Ward(pair))
+            (
+                pair.entry,
+                pair.requests.clone(),
+                Proxies::Ward(Box::new(pair)),
+            )
         }
         PathKind::Reference => {
             let pair = NginxPair::start(server, cpu, crate::nginx_pair::BLOCK, net)?;
@@ -184,6 +238,19 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), PathKind::ALL.len());
+        for k in PathKind::ALL {
+            assert_eq!(PathKind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(PathKind::from_name("ward-l8"), None);
+    }
+
+    #[test]
+    fn cost_variants_are_opt_in() {
+        for k in [PathKind::WardL7Traced, PathKind::WardL7AuditOff] {
+            assert!(!PathKind::DEFAULT.contains(&k), "{}", k.name());
+            assert_eq!(k.cost_of(), Some(PathKind::WardL7));
+        }
+        assert!(PathKind::DEFAULT.iter().all(|k| k.cost_of().is_none()));
     }
 
     #[test]

@@ -259,6 +259,78 @@ pub(crate) struct PathResult {
     pub(crate) notes: Vec<String>,
     /// Figures by key, over rounds.
     pub(crate) figures: BTreeMap<&'static str, Summary>,
+    /// ward-l7-traced: what the OTLP sink received and the sidecar counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) otlp: Option<OtlpResult>,
+}
+
+/// The traced path's export, over the whole run (setup probe included).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct OtlpResult {
+    /// Export requests the sink received.
+    pub(crate) requests: u64,
+    /// Spans in them.
+    pub(crate) spans: u64,
+    /// Their body bytes (protobuf).
+    pub(crate) bytes: u64,
+    /// Requests that did not decode as OTLP.
+    pub(crate) bad: u64,
+    /// The server sidecar's `ward_spans_total` by outcome (`exported`, `queue_full`, ...).
+    pub(crate) outcomes: BTreeMap<String, f64>,
+}
+
+/// One figure of a cost variant against the path it varies (ward-l7), in the same run.
+#[derive(Debug, Serialize, PartialEq)]
+pub(crate) struct Cost {
+    /// The variant (`ward-l7-traced`, `ward-l7-audit-off`).
+    pub(crate) path: &'static str,
+    /// The path it is compared with.
+    pub(crate) against: &'static str,
+    /// The figure's key.
+    pub(crate) figure: &'static str,
+    /// The variant's median.
+    pub(crate) value: f64,
+    /// The other path's median.
+    pub(crate) base: f64,
+    /// value − base.
+    pub(crate) delta: f64,
+    /// value ÷ base (None when base is 0).
+    pub(crate) ratio: Option<f64>,
+}
+
+/// The figures a cost compares: CPU per request, latency at the fixed rate, saturation.
+pub(crate) const COST_FIGURES: [&str; 6] = [
+    "proxy_vcpu_per_krps",
+    "fixed4_p50_ms",
+    "fixed4_p99_ms",
+    "fixed16_p50_ms",
+    "fixed16_p99_ms",
+    "saturation_rps",
+];
+
+/// The cost of each variant present against its base path, figure by figure (both `ok`).
+pub(crate) fn costs(paths: &BTreeMap<&'static str, PathResult>) -> Vec<Cost> {
+    let mut out = Vec::new();
+    for kind in PathKind::ALL {
+        let Some(base) = kind.cost_of() else { continue };
+        let (Some(v), Some(b)) = (paths.get(kind.name()), paths.get(base.name())) else {
+            continue;
+        };
+        for figure in COST_FIGURES {
+            if let (Some(value), Some(basev)) = (v.median(figure), b.median(figure)) {
+                out.push(Cost {
+                    path: kind.name(),
+                    against: base.name(),
+                    figure,
+                    value,
+                    base: basev,
+                    delta: value - basev,
+                    ratio: (basev != 0.0).then(|| value / basev),
+                });
+            }
+        }
+    }
+    out
 }
 
 impl PathResult {
@@ -311,6 +383,9 @@ pub(crate) struct Results {
     pub(crate) paths: BTreeMap<&'static str, PathResult>,
     /// Ward's performance targets.
     pub(crate) targets: Vec<TargetCheck>,
+    /// What tracing and the audit trail cost, when their variants ran ([`costs`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) costs: Vec<Cost>,
 }
 
 /// Checks Ward's performance targets. They are stated per proxy; a ward pair is one process
@@ -471,7 +546,12 @@ fn num(v: f64) -> String {
 /// the baseline and the reference, and the targets.
 pub(crate) fn markdown(r: &Results) -> String {
     let mut md = String::new();
-    let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+    // The paths this run measured (or tried), in round order.
+    let names: Vec<&str> = PathKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|n| r.paths.contains_key(n))
+        .collect();
     let _ = writeln!(md, "# ward-bench results ({} run, {})\n", r.mode, r.date);
     let _ = writeln!(
         md,
@@ -499,6 +579,24 @@ pub(crate) fn markdown(r: &Results) -> String {
             }
             for n in &p.notes {
                 let _ = writeln!(md, "  - note: {n}");
+            }
+            if let Some(o) = &p.otlp {
+                let outcomes: Vec<String> =
+                    o.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let _ = writeln!(
+                    md,
+                    "  - OTLP sink: {} spans in {} exports ({} bytes, {} undecodable); the \
+                     sidecar's ward_spans_total: {}",
+                    o.spans,
+                    o.requests,
+                    o.bytes,
+                    o.bad,
+                    if outcomes.is_empty() {
+                        "not read".into()
+                    } else {
+                        outcomes.join(", ")
+                    }
+                );
             }
         }
     }
@@ -528,7 +626,34 @@ pub(crate) fn markdown(r: &Results) -> String {
     }
     let get = |p: &str, k: &str| r.paths.get(p).and_then(|p| p.median(k));
     for ward in ["ward-l4", "ward-l7", "ward-gateway"] {
-        compared(&mut md, ward, &get);
+        if r.paths.contains_key(ward) {
+            compared(&mut md, ward, &get);
+        }
+    }
+    if !r.costs.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Cost of tracing and of the audit trail (medians, same run)\n\n\
+             | path | against | figure | value | against | difference | ratio |\n\
+             |---|---|---|---:|---:|---:|---:|"
+        );
+        for c in &r.costs {
+            let (label, unit) = FIGURES
+                .iter()
+                .find(|f| f.key == c.figure)
+                .map_or((c.figure, ""), |f| (f.label, f.unit));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {label} | {} {unit} | {} {unit} | {}{} {unit} | {} |",
+                c.path,
+                c.against,
+                num(c.value),
+                num(c.base),
+                if c.delta >= 0.0 { "+" } else { "" },
+                num(c.delta),
+                c.ratio.map_or("—".into(), |r| format!("{r:.3}x")),
+            );
+        }
     }
     let _ = writeln!(md, "\n## Targets (reported, never a failure)\n");
     let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
@@ -595,7 +720,80 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (*k, Summary::of(&[*v]).unwrap()))
                 .collect(),
+            otlp: None,
         }
+    }
+
+    #[test]
+    fn costs_compare_each_variant_with_ward_l7() {
+        let mut traced = path(
+            "ok",
+            &[("proxy_vcpu_per_krps", 0.15), ("fixed4_p99_ms", 0.5)],
+        );
+        traced.otlp = Some(OtlpResult {
+            requests: 4,
+            spans: 2000,
+            bytes: 90_000,
+            bad: 0,
+            outcomes: [("exported".to_owned(), 2000.0)].into_iter().collect(),
+        });
+        let paths: BTreeMap<_, _> = [
+            (
+                "ward-l7",
+                path(
+                    "ok",
+                    &[("proxy_vcpu_per_krps", 0.10), ("fixed4_p99_ms", 0.4)],
+                ),
+            ),
+            ("ward-l7-traced", traced),
+            (
+                "ward-l7-audit-off",
+                path("failed", &[("proxy_vcpu_per_krps", 0.05)]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let c = costs(&paths);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].path, "ward-l7-traced");
+        assert_eq!(c[0].figure, "proxy_vcpu_per_krps");
+        assert!((c[0].delta - 0.05).abs() < 1e-9);
+        assert!((c[0].ratio.unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(c[1].figure, "fixed4_p99_ms");
+        let results = Results {
+            schema: SCHEMA,
+            mode: "smoke",
+            date: "2026-01-01T00:00:00Z".into(),
+            ward_rev: "abc".into(),
+            ward_binary: "ward".into(),
+            machine: Machine {
+                nproc: 2,
+                cpu_model: "cpu".into(),
+                kernel: "6".into(),
+            },
+            network: "loopback",
+            network_detail: "loopback".into(),
+            pinning: "none".into(),
+            plan: Plan::smoke(),
+            targets: targets(&paths),
+            costs: c,
+            paths,
+        };
+        let md = markdown(&results);
+        assert!(md.contains(
+            "| ward-l7-traced | ward-l7 | proxy pair CPU per 1000 rps | 0.150 vCPU | 0.100 vCPU | +0.050 vCPU | 1.500x |"
+        ), "{md}");
+        assert!(md.contains("OTLP sink: 2000 spans in 4 exports"), "{md}");
+        // Only the paths of the run get a column.
+        assert!(
+            md.contains(
+                "| figure | unit | ward-l7 | ward-l7-traced | ward-l7-audit-off | targets |"
+            ),
+            "{md}"
+        );
+        let json = serde_json::to_value(&results).unwrap();
+        assert_eq!(json["paths"]["ward-l7-traced"]["otlp"]["spans"], 2000);
+        assert_eq!(json["costs"][0]["against"], "ward-l7");
     }
 
     #[test]
@@ -679,6 +877,7 @@ mod tests {
             pinning: "none".into(),
             plan: Plan::smoke(),
             targets: targets(&paths),
+            costs: Vec::new(),
             paths,
         };
         let md = markdown(&results);

@@ -8,6 +8,9 @@
 //! The gateway path runs an ingress gateway (`istio: ingressgateway`) in the client's place: a
 //! Gateway with an HTTP server and two TCP servers on the service ports, routed by a
 //! VirtualService over HBONE to the server sidecar, whose HTTP port allows the gateway.
+//! The cost variants of L7 change one thing each: `ward-l7-traced` adds a Telemetry tracing
+//! every request of the server workload to the bench's OTLP sink ([`crate::otlp_sink`]),
+//! `ward-l7-audit-off` starts both sides with `--no-audit`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::http1::Requests;
 use crate::jwt::{Idp, IdpError};
 use crate::net::{Net, Side};
+use crate::otlp_sink::{OtlpSink, SinkError};
 use crate::paths::{Endpoints, SERVICE_PORTS};
 use crate::process::{free_port, Proc, SpawnError};
 
@@ -30,6 +34,10 @@ pub(crate) enum Layer {
     L7,
     /// An ingress gateway in front of the server sidecar (HTTP port `protocol: HTTP`).
     Gateway,
+    /// L7, with the server's requests traced at 100% to an OTLP sink.
+    L7Traced,
+    /// L7, with both sides' audit trail off.
+    L7AuditOff,
 }
 
 impl Layer {
@@ -38,9 +46,16 @@ impl Layer {
     fn block(self) -> u8 {
         match self {
             Layer::L4 => 0,
+            Layer::L7Traced => 3,
+            Layer::L7AuditOff => 4,
             Layer::L7 => 7,
             Layer::Gateway => 8,
         }
+    }
+
+    /// The L7 path or one of its cost variants: same mesh, policy and token.
+    fn is_l7(self) -> bool {
+        matches!(self, Layer::L7 | Layer::L7Traced | Layer::L7AuditOff)
     }
 }
 
@@ -65,6 +80,9 @@ pub(crate) enum WardPairError {
     /// The JWKS endpoint or the token could not be set up (L7).
     #[error("identity provider: {0}")]
     Idp(#[from] IdpError),
+    /// The OTLP sink did not start (L7 traced).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     /// `/ready` did not answer 200 in time, or ward exited.
     #[error("ward did not become ready: {reason}\n--- ward log (tail) ---\n{log}")]
     NotReady {
@@ -85,6 +103,10 @@ pub(crate) struct WardPair {
     pub(crate) entry: Endpoints,
     /// What the load generator sends (L7: with the bearer token and the policy's header).
     pub(crate) requests: Requests,
+    /// Both sides' admin APIs (their `/metrics`).
+    admins: [SocketAddr; 2],
+    /// L7 traced: the collector the server sidecar exports to.
+    pub(crate) sink: Option<OtlpSink>,
     /// L7: the JWKS endpoint, served as long as the pair runs.
     _idp: Option<Idp>,
     _dir: tempfile::TempDir,
@@ -107,9 +129,21 @@ impl WardPair {
                 format!("no ward binary at {}", ward.display()),
             )));
         }
-        let idp = match layer {
-            Layer::L4 | Layer::Gateway => None,
-            Layer::L7 => Some(Idp::start(&std::env::current_exe()?, net, cpu)?), // serve-jwks
+        let idp = if layer.is_l7() {
+            Some(Idp::start(&std::env::current_exe()?, net, cpu)?) // serve-jwks
+        } else {
+            None
+        };
+        // The collector runs with the load generator (as `cpu` is the proxies' CPU, the
+        // sink's is not counted as theirs): the caller pins this process there.
+        let sink = match layer {
+            Layer::L7Traced => Some(OtlpSink::start(
+                &std::env::current_exe()?,
+                net,
+                net.ip(Side::Server, layer.block()).into(),
+                None,
+            )?),
+            _ => None,
         };
         let requests = match &idp {
             None => Requests::plain(),
@@ -125,6 +159,9 @@ impl WardPair {
         if let Some(idp) = &idp {
             mesh.push_str(&l7_security_yaml(idp.addr));
         }
+        if let Some(sink) = &sink {
+            mesh.push_str(&traced_yaml(sink.addr));
+        }
         std::fs::write(config.join("mesh.yaml"), mesh)?;
         let state = dir.path().join("state");
         // The client side first: it creates the CA root under `state`, which the server side
@@ -139,10 +176,15 @@ impl WardPair {
         let start_side = |side: Side, workload: &str, admin: SocketAddr| {
             let log_path = dir.path().join(format!("ward-{workload}.log"));
             let log = std::fs::File::create(&log_path)?;
+            let mut command = net.command(side, cpu, ward);
+            command.arg("up");
+            if layer == Layer::L7AuditOff {
+                // docs/audit.md: how an operator runs without a trail.
+                command.arg("--no-audit");
+            }
             let mut proc = Proc::spawn(
                 "ward",
-                net.command(side, cpu, ward)
-                    .arg("up")
+                command
                     .arg("-f")
                     .arg(&config)
                     .arg("--state-dir")
@@ -210,6 +252,8 @@ impl WardPair {
             server: server_proc,
             entry: Endpoints { http, echo, iperf },
             requests,
+            admins: [client_admin, server_admin],
+            sink,
             _idp: idp,
             _dir: dir,
         })
@@ -227,7 +271,7 @@ fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     // Istio protocol selection: the `protocol` field decides; the names follow it.
     let (web, web_protocol) = match layer {
         Layer::L4 => ("tcp-http", "TCP"),
-        Layer::L7 | Layer::Gateway => ("http-web", "HTTP"),
+        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::Gateway => ("http-web", "HTTP"),
     };
     let ports = format!(
         "  - {{number: {http_port}, name: {web}, protocol: {web_protocol}}}\n  \
@@ -271,13 +315,13 @@ spec:
     to: [{{operation: {{ports: ["{http_port}", "{echo_port}", "{iperf_port}"]}}}}]
 "#
         ),
-        Layer::L7 => String::new(),
+        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff => String::new(),
         Layer::Gateway => gateway_yaml(),
     };
     // The client workload: a sidecar with egress listeners, or the ingress gateway in its place.
     let (client_sa, client_labels, client_sidecar) = match layer {
         Layer::Gateway => ("ingressgateway", "istio: ingressgateway", String::new()),
-        Layer::L4 | Layer::L7 => (
+        Layer::L4 | Layer::L7 | Layer::L7Traced | Layer::L7AuditOff => (
             "client",
             "app: client",
             format!(
@@ -444,11 +488,100 @@ spec:
     )
 }
 
+/// The traced path's tracing, as an Istio user turns it on mesh-wide: the sink as an
+/// `extensionProviders[].opentelemetry` provider over OTLP/HTTP (istio/api
+/// mesh/v1alpha1/config.proto, `OpenTelemetryTracingProvider`), the mesh's default tracing
+/// provider, and a mesh-wide Telemetry sampling every request. Both sidecars report: the
+/// client's egress listener then serves request by request to make CLIENT spans
+/// (docs/tracing.md), the server's makes SERVER spans.
+fn traced_yaml(sink: SocketAddr) -> String {
+    let (host, port) = (sink.ip(), sink.port());
+    format!(
+        r#"---
+apiVersion: sailoperator.io/v1
+kind: Istio
+metadata: {{name: default}}
+spec:
+  namespace: istio-system
+  values:
+    meshConfig:
+      extensionProviders:
+      - name: bench-otlp
+        opentelemetry:
+          service: "{host}"
+          port: {port}
+          http: {{path: /v1/traces, timeout: 5s}}
+      defaultProviders:
+        tracing: [bench-otlp]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+"#
+    )
+}
+
 impl WardPair {
     /// Both `ward up` processes.
     pub(crate) fn pids(&self) -> Vec<u32> {
         vec![self.client.pid(), self.server.pid()]
     }
+
+    /// Both sides' `ward_spans_total` by outcome (docs/tracing.md), from their `/metrics`.
+    pub(crate) fn span_outcomes(&self) -> std::io::Result<Vec<(String, f64)>> {
+        let mut all = String::new();
+        for admin in self.admins {
+            all.push_str(&http_body(admin, "/metrics")?);
+            all.push('\n');
+        }
+        Ok(span_outcomes(&all))
+    }
+}
+
+/// Sums `ward_spans_total{..., outcome="X", ...} N` by outcome, in first-seen order.
+fn span_outcomes(metrics: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("ward_spans_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(outcome) = labels
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("outcome=\""))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        match out.iter_mut().find(|(o, _)| o == outcome) {
+            Some((_, v)) => *v += value,
+            None => out.push((outcome.to_owned(), value)),
+        }
+    }
+    out
+}
+
+/// The body of a plain HTTP/1.1 GET (ward's admin API), read to the end.
+fn http_body(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or_else(|| std::io::Error::other("no body in the admin API's answer"))
 }
 
 /// The last 2000 bytes of a log file.
@@ -533,15 +666,24 @@ mod tests {
 
     fn mesh(layer: Layer) -> String {
         let mut mesh = mesh_yaml(&server(), layer, Net::Loopback);
-        if layer == Layer::L7 {
+        if layer.is_l7() {
             mesh.push_str(&l7_security_yaml("127.0.0.1:4".parse().unwrap()));
+        }
+        if layer == Layer::L7Traced {
+            mesh.push_str(&traced_yaml("127.0.0.1:5".parse().unwrap()));
         }
         mesh
     }
 
     #[test]
     fn every_mesh_loads_and_translates() {
-        for layer in [Layer::L4, Layer::L7, Layer::Gateway] {
+        for layer in [
+            Layer::L4,
+            Layer::L7,
+            Layer::Gateway,
+            Layer::L7Traced,
+            Layer::L7AuditOff,
+        ] {
             let set = ward_config::load_str("mesh.yaml", &mesh(layer))
                 .unwrap_or_else(|d| panic!("{layer:?}: {d}"));
             let snapshot =
@@ -632,6 +774,20 @@ mod tests {
                 .collect();
             assert_eq!(matched, want, "{what}");
         }
+    }
+
+    #[test]
+    fn span_outcomes_are_summed_over_workloads() {
+        let metrics = "# HELP ward_spans_total Spans.\n\
+            # TYPE ward_spans_total counter\n\
+            ward_spans_total{workload=\"bench/srv\",outcome=\"exported\"} 1500\n\
+            ward_spans_total{outcome=\"queue_full\",workload=\"bench/srv\"} 20\n\
+            ward_spans_total{workload=\"bench/other\",outcome=\"exported\"} 3\n\
+            ward_spans_other{outcome=\"exported\"} 9\n";
+        assert_eq!(
+            span_outcomes(metrics),
+            vec![("exported".into(), 1503.0), ("queue_full".into(), 20.0)]
+        );
     }
 
     #[test]

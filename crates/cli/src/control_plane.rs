@@ -46,10 +46,14 @@ pub(crate) struct ControlPlaneArgs {
     /// The namespace of the mesh ConfigMap `istio` (the mesh's root namespace).
     #[arg(long, default_value = "istio-system", requires = "kubernetes")]
     istio_namespace: String,
-    /// How long to wait after a change on the API server before loading, so that a burst of
-    /// changes (`kubectl apply -f dir/`) loads once.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// How long the API server's watches must be quiet after a change before Ward loads, so
+    /// that a burst of changes (`kubectl apply -f dir/`) loads once.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     debounce: Duration,
+    /// The longest a change waits for the watches to go quiet (a steady stream of changes
+    /// still loads this often).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    debounce_max: Duration,
     /// Where the CA keeps its root and the bootstrap token key (created on first start).
     #[arg(long, default_value = "./.ward")]
     state_dir: PathBuf,
@@ -390,7 +394,7 @@ pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
             args.webhooks.publish_resync,
             shutdown_rx.clone(),
         ));
-        tokio::spawn(k.follow(args.debounce, shutdown_rx.clone()));
+        tokio::spawn(k.follow(args.debounce, args.debounce_max, shutdown_rx.clone()));
     }
     let timing = ReloadTiming {
         poll: args.poll_interval,

@@ -22,6 +22,7 @@ use ward_config::ConfigFiles;
 use ward_control::{ControlPlane, ReloadError};
 use ward_kube::events::Events;
 use ward_kube::leader::Elector;
+use ward_kube::status::StatusWriter;
 use ward_kube::tokens::{Reviewer, AUDIENCE};
 use ward_kube::Cluster;
 
@@ -43,8 +44,12 @@ pub(crate) struct Kubernetes {
     /// The elector's task: it releases the Lease on shutdown (await it then).
     pub(crate) elector: Option<tokio::task::JoinHandle<()>>,
     events: Events,
+    /// `status.validationMessages` of the Istio objects with findings.
+    status: StatusWriter,
     /// The documents last handed to the control plane.
     last: ConfigFiles,
+    /// Translates only the objects that changed since the last rendering.
+    renderer: ward_kube::Renderer,
     renders: Renders,
 }
 
@@ -97,12 +102,17 @@ pub(crate) async fn start(
         waited += 1;
         let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
     }
+    let mut renderer = ward_kube::Renderer::new();
+    let mut status = StatusWriter::new(client.clone(), leading.clone());
     loop {
-        let docs = ward_kube::render(&cluster.objects());
+        let objects = cluster.objects();
+        let (docs, _) = renderer.render(&objects);
         match ControlPlane::start_with(paths.clone(), docs.clone()) {
             Ok(control) => {
                 tracing::info!(target: "kubernetes", documents = docs.len(), "loaded the cluster's config");
                 events.publish(&[]).await;
+                status.set(&control.findings());
+                status.sync(&objects).await;
                 return Ok(Kubernetes {
                     control,
                     reviewer: Arc::new(Reviewer::new(client.clone(), AUDIENCE)),
@@ -111,7 +121,9 @@ pub(crate) async fn start(
                     leading,
                     elector,
                     events,
+                    status,
                     last: docs,
+                    renderer,
                     renders,
                 });
             }
@@ -120,6 +132,8 @@ pub(crate) async fn start(
                 events
                     .publish(&d.errors().cloned().collect::<Vec<_>>())
                     .await;
+                status.set(&d.0);
+                status.sync(&objects).await;
                 // Wait for a change; a replica that comes to lead meanwhile reports the errors.
                 let mut lead = leading.clone();
                 loop {
@@ -133,6 +147,7 @@ pub(crate) async fn start(
                             let now_leading = *lead.borrow_and_update();
                             if now_leading {
                                 events.flush().await;
+                                status.sync(&cluster.objects()).await;
                             }
                         }
                     }
@@ -143,9 +158,20 @@ pub(crate) async fn start(
 }
 
 impl Kubernetes {
-    /// Loads each change (after `debounce`) until `shutdown`; on becoming the leader, publishes
-    /// the errors of a rejected config that a follower could not.
-    pub(crate) async fn follow(mut self, debounce: Duration, mut shutdown: watch::Receiver<bool>) {
+    /// Loads each change until `shutdown`; on becoming the leader, publishes the errors of a
+    /// rejected config that a follower could not.
+    ///
+    /// Debouncing, as istiod's (`PILOT_DEBOUNCE_AFTER`/`PILOT_DEBOUNCE_MAX`): after a change,
+    /// wait until the watches have been quiet for `debounce`, but never longer than
+    /// `debounce_max` in all, then render. A lone change waits `debounce` (a few ms by default);
+    /// a burst (`kubectl apply -f dir/`, a rollout) loads once. Changes that arrive while a
+    /// rendering runs are picked up by the next one.
+    pub(crate) async fn follow(
+        mut self,
+        debounce: Duration,
+        debounce_max: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut changes = self.cluster.changes();
         changes.mark_unchanged();
         let mut leading = self.leading.clone();
@@ -157,29 +183,57 @@ impl Kubernetes {
             };
             if came_to_lead {
                 self.events.flush().await;
+                self.status.sync(&self.cluster.objects()).await;
                 continue;
             }
-            tokio::time::sleep(debounce).await;
+            let first = tokio::time::Instant::now();
             changes.mark_unchanged();
+            loop {
+                let deadline = (first + debounce_max).min(tokio::time::Instant::now() + debounce);
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    // Another change within the quiet window: wait again, up to the cap.
+                    Ok(Ok(())) if first.elapsed() < debounce_max => {
+                        changes.mark_unchanged();
+                    }
+                    Ok(Ok(())) => {
+                        changes.mark_unchanged();
+                        break;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => break,
+                }
+            }
             self.load().await;
         }
     }
 
     async fn load(&mut self) {
-        let docs = ward_kube::render(&self.cluster.objects());
+        let started = std::time::Instant::now();
+        let objects = self.cluster.objects();
+        let (docs, stats) = self.renderer.render(&objects);
+        let rendered = started.elapsed();
         if docs == self.last {
             self.count("identical");
+            // Someone else may have changed a status Ward writes.
+            self.status.sync(&objects).await;
             return;
         }
         self.last = docs.clone();
-        match self.control.set_external(docs) {
+        let result = self.control.set_external(docs);
+        tracing::debug!(target: "kubernetes", translated = stats.translated, reused = stats.reused,
+            render_ms = rendered.as_millis() as u64,
+            load_ms = started.elapsed().saturating_sub(rendered).as_millis() as u64,
+            "rendered the cluster's objects");
+        match result {
             Ok(true) => {
                 self.events.publish(&[]).await;
+                self.status.set(&self.control.findings());
                 self.count("applied");
                 tracing::info!(target: "kubernetes", generation = self.control.status().generation, "config change applied");
             }
             Ok(false) => {
                 self.events.publish(&[]).await;
+                self.status.set(&self.control.findings());
                 self.count("unchanged");
                 tracing::debug!(target: "kubernetes", "objects changed, config unchanged");
             }
@@ -190,9 +244,11 @@ impl Kubernetes {
                     self.events
                         .publish(&d.errors().cloned().collect::<Vec<_>>())
                         .await;
+                    self.status.set(&d.0);
                 }
             }
         }
+        self.status.sync(&objects).await;
     }
 
     fn count(&self, result: &str) {
@@ -237,6 +293,11 @@ pub(crate) struct InstallArgs {
     /// The image of the injected capture init container (`ward` with `iptables`).
     #[arg(long, default_value = crate::control_plane::DEFAULT_CAPTURE_IMAGE)]
     capture_image: String,
+    /// Control-plane replicas: all serve proxies, the one holding the Lease writes. More than
+    /// one requires the `cacerts` Secret in the namespace (one CA for every replica): the
+    /// replicas do not start until it exists (docs/kubernetes.md, "Replicas").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
 }
 
 /// What `ward install` prints besides everything.
@@ -331,7 +392,15 @@ pub(crate) async fn install(args: InstallArgs) -> anyhow::Result<()> {
         failure_policy: args.failure_policy,
         webhook_url: args.webhook_url,
         trust_domain: args.trust_domain,
+        replicas: args.replicas,
     };
+    if args.replicas > 1 {
+        eprintln!(
+            "ward: --replicas {}: the replicas wait for the Secret `cacerts` in namespace {} \
+             (the mesh CA they all sign with; docs/kubernetes.md, \"Replicas\")",
+            args.replicas, args.common.namespace
+        );
+    }
     let mut items = crds_for(&args.common, false).await;
     items.extend(ward_kube::install::manifests(&opts));
     print_list(items)
@@ -355,6 +424,7 @@ pub(crate) async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         failure_policy: "Fail".into(),
         webhook_url: None,
         trust_domain: String::new(),
+        replicas: 1,
     };
     let mut items = ward_kube::install::manifests(&opts);
     items.reverse();

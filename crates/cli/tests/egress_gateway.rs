@@ -16,13 +16,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
-};
+use rcgen::ExtendedKeyUsagePurpose;
+use ward_test_support::ca::{indent, write_file, Ca};
 use ward_test_support::{curl, free_port, have, skip_or_fail, Nginx, UpOptions, Ward};
 
 const APP_A: &str = "127.1.170.1";
@@ -31,56 +28,6 @@ const GATEWAY: &str = "127.1.170.3";
 const SERVER: &str = "127.1.170.10";
 const MTLS_SERVER: &str = "127.1.170.11";
 const TCP_SERVER: &str = "127.1.170.12";
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM): a server certificate for DNS name `name`, or a client one
-    /// with CN `name`.
-    fn issue(&self, name: &str, serial: u64, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let sans = if usage == ExtendedKeyUsagePurpose::ServerAuth {
-            vec![name.to_owned()]
-        } else {
-            Vec::new()
-        };
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        params.serial_number = Some(SerialNumber::from(serial));
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path.display().to_string()
-}
-
-fn indent(s: &str) -> String {
-    s.trim_end().replace('\n', "\n    ")
-}
 
 fn peer_authentication(mode: &str) -> String {
     format!(
@@ -340,11 +287,11 @@ fn egress_gateway_originates_tls_and_admits_by_namespace() {
         20,
         ExtendedKeyUsagePurpose::ClientAuth,
     );
-    let ca_file = write(dir, "ca.pem", &ca.pem);
-    let s_cert = write(dir, "server.pem", &server_cert);
-    let s_key = write(dir, "server.key", &server_key);
-    let m_cert = write(dir, "mtls.pem", &mtls_cert);
-    let m_key = write(dir, "mtls.key", &mtls_key);
+    let ca_file = write_file(dir, "ca.pem", &ca.pem);
+    let s_cert = write_file(dir, "server.pem", &server_cert);
+    let s_key = write_file(dir, "server.key", &server_key);
+    let m_cert = write_file(dir, "mtls.pem", &mtls_cert);
+    let m_key = write_file(dir, "mtls.key", &mtls_key);
     let servers = format!(
         "server {{\n    listen {SERVER}:8443 ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {s_cert};\n    ssl_certificate_key {s_key};\n    \
          location / {{ default_type text/plain; return 200 \"simple $ssl_protocol $request_uri\\n\"; }}\n  }}\n  \

@@ -8,90 +8,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SerialNumber,
-};
+use rcgen::ExtendedKeyUsagePurpose;
+use ward_test_support::ca::{write_file, Ca};
 use ward_test_support::{curl, free_port, have, is_root, skip_or_fail, Nginx, UpOptions, Ward};
 
 const APP: &str = "127.132.0.1";
 const SERVER: &str = "127.132.0.10";
 const MTLS_SERVER: &str = "127.132.0.11";
-
-/// A CA that issues certificates into `dir`.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `name` (a DNS SAN for a server, the CN for a client).
-    fn issue(&self, name: &str, serial: u64, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let sans = if usage == ExtendedKeyUsagePurpose::ServerAuth {
-            vec![name.to_owned()]
-        } else {
-            Vec::new()
-        };
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        params.serial_number = Some(SerialNumber::from(serial));
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn crl(&self, revoked: &[u64]) -> String {
-        CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2024, 1, 1),
-            next_update: rcgen::date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
-                    revocation_time: rcgen::date_time_ymd(2024, 1, 2),
-                    reason_code: Some(RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
-        .unwrap()
-        .pem()
-        .unwrap()
-    }
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path.display().to_string()
-}
 
 /// One external service: host, the port the app dials, the nginx it reaches, its protocol.
 fn service_entry(name: &str, host: &str, port: u16, address: &str, protocol: &str) -> String {
@@ -166,15 +92,15 @@ fn destination_rule_tls_origination_against_nginx() {
         ca.issue("client-revoked", 21, ExtendedKeyUsagePurpose::ClientAuth);
     let (rotated_cert, rotated_key) =
         ca.issue("client-two", 22, ExtendedKeyUsagePurpose::ClientAuth);
-    let ca_file = write(dir, "ca.pem", &ca.pem);
-    let other_ca_file = write(dir, "other-ca.pem", &other_ca.pem);
-    let crl_file = write(dir, "crl.pem", &ca.crl(&[21]));
-    let s_cert = write(dir, "server.pem", &server_cert);
-    let s_key = write(dir, "server.key", &server_key);
-    let m_cert = write(dir, "mtls.pem", &mtls_cert);
-    let m_key = write(dir, "mtls.key", &mtls_key);
-    let revoked_cert_file = write(dir, "revoked.pem", &revoked_cert);
-    let revoked_key_file = write(dir, "revoked.key", &revoked_key);
+    let ca_file = write_file(dir, "ca.pem", &ca.pem);
+    let other_ca_file = write_file(dir, "other-ca.pem", &other_ca.pem);
+    let crl_file = write_file(dir, "crl.pem", &ca.crl(&[21]));
+    let s_cert = write_file(dir, "server.pem", &server_cert);
+    let s_key = write_file(dir, "server.key", &server_key);
+    let m_cert = write_file(dir, "mtls.pem", &mtls_cert);
+    let m_key = write_file(dir, "mtls.key", &mtls_key);
+    let revoked_cert_file = write_file(dir, "revoked.pem", &revoked_cert);
+    let revoked_key_file = write_file(dir, "revoked.key", &revoked_key);
 
     let servers = format!(
         "server {{\n    listen {SERVER}:8443 ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {s_cert};\n    ssl_certificate_key {s_key};\n    \

@@ -15,9 +15,8 @@
 //! Needs curl and openssl; otherwise prints `SKIPPED` (a failure under `WARD_E2E_REQUIRE_ALL=1`).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,62 +24,13 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose};
+mod edge_common;
+use edge_common::{backend, gateway_mesh, start_app, GATEWAY_HEAD};
+use ward_test_support::ca::{indent, write_file, Ca};
 use ward_test_support::{free_port, have, skip_or_fail, UpOptions, Ward};
 
 const ISS: &str = "https://idp.example.test/realms/ward";
-
-/// A CA issuing server and client certificates.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM); `cn` is also the DNS SAN of a server certificate.
-    fn issue(&self, cn: &str, server: bool) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let sans = if server { vec![cn.to_owned()] } else { vec![] };
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path.display().to_string()
-}
-
-fn indent(s: &str) -> String {
-    s.trim_end().replace('\n', "\n    ")
-}
 
 fn tls_secret(name: &str, cert: &str, key: &str, ca: Option<&str>) -> String {
     let ca = ca
@@ -126,63 +76,6 @@ impl Signer {
     }
 }
 
-/// An HTTP/1.1 app answering `app=web path=<target> host=<Host> h[x-...]=...` (keep-alive).
-fn start_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_app(conn));
-        }
-    });
-    port
-}
-
-fn serve_app(conn: TcpStream) {
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let target = line.split(' ').nth(1).unwrap_or("").to_owned();
-        let (mut host, mut length, mut extra) = (String::new(), 0usize, String::new());
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                match k.as_str() {
-                    "host" => host = v.to_owned(),
-                    "content-length" => length = v.parse().unwrap_or(0),
-                    _ if k.starts_with("x-") => extra.push_str(&format!(" h[{k}]={v}")),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let body = format!("app=web path={target} host={host}{extra}\n");
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(body.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 /// `openssl s_server -www` with the certificate of `pass.example.com`: the backend of the
 /// PASSTHROUGH server, doing its own TLS.
 struct TlsBackend(Child);
@@ -212,24 +105,6 @@ fn start_tls_backend(port: u16, cert: &str, key: &str) -> TlsBackend {
     TlsBackend(child)
 }
 
-fn workload(name: &str, ns: &str, ip: &str, sa: &str, labels: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-         spec:\n  address: {ip}\n  serviceAccount: {sa}\n  labels: {{{labels}}}\n---\n"
-    )
-}
-
-fn backend(name: &str, ip: &str, port: u16, protocol: &str, app_port: u16) -> String {
-    format!(
-        "{}apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: app}}\n\
-         spec:\n  workloadSelector: {{labels: {{app: {name}}}}}\n  ingress:\n  - port: {{number: {port}, protocol: {protocol}, name: p}}\n    defaultEndpoint: 127.0.0.1:{app_port}\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: app}}\n\
-         spec:\n  hosts: [{name}.app.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  \
-         ports: [{{number: {port}, name: p, protocol: {protocol}}}]\n  workloadSelector: {{labels: {{app: {name}}}}}\n---\n",
-        workload(name, "app", ip, name, &format!("app: {name}"))
-    )
-}
-
 struct Edge {
     ward: Ward,
     gw: String,
@@ -256,48 +131,33 @@ fn up(block: u8) -> Option<Edge> {
     let certs = dir.path().to_path_buf();
     let ca = Ca::new("edge test CA");
     let client_ca = Ca::new("client CA");
-    let (a_cert, a_key) = ca.issue("a.example.com", true);
-    let (b_cert, b_key) = ca.issue("b.example.com", true);
-    let (m_cert, m_key) = ca.issue("m.example.com", true);
-    let (p_cert, p_key) = ca.issue("pass.example.com", true);
-    let client = client_ca.issue("edge-client", false);
-    write(&certs, "ca.pem", &ca.pem);
+    let (a_cert, a_key) = ca.issue("a.example.com", 1, ExtendedKeyUsagePurpose::ServerAuth);
+    let (b_cert, b_key) = ca.issue("b.example.com", 2, ExtendedKeyUsagePurpose::ServerAuth);
+    let (m_cert, m_key) = ca.issue("m.example.com", 3, ExtendedKeyUsagePurpose::ServerAuth);
+    let (p_cert, p_key) = ca.issue("pass.example.com", 4, ExtendedKeyUsagePurpose::ServerAuth);
+    let client = client_ca.issue("edge-client", 5, ExtendedKeyUsagePurpose::ClientAuth);
+    write_file(&certs, "ca.pem", &ca.pem);
     let client = (
-        write(&certs, "client.pem", &client.0),
-        write(&certs, "client-key.pem", &client.1),
+        write_file(&certs, "client.pem", &client.0),
+        write_file(&certs, "client-key.pem", &client.1),
     );
-    let b_cert_file = write(&certs, "b.pem", &b_cert);
-    let b_key_file = write(&certs, "b-key.pem", &b_key);
-    let p_cert_file = write(&certs, "pass.pem", &p_cert);
-    let p_key_file = write(&certs, "pass-key.pem", &p_key);
-    let app_port = start_app();
+    let b_cert_file = write_file(&certs, "b.pem", &b_cert);
+    let b_key_file = write_file(&certs, "b-key.pem", &b_key);
+    let p_cert_file = write_file(&certs, "pass.pem", &p_cert);
+    let p_key_file = write_file(&certs, "pass-key.pem", &p_key);
+    let (app_port, _) = start_app();
     let tls_port = free_port();
     let tls_backend = start_tls_backend(tls_port, &p_cert_file, &p_key_file);
     let signer = Signer::new();
 
-    let mut yaml = String::from(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n\
-         spec: {mtls: {mode: STRICT}}\n---\n",
-    );
-    yaml += &workload(
-        "ingress",
-        "istio-system",
-        &ip(1),
-        "istio-ingressgateway",
-        "istio: ingressgateway",
-    );
+    let mut yaml = gateway_mesh(&ip(1));
     yaml += &backend("web", &ip(10), 8080, "HTTP", app_port);
     yaml += &backend("tlsapp", &ip(11), 8443, "TCP", tls_port);
     yaml += &tls_secret("a-cred", &a_cert, &a_key, None);
     yaml += &tls_secret("m-cred", &m_cert, &m_key, Some(&client_ca.pem));
+    yaml += GATEWAY_HEAD;
     yaml += &format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 8080, name: http, protocol: HTTP}}
+        r#"  - port: {{number: 8080, name: http, protocol: HTTP}}
     hosts: ["*"]
   - port: {{number: 8081, name: http-redirect, protocol: HTTP}}
     hosts: ["*"]
@@ -552,10 +412,11 @@ fn ingress_gateway_terminates_routes_and_forwards_as_itself() {
     );
     let client = ["--cert", e.client.0.as_str(), "--key", e.client.1.as_str()];
     assert_eq!(e.https("m.example.com", 9447, "/o", &client).0, 200);
-    let (stranger_cert, stranger_key) = e.ca.issue("stranger", false);
+    let (stranger_cert, stranger_key) =
+        e.ca.issue("stranger", 6, ExtendedKeyUsagePurpose::ClientAuth);
     let stranger = [
-        write(&e.certs, "stranger.pem", &stranger_cert),
-        write(&e.certs, "stranger-key.pem", &stranger_key),
+        write_file(&e.certs, "stranger.pem", &stranger_cert),
+        write_file(&e.certs, "stranger-key.pem", &stranger_key),
     ];
     let args = [
         "--cert",
@@ -661,7 +522,6 @@ fn server_certificates_reload_when_their_files_change() {
     let before = e.served_subject("b.example.com", 8443);
     assert!(before.contains("b.example.com"), "{before}");
     // A new certificate for the same host, from the same CA, with another organization.
-    let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["b.example.com".to_owned()]).unwrap();
     params
         .distinguished_name
@@ -669,10 +529,10 @@ fn server_certificates_reload_when_their_files_change() {
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Reloaded");
-    let cert = params.signed_by(&key, &e.ca.issuer).unwrap();
+    let (cert, key) = e.ca.sign(&params);
     // Key first, then the certificate: both change before the next handshake reads them.
-    write(&e.certs, "b-key.pem", &key.serialize_pem());
-    write(&e.certs, "b.pem", &cert.pem());
+    write_file(&e.certs, "b-key.pem", &key);
+    write_file(&e.certs, "b.pem", &cert);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = e.served_subject("b.example.com", 8443);

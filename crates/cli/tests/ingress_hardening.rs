@@ -9,71 +9,13 @@
 //! Needs curl; otherwise prints `SKIPPED` (a failure under `WARD_E2E_REQUIRE_ALL=1`).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+mod edge_common;
+use edge_common::{backend, header_in, start_app, workload, Seen};
 use ward_test_support::{free_port, have, skip_or_fail, UpOptions, Ward};
-
-/// The request lines the app received.
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// An HTTP/1.1 app: answers 200 with `path=<target> xff=<X-Forwarded-For>`; keep-alive.
-fn start_app() -> (u16, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let s = s.clone();
-            std::thread::spawn(move || serve_app(conn, &s));
-        }
-    });
-    (port, seen)
-}
-
-fn serve_app(conn: TcpStream, seen: &Seen) {
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
-        let (mut xff, mut length) = (String::from("-"), 0usize);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "x-forwarded-for" => xff = v.trim().to_owned(),
-                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        seen.lock().unwrap().push(target.clone());
-        let body = format!("path={target} xff={xff}\n");
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(body.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
 
 fn mesh(block: u8, app_port: u16) -> String {
     let ip = |n: u8| format!("127.1.{}.{n}", 182 + block);
@@ -97,42 +39,7 @@ spec:
   serviceAccount: istio-ingressgateway
   labels: {{istio: ingressgateway}}
 ---
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: plain, namespace: istio-system}}
-spec:
-  address: {gw_plain}
-  serviceAccount: istio-ingressgateway
-  labels: {{istio: ingressgateway}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: app}}
-spec:
-  address: {web}
-  serviceAccount: web
-  labels: {{app: web}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: web, namespace: app}}
-spec:
-  workloadSelector: {{labels: {{app: web}}}}
-  ingress:
-  - port: {{number: 8080, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:{app_port}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web, namespace: app}}
-spec:
-  hosts: [web.app.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
+{plain}{web}apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: istio-system}}
 spec:
@@ -166,8 +73,14 @@ spec:
     when: [{{key: remote.ip, values: ["203.0.113.7"]}}]
 "#,
         gw = ip(1),
-        gw_plain = ip(3),
-        web = ip(10),
+        plain = workload(
+            "plain",
+            "istio-system",
+            &ip(3),
+            "istio-ingressgateway",
+            "istio: ingressgateway"
+        ),
+        web = backend("web", &ip(10), 8080, "HTTP", app_port),
         client = ip(50),
     )
 }
@@ -276,9 +189,10 @@ fn the_client_address_follows_num_trusted_proxies_and_cannot_be_forged() {
     let (code, body) = e.get(1, "/remote/a", &["203.0.113.7"]);
     assert_eq!(code, 200, "{}", logs());
     // The gateway appends its peer to the header it sends on.
+    assert!(body.contains(" path=/remote/a "), "{body}");
     assert_eq!(
-        body.trim(),
-        format!("path=/remote/a xff=203.0.113.7, {client}"),
+        header_in(&body, "x-forwarded-for"),
+        Some(format!("203.0.113.7, {client}")),
         "{body}"
     );
     assert_eq!(e.get(1, "/cond/a", &["203.0.113.7"]).0, 200, "{}", logs());
@@ -300,9 +214,11 @@ fn the_client_address_follows_num_trusted_proxies_and_cannot_be_forged() {
     assert_eq!(e.get(3, "/cond/b", &["203.0.113.7"]).0, 403);
     let (code, body) = e.get(3, "/open/a", &["203.0.113.7"]);
     assert_eq!(code, 200);
+    assert!(body.contains(" path=/open/a "), "{body}");
     assert_eq!(
-        body.trim(),
-        format!("path=/open/a xff=203.0.113.7, {client}")
+        header_in(&body, "x-forwarded-for"),
+        Some(format!("203.0.113.7, {client}")),
+        "{body}"
     );
     assert!(!e.saw("/remote/e"));
 }
@@ -315,20 +231,44 @@ fn smuggling_and_oversized_requests_are_refused_and_slow_clients_dropped() {
     let logs = || e.ward.logs();
     let short = Duration::from_secs(3);
 
-    // Content-Length and Transfer-Encoding together: framed by Transfer-Encoding alone, and the
-    // connection closed after the answer (RFC 9112 §6.1), so what hides behind the chunked
-    // body never reaches the app as a request of its own.
+    // Content-Length and Transfer-Encoding together: 400, as Envoy answers, before the request
+    // reaches the router, and the connection closed, so neither it nor what hides behind its
+    // chunked body reaches the app. The access log says DPE.
     let (resp, closed) = e.raw(
         b"POST /open/cl-te HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /open/smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         short,
     );
+    assert_eq!(status_of(&resp), 400, "{resp}: {}", logs());
     assert!(closed, "{resp}: {}", logs());
     assert!(
         resp.to_ascii_lowercase().contains("connection: close"),
         "{resp}"
     );
     assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
-    assert!(!e.saw("/open/smuggled"), "{resp}");
+    assert!(!e.saw("/open/cl-te") && !e.saw("/open/smuggled"), "{resp}");
+    // The same head after a good request on the connection: the first is answered, then 400.
+    let (resp, closed) = e.raw(
+        b"GET /open/first HTTP/1.1\r\nHost: a\r\n\r\nPOST /open/te-cl HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        short,
+    );
+    assert!(closed, "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.contains("HTTP/1.1 400 Bad Request"), "{resp}");
+    assert!(e.saw("/open/first") && !e.saw("/open/te-cl"), "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !logs().contains("http1.content_length_and_chunked_not_allowed") {
+        assert!(Instant::now() < deadline, "no access log line: {}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = logs()
+        .lines()
+        .find(|l| l.contains("http1.content_length_and_chunked_not_allowed"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("DPE") && line.contains("400") && line.contains("/open/cl-te"),
+        "{line}"
+    );
 
     // Two different Content-Lengths.
     let (resp, closed) = e.raw(

@@ -124,6 +124,7 @@ fn the_helm_chart_renders_what_ward_install_prints_and_applies() {
         "failurePolicy=Ignore",
         "webhookUrl=https://127.1.200.30:15017/",
         "trustDomain=hospital.example",
+        "replicas=3",
     ]);
     let flags = ward_install(&[
         "--image",
@@ -136,6 +137,8 @@ fn the_helm_chart_renders_what_ward_install_prints_and_applies() {
         "https://127.1.200.30:15017/",
         "--trust-domain",
         "hospital.example",
+        "--replicas",
+        "3",
     ]);
     assert_same(&set, &flags, "options");
 

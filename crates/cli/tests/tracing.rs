@@ -4,8 +4,8 @@
 //! headers it gets. Needs python3 with those packages; skips visibly without them (CI requires
 //! them).
 //!
-//! Addresses, in 127.1.190.x: .1 (client `cli`, egress listener :8080 for `srv`, served per
-//! request because a VirtualService covers `srv`), .10 (`srv`, inbound HTTP :8080 to the app),
+//! Addresses, in 127.1.231.x: .1 (client `cli`, egress listener :8080 for `srv` alone and no
+//! VirtualService: served per request because the workload reports CLIENT spans), .10 (`srv`, inbound HTTP :8080 to the app),
 //! .20 (an ingress gateway, HTTP :8080 for `srv.example.local`), .200 (the receiver: gRPC and
 //! HTTP ports). The mesh's tracing: the mesh default provider is
 //! the gRPC one, a mesh-wide Telemetry samples 100% and adds custom tags, and a Telemetry
@@ -77,8 +77,8 @@ fn start_app() -> (u16, Seen) {
     (port, seen)
 }
 
-const IP: &str = "127.1.190";
-const RECEIVER: &str = "127.1.190.200";
+const IP: &str = "127.1.231";
+const RECEIVER: &str = "127.1.231.200";
 
 fn config(app_port: u16, grpc_port: u16, http_port: u16) -> String {
     format!(
@@ -165,16 +165,6 @@ spec:
   - {{number: 8080, name: http, protocol: HTTP}}
   workloadSelector:
     labels: {{app: srv}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: srv
-  namespace: app
-spec:
-  hosts: [srv.app.svc.cluster.local]
-  http:
-  - route: [{{destination: {{host: srv.app.svc.cluster.local}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

@@ -134,6 +134,62 @@ pub mod code {
     /// A DestinationRule `credentialName` whose Secret is missing or lacks a needed key: every
     /// connection to the port is refused.
     pub const ORIGINATION_CREDENTIAL: &str = "WARD0251";
+
+    /// The name of a code, for where Istio's analysis messages carry one next to the code
+    /// (`type.name` of istio/api analysis/v1alpha1/message.proto): the constant's name in
+    /// UpperCamelCase (`WARD0103` → `FieldNotEnforced`).
+    pub fn name(code: &str) -> Option<&'static str> {
+        Some(match code {
+            PARSE => "Parse",
+            UNKNOWN_FIELD => "UnknownField",
+            KIND_NOT_ENFORCED => "KindNotEnforced",
+            FIELD_NOT_ENFORCED => "FieldNotEnforced",
+            DUPLICATE => "Duplicate",
+            INVALID => "Invalid",
+            UNKNOWN_KIND => "UnknownKind",
+            MESH_SETTINGS_CONFLICT => "MeshSettingsConflict",
+            POLICY_INVALID => "PolicyInvalid",
+            JWT_RULE_INVALID => "JwtRuleInvalid",
+            ADDRESS_CONFLICT => "AddressConflict",
+            SIDECAR_CONFLICT => "SidecarConflict",
+            LISTENER_CONFLICT => "ListenerConflict",
+            ENDPOINT_INVALID => "EndpointInvalid",
+            JWT_ISSUER_CONFLICT => "JwtIssuerConflict",
+            KUBERNETES_NOT_READ => "KubernetesNotRead",
+            SELECTOR_MATCHES_NOTHING => "SelectorMatchesNothing",
+            SOURCE_MATCHES_NOTHING => "SourceMatchesNothing",
+            PERMISSIVE => "Permissive",
+            MESH_PEER_AUTHN_CONFLICT => "MeshPeerAuthnConflict",
+            PEER_AUTHN_SHADOWED => "PeerAuthnShadowed",
+            ROOT_SELECTOR_PEER_AUTHN => "RootSelectorPeerAuthn",
+            PORT_LEVEL_WITHOUT_SELECTOR => "PortLevelWithoutSelector",
+            NO_PEER_AUTHN => "NoPeerAuthn",
+            HTTP_FIELDS_ON_TCP => "HttpFieldsOnTcp",
+            CUSTOM_ACTION => "CustomAction",
+            EGRESS_HOST_UNMATCHED => "EgressHostUnmatched",
+            NO_SIDECAR => "NoSidecar",
+            MTLS_DISABLED => "MtlsDisabled",
+            SHARED_BIND => "SharedBind",
+            NO_ENDPOINTS => "NoEndpoints",
+            ENDPOINT_PORT_NOT_SERVED => "EndpointPortNotServed",
+            JWT_NOT_REQUIRED => "JwtNotRequired",
+            JWKS_PLAIN_HTTP => "JwksPlainHttp",
+            NAMESPACE_WITHOUT_WORKLOADS => "NamespaceWithoutWorkloads",
+            PORT_NOT_SERVED => "PortNotServed",
+            EXACT_DENY_PATH => "ExactDenyPath",
+            GATEWAY_SELECTOR => "GatewaySelector",
+            SIDECAR_IN_AMBIENT => "SidecarInAmbient",
+            EGRESS_NAMESPACE_UNKNOWN => "EgressNamespaceUnknown",
+            DR_DISABLE_TO_STRICT => "DrDisableToStrict",
+            ALLOW_SHADOWED => "AllowShadowed",
+            ALLOW_EVERYTHING => "AllowEverything",
+            PHI_PLAINTEXT => "PhiPlaintext",
+            OSSM_MTLS_FALSE => "OssmMtlsFalse",
+            ORIGINATION_OS_CA => "OriginationOsCa",
+            ORIGINATION_CREDENTIAL => "OriginationCredential",
+            _ => return None,
+        })
+    }
 }
 
 /// One finding, located as precisely as Ward can.
@@ -328,6 +384,26 @@ impl Finding {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_documented_code_has_a_name() {
+        let doc = include_str!("../../../docs/analyze.md");
+        let codes: Vec<&str> = doc
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| {
+                w.len() == 8 && w.starts_with("WARD") && w[4..].bytes().all(|b| b.is_ascii_digit())
+            })
+            .collect();
+        assert!(codes.len() > 40, "{codes:?}");
+        for c in codes {
+            assert!(code::name(c).is_some(), "{c} has no name");
+        }
+        assert_eq!(
+            code::name(code::FIELD_NOT_ENFORCED),
+            Some("FieldNotEnforced")
+        );
+        assert_eq!(code::name("WARD9999"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -27,8 +27,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::istio::{
-    ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, SimpleLb,
-    TrafficPolicy,
+    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use crate::load::{ConfigSet, Resource};
 use crate::meta::parse_timestamp;
@@ -108,6 +108,44 @@ pub struct ConnectionPool {
     pub max_requests_per_connection: Option<u32>,
     /// `http.idleTimeout`: an idle connection is not reused (and is closed) after this long.
     pub idle_timeout: Option<Duration>,
+    /// `tcp.tcpKeepalive`: TCP keepalive on the connections the proxy opens to the
+    /// destination; `None`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Keepalive>,
+    /// `tcp.maxConnectionDuration`: a TCP connection forwarded to the destination is closed
+    /// after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<Duration>,
+    /// `http.maxRetries`: retries in flight to the destination at once (Istio's default is
+    /// unlimited, `u32::MAX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// `http.http2KeepAlive`: PINGs on the HTTP/2 connections the proxy opens to the
+    /// destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<H2Keepalive>,
+}
+
+/// `http.http2KeepAlive`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct H2Keepalive {
+    /// `interval`: time between PINGs.
+    pub interval: Duration,
+    /// `timeout`: how long a PING's answer may take before the connection is closed.
+    pub timeout: Duration,
+}
+
+/// `tcp.tcpKeepalive`: each value unset keeps the operating system's (Linux: 7200s, 75s, 9).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keepalive {
+    /// `time`: idle time before the first probe.
+    pub time: Option<Duration>,
+    /// `interval`: time between probes.
+    pub interval: Option<Duration>,
+    /// `probes`: unanswered probes before the connection is dead.
+    pub probes: Option<u32>,
 }
 
 /// DestinationRule `outlierDetection`, with Istio's and Envoy's defaults filled in.
@@ -126,6 +164,24 @@ pub struct Outlier {
     /// The share of the destination's endpoints that may be ejected at once (default 10);
     /// one endpoint may always be.
     pub max_ejection_percent: u32,
+    /// `splitExternalLocalOriginErrors`: failures to get a response (connect failure, reset,
+    /// timeout) are counted apart, by `consecutive_local_origin`, instead of as 5xx and
+    /// gateway errors.
+    #[serde(default)]
+    pub split_local_origin: bool,
+    /// `consecutiveLocalOriginFailures` (Envoy's default 5): consecutive local-origin
+    /// failures that eject, when `split_local_origin` is on.
+    #[serde(default = "default_local_origin")]
+    pub consecutive_local_origin: u32,
+    /// `minHealthPercent` (default 0, off): when fewer than this share of the destination's
+    /// endpoints are not ejected, the load balancer ignores ejections (Envoy's panic
+    /// threshold, which Istio sets from this field).
+    #[serde(default)]
+    pub min_health_percent: u32,
+}
+
+fn default_local_origin() -> u32 {
+    5
 }
 
 /// Envoy's `max_ejection_time` default: an ejection never lasts longer (Istio does not set it).
@@ -139,6 +195,9 @@ impl Default for Outlier {
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 10,
+            split_local_origin: false,
+            consecutive_local_origin: default_local_origin(),
+            min_health_percent: 0,
         }
     }
 }
@@ -164,6 +223,27 @@ impl ConnectionPool {
                 .and_then(|h| h.idle_timeout)
                 .map(|d| d.get())
                 .filter(|d| !d.is_zero()),
+            tcp_keepalive: tcp
+                .and_then(|t| t.tcp_keepalive.as_ref())
+                .map(|k| Keepalive {
+                    time: k.time.map(|d| d.get()).filter(|d| !d.is_zero()),
+                    interval: k.interval.map(|d| d.get()).filter(|d| !d.is_zero()),
+                    probes: k.probes.filter(|p| *p > 0),
+                }),
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+            max_retries: positive(http.and_then(|h| h.max_retries)),
+            // Both are required by Istio's API; one missing or 0 turns the PINGs off (the load
+            // warns of it with the rest of the unserved fields).
+            http2_keep_alive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| {
+                    let interval = k.interval.map(|d| d.get()).filter(|d| !d.is_zero())?;
+                    let timeout = k.timeout.map(|d| d.get()).filter(|d| !d.is_zero())?;
+                    Some(H2Keepalive { interval, timeout })
+                }),
         }
     }
 }
@@ -201,6 +281,16 @@ impl Outlier {
                 .max_ejection_percent
                 .and_then(|p| u32::try_from(p).ok())
                 .map_or(d.max_ejection_percent, |p| p.min(100)),
+            split_local_origin: spec.split_external_local_origin_errors.unwrap_or(false),
+            // Istio passes the field on only above 0; Envoy's default stands otherwise.
+            consecutive_local_origin: spec
+                .consecutive_local_origin_failures
+                .filter(|n| *n > 0)
+                .unwrap_or(d.consecutive_local_origin),
+            min_health_percent: spec
+                .min_health_percent
+                .and_then(|p| u32::try_from(p).ok())
+                .map_or(d.min_health_percent, |p| p.min(100)),
         }
     }
 }
@@ -590,14 +680,7 @@ pub fn unserved_destination_rule_fields(spec: &DestinationRuleSpec) -> Vec<Strin
 fn pool_fields(pool: Option<&ConnectionPoolSettings>, at: &str, out: &mut Vec<String>) {
     let Some(pool) = pool else { return };
     if let Some(tcp) = &pool.tcp {
-        for (set, field) in [
-            (tcp.tcp_keepalive.is_some(), "tcp.tcpKeepalive"),
-            (
-                tcp.max_connection_duration.is_some(),
-                "tcp.maxConnectionDuration",
-            ),
-            (tcp.idle_timeout.is_some(), "tcp.idleTimeout"),
-        ] {
+        for (set, field) in [(tcp.idle_timeout.is_some(), "tcp.idleTimeout")] {
             if set {
                 out.push(format!("{at}.{field}"));
             }
@@ -605,14 +688,29 @@ fn pool_fields(pool: Option<&ConnectionPoolSettings>, at: &str, out: &mut Vec<St
     }
     if let Some(http) = &pool.http {
         for (set, field) in [
-            (http.max_retries.is_some(), "http.maxRetries"),
-            (http.h2_upgrade_policy.is_some(), "http.h2UpgradePolicy"),
-            (http.use_client_protocol.is_some(), "http.useClientProtocol"),
+            // What Ward does: the port's protocol on the wire, never upgraded (Istio's
+            // default); only the other choice is unserved.
+            (
+                http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade),
+                "http.h2UpgradePolicy UPGRADE",
+            ),
+            (
+                http.use_client_protocol == Some(true),
+                "http.useClientProtocol true",
+            ),
             (
                 http.max_concurrent_streams.is_some(),
                 "http.maxConcurrentStreams",
             ),
-            (http.http2_keep_alive.is_some(), "http.http2KeepAlive"),
+            (
+                http.http2_keep_alive.as_ref().is_some_and(|k| {
+                    let set = |d: Option<crate::istio::proto::Duration>| {
+                        d.is_some_and(|d| !d.get().is_zero())
+                    };
+                    !(set(k.interval) && set(k.timeout))
+                }),
+                "http.http2KeepAlive (without both interval and timeout)",
+            ),
         ] {
             if set {
                 out.push(format!("{at}.{field}"));
@@ -624,24 +722,8 @@ fn pool_fields(pool: Option<&ConnectionPoolSettings>, at: &str, out: &mut Vec<St
 /// The parts of an `outlierDetection` that are not acted on.
 fn outlier_fields(outlier: Option<&OutlierDetection>, at: &str, out: &mut Vec<String>) {
     let Some(o) = outlier else { return };
-    for (set, field) in [
-        (
-            o.split_external_local_origin_errors.is_some(),
-            "splitExternalLocalOriginErrors",
-        ),
-        (
-            o.consecutive_local_origin_failures.is_some(),
-            "consecutiveLocalOriginFailures",
-        ),
-        (o.min_health_percent.is_some(), "minHealthPercent"),
-        (
-            o.outlier_detection_http_error_codes.is_some(),
-            "outlierDetectionHttpErrorCodes",
-        ),
-    ] {
-        if set {
-            out.push(format!("{at}.{field}"));
-        }
+    if o.outlier_detection_http_error_codes.is_some() {
+        out.push(format!("{at}.outlierDetectionHttpErrorCodes"));
     }
 }
 
@@ -847,6 +929,14 @@ spec:
                 max_requests: Some(50),
                 max_requests_per_connection: Some(1),
                 idle_timeout: Some(Duration::from_secs(30)),
+                tcp_keepalive: Some(Keepalive {
+                    time: Some(Duration::from_secs(10)),
+                    interval: None,
+                    probes: None,
+                }),
+                max_connection_duration: None,
+                max_retries: Some(3),
+                http2_keep_alive: None,
             }
         );
         let outlier = at(None, 80).outlier.unwrap();
@@ -877,6 +967,9 @@ spec:
                 interval: Duration::from_secs(1),
                 base_ejection_time: Duration::from_secs(5),
                 max_ejection_percent: 50,
+                split_local_origin: false,
+                consecutive_local_origin: 5,
+                min_health_percent: 10,
             })
         );
         // The subset's port entry first.
@@ -892,14 +985,7 @@ spec:
         );
         // What is not enforced is still named.
         let unserved = unserved_destination_rule_fields(&set.destination_rules[0].spec);
-        assert_eq!(
-            unserved,
-            [
-                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
-                "spec.trafficPolicy.connectionPool.http.maxRetries",
-                "spec.subsets[0].trafficPolicy.outlierDetection.minHealthPercent",
-            ]
-        );
+        assert!(unserved.is_empty(), "{unserved:?}");
     }
 
     #[test]

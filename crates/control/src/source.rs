@@ -154,6 +154,9 @@ pub struct ControlPlane {
     /// [`security_objects`] of the serving config; written by `reload`, to log what an update
     /// removes.
     security: Mutex<BTreeSet<String>>,
+    /// The warnings and notes of the serving config, as found (the Kubernetes source writes
+    /// them into the objects' `status.validationMessages`). Written by `reload`.
+    findings: Mutex<Vec<ward_config::Diagnostic>>,
 }
 
 fn now_secs() -> u64 {
@@ -212,6 +215,7 @@ impl ControlPlane {
             external: Mutex::new(external),
             started_from: files,
             security: Mutex::new(security_objects(&set)),
+            findings: Mutex::new(set.warnings.clone()),
             mesh: set.mesh,
             snapshot: watch::channel(Arc::new(snap)).0,
             proxies: Mutex::new(proxies),
@@ -236,6 +240,14 @@ impl ControlPlane {
             .ok()?
             .get(proxy)
             .map(|tx| tx.subscribe())
+    }
+
+    /// The serving config's warnings and notes (no errors: a config with errors never serves).
+    pub fn findings(&self) -> Vec<ward_config::Diagnostic> {
+        self.findings
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Config status for the admin API.
@@ -317,6 +329,9 @@ impl ControlPlane {
             st.reloads += 1;
             st.last_success_at = now_secs();
             st.warnings = set.warnings.iter().map(|w| w.to_string()).collect();
+            if let Ok(mut f) = self.findings.lock() {
+                f.clone_from(&set.warnings);
+            }
             if changed {
                 st.generation += 1;
                 st.applied_at = now_secs();

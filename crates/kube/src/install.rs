@@ -42,6 +42,11 @@ pub struct InstallOptions {
     pub webhook_url: Option<String>,
     /// The mesh's trust domain, written into the mesh ConfigMap.
     pub trust_domain: String,
+    /// Control-plane replicas. More than one requires the `cacerts` Secret: every replica must
+    /// sign with the same CA (without it each would make its own root, and proxies of one
+    /// replica would refuse those of another), so the Secret volume is then not optional and a
+    /// replica does not start until the Secret exists.
+    pub replicas: u32,
 }
 
 fn labels() -> Value {
@@ -57,11 +62,13 @@ fn meta(name: &str, namespace: Option<&str>) -> Value {
 }
 
 /// The rules of the control plane's ClusterRole: read what it watches, review tokens, write
-/// Events and the root ConfigMap, and keep its own two webhook configurations' `caBundle`.
+/// Events, the Istio objects' status and the root ConfigMap, and keep its own two webhook configurations' `caBundle`.
 fn cluster_rules() -> Value {
     let istio: Vec<&str> = ISTIO_GROUPS.to_vec();
     json!([
         {"apiGroups": istio, "resources": ["*"], "verbs": ["get", "list", "watch"]},
+        // `status.validationMessages` of the objects with findings (crate::status).
+        {"apiGroups": istio, "resources": ["*/status"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["namespaces", "pods", "services"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         // The mesh root in every namespace (Istio's `istio-ca-root-cert`), and the mesh
@@ -214,7 +221,7 @@ fn deployment(opts: &InstallOptions) -> Value {
         "kind": "Deployment",
         "metadata": meta(NAME, Some(ns)),
         "spec": {
-            "replicas": 1,
+            "replicas": opts.replicas,
             "selector": {"matchLabels": {"app": NAME}},
             "template": {
                 "metadata": {"labels": labels(), "annotations": {(webhook::POD_INJECT): "false"}},
@@ -253,7 +260,7 @@ fn deployment(opts: &InstallOptions) -> Value {
                     }],
                     "volumes": [
                         {"name": "state", "emptyDir": {}},
-                        {"name": "cacerts", "secret": {"secretName": "cacerts", "optional": true}},
+                        {"name": "cacerts", "secret": {"secretName": "cacerts", "optional": opts.replicas <= 1}},
                     ],
                 },
             },
@@ -266,12 +273,14 @@ pub const CHART_DIR: &str = "deploy/helm/ward";
 
 /// Placeholders rendered into the manifests, and what the chart's templates say instead: a
 /// whole string value becomes the value's JSON (`toJson`), a part of a string the bare value.
-const PLACEHOLDERS: [(&str, &str); 5] = [
+const PLACEHOLDERS: [(&str, &str); 7] = [
     ("__WARD_NAMESPACE__", ".Release.Namespace"),
     ("__WARD_IMAGE__", ".Values.image"),
     ("__WARD_CAPTURE_IMAGE__", ".Values.captureImage"),
     ("__WARD_FAILURE_POLICY__", ".Values.failurePolicy"),
     ("__WARD_TRUST_DOMAIN__", ".Values.trustDomain"),
+    ("__WARD_REPLICAS__", "(int .Values.replicas)"),
+    ("__WARD_CACERTS_OPTIONAL__", "(le (int .Values.replicas) 1)"),
 ];
 
 /// The Helm chart (`deploy/helm/ward`), file by file: the manifests of [`manifests`] (less the
@@ -288,11 +297,22 @@ pub fn helm_chart() -> Vec<(&'static str, String)> {
         failure_policy: PLACEHOLDERS[3].0.into(),
         webhook_url: None,
         trust_domain: PLACEHOLDERS[4].0.into(),
+        replicas: 1,
     };
     let mut docs = Vec::new();
     for mut m in manifests(&opts) {
         if m["kind"] == "Namespace" {
             continue;
+        }
+        // Numbers and booleans the values decide.
+        if m["kind"] == "Deployment" {
+            m["spec"]["replicas"] = json!(PLACEHOLDERS[5].0);
+            let volumes = m["spec"]["template"]["spec"]["volumes"].as_array_mut();
+            for v in volumes.into_iter().flatten() {
+                if v["name"] == "cacerts" {
+                    v["secret"]["optional"] = json!(PLACEHOLDERS[6].0);
+                }
+            }
         }
         // The webhooks' clientConfig: the Service, or `webhookUrl` when set.
         let hooks = m.get_mut("webhooks").and_then(Value::as_array_mut);
@@ -335,7 +355,7 @@ pub fn helm_chart() -> Vec<(&'static str, String)> {
         "{header}apiVersion: v2\nname: ward\ndescription: \"Ward, a zero-trust service mesh enforcing the Istio API: control plane, CA, admission webhooks and sidecar injector (the objects of `ward install`)\"\ntype: application\nversion: {version}\nappVersion: \"{version}\"\nkubeVersion: \">=1.29.0-0\"\n"
     );
     let values = format!(
-        "{header}# The `ward` image (control plane and injected sidecars): `ward install --image`.\nimage: {DEFAULT_IMAGE}\n# The injected capture init container's image (`ward` with iptables): `--capture-image`.\ncaptureImage: {DEFAULT_CAPTURE_IMAGE}\n# The webhooks' failurePolicy, Fail or Ignore: `--failure-policy`.\nfailurePolicy: Fail\n# Call the webhooks at this https://HOST:PORT instead of through the control plane's Service\n# (a control plane outside the cluster): `--webhook-url`.\nwebhookUrl: \"\"\n# The mesh's trust domain (mesh ConfigMap `istio`): `--trust-domain`.\ntrustDomain: cluster.local\n"
+        "{header}# The `ward` image (control plane and injected sidecars): `ward install --image`.\nimage: {DEFAULT_IMAGE}\n# The injected capture init container's image (`ward` with iptables): `--capture-image`.\ncaptureImage: {DEFAULT_CAPTURE_IMAGE}\n# The webhooks' failurePolicy, Fail or Ignore: `--failure-policy`.\nfailurePolicy: Fail\n# Call the webhooks at this https://HOST:PORT instead of through the control plane's Service\n# (a control plane outside the cluster): `--webhook-url`.\nwebhookUrl: \"\"\n# The mesh's trust domain (mesh ConfigMap `istio`): `--trust-domain`.\ntrustDomain: cluster.local\n# Control-plane replicas (leader election: all serve proxies, the leader writes). More than\n# one requires the `cacerts` Secret in the namespace (docs/kubernetes.md): `--replicas`.\nreplicas: 1\n"
     );
     let helpers = format!(
         "{header}{{{{/* The webhooks' clientConfig for a path: the Service, or webhookUrl when set. */}}}}\n{{{{- define \"ward.clientConfig\" -}}}}\n{{{{- $root := index . 0 -}}}}\n{{{{- $path := index . 1 -}}}}\n{{{{- if $root.Values.webhookUrl -}}}}\n{{{{- dict \"url\" (printf \"%s%s\" (trimSuffix \"/\" $root.Values.webhookUrl) $path) | toJson -}}}}\n{{{{- else -}}}}\n{{{{- dict \"service\" (dict \"name\" \"{NAME}\" \"namespace\" $root.Release.Namespace \"path\" $path \"port\" 443) | toJson -}}}}\n{{{{- end -}}}}\n{{{{- end -}}}}\n"
@@ -404,7 +424,34 @@ mod tests {
             failure_policy: "Fail".into(),
             webhook_url: None,
             trust_domain: "cluster.local".into(),
+            replicas: 1,
         }
+    }
+
+    #[test]
+    fn replicas_beyond_one_require_the_cacerts_secret() {
+        let deployment = |replicas| {
+            let o = InstallOptions { replicas, ..opts() };
+            manifests(&o)
+                .into_iter()
+                .find(|m| m["kind"] == "Deployment")
+                .unwrap()
+        };
+        let cacerts = |d: &Value| {
+            d["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "cacerts")
+                .unwrap()["secret"]["optional"]
+                .clone()
+        };
+        let one = deployment(1);
+        assert_eq!(one["spec"]["replicas"], 1);
+        assert_eq!(cacerts(&one), true);
+        let three = deployment(3);
+        assert_eq!(three["spec"]["replicas"], 3);
+        assert_eq!(cacerts(&three), false);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! [`tokens`] (ServiceAccount tokens checked with the TokenReview API), [`crds`] (the Istio
 //! CRDs `ward install crds` prints), [`events`] (Kubernetes Events on invalid objects),
 //! [`webhook`] (the admission webhooks' decisions, pure), [`install`] (the manifests `ward
-//! install` prints, pure), [`publish`] (the webhooks' `caBundle` and the root ConfigMaps) and
-//! [`leader`] (leader election on a Lease: only the leading replica writes).
+//! install` prints, pure), [`publish`] (the webhooks' `caBundle` and the root ConfigMaps),
+//! [`status`] (`status.validationMessages` on Istio objects with findings) and [`leader`]
+//! (leader election on a Lease: only the leading replica writes).
 
 // Tests may unwrap; the library may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -22,6 +23,7 @@ pub mod install;
 pub mod leader;
 pub mod publish;
 pub mod source;
+pub mod status;
 pub mod tokens;
 pub mod translate;
 pub mod webhook;
@@ -30,7 +32,7 @@ use std::path::Path;
 
 pub use kube::Client;
 pub use source::{Cluster, SourceError};
-pub use translate::{render, Objects};
+pub use translate::{render, Objects, RenderStats, Renderer};
 
 /// A client from `kubeconfig` if given; else from `KUBECONFIG` (or `~/.kube/config`); else the
 /// in-cluster service account.

@@ -70,6 +70,196 @@ pub fn render(objects: &Objects) -> ConfigFiles {
     ConfigFiles::from_contents(docs)
 }
 
+/// An object's identity and version as the API server gives them (`metadata.uid` and
+/// `metadata.resourceVersion`): equal keys mean an unchanged object. `None` when either is
+/// missing (objects built by hand in tests): such an object is always translated again.
+fn version_key(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    Some(format!(
+        "{}@{}",
+        meta.uid.as_deref()?,
+        meta.resource_version.as_deref()?
+    ))
+}
+
+/// [`version_key`] of an untyped object.
+fn value_version_key(object: &Value) -> Option<String> {
+    let meta = object.get("metadata")?;
+    Some(format!(
+        "{}/{}/{}@{}",
+        object.get("apiVersion")?.as_str()?,
+        object.get("kind")?.as_str()?,
+        meta.get("uid")?.as_str()?,
+        meta.get("resourceVersion")?.as_str()?
+    ))
+}
+
+/// One object's cached translation: the version it was made from and its document.
+#[derive(Clone, Debug)]
+struct Cached {
+    version: String,
+    doc: Option<Document>,
+}
+
+/// What one [`Renderer::render`] did, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenderStats {
+    /// Objects translated again (new or changed since the last rendering).
+    pub translated: usize,
+    /// Objects whose last translation was reused.
+    pub reused: usize,
+}
+
+/// Incremental [`render`]: it keeps each object's document from the last rendering, keyed by
+/// the object's uid and resourceVersion (which the API server changes on every write), and
+/// translates again only the objects that are new or changed. A selector-less Service's key
+/// also holds the versions of its EndpointSlices, so an endpoint change translates that Service
+/// again. The result is [`render`]'s, document for document (tests/`incremental_equals_full`).
+#[derive(Debug, Default)]
+pub struct Renderer {
+    passthrough: std::collections::HashMap<String, Cached>,
+    pods: std::collections::HashMap<String, Cached>,
+    services: std::collections::HashMap<String, Cached>,
+}
+
+/// A map key naming a typed object: `namespace/name`.
+fn meta_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Looks `key` up in `cache` (last rendering) and moves it to `next` when its version is
+/// `version`; else translates it with `make`. Counts what it did in `stats`.
+fn reuse_or(
+    cache: &mut std::collections::HashMap<String, Cached>,
+    next: &mut std::collections::HashMap<String, Cached>,
+    stats: &mut RenderStats,
+    key: String,
+    version: Option<String>,
+    make: impl FnOnce() -> Option<Document>,
+) -> Option<Document> {
+    if let Some(version) = version {
+        if let Some(hit) = cache.remove(&key).filter(|c| c.version == version) {
+            stats.reused += 1;
+            let doc = hit.doc.clone();
+            next.insert(key, hit);
+            return doc;
+        }
+        stats.translated += 1;
+        let doc = make();
+        next.insert(
+            key,
+            Cached {
+                version,
+                doc: doc.clone(),
+            },
+        );
+        return doc;
+    }
+    stats.translated += 1;
+    make()
+}
+
+impl Renderer {
+    /// A renderer with nothing cached: its first rendering translates everything.
+    pub fn new() -> Renderer {
+        Renderer::default()
+    }
+
+    /// The documents of `objects`, equal to [`render`]`(objects)`, translating only what
+    /// changed since the last call.
+    pub fn render(&mut self, objects: &Objects) -> (ConfigFiles, RenderStats) {
+        let mut stats = RenderStats::default();
+        let mut docs: Vec<Document> = Vec::with_capacity(
+            objects.passthrough.len() + objects.pods.len() + objects.services.len(),
+        );
+        let mut next = std::collections::HashMap::with_capacity(objects.passthrough.len());
+        for object in &objects.passthrough {
+            let version = value_version_key(object);
+            let key = version.clone().unwrap_or_default();
+            docs.extend(reuse_or(
+                &mut self.passthrough,
+                &mut next,
+                &mut stats,
+                key,
+                version,
+                || passthrough(object),
+            ));
+        }
+        self.passthrough = next;
+        let mut next = std::collections::HashMap::with_capacity(objects.pods.len());
+        for pod in &objects.pods {
+            docs.extend(reuse_or(
+                &mut self.pods,
+                &mut next,
+                &mut stats,
+                meta_key(&pod.metadata),
+                version_key(&pod.metadata),
+                || workload_entry(pod),
+            ));
+        }
+        self.pods = next;
+        // The slices of each selector-less Service, by `namespace/service`.
+        let mut slices_of: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in &objects.endpoint_slices {
+            if let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+                slices_of
+                    .entry(format!("{ns}/{service}"))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        let mut next = std::collections::HashMap::with_capacity(objects.services.len());
+        for service in &objects.services {
+            let key = meta_key(&service.metadata);
+            let selectorless = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_none_or(|s| s.is_empty());
+            let mut version = version_key(&service.metadata);
+            let mine = slices_of.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            if selectorless {
+                // Every slice's version, in a fixed order; a slice without one forces a
+                // translation.
+                let mut parts: Vec<Option<String>> =
+                    mine.iter().map(|s| version_key(&s.metadata)).collect();
+                parts.sort();
+                version = version.and_then(|v| {
+                    parts
+                        .into_iter()
+                        .try_fold(v, |acc, p| p.map(|p| format!("{acc},{p}")))
+                });
+            }
+            docs.extend(reuse_or(
+                &mut self.services,
+                &mut next,
+                &mut stats,
+                key,
+                version,
+                || {
+                    let owned: Vec<EndpointSlice> = mine.iter().map(|s| (*s).clone()).collect();
+                    service_entry(service, &owned)
+                },
+            ));
+        }
+        self.services = next;
+        docs.sort_by(|a, b| a.0.cmp(&b.0));
+        docs.dedup_by(|a, b| a.0 == b.0);
+        (ConfigFiles::from_contents(docs), stats)
+    }
+}
+
 /// The stable name of an object's document.
 pub fn document_name(api_version: &str, kind: &str, namespace: &str, name: &str) -> String {
     if namespace.is_empty() {
@@ -438,6 +628,203 @@ mod tests {
         ] {
             assert!(err.contains(part), "{part:?} not in {err}");
         }
+    }
+
+    /// A small deterministic generator (xorshift64), so a failure replays.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// A cluster that the test changes as the API server would: every write bumps the
+    /// object's resourceVersion (one counter for all, like etcd's revision).
+    struct World {
+        rng: Rng,
+        revision: u64,
+        objects: Objects,
+    }
+
+    impl World {
+        fn bump(&mut self) -> String {
+            self.revision += 1;
+            self.revision.to_string()
+        }
+
+        fn pod(&mut self, i: usize) -> Pod {
+            let rv = self.bump();
+            let phase = ["Running", "Running", "Pending"][self.rng.below(3)];
+            let mut p = pod(
+                &format!("p{i}"),
+                phase,
+                Some(&format!("10.0.{}.{}", i / 250, i % 250)),
+            );
+            p.metadata.namespace = Some(format!("ns{}", i % 3));
+            p.metadata.labels =
+                Some([("app".to_owned(), format!("s{}", self.rng.below(4)))].into());
+            p.metadata.uid = Some(format!("uid-pod-{i}-{}", self.rng.below(2)));
+            p.metadata.resource_version = Some(rv);
+            p
+        }
+
+        fn service(&mut self, i: usize) -> Service {
+            let rv = self.bump();
+            let selector = i
+                .is_multiple_of(2)
+                .then(|| json!({"app": format!("s{}", i % 4)}));
+            let port = 80 + self.rng.below(3) as i32;
+            let mut s: Service = from_json(json!({
+                "metadata": {"name": format!("s{i}"), "namespace": format!("ns{}", i % 3),
+                             "uid": format!("uid-svc-{i}"), "resourceVersion": rv},
+                "spec": {"clusterIP": format!("10.96.0.{i}"), "selector": selector,
+                         "ports": [{"name": "http", "port": port}]},
+            }));
+            if self.rng.below(5) == 0 {
+                s.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+            }
+            s
+        }
+
+        fn slice(&mut self, i: usize) -> EndpointSlice {
+            let rv = self.bump();
+            let ready = self.rng.below(3) != 0;
+            from_json(json!({
+                "metadata": {"name": format!("s{}-{}", i % 6, i), "namespace": format!("ns{}", i % 3),
+                             "uid": format!("uid-slice-{i}"), "resourceVersion": rv,
+                             "labels": {"kubernetes.io/service-name": format!("s{}", i % 6)}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8000 + self.rng.below(3) as i32}],
+                "endpoints": [{"addresses": [format!("10.1.0.{}", self.rng.below(9))],
+                               "conditions": {"ready": ready}}],
+            }))
+        }
+
+        fn policy(&mut self, i: usize) -> Value {
+            let rv = self.bump();
+            let principal = format!("cluster.local/ns/x/sa/v{}", self.rng.below(5));
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": format!("ap{i}"), "namespace": format!("ns{}", i % 3),
+                                "uid": format!("uid-ap-{i}"), "resourceVersion": rv,
+                                "managedFields": [{"manager": "kubectl"}]},
+                   "spec": {"action": "DENY", "rules": [{"from": [{"source": {"principals": [principal]}}]}]},
+                   "status": {"x": rv}})
+        }
+
+        /// One write: a create, an update or a delete of a random object.
+        fn change(&mut self) {
+            let which = self.rng.below(4);
+            let i = self.rng.below(12);
+            let delete = self.rng.below(4) == 0;
+            macro_rules! upsert {
+                ($list:ident, $make:ident, $name:expr) => {{
+                    let name = $name;
+                    self.objects
+                        .$list
+                        .retain(|o| name(o) != Some(format!("{i}")));
+                    if !delete {
+                        let o = self.$make(i);
+                        self.objects.$list.push(o);
+                    }
+                }};
+            }
+            let num = |n: Option<&str>, prefix: &str| {
+                n.and_then(|n| n.strip_prefix(prefix)).map(str::to_owned)
+            };
+            match which {
+                0 => upsert!(pods, pod, |p: &Pod| num(p.metadata.name.as_deref(), "p")),
+                1 => upsert!(services, service, |s: &Service| num(
+                    s.metadata.name.as_deref(),
+                    "s"
+                )),
+                2 => upsert!(endpoint_slices, slice, |s: &EndpointSlice| s
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .and_then(|u| u.strip_prefix("uid-slice-"))
+                    .map(str::to_owned)),
+                _ => upsert!(passthrough, policy, |v: &Value| num(
+                    v["metadata"]["name"].as_str(),
+                    "ap"
+                )),
+            }
+            // The stores hand objects out in no particular order.
+            let n = self.objects.pods.len().max(1);
+            self.objects.pods.rotate_left(self.rng.below(n));
+        }
+    }
+
+    #[test]
+    fn incremental_equals_full() {
+        for seed in [1u64, 7, 42, 1234] {
+            let mut world = World {
+                rng: Rng(seed),
+                revision: 0,
+                objects: Objects::default(),
+            };
+            let mut renderer = Renderer::new();
+            for step in 0..400 {
+                world.change();
+                let (incremental, stats) = renderer.render(&world.objects);
+                assert_eq!(
+                    incremental,
+                    render(&world.objects),
+                    "seed {seed}, step {step}"
+                );
+                // At most the changed object and the service its slice belongs to.
+                if step > 0 {
+                    assert!(stats.translated <= 2, "seed {seed} step {step}: {stats:?}");
+                }
+            }
+            assert!(world.objects.pods.len() + world.objects.services.len() > 5);
+        }
+    }
+
+    #[test]
+    fn an_unchanged_cluster_translates_nothing_again() {
+        let mut p = pod("a", "Running", Some("10.0.0.1"));
+        p.metadata.uid = Some("u".into());
+        p.metadata.resource_version = Some("1".into());
+        let objects = Objects {
+            pods: vec![p, pod("no-version", "Running", Some("10.0.0.2"))],
+            ..Objects::default()
+        };
+        let mut renderer = Renderer::new();
+        let (first, stats) = renderer.render(&objects);
+        assert_eq!(
+            stats,
+            RenderStats {
+                translated: 2,
+                reused: 0
+            }
+        );
+        let (again, stats) = renderer.render(&objects);
+        assert_eq!(first, again);
+        // The pod without uid/resourceVersion is translated every time.
+        assert_eq!(
+            stats,
+            RenderStats {
+                translated: 1,
+                reused: 1
+            }
+        );
+        // A new resourceVersion is a change, even with the same content.
+        let mut changed = objects.clone();
+        changed.pods[0].metadata.resource_version = Some("2".into());
+        changed.pods[0].status.as_mut().unwrap().pod_ip = Some("10.0.0.9".into());
+        let (after, stats) = renderer.render(&changed);
+        assert_eq!(
+            stats,
+            RenderStats {
+                translated: 2,
+                reused: 0
+            }
+        );
+        assert_eq!(after, render(&changed));
+        assert_ne!(after, first);
     }
 
     #[test]

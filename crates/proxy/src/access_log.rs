@@ -10,6 +10,34 @@ use ward_config::{ServiceMeta, WorkloadMeta};
 
 use crate::refusal::{Fault, ResponseFlag};
 
+/// The request headers `policy`'s filters read, copied from `headers` (a value that is not
+/// UTF-8 is left out, as if absent). Empty, and free, when no filter reads a header.
+pub(crate) fn filter_headers(
+    policy: &ward_config::access_log_policy::AccessLogPolicy,
+    headers: &http::HeaderMap,
+) -> Vec<(String, String)> {
+    let names = policy.filter_headers();
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let v = headers.get(n.as_str())?.to_str().ok()?.to_owned();
+            Some((n, v))
+        })
+        .collect()
+}
+
+/// Kept headers as a filter reads them (names are lower case on both sides).
+pub(crate) struct FilterHeaders<'a>(pub(crate) &'a [(String, String)]);
+
+impl ward_config::access_log_policy::Headers for FilterHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Which way the connection flows, seen from the sidecar that reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Direction {

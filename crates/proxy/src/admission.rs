@@ -237,7 +237,9 @@ fn tokens(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
 /// Clean a request's headers for the rest of its way: remove what a client must not set
 /// ([`SPOOFABLE`], [`OVERRIDE_HEADERS`] unless kept), every hop-by-hop header and each header
 /// `Connection` names (RFC 9110 §7.6.1), and `Host` (the authority travels in
-/// [`Admitted::authority`] and is written back by [`upstream_parts`]). An upgrade Ward splices
+/// [`Admitted::authority`] and is written back by [`upstream_parts`]). `TE: trailers` stays
+/// when the client sent it: trailers pass through, and a gRPC server refuses a request without
+/// it (gRPC's HTTP/2 protocol, `te: trailers`). An upgrade Ward splices
 /// keeps `Connection: upgrade` and an `Upgrade` naming only [`Admitted::upgrade`], so an
 /// `h2c` upgrade never reaches the app: the request is served as the plain HTTP/1.1 request it
 /// also is, as Envoy and Linkerd do.
@@ -250,7 +252,11 @@ pub(crate) fn sanitize(headers: &mut HeaderMap, admitted: &Admitted, rules: Head
             headers.remove(*h);
         }
     }
+    let trailers = lists_trailers(headers);
     strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     headers.remove(http::header::HOST);
     if !admitted.upgrade.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&admitted.upgrade.join(", ")) {
@@ -261,6 +267,16 @@ pub(crate) fn sanitize(headers: &mut HeaderMap, admitted: &Admitted, rules: Head
             );
         }
     }
+}
+
+/// Whether a `TE` line lists `trailers`.
+pub(crate) fn lists_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// Remove hop-by-hop headers and the headers `Connection` lists (RFC 9110 §7.6.1); they are
@@ -278,11 +294,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// the protocols the (sanitized) request asked for (RFC 9110 §7.8), and never to an HTTP
 /// version.
 pub(crate) fn upgrade_accepted(admitted: &Admitted, response: &HeaderMap) -> bool {
+    switches_to_asked(&admitted.upgrade, response)
+}
+
+/// Whether a `101` response's `Upgrade` names only protocols of `asked` (the request's
+/// [`upgrade_protocols`]), and never an HTTP version.
+pub(crate) fn switches_to_asked(asked: &[String], response: &HeaderMap) -> bool {
     let offered = tokens(response, http::header::UPGRADE);
     !offered.is_empty()
         && offered
             .iter()
-            .all(|p| !is_http_protocol(p) && admitted.upgrade.contains(p))
+            .all(|p| !is_http_protocol(p) && asked.contains(p))
 }
 
 /// The request line and authority the app receives, for the app's protocol: HTTP/1.1 gets the
@@ -526,6 +548,30 @@ mod tests {
             },
         );
         assert_eq!(h.len(), 3, "{h:?}");
+    }
+
+    #[test]
+    fn te_trailers_stays_and_other_te_goes() {
+        for (te, kept) in [
+            ("trailers", Some("trailers")),
+            ("gzip, Trailers", Some("trailers")),
+            ("gzip", None),
+        ] {
+            let p = head(
+                "POST",
+                "/demo.Echo/Say",
+                Version::HTTP_2,
+                &[("host", "svc"), ("te", te)],
+            );
+            let a = run(&p).unwrap();
+            let mut h = p.headers;
+            sanitize(&mut h, &a, HeaderRules::default());
+            assert_eq!(
+                h.get("te").and_then(|v| v.to_str().ok()),
+                kept,
+                "{te}: {h:?}"
+            );
+        }
     }
 
     /// What an app reads from the request it receives: (method, authority, path and query).

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ward_config::{ProxyConfig, WorkloadMeta};
 use ward_policy::{L4Attributes, Peer};
@@ -141,6 +141,11 @@ pub(crate) struct ConnResult {
     metrics: Arc<Metrics>,
     open: bool,
     finished: bool,
+    /// The connection's place under its destination's `maxConnections`, given back when the
+    /// result is finished.
+    slot: Option<crate::tcp_pool::Slot>,
+    /// The destination's `maxConnectionDuration`.
+    max_duration: Option<Duration>,
 }
 
 impl ConnResult {
@@ -157,12 +162,26 @@ impl ConnResult {
             metrics,
             open: false,
             finished: false,
+            slot: None,
+            max_duration: None,
         }
     }
 
     /// The record, to add what becomes known (peer, endpoint, decision).
     pub(crate) fn record(&mut self) -> &mut ConnRecord {
         &mut self.rec
+    }
+
+    /// Hold the connection's `slot` under its destination's `maxConnections` until the
+    /// connection ends, and close it after `max_duration` (`maxConnectionDuration`).
+    pub(crate) fn hold(&mut self, slot: crate::tcp_pool::Slot, max_duration: Option<Duration>) {
+        self.slot = Some(slot);
+        self.max_duration = max_duration;
+    }
+
+    /// The connection's `maxConnectionDuration`, if its destination sets one.
+    pub(crate) fn max_duration(&self) -> Option<Duration> {
+        self.max_duration
     }
 
     /// The connection is served from now on: count the open (once).
@@ -215,6 +234,7 @@ impl ConnResult {
         } else {
             self.metrics.conn_failed(rec);
         }
+        self.slot = None;
     }
 }
 

@@ -15,15 +15,15 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, TE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderValue, CONNECTION, HOST, TE};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -83,8 +83,8 @@ impl RouteCache {
 
 /// Whether the connections the listener at `bind` accepts are served here, request by request
 /// (several HTTP services share it, or a VirtualService covers one of its HTTP services, or a
-/// DestinationRule sets a `connectionPool` or `outlierDetection` for one), rather than
-/// forwarded whole.
+/// DestinationRule sets a `connectionPool` or `outlierDetection` for one, or the workload
+/// reports CLIENT spans), rather than forwarded whole.
 pub(crate) fn routes_by_host(
     ctx: &OutboundCtx,
     config: &Arc<ProxyConfig>,
@@ -92,6 +92,9 @@ pub(crate) fn routes_by_host(
 ) -> bool {
     let built = ctx.routes.get(config);
     built.routes.is_shared(bind)
+        // An HTTP listener of a workload that reports CLIENT spans: each request gets its own
+        // span, as Envoy's outbound HTTP listener makes one per request (docs/tracing.md).
+        || (config.tracing.client.is_some() && built.routes.table(bind).is_some())
         || built.routes.table(bind).is_some_and(|t| {
             t.hosts().iter().any(|h| {
                 config.mesh_routes.table().covers(&h.name)
@@ -115,6 +118,7 @@ pub(crate) async fn serve(
         bind,
         clients: Clients::default(),
         edge: None,
+        abort: Arc::default(),
     });
     let svc = hyper::service::service_fn(move |req| {
         let down = down.clone();
@@ -187,10 +191,11 @@ struct Plan<'c> {
 ///   that differs from the target's, or a malformed one: 400 (crates/proxy/src/admission.rs).
 /// - An `Upgrade` to anything but an HTTP version (WebSocket, …) is refused (403,
 ///   `upgrade_failed`, as Envoy answers an upgrade its route does not enable): the upgraded
-///   bytes could not be routed. `h2c` upgrades are ignored: the request is served as the
-///   HTTP/1.1 request it also is. After refusing `CONNECT` or an upgrade, an HTTP/1.1
-///   connection is closed.
-/// - No virtual host for the authority: 404 `NR`; a service with no endpoints (and no
+///   bytes could not be routed. (A gateway server serves them: `edge.rs`.) `h2c` upgrades are
+///   ignored: the request is served as the HTTP/1.1 request it also is. After refusing
+///   `CONNECT` or an upgrade, an HTTP/1.1 connection is closed.
+/// - No virtual host for the authority: 404 `NR` on a listener shared by several services; a
+///   listener for one service sends it there whatever its authority; a service with no endpoints (and no
 ///   VirtualService to route it elsewhere): 503 `UH`.
 fn plan<'c>(
     config: &'c ProxyConfig,
@@ -198,10 +203,18 @@ fn plan<'c>(
     bind: SocketAddr,
     head: &RequestHead<'_>,
 ) -> Result<Plan<'c>, Refusal> {
-    let authority = admit_head(head)?;
-    let listener = routes
-        .table(bind)
+    let authority = admit_head(head, false)?;
+    let table = routes.table(bind);
+    let listener = table
         .and_then(|t| t.lookup(&authority))
+        // A listener for one service takes any authority, as when it forwards connections
+        // whole: serving it request by request (for CLIENT spans, a connection pool) must not
+        // change where a request goes.
+        .or_else(|| {
+            table
+                .filter(|_| !routes.is_shared(bind))
+                .and_then(|t| t.hosts().first())
+        })
         .and_then(|host| config.outbound.get(host.target))
         .ok_or_else(no_route)?;
     // A service a VirtualService covers is routed by it (`routed.rs`); another one needs
@@ -216,8 +229,8 @@ fn plan<'c>(
 }
 
 /// The authority of a request routing may take ([`plan`]'s first three rules; a gateway's
-/// requests too). Pure.
-fn admit_head(head: &RequestHead<'_>) -> Result<String, Refusal> {
+/// requests too, where `upgrades` lets an upgrade through to be routed). Pure.
+fn admit_head(head: &RequestHead<'_>, upgrades: bool) -> Result<String, Refusal> {
     if head.method == Method::CONNECT {
         return Err(
             Refusal::downstream(ResponseFlag::None, "connect_not_allowed")
@@ -229,7 +242,7 @@ fn admit_head(head: &RequestHead<'_>) -> Result<String, Refusal> {
         );
     }
     let authority = admission::authority(head)?;
-    if !admission::upgrade_protocols(head.version, head.headers).is_empty() {
+    if !upgrades && !admission::upgrade_protocols(head.version, head.headers).is_empty() {
         return Err(Refusal::downstream(ResponseFlag::None, "upgrade_failed")
             .with_reply(
                 StatusCode::FORBIDDEN,
@@ -250,7 +263,7 @@ fn upstream_head(
     version: Version,
 ) -> Result<(), Refusal> {
     let bad_target = bad_target();
-    let trailers = lists_trailers(&parts.headers);
+    let trailers = admission::lists_trailers(&parts.headers);
     admission::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(HOST);
     let path = parts
@@ -284,16 +297,6 @@ fn bad_target() -> Refusal {
         .with_reply(StatusCode::BAD_REQUEST, "invalid request target\n")
 }
 
-/// Whether a `TE` line lists `trailers`.
-fn lists_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-}
-
 /// One app connection to a shared listener.
 struct Downstream {
     ctx: Arc<OutboundCtx>,
@@ -303,6 +306,9 @@ struct Downstream {
     /// At a gateway server: where the connection came in, and the gateway workload's inbound
     /// state (its JWT keys) for the checks at the edge. `None`: a sidecar's egress listener.
     edge: Option<(edge::Edge, Arc<crate::inbound::InboundCtx>)>,
+    /// Set when an upgraded connection's splice fails: the client's connection is then reset
+    /// when dropped (a gateway's; `crate::inbound_http::Abortable`).
+    abort: Arc<AtomicBool>,
 }
 
 /// The client connections of one downstream connection, by [`Target::pool_key`] (the service
@@ -506,6 +512,10 @@ impl Downstream {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        // A gateway connection that asked for an upgrade and is not switched closes after the
+        // answer: its framing guard stopped following it at the upgrade head (`framing.rs`).
+        let upgrade_asked = self.edge.is_some()
+            && !admission::upgrade_protocols(req.version(), req.headers()).is_empty();
         let mut challenge = None;
         let answered = if self.edge.is_some() {
             let built = self.ctx.routes.get(&config);
@@ -524,16 +534,28 @@ impl Downstream {
             request_body,
             overrides: Some(config.metrics.clone()),
         };
-        match answered {
+        let mut resp = match answered {
             Ok(resp) => {
                 let (flag, details) = log.answer.unwrap_or((ResponseFlag::None, "via_upstream"));
+                if let Some(end) = log.upgraded.take() {
+                    let code = resp.status().as_u16();
+                    let span = self.span(&config, &hop, &log, code, flag, request_id);
+                    tokio::spawn(async move {
+                        if let Ok(end) = end.await {
+                            log.upgrade_bytes = end.bytes;
+                            log.error = end.error;
+                        }
+                        log.emit(code, flag.as_str(), details, log.error.as_deref());
+                    });
+                    return meter.attach_with_span(resp, flag.as_str(), span);
+                }
                 log.emit(
                     resp.status().as_u16(),
                     flag.as_str(),
                     details,
                     log.error.as_deref(),
                 );
-                self.span(
+                let span = self.span(
                     &config,
                     &hop,
                     &log,
@@ -541,7 +563,7 @@ impl Downstream {
                     flag,
                     request_id,
                 );
-                meter.attach(resp, flag.as_str())
+                meter.attach_with_span(resp, flag.as_str(), span)
             }
             Err(refusal) => {
                 let code = refusal.status.map_or(500, |s| s.as_u16());
@@ -551,14 +573,19 @@ impl Downstream {
                     &refusal.detail,
                     log.error.as_deref(),
                 );
-                self.span(&config, &hop, &log, code, refusal.flag, request_id);
+                let span = self.span(&config, &hop, &log, code, refusal.flag, request_id);
                 let reply = crate::inbound_http::local_reply(&refusal, challenge);
-                meter.attach(reply, refusal.flag.as_str())
+                meter.attach_with_span(reply, refusal.flag.as_str(), span)
             }
+        };
+        if upgrade_asked && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
     }
 
-    /// This hop's span, if it is reported (`crate::trace`).
+    /// This hop's span, if it is reported (`crate::trace`); it ends with the response body.
     fn span(
         &self,
         config: &ProxyConfig,
@@ -567,10 +594,8 @@ impl Downstream {
         code: u16,
         flag: ResponseFlag,
         request_id: String,
-    ) {
-        if hop.report.is_none() {
-            return;
-        }
+    ) -> Option<crate::trace::OpenSpan> {
+        hop.report.as_ref()?;
         let far = log.far.as_deref();
         let (kind, peer, peer_identity) = if self.edge.is_some() {
             (opentelemetry::trace::SpanKind::Server, Some(self.src), None)
@@ -581,7 +606,7 @@ impl Downstream {
                 far.and_then(|f| f.identity.clone()),
             )
         };
-        self.ctx.tracer.finish(
+        self.ctx.tracer.open(
             config,
             hop,
             crate::trace::Finished {
@@ -597,7 +622,7 @@ impl Downstream {
                 request_id,
                 protocol: log.protocol,
             },
-        );
+        )
     }
 
     /// The metric labels of a request as the source reports it: this workload, and the
@@ -700,9 +725,7 @@ impl Downstream {
             }
             Err(_) => Some(crate::outlier::Outcome::LocalFailure),
         };
-        if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
-            built.destinations.record(&policy, far.endpoint, seen);
-        }
+        built.destinations.record_try(&policy, seen, log);
         let resp = finish_response(sent?)?;
         Ok(resp.map(|b| limits::Held::new(b, permit).boxed()))
     }
@@ -767,7 +790,9 @@ impl Downstream {
                 log.far = Some(client.far.clone());
                 match client.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        self.clients.give_back_h1(target, client);
+                        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                            self.clients.give_back_h1(target, client);
+                        }
                         return Ok(resp);
                     }
                     Err(mut e) => match e.take_message() {
@@ -785,7 +810,10 @@ impl Downstream {
             .send_request(req)
             .await
             .map_err(|e| log.failed(send_failed(&e), e))?;
-        self.clients.give_back_h1(target, client);
+        // A switched connection is the upgrade's now, never a pooled one.
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.clients.give_back_h1(target, client);
+        }
         Ok(resp)
     }
 
@@ -800,7 +828,7 @@ impl Downstream {
             Some(c) => c,
             None => {
                 let tunnel = self.open(config, target, log).await?;
-                let client = tunnel.http2(log).await?;
+                let client = tunnel.http2(target.pool.as_ref(), log).await?;
                 if client.used(target) {
                     if let Ok(mut shared) = self.clients.h2.lock() {
                         shared.insert(target.pool_key(), client.clone());
@@ -859,7 +887,12 @@ impl Downstream {
                 .unwrap_or(limits::DEFAULT_CONNECT_TIMEOUT);
             let connecting = async {
                 match connect(&self.ctx, config, ep, rec).await {
-                    Ok(up) => crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await,
+                    Ok(up) => {
+                        if let Upstream::Plain(s) = &up {
+                            crate::tcp_pool::keepalive(s, target.pool.as_ref());
+                        }
+                        crate::originate::wrap(&self.ctx, tls.as_ref(), up, rec).await
+                    }
                     Err(refusal) => Err(refusal),
                 }
             };
@@ -902,6 +935,9 @@ impl Downstream {
                 }
                 Err(refusal) => {
                     let stop = refusal.by_policy();
+                    if !stop {
+                        log.connect_failures.push(ep.address);
+                    }
                     last = refusal;
                     if stop {
                         break;
@@ -942,24 +978,36 @@ impl Tunnel {
         } = self;
         match http1::Builder::new().handshake(TokioIo::new(io)).await {
             Ok((sender, conn)) => {
-                drive(conn, result, counts);
+                // A `101` hands the connection to the upgrade (a gateway's WebSocket).
+                drive(conn.with_upgrades(), result, counts);
                 Ok(Client::new(sender, far))
             }
             Err(e) => Err(handshake_failed(result, e, log)),
         }
     }
 
-    async fn http2(self, log: &mut RequestLog) -> Result<H2Client, Refusal> {
+    async fn http2(
+        self,
+        pool: Option<&ward_config::traffic_policy::ConnectionPool>,
+        log: &mut RequestLog,
+    ) -> Result<H2Client, Refusal> {
         let Tunnel {
             io,
             counts,
             result,
             far,
         } = self;
-        match http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(io))
-            .await
-        {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // `http.http2KeepAlive`: a PING every `interval`; no answer within `timeout` closes the
+        // connection (Envoy's `connection_keepalive`).
+        if let Some(k) = pool.and_then(|p| p.http2_keep_alive.as_ref()) {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
+        match builder.handshake(TokioIo::new(io)).await {
             Ok((sender, conn)) => {
                 drive(conn, result, counts);
                 Ok(Client::new(sender, far))
@@ -1006,6 +1054,18 @@ enum Either {
     Plain(TcpStream),
     Tls(Box<crate::originate::Originated>),
 }
+
+impl crate::splice::Abort for Counted {
+    fn abort(&mut self) {
+        match &mut self.inner {
+            Either::Tunnel(t) => t.abort(),
+            Either::Plain(s) => s.abort(),
+            Either::Tls(s) => s.abort(),
+        }
+    }
+}
+
+impl crate::splice::Chunked for Counted {}
 
 /// A stream that counts its bytes.
 struct Counted {
@@ -1082,6 +1142,9 @@ struct RequestLog {
     /// The flag and details of an answer that is not the upstream's own (a redirect, a direct
     /// response, a fault); `None`: `-` and `via_upstream`.
     answer: Option<(ResponseFlag, &'static str)>,
+    /// Endpoints that could not be connected to (another was then tried): local-origin
+    /// failures for their outlier detector, taken when the try's outcome is recorded.
+    connect_failures: Vec<SocketAddr>,
     /// The Gateway (`ns/name`) whose server took the request.
     gateway: Option<String>,
     /// The JWT principal the gateway verified.
@@ -1096,6 +1159,20 @@ struct RequestLog {
     started: Instant,
     /// Which records are written (Telemetry `accessLogging`); `None`: never (a mirror's copy).
     logging: Option<Arc<ward_config::access_log_policy::AccessLogPolicy>>,
+    /// The request headers the filter reads, kept from the request (docs/http.md).
+    filter_headers: Vec<(String, String)>,
+    /// A gateway's upgraded (spliced) request: its record is written when the splice ends,
+    /// with the bytes it carried, as Envoy logs an upgraded stream at its end.
+    upgraded: Option<tokio::sync::oneshot::Receiver<UpgradeEnd>>,
+    /// The bytes an upgraded connection carried: (from the client, to the client).
+    upgrade_bytes: Option<(u64, u64)>,
+}
+
+/// How a gateway's upgraded connection ended: bytes from and to the client (`None` when a side
+/// failed), and the failure.
+struct UpgradeEnd {
+    bytes: Option<(u64, u64)>,
+    error: Option<String>,
 }
 
 impl RequestLog {
@@ -1119,6 +1196,7 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            connect_failures: Vec::new(),
             gateway: None,
             request_principal: None,
             source_principal: None,
@@ -1126,6 +1204,9 @@ impl RequestLog {
             blocked_host: None,
             started: Instant::now(),
             logging: None,
+            filter_headers: Vec::new(),
+            upgraded: None,
+            upgrade_bytes: None,
         }
     }
 
@@ -1153,13 +1234,20 @@ impl RequestLog {
             far: None,
             error: None,
             answer: None,
+            connect_failures: Vec::new(),
             gateway: None,
             request_principal: None,
             source_principal: None,
             source_namespace: None,
             blocked_host: None,
             started: Instant::now(),
+            filter_headers: crate::access_log::filter_headers(
+                &config.access_logging,
+                req.headers(),
+            ),
             logging: Some(config.access_logging.clone()),
+            upgraded: None,
+            upgrade_bytes: None,
         }
     }
 
@@ -1171,7 +1259,19 @@ impl RequestLog {
             } else {
                 &l.client
             };
-            rule.logs(Some(code))
+            let headers = crate::access_log::FilterHeaders(&self.filter_headers);
+            rule.logs_record(&ward_config::access_log_policy::Record {
+                code: Some(code),
+                duration: Some(self.started.elapsed()),
+                method: Some(&self.method),
+                url_path: Some(&self.path),
+                host: Some(&self.authority),
+                headers: Some(&headers),
+                // The downstream's mTLS: a gateway's caller, verified by its listener's TLS
+                // (`source_principal`); a sidecar's own app never speaks mTLS to it.
+                mtls: Some(self.source_principal.is_some()),
+                source_principal: self.source_principal.as_deref(),
+            })
         });
         if !logged {
             return;
@@ -1206,6 +1306,8 @@ impl RequestLog {
             dst.workload = far.and_then(|f| f.workload.as_deref()),
             dst.identity = far.and_then(|f| f.identity.as_deref()),
             error,
+            bytes_received = self.upgrade_bytes.map(|b| b.0),
+            bytes_sent = self.upgrade_bytes.map(|b| b.1),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "request complete"
         );
@@ -1298,6 +1400,55 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_admits_upgrades_a_sidecar_listener_refuses_them() {
+        let admit = |req: &Request<()>, upgrades: bool| {
+            admit_head(
+                &RequestHead {
+                    method: req.method(),
+                    uri: req.uri(),
+                    version: req.version(),
+                    headers: req.headers(),
+                },
+                upgrades,
+            )
+            .map_err(|r| (r.status.map(|s| s.as_u16()), r.detail))
+        };
+        let ws = request(
+            "GET",
+            "/chat",
+            Version::HTTP_11,
+            &[
+                ("host", "a.example"),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        assert_eq!(admit(&ws, true), Ok("a.example".to_owned()));
+        assert_eq!(
+            admit(&ws, false),
+            Err((Some(403), "upgrade_failed".to_owned()))
+        );
+        // CONNECT and a bad authority stay refused at a gateway.
+        let connect = request("CONNECT", "a.example:443", Version::HTTP_11, &[]);
+        assert_eq!(
+            admit(&connect, true),
+            Err((Some(405), "connect_not_allowed".to_owned()))
+        );
+        let two_hosts = request(
+            "GET",
+            "/",
+            Version::HTTP_11,
+            &[
+                ("host", "a"),
+                ("host", "b"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        assert_eq!(admit(&two_hosts, true).map_err(|e| e.0), Err(Some(400)));
     }
 
     #[test]

@@ -346,6 +346,7 @@ async fn connect_target(
         } => {
             let tls = origination(cfg, &service, target);
             let route = Route {
+                pool: crate::outbound::TcpPolicy::of(cfg, &service, None, target.port),
                 service,
                 endpoints,
                 tls,

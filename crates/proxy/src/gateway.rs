@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
@@ -43,6 +43,7 @@ use crate::connection::{ConnResult, End, InboundConn};
 use crate::egress_http::Edge;
 use crate::inbound::InboundCtx;
 use crate::listener::Gate;
+use crate::originate::{read, stamp, Stamp};
 use crate::outbound::{OutboundCtx, Route, Upstream};
 use crate::refusal::{Refusal, ResponseFlag};
 use crate::splice::splice;
@@ -303,7 +304,7 @@ async fn serve_terminated(
         crate::egress_http::serve_edge(
             ctx.outbound.clone(),
             ctx.inbound.clone(),
-            tls,
+            crate::splice::TlsOverTcp::new(tls, false),
             src,
             bind,
             edge,
@@ -313,7 +314,8 @@ async fn serve_terminated(
     }
     let decision = cfg.gateway.decide_tcp(index, fastrand::u32(..));
     let (mut result, upstream) = connect_l4(ctx, cfg, src, bind, decision).await;
-    let mut tls = EdgeTlsStream(tls);
+    // A client that ends without close_notify has cut the stream: the splice ends as a failure.
+    let mut tls = crate::splice::TlsOverTcp::new(tls, false);
     let end = match upstream {
         Ok(Upstream::Tunnel(mut t)) => {
             result.opened();
@@ -433,54 +435,9 @@ fn l4_route(cfg: &ProxyConfig, decision: &L4Decision, server_port: u16) -> Resul
         service: d.host.clone(),
         endpoints,
         tls: None,
+        pool: crate::outbound::TcpPolicy::of(cfg, &d.host, d.subset.as_deref(), number),
     })
 }
-
-/// A terminated client connection, spliced to a `tcp[]` route's upstream.
-struct EdgeTlsStream(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl crate::splice::Chunked for EdgeTlsStream {}
-
-impl crate::splice::Abort for EdgeTlsStream {
-    fn abort(&mut self) {
-        crate::reset_on_close(self.0.get_ref().0);
-    }
-}
-
-impl tokio::io::AsyncRead for EdgeTlsStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for EdgeTlsStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// The identity of a file's content, as cheaply as it can be checked.
-type Stamp = Option<(SystemTime, u64)>;
 
 /// Server TLS configs by server (`Gateway ns/name spec.servers[i]`).
 #[derive(Default)]
@@ -543,18 +500,6 @@ fn files(tls: &EdgeTls) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-fn stamp(path: &str) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-fn read(m: &Material) -> Result<Vec<u8>, String> {
-    match m {
-        Material::File(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", m.describe())),
-        Material::Secret { pem, .. } => Ok(pem.0.as_bytes().to_vec()),
-    }
 }
 
 /// OpenSSL cipher names (what `cipherSuites` lists, as Envoy takes them) and the rustls suites

@@ -128,10 +128,15 @@ struct Pending {
     flags: &'static str,
     grpc_status: Option<String>,
     response_bytes: u64,
+    /// The hop's span, ended with the response (docs/tracing.md).
+    span: Option<crate::trace::OpenSpan>,
 }
 
 impl Pending {
-    fn record(self) {
+    fn record(mut self) {
+        if let Some(span) = self.span.take() {
+            span.end();
+        }
         let m = &self.meter;
         let outcome = RequestOutcome {
             protocol: if m.grpc { "grpc" } else { "http" },
@@ -160,12 +165,25 @@ type RespBody = BoxBody<Bytes, hyper::Error>;
 
 impl RequestMeter {
     /// Measure `resp` (flag `flags`) as it is sent; the metrics are recorded when it ends.
+    #[cfg(test)]
     pub(crate) fn attach(
         self,
         resp: http::Response<RespBody>,
         flags: &'static str,
     ) -> http::Response<RespBody> {
+        self.attach_with_span(resp, flags, None)
+    }
+
+    /// [`RequestMeter::attach`], also ending `span` when the response ends: its last frame
+    /// was polled, or the body was dropped (the client went away).
+    pub(crate) fn attach_with_span(
+        self,
+        resp: http::Response<RespBody>,
+        flags: &'static str,
+        span: Option<crate::trace::OpenSpan>,
+    ) -> http::Response<RespBody> {
         let pending = Pending {
+            span,
             code: resp.status().as_u16(),
             flags,
             grpc_status: grpc_status(resp.headers()),
@@ -323,6 +341,77 @@ mod tests {
             sample(&text, "istio_request_bytes_sum").as_deref(),
             Some("107.0")
         );
+    }
+
+    /// A body whose frames come from a channel, ending when it closes.
+    struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = hyper::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    /// docs/tracing.md: a span ends when the response body does, not at the response head.
+    #[tokio::test]
+    async fn the_span_ends_with_the_response_body() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let meter = RequestMeter {
+            metrics: metrics.clone(),
+            peers: peers(),
+            security_policy: "none".into(),
+            grpc: false,
+            started: Instant::now(),
+            request_head: 0,
+            request_body: Arc::default(),
+            overrides: None,
+        };
+        let (spans_tx, mut spans) = tokio::sync::mpsc::channel(4);
+        let span = crate::trace::OpenSpan::for_test(spans_tx, metrics);
+        let (chunks, rx) = tokio::sync::mpsc::channel(4);
+        let resp = meter.attach_with_span(http::Response::new(Chunks(rx).boxed()), "-", Some(span));
+        let mut body = resp.into_body();
+        chunks.send(Bytes::from_static(b"first")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+        assert!(spans.try_recv().is_err(), "no span while the body streams");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let last_sent = std::time::SystemTime::now();
+        chunks.send(Bytes::from_static(b"last")).await.unwrap();
+        drop(chunks);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "last");
+        let span = spans.try_recv().expect("the span, at the body's end");
+        assert!(span.end_time >= last_sent, "ended after the last frame");
+        assert!(
+            span.end_time.duration_since(span.start_time).unwrap()
+                >= std::time::Duration::from_millis(50)
+        );
+
+        // A response abandoned half-way (the client went away) still ends its span.
+        let meter = RequestMeter {
+            metrics: Metrics::register(&mut Registry::default()),
+            peers: peers(),
+            security_policy: "none".into(),
+            grpc: false,
+            started: Instant::now(),
+            request_head: 0,
+            request_body: Arc::default(),
+            overrides: None,
+        };
+        let (spans_tx, mut spans) = tokio::sync::mpsc::channel(4);
+        let span = crate::trace::OpenSpan::for_test(spans_tx, meter.metrics.clone());
+        let (_chunks, rx) = tokio::sync::mpsc::channel(4);
+        let resp = meter.attach_with_span(http::Response::new(Chunks(rx).boxed()), "-", Some(span));
+        assert!(spans.try_recv().is_err());
+        drop(resp);
+        assert!(spans.try_recv().is_ok(), "ended on drop");
     }
 
     #[test]

@@ -179,6 +179,8 @@ struct RequestLog<'a> {
     started: Instant,
     /// Which records are written (Telemetry `accessLogging`, the SERVER side).
     logging: Arc<ward_config::access_log_policy::AccessLogPolicy>,
+    /// The request headers the filter reads, kept from the request (docs/http.md).
+    filter_headers: Vec<(String, String)>,
 }
 
 impl RequestLog<'_> {
@@ -196,7 +198,8 @@ impl RequestLog<'_> {
         self.emit(code, refusal.flag, &refusal.detail);
     }
 
-    /// This hop's span, if it is reported: what the access log says, as span attributes.
+    /// This hop's span, if it is reported: what the access log says, as span attributes. It
+    /// ends with the response body.
     fn span(
         &self,
         ctx: &InboundCtx,
@@ -204,11 +207,9 @@ impl RequestLog<'_> {
         hop: &crate::trace::Hop,
         code: u16,
         flag: ResponseFlag,
-    ) {
-        if hop.report.is_none() {
-            return;
-        }
-        ctx.tracer.finish(
+    ) -> Option<crate::trace::OpenSpan> {
+        hop.report.as_ref()?;
+        ctx.tracer.open(
             cfg,
             hop,
             crate::trace::Finished {
@@ -226,11 +227,22 @@ impl RequestLog<'_> {
                 request_id: self.request_id.clone(),
                 protocol: self.protocol,
             },
-        );
+        )
     }
 
     fn emit(&self, code: u16, flag: ResponseFlag, details: &str) {
-        if !self.logging.server.logs(Some(code)) {
+        let headers = crate::access_log::FilterHeaders(&self.filter_headers);
+        let record = ward_config::access_log_policy::Record {
+            code: Some(code),
+            duration: Some(self.started.elapsed()),
+            method: Some(&self.method),
+            url_path: Some(&self.path),
+            host: Some(&self.authority),
+            headers: Some(&headers),
+            mtls: Some(self.conn.peer_id.is_some()),
+            source_principal: self.conn.peer_id.as_deref(),
+        };
+        if !self.logging.server.logs_record(&record) {
             return;
         }
         let (decision, policy, rule) = match &self.decision {
@@ -363,6 +375,7 @@ async fn serve_request(
         decision: None,
         break_glass: None,
         started: Instant::now(),
+        filter_headers: crate::access_log::filter_headers(&cfg.access_logging, req.headers()),
         logging: cfg.access_logging.clone(),
     };
     let request_body = Arc::new(AtomicU64::new(0));
@@ -407,14 +420,18 @@ async fn serve_request(
     match answered {
         Ok(resp) => {
             log.served(resp.status());
-            log.span(ctx, &cfg, &hop, resp.status().as_u16(), ResponseFlag::None);
-            meter(&log).attach(resp, ResponseFlag::None.as_str())
+            let span = log.span(ctx, &cfg, &hop, resp.status().as_u16(), ResponseFlag::None);
+            meter(&log).attach_with_span(resp, ResponseFlag::None.as_str(), span)
         }
         Err(refusal) => {
             log.refused(&refusal);
             let code = refusal.status.map_or(500, |s| s.as_u16());
-            log.span(ctx, &cfg, &hop, code, refusal.flag);
-            meter(&log).attach(local_reply(&refusal, challenge), refusal.flag.as_str())
+            let span = log.span(ctx, &cfg, &hop, code, refusal.flag);
+            meter(&log).attach_with_span(
+                local_reply(&refusal, challenge),
+                refusal.flag.as_str(),
+                span,
+            )
         }
     }
 }

@@ -42,7 +42,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CACHE_LIMIT: usize = 256;
 
 /// The identity of a file's content, as cheaply as it can be checked.
-type Stamp = Option<(SystemTime, u64)>;
+pub(crate) type Stamp = Option<(SystemTime, u64)>;
 
 /// Client configs by origination, shared by a sidecar's outbound tasks.
 #[derive(Default)]
@@ -155,7 +155,7 @@ impl Originator {
                     .to_owned(),
                 );
                 rec.reason = Some("tls_originated");
-                Ok(Originated(tls))
+                Ok(Originated::new(tls, true))
             }
             Err((reason, refusal)) => {
                 rec.reason = Some(reason);
@@ -169,54 +169,7 @@ impl Originator {
 /// `close_notify` (nginx after a response, many others) ends the stream as a TCP FIN would:
 /// the app behind the sidecar gets the same signal as on a plaintext upstream, whose framing
 /// (`Content-Length`, chunked) tells a cut response from a whole one.
-pub(crate) struct Originated(TlsStream<TcpStream>);
-
-impl tokio::io::AsyncRead for Originated {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
-            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                std::task::Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Originated {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl crate::splice::Chunked for Originated {}
-
-impl crate::splice::Abort for Originated {
-    fn abort(&mut self) {
-        crate::reset_on_close(self.0.get_ref().0);
-    }
-}
+pub(crate) type Originated = crate::splice::TlsOverTcp<TlsStream<TcpStream>>;
 
 /// The files `o` reads.
 fn files(o: &TlsOrigination) -> Vec<String> {
@@ -236,13 +189,14 @@ fn files(o: &TlsOrigination) -> Vec<String> {
     out
 }
 
-fn stamp(path: &str) -> Stamp {
+/// The [`Stamp`] of the file at `path` now.
+pub(crate) fn stamp(path: &str) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
 /// The PEM text of `m`.
-fn read(m: &Material) -> Result<Vec<u8>, String> {
+pub(crate) fn read(m: &Material) -> Result<Vec<u8>, String> {
     match m {
         Material::File(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", m.describe())),
         Material::Secret { pem, .. } => Ok(pem.0.as_bytes().to_vec()),

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use ward_config::istio::Resolution;
 use ward_config::origination::TlsOrigination;
+use ward_config::traffic_policy::{ConnectionPool, DestinationPolicy};
 use ward_config::{
     CapturedDestination, Endpoint, OutboundListener, ProxyConfig, ServiceMeta, Transport,
 };
@@ -48,6 +49,8 @@ pub(crate) struct OutboundCtx {
     pub(crate) audit: crate::audit::AuditSink,
     /// The workload's span export (`crate::trace`), shared with its inbound side.
     pub(crate) tracer: Arc<crate::trace::Tracer>,
+    /// The TCP connections open to each destination (`connectionPool.tcp.maxConnections`).
+    pub(crate) tcp_pools: crate::tcp_pool::TcpPools,
 }
 
 /// The plan for one outbound connection: where to go and how. Pure.
@@ -59,6 +62,32 @@ pub(crate) struct Route {
     pub endpoints: Vec<Endpoint>,
     /// TLS to originate to the endpoints reached in plaintext, and whether the port is HTTP.
     pub tls: Option<(Arc<TlsOrigination>, bool)>,
+    /// The destination's DestinationRule `connectionPool` (`crate::tcp_pool`), and the key its
+    /// connections are counted under.
+    pub pool: TcpPolicy,
+}
+
+/// A destination's `connectionPool`, for whole TCP connections.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TcpPolicy {
+    /// `host|subset|port`.
+    pub key: String,
+    /// The pool; `None`: Istio's defaults.
+    pub pool: Option<Arc<ConnectionPool>>,
+}
+
+impl TcpPolicy {
+    /// The DestinationRule `connectionPool` of `host` (its `subset`) on service port `port`
+    /// (Istio's precedence, `DestinationPolicy::resilience`). Pure.
+    pub(crate) fn of(cfg: &ProxyConfig, host: &str, subset: Option<&str>, port: u16) -> TcpPolicy {
+        let rule = cfg.mesh_routes.destination(host);
+        TcpPolicy {
+            key: format!("{host}|{}|{port}", subset.unwrap_or("")),
+            pool: DestinationPolicy::resilience(rule, subset, port)
+                .pool
+                .map(Arc::new),
+        }
+    }
 }
 
 /// Choose the endpoints for a connection that arrived at `bind`, starting at `start` (rotated so
@@ -74,6 +103,7 @@ pub(crate) fn route(cfg: &ProxyConfig, bind: SocketAddr, start: usize) -> Option
         service: l.service.clone(),
         endpoints,
         tls: l.tls.clone().map(|t| (t, l.protocol.is_http())),
+        pool: TcpPolicy::of(cfg, &l.service, None, l.service_port),
     })
 }
 
@@ -170,12 +200,14 @@ pub(crate) fn plan_captured(cfg: &ProxyConfig, dst: SocketAddr, start: usize) ->
                 service: host.to_owned(),
                 endpoints,
                 tls: port.tls.clone().map(|t| (t, port.protocol.is_http())),
+                pool: TcpPolicy::of(cfg, host, None, port.number),
             })
         }
         CapturedDestination::Workload(ep) => CapturedPlan::Route(Route {
             service: ep.workload.clone().unwrap_or_default(),
             endpoints: vec![ep],
             tls: None,
+            pool: TcpPolicy::default(),
         }),
         CapturedDestination::Unknown if cfg.outbound_traffic_policy == "REGISTRY_ONLY" => {
             CapturedPlan::BlackHole
@@ -269,18 +301,19 @@ pub(crate) async fn finish_spliced(
     upstream: Result<Upstream, Refusal>,
     mut result: ConnResult,
 ) {
+    let close = result.max_duration().map(close_after);
     let end = match upstream {
         Ok(Upstream::Tunnel(mut t)) => {
             result.opened();
-            End::from_splice(splice(&mut app, &mut t, None).await)
+            End::from_splice(splice(&mut app, &mut t, close).await)
         }
         Ok(Upstream::Plain(mut s)) => {
             result.opened();
-            End::from_splice(splice(&mut app, &mut s, None).await)
+            End::from_splice(splice(&mut app, &mut s, close).await)
         }
         Ok(Upstream::Tls(mut s)) => {
             result.opened();
-            End::from_splice(splice(&mut app, &mut *s, None).await)
+            End::from_splice(splice(&mut app, &mut *s, close).await)
         }
         Err(refusal) if !refusal.body.is_empty() => {
             // An HTTP port whose upstream failed before any byte: a local reply, as Envoy's.
@@ -294,6 +327,22 @@ pub(crate) async fn finish_spliced(
     };
     drop(app);
     result.finish(end);
+}
+
+/// The close order of `connectionPool.tcp.maxConnectionDuration`, sent `limit` from now; the
+/// timer ends with the connection (its receiver dropped) if that comes first.
+fn close_after(limit: Duration) -> tokio::sync::oneshot::Receiver<Refusal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = tx;
+        tokio::select! {
+            () = tokio::time::sleep(limit) => {
+                let _ = tx.send(crate::tcp_pool::duration_reached(limit));
+            }
+            () = tx.closed() => {}
+        }
+    });
+    rx
 }
 
 /// What an outbound connection goes over: an HBONE tunnel, or a plaintext socket.
@@ -351,11 +400,35 @@ pub(crate) async fn connect_any(
         ResponseFlag::NoHealthyUpstream,
         format!("service {} has no endpoints", route.service),
     );
+    // `connectionPool.tcp.maxConnections`: over it the connection is refused at once (`UO`).
+    let pool = route.pool.pool.as_deref();
+    let slot = ctx.tcp_pools.take(&route.pool.key, pool)?;
+    let connect_timeout = crate::tcp_pool::connect_timeout(pool);
     for ep in &route.endpoints {
         let rec = result.record();
         note_endpoint(rec, ep, cfg);
-        match connect(ctx, cfg, ep, rec).await {
-            Ok(up) => return crate::originate::wrap(ctx, route.tls.as_ref(), up, rec).await,
+        let connecting = async {
+            let up = connect(ctx, cfg, ep, rec).await?;
+            if let Upstream::Plain(s) = &up {
+                crate::tcp_pool::keepalive(s, pool);
+            }
+            crate::originate::wrap(ctx, route.tls.as_ref(), up, rec).await
+        };
+        let connected = match tokio::time::timeout(connect_timeout, connecting).await {
+            Ok(c) => c,
+            Err(_) => Err(Refusal::upstream(
+                ResponseFlag::UpstreamFailure,
+                format!(
+                    "connect to {} timed out after {connect_timeout:?} (connectTimeout)",
+                    ep.address
+                ),
+            )),
+        };
+        match connected {
+            Ok(up) => {
+                result.hold(slot, pool.and_then(|p| p.max_connection_duration));
+                return Ok(up);
+            }
             Err(refusal) if refusal.by_policy() => return Err(refusal),
             Err(refusal) => last = refusal,
         }

@@ -14,7 +14,13 @@
 //! - the ejection lasts `base_ejection_time` times the number of times the host was ejected in
 //!   a row, at most `max_ejection_time` (300s); the host returns at the first sweep
 //!   (`interval`) after that;
-//! - "If the host is healthy during that check, the ejection time multiplier is decremented".
+//! - "If the host is healthy during that check, the ejection time multiplier is decremented";
+//! - with `split_external_local_origin_errors` (Istio's `splitExternalLocalOriginErrors`),
+//!   local-origin errors no longer count as 5xx or gateway errors: they have their own counter,
+//!   `consecutive_local_origin_failure` (default 5), which any response from the host resets
+//!   (the connection succeeded);
+//! - Istio sets the cluster's `healthy_panic_threshold` from `minHealthPercent`: when the share
+//!   of hosts not ejected falls below it, the load balancer uses every host ([`panics`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +50,8 @@ pub(crate) struct Ejection {
 struct Host {
     five_xx: u32,
     gateway: u32,
+    /// Consecutive local-origin failures (counted only when they are split from the others).
+    local: u32,
     /// When it was ejected, while it is.
     ejected_at: Option<Instant>,
     /// Ejections in a row (the ejection time's multiplier).
@@ -120,6 +128,7 @@ impl Detector {
                     host.ejected_at = None;
                     host.five_xx = 0;
                     host.gateway = 0;
+                    host.local = 0;
                     let later = healthy_since(back + interval);
                     host.ejections = host.ejections.saturating_sub(later);
                 }
@@ -161,26 +170,39 @@ impl Detector {
             // An answer from before the ejection, arriving late.
             return None;
         }
-        let (five_xx, gateway) = match outcome {
-            Outcome::Status(s) => ((500..600).contains(&s), matches!(s, 502..=504)),
-            Outcome::LocalFailure => (true, true),
-        };
-        if five_xx {
-            host.five_xx = host.five_xx.saturating_add(1);
-            host.gateway = if gateway {
-                host.gateway.saturating_add(1)
-            } else {
-                0
-            };
-        } else {
-            host.five_xx = 0;
-            host.gateway = 0;
+        let split = self.policy.split_local_origin;
+        match outcome {
+            Outcome::LocalFailure if split => {
+                host.local = host.local.saturating_add(1);
+            }
+            Outcome::LocalFailure => {
+                host.five_xx = host.five_xx.saturating_add(1);
+                host.gateway = host.gateway.saturating_add(1);
+            }
+            Outcome::Status(s) => {
+                // A response: the connection to the host worked.
+                host.local = 0;
+                if (500..600).contains(&s) {
+                    host.five_xx = host.five_xx.saturating_add(1);
+                    host.gateway = if matches!(s, 502..=504) {
+                        host.gateway.saturating_add(1)
+                    } else {
+                        0
+                    };
+                } else {
+                    host.five_xx = 0;
+                    host.gateway = 0;
+                }
+            }
         }
         let reached = |threshold: Option<u32>, count: u32| threshold.is_some_and(|t| count >= t);
+        let local = split.then_some(self.policy.consecutive_local_origin);
         let cause = if reached(self.policy.consecutive_5xx, host.five_xx) {
             "consecutive5xxErrors"
         } else if reached(self.policy.consecutive_gateway, host.gateway) {
             "consecutiveGatewayErrors"
+        } else if reached(local, host.local) {
+            "consecutiveLocalOriginFailures"
         } else {
             return None;
         };
@@ -191,6 +213,7 @@ impl Detector {
         // the threshold).
         host.five_xx = 0;
         host.gateway = 0;
+        host.local = 0;
         if !allowed {
             return None;
         }
@@ -204,6 +227,17 @@ impl Detector {
     }
 }
 
+/// Whether the load balancer ignores ejections (Envoy's panic mode): fewer than
+/// `min_health_percent` of the destination's `endpoints` are not ejected. 0 turns it off.
+pub(crate) fn panics(min_health_percent: u32, endpoints: usize, ejected: usize) -> bool {
+    if min_health_percent == 0 || endpoints == 0 {
+        return false;
+    }
+    let healthy = endpoints.saturating_sub(ejected);
+    let threshold = usize::try_from(min_health_percent.min(100)).unwrap_or(100);
+    healthy.saturating_mul(100) < threshold.saturating_mul(endpoints)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +249,16 @@ mod tests {
             interval: Duration::from_secs(1),
             base_ejection_time: Duration::from_secs(10),
             max_ejection_percent: percent,
+            ..Outlier::default()
+        }
+    }
+
+    /// `policy`, with local-origin failures split off and ejecting at `local`.
+    fn split(five_xx: Option<u32>, local: u32) -> Outlier {
+        Outlier {
+            split_local_origin: true,
+            consecutive_local_origin: local,
+            ..policy(five_xx, None, 100)
         }
     }
 
@@ -343,6 +387,49 @@ mod tests {
                     Ejected(10, &[]),
                 ],
             ),
+            // Not split: connect failures count as 5xx (and gateway) errors.
+            (
+                policy(Some(2), None, 100),
+                2,
+                vec![
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, Status(503), true),
+                ],
+            ),
+            // Split: local-origin failures have their own count; they neither count as nor
+            // reset the 5xx one.
+            (
+                split(Some(2), 3),
+                2,
+                vec![
+                    Record(0, 1, Status(500), false),
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, Status(500), true),
+                    Ejected(0, &[1]),
+                ],
+            ),
+            (
+                split(None, 3),
+                2,
+                vec![
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, LocalFailure, true),
+                    Ejected(0, &[1]),
+                ],
+            ),
+            // Any response (even a 5xx) means the connection worked: the local count restarts.
+            (
+                split(None, 2),
+                2,
+                vec![
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, Status(500), false),
+                    Record(0, 1, LocalFailure, false),
+                    Record(0, 1, LocalFailure, true),
+                ],
+            ),
             // Neither counter set: nothing is ever ejected.
             (
                 policy(None, None, 100),
@@ -371,6 +458,29 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn below_min_health_percent_the_balancer_ignores_ejections() {
+        // (minHealthPercent, endpoints, ejected, panics)
+        let cases = [
+            (0, 4, 4, false),
+            (50, 4, 2, false),
+            (50, 4, 3, true),
+            (51, 4, 2, true),
+            (100, 4, 0, false),
+            (100, 4, 1, true),
+            (10, 1, 1, true),
+            (10, 0, 0, false),
+            (150, 2, 0, false),
+        ];
+        for (percent, endpoints, ejected, want) in cases {
+            assert_eq!(
+                panics(percent, endpoints, ejected),
+                want,
+                "{percent}% of {endpoints} with {ejected} ejected"
+            );
         }
     }
 

@@ -70,6 +70,12 @@ pub enum ResponseFlag {
     DelayInjected,
     /// `UO`: refused by the destination's circuit breaker (DestinationRule `connectionPool`).
     UpstreamOverflow,
+    /// `DT`: the connection reached its maximum duration (DestinationRule
+    /// `connectionPool.tcp.maxConnectionDuration`).
+    DurationTimeout,
+    /// `DPE`: the client's request broke HTTP's framing rules (a head with both
+    /// `Content-Length` and `Transfer-Encoding`: `crate::framing`).
+    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -91,6 +97,8 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::DurationTimeout => "DT",
+            ResponseFlag::DownstreamProtocolError => "DPE",
         }
     }
 }
@@ -234,6 +242,7 @@ mod tests {
             (ResponseFlag::UpstreamFailure, "UF"),
             (ResponseFlag::UpstreamProtocolError, "UPE"),
             (ResponseFlag::UpstreamConnectionTermination, "UC"),
+            (ResponseFlag::DownstreamProtocolError, "DPE"),
         ];
         for (flag, text) in all {
             assert_eq!(flag.as_str(), text);

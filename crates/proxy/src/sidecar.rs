@@ -372,6 +372,7 @@ impl Sidecar {
             originator: Default::default(),
             audit,
             tracer,
+            tcp_pools: Default::default(),
         });
         let gateway_ctx = Arc::new(crate::gateway::GatewayCtx {
             outbound: outbound_ctx.clone(),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::refusal::Refusal;
@@ -113,6 +113,80 @@ impl Chunked for ward_hbone::H2Stream {
         chunk: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
         self.poll_write_bytes(cx, chunk)
+    }
+}
+
+/// A TLS stream over TCP as a splice or hyper uses it (a gateway's terminated TLS, an
+/// originated one): [`Abort`] resets the TCP connection under it.
+pub(crate) struct TlsOverTcp<S> {
+    stream: S,
+    /// Read a TCP FIN that comes without a TLS `close_notify` as the end of the stream, not as
+    /// an error.
+    fin_ends: bool,
+}
+
+impl<S> TlsOverTcp<S> {
+    pub(crate) fn new(stream: S, fin_ends: bool) -> TlsOverTcp<S> {
+        TlsOverTcp { stream, fin_ends }
+    }
+}
+
+/// The TCP connection under a TLS stream.
+pub(crate) trait OverTcp {
+    fn tcp(&self) -> &tokio::net::TcpStream;
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl OverTcp for tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Chunked for TlsOverTcp<S> {}
+
+impl<S: OverTcp> Abort for TlsOverTcp<S> {
+    fn abort(&mut self) {
+        crate::reset_on_close(self.stream.tcp());
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TlsOverTcp<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if this.fin_ends && e.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TlsOverTcp<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

@@ -5,7 +5,8 @@
 //! Decide, then do: [`parent`] reads the incoming trace context (W3C `traceparent`/`tracestate`,
 //! else B3 single `b3`, else B3 multi `X-B3-*`), [`decide`] makes the hop's [`Hop`] from it, the
 //! proxy's [`TracingPolicy`] and a random draw (pure); [`Hop::propagate`] writes the next hop's
-//! headers; [`Tracer::finish`] hands the finished span to the workload's exporter.
+//! headers; [`Tracer::open`] builds the span when the response head is sent and
+//! [`OpenSpan::end`] hands it to the workload's exporter when the response body ends.
 //!
 //! The exporter is bounded: spans go through a queue of [`QUEUE`] spans to a task that sends
 //! them in batches; when the queue is full (a slow or dead collector) the span is dropped and
@@ -393,6 +394,7 @@ fn span_data(hop: &Hop, report: &Report, f: Finished, meta: &WorkloadNames) -> S
         // Semantic conventions: `{method}` when there is no route template.
         name: Cow::Owned(f.method),
         start_time: hop.started,
+        // Set again by `OpenSpan::end` when the response body ends.
         end_time: SystemTime::now(),
         attributes,
         dropped_attributes_count: 0,
@@ -463,13 +465,18 @@ impl Tracer {
         }
     }
 
-    /// Report the span of a hop that ended, if it is reported. Never waits.
-    pub(crate) fn finish(&self, cfg: &ward_config::ProxyConfig, hop: &Hop, f: Finished) {
-        let Some(report) = &hop.report else {
-            return;
-        };
+    /// The span of a hop whose response head is sent, if it is reported: it is built now and
+    /// handed to the exporter by [`OpenSpan::end`] when the response body ends (or is
+    /// dropped), so the span covers the whole exchange. Never waits.
+    pub(crate) fn open(
+        &self,
+        cfg: &ward_config::ProxyConfig,
+        hop: &Hop,
+        f: Finished,
+    ) -> Option<OpenSpan> {
+        let report = hop.report.as_ref()?;
         let Ok(mut running) = self.running.lock() else {
-            return;
+            return None;
         };
         let names = WorkloadNames::of(cfg);
         let current = running
@@ -486,11 +493,87 @@ impl Tracer {
         }
         let Some(r) = running.as_ref() else {
             self.metrics.spans(&names.key, "no_exporter", 1);
-            return;
+            return None;
         };
-        let span = span_data(hop, report, f, &r.names);
-        if r.queue.try_send(span).is_err() {
-            self.metrics.spans(&r.names.key, "queue_full", 1);
+        Some(OpenSpan {
+            span: span_data(hop, report, f, &r.names),
+            queue: r.queue.clone(),
+            metrics: self.metrics.clone(),
+            workload: r.names.key.clone(),
+        })
+    }
+}
+
+/// A reported span whose response is still being sent (see [`Tracer::open`]).
+pub(crate) struct OpenSpan {
+    span: SpanData,
+    queue: mpsc::Sender<SpanData>,
+    metrics: Arc<Metrics>,
+    workload: String,
+}
+
+impl std::fmt::Debug for OpenSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenSpan")
+            .field("span_id", &self.span.span_context.span_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenSpan {
+    /// A span going to `queue`, for tests of what ends it.
+    #[cfg(test)]
+    pub(crate) fn for_test(queue: mpsc::Sender<SpanData>, metrics: Arc<Metrics>) -> OpenSpan {
+        let hop = Hop {
+            trace_id: 1,
+            span_id: 2,
+            parent: None,
+            sampled: true,
+            report: None,
+            started: SystemTime::now(),
+        };
+        let report = Report {
+            collector: Collector {
+                service: "collector".into(),
+                port: 4318,
+                http_path: Some("/v1/traces".into()),
+                timeout_ms: 1000,
+            },
+            tags: Vec::new(),
+        };
+        let f = Finished {
+            kind: SpanKind::Server,
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            response_flags: "-".into(),
+            authority: "srv".into(),
+            peer: None,
+            peer_identity: None,
+            authz: None,
+            request_id: "r".into(),
+            protocol: "HTTP/1.1",
+        };
+        let names = WorkloadNames {
+            key: "ns/w".into(),
+            service_name: "w.ns".into(),
+            canonical_service: "w".into(),
+            namespace: "ns".into(),
+        };
+        OpenSpan {
+            span: span_data(&hop, &report, f, &names),
+            queue,
+            metrics,
+            workload: names.key,
+        }
+    }
+
+    /// The response ended (its last frame was sent, or it was abandoned): the span ends now
+    /// and goes to the export queue, or is counted as dropped when the queue is full.
+    pub(crate) fn end(mut self) {
+        self.span.end_time = SystemTime::now();
+        if self.queue.try_send(self.span).is_err() {
+            self.metrics.spans(&self.workload, "queue_full", 1);
         }
     }
 }

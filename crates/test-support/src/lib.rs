@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod ca;
 pub mod k8s;
 pub mod netns;
 

@@ -49,25 +49,66 @@ pub(crate) async fn serve<I>(
     bind: SocketAddr,
     edge: Edge,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::splice::Abort + Unpin + Send + 'static,
 {
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let down = Arc::new(Downstream {
         ctx,
         src,
         bind,
         clients: Clients::default(),
         edge: Some((edge, inbound)),
+        abort: abort.clone(),
     });
-    let svc = hyper::service::service_fn(move |req| {
+    // Reset, not closed, when an upgraded connection's splice failed (`routed.rs`).
+    let io = crate::inbound_http::Abortable::new(io, abort);
+    let svc = {
         let down = down.clone();
-        async move { Ok::<_, Infallible>(down.serve_request(req).await) }
-    });
+        hyper::service::service_fn(move |req| {
+            let down = down.clone();
+            async move { Ok::<_, Infallible>(down.serve_request(req).await) }
+        })
+    };
+    // A head with both Content-Length and Transfer-Encoding never reaches hyper whole: hyper
+    // answers 400 in its place (crate::framing).
+    let io = crate::framing::Guarded::new(io);
+    let verdict = io.verdict();
+    // An upgrade (WebSocket) the backend accepts is spliced (`routed.rs`).
     if let Err(e) = crate::inbound_http::edge_server()
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await
     {
         tracing::debug!(error = %e, "gateway http connection ended with an error");
     }
+    if let Some(refused) = verdict.get() {
+        log_refused(&down, refused);
+    }
+}
+
+/// The access log record of a head the framing guard refused: Envoy's `DPE` and its detail.
+fn log_refused(down: &Downstream, refused: &crate::framing::Refused) {
+    let config = down.ctx.config.borrow().clone();
+    let mut log = RequestLog::detached(down, &config);
+    log.logging = Some(config.access_logging.clone());
+    log.method.clone_from(&refused.method);
+    log.path.clone_from(&refused.path);
+    if let Some((edge, _)) = &down.edge {
+        let gw = &config.gateway;
+        let index = edge
+            .server
+            .or_else(|| gw.on_port(edge.port).first().copied());
+        log.gateway = Some(
+            index
+                .and_then(|i| gw.servers().get(i))
+                .map_or_else(String::new, |s| s.gateway.clone()),
+        );
+    }
+    log.emit(
+        StatusCode::BAD_REQUEST.as_u16(),
+        ResponseFlag::DownstreamProtocolError.as_str(),
+        refused.detail,
+        None,
+    );
 }
 
 /// The host of an authority, lowercase, without its port.
@@ -94,7 +135,7 @@ impl Downstream {
             version: req.version(),
             headers: req.headers(),
         };
-        let authority = super::admit_head(&head)?;
+        let authority = super::admit_head(&head, true)?;
         log.authority.clone_from(&authority);
         let host = host_of(&authority);
         let gw = &config.gateway;

@@ -33,6 +33,8 @@ pub(super) struct Destinations {
     gates: Mutex<HashMap<String, Arc<Gate>>>,
     /// Outlier detectors by destination key: added by the first outcome recorded.
     detectors: Mutex<HashMap<String, Detector>>,
+    /// Retries in flight by destination key (`connectionPool.http.maxRetries`).
+    retries: crate::tcp_pool::TcpPools,
 }
 
 /// One destination's breaker, and the signal that a request in flight ended.
@@ -191,15 +193,29 @@ impl Destinations {
         }
     }
 
-    /// The destination's endpoints without those its outlier detector has ejected.
+    /// A place for one more retry to the destination, held while the retry is in flight; the
+    /// error names `maxRetries` when that many are in flight already.
+    pub(super) fn retry(&self, policy: &Policy) -> Result<crate::tcp_pool::Slot, String> {
+        let max = policy.pool().and_then(|p| p.max_retries);
+        self.retries.count(&policy.key, max).map_err(|n| {
+            format!(
+                "retry not made: {n} retries in flight to {}, connectionPool.http.maxRetries \
+                 reached (overflow)",
+                policy.key
+            )
+        })
+    }
+
+    /// The destination's endpoints without those its outlier detector has ejected; all of
+    /// them when too few would be left (`minHealthPercent`, Envoy's panic threshold).
     pub(super) fn healthy<'e>(
         &self,
         policy: &Policy,
         endpoints: Vec<&'e Endpoint>,
     ) -> Vec<&'e Endpoint> {
-        if policy.outlier().is_none() {
+        let Some(outlier) = policy.outlier() else {
             return endpoints;
-        }
+        };
         let ejected = match self.detectors.lock() {
             Ok(mut d) => match d.get_mut(&policy.key) {
                 Some(det) => det.ejected(Instant::now()),
@@ -207,14 +223,48 @@ impl Destinations {
             },
             Err(_) => return endpoints,
         };
+        let out = endpoints
+            .iter()
+            .filter(|e| ejected.contains(&e.address))
+            .count();
+        if crate::outlier::panics(outlier.min_health_percent, endpoints.len(), out) {
+            tracing::debug!(
+                destination = %policy.key,
+                ejected = out,
+                endpoints = endpoints.len(),
+                "below minHealthPercent: ejections ignored"
+            );
+            return endpoints;
+        }
         endpoints
             .into_iter()
             .filter(|e| !ejected.contains(&e.address))
             .collect()
     }
 
+    /// Record one try for the destination's outlier detector: a local-origin failure for
+    /// each endpoint that could not be connected to, then `seen` (if the try says anything of
+    /// an endpoint) for the endpoint that was reached last, unless that one failed to connect
+    /// (already counted).
+    pub(super) fn record_try(
+        &self,
+        policy: &Policy,
+        seen: Option<Outcome>,
+        log: &mut super::RequestLog,
+    ) {
+        let failed = std::mem::take(&mut log.connect_failures);
+        for endpoint in &failed {
+            self.record(policy, *endpoint, Outcome::LocalFailure);
+        }
+        if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
+            if !failed.contains(&far.endpoint) {
+                self.record(policy, far.endpoint, seen);
+            }
+        }
+    }
+
     /// Record one attempt's outcome at `endpoint` for the destination's outlier detector.
-    pub(super) fn record(&self, policy: &Policy, endpoint: SocketAddr, outcome: Outcome) {
+    fn record(&self, policy: &Policy, endpoint: SocketAddr, outcome: Outcome) {
         let Some(outlier) = policy.outlier() else {
             return;
         };
@@ -277,4 +327,4 @@ impl hyper::body::Body for Held {
 }
 
 /// Istio's default `connectTimeout`.
-pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = crate::tcp_pool::DEFAULT_CONNECT_TIMEOUT;

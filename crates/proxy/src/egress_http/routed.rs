@@ -27,10 +27,20 @@ use ward_config::{Endpoint, ProxyConfig};
 use super::limits::{Held, Policy};
 use super::{
     finish_response, no_route, upstream_head, Body, Built, Clients, Downstream, RequestLog, Target,
+    UpgradeEnd,
 };
+use crate::admission;
 use crate::http_metrics::CountingBody;
 use crate::outlier::Outcome;
 use crate::refusal::{Refusal, ResponseFlag};
+use crate::splice::{splice, Abort, SpliceEnd};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::oneshot;
 
 /// The largest request body kept in memory so that a retry or a mirror can send it again. A
 /// larger body, or one of unknown length, is streamed once: no retry, no mirror.
@@ -363,6 +373,117 @@ pub(super) struct Scope<'a> {
     pub(super) scheme: &'a str,
 }
 
+/// The answer to an upgrade that cannot be carried to its destination (Envoy's detail).
+fn upgrade_failed() -> Refusal {
+    Refusal::downstream(ResponseFlag::None, "upgrade_failed")
+        .with_reply(
+            StatusCode::FORBIDDEN,
+            "upgrades are not served for this destination\n",
+        )
+        .closing(Version::HTTP_11)
+}
+
+/// After the backend's `101`, splice the client's upgraded connection to the backend's on a
+/// task of its own; how it ended goes to `end` (the request's access-log record). When a side
+/// fails, both are reset: the client's through `abort` (its connection's switch), the
+/// backend's tunnel directly.
+fn splice_upgrade(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    abort: Arc<AtomicBool>,
+    end: oneshot::Sender<UpgradeEnd>,
+) {
+    tokio::spawn(async move {
+        let (down, up) = match (down.await, up.await) {
+            (Ok(d), Ok(u)) => (d, u),
+            (d, _) => {
+                let side = if d.is_err() { "client" } else { "backend" };
+                let _ = end.send(UpgradeEnd {
+                    bytes: None,
+                    error: Some(format!(
+                        "the {side}'s upgraded connection went before the splice"
+                    )),
+                });
+                return;
+            }
+        };
+        let mut d = Upgraded(TokioIo::new(down), abort);
+        // The backend's side is the client connection's own stream (`super::Counted`), so it
+        // can be reset; bytes the backend sent right after its 101 go first.
+        let ended = match up.downcast::<TokioIo<super::Counted>>() {
+            Ok(parts) => {
+                if !parts.read_buf.is_empty() && d.write_all(&parts.read_buf).await.is_err() {
+                    d.abort();
+                    let _ = end.send(UpgradeEnd {
+                        bytes: None,
+                        error: Some("the client's upgraded connection failed".to_owned()),
+                    });
+                    return;
+                }
+                let mut u = parts.io.into_inner();
+                splice(&mut d, &mut u, None).await
+            }
+            Err(up) => {
+                let mut u = Upgraded(TokioIo::new(up), Arc::default());
+                splice(&mut d, &mut u, None).await
+            }
+        };
+        let ended = match ended {
+            SpliceEnd::Done(received, sent) => UpgradeEnd {
+                bytes: Some((received, sent)),
+                error: None,
+            },
+            SpliceEnd::Failed(side, e) => UpgradeEnd {
+                bytes: None,
+                error: Some(format!("{side:?} side of the upgraded connection: {e}")),
+            },
+            SpliceEnd::Closed(r) => UpgradeEnd {
+                bytes: None,
+                error: Some(r.detail),
+            },
+        };
+        let _ = end.send(ended);
+    });
+}
+
+/// One side of a gateway's upgraded connection, and the switch that makes the connection under
+/// it reset when it is dropped.
+struct Upgraded(TokioIo<hyper::upgrade::Upgraded>, Arc<AtomicBool>);
+
+impl crate::splice::Chunked for Upgraded {}
+
+impl Abort for Upgraded {
+    fn abort(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// The source labels of a request at a gateway: none (the client is outside the mesh).
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -376,6 +497,14 @@ impl Downstream {
         req: Request<CountingBody>,
         log: &mut RequestLog,
     ) -> Result<Response<Body>, Refusal> {
+        let mut req = req;
+        // An upgrade at a gateway server (WebSocket): routed and checked like any request,
+        // sent over HTTP/1.1 with its `Upgrade`, and spliced when the backend answers `101`.
+        let upgrade = match self.edge {
+            Some(_) => admission::upgrade_protocols(req.version(), req.headers()),
+            None => Vec::new(),
+        };
+        let downstream_upgrade = (!upgrade.is_empty()).then(|| hyper::upgrade::on(&mut req));
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
@@ -520,6 +649,18 @@ impl Downstream {
         apply(&mut parts.headers, &forward.route.headers.request);
         apply(&mut parts.headers, &destination.headers.request);
         upstream_head(&mut parts, &forward.authority, target.version())?;
+        if !upgrade.is_empty() {
+            if target.http2 {
+                // An HTTP/2 (or gRPC) service port has no HTTP/1.1 upgrade to splice.
+                return Err(upgrade_failed());
+            }
+            let value = HeaderValue::from_str(&upgrade.join(", ")).map_err(|_| upgrade_failed())?;
+            parts.headers.insert(http::header::UPGRADE, value);
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+        }
         let mut payload = Payload::read(body)
             .await
             .map_err(|(r, why)| log.failed(r, why))?;
@@ -529,7 +670,7 @@ impl Downstream {
             version: parts.version,
             headers: parts.headers,
         };
-        if let Payload::Kept(bytes) = &payload {
+        if let (Payload::Kept(bytes), true) = (&payload, upgrade.is_empty()) {
             for mirror in &forward.mirrors {
                 self.mirror(
                     config,
@@ -562,9 +703,24 @@ impl Downstream {
             retries,
             deadline,
         };
-        let resp = self
+        let mut resp = self
             .attempts(config, built, &tries, &head, &mut payload, log)
             .await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = downstream_upgrade {
+                if admission::switches_to_asked(&upgrade, resp.headers()) {
+                    let up = hyper::upgrade::on(&mut resp);
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    log.upgraded = Some(rx);
+                    splice_upgrade(down, up, self.abort.clone(), tx);
+                    drop(permit);
+                    let mut resp = resp.map(|b| b.boxed());
+                    apply(resp.headers_mut(), &forward.route.headers.response);
+                    apply(resp.headers_mut(), &destination.headers.response);
+                    return Ok(resp);
+                }
+            }
+        }
         let resp = finish_response(resp)?;
         let mut resp = resp.map(|b| Held::new(b, permit).boxed());
         apply(resp.headers_mut(), &forward.route.headers.response);
@@ -598,6 +754,8 @@ impl Downstream {
         let replayable = matches!(payload, Payload::Kept(_));
         let tries = if replayable { 1 + retries.attempts } else { 1 };
         let mut attempt = 0;
+        // The place of the retry in flight under `maxRetries`, held until the next try.
+        let mut _retry = None;
         loop {
             attempt += 1;
             let last = attempt >= tries;
@@ -632,25 +790,57 @@ impl Downstream {
                 }
                 Some(Err(_)) | None => Some(Outcome::LocalFailure),
             };
-            if let (Some(seen), Some(far)) = (seen, log.far.as_ref()) {
-                built.destinations.record(policy, far.endpoint, seen);
-            }
+            built.destinations.record_try(policy, seen, log);
+            // `connectionPool.http.maxRetries` (Envoy's `max_retries` breaker): a retry the
+            // policy wants is not made while that many are in flight; the answer in hand is
+            // the answer, flagged `UO` (Envoy's router on retry overflow).
+            let mut retry_slot = || match built.destinations.retry(policy) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    log.answer = Some((ResponseFlag::UpstreamOverflow, "via_upstream"));
+                    log.error = Some(why);
+                    None
+                }
+            };
             match outcome {
                 Some(Ok(resp)) => {
                     if last || !retries_response(retries, resp.status(), resp.headers()) {
                         return Ok(resp);
                     }
+                    let Some(slot) = retry_slot() else {
+                        return Ok(resp);
+                    };
+                    _retry = Some(slot);
                 }
                 Some(Err(refusal)) => {
                     if last || !retries_failure(retries, &refusal) {
                         return Err(refusal);
                     }
+                    let Some(slot) = retry_slot() else {
+                        let detail = format!(
+                            "{}; {}",
+                            refusal.detail,
+                            log.error.take().unwrap_or_default()
+                        );
+                        return Err(Refusal {
+                            flag: ResponseFlag::UpstreamOverflow,
+                            detail,
+                            ..refusal
+                        });
+                    };
+                    _retry = Some(slot);
                 }
                 None if global => return Err(timed_out("response_timeout")),
                 None => {
                     if last || !retries_timeout(retries) {
                         return Err(timed_out("upstream_per_try_timeout"));
                     }
+                    let Some(slot) = retry_slot() else {
+                        let mut r = timed_out("upstream_per_try_timeout");
+                        r.flag = ResponseFlag::UpstreamOverflow;
+                        return Err(r);
+                    };
+                    _retry = Some(slot);
                 }
             }
             // Envoy's backoff: a random wait below base × 2^(n-1), at most 10 × base.
@@ -722,6 +912,7 @@ impl Downstream {
             bind: self.bind,
             clients: Clients::default(),
             edge: self.edge.clone(),
+            abort: Arc::default(),
         };
         let config = config.clone();
         let mut log = RequestLog::detached(&down, &config);
