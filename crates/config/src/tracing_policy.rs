@@ -62,6 +62,11 @@ pub struct Collector {
     pub http_path: Option<String>,
     /// Export timeout, in milliseconds.
     pub timeout_ms: u64,
+    /// The DestinationRule field that asks for TLS (SIMPLE or MUTUAL) to the collector, as an
+    /// Istio user configures TLS to a tracing collector. Ward's exporter speaks plain text only,
+    /// so with this set no span is sent (docs/tracing.md, "Export").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_rule: Option<String>,
 }
 
 /// Where a custom tag's value comes from.
@@ -192,11 +197,43 @@ pub fn tracing_policy(
         }
     }
     let sampling_without_reporting = server.sampling;
+    let with_tls_rule = |r: Option<SpanReporting>| {
+        r.map(|mut r| {
+            r.collector.tls_rule = collector_tls_rule(set, namespace, labels, &r.collector);
+            r
+        })
+    };
     Ok(TracingPolicy {
-        server: reporting(server, &set.mesh.extension_providers)?,
-        client: reporting(client, &set.mesh.extension_providers)?,
+        server: with_tls_rule(reporting(server, &set.mesh.extension_providers)?),
+        client: with_tls_rule(reporting(client, &set.mesh.extension_providers)?),
         sampling_without_reporting,
     })
+}
+
+/// The DestinationRule field that asks this workload's proxy for TLS to `collector`, if any
+/// (the rule a sidecar's outbound traffic to that host and port would follow). The service's
+/// namespace is the second label of a `name.namespace.svc…` host, else the workload's.
+fn collector_tls_rule(
+    set: &ConfigSet,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    collector: &Collector,
+) -> Option<String> {
+    let host = collector.service.as_str();
+    let labels_of_host: Vec<&str> = host.split('.').collect();
+    let service_namespace = match labels_of_host.as_slice() {
+        [_, ns, "svc", ..] => *ns,
+        _ => namespace,
+    };
+    let tls = crate::origination::origination(
+        set,
+        namespace,
+        Some(labels),
+        service_namespace,
+        host,
+        collector.port,
+    )?;
+    Some(format!("{} {}", tls.rule, tls.field))
 }
 
 /// Which directions a `match.mode` selects: (SERVER, CLIENT).
@@ -269,6 +306,7 @@ fn reporting(
             port: c.port,
             http_path: c.http.as_ref().map(|h| h.path.clone()),
             timeout_ms: c.timeout_ms,
+            tls_rule: None,
         },
         ProviderKind::Other(kind) => {
             return Err(fail(format!(
@@ -405,6 +443,28 @@ mod tests {
         assert_eq!((p.server, p.client), (None, None));
         let p = policy(&extra, "other", "x").unwrap();
         assert_eq!(p.server.unwrap().sampling, 50.0, "mesh-wide only");
+    }
+
+    #[test]
+    fn a_destination_rule_asking_for_tls_to_the_collector_is_named() {
+        let p = policy("", "app", "srv").unwrap();
+        assert_eq!(p.server.unwrap().collector.tls_rule, None);
+        let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: otel-tls, namespace: istio-system}\nspec:\n  host: otel.example\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 4317}\n      tls: {mode: SIMPLE}\n";
+        let p = policy(dr, "app", "srv").unwrap();
+        let rule = p.server.unwrap().collector.tls_rule.unwrap();
+        assert!(
+            rule.contains("istio-system/otel-tls")
+                && rule.contains("spec.trafficPolicy.portLevelSettings[0].tls"),
+            "{rule}"
+        );
+        // Another port of the host: no TLS asked for.
+        let other = dr.replace("number: 4317", "number: 4318");
+        let p = policy(&other, "app", "srv").unwrap();
+        assert_eq!(p.server.unwrap().collector.tls_rule, None);
+        // DISABLE is plain text, as asked.
+        let off = dr.replace("mode: SIMPLE", "mode: DISABLE");
+        let p = policy(&off, "app", "srv").unwrap();
+        assert_eq!(p.server.unwrap().collector.tls_rule, None);
     }
 
     #[test]

@@ -453,8 +453,9 @@ struct Running {
     collector: Collector,
     names: WorkloadNames,
     /// Sender: the data path (`try_send` only); receiver: the export task, which ends when
-    /// this is dropped.
-    queue: mpsc::Sender<SpanData>,
+    /// this is dropped. `None` when no exporter could be built for this collector (logged
+    /// once; its spans are counted `no_exporter`).
+    queue: Option<mpsc::Sender<SpanData>>,
 }
 
 impl Tracer {
@@ -483,21 +484,29 @@ impl Tracer {
             .as_ref()
             .is_some_and(|r| r.collector == report.collector && r.names == names);
         if !current {
-            *running = match start_exporter(&report.collector, &names, self.metrics.clone()) {
-                Ok(r) => Some(r),
+            let queue = match start_exporter(&report.collector, &names, self.metrics.clone()) {
+                Ok(q) => Some(q),
                 Err(e) => {
-                    tracing::warn!(collector = %report.collector.service, error = %e, "cannot build the span exporter");
+                    tracing::warn!(collector = %report.collector.service, error = %e, "cannot build the span exporter: no span is sent");
                     None
                 }
             };
+            *running = Some(Running {
+                collector: report.collector.clone(),
+                names: names.clone(),
+                queue,
+            });
         }
-        let Some(r) = running.as_ref() else {
+        let Some((r, queue)) = running
+            .as_ref()
+            .and_then(|r| r.queue.as_ref().map(|q| (r, q)))
+        else {
             self.metrics.spans(&names.key, "no_exporter", 1);
             return None;
         };
         Some(OpenSpan {
             span: span_data(hop, report, f, &r.names),
-            queue: r.queue.clone(),
+            queue: queue.clone(),
             metrics: self.metrics.clone(),
             workload: r.names.key.clone(),
         })
@@ -538,6 +547,7 @@ impl OpenSpan {
                 port: 4318,
                 http_path: Some("/v1/traces".into()),
                 timeout_ms: 1000,
+                tls_rule: None,
             },
             tags: Vec::new(),
         };
@@ -578,12 +588,29 @@ impl OpenSpan {
     }
 }
 
+/// Why no exporter runs for a collector.
+#[derive(Debug, thiserror::Error)]
+enum ExporterError {
+    #[error(transparent)]
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Spans would leave in plain text where the config asks for TLS: fail closed.
+    #[error(
+        "{0} asks for TLS to the collector, and Ward's span exporter speaks plain text only \
+         (docs/tracing.md)"
+    )]
+    TlsRequired(String),
+}
+
+/// Starts the export task for `collector`; its queue's sender.
 fn start_exporter(
     collector: &Collector,
     names: &WorkloadNames,
     metrics: Arc<Metrics>,
-) -> Result<Running, opentelemetry_otlp::ExporterBuildError> {
+) -> Result<mpsc::Sender<SpanData>, ExporterError> {
     use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
+    if let Some(rule) = &collector.tls_rule {
+        return Err(ExporterError::TlsRequired(rule.clone()));
+    }
     let host = if collector.service.contains(':') {
         format!("[{}]", collector.service)
     } else {
@@ -614,11 +641,7 @@ fn start_exporter(
     );
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(export(exporter, rx, metrics, names.key.clone(), timeout));
-    Ok(Running {
-        collector: collector.clone(),
-        names: names.clone(),
-        queue: tx,
-    })
+    Ok(tx)
 }
 
 /// The export task: batches of up to [`MAX_BATCH`] spans, sent one at a time, each bounded by
@@ -786,6 +809,7 @@ mod tests {
                 port: 4317,
                 http_path: None,
                 timeout_ms: 1000,
+                tls_rule: None,
             },
             sampling,
             custom_tags: [
@@ -799,6 +823,23 @@ mod tests {
                 ),
             ]
             .into(),
+        }
+    }
+
+    #[test]
+    fn no_plain_text_export_where_the_config_asks_for_tls() {
+        let mut collector = reporting(100.0).collector;
+        collector.tls_rule = Some("DestinationRule obs/otel spec.trafficPolicy.tls".into());
+        let names = WorkloadNames {
+            key: "app/a".into(),
+            service_name: "a.app".into(),
+            canonical_service: "a".into(),
+            namespace: "app".into(),
+        };
+        match start_exporter(&collector, &names, Arc::new(Metrics::default())) {
+            Err(ExporterError::TlsRequired(rule)) => assert!(rule.contains("obs/otel"), "{rule}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("an exporter was built for a collector the config wants TLS to"),
         }
     }
 
