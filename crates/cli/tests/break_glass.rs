@@ -302,12 +302,25 @@ fn break_glass_lifts_denials_for_its_ttl_and_is_on_the_record() {
 
     // The server sidecar's own trail says what it served under a grant: allowed, by
     // BREAK_GLASS, naming the grant; what it refused outside one stays a denial.
-    let srv = std::fs::read_to_string(audit.path().join("app/srv/audit-000000.jsonl")).unwrap();
-    let decisions: Vec<serde_json::Value> = srv
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "decision")
-        .collect();
+    // The sidecar writes its trail in batches, off the data path: wait for the last one.
+    let srv_trail = audit.path().join("app/srv/audit-000000.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (srv, decisions) = loop {
+        let srv = std::fs::read_to_string(&srv_trail).unwrap();
+        let decisions: Vec<serde_json::Value> = srv
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "decision")
+            .collect();
+        let lifted = decisions
+            .iter()
+            .filter(|v| v["action"] == "BREAK_GLASS")
+            .count();
+        if lifted >= 3 || std::time::Instant::now() > deadline {
+            break (srv, decisions);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let lifted: Vec<&serde_json::Value> = decisions
         .iter()
         .filter(|v| v["action"] == "BREAK_GLASS")
