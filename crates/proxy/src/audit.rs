@@ -430,15 +430,17 @@ async fn run_writer(
             () = crate::stopped(&mut stop) => true,
         };
         if !last && !batch.is_empty() && batch.len() < BATCH {
-            // Group commit: let the batch fill for a moment (or to BATCH, whichever is first).
-            let linger = tokio::time::sleep(LINGER);
-            tokio::pin!(linger);
+            // Group commit: let the batch fill for a moment, then take what came. The writer
+            // sleeps rather than waiting on the channel meanwhile, so the records sent during
+            // the window wake nobody: one wake-up per batch, not one per request.
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = crate::stopped(&mut stop) => last = true,
+            }
             while batch.len() < BATCH {
-                let room = BATCH - batch.len();
-                tokio::select! {
-                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                    () = &mut linger => break,
-                    () = crate::stopped(&mut stop) => { last = true; break },
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
                 }
             }
         }
