@@ -176,21 +176,34 @@ pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round
 fn bulk(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
     let pids = path.proxy_pids();
     let runs = [
-        (1, "iperf_gbps", "bulk_cpu_s_per_gb"),
-        (4, "iperf4_gbps", "bulk4_cpu_s_per_gb"),
-        (16, "iperf16_gbps", "bulk16_cpu_s_per_gb"),
+        (1, "iperf_gbps", "bulk_cpu_s_per_gb", "bulk_faults_per_gb"),
+        (
+            4,
+            "iperf4_gbps",
+            "bulk4_cpu_s_per_gb",
+            "bulk4_faults_per_gb",
+        ),
+        (
+            16,
+            "iperf16_gbps",
+            "bulk16_cpu_s_per_gb",
+            "bulk16_faults_per_gb",
+        ),
     ];
-    for (streams, gbps_key, cpu_key) in runs {
-        let before = cpu_ticks(&pids);
+    for (streams, gbps_key, cpu_key, faults_key) in runs {
+        let before = proc_stats(&pids);
         let run =
             crate::iperf::run_client(path.entry.iperf, plan.iperf_secs, streams, ctx.pinning.load);
-        let after = cpu_ticks(&pids);
+        let after = proc_stats(&pids);
         match run {
             Ok(b) => {
                 r.figures.insert(gbps_key, b.gbps);
                 if let (Some(before), Some(after), false) = (before, after, pids.is_empty()) {
-                    let cpu_s = after.saturating_sub(before) as f64 / ctx.clock_ticks as f64;
-                    r.figures.insert(cpu_key, cpu_s / (b.bytes / 1e9));
+                    let gb = b.bytes / 1e9;
+                    let cpu_s = after.0.saturating_sub(before.0) as f64 / ctx.clock_ticks as f64;
+                    r.figures.insert(cpu_key, cpu_s / gb);
+                    r.figures
+                        .insert(faults_key, after.1.saturating_sub(before.1) as f64 / gb);
                 }
             }
             Err(e) => r.failures.push(format!("iperf3 -P {streams}: {e}")),
@@ -299,9 +312,14 @@ impl Round {
 
 /// Summed utime+stime of `pids`; None if any could not be read.
 fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    proc_stats(pids).map(|(ticks, _)| ticks)
+}
+
+/// Summed CPU ticks and minor page faults of `pids`; None if any could not be read.
+fn proc_stats(pids: &[u32]) -> Option<(u64, u64)> {
     pids.iter()
-        .map(|p| procstat::stat(*p).ok().map(|s| s.cpu_ticks))
-        .sum()
+        .map(|p| procstat::stat(*p).ok().map(|s| (s.cpu_ticks, s.minflt)))
+        .try_fold((0, 0), |acc, s| s.map(|(t, f)| (acc.0 + t, acc.1 + f)))
 }
 
 /// Summed memory of `pids`; None if any could not be read or there are none.

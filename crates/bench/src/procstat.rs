@@ -31,6 +31,9 @@ pub(crate) struct Stat {
     pub(crate) ppid: u32,
     /// utime + stime, in clock ticks.
     pub(crate) cpu_ticks: u64,
+    /// Minor page faults (memory the process touched for the first time since the kernel
+    /// gave it, or took back).
+    pub(crate) minflt: u64,
 }
 
 /// Resident memory, KiB.
@@ -57,17 +60,20 @@ impl std::ops::Add for Memory {
 }
 
 /// Parses a `stat` line. proc(5): "(2) comm ... in parentheses"; the name may itself hold
-/// spaces and ')' so fields are counted after the LAST ')'. Field 4 is ppid, 14 utime, 15 stime.
+/// spaces and ')' so fields are counted after the LAST ')'. Field 4 is ppid, 10 minflt, 14 utime,
+/// 15 stime.
 pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
     let after = &line[line.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // fields[0] is field 3 (state).
     let ppid = fields.get(1)?.parse().ok()?;
+    let minflt = fields.get(7)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(Stat {
         ppid,
         cpu_ticks: utime + stime,
+        minflt,
     })
 }
 
@@ -136,18 +142,18 @@ mod tests {
         let cases = [
             (
                 "1234 (ward) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 5 0 0",
-                Some((1, 300)),
+                Some((1, 300, 100)),
             ),
             (
                 "77 (nginx: worker) process) R 76 1 1 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 5 0 0",
-                Some((76, 10)),
+                Some((76, 10, 0)),
             ),
             ("77 (short) R 76", None),
             ("no parens at all", None),
         ];
         for (line, want) in cases {
             assert_eq!(
-                parse_stat(line).map(|s| (s.ppid, s.cpu_ticks)),
+                parse_stat(line).map(|s| (s.ppid, s.cpu_ticks, s.minflt)),
                 want,
                 "{line}"
             );

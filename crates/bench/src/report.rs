@@ -228,6 +228,24 @@ pub(crate) const FIGURES: &[Figure] = &[
         Better::Lower,
     ),
     fig(
+        "bulk_faults_per_gb",
+        "proxy pair page faults per GB, single stream",
+        "faults",
+        Better::Lower,
+    ),
+    fig(
+        "bulk4_faults_per_gb",
+        "proxy pair page faults per GB, 4 streams",
+        "faults",
+        Better::Lower,
+    ),
+    fig(
+        "bulk16_faults_per_gb",
+        "proxy pair page faults per GB, 16 streams",
+        "faults",
+        Better::Lower,
+    ),
+    fig(
         "proxy_anon_bulk_mib",
         "proxy pair RssAnon (private), after bulk",
         "MiB",
