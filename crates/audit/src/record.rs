@@ -56,10 +56,12 @@ impl Record {
 
 /// SHA-256 of `line`, lowercase hex.
 pub fn hash(line: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = digest(&SHA256, line);
     let mut out = String::with_capacity(64);
     for b in d.as_ref() {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     out
 }
@@ -199,6 +201,19 @@ pub fn line(seq: u64, time: &str, prev: &str, kind: &str, fields: &Fields) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_lowercase_hex_sha256() {
+        // FIPS 180-2 test vectors.
+        assert_eq!(
+            hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn a_line_is_the_json_it_claims_to_be_whatever_the_strings_hold() {
