@@ -7,7 +7,7 @@
 //! of its RequestAuthentications (`request_authn`). Every error names the
 //! object, file and line; translation fails if there is any.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -99,7 +99,18 @@ pub(crate) struct Context<'a> {
     services_by_namespace: std::cell::RefCell<BTreeMap<String, Arc<BTreeMap<String, MeshService>>>>,
     /// The `mesh` routing of each namespace's workloads, computed once per namespace.
     routes_by_namespace: std::cell::RefCell<BTreeMap<String, Arc<MeshRoutes>>>,
+    /// Indexes into `workloads`, by namespace.
+    workloads_by_namespace: HashMap<String, Vec<usize>>,
+    /// The first workload (in `workloads`' order) at each address.
+    workload_by_address: HashMap<IpAddr, usize>,
+    /// Each ServiceEntry port's endpoints and the errors found computing them, keyed by the
+    /// port's address in `set`: they do not depend on who looks, so every namespace's services
+    /// share one computation ([`Context::endpoints`]).
+    endpoints_by_port: std::cell::RefCell<HashMap<usize, PortEndpoints>>,
 }
+
+/// A ServiceEntry port's endpoints, and the errors found computing them.
+type PortEndpoints = (Vec<Endpoint>, Vec<Diagnostic>);
 
 impl<'a> Context<'a> {
     /// Compiles and indexes everything; returns the errors found on the way.
@@ -142,6 +153,15 @@ impl<'a> Context<'a> {
             }
         }
         let workloads = index_workloads(set, &mut errors);
+        let mut workloads_by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut workload_by_address = HashMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            workloads_by_namespace
+                .entry(w.namespace().to_owned())
+                .or_default()
+                .push(i);
+            workload_by_address.entry(w.address).or_insert(i);
+        }
         let context = Context {
             set,
             policies,
@@ -151,6 +171,9 @@ impl<'a> Context<'a> {
             vips: allocate_vips(set),
             services_by_namespace: Default::default(),
             routes_by_namespace: Default::default(),
+            workloads_by_namespace,
+            workload_by_address,
+            endpoints_by_port: Default::default(),
         };
         (context, errors)
     }
@@ -862,7 +885,30 @@ impl<'a> Context<'a> {
     /// `pilot/pkg/networking/core/cluster_tls.go`): mTLS (HBONE) to a workload with a sidecar
     /// unless the service is MESH_EXTERNAL, auto-mTLS is off, or the destination port's
     /// PeerAuthentication mode is DISABLE; otherwise plaintext.
+    ///
+    /// `se_port` is one of `se`'s ports in the config set (the cache is keyed by its address):
+    /// computed once, and the same errors given to every caller.
     pub(crate) fn endpoints(
+        &self,
+        se: &Resource<ServiceEntrySpec>,
+        se_port: &ServicePort,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Vec<Endpoint> {
+        let key = std::ptr::from_ref(se_port) as usize;
+        if let Some((endpoints, found)) = self.endpoints_by_port.borrow().get(&key) {
+            errors.extend(found.iter().cloned());
+            return endpoints.clone();
+        }
+        let mut found = Vec::new();
+        let endpoints = self.endpoints_of(se, se_port, &mut found);
+        errors.extend(found.iter().cloned());
+        self.endpoints_by_port
+            .borrow_mut()
+            .insert(key, (endpoints.clone(), found));
+        endpoints
+    }
+
+    fn endpoints_of(
         &self,
         se: &Resource<ServiceEntrySpec>,
         se_port: &ServicePort,
@@ -881,9 +927,14 @@ impl<'a> Context<'a> {
                 .and_then(port_number)
         };
         if let Some(selector) = &se.spec.workload_selector {
-            for workload in &self.workloads {
-                if workload.namespace() != se.meta.namespace || !selector.matches(&workload.labels)
-                {
+            let in_namespace = self
+                .workloads_by_namespace
+                .get(&se.meta.namespace)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| self.workloads.get(*i));
+            for workload in in_namespace {
+                if !selector.matches(&workload.labels) {
                     continue;
                 }
                 let Some(port) = target_port(workload.resource.spec.ports.as_ref()) else {
@@ -909,7 +960,11 @@ impl<'a> Context<'a> {
                 ));
                 continue;
             };
-            match self.workloads.iter().find(|w| w.address == ip) {
+            let at_address = self
+                .workload_by_address
+                .get(&ip)
+                .and_then(|i| self.workloads.get(*i));
+            match at_address {
                 // An inline endpoint at a WorkloadEntry's address is that workload.
                 Some(workload) => endpoints.push(self.endpoint_to(workload, port, internal)),
                 None => endpoints.push(Endpoint {
