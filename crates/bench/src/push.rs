@@ -323,6 +323,72 @@ pub(crate) async fn record(
     }
 }
 
+/// A simulated proxy that speaks the config stream like `ward proxy` (its bootstrap token, the
+/// control plane's identity checked, each response acknowledged with its version and nonce)
+/// but keeps nothing of what it receives: it records when each new version arrived. At
+/// Kubernetes scale a proxy's decoded config is tens of MB, and a real proxy decodes it on its
+/// own node; a thousand decoded copies would not fit in the bench machine's memory. Reconnects
+/// (with nothing held, so the control plane sends everything again) until `shutdown`.
+pub(crate) async fn thin_proxy(
+    i: usize,
+    bundle: BootstrapFile,
+    receipts: Receipts,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            r = thin_session(i, &bundle, &receipts) => if r.is_ok() {
+                delay = Duration::from_millis(200);
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn thin_session(i: usize, bundle: &BootstrapFile, receipts: &Receipts) -> anyhow::Result<()> {
+    use ward_wire::ward::config::v1::proxy_config_service_client::ProxyConfigServiceClient;
+    use ward_wire::ward::config::v1::ConfigRequest;
+
+    let tls = ward_control::ca_client::tls_config(bundle, None)?;
+    let channel = ward_control::ca_client::connect(&bundle.control_plane, tls, None).await?;
+    let mut client = ProxyConfigServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ConfigRequest {
+        workload: bundle.workload.clone(),
+        proxy_version: "ward-bench".into(),
+        ..Default::default()
+    })
+    .await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", ward_control::ca_client::bearer(bundle)?);
+    let mut responses = client.stream_config(request).await?.into_inner();
+    let mut version = String::new();
+    while let Some(response) = responses.message().await? {
+        if response.version_info != version {
+            let now = Instant::now();
+            if let Some(v) = receipts.lock().ok().as_mut().and_then(|r| r.get_mut(i)) {
+                v.push(now);
+            }
+            version.clone_from(&response.version_info);
+        }
+        tx.send(ConfigRequest {
+            version_info: response.version_info,
+            response_nonce: response.nonce,
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn wait_count(
     receipts: &Receipts,
     count: impl Fn(&[Vec<Instant>]) -> usize,
