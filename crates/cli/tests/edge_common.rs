@@ -1,11 +1,13 @@
-//! What the ingress gateway tests (`ingress.rs`, `ingress_hardening.rs`) share: the backend
-//! app behind the gateway and the YAML of the workloads around it.
+//! What the ingress gateway tests (`ingress.rs`, `ingress_hardening.rs`, `ingress_grpc.rs`,
+//! `ingress_websocket.rs` and others) share: the backend app behind the gateway, the YAML of the
+//! workloads around it, and running a Python client script.
 // Shared by several test binaries, each using a different subset: hence dead_code and the
 // pub items that are unreachable from any one of them.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// The request targets the app received, in order.
@@ -124,3 +126,15 @@ pub fn gateway_mesh(ip: &str) -> String {
 /// followed by its `servers` items.
 pub const GATEWAY_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\n\
     metadata: {name: edge, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n";
+
+/// Runs `python3 ARGS` (a test's client script) and parses the one JSON object it prints.
+pub fn python_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+}

@@ -16,7 +16,7 @@ use ward_test_support::ca::{write_file, Ca};
 use ward_test_support::{free_port, have_grpcio, skip_or_fail, UpOptions, Ward};
 
 mod edge_common;
-use edge_common::{backend, gateway_mesh, GATEWAY_HEAD};
+use edge_common::{backend, gateway_mesh, python_json, GATEWAY_HEAD};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/grpc_echo.py");
 const GATEWAY: &str = "127.1.210.1";
@@ -53,14 +53,7 @@ fn call(target: &str, method: &str, message: &str, tls: Option<(&str, &str)>) ->
     if let Some((ca, authority)) = tls {
         args.extend([ca, authority]);
     }
-    let out = Command::new("python3")
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+    python_json(&args)
 }
 
 fn mesh(app_port: u16, cert: &str, key: &str) -> String {
