@@ -8,8 +8,9 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::translate::Objects;
+use crate::translate::{Objects, LAST_APPLIED};
 
 /// The Istio API groups whose kinds Ward reads.
 pub const ISTIO_GROUPS: [&str; 3] = [
@@ -131,6 +132,7 @@ impl Cluster {
                 out.passthrough
                     .extend(all.iter().filter_map(|o| to_value(&**o)))
             },
+            |o| slim_meta(&mut o.metadata),
             tx.clone(),
         );
         caches.push(namespaces_cache);
@@ -139,6 +141,7 @@ impl Cluster {
             watcher::Config::default(),
             "Pod",
             |all, out| out.pods.extend(all.iter().map(|p| (**p).clone())),
+            slim_pod,
             tx.clone(),
         ));
         caches.push(watch_typed::<Service>(
@@ -146,6 +149,7 @@ impl Cluster {
             watcher::Config::default(),
             "Service",
             |all, out| out.services.extend(all.iter().map(|p| (**p).clone())),
+            |o| slim_meta(&mut o.metadata),
             tx.clone(),
         ));
         caches.push(watch_typed::<EndpointSlice>(
@@ -156,6 +160,7 @@ impl Cluster {
                 out.endpoint_slices
                     .extend(all.iter().map(|p| (**p).clone()))
             },
+            |o| slim_meta(&mut o.metadata),
             tx.clone(),
         ));
         caches.push(watch_typed::<ConfigMap>(
@@ -166,6 +171,7 @@ impl Cluster {
                 out.passthrough
                     .extend(all.iter().filter_map(|o| to_value(&**o)))
             },
+            |o| slim_meta(&mut o.metadata),
             tx,
         ));
         Ok(Cluster {
@@ -236,12 +242,54 @@ fn watch_typed<K>(
     config: watcher::Config,
     what: &str,
     collect: fn(&[Arc<K>], &mut Objects),
+    slim: fn(&mut K),
     changes: watch::Sender<u64>,
 ) -> Box<dyn Cache>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watch_typed_store(api, config, what, collect, changes).0
+    watch_typed_store(api, config, what, collect, slim, changes).0
+}
+
+/// What a cache keeps of any object: not `metadata.managedFields` nor kubectl's
+/// `last-applied-configuration` annotation, which Ward never reads and which are most of a
+/// small object's size (docs/kubernetes.md, "Scale").
+fn slim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// What the Pod cache keeps: the fields a Pod's WorkloadEntry is made of
+/// (`translate::workload_entry`) and the metadata that identifies it and its version. A
+/// Pod's containers, volumes and conditions are most of it, and a cluster has more Pods than
+/// anything else.
+fn slim_pod(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        labels: meta.labels,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        service_account_name: spec.service_account_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
 }
 
 /// [`watch_typed`], also returning the cache's store.
@@ -250,6 +298,7 @@ fn watch_typed_store<K>(
     config: watcher::Config,
     what: &str,
     collect: fn(&[Arc<K>], &mut Objects),
+    slim: fn(&mut K),
     changes: watch::Sender<u64>,
 ) -> (Box<dyn Cache>, Store<K>)
 where
@@ -258,7 +307,7 @@ where
     let writer = Writer::new(());
     let store = writer.as_reader();
     tokio::spawn(run_watch(
-        watcher(api, config),
+        watcher(api, config).modify(slim),
         writer,
         what.to_owned(),
         changes,
@@ -281,7 +330,7 @@ fn watch_dynamic(
     let writer = Writer::new(resource);
     let store = writer.as_reader();
     tokio::spawn(run_watch(
-        watcher(api, watcher::Config::default()),
+        watcher(api, watcher::Config::default()).modify(|o| slim_meta(&mut o.metadata)),
         writer,
         what.clone(),
         changes,
@@ -334,5 +383,72 @@ where
                 failing = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A Pod as the API server serves it: containers, volumes, conditions, managed fields and
+    /// annotations beside what Ward reads.
+    fn full_pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "fhir-0", "namespace": "fhir", "uid": "u-1", "resourceVersion": "42",
+                "labels": {"app": "fhir", "version": "v1"},
+                "annotations": {LAST_APPLIED: "{}", "sidecar.istio.io/status": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "fhir", "uid": "r"}],
+            },
+            "spec": {
+                "serviceAccountName": "fhir",
+                "nodeName": "node-a",
+                "containers": [{"name": "fhir", "image": "hapiproject/hapi:v7", "env": [{"name": "A", "value": "b"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.1.0.7", "podIPs": [{"ip": "10.1.0.7"}],
+                "hostIP": "192.168.0.2",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_slimmed_pod_gives_the_same_workload_and_keeps_little_else() {
+        let full = full_pod();
+        let mut slim = full.clone();
+        slim_pod(&mut slim);
+        let entry = |p: &Pod| crate::translate::workload_entry(p);
+        assert_eq!(entry(&slim), entry(&full));
+        assert!(entry(&slim).is_some());
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(slim.metadata.uid.as_deref(), Some("u-1"));
+        assert!(slim.metadata.managed_fields.is_none());
+        assert!(slim.metadata.annotations.is_none());
+        let spec = slim.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.volumes.is_none() && spec.node_name.is_none());
+        assert!(slim.status.as_ref().unwrap().conditions.is_none());
+        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+        assert!(
+            size(&slim) * 2 < size(&full),
+            "{} vs {}",
+            size(&slim),
+            size(&full)
+        );
+    }
+
+    #[test]
+    fn slimming_metadata_drops_managed_fields_and_the_last_applied_copy_only() {
+        let mut meta = full_pod().metadata;
+        slim_meta(&mut meta);
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert!(annotations.contains_key("sidecar.istio.io/status"));
+        assert!(meta.owner_references.is_some());
     }
 }

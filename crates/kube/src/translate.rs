@@ -34,7 +34,7 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The annotation `kubectl apply` stores the whole object in; never needed, often large.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Everything read from the API server at one moment.
 #[derive(Clone, Debug, Default)]
