@@ -34,6 +34,12 @@ pub const HBONE_PORT: u16 = 15008;
 /// may make us buffer when the app reads slowly, so they stay modest: 1 MiB per stream, 4 MiB
 /// per connection. Measured on loopback, 4/16 MiB gave no more single-stream throughput and
 /// ~4 MiB more peak memory per sidecar.
+///
+/// DATA frames are at most 64 KiB. h2 reads each frame into a buffer of its own size, and a
+/// received frame stays alive until the splice has written it to the app; 256 KiB frames
+/// made every one a fresh allocation that glibc handed back to the kernel when freed, so its
+/// pages were faulted in again for each frame. 64 KiB buffers are reused from the heap
+/// (docs/performance.md, "Page faults").
 #[derive(Clone, Copy, Debug)]
 pub struct H2Settings {
     /// Per-stream receive window.
@@ -53,7 +59,7 @@ impl Default for H2Settings {
         H2Settings {
             stream_window: 1024 * 1024,
             connection_window: 4 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
+            max_frame_size: 64 * 1024,
             max_concurrent_streams: 1000,
             max_header_list_size: 16 * 1024,
         }

@@ -73,6 +73,7 @@ pub mod probe;
 mod refusal;
 mod resolve;
 mod sidecar;
+mod slab;
 mod sniff;
 mod splice;
 mod tcp_pool;

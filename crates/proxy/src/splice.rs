@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::refusal::Refusal;
+use crate::slab::{self, Slabs};
 
 /// How a splice ended.
 pub(crate) enum SpliceEnd {
@@ -57,14 +58,23 @@ impl Abort for ward_hbone::H2Stream {
 /// "Bulk transfer").
 pub(crate) trait Chunked: AsyncRead + AsyncWrite + Unpin {
     /// The next received bytes (at most `want`), or `None` at the end of the stream.
-    /// `scratch` is this direction's buffer: read into it, then split the bytes off; once the
-    /// writer has let go of them, the same memory serves the next read.
+    /// `bufs` are this direction's buffers: a bulk read (`want` at its largest) goes into a
+    /// slab of the direction's own ([`crate::slab`]); a smaller one into the heap buffer, whose
+    /// bytes are split off, so that once the writer has let go of them the same memory serves
+    /// the next read.
     fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        scratch: &mut BytesMut,
+        bufs: &mut ReadBuffers,
         want: usize,
     ) -> Poll<io::Result<Option<Bytes>>> {
+        if want >= slab::SLAB {
+            let slabs = bufs.slabs.get_or_insert_with(Slabs::new);
+            if let Some(poll) = slabs.poll_read(Pin::new(&mut *self), cx, want) {
+                return poll;
+            }
+        }
+        let scratch = &mut bufs.heap;
         if scratch.capacity() < want {
             scratch.reserve(want);
         }
@@ -93,7 +103,16 @@ pub(crate) trait Chunked: AsyncRead + AsyncWrite + Unpin {
 /// a bulk transfer moves 256 KiB per read and per write (fewer syscalls and wake-ups, and
 /// bigger DATA frames on a tunnel: measured in docs/performance.md, "Bulk transfer").
 const FIRST_READ_CHUNK: usize = 16 * 1024;
-const MAX_READ_CHUNK: usize = 256 * 1024;
+const MAX_READ_CHUNK: usize = slab::SLAB;
+
+/// A direction's read buffers (unused when the reader hands over its own chunks).
+#[derive(Default)]
+pub(crate) struct ReadBuffers {
+    /// For reads smaller than a slab.
+    heap: BytesMut,
+    /// For bulk reads; made at the first one.
+    slabs: Option<Slabs>,
+}
 
 impl Chunked for tokio::net::TcpStream {}
 
@@ -101,7 +120,7 @@ impl Chunked for ward_hbone::H2Stream {
     fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        _scratch: &mut BytesMut,
+        _bufs: &mut ReadBuffers,
         _want: usize,
     ) -> Poll<io::Result<Option<Bytes>>> {
         self.poll_read_bytes(cx)
@@ -266,8 +285,8 @@ async fn both_ways<A: Chunked, B: Chunked>(
 /// One direction of a splice: read a chunk, write all of it, again; at the end of the
 /// reader, shut the writer down.
 struct Direction {
-    /// The reader's buffer (unused when the reader hands over its own chunks).
-    scratch: BytesMut,
+    /// The reader's buffers.
+    bufs: ReadBuffers,
     /// The next read's size.
     want: usize,
     /// Read, not yet written.
@@ -284,7 +303,7 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Direction {
-            scratch: BytesMut::new(),
+            bufs: ReadBuffers::default(),
             want: FIRST_READ_CHUNK,
             pending: Bytes::new(),
             need_flush: false,
@@ -317,7 +336,7 @@ impl Direction {
                 self.done = true;
                 return Poll::Ready(Ok(self.moved));
             }
-            match reader.poll_read_chunk(cx, &mut self.scratch, self.want) {
+            match reader.poll_read_chunk(cx, &mut self.bufs, self.want) {
                 Poll::Ready(Ok(Some(chunk))) => {
                     if chunk.len() >= self.want {
                         self.want = (self.want * 2).min(MAX_READ_CHUNK);
@@ -371,10 +390,10 @@ impl<S: Chunked> Watched<'_, S> {
     fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        scratch: &mut BytesMut,
+        bufs: &mut ReadBuffers,
         want: usize,
     ) -> Poll<io::Result<Option<Bytes>>> {
-        let poll = self.inner.poll_read_chunk(cx, scratch, want);
+        let poll = self.inner.poll_read_chunk(cx, bufs, want);
         self.note(poll)
     }
 
