@@ -50,14 +50,15 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long the writer lets records gather after the first of a batch before it takes them to
 /// the disk: one trip to the blocking pool and one `write` per batch rather than per request.
 /// A record reaches the file at most this much later; it was already decided and enforced.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(50);
 /// How often a failure that lasts is logged again.
 const REPEAT_ERROR: Duration = Duration::from_secs(30);
 
-/// One authorization decision, as the data path saw it. The writer adds the time it was
-/// written in `time`, and the proxy.
+/// One authorization decision, as the data path saw it, borrowed from the request or
+/// connection it is about: the sink serializes it at once ([`AuditSink::admit`]), so the data
+/// path copies no string into the trail's queue but the record itself.
 #[derive(Debug)]
-pub(crate) struct AuditEvent {
+pub(crate) struct AuditEvent<'a> {
     /// When the decision was made.
     pub(crate) time: SystemTime,
     /// `inbound`, `outbound` or `gateway` (a request decided at an ingress gateway).
@@ -65,45 +66,45 @@ pub(crate) struct AuditEvent {
     /// `tcp` (a connection, decided at L4) or `http` (a request).
     pub(crate) protocol: &'static str,
     /// What decided.
-    pub(crate) verdict: Verdict,
+    pub(crate) verdict: Verdict<'a>,
     /// The peer that opened the connection.
     pub(crate) src_addr: SocketAddr,
     /// Its SPIFFE id, when mTLS proved it.
-    pub(crate) src_identity: Option<String>,
+    pub(crate) src_identity: Option<&'a str>,
     /// Where the connection or request was going.
     pub(crate) dst_addr: SocketAddr,
     /// The destination's SPIFFE id (ours, inbound).
-    pub(crate) dst_identity: Option<String>,
+    pub(crate) dst_identity: Option<&'a str>,
     /// The host asked for (egress: SNI, `Host` or CONNECT authority).
-    pub(crate) dst_host: Option<String>,
+    pub(crate) dst_host: Option<&'a str>,
     /// `iss/sub` of a verified JWT, never the token.
-    pub(crate) request_principal: Option<String>,
+    pub(crate) request_principal: Option<&'a str>,
     /// The HTTP method.
-    pub(crate) method: Option<String>,
+    pub(crate) method: Option<&'a str>,
     /// The normalized path, without its query string.
-    pub(crate) path: Option<String>,
+    pub(crate) path: Option<&'a str>,
     /// `x-request-id`.
-    pub(crate) request_id: Option<String>,
+    pub(crate) request_id: Option<&'a str>,
     /// The break-glass grant that lifted the policy's denial (docs/break-glass.md): the
     /// decision was served, so the record says `allow`, by `BREAK_GLASS`, and names the
     /// grant beside the policy that denied.
-    pub(crate) break_glass: Option<String>,
+    pub(crate) break_glass: Option<&'a str>,
 }
 
 /// What an [`AuditEvent`] records as decided.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub(crate) enum Verdict<'a> {
     /// An AuthorizationPolicy decision, with its AUDIT and dry-run results.
-    Policy(Decision),
+    Policy(&'a Decision),
     /// Refused by the port's PeerAuthentication (`policy`: the deciding one, `None` for the
     /// mesh default).
-    PeerAuthentication(Option<String>),
+    PeerAuthentication(Option<&'a str>),
     /// Egress to an unregistered destination, refused under `REGISTRY_ONLY`.
     RegistryOnly,
 }
 
 /// The fields of one decision record, serialized as they are read off the event.
-fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Fields {
+fn fields(ev: &AuditEvent<'_>, proxy: &str, refused: Option<&str>) -> Fields {
     let mut f = Fields::with_capacity(512);
     f.str("direction", ev.direction)
         .str("protocol", ev.protocol);
@@ -118,7 +119,9 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Fields {
             let decision = if d.is_allowed() { "allow" } else { "deny" };
             (decision, action, policy, rule)
         }
-        Verdict::PeerAuthentication(p) => ("deny", "PEER_AUTHENTICATION", p.clone(), None),
+        Verdict::PeerAuthentication(p) => {
+            ("deny", "PEER_AUTHENTICATION", p.map(str::to_owned), None)
+        }
         Verdict::RegistryOnly => ("deny", "REGISTRY_ONLY", None, None),
     };
     let (decision, action) = match &ev.break_glass {
@@ -137,7 +140,7 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Fields {
         None => f.null("rule"),
     };
     f.opt_str("reason", refused)
-        .opt_str("break_glass", ev.break_glass.as_deref());
+        .opt_str("break_glass", ev.break_glass);
     if let Verdict::Policy(d) = &ev.verdict {
         if !d.audit().is_empty() {
             let audit = d
@@ -168,13 +171,13 @@ fn fields(ev: &AuditEvent, proxy: &str, refused: Option<&str>) -> Fields {
     addr.clear();
     let _ = write!(addr, "{}", ev.dst_addr);
     f.str("dst_addr", &addr);
-    f.opt_str("src_identity", ev.src_identity.as_deref())
-        .opt_str("dst_identity", ev.dst_identity.as_deref())
-        .opt_str("dst_host", ev.dst_host.as_deref())
-        .opt_str("request_principal", ev.request_principal.as_deref())
-        .opt_str("method", ev.method.as_deref())
-        .opt_str("path", ev.path.as_deref())
-        .opt_str("request_id", ev.request_id.as_deref())
+    f.opt_str("src_identity", ev.src_identity)
+        .opt_str("dst_identity", ev.dst_identity)
+        .opt_str("dst_host", ev.dst_host)
+        .opt_str("request_principal", ev.request_principal)
+        .opt_str("method", ev.method)
+        .opt_str("path", ev.path)
+        .opt_str("request_id", ev.request_id)
         .str("proxy", proxy);
     f
 }
@@ -293,8 +296,9 @@ pub(crate) struct AuditSink {
     inner: Option<Arc<SinkInner>>,
 }
 
-/// An event, and whether the trail's own failure refused it (fail-closed).
-type Queued = (AuditEvent, bool);
+/// A decision record's fields (already saying whether the trail's own failure refused it),
+/// and when it was decided.
+type Queued = (Fields, SystemTime);
 
 struct SinkInner {
     /// Receiver: the writer task. Full: the record is dropped and counted.
@@ -304,6 +308,8 @@ struct SinkInner {
     dropped: Arc<AtomicU64>,
     dropped_metric: Counter,
     workload: String,
+    /// The sidecar's SPIFFE id, which every record names.
+    proxy: String,
 }
 
 /// The detail of a refusal by the audit trail (fail-closed), in the access log.
@@ -327,19 +333,20 @@ impl AuditSink {
     /// Record a decision. Returns `Some(detail)` when the caller must refuse what it was about
     /// to allow: the workload is fail-closed and the decision cannot be recorded. The record
     /// then says `deny` with that reason.
-    pub(crate) fn admit(&self, fail_closed: bool, ev: AuditEvent) -> Option<&'static str> {
+    pub(crate) fn admit(&self, fail_closed: bool, ev: &AuditEvent<'_>) -> Option<&'static str> {
         let inner = self.inner.as_ref()?;
         let allowed =
             ev.break_glass.is_some() || matches!(&ev.verdict, Verdict::Policy(d) if d.is_allowed());
         let refuse = fail_closed && allowed && inner.health.failing.load(Ordering::Acquire);
-        let queued = self.queue(inner, (ev, refuse));
+        let record = fields(ev, &inner.proxy, refuse.then_some(AUDIT_UNAVAILABLE));
+        let queued = self.queue(inner, (record, ev.time));
         (fail_closed && allowed && (refuse || queued.is_err())).then_some(AUDIT_UNAVAILABLE)
     }
 
     /// Record a refusal (nothing to admit).
-    pub(crate) fn record(&self, ev: AuditEvent) {
+    pub(crate) fn record(&self, ev: &AuditEvent<'_>) {
         if let Some(inner) = &self.inner {
-            let _ = self.queue(inner, (ev, false));
+            let _ = self.queue(inner, (fields(ev, &inner.proxy, None), ev.time));
         }
     }
 }
@@ -374,7 +381,7 @@ pub(crate) fn start(
     let state = WriterState {
         dir,
         workload: workload.to_owned(),
-        proxy,
+        proxy: proxy.clone(),
         cert,
         health: health.clone(),
         writer: None,
@@ -392,6 +399,7 @@ pub(crate) fn start(
             dropped,
             dropped_metric: metrics.dropped.get_or_create(&labels).clone(),
             workload: workload.to_owned(),
+            proxy,
         })),
     };
     (sink, task)
@@ -478,7 +486,7 @@ impl WriterState {
     /// due (or now, when `last`), and update the health signals.
     fn write(&mut self, batch: Vec<Queued>, dropped: u64, last: bool) {
         let now = SystemTime::now();
-        let result = self.try_write(&batch, dropped, last, now);
+        let result = self.try_write(batch, dropped, last, now);
         match result {
             Ok(()) => {
                 if self.health.failing.load(Ordering::Acquire) {
@@ -509,7 +517,7 @@ impl WriterState {
     /// `Err` carries the error and how many decision records were lost with it.
     fn try_write(
         &mut self,
-        batch: &[Queued],
+        batch: Vec<Queued>,
         dropped: u64,
         last: bool,
         now: SystemTime,
@@ -532,9 +540,8 @@ impl WriterState {
             gap.u64("records", self.unwritten).str("proxy", &self.proxy);
             events.push(("gap", gap, now));
         }
-        for (ev, refused) in batch {
-            let refused = refused.then_some(AUDIT_UNAVAILABLE);
-            events.push(("decision", fields(ev, &self.proxy, refused), ev.time));
+        for (record, time) in batch {
+            events.push(("decision", record, time));
         }
         if !events.is_empty() {
             // One write for the batch; all or nothing. A checkpoint that fails after it does
@@ -598,21 +605,21 @@ mod tests {
         (ca.roots_der(), cert)
     }
 
-    fn event(decision: Decision) -> AuditEvent {
+    fn event(decision: &Decision) -> AuditEvent<'_> {
         AuditEvent {
             time: SystemTime::now(),
             direction: "inbound",
             protocol: "http",
             verdict: Verdict::Policy(decision),
             src_addr: "10.0.0.1:40000".parse().unwrap(),
-            src_identity: Some("spiffe://cluster.local/ns/ehr/sa/web".into()),
+            src_identity: Some("spiffe://cluster.local/ns/ehr/sa/web"),
             dst_addr: "10.0.0.2:8080".parse().unwrap(),
-            dst_identity: Some("spiffe://cluster.local/ns/ehr/sa/records".into()),
+            dst_identity: Some("spiffe://cluster.local/ns/ehr/sa/records"),
             dst_host: None,
-            request_principal: Some("https://idp/alice".into()),
-            method: Some("GET".into()),
-            path: Some("/fhir/Patient/7".into()),
-            request_id: Some("rid-1".into()),
+            request_principal: Some("https://idp/alice"),
+            method: Some("GET"),
+            path: Some("/fhir/Patient/7"),
+            request_id: Some("rid-1"),
             break_glass: None,
         }
     }
@@ -642,7 +649,7 @@ mod tests {
     #[test]
     fn a_decision_record_names_who_what_and_why() {
         let f = fields(
-            &event(allow()),
+            &event(&allow()),
             "spiffe://cluster.local/ns/ehr/sa/records",
             None,
         );
@@ -657,19 +664,20 @@ mod tests {
         assert_eq!(v["path"], "/fhir/Patient/7");
         assert_eq!(v["proxy"], "spiffe://cluster.local/ns/ehr/sa/records");
         assert!(v.get("dst_host").is_none() && v.get("reason").is_none());
-        let refused = object(&fields(&event(allow()), "p", Some(AUDIT_UNAVAILABLE)));
+        let refused = object(&fields(&event(&allow()), "p", Some(AUDIT_UNAVAILABLE)));
         assert_eq!(refused["decision"], "deny");
         assert_eq!(refused["reason"], "audit_trail_unavailable");
         // A denial lifted by break-glass was served: the record says so, and what it lifted.
-        let mut lifted = event(Decision::Deny {
+        let lockdown = Decision::Deny {
             by: DeniedBy::DenyRule(RuleRef {
                 policy: PolicyRef::new("ehr", "lockdown"),
                 rule: 0,
             }),
             audit: vec![],
             dry_run: vec![],
-        });
-        lifted.break_glass = Some("bg-7".into());
+        };
+        let mut lifted = event(&lockdown);
+        lifted.break_glass = Some("bg-7");
         let v = object(&fields(&lifted, "p", None));
         assert_eq!(
             (
@@ -740,13 +748,14 @@ mod tests {
                 dropped: dropped.clone(),
                 dropped_metric: dropped_metric.clone(),
                 workload: "ehr/records".into(),
+                proxy: "p".into(),
             })),
         };
-        assert_eq!(sink.admit(true, event(allow())), None);
-        assert_eq!(sink.admit(false, event(allow())), None);
+        assert_eq!(sink.admit(true, &event(&allow())), None);
+        assert_eq!(sink.admit(false, &event(&allow())), None);
         // Full: fail-open serves, fail-closed refuses; both are counted.
-        assert_eq!(sink.admit(false, event(allow())), None);
-        assert_eq!(sink.admit(true, event(allow())), Some(AUDIT_UNAVAILABLE));
+        assert_eq!(sink.admit(false, &event(&allow())), None);
+        assert_eq!(sink.admit(true, &event(&allow())), Some(AUDIT_UNAVAILABLE));
         assert_eq!(dropped_metric.get(), 2);
         let mut batch = Vec::new();
         while let Ok(q) = rx.try_recv() {
@@ -775,7 +784,10 @@ mod tests {
         std::fs::write(&dir, "not a directory").unwrap();
         let (mut st, health) = state(dir.clone(), &cert);
         st.write(
-            vec![(event(allow()), false), (event(allow()), false)],
+            vec![
+                (fields(&event(&allow()), "p", None), SystemTime::now()),
+                (fields(&event(&allow()), "p", None), SystemTime::now()),
+            ],
             0,
             false,
         );
@@ -791,13 +803,15 @@ mod tests {
                 dropped: Arc::default(),
                 dropped_metric: Counter::default(),
                 workload: "ehr/records".into(),
+                proxy: "p".into(),
             })),
         };
-        assert_eq!(sink.admit(true, event(allow())), Some(AUDIT_UNAVAILABLE));
-        assert_eq!(sink.admit(false, event(allow())), None);
+        assert_eq!(sink.admit(true, &event(&allow())), Some(AUDIT_UNAVAILABLE));
+        assert_eq!(sink.admit(false, &event(&allow())), None);
 
         std::fs::remove_file(&dir).unwrap();
-        st.write(vec![(event(allow()), true)], 0, true);
+        let refused = fields(&event(&allow()), "p", Some(AUDIT_UNAVAILABLE));
+        st.write(vec![(refused, SystemTime::now())], 0, true);
         assert_eq!(health.problem(), None);
         assert_eq!(st.up.get(), 1);
         let records = verified(&roots, &dir);

@@ -104,16 +104,16 @@ pub(crate) fn note_blocked(
         port,
         protocol,
     );
-    ctx.audit.record(AuditEvent {
+    ctx.audit.record(&AuditEvent {
         time: std::time::SystemTime::now(),
         direction: "outbound",
         protocol: if protocol == "http" { "http" } else { "tcp" },
         verdict: Verdict::RegistryOnly,
         src_addr: rec.src_addr,
-        src_identity: Some(ctx.identity.clone()),
+        src_identity: Some(&ctx.identity),
         dst_addr: rec.dst_addr,
         dst_identity: None,
-        dst_host: rec.requested_host.clone(),
+        dst_host: rec.requested_host.as_deref(),
         request_principal: None,
         method: None,
         path: None,

@@ -233,11 +233,10 @@ impl InboundCtx {
                 if refusal.by_policy() {
                     self.metrics
                         .peer_authn_refusal(&workload, refusal.policy.as_deref());
-                    let event = self.event(
-                        result,
-                        AuditVerdict::PeerAuthentication(refusal.policy.clone()),
-                    );
-                    self.audit.record(event);
+                    self.audit.record(&self.event(
+                        result.record(),
+                        AuditVerdict::PeerAuthentication(refusal.policy.as_deref()),
+                    ));
                 }
                 return verdict;
             }
@@ -250,8 +249,8 @@ impl InboundCtx {
             rec.dst_addr,
         );
         self.metrics.authz_decision(&workload, decision);
-        let event = self.event(result, AuditVerdict::Policy(decision.clone()));
-        match self.audit.admit(cfg.workload.audit_fail_closed, event) {
+        let event = self.event(result.record(), AuditVerdict::Policy(decision));
+        match self.audit.admit(cfg.workload.audit_fail_closed, &event) {
             Some(detail) => Verdict::Refuse {
                 refusal: Refusal::internal(ResponseFlag::None, detail)
                     .with_status(StatusCode::SERVICE_UNAVAILABLE),
@@ -262,23 +261,22 @@ impl InboundCtx {
     }
 
     /// The audit event of a connection decided at L4.
-    fn event(&self, result: &mut ConnResult, verdict: AuditVerdict) -> AuditEvent {
-        let rec = result.record();
+    fn event<'a>(&'a self, rec: &'a ConnRecord, verdict: AuditVerdict<'a>) -> AuditEvent<'a> {
         AuditEvent {
             time: std::time::SystemTime::now(),
             direction: "inbound",
             protocol: "tcp",
             verdict,
             src_addr: rec.src_addr,
-            src_identity: rec.src_identity.clone(),
+            src_identity: rec.src_identity.as_deref(),
             dst_addr: rec.dst_addr,
-            dst_identity: Some(self.identity.clone()),
+            dst_identity: Some(&self.identity),
             dst_host: None,
             request_principal: None,
             method: None,
             path: None,
             request_id: None,
-            break_glass: rec.break_glass.clone(),
+            break_glass: rec.break_glass.as_deref(),
         }
     }
 

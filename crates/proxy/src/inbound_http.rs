@@ -513,19 +513,19 @@ async fn phases(
         time: std::time::SystemTime::now(),
         direction: "inbound",
         protocol: "http",
-        verdict: AuditVerdict::Policy(decision.clone()),
+        verdict: AuditVerdict::Policy(&decision),
         src_addr: conn.src,
-        src_identity: conn.peer_id.clone(),
+        src_identity: conn.peer_id.as_deref(),
         dst_addr: conn.dst,
-        dst_identity: Some(ctx.identity.clone()),
-        dst_host: Some(admitted.authority.clone()),
-        request_principal: log.request_principal.clone(),
-        method: Some(log.method.clone()),
-        path: Some(admitted.target.path.clone()),
-        request_id: Some(log.request_id.clone()),
-        break_glass: log.break_glass.clone(),
+        dst_identity: Some(&ctx.identity),
+        dst_host: Some(&admitted.authority),
+        request_principal: log.request_principal.as_deref(),
+        method: Some(&log.method),
+        path: Some(&admitted.target.path),
+        request_id: Some(&log.request_id),
+        break_glass: log.break_glass.as_deref(),
     };
-    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
+    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, &event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
         return Err(Refusal::internal(ResponseFlag::None, detail)
             .with_reply(StatusCode::SERVICE_UNAVAILABLE, "audit trail unavailable\n"));
@@ -648,19 +648,19 @@ pub(crate) fn check_at_edge(
         time: std::time::SystemTime::now(),
         direction: "gateway",
         protocol: "http",
-        verdict: AuditVerdict::Policy(decision.clone()),
+        verdict: AuditVerdict::Policy(&decision),
         src_addr: src,
-        src_identity: conn.peer_id,
+        src_identity: conn.peer_id.as_deref(),
         dst_addr: dst,
-        dst_identity: Some(ctx.identity.clone()),
-        dst_host: Some(admitted.authority.clone()),
-        request_principal: principal.clone(),
-        method: Some(admitted.method.as_str().to_owned()),
-        path: Some(admitted.target.path.clone()),
-        request_id: Some(id.clone()),
+        dst_identity: Some(&ctx.identity),
+        dst_host: Some(&admitted.authority),
+        request_principal: principal.as_deref(),
+        method: Some(admitted.method.as_str()),
+        path: Some(&admitted.target.path),
+        request_id: Some(&id),
         break_glass: None,
     };
-    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, event) {
+    if let Some(detail) = ctx.audit.admit(cfg.workload.audit_fail_closed, &event) {
         // Fail-closed: what the trail cannot record is not served (docs/audit.md).
         return Err((
             Refusal::internal(ResponseFlag::None, detail)

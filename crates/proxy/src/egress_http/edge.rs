@@ -227,16 +227,16 @@ impl Downstream {
                 "http",
             ),
         }
-        self.ctx.audit.record(AuditEvent {
+        self.ctx.audit.record(&AuditEvent {
             time: std::time::SystemTime::now(),
             direction: "gateway",
             protocol: "http",
             verdict: AuditVerdict::RegistryOnly,
             src_addr: self.src,
-            src_identity: peer.and_then(|p| p.peer_id.clone()),
+            src_identity: peer.as_ref().and_then(|p| p.peer_id.as_deref()),
             dst_addr: self.bind,
             dst_identity: None,
-            dst_host: Some(host.to_owned()),
+            dst_host: Some(host),
             request_principal: None,
             method: None,
             path: None,
