@@ -529,7 +529,9 @@ fn start_paths(
     (running, results)
 }
 
-/// Every round visits every path in turn (A/B/A/B), so drift on the machine hits all alike.
+/// Every round visits every path in turn, in the opposite order from the round before
+/// (A/B, B/A, A/B, ...): drift on the machine hits all paths alike, and no path always runs
+/// first or always right after another's bulk phase.
 fn run_rounds(
     running: &[RunningPath],
     plan: &Plan,
@@ -537,7 +539,7 @@ fn run_rounds(
 ) -> BTreeMap<PathKind, Vec<Round>> {
     let mut rounds: BTreeMap<PathKind, Vec<Round>> = BTreeMap::new();
     for round in 0..plan.rounds {
-        for path in running {
+        for path in round_order(running, round) {
             eprintln!(
                 "ward-bench: round {}/{}: {}",
                 round + 1,
@@ -552,6 +554,16 @@ fn run_rounds(
         }
     }
     rounds
+}
+
+/// The order of the paths in round `round` (0-based): as given in even rounds, reversed in odd
+/// ones.
+fn round_order<T>(paths: &[T], round: usize) -> Vec<&T> {
+    let mut order: Vec<&T> = paths.iter().collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 /// Fixed-rate latencies pooled over rounds, sorted, per connection count and path.
@@ -701,6 +713,20 @@ fn git_rev() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_alternate_the_order_of_the_paths() {
+        let paths = ["a", "b", "c"];
+        let orders: Vec<Vec<&&str>> = (0..3).map(|r| round_order(&paths, r)).collect();
+        assert_eq!(
+            orders,
+            [
+                vec![&"a", &"b", &"c"],
+                vec![&"c", &"b", &"a"],
+                vec![&"a", &"b", &"c"]
+            ]
+        );
+    }
 
     #[test]
     fn paths_are_selected_by_name() {
