@@ -52,31 +52,56 @@ struct Built {
     config: Arc<ProxyConfig>,
     routes: EgressRoutes,
     /// Load-balancing state for the destinations VirtualServices route to.
-    balance: routed::Balance,
+    balance: Arc<routed::Balance>,
     /// Circuit breakers and outlier detectors of the destinations (DestinationRule
     /// `connectionPool`, `outlierDetection`).
-    destinations: limits::Destinations,
+    destinations: Arc<limits::Destinations>,
 }
 
 /// The routing tables of the sidecar's current config: built when a connection or request
 /// first sees a new config, then shared, never rebuilt per request.
+///
+/// The balancing, breaker and detector state is carried from one config to the next, as
+/// Envoy keeps a cluster's circuit breakers and outlier state across updates: requests in
+/// flight when a config arrives still count against its limits.
 #[derive(Default)]
-pub(crate) struct RouteCache(ArcSwapOption<Built>);
+pub(crate) struct RouteCache {
+    current: ArcSwapOption<Built>,
+    /// Held while a new config's tables are built, so requests that see it at once share one
+    /// build (and one set of breaker counts) instead of each making its own.
+    building: Mutex<()>,
+}
 
 impl RouteCache {
     fn get(&self, config: &Arc<ProxyConfig>) -> Arc<Built> {
-        if let Some(built) = self.0.load_full() {
-            if Arc::ptr_eq(&built.config, config) {
-                return built;
-            }
+        let fresh = |built: &Option<Arc<Built>>| {
+            built
+                .as_ref()
+                .filter(|b| Arc::ptr_eq(&b.config, config))
+                .cloned()
+        };
+        if let Some(built) = fresh(&self.current.load_full()) {
+            return built;
+        }
+        // A poisoned lock only means another build panicked; building again is still right.
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.current.load_full();
+        if let Some(built) = fresh(&previous) {
+            return built;
         }
         let built = Arc::new(Built {
             config: config.clone(),
             routes: EgressRoutes::new(config),
-            balance: routed::Balance::default(),
-            destinations: limits::Destinations::default(),
+            balance: previous
+                .as_ref()
+                .map(|p| p.balance.clone())
+                .unwrap_or_default(),
+            destinations: previous
+                .as_ref()
+                .map(|p| p.destinations.clone())
+                .unwrap_or_default(),
         });
-        self.0.store(Some(built.clone()));
+        self.current.store(Some(built.clone()));
         built
     }
 }
@@ -1400,6 +1425,38 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_that_see_a_config_at_once_share_its_breakers_and_the_next_config_keeps_them() {
+        // A burst's first requests all meet an empty cache: they must share one build, or
+        // each gets its own circuit-breaker counts and the limits let the whole burst through.
+        let cache = Arc::new(RouteCache::default());
+        let first = Arc::new(config());
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let builds: Vec<Arc<Built>> = (0..8)
+            .map(|_| {
+                let (cache, first, barrier) = (cache.clone(), first.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cache.get(&first)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for b in &builds[1..] {
+            assert!(Arc::ptr_eq(b, &builds[0]));
+        }
+        // A pushed config gets new tables and the same breaker and balancing state.
+        let second = Arc::new(config());
+        let next = cache.get(&second);
+        assert!(!Arc::ptr_eq(&next, &builds[0]));
+        assert!(Arc::ptr_eq(&next.config, &second));
+        assert!(Arc::ptr_eq(&next.destinations, &builds[0].destinations));
+        assert!(Arc::ptr_eq(&next.balance, &builds[0].balance));
+        assert!(Arc::ptr_eq(&cache.get(&second), &next));
     }
 
     #[test]
