@@ -80,6 +80,12 @@ struct Cli {
     /// throughput and CPU per byte.
     #[arg(long)]
     bulk_only: bool,
+    /// Start every path's processes anew for each round, and stop them after it: a path's
+    /// rounds then run on different processes, so a difference that belongs to one set of
+    /// processes (where its memory landed, which CPU its threads favour) averages out instead
+    /// of weighing on every round. For cost comparisons (with `ward-l7-twin`).
+    #[arg(long)]
+    fresh_each_round: bool,
     /// Internal: this process already runs inside the client namespace.
     #[arg(long, hide = true)]
     inside_netns: bool,
@@ -338,6 +344,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         plan.rounds = rounds.max(1);
     }
     plan.bulk_only = cli.bulk_only;
+    plan.fresh_each_round = cli.fresh_each_round;
     let now = time::OffsetDateTime::now_utc();
     let day = day(now);
     let out = cli
@@ -377,11 +384,21 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         iperf: iperf_addr.is_some(),
     };
 
-    let (running, mut results) = start_paths(&kinds, &rt, &server, &ward, pinning, net);
-    let rounds = run_rounds(&running, &plan, &ctx);
+    let (running, rounds, mut results) = if plan.fresh_each_round {
+        fresh_rounds(&kinds, &plan, &ctx, &server, &ward, net)
+    } else {
+        let (running, results) = start_paths(&kinds, &rt, &server, &ward, pinning, net);
+        let rounds = run_rounds(&running, &plan, &ctx);
+        (running, rounds, results)
+    };
     let pools = latency_pools(&rounds);
     for (kind, rs) in rounds {
         let mut result = summarise(kind, &rs);
+        // A path that could not be set up in some round (`--fresh-each-round`) failed.
+        if let Some(setup) = results.remove(kind.name()) {
+            result.status = "failed".into();
+            result.failures.extend(setup.failures);
+        }
         if let Some(note) = &iperf_note {
             result.notes.push(note.clone());
         }
@@ -539,21 +556,68 @@ fn run_rounds(
 ) -> BTreeMap<PathKind, Vec<Round>> {
     let mut rounds: BTreeMap<PathKind, Vec<Round>> = BTreeMap::new();
     for round in 0..plan.rounds {
-        for path in round_order(running, round) {
-            eprintln!(
-                "ward-bench: round {}/{}: {}",
-                round + 1,
-                plan.rounds,
-                path.kind.name()
-            );
-            let r = measure::round(path, plan, ctx);
-            for f in &r.failures {
-                eprintln!("ward-bench:   {} FAILED: {f}", path.kind.name());
-            }
-            rounds.entry(path.kind).or_default().push(r);
-        }
+        run_round(running, round, plan, ctx, &mut rounds);
     }
     rounds
+}
+
+/// One round over `running`, in that round's order, appended to `rounds`.
+fn run_round(
+    running: &[RunningPath],
+    round: usize,
+    plan: &Plan,
+    ctx: &Context<'_>,
+    rounds: &mut BTreeMap<PathKind, Vec<Round>>,
+) {
+    for path in round_order(running, round) {
+        eprintln!(
+            "ward-bench: round {}/{}: {}",
+            round + 1,
+            plan.rounds,
+            path.kind.name()
+        );
+        let r = measure::round(path, plan, ctx);
+        for f in &r.failures {
+            eprintln!("ward-bench:   {} FAILED: {f}", path.kind.name());
+        }
+        rounds.entry(path.kind).or_default().push(r);
+    }
+}
+
+/// `--fresh-each-round`: each round sets every path up anew and stops the previous round's
+/// processes first. Returns the last round's paths (still running, for what is read after the
+/// rounds), the rounds, and the paths that could not be set up in some round (the first
+/// failure of each, named with its round).
+#[allow(clippy::type_complexity)]
+fn fresh_rounds(
+    kinds: &[PathKind],
+    plan: &Plan,
+    ctx: &Context<'_>,
+    server: &Endpoints,
+    ward: &Path,
+    net: Net,
+) -> (
+    Vec<RunningPath>,
+    BTreeMap<PathKind, Vec<Round>>,
+    BTreeMap<&'static str, PathResult>,
+) {
+    let mut rounds = BTreeMap::new();
+    let mut failed: BTreeMap<&'static str, PathResult> = BTreeMap::new();
+    let mut running: Vec<RunningPath> = Vec::new();
+    for round in 0..plan.rounds {
+        // The previous round's processes are gone before this round's start on their addresses.
+        drop(std::mem::take(&mut running));
+        let (started, setup) = start_paths(kinds, ctx.rt, server, ward, ctx.pinning, net);
+        for (name, mut r) in setup {
+            for f in &mut r.failures {
+                *f = format!("round {}: {f}", round + 1);
+            }
+            failed.entry(name).or_insert(r);
+        }
+        run_round(&started, round, plan, ctx, &mut rounds);
+        running = started;
+    }
+    (running, rounds, failed)
 }
 
 /// The order of the paths in round `round` (0-based): as given in even rounds, reversed in odd

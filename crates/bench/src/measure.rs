@@ -39,6 +39,8 @@ pub(crate) struct Plan {
     pub(crate) iperf_secs: u32,
     /// Only the bulk workloads run (`--bulk-only`).
     pub(crate) bulk_only: bool,
+    /// Every path's processes start anew for each round (`--fresh-each-round`).
+    pub(crate) fresh_each_round: bool,
 }
 
 impl Plan {
@@ -59,6 +61,7 @@ impl Plan {
             echo_count: 10_000,
             iperf_secs: 10,
             bulk_only: false,
+            fresh_each_round: false,
         }
     }
 

@@ -42,16 +42,20 @@ pub(crate) enum PathKind {
     /// ward-l7 with the audit trail off (`ward up --no-audit`). Opt-in (`--paths`): the cost
     /// of the audit trail, against ward-l7 of the same run.
     WardL7AuditOff,
+    /// ward-l7 unchanged, in a second pair of processes. Opt-in (`--paths`): the A/A control,
+    /// whose "cost" against ward-l7 is what two identical pairs differ by in the same run.
+    WardL7Twin,
 }
 
 impl PathKind {
     /// Every path, in the order a round visits them (and the tables list them).
-    pub(crate) const ALL: [PathKind; 7] = [
+    pub(crate) const ALL: [PathKind; 8] = [
         PathKind::Baseline,
         PathKind::WardL4,
         PathKind::WardL7,
         PathKind::WardL7Traced,
         PathKind::WardL7AuditOff,
+        PathKind::WardL7Twin,
         PathKind::WardGateway,
         PathKind::Reference,
     ];
@@ -70,10 +74,13 @@ impl PathKind {
         PathKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// The path a cost variant is measured against (ward-l7 for both), None for the others.
+    /// The path a cost variant (or the control) is measured against (ward-l7 for each), None
+    /// for the others.
     pub(crate) fn cost_of(self) -> Option<PathKind> {
         match self {
-            PathKind::WardL7Traced | PathKind::WardL7AuditOff => Some(PathKind::WardL7),
+            PathKind::WardL7Traced | PathKind::WardL7AuditOff | PathKind::WardL7Twin => {
+                Some(PathKind::WardL7)
+            }
             _ => None,
         }
     }
@@ -88,6 +95,7 @@ impl PathKind {
             PathKind::Reference => "reference",
             PathKind::WardL7Traced => "ward-l7-traced",
             PathKind::WardL7AuditOff => "ward-l7-audit-off",
+            PathKind::WardL7Twin => "ward-l7-twin",
         }
     }
 
@@ -128,6 +136,10 @@ impl PathKind {
             PathKind::WardL7AuditOff => {
                 "as ward-l7, with the audit trail disabled the way a user does it: \
                  `ward up --no-audit` on both sides"
+            }
+            PathKind::WardL7Twin => {
+                "ward-l7 again, unchanged, as a second pair of `ward up` processes: the A/A \
+                 control, measuring how far two identical pairs differ in the same run"
             }
         }
     }
@@ -200,12 +212,14 @@ pub(crate) fn start(
         | PathKind::WardL7
         | PathKind::WardGateway
         | PathKind::WardL7Traced
-        | PathKind::WardL7AuditOff => {
+        | PathKind::WardL7AuditOff
+        | PathKind::WardL7Twin => {
             let layer = match kind {
                 PathKind::WardL4 => Layer::L4,
                 PathKind::WardL7 => Layer::L7,
                 PathKind::WardL7Traced => Layer::L7Traced,
                 PathKind::WardL7AuditOff => Layer::L7AuditOff,
+                PathKind::WardL7Twin => Layer::L7Twin,
                 _ => Layer::Gateway,
             };
             let pair = WardPair::start(ward, server, cpu, layer, net)?;
@@ -246,7 +260,11 @@ mod tests {
 
     #[test]
     fn cost_variants_are_opt_in() {
-        for k in [PathKind::WardL7Traced, PathKind::WardL7AuditOff] {
+        for k in [
+            PathKind::WardL7Traced,
+            PathKind::WardL7AuditOff,
+            PathKind::WardL7Twin,
+        ] {
             assert!(!PathKind::DEFAULT.contains(&k), "{}", k.name());
             assert_eq!(k.cost_of(), Some(PathKind::WardL7));
         }

@@ -300,7 +300,7 @@ pub(crate) struct OtlpResult {
 /// One figure of a cost variant against the path it varies (ward-l7), in the same run.
 #[derive(Debug, Serialize, PartialEq)]
 pub(crate) struct Cost {
-    /// The variant (`ward-l7-traced`, `ward-l7-audit-off`).
+    /// The variant (`ward-l7-traced`, `ward-l7-audit-off`) or the control (`ward-l7-twin`).
     pub(crate) path: &'static str,
     /// The path it is compared with.
     pub(crate) against: &'static str,
@@ -314,6 +314,10 @@ pub(crate) struct Cost {
     pub(crate) delta: f64,
     /// value ÷ base (None when base is 0).
     pub(crate) ratio: Option<f64>,
+    /// The ratio round by round (the variant's round ÷ the base's round of the same index),
+    /// summarised: each round measures both paths minutes apart, so machine drift between
+    /// rounds cancels. None unless both have every round.
+    pub(crate) paired: Option<Summary>,
 }
 
 /// The figures a cost compares: CPU per request, latency at the fixed rate, saturation.
@@ -336,6 +340,19 @@ pub(crate) fn costs(paths: &BTreeMap<&'static str, PathResult>) -> Vec<Cost> {
         };
         for figure in COST_FIGURES {
             if let (Some(value), Some(basev)) = (v.median(figure), b.median(figure)) {
+                let paired = match (v.figures.get(figure), b.figures.get(figure)) {
+                    (Some(vs), Some(bs)) if vs.rounds.len() == bs.rounds.len() => {
+                        let ratios: Vec<f64> = vs
+                            .rounds
+                            .iter()
+                            .zip(&bs.rounds)
+                            .filter(|(_, b)| **b != 0.0)
+                            .map(|(v, b)| v / b)
+                            .collect();
+                        Summary::of(&ratios)
+                    }
+                    _ => None,
+                };
                 out.push(Cost {
                     path: kind.name(),
                     against: base.name(),
@@ -344,6 +361,7 @@ pub(crate) fn costs(paths: &BTreeMap<&'static str, PathResult>) -> Vec<Cost> {
                     base: basev,
                     delta: value - basev,
                     ratio: (basev != 0.0).then(|| value / basev),
+                    paired,
                 });
             }
         }
@@ -583,10 +601,15 @@ pub(crate) fn markdown(r: &Results) -> String {
         r.network_detail,
         r.pinning,
         r.plan.rounds,
-        if r.plan.bulk_only {
-            "; bulk workloads only (`--bulk-only`)"
-        } else {
-            ""
+        match (r.plan.bulk_only, r.plan.fresh_each_round) {
+            (true, true) =>
+                "; bulk workloads only (`--bulk-only`); every path's processes \
+                             started anew for each round (`--fresh-each-round`)",
+            (true, false) => "; bulk workloads only (`--bulk-only`)",
+            (false, true) =>
+                "; every path's processes started anew for each round \
+                              (`--fresh-each-round`)",
+            (false, false) => "",
         }
     );
     for name in &names {
@@ -652,8 +675,11 @@ pub(crate) fn markdown(r: &Results) -> String {
         let _ = writeln!(
             md,
             "\n## Cost of tracing and of the audit trail (medians, same run)\n\n\
-             | path | against | figure | value | against | difference | ratio |\n\
-             |---|---|---|---:|---:|---:|---:|"
+             `ward-l7-twin`, when it ran, is ward-l7 itself in a second pair of processes: its row \
+             is how far two identical pairs differ, the yardstick for the others.\n\n\
+             | path | against | figure | value | against | difference | ratio | ratio by round, \
+             median (min–max) |\n\
+             |---|---|---|---:|---:|---:|---:|---:|"
         );
         for c in &r.costs {
             let (label, unit) = FIGURES
@@ -662,7 +688,7 @@ pub(crate) fn markdown(r: &Results) -> String {
                 .map_or((c.figure, ""), |f| (f.label, f.unit));
             let _ = writeln!(
                 md,
-                "| {} | {} | {label} | {} {unit} | {} {unit} | {}{} {unit} | {} |",
+                "| {} | {} | {label} | {} {unit} | {} {unit} | {}{} {unit} | {} | {} |",
                 c.path,
                 c.against,
                 num(c.value),
@@ -670,6 +696,10 @@ pub(crate) fn markdown(r: &Results) -> String {
                 if c.delta >= 0.0 { "+" } else { "" },
                 num(c.delta),
                 c.ratio.map_or("—".into(), |r| format!("{r:.3}x")),
+                c.paired.as_ref().map_or("—".into(), |s| format!(
+                    "{:.3}x ({:.3}–{:.3})",
+                    s.median, s.min, s.max
+                )),
             );
         }
     }
@@ -777,6 +807,7 @@ mod tests {
         assert_eq!(c[0].figure, "proxy_vcpu_per_krps");
         assert!((c[0].delta - 0.05).abs() < 1e-9);
         assert!((c[0].ratio.unwrap() - 1.5).abs() < 1e-9);
+        assert!((c[0].paired.as_ref().unwrap().median - 1.5).abs() < 1e-9);
         assert_eq!(c[1].figure, "fixed4_p99_ms");
         let results = Results {
             schema: SCHEMA,
@@ -799,7 +830,7 @@ mod tests {
         };
         let md = markdown(&results);
         assert!(md.contains(
-            "| ward-l7-traced | ward-l7 | proxy pair CPU per 1000 rps | 0.150 vCPU | 0.100 vCPU | +0.050 vCPU | 1.500x |"
+            "| ward-l7-traced | ward-l7 | proxy pair CPU per 1000 rps | 0.150 vCPU | 0.100 vCPU | +0.050 vCPU | 1.500x | 1.500x (1.500–1.500) |"
         ), "{md}");
         assert!(md.contains("OTLP sink: 2000 spans in 4 exports"), "{md}");
         // Only the paths of the run get a column.
@@ -812,6 +843,33 @@ mod tests {
         let json = serde_json::to_value(&results).unwrap();
         assert_eq!(json["paths"]["ward-l7-traced"]["otlp"]["spans"], 2000);
         assert_eq!(json["costs"][0]["against"], "ward-l7");
+    }
+
+    #[test]
+    fn paired_ratios_follow_the_rounds_and_need_every_round() {
+        let with = |rounds: &[f64]| {
+            let mut p = path("ok", &[]);
+            p.figures
+                .insert("proxy_vcpu_per_krps", Summary::of(rounds).unwrap());
+            p
+        };
+        // Round by round the twin is 1.1x, 0.9x and 1.0x of ward-l7, although their medians
+        // (0.20 and 0.20) are equal.
+        let paths: BTreeMap<_, _> = [
+            ("ward-l7", with(&[0.20, 0.30, 0.10])),
+            ("ward-l7-twin", with(&[0.22, 0.27, 0.10])),
+            ("ward-l7-audit-off", with(&[0.19, 0.18])),
+        ]
+        .into_iter()
+        .collect();
+        let c = costs(&paths);
+        let twin = c.iter().find(|c| c.path == "ward-l7-twin").unwrap();
+        let paired = twin.paired.as_ref().unwrap();
+        assert!((paired.median - 1.0).abs() < 1e-9, "{paired:?}");
+        assert!((paired.min - 0.9).abs() < 1e-9 && (paired.max - 1.1).abs() < 1e-9);
+        // A round missing: no pairing.
+        let off = c.iter().find(|c| c.path == "ward-l7-audit-off").unwrap();
+        assert!(off.paired.is_none());
     }
 
     #[test]

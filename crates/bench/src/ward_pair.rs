@@ -10,7 +10,9 @@
 //! VirtualService over HBONE to the server sidecar, whose HTTP port allows the gateway.
 //! The cost variants of L7 change one thing each: `ward-l7-traced` adds a Telemetry tracing
 //! every request of the server workload to the bench's OTLP sink ([`crate::otlp_sink`]),
-//! `ward-l7-audit-off` starts both sides with `--no-audit`.
+//! `ward-l7-audit-off` starts both sides with `--no-audit`. `ward-l7-twin` changes nothing: it
+//! is ward-l7 again in its own processes, so a run can tell a variant's cost from the
+//! difference between two sets of processes (the A/A control).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,6 +40,8 @@ pub(crate) enum Layer {
     L7Traced,
     /// L7, with both sides' audit trail off.
     L7AuditOff,
+    /// L7 again, as a second pair of processes (the A/A control).
+    L7Twin,
 }
 
 impl Layer {
@@ -48,6 +52,7 @@ impl Layer {
             Layer::L4 => 0,
             Layer::L7Traced => 3,
             Layer::L7AuditOff => 4,
+            Layer::L7Twin => 5,
             Layer::L7 => 7,
             Layer::Gateway => 8,
         }
@@ -55,7 +60,10 @@ impl Layer {
 
     /// The L7 path or one of its cost variants: same mesh, policy and token.
     fn is_l7(self) -> bool {
-        matches!(self, Layer::L7 | Layer::L7Traced | Layer::L7AuditOff)
+        matches!(
+            self,
+            Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin
+        )
     }
 }
 
@@ -271,7 +279,9 @@ fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     // Istio protocol selection: the `protocol` field decides; the names follow it.
     let (web, web_protocol) = match layer {
         Layer::L4 => ("tcp-http", "TCP"),
-        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::Gateway => ("http-web", "HTTP"),
+        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin | Layer::Gateway => {
+            ("http-web", "HTTP")
+        }
     };
     let ports = format!(
         "  - {{number: {http_port}, name: {web}, protocol: {web_protocol}}}\n  \
@@ -315,13 +325,13 @@ spec:
     to: [{{operation: {{ports: ["{http_port}", "{echo_port}", "{iperf_port}"]}}}}]
 "#
         ),
-        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff => String::new(),
+        Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin => String::new(),
         Layer::Gateway => gateway_yaml(),
     };
     // The client workload: a sidecar with egress listeners, or the ingress gateway in its place.
     let (client_sa, client_labels, client_sidecar) = match layer {
         Layer::Gateway => ("ingressgateway", "istio: ingressgateway", String::new()),
-        Layer::L4 | Layer::L7 | Layer::L7Traced | Layer::L7AuditOff => (
+        Layer::L4 | Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin => (
             "client",
             "app: client",
             format!(
@@ -683,6 +693,7 @@ mod tests {
             Layer::Gateway,
             Layer::L7Traced,
             Layer::L7AuditOff,
+            Layer::L7Twin,
         ] {
             let set = ward_config::load_str("mesh.yaml", &mesh(layer))
                 .unwrap_or_else(|d| panic!("{layer:?}: {d}"));
