@@ -50,8 +50,9 @@ pub struct ProxyConfig {
     /// Local listeners for the app's outbound calls, one per (Sidecar egress listener, host);
     /// entries with the same `bind` are one socket.
     pub outbound: Vec<OutboundListener>,
-    /// The AuthorizationPolicies that apply to this workload.
-    pub authz: WorkloadPolicies,
+    /// The AuthorizationPolicies that apply to this workload: one compiled set shared by every
+    /// workload that the same policies select (`crate::translate`).
+    pub authz: Arc<WorkloadPolicies>,
     /// The `jwtRules` of every RequestAuthentication that applies to this workload: the root
     /// namespace's objects first, then the workload namespace's, each by name. Issuers are
     /// distinct (translation fails otherwise). Empty: no JWT authentication. Compiled once, with
@@ -133,7 +134,7 @@ pub struct ForwardProxy {
 }
 
 /// A service the workload may call, as transparent capture sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshService {
     /// The ServiceEntry's namespace.
@@ -155,7 +156,7 @@ pub struct MeshService {
 }
 
 /// One port of a [`MeshService`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshServicePort {
     /// The port clients dial.
@@ -494,7 +495,7 @@ pub struct OutboundListener {
 }
 
 /// One destination of an outbound listener.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// Workload address and target port.

@@ -237,7 +237,12 @@ impl Sections {
             );
         }
         let reused = |name: &str| previous.and_then(|(_, s)| s.0.get(name).cloned());
-        let same_services = previous.is_some_and(|(p, _)| p.services == config.services);
+        // By pointer: the control plane keeps the previous table's `Arc` when a new config has
+        // the same content (crates/control/src/source.rs, `keep_shared`), so a different
+        // pointer is a different table, and comparing content for each of a thousand proxies
+        // would cost more than looking up the shared serialization.
+        let same_services =
+            previous.is_some_and(|(p, _)| Arc::ptr_eq(&p.services, &config.services));
         if same_services {
             for i in 0..SERVICES_PARTS {
                 let name = part_name(SERVICES_SECTION, i);
@@ -657,11 +662,20 @@ spec:
 
     #[test]
     fn unchanged_large_sections_are_reused_from_the_previous_config() {
-        let (before, after) = (proxies(MESH), proxies(&format!("{MESH}{POLICY}")));
-        let (b, a) = (&before["app/b"], &after["app/b"]);
+        let (before, mut after) = (proxies(MESH), proxies(&format!("{MESH}{POLICY}")));
+        let b = &before["app/b"];
+        // The control plane gives an unchanged service table the previous snapshot's `Arc`
+        // (source.rs, `keep_shared`); a table is told unchanged by that pointer.
+        let a = after.get_mut("app/b").unwrap();
+        assert_eq!(a.services, b.services);
+        let fresh = Sections::of_shared(&mesh(), a, &SharedSections::default(), None).unwrap();
+        a.services = b.services.clone();
+        let a = &after["app/b"];
         let shared = SharedSections::default();
         let first = Sections::of_shared(&mesh(), b, &shared, None).unwrap();
         let next = Sections::of_shared(&mesh(), a, &shared, Some((b, &first))).unwrap();
+        // Kept or rebuilt, the table cuts into the same sections.
+        assert_eq!(next, fresh);
         let names = (0..SERVICES_PARTS)
             .map(|i| part_name(SERVICES_SECTION, i))
             .chain([OUTBOUND_SECTION.to_owned()]);

@@ -347,7 +347,7 @@ impl ControlPlane {
     /// tokens it already verified (`ward_authn::JwtRuleSet::keep_compiled`: one comparison
     /// per proxy per push); new rules bring a new authenticator with an empty cache.
     fn apply(&self, mut snap: MeshSnapshot) -> bool {
-        keep_directory(&self.snapshot.borrow(), &mut snap);
+        keep_shared(&self.snapshot.borrow(), &mut snap);
         if **self.snapshot.borrow() == snap {
             return false;
         }
@@ -444,10 +444,54 @@ impl ControlPlane {
     }
 }
 
-/// Gives the proxies of `next` the previous snapshot's mesh directory when its content is the
-/// same: translation builds a new one each time, and keeping the old `Arc` lets unchanged
-/// proxies compare equal by pointer and lets the config streams share one serialization of it
-/// (`crate::push::SharedSections`). One comparison per change.
+/// Gives the proxies of `next` the previous snapshot's shared tables where their content is
+/// the same: the mesh directory, and each namespace's service table. Translation builds new
+/// ones each time; keeping the old `Arc`s lets unchanged proxies compare equal by pointer, lets
+/// the config streams tell an unchanged table by pointer (`crate::push::Sections::of_shared`)
+/// and share one serialization of each (`crate::push::SharedSections`). One comparison per
+/// table and change, not one per proxy: at 1,000 proxies the per-proxy comparison of their
+/// service tables was a fifth of a policy change's CPU (docs/kubernetes.md, "Scale").
+fn keep_shared(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
+    keep_directory(previous, next);
+    keep_services(previous, next);
+}
+
+/// [`keep_shared`] for the service tables: each new table is compared once with the table the
+/// same proxy had, and takes its place when equal (then also for proxies new in this snapshot
+/// that have the same new table).
+fn keep_services(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
+    use std::collections::HashMap;
+    // (new table, old table) → equal; new table → the old one replacing it.
+    let mut compared: HashMap<(usize, usize), bool> = HashMap::new();
+    let mut kept: HashMap<usize, Arc<_>> = HashMap::new();
+    for (key, p) in &mut next.proxies {
+        let Some(old) = previous.proxies.get(key) else {
+            continue;
+        };
+        if Arc::ptr_eq(&old.services, &p.services) {
+            continue;
+        }
+        let new_ptr = Arc::as_ptr(&p.services) as usize;
+        let pair = (new_ptr, Arc::as_ptr(&old.services) as usize);
+        if *compared
+            .entry(pair)
+            .or_insert_with(|| *old.services == *p.services)
+        {
+            kept.entry(new_ptr).or_insert_with(|| old.services.clone());
+            p.services = old.services.clone();
+        }
+    }
+    if kept.is_empty() {
+        return;
+    }
+    for p in next.proxies.values_mut() {
+        if let Some(old) = kept.get(&(Arc::as_ptr(&p.services) as usize)) {
+            p.services = old.clone();
+        }
+    }
+}
+
+/// [`keep_shared`] for the mesh directory.
 fn keep_directory(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
     let Some(old) = previous
         .proxies
@@ -499,6 +543,64 @@ mod tests {
             &old_dir,
             &grown.proxies["app/a"].directory
         ));
+    }
+
+    #[test]
+    fn a_policy_change_keeps_each_namespaces_service_table_and_a_service_change_replaces_it() {
+        let entry = |name: &str, ns: &str, ip: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{address: {ip}, serviceAccount: {name}, labels: {{app: {name}}}}}\n")
+        };
+        let service = |name: &str, ns: &str, port: u16| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{hosts: [{name}.{ns}.svc.cluster.local], ports: [{{number: {port}, name: http, protocol: HTTP}}], resolution: STATIC, workloadSelector: {{labels: {{app: {name}}}}}}}\n")
+        };
+        let mesh = [
+            entry("a", "one", "127.0.0.10"),
+            entry("b", "one", "127.0.0.11"),
+            entry("c", "two", "127.0.0.12"),
+            service("a", "one", 8080),
+            service("c", "two", 8080),
+        ]
+        .concat();
+        let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [x]}}]}]}\n";
+        let snap = |yaml: &str| {
+            ward_config::translate(&ward_config::load_str("m.yaml", yaml).unwrap()).unwrap()
+        };
+        let table = |s: &MeshSnapshot, k: &str| s.proxies[k].services.clone();
+        let old = snap(&mesh);
+        // A namespace's workloads share one table.
+        assert!(Arc::ptr_eq(&table(&old, "one/a"), &table(&old, "one/b")));
+
+        // A policy changes no table: every proxy keeps the table it had, by pointer, and a
+        // proxy new in the snapshot gets the same one as its namespace.
+        let mut next = snap(&format!(
+            "{mesh}{policy}{}",
+            entry("d", "one", "127.0.0.13")
+        ));
+        assert!(!Arc::ptr_eq(&table(&old, "one/a"), &table(&next, "one/a")));
+        keep_shared(&old, &mut next);
+        for (k, was) in [
+            ("one/a", "one/a"),
+            ("one/b", "one/a"),
+            ("one/d", "one/a"),
+            ("two/c", "two/c"),
+        ] {
+            assert!(Arc::ptr_eq(&table(&next, k), &table(&old, was)), "{k}");
+        }
+
+        // A service's port changes: the new tables stay, and the workloads of a namespace still
+        // share theirs.
+        let changed = mesh.replace("number: 8080", "number: 9090");
+        let mut moved = snap(&changed);
+        keep_shared(&old, &mut moved);
+        assert!(!Arc::ptr_eq(&table(&moved, "one/a"), &table(&old, "one/a")));
+        assert!(Arc::ptr_eq(
+            &table(&moved, "one/a"),
+            &table(&moved, "one/b")
+        ));
+        assert_eq!(
+            table(&moved, "one/a")["a.one.svc.cluster.local"].ports[0].number,
+            9090
+        );
     }
 
     const SETTLE: Duration = Duration::from_millis(300);
