@@ -2034,7 +2034,9 @@ mod tests {
             we("a", "y", "10.0.0.2", ""),
             doc("AuthorizationPolicy", "istio-system", "mesh", "{}"),
             doc("AuthorizationPolicy", "a", "only-y", "{selector: {matchLabels: {app: y}}}")
-        );
+        ) + &we("a", "z", "10.0.0.3", "")
+            + &we("b", "w", "10.0.0.4", "")
+            + &doc("AuthorizationPolicy", "b", "only-v", "{selector: {matchLabels: {app: v}}}");
         let snap = snapshot(&yaml);
         let names = |key: &str| {
             snap.proxies[key]
@@ -2056,6 +2058,12 @@ mod tests {
                 ("only-y".into(), false)
             ]
         );
+        // Another namespace's policies never apply; the root's always do.
+        assert_eq!(names("b/w"), vec![("mesh".into(), false)]);
+        // Workloads that the same policies select share one compiled set.
+        let set = |key: &str| snap.proxies[key].authz.clone();
+        assert!(Arc::ptr_eq(&set("a/x"), &set("a/z")));
+        assert!(!Arc::ptr_eq(&set("a/x"), &set("a/y")));
     }
 
     #[test]
