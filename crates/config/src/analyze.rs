@@ -14,7 +14,6 @@ use ward_policy::matcher::{
 use ward_policy::spec::{Action, MtlsModeSpec, Rule};
 use ward_policy::{
     lint, AuthzPolicy, AuthzRule, ConditionMatch, PeerAuthnLevel, PeerAuthnLint, PolicyRef,
-    WorkloadPolicies,
 };
 
 use ward_policy::spec::WorkloadSelector;
@@ -460,7 +459,6 @@ fn plaintext_could_pass(
     let Ok(port) = u16::try_from(port) else {
         return true;
     };
-    let root = &context.set.mesh.root_namespace;
     let mut configured = context
         .workloads
         .iter()
@@ -470,8 +468,7 @@ fn plaintext_could_pass(
         return true;
     }
     configured.any(|w| {
-        let policies = WorkloadPolicies::select(&context.policies, w.namespace(), &w.labels, root);
-        crate::plaintext::may_allow_plaintext(&policies, w.address, port, http)
+        crate::plaintext::may_allow_plaintext(&context.authz_for(w), w.address, port, http)
     })
 }
 

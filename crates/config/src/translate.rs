@@ -505,7 +505,7 @@ impl<'a> Context<'a> {
     /// over its namespace's and the root namespace's), as a set shared with every workload
     /// they select alike. At 10,000 workloads and 1,000 policies, testing every policy and
     /// compiling every workload's set was a quarter of a change's translation.
-    fn authz_for(&self, workload: &Workload<'_>) -> Arc<WorkloadPolicies> {
+    pub(crate) fn authz_for(&self, workload: &Workload<'_>) -> Arc<WorkloadPolicies> {
         let (namespace, root) = (workload.namespace(), self.root());
         let of = |ns: &str| {
             self.policies_by_namespace

@@ -457,14 +457,14 @@ fn keep_shared(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
 }
 
 /// [`keep_shared`] for the service tables: each new table is compared once with the table the
-/// same proxy had, and takes its place when equal (then also for proxies new in this snapshot
-/// that have the same new table).
+/// same proxy had, and when equal the old one takes its place in every proxy that has it
+/// (proxies new in this snapshot included).
 fn keep_services(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
     use std::collections::HashMap;
     // (new table, old table) → equal; new table → the old one replacing it.
     let mut compared: HashMap<(usize, usize), bool> = HashMap::new();
     let mut kept: HashMap<usize, Arc<_>> = HashMap::new();
-    for (key, p) in &mut next.proxies {
+    for (key, p) in &next.proxies {
         let Some(old) = previous.proxies.get(key) else {
             continue;
         };
@@ -478,11 +478,7 @@ fn keep_services(previous: &MeshSnapshot, next: &mut MeshSnapshot) {
             .or_insert_with(|| *old.services == *p.services)
         {
             kept.entry(new_ptr).or_insert_with(|| old.services.clone());
-            p.services = old.services.clone();
         }
-    }
-    if kept.is_empty() {
-        return;
     }
     for p in next.proxies.values_mut() {
         if let Some(old) = kept.get(&(Arc::as_ptr(&p.services) as usize)) {
