@@ -94,8 +94,9 @@ pub use analyze::{all_findings, analyze};
 pub use diag::{code, Diagnostic, Diagnostics, Severity};
 pub use istio::{ServiceEntrySpec, SidecarSpec, WorkloadEntrySpec};
 pub use load::{
-    load_files, load_paths, load_paths_partial, load_str, read_paths, served_api_versions,
-    served_kinds, ConfigFiles, ConfigSet, FieldLines, NamespaceObject, Resource,
+    load_files, load_files_cached, load_paths, load_paths_partial, load_str, read_paths,
+    served_api_versions, served_kinds, ConfigFiles, ConfigSet, FieldLines, LoadCache, LoadStats,
+    NamespaceObject, Resource,
 };
 pub use mesh::{MeshSettings, SourceRef};
 pub use meta::ObjectMeta;

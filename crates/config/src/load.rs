@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ward_authn::spec::RequestAuthenticationSpec;
 use ward_policy::spec::{AuthorizationPolicySpec, PeerAuthenticationSpec};
@@ -35,7 +36,10 @@ use crate::snapshot::{
 };
 use crate::yaml::{parse_documents, push_key, Node, Value};
 
+mod cache;
 mod unenforced;
+
+pub use cache::{load_files_cached, LoadCache, LoadStats};
 
 pub use crate::yaml::FieldLines;
 
@@ -185,14 +189,26 @@ pub struct ConfigFiles(Vec<ConfigFile>);
 struct ConfigFile {
     /// How diagnostics name it: the path as given, or as found under a directory.
     name: String,
-    /// The bytes, or the message of the error that stands in for them.
-    content: Result<Vec<u8>, String>,
+    /// The bytes (shared: a cached load keeps them to compare with the next read), or the
+    /// message of the error that stands in for them.
+    content: Result<Arc<[u8]>, String>,
 }
 
 impl ConfigFiles {
     /// Files given by name and content, e.g. read from a git revision (`ward diff --git`);
     /// `name` is how diagnostics name each. Loaded as [`read_paths`]'s files are.
     pub fn from_contents(files: Vec<(String, Vec<u8>)>) -> ConfigFiles {
+        ConfigFiles::from_shared(
+            files
+                .into_iter()
+                .map(|(name, content)| (name, content.into()))
+                .collect(),
+        )
+    }
+
+    /// [`ConfigFiles::from_contents`] with contents already shared (a renderer that keeps each
+    /// document between renderings hands out the same bytes without copying them).
+    pub fn from_shared(files: Vec<(String, Arc<[u8]>)>) -> ConfigFiles {
         ConfigFiles(
             files
                 .into_iter()
@@ -278,18 +294,30 @@ fn read_file(path: &Path, files: &mut Vec<ConfigFile>, seen: &mut BTreeSet<PathB
     }
     files.push(ConfigFile {
         name: path.display().to_string(),
-        content: fs::read(path).map_err(|err| format!("cannot read: {err}")),
+        content: fs::read(path)
+            .map(Arc::from)
+            .map_err(|err| format!("cannot read: {err}")),
     });
 }
 
 /// Loads files read by [`read_paths`]. Fails with every error found (and the warnings), in file
 /// and line order.
 pub fn load_files(files: &ConfigFiles) -> Result<ConfigSet, Diagnostics> {
-    let mut loader = Loader::default();
-    for file in &files.0 {
-        loader.load_file(file);
-    }
-    loader.finish()
+    on_parser_stack(|| {
+        let mut loader = Loader::default();
+        for file in &files.0 {
+            loader.load_file(file);
+        }
+        loader.finish()
+    })
+    .unwrap_or_else(Err)
+}
+
+/// Runs a load on one thread with the parser's stack (`yaml::on_parser_stack`), so its files
+/// do not each start a thread; the error is why that thread could not start.
+fn on_parser_stack<R: Send>(load: impl FnOnce() -> R + Send) -> Result<R, Diagnostics> {
+    crate::yaml::on_parser_stack(load)
+        .map_err(|message| Diagnostics(vec![Diagnostic::error(code::PARSE, message)]))
 }
 
 /// Loads what it can of the files under `paths`: every object that loaded, and every diagnostic
@@ -297,11 +325,15 @@ pub fn load_files(files: &ConfigFiles) -> Result<ConfigSet, Diagnostics> {
 /// the objects that loaded next to the errors of those that did not; `ward up` uses
 /// [`load_paths`], which refuses the whole config on any error.
 pub fn load_paths_partial(paths: &[PathBuf]) -> (ConfigSet, Diagnostics) {
-    let mut loader = Loader::default();
-    for file in &read_paths(paths).0 {
-        loader.load_file(file);
-    }
-    loader.finish_partial()
+    let files = read_paths(paths);
+    on_parser_stack(|| {
+        let mut loader = Loader::default();
+        for file in &files.0 {
+            loader.load_file(file);
+        }
+        loader.finish_partial()
+    })
+    .unwrap_or_else(|errors| (ConfigSet::default(), errors))
 }
 
 /// Loads one file's text; `file` names it in diagnostics.
@@ -567,7 +599,7 @@ const CONFIG_MAP_FIELDS: &[&str] = &[
 const LIST_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "items"];
 
 /// Accumulates objects and diagnostics across files.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Loader {
     set: ConfigSet,
     mesh: Option<MeshSettings>,
@@ -604,7 +636,7 @@ impl Loader {
             Err(message) => self
                 .diagnostics
                 .push(Diagnostic::error(code::PARSE, message.clone()).at(name, None)),
-            Ok(bytes) => match std::str::from_utf8(bytes) {
+            Ok(bytes) => match std::str::from_utf8(&bytes[..]) {
                 Ok(text) => self.load_text(name, text),
                 Err(_) => self
                     .diagnostics

@@ -229,20 +229,59 @@ pub(crate) struct SyntaxError {
 /// Nesting deeper than serde-saphyr's default budget (64 levels) is an error. serde-saphyr
 /// descends once per level with large frames (tens of KiB each in debug builds): more than a
 /// 2 MiB thread, such as a tokio worker or a test thread, holds at that depth. So parsing runs
-/// on a thread of its own with [`PARSE_STACK`] bytes of stack, whatever the caller's stack is.
+/// on a thread with [`PARSE_STACK`] bytes of stack, whatever the caller's stack is: the
+/// caller's own when it runs inside [`on_parser_stack`], else a thread of its own.
+/// A panic in the parser is a syntax error of this stream, not of the caller.
 pub(crate) fn parse_documents(source: &str) -> Result<Vec<Node>, SyntaxError> {
     let failed = |message: String| SyntaxError {
         line: None,
         message,
     };
+    let parse = || {
+        std::panic::catch_unwind(|| parse_here(source))
+            .unwrap_or_else(|_| Err(failed("the YAML parser stopped unexpectedly".to_owned())))
+    };
+    if ON_PARSER_STACK.get() {
+        return parse();
+    }
+    on_parser_stack(parse).unwrap_or_else(|message| Err(failed(message)))
+}
+
+thread_local! {
+    /// Whether this thread has [`PARSE_STACK`] bytes of stack ([`on_parser_stack`]).
+    static ON_PARSER_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many parser threads this thread started.
+    pub(crate) static PARSER_THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` on a thread with [`PARSE_STACK`] bytes of stack, where every [`parse_documents`]
+/// parses in place. A config of many files (one per object on Kubernetes: tens of thousands)
+/// then starts one thread, not one per file: a thread per file was a tenth of a control plane's
+/// CPU per change (docs/kubernetes.md, "Scale"). The error is why no thread could start; a
+/// panic in `f` goes on in the caller.
+pub(crate) fn on_parser_stack<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
+    if ON_PARSER_STACK.get() {
+        return Ok(f());
+    }
+    #[cfg(test)]
+    PARSER_THREADS.set(PARSER_THREADS.get() + 1);
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ward-yaml".to_owned())
             .stack_size(PARSE_STACK)
-            .spawn_scoped(scope, || parse_here(source))
-            .map_err(|e| failed(format!("cannot start the YAML parser thread: {e}")))?
-            .join()
-            .map_err(|_| failed("the YAML parser stopped unexpectedly".to_owned()))?
+            .spawn_scoped(scope, || {
+                ON_PARSER_STACK.set(true);
+                f()
+            })
+            .map_err(|e| format!("cannot start the YAML parser thread: {e}"))?;
+        match thread.join() {
+            Ok(result) => Ok(result),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     })
 }
 
@@ -389,9 +428,10 @@ fn canonical_prefixes(path: &str) -> Vec<String> {
 }
 
 /// The line of every field of one document, by field path; used to place semantic errors
-/// (found after deserialization) on the line of the field they concern.
+/// (found after deserialization) on the line of the field they concern. Shared, not copied,
+/// by the clones of a resource (a config loads each unchanged file once, `load/cache.rs`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldLines(BTreeMap<String, usize>);
+pub struct FieldLines(std::sync::Arc<BTreeMap<String, usize>>);
 
 impl FieldLines {
     /// Indexes every node of a document. A mapping value is placed on its key's line.
@@ -415,7 +455,7 @@ impl FieldLines {
             lines.insert(path, line);
         }
         walk(root, String::new(), root.line, &mut lines);
-        FieldLines(lines)
+        FieldLines(std::sync::Arc::new(lines))
     }
 
     /// The line of `path`, or of its closest ancestor that exists in the document.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use ward_config::{ConfigFiles, ConfigSet, Diagnostics, MeshSettings, Severity};
+use ward_config::{ConfigFiles, ConfigSet, Diagnostics, LoadCache, MeshSettings, Severity};
 use ward_config::{MeshSnapshot, ProxyConfig};
 
 /// Why a reload was refused.
@@ -157,6 +157,9 @@ pub struct ControlPlane {
     /// The warnings and notes of the serving config, as found (the Kubernetes source writes
     /// them into the objects' `status.validationMessages`). Written by `reload`.
     findings: Mutex<Vec<ward_config::Diagnostic>>,
+    /// Each config file's own load, kept so a change loads only the files it touched
+    /// (`ward_config::load_files_cached`). Used by `reload`.
+    loads: Mutex<LoadCache>,
 }
 
 fn now_secs() -> u64 {
@@ -166,8 +169,13 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn build(files: &ConfigFiles) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> {
-    let set = ward_config::load_files(files)?;
+/// Loads `files` (again only those that changed since the load `loads` remembers) and
+/// translates them.
+fn build(
+    files: &ConfigFiles,
+    loads: &mut LoadCache,
+) -> Result<(ConfigSet, MeshSnapshot), Diagnostics> {
+    let set = ward_config::load_files_cached(files, loads)?;
     let snap = ward_config::translate(&set)?;
     Ok((set, snap))
 }
@@ -185,7 +193,8 @@ impl ControlPlane {
         external: ConfigFiles,
     ) -> Result<Arc<ControlPlane>, Diagnostics> {
         let files = ward_config::read_paths(&paths);
-        let (set, snap) = build(&files.join(&external))?;
+        let mut loads = LoadCache::new();
+        let (set, snap) = build(&files.join(&external), &mut loads)?;
         for w in &set.warnings {
             // An info finding (a Kubernetes object Ward does not read) is not a warning.
             if w.severity == Severity::Info {
@@ -220,6 +229,7 @@ impl ControlPlane {
             snapshot: watch::channel(Arc::new(snap)).0,
             proxies: Mutex::new(proxies),
             status: Mutex::new(status),
+            loads: Mutex::new(loads),
         }))
     }
 
@@ -285,19 +295,21 @@ impl ControlPlane {
             .map(|f| f.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         let files = &files.join(&external);
-        let result = build(files)
-            .map_err(ReloadError::Invalid)
-            .and_then(|(set, snap)| {
-                if set.mesh.trust_domain != self.mesh.trust_domain
-                    || set.mesh.trust_domain_aliases != self.mesh.trust_domain_aliases
-                {
-                    return Err(ReloadError::NeedsRestart("the trust domain"));
-                }
-                if set.mesh.root_namespace != self.mesh.root_namespace {
-                    return Err(ReloadError::NeedsRestart("the root namespace"));
-                }
-                Ok((set, snap))
-            });
+        let built = build(
+            files,
+            &mut self.loads.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        let result = built.map_err(ReloadError::Invalid).and_then(|(set, snap)| {
+            if set.mesh.trust_domain != self.mesh.trust_domain
+                || set.mesh.trust_domain_aliases != self.mesh.trust_domain_aliases
+            {
+                return Err(ReloadError::NeedsRestart("the trust domain"));
+            }
+            if set.mesh.root_namespace != self.mesh.root_namespace {
+                return Err(ReloadError::NeedsRestart("the root namespace"));
+            }
+            Ok((set, snap))
+        });
         let (set, snap) = match result {
             Ok(x) => x,
             Err(e) => {

@@ -51,7 +51,9 @@ pub struct Objects {
 }
 
 /// One document: its stable name and its text.
-type Document = (String, Vec<u8>);
+/// The text is shared: a [`Renderer`] hands out the same bytes at every rendering, and the
+/// control plane's load cache compares them by pointer first.
+type Document = (String, std::sync::Arc<[u8]>);
 
 /// The documents of `objects`, sorted by name, so that two renderings of the same objects are
 /// equal byte for byte (an unchanged resync is then a no-op).
@@ -67,7 +69,7 @@ pub fn render(objects: &Objects) -> ConfigFiles {
     );
     docs.sort_by(|a, b| a.0.cmp(&b.0));
     docs.dedup_by(|a, b| a.0 == b.0);
-    ConfigFiles::from_contents(docs)
+    ConfigFiles::from_shared(docs)
 }
 
 /// An object's identity and version as the API server gives them (`metadata.uid` and
@@ -256,7 +258,7 @@ impl Renderer {
         self.services = next;
         docs.sort_by(|a, b| a.0.cmp(&b.0));
         docs.dedup_by(|a, b| a.0 == b.0);
-        (ConfigFiles::from_contents(docs), stats)
+        (ConfigFiles::from_shared(docs), stats)
     }
 }
 
@@ -276,12 +278,15 @@ fn document(value: &Value) -> Option<Document> {
     let name = meta.get("name")?.as_str()?;
     let namespace = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
     let text = serde_json::to_vec_pretty(value).ok()?;
-    Some((document_name(api_version, kind, namespace, name), text))
+    Some((
+        document_name(api_version, kind, namespace, name),
+        text.into(),
+    ))
 }
 
 /// The text of an object's document (what [`render`] gives the config crate for it).
 pub fn passthrough_text(object: &Value) -> Option<Vec<u8>> {
-    passthrough(object).map(|(_, text)| text)
+    passthrough(object).map(|(_, text)| text.to_vec())
 }
 
 /// An object read as is, less what the API server adds that Ward never reads.
