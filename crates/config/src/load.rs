@@ -303,14 +303,7 @@ fn read_file(path: &Path, files: &mut Vec<ConfigFile>, seen: &mut BTreeSet<PathB
 /// Loads files read by [`read_paths`]. Fails with every error found (and the warnings), in file
 /// and line order.
 pub fn load_files(files: &ConfigFiles) -> Result<ConfigSet, Diagnostics> {
-    on_parser_stack(|| {
-        let mut loader = Loader::default();
-        for file in &files.0 {
-            loader.load_file(file);
-        }
-        loader.finish()
-    })
-    .unwrap_or_else(Err)
+    on_parser_stack(|| Loader::of_files(&files.0).finish()).unwrap_or_else(Err)
 }
 
 /// Runs a load on one thread with the parser's stack (`yaml::on_parser_stack`), so its files
@@ -326,14 +319,8 @@ fn on_parser_stack<R: Send>(load: impl FnOnce() -> R + Send) -> Result<R, Diagno
 /// [`load_paths`], which refuses the whole config on any error.
 pub fn load_paths_partial(paths: &[PathBuf]) -> (ConfigSet, Diagnostics) {
     let files = read_paths(paths);
-    on_parser_stack(|| {
-        let mut loader = Loader::default();
-        for file in &files.0 {
-            loader.load_file(file);
-        }
-        loader.finish_partial()
-    })
-    .unwrap_or_else(|errors| (ConfigSet::default(), errors))
+    on_parser_stack(|| Loader::of_files(&files.0).finish_partial())
+        .unwrap_or_else(|errors| (ConfigSet::default(), errors))
 }
 
 /// Loads one file's text; `file` names it in diagnostics.
@@ -630,6 +617,15 @@ struct Doc<'a> {
 }
 
 impl Loader {
+    /// `files` loaded in order.
+    fn of_files<'a>(files: impl IntoIterator<Item = &'a ConfigFile>) -> Loader {
+        let mut loader = Loader::default();
+        for file in files {
+            loader.load_file(file);
+        }
+        loader
+    }
+
     fn load_file(&mut self, file: &ConfigFile) {
         let name = file.name.as_str();
         match &file.content {

@@ -17,6 +17,8 @@ use aws_lc_rs::digest::{digest, SHA256};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+// SHA-256, lowercase hex: the same function as the audit trail's record hash.
+use ward_audit::record::hash as sha256_hex;
 use ward_config::telemetry::{DirectoryPart, MeshDirectory};
 use ward_config::ProxyConfig;
 
@@ -329,17 +331,6 @@ fn version_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut hex = sha256_hex(text.as_bytes());
     hex.truncate(32);
     hex
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = digest(&SHA256, bytes);
-    let mut out = String::with_capacity(64);
-    for b in d.as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 /// One response as the proxy received it.

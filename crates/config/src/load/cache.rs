@@ -84,7 +84,7 @@ fn load_on_parser_stack(
             Err(_) => {
                 // A path that could not be read: one diagnostic, nothing to keep.
                 stats.loaded += 1;
-                parts.push(Arc::new(Loader::of_file(file)));
+                parts.push(Arc::new(Loader::of_files([file])));
                 continue;
             }
         };
@@ -99,7 +99,7 @@ fn load_on_parser_stack(
             }
             None => {
                 stats.loaded += 1;
-                Arc::new(Loader::of_file(file))
+                Arc::new(Loader::of_files([file]))
             }
         };
         next.insert(file.name.clone(), (bytes.clone(), part.clone()));
@@ -139,13 +139,6 @@ fn independent(parts: &[Arc<Loader>]) -> bool {
 }
 
 impl Loader {
-    /// One file loaded on its own.
-    fn of_file(file: &super::ConfigFile) -> Loader {
-        let mut loader = Loader::default();
-        loader.load_file(file);
-        loader
-    }
-
     /// Appends `part`, a later file's own load that does not interact with what is here
     /// ([`independent`]). Its `seen` is not carried over: nothing is loaded after a join.
     fn append(&mut self, part: &Loader) {
