@@ -56,14 +56,20 @@ impl Record {
 
 /// SHA-256 of `line`, lowercase hex.
 pub fn hash(line: &[u8]) -> String {
+    let mut out = String::with_capacity(64);
+    hash_into(line, &mut out);
+    out
+}
+
+/// [`hash`], written over `out` (the writer keeps one string for the chain's last hash).
+pub fn hash_into(line: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = digest(&SHA256, line);
-    let mut out = String::with_capacity(64);
+    out.clear();
     for b in d.as_ref() {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
-    out
 }
 
 /// The four keys every record starts with; an event's fields never use them.
@@ -184,18 +190,23 @@ fn escape_into(out: &mut String, s: &str) {
 /// `fields` in their order (a verifier hashes the bytes as written and never needs an order).
 pub fn line(seq: u64, time: &str, prev: &str, kind: &str, fields: &Fields) -> String {
     let mut out = String::with_capacity(fields.0.len() + prev.len() + 80);
+    line_into(&mut out, seq, time, prev, kind, fields);
+    out
+}
+
+/// [`line`], appended to `out` (the writer builds a batch's lines in one buffer).
+pub fn line_into(out: &mut String, seq: u64, time: &str, prev: &str, kind: &str, fields: &Fields) {
     let _ = write!(out, "{{\"seq\":{seq},\"time\":");
-    escape_into(&mut out, time);
+    escape_into(out, time);
     out.push_str(",\"prev\":");
-    escape_into(&mut out, prev);
+    escape_into(out, prev);
     out.push_str(",\"type\":");
-    escape_into(&mut out, kind);
+    escape_into(out, kind);
     if !fields.0.is_empty() {
         out.push(',');
         out.push_str(&fields.0);
     }
     out.push('}');
-    out
 }
 
 #[cfg(test)]

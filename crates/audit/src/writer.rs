@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use crate::record::{self, hash, Fields, Record, CHECKPOINT, FILE, GENESIS};
+use crate::record::{self, hash, hash_into, Fields, Record, CHECKPOINT, FILE, GENESIS};
 use crate::signer::{self, CheckpointSigner};
 
 /// The seal file's name.
@@ -112,17 +112,27 @@ pub fn file_path(dir: &Path, index: u64) -> PathBuf {
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = String::with_capacity(24);
+    rfc3339_into(t, &mut out);
+    out
+}
+
+/// [`rfc3339`], written over `out`.
+fn rfc3339_into(t: SystemTime, out: &mut String) {
+    use std::fmt::Write as _;
     let t = time::OffsetDateTime::from(t);
-    let ms = t.millisecond();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+    out.clear();
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
-        t.second()
-    )
+        t.second(),
+        t.millisecond()
+    );
 }
 
 impl Writer {
@@ -229,16 +239,23 @@ impl Writer {
         now: SystemTime,
     ) -> Result<u64, AuditError> {
         let (seq, prev) = (self.seq, self.prev.clone());
-        let mut buf = Vec::new();
+        // The batch's lines go into one buffer, each hashed where it lies: no string per
+        // record on this path (docs/audit.md, "Cost").
+        let mut buf = String::with_capacity(events.iter().map(|e| e.1.as_str().len() + 160).sum());
+        let mut stamp = String::with_capacity(24);
         for (kind, fields, time) in events {
             let next = self.seq + 1;
-            let line = record::line(next, &rfc3339(*time), &self.prev, kind, fields);
-            self.prev = hash(line.as_bytes());
+            rfc3339_into(*time, &mut stamp);
+            let start = buf.len();
+            record::line_into(&mut buf, next, &stamp, &self.prev, kind, fields);
+            hash_into(
+                buf.get(start..).unwrap_or_default().as_bytes(),
+                &mut self.prev,
+            );
             self.seq = next;
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
+            buf.push('\n');
         }
-        if let Err(e) = self.file.write_all(&buf) {
+        if let Err(e) = self.file.write_all(buf.as_bytes()) {
             let _ = self.file.set_len(self.bytes);
             let _ = self.file.seek(SeekFrom::End(0));
             (self.seq, self.prev) = (seq, prev);

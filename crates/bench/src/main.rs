@@ -48,7 +48,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
-use crate::measure::{Context, Plan, Round};
+use crate::measure::{Context, Plan, Round, Workloads};
 use crate::net::{Namespaces, Net, Side};
 use crate::paths::{Endpoints, PathKind, RunningPath};
 use crate::process::{Pinning, Proc};
@@ -78,8 +78,14 @@ struct Cli {
     rounds: Option<usize>,
     /// Only the bulk workloads (iperf3 with 1, 4 and 16 streams), for data-path work on
     /// throughput and CPU per byte.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cost_only")]
     bulk_only: bool,
+    /// Only the two 1000 rps phases: the proxies' CPU per request, latency and memory under
+    /// load. Under a minute per path and round, so a cost comparison (`ward-l7-audit-off`,
+    /// `ward-l7-traced`, with `ward-l7-twin` and `--fresh-each-round`) can run several times
+    /// the rounds of a full run in the same time.
+    #[arg(long)]
+    cost_only: bool,
     /// Start every path's processes anew for each round, and stop them after it: a path's
     /// rounds then run on different processes, so a difference that belongs to one set of
     /// processes (where its memory landed, which CPU its threads favour) averages out instead
@@ -343,7 +349,11 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     if let Some(rounds) = cli.rounds {
         plan.rounds = rounds.max(1);
     }
-    plan.bulk_only = cli.bulk_only;
+    plan.workloads = match (cli.bulk_only, cli.cost_only) {
+        (true, _) => Workloads::Bulk,
+        (false, true) => Workloads::Cost,
+        (false, false) => Workloads::All,
+    };
     plan.fresh_each_round = cli.fresh_each_round;
     let now = time::OffsetDateTime::now_utc();
     let day = day(now);

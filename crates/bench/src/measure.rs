@@ -37,8 +37,8 @@ pub(crate) struct Plan {
     pub(crate) echo_count: usize,
     /// iperf3 `-t`.
     pub(crate) iperf_secs: u32,
-    /// Only the bulk workloads run (`--bulk-only`).
-    pub(crate) bulk_only: bool,
+    /// Which workloads run.
+    pub(crate) workloads: Workloads,
     /// Every path's processes start anew for each round (`--fresh-each-round`).
     pub(crate) fresh_each_round: bool,
 }
@@ -60,7 +60,7 @@ impl Plan {
             setup_max_conns: 15_000,
             echo_count: 10_000,
             iperf_secs: 10,
-            bulk_only: false,
+            workloads: Workloads::All,
             fresh_each_round: false,
         }
     }
@@ -78,6 +78,20 @@ impl Plan {
             ..Plan::full()
         }
     }
+}
+
+/// Which workloads a round runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Workloads {
+    /// Every workload.
+    All,
+    /// Only the bulk workloads (`--bulk-only`): throughput and CPU per byte.
+    Bulk,
+    /// Only the two fixed-rate phases (`--cost-only`): CPU per request, latency and memory
+    /// under load. A round takes under a minute per path, so a cost comparison gets several
+    /// times the rounds of a full run in the same time.
+    Cost,
 }
 
 /// What one round on one path produced.
@@ -114,16 +128,22 @@ pub(crate) struct Context<'a> {
 /// Runs every workload once on `path`.
 pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round {
     let mut r = Round::default();
-    if plan.bulk_only {
-        if ctx.iperf {
-            bulk(path, plan, ctx, &mut r);
-        } else {
-            r.failures
-                .push("--bulk-only needs iperf3, which is not installed".into());
+    match plan.workloads {
+        Workloads::Bulk => {
+            if ctx.iperf {
+                bulk(path, plan, ctx, &mut r);
+            } else {
+                r.failures
+                    .push("--bulk-only needs iperf3, which is not installed".into());
+            }
+            return r;
         }
-        return r;
+        Workloads::Cost => {
+            fixed_rate_phases(path, plan, ctx, &mut r);
+            return r;
+        }
+        Workloads::All => fixed_rate_phases(path, plan, ctx, &mut r),
     }
-    fixed_rate_phases(path, plan, ctx, &mut r);
 
     let work = ctx.rt.block_on(load::saturate(
         path.entry.http,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::measure::Plan;
+use crate::measure::{Plan, Workloads};
 use crate::paths::PathKind;
 use crate::stats::Summary;
 
@@ -580,6 +580,22 @@ fn num(v: f64) -> String {
 
 /// `results.md`: the run's description, a table of every figure per path, comparisons with
 /// the baseline and the reference, and the targets.
+/// What the header says about the workloads and processes of a run that is not the default.
+fn mode_note(workloads: Workloads, fresh_each_round: bool) -> String {
+    let mut note = String::new();
+    match workloads {
+        Workloads::All => {}
+        Workloads::Bulk => note.push_str("; bulk workloads only (`--bulk-only`)"),
+        Workloads::Cost => note.push_str("; the 1000 rps phases only (`--cost-only`)"),
+    }
+    if fresh_each_round {
+        note.push_str(
+            "; every path's processes started anew for each round (`--fresh-each-round`)",
+        );
+    }
+    note
+}
+
 pub(crate) fn markdown(r: &Results) -> String {
     let mut md = String::new();
     // The paths this run measured (or tried), in round order.
@@ -601,16 +617,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         r.network_detail,
         r.pinning,
         r.plan.rounds,
-        match (r.plan.bulk_only, r.plan.fresh_each_round) {
-            (true, true) =>
-                "; bulk workloads only (`--bulk-only`); every path's processes \
-                             started anew for each round (`--fresh-each-round`)",
-            (true, false) => "; bulk workloads only (`--bulk-only`)",
-            (false, true) =>
-                "; every path's processes started anew for each round \
-                              (`--fresh-each-round`)",
-            (false, false) => "",
-        }
+        mode_note(r.plan.workloads, r.plan.fresh_each_round)
     );
     for name in &names {
         if let Some(p) = r.paths.get(name) {
@@ -984,6 +991,27 @@ mod tests {
             json["paths"]["ward-l4"]["figures"]["fixed4_p99_ms"]["median"],
             0.3
         );
+    }
+
+    #[test]
+    fn the_header_says_which_workloads_ran_and_on_which_processes() {
+        assert_eq!(mode_note(Workloads::All, false), "");
+        let cost = mode_note(Workloads::Cost, true);
+        assert!(
+            cost.contains("1000 rps phases only (`--cost-only`)"),
+            "{cost}"
+        );
+        assert!(cost.contains("(`--fresh-each-round`)"), "{cost}");
+        let bulk = mode_note(Workloads::Bulk, false);
+        assert!(
+            bulk.contains("(`--bulk-only`)") && !bulk.contains("fresh"),
+            "{bulk}"
+        );
+        let plan = Plan {
+            workloads: Workloads::Cost,
+            ..Plan::smoke()
+        };
+        assert_eq!(serde_json::to_value(&plan).unwrap()["workloads"], "cost");
     }
 
     #[test]
