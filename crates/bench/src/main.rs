@@ -556,9 +556,9 @@ fn start_paths(
     (running, results)
 }
 
-/// Every round visits every path in turn, in the opposite order from the round before
-/// (A/B, B/A, A/B, ...): drift on the machine hits all paths alike, and no path always runs
-/// first or always right after another's bulk phase.
+/// Every round visits every path in turn, each round in another order ([`round_order`]):
+/// drift on the machine hits all paths alike, and no path always runs first, last, or right
+/// after the same other path.
 fn run_rounds(
     running: &[RunningPath],
     plan: &Plan,
@@ -630,11 +630,18 @@ fn fresh_rounds(
     (running, rounds, failed)
 }
 
-/// The order of the paths in round `round` (0-based): as given in even rounds, reversed in odd
-/// ones.
+/// The order of the paths in round `round` (0-based). The first `n` rounds (`n` paths) rotate
+/// the list by one each round, so every path takes every position once; the next `n` rounds
+/// are the same rotations reversed, so every path also follows each other path equally often.
+/// Two paths: A/B, B/A, B/A, A/B. Three: every one of the six orders in six rounds.
+///
+/// Alternating a list with its reverse (as before) left the middle of three paths in the middle
+/// in every round: its place, not only its path, separated it from the other two.
 fn round_order<T>(paths: &[T], round: usize) -> Vec<&T> {
+    let n = paths.len().max(1);
     let mut order: Vec<&T> = paths.iter().collect();
-    if round % 2 == 1 {
+    order.rotate_left(round % n);
+    if (round / n) % 2 == 1 {
         order.reverse();
     }
     order
@@ -789,17 +796,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rounds_alternate_the_order_of_the_paths() {
+    fn every_path_takes_every_place_and_follows_every_other_path() {
         let paths = ["a", "b", "c"];
-        let orders: Vec<Vec<&&str>> = (0..3).map(|r| round_order(&paths, r)).collect();
-        assert_eq!(
-            orders,
-            [
-                vec![&"a", &"b", &"c"],
-                vec![&"c", &"b", &"a"],
-                vec![&"a", &"b", &"c"]
-            ]
+        let orders: Vec<String> = (0..6)
+            .map(|r| round_order(&paths, r).into_iter().copied().collect())
+            .collect();
+        assert_eq!(orders, ["abc", "bca", "cab", "cba", "acb", "bac"]);
+        // Six rounds of three: each path twice in each place, each ordered pair twice adjacent.
+        let mut places = BTreeMap::new();
+        let mut after = BTreeMap::new();
+        for o in &orders {
+            for (i, c) in o.chars().enumerate() {
+                *places.entry((c, i)).or_insert(0) += 1;
+            }
+            for w in o.as_bytes().windows(2) {
+                *after.entry((w[0], w[1])).or_insert(0) += 1;
+            }
+        }
+        assert!(
+            places.len() == 9 && places.values().all(|&n| n == 2),
+            "{places:?}"
         );
+        assert!(
+            after.len() == 6 && after.values().all(|&n| n == 2),
+            "{after:?}"
+        );
+        let two: Vec<String> = (0..4)
+            .map(|r| round_order(&["a", "b"], r).into_iter().copied().collect())
+            .collect();
+        assert_eq!(two, ["ab", "ba", "ba", "ab"]);
+        assert_eq!(round_order::<&str>(&[], 3).len(), 0);
     }
 
     #[test]
