@@ -594,8 +594,8 @@ fn run_round(
     }
 }
 
-/// `--fresh-each-round`: each round sets every path up anew and stops the previous round's
-/// processes first. Returns the last round's paths (still running, for what is read after the
+/// `--fresh-each-round`: each round sets every path up anew, in the round's order, and stops
+/// the previous round's processes first. Returns the last round's paths (still running, for what is read after the
 /// rounds), the rounds, and the paths that could not be set up in some round (the first
 /// failure of each, named with its round).
 #[allow(clippy::type_complexity)]
@@ -617,7 +617,11 @@ fn fresh_rounds(
     for round in 0..plan.rounds {
         // The previous round's processes are gone before this round's start on their addresses.
         drop(std::mem::take(&mut running));
-        let (started, setup) = start_paths(kinds, ctx.rt, server, ward, ctx.pinning, net);
+        // Set up in the round's order too: a pair started first (or last) is not always the
+        // same path's.
+        let order: Vec<PathKind> = round_order(kinds, round).into_iter().copied().collect();
+        let (mut started, setup) = start_paths(&order, ctx.rt, server, ward, ctx.pinning, net);
+        started.sort_by_key(|p| kinds.iter().position(|k| *k == p.kind));
         for (name, mut r) in setup {
             for f in &mut r.failures {
                 *f = format!("round {}: {f}", round + 1);

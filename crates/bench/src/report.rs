@@ -608,7 +608,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {} \
-         (paths alternate within each round){}; cells are median (min–max over rounds)\n",
+         (paths take turns within each round, in an order that rotates from round to round){}; cells are median (min–max over rounds)\n",
         r.machine.nproc,
         r.machine.cpu_model,
         r.machine.kernel,
