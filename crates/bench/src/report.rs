@@ -1011,7 +1011,7 @@ mod tests {
             workloads: Workloads::Cost,
             ..Plan::smoke()
         };
-        assert_eq!(serde_json::to_value(&plan).unwrap()["workloads"], "cost");
+        assert_eq!(serde_json::to_value(plan).unwrap()["workloads"], "cost");
     }
 
     #[test]
