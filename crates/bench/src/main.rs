@@ -595,9 +595,9 @@ fn run_round(
 }
 
 /// `--fresh-each-round`: each round sets every path up anew, in the round's order, and stops
-/// the previous round's processes first. Returns the last round's paths (still running, for what is read after the
-/// rounds), the rounds, and the paths that could not be set up in some round (the first
-/// failure of each, named with its round).
+/// the previous round's processes first. Returns the last round's paths (still running, for
+/// what is read after the rounds), the rounds, and the paths that could not be set up in some
+/// round (the first failure of each, named with its round).
 #[allow(clippy::type_complexity)]
 fn fresh_rounds(
     kinds: &[PathKind],

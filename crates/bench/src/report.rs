@@ -578,8 +578,6 @@ fn num(v: f64) -> String {
     }
 }
 
-/// `results.md`: the run's description, a table of every figure per path, comparisons with
-/// the baseline and the reference, and the targets.
 /// What the header says about the workloads and processes of a run that is not the default.
 fn mode_note(workloads: Workloads, fresh_each_round: bool) -> String {
     let mut note = String::new();
@@ -596,6 +594,8 @@ fn mode_note(workloads: Workloads, fresh_each_round: bool) -> String {
     note
 }
 
+/// `results.md`: the run's description, a table of every figure per path, comparisons with
+/// the baseline and the reference, and the targets.
 pub(crate) fn markdown(r: &Results) -> String {
     let mut md = String::new();
     // The paths this run measured (or tried), in round order.
