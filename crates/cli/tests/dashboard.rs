@@ -220,8 +220,16 @@ fn the_dashboard_queries_return_series_from_a_running_ward() {
         "dashboard queries without series: {missing:#?}\nprometheus log:\n{}",
         prom.log()
     );
-    // The shipped recording rule, evaluated by Prometheus: all of this traffic is mTLS.
-    let coverage = prom.query("ward:mtls_coverage:ratio_rate5m");
+    // The shipped recording rule, evaluated by Prometheus: all of this traffic is mTLS. An
+    // evaluation before the counters moved between two scrapes is 0/0 (NaN): wait, with traffic,
+    // for one that saw traffic.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut coverage = prom.query("ward:mtls_coverage:ratio_rate5m");
+    while coverage.first().is_none_or(|c| c["value"][1] == "NaN") && Instant::now() < deadline {
+        traffic(&mesh);
+        std::thread::sleep(Duration::from_millis(700));
+        coverage = prom.query("ward:mtls_coverage:ratio_rate5m");
+    }
     assert_eq!(coverage[0]["value"][1], "1", "{coverage:?}");
 
     // `ward certs` against the same admin API: every workload's leaf and root, nothing
