@@ -117,22 +117,35 @@ pub fn rfc3339(t: SystemTime) -> String {
     out
 }
 
-/// [`rfc3339`], written over `out`.
+/// [`rfc3339`], written over `out`, digit by digit (once per record, so without the
+/// formatting machinery).
 fn rfc3339_into(t: SystemTime, out: &mut String) {
-    use std::fmt::Write as _;
     let t = time::OffsetDateTime::from(t);
     out.clear();
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    );
+    let year = u32::try_from(t.year()).unwrap_or(0);
+    let parts = [
+        (year, 4, '-'),
+        (u32::from(u8::from(t.month())), 2, '-'),
+        (u32::from(t.day()), 2, 'T'),
+        (u32::from(t.hour()), 2, ':'),
+        (u32::from(t.minute()), 2, ':'),
+        (u32::from(t.second()), 2, '.'),
+        (u32::from(t.millisecond()), 3, 'Z'),
+    ];
+    for (value, width, after) in parts {
+        if value >= 10u32.pow(width) {
+            // Past year 9999: all its digits.
+            record::push_u64(out, u64::from(value));
+            out.push(after);
+            continue;
+        }
+        let mut div = 10u32.pow(width - 1);
+        while div > 0 {
+            out.push(char::from(b'0' + ((value / div) % 10) as u8));
+            div /= 10;
+        }
+        out.push(after);
+    }
 }
 
 impl Writer {
@@ -416,4 +429,38 @@ fn resume(path: &Path) -> Result<Option<(u64, String, u64)>, AuditError> {
         reason: "the last line is not a record".into(),
     })?;
     Ok(Some((record.seq, hash(last), complete as u64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_match_the_formatted_rfc3339_form() {
+        let samples = [
+            0u64,
+            999,
+            1_000,
+            86_399_999,
+            951_782_400_123, // 2000-02-29
+            1_796_428_799_999,
+            4_102_444_800_000,   // 2100-01-01
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+        ];
+        for ms in samples {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let d = time::OffsetDateTime::from(t);
+            let want = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                d.year(),
+                u8::from(d.month()),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                d.millisecond()
+            );
+            assert_eq!(rfc3339(t), want, "{ms} ms");
+        }
+    }
 }

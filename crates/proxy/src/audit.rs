@@ -19,7 +19,6 @@
 //! Checkpoints are signed with the workload's current key and certificate: the certificate
 //! task stores each new one in [`LatestCert`], and the writer picks it up before each batch.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,12 +164,8 @@ fn fields(ev: &AuditEvent<'_>, proxy: &str, refused: Option<&str>) -> Fields {
             f.value("dry_run", &Value::Array(notes));
         }
     }
-    let mut addr = String::with_capacity(48);
-    let _ = write!(addr, "{}", ev.src_addr);
-    f.str("src_addr", &addr);
-    addr.clear();
-    let _ = write!(addr, "{}", ev.dst_addr);
-    f.str("dst_addr", &addr);
+    f.socket_addr("src_addr", &ev.src_addr)
+        .socket_addr("dst_addr", &ev.dst_addr);
     f.opt_str("src_identity", ev.src_identity)
         .opt_str("dst_identity", ev.dst_identity)
         .opt_str("dst_host", ev.dst_host)
