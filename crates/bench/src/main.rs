@@ -92,6 +92,13 @@ struct Cli {
     /// of weighing on every round. For cost comparisons (with `ward-l7-twin`).
     #[arg(long)]
     fresh_each_round: bool,
+    /// With --cost-only: load every path at the same time instead of one after another, each
+    /// at the plan's rate over its own connections. A change in the machine during a round
+    /// (another tenant, the clock) then falls on every path alike, and the CPU per request of
+    /// two paths is compared within the round. The figures are taken under that shared load,
+    /// so compare them with each other, not with a run that loads one path at a time.
+    #[arg(long, requires = "cost_only")]
+    side_by_side: bool,
     /// Internal: this process already runs inside the client namespace.
     #[arg(long, hide = true)]
     inside_netns: bool,
@@ -355,6 +362,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         (false, false) => Workloads::All,
     };
     plan.fresh_each_round = cli.fresh_each_round;
+    plan.side_by_side = cli.side_by_side;
     let now = time::OffsetDateTime::now_utc();
     let day = day(now);
     let out = cli
@@ -579,7 +587,25 @@ fn run_round(
     ctx: &Context<'_>,
     rounds: &mut BTreeMap<PathKind, Vec<Round>>,
 ) {
-    for path in round_order(running, round) {
+    let order = round_order(running, round);
+    if plan.side_by_side {
+        eprintln!(
+            "ward-bench: round {}/{}: side by side: {}",
+            round + 1,
+            plan.rounds,
+            order
+                .iter()
+                .map(|p| p.kind.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let done = measure::side_by_side(&order, plan, ctx);
+        for (path, r) in order.into_iter().zip(done) {
+            record_round(path, r, rounds);
+        }
+        return;
+    }
+    for path in order {
         eprintln!(
             "ward-bench: round {}/{}: {}",
             round + 1,
@@ -587,11 +613,16 @@ fn run_round(
             path.kind.name()
         );
         let r = measure::round(path, plan, ctx);
-        for f in &r.failures {
-            eprintln!("ward-bench:   {} FAILED: {f}", path.kind.name());
-        }
-        rounds.entry(path.kind).or_default().push(r);
+        record_round(path, r, rounds);
     }
+}
+
+/// Appends `path`'s round `r` to `rounds`, and says what failed.
+fn record_round(path: &RunningPath, r: Round, rounds: &mut BTreeMap<PathKind, Vec<Round>>) {
+    for f in &r.failures {
+        eprintln!("ward-bench:   {} FAILED: {f}", path.kind.name());
+    }
+    rounds.entry(path.kind).or_default().push(r);
 }
 
 /// `--fresh-each-round`: each round sets every path up anew, in the round's order, and stops

@@ -41,6 +41,8 @@ pub(crate) struct Plan {
     pub(crate) workloads: Workloads,
     /// Every path's processes start anew for each round (`--fresh-each-round`).
     pub(crate) fresh_each_round: bool,
+    /// The fixed-rate phases load every path at once (`--side-by-side`, with `Cost`).
+    pub(crate) side_by_side: bool,
 }
 
 impl Plan {
@@ -62,6 +64,7 @@ impl Plan {
             iperf_secs: 10,
             workloads: Workloads::All,
             fresh_each_round: false,
+            side_by_side: false,
         }
     }
 
@@ -240,25 +243,107 @@ fn bulk(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
 
 /// The 1000 rps phases, with the proxies' CPU and memory read around them.
 fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
-    let pids = path.proxy_pids();
-    let idle = memory(&pids);
-    let ticks_before = cpu_ticks(&pids);
-    let started = Instant::now();
+    let start = PhaseStart::read(path);
     let mut served = 0usize;
-    // Index 0 writes the fixed4_* figures, index 1 the fixed16_* ones.
     for (which, conns) in plan.fixed_conns.into_iter().enumerate() {
-        let plan = FixedRate {
-            rate: plan.rate,
+        let work = ctx.rt.block_on(load::fixed_rate(
+            path.entry.http,
+            plan.fixed(conns),
+            &path.requests,
+        ));
+        served += r.fixed_rate_figures(which, conns, work);
+    }
+    r.fixed_rate_cost(path, &start, served, ctx);
+}
+
+/// `--side-by-side`: the two fixed-rate phases on every path at the same time, each path
+/// loaded at the plan's rate over its own connections. Whatever the machine does meanwhile
+/// (another tenant, a frequency change) falls on every path alike, so the paths' CPU per
+/// request can be compared within the round. Returns one round per path, in `paths`' order.
+pub(crate) fn side_by_side(paths: &[&RunningPath], plan: &Plan, ctx: &Context<'_>) -> Vec<Round> {
+    let mut rounds: Vec<Round> = paths.iter().map(|_| Round::default()).collect();
+    let starts: Vec<PhaseStart> = paths.iter().map(|p| PhaseStart::read(p)).collect();
+    let mut served = vec![0usize; paths.len()];
+    for (which, conns) in plan.fixed_conns.into_iter().enumerate() {
+        let fixed = plan.fixed(conns);
+        let mut work: Vec<Option<Result<Outcome, load::LoadError>>> =
+            paths.iter().map(|_| None).collect();
+        let done = ctx.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, p) in paths.iter().enumerate() {
+                let (addr, reqs) = (p.entry.http, p.requests.clone());
+                set.spawn(async move { (i, load::fixed_rate(addr, fixed, &reqs).await) });
+            }
+            let mut done = Vec::with_capacity(paths.len());
+            while let Some(joined) = set.join_next().await {
+                if let Ok(d) = joined {
+                    done.push(d);
+                }
+            }
+            done
+        });
+        for (i, w) in done {
+            if let Some(slot) = work.get_mut(i) {
+                *slot = Some(w);
+            }
+        }
+        for ((r, w), n) in rounds.iter_mut().zip(work).zip(served.iter_mut()) {
+            match w {
+                Some(w) => *n += r.fixed_rate_figures(which, conns, w),
+                None => r.failures.push(format!(
+                    "fixed rate, {conns} connections: the load task failed"
+                )),
+            }
+        }
+    }
+    for (((r, p), start), n) in rounds.iter_mut().zip(paths).zip(&starts).zip(served) {
+        r.fixed_rate_cost(p, start, n, ctx);
+    }
+    rounds
+}
+
+/// A path's state when its fixed-rate phases began.
+struct PhaseStart {
+    idle: Option<Memory>,
+    ticks: Option<u64>,
+    at: Instant,
+}
+
+impl PhaseStart {
+    fn read(path: &RunningPath) -> PhaseStart {
+        let pids = path.proxy_pids();
+        PhaseStart {
+            idle: memory(&pids),
+            ticks: cpu_ticks(&pids),
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Plan {
+    /// The fixed-rate phase over `conns` connections.
+    fn fixed(&self, conns: usize) -> FixedRate {
+        FixedRate {
+            rate: self.rate,
             conns,
-            duration: Duration::from_secs(plan.fixed_secs),
+            duration: Duration::from_secs(self.fixed_secs),
+        }
+    }
+}
+
+impl Round {
+    /// Latency figures of fixed-rate phase `which` (0 writes the fixed4_* figures, 1 the
+    /// fixed16_* ones); returns the requests served.
+    fn fixed_rate_figures(
+        &mut self,
+        which: usize,
+        conns: usize,
+        work: Result<Outcome, load::LoadError>,
+    ) -> usize {
+        let Some(mut o) = self.check(&format!("fixed rate, {conns} connections"), work) else {
+            return 0;
         };
-        let work = ctx
-            .rt
-            .block_on(load::fixed_rate(path.entry.http, plan, &path.requests));
-        let Some(mut o) = r.check(&format!("fixed rate, {conns} connections"), work) else {
-            continue;
-        };
-        served += o.latencies_ns.len();
+        let served = o.latencies_ns.len();
         o.latencies_ns.sort_unstable();
         let p = |q| percentile(&o.latencies_ns, q);
         let figures = [
@@ -268,32 +353,45 @@ fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut
             (100.0, ["fixed4_max_ms", "fixed16_max_ms"]),
         ];
         for (q, keys) in figures {
-            r.insert_ms(keys[which.min(1)], p(q));
+            self.insert_ms(keys[which.min(1)], p(q));
         }
-        r.figures
+        self.figures
             .insert(["fixed4_rps", "fixed16_rps"][which.min(1)], o.rate());
-        r.latencies.insert(conns, o.latencies_ns);
+        self.latencies.insert(conns, o.latencies_ns);
+        served
     }
-    let wall = started.elapsed().as_secs_f64();
-    if pids.is_empty() {
-        return;
-    }
-    if let (Some(before), Some(after)) = (ticks_before, cpu_ticks(&path.proxy_pids())) {
-        let vcpu = after.saturating_sub(before) as f64 / ctx.clock_ticks as f64 / wall;
-        let krps = served as f64 / wall / 1000.0;
-        if krps > 0.0 {
-            r.figures.insert("proxy_vcpu_per_krps", vcpu / krps);
+
+    /// The proxies' CPU per request over the fixed-rate phases since `start`, and their
+    /// memory idle and under load.
+    fn fixed_rate_cost(
+        &mut self,
+        path: &RunningPath,
+        start: &PhaseStart,
+        served: usize,
+        ctx: &Context<'_>,
+    ) {
+        let wall = start.at.elapsed().as_secs_f64();
+        let pids = path.proxy_pids();
+        if pids.is_empty() {
+            return;
         }
-    }
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    if let Some(m) = idle {
-        r.figures.insert("proxy_rss_idle_mib", mib(m.rss_kib));
-        r.figures.insert("proxy_hwm_idle_mib", mib(m.hwm_kib));
-    }
-    if let Some(m) = memory(&path.proxy_pids()) {
-        r.figures.insert("proxy_rss_load_mib", mib(m.rss_kib));
-        r.figures.insert("proxy_hwm_load_mib", mib(m.hwm_kib));
-        r.figures.insert("proxy_anon_load_mib", mib(m.anon_kib));
+        if let (Some(before), Some(after)) = (start.ticks, cpu_ticks(&pids)) {
+            let vcpu = after.saturating_sub(before) as f64 / ctx.clock_ticks as f64 / wall;
+            let krps = served as f64 / wall / 1000.0;
+            if krps > 0.0 {
+                self.figures.insert("proxy_vcpu_per_krps", vcpu / krps);
+            }
+        }
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        if let Some(m) = start.idle {
+            self.figures.insert("proxy_rss_idle_mib", mib(m.rss_kib));
+            self.figures.insert("proxy_hwm_idle_mib", mib(m.hwm_kib));
+        }
+        if let Some(m) = memory(&pids) {
+            self.figures.insert("proxy_rss_load_mib", mib(m.rss_kib));
+            self.figures.insert("proxy_hwm_load_mib", mib(m.hwm_kib));
+            self.figures.insert("proxy_anon_load_mib", mib(m.anon_kib));
+        }
     }
 }
 

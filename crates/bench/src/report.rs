@@ -578,15 +578,25 @@ fn num(v: f64) -> String {
     }
 }
 
-/// What the header says about the workloads and processes of a run that is not the default.
-fn mode_note(workloads: Workloads, fresh_each_round: bool) -> String {
-    let mut note = String::new();
-    match workloads {
+/// What the header says about how the paths shared each round, and about the workloads and
+/// processes of a run that is not the default.
+fn mode_note(plan: &Plan) -> String {
+    let mut note = if plan.side_by_side {
+        String::from(
+            " (every path loaded at the same time within each round, `--side-by-side`: the \
+             figures are under that shared load)",
+        )
+    } else {
+        String::from(
+            " (paths take turns within each round, in an order that rotates from round to round)",
+        )
+    };
+    match plan.workloads {
         Workloads::All => {}
         Workloads::Bulk => note.push_str("; bulk workloads only (`--bulk-only`)"),
         Workloads::Cost => note.push_str("; the 1000 rps phases only (`--cost-only`)"),
     }
-    if fresh_each_round {
+    if plan.fresh_each_round {
         note.push_str(
             "; every path's processes started anew for each round (`--fresh-each-round`)",
         );
@@ -607,8 +617,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "# ward-bench results ({} run, {})\n", r.mode, r.date);
     let _ = writeln!(
         md,
-        "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {} \
-         (paths take turns within each round, in an order that rotates from round to round){}; cells are median (min–max over rounds)\n",
+        "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {}{}; cells are median (min–max over rounds)\n",
         r.machine.nproc,
         r.machine.cpu_model,
         r.machine.kernel,
@@ -617,7 +626,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         r.network_detail,
         r.pinning,
         r.plan.rounds,
-        mode_note(r.plan.workloads, r.plan.fresh_each_round)
+        mode_note(&r.plan)
     );
     for name in &names {
         if let Some(p) = r.paths.get(name) {
@@ -995,22 +1004,38 @@ mod tests {
 
     #[test]
     fn the_header_says_which_workloads_ran_and_on_which_processes() {
-        assert_eq!(mode_note(Workloads::All, false), "");
-        let cost = mode_note(Workloads::Cost, true);
+        let note = |workloads, fresh_each_round, side_by_side| {
+            mode_note(&Plan {
+                workloads,
+                fresh_each_round,
+                side_by_side,
+                ..Plan::smoke()
+            })
+        };
+        let all = note(Workloads::All, false, false);
+        assert!(all.contains("take turns") && !all.contains(';'), "{all}");
+        let cost = note(Workloads::Cost, true, false);
         assert!(
             cost.contains("1000 rps phases only (`--cost-only`)"),
             "{cost}"
         );
         assert!(cost.contains("(`--fresh-each-round`)"), "{cost}");
-        let bulk = mode_note(Workloads::Bulk, false);
+        let bulk = note(Workloads::Bulk, false, false);
         assert!(
             bulk.contains("(`--bulk-only`)") && !bulk.contains("fresh"),
             "{bulk}"
         );
+        let side = note(Workloads::Cost, true, true);
+        assert!(
+            side.contains("`--side-by-side`") && !side.contains("take turns"),
+            "{side}"
+        );
         let plan = Plan {
             workloads: Workloads::Cost,
+            side_by_side: true,
             ..Plan::smoke()
         };
+        assert_eq!(serde_json::to_value(plan).unwrap()["side_by_side"], true);
         assert_eq!(serde_json::to_value(plan).unwrap()["workloads"], "cost");
     }
 
