@@ -347,6 +347,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The whole run; Ok(false) when a path did not carry traffic.
 fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
     let started = Instant::now();
+    // Read now: the tree may change while a long run goes on.
+    let ward_rev = git_rev();
     let kinds = selected_paths(&cli.paths)?;
     let mut plan = if cli.smoke {
         Plan::smoke()
@@ -437,7 +439,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
             now.minute(),
             now.second()
         ),
-        ward_rev: git_rev(),
+        ward_rev,
         ward_binary: ward.display().to_string(),
         machine: machine(),
         network: net.name(),
