@@ -40,16 +40,22 @@ use ward_policy::Decision;
 
 use crate::refusal::deciding_rule;
 
-/// Records the channel holds before the data path starts dropping them.
-pub(crate) const QUEUE: usize = 8192;
+/// Records the channel holds before the data path starts dropping them: a full window
+/// ([`LINGER`]) of records arriving at 80,000 per second.
+pub(crate) const QUEUE: usize = 16384;
 /// Records the writer appends per trip to the blocking pool.
 const BATCH: usize = 512;
 /// How often the writer wakes without records: checkpoints due, a failing trail retried.
 const TICK: Duration = Duration::from_secs(1);
-/// How long the writer lets records gather after the first of a batch before it takes them to
-/// the disk: one trip to the blocking pool and one `write` per batch rather than per request.
-/// A record reaches the file at most this much later; it was already decided and enforced.
-const LINGER: Duration = Duration::from_millis(50);
+/// The longest the writer lets records gather after the first of a batch before it takes them
+/// to the disk: one trip to the blocking pool and one `write` per batch rather than per
+/// request. A record reaches the file at most this much later; it was already decided and
+/// enforced, and it is synced at the next checkpoint anyway. Each trip costs the sidecar a few
+/// context switches: at 1000 requests per second, a 50 ms window cost about one point more of
+/// the proxies' CPU per request than this one (docs/audit.md, "Cost").
+const LINGER: Duration = Duration::from_millis(200);
+/// The shortest window, when records come fast.
+const MIN_LINGER: Duration = Duration::from_millis(1);
 /// How often a failure that lasts is logged again.
 const REPEAT_ERROR: Duration = Duration::from_secs(30);
 
@@ -425,6 +431,8 @@ async fn run_writer(
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Records per second in the last window.
+    let mut rate = 0.0;
     loop {
         let mut batch = Vec::with_capacity(BATCH);
         let mut last = tokio::select! {
@@ -436,8 +444,9 @@ async fn run_writer(
             // Group commit: let the batch fill for a moment, then take what came. The writer
             // sleeps rather than waiting on the channel meanwhile, so the records sent during
             // the window wake nobody: one wake-up per batch, not one per request.
+            let opened = Instant::now();
             tokio::select! {
-                () = tokio::time::sleep(LINGER) => {}
+                () = tokio::time::sleep(linger(rate)) => {}
                 () = crate::stopped(&mut stop) => last = true,
             }
             while batch.len() < BATCH {
@@ -446,6 +455,7 @@ async fn run_writer(
                     Err(_) => break,
                 }
             }
+            rate = batch.len() as f64 / opened.elapsed().as_secs_f64().max(1e-3);
         }
         if last {
             // Stopping: what is queued goes in before the last checkpoint.
@@ -474,6 +484,19 @@ async fn run_writer(
             return;
         }
     }
+}
+
+/// The group-commit window after the first record of a batch, given the records per second
+/// of the last window: long enough for half a batch at that rate, between [`MIN_LINGER`] and
+/// [`LINGER`]. At a few thousand requests per second a window is the whole `LINGER`; faster,
+/// it shrinks, so the queue never fills while the writer waits. A window that filled its batch
+/// measured less than the true rate, so the next one is at most half as long: it converges.
+fn linger(rate: f64) -> Duration {
+    let half = (BATCH / 2) as f64;
+    if rate.is_nan() || rate <= 0.0 {
+        return LINGER;
+    }
+    Duration::from_secs_f64((half / rate).min(LINGER.as_secs_f64())).max(MIN_LINGER)
 }
 
 impl WriterState {
@@ -813,5 +836,23 @@ mod tests {
         assert_eq!(records[1]["type"], "gap");
         assert_eq!(records[1]["records"], 2);
         assert_eq!(records[2]["reason"], "audit_trail_unavailable");
+    }
+
+    #[test]
+    fn the_window_is_long_when_records_are_few_and_shrinks_with_the_rate() {
+        assert_eq!(linger(0.0), LINGER);
+        assert_eq!(linger(f64::NAN), LINGER);
+        assert_eq!(linger(-1.0), LINGER);
+        assert_eq!(linger(1000.0), LINGER);
+        // 256 records (half a batch) at 40,000 per second: 6.4 ms.
+        let fast = linger(40_000.0);
+        assert!(
+            fast > Duration::from_millis(6) && fast < Duration::from_millis(7),
+            "{fast:?}"
+        );
+        assert_eq!(linger(f64::INFINITY), MIN_LINGER);
+        assert_eq!(linger(1e12), MIN_LINGER);
+        // A full window at the longest linger never overflows the queue below 80,000/s.
+        assert!(LINGER.as_secs_f64() * 80_000.0 <= QUEUE as f64);
     }
 }
