@@ -488,7 +488,7 @@ async fn run_writer(
 
 /// The group-commit window after the first record of a batch, given the records per second
 /// of the last window: long enough for half a batch at that rate, between [`MIN_LINGER`] and
-/// [`LINGER`]. At a few thousand requests per second a window is the whole `LINGER`; faster,
+/// [`LINGER`]. Up to about 1,300 records per second a window is the whole `LINGER`; faster,
 /// it shrinks, so the queue never fills while the writer waits. A window that filled its batch
 /// measured less than the true rate, so the next one is at most half as long: it converges.
 fn linger(rate: f64) -> Duration {
