@@ -209,8 +209,13 @@ fn escape_into(out: &mut String, s: &str) {
 }
 
 /// Appends `v` in decimal, without the formatting machinery (two numbers per record).
-pub fn push_u64(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
+pub fn push_u64(out: &mut String, v: u64) {
+    push_padded(out, v, 1);
+}
+
+/// Appends `v` in decimal, with leading zeros up to `width` digits (at most 20).
+pub fn push_padded(out: &mut String, mut v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -220,7 +225,8 @@ pub fn push_u64(out: &mut String, mut v: u64) {
             break;
         }
     }
-    for &d in &digits[at..] {
+    let from = at.min(digits.len().saturating_sub(width));
+    for &d in &digits[from..] {
         out.push(char::from(d));
     }
 }

@@ -122,28 +122,18 @@ pub fn rfc3339(t: SystemTime) -> String {
 fn rfc3339_into(t: SystemTime, out: &mut String) {
     let t = time::OffsetDateTime::from(t);
     out.clear();
-    let year = u32::try_from(t.year()).unwrap_or(0);
+    let year = u64::try_from(t.year()).unwrap_or(0);
     let parts = [
         (year, 4, '-'),
-        (u32::from(u8::from(t.month())), 2, '-'),
-        (u32::from(t.day()), 2, 'T'),
-        (u32::from(t.hour()), 2, ':'),
-        (u32::from(t.minute()), 2, ':'),
-        (u32::from(t.second()), 2, '.'),
-        (u32::from(t.millisecond()), 3, 'Z'),
+        (u64::from(u8::from(t.month())), 2, '-'),
+        (u64::from(t.day()), 2, 'T'),
+        (u64::from(t.hour()), 2, ':'),
+        (u64::from(t.minute()), 2, ':'),
+        (u64::from(t.second()), 2, '.'),
+        (u64::from(t.millisecond()), 3, 'Z'),
     ];
     for (value, width, after) in parts {
-        if value >= 10u32.pow(width) {
-            // Past year 9999: all its digits.
-            record::push_u64(out, u64::from(value));
-            out.push(after);
-            continue;
-        }
-        let mut div = 10u32.pow(width - 1);
-        while div > 0 {
-            out.push(char::from(b'0' + ((value / div) % 10) as u8));
-            div /= 10;
-        }
+        record::push_padded(out, value, width);
         out.push(after);
     }
 }

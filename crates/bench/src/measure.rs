@@ -268,25 +268,20 @@ pub(crate) fn side_by_side(paths: &[&RunningPath], plan: &Plan, ctx: &Context<'_
         let fixed = plan.fixed(conns);
         let mut work: Vec<Option<Result<Outcome, load::LoadError>>> =
             paths.iter().map(|_| None).collect();
-        let done = ctx.rt.block_on(async {
+        ctx.rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for (i, p) in paths.iter().enumerate() {
                 let (addr, reqs) = (p.entry.http, p.requests.clone());
                 set.spawn(async move { (i, load::fixed_rate(addr, fixed, &reqs).await) });
             }
-            let mut done = Vec::with_capacity(paths.len());
             while let Some(joined) = set.join_next().await {
-                if let Ok(d) = joined {
-                    done.push(d);
+                if let Ok((i, w)) = joined {
+                    if let Some(slot) = work.get_mut(i) {
+                        *slot = Some(w);
+                    }
                 }
             }
-            done
         });
-        for (i, w) in done {
-            if let Some(slot) = work.get_mut(i) {
-                *slot = Some(w);
-            }
-        }
         for ((r, w), n) in rounds.iter_mut().zip(work).zip(served.iter_mut()) {
             match w {
                 Some(w) => *n += r.fixed_rate_figures(which, conns, w),
