@@ -486,8 +486,11 @@ async fn serve_hbone_connection(
             )));
     };
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => {
+        Ok(Ok(mut tls)) => {
             permit.handshake_done();
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(crate::HBONE_TLS_QUEUE));
             tls
         }
         Ok(Err((e, mut io))) => {

@@ -100,6 +100,15 @@ pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufReader<tokio
     tokio::io::BufReader::with_capacity(256 * 1024, tcp)
 }
 
+/// How much encrypted data rustls may queue on an HBONE connection before a write waits for the
+/// socket. rustls' default is 64 KiB, which is one byte short of a full DATA frame: h2 hands
+/// over a frame's 9-byte header and its 64 KiB payload in one vectored write, rustls took the
+/// first 64 KiB, and the frame's last 9 bytes became a record and a `writev` of their own.
+/// Twice the 64 KiB frame (`ward_hbone::H2Settings`) lets each frame go out in one write, with
+/// room for the window updates and pings queued beside it (docs/performance.md, "Bulk
+/// transfer").
+pub(crate) const HBONE_TLS_QUEUE: usize = 2 * 64 * 1024 + 4096;
+
 /// After a failed handshake, sends what is still unwritten of rustls' alert (e.g.
 /// `protocol_version` to a TLS 1.2 client), so the peer learns why instead of seeing a bare
 /// close. Bounded: a peer that does not read gets one second.

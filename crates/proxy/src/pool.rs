@@ -129,7 +129,7 @@ impl HbonePool {
             .map_err(|e| PoolError::Config(e.to_string()))?;
         // The verifier checks the SPIFFE id, not this name; an IP sends no SNI.
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = match tokio_rustls::TlsConnector::from(config)
+        let mut tls = match tokio_rustls::TlsConnector::from(config)
             .connect(name, crate::hbone_io(tcp))
             .into_fallible()
             .await
@@ -140,6 +140,9 @@ impl HbonePool {
                 return Err(PoolError::Tls { addr, source });
             }
         };
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(crate::HBONE_TLS_QUEUE));
         let peer = ward_tls::peer_info(tls.get_ref().1);
         let client = HboneClient::handshake(tls, self.settings).await?;
         Ok(Pooled { client, peer })

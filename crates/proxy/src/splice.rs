@@ -1,6 +1,7 @@
 //! Copy bytes both ways until both sides finish, or until a side fails or a policy orders the
 //! connection closed; then abort both sides, so neither sees a clean end of data.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -96,7 +97,55 @@ pub(crate) trait Chunked: AsyncRead + AsyncWrite + Unpin {
         chunk.advance(n);
         Poll::Ready(Ok(n))
     }
+
+    /// Writes a prefix of the queued `chunks` (none of them empty) and drops or advances what
+    /// was written. A writer that takes vectored writes gets every queued chunk in one call
+    /// (one `writev`); the others get the first chunk.
+    fn poll_write_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunks: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<usize>> {
+        if chunks.len() < 2 || !self.is_write_vectored() {
+            let Some(first) = chunks.front_mut() else {
+                return Poll::Ready(Ok(0));
+            };
+            let n = ready!(self.poll_write_chunk(cx, first))?;
+            if first.is_empty() {
+                chunks.pop_front();
+            }
+            return Poll::Ready(Ok(n));
+        }
+        let slices: Vec<io::IoSlice<'_>> = chunks
+            .iter()
+            .take(MAX_GATHER)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices))?;
+        let written = n;
+        while n > 0 {
+            let Some(first) = chunks.front_mut() else {
+                break;
+            };
+            if n < first.len() {
+                first.advance(n);
+                break;
+            }
+            n -= first.len();
+            chunks.pop_front();
+        }
+        Poll::Ready(Ok(written))
+    }
 }
+
+/// At most this many received chunks queue for one vectored write.
+const MAX_GATHER: usize = 16;
+
+/// A direction keeps reading while what it has read and not yet written is below this: an
+/// HBONE tunnel hands over one DATA frame (at most 64 KiB) per read, and the app's socket then
+/// takes up to four of them in one `writev` instead of one `write` each (docs/performance.md,
+/// "Bulk transfer"). A socket read of this size is written on its own.
+const GATHER_BYTES: usize = slab::SLAB;
 
 /// A direction's first reads take at most this much; a read that fills its buffer doubles
 /// the next one's, up to `MAX_READ_CHUNK`. An idle or chatty connection keeps a small buffer,
@@ -282,15 +331,17 @@ async fn both_ways<A: Chunked, B: Chunked>(
     .await
 }
 
-/// One direction of a splice: read a chunk, write all of it, again; at the end of the
-/// reader, shut the writer down.
+/// One direction of a splice: read what is ready (a chunk, or several small ones up to
+/// [`GATHER_BYTES`]), write all of it, again; at the end of the reader, shut the writer down.
 struct Direction {
     /// The reader's buffers.
     bufs: ReadBuffers,
     /// The next read's size.
     want: usize,
-    /// Read, not yet written.
-    pending: Bytes,
+    /// Read, not yet written; no chunk is empty.
+    pending: VecDeque<Bytes>,
+    /// The bytes in `pending`.
+    pending_len: usize,
     /// Written since the last flush.
     need_flush: bool,
     /// The reader ended.
@@ -305,7 +356,8 @@ impl Direction {
         Direction {
             bufs: ReadBuffers::default(),
             want: FIRST_READ_CHUNK,
-            pending: Bytes::new(),
+            pending: VecDeque::new(),
+            pending_len: 0,
             need_flush: false,
             read_done: false,
             done: false,
@@ -324,40 +376,48 @@ impl Direction {
         }
         loop {
             while !self.pending.is_empty() {
-                let n = ready!(writer.poll_write_chunk(cx, &mut self.pending))?;
+                let n = ready!(writer.poll_write_chunks(cx, &mut self.pending))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
+                self.pending_len -= n;
                 self.moved += n as u64;
                 self.need_flush = true;
             }
             if self.read_done {
+                if self.need_flush {
+                    ready!(writer.poll_flush(cx))?;
+                    self.need_flush = false;
+                }
                 ready!(writer.poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(self.moved));
             }
-            match reader.poll_read_chunk(cx, &mut self.bufs, self.want) {
-                Poll::Ready(Ok(Some(chunk))) => {
-                    if chunk.len() >= self.want {
-                        self.want = (self.want * 2).min(MAX_READ_CHUNK);
+            while !self.read_done && self.pending_len < GATHER_BYTES {
+                match reader.poll_read_chunk(cx, &mut self.bufs, self.want) {
+                    Poll::Ready(Ok(Some(chunk))) => {
+                        if chunk.len() >= self.want {
+                            self.want = (self.want * 2).min(MAX_READ_CHUNK);
+                        }
+                        if !chunk.is_empty() {
+                            self.pending_len += chunk.len();
+                            self.pending.push_back(chunk);
+                        }
+                        if self.pending.len() >= MAX_GATHER {
+                            break;
+                        }
                     }
-                    self.pending = chunk;
-                }
-                Poll::Ready(Ok(None)) => {
-                    self.read_done = true;
-                    if self.need_flush {
-                        ready!(writer.poll_flush(cx))?;
-                        self.need_flush = false;
+                    Poll::Ready(Ok(None)) => self.read_done = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending if !self.pending.is_empty() => break,
+                    Poll::Pending => {
+                        // Nothing more to read now: push out what a buffering writer holds.
+                        if self.need_flush {
+                            ready!(writer.poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
                     }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // Nothing more to read now: push out what a buffering writer holds.
-                    if self.need_flush {
-                        ready!(writer.poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
-                    return Poll::Pending;
                 }
             }
         }
@@ -397,12 +457,12 @@ impl<S: Chunked> Watched<'_, S> {
         self.note(poll)
     }
 
-    fn poll_write_chunk(
+    fn poll_write_chunks(
         &mut self,
         cx: &mut Context<'_>,
-        chunk: &mut Bytes,
+        chunks: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
-        let poll = self.inner.poll_write_chunk(cx, chunk);
+        let poll = self.inner.poll_write_chunks(cx, chunks);
         self.note(poll)
     }
 
@@ -483,6 +543,90 @@ mod tests {
                 assert_eq!(down, payload.len() as u64);
             }
             _ => panic!("splice did not end cleanly"),
+        }
+    }
+
+    /// A writer that takes vectored writes but at most `limit` bytes per call, and keeps them.
+    struct Trickle {
+        limit: usize,
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            let mut room = this.limit;
+            for b in bufs {
+                let n = b.len().min(room);
+                this.got.extend_from_slice(&b[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(this.limit - room))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Chunked for Trickle {}
+
+    #[test]
+    fn queued_chunks_go_out_in_order_in_one_vectored_write_each_time() {
+        let chunks = [&b"abc"[..], b"defgh", b"i", b"jklmnop"];
+        let want: Vec<u8> = chunks.concat();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        // Every write boundary: inside a chunk, at its end, across several chunks.
+        for limit in 1..=want.len() {
+            let mut queue: VecDeque<Bytes> =
+                chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+            let mut w = Trickle {
+                limit,
+                got: Vec::new(),
+                calls: 0,
+            };
+            while !queue.is_empty() {
+                match w.poll_write_chunks(&mut cx, &mut queue) {
+                    Poll::Ready(Ok(n)) => assert!(n > 0),
+                    other => panic!("limit {limit}: {other:?}"),
+                }
+                assert!(queue.iter().all(|c| !c.is_empty()), "limit {limit}");
+            }
+            assert_eq!(w.got, want, "limit {limit}");
+            assert_eq!(w.calls, want.len().div_ceil(limit), "limit {limit}");
         }
     }
 
