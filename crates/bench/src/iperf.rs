@@ -80,6 +80,23 @@ fn listening(pid: u32, port: u16) -> bool {
     })
 }
 
+/// Waits up to five seconds until every iperf3 server of `servers` (pid, port) listens.
+/// Between two tests an iperf3 server closes its listening socket and opens it again; a test
+/// started in that gap is refused (through a proxy pair: the server side answers the tunnel
+/// with 503 and the client's control connection is reset). False if one still does not listen.
+pub(crate) fn wait_listening(servers: &[(u32, u16)]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if servers.iter().all(|(pid, port)| listening(*pid, *port)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What one iperf3 run moved.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Bulk {

@@ -50,7 +50,7 @@ use clap::{Parser, Subcommand};
 
 use crate::measure::{Context, Plan, Round, Workloads};
 use crate::net::{Namespaces, Net, Side};
-use crate::paths::{Endpoints, PathKind, RunningPath};
+use crate::paths::{Endpoints, PathKind, RunningPath, Wards};
 use crate::process::{Pinning, Proc};
 use crate::report::{PathResult, Results};
 use crate::stats::Summary;
@@ -93,12 +93,17 @@ struct Cli {
     #[arg(long)]
     fresh_each_round: bool,
     /// With --cost-only: load every path at the same time instead of one after another, each
-    /// at the plan's rate over its own connections. A change in the machine during a round
-    /// (another tenant, the clock) then falls on every path alike, and the CPU per request of
-    /// two paths is compared within the round. The figures are taken under that shared load,
-    /// so compare them with each other, not with a run that loads one path at a time.
-    #[arg(long, requires = "cost_only")]
+    /// at the plan's rate over its own connections; with --bulk-only: run each iperf3 workload
+    /// through every path at once. A change in the machine during a round (another tenant, the
+    /// clock) then falls on every path alike, and the CPU per request or per byte of two paths
+    /// is compared within the round. The figures are taken under that shared load, so compare
+    /// them with each other, not with a run that loads one path at a time.
+    #[arg(long)]
     side_by_side: bool,
+    /// The ward binary the twins (`ward-l4-twin`, `ward-l7-twin`) run instead of --ward: an
+    /// A/B comparison of two builds, each round measuring both (best with --side-by-side).
+    #[arg(long)]
+    twin_ward: Option<PathBuf>,
     /// Internal: this process already runs inside the client namespace.
     #[arg(long, hide = true)]
     inside_netns: bool,
@@ -364,6 +369,9 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         (false, false) => Workloads::All,
     };
     plan.fresh_each_round = cli.fresh_each_round;
+    if cli.side_by_side && plan.workloads == Workloads::All {
+        bail!("--side-by-side needs --cost-only or --bulk-only");
+    }
     plan.side_by_side = cli.side_by_side;
     let now = time::OffsetDateTime::now_utc();
     let day = day(now);
@@ -382,32 +390,75 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
             ward.display()
         );
     }
+    if let Some(twin) = &cli.twin_ward {
+        if !twin.is_file() {
+            bail!("--twin-ward: no ward binary at {}", twin.display());
+        }
+        if !kinds
+            .iter()
+            .any(|k| matches!(k, PathKind::WardL4Twin | PathKind::WardL7Twin))
+        {
+            bail!("--twin-ward needs a twin path: --paths ward-l4-twin or ward-l7-twin");
+        }
+    }
+    let wards = Wards {
+        main: ward.clone(),
+        twin: cli.twin_ward.clone(),
+    };
     let pinning = Pinning::detect();
     // Before the runtime exists, so every thread of the generator inherits the mask.
     pinning.pin_self();
     let rt = runtime()?;
 
     let (_server, server) = start_server(&exe, pinning, net)?;
-    let (_iperf, iperf_addr, iperf_note) = match iperf::start_server(pinning.load, net) {
-        Ok((p, addr)) => (Some(p), Some(addr), None),
-        Err(e) => (None, None, Some(e.to_string())),
+    // An iperf3 server runs one test at a time: side by side, every path gets its own.
+    let iperf_count = if plan.side_by_side && plan.workloads == Workloads::Bulk {
+        kinds.len()
+    } else {
+        1
     };
-    let server = Endpoints {
-        // Unused when iperf3 is missing (no throughput workload runs); any address will do.
-        iperf: iperf_addr.unwrap_or(server.echo),
-        ..server
+    let mut iperfs = Vec::new();
+    let mut iperf_note = None;
+    for _ in 0..iperf_count {
+        match iperf::start_server(pinning.load, net) {
+            Ok(started) => iperfs.push(started),
+            Err(e) => {
+                iperf_note = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let iperf_addr = iperf_note
+        .is_none()
+        .then(|| iperfs.first().map(|(_, addr)| *addr))
+        .flatten();
+    let server = Servers {
+        shared: Endpoints {
+            // Unused when iperf3 is missing (no throughput workload runs); any address will do.
+            iperf: iperf_addr.unwrap_or(server.echo),
+            ..server
+        },
+        iperf: kinds
+            .iter()
+            .copied()
+            .zip(iperfs.iter().map(|(_, addr)| *addr))
+            .collect(),
     };
     let ctx = Context {
         rt: &rt,
         pinning,
         clock_ticks: procstat::clock_ticks_per_second(),
         iperf: iperf_addr.is_some(),
+        iperf_servers: iperfs
+            .iter()
+            .map(|(proc, addr)| (proc.pid(), addr.port()))
+            .collect(),
     };
 
     let (running, rounds, mut results) = if plan.fresh_each_round {
-        fresh_rounds(&kinds, &plan, &ctx, &server, &ward, net)
+        fresh_rounds(&kinds, &plan, &ctx, &server, &wards, net)
     } else {
-        let (running, results) = start_paths(&kinds, &rt, &server, &ward, pinning, net);
+        let (running, results) = start_paths(&kinds, &rt, &server, &wards, pinning, net);
         let rounds = run_rounds(&running, &plan, &ctx);
         (running, rounds, results)
     };
@@ -441,6 +492,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         ),
         ward_rev,
         ward_binary: ward.display().to_string(),
+        twin_ward_binary: cli.twin_ward.as_ref().map(|t| t.display().to_string()),
         machine: machine(),
         network: net.name(),
         network_detail: net.description(),
@@ -537,13 +589,32 @@ fn otlp_result(path: &RunningPath, result: &mut PathResult) {
     }
 }
 
+/// What the paths front: the bench server, and each path's iperf3 server (one per path when
+/// the bulk workloads run side by side, as an iperf3 server runs one test at a time).
+struct Servers {
+    /// The bench server, and the iperf3 server of a path without one of its own.
+    shared: Endpoints,
+    /// The paths' own iperf3 servers.
+    iperf: BTreeMap<PathKind, std::net::SocketAddr>,
+}
+
+impl Servers {
+    /// What `kind` fronts.
+    fn for_path(&self, kind: PathKind) -> Endpoints {
+        Endpoints {
+            iperf: self.iperf.get(&kind).copied().unwrap_or(self.shared.iperf),
+            ..self.shared
+        }
+    }
+}
+
 /// Sets up every path of `kinds` and checks it carries a few requests; the ones that do are
 /// returned running, the others as failed results.
 fn start_paths(
     kinds: &[PathKind],
     rt: &tokio::runtime::Runtime,
-    server: &Endpoints,
-    ward: &Path,
+    server: &Servers,
+    wards: &Wards,
     pinning: Pinning,
     net: Net,
 ) -> (Vec<RunningPath>, BTreeMap<&'static str, PathResult>) {
@@ -551,7 +622,7 @@ fn start_paths(
     let mut results = BTreeMap::new();
     for &kind in kinds {
         eprintln!("ward-bench: setting up {}", kind.name());
-        match paths::start(kind, server, ward, pinning.proxies, net) {
+        match paths::start(kind, &server.for_path(kind), wards, pinning.proxies, net) {
             Ok(path) => match rt.block_on(load::probe(path.entry.http, 50, &path.requests)) {
                 Ok(()) => running.push(path),
                 Err(e) => {
@@ -636,8 +707,8 @@ fn fresh_rounds(
     kinds: &[PathKind],
     plan: &Plan,
     ctx: &Context<'_>,
-    server: &Endpoints,
-    ward: &Path,
+    server: &Servers,
+    wards: &Wards,
     net: Net,
 ) -> (
     Vec<RunningPath>,
@@ -653,7 +724,7 @@ fn fresh_rounds(
         // Set up in the round's order too: a pair started first (or last) is not always the
         // same path's.
         let order: Vec<PathKind> = round_order(kinds, round).into_iter().copied().collect();
-        let (mut started, setup) = start_paths(&order, ctx.rt, server, ward, ctx.pinning, net);
+        let (mut started, setup) = start_paths(&order, ctx.rt, server, wards, ctx.pinning, net);
         started.sort_by_key(|p| kinds.iter().position(|k| *k == p.kind));
         for (name, mut r) in setup {
             for f in &mut r.failures {

@@ -41,7 +41,7 @@ pub(crate) struct Plan {
     pub(crate) workloads: Workloads,
     /// Every path's processes start anew for each round (`--fresh-each-round`).
     pub(crate) fresh_each_round: bool,
-    /// The fixed-rate phases load every path at once (`--side-by-side`, with `Cost`).
+    /// Every path is loaded at once (`--side-by-side`, with `Cost` or `Bulk`).
     pub(crate) side_by_side: bool,
 }
 
@@ -126,6 +126,8 @@ pub(crate) struct Context<'a> {
     pub(crate) clock_ticks: u64,
     /// Whether iperf3 serves behind the paths.
     pub(crate) iperf: bool,
+    /// The iperf3 servers (pid, port), each waited for before a bulk workload starts.
+    pub(crate) iperf_servers: Vec<(u32, u16)>,
 }
 
 /// Runs every workload once on `path`.
@@ -200,7 +202,14 @@ pub(crate) fn round(path: &RunningPath, plan: &Plan, ctx: &Context<'_>) -> Round
 /// The bulk workloads (iperf3 with 1, 4 and 16 parallel streams): throughput, the proxies'
 /// CPU per GB moved, and their private memory after it (the copy buffers a transfer grew).
 fn bulk(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
-    let pids = path.proxy_pids();
+    bulk_at_once(&[path], plan, ctx, std::slice::from_mut(r));
+}
+
+/// The bulk workloads on every path of `paths` at the same time (one iperf3 client per path
+/// for each stream count), each path's figures into its slot of `rounds`. With one path this
+/// is the sequential run's bulk phase.
+fn bulk_at_once(paths: &[&RunningPath], plan: &Plan, ctx: &Context<'_>, rounds: &mut [Round]) {
+    let pids: Vec<Vec<u32>> = paths.iter().map(|p| p.proxy_pids()).collect();
     let runs = [
         (1, "iperf_gbps", "bulk_cpu_s_per_gb", "bulk_faults_per_gb"),
         (
@@ -217,27 +226,61 @@ fn bulk(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut Round) {
         ),
     ];
     for (streams, gbps_key, cpu_key, faults_key) in runs {
-        let before = proc_stats(&pids);
-        let run =
-            crate::iperf::run_client(path.entry.iperf, plan.iperf_secs, streams, ctx.pinning.load);
-        let after = proc_stats(&pids);
-        match run {
-            Ok(b) => {
-                r.figures.insert(gbps_key, b.gbps);
-                if let (Some(before), Some(after), false) = (before, after, pids.is_empty()) {
-                    let gb = b.bytes / 1e9;
-                    let cpu_s = after.0.saturating_sub(before.0) as f64 / ctx.clock_ticks as f64;
-                    r.figures.insert(cpu_key, cpu_s / gb);
-                    r.figures
-                        .insert(faults_key, after.1.saturating_sub(before.1) as f64 / gb);
-                }
+        if !crate::iperf::wait_listening(&ctx.iperf_servers) {
+            for r in rounds.iter_mut() {
+                r.failures.push(format!(
+                    "iperf3 -P {streams}: the iperf3 server did not listen again"
+                ));
             }
-            Err(e) => r.failures.push(format!("iperf3 -P {streams}: {e}")),
+            continue;
+        }
+        let before: Vec<_> = pids.iter().map(|p| proc_stats(p)).collect();
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let clients: Vec<_> = paths
+                .iter()
+                .map(|p| {
+                    let addr = p.entry.iperf;
+                    s.spawn(move || {
+                        crate::iperf::run_client(addr, plan.iperf_secs, streams, ctx.pinning.load)
+                    })
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join()).collect()
+        });
+        let after: Vec<_> = pids.iter().map(|p| proc_stats(p)).collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let (Some(r), Some(pids)) = (rounds.get_mut(i), pids.get(i)) else {
+                continue;
+            };
+            let stats = before
+                .get(i)
+                .copied()
+                .flatten()
+                .zip(after.get(i).copied().flatten());
+            match run {
+                Ok(Ok(b)) => {
+                    r.figures.insert(gbps_key, b.gbps);
+                    if let (Some((before, after)), false) = (stats, pids.is_empty()) {
+                        let gb = b.bytes / 1e9;
+                        let cpu_s =
+                            after.0.saturating_sub(before.0) as f64 / ctx.clock_ticks as f64;
+                        r.figures.insert(cpu_key, cpu_s / gb);
+                        r.figures
+                            .insert(faults_key, after.1.saturating_sub(before.1) as f64 / gb);
+                    }
+                }
+                Ok(Err(e)) => r.failures.push(format!("iperf3 -P {streams}: {e}")),
+                Err(_) => r
+                    .failures
+                    .push(format!("iperf3 -P {streams}: the client thread failed")),
+            }
         }
     }
-    if let Some(m) = memory(&pids) {
-        r.figures
-            .insert("proxy_anon_bulk_mib", m.anon_kib as f64 / 1024.0);
+    for (r, pids) in rounds.iter_mut().zip(&pids) {
+        if let Some(m) = memory(pids) {
+            r.figures
+                .insert("proxy_anon_bulk_mib", m.anon_kib as f64 / 1024.0);
+        }
     }
 }
 
@@ -257,11 +300,24 @@ fn fixed_rate_phases(path: &RunningPath, plan: &Plan, ctx: &Context<'_>, r: &mut
 }
 
 /// `--side-by-side`: the two fixed-rate phases on every path at the same time, each path
-/// loaded at the plan's rate over its own connections. Whatever the machine does meanwhile
-/// (another tenant, a frequency change) falls on every path alike, so the paths' CPU per
-/// request can be compared within the round. Returns one round per path, in `paths`' order.
+/// loaded at the plan's rate over its own connections (with `--bulk-only`: each bulk workload
+/// through every path at once, the paths then sharing the proxies' CPU). Whatever the machine
+/// does meanwhile (another tenant, a frequency change) falls on every path alike, so the
+/// paths' CPU per request or per byte can be compared within the round. Returns one round per
+/// path, in `paths`' order.
 pub(crate) fn side_by_side(paths: &[&RunningPath], plan: &Plan, ctx: &Context<'_>) -> Vec<Round> {
     let mut rounds: Vec<Round> = paths.iter().map(|_| Round::default()).collect();
+    if plan.workloads == Workloads::Bulk {
+        if ctx.iperf {
+            bulk_at_once(paths, plan, ctx, &mut rounds);
+        } else {
+            for r in &mut rounds {
+                r.failures
+                    .push("--bulk-only needs iperf3, which is not installed".into());
+            }
+        }
+        return rounds;
+    }
     let starts: Vec<PhaseStart> = paths.iter().map(|p| PhaseStart::read(p)).collect();
     let mut served = vec![0usize; paths.len()];
     for (which, conns) in plan.fixed_conns.into_iter().enumerate() {
@@ -484,7 +540,7 @@ mod tests {
         let path = crate::paths::start(
             crate::paths::PathKind::Baseline,
             &server,
-            std::path::Path::new("/nonexistent"),
+            &crate::paths::Wards::one(std::path::Path::new("/nonexistent")),
             None,
             crate::net::Net::Loopback,
         )
@@ -501,6 +557,7 @@ mod tests {
             },
             clock_ticks: 100,
             iperf: false,
+            iperf_servers: Vec::new(),
         };
         let plan = Plan {
             rate: 100,

@@ -40,8 +40,8 @@ pub(crate) const RUN: Names = Names {
 /// The bench server's and iperf3's block.
 pub(crate) const APP_BLOCK: u8 = 2;
 /// Every block a run uses: ward-l4 (0), nginx (1), the apps (2), ward-l7-traced (3),
-/// ward-l7-audit-off (4), ward-l7-twin (5), ward-l7 (7), ward-gateway (8).
-const BLOCKS: [u8; 8] = [0, 1, APP_BLOCK, 3, 4, 5, 7, 8];
+/// ward-l7-audit-off (4), ward-l7-twin (5), ward-l4-twin (6), ward-l7 (7), ward-gateway (8).
+const BLOCKS: [u8; 9] = [0, 1, APP_BLOCK, 3, 4, 5, 6, 7, 8];
 
 /// The environment variable moving the loopback blocks: `A.B.C` puts block `n` at
 /// `A.B.(C+n)` instead of 127.77.n (so two runs on one host, or a host where 127.77/16 is

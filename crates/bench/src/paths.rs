@@ -2,7 +2,7 @@
 //! `PathKind` variant and one more arm in [`start`].
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::http1::Requests;
 use crate::net::Net;
@@ -45,13 +45,17 @@ pub(crate) enum PathKind {
     /// ward-l7 unchanged, in a second pair of processes. Opt-in (`--paths`): the A/A control,
     /// whose "cost" against ward-l7 is what two identical pairs differ by in the same run.
     WardL7Twin,
+    /// ward-l4 unchanged, in a second pair of processes. Opt-in (`--paths`), compared with
+    /// ward-l4; with `--twin-ward` it runs another build, for an A/B of two builds.
+    WardL4Twin,
 }
 
 impl PathKind {
     /// Every path, in the order a round visits them (and the tables list them).
-    pub(crate) const ALL: [PathKind; 8] = [
+    pub(crate) const ALL: [PathKind; 9] = [
         PathKind::Baseline,
         PathKind::WardL4,
+        PathKind::WardL4Twin,
         PathKind::WardL7,
         PathKind::WardL7Traced,
         PathKind::WardL7AuditOff,
@@ -81,6 +85,7 @@ impl PathKind {
             PathKind::WardL7Traced | PathKind::WardL7AuditOff | PathKind::WardL7Twin => {
                 Some(PathKind::WardL7)
             }
+            PathKind::WardL4Twin => Some(PathKind::WardL4),
             _ => None,
         }
     }
@@ -96,6 +101,7 @@ impl PathKind {
             PathKind::WardL7Traced => "ward-l7-traced",
             PathKind::WardL7AuditOff => "ward-l7-audit-off",
             PathKind::WardL7Twin => "ward-l7-twin",
+            PathKind::WardL4Twin => "ward-l4-twin",
         }
     }
 
@@ -141,6 +147,38 @@ impl PathKind {
                 "ward-l7 again, unchanged, as a second pair of `ward up` processes: the A/A \
                  control, measuring how far two identical pairs differ in the same run"
             }
+            PathKind::WardL4Twin => {
+                "ward-l4 again, as a second pair of `ward up` processes (running the \
+                 `--twin-ward` binary when one is given): compared with ward-l4 of the same run"
+            }
+        }
+    }
+}
+
+/// The ward binaries a run measures.
+#[derive(Debug, Clone)]
+pub(crate) struct Wards {
+    /// Every ward path's binary (`--ward`).
+    pub(crate) main: PathBuf,
+    /// The twins' binary (`--twin-ward`), when it is another one.
+    pub(crate) twin: Option<PathBuf>,
+}
+
+impl Wards {
+    /// One binary for every path.
+    #[cfg(test)]
+    pub(crate) fn one(main: &Path) -> Wards {
+        Wards {
+            main: main.to_path_buf(),
+            twin: None,
+        }
+    }
+
+    /// The binary `kind` runs.
+    pub(crate) fn for_path(&self, kind: PathKind) -> &Path {
+        match (&self.twin, kind) {
+            (Some(twin), PathKind::WardL4Twin | PathKind::WardL7Twin) => twin,
+            _ => &self.main,
         }
     }
 }
@@ -194,7 +232,7 @@ impl RunningPath {
 pub(crate) fn start(
     kind: PathKind,
     server: &Endpoints,
-    ward: &Path,
+    wards: &Wards,
     cpu: Option<usize>,
     net: Net,
 ) -> Result<RunningPath, PathError> {
@@ -213,16 +251,18 @@ pub(crate) fn start(
         | PathKind::WardGateway
         | PathKind::WardL7Traced
         | PathKind::WardL7AuditOff
-        | PathKind::WardL7Twin => {
+        | PathKind::WardL7Twin
+        | PathKind::WardL4Twin => {
             let layer = match kind {
                 PathKind::WardL4 => Layer::L4,
+                PathKind::WardL4Twin => Layer::L4Twin,
                 PathKind::WardL7 => Layer::L7,
                 PathKind::WardL7Traced => Layer::L7Traced,
                 PathKind::WardL7AuditOff => Layer::L7AuditOff,
                 PathKind::WardL7Twin => Layer::L7Twin,
                 _ => Layer::Gateway,
             };
-            let pair = WardPair::start(ward, server, cpu, layer, net)?;
+            let pair = WardPair::start(wards.for_path(kind), server, cpu, layer, net)?;
             (
                 pair.entry,
                 pair.requests.clone(),
@@ -268,7 +308,26 @@ mod tests {
             assert!(!PathKind::DEFAULT.contains(&k), "{}", k.name());
             assert_eq!(k.cost_of(), Some(PathKind::WardL7));
         }
+        assert!(!PathKind::DEFAULT.contains(&PathKind::WardL4Twin));
+        assert_eq!(PathKind::WardL4Twin.cost_of(), Some(PathKind::WardL4));
         assert!(PathKind::DEFAULT.iter().all(|k| k.cost_of().is_none()));
+    }
+
+    #[test]
+    fn only_the_twins_run_the_twin_binary() {
+        let wards = Wards {
+            main: "/a/ward".into(),
+            twin: Some("/b/ward".into()),
+        };
+        for k in PathKind::ALL {
+            let twin = matches!(k, PathKind::WardL4Twin | PathKind::WardL7Twin);
+            let want = if twin { "/b/ward" } else { "/a/ward" };
+            assert_eq!(wards.for_path(k), Path::new(want), "{}", k.name());
+        }
+        let one = Wards::one(Path::new("/a/ward"));
+        assert!(PathKind::ALL
+            .iter()
+            .all(|k| one.for_path(*k) == Path::new("/a/ward")));
     }
 
     #[test]
@@ -281,7 +340,7 @@ mod tests {
         let p = start(
             PathKind::Baseline,
             &server,
-            Path::new("/nonexistent"),
+            &Wards::one(Path::new("/nonexistent")),
             None,
             Net::Loopback,
         )
@@ -292,7 +351,7 @@ mod tests {
         assert!(start(
             PathKind::WardL7,
             &server,
-            Path::new("/x"),
+            &Wards::one(Path::new("/x")),
             None,
             Net::Loopback
         )

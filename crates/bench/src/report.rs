@@ -320,14 +320,21 @@ pub(crate) struct Cost {
     pub(crate) paired: Option<Summary>,
 }
 
-/// The figures a cost compares: CPU per request, latency at the fixed rate, saturation.
-pub(crate) const COST_FIGURES: [&str; 6] = [
+/// The figures a cost compares: CPU per request, latency at the fixed rate, saturation, and
+/// the bulk workloads' throughput and CPU per byte (each only when both paths measured it).
+pub(crate) const COST_FIGURES: [&str; 12] = [
     "proxy_vcpu_per_krps",
     "fixed4_p50_ms",
     "fixed4_p99_ms",
     "fixed16_p50_ms",
     "fixed16_p99_ms",
     "saturation_rps",
+    "iperf_gbps",
+    "iperf4_gbps",
+    "iperf16_gbps",
+    "bulk_cpu_s_per_gb",
+    "bulk4_cpu_s_per_gb",
+    "bulk16_cpu_s_per_gb",
 ];
 
 /// The cost of each variant present against its base path, figure by figure (both `ok`).
@@ -405,6 +412,8 @@ pub(crate) struct Results {
     pub(crate) ward_rev: String,
     /// The ward binary measured.
     pub(crate) ward_binary: String,
+    /// The binary the twin paths ran instead (`--twin-ward`), if another.
+    pub(crate) twin_ward_binary: Option<String>,
     /// The machine.
     pub(crate) machine: Machine,
     /// `netns+veth` or `loopback`.
@@ -617,12 +626,15 @@ pub(crate) fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "# ward-bench results ({} run, {})\n", r.mode, r.date);
     let _ = writeln!(
         md,
-        "- machine: {} x {}, kernel {}\n- ward: {} (`{}`)\n- network: {}; {}\n- rounds: {}{}; cells are median (min–max over rounds)\n",
+        "- machine: {} x {}, kernel {}\n- ward: {} (`{}`){}\n- network: {}; {}\n- rounds: {}{}; cells are median (min–max over rounds)\n",
         r.machine.nproc,
         r.machine.cpu_model,
         r.machine.kernel,
         r.ward_rev,
         r.ward_binary,
+        r.twin_ward_binary
+            .as_ref()
+            .map_or(String::new(), |t| format!("; the twin paths run `{t}`")),
         r.network_detail,
         r.pinning,
         r.plan.rounds,
@@ -690,9 +702,10 @@ pub(crate) fn markdown(r: &Results) -> String {
     if !r.costs.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Cost of tracing and of the audit trail (medians, same run)\n\n\
-             `ward-l7-twin`, when it ran, is ward-l7 itself in a second pair of processes: its row \
-             is how far two identical pairs differ, the yardstick for the others.\n\n\
+            "\n## Variants against their base path (medians, same run)\n\n\
+             `ward-l7-twin` and `ward-l4-twin`, when they ran, are ward-l7 and ward-l4 in a second \
+             pair of processes: with one binary, a twin's row is how far two identical pairs \
+             differ, the yardstick for the others; with `--twin-ward`, it compares two builds.\n\n\
              | path | against | figure | value | against | difference | ratio | ratio by round, \
              median (min–max) |\n\
              |---|---|---|---:|---:|---:|---:|---:|"
@@ -831,6 +844,7 @@ mod tests {
             date: "2026-01-01T00:00:00Z".into(),
             ward_rev: "abc".into(),
             ward_binary: "ward".into(),
+            twin_ward_binary: None,
             machine: Machine {
                 nproc: 2,
                 cpu_model: "cpu".into(),
@@ -959,6 +973,7 @@ mod tests {
             date: "2026-01-01T00:00:00Z".into(),
             ward_rev: "abc".into(),
             ward_binary: "ward".into(),
+            twin_ward_binary: None,
             machine: Machine {
                 nproc: 2,
                 cpu_model: "cpu".into(),

@@ -12,7 +12,8 @@
 //! every request of the server workload to the bench's OTLP sink ([`crate::otlp_sink`]),
 //! `ward-l7-audit-off` starts both sides with `--no-audit`. `ward-l7-twin` changes nothing: it
 //! is ward-l7 again in its own processes, so a run can tell a variant's cost from the
-//! difference between two sets of processes (the A/A control).
+//! difference between two sets of processes (the A/A control). `ward-l4-twin` is the same for
+//! ward-l4; with `--twin-ward` the twins run another ward binary (an A/B of two builds).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,6 +33,9 @@ use crate::process::{free_port, Proc, SpawnError};
 pub(crate) enum Layer {
     /// Every port TCP.
     L4,
+    /// L4 again, as a second pair of processes (the A/A control, or with `--twin-ward` another
+    /// build of ward: an A/B comparison within each round).
+    L4Twin,
     /// The HTTP port is `protocol: HTTP`, with L7 authorization and JWT authentication.
     L7,
     /// An ingress gateway in front of the server sidecar (HTTP port `protocol: HTTP`).
@@ -50,6 +54,7 @@ impl Layer {
     fn block(self) -> u8 {
         match self {
             Layer::L4 => 0,
+            Layer::L4Twin => 6,
             Layer::L7Traced => 3,
             Layer::L7AuditOff => 4,
             Layer::L7Twin => 5,
@@ -278,7 +283,7 @@ fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
     let server_ip = net.ip(Side::Server, layer.block());
     // Istio protocol selection: the `protocol` field decides; the names follow it.
     let (web, web_protocol) = match layer {
-        Layer::L4 => ("tcp-http", "TCP"),
+        Layer::L4 | Layer::L4Twin => ("tcp-http", "TCP"),
         Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin | Layer::Gateway => {
             ("http-web", "HTTP")
         }
@@ -312,7 +317,7 @@ fn mesh_yaml(server: &Endpoints, layer: Layer, net: Net) -> String {
         })
         .collect();
     let policy = match layer {
-        Layer::L4 => format!(
+        Layer::L4 | Layer::L4Twin => format!(
             r#"---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -331,7 +336,12 @@ spec:
     // The client workload: a sidecar with egress listeners, or the ingress gateway in its place.
     let (client_sa, client_labels, client_sidecar) = match layer {
         Layer::Gateway => ("ingressgateway", "istio: ingressgateway", String::new()),
-        Layer::L4 | Layer::L7 | Layer::L7Traced | Layer::L7AuditOff | Layer::L7Twin => (
+        Layer::L4
+        | Layer::L4Twin
+        | Layer::L7
+        | Layer::L7Traced
+        | Layer::L7AuditOff
+        | Layer::L7Twin => (
             "client",
             "app: client",
             format!(
@@ -689,6 +699,7 @@ mod tests {
     fn every_mesh_loads_and_translates() {
         for layer in [
             Layer::L4,
+            Layer::L4Twin,
             Layer::L7,
             Layer::Gateway,
             Layer::L7Traced,
