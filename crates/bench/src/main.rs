@@ -394,10 +394,7 @@ fn run(cli: &Cli, net: Net) -> anyhow::Result<bool> {
         if !twin.is_file() {
             bail!("--twin-ward: no ward binary at {}", twin.display());
         }
-        if !kinds
-            .iter()
-            .any(|k| matches!(k, PathKind::WardL4Twin | PathKind::WardL7Twin))
-        {
+        if !kinds.iter().any(|k| k.is_twin()) {
             bail!("--twin-ward needs a twin path: --paths ward-l4-twin or ward-l7-twin");
         }
     }

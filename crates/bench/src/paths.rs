@@ -90,6 +90,11 @@ impl PathKind {
         }
     }
 
+    /// A twin: a base path again in a second pair of processes (the `--twin-ward` binary's).
+    pub(crate) fn is_twin(self) -> bool {
+        matches!(self, PathKind::WardL4Twin | PathKind::WardL7Twin)
+    }
+
     /// The name in results and tables.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -176,8 +181,8 @@ impl Wards {
 
     /// The binary `kind` runs.
     pub(crate) fn for_path(&self, kind: PathKind) -> &Path {
-        match (&self.twin, kind) {
-            (Some(twin), PathKind::WardL4Twin | PathKind::WardL7Twin) => twin,
+        match &self.twin {
+            Some(twin) if kind.is_twin() => twin,
             _ => &self.main,
         }
     }

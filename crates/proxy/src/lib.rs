@@ -101,9 +101,9 @@ pub(crate) fn hbone_io(tcp: tokio::net::TcpStream) -> tokio::io::BufReader<tokio
 }
 
 /// How much encrypted data rustls may queue on an HBONE connection before a write waits for the
-/// socket. rustls' default is 64 KiB, which is one byte short of a full DATA frame: h2 hands
-/// over a frame's 9-byte header and its 64 KiB payload in one vectored write, rustls took the
-/// first 64 KiB, and the frame's last 9 bytes became a record and a `writev` of their own.
+/// socket. rustls' default is 64 KiB, 9 bytes short of a full DATA frame: h2 hands over a
+/// frame's 9-byte header and its 64 KiB payload in one vectored write, rustls took the first
+/// 64 KiB, and the frame's last 9 bytes became a record and a `writev` of their own.
 /// Twice the 64 KiB frame (`ward_hbone::H2Settings`) lets each frame go out in one write, with
 /// room for the window updates and pings queued beside it (docs/performance.md, "Bulk
 /// transfer").

@@ -116,12 +116,13 @@ pub(crate) trait Chunked: AsyncRead + AsyncWrite + Unpin {
             }
             return Poll::Ready(Ok(n));
         }
-        let slices: Vec<io::IoSlice<'_>> = chunks
-            .iter()
-            .take(MAX_GATHER)
-            .map(|c| io::IoSlice::new(c))
-            .collect();
-        let mut n = ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices))?;
+        let mut slices = [io::IoSlice::new(&[]); MAX_GATHER];
+        let mut count = 0;
+        for (slice, chunk) in slices.iter_mut().zip(chunks.iter()) {
+            *slice = io::IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut n = ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices[..count]))?;
         let written = n;
         while n > 0 {
             let Some(first) = chunks.front_mut() else {
@@ -340,8 +341,6 @@ struct Direction {
     want: usize,
     /// Read, not yet written; no chunk is empty.
     pending: VecDeque<Bytes>,
-    /// The bytes in `pending`.
-    pending_len: usize,
     /// Written since the last flush.
     need_flush: bool,
     /// The reader ended.
@@ -357,7 +356,6 @@ impl Direction {
             bufs: ReadBuffers::default(),
             want: FIRST_READ_CHUNK,
             pending: VecDeque::new(),
-            pending_len: 0,
             need_flush: false,
             read_done: false,
             done: false,
@@ -380,7 +378,6 @@ impl Direction {
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.pending_len -= n;
                 self.moved += n as u64;
                 self.need_flush = true;
             }
@@ -393,14 +390,15 @@ impl Direction {
                 self.done = true;
                 return Poll::Ready(Ok(self.moved));
             }
-            while !self.read_done && self.pending_len < GATHER_BYTES {
+            while !self.read_done
+                && self.pending.iter().map(Bytes::len).sum::<usize>() < GATHER_BYTES
+            {
                 match reader.poll_read_chunk(cx, &mut self.bufs, self.want) {
                     Poll::Ready(Ok(Some(chunk))) => {
                         if chunk.len() >= self.want {
                             self.want = (self.want * 2).min(MAX_READ_CHUNK);
                         }
                         if !chunk.is_empty() {
-                            self.pending_len += chunk.len();
                             self.pending.push_back(chunk);
                         }
                         if self.pending.len() >= MAX_GATHER {
