@@ -154,6 +154,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ward_proxy::heap::settle();
     let cli = Cli::parse();
     logging::init(&cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()

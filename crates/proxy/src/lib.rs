@@ -40,6 +40,9 @@
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
 //!
+//! - [`heap`]: start-up settling of glibc's heap, so received DATA frames are not faulted in
+//!   again for every 4 KiB (docs/performance.md).
+//!
 //! It must not: parse YAML, sign certificates, or decide policy itself.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -59,6 +62,7 @@ mod egress_http;
 mod forward_proxy;
 mod framing;
 mod gateway;
+pub mod heap;
 mod http_metrics;
 mod inbound;
 mod inbound_http;
