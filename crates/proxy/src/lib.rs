@@ -39,7 +39,6 @@
 //!   trail (`ward-audit`), written off the data path by a task of its own (docs/audit.md).
 //! - [`dns`]: the DNS proxy (mesh names answered from a table, other queries forwarded to the
 //!   resolvers of resolv.conf), self-contained: fed a table, not yet started by a sidecar.
-//!
 //! - [`heap`]: start-up settling of glibc's heap, so received DATA frames are not faulted in
 //!   again for every 4 KiB (docs/performance.md).
 //!
