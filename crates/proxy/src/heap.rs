@@ -54,6 +54,24 @@ mod tests {
     /// so only the first round faults them in.
     #[test]
     fn frames_freed_together_are_not_faulted_in_again() {
+        // In a process of its own: other tests' threads share glibc's arenas, and their frees
+        // could trim the top of the heap this test measures.
+        const CHILD: &str = "WARD_HEAP_TEST_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let name = "heap::tests::frames_freed_together_are_not_faulted_in_again";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}{stderr}"
+            );
+            return;
+        }
         settle();
         // A new thread: its own arena, untouched by other tests.
         let faults = std::thread::spawn(|| {
