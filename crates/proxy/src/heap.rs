@@ -21,10 +21,12 @@
 //! allocator (musl's, in the image) it is one allocation and one free, nothing more.
 
 /// The block freed at start-up. glibc then serves blocks up to this size from its heaps, and
-/// gives the top of a heap back only past twice this, 2 MiB. Measured (docs/performance.md):
-/// a 1 MiB trim threshold still faulted on every frame in one stream, 2 MiB did not, and a
-/// 2 MiB block (4 MiB threshold) kept more memory after a transfer for no fewer faults.
-pub const SETTLE_BLOCK: usize = 1024 * 1024;
+/// gives the top of a heap back only past twice this, 4 MiB. Measured (docs/performance.md,
+/// "Frames the heap gave back"): a 1 MiB trim threshold still faulted on every frame in one
+/// stream; 2 MiB did not in a new process, but a sidecar that had served request load first
+/// gave back 2.5 MB runs of frames in four and sixteen streams (130,000–170,000 faults per
+/// GB behind the gateway). 4 MiB ends both.
+pub const SETTLE_BLOCK: usize = 2 * 1024 * 1024;
 
 /// Allocates and frees one [`SETTLE_BLOCK`]. Call once, first thing in `main`.
 pub fn settle() {
@@ -49,9 +51,10 @@ mod tests {
             .expect("number")
     }
 
-    /// What the proxy does with received frames: 16 buffers of a DATA frame's size are filled,
-    /// then all freed together, over and over. After `settle`, the heap keeps the freed pages,
-    /// so only the first round faults them in.
+    /// What the proxy does with received frames: 40 buffers of a DATA frame's size (2.6 MB, the
+    /// size of the runs a loaded sidecar gave back) are filled, then all freed together, over
+    /// and over. After `settle`, the heap keeps the freed pages, so only the first round faults
+    /// them in.
     #[test]
     fn frames_freed_together_are_not_faulted_in_again() {
         // In a process of its own: other tests' threads share glibc's arenas, and their frees
@@ -72,11 +75,12 @@ mod tests {
             );
             return;
         }
+        const FRAMES: usize = 40;
         settle();
         // A new thread: its own arena, untouched by other tests.
         let faults = std::thread::spawn(|| {
             let round = || {
-                let frames: Vec<Vec<u8>> = (0..16)
+                let frames: Vec<Vec<u8>> = (0..FRAMES)
                     .map(|i| {
                         let mut v = Vec::with_capacity(64 * 1024 + 9);
                         v.resize(64 * 1024 + 9, i as u8);
@@ -94,7 +98,7 @@ mod tests {
         })
         .join()
         .expect("thread");
-        // Given back each time, 50 rounds would fault 50 × 16 × 17 pages (13,600).
+        // Given back each time, 50 rounds would fault 50 × 40 × 17 pages (34,000).
         assert!(faults < 1_000, "{faults} minor faults in 50 rounds");
     }
 }
